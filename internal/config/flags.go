@@ -1,0 +1,212 @@
+// Package config turns command lines and environments into settings. Every
+// flag has a POSTERN_* environment variable, and some also answer to the
+// variables of the relays postern replaces (TUNNEL_ACCESS_TOKEN, ...), so
+// their deployments keep working. Precedence: flag, then POSTERN_*, then the
+// aliases in the order given, then the default. An environment variable set
+// to the empty string counts as unset.
+package config
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// FlagSet is a flag.FlagSet whose flags also read environment variables.
+type FlagSet struct {
+	*flag.FlagSet
+	env map[string][]string // flag name -> environment variables, in precedence order
+}
+
+// NewFlagSet returns an empty flag set that reports errors instead of
+// exiting.
+func NewFlagSet(name string) *FlagSet {
+	fs := &FlagSet{FlagSet: flag.NewFlagSet(name, flag.ContinueOnError), env: make(map[string][]string)}
+	fs.SetOutput(io.Discard)
+	return fs
+}
+
+// EnvName is the POSTERN_* variable of a flag: "tunnel-max-len" ->
+// "POSTERN_TUNNEL_MAX_LEN".
+func EnvName(flagName string) string {
+	return "POSTERN_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// Var defines a flag backed by v whose environment variables are
+// POSTERN_<NAME> and then aliases.
+func (f *FlagSet) Var(v flag.Value, name, usage string, aliases ...string) {
+	f.FlagSet.Var(v, name, usage)
+	f.env[name] = append([]string{EnvName(name)}, aliases...)
+}
+
+// String defines a string flag stored in *p; *p's current value is the
+// default.
+func (f *FlagSet) String(p *string, name, usage string, aliases ...string) {
+	f.Var((*stringValue)(p), name, usage, aliases...)
+}
+
+// Int defines an integer flag stored in *p.
+func (f *FlagSet) Int(p *int, name, usage string, aliases ...string) {
+	f.Var((*intValue)(p), name, usage, aliases...)
+}
+
+// Int64 defines a 64-bit integer flag stored in *p.
+func (f *FlagSet) Int64(p *int64, name, usage string, aliases ...string) {
+	f.Var((*int64Value)(p), name, usage, aliases...)
+}
+
+// Bool defines a boolean flag stored in *p. Besides Go's forms it accepts
+// "yes"/"no" and "on"/"off", as environment variables often say.
+func (f *FlagSet) Bool(p *bool, name, usage string, aliases ...string) {
+	f.Var((*boolValue)(p), name, usage, aliases...)
+}
+
+// Duration defines a duration flag stored in *p. A bare number counts as
+// seconds, as the original relays' settings did ("60" = "60s").
+func (f *FlagSet) Duration(p *time.Duration, name, usage string, aliases ...string) {
+	f.Var((*durationValue)(p), name, usage, aliases...)
+}
+
+// List defines a comma-separated list flag stored in *p. Empty items are
+// dropped and spaces around items trimmed.
+func (f *FlagSet) List(p *[]string, name, usage string, aliases ...string) {
+	f.Var((*listValue)(p), name, usage, aliases...)
+}
+
+// Parse parses args, then fills every flag not given on the command line
+// from its environment variables, read with getenv.
+func (f *FlagSet) Parse(args []string, getenv func(string) string) error {
+	if err := f.FlagSet.Parse(args); err != nil {
+		return err
+	}
+	set := map[string]bool{}
+	f.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	var err error
+	f.VisitAll(func(fl *flag.Flag) {
+		if set[fl.Name] || err != nil {
+			return
+		}
+		for _, name := range f.env[fl.Name] {
+			v := getenv(name)
+			if v == "" {
+				continue
+			}
+			if e := fl.Value.Set(v); e != nil {
+				err = fmt.Errorf("invalid value %q for %s: %v", v, name, e)
+			}
+			return
+		}
+	})
+	return err
+}
+
+// PrintDefaults writes one entry per flag: its name, environment variables,
+// default and usage.
+func (f *FlagSet) PrintDefaults(w io.Writer) {
+	f.VisitAll(func(fl *flag.Flag) {
+		fmt.Fprintf(w, "  --%s", fl.Name)
+		name, usage := flag.UnquoteUsage(fl)
+		if name == "value" {
+			switch fl.Value.(type) {
+			case *durationValue:
+				name = "duration"
+			case *intValue, *int64Value:
+				name = "int"
+			case *listValue:
+				name = "list"
+			case *boolValue:
+				name = ""
+			default:
+				name = "string"
+			}
+		}
+		if name != "" {
+			fmt.Fprintf(w, " %s", name)
+		}
+		fmt.Fprintf(w, "\n      %s", usage)
+		if fl.DefValue != "" && fl.DefValue != "false" && fl.DefValue != "0" && fl.DefValue != "[]" {
+			fmt.Fprintf(w, " (default %s)", fl.DefValue)
+		}
+		fmt.Fprintf(w, "\n      env: %s\n", strings.Join(f.env[fl.Name], ", "))
+	})
+}
+
+type stringValue string
+
+func (v *stringValue) Set(s string) error { *v = stringValue(s); return nil }
+func (v *stringValue) String() string     { return string(*v) }
+func (v *stringValue) Get() any           { return string(*v) }
+
+type intValue int
+
+func (v *intValue) Set(s string) error {
+	n, err := strconv.Atoi(strings.TrimSpace(s))
+	if err != nil {
+		return fmt.Errorf("not an integer")
+	}
+	*v = intValue(n)
+	return nil
+}
+func (v *intValue) String() string { return strconv.Itoa(int(*v)) }
+
+type int64Value int64
+
+func (v *int64Value) Set(s string) error {
+	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
+	if err != nil {
+		return fmt.Errorf("not an integer")
+	}
+	*v = int64Value(n)
+	return nil
+}
+func (v *int64Value) String() string { return strconv.FormatInt(int64(*v), 10) }
+
+type boolValue bool
+
+func (v *boolValue) Set(s string) error {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "1", "t", "true", "yes", "y", "on":
+		*v = true
+	case "0", "f", "false", "no", "n", "off":
+		*v = false
+	default:
+		return fmt.Errorf("not a boolean (want 1/0, true/false, yes/no, on/off)")
+	}
+	return nil
+}
+func (v *boolValue) String() string   { return strconv.FormatBool(bool(*v)) }
+func (v *boolValue) IsBoolFlag() bool { return true }
+
+type durationValue time.Duration
+
+func (v *durationValue) Set(s string) error {
+	s = strings.TrimSpace(s)
+	if n, err := strconv.ParseInt(s, 10, 64); err == nil {
+		*v = durationValue(time.Duration(n) * time.Second)
+		return nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("not a duration (want seconds, or a Go duration such as 1m30s)")
+	}
+	*v = durationValue(d)
+	return nil
+}
+func (v *durationValue) String() string { return time.Duration(*v).String() }
+
+type listValue []string
+
+func (v *listValue) Set(s string) error {
+	var out []string
+	for _, item := range strings.Split(s, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	*v = out
+	return nil
+}
+func (v *listValue) String() string { return strings.Join(*v, ",") }

@@ -1,0 +1,68 @@
+package config
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+
+	"github.com/postern/postern/internal/server"
+)
+
+// Log defaults.
+const (
+	DefaultLogLevel  = "info"
+	DefaultLogFormat = "text"
+)
+
+// Serve is the configuration of `postern serve`.
+type Serve struct {
+	Server    server.Config
+	LogLevel  string
+	LogFormat string
+}
+
+// ServeFlags returns the flags of `postern serve`, writing into a config
+// that starts from the defaults.
+func ServeFlags() (*FlagSet, *Serve) {
+	c := &Serve{Server: server.DefaultConfig(), LogLevel: DefaultLogLevel, LogFormat: DefaultLogFormat}
+	s, t := &c.Server, &c.Server.Tunnel
+	fs := NewFlagSet("serve")
+
+	fs.String(&s.Listen, "listen", "TCP `address` to serve HTTP on")
+	fs.String(&s.Store, "store", "storage `engine`: memory")
+	fs.String(&c.LogLevel, "log-level", "log `level`: debug, info, warn or error")
+	fs.String(&c.LogFormat, "log-format", "log `format`: text or json")
+	fs.Duration(&s.ShutdownTimeout, "shutdown-timeout", "longest graceful drain on SIGTERM before connections are cut")
+	fs.Duration(&s.ReadHeaderTimeout, "read-header-timeout", "time a client has to send its request headers")
+	fs.Duration(&s.IdleTimeout, "idle-timeout", "idle keep-alive connections are closed after this")
+	fs.Int(&s.MaxHeaderBytes, "max-header-bytes", "largest request header block in `bytes`")
+
+	fs.String(&t.AccessToken, "tunnel-access-token", "bearer `token` accepted on every tunnel route (prefer the environment: flags show in ps)", "TUNNEL_ACCESS_TOKEN")
+	fs.String(&t.SignatureSecret, "tunnel-signature-secret", "HMAC-SHA256 `secret` checked against X-Hub-Signature-256", "TUNNEL_SIGNATURE_SECRET")
+	fs.List(&t.PublicIDs, "tunnel-public-ids", "comma-separated tunnel `ids` that need no auth", "TUNNEL_PUBLIC_IDS")
+	fs.Int(&t.MaxLen, "tunnel-max-len", "largest queue length of a tunnel", "TUNNEL_MAXLEN")
+	fs.Bool(&t.Backpressure, "tunnel-backpressure", "refuse produce with 507 when a tunnel is full (off: trim the oldest, counted and reported in X-Queue-Trimmed)", "TUNNEL_BACKPRESSURE")
+	fs.Duration(&t.MaxPollTimeout, "tunnel-max-poll-timeout", "longest long-poll; larger timeout parameters are clamped", "TUNNEL_MAX_POLL_TIMEOUT")
+	fs.Duration(&t.PollTimeout, "tunnel-poll-timeout", "long-poll wait when the request names no timeout", "TUNNEL_DEFAULT_POLL_TIMEOUT")
+	fs.String(&t.DefaultContentType, "tunnel-default-content-type", "Content-Type served for messages stored without one", "TUNNEL_DEFAULT_CONTENT_TYPE")
+	fs.Duration(&t.ReplyTTL, "tunnel-reply-ttl", "how long a reply is kept", "TUNNEL_REPLY_TTL")
+	fs.Int64(&t.MaxBodyBytes, "tunnel-max-body", "largest message or reply in `bytes`; larger get 413")
+	return fs, c
+}
+
+// NewLogger returns a logger writing to w at level in format.
+func NewLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("invalid log level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch strings.ToLower(format) {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("invalid log format %q: want text or json", format)
+}

@@ -1,0 +1,132 @@
+package httpapi
+
+import (
+	"bufio"
+	"context"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type routeKey struct{}
+
+// routeLabel is where a front door names the route a request took, for
+// metrics and logs.
+type routeLabel struct{ name string }
+
+// SetRoute names the route r took; the request metrics use the name as
+// their route label. Names come from a fixed set per front door, never from
+// the request.
+func SetRoute(r *http.Request, name string) {
+	if l, ok := r.Context().Value(routeKey{}).(*routeLabel); ok {
+		l.name = name
+	}
+}
+
+// recorder captures the status for metrics while passing flushes and
+// hijacks through.
+type recorder struct {
+	http.ResponseWriter
+	status      int
+	wroteHeader bool
+	hijacked    bool
+}
+
+func (rw *recorder) WriteHeader(code int) {
+	if !rw.wroteHeader {
+		rw.status = code
+		if code >= 200 || code == http.StatusSwitchingProtocols {
+			rw.wroteHeader = true
+		}
+	}
+	rw.ResponseWriter.WriteHeader(code)
+}
+
+func (rw *recorder) Write(b []byte) (int, error) {
+	if !rw.wroteHeader {
+		rw.status, rw.wroteHeader = http.StatusOK, true
+	}
+	return rw.ResponseWriter.Write(b)
+}
+
+func (rw *recorder) Flush() {
+	if !rw.wroteHeader {
+		rw.status, rw.wroteHeader = http.StatusOK, true
+	}
+	http.NewResponseController(rw.ResponseWriter).Flush()
+}
+
+func (rw *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, b, err := http.NewResponseController(rw.ResponseWriter).Hijack()
+	if err == nil {
+		rw.hijacked = true
+		if !rw.wroteHeader {
+			rw.status, rw.wroteHeader = http.StatusSwitchingProtocols, true
+		}
+	}
+	return c, b, err
+}
+
+func (rw *recorder) Unwrap() http.ResponseWriter { return rw.ResponseWriter }
+
+// Metrics is the request instrumentation shared by all front doors.
+type Metrics struct {
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+	inflight prometheus.Gauge
+}
+
+// NewMetrics registers the request metrics on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postern_http_requests_total",
+			Help: "HTTP requests answered, by route and status code.",
+		}, []string{"route", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "postern_http_request_duration_seconds",
+			Help:    "Time to answer HTTP requests, by route (long-polls and streams included).",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}, []string{"route"}),
+		inflight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "postern_http_requests_in_flight",
+			Help: "HTTP requests being served (long-polls and streams included).",
+		}),
+	}
+	reg.MustRegister(m.requests, m.duration, m.inflight)
+	return m
+}
+
+// Wrap instruments next: every request is counted under the route its front
+// door named with SetRoute ("unmatched" when none did), and logged at debug
+// level.
+func (m *Metrics) Wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		label := &routeLabel{name: "unmatched"}
+		r = r.WithContext(context.WithValue(r.Context(), routeKey{}, label))
+		rec := &recorder{ResponseWriter: w, status: http.StatusOK}
+		m.inflight.Inc()
+		defer func() {
+			m.inflight.Dec()
+			code := rec.status
+			if r.Context().Err() != nil && !rec.wroteHeader {
+				code = 499 // client closed the request before an answer
+			}
+			elapsed := time.Since(start)
+			m.requests.WithLabelValues(label.name, strconv.Itoa(code)).Inc()
+			m.duration.WithLabelValues(label.name).Observe(elapsed.Seconds())
+			if l := slog.Default(); l.Enabled(r.Context(), slog.LevelDebug) {
+				l.LogAttrs(r.Context(), slog.LevelDebug, "request",
+					slog.String("method", r.Method), slog.String("path", r.URL.Path),
+					slog.String("route", label.name), slog.Int("status", code),
+					slog.Duration("elapsed", elapsed), slog.String("remote", r.RemoteAddr))
+			}
+		}()
+		next.ServeHTTP(rec, r)
+	})
+}

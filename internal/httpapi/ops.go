@@ -1,0 +1,40 @@
+package httpapi
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// ReadyFunc reports why the server cannot take traffic, or nil when it can.
+type ReadyFunc func(ctx context.Context) error
+
+// MountOps registers /healthz (the process is up), /readyz (ready reports
+// nil) and /metrics (gather's metrics in the Prometheus text format) on mux.
+func MountOps(mux *http.ServeMux, ready ReadyFunc, gather prometheus.Gatherer) {
+	mux.Handle("/healthz", Handle(func(w http.ResponseWriter, r *http.Request) error {
+		SetRoute(r, "ops.healthz")
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, err := w.Write([]byte("ok"))
+		return err
+	}, nil))
+	mux.Handle("/readyz", Handle(func(w http.ResponseWriter, r *http.Request) error {
+		SetRoute(r, "ops.readyz")
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := ready(ctx); err != nil {
+			return Errorf(http.StatusServiceUnavailable, "not ready: %v", err)
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, err := w.Write([]byte("ok"))
+		return err
+	}, nil))
+	metrics := promhttp.HandlerFor(gather, promhttp.HandlerOpts{})
+	mux.Handle("/metrics", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		SetRoute(r, "ops.metrics")
+		metrics.ServeHTTP(w, r)
+	}))
+}

@@ -1,0 +1,74 @@
+package queue
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/postern/postern/internal/store"
+)
+
+type metrics struct {
+	appendedC  *prometheus.CounterVec
+	trimmedC   *prometheus.CounterVec
+	refusedC   *prometheus.CounterVec
+	deliveredC *prometheus.CounterVec
+	restoredC  *prometheus.CounterVec
+	waitersG   *prometheus.GaugeVec
+}
+
+func newMetrics(reg prometheus.Registerer, c *Core, st store.Engine) *metrics {
+	m := &metrics{
+		appendedC: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postern_queue_appended_total",
+			Help: "Messages appended to queues, by kind (t: tunnels, inbox).",
+		}, []string{"kind"}),
+		trimmedC: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postern_queue_trimmed_total",
+			Help: "Messages removed from full queues to make room (backpressure off).",
+		}, []string{"kind"}),
+		refusedC: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postern_queue_refused_total",
+			Help: "Appends refused because the queue was at its limit (backpressure).",
+		}, []string{"kind"}),
+		deliveredC: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postern_queue_delivered_total",
+			Help: "Messages handed out to consumers (pending re-deliveries included).",
+		}, []string{"kind"}),
+		restoredC: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postern_queue_restored_total",
+			Help: "Messages put back because the consumer went away before delivery.",
+		}, []string{"kind"}),
+		waitersG: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "postern_queue_waiters",
+			Help: "Long-polls waiting for a message or a reply.",
+		}, []string{"kind"}),
+	}
+	if reg == nil {
+		return m
+	}
+	reg.MustRegister(m.appendedC, m.trimmedC, m.refusedC, m.deliveredC, m.restoredC, m.waitersG)
+	if stats, ok := st.(store.Stats); ok {
+		reg.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "postern_queue_messages",
+				Help: "Messages held in queues (pending plus unseen), all kinds.",
+			}, func() float64 { return float64(stats.QueueStats().Messages) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "postern_queue_queues",
+				Help: "Queues holding at least one message, all kinds.",
+			}, func() float64 { return float64(stats.QueueStats().Queues) }),
+		)
+	}
+	return m
+}
+
+func (m *metrics) appended(kind string, trimmed int) {
+	m.appendedC.WithLabelValues(kind).Inc()
+	if trimmed > 0 {
+		m.trimmedC.WithLabelValues(kind).Add(float64(trimmed))
+	}
+}
+
+func (m *metrics) refused(kind string)          { m.refusedC.WithLabelValues(kind).Inc() }
+func (m *metrics) delivered(kind string, n int) { m.deliveredC.WithLabelValues(kind).Add(float64(n)) }
+func (m *metrics) restored(kind string)         { m.restoredC.WithLabelValues(kind).Inc() }
+func (m *metrics) waiting(kind string, d int)   { m.waitersG.WithLabelValues(kind).Add(float64(d)) }

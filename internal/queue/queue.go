@@ -1,0 +1,338 @@
+// Package queue is the core behind tunnels and the inbox: ordered message
+// queues per key with a pending set, acknowledgements, replies and expiry,
+// stored in a storage engine, plus long-poll waiters that an append wakes
+// at once.
+//
+// Waiters are registered before the store is checked, so an append that
+// lands between the check and the wait still wakes them; no polling loop is
+// involved. On engines shared by several nodes (store.Fanout) every append
+// and reply is also announced on a wake topic, so a long-poll held by one
+// node is woken by a write on another.
+package queue
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/postern/postern/internal/store"
+)
+
+// WakeTopic is the store.Fanout topic on which nodes announce writes to
+// queue and reply keys.
+const WakeTopic = "postern:queue:wake"
+
+// ErrShuttingDown is returned by waits cut short by Shutdown. Callers answer
+// as for "nothing arrived".
+var ErrShuttingDown = errors.New("server shutting down")
+
+// Options configures a Core.
+type Options struct {
+	// Metrics receives the core's metrics; nil registers none.
+	Metrics prometheus.Registerer
+}
+
+// Core is the queue core. It is safe for concurrent use.
+type Core struct {
+	st  store.Engine
+	fan store.Fanout // nil on single-node engines
+
+	mu      sync.Mutex
+	waiters map[string]*waitSet
+	nwait   int
+	// changed, when not nil, is closed at the next change of nwait; only
+	// WaitForWaiters creates it, so the hot path allocates nothing.
+	changed chan struct{}
+
+	closing   chan struct{}
+	closeOnce sync.Once
+	unsub     func()
+
+	m *metrics
+}
+
+type waitSet struct {
+	ch chan struct{} // closed and replaced on every wake
+	n  int
+}
+
+// New returns a core on st. If st implements store.Fanout, the core
+// subscribes to WakeTopic; Shutdown ends the subscription.
+func New(st store.Engine, opts Options) (*Core, error) {
+	c := &Core{
+		st:      st,
+		waiters: make(map[string]*waitSet),
+		closing: make(chan struct{}),
+	}
+	c.m = newMetrics(opts.Metrics, c, st)
+	if fan, ok := st.(store.Fanout); ok {
+		c.fan = fan
+		cancel, err := fan.Subscribe(context.Background(), WakeTopic, func(key []byte) { c.wake(string(key)) })
+		if err != nil {
+			return nil, err
+		}
+		c.unsub = cancel
+	}
+	return c, nil
+}
+
+// Shutdown ends every wait in progress (they report nothing found) and makes
+// later waits return at once. It is idempotent and does not close the store.
+func (c *Core) Shutdown(ctx context.Context) error {
+	c.closeOnce.Do(func() {
+		close(c.closing)
+		if c.unsub != nil {
+			c.unsub()
+		}
+	})
+	return nil
+}
+
+// Waiting reports the number of waits in progress.
+func (c *Core) Waiting() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.nwait
+}
+
+// WaitForWaiters blocks until at least n waits are in progress, or ctx
+// ends. It is the readiness signal for tests and tools that must know a
+// long-poll is parked before they act.
+func (c *Core) WaitForWaiters(ctx context.Context, n int) error {
+	for {
+		c.mu.Lock()
+		if c.nwait >= n {
+			c.mu.Unlock()
+			return nil
+		}
+		if c.changed == nil {
+			c.changed = make(chan struct{})
+		}
+		ch := c.changed
+		c.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// addWaiting changes the wait count; c.mu must be held.
+func (c *Core) addWaiting(d int) {
+	c.nwait += d
+	if c.changed != nil {
+		close(c.changed)
+		c.changed = nil
+	}
+}
+
+// watch registers interest in key and returns the channel that the next wake
+// of key closes. release must be called once.
+func (c *Core) watch(key string) (<-chan struct{}, func()) {
+	c.mu.Lock()
+	ws := c.waiters[key]
+	if ws == nil {
+		ws = &waitSet{ch: make(chan struct{})}
+		c.waiters[key] = ws
+	}
+	ws.n++
+	c.addWaiting(1)
+	ch := ws.ch
+	c.mu.Unlock()
+	kind := kindOf(key)
+	c.m.waiting(kind, 1)
+	return ch, func() {
+		c.mu.Lock()
+		ws.n--
+		c.addWaiting(-1)
+		if ws.n == 0 && c.waiters[key] == ws {
+			delete(c.waiters, key)
+		}
+		c.mu.Unlock()
+		c.m.waiting(kind, -1)
+	}
+}
+
+// wake wakes every local waiter of key.
+func (c *Core) wake(key string) {
+	c.mu.Lock()
+	if ws := c.waiters[key]; ws != nil {
+		close(ws.ch)
+		ws.ch = make(chan struct{})
+	}
+	c.mu.Unlock()
+}
+
+// announce wakes local waiters of key and, on shared engines, those of other
+// nodes.
+func (c *Core) announce(key string) {
+	c.wake(key)
+	if c.fan != nil {
+		// Best effort: a lost wake-up costs a waiter its timeout, never a
+		// message, and the write itself already succeeded.
+		_ = c.fan.Publish(context.Background(), WakeTopic, []byte(key))
+	}
+}
+
+// await runs try until it reports found, an error occurs, wait elapses, ctx
+// ends or the core shuts down. try runs at least once, and runs again after
+// each wake of key.
+func (c *Core) await(ctx context.Context, key string, wait time.Duration, try func() (bool, error)) (bool, error) {
+	if wait <= 0 {
+		return try()
+	}
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		if err := ctx.Err(); err != nil {
+			return false, err
+		}
+		ch, release := c.watch(key)
+		found, err := try()
+		if found || err != nil {
+			release()
+			return found, err
+		}
+		if timer == nil {
+			timer = time.NewTimer(wait)
+		}
+		select {
+		case <-ch:
+			release()
+		case <-timer.C:
+			release()
+			return false, nil
+		case <-ctx.Done():
+			release()
+			return false, ctx.Err()
+		case <-c.closing:
+			release()
+			return false, ErrShuttingDown
+		}
+	}
+}
+
+// Append stores m at the end of key's queue and wakes its waiters.
+func (c *Core) Append(ctx context.Context, key string, m store.Message, opts store.AppendOptions) (store.AppendResult, error) {
+	res, err := c.st.Append(ctx, key, m, opts)
+	kind := kindOf(key)
+	if err != nil {
+		var full *store.FullError
+		if errors.As(err, &full) {
+			c.m.refused(kind)
+		}
+		return res, err
+	}
+	if !res.Duplicate {
+		c.m.appended(kind, res.Trimmed)
+	}
+	c.announce(key)
+	return res, nil
+}
+
+// Take hands out one message of key as mode says, waiting up to wait for one
+// to arrive. It checks ctx before each attempt, so a caller that has gone
+// away is not handed a message.
+func (c *Core) Take(ctx context.Context, key string, mode store.TakeMode, wait time.Duration) (store.Message, bool, error) {
+	var m store.Message
+	found, err := c.await(ctx, key, wait, func() (bool, error) {
+		if err := ctx.Err(); err != nil {
+			return false, err
+		}
+		var ok bool
+		var err error
+		m, ok, err = c.st.Take(ctx, key, mode)
+		return ok, err
+	})
+	if found {
+		c.m.delivered(kindOf(key), 1)
+	}
+	return m, found, err
+}
+
+// TakeAll removes and returns up to max unseen messages of key.
+func (c *Core) TakeAll(ctx context.Context, key string, max int) ([]store.Message, error) {
+	ms, err := c.st.TakeAll(ctx, key, max)
+	if len(ms) > 0 {
+		c.m.delivered(kindOf(key), len(ms))
+	}
+	return ms, err
+}
+
+// Restore puts back a message that Take(TakeDelete) handed out but that
+// could not be delivered, and wakes waiters so another consumer gets it.
+func (c *Core) Restore(ctx context.Context, key string, m store.Message) error {
+	if err := c.st.Restore(ctx, key, m); err != nil {
+		return err
+	}
+	c.m.restored(kindOf(key))
+	c.announce(key)
+	return nil
+}
+
+// Ack acknowledges (removes) message id of key.
+func (c *Core) Ack(ctx context.Context, key string, id store.ID) (bool, error) {
+	return c.st.Ack(ctx, key, id)
+}
+
+// Status reports where message id of key is.
+func (c *Core) Status(ctx context.Context, key string, id store.ID) (store.State, error) {
+	return c.st.Status(ctx, key, id)
+}
+
+// Len reports key's queue length (pending plus unseen).
+func (c *Core) Len(ctx context.Context, key string) (int, error) {
+	return c.st.Len(ctx, key)
+}
+
+// Clear removes every message of key.
+func (c *Core) Clear(ctx context.Context, key string) (int, error) {
+	return c.st.Clear(ctx, key)
+}
+
+func replyKey(key string, id store.ID) string {
+	return key + "\x00reply\x00" + id.String()
+}
+
+// Reply acknowledges pending message id of key and stores r as its reply,
+// waking whoever waits for it.
+func (c *Core) Reply(ctx context.Context, key string, id store.ID, r store.Message, ttl time.Duration) (bool, error) {
+	ok, err := c.st.Reply(ctx, key, id, r, ttl)
+	if ok {
+		c.announce(replyKey(key, id))
+	}
+	return ok, err
+}
+
+// TakeReply removes and returns the reply to message id of key, waiting up
+// to wait for it to arrive.
+func (c *Core) TakeReply(ctx context.Context, key string, id store.ID, wait time.Duration) (store.Message, bool, error) {
+	var m store.Message
+	found, err := c.await(ctx, replyKey(key, id), wait, func() (bool, error) {
+		if err := ctx.Err(); err != nil {
+			return false, err
+		}
+		var ok bool
+		var err error
+		m, ok, err = c.st.TakeReply(ctx, key, id)
+		return ok, err
+	})
+	return m, found, err
+}
+
+// kindOf is the metrics label of key: its namespace before the first '/'.
+func kindOf(key string) string {
+	if i := strings.IndexByte(key, '/'); i > 0 {
+		return key[:i]
+	}
+	return "other"
+}

@@ -1,0 +1,209 @@
+// Package server assembles a postern node: it opens the storage engine,
+// starts the cores, mounts every front door and the operations endpoints on
+// one HTTP handler, and owns the order of a graceful shutdown.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/postern/postern/internal/httpapi"
+	"github.com/postern/postern/internal/queue"
+	"github.com/postern/postern/internal/store"
+	"github.com/postern/postern/internal/tunnel"
+	"github.com/postern/postern/internal/version"
+)
+
+// Defaults of the HTTP server.
+const (
+	DefaultListen            = ":8080"
+	DefaultStore             = "memory"
+	DefaultShutdownTimeout   = 30 * time.Second
+	DefaultReadHeaderTimeout = 10 * time.Second
+	DefaultIdleTimeout       = 120 * time.Second
+	DefaultMaxHeaderBytes    = 64 << 10
+)
+
+// Config is everything a node needs.
+type Config struct {
+	// Listen is the TCP address to serve on.
+	Listen string
+	// Store names the storage engine: "memory", or an engine URL (see
+	// OpenStore).
+	Store string
+	// ShutdownTimeout bounds the graceful drain.
+	ShutdownTimeout time.Duration
+	// ReadHeaderTimeout bounds how long a client may take to send headers.
+	ReadHeaderTimeout time.Duration
+	// IdleTimeout closes idle keep-alive connections.
+	IdleTimeout time.Duration
+	// MaxHeaderBytes limits request headers.
+	MaxHeaderBytes int
+
+	Tunnel tunnel.Options
+
+	// Logger receives the server's logs; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns a config with every default filled in.
+func DefaultConfig() Config {
+	return Config{
+		Listen:            DefaultListen,
+		Store:             DefaultStore,
+		ShutdownTimeout:   DefaultShutdownTimeout,
+		ReadHeaderTimeout: DefaultReadHeaderTimeout,
+		IdleTimeout:       DefaultIdleTimeout,
+		MaxHeaderBytes:    DefaultMaxHeaderBytes,
+		Tunnel:            tunnel.DefaultOptions(),
+	}
+}
+
+// Server is one postern node.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	registry *prometheus.Registry
+	store    store.Engine
+	queue    *queue.Core
+	handler  http.Handler
+	http     *http.Server
+
+	draining     atomic.Bool
+	shutdownOnce sync.Once
+	shutdownErr  error
+	shutdownDone chan struct{}
+}
+
+// New opens the storage engine and assembles the node. Close it with
+// Shutdown, also when it never served.
+func New(cfg Config) (*Server, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	s := &Server{
+		cfg:          cfg,
+		log:          cfg.Logger,
+		registry:     prometheus.NewRegistry(),
+		shutdownDone: make(chan struct{}),
+	}
+	s.registry.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		version.Collector(),
+	)
+	st, err := OpenStore(cfg.Store)
+	if err != nil {
+		return nil, err
+	}
+	s.store = st
+	fail := func(err error) (*Server, error) {
+		st.Close()
+		return nil, err
+	}
+	if s.queue, err = queue.New(st, queue.Options{Metrics: s.registry}); err != nil {
+		return fail(fmt.Errorf("queue core: %w", err))
+	}
+	tunnels, err := tunnel.New(s.queue, cfg.Tunnel)
+	if err != nil {
+		return fail(err)
+	}
+
+	mux := http.NewServeMux()
+	tunnels.Mount(mux)
+	httpapi.MountOps(mux, s.ready, s.registry)
+	mux.Handle("/", httpapi.Handle(func(w http.ResponseWriter, r *http.Request) error {
+		// The original tunnel relay answered any path under /health with "OK".
+		if strings.HasPrefix(r.URL.Path, "/health") {
+			return healthOK(w, r)
+		}
+		httpapi.SetRoute(r, "not_found")
+		return httpapi.ErrNotFound
+	}, nil))
+
+	m := httpapi.NewMetrics(s.registry)
+	s.handler = m.Wrap(mux)
+	s.http = &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
+		MaxHeaderBytes:    cfg.MaxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	return s, nil
+}
+
+func healthOK(w http.ResponseWriter, r *http.Request) error {
+	httpapi.SetRoute(r, "ops.health")
+	w.Header().Set("Content-Type", "text/plain")
+	_, err := w.Write([]byte("OK"))
+	return err
+}
+
+// Handler returns the node's HTTP handler (for tests and embedding).
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// WaitForLongPolls blocks until at least n long-polls are parked on this
+// node, or ctx ends: a readiness signal for tests and tools.
+func (s *Server) WaitForLongPolls(ctx context.Context, n int) error {
+	return s.queue.WaitForWaiters(ctx, n)
+}
+
+// Registry returns the node's metrics registry.
+func (s *Server) Registry() *prometheus.Registry { return s.registry }
+
+func (s *Server) ready(ctx context.Context) error {
+	if s.draining.Load() {
+		return errors.New("draining")
+	}
+	if err := s.store.Ping(ctx); err != nil {
+		return fmt.Errorf("%s store: %w", s.store.Name(), err)
+	}
+	return nil
+}
+
+// Serve serves HTTP on ln until Shutdown. It returns nil after a graceful
+// shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	s.log.Info("postern listening", "addr", ln.Addr().String(), "store", s.store.Name(), "version", version.Version())
+	err := s.http.Serve(ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		<-s.shutdownDone
+		return nil
+	}
+	return err
+}
+
+// Shutdown drains the node: /readyz turns 503, waiting long-polls are
+// answered, the listener closes, requests in progress finish (bounded by
+// ctx), then the store is closed. It is idempotent; every call waits for the
+// one drain and returns its result.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.shutdownOnce.Do(func() {
+		defer close(s.shutdownDone)
+		s.draining.Store(true)
+		s.log.Info("draining")
+		var errs []error
+		errs = append(errs, s.queue.Shutdown(ctx))
+		if err := s.http.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("http drain: %w", err))
+			s.http.Close()
+		}
+		errs = append(errs, s.store.Close())
+		s.shutdownErr = errors.Join(errs...)
+		s.log.Info("stopped")
+	})
+	<-s.shutdownDone
+	return s.shutdownErr
+}

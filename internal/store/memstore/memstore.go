@@ -1,0 +1,609 @@
+// Package memstore is the in-memory storage engine: fast, shared by nothing,
+// and gone when the process exits. It is meant for tests and throwaway
+// relays; the embedded file engine is the durable default.
+//
+// Keys are spread over shards, each guarded by its own mutex, so unrelated
+// queues never contend. Within a queue, messages sit in a slice ordered by
+// id; the pending set is a flag on the entry, since in practice it holds at
+// most a handful of messages at the head of the queue.
+package memstore
+
+import (
+	"context"
+	"hash/maphash"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/postern/postern/internal/store"
+)
+
+// DefaultSweepInterval is how often expired messages, replies and
+// remembered dedup keys are removed in the background.
+const DefaultSweepInterval = time.Second
+
+// sweepBatch bounds the work of one sweep step per shard.
+const sweepBatch = 1024
+
+const numShards = 64
+
+// Options configures a Store.
+type Options struct {
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// SweepInterval is how often expired data is removed; zero means
+	// DefaultSweepInterval, negative disables the background sweep.
+	SweepInterval time.Duration
+}
+
+// Store is the memory engine.
+type Store struct {
+	now    func() time.Time
+	seed   maphash.Seed
+	shards [numShards]shard
+
+	queues   atomic.Int64
+	messages atomic.Int64
+
+	closed    atomic.Bool
+	closeOnce sync.Once
+	stop      chan struct{}
+	done      chan struct{}
+}
+
+var (
+	_ store.Engine = (*Store)(nil)
+	_ store.Stats  = (*Store)(nil)
+)
+
+type shard struct {
+	mu      sync.Mutex
+	lastID  store.ID // ids increase per shard, hence per key, even after a queue is forgotten
+	queues  map[string]*queue
+	replies map[replyKey]reply
+}
+
+type replyKey struct {
+	key string
+	id  store.ID
+}
+
+type reply struct {
+	msg     store.Message
+	expires time.Time
+}
+
+type entry struct {
+	msg     store.Message
+	pending bool
+	// dedupUntil is when the message's dedup key stops being remembered.
+	dedupUntil time.Time
+}
+
+type queue struct {
+	items []*entry // ordered by id; items[head:] are live
+	head  int
+	// queued maps a dedup key to its entry while the entry is unseen.
+	queued map[string]*entry
+	// seen remembers dedup keys of messages handed out, until the time given.
+	seen map[string]time.Time
+}
+
+// New returns a running memory store. Close stops its background sweep.
+func New(opts Options) *Store {
+	s := &Store{
+		now:  opts.Now,
+		seed: maphash.MakeSeed(),
+		stop: make(chan struct{}),
+		done: make(chan struct{}),
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	for i := range s.shards {
+		s.shards[i].queues = make(map[string]*queue)
+		s.shards[i].replies = make(map[replyKey]reply)
+	}
+	interval := opts.SweepInterval
+	if interval == 0 {
+		interval = DefaultSweepInterval
+	}
+	if interval > 0 {
+		go s.sweepLoop(interval)
+	} else {
+		close(s.done)
+	}
+	return s
+}
+
+// Name implements store.Engine.
+func (s *Store) Name() string { return "memory" }
+
+// Ping implements store.Engine.
+func (s *Store) Ping(context.Context) error {
+	if s.closed.Load() {
+		return store.ErrClosed
+	}
+	return nil
+}
+
+// Close implements store.Engine.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		s.closed.Store(true)
+		close(s.stop)
+	})
+	<-s.done
+	return nil
+}
+
+// QueueStats implements store.Stats.
+func (s *Store) QueueStats() store.QueueStats {
+	return store.QueueStats{Queues: int(s.queues.Load()), Messages: int(s.messages.Load())}
+}
+
+func (s *Store) shard(key string) *shard {
+	return &s.shards[maphash.String(s.seed, key)%numShards]
+}
+
+// lock returns key's shard locked, or ErrClosed.
+func (s *Store) lock(key string) (*shard, error) {
+	if s.closed.Load() {
+		return nil, store.ErrClosed
+	}
+	sh := s.shard(key)
+	sh.mu.Lock()
+	return sh, nil
+}
+
+func (q *queue) live() []*entry { return q.items[q.head:] }
+
+func (q *queue) len() int { return len(q.items) - q.head }
+
+// find returns the index in live() of id, or where it would go.
+func (q *queue) find(id store.ID) (int, bool) {
+	l := q.live()
+	lo, hi := 0, len(l)
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if l[m].msg.ID.Compare(id) < 0 {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	return lo, lo < len(l) && l[lo].msg.ID == id
+}
+
+// removeAt removes live()[i].
+func (q *queue) removeAt(i int) *entry {
+	if i == 0 {
+		e := q.items[q.head]
+		q.items[q.head] = nil
+		q.head++
+		if q.head > 32 && q.head*2 > len(q.items) {
+			n := copy(q.items, q.items[q.head:])
+			clear(q.items[n:])
+			q.items = q.items[:n]
+			q.head = 0
+		}
+		return e
+	}
+	j := q.head + i
+	e := q.items[j]
+	copy(q.items[j:], q.items[j+1:])
+	q.items[len(q.items)-1] = nil
+	q.items = q.items[:len(q.items)-1]
+	return e
+}
+
+// insertAt inserts e at live()[i].
+func (q *queue) insertAt(i int, e *entry) {
+	if i == 0 && q.head > 0 {
+		q.head--
+		q.items[q.head] = e
+		return
+	}
+	j := q.head + i
+	q.items = append(q.items, nil)
+	copy(q.items[j+1:], q.items[j:])
+	q.items[j] = e
+}
+
+// forget drops the dedup bookkeeping for e when it is handed out or leaves
+// the queue. When delivered is set, its dedup key is remembered until the end
+// of its window, so that a resend is suppressed.
+func (q *queue) forget(e *entry, delivered bool, now time.Time) {
+	k := e.msg.DedupKey
+	if k == "" {
+		return
+	}
+	if q.queued[k] == e {
+		delete(q.queued, k)
+	}
+	if delivered && e.dedupUntil.After(now) {
+		if q.seen == nil {
+			q.seen = make(map[string]time.Time)
+		}
+		q.seen[k] = e.dedupUntil
+	}
+}
+
+func expired(m *store.Message, now time.Time) bool {
+	return !m.ExpiresAt.IsZero() && !now.Before(m.ExpiresAt)
+}
+
+// getQueue returns key's queue, creating it when create is set.
+func (s *Store) getQueue(sh *shard, key string, create bool) *queue {
+	q := sh.queues[key]
+	if q == nil && create {
+		q = &queue{}
+		sh.queues[key] = q
+		s.queues.Add(1)
+	}
+	return q
+}
+
+// maybeForget drops an empty queue that remembers no dedup keys.
+func (s *Store) maybeForget(sh *shard, key string, q *queue) {
+	if q.len() == 0 && len(q.seen) == 0 {
+		delete(sh.queues, key)
+		s.queues.Add(-1)
+	}
+}
+
+// Append implements store.Queues.
+func (s *Store) Append(ctx context.Context, key string, m store.Message, opts store.AppendOptions) (store.AppendResult, error) {
+	sh, err := s.lock(key)
+	if err != nil {
+		return store.AppendResult{}, err
+	}
+	defer sh.mu.Unlock()
+	now := s.now()
+	q := s.getQueue(sh, key, true)
+	defer s.maybeForget(sh, key, q)
+
+	var expires time.Time
+	if opts.TTL > 0 {
+		expires = now.Add(opts.TTL)
+	}
+	if k := opts.DedupKey; k != "" {
+		if e := q.queued[k]; e != nil && !expired(&e.msg, now) {
+			e.msg.ContentType = m.ContentType
+			e.msg.Body = m.Body
+			e.msg.ExpiresAt = expires
+			return store.AppendResult{ID: e.msg.ID, Len: q.len(), Duplicate: true}, nil
+		}
+		if until, ok := q.seen[k]; ok && now.Before(until) {
+			return store.AppendResult{Len: q.len(), Duplicate: true}, nil
+		}
+	}
+	if opts.Limit > 0 && q.len() >= opts.Limit {
+		return store.AppendResult{}, &store.FullError{Len: q.len()}
+	}
+	sh.lastID = store.NextID(sh.lastID, now)
+	e := &entry{msg: store.Message{
+		ID:          sh.lastID,
+		ContentType: m.ContentType,
+		Body:        m.Body,
+		DedupKey:    opts.DedupKey,
+		ExpiresAt:   expires,
+	}}
+	if opts.DedupKey != "" {
+		e.dedupUntil = now.Add(opts.DedupWindow)
+	}
+	q.items = append(q.items, e)
+	s.messages.Add(1)
+	if k := opts.DedupKey; k != "" {
+		if q.queued == nil {
+			q.queued = make(map[string]*entry)
+		}
+		q.queued[k] = e
+		delete(q.seen, k)
+	}
+	res := store.AppendResult{ID: e.msg.ID}
+	if opts.MaxLen > 0 {
+		for q.len() > opts.MaxLen {
+			old := q.removeAt(0)
+			q.forget(old, false, now)
+			s.messages.Add(-1)
+			res.Trimmed++
+		}
+	}
+	res.Len = q.len()
+	return res, nil
+}
+
+// Take implements store.Queues.
+func (s *Store) Take(ctx context.Context, key string, mode store.TakeMode) (store.Message, bool, error) {
+	sh, err := s.lock(key)
+	if err != nil {
+		return store.Message{}, false, err
+	}
+	defer sh.mu.Unlock()
+	q := sh.queues[key]
+	if q == nil {
+		return store.Message{}, false, nil
+	}
+	defer s.maybeForget(sh, key, q)
+	now := s.now()
+	if mode == store.TakePending {
+		for _, e := range q.live() {
+			if e.pending && !expired(&e.msg, now) {
+				return e.msg, true, nil
+			}
+		}
+	}
+	for i := 0; i < q.len(); {
+		e := q.live()[i]
+		if expired(&e.msg, now) {
+			q.removeAt(i)
+			q.forget(e, false, now)
+			s.messages.Add(-1)
+			continue
+		}
+		if e.pending {
+			i++
+			continue
+		}
+		if mode == store.TakePending {
+			e.pending = true
+			q.forget(e, true, now)
+			return e.msg, true, nil
+		}
+		q.removeAt(i)
+		s.messages.Add(-1)
+		q.forget(e, true, now)
+		return e.msg, true, nil
+	}
+	return store.Message{}, false, nil
+}
+
+// TakeAll implements store.Queues.
+func (s *Store) TakeAll(ctx context.Context, key string, limit int) ([]store.Message, error) {
+	sh, err := s.lock(key)
+	if err != nil {
+		return nil, err
+	}
+	defer sh.mu.Unlock()
+	q := sh.queues[key]
+	if q == nil {
+		return nil, nil
+	}
+	defer s.maybeForget(sh, key, q)
+	now := s.now()
+	var out []store.Message
+	for i := 0; i < q.len() && (limit <= 0 || len(out) < limit); {
+		e := q.live()[i]
+		if e.pending {
+			i++
+			continue
+		}
+		q.removeAt(i)
+		s.messages.Add(-1)
+		if expired(&e.msg, now) {
+			q.forget(e, false, now)
+			continue
+		}
+		q.forget(e, true, now)
+		out = append(out, e.msg)
+	}
+	return out, nil
+}
+
+// Restore implements store.Queues.
+func (s *Store) Restore(ctx context.Context, key string, m store.Message) error {
+	sh, err := s.lock(key)
+	if err != nil {
+		return err
+	}
+	defer sh.mu.Unlock()
+	q := s.getQueue(sh, key, true)
+	defer s.maybeForget(sh, key, q)
+	now := s.now()
+	if expired(&m, now) {
+		return nil
+	}
+	i, found := q.find(m.ID)
+	if found {
+		return nil
+	}
+	e := &entry{msg: m}
+	q.insertAt(i, e)
+	s.messages.Add(1)
+	if k := m.DedupKey; k != "" {
+		if q.queued == nil {
+			q.queued = make(map[string]*entry)
+		}
+		if q.queued[k] == nil {
+			q.queued[k] = e
+			e.dedupUntil = q.seen[k]
+			delete(q.seen, k)
+		}
+	}
+	return nil
+}
+
+// Ack implements store.Queues.
+func (s *Store) Ack(ctx context.Context, key string, id store.ID) (bool, error) {
+	sh, err := s.lock(key)
+	if err != nil {
+		return false, err
+	}
+	defer sh.mu.Unlock()
+	q := sh.queues[key]
+	if q == nil {
+		return false, nil
+	}
+	defer s.maybeForget(sh, key, q)
+	i, found := q.find(id)
+	if !found {
+		return false, nil
+	}
+	now := s.now()
+	e := q.removeAt(i)
+	s.messages.Add(-1)
+	q.forget(e, true, now)
+	return true, nil
+}
+
+// Status implements store.Queues.
+func (s *Store) Status(ctx context.Context, key string, id store.ID) (store.State, error) {
+	sh, err := s.lock(key)
+	if err != nil {
+		return store.StateNone, err
+	}
+	defer sh.mu.Unlock()
+	q := sh.queues[key]
+	if q == nil {
+		return store.StateNone, nil
+	}
+	i, found := q.find(id)
+	if !found {
+		return store.StateNone, nil
+	}
+	e := q.live()[i]
+	switch {
+	case expired(&e.msg, s.now()):
+		return store.StateNone, nil
+	case e.pending:
+		return store.StatePending, nil
+	}
+	return store.StateQueued, nil
+}
+
+// Len implements store.Queues.
+func (s *Store) Len(ctx context.Context, key string) (int, error) {
+	sh, err := s.lock(key)
+	if err != nil {
+		return 0, err
+	}
+	defer sh.mu.Unlock()
+	if q := sh.queues[key]; q != nil {
+		return q.len(), nil
+	}
+	return 0, nil
+}
+
+// Clear implements store.Queues.
+func (s *Store) Clear(ctx context.Context, key string) (int, error) {
+	sh, err := s.lock(key)
+	if err != nil {
+		return 0, err
+	}
+	defer sh.mu.Unlock()
+	q := sh.queues[key]
+	if q == nil {
+		return 0, nil
+	}
+	n := q.len()
+	s.messages.Add(int64(-n))
+	delete(sh.queues, key)
+	s.queues.Add(-1)
+	return n, nil
+}
+
+// Reply implements store.Queues.
+func (s *Store) Reply(ctx context.Context, key string, id store.ID, r store.Message, ttl time.Duration) (bool, error) {
+	sh, err := s.lock(key)
+	if err != nil {
+		return false, err
+	}
+	defer sh.mu.Unlock()
+	q := sh.queues[key]
+	if q == nil {
+		return false, nil
+	}
+	defer s.maybeForget(sh, key, q)
+	i, found := q.find(id)
+	if !found || !q.live()[i].pending {
+		return false, nil
+	}
+	now := s.now()
+	e := q.removeAt(i)
+	s.messages.Add(-1)
+	q.forget(e, true, now)
+	r.ID = id
+	var expires time.Time
+	if ttl > 0 {
+		expires = now.Add(ttl)
+	}
+	r.ExpiresAt = expires
+	sh.replies[replyKey{key, id}] = reply{msg: r, expires: expires}
+	return true, nil
+}
+
+// TakeReply implements store.Queues.
+func (s *Store) TakeReply(ctx context.Context, key string, id store.ID) (store.Message, bool, error) {
+	sh, err := s.lock(key)
+	if err != nil {
+		return store.Message{}, false, err
+	}
+	defer sh.mu.Unlock()
+	rk := replyKey{key, id}
+	r, ok := sh.replies[rk]
+	if !ok {
+		return store.Message{}, false, nil
+	}
+	delete(sh.replies, rk)
+	if !r.expires.IsZero() && !s.now().Before(r.expires) {
+		return store.Message{}, false, nil
+	}
+	return r.msg, true, nil
+}
+
+func (s *Store) sweepLoop(interval time.Duration) {
+	defer close(s.done)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			for i := range s.shards {
+				s.sweep(&s.shards[i])
+			}
+		}
+	}
+}
+
+// sweep removes expired replies, messages and dedup keys of one shard,
+// visiting at most sweepBatch of each.
+func (s *Store) sweep(sh *shard) {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	now := s.now()
+	n := 0
+	for k, r := range sh.replies {
+		if n++; n > sweepBatch {
+			break
+		}
+		if !r.expires.IsZero() && !now.Before(r.expires) {
+			delete(sh.replies, k)
+		}
+	}
+	n = 0
+	for key, q := range sh.queues {
+		if n > sweepBatch {
+			break
+		}
+		for k, until := range q.seen {
+			n++
+			if !now.Before(until) {
+				delete(q.seen, k)
+			}
+		}
+		for i := 0; i < q.len() && n <= sweepBatch; n++ {
+			e := q.live()[i]
+			if !expired(&e.msg, now) {
+				i++
+				continue
+			}
+			q.removeAt(i)
+			q.forget(e, false, now)
+			s.messages.Add(-1)
+		}
+		s.maybeForget(sh, key, q)
+	}
+}

@@ -1,0 +1,182 @@
+// Package store defines the storage contract that postern's cores are built on.
+//
+// A storage engine (memory, embedded file, Redis) implements [Engine]: ordered
+// per-key message queues with a pending set, acknowledgements, replies and
+// expiry. Every operation of [Queues] is atomic on its own, so cores never
+// need a lock across two calls. Engines shared by several nodes also
+// implement [Fanout], which cores use for cross-node wake-ups and
+// broadcasts.
+//
+// Capabilities never talk to an engine directly: they call a core
+// (internal/queue, internal/broker, internal/relay), and the cores call the
+// engine. The contract suite in internal/store/storetest pins down the
+// behaviour every engine must show.
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Errors an engine returns. Engines wrap them with a reason; callers test
+// with errors.Is.
+var (
+	// ErrUnavailable means the engine cannot serve right now (Redis down,
+	// disk failing). The write did not happen. HTTP: 503.
+	ErrUnavailable = errors.New("storage unavailable")
+	// ErrNoSpace means the engine refused a write for lack of space.
+	// HTTP: 507.
+	ErrNoSpace = errors.New("storage full")
+	// ErrClosed means the engine was closed.
+	ErrClosed = errors.New("storage closed")
+)
+
+// FullError is returned by Append when AppendOptions.Limit refuses the
+// message. Len is the queue length that caused the refusal.
+type FullError struct{ Len int }
+
+func (e *FullError) Error() string { return fmt.Sprintf("queue full (%d messages)", e.Len) }
+
+// TakeMode says how Take hands a message out.
+type TakeMode int
+
+const (
+	// TakeDelete removes the oldest unseen message and returns it
+	// (at-most-once). Pending messages are skipped.
+	TakeDelete TakeMode = iota
+	// TakePending returns the oldest pending message again if there is one;
+	// otherwise it moves the oldest unseen message into the pending set and
+	// returns it. A pending message stays until acknowledged.
+	TakePending
+)
+
+// State is where a message is in its queue.
+type State int
+
+const (
+	// StateNone: the message never existed, or it was consumed.
+	StateNone State = iota
+	// StateQueued: appended and not yet handed out.
+	StateQueued
+	// StatePending: handed out in pending mode and not yet acknowledged.
+	StatePending
+)
+
+// Message is one entry of a queue, or a reply.
+type Message struct {
+	ID          ID
+	ContentType string
+	Body        []byte
+	// DedupKey is the key the message was appended with, if any.
+	DedupKey string
+	// ExpiresAt is when the message stops being delivered; zero: never.
+	ExpiresAt time.Time
+}
+
+// AppendOptions controls one Append.
+type AppendOptions struct {
+	// Limit > 0 refuses the append with *FullError when the queue already
+	// holds Limit or more messages (pending plus unseen).
+	Limit int
+	// MaxLen > 0 caps the queue: after appending, the oldest messages beyond
+	// MaxLen are removed and counted in AppendResult.Trimmed.
+	MaxLen int
+	// TTL > 0 makes the message expire TTL after it was appended.
+	TTL time.Duration
+	// DedupKey, when not empty, identifies the message within its queue.
+	// If a message with the same DedupKey is still queued (not handed out),
+	// its content type, body and expiry are replaced in place and no new
+	// message is appended. If one was handed out (taken, pending,
+	// acknowledged) and was appended less than DedupWindow ago, nothing is
+	// stored. Either way AppendResult.Duplicate is true. A message removed
+	// by MaxLen, Clear or expiry is not remembered.
+	DedupKey string
+	// DedupWindow is how long a DedupKey is remembered, counted from the
+	// append. Zero: only while the message is queued.
+	DedupWindow time.Duration
+}
+
+// AppendResult reports what Append did.
+type AppendResult struct {
+	// ID is the new message's id, or for a duplicate the id of the message
+	// it matched (zero if that message is gone).
+	ID ID
+	// Len is the queue length after the append (pending plus unseen).
+	Len int
+	// Trimmed counts messages removed because of AppendOptions.MaxLen.
+	Trimmed int
+	// Duplicate is true when DedupKey matched and nothing new was appended.
+	Duplicate bool
+}
+
+// Queues is the queue half of the contract. Keys are opaque strings chosen by
+// the cores (for example "t/<tunnel>" or "inbox/<actor>"); a key that holds
+// nothing costs nothing. Ids are assigned by the engine and strictly
+// increase within a key, also across restarts and after a queue was emptied.
+type Queues interface {
+	// Append adds a message (ContentType, Body) at the end of the queue.
+	Append(ctx context.Context, key string, m Message, opts AppendOptions) (AppendResult, error)
+	// Take hands out one message as mode says. ok is false when there is
+	// nothing to hand out. Expired messages are never handed out.
+	Take(ctx context.Context, key string, mode TakeMode) (m Message, ok bool, err error)
+	// TakeAll removes and returns up to max unseen messages, oldest first.
+	// max <= 0 means all.
+	TakeAll(ctx context.Context, key string, max int) ([]Message, error)
+	// Restore puts back a message that Take(TakeDelete) handed out but that
+	// could not be delivered. It keeps its id and goes back to its place in
+	// id order. Restoring an id that is queued again is a no-op.
+	Restore(ctx context.Context, key string, m Message) error
+	// Ack removes the message from the pending set and the queue, whether it
+	// was pending, unseen or unknown. It reports whether a message was removed.
+	Ack(ctx context.Context, key string, id ID) (bool, error)
+	// Status reports where a message is.
+	Status(ctx context.Context, key string, id ID) (State, error)
+	// Len reports the number of pending plus unseen messages.
+	Len(ctx context.Context, key string) (int, error)
+	// Clear removes every message of the queue, pending or not, and reports
+	// how many there were. Replies are kept.
+	Clear(ctx context.Context, key string) (int, error)
+	// Reply atomically acknowledges id, if it is pending, and stores reply
+	// for it, kept for ttl. It reports false, storing nothing, when id is not
+	// pending (unknown, unseen, already acknowledged or replied to).
+	Reply(ctx context.Context, key string, id ID, reply Message, ttl time.Duration) (bool, error)
+	// TakeReply removes and returns the reply stored for id.
+	TakeReply(ctx context.Context, key string, id ID) (m Message, ok bool, err error)
+}
+
+// Engine is a storage engine.
+type Engine interface {
+	Queues
+	// Name is a short engine name for logs and metrics ("memory", "file",
+	// "redis").
+	Name() string
+	// Ping reports whether the engine can serve; /readyz uses it.
+	Ping(ctx context.Context) error
+	// Close releases the engine. Calls after Close fail with ErrClosed.
+	// Close is idempotent.
+	Close() error
+}
+
+// Fanout is implemented by engines that several nodes share. A payload
+// published on a topic is delivered to every subscriber of that topic on
+// every node, the publishing node included, in publish order per publisher.
+// Delivery is best effort: a node that is disconnected misses payloads.
+type Fanout interface {
+	Publish(ctx context.Context, topic string, payload []byte) error
+	// Subscribe calls fn for each payload on topic until cancel is called.
+	// fn must not block for long.
+	Subscribe(ctx context.Context, topic string, fn func(payload []byte)) (cancel func(), err error)
+}
+
+// QueueStats is a cheap snapshot of what an engine holds.
+type QueueStats struct {
+	Queues   int // keys holding at least one message
+	Messages int // pending plus unseen messages over all keys
+}
+
+// Stats is implemented by engines that can count what they hold cheaply.
+type Stats interface {
+	QueueStats() QueueStats
+}

@@ -1,0 +1,745 @@
+// Package storetest is the contract suite that every storage engine must
+// pass. An engine's own test calls Run with a Harness that builds a fresh,
+// empty engine on a clock the suite controls.
+package storetest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/postern/postern/internal/store"
+)
+
+// Clock is a manual clock. Engines under test must take every expiry
+// decision from it.
+type Clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+// NewClock returns a clock standing at a fixed instant.
+func NewClock() *Clock {
+	return &Clock{now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+}
+
+// Now returns the clock's time.
+func (c *Clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+// Advance moves the clock forward.
+func (c *Clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+// Harness builds engines for the suite.
+type Harness struct {
+	// New returns a new, empty engine that reads time from clock. The suite
+	// closes it.
+	New func(t *testing.T, clock *Clock) store.Engine
+	// Reopen, for durable engines, closes e and opens the same data again
+	// with the same clock. Nil for engines that keep nothing.
+	Reopen func(t *testing.T, e store.Engine, clock *Clock) store.Engine
+}
+
+// Run runs the whole contract against h.
+func Run(t *testing.T, h Harness) {
+	tests := []struct {
+		name string
+		fn   func(t *testing.T, e store.Engine, c *Clock)
+	}{
+		{"AppendTakeFIFO", testAppendTakeFIFO},
+		{"EmptyQueue", testEmptyQueue},
+		{"KeysAreIndependent", testKeysIndependent},
+		{"BodiesKeptExactly", testBodiesExact},
+		{"Pending", testPending},
+		{"PlainTakeSkipsPending", testTakeSkipsPending},
+		{"AckAnyState", testAck},
+		{"Status", testStatus},
+		{"Limit", testLimit},
+		{"MaxLenTrimsOldest", testMaxLen},
+		{"Clear", testClear},
+		{"Reply", testReply},
+		{"ReplyExpires", testReplyExpires},
+		{"MessageTTL", testMessageTTL},
+		{"DedupReplacesQueued", testDedupReplace},
+		{"DedupWindow", testDedupWindow},
+		{"TakeAll", testTakeAll},
+		{"Restore", testRestore},
+		{"IDsIncreaseAfterEmpty", testIDsIncrease},
+		{"ConcurrentProduceConsume", testConcurrentExactlyOnce},
+		{"ConcurrentPendingTakers", testConcurrentPending},
+		{"ConcurrentReplies", testConcurrentReplies},
+		{"CloseIsIdempotent", testClose},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := NewClock()
+			e := h.New(t, c)
+			defer e.Close()
+			tc.fn(t, e, c)
+		})
+	}
+	if h.Reopen != nil {
+		t.Run("SurvivesReopen", func(t *testing.T) {
+			c := NewClock()
+			e := h.New(t, c)
+			e = testReopen(t, e, c, h.Reopen)
+			e.Close()
+		})
+	}
+}
+
+var ctx = context.Background()
+
+func msg(body string) store.Message {
+	return store.Message{ContentType: "text/plain", Body: []byte(body)}
+}
+
+func mustAppend(t *testing.T, e store.Engine, key, body string, opts store.AppendOptions) store.AppendResult {
+	t.Helper()
+	r, err := e.Append(ctx, key, msg(body), opts)
+	if err != nil {
+		t.Fatalf("Append(%q, %q): %v", key, body, err)
+	}
+	return r
+}
+
+func mustTake(t *testing.T, e store.Engine, key string, mode store.TakeMode) (store.Message, bool) {
+	t.Helper()
+	m, ok, err := e.Take(ctx, key, mode)
+	if err != nil {
+		t.Fatalf("Take(%q): %v", key, err)
+	}
+	return m, ok
+}
+
+func wantBody(t *testing.T, e store.Engine, key string, mode store.TakeMode, want string) store.Message {
+	t.Helper()
+	m, ok := mustTake(t, e, key, mode)
+	if !ok {
+		t.Fatalf("Take(%q) found nothing, want %q", key, want)
+	}
+	if string(m.Body) != want {
+		t.Fatalf("Take(%q) = %q, want %q", key, m.Body, want)
+	}
+	return m
+}
+
+func wantEmpty(t *testing.T, e store.Engine, key string, mode store.TakeMode) {
+	t.Helper()
+	if m, ok := mustTake(t, e, key, mode); ok {
+		t.Fatalf("Take(%q) = %q (%v), want nothing", key, m.Body, m.ID)
+	}
+}
+
+func wantLen(t *testing.T, e store.Engine, key string, want int) {
+	t.Helper()
+	n, err := e.Len(ctx, key)
+	if err != nil || n != want {
+		t.Fatalf("Len(%q) = %d, %v; want %d", key, n, err, want)
+	}
+}
+
+func wantStatus(t *testing.T, e store.Engine, key string, id store.ID, want store.State) {
+	t.Helper()
+	s, err := e.Status(ctx, key, id)
+	if err != nil || s != want {
+		t.Fatalf("Status(%q, %v) = %v, %v; want %v", key, id, s, err, want)
+	}
+}
+
+func testAppendTakeFIFO(t *testing.T, e store.Engine, _ *Clock) {
+	var last store.ID
+	for i := range 5 {
+		r := mustAppend(t, e, "q", fmt.Sprint(i), store.AppendOptions{})
+		if r.ID.Compare(last) <= 0 {
+			t.Fatalf("id %v not after %v", r.ID, last)
+		}
+		if r.Len != i+1 {
+			t.Fatalf("Len after append %d = %d", i, r.Len)
+		}
+		last = r.ID
+	}
+	wantLen(t, e, "q", 5)
+	for i := range 5 {
+		wantBody(t, e, "q", store.TakeDelete, fmt.Sprint(i))
+	}
+	wantEmpty(t, e, "q", store.TakeDelete)
+	wantLen(t, e, "q", 0)
+}
+
+func testEmptyQueue(t *testing.T, e store.Engine, _ *Clock) {
+	wantEmpty(t, e, "nothing", store.TakeDelete)
+	wantEmpty(t, e, "nothing", store.TakePending)
+	wantLen(t, e, "nothing", 0)
+	wantStatus(t, e, "nothing", store.ID{MS: 1, Seq: 1}, store.StateNone)
+	if ok, err := e.Ack(ctx, "nothing", store.ID{MS: 1}); ok || err != nil {
+		t.Fatalf("Ack on empty = %v, %v", ok, err)
+	}
+	if n, err := e.Clear(ctx, "nothing"); n != 0 || err != nil {
+		t.Fatalf("Clear on empty = %d, %v", n, err)
+	}
+	if ms, err := e.TakeAll(ctx, "nothing", 0); len(ms) != 0 || err != nil {
+		t.Fatalf("TakeAll on empty = %v, %v", ms, err)
+	}
+	if _, ok, err := e.TakeReply(ctx, "nothing", store.ID{MS: 1}); ok || err != nil {
+		t.Fatalf("TakeReply on empty = %v, %v", ok, err)
+	}
+}
+
+func testKeysIndependent(t *testing.T, e store.Engine, _ *Clock) {
+	mustAppend(t, e, "a", "for a", store.AppendOptions{})
+	mustAppend(t, e, "b", "for b", store.AppendOptions{})
+	mustAppend(t, e, "a/b", "for a/b", store.AppendOptions{})
+	wantBody(t, e, "b", store.TakeDelete, "for b")
+	wantEmpty(t, e, "b", store.TakeDelete)
+	wantLen(t, e, "a", 1)
+	wantBody(t, e, "a/b", store.TakeDelete, "for a/b")
+	wantBody(t, e, "a", store.TakeDelete, "for a")
+}
+
+func testBodiesExact(t *testing.T, e store.Engine, _ *Clock) {
+	bodies := []store.Message{
+		{ContentType: "application/json", Body: []byte(`{"x":1}`)},
+		{ContentType: "", Body: nil},
+		{ContentType: "application/octet-stream", Body: []byte{0, 1, 2, 0xff, 0xfe, '\n', 0}},
+		{ContentType: "text/plain; charset=utf-8", Body: bytes.Repeat([]byte("é"), 70000)},
+	}
+	for _, m := range bodies {
+		if _, err := e.Append(ctx, "q", m, store.AppendOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, want := range bodies {
+		got, ok := mustTake(t, e, "q", store.TakeDelete)
+		if !ok || got.ContentType != want.ContentType || !bytes.Equal(got.Body, want.Body) {
+			t.Fatalf("message %d: got %q %d bytes, want %q %d bytes", i, got.ContentType, len(got.Body), want.ContentType, len(want.Body))
+		}
+	}
+}
+
+func testPending(t *testing.T, e store.Engine, _ *Clock) {
+	r1 := mustAppend(t, e, "q", "one", store.AppendOptions{})
+	r2 := mustAppend(t, e, "q", "two", store.AppendOptions{})
+	m := wantBody(t, e, "q", store.TakePending, "one")
+	if m.ID != r1.ID {
+		t.Fatalf("pending id %v, want %v", m.ID, r1.ID)
+	}
+	// The pending message keeps coming back until acknowledged.
+	m = wantBody(t, e, "q", store.TakePending, "one")
+	if m.ID != r1.ID {
+		t.Fatalf("pending again id %v, want %v", m.ID, r1.ID)
+	}
+	wantLen(t, e, "q", 2)
+	if ok, err := e.Ack(ctx, "q", r1.ID); !ok || err != nil {
+		t.Fatalf("Ack pending = %v, %v", ok, err)
+	}
+	wantLen(t, e, "q", 1)
+	m = wantBody(t, e, "q", store.TakePending, "two")
+	if m.ID != r2.ID {
+		t.Fatalf("second pending id %v, want %v", m.ID, r2.ID)
+	}
+	if ok, _ := e.Ack(ctx, "q", r2.ID); !ok {
+		t.Fatal("Ack second = false")
+	}
+	wantEmpty(t, e, "q", store.TakePending)
+	wantLen(t, e, "q", 0)
+}
+
+func testTakeSkipsPending(t *testing.T, e store.Engine, _ *Clock) {
+	r1 := mustAppend(t, e, "q", "one", store.AppendOptions{})
+	mustAppend(t, e, "q", "two", store.AppendOptions{})
+	wantBody(t, e, "q", store.TakePending, "one")
+	wantBody(t, e, "q", store.TakeDelete, "two")
+	wantEmpty(t, e, "q", store.TakeDelete)
+	wantLen(t, e, "q", 1)
+	wantStatus(t, e, "q", r1.ID, store.StatePending)
+	wantBody(t, e, "q", store.TakePending, "one")
+}
+
+func testAck(t *testing.T, e store.Engine, _ *Clock) {
+	r1 := mustAppend(t, e, "q", "unseen", store.AppendOptions{})
+	r2 := mustAppend(t, e, "q", "next", store.AppendOptions{})
+	// Acknowledging deletes even a message nobody has read.
+	if ok, err := e.Ack(ctx, "q", r1.ID); !ok || err != nil {
+		t.Fatalf("Ack unseen = %v, %v", ok, err)
+	}
+	if ok, _ := e.Ack(ctx, "q", r1.ID); ok {
+		t.Fatal("second Ack reported a removal")
+	}
+	if ok, _ := e.Ack(ctx, "q", store.ID{MS: 1, Seq: 99}); ok {
+		t.Fatal("Ack of unknown id reported a removal")
+	}
+	wantLen(t, e, "q", 1)
+	m := wantBody(t, e, "q", store.TakeDelete, "next")
+	if m.ID != r2.ID {
+		t.Fatalf("id %v, want %v", m.ID, r2.ID)
+	}
+}
+
+func testStatus(t *testing.T, e store.Engine, _ *Clock) {
+	r := mustAppend(t, e, "q", "x", store.AppendOptions{})
+	wantStatus(t, e, "q", r.ID, store.StateQueued)
+	wantBody(t, e, "q", store.TakePending, "x")
+	wantStatus(t, e, "q", r.ID, store.StatePending)
+	e.Ack(ctx, "q", r.ID)
+	wantStatus(t, e, "q", r.ID, store.StateNone)
+	r = mustAppend(t, e, "q", "y", store.AppendOptions{})
+	wantBody(t, e, "q", store.TakeDelete, "y")
+	wantStatus(t, e, "q", r.ID, store.StateNone)
+	wantStatus(t, e, "other", r.ID, store.StateNone)
+}
+
+func testLimit(t *testing.T, e store.Engine, _ *Clock) {
+	for i := range 3 {
+		r := mustAppend(t, e, "q", fmt.Sprint(i), store.AppendOptions{Limit: 3})
+		if r.Len != i+1 {
+			t.Fatalf("Len %d, want %d", r.Len, i+1)
+		}
+	}
+	_, err := e.Append(ctx, "q", msg("refused"), store.AppendOptions{Limit: 3})
+	var full *store.FullError
+	if !errors.As(err, &full) || full.Len != 3 {
+		t.Fatalf("Append over limit: %v, want FullError{3}", err)
+	}
+	// Pending messages count towards the limit.
+	wantBody(t, e, "q", store.TakePending, "0")
+	if _, err := e.Append(ctx, "q", msg("refused"), store.AppendOptions{Limit: 3}); !errors.As(err, &full) {
+		t.Fatalf("Append over limit with pending: %v", err)
+	}
+	wantBody(t, e, "q", store.TakeDelete, "1")
+	mustAppend(t, e, "q", "3", store.AppendOptions{Limit: 3})
+	// A larger limit, or none, lets it through.
+	mustAppend(t, e, "q", "4", store.AppendOptions{Limit: 4})
+	mustAppend(t, e, "q", "5", store.AppendOptions{})
+	wantLen(t, e, "q", 5)
+}
+
+func testMaxLen(t *testing.T, e store.Engine, _ *Clock) {
+	for i := range 3 {
+		r := mustAppend(t, e, "q", fmt.Sprint(i), store.AppendOptions{MaxLen: 3})
+		if r.Trimmed != 0 {
+			t.Fatalf("trimmed %d below the cap", r.Trimmed)
+		}
+	}
+	r := mustAppend(t, e, "q", "3", store.AppendOptions{MaxLen: 3})
+	if r.Trimmed != 1 || r.Len != 3 {
+		t.Fatalf("at cap: trimmed %d len %d, want 1 and 3", r.Trimmed, r.Len)
+	}
+	r = mustAppend(t, e, "q", "4", store.AppendOptions{MaxLen: 1})
+	if r.Trimmed != 3 || r.Len != 1 {
+		t.Fatalf("cap 1: trimmed %d len %d, want 3 and 1", r.Trimmed, r.Len)
+	}
+	wantBody(t, e, "q", store.TakeDelete, "4")
+	wantEmpty(t, e, "q", store.TakeDelete)
+}
+
+func testClear(t *testing.T, e store.Engine, _ *Clock) {
+	r1 := mustAppend(t, e, "q", "a", store.AppendOptions{})
+	mustAppend(t, e, "q", "b", store.AppendOptions{})
+	mustAppend(t, e, "q", "c", store.AppendOptions{})
+	wantBody(t, e, "q", store.TakePending, "a")
+	if ok, err := e.Reply(ctx, "q", r1.ID, msg("reply"), time.Hour); !ok || err != nil {
+		t.Fatalf("Reply = %v, %v", ok, err)
+	}
+	wantBody(t, e, "q", store.TakePending, "b")
+	n, err := e.Clear(ctx, "q")
+	if err != nil || n != 2 {
+		t.Fatalf("Clear = %d, %v; want 2", n, err)
+	}
+	wantLen(t, e, "q", 0)
+	wantEmpty(t, e, "q", store.TakePending)
+	// Replies survive Clear.
+	m, ok, err := e.TakeReply(ctx, "q", r1.ID)
+	if !ok || err != nil || string(m.Body) != "reply" {
+		t.Fatalf("TakeReply after Clear = %q %v %v", m.Body, ok, err)
+	}
+	// The queue works after Clear, with ids still increasing.
+	r := mustAppend(t, e, "q", "d", store.AppendOptions{})
+	if r.ID.Compare(r1.ID) <= 0 {
+		t.Fatalf("id after Clear %v not after %v", r.ID, r1.ID)
+	}
+	wantBody(t, e, "q", store.TakeDelete, "d")
+}
+
+func testReply(t *testing.T, e store.Engine, _ *Clock) {
+	r1 := mustAppend(t, e, "q", "question", store.AppendOptions{})
+	r2 := mustAppend(t, e, "q", "second", store.AppendOptions{})
+	// Not pending yet: no reply.
+	if ok, err := e.Reply(ctx, "q", r1.ID, msg("early"), time.Hour); ok || err != nil {
+		t.Fatalf("Reply to unseen = %v, %v", ok, err)
+	}
+	wantStatus(t, e, "q", r1.ID, store.StateQueued)
+	wantBody(t, e, "q", store.TakePending, "question")
+	answer := store.Message{ContentType: "application/json", Body: []byte(`{"ok":true}`)}
+	if ok, err := e.Reply(ctx, "q", r1.ID, answer, time.Hour); !ok || err != nil {
+		t.Fatalf("Reply to pending = %v, %v", ok, err)
+	}
+	// The reply acknowledged the message.
+	wantStatus(t, e, "q", r1.ID, store.StateNone)
+	wantLen(t, e, "q", 1)
+	if ok, _ := e.Reply(ctx, "q", r1.ID, msg("again"), time.Hour); ok {
+		t.Fatal("second Reply was stored")
+	}
+	got, ok, err := e.TakeReply(ctx, "q", r1.ID)
+	if !ok || err != nil || got.ContentType != "application/json" || string(got.Body) != `{"ok":true}` {
+		t.Fatalf("TakeReply = %q %q %v %v", got.ContentType, got.Body, ok, err)
+	}
+	// Read once.
+	if _, ok, _ := e.TakeReply(ctx, "q", r1.ID); ok {
+		t.Fatal("reply read twice")
+	}
+	if _, ok, _ := e.TakeReply(ctx, "q", r2.ID); ok {
+		t.Fatal("reply for a message nobody replied to")
+	}
+	if _, ok, _ := e.TakeReply(ctx, "other", r1.ID); ok {
+		t.Fatal("reply found under another key")
+	}
+}
+
+func testReplyExpires(t *testing.T, e store.Engine, c *Clock) {
+	r := mustAppend(t, e, "q", "x", store.AppendOptions{})
+	wantBody(t, e, "q", store.TakePending, "x")
+	if ok, _ := e.Reply(ctx, "q", r.ID, msg("late"), time.Minute); !ok {
+		t.Fatal("Reply not stored")
+	}
+	c.Advance(time.Minute + time.Millisecond)
+	if m, ok, err := e.TakeReply(ctx, "q", r.ID); ok || err != nil {
+		t.Fatalf("expired reply returned: %q %v", m.Body, err)
+	}
+}
+
+func testMessageTTL(t *testing.T, e store.Engine, c *Clock) {
+	short := mustAppend(t, e, "q", "short", store.AppendOptions{TTL: time.Second})
+	mustAppend(t, e, "q", "long", store.AppendOptions{TTL: time.Hour})
+	mustAppend(t, e, "q", "forever", store.AppendOptions{})
+	c.Advance(2 * time.Second)
+	wantStatus(t, e, "q", short.ID, store.StateNone)
+	wantBody(t, e, "q", store.TakeDelete, "long")
+	c.Advance(2 * time.Hour)
+	wantBody(t, e, "q", store.TakePending, "forever")
+	wantEmpty(t, e, "q", store.TakeDelete)
+
+	mustAppend(t, e, "all", "a", store.AppendOptions{TTL: time.Second})
+	appended := c.Now()
+	mustAppend(t, e, "all", "b", store.AppendOptions{TTL: time.Hour})
+	c.Advance(2 * time.Second)
+	ms, err := e.TakeAll(ctx, "all", 0)
+	if err != nil || len(ms) != 1 || string(ms[0].Body) != "b" {
+		t.Fatalf("TakeAll after expiry = %v, %v", ms, err)
+	}
+	// ExpiresAt is the append time plus TTL, to the millisecond at least.
+	if d := ms[0].ExpiresAt.Sub(appended.Add(time.Hour)); d < -time.Millisecond || d > time.Millisecond {
+		t.Fatalf("ExpiresAt = %v, want %v", ms[0].ExpiresAt, appended.Add(time.Hour))
+	}
+}
+
+func testDedupReplace(t *testing.T, e store.Engine, _ *Clock) {
+	opts := store.AppendOptions{DedupKey: "k1", DedupWindow: time.Hour}
+	first := mustAppend(t, e, "q", "v1", opts)
+	mustAppend(t, e, "q", "other", store.AppendOptions{})
+	again := mustAppend(t, e, "q", "v2", opts)
+	if !again.Duplicate || again.ID != first.ID || again.Len != 2 {
+		t.Fatalf("duplicate append = %+v, want Duplicate with id %v and len 2", again, first.ID)
+	}
+	m := wantBody(t, e, "q", store.TakeDelete, "v2")
+	if m.ID != first.ID || m.DedupKey != "k1" {
+		t.Fatalf("replaced message id %v key %q", m.ID, m.DedupKey)
+	}
+	wantBody(t, e, "q", store.TakeDelete, "other")
+	// Another key, or the same key in another queue, is not a duplicate.
+	if r := mustAppend(t, e, "q", "k2", store.AppendOptions{DedupKey: "k2"}); r.Duplicate {
+		t.Fatal("other key counted as duplicate")
+	}
+	if r := mustAppend(t, e, "q2", "k1", opts); r.Duplicate {
+		t.Fatal("same key in another queue counted as duplicate")
+	}
+}
+
+func testDedupWindow(t *testing.T, e store.Engine, c *Clock) {
+	opts := store.AppendOptions{DedupKey: "key", DedupWindow: time.Hour}
+	mustAppend(t, e, "q", "v1", opts)
+	wantBody(t, e, "q", store.TakeDelete, "v1")
+	// Delivered within the window: suppressed.
+	if r := mustAppend(t, e, "q", "v2", opts); !r.Duplicate {
+		t.Fatalf("resend within window stored: %+v", r)
+	}
+	wantEmpty(t, e, "q", store.TakeDelete)
+	// After the window: a new message.
+	c.Advance(time.Hour + time.Second)
+	if r := mustAppend(t, e, "q", "v3", opts); r.Duplicate {
+		t.Fatal("resend after window suppressed")
+	}
+	wantBody(t, e, "q", store.TakeDelete, "v3")
+
+	// A pending message counts as handed out.
+	mustAppend(t, e, "p", "v1", opts)
+	wantBody(t, e, "p", store.TakePending, "v1")
+	if r := mustAppend(t, e, "p", "v2", opts); !r.Duplicate {
+		t.Fatal("resend of pending message stored")
+	}
+	// Without a window the key counts only while queued.
+	zero := store.AppendOptions{DedupKey: "z"}
+	mustAppend(t, e, "z", "v1", zero)
+	wantBody(t, e, "z", store.TakeDelete, "v1")
+	if r := mustAppend(t, e, "z", "v2", zero); r.Duplicate {
+		t.Fatal("zero window suppressed a resend")
+	}
+	// TakeAll counts as delivery too.
+	mustAppend(t, e, "all", "v1", opts)
+	if ms, _ := e.TakeAll(ctx, "all", 0); len(ms) != 1 {
+		t.Fatalf("TakeAll = %d messages", len(ms))
+	}
+	if r := mustAppend(t, e, "all", "v2", opts); !r.Duplicate {
+		t.Fatal("resend after TakeAll stored")
+	}
+}
+
+func testTakeAll(t *testing.T, e store.Engine, _ *Clock) {
+	for i := range 5 {
+		mustAppend(t, e, "q", fmt.Sprint(i), store.AppendOptions{})
+	}
+	wantBody(t, e, "q", store.TakePending, "0")
+	ms, err := e.TakeAll(ctx, "q", 2)
+	if err != nil || len(ms) != 2 || string(ms[0].Body) != "1" || string(ms[1].Body) != "2" {
+		t.Fatalf("TakeAll(2) = %v, %v", ms, err)
+	}
+	ms, err = e.TakeAll(ctx, "q", 0)
+	if err != nil || len(ms) != 2 || string(ms[0].Body) != "3" || string(ms[1].Body) != "4" {
+		t.Fatalf("TakeAll(0) = %v, %v", ms, err)
+	}
+	wantLen(t, e, "q", 1) // the pending one stays
+}
+
+func testRestore(t *testing.T, e store.Engine, _ *Clock) {
+	mustAppend(t, e, "q", "a", store.AppendOptions{})
+	mustAppend(t, e, "q", "b", store.AppendOptions{DedupKey: "kb", DedupWindow: time.Hour})
+	mustAppend(t, e, "q", "c", store.AppendOptions{})
+	a := wantBody(t, e, "q", store.TakeDelete, "a")
+	b := wantBody(t, e, "q", store.TakeDelete, "b")
+	// Put back out of order: they return to id order at the head.
+	if err := e.Restore(ctx, "q", b); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Restore(ctx, "q", a); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Restore(ctx, "q", a); err != nil { // already queued: no-op
+		t.Fatal(err)
+	}
+	wantLen(t, e, "q", 3)
+	wantStatus(t, e, "q", a.ID, store.StateQueued)
+	// A restored message is queued again, so its dedup key replaces it.
+	if r := mustAppend(t, e, "q", "b2", store.AppendOptions{DedupKey: "kb", DedupWindow: time.Hour}); !r.Duplicate || r.ID != b.ID {
+		t.Fatalf("dedup after restore = %+v", r)
+	}
+	got := wantBody(t, e, "q", store.TakeDelete, "a")
+	if got.ID != a.ID {
+		t.Fatalf("restored id %v, want %v", got.ID, a.ID)
+	}
+	wantBody(t, e, "q", store.TakeDelete, "b2")
+	wantBody(t, e, "q", store.TakeDelete, "c")
+}
+
+func testIDsIncrease(t *testing.T, e store.Engine, _ *Clock) {
+	var last store.ID
+	for i := range 50 {
+		r := mustAppend(t, e, "q", "x", store.AppendOptions{})
+		if r.ID.Compare(last) <= 0 {
+			t.Fatalf("append %d: id %v not after %v", i, r.ID, last)
+		}
+		last = r.ID
+		// Emptying the queue must not reset ids.
+		wantBody(t, e, "q", store.TakeDelete, "x")
+	}
+}
+
+// testConcurrentExactlyOnce runs producers and consumers on one queue at once:
+// every message is taken exactly once.
+func testConcurrentExactlyOnce(t *testing.T, e store.Engine, _ *Clock) {
+	const producers, consumers, each = 8, 8, 200
+	total := producers * each
+	var wg sync.WaitGroup
+	errs := make(chan error, producers+consumers)
+	for p := range producers {
+		wg.Go(func() {
+			for i := range each {
+				if _, err := e.Append(ctx, "q", msg(fmt.Sprintf("%d/%d", p, i)), store.AppendOptions{}); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	got := make(chan store.Message, total)
+	var taken sync.WaitGroup
+	taken.Add(total)
+	done := make(chan struct{})
+	go func() { taken.Wait(); close(done) }()
+	for range consumers {
+		wg.Go(func() {
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				m, ok, err := e.Take(ctx, "q", store.TakeDelete)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if ok {
+					got <- m
+					taken.Done()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	close(got)
+	seen := map[string]bool{}
+	for m := range got {
+		if seen[string(m.Body)] {
+			t.Fatalf("%q taken twice", m.Body)
+		}
+		seen[string(m.Body)] = true
+	}
+	if len(seen) != total {
+		t.Fatalf("took %d distinct messages, want %d", len(seen), total)
+	}
+	wantLen(t, e, "q", 0)
+}
+
+// testConcurrentPending: concurrent pending takers all see the one pending
+// message; nobody gets another until it is acknowledged.
+func testConcurrentPending(t *testing.T, e store.Engine, _ *Clock) {
+	first := mustAppend(t, e, "q", "first", store.AppendOptions{})
+	mustAppend(t, e, "q", "second", store.AppendOptions{})
+	var wg sync.WaitGroup
+	ids := make(chan store.ID, 16)
+	for range 16 {
+		wg.Go(func() {
+			m, ok, err := e.Take(ctx, "q", store.TakePending)
+			if err != nil || !ok {
+				t.Errorf("Take pending: %v %v", ok, err)
+				return
+			}
+			ids <- m.ID
+		})
+	}
+	wg.Wait()
+	close(ids)
+	for id := range ids {
+		if id != first.ID {
+			t.Fatalf("concurrent pending take got %v, want %v", id, first.ID)
+		}
+	}
+}
+
+func testConcurrentReplies(t *testing.T, e store.Engine, _ *Clock) {
+	r := mustAppend(t, e, "q", "x", store.AppendOptions{})
+	wantBody(t, e, "q", store.TakePending, "x")
+	var wg sync.WaitGroup
+	won := make(chan string, 16)
+	for i := range 16 {
+		wg.Go(func() {
+			ok, err := e.Reply(ctx, "q", r.ID, msg(fmt.Sprint(i)), time.Hour)
+			if err != nil {
+				t.Errorf("Reply: %v", err)
+			}
+			if ok {
+				won <- fmt.Sprint(i)
+			}
+		})
+	}
+	wg.Wait()
+	close(won)
+	var winners []string
+	for w := range won {
+		winners = append(winners, w)
+	}
+	if len(winners) != 1 {
+		t.Fatalf("%d replies stored, want exactly 1", len(winners))
+	}
+	m, ok, _ := e.TakeReply(ctx, "q", r.ID)
+	if !ok || string(m.Body) != winners[0] {
+		t.Fatalf("stored reply %q, winner %q", m.Body, winners[0])
+	}
+}
+
+func testClose(t *testing.T, e store.Engine, _ *Clock) {
+	mustAppend(t, e, "q", "x", store.AppendOptions{})
+	if err := e.Ping(ctx); err != nil {
+		t.Fatalf("Ping: %v", err)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if _, err := e.Append(ctx, "q", msg("y"), store.AppendOptions{}); !errors.Is(err, store.ErrClosed) {
+		t.Fatalf("Append after Close: %v, want ErrClosed", err)
+	}
+	if _, _, err := e.Take(ctx, "q", store.TakeDelete); !errors.Is(err, store.ErrClosed) {
+		t.Fatalf("Take after Close: %v, want ErrClosed", err)
+	}
+}
+
+// testReopen checks that every acknowledged write of a durable engine is
+// there after a reopen: queue order, pending state, replies, dedup keys,
+// expiry and id order.
+func testReopen(t *testing.T, e store.Engine, c *Clock, reopen func(*testing.T, store.Engine, *Clock) store.Engine) store.Engine {
+	a := mustAppend(t, e, "q", "a", store.AppendOptions{})
+	mustAppend(t, e, "q", "b", store.AppendOptions{DedupKey: "kb", DedupWindow: time.Hour})
+	mustAppend(t, e, "q", "c", store.AppendOptions{})
+	mustAppend(t, e, "ttl", "gone", store.AppendOptions{TTL: time.Minute})
+	mustAppend(t, e, "ttl", "kept", store.AppendOptions{TTL: time.Hour})
+	r := mustAppend(t, e, "r", "question", store.AppendOptions{})
+	wantBody(t, e, "r", store.TakePending, "question")
+	if ok, _ := e.Reply(ctx, "r", r.ID, msg("answer"), time.Hour); !ok {
+		t.Fatal("Reply not stored")
+	}
+	wantBody(t, e, "q", store.TakePending, "a")
+	mustAppend(t, e, "d", "once", store.AppendOptions{DedupKey: "kd", DedupWindow: time.Hour})
+	wantBody(t, e, "d", store.TakeDelete, "once")
+
+	e = reopen(t, e, c)
+
+	wantLen(t, e, "q", 3)
+	wantStatus(t, e, "q", a.ID, store.StatePending)
+	wantBody(t, e, "q", store.TakePending, "a")
+	if dup := mustAppend(t, e, "q", "b2", store.AppendOptions{DedupKey: "kb", DedupWindow: time.Hour}); !dup.Duplicate {
+		t.Fatal("dedup key of a queued message lost on reopen")
+	}
+	if dup := mustAppend(t, e, "d", "twice", store.AppendOptions{DedupKey: "kd", DedupWindow: time.Hour}); !dup.Duplicate {
+		t.Fatal("dedup key of a delivered message lost on reopen")
+	}
+	wantBody(t, e, "q", store.TakeDelete, "b2")
+	last := wantBody(t, e, "q", store.TakeDelete, "c")
+	if n := mustAppend(t, e, "q", "d", store.AppendOptions{}); n.ID.Compare(last.ID) <= 0 {
+		t.Fatalf("id after reopen %v not after %v", n.ID, last.ID)
+	}
+	m, ok, err := e.TakeReply(ctx, "r", r.ID)
+	if !ok || err != nil || string(m.Body) != "answer" {
+		t.Fatalf("reply after reopen: %q %v %v", m.Body, ok, err)
+	}
+	c.Advance(2 * time.Minute)
+	wantBody(t, e, "ttl", store.TakeDelete, "kept")
+	return e
+}

@@ -1,0 +1,362 @@
+package tunnel
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"math"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/postern/postern/internal/httpapi"
+	"github.com/postern/postern/internal/queue"
+	"github.com/postern/postern/internal/store"
+)
+
+// Prefix is where the tunnel routes live.
+const Prefix = "/t/"
+
+// Wire-exact answers of the original.
+var (
+	errMalformed   = &httpapi.Error{Status: http.StatusBadRequest, Message: "Malformed url"}
+	errDenied      = &httpapi.Error{Status: http.StatusForbidden, Message: "Access denied"}
+	errLimitTooBig = &httpapi.Error{Status: http.StatusBadRequest, Message: "Limit must be less than the tunnel max length"}
+	errLimitNeg    = &httpapi.Error{Status: http.StatusBadRequest, Message: "Limit must not be negative"}
+	errTooLarge    = &httpapi.Error{Status: http.StatusRequestEntityTooLarge, Message: "Request body too large"}
+)
+
+const queueFullText = "Queue limit reached, consumers are not keeping up"
+
+// Tunnels serves the tunnel routes.
+type Tunnels struct {
+	core *queue.Core
+	opts Options
+	auth *authorizer
+	h    http.Handler
+}
+
+// New returns the tunnels front door on core.
+func New(core *queue.Core, opts Options) (*Tunnels, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	t := &Tunnels{core: core, opts: opts, auth: newAuthorizer(opts)}
+	t.h = httpapi.Handle(t.serve, nil)
+	return t, nil
+}
+
+// Mount registers the tunnel routes on mux.
+func (t *Tunnels) Mount(mux *http.ServeMux) {
+	mux.Handle(Prefix, t)
+}
+
+func (t *Tunnels) ServeHTTP(w http.ResponseWriter, r *http.Request) { t.h.ServeHTTP(w, r) }
+
+func key(id string) string { return "t/" + id }
+
+// setCORS adds the CORS headers that every tunnel answer carries.
+func setCORS(h http.Header) {
+	h.Set("Access-Control-Allow-Origin", "*")
+	h.Set("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS")
+	h.Set("Access-Control-Expose-Headers", "*, X-Message-Id, X-Queue-Size")
+}
+
+func (t *Tunnels) serve(w http.ResponseWriter, r *http.Request) error {
+	setCORS(w.Header())
+	// The size check comes before routing and auth, as in the original.
+	if r.ContentLength > t.opts.MaxBodyBytes {
+		httpapi.SetRoute(r, "tunnel.too_large")
+		return errTooLarge
+	}
+	rt, ok := parseRoute(r.URL.Path, Prefix)
+	if !ok {
+		httpapi.SetRoute(r, "tunnel.malformed")
+		return errMalformed
+	}
+	if r.Method == http.MethodOptions {
+		httpapi.SetRoute(r, "tunnel.preflight")
+		return preflight(w, r)
+	}
+	if !methodAllowed(allowed[rt.kind], r.Method) {
+		httpapi.SetRoute(r, "tunnel.bad_method")
+		return httpapi.MethodNotAllowed(allowed[rt.kind]...)
+	}
+	var body []byte
+	if r.Method == http.MethodPost || t.auth.needsBody(r) {
+		var err error
+		if body, err = readBody(w, r, t.opts.MaxBodyBytes); err != nil {
+			return err
+		}
+	}
+	if !t.auth.allow(r, rt.id, body) {
+		httpapi.SetRoute(r, "tunnel.denied")
+		return errDenied
+	}
+	q := r.URL.Query()
+	switch rt.kind {
+	case routeTunnel:
+		if r.Method == http.MethodPost {
+			httpapi.SetRoute(r, "tunnel.produce")
+			return t.produce(w, r, rt, q, body)
+		}
+		httpapi.SetRoute(r, "tunnel.consume")
+		return t.consume(w, r, rt, q, 0)
+	case routePoll:
+		httpapi.SetRoute(r, "tunnel.poll")
+		return t.consume(w, r, rt, q, t.pollTimeout(q))
+	case routeLen:
+		httpapi.SetRoute(r, "tunnel.len")
+		n, err := t.core.Len(r.Context(), key(rt.id))
+		if err != nil {
+			return err
+		}
+		w.Header().Set("X-Queue-Size", strconv.Itoa(n))
+		w.WriteHeader(http.StatusNoContent)
+	case routeAll:
+		httpapi.SetRoute(r, "tunnel.clear")
+		if _, err := t.core.Clear(r.Context(), key(rt.id)); err != nil {
+			return err
+		}
+		w.Header().Set("X-Queue-Size", "0")
+		w.WriteHeader(http.StatusNoContent)
+	case routeMessage:
+		if r.Method == http.MethodDelete {
+			httpapi.SetRoute(r, "tunnel.ack")
+			if _, err := t.core.Ack(r.Context(), key(rt.id), rt.mid); err != nil {
+				return err
+			}
+			w.WriteHeader(http.StatusNoContent)
+			return nil
+		}
+		httpapi.SetRoute(r, "tunnel.status")
+		return t.status(w, r, rt)
+	case routeReply:
+		if r.Method == http.MethodPost {
+			httpapi.SetRoute(r, "tunnel.reply")
+			return t.reply(w, r, rt, body)
+		}
+		httpapi.SetRoute(r, "tunnel.reply_read")
+		return t.readReply(w, r, rt, 0)
+	case routeReplyPoll:
+		httpapi.SetRoute(r, "tunnel.reply_poll")
+		return t.readReply(w, r, rt, t.pollTimeout(q))
+	}
+	return nil
+}
+
+func methodAllowed(allow []string, m string) bool {
+	for _, a := range allow {
+		if a == m {
+			return true
+		}
+	}
+	return false
+}
+
+func preflight(w http.ResponseWriter, r *http.Request) error {
+	h := w.Header()
+	h.Set("Access-Control-Max-Age", "3600")
+	if req := r.Header.Get("Access-Control-Request-Headers"); req != "" {
+		h.Set("Access-Control-Allow-Headers", req)
+	} else {
+		h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, X-Hub-Signature-256")
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// readBody reads the whole body, refusing more than max bytes with 413.
+func readBody(w http.ResponseWriter, r *http.Request, max int64) ([]byte, error) {
+	if r.ContentLength == 0 {
+		return nil, nil
+	}
+	var buf bytes.Buffer
+	if r.ContentLength > 0 {
+		buf.Grow(int(r.ContentLength))
+	}
+	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, max))
+	var tooLarge *http.MaxBytesError
+	if errors.As(err, &tooLarge) {
+		return nil, errTooLarge
+	}
+	if err != nil && err != io.EOF {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// number parses a query value as the original did (Lua tonumber): any
+// decimal or float; fractions are floored. ok is false for absent values and
+// for anything that is not a finite number.
+func number(q url.Values, name string) (int64, bool) {
+	v := q.Get(name)
+	if v == "" {
+		return 0, false
+	}
+	if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+		return n, true
+	}
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
+		return 0, false
+	}
+	f = math.Floor(f)
+	if f > math.MaxInt64/2 {
+		return math.MaxInt64 / 2, true
+	}
+	if f < math.MinInt64/2 {
+		return math.MinInt64 / 2, true
+	}
+	return int64(f), true
+}
+
+// pollTimeout is the wait asked for by the timeout parameter, defaulted and
+// clamped; zero or negative means no wait.
+func (t *Tunnels) pollTimeout(q url.Values) time.Duration {
+	secs, ok := number(q, "timeout")
+	if !ok {
+		return t.opts.PollTimeout
+	}
+	if secs <= 0 {
+		return 0
+	}
+	if max := int64(t.opts.MaxPollTimeout / time.Second); secs > max {
+		return t.opts.MaxPollTimeout
+	}
+	return time.Duration(secs) * time.Second
+}
+
+func (t *Tunnels) produce(w http.ResponseWriter, r *http.Request, rt route, q url.Values, body []byte) error {
+	backpressure, limit := t.opts.Backpressure, t.opts.MaxLen
+	if n, ok := number(q, "limit"); ok {
+		switch {
+		case n < 0:
+			return errLimitNeg
+		case n == 0:
+			backpressure = false
+		case n > int64(t.opts.MaxLen):
+			return errLimitTooBig
+		default:
+			backpressure, limit = true, int(n)
+		}
+	}
+	opts := store.AppendOptions{MaxLen: t.opts.MaxLen}
+	if backpressure {
+		opts.Limit = limit
+	}
+	m := store.Message{ContentType: r.Header.Get("Content-Type"), Body: body}
+	res, err := t.core.Append(r.Context(), key(rt.id), m, opts)
+	var full *store.FullError
+	if errors.As(err, &full) {
+		return (&httpapi.Error{Status: http.StatusInsufficientStorage, Message: queueFullText}).
+			WithHeader("X-Queue-Size", strconv.Itoa(full.Len))
+	}
+	if err != nil {
+		return err
+	}
+	h := w.Header()
+	h.Set("X-Message-Id", res.ID.String())
+	if backpressure {
+		h.Set("X-Queue-Size", strconv.Itoa(res.Len))
+	}
+	if res.Trimmed > 0 {
+		// Backpressure off and the queue at its cap: say what was dropped.
+		h.Set("X-Queue-Trimmed", strconv.Itoa(res.Trimmed))
+	}
+	w.WriteHeader(http.StatusCreated)
+	return nil
+}
+
+// consume hands out one message, waiting up to wait for it. A message taken
+// without pending mode is put back if it cannot be written to the client.
+func (t *Tunnels) consume(w http.ResponseWriter, r *http.Request, rt route, q url.Values, wait time.Duration) error {
+	mode := store.TakeDelete
+	if q.Has("pending") {
+		mode = store.TakePending
+	}
+	m, ok, err := t.core.Take(r.Context(), key(rt.id), mode, wait)
+	if errors.Is(err, queue.ErrShuttingDown) {
+		err, ok = nil, false
+	}
+	if err != nil {
+		return err
+	}
+	if !ok {
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	}
+	h := w.Header()
+	h.Set("X-Message-Id", m.ID.String())
+	if err := t.writeBody(w, m); err != nil && mode == store.TakeDelete {
+		// The client is gone: the message was never delivered.
+		if rerr := t.core.Restore(context.WithoutCancel(r.Context()), key(rt.id), m); rerr != nil {
+			return errors.Join(err, rerr)
+		}
+	}
+	return nil
+}
+
+// writeBody writes a 200 with m's body and content type, flushed, and
+// reports whether the client took it.
+func (t *Tunnels) writeBody(w http.ResponseWriter, m store.Message) error {
+	h := w.Header()
+	ct := m.ContentType
+	if ct == "" {
+		ct = t.opts.DefaultContentType
+	}
+	h.Set("Content-Type", ct)
+	h.Set("Content-Length", strconv.Itoa(len(m.Body)))
+	w.WriteHeader(http.StatusOK)
+	if _, err := w.Write(m.Body); err != nil {
+		return err
+	}
+	return http.NewResponseController(w).Flush()
+}
+
+func (t *Tunnels) status(w http.ResponseWriter, r *http.Request, rt route) error {
+	st, err := t.core.Status(r.Context(), key(rt.id), rt.mid)
+	if err != nil {
+		return err
+	}
+	switch st {
+	case store.StatePending:
+		w.WriteHeader(http.StatusAccepted)
+	case store.StateQueued:
+		w.WriteHeader(http.StatusCreated)
+	default:
+		w.WriteHeader(http.StatusNoContent)
+	}
+	return nil
+}
+
+func (t *Tunnels) reply(w http.ResponseWriter, r *http.Request, rt route, body []byte) error {
+	m := store.Message{ContentType: r.Header.Get("Content-Type"), Body: body}
+	ok, err := t.core.Reply(r.Context(), key(rt.id), rt.mid, m, t.opts.ReplyTTL)
+	if err != nil {
+		return err
+	}
+	if ok {
+		w.WriteHeader(http.StatusCreated)
+	} else {
+		w.WriteHeader(http.StatusNoContent)
+	}
+	return nil
+}
+
+func (t *Tunnels) readReply(w http.ResponseWriter, r *http.Request, rt route, wait time.Duration) error {
+	m, ok, err := t.core.TakeReply(r.Context(), key(rt.id), rt.mid, wait)
+	if errors.Is(err, queue.ErrShuttingDown) {
+		err, ok = nil, false
+	}
+	if err != nil {
+		return err
+	}
+	if !ok {
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	}
+	return t.writeBody(w, m)
+}
