@@ -114,8 +114,8 @@ func WritePlain(w http.ResponseWriter, r *http.Request, e *Error) {
 
 // Handle adapts h to http.Handler: a returned error is answered by ew
 // (WritePlain when nil) unless the handler already started its response.
-// Internal errors are logged with the request; clients see only "internal
-// error".
+// Errors that did not come as an *Error (storage failures, bugs) are logged
+// with the request; for those clients see only a one-line reason.
 func Handle(h Handler, ew ErrorWriter) http.Handler {
 	if ew == nil {
 		ew = WritePlain
@@ -129,8 +129,9 @@ func Handle(h Handler, ew ErrorWriter) http.Handler {
 		if e == nil {
 			return
 		}
-		if e.Status >= 500 {
-			slog.Default().Log(r.Context(), levelFor(e), "request failed",
+		var own *Error
+		if !errors.As(err, &own) {
+			Logger(r.Context()).Log(r.Context(), levelFor(e), "request failed",
 				"method", r.Method, "path", r.URL.Path, "status", e.Status, "err", err)
 		}
 		if rec, ok := w.(*recorder); ok && rec.wroteHeader {

@@ -12,19 +12,31 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-type routeKey struct{}
+type reqInfoKey struct{}
 
-// routeLabel is where a front door names the route a request took, for
-// metrics and logs.
-type routeLabel struct{ name string }
+// reqInfo is what the middleware shares with the handlers of one request:
+// the route name they set, and the logger to use.
+type reqInfo struct {
+	route string
+	log   *slog.Logger
+}
 
 // SetRoute names the route r took; the request metrics use the name as
 // their route label. Names come from a fixed set per front door, never from
 // the request.
 func SetRoute(r *http.Request, name string) {
-	if l, ok := r.Context().Value(routeKey{}).(*routeLabel); ok {
-		l.name = name
+	if l, ok := r.Context().Value(reqInfoKey{}).(*reqInfo); ok {
+		l.route = name
 	}
+}
+
+// Logger returns the server's logger for the request (slog.Default() outside
+// a postern server).
+func Logger(ctx context.Context) *slog.Logger {
+	if l, ok := ctx.Value(reqInfoKey{}).(*reqInfo); ok && l.log != nil {
+		return l.log
+	}
+	return slog.Default()
 }
 
 // recorder captures the status for metrics while passing flushes and
@@ -75,14 +87,17 @@ func (rw *recorder) Unwrap() http.ResponseWriter { return rw.ResponseWriter }
 
 // Metrics is the request instrumentation shared by all front doors.
 type Metrics struct {
+	log      *slog.Logger
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	inflight prometheus.Gauge
 }
 
-// NewMetrics registers the request metrics on reg.
-func NewMetrics(reg prometheus.Registerer) *Metrics {
+// NewMetrics registers the request metrics on reg; log is the logger
+// handlers find with Logger.
+func NewMetrics(reg prometheus.Registerer, log *slog.Logger) *Metrics {
 	m := &Metrics{
+		log: log,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "postern_http_requests_total",
 			Help: "HTTP requests answered, by route and status code.",
@@ -107,8 +122,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 func (m *Metrics) Wrap(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		label := &routeLabel{name: "unmatched"}
-		r = r.WithContext(context.WithValue(r.Context(), routeKey{}, label))
+		label := &reqInfo{route: "unmatched", log: m.log}
+		r = r.WithContext(context.WithValue(r.Context(), reqInfoKey{}, label))
 		rec := &recorder{ResponseWriter: w, status: http.StatusOK}
 		m.inflight.Inc()
 		defer func() {
@@ -118,12 +133,12 @@ func (m *Metrics) Wrap(next http.Handler) http.Handler {
 				code = 499 // client closed the request before an answer
 			}
 			elapsed := time.Since(start)
-			m.requests.WithLabelValues(label.name, strconv.Itoa(code)).Inc()
-			m.duration.WithLabelValues(label.name).Observe(elapsed.Seconds())
-			if l := slog.Default(); l.Enabled(r.Context(), slog.LevelDebug) {
+			m.requests.WithLabelValues(label.route, strconv.Itoa(code)).Inc()
+			m.duration.WithLabelValues(label.route).Observe(elapsed.Seconds())
+			if l := m.log; l.Enabled(r.Context(), slog.LevelDebug) {
 				l.LogAttrs(r.Context(), slog.LevelDebug, "request",
 					slog.String("method", r.Method), slog.String("path", r.URL.Path),
-					slog.String("route", label.name), slog.Int("status", code),
+					slog.String("route", label.route), slog.Int("status", code),
 					slog.Duration("elapsed", elapsed), slog.String("remote", r.RemoteAddr))
 			}
 		}()

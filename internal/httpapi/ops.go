@@ -14,7 +14,7 @@ type ReadyFunc func(ctx context.Context) error
 
 // MountOps registers /healthz (the process is up), /readyz (ready reports
 // nil) and /metrics (gather's metrics in the Prometheus text format) on mux.
-func MountOps(mux *http.ServeMux, ready ReadyFunc, gather prometheus.Gatherer) {
+func MountOps(mux *Router, ready ReadyFunc, gather prometheus.Gatherer) {
 	mux.Handle("/healthz", Handle(func(w http.ResponseWriter, r *http.Request) error {
 		SetRoute(r, "ops.healthz")
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")

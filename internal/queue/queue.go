@@ -99,13 +99,13 @@ func (c *Core) Waiting() int {
 	return c.nwait
 }
 
-// WaitForWaiters blocks until at least n waits are in progress, or ctx
-// ends. It is the readiness signal for tests and tools that must know a
-// long-poll is parked before they act.
+// WaitForWaiters blocks until exactly n waits are in progress, or ctx ends.
+// It is the readiness signal for tests and tools that must know a long-poll
+// is parked (or has let go) before they act.
 func (c *Core) WaitForWaiters(ctx context.Context, n int) error {
 	for {
 		c.mu.Lock()
-		if c.nwait >= n {
+		if c.nwait == n {
 			c.mu.Unlock()
 			return nil
 		}

@@ -120,10 +120,10 @@ func New(cfg Config) (*Server, error) {
 		return fail(err)
 	}
 
-	mux := http.NewServeMux()
+	mux := httpapi.NewRouter()
 	tunnels.Mount(mux)
 	httpapi.MountOps(mux, s.ready, s.registry)
-	mux.Handle("/", httpapi.Handle(func(w http.ResponseWriter, r *http.Request) error {
+	mux.Fallback(httpapi.Handle(func(w http.ResponseWriter, r *http.Request) error {
 		// The original tunnel relay answered any path under /health with "OK".
 		if strings.HasPrefix(r.URL.Path, "/health") {
 			return healthOK(w, r)
@@ -132,7 +132,7 @@ func New(cfg Config) (*Server, error) {
 		return httpapi.ErrNotFound
 	}, nil))
 
-	m := httpapi.NewMetrics(s.registry)
+	m := httpapi.NewMetrics(s.registry, s.log)
 	s.handler = m.Wrap(mux)
 	s.http = &http.Server{
 		Handler:           s.handler,
@@ -154,7 +154,7 @@ func healthOK(w http.ResponseWriter, r *http.Request) error {
 // Handler returns the node's HTTP handler (for tests and embedding).
 func (s *Server) Handler() http.Handler { return s.handler }
 
-// WaitForLongPolls blocks until at least n long-polls are parked on this
+// WaitForLongPolls blocks until exactly n long-polls are parked on this
 // node, or ctx ends: a readiness signal for tests and tools.
 func (s *Server) WaitForLongPolls(ctx context.Context, n int) error {
 	return s.queue.WaitForWaiters(ctx, n)

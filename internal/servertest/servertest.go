@@ -66,8 +66,8 @@ func Start(t testing.TB, cfg server.Config) *Node {
 	return n
 }
 
-// WaitForLongPolls blocks until n long-polls are parked on the node, failing
-// the test after 10 seconds.
+// WaitForLongPolls blocks until exactly count long-polls are parked on the
+// node, failing the test after 10 seconds.
 func (n *Node) WaitForLongPolls(t testing.TB, count int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -49,7 +49,7 @@ func New(core *queue.Core, opts Options) (*Tunnels, error) {
 }
 
 // Mount registers the tunnel routes on mux.
-func (t *Tunnels) Mount(mux *http.ServeMux) {
+func (t *Tunnels) Mount(mux *httpapi.Router) {
 	mux.Handle(Prefix, t)
 }
 

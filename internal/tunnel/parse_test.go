@@ -1,0 +1,163 @@
+package tunnel
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"strings"
+	"testing"
+)
+
+func TestParseRoute(t *testing.T) {
+	cases := map[string]route{
+		"/t/x":                            {kind: routeTunnel, id: "x"},
+		"/t/x/":                           {kind: routeTunnel, id: "x"},
+		"/t/x/poll":                       {kind: routePoll, id: "x"},
+		"/t/x/len":                        {kind: routeLen, id: "x"},
+		"/t/x/all":                        {kind: routeAll, id: "x"},
+		"/t/x/12-3":                       {kind: routeMessage, id: "x"},
+		"/t/x/12-3/":                      {kind: routeMessage, id: "x"},
+		"/t/x/12-3/reply":                 {kind: routeReply, id: "x"},
+		"/t/x/12-3/reply/":                {kind: routeReply, id: "x"},
+		"/t/x/12-3/reply/poll":            {kind: routeReplyPoll, id: "x"},
+		"/t/x/12-3/reply/poll/":           {kind: routeReplyPoll, id: "x"},
+		"/t/Ab-_9/1-1":                    {kind: routeMessage, id: "Ab-_9"},
+		"/t/poll/poll":                    {kind: routePoll, id: "poll"},
+		"/t/" + strings.Repeat("z", 1024): {kind: routeTunnel, id: strings.Repeat("z", 1024)},
+	}
+	for path, want := range cases {
+		got, ok := parseRoute(path, Prefix)
+		if !ok || got.kind != want.kind || got.id != want.id {
+			t.Errorf("parseRoute(%q) = %+v %v, want %+v", path, got, ok, want)
+		}
+	}
+	for _, path := range []string{"", "/", "/t", "/t/", "/t//", "/x/y", "/t/x/poll/", "/t/x/len/", "/t/x/all/",
+		"/t/x/1-1//", "/t/x/1/reply", "/t/x/1-1/replies", "/t/x/1-1/reply/poll/x", "/t/ x", "/t/x y",
+		"/t/" + strings.Repeat("z", 1025), "/t/é", "/t/x/y/z"} {
+		if got, ok := parseRoute(path, Prefix); ok {
+			t.Errorf("parseRoute(%q) = %+v, want malformed", path, got)
+		}
+	}
+}
+
+func FuzzParseRoute(f *testing.F) {
+	for _, s := range []string{"/t/x", "/t/x/", "/t/x/poll", "/t/x/1-1/reply/poll/", "/t/x/1-1//", "/t/é", "/t/a/99999999999999999-1"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, path string) {
+		rt, ok := parseRoute(path, Prefix)
+		if !ok {
+			return
+		}
+		// Whatever parses names a valid tunnel and a route that rebuilds
+		// into a path that parses the same way.
+		if !ValidID(rt.id) {
+			t.Fatalf("%q parsed to invalid id %q", path, rt.id)
+		}
+		rebuilt := Prefix + rt.id
+		switch rt.kind {
+		case routePoll:
+			rebuilt += "/poll"
+		case routeLen:
+			rebuilt += "/len"
+		case routeAll:
+			rebuilt += "/all"
+		case routeMessage:
+			rebuilt += "/" + rt.mid.String()
+		case routeReply:
+			rebuilt += "/" + rt.mid.String() + "/reply"
+		case routeReplyPoll:
+			rebuilt += "/" + rt.mid.String() + "/reply/poll"
+		}
+		again, ok := parseRoute(rebuilt, Prefix)
+		if !ok || again != rt {
+			t.Fatalf("%q -> %+v -> %q -> %+v %v", path, rt, rebuilt, again, ok)
+		}
+	})
+}
+
+func TestParseBearer(t *testing.T) {
+	good := map[string]string{"Bearer abc": "abc", "bearer abc": "abc", "BEARER  abc ": "abc", "Bearer a.b-c_d=": "a.b-c_d="}
+	for h, want := range good {
+		if got, ok := ParseBearer(h); !ok || got != want {
+			t.Errorf("ParseBearer(%q) = %q %v, want %q", h, got, ok, want)
+		}
+	}
+	for _, h := range []string{"", "Bearer", "Bearer ", "XBearer abc", "Basic abc", "abc", "Bearer a b", " Bearer abc", "Bearer\tabc"} {
+		if got, ok := ParseBearer(h); ok {
+			t.Errorf("ParseBearer(%q) = %q, want refusal", h, got)
+		}
+	}
+}
+
+func FuzzParseBearer(f *testing.F) {
+	for _, s := range []string{"Bearer abc", "bearer  x ", "XBearer abc", "Bearer a b", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, h string) {
+		tok, ok := ParseBearer(h)
+		if !ok {
+			return
+		}
+		if tok == "" || strings.ContainsAny(tok, " \t") {
+			t.Fatalf("ParseBearer(%q) = %q", h, tok)
+		}
+		if !strings.EqualFold(h[:6], "bearer") {
+			t.Fatalf("ParseBearer(%q) accepted another scheme", h)
+		}
+		if again, ok := ParseBearer("Bearer " + tok); !ok || again != tok {
+			t.Fatalf("token %q does not round-trip", tok)
+		}
+	})
+}
+
+func TestParseSignature(t *testing.T) {
+	digest := sha256.Sum256([]byte("x"))
+	hexd := hex.EncodeToString(digest[:])
+	for _, h := range []string{"sha256=" + hexd, "SHA256=" + hexd, "sha256=" + strings.ToUpper(hexd)} {
+		if sig, ok := ParseSignature(h); !ok || string(sig) != string(digest[:]) {
+			t.Errorf("ParseSignature(%q) refused", h)
+		}
+	}
+	for _, h := range []string{"", "sha256=", "sha256=" + hexd[:62], "sha256=" + hexd + "00", "sha1=" + hexd[:40],
+		"sha256:" + hexd, "sha256=" + hexd[:62] + "zz", " sha256=" + hexd} {
+		if _, ok := ParseSignature(h); ok {
+			t.Errorf("ParseSignature(%q) accepted", h)
+		}
+	}
+}
+
+func FuzzParseSignature(f *testing.F) {
+	d := sha256.Sum256(nil)
+	for _, s := range []string{"sha256=" + hex.EncodeToString(d[:]), "sha1=abc", "sha256=zz", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, h string) {
+		sig, ok := ParseSignature(h)
+		if !ok {
+			return
+		}
+		if len(sig) != sha256.Size {
+			t.Fatalf("ParseSignature(%q) gave %d bytes", h, len(sig))
+		}
+		if !strings.EqualFold(h, "sha256="+hex.EncodeToString(sig)) {
+			t.Fatalf("ParseSignature(%q) does not round-trip", h)
+		}
+	})
+}
+
+func FuzzValidID(f *testing.F) {
+	for _, s := range []string{"demo", "a-b_c", "a b", "é", strings.Repeat("a", 1025)} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if !ValidID(s) {
+			return
+		}
+		if len(s) == 0 || len(s) > MaxIDLen || strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_") != "" {
+			t.Fatalf("ValidID(%q) = true", s)
+		}
+		if _, ok := parseRoute(Prefix+s, Prefix); !ok {
+			t.Fatalf("valid id %q does not route", s)
+		}
+	})
+}
