@@ -1,0 +1,295 @@
+package cli_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/postern/postern/client"
+	"github.com/postern/postern/internal/cli"
+	"github.com/postern/postern/internal/servertest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// run runs the command line in-process and returns its exit code and output.
+func run(t *testing.T, ctx context.Context, env map[string]string, stdin string, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := cli.Main(ctx, args, cli.Env{
+		Stdin: strings.NewReader(stdin), Stdout: &out, Stderr: &errb,
+		Getenv: func(k string) string { return env[k] },
+	})
+	return code, out.String(), errb.String()
+}
+
+var listenRE = regexp.MustCompile(`postern listening"? addr=(\S+)`)
+
+// serve runs `postern serve` in-process and returns its base URL once it
+// logged that it listens, and a stop function that returns the exit code.
+func serve(t *testing.T, env map[string]string, args ...string) (string, func() int) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	pr, pw := io.Pipe()
+	code := make(chan int, 1)
+	go func() {
+		c := cli.Main(ctx, append([]string{"serve", "--listen", "127.0.0.1:0"}, args...), cli.Env{
+			Stdin: strings.NewReader(""), Stdout: io.Discard, Stderr: pw,
+			Getenv: func(k string) string { return env[k] },
+		})
+		pw.Close()
+		code <- c
+	}()
+	sc := bufio.NewScanner(pr)
+	var url string
+	var logs strings.Builder
+	for sc.Scan() {
+		logs.WriteString(sc.Text() + "\n")
+		if m := listenRE.FindStringSubmatch(sc.Text()); m != nil {
+			url = "http://" + m[1]
+			break
+		}
+	}
+	if url == "" {
+		cancel()
+		t.Fatalf("serve did not start (exit %d): %s", <-code, logs.String())
+	}
+	drained := make(chan struct{})
+	go func() { io.Copy(io.Discard, pr); close(drained) }()
+	var once sync.Once
+	var exit int
+	stop := func() int {
+		once.Do(func() {
+			cancel()
+			exit = <-code
+			<-drained
+			http.DefaultClient.CloseIdleConnections()
+		})
+		return exit
+	}
+	t.Cleanup(func() { stop() })
+	return url, stop
+}
+
+func get(t *testing.T, url string, hdr ...string) int {
+	t.Helper()
+	req, _ := http.NewRequest("GET", url, nil)
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	return res.StatusCode
+}
+
+func TestServeDrainsAndExitsZero(t *testing.T) {
+	url, stop := serve(t, nil)
+	if s := get(t, url+"/t/x"); s != 204 {
+		t.Fatalf("GET /t/x = %d", s)
+	}
+	if code := stop(); code != 0 {
+		t.Fatalf("serve exit code %d", code)
+	}
+}
+
+func TestServeSeedEnvironment(t *testing.T) {
+	url, _ := serve(t, map[string]string{"TUNNEL_ACCESS_TOKEN": "seedtok", "TUNNEL_PUBLIC_IDS": "demo, other ,"})
+	if s := get(t, url+"/t/x"); s != 403 {
+		t.Fatalf("without token: %d", s)
+	}
+	if s := get(t, url+"/t/x", "Authorization", "Bearer seedtok"); s != 204 {
+		t.Fatalf("with seed token: %d", s)
+	}
+	if s := get(t, url+"/t/other"); s != 204 {
+		t.Fatalf("public id: %d", s)
+	}
+}
+
+func TestServePrecedence(t *testing.T) {
+	env := map[string]string{"TUNNEL_ACCESS_TOKEN": "alias", "POSTERN_TUNNEL_ACCESS_TOKEN": "postern"}
+	url, _ := serve(t, env)
+	if s := get(t, url+"/t/x", "Authorization", "Bearer alias"); s != 403 {
+		t.Fatalf("alias beat POSTERN_*: %d", s)
+	}
+	if s := get(t, url+"/t/x", "Authorization", "Bearer postern"); s != 204 {
+		t.Fatalf("POSTERN_* token refused: %d", s)
+	}
+	url, _ = serve(t, env, "--tunnel-access-token", "flag")
+	if s := get(t, url+"/t/x", "Authorization", "Bearer flag"); s != 204 {
+		t.Fatalf("flag token refused: %d", s)
+	}
+}
+
+func TestServeEmptyTokenIsUnset(t *testing.T) {
+	// The original turned auth on with a token nobody could match.
+	url, _ := serve(t, map[string]string{"TUNNEL_ACCESS_TOKEN": "", "TUNNEL_PUBLIC_IDS": ""})
+	if s := get(t, url+"/t/x"); s != 204 {
+		t.Fatalf("empty token turned auth on: %d", s)
+	}
+}
+
+func TestServeRejectsBadSettings(t *testing.T) {
+	cases := []struct {
+		env  map[string]string
+		args []string
+		want string
+	}{
+		{map[string]string{"TUNNEL_MAXLEN": "abc"}, nil, "TUNNEL_MAXLEN"},
+		{map[string]string{"TUNNEL_MAX_POLL_TIMEOUT": "soon"}, nil, "TUNNEL_MAX_POLL_TIMEOUT"},
+		{map[string]string{"TUNNEL_BACKPRESSURE": "maybe"}, nil, "TUNNEL_BACKPRESSURE"},
+		{nil, []string{"--tunnel-max-len", "1.5"}, "tunnel-max-len"},
+		{nil, []string{"--tunnel-max-len", "0"}, "max length"},
+		{nil, []string{"--tunnel-public-ids", "bad id"}, "bad id"},
+		{nil, []string{"--log-level", "loud"}, "log level"},
+		{nil, []string{"--store", "floppy:"}, "unknown store"},
+		{nil, []string{"--no-such-flag"}, "no-such-flag"},
+	}
+	for _, c := range cases {
+		code, _, stderr := run(t, context.Background(), c.env, "", append([]string{"serve", "--listen", "127.0.0.1:0"}, c.args...)...)
+		if code == 0 || !strings.Contains(stderr, c.want) || strings.Count(strings.TrimSpace(stderr), "\n") > 2 {
+			t.Errorf("serve %v %v: exit %d, stderr %q; want a failure naming %q", c.env, c.args, code, stderr, c.want)
+		}
+	}
+}
+
+func TestSendRecv(t *testing.T) {
+	n := servertest.Start(t, servertest.Config())
+	ctx := context.Background()
+	srv := []string{"--server", n.URL}
+
+	code, out, _ := run(t, ctx, nil, "", append([]string{"send"}, append(srv, "jobs", "first")...)...)
+	if code != 0 || !regexp.MustCompile(`^\d+-\d+\n$`).MatchString(out) {
+		t.Fatalf("send: exit %d, out %q", code, out)
+	}
+	// From standard input, flags after the arguments, content type kept.
+	code, _, _ = run(t, ctx, nil, `{"n":2}`, "send", "jobs", "-", "--server", n.URL, "--content-type", "application/json")
+	if code != 0 {
+		t.Fatalf("send from stdin: exit %d", code)
+	}
+	code, out, _ = run(t, ctx, nil, "", append([]string{"recv"}, append(srv, "jobs")...)...)
+	if code != 0 || out != "first\n" {
+		t.Fatalf("recv: exit %d, out %q", code, out)
+	}
+	code, out, _ = run(t, ctx, nil, "", append([]string{"recv", "--ack"}, append(srv, "jobs")...)...)
+	if code != 0 || out != "{\"n\":2}\n" {
+		t.Fatalf("recv --ack: exit %d, out %q", code, out)
+	}
+	// --ack acknowledged it: nothing is pending.
+	if l, _ := mustClient(t, n.URL).Tunnel("jobs").Len(ctx); l != 0 {
+		t.Fatalf("after recv --ack: len %d", l)
+	}
+	code, out, stderr := run(t, ctx, nil, "", append([]string{"recv", "--wait", "0"}, append(srv, "jobs")...)...)
+	if code != cli.ExitEmpty || out != "" || !strings.Contains(stderr, "no message") {
+		t.Fatalf("recv on empty: exit %d, out %q, stderr %q", code, out, stderr)
+	}
+}
+
+func mustClient(t *testing.T, url string) *client.Client {
+	t.Helper()
+	c, err := client.New(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestSendWaitReply(t *testing.T) {
+	n := servertest.Start(t, servertest.Config())
+	ctx := context.Background()
+	done := make(chan string, 1)
+	go func() {
+		_, out, errs := run(t, ctx, nil, "", "send", "--server", n.URL, "--wait-reply", "20s", "rpc", "ping")
+		done <- out + errs
+	}()
+	tun := mustClient(t, n.URL).Tunnel("rpc")
+	m, ok, err := tun.Receive(ctx, client.ReceiveOptions{Pending: true, Wait: 20 * time.Second})
+	if err != nil || !ok || string(m.Body) != "ping" {
+		t.Fatalf("receive: %q %v %v", m.Body, ok, err)
+	}
+	if err := tun.Reply(ctx, m.ID, []byte("pong"), "text/plain"); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-done; got != "pong\n" {
+		t.Fatalf("send --wait-reply printed %q", got)
+	}
+}
+
+func TestRecvFollow(t *testing.T) {
+	n := servertest.Start(t, servertest.Config())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pr, pw := io.Pipe()
+	code := make(chan int, 1)
+	go func() {
+		code <- cli.Main(ctx, []string{"recv", "--follow", "--ack", "--server", n.URL, "feed"}, cli.Env{
+			Stdin: strings.NewReader(""), Stdout: pw, Stderr: io.Discard, Getenv: func(string) string { return "" },
+		})
+		pw.Close()
+	}()
+	tun := mustClient(t, n.URL).Tunnel("feed")
+	sc := bufio.NewScanner(pr)
+	for _, want := range []string{"one", "two", "three"} {
+		if _, err := tun.Send(context.Background(), []byte(want), client.SendOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if !sc.Scan() || sc.Text() != want {
+			t.Fatalf("follow printed %q, want %q", sc.Text(), want)
+		}
+	}
+	cancel()
+	go io.Copy(io.Discard, pr)
+	if c := <-code; c != 0 {
+		t.Fatalf("interrupted follow exit %d", c)
+	}
+}
+
+func TestUsage(t *testing.T) {
+	ctx := context.Background()
+	if code, out, _ := run(t, ctx, nil, "", "help"); code != 0 || !strings.Contains(out, "serve") || !strings.Contains(out, "recv") {
+		t.Fatalf("help: %d %q", code, out)
+	}
+	if code, out, _ := run(t, ctx, nil, "", "serve", "--help"); code != 0 || !strings.Contains(out, "POSTERN_TUNNEL_MAX_LEN, TUNNEL_MAXLEN") {
+		t.Fatalf("serve --help: %d %q", code, out)
+	}
+	if code, out, _ := run(t, ctx, nil, "", "version"); code != 0 || !strings.HasPrefix(out, "postern ") {
+		t.Fatalf("version: %d %q", code, out)
+	}
+	if code, _, errs := run(t, ctx, nil, "", "frobnicate"); code != cli.ExitUsage || !strings.Contains(errs, "unknown command") {
+		t.Fatalf("unknown command: %d %q", code, errs)
+	}
+	if code, _, errs := run(t, ctx, nil, "", "send"); code != cli.ExitUsage || !strings.Contains(errs, "TUNNEL") {
+		t.Fatalf("send without args: %d %q", code, errs)
+	}
+	if code, _, errs := run(t, ctx, nil, "", "recv", "--server", "ftp://x", "t"); code != cli.ExitUsage || !strings.Contains(errs, "http") {
+		t.Fatalf("recv with bad server: %d %q", code, errs)
+	}
+	if code, _, _ := run(t, ctx, nil, ""); code != cli.ExitUsage {
+		t.Fatalf("no args: %d", code)
+	}
+}
+
+func TestClientErrorsAreOneLine(t *testing.T) {
+	cfg := servertest.Config()
+	cfg.Tunnel.AccessToken = "tok"
+	n := servertest.Start(t, cfg)
+	code, _, errs := run(t, context.Background(), nil, "", "send", "--server", n.URL, "t", "x")
+	if code != cli.ExitError || strings.TrimSpace(errs) != "postern send: postern: 403 Access denied" {
+		t.Fatalf("send without token: %d %q", code, errs)
+	}
+	code, _, _ = run(t, context.Background(), map[string]string{"TUNNEL_ACCESS_TOKEN": "tok"}, "", "send", "--server", n.URL, "t", "x")
+	if code != 0 {
+		t.Fatalf("send with TUNNEL_ACCESS_TOKEN: %d", code)
+	}
+}
