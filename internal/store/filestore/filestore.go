@@ -1,0 +1,306 @@
+// Package filestore is the embedded file engine, postern's durable default
+// (--store=file:DIR). It owns the data directory: one bbolt database file,
+// postern.db, and a LOCK file that keeps a second server out.
+//
+// # Durability
+//
+// An operation that changes anything returns only after its change is
+// synced to disk, so a 2xx built on it survives kill -9 and power loss.
+// Concurrent writers share syncs: every write is queued to one committer
+// goroutine, which commits everything queued since its last commit as one
+// bbolt transaction (one fsync of the data and one of the header). The
+// busier the server, the more writes each sync carries. Reads never sync
+// and never wait for one; a read may see a write a moment before its writer
+// is told it is durable.
+//
+// # Layout
+//
+// The queue index (ids, pending flags, dedup keys, expiries, content types)
+// is held in memory, shaped like the memory engine's, and rebuilt from the
+// file at start. Bodies live only in the file, except while the write that
+// carries them is not yet durable. Each change to the index is recorded as
+// puts and deletes of records in five buckets (messages, pending marks,
+// remembered dedup keys, replies, meta) and committed with the other
+// changes of its batch, so every operation is atomic on disk too. Records
+// carry a CRC-32C, checked when the file is opened and when a body is read.
+//
+// # Failures
+//
+// A failed commit rolls back (bbolt keeps the file consistent). Every write
+// of that batch and of writes queued after it, which may have seen its
+// effects, fails with store.ErrNoSpace (disk full) or store.ErrUnavailable
+// (read-only directory, I/O error); the index is reloaded from the file,
+// and for RetryInterval further writes fail at once without touching the
+// disk. Reads keep working throughout. A damaged or truncated file is
+// refused at open with an error naming it; README's "Data directory"
+// section says how to recover.
+//
+// # Why bbolt
+//
+// bench/engines compares bbolt with pebble under this engine's write
+// pattern (see BENCHMARKS.md). Pebble commits about three times faster and
+// compresses, but it treats a failed WAL write as fatal ("the commit
+// pipeline will be horked"), so a full disk would end the process instead
+// of refusing writes while reads go on; it also brings some thirty modules.
+// bbolt rolls a failed commit back and stays readable, is one file and one
+// small module, reopens a million messages several times faster, and is
+// fast enough: group commit keeps durable produce over HTTP well above half
+// the memory engine's rate (bench/filestore.go).
+package filestore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/postern/postern/internal/store"
+)
+
+// Defaults of Options.
+const (
+	// DefaultDir is the data directory when none is given, relative to the
+	// working directory.
+	DefaultDir = "postern-data"
+	// DefaultSweepInterval is how often expired messages, replies and
+	// remembered dedup keys are removed in the background.
+	DefaultSweepInterval = time.Second
+	// DefaultRetryInterval is how long writes fail at once after a write
+	// failed, before the disk is tried again.
+	DefaultRetryInterval = time.Second
+)
+
+// FileName is the database file inside the data directory.
+const FileName = "postern.db"
+
+// LockName is the lock file inside the data directory.
+const LockName = "LOCK"
+
+// sweepBatch bounds the work of one sweep step per shard.
+const sweepBatch = 1024
+
+const numShards = 64
+
+// Options configures a Store.
+type Options struct {
+	// Dir is the data directory, created if missing; empty means DefaultDir.
+	Dir string
+	// Now is the clock for expiry; nil means time.Now.
+	Now func() time.Time
+	// SweepInterval is how often expired data is removed; zero means
+	// DefaultSweepInterval, negative disables the background sweep.
+	SweepInterval time.Duration
+	// RetryInterval is how long writes are refused without trying the disk
+	// after a write failed; zero means DefaultRetryInterval.
+	RetryInterval time.Duration
+	// Logger receives write failures and recoveries; nil means
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+// Store is the file engine.
+type Store struct {
+	dir   string
+	path  string
+	now   func() time.Time
+	retry time.Duration
+	log   *slog.Logger
+
+	db     *bolt.DB
+	unlock func()
+	seed   maphash.Seed
+	shards [numShards]shard
+	c      *committer
+
+	queues   atomic.Int64
+	messages atomic.Int64
+
+	// fail, when set, is the last write failure.
+	fail atomic.Pointer[failure]
+
+	closed    atomic.Bool
+	closeOnce sync.Once
+	closeErr  error
+	stop      chan struct{}
+	swept     chan struct{}
+}
+
+type failure struct {
+	err   error
+	until time.Time // zero: for good
+}
+
+var (
+	_ store.Engine = (*Store)(nil)
+	_ store.Stats  = (*Store)(nil)
+)
+
+// Open opens (or creates) the data directory and loads its index. It fails
+// when another process holds the directory, and when the database file is
+// damaged, with an error naming the file.
+func Open(opts Options) (*Store, error) {
+	dir := opts.Dir
+	if dir == "" {
+		dir = DefaultDir
+	}
+	s := &Store{
+		dir:   dir,
+		path:  filepath.Join(dir, FileName),
+		now:   opts.Now,
+		retry: opts.RetryInterval,
+		log:   opts.Logger,
+		seed:  maphash.MakeSeed(),
+		stop:  make(chan struct{}),
+		swept: make(chan struct{}),
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.retry <= 0 {
+		s.retry = DefaultRetryInterval
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("file store: creating data directory: %w", err)
+	}
+	unlock, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	s.unlock = unlock
+	if err := s.openDB(); err != nil {
+		unlock()
+		return nil, err
+	}
+	if err := s.load(); err != nil {
+		s.db.Close()
+		unlock()
+		return nil, err
+	}
+	s.c = newCommitter(s)
+	interval := opts.SweepInterval
+	if interval == 0 {
+		interval = DefaultSweepInterval
+	}
+	if interval > 0 {
+		go s.sweepLoop(interval)
+	} else {
+		close(s.swept)
+	}
+	return s, nil
+}
+
+// Name implements store.Engine.
+func (s *Store) Name() string { return "file" }
+
+// Dir returns the data directory.
+func (s *Store) Dir() string { return s.dir }
+
+// Ping implements store.Engine. A store that refuses writes for good (its
+// file could not be reloaded after a failure) is not ready; one that is
+// only retrying after a full disk is, since reads work.
+func (s *Store) Ping(context.Context) error {
+	if s.closed.Load() {
+		return store.ErrClosed
+	}
+	if f := s.fail.Load(); f != nil && f.until.IsZero() {
+		return f.err
+	}
+	return nil
+}
+
+// Close implements store.Engine: it stops the sweep, commits what is
+// queued, closes the file and releases the directory.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		s.closed.Store(true)
+		close(s.stop)
+		<-s.swept
+		// Every operation that got past the closed check holds its shard
+		// lock until it has queued its write: after this barrier nothing
+		// more is queued.
+		for i := range s.shards {
+			s.shards[i].mu.Lock()
+			s.shards[i].mu.Unlock()
+		}
+		s.c.close()
+		s.closeErr = s.db.Close()
+		s.unlock()
+	})
+	return s.closeErr
+}
+
+// QueueStats implements store.Stats.
+func (s *Store) QueueStats() store.QueueStats {
+	return store.QueueStats{Queues: int(s.queues.Load()), Messages: int(s.messages.Load())}
+}
+
+// writable reports the error writes fail with right now, if any.
+func (s *Store) writable() error {
+	f := s.fail.Load()
+	if f == nil || (!f.until.IsZero() && !time.Now().Before(f.until)) {
+		return nil
+	}
+	return f.err
+}
+
+// writeError turns a failed commit into the error callers see: ErrNoSpace
+// for a full disk, ErrUnavailable otherwise, one line naming the file.
+func (s *Store) writeError(err error) error {
+	msg := err.Error()
+	switch {
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT), strings.Contains(msg, "no space left"):
+		return fmt.Errorf("file store: %s: disk full, write refused: %w", s.path, store.ErrNoSpace)
+	case errors.Is(err, syscall.EROFS), strings.Contains(msg, "read-only file system"):
+		return fmt.Errorf("file store: %s is on a read-only file system, write refused: %w", s.path, store.ErrUnavailable)
+	}
+	return fmt.Errorf("file store: writing %s failed (%s): %w", s.path, oneLine(msg), store.ErrUnavailable)
+}
+
+// recover runs in the committer after a commit failed with err: the
+// writes queued meanwhile fail too, and the index is reloaded from the
+// file, which the rolled-back transaction left as it was.
+func (s *Store) recover(err error) {
+	for i := range s.shards {
+		s.shards[i].mu.Lock()
+	}
+	defer func() {
+		for i := range s.shards {
+			s.shards[i].mu.Unlock()
+		}
+	}()
+	s.fail.Store(&failure{err: err, until: time.Now().Add(s.retry)})
+	s.c.failQueued(err)
+	if lerr := s.load(); lerr != nil {
+		s.log.Error("file store: reloading after a failed write failed; writes stay refused", "path", s.path, "err", lerr)
+		s.fail.Store(&failure{err: fmt.Errorf("file store: %s could not be reloaded after a failed write: %w", s.path, store.ErrUnavailable)})
+		return
+	}
+	s.log.Warn("file store: write failed; refusing writes for a while, reads go on", "path", s.path, "err", err, "retry_in", s.retry)
+}
+
+// committed is called by the committer after a successful commit.
+func (s *Store) committed() {
+	if f := s.fail.Load(); f != nil && !f.until.IsZero() && s.fail.CompareAndSwap(f, nil) {
+		s.log.Info("file store: writes work again", "path", s.path)
+	}
+}
+
+func oneLine(s string) string {
+	if i := strings.IndexAny(s, "\r\n"); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
