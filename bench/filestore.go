@@ -62,7 +62,11 @@ func runFilestoreProduce(ctx context.Context, o Options) ([]Figure, error) {
 		if err != nil {
 			return nil, fmt.Errorf("memory: %w", err)
 		}
-		file, err := producePhase(ctx, o, "memory", tc.tunnels)
+		sub, err := os.MkdirTemp(dir, "data-")
+		if err != nil {
+			return nil, err
+		}
+		file, err := producePhase(ctx, o, "file:"+sub, tc.tunnels)
 		if err != nil {
 			return nil, fmt.Errorf("file: %w", err)
 		}
@@ -71,6 +75,7 @@ func runFilestoreProduce(ctx context.Context, o Options) ([]Figure, error) {
 			Figure{Name: "durable produce p99, " + tc.name, Unit: "ms", Value: ms(file.Percentile(99)), Baseline: ms(mem.Percentile(99)), LowerIsBetter: true},
 		)
 	}
+	stopProfile()
 	return figs, nil
 }
 

@@ -30,7 +30,7 @@ func ServeFlags() (*FlagSet, *Serve) {
 	fs := NewFlagSet("serve")
 
 	fs.String(&s.Listen, "listen", "TCP `address` to serve HTTP on")
-	fs.String(&s.Store, "store", "storage `engine`: memory")
+	fs.String(&s.Store, "store", "storage `engine`: file:DIR (durable, on disk in DIR) or memory (lost on exit)")
 	fs.String(&c.LogLevel, "log-level", "log `level`: debug, info, warn or error")
 	fs.String(&c.LogFormat, "log-format", "log `format`: text or json")
 	fs.Duration(&s.ShutdownTimeout, "shutdown-timeout", "longest graceful drain on SIGTERM before connections are cut")

@@ -5,17 +5,23 @@ import (
 	"strings"
 
 	"github.com/postern/postern/internal/store"
+	"github.com/postern/postern/internal/store/filestore"
 	"github.com/postern/postern/internal/store/memstore"
 )
 
 // OpenStore opens the storage engine named by spec:
 //
+//	file:DIR  the embedded file engine in data directory DIR (durable; the
+//	          default, in ./postern-data); "file" alone means the default
+//	          directory
 //	memory    the in-memory engine (nothing survives a restart)
 func OpenStore(spec string) (store.Engine, error) {
-	scheme, _, _ := strings.Cut(spec, ":")
+	scheme, rest, _ := strings.Cut(spec, ":")
 	switch scheme {
 	case "memory", "mem":
 		return memstore.New(memstore.Options{}), nil
+	case "file":
+		return filestore.Open(filestore.Options{Dir: rest})
 	}
-	return nil, fmt.Errorf("unknown store %q: want memory", spec)
+	return nil, fmt.Errorf("unknown store %q: want file:DIR or memory", spec)
 }

@@ -25,7 +25,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // storeSpecs lists the storage engines the suite runs on.
 func storeSpecs(t *testing.T) []string {
-	return []string{"memory"}
+	return []string{"memory", "file:" + t.TempDir()}
 }
 
 // env is one running node and a client for it.

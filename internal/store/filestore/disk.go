@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -21,7 +22,7 @@ const (
 	bPending              // queue key + id -> empty: the message is pending
 	bSeen                 // queue key + dedup key -> seen record: remembered until
 	bReplies              // queue key + id -> message record of the reply
-	bMeta                 // "version", "lastid"
+	bMeta                 // "version", "lastid", "applied"
 	numBuckets
 )
 
@@ -30,6 +31,7 @@ var bucketNames = [numBuckets][]byte{[]byte("msgs"), []byte("pending"), []byte("
 var (
 	metaVersion = []byte("version")
 	metaLastID  = []byte("lastid")
+	metaApplied = []byte("applied") // sequence number of the last logged batch applied
 )
 
 // formatVersion is the layout version written to meta; a file of another
@@ -259,8 +261,9 @@ func syncDir(dir string) error {
 	return d.Sync()
 }
 
-// commit writes one batch as one synced transaction.
-func (s *Store) commit(b *batch) error {
+// apply writes logged batches to the database as one synced transaction,
+// recording applied as the last batch applied.
+func (s *Store) apply(bs []*batch, applied uint64) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
 		var bk [numBuckets]*bolt.Bucket
 		for i, name := range bucketNames {
@@ -268,22 +271,50 @@ func (s *Store) commit(b *batch) error {
 			// Records of one queue arrive in key order: fill pages up.
 			bk[i].FillPercent = 0.9
 		}
-		for _, m := range b.muts {
-			var err error
-			if m.val == nil {
-				err = bk[m.bucket].Delete(m.key)
-			} else {
-				err = bk[m.bucket].Put(m.key, m.val)
+		var last store.ID
+		if v := bk[bMeta].Get(metaLastID); len(v) == 16 {
+			last = store.ID{MS: binary.BigEndian.Uint64(v), Seq: binary.BigEndian.Uint64(v[8:])}
+		}
+		for _, b := range bs {
+			for _, m := range b.muts {
+				var err error
+				if m.val == nil {
+					err = bk[m.bucket].Delete(m.key)
+				} else {
+					err = bk[m.bucket].Put(m.key, m.val)
+				}
+				if err != nil {
+					return err
+				}
 			}
-			if err != nil {
-				return err
+			if b.maxID.Compare(last) > 0 {
+				last = b.maxID
 			}
 		}
-		if !b.maxID.IsZero() {
-			return bk[bMeta].Put(metaLastID, encodeID(b.maxID))
+		if err := bk[bMeta].Put(metaLastID, encodeID(last)); err != nil {
+			return err
+		}
+		return bk[bMeta].Put(metaApplied, binary.BigEndian.AppendUint64(nil, applied))
+	})
+}
+
+// appliedSeq reads the sequence number of the last batch in the database.
+func (s *Store) appliedSeq() (uint64, error) {
+	var seq uint64
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketNames[bMeta])
+		if b == nil {
+			return s.damaged("bucket meta is missing")
+		}
+		if v := b.Get(metaApplied); v != nil {
+			if len(v) != 8 {
+				return s.damaged("meta record applied is malformed")
+			}
+			seq = binary.BigEndian.Uint64(v)
 		}
 		return nil
 	})
+	return seq, err
 }
 
 // readRecord reads the message record k of bucket from the file.
@@ -304,9 +335,13 @@ func (s *Store) readRecord(bucket uint8, k []byte) (record, error) {
 	return r, err
 }
 
-// load rebuilds the index from the file. The caller has the store to
-// itself: at open, or holding every shard lock.
-func (s *Store) load() (err error) {
+// load rebuilds the index from the database file overlaid with ov (the
+// changes of logged batches not yet in it, keyed by bucket and key; see
+// checkpointer.overlay), never lowering an id counter. Bodies that come
+// from ov are kept in memory; load returns them, to be released when their
+// batches are in the database. The caller has the store to itself: at
+// open, or holding every shard lock and the checkpointer's run lock.
+func (s *Store) load(ov map[string][]byte, ovLast store.ID) (hs []held, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = s.damaged("reading it failed: %v", r)
@@ -317,10 +352,9 @@ func (s *Store) load() (err error) {
 		sh := &s.shards[i]
 		sh.queues = make(map[string]*queue)
 		sh.replies = make(map[replyKey]*reply)
-		sh.lastID = store.ID{}
 	}
 	var queues, messages int64
-	var last store.ID
+	last := ovLast
 	err = s.db.View(func(tx *bolt.Tx) error {
 		if need, have := tx.Size(), fileSize(s.path); have < need {
 			return s.damaged("it is truncated: %d bytes, its header says %d", have, need)
@@ -330,6 +364,32 @@ func (s *Store) load() (err error) {
 			if bk[i] = tx.Bucket(name); bk[i] == nil {
 				return s.damaged("bucket %s is missing", name)
 			}
+		}
+		// each visits the records of bucket b as ov changes them; fromOv
+		// says the value is not the one in the file.
+		each := func(b uint8, fn func(k, v []byte, fromOv bool) error) error {
+			err := bk[b].ForEach(func(k, v []byte) error {
+				if len(ov) > 0 {
+					if val, ok := ov[string([]byte{b})+string(k)]; ok {
+						if val == nil {
+							return nil
+						}
+						return fn(k, val, true)
+					}
+				}
+				return fn(k, v, false)
+			})
+			if err != nil {
+				return err
+			}
+			for key, val := range ov {
+				if key[0] == b && val != nil && bk[b].Get([]byte(key[1:])) == nil {
+					if err := fn([]byte(key[1:]), val, true); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
 		}
 		if v := bk[bMeta].Get(metaVersion); string(v) != formatVersion {
 			return fmt.Errorf("file store: %s has layout version %q, this postern reads %q", s.path, v, formatVersion)
@@ -352,7 +412,8 @@ func (s *Store) load() (err error) {
 		}
 		var q *queue
 		var qkey string
-		err := bk[bMsgs].ForEach(func(k, v []byte) error {
+		unsorted := map[*queue]bool{}
+		err := each(bMsgs, func(k, v []byte, fromOv bool) error {
 			key, id, ok := splitIDKey(k)
 			if !ok {
 				return s.damaged("message key %x is malformed", k)
@@ -365,12 +426,21 @@ func (s *Store) load() (err error) {
 				q, qkey = getQueue(key), key
 			}
 			if n := len(q.items); n > 0 && q.items[n-1].msg.ID.Compare(id) >= 0 {
-				return s.damaged("messages of queue %q are out of order", key)
+				if !fromOv {
+					return s.damaged("messages of queue %q are out of order", key)
+				}
+				unsorted[q] = true
 			}
-			q.items = append(q.items, &entry{
+			e := &entry{
 				msg:        store.Message{ID: id, ContentType: r.ct, DedupKey: r.dedupKey, ExpiresAt: r.expires},
 				dedupUntil: r.dedupUntil,
-			})
+			}
+			if fromOv {
+				body := r.body
+				e.body.Store(&body)
+				hs = append(hs, held{&e.body, e.body.Load()})
+			}
+			q.items = append(q.items, e)
 			messages++
 			if id.Compare(last) > 0 {
 				last = id
@@ -380,7 +450,10 @@ func (s *Store) load() (err error) {
 		if err != nil {
 			return err
 		}
-		err = bk[bPending].ForEach(func(k, _ []byte) error {
+		for q := range unsorted {
+			slices.SortFunc(q.items, func(a, b *entry) int { return a.msg.ID.Compare(b.msg.ID) })
+		}
+		err = each(bPending, func(k, _ []byte, _ bool) error {
 			key, id, ok := splitIDKey(k)
 			if !ok {
 				return s.damaged("pending key %x is malformed", k)
@@ -409,7 +482,7 @@ func (s *Store) load() (err error) {
 				}
 			}
 		}
-		err = bk[bSeen].ForEach(func(k, v []byte) error {
+		err = each(bSeen, func(k, v []byte, _ bool) error {
 			key, dk, ok := splitKey(k)
 			if !ok {
 				return s.damaged("dedup key record %x is malformed", k)
@@ -428,7 +501,7 @@ func (s *Store) load() (err error) {
 		if err != nil {
 			return err
 		}
-		return bk[bReplies].ForEach(func(k, v []byte) error {
+		return each(bReplies, func(k, v []byte, fromOv bool) error {
 			key, id, ok := splitIDKey(k)
 			if !ok {
 				return s.damaged("reply key %x is malformed", k)
@@ -438,7 +511,13 @@ func (s *Store) load() (err error) {
 				return s.damaged("reply to %s of queue %q: %v", id, key, err)
 			}
 			sh := s.shard(key)
-			sh.replies[replyKey{key, id}] = &reply{msg: store.Message{ID: id, ContentType: r.ct, ExpiresAt: r.expires}}
+			rp := &reply{msg: store.Message{ID: id, ContentType: r.ct, ExpiresAt: r.expires}}
+			if fromOv {
+				body := r.body
+				rp.body.Store(&body)
+				hs = append(hs, held{&rp.body, rp.body.Load()})
+			}
+			sh.replies[replyKey{key, id}] = rp
 			if id.Compare(last) > 0 {
 				last = id
 			}
@@ -446,16 +525,18 @@ func (s *Store) load() (err error) {
 		})
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	// Ids strictly increase per key across restarts: every shard starts
 	// after the largest id ever handed out.
 	for i := range s.shards {
-		s.shards[i].lastID = last
+		if last.Compare(s.shards[i].lastID) > 0 {
+			s.shards[i].lastID = last
+		}
 	}
 	s.queues.Store(queues)
 	s.messages.Store(messages)
-	return nil
+	return hs, nil
 }
 
 func fileSize(path string) int64 {

@@ -78,6 +78,9 @@ const (
 	// DefaultRetryInterval is how long writes fail at once after a write
 	// failed, before the disk is tried again.
 	DefaultRetryInterval = time.Second
+	// DefaultCheckpointInterval is how often logged writes are applied to
+	// the database file.
+	DefaultCheckpointInterval = 200 * time.Millisecond
 )
 
 // FileName is the database file inside the data directory.
@@ -103,6 +106,12 @@ type Options struct {
 	// RetryInterval is how long writes are refused without trying the disk
 	// after a write failed; zero means DefaultRetryInterval.
 	RetryInterval time.Duration
+	// WALSize is the size of each of the two write-ahead log files, used
+	// when they are created; zero means DefaultWALSize.
+	WALSize int64
+	// CheckpointInterval is how often logged writes are applied to the
+	// database file; zero means DefaultCheckpointInterval.
+	CheckpointInterval time.Duration
 	// Logger receives write failures and recoveries; nil means
 	// slog.Default().
 	Logger *slog.Logger
@@ -117,10 +126,12 @@ type Store struct {
 	log   *slog.Logger
 
 	db     *bolt.DB
+	wal    *wal
 	unlock func()
 	seed   maphash.Seed
 	shards [numShards]shard
 	c      *committer
+	cp     *checkpointer
 
 	queues   atomic.Int64
 	messages atomic.Int64
@@ -184,12 +195,27 @@ func Open(opts Options) (*Store, error) {
 		unlock()
 		return nil, err
 	}
-	if err := s.load(); err != nil {
+	applied, err := s.recoverLog(opts.WALSize)
+	if err == nil {
+		_, err = s.load(nil, store.ID{})
+	}
+	if err == nil {
+		err = s.wal.start(applied + 1)
+	}
+	if err != nil {
+		if s.wal != nil {
+			s.wal.close()
+		}
 		s.db.Close()
 		unlock()
 		return nil, err
 	}
-	s.c = newCommitter(s)
+	cpi := opts.CheckpointInterval
+	if cpi <= 0 {
+		cpi = DefaultCheckpointInterval
+	}
+	s.cp = newCheckpointer(s, applied, cpi)
+	s.c = newCommitter(s, applied+1)
 	interval := opts.SweepInterval
 	if interval == 0 {
 		interval = DefaultSweepInterval
@@ -236,7 +262,7 @@ func (s *Store) Close() error {
 			s.shards[i].mu.Unlock()
 		}
 		s.c.close()
-		s.closeErr = s.db.Close()
+		s.closeErr = errors.Join(s.cp.close(), s.wal.close(), s.db.Close())
 		s.unlock()
 	})
 	return s.closeErr
@@ -269,9 +295,9 @@ func (s *Store) writeError(err error) error {
 	return fmt.Errorf("file store: writing %s failed (%s): %w", s.path, oneLine(msg), store.ErrUnavailable)
 }
 
-// recover runs in the committer after a commit failed with err: the
-// writes queued meanwhile fail too, and the index is reloaded from the
-// file, which the rolled-back transaction left as it was.
+// recover runs in the committer after a write to the log failed with err:
+// the writes queued meanwhile fail too, and the index is rebuilt from what
+// is durable, the database file and the logged batches not yet in it.
 func (s *Store) recover(err error) {
 	for i := range s.shards {
 		s.shards[i].mu.Lock()
@@ -283,7 +309,12 @@ func (s *Store) recover(err error) {
 	}()
 	s.fail.Store(&failure{err: err, until: time.Now().Add(s.retry)})
 	s.c.failQueued(err)
-	if lerr := s.load(); lerr != nil {
+	s.cp.run.Lock()
+	defer s.cp.run.Unlock()
+	ov, last := s.cp.overlay()
+	hs, lerr := s.load(ov, last)
+	s.cp.hold(hs)
+	if lerr != nil {
 		s.log.Error("file store: reloading after a failed write failed; writes stay refused", "path", s.path, "err", lerr)
 		s.fail.Store(&failure{err: fmt.Errorf("file store: %s could not be reloaded after a failed write: %w", s.path, store.ErrUnavailable)})
 		return
@@ -303,4 +334,39 @@ func oneLine(s string) string {
 		return s[:i]
 	}
 	return s
+}
+
+// recoverLog opens the write-ahead log and applies the batches it holds
+// that the database file lacks, returning the sequence number of the last
+// batch in the database.
+func (s *Store) recoverLog(size int64) (uint64, error) {
+	if size <= 0 {
+		size = DefaultWALSize
+	}
+	applied, err := s.appliedSeq()
+	if err != nil {
+		return 0, err
+	}
+	w, recs, err := openWAL(s.dir, size, applied)
+	if err != nil {
+		return 0, err
+	}
+	s.wal = w
+	if len(recs) == 0 {
+		return applied, nil
+	}
+	bs := make([]*batch, len(recs))
+	for i, r := range recs {
+		id, muts, err := decodeBatch(r.payload)
+		if err != nil {
+			return 0, fmt.Errorf("file store: the write-ahead log in %s is damaged: record %d: %v; nothing was changed: see README, \"Data directory\"", s.dir, r.seq, err)
+		}
+		bs[i] = &batch{seq: r.seq, muts: muts, maxID: id}
+	}
+	last := recs[len(recs)-1].seq
+	if err := s.apply(bs, last); err != nil {
+		return 0, fmt.Errorf("file store: applying the write-ahead log to %s: %w", s.path, err)
+	}
+	s.log.Info("file store: applied the write-ahead log", "path", s.path, "batches", len(recs))
+	return last, nil
 }
