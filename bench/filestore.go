@@ -75,7 +75,6 @@ func runFilestoreProduce(ctx context.Context, o Options) ([]Figure, error) {
 			Figure{Name: "durable produce p99, " + tc.name, Unit: "ms", Value: ms(file.Percentile(99)), Baseline: ms(mem.Percentile(99)), LowerIsBetter: true},
 		)
 	}
-	stopProfile()
 	return figs, nil
 }
 
