@@ -146,12 +146,12 @@ func (c *committer) flush() {
 		return
 	}
 	c.nextSeq++
-	close(b.done)
 	if direct {
 		b.release()
 	} else {
 		c.s.cp.add(b)
 	}
+	close(b.done)
 	c.s.committed()
 }
 

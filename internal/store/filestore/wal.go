@@ -128,8 +128,10 @@ func openWALFile(path string, size int64, applied uint64) (*walFile, []walRecord
 	if gen, first, ok := parseWALHeader(data[:walHeaderSize]); ok {
 		wf.gen, wf.firstSeq, wf.lastSeq = gen, first, first-1
 		for {
+			// Sequence numbers follow on, except past a batch too large for
+			// a record, which went straight into the database.
 			seq, payload, n, ok := parseWALRecord(data, end)
-			if !ok || seq != wf.lastSeq+1 {
+			if !ok || seq <= wf.lastSeq || (seq != wf.lastSeq+1 && seq-1 > applied) {
 				break
 			}
 			wf.lastSeq = seq
@@ -347,7 +349,7 @@ func decodeBatch(p []byte) (store.ID, []mut, error) {
 		}
 		p = p[w:]
 		if vl > 0 {
-			m.val = p[:vl-1 : vl-1]
+			m.val = p[: vl-1 : vl-1]
 			p = p[vl-1:]
 		}
 		muts = append(muts, m)
