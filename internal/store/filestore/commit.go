@@ -186,12 +186,11 @@ func (c *committer) write(b *batch) (direct bool, err error) {
 }
 
 // finish queues the write set of an operation holding sh's lock, releases
-// the lock and waits until the write is durable.
+// the lock and waits until the write is durable. An operation that changed
+// nothing still waits for the writes queued before it: its answer (a
+// pending message handed out again, a suppressed duplicate) may rest on
+// them, and must not be given before they are durable.
 func (s *Store) finish(sh *shard, w *wset) error {
-	if len(w.muts) == 0 {
-		sh.mu.Unlock()
-		return nil
-	}
 	b := s.c.submit(w)
 	sh.mu.Unlock()
 	<-b.done

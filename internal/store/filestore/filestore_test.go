@@ -1,6 +1,7 @@
 package filestore_test
 
 import (
+	"os"
 	"testing"
 
 	"go.uber.org/goleak"
@@ -10,7 +11,12 @@ import (
 	"github.com/postern/postern/internal/store/storetest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv(crashChildEnv) != "" {
+		os.Exit(runCrashChild())
+	}
+	goleak.VerifyTestMain(m)
+}
 
 func open(t *testing.T, dir string, c *storetest.Clock) *filestore.Store {
 	t.Helper()
