@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"hash/fnv"
+	"io"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -173,8 +175,15 @@ func encodeID(id store.ID) []byte {
 
 // damaged is the error for a database file that cannot be trusted.
 func (s *Store) damaged(format string, args ...any) error {
-	return fmt.Errorf("file store: %s is damaged: %s; nothing was changed: stop, move the file aside and restore a backup or start empty (README, \"Data directory\")",
+	return fmt.Errorf("file store: %s is damaged: %s. Nothing was changed. Restore the data directory from a backup, or move it aside to start empty (README, \"Data directory\")",
 		s.path, fmt.Sprintf(format, args...))
+}
+
+// logDamaged is the error for a write-ahead log file that cannot be
+// trusted.
+func logDamaged(path, format string, args ...any) error {
+	return fmt.Errorf("file store: %s is damaged: %s. Nothing was changed. Restore the data directory from a backup, or move wal-0.log and wal-1.log aside to start from %s alone, losing the writes logged since its last checkpoint (README, \"Data directory\")",
+		path, fmt.Sprintf(format, args...), FileName)
 }
 
 // openDB opens the database file, creating it when the directory has none.
@@ -193,6 +202,9 @@ func (s *Store) openDB() (err error) {
 	case fi.Size() < 4*int64(os.Getpagesize()):
 		return s.damaged("it is truncated to %d bytes", fi.Size())
 	}
+	if need, ok := boltSize(s.path); ok && fi != nil && fi.Size() < need {
+		return s.damaged("it is truncated: %d bytes, its header says %d", fi.Size(), need)
+	}
 	defer func() {
 		if r := recover(); r != nil {
 			err = s.damaged("opening it failed: %v", r)
@@ -210,6 +222,52 @@ func (s *Store) openDB() (err error) {
 	}
 	s.db = db
 	return nil
+}
+
+// boltSize reads the newer valid header of a bbolt file and returns the
+// size its pages need, to tell a truncated file before bbolt touches it.
+// A header (meta page) follows a 16-byte page header: magic, version, page
+// size, flags (4 bytes each), root bucket (16), freelist page, high-water
+// page, transaction id and an FNV-64a checksum of what precedes it (8
+// each), in the machine's byte order.
+func boltSize(path string) (int64, bool) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, false
+	}
+	defer f.Close()
+	buf := make([]byte, 2*65536)
+	n, _ := io.ReadFull(f, buf)
+	buf = buf[:n]
+	var need int64
+	var txid uint64
+	found := false
+	meta := func(off int) {
+		if off+16+64 > len(buf) {
+			return
+		}
+		m := buf[off+16 : off+16+64]
+		le := binary.LittleEndian
+		if le.Uint32(m) != 0xED0CDAED {
+			return
+		}
+		h := fnv.New64a()
+		h.Write(m[:56])
+		if h.Sum64() != le.Uint64(m[56:]) {
+			return
+		}
+		if tx := le.Uint64(m[48:]); !found || tx > txid {
+			found, txid = true, tx
+			need = int64(le.Uint64(m[40:])) * int64(le.Uint32(m[8:]))
+		}
+	}
+	meta(0)
+	if found || len(buf) >= 16+64 {
+		if ps := int(binary.LittleEndian.Uint32(buf[16+8:])); ps > 0 && ps <= 65536 {
+			meta(ps)
+		}
+	}
+	return need, found
 }
 
 func boltOptions() *bolt.Options {

@@ -359,7 +359,7 @@ func (s *Store) recoverLog(size int64) (uint64, error) {
 	for i, r := range recs {
 		id, muts, err := decodeBatch(r.payload)
 		if err != nil {
-			return 0, fmt.Errorf("file store: the write-ahead log in %s is damaged: record %d: %v; nothing was changed: see README, \"Data directory\"", s.dir, r.seq, err)
+			return 0, logDamaged(filepath.Join(s.dir, "wal-*.log"), "record %d: %v", r.seq, err)
 		}
 		bs[i] = &batch{seq: r.seq, muts: muts, maxID: id}
 	}

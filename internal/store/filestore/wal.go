@@ -92,8 +92,7 @@ func openWAL(dir string, size int64, applied uint64) (*wal, []walRecord, error) 
 	for i, r := range recs {
 		if r.seq != applied+1+uint64(i) {
 			w.close()
-			return nil, nil, fmt.Errorf("file store: the write-ahead log in %s is damaged: record %d is missing (the database has everything up to %d); nothing was changed: see README, \"Data directory\"",
-				dir, applied+1+uint64(i), applied)
+			return nil, nil, logDamaged(filepath.Join(dir, "wal-*.log"), "record %d is missing (%s has everything up to %d)", applied+1+uint64(i), FileName, applied)
 		}
 	}
 	return w, recs, nil
@@ -121,7 +120,7 @@ func openWALFile(path string, size int64, applied uint64) (*walFile, []walRecord
 	wf.size = int64(len(data))
 	if wf.size < walHeaderSize+walAlign {
 		f.Close()
-		return nil, nil, fmt.Errorf("file store: %s is damaged: it is truncated to %d bytes; nothing was changed: see README, \"Data directory\"", path, wf.size)
+		return nil, nil, logDamaged(path, "it is truncated to %d bytes", wf.size)
 	}
 	var chain []walRecord
 	end := int64(walHeaderSize)
@@ -148,7 +147,7 @@ func openWALFile(path string, size int64, applied uint64) (*walFile, []walRecord
 	for off := end; off+walRecHeader <= wf.size; off += walAlign {
 		if seq, _, _, ok := parseWALRecord(data, off); ok && seq > applied && seq > wf.lastSeq {
 			f.Close()
-			return nil, nil, fmt.Errorf("file store: %s is damaged at offset %d: record %d beyond it would be lost; nothing was changed: see README, \"Data directory\"", path, end, seq)
+			return nil, nil, logDamaged(path, "the record at offset %d is unreadable and record %d after it would be lost", end, seq)
 		}
 	}
 	return wf, chain, nil
