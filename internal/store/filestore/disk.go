@@ -193,6 +193,8 @@ func logDamaged(path, format string, args ...any) error {
 func (s *Store) openDB() (err error) {
 	fi, err := os.Stat(s.path)
 	switch {
+	case errors.Is(err, os.ErrNotExist) && s.readOnly:
+		return fmt.Errorf("file store: data directory %s is read-only and holds no %s", s.dir, FileName)
 	case errors.Is(err, os.ErrNotExist):
 		if err := s.create(); err != nil {
 			return err
@@ -211,7 +213,9 @@ func (s *Store) openDB() (err error) {
 		}
 	}()
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
-	db, err := bolt.Open(s.path, 0o600, boltOptions())
+	bo := boltOptions()
+	bo.ReadOnly = s.readOnly
+	db, err := bolt.Open(s.path, 0o600, bo)
 	switch {
 	case errors.Is(err, bolt.ErrTimeout):
 		return fmt.Errorf("file store: %s is locked by another process", s.path)

@@ -138,6 +138,9 @@ type Store struct {
 
 	// fail, when set, is the last write failure.
 	fail atomic.Pointer[failure]
+	// readOnly is set when the data directory could not be written at
+	// open: the store serves reads and refuses every write.
+	readOnly bool
 
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -186,7 +189,8 @@ func Open(opts Options) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("file store: creating data directory: %w", err)
 	}
-	unlock, err := lockDir(dir)
+	s.readOnly = !writableDir(dir)
+	unlock, err := lockDir(dir, s.readOnly)
 	if err != nil {
 		return nil, err
 	}
@@ -195,11 +199,11 @@ func Open(opts Options) (*Store, error) {
 		unlock()
 		return nil, err
 	}
-	applied, err := s.recoverLog(opts.WALSize)
+	applied, ov, err := s.recoverLog(opts.WALSize)
 	if err == nil {
-		_, err = s.load(nil, store.ID{})
+		_, err = s.load(ov, store.ID{})
 	}
-	if err == nil {
+	if err == nil && !s.readOnly {
 		err = s.wal.start(applied + 1)
 	}
 	if err != nil {
@@ -216,6 +220,10 @@ func Open(opts Options) (*Store, error) {
 	}
 	s.cp = newCheckpointer(s, applied, cpi)
 	s.c = newCommitter(s, applied+1)
+	if s.readOnly {
+		s.fail.Store(&failure{err: fmt.Errorf("file store: data directory %s is read-only, write refused (restart postern once it is writable): %w", dir, store.ErrUnavailable)})
+		s.log.Warn("file store: the data directory is read-only; serving reads only", "dir", dir)
+	}
 	interval := opts.SweepInterval
 	if interval == 0 {
 		interval = DefaultSweepInterval
@@ -241,7 +249,7 @@ func (s *Store) Ping(context.Context) error {
 	if s.closed.Load() {
 		return store.ErrClosed
 	}
-	if f := s.fail.Load(); f != nil && f.until.IsZero() {
+	if f := s.fail.Load(); f != nil && f.until.IsZero() && !s.readOnly {
 		return f.err
 	}
 	return nil
@@ -285,6 +293,9 @@ func (s *Store) writable() error {
 // writeError turns a failed commit into the error callers see: ErrNoSpace
 // for a full disk, ErrUnavailable otherwise, one line naming the file.
 func (s *Store) writeError(err error) error {
+	if errors.Is(err, store.ErrNoSpace) || errors.Is(err, store.ErrUnavailable) {
+		return err // already explained
+	}
 	msg := err.Error()
 	switch {
 	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT), strings.Contains(msg, "no space left"):
@@ -339,34 +350,57 @@ func oneLine(s string) string {
 // recoverLog opens the write-ahead log and applies the batches it holds
 // that the database file lacks, returning the sequence number of the last
 // batch in the database.
-func (s *Store) recoverLog(size int64) (uint64, error) {
+//
+// On a read-only directory nothing can be applied: the batches are
+// returned as an overlay for load instead.
+func (s *Store) recoverLog(size int64) (uint64, map[string][]byte, error) {
 	if size <= 0 {
 		size = DefaultWALSize
 	}
 	applied, err := s.appliedSeq()
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
-	w, recs, err := openWAL(s.dir, size, applied)
+	w, recs, err := openWAL(s.dir, size, applied, s.readOnly)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	s.wal = w
 	if len(recs) == 0 {
-		return applied, nil
+		return applied, nil, nil
 	}
 	bs := make([]*batch, len(recs))
 	for i, r := range recs {
 		id, muts, err := decodeBatch(r.payload)
 		if err != nil {
-			return 0, logDamaged(filepath.Join(s.dir, "wal-*.log"), "record %d: %v", r.seq, err)
+			return 0, nil, logDamaged(filepath.Join(s.dir, "wal-*.log"), "record %d: %v", r.seq, err)
 		}
 		bs[i] = &batch{seq: r.seq, muts: muts, maxID: id}
 	}
 	last := recs[len(recs)-1].seq
+	if s.readOnly {
+		ov := make(map[string][]byte)
+		for _, b := range bs {
+			for _, m := range b.muts {
+				ov[string([]byte{m.bucket})+string(m.key)] = m.val
+			}
+		}
+		return last, ov, nil
+	}
 	if err := s.apply(bs, last); err != nil {
-		return 0, fmt.Errorf("file store: applying the write-ahead log to %s: %w", s.path, err)
+		return 0, nil, fmt.Errorf("file store: applying the write-ahead log to %s: %w", s.path, err)
 	}
 	s.log.Info("file store: applied the write-ahead log", "path", s.path, "batches", len(recs))
-	return last, nil
+	return last, nil, nil
+}
+
+// writableDir reports whether files can be created in dir.
+func writableDir(dir string) bool {
+	f, err := os.CreateTemp(dir, ".probe-*")
+	if err != nil {
+		return !errors.Is(err, syscall.EROFS) && !errors.Is(err, os.ErrPermission)
+	}
+	f.Close()
+	os.Remove(f.Name())
+	return true
 }

@@ -4,4 +4,4 @@ package filestore
 
 // lockDir relies on bbolt's own lock of the database file where flock is
 // not available.
-func lockDir(dir string) (func(), error) { return func() {}, nil }
+func lockDir(dir string, readOnly bool) (func(), error) { return func() {}, nil }

@@ -14,9 +14,16 @@ import (
 // lockDir takes an exclusive lock on dir's LOCK file, writing this
 // process's id into it, or says which process holds it. The lock goes with
 // the process, so a server killed with -9 leaves nothing to clean up.
-func lockDir(dir string) (func(), error) {
+func lockDir(dir string, readOnly bool) (func(), error) {
 	path := lockPath(dir)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	flag := os.O_RDWR | os.O_CREATE
+	if readOnly {
+		flag = os.O_RDONLY
+	}
+	f, err := os.OpenFile(path, flag, 0o600)
+	if readOnly && errors.Is(err, os.ErrNotExist) {
+		return func() {}, nil // nobody ever wrote here
+	}
 	if err != nil {
 		return nil, fmt.Errorf("file store: opening lock file: %w", err)
 	}
@@ -32,6 +39,9 @@ func lockDir(dir string) (func(), error) {
 			return nil, fmt.Errorf("file store: data directory %s is in use by %s (it holds %s): is another postern serving it?", dir, holder, path)
 		}
 		return nil, fmt.Errorf("file store: locking %s: %w", path, err)
+	}
+	if readOnly {
+		return func() { f.Close() }, nil
 	}
 	if err := f.Truncate(0); err == nil {
 		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)

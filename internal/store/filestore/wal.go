@@ -68,11 +68,11 @@ func alignUp(n int64) int64 { return (n + walAlign - 1) &^ (walAlign - 1) }
 
 // openWAL opens (creating when missing) both log files and returns the
 // records whose sequence numbers are above applied, in order.
-func openWAL(dir string, size int64, applied uint64) (*wal, []walRecord, error) {
+func openWAL(dir string, size int64, applied uint64, readOnly bool) (*wal, []walRecord, error) {
 	w := &wal{}
 	var recs []walRecord
 	for i := range w.files {
-		wf, got, err := openWALFile(walPath(dir, i), size, applied)
+		wf, got, err := openWALFile(walPath(dir, i), size, applied, readOnly)
 		if err != nil {
 			w.close()
 			return nil, nil, err
@@ -98,9 +98,16 @@ func openWAL(dir string, size int64, applied uint64) (*wal, []walRecord, error) 
 	return w, recs, nil
 }
 
-func openWALFile(path string, size int64, applied uint64) (*walFile, []walRecord, error) {
+func openWALFile(path string, size int64, applied uint64, readOnly bool) (*walFile, []walRecord, error) {
 	wf := &walFile{path: path}
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	flag := os.O_RDWR
+	if readOnly {
+		flag = os.O_RDONLY
+	}
+	f, err := os.OpenFile(path, flag, 0)
+	if readOnly && errors.Is(err, os.ErrNotExist) {
+		return wf, nil, nil
+	}
 	if errors.Is(err, os.ErrNotExist) {
 		if f, err = createWALFile(path, size); err != nil {
 			return nil, nil, err
