@@ -20,6 +20,7 @@ import (
 	"flag"
 	"fmt"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -179,11 +180,16 @@ func dirSize(dir string) float64 {
 	return float64(n) / (1 << 20)
 }
 
-func run(e engine, workers, each, n, bodySize int) (result, error) {
+func run(e engine, workers, each, n, bodySize int, repetitive bool) (result, error) {
 	var r result
 	body := make([]byte, bodySize)
+	rng := rand.New(rand.NewPCG(1, 2))
 	for i := range body {
-		body[i] = "abcdefghijklmnopqrstuvwxyz{}\":,0123456789"[i%41]
+		if repetitive {
+			body[i] = "abcdefghijklmnopqrstuvwxyz{}\":,0123456789"[i%41]
+		} else {
+			body[i] = "0123456789abcdef"[rng.IntN(16)]
+		}
 	}
 	dir, err := os.MkdirTemp("", "engines-"+e.name+"-")
 	if err != nil {
@@ -248,12 +254,13 @@ func main() {
 	each := flag.Int("each", 500, "durable appends (then deletes) per writer")
 	n := flag.Int("n", 1_000_000, "messages for the size and reopen figures")
 	bodySize := flag.Int("body", 200, "message body `bytes`")
+	repetitive := flag.Bool("repetitive", false, "repetitive bodies, which compress well (default: random hex, which compresses little)")
 	flag.Parse()
 	fmt.Printf("| library | appends/s | append p99 | deletes/s | delete p99 | writes per sync | MB on disk (%d msgs) | fill s | reopen+scan s |\n", *n)
 	fmt.Println("|---|---|---|---|---|---|---|---|---|")
 	var errs []error
 	for _, e := range engines {
-		r, err := run(e, *workers, *each, *n, *bodySize)
+		r, err := run(e, *workers, *each, *n, *bodySize, *repetitive)
 		if err != nil {
 			errs = append(errs, err)
 			continue
