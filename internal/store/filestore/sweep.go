@@ -63,6 +63,10 @@ func (s *Store) sweep(sh *shard) {
 		}
 		s.maybeForget(sh, key, q)
 	}
+	if len(w.muts) == 0 {
+		sh.mu.Unlock()
+		return
+	}
 	// A failure is handled by the committer; the next sweep tries again.
 	_ = s.finish(sh, &w)
 }
