@@ -104,7 +104,7 @@ func New(cfg Config) (*Server, error) {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		version.Collector(),
 	)
-	st, err := OpenStore(cfg.Store)
+	st, err := openStore(cfg.Store, s.log)
 	if err != nil {
 		return nil, err
 	}
