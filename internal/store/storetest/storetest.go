@@ -89,6 +89,7 @@ func Run(t *testing.T, h Harness) {
 			tc.fn(t, e, c)
 		})
 	}
+	runHistory(t, h)
 	if h.Reopen != nil {
 		t.Run("SurvivesReopen", func(t *testing.T) {
 			c := NewClock()
