@@ -6,6 +6,8 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -155,12 +157,31 @@ func TestServeRejectsBadSettings(t *testing.T) {
 		{nil, []string{"--log-level", "loud"}, "log level"},
 		{nil, []string{"--store", "floppy:"}, "unknown store"},
 		{nil, []string{"--no-such-flag"}, "no-such-flag"},
+		{nil, []string{"--token-file", "does-not-exist.toml"}, "token file"},
 	}
 	for _, c := range cases {
 		code, _, stderr := run(t, context.Background(), c.env, "", append([]string{"serve", "--listen", "127.0.0.1:0"}, c.args...)...)
 		if code == 0 || !strings.Contains(stderr, c.want) || strings.Count(strings.TrimSpace(stderr), "\n") > 2 {
 			t.Errorf("serve %v %v: exit %d, stderr %q; want a failure naming %q", c.env, c.args, code, stderr, c.want)
 		}
+	}
+}
+
+func TestServeTokenFile(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "tokens.toml")
+	os.WriteFile(f, []byte("[[token]]\nname = \"ci\"\nsecret = \"ci-secret-0123456789\"\n[[token.grant]]\nactions = [\"read\"]\npaths = [\"/t/*\"]\n"), 0o600)
+	url, _ := serve(t, nil, "--token-file", f)
+	if s := get(t, url+"/t/x"); s != 403 {
+		t.Fatalf("without token: %d", s)
+	}
+	if s := get(t, url+"/t/x", "Authorization", "Bearer ci-secret-0123456789"); s != 204 {
+		t.Fatalf("with scoped token: %d", s)
+	}
+	bad := filepath.Join(t.TempDir(), "bad.toml")
+	os.WriteFile(bad, []byte("[[token]]\nname = \"x\"\n"), 0o600)
+	code, _, stderr := run(t, context.Background(), nil, "", "serve", "--listen", "127.0.0.1:0", "--token-file", bad)
+	if code == 0 || !strings.Contains(stderr, "bad.toml") || !strings.Contains(stderr, "secret") {
+		t.Fatalf("bad token file: exit %d, %q", code, stderr)
 	}
 }
 

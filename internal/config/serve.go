@@ -37,6 +37,7 @@ func ServeFlags() (*FlagSet, *Serve) {
 	fs.Duration(&s.ReadHeaderTimeout, "read-header-timeout", "time a client has to send its request headers")
 	fs.Duration(&s.IdleTimeout, "idle-timeout", "idle keep-alive connections are closed after this")
 	fs.Int(&s.MaxHeaderBytes, "max-header-bytes", "largest request header block in `bytes`")
+	fs.String(&s.TokenFile, "token-file", "TOML `file` of scoped tokens (which actions on which paths), honoured by every capability")
 
 	fs.String(&t.AccessToken, "tunnel-access-token", "bearer `token` accepted on every tunnel route (prefer the environment: flags show in ps)", "TUNNEL_ACCESS_TOKEN")
 	fs.String(&t.SignatureSecret, "tunnel-signature-secret", "HMAC-SHA256 `secret` checked against X-Hub-Signature-256", "TUNNEL_SIGNATURE_SECRET")

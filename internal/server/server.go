@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/httpapi"
 	"github.com/postern/postern/internal/queue"
 	"github.com/postern/postern/internal/store"
@@ -50,6 +51,11 @@ type Config struct {
 	IdleTimeout time.Duration
 	// MaxHeaderBytes limits request headers.
 	MaxHeaderBytes int
+	// TokenFile, when set, names the scoped-token file (see internal/auth)
+	// that every capability honours alongside its seed's own auth.
+	TokenFile string
+	// Policy is the parsed token file; New loads it from TokenFile when nil.
+	Policy *auth.Policy
 
 	Tunnel tunnel.Options
 
@@ -103,6 +109,16 @@ func New(cfg Config) (*Server, error) {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		version.Collector(),
 	)
+	if cfg.Policy == nil && cfg.TokenFile != "" {
+		p, err := auth.Load(cfg.TokenFile)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Policy = p
+	}
+	if cfg.Policy != nil {
+		cfg.Tunnel.Policy = cfg.Policy
+	}
 	st, err := OpenStore(cfg.Store)
 	if err != nil {
 		return nil, err

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/httpapi"
 	"github.com/postern/postern/internal/queue"
 	"github.com/postern/postern/internal/store"
@@ -91,7 +92,7 @@ func (t *Tunnels) serve(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
-	if !t.auth.allow(r, rt.id, body) {
+	if !t.auth.allow(r, actionOf(r.Method), rt.id, body) {
 		httpapi.SetRoute(r, "tunnel.denied")
 		return errDenied
 	}
@@ -145,6 +146,15 @@ func (t *Tunnels) serve(w http.ResponseWriter, r *http.Request) error {
 		return t.readReply(w, r, rt, t.pollTimeout(q))
 	}
 	return nil
+}
+
+// actionOf is the scoped-token action of a request: reads (consuming
+// included) are GETs; produce, ack, reply and clear are writes.
+func actionOf(method string) auth.Action {
+	if method == http.MethodGet {
+		return auth.Read
+	}
+	return auth.Write
 }
 
 func methodAllowed(allow []string, m string) bool {

@@ -17,6 +17,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/servertest"
 	"github.com/postern/postern/internal/tunnel"
 )
@@ -705,11 +706,12 @@ func TestAuthSignature(t *testing.T) {
 		// The signature does not leak into the next request (defect 8).
 		e.want(e.do("GET", "/t/hook", ""), 403, "Access denied")
 		// A valid signature authenticates any tunnel route, e.g. a reply.
-		r := e.do("POST", "/t/hook", "q", "X-Hub-Signature-256", sign("octopusatecat", "q"))
-		id := r.h.Get("X-Message-Id")
-		r = e.do("DELETE", "/t/hook/all", "x", "X-Hub-Signature-256", sign("octopusatecat", "x"))
+		e.want(e.do("POST", "/t/hook", "q", "X-Hub-Signature-256", sign("octopusatecat", "q")), 201, "")
+		r := e.do("DELETE", "/t/hook/all", "x", "X-Hub-Signature-256", sign("octopusatecat", "x"))
 		e.want(r, 204, "")
-		_ = id
+		if r.h.Get("X-Queue-Size") != "0" {
+			t.Fatalf("signed clear: X-Queue-Size %q", r.h.Get("X-Queue-Size"))
+		}
 	})
 }
 
@@ -733,6 +735,44 @@ func TestOpenWhenNoAuthConfigured(t *testing.T) {
 	forEachStore(t, nil, func(e *env) {
 		e.want(e.do("GET", "/t/anything", "", "Authorization", "Bearer whatever"), 204, "")
 		e.want(e.do("GET", "/t/anything", ""), 204, "")
+	})
+}
+
+func TestScopedTokens(t *testing.T) {
+	policy, err := auth.Parse([]byte(`
+[[token]]
+name = "producer"
+secret = "producer-secret-0001"
+[[token.grant]]
+actions = ["write"]
+paths = ["/t/jobs-*"]
+
+[[token]]
+name = "worker"
+secret = "worker-secret-000001"
+[[token.grant]]
+actions = ["read", "write"]
+paths = ["/t/jobs-a"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	forEachStore(t, func(o *tunnel.Options) { o.Policy = policy; o.PublicIDs = []string{"demo"} }, func(e *env) {
+		prod := []string{"Authorization", "Bearer producer-secret-0001"}
+		work := []string{"Authorization", "Bearer worker-secret-000001"}
+		e.want(e.do("POST", "/t/jobs-a", "1", prod...), 201, "")
+		e.want(e.do("POST", "/t/jobs-b", "2", prod...), 201, "")
+		// Write only: the producer cannot consume.
+		e.want(e.do("GET", "/t/jobs-a", "", prod...), 403, "Access denied")
+		e.want(e.do("POST", "/t/other", "x", prod...), 403, "Access denied")
+		// The worker reads its own tunnel, acknowledges there, nowhere else.
+		r := e.do("GET", "/t/jobs-a?pending", "", work...)
+		e.want(r, 200, "1")
+		e.want(e.do("DELETE", "/t/jobs-a/"+r.h.Get("X-Message-Id"), "", work...), 204, "")
+		e.want(e.do("GET", "/t/jobs-b", "", work...), 403, "Access denied")
+		e.want(e.do("GET", "/t/jobs-a", "", "Authorization", "Bearer unknown-secret-0001"), 403, "Access denied")
+		// Public ids stay open alongside the policy.
+		e.want(e.do("GET", "/t/demo", ""), 204, "")
 	})
 }
 
