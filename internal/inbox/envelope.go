@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 	"unicode/utf8"
@@ -70,11 +71,17 @@ type limits struct {
 // that is not UTF-8 counts as invalid JSON, so that everything stored can
 // be served back as JSON.
 func parseEnvelope(data []byte, lim limits) (envelope, []string) {
-	if !utf8.Valid(data) || !json.Valid(data) {
+	if !utf8.Valid(data) {
 		return envelope{}, []string{problemInvalidJSON}
 	}
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(data, &fields); err != nil || fields == nil {
+		// Unmarshal checks the whole text before it decodes anything, so
+		// a type error means valid JSON that is not an object.
+		var syntax *json.SyntaxError
+		if errors.As(err, &syntax) || err != nil && !json.Valid(data) {
+			return envelope{}, []string{problemInvalidJSON}
+		}
 		return envelope{}, []string{problemNotObject}
 	}
 	var env envelope
@@ -150,8 +157,11 @@ func parseEnvelope(data []byte, lim limits) (envelope, []string) {
 
 func isString(raw json.RawMessage) bool { return len(raw) > 0 && raw[0] == '"' }
 
-// decodeString decodes a JSON string literal that json.Valid accepted.
+// decodeString decodes a valid JSON string literal.
 func decodeString(raw json.RawMessage) string {
+	if inner := raw[1 : len(raw)-1]; bytes.IndexByte(inner, '\\') < 0 {
+		return string(inner) // no escapes: the text is the string (UTF-8 was checked)
+	}
 	var s string
 	json.Unmarshal(raw, &s)
 	return s
@@ -160,14 +170,38 @@ func decodeString(raw json.RawMessage) string {
 // Timestamps are UTC with second precision, as the original wrote them.
 const timeLayout = "2006-01-02T15:04:05Z"
 
-func timestamp(t time.Time) string { return t.UTC().Format(timeLayout) }
+func appendTimestamp(dst []byte, t time.Time) []byte { return t.UTC().AppendFormat(dst, timeLayout) }
 
-// appendString appends s as a JSON string. s is valid UTF-8 (identities
-// and keys are checked, destinations come from decoded JSON), so decoding
-// the result gives s back exactly.
+const hexDigits = "0123456789abcdef"
+
+// appendString appends s as a JSON string, escaping only what JSON
+// requires. s is valid UTF-8 (identities are checked, destinations come
+// from decoded JSON), so decoding the result gives s back exactly.
 func appendString(dst []byte, s string) []byte {
-	b, _ := json.Marshal(s)
-	return append(dst, b...)
+	dst = append(dst, '"')
+	start := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 0x20 && c != '"' && c != '\\' {
+			continue
+		}
+		dst = append(dst, s[start:i]...)
+		switch c {
+		case '"', '\\':
+			dst = append(dst, '\\', c)
+		case '\n':
+			dst = append(dst, '\\', 'n')
+		case '\r':
+			dst = append(dst, '\\', 'r')
+		case '\t':
+			dst = append(dst, '\\', 't')
+		default:
+			dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+		}
+		start = i + 1
+	}
+	dst = append(dst, s[start:]...)
+	return append(dst, '"')
 }
 
 // encodeMessage appends the wire form of a message, which is also how it
@@ -184,7 +218,7 @@ func encodeMessage(dst []byte, key, origin string, body []byte, expectsAck bool,
 	} else {
 		dst = append(dst, `,"expectsAck":false,"sentAt":"`...)
 	}
-	dst = append(dst, timestamp(sentAt)...)
+	dst = appendTimestamp(dst, sentAt)
 	return append(dst, `"}`...)
 }
 
@@ -196,7 +230,7 @@ func encodeAck(dst []byte, key, destination string, receivedAt time.Time) []byte
 	dst = append(dst, `,"destination":`...)
 	dst = appendString(dst, destination)
 	dst = append(dst, `,"receivedAt":"`...)
-	dst = append(dst, timestamp(receivedAt)...)
+	dst = appendTimestamp(dst, receivedAt)
 	return append(dst, `"}`...)
 }
 

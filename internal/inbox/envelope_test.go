@@ -47,7 +47,7 @@ func TestParseEnvelope(t *testing.T) {
 func TestEncodedRecordsDecode(t *testing.T) {
 	at := time.Date(2020, 5, 9, 20, 20, 39, 999, time.FixedZone("x", 3600))
 	rec := encodeMessage(nil, "000000000000", `ol"iv<ia>`, []byte(`{"a":[1]}`), true, at)
-	want := `{"type":"msg","idempotencyKey":"000000000000","origin":"ol\"iv\u003cia\u003e","body":{"a":[1]},"expectsAck":true,"sentAt":"2020-05-09T19:20:39Z"}`
+	want := `{"type":"msg","idempotencyKey":"000000000000","origin":"ol\"iv<ia>","body":{"a":[1]},"expectsAck":true,"sentAt":"2020-05-09T19:20:39Z"}`
 	if string(rec) != want {
 		t.Fatalf("encodeMessage = %s\nwant %s", rec, want)
 	}
@@ -126,6 +126,18 @@ func FuzzParseEnvelope(f *testing.F) {
 		if !keyRE.MatchString(env.Key) {
 			t.Fatalf("accepted key %q", env.Key)
 		}
+		// The decoder agrees with encoding/json on what the strings say.
+		var std struct {
+			IdempotencyKey string
+			Destination    []string
+		}
+		var fields map[string]json.RawMessage
+		json.Unmarshal(data, &fields)
+		json.Unmarshal(fields["idempotencyKey"], &std.IdempotencyKey)
+		json.Unmarshal(fields["destination"], &std.Destination)
+		if std.IdempotencyKey != env.Key || !slices.Equal(std.Destination, env.Destinations) {
+			t.Fatalf("decoded %q %q, encoding/json says %q %q", env.Key, env.Destinations, std.IdempotencyKey, std.Destination)
+		}
 		if len(env.Destinations) > lim.maxDestinations {
 			t.Fatalf("accepted %d destinations", len(env.Destinations))
 		}
@@ -158,4 +170,24 @@ func FuzzParseEnvelope(f *testing.F) {
 			}
 		}
 	})
+}
+
+func BenchmarkParseEnvelope(b *testing.B) {
+	data := []byte(`{"idempotencyKey":"s-001-0000000001","destination":["r1"],"body":"` + strings.Repeat("p", 62) + `"}`)
+	lim := limits{maxDestinations: DefaultMaxDestinations, maxActorBytes: DefaultMaxActorBytes}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, problems := parseEnvelope(data, lim); problems != nil {
+			b.Fatal(problems)
+		}
+	}
+}
+
+func BenchmarkEncodeMessage(b *testing.B) {
+	body := []byte(`"` + strings.Repeat("p", 62) + `"`)
+	at := time.Now()
+	b.ReportAllocs()
+	for b.Loop() {
+		encodeMessage(nil, "s-001-0000000001", "s1", body, false, at)
+	}
 }

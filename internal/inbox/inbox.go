@@ -460,7 +460,7 @@ func (ib *Inbox) deliver(w http.ResponseWriter, r *http.Request, actor string) e
 	if remaining >= 0 {
 		w.Header().Set(RemainingHeader, strconv.Itoa(remaining))
 	}
-	if err := writeJSON(w, out, ""); err != nil {
+	if err := writeDelivery(w, out); err != nil {
 		if len(ms) > 0 {
 			// The client did not get the answer: nothing was delivered.
 			return errors.Join(err, ib.restore(ctx, key, ms))
@@ -552,6 +552,16 @@ func writeJSON(w http.ResponseWriter, body []byte, tail string) error {
 		if _, err := io.WriteString(w, tail); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// writeDelivery writes a receive's answer and flushes it, so that a
+// client that has gone away is noticed while its entries can still be put
+// back.
+func writeDelivery(w http.ResponseWriter, body []byte) error {
+	if err := writeJSON(w, body, ""); err != nil {
+		return err
 	}
 	return http.NewResponseController(w).Flush()
 }
