@@ -162,3 +162,33 @@ func TestInboxTokens(t *testing.T) {
 		t.Fatalf("receive as b: %v", err)
 	}
 }
+
+func TestServeInboxSettings(t *testing.T) {
+	// The seed's variable is honoured (a bare number is seconds) and
+	// checked at start.
+	for _, c := range []struct {
+		env  map[string]string
+		args []string
+		want string
+	}{
+		{map[string]string{"REDIS_EXPIRATION_SECONDS": "soon"}, nil, "REDIS_EXPIRATION_SECONDS"},
+		{map[string]string{"REDIS_EXPIRATION_SECONDS": "0"}, nil, "inbox expiration must be at least 1s"},
+		{nil, []string{"--inbox-max-receive", "0"}, "inbox max receive"},
+		{nil, []string{"--inbox-max-destinations", "-1"}, "inbox max destinations"},
+	} {
+		code, _, stderr := run(t, context.Background(), c.env, "", append([]string{"serve", "--listen", "127.0.0.1:0"}, c.args...)...)
+		if code == 0 || !strings.Contains(stderr, c.want) {
+			t.Errorf("serve %v %v: exit %d, stderr %q; want a failure naming %q", c.env, c.args, code, stderr, c.want)
+		}
+	}
+	url, _ := serve(t, map[string]string{"REDIS_EXPIRATION_SECONDS": "604800", "POSTERN_INBOX_MAX_RECEIVE": "1"})
+	for range 2 {
+		inboxSend(t, url, "", "--from", "a", "--to", "b", "x")
+	}
+	if got, errs := inboxReceive(t, url, "--as", "b"); len(got) != 1 || !strings.Contains(errs, "1 more waiting") {
+		t.Fatalf("POSTERN_INBOX_MAX_RECEIVE=1: %d entries, %q", len(got), errs)
+	}
+	if code, out, _ := run(t, context.Background(), nil, "", "serve", "--help"); code != 0 || !strings.Contains(out, "POSTERN_INBOX_EXPIRATION, REDIS_EXPIRATION_SECONDS") {
+		t.Fatalf("serve --help lacks the inbox expiration: %q", out)
+	}
+}
