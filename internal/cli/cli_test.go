@@ -185,6 +185,44 @@ func TestServeTokenFile(t *testing.T) {
 	}
 }
 
+func TestServeConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	f := filepath.Join(dir, "postern.toml")
+	os.WriteFile(f, []byte(`# a comment
+tunnel-access-token = "fromfile"
+tunnel-public-ids = ["demo", "other"]
+tunnel-max-len = 5
+tunnel-reply-ttl = "90s"
+`), 0o600)
+	url, _ := serve(t, nil, "--config", f)
+	if s := get(t, url+"/t/x", "Authorization", "Bearer fromfile"); s != 204 {
+		t.Fatalf("token from config file: %d", s)
+	}
+	if s := get(t, url+"/t/other"); s != 204 {
+		t.Fatalf("public id list from config file: %d", s)
+	}
+	// The environment beats the file; POSTERN_CONFIG names the file.
+	url, _ = serve(t, map[string]string{"POSTERN_CONFIG": f, "TUNNEL_ACCESS_TOKEN": "fromenv"})
+	if s := get(t, url+"/t/x", "Authorization", "Bearer fromfile"); s != 403 {
+		t.Fatalf("file beat the environment: %d", s)
+	}
+	if s := get(t, url+"/t/x", "Authorization", "Bearer fromenv"); s != 204 {
+		t.Fatalf("environment token: %d", s)
+	}
+	for body, want := range map[string]string{
+		"tunnel-max-lenn = 5\n":       `unknown setting "tunnel-max-lenn"`,
+		"tunnel-max-len = \"many\"\n": "tunnel-max-len",
+		"[tunnel]\nmax-len = 5\n":     `unknown setting "tunnel"`,
+		"listen = \n":                 "postern.toml",
+	} {
+		os.WriteFile(f, []byte(body), 0o600)
+		code, _, stderr := run(t, context.Background(), nil, "", "serve", "--listen", "127.0.0.1:0", "--config", f)
+		if code == 0 || !strings.Contains(stderr, want) || strings.Count(strings.TrimSpace(stderr), "\n") > 1 {
+			t.Errorf("config %q: exit %d, stderr %q; want a one-line failure naming %q", body, code, stderr, want)
+		}
+	}
+}
+
 func TestSendRecv(t *testing.T) {
 	n := servertest.Start(t, servertest.Config())
 	ctx := context.Background()

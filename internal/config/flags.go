@@ -1,9 +1,11 @@
-// Package config turns command lines and environments into settings. Every
-// flag has a POSTERN_* environment variable, and some also answer to the
-// variables of the relays postern replaces (TUNNEL_ACCESS_TOKEN, ...), so
-// their deployments keep working. Precedence: flag, then POSTERN_*, then the
-// aliases in the order given, then the default. An environment variable set
-// to the empty string counts as unset.
+// Package config turns command lines, environments and config files into
+// settings. Every flag has a POSTERN_* environment variable, and some also
+// answer to the variables of the relays postern replaces
+// (TUNNEL_ACCESS_TOKEN, ...), so their deployments keep working. A config
+// file (TOML, one key per flag name) may hold any of them. Precedence:
+// flag, then POSTERN_*, then the aliases in the order given, then the
+// config file, then the default. An environment variable set to the empty
+// string counts as unset.
 package config
 
 import (
@@ -19,6 +21,9 @@ import (
 type FlagSet struct {
 	*flag.FlagSet
 	env map[string][]string // flag name -> environment variables, in precedence order
+	// configFlag names the flag that gives the config file; empty: none.
+	configFlag string
+	config     *string
 }
 
 // NewFlagSet returns an empty flag set that reports errors instead of
@@ -76,8 +81,16 @@ func (f *FlagSet) List(p *[]string, name, usage string, aliases ...string) {
 	f.Var((*listValue)(p), name, usage, aliases...)
 }
 
+// ConfigFile defines the flag (and its POSTERN_* variable) that names a
+// config file whose keys are this set's flag names.
+func (f *FlagSet) ConfigFile(p *string, name, usage string) {
+	f.String(p, name, usage)
+	f.configFlag, f.config = name, p
+}
+
 // Parse parses args, then fills every flag not given on the command line
-// from its environment variables, read with getenv.
+// from its environment variables, read with getenv, and then from the
+// config file, when one is named.
 func (f *FlagSet) Parse(args []string, getenv func(string) string) error {
 	if err := f.FlagSet.Parse(args); err != nil {
 		return err
@@ -85,7 +98,7 @@ func (f *FlagSet) Parse(args []string, getenv func(string) string) error {
 	set := map[string]bool{}
 	f.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
 	var err error
-	f.VisitAll(func(fl *flag.Flag) {
+	fromEnv := func(fl *flag.Flag) {
 		if set[fl.Name] || err != nil {
 			return
 		}
@@ -97,10 +110,20 @@ func (f *FlagSet) Parse(args []string, getenv func(string) string) error {
 			if e := fl.Value.Set(v); e != nil {
 				err = fmt.Errorf("invalid value %q for %s: %v", v, name, e)
 			}
+			set[fl.Name] = true
 			return
 		}
-	})
-	return err
+	}
+	if f.configFlag != "" {
+		// The config file's own name comes from the flag or environment
+		// only.
+		fromEnv(f.Lookup(f.configFlag))
+	}
+	f.VisitAll(fromEnv)
+	if err != nil || f.config == nil || *f.config == "" {
+		return err
+	}
+	return f.loadFile(*f.config, set)
 }
 
 // PrintDefaults writes one entry per flag: its name, environment variables,

@@ -17,9 +17,10 @@ const (
 
 // Serve is the configuration of `postern serve`.
 type Serve struct {
-	Server    server.Config
-	LogLevel  string
-	LogFormat string
+	Server     server.Config
+	LogLevel   string
+	LogFormat  string
+	ConfigFile string
 }
 
 // ServeFlags returns the flags of `postern serve`, writing into a config
@@ -29,6 +30,7 @@ func ServeFlags() (*FlagSet, *Serve) {
 	s, t := &c.Server, &c.Server.Tunnel
 	fs := NewFlagSet("serve")
 
+	fs.ConfigFile(&c.ConfigFile, "config", "TOML `file` of settings, one key per flag name (flags and environment win over it)")
 	fs.String(&s.Listen, "listen", "TCP `address` to serve HTTP on")
 	fs.String(&s.Store, "store", "storage `engine`: memory")
 	fs.String(&c.LogLevel, "log-level", "log `level`: debug, info, warn or error")
