@@ -158,6 +158,8 @@ func TestServeRejectsBadSettings(t *testing.T) {
 		{nil, []string{"--store", "floppy:"}, "unknown store"},
 		{nil, []string{"--no-such-flag"}, "no-such-flag"},
 		{nil, []string{"--token-file", "does-not-exist.toml"}, "token file"},
+		{nil, []string{"--rate-limit-addr", "fast"}, "rate-limit-addr"},
+		{map[string]string{"POSTERN_TRUSTED_PROXIES": "10.0.0.0/8, proxy"}, nil, "POSTERN_TRUSTED_PROXIES"},
 	}
 	for _, c := range cases {
 		code, _, stderr := run(t, context.Background(), c.env, "", append([]string{"serve", "--listen", "127.0.0.1:0"}, c.args...)...)
@@ -220,6 +222,27 @@ tunnel-reply-ttl = "90s"
 		if code == 0 || !strings.Contains(stderr, want) || strings.Count(strings.TrimSpace(stderr), "\n") > 1 {
 			t.Errorf("config %q: exit %d, stderr %q; want a one-line failure naming %q", body, code, stderr, want)
 		}
+	}
+}
+
+func TestServeRateLimit(t *testing.T) {
+	url, _ := serve(t, nil, "--rate-limit-addr", "0.5", "--rate-limit-addr-burst", "2")
+	for i := range 2 {
+		if s := get(t, url+"/t/x"); s != 204 {
+			t.Fatalf("request %d: %d", i, s)
+		}
+	}
+	res, err := http.Get(url + "/t/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != 429 || res.Header.Get("Retry-After") != "2" || !strings.HasPrefix(string(body), "rate limit exceeded") {
+		t.Fatalf("over the limit: %d Retry-After %q %q", res.StatusCode, res.Header.Get("Retry-After"), body)
+	}
+	if s := get(t, url+"/healthz"); s != 200 {
+		t.Fatalf("healthz limited: %d", s)
 	}
 }
 

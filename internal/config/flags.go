@@ -12,6 +12,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -61,6 +62,17 @@ func (f *FlagSet) Int(p *int, name, usage string, aliases ...string) {
 // Int64 defines a 64-bit integer flag stored in *p.
 func (f *FlagSet) Int64(p *int64, name, usage string, aliases ...string) {
 	f.Var((*int64Value)(p), name, usage, aliases...)
+}
+
+// Float64 defines a floating-point flag stored in *p.
+func (f *FlagSet) Float64(p *float64, name, usage string, aliases ...string) {
+	f.Var((*float64Value)(p), name, usage, aliases...)
+}
+
+// Prefixes defines a comma-separated list of CIDR prefixes stored in *p; a
+// bare address counts as a prefix of its full length.
+func (f *FlagSet) Prefixes(p *[]netip.Prefix, name, usage string, aliases ...string) {
+	f.Var((*prefixesValue)(p), name, usage, aliases...)
 }
 
 // Bool defines a boolean flag stored in *p. Besides Go's forms it accepts
@@ -138,7 +150,9 @@ func (f *FlagSet) PrintDefaults(w io.Writer) {
 				name = "duration"
 			case *intValue, *int64Value:
 				name = "int"
-			case *listValue:
+			case *float64Value:
+				name = "number"
+			case *listValue, *prefixesValue:
 				name = "list"
 			case *boolValue:
 				name = ""
@@ -150,7 +164,7 @@ func (f *FlagSet) PrintDefaults(w io.Writer) {
 			fmt.Fprintf(w, " %s", name)
 		}
 		fmt.Fprintf(w, "\n      %s", usage)
-		if fl.DefValue != "" && fl.DefValue != "false" && fl.DefValue != "0" && fl.DefValue != "[]" {
+		if fl.DefValue != "" && fl.DefValue != "false" && fl.DefValue != "0" {
 			fmt.Fprintf(w, " (default %s)", fl.DefValue)
 		}
 		fmt.Fprintf(w, "\n      env: %s\n", strings.Join(f.env[fl.Name], ", "))
@@ -186,6 +200,47 @@ func (v *int64Value) Set(s string) error {
 	return nil
 }
 func (v *int64Value) String() string { return strconv.FormatInt(int64(*v), 10) }
+
+type float64Value float64
+
+func (v *float64Value) Set(s string) error {
+	n, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+	if err != nil || n != n {
+		return fmt.Errorf("not a number")
+	}
+	*v = float64Value(n)
+	return nil
+}
+func (v *float64Value) String() string { return strconv.FormatFloat(float64(*v), 'g', -1, 64) }
+
+type prefixesValue []netip.Prefix
+
+func (v *prefixesValue) Set(s string) error {
+	var out []netip.Prefix
+	for _, item := range strings.Split(s, ",") {
+		if item = strings.TrimSpace(item); item == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(item)
+		if err != nil {
+			a, aerr := netip.ParseAddr(item)
+			if aerr != nil {
+				return fmt.Errorf("%q is not an address or CIDR prefix", item)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		out = append(out, p.Masked())
+	}
+	*v = out
+	return nil
+}
+func (v *prefixesValue) String() string {
+	parts := make([]string, len(*v))
+	for i, p := range *v {
+		parts[i] = p.String()
+	}
+	return strings.Join(parts, ",")
+}
 
 type boolValue bool
 
