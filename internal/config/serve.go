@@ -17,9 +17,10 @@ const (
 
 // Serve is the configuration of `postern serve`.
 type Serve struct {
-	Server    server.Config
-	LogLevel  string
-	LogFormat string
+	Server     server.Config
+	LogLevel   string
+	LogFormat  string
+	ConfigFile string
 }
 
 // ServeFlags returns the flags of `postern serve`, writing into a config
@@ -29,6 +30,7 @@ func ServeFlags() (*FlagSet, *Serve) {
 	s, t, ib := &c.Server, &c.Server.Tunnel, &c.Server.Inbox
 	fs := NewFlagSet("serve")
 
+	fs.ConfigFile(&c.ConfigFile, "config", "TOML `file` of settings, one key per flag name (flags and environment win over it)")
 	fs.String(&s.Listen, "listen", "TCP `address` to serve HTTP on")
 	fs.String(&s.Store, "store", "storage `engine`: memory")
 	fs.String(&c.LogLevel, "log-level", "log `level`: debug, info, warn or error")
@@ -37,6 +39,11 @@ func ServeFlags() (*FlagSet, *Serve) {
 	fs.Duration(&s.ReadHeaderTimeout, "read-header-timeout", "time a client has to send its request headers")
 	fs.Duration(&s.IdleTimeout, "idle-timeout", "idle keep-alive connections are closed after this")
 	fs.Int(&s.MaxHeaderBytes, "max-header-bytes", "largest request header block in `bytes`")
+	fs.Float64(&s.RateLimit.PerAddr, "rate-limit-addr", "requests per second allowed to one client address (IPv6: per /64); 0: unlimited")
+	fs.Int(&s.RateLimit.PerAddrBurst, "rate-limit-addr-burst", "requests one address may send at once (0: two seconds' worth)")
+	fs.Float64(&s.RateLimit.PerToken, "rate-limit-token", "requests per second allowed to one scoped token; 0: unlimited")
+	fs.Int(&s.RateLimit.PerTokenBurst, "rate-limit-token-burst", "requests one token may send at once (0: two seconds' worth)")
+	fs.Prefixes(&s.RateLimit.TrustedProxies, "trusted-proxies", "comma-separated CIDR `prefixes` of proxies whose X-Forwarded-For names the client")
 	fs.String(&s.TokenFile, "token-file", "TOML `file` of scoped tokens (which actions on which paths), honoured by every capability")
 
 	fs.String(&t.AccessToken, "tunnel-access-token", "bearer `token` accepted on every tunnel route (prefer the environment: flags show in ps)", "TUNNEL_ACCESS_TOKEN")

@@ -1,7 +1,6 @@
 package inbox
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -96,6 +95,7 @@ var statusTitles = map[int]string{
 	http.StatusForbidden:             "Forbidden",
 	http.StatusNotFound:              "Not found",
 	http.StatusMethodNotAllowed:      "Method not allowed",
+	http.StatusRequestTimeout:        "Request timeout",
 	http.StatusRequestEntityTooLarge: "Payload too large",
 	http.StatusInternalServerError:   "Internal server error",
 	http.StatusServiceUnavailable:    "Service unavailable",
@@ -299,20 +299,14 @@ func quote(s string) string {
 // readEnvelope reads and validates the request's envelope. idProblem, when
 // not empty, is listed first among the problems.
 func (ib *Inbox) readEnvelope(w http.ResponseWriter, r *http.Request, idProblem string) (envelope, error) {
-	var buf bytes.Buffer
-	if r.ContentLength > 0 {
-		buf.Grow(int(r.ContentLength))
-	}
-	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, ib.opts.MaxBodyBytes))
-	var tooLarge *http.MaxBytesError
-	if errors.As(err, &tooLarge) {
-		httpapi.SetRoute(r, "inbox.too_large")
-		return envelope{}, ib.tooLarge()
-	}
-	if err != nil && err != io.EOF {
+	data, err := httpapi.ReadBody(w, r, ib.opts.MaxBodyBytes, ib.opts.BodyReadTimeout, ib.tooLarge())
+	if err != nil {
+		if e, ok := err.(*httpapi.Error); ok && e.Status == http.StatusRequestEntityTooLarge {
+			httpapi.SetRoute(r, "inbox.too_large")
+		}
 		return envelope{}, err
 	}
-	env, problems := parseEnvelope(buf.Bytes(), ib.lim)
+	env, problems := parseEnvelope(data, ib.lim)
 	if idProblem != "" {
 		problems = append([]string{idProblem}, problems...)
 	}

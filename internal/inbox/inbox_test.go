@@ -1,11 +1,13 @@
 package inbox_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"slices"
 	"sort"
@@ -418,6 +420,26 @@ func TestLimits(t *testing.T) {
 		if r.status != 200 || strings.Count(r.body, `"type":"msg"`) != 2 || strings.Contains(r.body, "good-key-0002") {
 			t.Fatalf("receive after limits: %d %s", r.status, r.body)
 		}
+	})
+}
+
+func TestSlowBodyTimesOut(t *testing.T) {
+	forEachStore(t, func(c *server.Config) { c.Inbox.BodyReadTimeout = 200 * time.Millisecond }, func(e *env) {
+		conn, err := net.Dial("tcp", e.node.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		// Announce 100 bytes, send a few, then nothing.
+		fmt.Fprintf(conn, "POST /inbox/send HTTP/1.1\r\nHost: x\r\nFrom: a\r\nContent-Length: 100\r\n\r\n{\"body\":")
+		res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		e.wantError(resp{status: res.StatusCode, body: string(body), h: res.Header}, 408, "Request timeout", "request body not received in time")
+		e.wantJSON(e.post("receive", "a", ""), `[]`)
 	})
 }
 

@@ -60,6 +60,9 @@ type Options struct {
 	Expiration time.Duration
 	// MaxBodyBytes is the largest request body.
 	MaxBodyBytes int64
+	// BodyReadTimeout bounds the time to receive a body; a client slower
+	// than that gets 408. Zero means httpapi.DefaultBodyReadTimeout.
+	BodyReadTimeout time.Duration
 	// MaxDestinations is the most destinations per envelope.
 	MaxDestinations int
 	// MaxReceive is the most entries one receive or exchange returns.
@@ -100,6 +103,8 @@ func (o Options) Validate() error {
 		return fmt.Errorf("inbox expiration must be at least 1s, got %v", o.Expiration)
 	case o.MaxBodyBytes < 1:
 		return errors.New("inbox max body size must be positive")
+	case o.BodyReadTimeout < 0:
+		return errors.New("inbox body read timeout must not be negative")
 	case o.MaxDestinations < 1:
 		return fmt.Errorf("inbox max destinations must be at least 1, got %d", o.MaxDestinations)
 	case o.MaxReceive < 1:

@@ -22,6 +22,7 @@ import (
 	"github.com/postern/postern/internal/httpapi"
 	"github.com/postern/postern/internal/inbox"
 	"github.com/postern/postern/internal/queue"
+	"github.com/postern/postern/internal/ratelimit"
 	"github.com/postern/postern/internal/store"
 	"github.com/postern/postern/internal/tunnel"
 	"github.com/postern/postern/internal/version"
@@ -57,6 +58,9 @@ type Config struct {
 	TokenFile string
 	// Policy is the parsed token file; New loads it from TokenFile when nil.
 	Policy *auth.Policy
+
+	// RateLimit limits requests per client address and per scoped token.
+	RateLimit ratelimit.Options
 
 	Tunnel tunnel.Options
 	Inbox  inbox.Options
@@ -158,8 +162,13 @@ func New(cfg Config) (*Server, error) {
 		return httpapi.ErrNotFound
 	}, nil))
 
+	rl := cfg.RateLimit
+	rl.Metrics = s.registry
+	rl.Exempt = append(rl.Exempt, "/healthz", "/readyz", "/metrics")
+	limiter := ratelimit.New(rl, cfg.Policy)
+
 	m := httpapi.NewMetrics(s.registry, s.log)
-	s.handler = m.Wrap(mux)
+	s.handler = m.Wrap(limiter.Wrap(mux))
 	s.http = &http.Server{
 		Handler:           s.handler,
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
