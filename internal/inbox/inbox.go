@@ -472,8 +472,9 @@ func (ib *Inbox) deliver(w http.ResponseWriter, r *http.Request, actor string) e
 }
 
 // storeAcks stores, in each origin's inbox, the ack of every message of ms
-// that expected one; receiver is who received them. It reports how many
-// were stored (duplicates included) before an error.
+// that expected one; receiver is who received them. An ack for a full
+// inbox is dropped and counted. It reports how many acks it dealt with
+// before an error.
 func (ib *Inbox) storeAcks(ctx context.Context, receiver string, ms []store.Message) (int, error) {
 	now := ib.opts.Now()
 	n := 0
@@ -484,10 +485,18 @@ func (ib *Inbox) storeAcks(ctx context.Context, receiver string, ms []store.Mess
 		}
 		a := store.Message{ContentType: ctAck, Body: encodeAck(nil, s.Key, receiver, now)}
 		res, err := ib.core.Append(ctx, queueKey(s.Origin), a, store.AppendOptions{
+			Limit:       ib.opts.MaxLen,
 			TTL:         ib.opts.Expiration,
 			DedupKey:    ackDedupKey(s.Key, receiver),
 			DedupWindow: ib.opts.Expiration,
 		})
+		var full *store.FullError
+		if errors.As(err, &full) {
+			// The origin does not read its inbox: its ack is dropped
+			// rather than the receiver held up or the inbox unbounded.
+			ib.m.acksDrop.Inc()
+			continue
+		}
 		if err != nil {
 			return n, err
 		}

@@ -10,6 +10,7 @@ type metrics struct {
 	received   *prometheus.CounterVec
 	acks       prometheus.Counter
 	acksLost   prometheus.Counter
+	acksDrop   prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -34,11 +35,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "postern_inbox_acks_lost_total",
 			Help: "Acks that could not be stored while the messages they answer could not be put back either; those messages were delivered without their acks.",
 		}),
+		acksDrop: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "postern_inbox_acks_dropped_total",
+			Help: "Acks not stored because their origin's inbox was full.",
+		}),
 	}
 	m.received.WithLabelValues("msg")
 	m.received.WithLabelValues("ack")
 	if reg != nil {
-		reg.MustRegister(m.sent, m.duplicates, m.received, m.acks, m.acksLost)
+		reg.MustRegister(m.sent, m.duplicates, m.received, m.acks, m.acksLost, m.acksDrop)
 	}
 	return m
 }

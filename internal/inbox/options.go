@@ -46,7 +46,9 @@ const (
 	// says how many there were).
 	DefaultMaxReceive = 100
 	// DefaultMaxLen is the most messages and acks an inbox holds; sends
-	// to a full inbox are refused with 507. Acks are never refused.
+	// to a full inbox are refused with 507, and acks for a full inbox are
+	// dropped (counted in postern_inbox_acks_dropped_total): the receive
+	// that produced them is not held up by an origin that does not read.
 	DefaultMaxLen = 10000
 	// DefaultMaxActorBytes is the longest actor name (From header or
 	// destination), in bytes.
