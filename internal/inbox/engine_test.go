@@ -65,28 +65,44 @@ func serveOn(t *testing.T, st store.Engine, mutate func(*inbox.Options)) *env {
 }
 
 // faulty is the memory engine with failures switched on by the test:
-// appends fail once appendsLeft reaches zero (negative: never), restores
-// fail while failRestore is set.
+// appends fail once appendsLeft reaches zero, restores once restoresLeft
+// does (negative: never).
 type faulty struct {
 	store.Engine
-	appendsLeft atomic.Int64
-	failRestore atomic.Bool
+	appendsLeft  atomic.Int64
+	restoresLeft atomic.Int64
 }
 
 var errDisk = fmt.Errorf("%w: disk on fire", store.ErrUnavailable)
 
 func (f *faulty) Append(ctx context.Context, key string, m store.Message, opts store.AppendOptions) (store.AppendResult, error) {
-	if f.appendsLeft.Load() >= 0 && f.appendsLeft.Add(-1) < 0 {
+	if !allowed(&f.appendsLeft) {
 		return store.AppendResult{}, errDisk
 	}
 	return f.Engine.Append(ctx, key, m, opts)
 }
 
 func (f *faulty) Restore(ctx context.Context, key string, m store.Message) error {
-	if f.failRestore.Load() {
+	if !allowed(&f.restoresLeft) {
 		return errDisk
 	}
 	return f.Engine.Restore(ctx, key, m)
+}
+
+// allowed takes one call from budget n: negative is unlimited, zero
+// refuses.
+func allowed(n *atomic.Int64) bool {
+	for {
+		v := n.Load()
+		switch {
+		case v < 0:
+			return true
+		case v == 0:
+			return false
+		case n.CompareAndSwap(v, v-1):
+			return true
+		}
+	}
 }
 
 func metricsText(e *env) string {
@@ -102,6 +118,7 @@ func metricsText(e *env) string {
 func TestAckFailures(t *testing.T) {
 	st := &faulty{Engine: memstore.New(memstore.Options{})}
 	st.appendsLeft.Store(-1)
+	st.restoresLeft.Store(-1)
 	e := serveOn(t, st, func(o *inbox.Options) { o.Now = func() time.Time { return seedTime } })
 	msg := func(key, origin, body string, ack bool) string {
 		return fmt.Sprintf(`{"type":"msg","idempotencyKey":%q,"origin":%q,"body":%q,"expectsAck":%v,"sentAt":"2020-05-09T20:20:39Z"}`, key, origin, body, ack)
@@ -134,14 +151,31 @@ func TestAckFailures(t *testing.T) {
 	// its ack is counted as lost.
 	e.wantJSON(e.post("send", "olivia", `{"idempotencyKey":"fault-key-05","destination":["george"],"body":"five","expectsAck":true}`), `{"sent":1}`)
 	st.appendsLeft.Store(0)
-	st.failRestore.Store(true)
+	st.restoresLeft.Store(0)
 	e.wantJSON(e.post("receive", "george", ""), `[`+msg("fault-key-05", "olivia", "five", true)+`]`)
 	st.appendsLeft.Store(-1)
-	st.failRestore.Store(false)
+	st.restoresLeft.Store(-1)
 	e.wantJSON(e.post("receive", "george", ""), `[]`)
 	e.wantJSON(e.post("receive", "olivia", ""), `[]`)
 	if m := metricsText(e); !strings.Contains(m, "postern_inbox_acks_lost_total 1\n") {
 		t.Fatalf("acks lost not counted:\n%s", grep(m, "postern_inbox_acks"))
+	}
+
+	// Some entries go back, some cannot: only those that could not are
+	// handed out now, the others come with the next receive, once each.
+	e.wantJSON(e.post("send", "olivia", `{"idempotencyKey":"fault-key-07","destination":["george"],"body":"seven","expectsAck":true}`), `{"sent":1}`)
+	e.wantJSON(e.post("send", "maurice", `{"idempotencyKey":"fault-key-08","destination":["george"],"body":"eight"}`), `{"sent":1}`)
+	e.wantJSON(e.post("send", "olivia", `{"idempotencyKey":"fault-key-09","destination":["george"],"body":"nine","expectsAck":true}`), `{"sent":1}`)
+	st.appendsLeft.Store(0)  // the first ack fails
+	st.restoresLeft.Store(1) // seven goes back; eight and nine cannot
+	e.wantJSON(e.post("receive", "george", ""), `[`+msg("fault-key-08", "maurice", "eight", false)+`,`+msg("fault-key-09", "olivia", "nine", true)+`]`)
+	st.appendsLeft.Store(-1)
+	st.restoresLeft.Store(-1)
+	e.wantJSON(e.post("receive", "george", ""), `[`+msg("fault-key-07", "olivia", "seven", true)+`]`)
+	e.wantJSON(e.post("receive", "george", ""), `[]`)
+	e.wantJSON(e.post("receive", "olivia", ""), `[`+ackOf("fault-key-07")+`]`)
+	if m := metricsText(e); !strings.Contains(m, "postern_inbox_acks_lost_total 2\n") {
+		t.Fatalf("acks lost after a partial restore:\n%s", grep(m, "postern_inbox_acks"))
 	}
 
 	// A failing send: 503 in the JSON shape, and a retry with the same key

@@ -422,15 +422,25 @@ func (ib *Inbox) deliver(w http.ResponseWriter, r *http.Request, actor string) e
 	if err != nil {
 		return err
 	}
-	if n, err := ib.storeAcks(ctx, actor, ms); err != nil {
-		rerr := ib.restore(ctx, key, ms)
-		if rerr == nil {
+	if done, err := ib.storeAcks(ctx, actor, ms); err != nil {
+		stuck, rerr := ib.restore(ctx, key, ms)
+		if len(stuck) == 0 {
 			return err
 		}
-		lost := ib.countAcks(ms) - n
+		// What went back is delivered later, acks and all; what could not
+		// is delivered now, without the acks that were not stored.
+		lost := 0
+		kept := make([]store.Message, 0, len(stuck))
+		for _, i := range stuck {
+			if _, ok := ib.ackable(ms[i]); ok && i >= done {
+				lost++
+			}
+			kept = append(kept, ms[i])
+		}
+		ms = kept
 		ib.m.acksLost.Add(float64(lost))
 		httpapi.Logger(r.Context()).Error("inbox: acks lost: storing them failed and the messages could not be put back",
-			"acks", lost, "err", err, "restore_err", rerr)
+			"acks", lost, "entries", len(ms), "err", err, "restore_err", rerr)
 	}
 	remaining := -1
 	if len(ms) == ib.opts.MaxReceive {
@@ -457,7 +467,9 @@ func (ib *Inbox) deliver(w http.ResponseWriter, r *http.Request, actor string) e
 	if err := writeDelivery(w, out); err != nil {
 		if len(ms) > 0 {
 			// The client did not get the answer: nothing was delivered.
-			return errors.Join(err, ib.restore(ctx, key, ms))
+			if _, rerr := ib.restore(ctx, key, ms); rerr != nil {
+				return errors.Join(err, rerr)
+			}
 		}
 		return err
 	}
@@ -473,12 +485,12 @@ func (ib *Inbox) deliver(w http.ResponseWriter, r *http.Request, actor string) e
 
 // storeAcks stores, in each origin's inbox, the ack of every message of ms
 // that expected one; receiver is who received them. An ack for a full
-// inbox is dropped and counted. It reports how many acks it dealt with
-// before an error.
-func (ib *Inbox) storeAcks(ctx context.Context, receiver string, ms []store.Message) (int, error) {
+// inbox is dropped and counted. On error, done is the index in ms of the
+// message whose ack failed: the acks of the messages before it were dealt
+// with.
+func (ib *Inbox) storeAcks(ctx context.Context, receiver string, ms []store.Message) (done int, err error) {
 	now := ib.opts.Now()
-	n := 0
-	for _, m := range ms {
+	for i, m := range ms {
 		s, ok := ib.ackable(m)
 		if !ok {
 			continue
@@ -498,16 +510,15 @@ func (ib *Inbox) storeAcks(ctx context.Context, receiver string, ms []store.Mess
 			continue
 		}
 		if err != nil {
-			return n, err
+			return i, err
 		}
-		n++
 		if res.Duplicate {
 			ib.m.duplicates.Inc()
 		} else {
 			ib.m.acks.Inc()
 		}
 	}
-	return n, nil
+	return len(ms), nil
 }
 
 // ackable reports whether m is a message that expects an ack, and what
@@ -521,25 +532,17 @@ func (ib *Inbox) ackable(m store.Message) (stored, bool) {
 	return needsAck(m.Body)
 }
 
-func (ib *Inbox) countAcks(ms []store.Message) int {
-	n := 0
-	for _, m := range ms {
-		if _, ok := ib.ackable(m); ok {
-			n++
-		}
-	}
-	return n
-}
-
-// restore puts taken entries back in their places.
-func (ib *Inbox) restore(ctx context.Context, key string, ms []store.Message) error {
+// restore puts taken entries back in their places. It returns the indices
+// in ms of the entries it could not put back.
+func (ib *Inbox) restore(ctx context.Context, key string, ms []store.Message) (stuck []int, err error) {
 	var errs []error
-	for _, m := range ms {
+	for i, m := range ms {
 		if err := ib.core.Restore(ctx, key, m); err != nil {
+			stuck = append(stuck, i)
 			errs = append(errs, err)
 		}
 	}
-	return errors.Join(errs...)
+	return stuck, errors.Join(errs...)
 }
 
 // writeJSON writes a 200 JSON answer: body followed by tail.
