@@ -27,7 +27,7 @@ type Serve struct {
 // that starts from the defaults.
 func ServeFlags() (*FlagSet, *Serve) {
 	c := &Serve{Server: server.DefaultConfig(), LogLevel: DefaultLogLevel, LogFormat: DefaultLogFormat}
-	s, t := &c.Server, &c.Server.Tunnel
+	s, t, ib := &c.Server, &c.Server.Tunnel, &c.Server.Inbox
 	fs := NewFlagSet("serve")
 
 	fs.ConfigFile(&c.ConfigFile, "config", "TOML `file` of settings, one key per flag name (flags and environment win over it)")
@@ -56,6 +56,13 @@ func ServeFlags() (*FlagSet, *Serve) {
 	fs.String(&t.DefaultContentType, "tunnel-default-content-type", "Content-Type served for messages stored without one", "TUNNEL_DEFAULT_CONTENT_TYPE")
 	fs.Duration(&t.ReplyTTL, "tunnel-reply-ttl", "how long a reply is kept", "TUNNEL_REPLY_TTL")
 	fs.Int64(&t.MaxBodyBytes, "tunnel-max-body", "largest message or reply in `bytes`; larger get 413")
+
+	fs.Duration(&ib.Expiration, "inbox-expiration", "how long inbox messages and acks wait to be read, and idempotency keys are remembered", "REDIS_EXPIRATION_SECONDS")
+	fs.Int64(&ib.MaxBodyBytes, "inbox-max-body", "largest inbox request body in `bytes`; larger get 413")
+	fs.Int(&ib.MaxDestinations, "inbox-max-destinations", "most destinations one inbox envelope may name")
+	fs.Int(&ib.MaxReceive, "inbox-max-receive", "most messages and acks one inbox receive returns; the rest wait for the next")
+	fs.Int(&ib.MaxLen, "inbox-max-len", "most messages and acks one inbox holds; sends to a full inbox get 507, acks for it are dropped")
+	fs.Int(&ib.MaxActorBytes, "inbox-max-actor-bytes", "longest inbox actor name (From header, destination) in `bytes`")
 	return fs, c
 }
 

@@ -20,6 +20,7 @@ import (
 
 	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/httpapi"
+	"github.com/postern/postern/internal/inbox"
 	"github.com/postern/postern/internal/queue"
 	"github.com/postern/postern/internal/ratelimit"
 	"github.com/postern/postern/internal/store"
@@ -62,6 +63,7 @@ type Config struct {
 	RateLimit ratelimit.Options
 
 	Tunnel tunnel.Options
+	Inbox  inbox.Options
 
 	// Logger receives the server's logs; nil means slog.Default().
 	Logger *slog.Logger
@@ -77,6 +79,7 @@ func DefaultConfig() Config {
 		IdleTimeout:       DefaultIdleTimeout,
 		MaxHeaderBytes:    DefaultMaxHeaderBytes,
 		Tunnel:            tunnel.DefaultOptions(),
+		Inbox:             inbox.DefaultOptions(),
 	}
 }
 
@@ -122,6 +125,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Policy != nil {
 		cfg.Tunnel.Policy = cfg.Policy
+		cfg.Inbox.Policy = cfg.Policy
 	}
 	st, err := OpenStore(cfg.Store)
 	if err != nil {
@@ -139,9 +143,15 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return fail(err)
 	}
+	cfg.Inbox.Metrics = s.registry
+	inboxes, err := inbox.New(s.queue, cfg.Inbox)
+	if err != nil {
+		return fail(err)
+	}
 
 	mux := httpapi.NewRouter()
 	tunnels.Mount(mux)
+	inboxes.Mount(mux)
 	httpapi.MountOps(mux, s.ready, s.registry)
 	mux.Fallback(httpapi.Handle(func(w http.ResponseWriter, r *http.Request) error {
 		// The original tunnel relay answered any path under /health with "OK".
