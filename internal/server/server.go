@@ -18,8 +18,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/httpapi"
+	"github.com/postern/postern/internal/inbox"
 	"github.com/postern/postern/internal/queue"
+	"github.com/postern/postern/internal/ratelimit"
 	"github.com/postern/postern/internal/store"
 	"github.com/postern/postern/internal/store/filestore"
 	"github.com/postern/postern/internal/tunnel"
@@ -51,8 +54,17 @@ type Config struct {
 	IdleTimeout time.Duration
 	// MaxHeaderBytes limits request headers.
 	MaxHeaderBytes int
+	// TokenFile, when set, names the scoped-token file (see internal/auth)
+	// that every capability honours alongside its seed's own auth.
+	TokenFile string
+	// Policy is the parsed token file; New loads it from TokenFile when nil.
+	Policy *auth.Policy
+
+	// RateLimit limits requests per client address and per scoped token.
+	RateLimit ratelimit.Options
 
 	Tunnel tunnel.Options
+	Inbox  inbox.Options
 
 	// Logger receives the server's logs; nil means slog.Default().
 	Logger *slog.Logger
@@ -68,6 +80,7 @@ func DefaultConfig() Config {
 		IdleTimeout:       DefaultIdleTimeout,
 		MaxHeaderBytes:    DefaultMaxHeaderBytes,
 		Tunnel:            tunnel.DefaultOptions(),
+		Inbox:             inbox.DefaultOptions(),
 	}
 }
 
@@ -104,6 +117,17 @@ func New(cfg Config) (*Server, error) {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		version.Collector(),
 	)
+	if cfg.Policy == nil && cfg.TokenFile != "" {
+		p, err := auth.Load(cfg.TokenFile)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Policy = p
+	}
+	if cfg.Policy != nil {
+		cfg.Tunnel.Policy = cfg.Policy
+		cfg.Inbox.Policy = cfg.Policy
+	}
 	st, err := openStore(cfg.Store, s.log)
 	if err != nil {
 		return nil, err
@@ -120,9 +144,15 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return fail(err)
 	}
+	cfg.Inbox.Metrics = s.registry
+	inboxes, err := inbox.New(s.queue, cfg.Inbox)
+	if err != nil {
+		return fail(err)
+	}
 
 	mux := httpapi.NewRouter()
 	tunnels.Mount(mux)
+	inboxes.Mount(mux)
 	httpapi.MountOps(mux, s.ready, s.registry)
 	mux.Fallback(httpapi.Handle(func(w http.ResponseWriter, r *http.Request) error {
 		// The original tunnel relay answered any path under /health with "OK".
@@ -133,8 +163,13 @@ func New(cfg Config) (*Server, error) {
 		return httpapi.ErrNotFound
 	}, nil))
 
+	rl := cfg.RateLimit
+	rl.Metrics = s.registry
+	rl.Exempt = append(rl.Exempt, "/healthz", "/readyz", "/metrics")
+	limiter := ratelimit.New(rl, cfg.Policy)
+
 	m := httpapi.NewMetrics(s.registry, s.log)
-	s.handler = m.Wrap(mux)
+	s.handler = m.Wrap(limiter.Wrap(mux))
 	s.http = &http.Server{
 		Handler:           s.handler,
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,

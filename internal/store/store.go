@@ -124,9 +124,11 @@ type Queues interface {
 	// TakeAll removes and returns up to max unseen messages, oldest first.
 	// max <= 0 means all.
 	TakeAll(ctx context.Context, key string, max int) ([]Message, error)
-	// Restore puts back a message that Take(TakeDelete) handed out but that
-	// could not be delivered. It keeps its id and goes back to its place in
-	// id order. Restoring an id that is queued again is a no-op.
+	// Restore puts back a message that Take(TakeDelete) or TakeAll handed
+	// out but that could not be delivered. It keeps its id, content type,
+	// body, dedup key and expiry, and goes back to its place in id order;
+	// its dedup key counts as queued again. Restoring an id that is queued
+	// again is a no-op.
 	Restore(ctx context.Context, key string, m Message) error
 	// Ack removes the message from the pending set and the queue, whether it
 	// was pending, unseen or unknown. It reports whether a message was removed.
@@ -168,6 +170,25 @@ type Fanout interface {
 	// Subscribe calls fn for each payload on topic until cancel is called.
 	// fn must not block for long.
 	Subscribe(ctx context.Context, topic string, fn func(payload []byte)) (cancel func(), err error)
+}
+
+// History is implemented by engines that keep short, capped histories of
+// broadcast topics, so that a subscriber who comes back can resume where it
+// left off (the channels' "since" cursor). A history is a convenience, not a
+// guarantee: entries beyond the cap or older than their TTL are gone, and
+// Since says so.
+type History interface {
+	// Record appends m (ContentType, Body) to topic's history, keeps at most
+	// maxLen entries, each for ttl (ttl <= 0: until trimmed), and returns the
+	// new entry's id. Ids strictly increase per topic, across every node
+	// sharing the engine.
+	Record(ctx context.Context, topic string, m Message, maxLen int, ttl time.Duration) (ID, error)
+	// Since returns up to max entries of topic recorded after the id after,
+	// oldest first (max <= 0: all). The zero id asks for the whole history.
+	// gap is true when entries recorded after after may no longer be kept
+	// (trimmed or expired), so the caller knows it may have missed some; it
+	// is also true for a non-zero after on a topic that keeps nothing.
+	Since(ctx context.Context, topic string, after ID, max int) (entries []Message, gap bool, err error)
 }
 
 // QueueStats is a cheap snapshot of what an engine holds.

@@ -57,10 +57,11 @@ var (
 )
 
 type shard struct {
-	mu      sync.Mutex
-	lastID  store.ID // ids increase per shard, hence per key, even after a queue is forgotten
-	queues  map[string]*queue
-	replies map[replyKey]reply
+	mu        sync.Mutex
+	lastID    store.ID // ids increase per shard, hence per key, even after a queue is forgotten
+	queues    map[string]*queue
+	replies   map[replyKey]reply
+	histories map[string]*history
 }
 
 type replyKey struct {
@@ -103,6 +104,7 @@ func New(opts Options) *Store {
 	for i := range s.shards {
 		s.shards[i].queues = make(map[string]*queue)
 		s.shards[i].replies = make(map[replyKey]reply)
+		s.shards[i].histories = make(map[string]*history)
 	}
 	interval := opts.SweepInterval
 	if interval == 0 {
@@ -574,6 +576,7 @@ func (s *Store) sweep(sh *shard) {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	now := s.now()
+	s.sweepHistories(sh, now)
 	n := 0
 	for k, r := range sh.replies {
 		if n++; n > sweepBatch {
