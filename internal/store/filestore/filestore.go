@@ -23,6 +23,8 @@
 // remembered dedup keys, replies, meta) and committed with the other
 // changes of its batch, so every operation is atomic on disk too. Records
 // carry a CRC-32C, checked when the file is opened and when a body is read.
+// Topic histories (store.History) are kept in memory only, as a
+// convenience that a restart forgets (see history.go).
 //
 // # Failures
 //

@@ -18,6 +18,8 @@ type shard struct {
 	lastID  store.ID // ids increase per shard, hence per key, even after a queue is forgotten
 	queues  map[string]*queue
 	replies map[replyKey]*reply
+	// histories are topic histories, in memory only (history.go).
+	histories map[string]*history
 }
 
 type replyKey struct {

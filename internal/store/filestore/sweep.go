@@ -28,6 +28,7 @@ func (s *Store) sweep(sh *shard) {
 	sh.mu.Lock()
 	var w wset
 	now := s.now()
+	s.sweepHistories(sh, now)
 	n := 0
 	for rk, r := range sh.replies {
 		if n++; n > sweepBatch {
