@@ -1,6 +1,7 @@
 package filestore
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -338,19 +339,19 @@ func (s *Store) apply(bs []*batch, applied uint64) error {
 			last = store.ID{MS: binary.BigEndian.Uint64(v), Seq: binary.BigEndian.Uint64(v[8:])}
 		}
 		for _, b := range bs {
-			for _, m := range b.muts {
-				var err error
-				if m.val == nil {
-					err = bk[m.bucket].Delete(m.key)
-				} else {
-					err = bk[m.bucket].Put(m.key, m.val)
-				}
-				if err != nil {
-					return err
-				}
-			}
 			if b.maxID.Compare(last) > 0 {
 				last = b.maxID
+			}
+		}
+		for _, m := range collapse(bs) {
+			var err error
+			if m.val == nil {
+				err = bk[m.bucket].Delete(m.key)
+			} else {
+				err = bk[m.bucket].Put(m.key, m.val)
+			}
+			if err != nil {
+				return err
 			}
 		}
 		if err := bk[bMeta].Put(metaLastID, encodeID(last)); err != nil {
@@ -358,6 +359,38 @@ func (s *Store) apply(bs []*batch, applied uint64) error {
 		}
 		return bk[bMeta].Put(metaApplied, binary.BigEndian.AppendUint64(nil, applied))
 	})
+}
+
+// collapse reduces the changes of bs to the last one of each record, in
+// key order. Applying them is the same as applying every change in turn,
+// since records are independent, but a message consumed before its
+// checkpoint costs the database a lookup instead of an insert and a
+// delete, and the tree is walked in order.
+func collapse(bs []*batch) []mut {
+	n := 0
+	for _, b := range bs {
+		n += len(b.muts)
+	}
+	last := make(map[string]int, n)
+	out := make([]mut, 0, n)
+	for _, b := range bs {
+		for _, m := range b.muts {
+			k := string(append([]byte{m.bucket}, m.key...))
+			if i, ok := last[k]; ok {
+				out[i].val = m.val
+				continue
+			}
+			last[k] = len(out)
+			out = append(out, m)
+		}
+	}
+	slices.SortFunc(out, func(a, b mut) int {
+		if a.bucket != b.bucket {
+			return int(a.bucket) - int(b.bucket)
+		}
+		return bytes.Compare(a.key, b.key)
+	})
+	return out
 }
 
 // appliedSeq reads the sequence number of the last batch in the database.
