@@ -272,7 +272,12 @@ func (s *Store) Close() error {
 			s.shards[i].mu.Unlock()
 		}
 		s.c.close()
-		s.closeErr = errors.Join(s.cp.close(), s.wal.close(), s.db.Close())
+		if err := s.cp.close(); err != nil {
+			// Nothing is lost: the log keeps what the database lacks, and
+			// the next open applies it.
+			s.log.Warn("file store: the last checkpoint failed; the log keeps its writes for the next start", "path", s.path, "err", err)
+		}
+		s.closeErr = errors.Join(s.wal.close(), s.db.Close())
 		s.unlock()
 	})
 	return s.closeErr

@@ -417,7 +417,12 @@ func (s *Store) takeAll(sh *shard, key string, limit int, w *wset) ([]store.Mess
 
 // Restore implements store.Queues.
 func (s *Store) Restore(ctx context.Context, key string, m store.Message) error {
-	sh, err := s.lockW(key)
+	// A restore puts back a message that would otherwise be lost: it tries
+	// the disk even while writes are being refused after a failure.
+	if s.readOnly {
+		return s.writable()
+	}
+	sh, err := s.lock(key)
 	if err != nil {
 		return err
 	}
