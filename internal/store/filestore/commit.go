@@ -37,11 +37,13 @@ type batch struct {
 	muts  []mut
 	maxID store.ID
 	held  []held
+	n     int           // operations waiting on it
+	lead  chan struct{} // a token here makes one of them write it
 	done  chan struct{}
 	err   error
 }
 
-func newBatch() *batch { return &batch{done: make(chan struct{})} }
+func newBatch() *batch { return &batch{done: make(chan struct{}), lead: make(chan struct{}, 1)} }
 
 // release drops the bodies of b from memory: they are in the database.
 func (b *batch) release() {
@@ -51,54 +53,86 @@ func (b *batch) release() {
 	b.held = nil
 }
 
-// committer is the group commit: operations queue their write sets with
+// committer is the group commit. Operations queue their write sets with
 // submit (under their shard lock, so that the log sees the changes in the
-// order the index did) and wait on the batch; one goroutine writes each
-// batch as one synced log record and hands it to the checkpointer.
+// order the index did) and wait on the batch. There is no committer
+// goroutine: the operation that finds nobody writing writes the current
+// batch itself (its own write included) as one synced log record; writes
+// queued meanwhile form the next batch, and the writer hands the next turn
+// to one of their operations. A batch is written by a goroutine that is
+// running anyway, and no goroutine has to be woken to start a write.
 type committer struct {
 	s       *Store
 	mu      sync.Mutex
+	idle    *sync.Cond // signalled when writing stops
 	cur     *batch
-	kick    chan struct{}
-	quit    chan struct{}
-	done    chan struct{}
-	nextSeq uint64 // only the loop touches it
+	writing bool   // some operation is writing a batch
+	nextSeq uint64 // only the writer touches it
 	// triggered is the log generation for which an early checkpoint was
-	// asked.
+	// asked; only the writer touches it.
 	triggered uint64
 }
 
 func newCommitter(s *Store, nextSeq uint64) *committer {
-	c := &committer{
-		s:       s,
-		cur:     newBatch(),
-		kick:    make(chan struct{}, 1),
-		quit:    make(chan struct{}),
-		done:    make(chan struct{}),
-		nextSeq: nextSeq,
-	}
-	go c.loop()
+	c := &committer{s: s, cur: newBatch(), nextSeq: nextSeq}
+	c.idle = sync.NewCond(&c.mu)
 	return c
 }
 
-// submit queues w and returns the batch to wait on.
-func (c *committer) submit(w *wset) *batch {
+// submit queues w and returns the batch to wait on, and whether the
+// caller is to write it.
+func (c *committer) submit(w *wset) (*batch, bool) {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	b := c.cur
 	b.muts = append(b.muts, w.muts...)
 	b.held = append(b.held, w.held...)
+	b.n++
 	if w.maxID.Compare(b.maxID) > 0 {
 		b.maxID = w.maxID
 	}
-	c.mu.Unlock()
-	select {
-	case c.kick <- struct{}{}:
-	default:
+	if c.writing {
+		return b, false
 	}
-	return b
+	c.writing = true
+	return b, true
 }
 
-// failQueued fails the batch being collected.
+// wait waits until b is durable or failed, writing it when it is the
+// caller's turn.
+func (c *committer) wait(b *batch, write bool) error {
+	for {
+		if write {
+			c.writeNext()
+		}
+		select {
+		case <-b.done:
+			return b.err
+		case <-b.lead:
+			write = true
+		}
+	}
+}
+
+// writeNext writes the current batch, then hands the turn to an operation
+// of the batch queued meanwhile, if any.
+func (c *committer) writeNext() {
+	c.mu.Lock()
+	b := c.cur
+	c.cur = newBatch()
+	c.mu.Unlock()
+	c.flush(b)
+	c.mu.Lock()
+	if c.cur.n > 0 {
+		c.cur.lead <- struct{}{}
+	} else {
+		c.writing = false
+		c.idle.Broadcast()
+	}
+	c.mu.Unlock()
+}
+
+// failQueued fails the batch being collected; the caller is the writer.
 func (c *committer) failQueued(err error) {
 	c.mu.Lock()
 	b := c.cur
@@ -108,31 +142,17 @@ func (c *committer) failQueued(err error) {
 	close(b.done)
 }
 
-// close writes what is queued and stops the loop.
+// close waits for the last write; nothing may be submitted after it.
 func (c *committer) close() {
-	close(c.quit)
-	<-c.done
-}
-
-func (c *committer) loop() {
-	defer close(c.done)
-	for {
-		select {
-		case <-c.kick:
-			c.flush()
-		case <-c.quit:
-			c.flush()
-			return
-		}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for c.writing {
+		c.idle.Wait()
 	}
 }
 
-// flush makes the batch collected so far durable.
-func (c *committer) flush() {
-	c.mu.Lock()
-	b := c.cur
-	c.cur = newBatch()
-	c.mu.Unlock()
+// flush makes b durable.
+func (c *committer) flush(b *batch) {
 	if len(b.muts) == 0 {
 		close(b.done)
 		return
@@ -191,10 +211,9 @@ func (c *committer) write(b *batch) (direct bool, err error) {
 // pending message handed out again, a suppressed duplicate) may rest on
 // them, and must not be given before they are durable.
 func (s *Store) finish(sh *shard, w *wset) error {
-	b := s.c.submit(w)
+	b, write := s.c.submit(w)
 	sh.mu.Unlock()
-	<-b.done
-	return b.err
+	return s.c.wait(b, write)
 }
 
 // checkpointer applies logged batches to the database file in the

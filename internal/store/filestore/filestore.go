@@ -1,53 +1,63 @@
 // Package filestore is the embedded file engine, postern's durable default
-// (--store=file:DIR). It owns the data directory: one bbolt database file,
-// postern.db, and a LOCK file that keeps a second server out.
+// (--store=file:DIR). It owns the data directory: the database file
+// postern.db (bbolt), the write-ahead log wal-0.log and wal-1.log, and a
+// LOCK file that keeps a second server out.
 //
 // # Durability
 //
 // An operation that changes anything returns only after its change is
 // synced to disk, so a 2xx built on it survives kill -9 and power loss.
-// Concurrent writers share syncs: every write is queued to one committer
-// goroutine, which commits everything queued since its last commit as one
-// bbolt transaction (one fsync of the data and one of the header). The
-// busier the server, the more writes each sync carries. Reads never sync
-// and never wait for one; a read may see a write a moment before its writer
-// is told it is durable.
+// Concurrent writers share syncs (group commit): an operation queues its
+// changes and waits; the operation that finds nobody writing writes
+// everything queued as one record of the write-ahead log, in place in a
+// pre-zeroed file, with one fdatasync, and hands the next turn to an
+// operation queued meanwhile. The busier the server, the more writes each
+// sync carries. An operation that changes nothing still waits for the
+// writes queued before it, since its answer may rest on them; pure reads
+// (Len, Status) never wait.
+//
+// A checkpointer applies logged batches to postern.db in the background
+// (one synced bbolt transaction every 200 ms, or when a log file is half
+// full), keeping only the last change of each record; then a log file can
+// be reused. At open, the log is replayed into postern.db.
 //
 // # Layout
 //
 // The queue index (ids, pending flags, dedup keys, expiries, content types)
-// is held in memory, shaped like the memory engine's, and rebuilt from the
-// file at start. Bodies live only in the file, except while the write that
-// carries them is not yet durable. Each change to the index is recorded as
-// puts and deletes of records in five buckets (messages, pending marks,
-// remembered dedup keys, replies, meta) and committed with the other
-// changes of its batch, so every operation is atomic on disk too. Records
-// carry a CRC-32C, checked when the file is opened and when a body is read.
-// Topic histories (store.History) are kept in memory only, as a
-// convenience that a restart forgets (see history.go).
+// is held in memory, shaped like the memory engine's, and rebuilt at open.
+// Bodies live in postern.db, and in memory only until their checkpoint.
+// Each change to the index is recorded as puts and deletes of records in
+// five buckets (messages, pending marks, remembered dedup keys, replies,
+// meta) and logged with the other changes of its batch, so every operation
+// is atomic on disk too. Records carry a CRC-32C, checked at open and when
+// a body is read. Topic histories (store.History) are kept in memory only,
+// as a convenience that a restart forgets (see history.go).
 //
 // # Failures
 //
-// A failed commit rolls back (bbolt keeps the file consistent). Every write
-// of that batch and of writes queued after it, which may have seen its
-// effects, fails with store.ErrNoSpace (disk full) or store.ErrUnavailable
-// (read-only directory, I/O error); the index is reloaded from the file,
-// and for RetryInterval further writes fail at once without touching the
-// disk. Reads keep working throughout. A damaged or truncated file is
-// refused at open with an error naming it; README's "Data directory"
-// section says how to recover.
+// A failed log write fails its batch and every batch queued after it (they
+// may have seen its effects), rebuilds the index from what is durable, and
+// refuses writes for RetryInterval without touching the disk; errors are
+// store.ErrNoSpace (disk full) or store.ErrUnavailable (I/O error). A
+// failed checkpoint rolls back (bbolt keeps the file consistent) and is
+// retried; writes go on into the log while it has room. Reads keep working
+// throughout. A directory that cannot be written at open is served
+// read-only. A damaged or truncated file is refused at open with an error
+// naming it; README's "Data directory" section says how to recover.
 //
 // # Why bbolt
 //
 // bench/engines compares bbolt with pebble under this engine's write
-// pattern (see BENCHMARKS.md). Pebble commits about three times faster and
-// compresses, but it treats a failed WAL write as fatal ("the commit
+// pattern (BENCHMARKS.md, "File engine"). Pebble commits faster and
+// compresses, but it treats a failed log write as fatal ("the commit
 // pipeline will be horked"), so a full disk would end the process instead
 // of refusing writes while reads go on; it also brings some thirty modules.
 // bbolt rolls a failed commit back and stays readable, is one file and one
-// small module, reopens a million messages several times faster, and is
-// fast enough: group commit keeps durable produce over HTTP well above half
-// the memory engine's rate (bench/filestore.go).
+// small module, and reopens and scans a million messages several times
+// faster. Its commits (two fsyncs and a tree update each) are too slow to
+// be on the path of every write, hence the log in front of it, which makes
+// durable produce over HTTP reach about half the memory engine's rate or
+// more (bench/filestore.go).
 package filestore
 
 import (
