@@ -3,6 +3,7 @@ package filestore_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -80,6 +81,20 @@ func TestDamagedDatabaseFileIsRefused(t *testing.T) {
 				t.Fatal("record not found in the database file")
 			}
 			b[i+5] ^= 0x20
+			return b
+		}},
+		{"KeyFlipped", "damaged", func(b []byte) []byte {
+			// The key of message 42: the queue key's length, the queue key,
+			// then the id (the test clock stands still: one millisecond,
+			// sequence numbers from 0).
+			k := append([]byte{3}, "t/x"...)
+			k = binary.BigEndian.AppendUint64(k, uint64(storetest.NewClock().Now().UnixMilli()))
+			k = binary.BigEndian.AppendUint64(k, 42)
+			i := bytes.Index(b, k)
+			if i < 0 {
+				t.Fatal("key not found in the database file")
+			}
+			b[i+len(k)-1] ^= 0x40
 			return b
 		}},
 		{"PageGarbled", "damaged", func(b []byte) []byte {

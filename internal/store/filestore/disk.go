@@ -67,7 +67,7 @@ func seenKeyFor(key, dedupKey string) []byte {
 
 // splitKey splits a record key into queue key and the rest.
 func splitKey(k []byte) (string, []byte, bool) {
-	n, w := binary.Uvarint(k)
+	n, w := uvarint(k)
 	if w <= 0 || uint64(len(k)-w) < n {
 		return "", nil, false
 	}
@@ -96,12 +96,19 @@ func fromNanos(n int64) time.Time {
 	return time.Unix(0, n)
 }
 
-// A message record is: version (1 byte), CRC-32C of the rest (4), expiry
-// and dedup-until in Unix nanoseconds (8 + 8, zero for none), content type
-// and dedup key each as a uvarint length and bytes, then the body.
+// A message record is: version (1 byte), CRC-32C of the record's key and
+// the rest of the value (4), expiry and dedup-until in Unix nanoseconds
+// (8 + 8, zero for none), content type and dedup key each as a uvarint
+// length and bytes, then the body. The checksum covers the key, so that a
+// damaged key is caught too, not read as another queue's message.
 const recHeader = 1 + 4 + 16
 
-func encodeMsg(ct, dedupKey string, expires, dedupUntil time.Time, body []byte) []byte {
+// checksum is the CRC-32C of k followed by v.
+func checksum(k, v []byte) uint32 {
+	return crc32.Update(crc32.Checksum(k, castagnoli), castagnoli, v)
+}
+
+func encodeMsg(k []byte, ct, dedupKey string, expires, dedupUntil time.Time, body []byte) []byte {
 	v := make([]byte, recHeader, recHeader+2*binary.MaxVarintLen64+len(ct)+len(dedupKey)+len(body))
 	v[0] = recVersion
 	binary.BigEndian.PutUint64(v[5:], uint64(nanos(expires)))
@@ -111,7 +118,7 @@ func encodeMsg(ct, dedupKey string, expires, dedupUntil time.Time, body []byte) 
 	v = binary.AppendUvarint(v, uint64(len(dedupKey)))
 	v = append(v, dedupKey...)
 	v = append(v, body...)
-	binary.BigEndian.PutUint32(v[1:], crc32.Checksum(v[5:], castagnoli))
+	binary.BigEndian.PutUint32(v[1:], checksum(k, v[5:]))
 	return v
 }
 
@@ -124,8 +131,8 @@ type record struct {
 
 var errBadRecord = errors.New("record fails its checksum or is malformed")
 
-func decodeMsg(v []byte) (record, error) {
-	if len(v) < recHeader || v[0] != recVersion || binary.BigEndian.Uint32(v[1:]) != crc32.Checksum(v[5:], castagnoli) {
+func decodeMsg(k, v []byte) (record, error) {
+	if len(v) < recHeader || v[0] != recVersion || binary.BigEndian.Uint32(v[1:]) != checksum(k, v[5:]) {
 		return record{}, errBadRecord
 	}
 	r := record{
@@ -144,29 +151,53 @@ func decodeMsg(v []byte) (record, error) {
 	return r, nil
 }
 
-func lenString(b []byte) (string, []byte, bool) {
+// uvarint reads a uvarint written in as few bytes as it takes, as
+// binary.AppendUvarint writes them; w <= 0 means it is not one.
+func uvarint(b []byte) (uint64, int) {
 	n, w := binary.Uvarint(b)
+	if w > 0 && w != len(binary.AppendUvarint(nil, n)) {
+		return 0, -1
+	}
+	return n, w
+}
+
+func lenString(b []byte) (string, []byte, bool) {
+	n, w := uvarint(b)
 	if w <= 0 || uint64(len(b)-w) < n {
 		return "", nil, false
 	}
 	return string(b[w : w+int(n)]), b[w+int(n):], true
 }
 
-// A seen record is: version, CRC-32C of the rest, until in Unix
-// nanoseconds.
-func encodeSeen(until time.Time) []byte {
+// A seen record is: version, CRC-32C of the key and the rest, until in
+// Unix nanoseconds.
+func encodeSeen(k []byte, until time.Time) []byte {
 	v := make([]byte, 13)
 	v[0] = recVersion
 	binary.BigEndian.PutUint64(v[5:], uint64(nanos(until)))
-	binary.BigEndian.PutUint32(v[1:], crc32.Checksum(v[5:], castagnoli))
+	binary.BigEndian.PutUint32(v[1:], checksum(k, v[5:]))
 	return v
 }
 
-func decodeSeen(v []byte) (time.Time, error) {
-	if len(v) != 13 || v[0] != recVersion || binary.BigEndian.Uint32(v[1:]) != crc32.Checksum(v[5:], castagnoli) {
+func decodeSeen(k, v []byte) (time.Time, error) {
+	if len(v) != 13 || v[0] != recVersion || binary.BigEndian.Uint32(v[1:]) != checksum(k, v[5:]) {
 		return time.Time{}, errBadRecord
 	}
 	return fromNanos(int64(binary.BigEndian.Uint64(v[5:]))), nil
+}
+
+// A pending mark is: version, CRC-32C of the key.
+func encodePending(k []byte) []byte {
+	v := []byte{recVersion, 0, 0, 0, 0}
+	binary.BigEndian.PutUint32(v[1:], checksum(k, nil))
+	return v
+}
+
+func checkPending(k, v []byte) error {
+	if len(v) != 5 || v[0] != recVersion || binary.BigEndian.Uint32(v[1:]) != checksum(k, nil) {
+		return errBadRecord
+	}
+	return nil
 }
 
 func encodeID(id store.ID) []byte {
@@ -421,7 +452,7 @@ func (s *Store) readRecord(bucket uint8, k []byte) (record, error) {
 			return fmt.Errorf("file store: %s lacks record %x of %s: %w", s.path, k, bucketNames[bucket], store.ErrUnavailable)
 		}
 		var err error
-		if r, err = decodeMsg(v); err != nil {
+		if r, err = decodeMsg(k, v); err != nil {
 			return fmt.Errorf("file store: %s: record %x of %s is damaged: %w", s.path, k, bucketNames[bucket], store.ErrUnavailable)
 		}
 		r.body = append([]byte(nil), r.body...)
@@ -513,7 +544,7 @@ func (s *Store) load(ov map[string][]byte, ovLast store.ID) (hs []held, err erro
 			if !ok {
 				return s.damaged("message key %x is malformed", k)
 			}
-			r, err := decodeMsg(v)
+			r, err := decodeMsg(k, v)
 			if err != nil {
 				return s.damaged("message %s of queue %q: %v", id, key, err)
 			}
@@ -548,10 +579,13 @@ func (s *Store) load(ov map[string][]byte, ovLast store.ID) (hs []held, err erro
 		for q := range unsorted {
 			slices.SortFunc(q.items, func(a, b *entry) int { return a.msg.ID.Compare(b.msg.ID) })
 		}
-		err = each(bPending, func(k, _ []byte, _ bool) error {
+		err = each(bPending, func(k, v []byte, _ bool) error {
 			key, id, ok := splitIDKey(k)
 			if !ok {
 				return s.damaged("pending key %x is malformed", k)
+			}
+			if err := checkPending(k, v); err != nil {
+				return s.damaged("pending mark for message %s of queue %q: %v", id, key, err)
 			}
 			if q := s.shard(key).queues[key]; q != nil {
 				if i, found := q.find(id); found {
@@ -582,7 +616,7 @@ func (s *Store) load(ov map[string][]byte, ovLast store.ID) (hs []held, err erro
 			if !ok {
 				return s.damaged("dedup key record %x is malformed", k)
 			}
-			until, err := decodeSeen(v)
+			until, err := decodeSeen(k, v)
 			if err != nil {
 				return s.damaged("dedup key %q of queue %q: %v", dk, key, err)
 			}
@@ -601,7 +635,7 @@ func (s *Store) load(ov map[string][]byte, ovLast store.ID) (hs []held, err erro
 			if !ok {
 				return s.damaged("reply key %x is malformed", k)
 			}
-			r, err := decodeMsg(v)
+			r, err := decodeMsg(k, v)
 			if err != nil {
 				return s.damaged("reply to %s of queue %q: %v", id, key, err)
 			}

@@ -130,7 +130,8 @@ func (q *queue) insertAt(i int, e *entry) {
 // Recording of changes.
 
 func (w *wset) putMsg(key string, e *entry, body []byte) {
-	w.muts = append(w.muts, mut{bMsgs, keyFor(key, e.msg.ID), encodeMsg(e.msg.ContentType, e.msg.DedupKey, e.msg.ExpiresAt, e.dedupUntil, body)})
+	k := keyFor(key, e.msg.ID)
+	w.muts = append(w.muts, mut{bMsgs, k, encodeMsg(k, e.msg.ContentType, e.msg.DedupKey, e.msg.ExpiresAt, e.dedupUntil, body)})
 	p := &body
 	e.body.Store(p)
 	w.held = append(w.held, held{&e.body, p})
@@ -145,11 +146,13 @@ func (w *wset) delMsg(key string, e *entry) {
 }
 
 func (w *wset) putPending(key string, e *entry) {
-	w.muts = append(w.muts, mut{bPending, keyFor(key, e.msg.ID), []byte{}})
+	k := keyFor(key, e.msg.ID)
+	w.muts = append(w.muts, mut{bPending, k, encodePending(k)})
 }
 
 func (w *wset) putSeen(key, dedupKey string, until time.Time) {
-	w.muts = append(w.muts, mut{bSeen, seenKeyFor(key, dedupKey), encodeSeen(until)})
+	k := seenKeyFor(key, dedupKey)
+	w.muts = append(w.muts, mut{bSeen, k, encodeSeen(k, until)})
 }
 
 func (w *wset) delSeen(key, dedupKey string) {
@@ -617,7 +620,8 @@ func (s *Store) reply(sh *shard, key string, id store.ID, r store.Message, ttl t
 	body := r.Body
 	p := &body
 	rp.body.Store(p)
-	w.muts = append(w.muts, mut{bReplies, keyFor(key, id), encodeMsg(r.ContentType, "", expires, time.Time{}, body)})
+	k := keyFor(key, id)
+	w.muts = append(w.muts, mut{bReplies, k, encodeMsg(k, r.ContentType, "", expires, time.Time{}, body)})
 	w.held = append(w.held, held{&rp.body, p})
 	return true, nil
 }
