@@ -366,7 +366,7 @@ type call struct {
 	forwarded bool   // the request came from another node
 	via       string // "local" or "forwarded" once a route is chosen
 	upgraded  atomic.Bool
-	counted   bool // in Hub.active; guarded by Hub.mu
+	counted   bool         // in Hub.active; guarded by Hub.mu
 	outcome   atomic.Value // string, set once the relay's fate is known
 	up, down  atomic.Int64 // bytes to the backend, bytes to the user
 }

@@ -138,7 +138,6 @@ func (r *Response) Marshal() []byte {
 	return b
 }
 
-
 // field reads one field: its number, wire type and, for the types used
 // here, its value (v for varints, data for length-delimited fields).
 func field(b []byte) (num protowire.Number, typ protowire.Type, v uint64, data []byte, n int, err error) {
@@ -277,4 +276,3 @@ func UnmarshalRequest(b []byte) (*Request, error) {
 	}
 	return r, nil
 }
-
