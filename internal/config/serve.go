@@ -26,7 +26,7 @@ type Serve struct {
 // that starts from the defaults.
 func ServeFlags() (*FlagSet, *Serve) {
 	c := &Serve{Server: server.DefaultConfig(), LogLevel: DefaultLogLevel, LogFormat: DefaultLogFormat}
-	s, t := &c.Server, &c.Server.Tunnel
+	s, t, rl := &c.Server, &c.Server.Tunnel, &c.Server.Relay
 	fs := NewFlagSet("serve")
 
 	fs.String(&s.Listen, "listen", "TCP `address` to serve HTTP on")
@@ -38,6 +38,7 @@ func ServeFlags() (*FlagSet, *Serve) {
 	fs.Duration(&s.IdleTimeout, "idle-timeout", "idle keep-alive connections are closed after this")
 	fs.Int(&s.MaxHeaderBytes, "max-header-bytes", "largest request header block in `bytes`")
 	fs.String(&s.TokenFile, "token-file", "TOML `file` of scoped tokens (which actions on which paths), honoured by every capability")
+	fs.String(&s.AdvertiseURL, "advertise-url", "this node's internal base `URL` that other nodes forward relayed requests to, with a shared store (default: the listen address, when it is a specific IP)")
 
 	fs.String(&t.AccessToken, "tunnel-access-token", "bearer `token` accepted on every tunnel route (prefer the environment: flags show in ps)", "TUNNEL_ACCESS_TOKEN")
 	fs.String(&t.SignatureSecret, "tunnel-signature-secret", "HMAC-SHA256 `secret` checked against X-Hub-Signature-256", "TUNNEL_SIGNATURE_SECRET")
@@ -49,6 +50,15 @@ func ServeFlags() (*FlagSet, *Serve) {
 	fs.String(&t.DefaultContentType, "tunnel-default-content-type", "Content-Type served for messages stored without one", "TUNNEL_DEFAULT_CONTENT_TYPE")
 	fs.Duration(&t.ReplyTTL, "tunnel-reply-ttl", "how long a reply is kept", "TUNNEL_REPLY_TTL")
 	fs.Int64(&t.MaxBodyBytes, "tunnel-max-body", "largest message or reply in `bytes`; larger get 413")
+
+	fs.Int(&rl.BlockSize, "relay-block-size", "largest piece in `bytes` of a user's upgraded stream handed to a relay client at once (the original's --block_size)")
+	fs.Duration(&rl.InactiveRequestTimeout, "relay-inactive-request-timeout", "a relayed request with no response chunk for this long ends: 504 before its first chunk, a cut connection after (the original's --inactive_request_timeout)")
+	fs.Duration(&rl.InactiveBackendTimeout, "relay-inactive-backend-timeout", "a relay backend that has not polled for this long is forgotten (the original's --inactive_backend_timeout)")
+	fs.Duration(&rl.PollTimeout, "relay-poll-timeout", "how long /server/request waits for a user request before 408")
+	fs.Duration(&rl.PickupTimeout, "relay-pickup-timeout", "how long a user request waits for a relay client to take it before 500")
+	fs.Duration(&rl.RequestStreamTimeout, "relay-request-stream-timeout", "how long /server/requeststream waits for the user's bytes before answering empty")
+	fs.Int64(&rl.MaxRequestBodyBytes, "relay-max-request-body", "largest user request body in `bytes` relayed to a backend (the protocol carries it whole); larger get 413")
+	fs.Int64(&rl.MaxResponseMessageBytes, "relay-max-response-message", "largest /server/response message in `bytes`; larger get 400")
 	return fs, c
 }
 

@@ -19,8 +19,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/postern/postern/internal/auth"
+	"github.com/postern/postern/internal/gcrrelay"
 	"github.com/postern/postern/internal/httpapi"
 	"github.com/postern/postern/internal/queue"
+	"github.com/postern/postern/internal/relay"
 	"github.com/postern/postern/internal/store"
 	"github.com/postern/postern/internal/tunnel"
 	"github.com/postern/postern/internal/version"
@@ -57,7 +59,17 @@ type Config struct {
 	// Policy is the parsed token file; New loads it from TokenFile when nil.
 	Policy *auth.Policy
 
+	// AdvertiseURL is this node's internal base URL ("http://10.0.0.5:8080")
+	// that other nodes forward relayed requests to, when the store is
+	// shared. Empty: derived from the listener when it has a specific IP.
+	AdvertiseURL string
+	// Directory is the node directory; nil: the store engine's, when it
+	// implements store.Directory (shared engines). Tests set it to connect
+	// in-process nodes.
+	Directory store.Directory
+
 	Tunnel tunnel.Options
+	Relay  gcrrelay.Options
 
 	// Logger receives the server's logs; nil means slog.Default().
 	Logger *slog.Logger
@@ -73,6 +85,7 @@ func DefaultConfig() Config {
 		IdleTimeout:       DefaultIdleTimeout,
 		MaxHeaderBytes:    DefaultMaxHeaderBytes,
 		Tunnel:            tunnel.DefaultOptions(),
+		Relay:             gcrrelay.DefaultOptions(),
 	}
 }
 
@@ -83,6 +96,8 @@ type Server struct {
 	registry *prometheus.Registry
 	store    store.Engine
 	queue    *queue.Core
+	relayHub *relay.Hub
+	relay    *gcrrelay.Relay
 	handler  http.Handler
 	http     *http.Server
 
@@ -118,6 +133,10 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Policy != nil {
 		cfg.Tunnel.Policy = cfg.Policy
+		cfg.Relay.Policy = cfg.Policy
+	}
+	if cfg.Relay.Logger == nil {
+		cfg.Relay.Logger = cfg.Logger
 	}
 	st, err := OpenStore(cfg.Store)
 	if err != nil {
@@ -135,23 +154,49 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return fail(err)
 	}
+	dir := cfg.Directory
+	if dir == nil {
+		dir, _ = st.(store.Directory)
+	}
+	hubOpts := relay.DefaultOptions("relay")
+	hubOpts.Directory = dir
+	hubOpts.AdvertiseURL = cfg.AdvertiseURL
+	hubOpts.Metrics = relay.NewMetrics(s.registry)
+	hubOpts.Logger = s.log
+	if s.relayHub, err = relay.New(hubOpts); err != nil {
+		return fail(err)
+	}
+	if s.relay, err = gcrrelay.New(s.relayHub, cfg.Relay); err != nil {
+		return fail(err)
+	}
 
 	mux := httpapi.NewRouter()
 	tunnels.Mount(mux)
+	s.relay.Mount(mux)
 	httpapi.MountOps(mux, s.ready, s.registry)
-	mux.Fallback(httpapi.Handle(func(w http.ResponseWriter, r *http.Request) error {
+	mux.Fallback(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// The original tunnel relay answered any path under /health with "OK".
 		if strings.HasPrefix(r.URL.Path, "/health") {
-			return healthOK(w, r)
+			httpapi.Handle(healthOK, nil).ServeHTTP(w, r)
+			return
 		}
-		httpapi.SetRoute(r, "not_found")
-		return httpapi.ErrNotFound
-	}, nil))
+		// On paths nobody owns, X-Server-Name names a relay backend.
+		if s.relay.ServeUnowned(w, r) {
+			return
+		}
+		notFound.ServeHTTP(w, r)
+	}))
 
 	m := httpapi.NewMetrics(s.registry, s.log)
 	s.handler = m.Wrap(mux)
+	// HTTP/2 without TLS (prior knowledge), as the original relay served
+	// for gRPC clients, next to HTTP/1.1.
+	protocols := new(http.Protocols)
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
 	s.http = &http.Server{
 		Handler:           s.handler,
+		Protocols:         protocols,
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		IdleTimeout:       cfg.IdleTimeout,
 		MaxHeaderBytes:    cfg.MaxHeaderBytes,
@@ -159,6 +204,11 @@ func New(cfg Config) (*Server, error) {
 	}
 	return s, nil
 }
+
+var notFound = httpapi.Handle(func(w http.ResponseWriter, r *http.Request) error {
+	httpapi.SetRoute(r, "not_found")
+	return httpapi.ErrNotFound
+}, nil)
 
 func healthOK(w http.ResponseWriter, r *http.Request) error {
 	httpapi.SetRoute(r, "ops.health")
@@ -174,6 +224,18 @@ func (s *Server) Handler() http.Handler { return s.handler }
 // node, or ctx ends: a readiness signal for tests and tools.
 func (s *Server) WaitForLongPolls(ctx context.Context, n int) error {
 	return s.queue.WaitForWaiters(ctx, n)
+}
+
+// WaitForRelayPolls blocks until at least n relay client polls for backend
+// name are parked on this node, or ctx ends: a readiness signal for tests.
+func (s *Server) WaitForRelayPolls(ctx context.Context, name string, n int) error {
+	return s.relay.WaitForPolls(ctx, name, n)
+}
+
+// RelayAnnounced returns a channel closed once backend name is listed in
+// the node directory for this node (at once without a directory).
+func (s *Server) RelayAnnounced(name string) <-chan struct{} {
+	return s.relayHub.Announced(name)
 }
 
 // Registry returns the node's metrics registry.
@@ -193,6 +255,13 @@ func (s *Server) ready(ctx context.Context) error {
 // shutdown.
 func (s *Server) Serve(ln net.Listener) error {
 	s.log.Info("postern listening", "addr", ln.Addr().String(), "store", s.store.Name(), "version", version.Version())
+	if tcp, ok := ln.Addr().(*net.TCPAddr); ok {
+		// The line the original relay server's users wait for.
+		s.log.Info("Relay server listening", "Port", tcp.Port)
+		if s.cfg.AdvertiseURL == "" && tcp.IP != nil && !tcp.IP.IsUnspecified() {
+			s.relayHub.SetAdvertiseURL("http://" + tcp.String())
+		}
+	}
 	err := s.http.Serve(ln)
 	if errors.Is(err, http.ErrServerClosed) {
 		<-s.shutdownDone
@@ -212,6 +281,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.log.Info("draining")
 		var errs []error
 		errs = append(errs, s.queue.Shutdown(ctx))
+		// Relays in flight finish while the listener is still open: their
+		// relay clients keep posting chunks. Then parked polls are answered.
+		errs = append(errs, s.relayHub.Shutdown(ctx))
+		errs = append(errs, s.relay.Shutdown(ctx))
 		if err := s.http.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("http drain: %w", err))
 			s.http.Close()
