@@ -21,7 +21,9 @@ import (
 	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/gcrrelay"
 	"github.com/postern/postern/internal/httpapi"
+	"github.com/postern/postern/internal/inbox"
 	"github.com/postern/postern/internal/queue"
+	"github.com/postern/postern/internal/ratelimit"
 	"github.com/postern/postern/internal/relay"
 	"github.com/postern/postern/internal/store"
 	"github.com/postern/postern/internal/tunnel"
@@ -59,6 +61,9 @@ type Config struct {
 	// Policy is the parsed token file; New loads it from TokenFile when nil.
 	Policy *auth.Policy
 
+	// RateLimit limits requests per client address and per scoped token.
+	RateLimit ratelimit.Options
+
 	// AdvertiseURL is this node's internal base URL ("http://10.0.0.5:8080")
 	// that other nodes forward relayed requests to, when the store is
 	// shared. Empty: derived from the listener when it has a specific IP.
@@ -69,6 +74,7 @@ type Config struct {
 	Directory store.Directory
 
 	Tunnel tunnel.Options
+	Inbox  inbox.Options
 	Relay  gcrrelay.Options
 
 	// Logger receives the server's logs; nil means slog.Default().
@@ -85,6 +91,7 @@ func DefaultConfig() Config {
 		IdleTimeout:       DefaultIdleTimeout,
 		MaxHeaderBytes:    DefaultMaxHeaderBytes,
 		Tunnel:            tunnel.DefaultOptions(),
+		Inbox:             inbox.DefaultOptions(),
 		Relay:             gcrrelay.DefaultOptions(),
 	}
 }
@@ -133,6 +140,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Policy != nil {
 		cfg.Tunnel.Policy = cfg.Policy
+		cfg.Inbox.Policy = cfg.Policy
 		cfg.Relay.Policy = cfg.Policy
 	}
 	if cfg.Relay.Logger == nil {
@@ -154,6 +162,11 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return fail(err)
 	}
+	cfg.Inbox.Metrics = s.registry
+	inboxes, err := inbox.New(s.queue, cfg.Inbox)
+	if err != nil {
+		return fail(err)
+	}
 	dir := cfg.Directory
 	if dir == nil {
 		dir, _ = st.(store.Directory)
@@ -172,6 +185,7 @@ func New(cfg Config) (*Server, error) {
 
 	mux := httpapi.NewRouter()
 	tunnels.Mount(mux)
+	inboxes.Mount(mux)
 	s.relay.Mount(mux)
 	httpapi.MountOps(mux, s.ready, s.registry)
 	mux.Fallback(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -187,8 +201,13 @@ func New(cfg Config) (*Server, error) {
 		notFound.ServeHTTP(w, r)
 	}))
 
+	rl := cfg.RateLimit
+	rl.Metrics = s.registry
+	rl.Exempt = append(rl.Exempt, "/healthz", "/readyz", "/metrics")
+	limiter := ratelimit.New(rl, cfg.Policy)
+
 	m := httpapi.NewMetrics(s.registry, s.log)
-	s.handler = m.Wrap(mux)
+	s.handler = m.Wrap(limiter.Wrap(mux))
 	// HTTP/2 without TLS (prior knowledge), as the original relay served
 	// for gRPC clients, next to HTTP/1.1.
 	protocols := new(http.Protocols)
