@@ -31,6 +31,13 @@ type backend struct {
 	idle     *time.Timer
 }
 
+// chunk is one posted HttpResponse and the buffer its body lies in, which
+// the user side returns to the pool once it has relayed the body.
+type chunk struct {
+	msg *wire.Response
+	buf []byte
+}
+
 // pending is one relayed request, from the user's request to the end of
 // its response.
 type pending struct {
@@ -42,7 +49,7 @@ type pending struct {
 	// chunks hands each posted HttpResponse to the user side; unbuffered,
 	// so /server/response answers ok once the user side took the chunk and
 	// a slow user slows the relay client down instead of filling memory.
-	chunks chan *wire.Response
+	chunks chan chunk
 	// up carries the user's bytes after a 101 to /server/requeststream.
 	up chan []byte
 
@@ -56,7 +63,7 @@ type pending struct {
 func (g *Relay) newPending(ctx context.Context, name string, msg []byte, id string) (*pending, error) {
 	p := &pending{
 		g: g, id: id, name: name, msg: msg,
-		chunks: make(chan *wire.Response),
+		chunks: make(chan chunk),
 		up:     make(chan []byte, 4),
 		done:   make(chan struct{}),
 	}
@@ -150,22 +157,27 @@ func (b *backend) RoundTrip(req *http.Request) (*http.Response, error) {
 	case <-p.done:
 		return nil, b.failure(p)
 	}
-	var first *wire.Response
+	var fc chunk
 	select {
-	case first = <-p.chunks:
+	case fc = <-p.chunks:
 	case <-p.done:
 		return nil, b.failure(p)
 	}
+	first := fc.msg
 	if !first.HasStatus {
+		putMessage(fc.buf)
 		p.finish(errNoHeader)
 		return nil, errNoHeader
 	}
 	status := int(first.StatusCode)
 	if status != http.StatusSwitchingProtocols && (status < 200 || status > 999) {
+		putMessage(fc.buf)
 		p.finish(errClosed)
 		return nil, httpapi.Errorf(http.StatusBadGateway, "relay client sent status code %d", status)
 	}
-	rd := &bodyReader{p: p, trailer: http.Header{}}
+	// The buffers of an upgraded stream are not pooled: its Close may
+	// come from another goroutine while a Read copies from one.
+	rd := &bodyReader{p: p, trailer: http.Header{}, pooled: status != http.StatusSwitchingProtocols}
 	h := make(http.Header, len(first.Headers))
 	for _, hd := range first.Headers {
 		if validHeader(hd) {
@@ -186,7 +198,7 @@ func (b *backend) RoundTrip(req *http.Request) (*http.Response, error) {
 		Trailer:       rd.trailer,
 		Request:       req,
 	}
-	rd.absorb(first)
+	rd.absorb(fc)
 	if status == http.StatusSwitchingProtocols {
 		resp.Body = &upgradeBody{bodyReader: rd}
 	} else {
@@ -248,15 +260,27 @@ func validHeader(h wire.Header) bool {
 // posts, read as they come.
 type bodyReader struct {
 	p       *pending
-	buf     []byte
+	buf     []byte // what is left of the current chunk's body
+	backing []byte // the current chunk's pooled buffer
+	pooled  bool
 	eof     bool
 	trailer http.Header   // the response's Trailer, filled at the end
 	grpc    []wire.Header // Grpc-* headers, sent again as trailers
 }
 
+// release gives the current chunk's buffer back.
+func (r *bodyReader) release() {
+	if r.pooled && r.backing != nil {
+		putMessage(r.backing)
+	}
+	r.backing, r.buf = nil, nil
+}
+
 // absorb takes in one chunk: its body, its trailers, and the end.
-func (r *bodyReader) absorb(c *wire.Response) {
-	r.buf = c.Body
+func (r *bodyReader) absorb(ch chunk) {
+	r.release()
+	c := ch.msg
+	r.buf, r.backing = c.Body, ch.buf
 	// A chunk's trailers replace earlier ones of the same name: the relay
 	// client repeats them on every chunk (and retry) once it knows them.
 	seen := map[string][]string{}
@@ -287,6 +311,7 @@ func (r *bodyReader) absorb(c *wire.Response) {
 func (r *bodyReader) Read(b []byte) (int, error) {
 	for len(r.buf) == 0 {
 		if r.eof {
+			r.release()
 			return 0, io.EOF
 		}
 		select {
@@ -304,6 +329,9 @@ func (r *bodyReader) Read(b []byte) (int, error) {
 
 func (r *bodyReader) Close() error {
 	r.p.finish(errClosed)
+	if r.pooled {
+		r.release()
+	}
 	return nil
 }
 

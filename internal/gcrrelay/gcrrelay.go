@@ -318,7 +318,7 @@ func (g *Relay) servePoll(w http.ResponseWriter, r *http.Request) error {
 // serveResponse is POST /server/response: one chunk of a response.
 func (g *Relay) serveResponse(w http.ResponseWriter, r *http.Request) error {
 	httpapi.SetRoute(r, "relay.response")
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, g.opts.MaxResponseMessageBytes))
+	body, err := readMessage(w, r, g.opts.MaxResponseMessageBytes)
 	var tooLarge *http.MaxBytesError
 	if errors.As(err, &tooLarge) {
 		return errTooLarge
@@ -326,6 +326,12 @@ func (g *Relay) serveResponse(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	handed := false
+	defer func() {
+		if !handed {
+			putMessage(body)
+		}
+	}()
 	msg, err := wire.UnmarshalResponse(body)
 	if err != nil {
 		return httpapi.Errorf(http.StatusBadRequest, "Invalid HttpResponse: %v", err)
@@ -349,7 +355,8 @@ func (g *Relay) serveResponse(w http.ResponseWriter, r *http.Request) error {
 	}
 	p.touch()
 	select {
-	case p.chunks <- msg:
+	case p.chunks <- chunk{msg: msg, buf: body}:
+		handed = true // the user side gives the buffer back
 		w.Header().Set("Content-Type", "text/plain")
 		_, err := w.Write([]byte("ok"))
 		return err
@@ -399,6 +406,59 @@ func (g *Relay) serveRequestStream(w http.ResponseWriter, r *http.Request) error
 	h.Set("Content-Length", strconv.Itoa(len(block)))
 	_, err := w.Write(block)
 	return err
+}
+
+// readMessage reads a posted message whole, into a pooled buffer when its
+// length is declared (chunks are large: no doubling and copying, no fresh
+// allocation per chunk). The caller gives the buffer back with putMessage
+// once nothing refers to it.
+func readMessage(w http.ResponseWriter, r *http.Request, max int64) ([]byte, error) {
+	body := http.MaxBytesReader(w, r.Body, max)
+	if r.ContentLength > 0 && r.ContentLength <= max {
+		b := getMessage(int(r.ContentLength))
+		if _, err := io.ReadFull(body, b); err != nil {
+			putMessage(b)
+			return nil, err
+		}
+		return b, nil
+	}
+	return io.ReadAll(body)
+}
+
+// Message buffers are pooled by power-of-two size classes from 64 KiB to
+// 32 MiB; smaller and larger ones are left to the allocator.
+const (
+	minPooled = 16 // 64 KiB
+	maxPooled = 25 // 32 MiB
+)
+
+var messagePools [maxPooled + 1]sync.Pool
+
+func sizeClass(n int) int {
+	c := minPooled
+	for c <= maxPooled && 1<<c < n {
+		c++
+	}
+	return c
+}
+
+func getMessage(n int) []byte {
+	c := sizeClass(n)
+	if n < 1<<minPooled/2 || c > maxPooled {
+		return make([]byte, n)
+	}
+	if b, ok := messagePools[c].Get().(*[]byte); ok {
+		return (*b)[:n]
+	}
+	return make([]byte, n, 1<<c)
+}
+
+func putMessage(b []byte) {
+	c := sizeClass(cap(b))
+	if c <= maxPooled && cap(b) == 1<<c {
+		b = b[:0]
+		messagePools[c].Put(&b)
+	}
 }
 
 func (g *Relay) lookup(id string) *pending {

@@ -105,10 +105,16 @@ type emptyBody struct{}
 func (emptyBody) Read([]byte) (int, error) { return 0, io.EOF }
 func (emptyBody) Close() error             { return nil }
 
-// bufferPool lends the reverse proxy its copy buffers.
+// bufferPool lends the reverse proxy its copy buffers. They are larger
+// than the proxy's own 32 KiB: every write to the user is flushed at once,
+// so the buffer size is the size of the writes.
 type bufferPool struct{}
 
-var buffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+// CopyBufferSize is the size of the buffers that carry response bodies to
+// users.
+const CopyBufferSize = 128 << 10
+
+var buffers = sync.Pool{New: func() any { b := make([]byte, CopyBufferSize); return &b }}
 
 func (bufferPool) Get() []byte  { return *(buffers.Get().(*[]byte)) }
 func (bufferPool) Put(b []byte) { buffers.Put(&b) }

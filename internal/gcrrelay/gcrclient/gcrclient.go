@@ -16,6 +16,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"sync"
 	"time"
 
@@ -73,6 +74,8 @@ type Client struct {
 	own     []*http.Transport
 	backURL *url.URL
 	wg      sync.WaitGroup
+
+	blocks, chunkBufs sync.Pool
 }
 
 // New returns a client; Run starts it.
@@ -259,6 +262,23 @@ func (c *Client) handle(ctx context.Context, breq *wire.Request) {
 		}
 		c.wg.Go(func() { c.streamToBackend(ctx, id, w) })
 	}
+	if n := hresp.ContentLength; n >= 0 && n <= int64(c.o.MaxChunkSize) && hresp.StatusCode != http.StatusSwitchingProtocols {
+		// A short body of known length: read it and post the whole
+		// response as one message, without the streaming machinery.
+		first.Body = make([]byte, n)
+		_, err := io.ReadFull(hresp.Body, first.Body)
+		hresp.Body.Close()
+		if err != nil {
+			c.postError(ctx, id, fmt.Sprintf("Failed to read backend response: %v", err))
+			return
+		}
+		first.EOF = true
+		first.Trailers = headers(hresp.Trailer)
+		first.BackendDurationMs = time.Since(start).Milliseconds()
+		c.post(ctx, first)
+		return
+	}
+	first.Body = c.chunkBuffer()
 	blocks := make(chan []byte)
 	chunks := make(chan *wire.Response)
 	go c.streamBytes(hresp.Body, blocks)
@@ -279,22 +299,52 @@ func (c *Client) handle(ctx context.Context, breq *wire.Request) {
 			failed = true
 			hresp.Body.Close()
 		}
+		if !failed {
+			// The server read it all before answering: the buffer is free.
+			c.putChunkBuffer(ch.Body)
+		}
 	}
 }
 
-// streamBytes reads the backend's body in blocks.
+// streamBytes reads the backend's body in blocks. Each block belongs to
+// its receiver, which gives it back with putBlock.
 func (c *Client) streamBytes(in io.ReadCloser, out chan<- []byte) {
 	defer close(out)
 	defer in.Close()
 	for {
-		buf := make([]byte, c.o.BlockSize)
+		buf := c.getBlock()
 		n, err := in.Read(buf)
 		if n > 0 {
 			out <- buf[:n]
+		} else {
+			c.putBlock(buf)
 		}
 		if err != nil {
 			return
 		}
+	}
+}
+
+func (c *Client) getBlock() []byte {
+	if b, ok := c.blocks.Get().(*[]byte); ok && cap(*b) >= c.o.BlockSize {
+		return (*b)[:c.o.BlockSize]
+	}
+	return make([]byte, c.o.BlockSize)
+}
+
+func (c *Client) putBlock(b []byte) { c.blocks.Put(&b) }
+
+// chunkBuffer returns an empty buffer with room for a full chunk.
+func (c *Client) chunkBuffer() []byte {
+	if b, ok := c.chunkBufs.Get().(*[]byte); ok {
+		return (*b)[:0]
+	}
+	return make([]byte, 0, c.o.MaxChunkSize+c.o.BlockSize)
+}
+
+func (c *Client) putChunkBuffer(b []byte) {
+	if cap(b) >= c.o.MaxChunkSize+c.o.BlockSize {
+		c.chunkBufs.Put(&b)
 	}
 }
 
@@ -310,6 +360,9 @@ func (c *Client) buildResponses(in <-chan []byte, resp *wire.Response, out chan<
 		select {
 		case b, more := <-in:
 			resp.Body = append(resp.Body, b...)
+			if more {
+				c.putBlock(b)
+			}
 			if !more {
 				resp.EOF = true
 				out <- resp
@@ -317,7 +370,7 @@ func (c *Client) buildResponses(in <-chan []byte, resp *wire.Response, out chan<
 			}
 			if len(resp.Body) > c.o.MaxChunkSize {
 				out <- resp
-				resp = &wire.Response{HasID: true, ID: resp.ID}
+				resp = c.nextChunk(resp.ID)
 				ticks = 0
 			}
 		case <-timer.C:
@@ -325,19 +378,26 @@ func (c *Client) buildResponses(in <-chan []byte, resp *wire.Response, out chan<
 			ticks++
 			if len(resp.Body) > 0 || resp.HasStatus || ticks > c.o.KeepAliveTicks {
 				out <- resp
-				resp = &wire.Response{HasID: true, ID: resp.ID}
+				resp = c.nextChunk(resp.ID)
 				ticks = 0
 			}
 		}
 	}
 }
 
+// nextChunk starts a chunk with room for a full one, so that appending
+// blocks does not copy them again and again.
+func (c *Client) nextChunk(id string) *wire.Response {
+	return &wire.Response{HasID: true, ID: id, Body: c.chunkBuffer()}
+}
+
 // errPermanent is a 400 from /server/response: the request is over.
 var errPermanent = errors.New("relay server refused the response chunk")
 
-// post sends one chunk, retrying transient failures a few times.
+// post sends one chunk, retrying transient failures a few times. The
+// body is sent from where it lies, not copied into the message.
 func (c *Client) post(ctx context.Context, r *wire.Response) error {
-	body := r.Marshal()
+	head, payload, tail := r.MarshalParts()
 	var last error
 	for attempt := range 4 {
 		if attempt > 0 {
@@ -349,9 +409,20 @@ func (c *Client) post(ctx context.Context, r *wire.Response) error {
 			case <-t.C:
 			}
 		}
-		req, err := c.relayRequest(ctx, "POST", "/server/response", "", wire.ResponseContentType, body)
+		req, err := c.relayRequest(ctx, "POST", "/server/response", "", wire.ResponseContentType, nil)
 		if err != nil {
 			return err
+		}
+		if len(payload) > 64<<10 {
+			req.Body = io.NopCloser(io.MultiReader(bytes.NewReader(head), bytes.NewReader(payload), bytes.NewReader(tail)))
+			req.ContentLength = int64(len(head) + len(payload) + len(tail))
+		} else {
+			// Small: one copy, and the transport writes headers and body
+			// in one go (it flushes headers first for other readers).
+			msg := slices.Concat(head, payload, tail)
+			req.Body = io.NopCloser(bytes.NewReader(msg))
+			req.ContentLength = int64(len(msg))
+			req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(msg)), nil }
 		}
 		resp, err := c.relay.Do(req)
 		if err != nil {

@@ -167,6 +167,10 @@ func TestResponseMatchesTheProtobufLibrary(t *testing.T) {
 		{HasStatus: true, StatusCode: -1, HasID: true, ID: "neg"},
 		{HasID: true, ID: "t", EOF: true, Trailers: []wire.Header{{Name: "Grpc-Status", Value: "0"}}, BackendDurationMs: 1234, Body: []byte{}},
 	} {
+		head, body, tail := r.MarshalParts()
+		if parts := append(append(append([]byte(nil), head...), body...), tail...); !bytes.Equal(parts, r.Marshal()) {
+			t.Errorf("%+v: MarshalParts %x, Marshal %x", r, parts, r.Marshal())
+		}
 		lib := libraryResponse(r)
 		got, err := wire.UnmarshalResponse(lib)
 		if err != nil {
@@ -253,6 +257,10 @@ func FuzzUnmarshalResponse(f *testing.F) {
 		mine.Body, want.Body = nil, nil
 		if !reflect.DeepEqual(*mine, want) {
 			t.Fatalf("decoded %+v, library %+v", *mine, want)
+		}
+		head, body, tail := mine.MarshalParts()
+		if parts := append(append(append([]byte(nil), head...), body...), tail...); !bytes.Equal(parts, mine.Marshal()) {
+			t.Fatalf("MarshalParts %x differs from Marshal %x", parts, mine.Marshal())
 		}
 		again, err := wire.UnmarshalResponse(mine.Marshal())
 		if err != nil || !reflect.DeepEqual(*again, *mine) {
