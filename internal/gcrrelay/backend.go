@@ -38,6 +38,17 @@ type chunk struct {
 	buf []byte
 }
 
+// Ready reports whether a poll is parked for the name on this node, so the
+// relay core sends the request to another node that may have one when
+// none is.
+func (b *backend) Ready() bool {
+	b.g.mu.Lock()
+	defer b.g.mu.Unlock()
+	return b.polls > 0
+}
+
+var _ relay.Readier = (*backend)(nil)
+
 // pending is one relayed request, from the user's request to the end of
 // its response.
 type pending struct {

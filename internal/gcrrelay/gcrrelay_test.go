@@ -923,7 +923,7 @@ func TestShutdownCutsStreamsThatDoNotEnd(t *testing.T) {
 
 func TestTwoNodesShareBackends(t *testing.T) {
 	dir := relaytest.NewDirectory()
-	shared := func(c *server.Config) { c.Directory = dir }
+	shared := func(c *server.Config) { c.Directory = dir; c.Relay.PollTimeout = 50 * time.Millisecond }
 	a, b := start(t, shared), start(t, shared)
 	be := backendServer(t, func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Upgrade") != "" {
@@ -976,6 +976,12 @@ func TestTwoNodesShareBackends(t *testing.T) {
 	b.want(b.post(&wire.Response{HasID: true, ID: id, EOF: true}), 200, "ok")
 	a.want(<-user, 200, "via b")
 	b.want(b.post(&wire.Response{HasID: true, ID: id, EOF: true}), 400, "Duplicate or invalid request ID "+id+"\n")
+	// Node b has seen a poll for "far" too, long over: its backend is known
+	// but has no poll parked, so the request goes to a, where one is.
+	if r, _ := b.poll("far"); r.status != 408 {
+		t.Fatalf("poll on b: %d", r.status)
+	}
+	b.want(b.do("GET", "/client/far/again", nil), 200, "/again host="+hostB)
 	// Unknown everywhere: 503 from b.
 	if r := b.do("GET", "/client/nowhere/", nil); r.status != 503 || !strings.Contains(r.body, "unknown client") {
 		t.Fatalf("%d %q", r.status, r.body)

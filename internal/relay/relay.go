@@ -43,7 +43,9 @@
 // ForwardedHeader marks it so that the receiving node serves it locally or
 // answers "no backend", and never forwards it again. The receiving node's
 // front door parses and authorizes the forwarded request exactly as it
-// would a direct one, so nodes need no trust between them.
+// would a direct one, so nodes need no trust between them. A local backend
+// that implements Readier and says it is not ready (a long-poll transport
+// with no poll parked) yields to another node that lists the name.
 package relay
 
 import (
@@ -276,6 +278,19 @@ type Registration struct {
 	once     sync.Once
 }
 
+// Readier is implemented by backends that can say whether they would take
+// a request at once. When a local backend is not ready and other nodes
+// list the name, the hub forwards the request there instead; when none
+// does, the local backend gets it anyway.
+type Readier interface {
+	Ready() bool
+}
+
+func (r *Registration) ready() bool {
+	rd, ok := r.rt.(Readier)
+	return !ok || rd.Ready()
+}
+
 // Name returns the name the backend registered under.
 func (r *Registration) Name() string { return r.name }
 
@@ -498,7 +513,21 @@ func (h *Hub) roundTrip(req *http.Request) (*http.Response, error) {
 	if req.Body != nil {
 		req.Body = &countingReader{rc: req.Body, n: &c.up}
 	}
-	if reg := h.pick(c.t.Name); reg != nil {
+	reg := h.pick(c.t.Name)
+	if reg != nil && h.forward != nil && !c.forwarded && !reg.ready() {
+		// The local backend cannot take the request now (a long-poll
+		// transport with no poll parked): prefer a node that may.
+		resp, err := h.forwardRequest(req, c)
+		if err == nil {
+			resp.Body = wrapBody(resp.Body, c, nil)
+			return resp, nil
+		}
+		if !errors.Is(err, ErrNoBackend) {
+			return nil, err
+		}
+		c.via = "local"
+	}
+	if reg != nil {
 		req.Header.Del(ForwardedHeader)
 		if c.t.Local != nil {
 			c.t.Local(req)
