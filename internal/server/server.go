@@ -105,8 +105,10 @@ type Server struct {
 	queue    *queue.Core
 	relayHub *relay.Hub
 	relay    *gcrrelay.Relay
-	handler  http.Handler
-	http     *http.Server
+	// sharedDir: the relay hub has a node directory.
+	sharedDir bool
+	handler   http.Handler
+	http      *http.Server
 
 	draining     atomic.Bool
 	shutdownOnce sync.Once
@@ -173,6 +175,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	hubOpts := relay.DefaultOptions("relay")
 	hubOpts.Directory = dir
+	s.sharedDir = dir != nil
 	hubOpts.AdvertiseURL = cfg.AdvertiseURL
 	hubOpts.Metrics = relay.NewMetrics(s.registry)
 	hubOpts.Logger = s.log
@@ -279,6 +282,8 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.log.Info("Relay server listening", "Port", tcp.Port)
 		if s.cfg.AdvertiseURL == "" && tcp.IP != nil && !tcp.IP.IsUnspecified() {
 			s.relayHub.SetAdvertiseURL("http://" + tcp.String())
+		} else if s.cfg.AdvertiseURL == "" && s.sharedDir {
+			s.log.Warn("the store is shared but this node's address is unknown: set --advertise-url so other nodes can reach its relay backends")
 		}
 	}
 	err := s.http.Serve(ln)
