@@ -105,6 +105,8 @@ type Server struct {
 	queue    *queue.Core
 	relayHub *relay.Hub
 	relay    *gcrrelay.Relay
+	// relayMetrics are shared by every relay hub of the node.
+	relayMetrics *relay.Metrics
 	// sharedDir: the relay hub has a node directory.
 	sharedDir bool
 	handler   http.Handler
@@ -173,11 +175,14 @@ func New(cfg Config) (*Server, error) {
 	if dir == nil {
 		dir, _ = st.(store.Directory)
 	}
+	// One set of relay metrics for every hub of the node (relay, expose),
+	// labelled by namespace.
+	s.relayMetrics = relay.NewMetrics(s.registry)
 	hubOpts := relay.DefaultOptions("relay")
 	hubOpts.Directory = dir
 	s.sharedDir = dir != nil
 	hubOpts.AdvertiseURL = cfg.AdvertiseURL
-	hubOpts.Metrics = relay.NewMetrics(s.registry)
+	hubOpts.Metrics = s.relayMetrics
 	hubOpts.Logger = s.log
 	if s.relayHub, err = relay.New(hubOpts); err != nil {
 		return fail(err)
