@@ -400,6 +400,19 @@ func TestReapedMidStreamCutsTheUser(t *testing.T) {
 			t.Fatalf("content-length %v: a reaped response looked complete: %d %q", withLength, r.status, r.body)
 		}
 	}
+	// Over HTTP/2 the stream is reset.
+	p := new(http.Protocols)
+	p.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{Protocols: p}
+	defer tr.CloseIdleConnections()
+	h2 := &env{t: t, node: e.node, c: &http.Client{Transport: tr}}
+	polled := e.pollAsync("cut", 1)
+	user := h2.async("GET", "/client/cut/", nil)
+	id := (<-polled).ID
+	e.post(&wire.Response{HasID: true, ID: id, HasStatus: true, StatusCode: 200, Body: []byte("partial")})
+	if r := <-user; r.err == nil {
+		t.Fatalf("HTTP/2: a reaped response looked complete: %d %q", r.status, r.body)
+	}
 }
 
 func TestUserGoneAnswers400(t *testing.T) {

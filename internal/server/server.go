@@ -188,6 +188,7 @@ func New(cfg Config) (*Server, error) {
 		return fail(err)
 	}
 	if s.relay, err = gcrrelay.New(s.relayHub, cfg.Relay); err != nil {
+		s.relayHub.Shutdown(context.Background()) // stops its directory goroutine
 		return fail(err)
 	}
 
