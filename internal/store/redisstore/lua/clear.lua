@@ -1,0 +1,9 @@
+-- Clear. Removes every message and dedup key; replies live in keys of
+-- their own and stay. Returns how many messages there were.
+local n = qlen()
+redis.call('XTRIM', S, 'MAXLEN', 0)
+redis.call('DEL', M, P, B, K, W)
+redis.call('HDEL', H, 'f')
+dirty = true
+finish()
+return n
