@@ -30,7 +30,7 @@ func TestSameAsMemory(t *testing.T) {
 type engineView struct {
 	e      store.Engine
 	ids    map[string]store.ID // body -> id
-	bodies map[string]string // key + id -> body (ids differ per engine, and are per key)
+	bodies map[string]string   // key + id -> body (ids differ per engine, and are per key)
 	taken  map[string]store.Message
 }
 
