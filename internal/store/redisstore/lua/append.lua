@@ -13,6 +13,7 @@ if dk ~= '' then
       if not expired(oexp) then
         -- Still queued: replace content and expiry in place.
         redis.call('HSET', M, qid, set_head(rec, exp, otil))
+        touch(M)
         if oexp == 0 and exp > 0 then dforever = -1 elseif oexp > 0 and exp == 0 then dforever = 1 end
         if exp > 0 then need(exp) end
         dirty = true
@@ -30,9 +31,12 @@ local n = qlen()
 if limit > 0 and n >= limit then return {2, '', n, 0} end
 local id = xadd(S, nil, 'd', '')
 redis.call('HSET', M, id, rec)
+touch(S)
+touch(M)
 if exp == 0 then dforever = dforever + 1 else need(exp) end
 if dk ~= '' then
   redis.call('HSET', K, dk, id)
+  touch(K)
   redis.call('ZREM', W, dk)
 end
 dirty = true

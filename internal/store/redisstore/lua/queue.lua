@@ -16,6 +16,9 @@ local S, M, P, B, K, W, H = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local gcneed = 0
 local dforever = 0
 local dirty = false
+-- touched records the keys written, which finish gives the current TTL.
+local touched = {}
+local function touch(k) touched[k] = true end
 
 -- A record starts "<expires ms>,<dedup until ms>,<dedup key length>:<dedup key>".
 local function hdr(rec)
@@ -36,8 +39,8 @@ local function need(t) if t > gcneed then gcneed = t end end
 local function qlen() return redis.call('XLEN', S) + redis.call('ZCARD', B) end
 
 -- remove drops message id from every structure; src is 's' (stream), 'b'
--- (restored) or nil (unknown).
-local function remove(id, exp, src)
+-- (restored) or nil (unknown); notpending skips the pending set.
+local function remove(id, exp, src, notpending)
   if src == 's' then
     redis.call('XDEL', S, id)
   elseif src == 'b' then
@@ -45,7 +48,7 @@ local function remove(id, exp, src)
   elseif redis.call('XDEL', S, id) == 0 then
     redis.call('ZREM', B, lex(id))
   end
-  redis.call('ZREM', P, lex(id))
+  if not notpending then redis.call('ZREM', P, lex(id)) end
   redis.call('HDEL', M, id)
   if exp == 0 then dforever = dforever - 1 end
   dirty = true
@@ -58,34 +61,64 @@ local function forget(id, til, dk, delivered)
   if redis.call('HGET', K, dk) == id then redis.call('HDEL', K, dk) end
   if delivered and til > now then
     redis.call('ZADD', W, til, dk)
+    touch(W)
     need(til)
   end
   dirty = true
 end
 
 -- finish sets the Redis TTLs, which only collect garbage: every key of the
--- queue lives as long as its longest-lived data plus the margin, and for
--- ever while a message without expiry is queued.
+-- queue lives at least as long as its longest-lived data plus the margin,
+-- and for ever while a message without expiry is queued. H.e remembers the
+-- deadline applied (node clock ms; -1: none), extended with one margin of
+-- headroom, so most operations set no TTL at all, only those of keys they
+-- created.
 local function finish()
-  if not dirty and gcneed == 0 then return end
-  local f
+  if not dirty and gcneed == 0 and next(touched) == nil then return end
+  local meta = redis.call('HMGET', H, 'f', 'g', 'e')
+  local f = tonumber(meta[1] or '0') + dforever
+  local g0 = tonumber(meta[2] or '0')
+  local g = math.max(g0, gcneed)
+  local e = tonumber(meta[3] or '0')
+  local upd = {}
   if dforever ~= 0 then
-    f = redis.call('HINCRBY', H, 'f', dforever)
-  else
-    f = tonumber(redis.call('HGET', H, 'f') or '0')
+    upd[#upd + 1] = 'f'
+    upd[#upd + 1] = fmt(f)
   end
-  local g = tonumber(redis.call('HGET', H, 'g') or '0')
-  if gcneed > g then
-    g = gcneed
-    redis.call('HSET', H, 'g', fmt(g))
+  if g > g0 then
+    upd[#upd + 1] = 'g'
+    upd[#upd + 1] = fmt(g)
   end
   local keys = {S, M, P, B, K, W, H}
+  local all = false
   if f > 0 then
-    for _, k in ipairs(keys) do redis.call('PERSIST', k) end
+    if e ~= -1 then
+      upd[#upd + 1] = 'e'
+      upd[#upd + 1] = '-1'
+      all = true
+    end
   else
-    local ttl = math.max(g - now, 0) + margin
-    for _, k in ipairs(keys) do redis.call('PEXPIRE', k, ttl) end
+    local want = math.max(g, now) + margin
+    if e <= 0 or want > e then
+      e = want + margin
+      upd[#upd + 1] = 'e'
+      upd[#upd + 1] = fmt(e)
+      all = true
+    end
   end
+  if #upd > 0 then redis.call('HSET', H, unpack(upd)) end
+  if f > 0 then
+    if all then
+      for _, k in ipairs(keys) do redis.call('PERSIST', k) end
+    end
+    return
+  end
+  local ttl = e - now
+  if all then
+    for _, k in ipairs(keys) do redis.call('PEXPIRE', k, ttl) end
+    return
+  end
+  for k in pairs(touched) do redis.call('PEXPIRE', k, ttl) end
 end
 
 -- scan visits every message of the queue in id order, merging the stream

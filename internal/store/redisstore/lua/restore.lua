@@ -6,6 +6,7 @@ if redis.call('HEXISTS', M, id) == 1 then return 0 end
 local til = 0
 if dk ~= '' and not redis.call('HGET', K, dk) then
   redis.call('HSET', K, dk, id)
+  touch(K)
   local t = redis.call('ZSCORE', W, dk)
   if t then
     til = tonumber(t)
@@ -14,6 +15,8 @@ if dk ~= '' and not redis.call('HGET', K, dk) then
 end
 redis.call('HSET', M, id, set_head(rec, exp, til))
 redis.call('ZADD', B, 0, lex(id))
+touch(M)
+touch(B)
 if exp == 0 then dforever = 1 else need(exp) end
 dirty = true
 finish()

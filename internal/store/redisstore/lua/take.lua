@@ -36,9 +36,10 @@ scan(function(id, src)
   if pend then return false end
   if mode == 'p' then
     redis.call('ZADD', P, 0, lex(id))
+    touch(P)
     dirty = true
   else
-    remove(id, exp, src)
+    remove(id, exp, src, true)
   end
   forget(id, til, dk, true)
   out = {id, rec}

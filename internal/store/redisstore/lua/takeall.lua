@@ -10,7 +10,7 @@ scan(function(id, src)
   end
   if redis.call('ZSCORE', P, lex(id)) then return false end
   local exp, til, dk = hdr(rec)
-  remove(id, exp, src)
+  remove(id, exp, src, true)
   if expired(exp) then
     forget(id, til, dk, false)
     return false

@@ -86,6 +86,18 @@ func Start(t testing.TB, opts Options) *Server {
 	return s
 }
 
+// Launch starts a server with its files in dir, for programs that are not
+// tests (the load harness). Close stops it.
+func Launch(dir string, opts Options) (*Server, error) {
+	if _, err := exec.LookPath(Program); err != nil {
+		return nil, fmt.Errorf("%s is not installed", Program)
+	}
+	return start(dir, opts)
+}
+
+// Close kills the server and waits for it to exit.
+func (s *Server) Close() { s.stop(syscall.SIGKILL) }
+
 func start(dir string, opts Options) (*Server, error) {
 	var lastErr error
 	for range 3 { // a free port may be taken between probe and bind

@@ -1,0 +1,142 @@
+package main
+
+import (
+	"context"
+	"encoding/csv"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/store/redisstore/redistest"
+)
+
+func init() {
+	register(Scenario{
+		Name:     "redis/two-nodes",
+		Baseline: "redis-benchmark XADD on the same redis-server, same connection count, no pipelining",
+		Run:      runRedisTwoNodes,
+	})
+}
+
+// redisTunnels spreads the load over several tunnels.
+const redisTunnels = 8
+
+// runRedisTwoNodes starts a private redis-server and two postern nodes on
+// it. Half the connections produce on one node, the other half long-poll
+// consume the same tunnels on the other node, so every message crosses
+// nodes through Redis and most consumes are woken by a publish from the
+// other node. The ceiling is redis-benchmark's XADD rate on the same
+// server at the same connection count.
+func runRedisTwoNodes(ctx context.Context, o Options) ([]Figure, error) {
+	dir, err := os.MkdirTemp("", "postern-bench-redis-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	rs, err := redistest.Launch(dir, redistest.Options{})
+	if err != nil {
+		return nil, err
+	}
+	defer rs.Close()
+
+	var nodes []*node
+	defer func() {
+		for _, n := range nodes {
+			n.stop()
+		}
+	}()
+	for i := range 2 {
+		cfg := server.DefaultConfig()
+		cfg.Store = fmt.Sprintf("redis://%s/0?prefix=bench:", rs.Addr)
+		cfg.NodeID = fmt.Sprint("bench-", i)
+		cfg.Tunnel.MaxLen = 1_000_000
+		cfg.Tunnel.Backpressure = false
+		n, err := startNode(cfg)
+		if err != nil {
+			return nil, err
+		}
+		nodes = append(nodes, n)
+	}
+
+	c := httpClient(o.Conns)
+	defer c.Transport.(*http.Transport).CloseIdleConnections()
+	var produced, consumed atomic.Int64
+	body := strings.Repeat("x", 256)
+	res, err := closedLoop(ctx, o.Conns, o.Duration, func(ctx context.Context, w, seq int) error {
+		pair := w / 2
+		tunnel := fmt.Sprint("/t/bench", pair%redisTunnels)
+		if w%2 == 0 { // producer on node pair%2
+			req, _ := http.NewRequestWithContext(ctx, "POST", nodes[pair%2].URL+tunnel, strings.NewReader(body))
+			req.Header.Set("Content-Type", "text/plain")
+			if err := expect(c, req, http.StatusCreated); err != nil {
+				return err
+			}
+			produced.Add(1)
+			return nil
+		}
+		// consumer on the other node
+		req, _ := http.NewRequestWithContext(ctx, "GET", nodes[1-pair%2].URL+tunnel+"/poll?timeout=1", nil)
+		resp, err := c.Do(req)
+		if err != nil {
+			return err
+		}
+		drain(resp)
+		switch resp.StatusCode {
+		case http.StatusOK:
+			consumed.Add(1)
+		case http.StatusNoContent:
+		default:
+			return fmt.Errorf("consume: %d", resp.StatusCode)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	total := float64(produced.Load()+consumed.Load()) / res.Elapsed.Seconds()
+
+	ceiling, err := redisBenchmarkXADD(ctx, rs.Addr, o.Conns, o.Duration)
+	if err != nil {
+		return nil, err
+	}
+	return []Figure{
+		{Name: "produce+consume msg/s vs XADD/s", Unit: "msg/s", Value: total, Baseline: ceiling},
+		{Name: "produce+consume msg/s, 2 nodes", Unit: "msg/s", Value: total, Goal: 10_000},
+		{Name: "produce msg/s", Unit: "msg/s", Value: float64(produced.Load()) / res.Elapsed.Seconds()},
+		{Name: "consume msg/s", Unit: "msg/s", Value: float64(consumed.Load()) / res.Elapsed.Seconds()},
+	}, nil
+}
+
+// redisBenchmarkXADD runs redis-benchmark's XADD on addr with conns
+// connections for about d and returns its requests per second.
+func redisBenchmarkXADD(ctx context.Context, addr string, conns int, d time.Duration) (float64, error) {
+	bin, err := exec.LookPath("redis-benchmark")
+	if err != nil {
+		return 0, fmt.Errorf("redis-benchmark is not installed (it comes with redis-server's tools)")
+	}
+	host, port, _ := strings.Cut(addr, ":")
+	// About d at ~60k requests/s; the rate, not the count, is reported.
+	n := max(int(d.Seconds()*60_000), 20_000)
+	cmd := exec.CommandContext(ctx, bin, "-h", host, "-p", port, "-c", strconv.Itoa(conns), "-n", strconv.Itoa(n),
+		"--csv", "XADD", "bench:xadd", "MAXLEN", "~", "100000", "*", "body", strings.Repeat("x", 256))
+	out, err := cmd.Output()
+	if err != nil {
+		return 0, fmt.Errorf("redis-benchmark: %v", err)
+	}
+	recs, err := csv.NewReader(strings.NewReader(string(out))).ReadAll()
+	if err != nil {
+		return 0, fmt.Errorf("redis-benchmark output: %v: %q", err, out)
+	}
+	for _, r := range recs {
+		if len(r) >= 2 && strings.HasPrefix(r[0], "XADD") {
+			return strconv.ParseFloat(r[1], 64)
+		}
+	}
+	return 0, fmt.Errorf("redis-benchmark printed no XADD rate: %q", out)
+}
