@@ -243,9 +243,11 @@ func TestIDsIncreaseAcrossSkewedClocks(t *testing.T) {
 	}
 }
 
-func TestDirectory(t *testing.T) {
+func TestDirectory(t *testing.T) { testDirectory(t, redistest.URL(t)) }
+
+func testDirectory(t *testing.T, u string) {
 	c := storetest.NewClock()
-	s := open(t, redistest.URL(t), c)
+	s := open(t, u, c)
 	defer s.Close()
 	var d store.Directory = s
 	must := func(err error) {
@@ -332,8 +334,9 @@ func (c *collector) waitFor(t *testing.T, n int) []string {
 	}
 }
 
-func TestFanoutAcrossNodes(t *testing.T) {
-	u := redistest.URL(t)
+func TestFanoutAcrossNodes(t *testing.T) { testFanoutAcrossNodes(t, redistest.URL(t)) }
+
+func testFanoutAcrossNodes(t *testing.T, u string) {
 	a, b := open(t, u, nil), open(t, u, nil)
 	defer a.Close()
 	defer b.Close()

@@ -1,7 +1,10 @@
 package redisstore_test
 
 import (
+	"strings"
 	"testing"
+
+	"github.com/redis/rueidis"
 
 	"go.uber.org/goleak"
 
@@ -31,6 +34,39 @@ func TestContract(t *testing.T) {
 	storetest.Run(t, storetest.Harness{
 		New: func(t *testing.T, c *storetest.Clock) store.Engine {
 			url := redistest.URL(t)
+			s := open(t, url, c)
+			urls[s] = url
+			return s
+		},
+		Reopen: func(t *testing.T, e store.Engine, c *storetest.Clock) store.Engine {
+			url := urls[e]
+			e.Close()
+			s := open(t, url, c)
+			urls[s] = url
+			return s
+		},
+	})
+}
+
+// TestContractOnCluster runs the contract suite on a one-node Redis
+// Cluster, where a script whose keys span slots fails: every key of one
+// queue, history or directory entry must carry one hash tag.
+func TestContractOnCluster(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{Cluster: true})
+	c, _ := raw(t, srv.URL())
+	if c.Mode() != rueidis.ClientModeCluster {
+		t.Fatalf("client mode %q, want cluster", c.Mode())
+	}
+	crossSlot := c.B().Arbitrary("EVAL").Args("return redis.call('MSET', KEYS[1], 1, KEYS[2], 2)", "2", "{a}x", "{b}x").Build()
+	if err := c.Do(ctx, crossSlot).Error(); err == nil || !strings.Contains(err.Error(), "CROSSSLOT") {
+		t.Fatalf("cross-slot script on the cluster: %v, want CROSSSLOT", err)
+	}
+	t.Run("Directory", func(t *testing.T) { testDirectory(t, srv.URL()) })
+	t.Run("Fanout", func(t *testing.T) { testFanoutAcrossNodes(t, srv.URL()) })
+	urls := map[store.Engine]string{}
+	storetest.Run(t, storetest.Harness{
+		New: func(t *testing.T, c *storetest.Clock) store.Engine {
+			url := srv.URL()
 			s := open(t, url, c)
 			urls[s] = url
 			return s

@@ -44,6 +44,10 @@ type Options struct {
 	AppendFsync string
 	// Save is the RDB snapshot schedule ("" turns snapshots off).
 	Save string
+	// Cluster runs the server in cluster mode as a one-node Redis Cluster
+	// that serves every slot: commands and scripts whose keys span slots
+	// fail with CROSSSLOT there, as on a real Cluster.
+	Cluster bool
 }
 
 // Server is a running (or stopped) private redis-server.
@@ -140,6 +144,9 @@ func (s *Server) launch() error {
 	} else {
 		args = append(args, "--appendonly", "no")
 	}
+	if s.opts.Cluster {
+		args = append(args, "--cluster-enabled", "yes", "--cluster-config-file", "nodes-"+port+".conf")
+	}
 	cmd := exec.Command(Program, args...)
 	cmd.Dir = s.Dir
 	setDeathSignal(cmd)
@@ -182,7 +189,71 @@ func (s *Server) launch() error {
 	s.mu.Lock()
 	s.cmd, s.exited, s.logTail = cmd, exited, lt
 	s.mu.Unlock()
+	if s.opts.Cluster {
+		if err := s.serveAllSlots(); err != nil {
+			s.stop(syscall.SIGKILL)
+			return err
+		}
+	}
 	return nil
+}
+
+// serveAllSlots gives the one cluster node every slot and waits until the
+// cluster reports itself ok.
+func (s *Server) serveAllSlots() error {
+	if _, err := s.command("CLUSTER", "ADDSLOTSRANGE", "0", "16383"); err != nil && !strings.Contains(err.Error(), "busy") {
+		return err
+	}
+	deadline := time.Now().Add(StartTimeout)
+	for {
+		info, err := s.command("CLUSTER", "INFO")
+		if err == nil && strings.Contains(info, "cluster_state:ok") {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("cluster did not get ready: %v %q", err, info)
+		}
+		time.Sleep(10 * time.Millisecond) // the state is only visible by asking
+	}
+}
+
+// command sends one command in RESP and returns a simple or bulk reply.
+func (s *Server) command(args ...string) (string, error) {
+	c, err := net.DialTimeout("tcp", s.Addr, time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	var b strings.Builder
+	fmt.Fprintf(&b, "*%d\r\n", len(args))
+	for _, a := range args {
+		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+	}
+	if _, err := io.WriteString(c, b.String()); err != nil {
+		return "", err
+	}
+	rd := bufio.NewReader(c)
+	line, err := rd.ReadString('\n')
+	if err != nil {
+		return "", err
+	}
+	line = strings.TrimRight(line, "\r\n")
+	switch {
+	case strings.HasPrefix(line, "-"):
+		return "", errors.New(line[1:])
+	case strings.HasPrefix(line, "$"):
+		n, err := strconv.Atoi(line[1:])
+		if err != nil || n < 0 {
+			return "", err
+		}
+		buf := make([]byte, n+2)
+		if _, err := io.ReadFull(rd, buf); err != nil {
+			return "", err
+		}
+		return string(buf[:n]), nil
+	}
+	return strings.TrimPrefix(line, "+"), nil
 }
 
 // URL returns the server's URL with a key prefix no other call returned.
