@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/postern/postern/internal/server"
@@ -68,6 +69,7 @@ func runRedisTwoNodes(ctx context.Context, o Options) ([]Figure, error) {
 	defer c.Transport.(*http.Transport).CloseIdleConnections()
 	var produced, consumed atomic.Int64
 	body := strings.Repeat("x", 256)
+	self0, redis0 := cpuSeconds(rs.PID())
 	res, err := closedLoop(ctx, o.Conns, o.Duration, func(ctx context.Context, w, seq int) error {
 		pair := w / 2
 		tunnel := fmt.Sprint("/t/bench", pair%redisTunnels)
@@ -100,6 +102,8 @@ func runRedisTwoNodes(ctx context.Context, o Options) ([]Figure, error) {
 		return nil, err
 	}
 	total := float64(produced.Load()+consumed.Load()) / res.Elapsed.Seconds()
+	self1, redis1 := cpuSeconds(rs.PID())
+	msgs := float64(produced.Load() + consumed.Load())
 
 	ceiling, err := redisBenchmarkXADD(ctx, rs.Addr, o.Conns, o.Duration)
 	if err != nil {
@@ -110,7 +114,38 @@ func runRedisTwoNodes(ctx context.Context, o Options) ([]Figure, error) {
 		{Name: "produce+consume msg/s, 2 nodes", Unit: "msg/s", Value: total, Goal: 10_000},
 		{Name: "produce msg/s", Unit: "msg/s", Value: float64(produced.Load()) / res.Elapsed.Seconds()},
 		{Name: "consume msg/s", Unit: "msg/s", Value: float64(consumed.Load()) / res.Elapsed.Seconds()},
+		// CPU time per message is less sensitive to other load on the
+		// machine than rates are.
+		{Name: "CPU per msg: nodes + load generator", Unit: "us", Value: (self1 - self0) / msgs * 1e6, LowerIsBetter: true},
+		{Name: "CPU per msg: redis-server", Unit: "us", Value: (redis1 - redis0) / msgs * 1e6, LowerIsBetter: true},
 	}, nil
+}
+
+// cpuSeconds returns the CPU time used so far by this process and by
+// process pid (read from /proc; 0 where that is not available).
+func cpuSeconds(pid int) (self, other float64) {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
+		self = float64(ru.Utime.Sec+ru.Stime.Sec) + float64(ru.Utime.Usec+ru.Stime.Usec)/1e6
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return self, 0
+	}
+	// Fields after the command name (which may hold spaces): utime is the
+	// 14th field of the line, stime the 15th, in clock ticks (100 a second
+	// on Linux).
+	rest := string(b)
+	if i := strings.LastIndexByte(rest, ')'); i >= 0 {
+		rest = rest[i+1:]
+	}
+	f := strings.Fields(rest)
+	if len(f) < 13 {
+		return self, 0
+	}
+	u, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return self, (u + st) / 100
 }
 
 // redisBenchmarkXADD runs redis-benchmark's XADD on addr with conns

@@ -99,6 +99,17 @@ func Launch(dir string, opts Options) (*Server, error) {
 	return start(dir, opts)
 }
 
+// PID is the running server's process id (0 when stopped), for harnesses
+// that measure its CPU time.
+func (s *Server) PID() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}
+
 // Close kills the server and waits for it to exit.
 func (s *Server) Close() { s.stop(syscall.SIGKILL) }
 
