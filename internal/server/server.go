@@ -18,8 +18,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/httpapi"
+	"github.com/postern/postern/internal/inbox"
 	"github.com/postern/postern/internal/queue"
+	"github.com/postern/postern/internal/ratelimit"
 	"github.com/postern/postern/internal/store"
 	"github.com/postern/postern/internal/tunnel"
 	"github.com/postern/postern/internal/version"
@@ -53,6 +56,14 @@ type Config struct {
 	IdleTimeout time.Duration
 	// MaxHeaderBytes limits request headers.
 	MaxHeaderBytes int
+	// TokenFile, when set, names the scoped-token file (see internal/auth)
+	// that every capability honours alongside its seed's own auth.
+	TokenFile string
+	// Policy is the parsed token file; New loads it from TokenFile when nil.
+	Policy *auth.Policy
+
+	// RateLimit limits requests per client address and per scoped token.
+	RateLimit ratelimit.Options
 
 	// NodeID names this node among those sharing the engine; empty means
 	// the host name plus a random suffix.
@@ -66,6 +77,7 @@ type Config struct {
 	NodeTTL time.Duration
 
 	Tunnel tunnel.Options
+	Inbox  inbox.Options
 
 	// Logger receives the server's logs; nil means slog.Default().
 	Logger *slog.Logger
@@ -82,6 +94,7 @@ func DefaultConfig() Config {
 		MaxHeaderBytes:    DefaultMaxHeaderBytes,
 		NodeTTL:           DefaultNodeTTL,
 		Tunnel:            tunnel.DefaultOptions(),
+		Inbox:             inbox.DefaultOptions(),
 	}
 }
 
@@ -120,6 +133,17 @@ func New(cfg Config) (*Server, error) {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		version.Collector(),
 	)
+	if cfg.Policy == nil && cfg.TokenFile != "" {
+		p, err := auth.Load(cfg.TokenFile)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Policy = p
+	}
+	if cfg.Policy != nil {
+		cfg.Tunnel.Policy = cfg.Policy
+		cfg.Inbox.Policy = cfg.Policy
+	}
 	st, err := OpenStore(cfg.Store, s.log)
 	if err != nil {
 		return nil, err
@@ -136,12 +160,18 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return fail(err)
 	}
+	cfg.Inbox.Metrics = s.registry
+	inboxes, err := inbox.New(s.queue, cfg.Inbox)
+	if err != nil {
+		return fail(err)
+	}
 	if s.nodes, err = newNodes(cfg, st, s.log, s.registry); err != nil {
 		return fail(err)
 	}
 
 	mux := httpapi.NewRouter()
 	tunnels.Mount(mux)
+	inboxes.Mount(mux)
 	httpapi.MountOps(mux, s.ready, s.registry)
 	s.nodes.mount(mux)
 	mux.Fallback(httpapi.Handle(func(w http.ResponseWriter, r *http.Request) error {
@@ -153,8 +183,13 @@ func New(cfg Config) (*Server, error) {
 		return httpapi.ErrNotFound
 	}, nil))
 
+	rl := cfg.RateLimit
+	rl.Metrics = s.registry
+	rl.Exempt = append(rl.Exempt, "/healthz", "/readyz", "/metrics")
+	limiter := ratelimit.New(rl, cfg.Policy)
+
 	m := httpapi.NewMetrics(s.registry, s.log)
-	s.handler = m.Wrap(mux)
+	s.handler = m.Wrap(limiter.Wrap(mux))
 	s.http = &http.Server{
 		Handler:           s.handler,
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
