@@ -472,3 +472,42 @@ func TestFanoutSurvivesRestart(t *testing.T) {
 		}
 	}
 }
+
+// TestTLS: rediss:// URLs speak TLS, and a server whose certificate is not
+// trusted is refused with a one-line reason.
+func TestTLS(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{TLS: true})
+	u := srv.URL()
+	if !strings.HasPrefix(u, "rediss://") {
+		t.Fatalf("URL %q", u)
+	}
+	s, err := redisstore.Open(u, redisstore.Options{TLS: srv.TLSConfig()})
+	if err != nil {
+		t.Fatalf("Open over TLS: %v", err)
+	}
+	defer s.Close()
+	if _, err := s.Append(ctx, "t/tls", store.Message{Body: []byte("secret")}, store.AppendOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	got := newCollector()
+	cancel, err := s.Subscribe(ctx, "tls", got.fn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cancel()
+	if err := s.Publish(ctx, "tls", []byte("over tls")); err != nil {
+		t.Fatal(err)
+	}
+	if p := got.waitFor(t, 1); p[0] != "over tls" {
+		t.Fatalf("payload %q", p)
+	}
+	if m, ok, err := s.Take(ctx, "t/tls", store.TakeDelete); !ok || err != nil || string(m.Body) != "secret" {
+		t.Fatalf("Take over TLS = %q %v %v", m.Body, ok, err)
+	}
+	// Without the CA the certificate is not trusted.
+	_, err = redisstore.Open(u, redisstore.Options{DialTimeout: time.Second})
+	if err == nil || strings.ContainsAny(err.Error(), "\r\n") {
+		t.Fatalf("Open trusting nothing: %v", err)
+	}
+	t.Logf("untrusted server: %v", err)
+}

@@ -49,6 +49,7 @@ package redisstore
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -103,6 +104,10 @@ type Options struct {
 	// ReconnectMax caps the pub/sub reconnect backoff; zero means
 	// DefaultReconnectMax.
 	ReconnectMax time.Duration
+	// TLS, when set, is the TLS configuration of rediss:// connections (for
+	// a private CA); nil means the system's roots (SSL_CERT_FILE and
+	// SSL_CERT_DIR name others). Its ServerName defaults to the URL's host.
+	TLS *tls.Config
 	// Logger receives connection events; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -178,6 +183,13 @@ func New(copt rueidis.ClientOption, opts Options) (*Store, error) {
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
+	}
+	if opts.TLS != nil && copt.TLSConfig != nil {
+		cfg := opts.TLS.Clone()
+		if cfg.ServerName == "" {
+			cfg.ServerName = copt.TLSConfig.ServerName
+		}
+		copt.TLSConfig = cfg
 	}
 	if copt.Dialer.Timeout == 0 {
 		copt.Dialer.Timeout = opts.DialTimeout
@@ -282,7 +294,13 @@ func (s *Store) wrap(ctx context.Context, err error) error {
 func unavailable(err error) error {
 	reason := "connection failed"
 	var ne net.Error
+	var verr *tls.CertificateVerificationError
+	var rerr tls.RecordHeaderError
 	switch {
+	case errors.As(err, &verr):
+		reason = "TLS certificate not trusted"
+	case errors.As(err, &rerr), strings.Contains(err.Error(), "tls:"):
+		reason = "TLS handshake failed"
 	case errors.Is(err, syscall.ECONNREFUSED):
 		reason = "connection refused"
 	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, net.ErrClosed):

@@ -15,6 +15,7 @@ package redistest
 
 import (
 	"bufio"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -44,6 +45,9 @@ type Options struct {
 	AppendFsync string
 	// Save is the RDB snapshot schedule ("" turns snapshots off).
 	Save string
+	// TLS serves only TLS, with a certificate for 127.0.0.1 from a
+	// throwaway CA (see Server.TLSConfig); URLs are then rediss://.
+	TLS bool
 	// Cluster runs the server in cluster mode as a one-node Redis Cluster
 	// that serves every slot: commands and scripts whose keys span slots
 	// fail with CROSSSLOT there, as on a real Cluster.
@@ -57,6 +61,8 @@ type Server struct {
 	// Dir is the server's working directory (RDB and AOF files).
 	Dir  string
 	opts Options
+
+	caPool *x509.CertPool // with Options.TLS
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd
@@ -157,6 +163,16 @@ func (s *Server) launch() error {
 	}
 	if s.opts.Cluster {
 		args = append(args, "--cluster-enabled", "yes", "--cluster-config-file", "nodes-"+port+".conf")
+	}
+	if s.opts.TLS {
+		cert, key, ca, pool, err := tlsFiles(s.Dir)
+		if err != nil {
+			return err
+		}
+		s.caPool = pool
+		args[1] = "0" // no plain port
+		args = append(args, "--tls-port", port, "--tls-cert-file", cert, "--tls-key-file", key,
+			"--tls-ca-cert-file", ca, "--tls-auth-clients", "no")
 	}
 	cmd := exec.Command(Program, args...)
 	cmd.Dir = s.Dir
@@ -269,7 +285,11 @@ func (s *Server) command(args ...string) (string, error) {
 
 // URL returns the server's URL with a key prefix no other call returned.
 func (s *Server) URL() string {
-	return fmt.Sprintf("redis://%s/0?prefix=t%d:", s.Addr, prefixSeq.Add(1))
+	scheme := "redis"
+	if s.opts.TLS {
+		scheme = "rediss"
+	}
+	return fmt.Sprintf("%s://%s/0?prefix=t%d:", scheme, s.Addr, prefixSeq.Add(1))
 }
 
 // Stop stops the server as an operator would (SIGTERM: redis-server writes
