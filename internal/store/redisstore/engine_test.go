@@ -511,3 +511,55 @@ func TestTLS(t *testing.T) {
 	}
 	t.Logf("untrusted server: %v", err)
 }
+
+// TestEveryKeyGetsATTL: whatever mix of operations a queue saw, once it
+// holds no message without expiry every key it left behind in Redis has a
+// TTL, so nothing is kept for ever.
+func TestEveryKeyGetsATTL(t *testing.T) {
+	u := redistest.URL(t)
+	c, prefix := raw(t, u)
+	s := open(t, u, nil)
+	defer s.Close()
+	q := "t/mix"
+	ttl := store.AppendOptions{TTL: time.Hour, DedupKey: "k", DedupWindow: time.Hour}
+	r1, _ := s.Append(ctx, q, store.Message{Body: []byte("a")}, ttl)
+	s.Append(ctx, q, store.Message{Body: []byte("b")}, store.AppendOptions{TTL: time.Hour})
+	forever, _ := s.Append(ctx, q, store.Message{Body: []byte("c")}, store.AppendOptions{})
+	m, _, _ := s.Take(ctx, q, store.TakeDelete) // a: dedup window remembered
+	if m.ID != r1.ID {
+		t.Fatalf("took %v", m.ID)
+	}
+	if err := s.Restore(ctx, q, m); err != nil { // a back at its place
+		t.Fatal(err)
+	}
+	if _, ok, _ := s.Take(ctx, q, store.TakePending); !ok { // a pending
+		t.Fatal("nothing pending")
+	}
+	keys := func() map[string]time.Duration {
+		names, err := c.Do(ctx, c.B().Keys().Pattern(prefix+"q{"+q+"}:*").Build()).AsStrSlice()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]time.Duration{}
+		for _, k := range names {
+			out[k] = pttl(t, c, k)
+		}
+		return out
+	}
+	for k, d := range keys() {
+		if d != -1 && !strings.HasSuffix(k, ":w") {
+			t.Fatalf("%s has TTL %v while a message without expiry is queued", k, d)
+		}
+	}
+	if len(keys()) < 5 {
+		t.Fatalf("expected stream, records, pending, dedup and meta keys: %v", keys())
+	}
+	if ok, _ := s.Ack(ctx, q, forever.ID); !ok {
+		t.Fatal("Ack of the message without expiry failed")
+	}
+	for k, d := range keys() {
+		if d <= 0 {
+			t.Fatalf("%s has no TTL (%v) once only expiring data is left", k, d)
+		}
+	}
+}

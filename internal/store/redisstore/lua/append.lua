@@ -4,7 +4,7 @@
 local rec, dk, exp = ARGV[3], ARGV[4], tonumber(ARGV[5])
 local limit, maxlen = tonumber(ARGV[6]), tonumber(ARGV[7])
 if dk ~= '' then
-  redis.call('ZREMRANGEBYSCORE', W, '-inf', now)
+  if uses('w') then redis.call('ZREMRANGEBYSCORE', W, '-inf', now) end
   local qid = redis.call('HGET', K, dk)
   if qid then
     local old = redis.call('HGET', M, qid)

@@ -3,7 +3,8 @@
 local n = qlen()
 redis.call('XTRIM', S, 'MAXLEN', 0)
 redis.call('DEL', M, P, B, K, W)
-redis.call('HDEL', H, 'f')
+redis.call('HDEL', H, 'f', 'u')
+forever0, dforever, used, newused = 0, 0, '', false
 dirty = true
 finish()
 return n

@@ -16,9 +16,31 @@ local S, M, P, B, K, W, H = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local gcneed = 0
 local dforever = 0
 local dirty = false
+
+-- The meta hash H, read once per script: f = messages without expiry,
+-- g = latest instant (ms) any stored data is needed until, e = the TTL
+-- deadline applied to the keys (ms; -1: persisted), u = letters of the
+-- optional keys (p, b, k, w) that may exist. Keys not in u are neither read
+-- nor given TTLs, which keeps the common scripts to a few commands.
+local meta = redis.call('HMGET', H, 'f', 'g', 'e', 'u')
+local forever0 = tonumber(meta[1] or '0')
+local g0 = tonumber(meta[2] or '0')
+local e0 = tonumber(meta[3] or '0')
+local used = meta[4] or ''
+local newused = false
+local letter = {[P] = 'p', [B] = 'b', [K] = 'k', [W] = 'w'}
+local function uses(c) return string.find(used, c, 1, true) ~= nil end
+
 -- touched records the keys written, which finish gives the current TTL.
 local touched = {}
-local function touch(k) touched[k] = true end
+local function touch(k)
+  touched[k] = true
+  local c = letter[k]
+  if c and not uses(c) then
+    used = used .. c
+    newused = true
+  end
+end
 
 -- A record starts "<expires ms>,<dedup until ms>,<dedup key length>:<dedup key>".
 local function hdr(rec)
@@ -36,7 +58,11 @@ end
 local function expired(exp) return exp > 0 and now >= exp end
 local function need(t) if t > gcneed then gcneed = t end end
 
-local function qlen() return redis.call('XLEN', S) + redis.call('ZCARD', B) end
+local function qlen()
+  local n = redis.call('XLEN', S)
+  if uses('b') then n = n + redis.call('ZCARD', B) end
+  return n
+end
 
 -- remove drops message id from every structure; src is 's' (stream), 'b'
 -- (restored) or nil (unknown); notpending skips the pending set.
@@ -45,10 +71,10 @@ local function remove(id, exp, src, notpending)
     redis.call('XDEL', S, id)
   elseif src == 'b' then
     redis.call('ZREM', B, lex(id))
-  elseif redis.call('XDEL', S, id) == 0 then
+  elseif redis.call('XDEL', S, id) == 0 and uses('b') then
     redis.call('ZREM', B, lex(id))
   end
-  if not notpending then redis.call('ZREM', P, lex(id)) end
+  if not notpending and uses('p') then redis.call('ZREM', P, lex(id)) end
   redis.call('HDEL', M, id)
   if exp == 0 then dforever = dforever - 1 end
   dirty = true
@@ -69,17 +95,14 @@ end
 
 -- finish sets the Redis TTLs, which only collect garbage: every key of the
 -- queue lives at least as long as its longest-lived data plus the margin,
--- and for ever while a message without expiry is queued. H.e remembers the
--- deadline applied (node clock ms; -1: none), extended with one margin of
--- headroom, so most operations set no TTL at all, only those of keys they
--- created.
+-- and for ever while a message without expiry is queued. The deadline
+-- applied is kept in H.e, extended with one margin of headroom, so most
+-- scripts set no TTL at all, only those of keys they created.
 local function finish()
   if not dirty and gcneed == 0 and next(touched) == nil then return end
-  local meta = redis.call('HMGET', H, 'f', 'g', 'e')
-  local f = tonumber(meta[1] or '0') + dforever
-  local g0 = tonumber(meta[2] or '0')
+  local f = forever0 + dforever
   local g = math.max(g0, gcneed)
-  local e = tonumber(meta[3] or '0')
+  local e = e0
   local upd = {}
   if dforever ~= 0 then
     upd[#upd + 1] = 'f'
@@ -89,36 +112,41 @@ local function finish()
     upd[#upd + 1] = 'g'
     upd[#upd + 1] = fmt(g)
   end
-  local keys = {S, M, P, B, K, W, H}
+  if newused then
+    upd[#upd + 1] = 'u'
+    upd[#upd + 1] = used
+  end
   local all = false
   if f > 0 then
     if e ~= -1 then
-      upd[#upd + 1] = 'e'
-      upd[#upd + 1] = '-1'
+      e = -1
       all = true
     end
   else
     local want = math.max(g, now) + margin
     if e <= 0 or want > e then
       e = want + margin
-      upd[#upd + 1] = 'e'
-      upd[#upd + 1] = fmt(e)
       all = true
     end
   end
+  if all then
+    upd[#upd + 1] = 'e'
+    upd[#upd + 1] = fmt(e)
+  end
   if #upd > 0 then redis.call('HSET', H, unpack(upd)) end
-  if f > 0 then
-    if all then
-      for _, k in ipairs(keys) do redis.call('PERSIST', k) end
+  if not all then
+    if e > 0 then
+      for k in pairs(touched) do redis.call('PEXPIRE', k, e - now) end
     end
     return
   end
-  local ttl = e - now
-  if all then
-    for _, k in ipairs(keys) do redis.call('PEXPIRE', k, ttl) end
-    return
+  local keys = {S, M, H}
+  for k, c in pairs(letter) do
+    if uses(c) then keys[#keys + 1] = k end
   end
-  for k in pairs(touched) do redis.call('PEXPIRE', k, ttl) end
+  for _, k in ipairs(keys) do
+    if e == -1 then redis.call('PERSIST', k) else redis.call('PEXPIRE', k, e - now) end
+  end
 end
 
 -- scan visits every message of the queue in id order, merging the stream
@@ -142,6 +170,7 @@ local function scan(visit)
     end
     return sbuf[si][1]
   end
+  if not uses('b') then bdone = true end
   local function bpeek()
     if bi > #bbuf then
       if bdone then return nil end
@@ -169,5 +198,5 @@ end
 -- drop_index removes an index entry that has no record (never expected).
 local function drop_index(id, src)
   if src == 's' then redis.call('XDEL', S, id) else redis.call('ZREM', B, lex(id)) end
-  redis.call('ZREM', P, lex(id))
+  if uses('p') then redis.call('ZREM', P, lex(id)) end
 end

@@ -2,7 +2,7 @@
 -- [5] reply TTL ms (0: kept until taken). Returns 1 when stored.
 local id, rrec, ttl = ARGV[3], ARGV[4], tonumber(ARGV[5])
 local l = lex(id)
-if not redis.call('ZSCORE', P, l) then return 0 end
+if not uses('p') or not redis.call('ZSCORE', P, l) then return 0 end
 local rec = redis.call('HGET', M, id)
 if not rec then
   redis.call('ZREM', P, l)

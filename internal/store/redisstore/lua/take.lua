@@ -2,7 +2,7 @@
 -- messages one call may remove before it hands back to the caller.
 -- Returns {id, record}, {} for nothing, or {'more'} to be called again.
 local mode, budget = ARGV[3], tonumber(ARGV[4])
-if mode == 'p' then
+if mode == 'p' and uses('p') then
   for _, l in ipairs(redis.call('ZRANGE', P, 0, -1)) do
     local id = unlex(l)
     local rec = redis.call('HGET', M, id)
@@ -13,7 +13,7 @@ if mode == 'p' then
     end
   end
 end
-local haspend = redis.call('ZCARD', P) > 0
+local haspend = uses('p') and redis.call('ZCARD', P) > 0
 local out, more = nil, false
 scan(function(id, src)
   local rec = redis.call('HGET', M, id)

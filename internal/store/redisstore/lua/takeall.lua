@@ -8,7 +8,7 @@ scan(function(id, src)
     drop_index(id, src)
     return false
   end
-  if redis.call('ZSCORE', P, lex(id)) then return false end
+  if uses('p') and redis.call('ZSCORE', P, lex(id)) then return false end
   local exp, til, dk = hdr(rec)
   remove(id, exp, src, true)
   if expired(exp) then
