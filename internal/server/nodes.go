@@ -54,8 +54,11 @@ func newNodes(cfg Config, st store.Engine, log *slog.Logger, reg prometheus.Regi
 			Help: "Nodes listed as alive in the node directory of the shared engine (1 on a single-node engine).",
 		}),
 	}
-	if n.ttl <= 0 {
+	if n.ttl == 0 {
 		n.ttl = DefaultNodeTTL
+	}
+	if n.ttl < time.Second {
+		return nil, fmt.Errorf("node TTL must be at least 1s, got %v", n.ttl)
 	}
 	if dir, ok := st.(store.Directory); ok {
 		n.dir = dir

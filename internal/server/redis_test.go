@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/postern/postern/internal/server"
 	"github.com/postern/postern/internal/servertest"
 	"github.com/postern/postern/internal/store/redisstore/redistest"
 )
@@ -100,7 +102,7 @@ func TestRedisOutageUnderLoad(t *testing.T) {
 	base := runtime.NumGoroutine()
 
 	var ok, unavailable counter
-	var bad atomic.Value
+	var bad, reason atomic.Value
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	worker := func(method, path, body string, good ...int) {
@@ -121,6 +123,7 @@ func TestRedisOutageUnderLoad(t *testing.T) {
 						bad.CompareAndSwap(nil, fmt.Sprintf("503 without a one-line reason: %q", r.body))
 						return
 					}
+					reason.CompareAndSwap(nil, r.body)
 					unavailable.add()
 				default:
 					found := false
@@ -173,7 +176,7 @@ func TestRedisOutageUnderLoad(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	t.Logf("outage: %d ok, %d answered 503", ok.n, unavailable.n)
+	t.Logf("outage: %d ok, %d answered 503, such as %q", ok.n, unavailable.n, reason.Load())
 }
 
 // TestAcknowledgedWritesSurviveRedisCrash is the persistence setting that
@@ -222,5 +225,30 @@ func TestOpsNodesOnMemory(t *testing.T) {
 	}
 	if r, _ := do(http.DefaultClient, "POST", node.URL+"/ops/nodes", "x"); r.status != 405 {
 		t.Fatalf("POST /ops/nodes = %d", r.status)
+	}
+}
+
+func TestNodeSettingsValidated(t *testing.T) {
+	for _, c := range []struct {
+		advertise string
+		ttl       time.Duration
+		ok        bool
+	}{
+		{"10.0.0.5:8080", 0, true},
+		{"https://node-a.internal:8443", 0, true},
+		{"10.0.0.5", 0, false},          // no port
+		{"ftp://10.0.0.5:21", 0, false}, // not http
+		{"http://10.0.0.5:8080/x", 0, false},
+		{"", 100 * time.Millisecond, false},
+	} {
+		cfg := servertest.Config()
+		cfg.AdvertiseAddr, cfg.NodeTTL = c.advertise, c.ttl
+		srv, err := server.New(cfg)
+		if (err == nil) != c.ok {
+			t.Errorf("advertise %q ttl %v: err %v, want ok=%v", c.advertise, c.ttl, err, c.ok)
+		}
+		if srv != nil {
+			srv.Shutdown(context.Background())
+		}
 	}
 }
