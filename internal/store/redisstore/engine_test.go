@@ -454,21 +454,35 @@ func TestFanoutSurvivesRestart(t *testing.T) {
 	if err := a.Publish(ctx, "topic", []byte("lost")); !errors.Is(err, store.ErrUnavailable) {
 		t.Fatalf("Publish with Redis down: %v, want ErrUnavailable", err)
 	}
+	// A subscription made while Redis is down returns at once and is made
+	// when the connection is back.
+	late := newCollector()
+	cancelLate, err := a.Subscribe(ctx, "late", late.fn)
+	if err != nil {
+		t.Fatalf("Subscribe with Redis down: %v", err)
+	}
+	defer cancelLate()
 	srv.Restart(t)
 	// Publish until the resubscribed connection hears one: delivery is best
 	// effort while it reconnects.
-	deadline := time.Now().Add(10 * time.Second)
-	for i := 0; ; i++ {
-		if err := a.Publish(ctx, "topic", []byte("after")); err != nil && !errors.Is(err, store.ErrUnavailable) {
-			t.Fatal(err)
-		}
-		select {
-		case <-got.ch:
-			return
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no payload delivered after Redis restarted")
+	for _, c := range []struct {
+		topic string
+		got   *collector
+	}{{"topic", got}, {"late", late}} {
+		deadline := time.Now().Add(10 * time.Second)
+	publish:
+		for {
+			if err := a.Publish(ctx, c.topic, []byte("after")); err != nil && !errors.Is(err, store.ErrUnavailable) {
+				t.Fatal(err)
+			}
+			select {
+			case <-c.got.ch:
+				break publish
+			case <-time.After(20 * time.Millisecond):
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no payload on %q after Redis restarted", c.topic)
+			}
 		}
 	}
 }

@@ -71,7 +71,8 @@ func (s *Store) Publish(ctx context.Context, topic string, payload []byte) error
 // Subscribe implements store.Fanout. It returns once Redis confirmed the
 // subscription, so a payload published afterwards on any node arrives. When
 // Redis is unreachable it returns at once: the subscription is kept and
-// made as soon as the connection is back.
+// made as soon as the connection is back. fn runs on the connection's
+// reading goroutine: it must not block, nor call Subscribe.
 func (s *Store) Subscribe(ctx context.Context, topic string, fn func(payload []byte)) (func(), error) {
 	if s.closed.Load() {
 		return nil, store.ErrClosed

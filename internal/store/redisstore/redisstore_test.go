@@ -1,6 +1,7 @@
 package redisstore_test
 
 import (
+	"log/slog"
 	"strings"
 	"testing"
 
@@ -18,7 +19,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(redistest.Main(m)) }
 
 func open(t testing.TB, url string, c *storetest.Clock) *redisstore.Store {
 	t.Helper()
-	opts := redisstore.Options{}
+	opts := redisstore.Options{Logger: slog.New(slog.DiscardHandler)}
 	if c != nil {
 		opts.Now = c.Now
 	}
