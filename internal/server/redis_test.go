@@ -252,3 +252,54 @@ func TestNodeSettingsValidated(t *testing.T) {
 		}
 	}
 }
+
+// TestConcurrentConsumersOnTwoNodes: consumers of one tunnel on two nodes
+// at once each get a different message, never one twice and never an
+// error (the consumer-group race of the original relay).
+func TestConcurrentConsumersOnTwoNodes(t *testing.T) {
+	url := redistest.URL(t)
+	var nodes []*servertest.Node
+	for range 2 {
+		cfg := servertest.Config()
+		cfg.Store = url
+		nodes = append(nodes, servertest.Start(t, cfg))
+	}
+	tr := &http.Transport{MaxIdleConnsPerHost: 16}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	const total = 300
+	for i := range total {
+		if r, err := do(c, "POST", nodes[i%2].URL+"/t/race", fmt.Sprint("m", i)); err != nil || r.status != 201 {
+			t.Fatalf("produce %d: %v %v", i, r, err)
+		}
+	}
+	var mu sync.Mutex
+	seen := map[string]int{}
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			for {
+				r, err := do(c, "GET", nodes[w%2].URL+"/t/race", "")
+				if err != nil || (r.status != 200 && r.status != 204) {
+					t.Errorf("consume: %v %v", r, err)
+					return
+				}
+				if r.status == 204 {
+					return
+				}
+				mu.Lock()
+				seen[r.body]++
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if len(seen) != total {
+		t.Fatalf("consumed %d distinct messages, want %d", len(seen), total)
+	}
+	for body, n := range seen {
+		if n != 1 {
+			t.Fatalf("%s consumed %d times", body, n)
+		}
+	}
+}
