@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/redis/rueidis"
+
 	"github.com/postern/postern/internal/server"
 	"github.com/postern/postern/internal/store/redisstore/redistest"
 )
@@ -69,6 +71,14 @@ func runRedisTwoNodes(ctx context.Context, o Options) ([]Figure, error) {
 	defer c.Transport.(*http.Transport).CloseIdleConnections()
 	var produced, consumed atomic.Int64
 	body := strings.Repeat("x", 256)
+	rc, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{rs.Addr}, DisableCache: true, ForceSingleClient: true})
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	if err := rc.Do(ctx, rc.B().ConfigResetstat().Build()).Error(); err != nil {
+		return nil, err
+	}
 	self0, redis0 := cpuSeconds(rs.PID())
 	res, err := closedLoop(ctx, o.Conns, o.Duration, func(ctx context.Context, w, seq int) error {
 		pair := w / 2
@@ -104,6 +114,10 @@ func runRedisTwoNodes(ctx context.Context, o Options) ([]Figure, error) {
 	total := float64(produced.Load()+consumed.Load()) / res.Elapsed.Seconds()
 	self1, redis1 := cpuSeconds(rs.PID())
 	msgs := float64(produced.Load() + consumed.Load())
+	calls, scripted, err := commandCounts(ctx, rc)
+	if err != nil {
+		return nil, err
+	}
 
 	ceiling, err := redisBenchmarkXADD(ctx, rs.Addr, o.Conns, o.Duration)
 	if err != nil {
@@ -118,7 +132,34 @@ func runRedisTwoNodes(ctx context.Context, o Options) ([]Figure, error) {
 		// machine than rates are.
 		{Name: "CPU per msg: nodes + load generator", Unit: "us", Value: (self1 - self0) / msgs * 1e6, LowerIsBetter: true},
 		{Name: "CPU per msg: redis-server", Unit: "us", Value: (redis1 - redis0) / msgs * 1e6, LowerIsBetter: true},
+		// Command counts do not depend on the machine's load at all.
+		{Name: "Redis calls per msg (scripts, PUBLISH, ...)", Unit: "calls", Value: calls / msgs, LowerIsBetter: true},
+		{Name: "Redis commands run inside scripts per msg", Unit: "cmds", Value: scripted / msgs, LowerIsBetter: true},
 	}, nil
+}
+
+// commandCounts sums INFO commandstats: calls sent by clients (scripts,
+// PUBLISH and plain commands), and commands scripts ran.
+func commandCounts(ctx context.Context, c rueidis.Client) (calls, scripted float64, err error) {
+	info, err := c.Do(ctx, c.B().Info().Section("commandstats").Build()).ToString()
+	if err != nil {
+		return 0, 0, err
+	}
+	// Only scripts and these run from clients in this scenario.
+	topLevel := map[string]bool{"evalsha": true, "eval": true, "publish": true, "getdel": true, "ping": true, "subscribe": true}
+	for _, line := range strings.Split(info, "\n") {
+		name, rest, ok := strings.Cut(strings.TrimPrefix(strings.TrimSpace(line), "cmdstat_"), ":calls=")
+		if !ok || strings.Contains(name, "|") || name == "info" || name == "hello" {
+			continue
+		}
+		n, _ := strconv.ParseFloat(strings.SplitN(rest, ",", 2)[0], 64)
+		if topLevel[name] {
+			calls += n
+		} else {
+			scripted += n
+		}
+	}
+	return calls, scripted, nil
 }
 
 // cpuSeconds returns the CPU time used so far by this process and by
