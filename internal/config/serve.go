@@ -32,7 +32,10 @@ func ServeFlags() (*FlagSet, *Serve) {
 
 	fs.ConfigFile(&c.ConfigFile, "config", "TOML `file` of settings, one key per flag name (flags and environment win over it)")
 	fs.String(&s.Listen, "listen", "TCP `address` to serve HTTP on")
-	fs.String(&s.Store, "store", "storage `engine`: memory")
+	fs.String(&s.Store, "store", "storage `engine`: memory, or redis://[user:pass@]host:port/db (rediss:// for TLS) shared by many nodes")
+	fs.String(&s.NodeID, "node-id", "`name` of this node among the nodes sharing one engine (default: host name plus a random suffix)")
+	fs.String(&s.AdvertiseAddr, "advertise-addr", "base `URL` other nodes reach this node at, e.g. http://10.0.0.5:8080 (default: the listen address)")
+	fs.Duration(&s.NodeTTL, "node-ttl", "how long the node directory lists this node after a heartbeat (it beats every third of that)")
 	fs.String(&c.LogLevel, "log-level", "log `level`: debug, info, warn or error")
 	fs.String(&c.LogFormat, "log-format", "log `format`: text or json")
 	fs.Duration(&s.ShutdownTimeout, "shutdown-timeout", "longest graceful drain on SIGTERM before connections are cut")
@@ -45,7 +48,6 @@ func ServeFlags() (*FlagSet, *Serve) {
 	fs.Int(&s.RateLimit.PerTokenBurst, "rate-limit-token-burst", "requests one token may send at once (0: two seconds' worth)")
 	fs.Prefixes(&s.RateLimit.TrustedProxies, "trusted-proxies", "comma-separated CIDR `prefixes` of proxies whose X-Forwarded-For names the client")
 	fs.String(&s.TokenFile, "token-file", "TOML `file` of scoped tokens (which actions on which paths), honoured by every capability")
-	fs.String(&s.AdvertiseURL, "advertise-url", "this node's internal base `URL` that other nodes forward relayed requests to, with a shared store (default: the listen address, when it is a specific IP)")
 
 	fs.String(&t.AccessToken, "tunnel-access-token", "bearer `token` accepted on every tunnel route (prefer the environment: flags show in ps)", "TUNNEL_ACCESS_TOKEN")
 	fs.String(&t.SignatureSecret, "tunnel-signature-secret", "HMAC-SHA256 `secret` checked against X-Hub-Signature-256", "TUNNEL_SIGNATURE_SECRET")

@@ -28,9 +28,10 @@ import (
 	"github.com/postern/postern/internal/relay/relaytest"
 	"github.com/postern/postern/internal/server"
 	"github.com/postern/postern/internal/servertest"
+	"github.com/postern/postern/internal/store/redisstore/redistest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(redistest.Main(m)) }
 
 // env is one running node and a client for it.
 type env struct {
@@ -934,9 +935,22 @@ func TestShutdownCutsStreamsThatDoNotEnd(t *testing.T) {
 	}
 }
 
+// TestTwoNodesShareBackends runs two nodes that share a node directory:
+// the in-memory one of relaytest, and the Redis engine's on a real
+// redis-server (skipped without one, failed under CI=true).
 func TestTwoNodesShareBackends(t *testing.T) {
-	dir := relaytest.NewDirectory()
-	shared := func(c *server.Config) { c.Directory = dir; c.Relay.PollTimeout = 50 * time.Millisecond }
+	t.Run("directory", func(t *testing.T) {
+		dir := relaytest.NewDirectory()
+		testTwoNodes(t, func(c *server.Config) { c.Directory = dir })
+	})
+	t.Run("redis", func(t *testing.T) {
+		url := redistest.URL(t)
+		testTwoNodes(t, func(c *server.Config) { c.Store = url })
+	})
+}
+
+func testTwoNodes(t *testing.T, share func(*server.Config)) {
+	shared := func(c *server.Config) { share(c); c.Relay.PollTimeout = 50 * time.Millisecond }
 	a, b := start(t, shared), start(t, shared)
 	be := backendServer(t, func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Upgrade") != "" {

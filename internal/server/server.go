@@ -38,6 +38,9 @@ const (
 	DefaultReadHeaderTimeout = 10 * time.Second
 	DefaultIdleTimeout       = 120 * time.Second
 	DefaultMaxHeaderBytes    = 64 << 10
+	// DefaultNodeTTL is how long a node stays listed in the node directory
+	// after its last heartbeat; it beats every third of that.
+	DefaultNodeTTL = 15 * time.Second
 )
 
 // Config is everything a node needs.
@@ -64,13 +67,19 @@ type Config struct {
 	// RateLimit limits requests per client address and per scoped token.
 	RateLimit ratelimit.Options
 
-	// AdvertiseURL is this node's internal base URL ("http://10.0.0.5:8080")
-	// that other nodes forward relayed requests to, when the store is
-	// shared. Empty: derived from the listener when it has a specific IP.
-	AdvertiseURL string
-	// Directory is the node directory; nil: the store engine's, when it
-	// implements store.Directory (shared engines). Tests set it to connect
-	// in-process nodes.
+	// NodeID names this node among those sharing the engine; empty means
+	// the host name plus a random suffix.
+	NodeID string
+	// AdvertiseAddr is the base URL other nodes reach this one at
+	// ("http://10.0.0.5:8080"); empty means the listen address (the host
+	// name when listening on every interface).
+	AdvertiseAddr string
+	// NodeTTL is how long the node directory lists this node after a
+	// heartbeat; zero means DefaultNodeTTL.
+	NodeTTL time.Duration
+	// Directory is the node directory the relay hub uses; nil: the store
+	// engine's, when it implements store.Directory (shared engines). Tests
+	// set it to connect in-process nodes without a shared engine.
 	Directory store.Directory
 
 	Tunnel tunnel.Options
@@ -90,6 +99,7 @@ func DefaultConfig() Config {
 		ReadHeaderTimeout: DefaultReadHeaderTimeout,
 		IdleTimeout:       DefaultIdleTimeout,
 		MaxHeaderBytes:    DefaultMaxHeaderBytes,
+		NodeTTL:           DefaultNodeTTL,
 		Tunnel:            tunnel.DefaultOptions(),
 		Inbox:             inbox.DefaultOptions(),
 		Relay:             gcrrelay.DefaultOptions(),
@@ -107,10 +117,10 @@ type Server struct {
 	relay    *gcrrelay.Relay
 	// relayMetrics are shared by every relay hub of the node.
 	relayMetrics *relay.Metrics
-	// sharedDir: the relay hub has a node directory.
-	sharedDir bool
-	handler   http.Handler
-	http      *http.Server
+	handler      http.Handler
+	http         *http.Server
+
+	nodes *nodes
 
 	draining     atomic.Bool
 	shutdownOnce sync.Once
@@ -150,7 +160,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Relay.Logger == nil {
 		cfg.Relay.Logger = cfg.Logger
 	}
-	st, err := OpenStore(cfg.Store)
+	st, err := OpenStore(cfg.Store, s.log)
 	if err != nil {
 		return nil, err
 	}
@@ -171,6 +181,9 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return fail(err)
 	}
+	if s.nodes, err = newNodes(cfg, st, s.log, s.registry); err != nil {
+		return fail(err)
+	}
 	dir := cfg.Directory
 	if dir == nil {
 		dir, _ = st.(store.Directory)
@@ -180,8 +193,6 @@ func New(cfg Config) (*Server, error) {
 	s.relayMetrics = relay.NewMetrics(s.registry)
 	hubOpts := relay.DefaultOptions("relay")
 	hubOpts.Directory = dir
-	s.sharedDir = dir != nil
-	hubOpts.AdvertiseURL = cfg.AdvertiseURL
 	hubOpts.Metrics = s.relayMetrics
 	hubOpts.Logger = s.log
 	if s.relayHub, err = relay.New(hubOpts); err != nil {
@@ -197,6 +208,7 @@ func New(cfg Config) (*Server, error) {
 	inboxes.Mount(mux)
 	s.relay.Mount(mux)
 	httpapi.MountOps(mux, s.ready, s.registry)
+	s.nodes.mount(mux)
 	mux.Fallback(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// The original tunnel relay answered any path under /health with "OK".
 		if strings.HasPrefix(r.URL.Path, "/health") {
@@ -282,15 +294,13 @@ func (s *Server) ready(ctx context.Context) error {
 // Serve serves HTTP on ln until Shutdown. It returns nil after a graceful
 // shutdown.
 func (s *Server) Serve(ln net.Listener) error {
-	s.log.Info("postern listening", "addr", ln.Addr().String(), "store", s.store.Name(), "version", version.Version())
+	s.nodes.start(ln.Addr())
+	s.log.Info("postern listening", "addr", ln.Addr().String(), "store", s.store.Name(), "node", s.nodes.self().ID, "advertise", s.nodes.self().Addr, "version", version.Version())
+	// The relay hub forwards to the address the node directory lists.
+	s.relayHub.SetAdvertiseURL(s.nodes.self().Addr)
 	if tcp, ok := ln.Addr().(*net.TCPAddr); ok {
 		// The line the original relay server's users wait for.
 		s.log.Info("Relay server listening", "Port", tcp.Port)
-		if s.cfg.AdvertiseURL == "" && tcp.IP != nil && !tcp.IP.IsUnspecified() {
-			s.relayHub.SetAdvertiseURL("http://" + tcp.String())
-		} else if s.cfg.AdvertiseURL == "" && s.sharedDir {
-			s.log.Warn("the store is shared but this node's address is unknown: set --advertise-url so other nodes can reach its relay backends")
-		}
 	}
 	err := s.http.Serve(ln)
 	if errors.Is(err, http.ErrServerClosed) {
@@ -310,6 +320,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.draining.Store(true)
 		s.log.Info("draining")
 		var errs []error
+		s.nodes.stop() // leave the node directory first: nothing new is sent here
 		errs = append(errs, s.queue.Shutdown(ctx))
 		// Relays in flight finish while the listener is still open: their
 		// relay clients keep posting chunks. Then parked polls are answered.
