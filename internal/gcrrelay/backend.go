@@ -199,7 +199,6 @@ func (b *backend) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 	}
 	resp := &http.Response{
-		Status:        fmt.Sprintf("%d %s", status, http.StatusText(status)),
 		StatusCode:    status,
 		Proto:         "HTTP/1.1",
 		ProtoMajor:    1,

@@ -68,12 +68,13 @@ type Options struct {
 
 // Client is a relay client.
 type Client struct {
-	o       Options
-	relay   *http.Client
-	backend *http.Client
-	own     []*http.Transport
-	backURL *url.URL
-	wg      sync.WaitGroup
+	o        Options
+	relay    *http.Client
+	backend  *http.Client
+	own      []*http.Transport
+	backURL  *url.URL
+	relayURL *url.URL
+	wg       sync.WaitGroup
 
 	blocks, chunkBufs sync.Pool
 }
@@ -99,7 +100,11 @@ func New(o Options) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("backend url: %w", err)
 	}
-	c := &Client{o: o, relay: o.Relay, backend: o.Backend, backURL: bu}
+	ru, err := url.Parse(o.RelayURL)
+	if err != nil || ru.Host == "" {
+		return nil, fmt.Errorf("relay url %q: not an absolute URL", o.RelayURL)
+	}
+	c := &Client{o: o, relay: o.Relay, backend: o.Backend, backURL: bu, relayURL: ru}
 	if c.relay == nil {
 		tr := &http.Transport{MaxIdleConnsPerHost: 100, DisableCompression: true}
 		c.own = append(c.own, tr)
@@ -146,20 +151,18 @@ func (c *Client) Run(ctx context.Context) error {
 }
 
 func (c *Client) relayRequest(ctx context.Context, method, path, rawQuery, ctype string, body []byte) (*http.Request, error) {
-	u, err := url.Parse(c.o.RelayURL)
-	if err != nil {
-		return nil, err
-	}
+	u := *c.relayURL
 	u.Path += path
 	u.RawQuery = rawQuery
 	var rd io.Reader = http.NoBody
 	if body != nil {
 		rd = bytes.NewReader(body)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), rd)
+	req, err := http.NewRequestWithContext(ctx, method, "", rd)
 	if err != nil {
 		return nil, err
 	}
+	req.URL, req.Host = &u, u.Host
 	if ctype != "" {
 		req.Header.Set("Content-Type", ctype)
 	}
