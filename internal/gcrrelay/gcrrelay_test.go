@@ -1014,3 +1014,47 @@ func testTwoNodes(t *testing.T, share func(*server.Config)) {
 		t.Fatalf("%d %q", r.status, r.body)
 	}
 }
+
+func TestShutdownWithAnOpenWebsocket(t *testing.T) {
+	e := start(t, nil)
+	be := backendServer(t, func(w http.ResponseWriter, r *http.Request) {
+		c, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.CloseNow()
+		for {
+			typ, b, err := c.Read(r.Context())
+			if err != nil {
+				return
+			}
+			c.Write(r.Context(), typ, b)
+		}
+	})
+	e.runClient("wsdown", be, func(o *gcrclient.Options) { o.ChunkDelay = 2 * time.Millisecond; o.NumPendingRequests = 2 })
+	ctx := ctxT(t)
+	c, _, err := websocket.Dial(ctx, e.node.URL+"/client/wsdown/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	if err := c.Write(ctx, websocket.MessageText, []byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	if _, m, err := c.Read(ctx); err != nil || string(m) != "ping" {
+		t.Fatalf("%q %v", m, err)
+	}
+	// An upgraded connection has no natural end: the drain cuts it and
+	// returns without waiting for the deadline, and without a panic.
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := e.node.Shutdown(sctx); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	if sctx.Err() != nil {
+		t.Fatal("the drain waited for the websocket until its deadline")
+	}
+	if _, _, err := c.Read(ctx); err == nil {
+		t.Fatal("the websocket survived the shutdown")
+	}
+}
