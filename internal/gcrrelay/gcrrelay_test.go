@@ -384,7 +384,8 @@ func TestInvalidStatus(t *testing.T) {
 }
 
 func TestReapedMidStreamCutsTheUser(t *testing.T) {
-	e := start(t, func(c *server.Config) { c.Relay.InactiveRequestTimeout = 150 * time.Millisecond })
+	// Long enough for the first chunk to arrive on a loaded machine.
+	e := start(t, func(c *server.Config) { c.Relay.InactiveRequestTimeout = 300 * time.Millisecond })
 	for _, withLength := range []bool{false, true} {
 		polled := e.pollAsync("cut", 1)
 		user := e.async("GET", "/client/cut/", nil)
@@ -485,18 +486,19 @@ func TestUserCancellationReachesTheBackend(t *testing.T) {
 }
 
 func TestKeepAliveChunksKeepSlowRequestsAlive(t *testing.T) {
-	e := start(t, func(c *server.Config) { c.Relay.InactiveRequestTimeout = 200 * time.Millisecond })
+	e := start(t, func(c *server.Config) { c.Relay.InactiveRequestTimeout = 500 * time.Millisecond })
 	be := backendServer(t, func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "a")
 		w.(http.Flusher).Flush()
-		// A backend silent for several inactivity timeouts: the relay
-		// client's empty keep-alive chunks hold the request open.
-		time.Sleep(700 * time.Millisecond)
+		// A backend silent for more than two inactivity timeouts: the
+		// relay client's empty keep-alive chunks (every ~40 ms here) hold
+		// the request open.
+		time.Sleep(1200 * time.Millisecond)
 		io.WriteString(w, "b")
 	})
 	e.runClient("patient", be, func(o *gcrclient.Options) {
 		o.ChunkDelay = 10 * time.Millisecond
-		o.KeepAliveTicks = 5
+		o.KeepAliveTicks = 3
 	})
 	e.want(e.do("GET", "/client/patient/", nil), 200, "ab")
 }
@@ -874,15 +876,17 @@ func TestShutdownDrainsOpenStreams(t *testing.T) {
 		defer cancel()
 		done <- e.node.Shutdown(ctx)
 	}()
-	// While draining, new user requests are refused and the open stream
-	// goes on: its relay client can still post.
+	// While draining, new user requests are refused (asked of a name
+	// without a relay client, so that no poll can take them before the
+	// drain begins) and the open stream goes on: its relay client can
+	// still post.
 	for {
-		r := e.do("GET", "/client/drain/", nil)
+		r := e.do("GET", "/client/elsewhere/", nil)
 		if r.status == 503 && r.body == "server is shutting down" {
 			break
 		}
-		if r.err != nil {
-			t.Fatal(r.err)
+		if r.err != nil || r.status != 503 {
+			t.Fatalf("%d %q %v", r.status, r.body, r.err)
 		}
 	}
 	e.want(e.post(&wire.Response{HasID: true, ID: id, Body: []byte("after"), EOF: true}), 200, "ok")
