@@ -64,11 +64,10 @@ type pending struct {
 	// up carries the user's bytes after a 101 to /server/requeststream.
 	up chan []byte
 
-	done     chan struct{}
-	once     sync.Once
-	err      error // why it ended; read after done is closed
-	timer    *time.Timer
-	stopUser func() bool
+	done  chan struct{}
+	once  sync.Once
+	err   error // why it ended; read after done is closed
+	timer *time.Timer
 }
 
 func (g *Relay) newPending(ctx context.Context, name string, msg []byte, id string) (*pending, error) {
@@ -84,11 +83,15 @@ func (g *Relay) newPending(ctx context.Context, name string, msg []byte, id stri
 		return nil, relay.ErrShuttingDown
 	}
 	g.pending[id] = p
-	p.timer = time.AfterFunc(g.opts.InactiveRequestTimeout, func() { p.finish(errReaped) })
+	// Armed only once assigned, so that even a tiny timeout cannot fire
+	// before p.timer is set.
+	p.timer = time.AfterFunc(time.Hour, func() { p.finish(errReaped) })
+	p.timer.Reset(g.opts.InactiveRequestTimeout)
 	g.mu.Unlock()
 	// The user going away ends the request at once: the relay client's
-	// next post for it gets 400.
-	p.stopUser = context.AfterFunc(ctx, func() { p.finish(errUserGone) })
+	// next post for it gets 400. (The registration ends with the user's
+	// request context, which the server cancels when the handler returns.)
+	context.AfterFunc(ctx, func() { p.finish(errUserGone) })
 	return p, nil
 }
 
@@ -98,9 +101,6 @@ func (p *pending) finish(err error) {
 		p.err = err
 		close(p.done)
 		p.timer.Stop()
-		if p.stopUser != nil {
-			p.stopUser()
-		}
 		p.g.mu.Lock()
 		if p.g.pending[p.id] == p {
 			delete(p.g.pending, p.id)
