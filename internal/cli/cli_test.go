@@ -29,7 +29,14 @@ func run(t *testing.T, ctx context.Context, env map[string]string, stdin string,
 	var out, errb bytes.Buffer
 	code := cli.Main(ctx, args, cli.Env{
 		Stdin: strings.NewReader(stdin), Stdout: &out, Stderr: &errb,
-		Getenv: func(k string) string { return env[k] },
+		Getenv: func(k string) string {
+			if v, ok := env[k]; ok || k != "POSTERN_STORE" {
+				return v
+			}
+			// A serve that is expected to fail must not leave the default
+			// data directory in the source tree.
+			return "memory"
+		},
 	})
 	return code, out.String(), errb.String()
 }
