@@ -29,7 +29,14 @@ func run(t *testing.T, ctx context.Context, env map[string]string, stdin string,
 	var out, errb bytes.Buffer
 	code := cli.Main(ctx, args, cli.Env{
 		Stdin: strings.NewReader(stdin), Stdout: &out, Stderr: &errb,
-		Getenv: func(k string) string { return env[k] },
+		Getenv: func(k string) string {
+			if v, ok := env[k]; ok || k != "POSTERN_STORE" {
+				return v
+			}
+			// A serve that is expected to fail must not leave the default
+			// data directory in the source tree.
+			return "memory"
+		},
 	})
 	return code, out.String(), errb.String()
 }
@@ -40,11 +47,12 @@ var listenRE = regexp.MustCompile(`postern listening"? addr=(\S+)`)
 // logged that it listens, and a stop function that returns the exit code.
 func serve(t *testing.T, env map[string]string, args ...string) (string, func() int) {
 	t.Helper()
+	dir := t.TempDir() // the default engine, in a directory of the test's own
 	ctx, cancel := context.WithCancel(context.Background())
 	pr, pw := io.Pipe()
 	code := make(chan int, 1)
 	go func() {
-		c := cli.Main(ctx, append([]string{"serve", "--listen", "127.0.0.1:0"}, args...), cli.Env{
+		c := cli.Main(ctx, append([]string{"serve", "--listen", "127.0.0.1:0", "--store", "file:" + dir}, args...), cli.Env{
 			Stdin: strings.NewReader(""), Stdout: io.Discard, Stderr: pw,
 			Getenv: func(k string) string { return env[k] },
 		})

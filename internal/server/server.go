@@ -26,6 +26,7 @@ import (
 	"github.com/postern/postern/internal/ratelimit"
 	"github.com/postern/postern/internal/relay"
 	"github.com/postern/postern/internal/store"
+	"github.com/postern/postern/internal/store/filestore"
 	"github.com/postern/postern/internal/tunnel"
 	"github.com/postern/postern/internal/version"
 )
@@ -33,7 +34,7 @@ import (
 // Defaults of the HTTP server.
 const (
 	DefaultListen            = ":8080"
-	DefaultStore             = "memory"
+	DefaultStore             = "file:" + filestore.DefaultDir
 	DefaultShutdownTimeout   = 30 * time.Second
 	DefaultReadHeaderTimeout = 10 * time.Second
 	DefaultIdleTimeout       = 120 * time.Second
@@ -47,8 +48,8 @@ const (
 type Config struct {
 	// Listen is the TCP address to serve on.
 	Listen string
-	// Store names the storage engine: "memory", or an engine URL (see
-	// OpenStore).
+	// Store names the storage engine: "file:DIR" (durable, the default),
+	// "memory", or an engine URL (see OpenStore).
 	Store string
 	// ShutdownTimeout bounds the graceful drain.
 	ShutdownTimeout time.Duration

@@ -32,7 +32,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(redistest.Main(m)) }
 // a fresh key prefix on the package's redis-server, taken inside the
 // subtest so that a missing redis-server skips only that subtest.
 func storeSpecs(t *testing.T) []string {
-	return []string{"memory", "redis"}
+	return []string{"memory", "file:" + t.TempDir(), "redis"}
 }
 
 // env is one running node and a client for it.

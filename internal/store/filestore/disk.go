@@ -1,0 +1,680 @@
+package filestore
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"hash/fnv"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"slices"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/postern/postern/internal/store"
+)
+
+// Buckets of the database file.
+const (
+	bMsgs    uint8 = iota // queue key + id -> message record
+	bPending              // queue key + id -> empty: the message is pending
+	bSeen                 // queue key + dedup key -> seen record: remembered until
+	bReplies              // queue key + id -> message record of the reply
+	bMeta                 // "version", "lastid", "applied"
+	numBuckets
+)
+
+var bucketNames = [numBuckets][]byte{[]byte("msgs"), []byte("pending"), []byte("seen"), []byte("replies"), []byte("meta")}
+
+var (
+	metaVersion = []byte("version")
+	metaLastID  = []byte("lastid")
+	metaApplied = []byte("applied") // sequence number of the last logged batch applied
+)
+
+// formatVersion is the layout version written to meta; a file of another
+// version is refused.
+const formatVersion = "1"
+
+// recVersion starts every record.
+const recVersion = 1
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// keyFor is the record key of message id of queue key: the key's length as
+// a uvarint, the key, then the id as two big-endian uint64s, so that the
+// records of one queue sort by id.
+func keyFor(key string, id store.ID) []byte {
+	b := make([]byte, 0, binary.MaxVarintLen64+len(key)+16)
+	b = binary.AppendUvarint(b, uint64(len(key)))
+	b = append(b, key...)
+	b = binary.BigEndian.AppendUint64(b, id.MS)
+	return binary.BigEndian.AppendUint64(b, id.Seq)
+}
+
+// seenKeyFor is the record key of a remembered dedup key.
+func seenKeyFor(key, dedupKey string) []byte {
+	b := make([]byte, 0, binary.MaxVarintLen64+len(key)+len(dedupKey))
+	b = binary.AppendUvarint(b, uint64(len(key)))
+	b = append(b, key...)
+	return append(b, dedupKey...)
+}
+
+// splitKey splits a record key into queue key and the rest.
+func splitKey(k []byte) (string, []byte, bool) {
+	n, w := uvarint(k)
+	if w <= 0 || uint64(len(k)-w) < n {
+		return "", nil, false
+	}
+	return string(k[w : w+int(n)]), k[w+int(n):], true
+}
+
+func splitIDKey(k []byte) (string, store.ID, bool) {
+	key, rest, ok := splitKey(k)
+	if !ok || len(rest) != 16 {
+		return "", store.ID{}, false
+	}
+	return key, store.ID{MS: binary.BigEndian.Uint64(rest), Seq: binary.BigEndian.Uint64(rest[8:])}, true
+}
+
+func nanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromNanos(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
+}
+
+// A message record is: version (1 byte), CRC-32C of the record's key and
+// the rest of the value (4), expiry and dedup-until in Unix nanoseconds
+// (8 + 8, zero for none), content type and dedup key each as a uvarint
+// length and bytes, then the body. The checksum covers the key, so that a
+// damaged key is caught too, not read as another queue's message.
+const recHeader = 1 + 4 + 16
+
+// checksum is the CRC-32C of k followed by v.
+func checksum(k, v []byte) uint32 {
+	return crc32.Update(crc32.Checksum(k, castagnoli), castagnoli, v)
+}
+
+func encodeMsg(k []byte, ct, dedupKey string, expires, dedupUntil time.Time, body []byte) []byte {
+	v := make([]byte, recHeader, recHeader+2*binary.MaxVarintLen64+len(ct)+len(dedupKey)+len(body))
+	v[0] = recVersion
+	binary.BigEndian.PutUint64(v[5:], uint64(nanos(expires)))
+	binary.BigEndian.PutUint64(v[13:], uint64(nanos(dedupUntil)))
+	v = binary.AppendUvarint(v, uint64(len(ct)))
+	v = append(v, ct...)
+	v = binary.AppendUvarint(v, uint64(len(dedupKey)))
+	v = append(v, dedupKey...)
+	v = append(v, body...)
+	binary.BigEndian.PutUint32(v[1:], checksum(k, v[5:]))
+	return v
+}
+
+// record is a decoded message record; body aliases the value it came from.
+type record struct {
+	ct, dedupKey        string
+	expires, dedupUntil time.Time
+	body                []byte
+}
+
+var errBadRecord = errors.New("record fails its checksum or is malformed")
+
+func decodeMsg(k, v []byte) (record, error) {
+	if len(v) < recHeader || v[0] != recVersion || binary.BigEndian.Uint32(v[1:]) != checksum(k, v[5:]) {
+		return record{}, errBadRecord
+	}
+	r := record{
+		expires:    fromNanos(int64(binary.BigEndian.Uint64(v[5:]))),
+		dedupUntil: fromNanos(int64(binary.BigEndian.Uint64(v[13:]))),
+	}
+	rest := v[recHeader:]
+	var ok bool
+	if r.ct, rest, ok = lenString(rest); !ok {
+		return record{}, errBadRecord
+	}
+	if r.dedupKey, rest, ok = lenString(rest); !ok {
+		return record{}, errBadRecord
+	}
+	r.body = rest
+	return r, nil
+}
+
+// uvarint reads a uvarint written in as few bytes as it takes, as
+// binary.AppendUvarint writes them; w <= 0 means it is not one.
+func uvarint(b []byte) (uint64, int) {
+	n, w := binary.Uvarint(b)
+	if w > 0 && w != len(binary.AppendUvarint(nil, n)) {
+		return 0, -1
+	}
+	return n, w
+}
+
+func lenString(b []byte) (string, []byte, bool) {
+	n, w := uvarint(b)
+	if w <= 0 || uint64(len(b)-w) < n {
+		return "", nil, false
+	}
+	return string(b[w : w+int(n)]), b[w+int(n):], true
+}
+
+// A seen record is: version, CRC-32C of the key and the rest, until in
+// Unix nanoseconds.
+func encodeSeen(k []byte, until time.Time) []byte {
+	v := make([]byte, 13)
+	v[0] = recVersion
+	binary.BigEndian.PutUint64(v[5:], uint64(nanos(until)))
+	binary.BigEndian.PutUint32(v[1:], checksum(k, v[5:]))
+	return v
+}
+
+func decodeSeen(k, v []byte) (time.Time, error) {
+	if len(v) != 13 || v[0] != recVersion || binary.BigEndian.Uint32(v[1:]) != checksum(k, v[5:]) {
+		return time.Time{}, errBadRecord
+	}
+	return fromNanos(int64(binary.BigEndian.Uint64(v[5:]))), nil
+}
+
+// A pending mark is: version, CRC-32C of the key.
+func encodePending(k []byte) []byte {
+	v := []byte{recVersion, 0, 0, 0, 0}
+	binary.BigEndian.PutUint32(v[1:], checksum(k, nil))
+	return v
+}
+
+func checkPending(k, v []byte) error {
+	if len(v) != 5 || v[0] != recVersion || binary.BigEndian.Uint32(v[1:]) != checksum(k, nil) {
+		return errBadRecord
+	}
+	return nil
+}
+
+func encodeID(id store.ID) []byte {
+	b := binary.BigEndian.AppendUint64(make([]byte, 0, 16), id.MS)
+	return binary.BigEndian.AppendUint64(b, id.Seq)
+}
+
+// damaged is the error for a database file that cannot be trusted.
+func (s *Store) damaged(format string, args ...any) error {
+	return fmt.Errorf("file store: %s is damaged: %s. Nothing was changed. Restore the data directory from a backup, or move it aside to start empty (README, \"Data directory\")",
+		s.path, fmt.Sprintf(format, args...))
+}
+
+// logDamaged is the error for a write-ahead log file that cannot be
+// trusted.
+func logDamaged(path, format string, args ...any) error {
+	return fmt.Errorf("file store: %s is damaged: %s. Nothing was changed. Restore the data directory from a backup, or move wal-0.log and wal-1.log aside to start from %s alone, losing the writes logged since its last checkpoint (README, \"Data directory\")",
+		path, fmt.Sprintf(format, args...), FileName)
+}
+
+// openDB opens the database file, creating it when the directory has none.
+// A new file is made under a temporary name and renamed into place once
+// initialized, so a file that exists but is empty or short is never taken
+// for a new one: it is reported as truncated.
+func (s *Store) openDB() (err error) {
+	fi, err := os.Stat(s.path)
+	switch {
+	case errors.Is(err, os.ErrNotExist) && s.readOnly:
+		return fmt.Errorf("file store: data directory %s is read-only and holds no %s", s.dir, FileName)
+	case errors.Is(err, os.ErrNotExist):
+		if err := s.create(); err != nil {
+			return err
+		}
+	case err != nil:
+		return fmt.Errorf("file store: %w", err)
+	case fi.Size() < 4*int64(os.Getpagesize()):
+		return s.damaged("it is truncated to %d bytes", fi.Size())
+	}
+	if need, ok := boltSize(s.path); ok && fi != nil && fi.Size() < need {
+		return s.damaged("it is truncated: %d bytes, its header says %d", fi.Size(), need)
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = s.damaged("opening it failed: %v", r)
+		}
+	}()
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	bo := boltOptions()
+	bo.ReadOnly = s.readOnly
+	db, err := bolt.Open(s.path, 0o600, bo)
+	switch {
+	case errors.Is(err, bolt.ErrTimeout):
+		return fmt.Errorf("file store: %s is locked by another process", s.path)
+	case errors.Is(err, bolt.ErrInvalid), errors.Is(err, bolt.ErrChecksum), errors.Is(err, bolt.ErrVersionMismatch):
+		return s.damaged("%v", err)
+	case err != nil:
+		return fmt.Errorf("file store: opening %s: %w", s.path, err)
+	}
+	s.db = db
+	return nil
+}
+
+// boltSize reads the newer valid header of a bbolt file and returns the
+// size its pages need, to tell a truncated file before bbolt touches it.
+// A header (meta page) follows a 16-byte page header: magic, version, page
+// size, flags (4 bytes each), root bucket (16), freelist page, high-water
+// page, transaction id and an FNV-64a checksum of what precedes it (8
+// each), in the machine's byte order.
+func boltSize(path string) (int64, bool) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, false
+	}
+	defer f.Close()
+	buf := make([]byte, 2*65536)
+	n, _ := io.ReadFull(f, buf)
+	buf = buf[:n]
+	var need int64
+	var txid uint64
+	found := false
+	meta := func(off int) {
+		if off+16+64 > len(buf) {
+			return
+		}
+		m := buf[off+16 : off+16+64]
+		le := binary.LittleEndian
+		if le.Uint32(m) != 0xED0CDAED {
+			return
+		}
+		h := fnv.New64a()
+		h.Write(m[:56])
+		if h.Sum64() != le.Uint64(m[56:]) {
+			return
+		}
+		if tx := le.Uint64(m[48:]); !found || tx > txid {
+			found, txid = true, tx
+			need = int64(le.Uint64(m[40:])) * int64(le.Uint32(m[8:]))
+		}
+	}
+	meta(0)
+	if found || len(buf) >= 16+64 {
+		if ps := int(binary.LittleEndian.Uint32(buf[16+8:])); ps > 0 && ps <= 65536 {
+			meta(ps)
+		}
+	}
+	return need, found
+}
+
+func boltOptions() *bolt.Options {
+	return &bolt.Options{
+		Timeout:         time.Second, // the LOCK file is the real guard
+		FreelistType:    bolt.FreelistMapType,
+		InitialMmapSize: 64 << 20,
+	}
+}
+
+// create makes a fresh database file.
+func (s *Store) create() error {
+	tmp := s.path + ".new"
+	os.Remove(tmp)
+	db, err := bolt.Open(tmp, 0o600, boltOptions())
+	if err != nil {
+		return fmt.Errorf("file store: creating %s: %w", s.path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, name := range bucketNames {
+			if _, err := tx.CreateBucket(name); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket(bucketNames[bMeta]).Put(metaVersion, []byte(formatVersion))
+	})
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, s.path)
+	}
+	if err == nil {
+		err = syncDir(s.dir)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("file store: creating %s: %w", s.path, err)
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// apply writes logged batches to the database as one synced transaction,
+// recording applied as the last batch applied.
+func (s *Store) apply(bs []*batch, applied uint64) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		var bk [numBuckets]*bolt.Bucket
+		for i, name := range bucketNames {
+			bk[i] = tx.Bucket(name)
+			// Records of one queue arrive in key order: fill pages up.
+			bk[i].FillPercent = 0.9
+		}
+		var last store.ID
+		if v := bk[bMeta].Get(metaLastID); len(v) == 16 {
+			last = store.ID{MS: binary.BigEndian.Uint64(v), Seq: binary.BigEndian.Uint64(v[8:])}
+		}
+		for _, b := range bs {
+			if b.maxID.Compare(last) > 0 {
+				last = b.maxID
+			}
+		}
+		for _, m := range collapse(bs) {
+			var err error
+			if m.val == nil {
+				err = bk[m.bucket].Delete(m.key)
+			} else {
+				err = bk[m.bucket].Put(m.key, m.val)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		if err := bk[bMeta].Put(metaLastID, encodeID(last)); err != nil {
+			return err
+		}
+		return bk[bMeta].Put(metaApplied, binary.BigEndian.AppendUint64(nil, applied))
+	})
+}
+
+// collapse reduces the changes of bs to the last one of each record, in
+// key order. Applying them is the same as applying every change in turn,
+// since records are independent, but a message consumed before its
+// checkpoint costs the database a lookup instead of an insert and a
+// delete, and the tree is walked in order.
+func collapse(bs []*batch) []mut {
+	n := 0
+	for _, b := range bs {
+		n += len(b.muts)
+	}
+	last := make(map[string]int, n)
+	out := make([]mut, 0, n)
+	for _, b := range bs {
+		for _, m := range b.muts {
+			k := string(append([]byte{m.bucket}, m.key...))
+			if i, ok := last[k]; ok {
+				out[i].val = m.val
+				continue
+			}
+			last[k] = len(out)
+			out = append(out, m)
+		}
+	}
+	slices.SortFunc(out, func(a, b mut) int {
+		if a.bucket != b.bucket {
+			return int(a.bucket) - int(b.bucket)
+		}
+		return bytes.Compare(a.key, b.key)
+	})
+	return out
+}
+
+// appliedSeq reads the sequence number of the last batch in the database.
+func (s *Store) appliedSeq() (uint64, error) {
+	var seq uint64
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketNames[bMeta])
+		if b == nil {
+			return s.damaged("bucket meta is missing")
+		}
+		if v := b.Get(metaApplied); v != nil {
+			if len(v) != 8 {
+				return s.damaged("meta record applied is malformed")
+			}
+			seq = binary.BigEndian.Uint64(v)
+		}
+		return nil
+	})
+	return seq, err
+}
+
+// readRecord reads the message record k of bucket from the file.
+func (s *Store) readRecord(bucket uint8, k []byte) (record, error) {
+	var r record
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketNames[bucket]).Get(k)
+		if v == nil {
+			return fmt.Errorf("file store: %s lacks record %x of %s: %w", s.path, k, bucketNames[bucket], store.ErrUnavailable)
+		}
+		var err error
+		if r, err = decodeMsg(k, v); err != nil {
+			return fmt.Errorf("file store: %s: record %x of %s is damaged: %w", s.path, k, bucketNames[bucket], store.ErrUnavailable)
+		}
+		r.body = append([]byte(nil), r.body...)
+		return nil
+	})
+	return r, err
+}
+
+// load rebuilds the index from the database file overlaid with ov (the
+// changes of logged batches not yet in it, keyed by bucket and key; see
+// checkpointer.overlay), never lowering an id counter. Bodies that come
+// from ov are kept in memory; load returns them, to be released when their
+// batches are in the database. The caller has the store to itself: at
+// open, or holding every shard lock and the checkpointer's run lock.
+func (s *Store) load(ov map[string][]byte, ovLast store.ID) (hs []held, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = s.damaged("reading it failed: %v", r)
+		}
+	}()
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.queues = make(map[string]*queue)
+		sh.replies = make(map[replyKey]*reply)
+	}
+	var queues, messages int64
+	last := ovLast
+	err = s.db.View(func(tx *bolt.Tx) error {
+		if need, have := tx.Size(), fileSize(s.path); have < need {
+			return s.damaged("it is truncated: %d bytes, its header says %d", have, need)
+		}
+		var bk [numBuckets]*bolt.Bucket
+		for i, name := range bucketNames {
+			if bk[i] = tx.Bucket(name); bk[i] == nil {
+				return s.damaged("bucket %s is missing", name)
+			}
+		}
+		// each visits the records of bucket b as ov changes them; fromOv
+		// says the value is not the one in the file.
+		each := func(b uint8, fn func(k, v []byte, fromOv bool) error) error {
+			err := bk[b].ForEach(func(k, v []byte) error {
+				if len(ov) > 0 {
+					if val, ok := ov[string([]byte{b})+string(k)]; ok {
+						if val == nil {
+							return nil
+						}
+						return fn(k, val, true)
+					}
+				}
+				return fn(k, v, false)
+			})
+			if err != nil {
+				return err
+			}
+			for key, val := range ov {
+				if key[0] == b && val != nil && bk[b].Get([]byte(key[1:])) == nil {
+					if err := fn([]byte(key[1:]), val, true); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		}
+		if v := bk[bMeta].Get(metaVersion); string(v) != formatVersion {
+			return fmt.Errorf("file store: %s has layout version %q, this postern reads %q", s.path, v, formatVersion)
+		}
+		if v := bk[bMeta].Get(metaLastID); v != nil {
+			if len(v) != 16 {
+				return s.damaged("meta record lastid is malformed")
+			}
+			last = store.ID{MS: binary.BigEndian.Uint64(v), Seq: binary.BigEndian.Uint64(v[8:])}
+		}
+		getQueue := func(key string) *queue {
+			sh := s.shard(key)
+			q := sh.queues[key]
+			if q == nil {
+				q = &queue{}
+				sh.queues[key] = q
+				queues++
+			}
+			return q
+		}
+		var q *queue
+		var qkey string
+		unsorted := map[*queue]bool{}
+		err := each(bMsgs, func(k, v []byte, fromOv bool) error {
+			key, id, ok := splitIDKey(k)
+			if !ok {
+				return s.damaged("message key %x is malformed", k)
+			}
+			r, err := decodeMsg(k, v)
+			if err != nil {
+				return s.damaged("message %s of queue %q: %v", id, key, err)
+			}
+			if q == nil || key != qkey {
+				q, qkey = getQueue(key), key
+			}
+			if n := len(q.items); n > 0 && q.items[n-1].msg.ID.Compare(id) >= 0 {
+				if !fromOv {
+					return s.damaged("messages of queue %q are out of order", key)
+				}
+				unsorted[q] = true
+			}
+			e := &entry{
+				msg:        store.Message{ID: id, ContentType: r.ct, DedupKey: r.dedupKey, ExpiresAt: r.expires},
+				dedupUntil: r.dedupUntil,
+			}
+			if fromOv {
+				body := r.body
+				e.body.Store(&body)
+				hs = append(hs, held{&e.body, e.body.Load()})
+			}
+			q.items = append(q.items, e)
+			messages++
+			if id.Compare(last) > 0 {
+				last = id
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for q := range unsorted {
+			slices.SortFunc(q.items, func(a, b *entry) int { return a.msg.ID.Compare(b.msg.ID) })
+		}
+		err = each(bPending, func(k, v []byte, _ bool) error {
+			key, id, ok := splitIDKey(k)
+			if !ok {
+				return s.damaged("pending key %x is malformed", k)
+			}
+			if err := checkPending(k, v); err != nil {
+				return s.damaged("pending mark for message %s of queue %q: %v", id, key, err)
+			}
+			if q := s.shard(key).queues[key]; q != nil {
+				if i, found := q.find(id); found {
+					q.live()[i].pending = true
+					return nil
+				}
+			}
+			return s.damaged("pending mark for message %s of queue %q, which is missing", id, key)
+		})
+		if err != nil {
+			return err
+		}
+		// Unseen messages own their dedup keys.
+		for i := range s.shards {
+			for _, q := range s.shards[i].queues {
+				for _, e := range q.items {
+					if k := e.msg.DedupKey; k != "" && !e.pending {
+						if q.queued == nil {
+							q.queued = make(map[string]*entry)
+						}
+						q.queued[k] = e
+					}
+				}
+			}
+		}
+		err = each(bSeen, func(k, v []byte, _ bool) error {
+			key, dk, ok := splitKey(k)
+			if !ok {
+				return s.damaged("dedup key record %x is malformed", k)
+			}
+			until, err := decodeSeen(k, v)
+			if err != nil {
+				return s.damaged("dedup key %q of queue %q: %v", dk, key, err)
+			}
+			q := getQueue(key)
+			if q.seen == nil {
+				q.seen = make(map[string]time.Time)
+			}
+			q.seen[string(dk)] = until
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		return each(bReplies, func(k, v []byte, fromOv bool) error {
+			key, id, ok := splitIDKey(k)
+			if !ok {
+				return s.damaged("reply key %x is malformed", k)
+			}
+			r, err := decodeMsg(k, v)
+			if err != nil {
+				return s.damaged("reply to %s of queue %q: %v", id, key, err)
+			}
+			sh := s.shard(key)
+			rp := &reply{msg: store.Message{ID: id, ContentType: r.ct, ExpiresAt: r.expires}}
+			if fromOv {
+				body := r.body
+				rp.body.Store(&body)
+				hs = append(hs, held{&rp.body, rp.body.Load()})
+			}
+			sh.replies[replyKey{key, id}] = rp
+			if id.Compare(last) > 0 {
+				last = id
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	// Ids strictly increase per key across restarts: every shard starts
+	// after the largest id ever handed out.
+	for i := range s.shards {
+		if last.Compare(s.shards[i].lastID) > 0 {
+			s.shards[i].lastID = last
+		}
+	}
+	s.queues.Store(queues)
+	s.messages.Store(messages)
+	return hs, nil
+}
+
+func fileSize(path string) int64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// lockPath is the lock file of dir.
+func lockPath(dir string) string { return filepath.Join(dir, LockName) }

@@ -1,0 +1,89 @@
+package filestore
+
+import (
+	"fmt"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Crash stops s as kill -9 would: nothing queued is written, no
+// checkpoint is made, the files and the lock are simply let go. What the
+// operations that returned wrote is in the files (the page cache survives
+// a process).
+func (s *Store) Crash() {
+	s.closeOnce.Do(func() {
+		s.closed.Store(true)
+		close(s.stop)
+		<-s.swept
+		for i := range s.shards {
+			s.shards[i].mu.Lock()
+			s.shards[i].mu.Unlock()
+		}
+		// Stop the loops without their final flush and checkpoint.
+		s.c.mu.Lock()
+		s.c.cur.muts = nil
+		s.c.mu.Unlock()
+		s.cp.run.Lock()
+		s.cp.mu.Lock()
+		s.cp.unapplied = nil
+		s.cp.mu.Unlock()
+		s.cp.run.Unlock()
+		s.c.close()
+		s.cp.close()
+		s.wal.close()
+		s.db.Close()
+		s.unlock()
+	})
+}
+
+// CheckpointNow applies the logged batches to the database file.
+func (s *Store) CheckpointNow() { s.cp.checkpoint() }
+
+// DumpMsgs lists the message records in the database file.
+func (s *Store) DumpMsgs() []string {
+	var out []string
+	s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketNames[bMsgs]).ForEach(func(k, v []byte) error {
+			key, id, _ := splitIDKey(k)
+			out = append(out, key+" "+id.String())
+			return nil
+		})
+	})
+	return out
+}
+
+// CheckDisk checkpoints and compares the message records in the database
+// file with the index.
+func (s *Store) CheckDisk() string {
+	s.cp.checkpoint()
+	disk := map[string]bool{}
+	for _, k := range s.DumpMsgs() {
+		disk[k] = true
+	}
+	mem := map[string]bool{}
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		for key, q := range sh.queues {
+			for _, e := range q.live() {
+				mem[key+" "+e.msg.ID.String()] = true
+			}
+		}
+		sh.mu.Unlock()
+	}
+	var diff []string
+	for k := range disk {
+		if !mem[k] {
+			diff = append(diff, "only on disk: "+k)
+		}
+	}
+	for k := range mem {
+		if !disk[k] {
+			diff = append(diff, "only in memory: "+k)
+		}
+	}
+	if len(diff) > 0 {
+		return fmt.Sprint(diff)
+	}
+	return ""
+}

@@ -1,0 +1,43 @@
+package filestore_test
+
+import (
+	"os"
+	"testing"
+
+	"go.uber.org/goleak"
+
+	"github.com/postern/postern/internal/store"
+	"github.com/postern/postern/internal/store/filestore"
+	"github.com/postern/postern/internal/store/storetest"
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv(crashChildEnv) != "" {
+		os.Exit(runCrashChild())
+	}
+	goleak.VerifyTestMain(m)
+}
+
+func open(t *testing.T, dir string, c *storetest.Clock) *filestore.Store {
+	t.Helper()
+	s, err := filestore.Open(filestore.Options{Dir: dir, Now: c.Now})
+	if err != nil {
+		t.Fatalf("Open(%s): %v", dir, err)
+	}
+	return s
+}
+
+func TestContract(t *testing.T) {
+	storetest.Run(t, storetest.Harness{
+		New: func(t *testing.T, c *storetest.Clock) store.Engine {
+			return open(t, t.TempDir(), c)
+		},
+		Reopen: func(t *testing.T, e store.Engine, c *storetest.Clock) store.Engine {
+			dir := e.(*filestore.Store).Dir()
+			if err := e.Close(); err != nil {
+				t.Fatalf("Close: %v", err)
+			}
+			return open(t, dir, c)
+		},
+	})
+}
