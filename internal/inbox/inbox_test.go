@@ -29,18 +29,22 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(redistest.Main(m)) }
 
 // storeSpecs lists the storage engines the suite runs on: the one switch
-// that puts the whole suite on another engine. "redis" stands for a key
-// prefix of its own on the package's redis-server, taken by engine inside
-// each subtest so that a missing redis-server skips only that subtest.
+// that puts the whole suite on another engine. "file" stands for a data
+// directory of its own and "redis" for a key prefix of its own on the
+// package's redis-server, both taken by engine inside each subtest so
+// that a missing redis-server skips only that subtest.
 func storeSpecs(t *testing.T) []string {
-	return []string{"memory", "redis"}
+	return []string{"memory", "file", "redis"}
 }
 
 // engine turns a spec of storeSpecs into a store for cfg.Store, once per
 // subtest (a restart within the subtest reopens the same data).
 func engine(t *testing.T, spec string) string {
-	if spec == "redis" {
+	switch spec {
+	case "redis":
 		return redistest.URL(t)
+	case "file":
+		return "file:" + t.TempDir()
 	}
 	return spec
 }
