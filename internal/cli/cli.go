@@ -42,6 +42,7 @@ func commands() []command {
 		{"serve", "run a postern server", runServe},
 		{"send", "send a message to a tunnel", runSend},
 		{"recv", "receive messages from a tunnel", runRecv},
+		{"inbox", "send and receive addressed inbox messages", runInbox},
 		{"version", "print the version", runVersion},
 	}
 }
@@ -110,7 +111,8 @@ func Main(ctx context.Context, args []string, env Env) int {
 
 func printUsage(w io.Writer) {
 	fmt.Fprint(w, `postern is the back gate for services that cannot be reached directly:
-tunnels (HTTP event queues with acks and replies) behind one server.
+tunnels (HTTP event queues with acks and replies) and inboxes (addressed
+JSON messages with idempotency keys and acks) behind one server.
 
 Usage:
   postern <command> [flags] [arguments]

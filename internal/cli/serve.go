@@ -11,9 +11,10 @@ import (
 
 const serveUsage = `Usage: postern serve [flags]
 
-Runs a postern server: tunnels at /t/, health at /healthz and /readyz,
-Prometheus metrics at /metrics. SIGTERM or SIGINT drains it gracefully:
-waiting long-polls are answered, requests in progress finish, then it exits 0.
+Runs a postern server: tunnels at /t/, inboxes at /inbox/, health at
+/healthz and /readyz, Prometheus metrics at /metrics. SIGTERM or SIGINT
+drains it gracefully: waiting long-polls are answered, requests in progress
+finish, then it exits 0.
 `
 
 func runServe(ctx context.Context, env Env, args []string) error {

@@ -20,7 +20,9 @@ import (
 
 	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/httpapi"
+	"github.com/postern/postern/internal/inbox"
 	"github.com/postern/postern/internal/queue"
+	"github.com/postern/postern/internal/ratelimit"
 	"github.com/postern/postern/internal/store"
 	"github.com/postern/postern/internal/tunnel"
 	"github.com/postern/postern/internal/version"
@@ -57,7 +59,11 @@ type Config struct {
 	// Policy is the parsed token file; New loads it from TokenFile when nil.
 	Policy *auth.Policy
 
+	// RateLimit limits requests per client address and per scoped token.
+	RateLimit ratelimit.Options
+
 	Tunnel tunnel.Options
+	Inbox  inbox.Options
 
 	// Logger receives the server's logs; nil means slog.Default().
 	Logger *slog.Logger
@@ -73,6 +79,7 @@ func DefaultConfig() Config {
 		IdleTimeout:       DefaultIdleTimeout,
 		MaxHeaderBytes:    DefaultMaxHeaderBytes,
 		Tunnel:            tunnel.DefaultOptions(),
+		Inbox:             inbox.DefaultOptions(),
 	}
 }
 
@@ -118,6 +125,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Policy != nil {
 		cfg.Tunnel.Policy = cfg.Policy
+		cfg.Inbox.Policy = cfg.Policy
 	}
 	st, err := OpenStore(cfg.Store)
 	if err != nil {
@@ -135,9 +143,15 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return fail(err)
 	}
+	cfg.Inbox.Metrics = s.registry
+	inboxes, err := inbox.New(s.queue, cfg.Inbox)
+	if err != nil {
+		return fail(err)
+	}
 
 	mux := httpapi.NewRouter()
 	tunnels.Mount(mux)
+	inboxes.Mount(mux)
 	httpapi.MountOps(mux, s.ready, s.registry)
 	mux.Fallback(httpapi.Handle(func(w http.ResponseWriter, r *http.Request) error {
 		// The original tunnel relay answered any path under /health with "OK".
@@ -148,8 +162,13 @@ func New(cfg Config) (*Server, error) {
 		return httpapi.ErrNotFound
 	}, nil))
 
+	rl := cfg.RateLimit
+	rl.Metrics = s.registry
+	rl.Exempt = append(rl.Exempt, "/healthz", "/readyz", "/metrics")
+	limiter := ratelimit.New(rl, cfg.Policy)
+
 	m := httpapi.NewMetrics(s.registry, s.log)
-	s.handler = m.Wrap(mux)
+	s.handler = m.Wrap(limiter.Wrap(mux))
 	s.http = &http.Server{
 		Handler:           s.handler,
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,

@@ -53,6 +53,9 @@ type Options struct {
 	ReplyTTL time.Duration
 	// MaxBodyBytes is the largest request body; larger ones get 413.
 	MaxBodyBytes int64
+	// BodyReadTimeout bounds the time to receive a body; a client slower
+	// than that gets 408. Zero means httpapi.DefaultBodyReadTimeout.
+	BodyReadTimeout time.Duration
 }
 
 // DefaultOptions returns the original relay's defaults: no auth,

@@ -1,10 +1,8 @@
 package tunnel
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"io"
 	"math"
 	"net/http"
 	"net/url"
@@ -88,7 +86,7 @@ func (t *Tunnels) serve(w http.ResponseWriter, r *http.Request) error {
 	var body []byte
 	if r.Method == http.MethodPost || t.auth.needsBody(r) {
 		var err error
-		if body, err = readBody(w, r, t.opts.MaxBodyBytes); err != nil {
+		if body, err = httpapi.ReadBody(w, r, t.opts.MaxBodyBytes, t.opts.BodyReadTimeout, errTooLarge); err != nil {
 			return err
 		}
 	}
@@ -176,26 +174,6 @@ func preflight(w http.ResponseWriter, r *http.Request) error {
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
-}
-
-// readBody reads the whole body, refusing more than max bytes with 413.
-func readBody(w http.ResponseWriter, r *http.Request, max int64) ([]byte, error) {
-	if r.ContentLength == 0 {
-		return nil, nil
-	}
-	var buf bytes.Buffer
-	if r.ContentLength > 0 {
-		buf.Grow(int(r.ContentLength))
-	}
-	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, max))
-	var tooLarge *http.MaxBytesError
-	if errors.As(err, &tooLarge) {
-		return nil, errTooLarge
-	}
-	if err != nil && err != io.EOF {
-		return nil, err
-	}
-	return buf.Bytes(), nil
 }
 
 // number parses a query value as the original did (Lua tonumber): any

@@ -1,6 +1,7 @@
 package tunnel_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/hmac"
@@ -8,6 +9,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"regexp"
 	"strings"
@@ -657,6 +659,31 @@ func TestRequestBodyLimit(t *testing.T) {
 		}
 		if n := e.do("GET", "/t/big/len", "", auth...).h.Get("X-Queue-Size"); n != "1" {
 			t.Fatalf("oversize bodies were stored: len %s", n)
+		}
+	})
+}
+
+func TestSlowBodyTimesOut(t *testing.T) {
+	forEachStore(t, func(o *tunnel.Options) { o.BodyReadTimeout = 200 * time.Millisecond }, func(e *env) {
+		conn, err := net.Dial("tcp", e.node.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		// Announce 100 bytes, send 5, then nothing: the server must not wait
+		// for the rest for ever.
+		fmt.Fprintf(conn, "POST /t/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhello")
+		res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		if res.StatusCode != 408 || string(body) != "request body not received in time" {
+			t.Fatalf("slow body: %d %q", res.StatusCode, body)
+		}
+		e.want(e.do("GET", "/t/slow/len", ""), 204, "")
+		if n := e.do("GET", "/t/slow/len", "").h.Get("X-Queue-Size"); n != "0" {
+			t.Fatalf("partial body was stored: len %s", n)
 		}
 	})
 }
