@@ -5,6 +5,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,10 +20,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/postern/postern/internal/auth"
+	"github.com/postern/postern/internal/expose"
 	"github.com/postern/postern/internal/httpapi"
 	"github.com/postern/postern/internal/inbox"
 	"github.com/postern/postern/internal/queue"
 	"github.com/postern/postern/internal/ratelimit"
+	"github.com/postern/postern/internal/relay"
 	"github.com/postern/postern/internal/store"
 	"github.com/postern/postern/internal/tunnel"
 	"github.com/postern/postern/internal/version"
@@ -64,6 +67,13 @@ type Config struct {
 
 	Tunnel tunnel.Options
 	Inbox  inbox.Options
+	Expose expose.Options
+
+	// TLSCertFile and TLSKeyFile, when both set, make the node serve HTTPS
+	// with that certificate (a wildcard for the expose domain serves every
+	// agent's host).
+	TLSCertFile string
+	TLSKeyFile  string
 
 	// Logger receives the server's logs; nil means slog.Default().
 	Logger *slog.Logger
@@ -80,6 +90,7 @@ func DefaultConfig() Config {
 		MaxHeaderBytes:    DefaultMaxHeaderBytes,
 		Tunnel:            tunnel.DefaultOptions(),
 		Inbox:             inbox.DefaultOptions(),
+		Expose:            expose.DefaultOptions(),
 	}
 }
 
@@ -90,6 +101,7 @@ type Server struct {
 	registry *prometheus.Registry
 	store    store.Engine
 	queue    *queue.Core
+	expose   *expose.Service
 	handler  http.Handler
 	http     *http.Server
 
@@ -126,6 +138,18 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Policy != nil {
 		cfg.Tunnel.Policy = cfg.Policy
 		cfg.Inbox.Policy = cfg.Policy
+		cfg.Expose.Policy = cfg.Policy
+	}
+	var tlsConfig *tls.Config
+	if cfg.TLSCertFile != "" || cfg.TLSKeyFile != "" {
+		if cfg.TLSCertFile == "" || cfg.TLSKeyFile == "" {
+			return nil, errors.New("TLS needs both a certificate and a key file")
+		}
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("TLS certificate: %w", err)
+		}
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 	st, err := OpenStore(cfg.Store)
 	if err != nil {
@@ -149,9 +173,27 @@ func New(cfg Config) (*Server, error) {
 		return fail(err)
 	}
 
+	// The relay metrics are shared by every hub of the node.
+	relayMetrics := relay.NewMetrics(s.registry)
+	exposeHub := relay.DefaultOptions("expose")
+	exposeHub.Directory, _ = st.(store.Directory)
+	exposeHub.RegisterTTL = cfg.Expose.RegistrationTTL
+	exposeHub.Metrics = relayMetrics
+	exposeHub.Logger = s.log
+	hub, err := relay.New(exposeHub)
+	if err != nil {
+		return fail(err)
+	}
+	eo := cfg.Expose
+	eo.Metrics, eo.Logger = s.registry, s.log
+	if s.expose, err = expose.New(hub, eo); err != nil {
+		return fail(err)
+	}
+
 	mux := httpapi.NewRouter()
 	tunnels.Mount(mux)
 	inboxes.Mount(mux)
+	s.expose.Mount(mux)
 	httpapi.MountOps(mux, s.ready, s.registry)
 	mux.Fallback(httpapi.Handle(func(w http.ResponseWriter, r *http.Request) error {
 		// The original tunnel relay answered any path under /health with "OK".
@@ -168,8 +210,17 @@ func New(cfg Config) (*Server, error) {
 	limiter := ratelimit.New(rl, cfg.Policy)
 
 	m := httpapi.NewMetrics(s.registry, s.log)
-	s.handler = m.Wrap(limiter.Wrap(mux))
+	// The Host check in front of the path router: NAME.<expose domain>
+	// belongs to agent NAME, whatever its path.
+	hosts := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.expose.ServeHost(w, r) {
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+	s.handler = m.Wrap(limiter.Wrap(hosts))
 	s.http = &http.Server{
+		TLSConfig:         tlsConfig,
 		Handler:           s.handler,
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		IdleTimeout:       cfg.IdleTimeout,
@@ -211,8 +262,14 @@ func (s *Server) ready(ctx context.Context) error {
 // Serve serves HTTP on ln until Shutdown. It returns nil after a graceful
 // shutdown.
 func (s *Server) Serve(ln net.Listener) error {
-	s.log.Info("postern listening", "addr", ln.Addr().String(), "store", s.store.Name(), "version", version.Version())
-	err := s.http.Serve(ln)
+	tlsOn := s.http.TLSConfig != nil
+	s.log.Info("postern listening", "addr", ln.Addr().String(), "store", s.store.Name(), "version", version.Version(), "tls", tlsOn)
+	var err error
+	if tlsOn {
+		err = s.http.ServeTLS(ln, "", "")
+	} else {
+		err = s.http.Serve(ln)
+	}
 	if errors.Is(err, http.ErrServerClosed) {
 		<-s.shutdownDone
 		return nil
@@ -230,6 +287,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.draining.Store(true)
 		s.log.Info("draining")
 		var errs []error
+		// Expose first: its hub drains the requests in flight while the
+		// agents that answer them are still connected, then the agents go.
+		errs = append(errs, s.expose.Shutdown(ctx))
 		errs = append(errs, s.queue.Shutdown(ctx))
 		if err := s.http.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("http drain: %w", err))
