@@ -57,16 +57,13 @@ func (s *Service) serveSubscribe(w http.ResponseWriter, r *http.Request) {
 		s: s, base: s.baseURL(r), remote: r.RemoteAddr, out: make(chan []byte),
 		regs: make(map[string]*relay.Registration), pending: make(map[string]chan bcResult), streams: make(map[string]*wsStream),
 	}
-	if !s.track(func() { s.conns[c] = struct{}{} }) {
+	s.mu.Lock()
+	closing := s.closing
+	s.mu.Unlock()
+	if closing {
 		httpapi.WritePlain(w, r, errClosing)
 		return
 	}
-	defer func() {
-		s.mu.Lock()
-		delete(s.conns, c)
-		s.mu.Unlock()
-		s.wg.Done()
-	}()
 	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
 		InsecureSkipVerify: true, // the original accepted any Origin
 		OnPongReceived:     func(context.Context, []byte) { c.markAlive() },
@@ -80,6 +77,17 @@ func (s *Service) serveSubscribe(w http.ResponseWriter, r *http.Request) {
 	ws.SetReadLimit(16*s.opts.MaxFrameBytes + 4096)
 	c.ws = ws
 	c.ctx, c.cancel = context.WithCancel(s.ctx)
+	if !s.track(func() { s.conns[c] = struct{}{} }) {
+		c.cancel()
+		ws.Close(websocket.StatusGoingAway, "server shutting down")
+		return
+	}
+	defer func() {
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.mu.Unlock()
+		s.wg.Done()
+	}()
 	c.markAlive()
 	c.run()
 }
@@ -238,8 +246,15 @@ func (c *bcConn) register(f brickchain.Frame) {
 	if c.s.opts.Domain != "" {
 		hostname = id + "." + c.s.opts.Domain
 	}
+	if !again {
+		// Registered before the answer goes out, so that a user who hears
+		// of the id from the agent finds it.
+		c.mu.Lock()
+		c.regs[id] = c.s.hub.Register(id, &bcTransport{c: c})
+		c.mu.Unlock()
+		c.s.addBC(id, c)
+	}
 	resp := brickchain.RegistrationResponse{Base: brickchain.NewBase(brickchain.TypeRegistrationResponse, f.ID), KeyID: id, Hostname: hostname}
-	// The answer goes out before the first request can.
 	if err := c.send(c.ctx, resp); err != nil {
 		return
 	}
@@ -247,14 +262,6 @@ func (c *bcConn) register(f brickchain.Frame) {
 		c.s.m.registration(transportBrickchain, "renewed")
 		return
 	}
-	c.mu.Lock()
-	if c.ctx.Err() != nil {
-		c.mu.Unlock()
-		return
-	}
-	c.regs[id] = c.s.hub.Register(id, &bcTransport{c: c})
-	c.mu.Unlock()
-	c.s.addBC(id, c)
 	c.s.m.registration(transportBrickchain, "ok")
 	c.s.log.Info("brickchain agent registered", "id", id, "remote", c.remote)
 }

@@ -33,6 +33,15 @@ type wsStream struct {
 	reason    string
 	tellAgent bool // send ws-teardown: the end did not come from the agent
 	flush     bool // deliver what is queued before closing
+	teardown  func()
+	tornDown  sync.Once
+}
+
+// tell sends the agent ws-teardown once, when the end was not its own.
+func (st *wsStream) tell() {
+	if st.tellAgent && st.c.ctx.Err() == nil {
+		st.tornDown.Do(st.teardown)
+	}
 }
 
 type wsMsg struct {
@@ -129,6 +138,7 @@ func (st *wsStream) writeLoop(uc *websocket.Conn) {
 				uc.CloseNow()
 				return
 			}
+			st.tell() // before the close handshake, which may wait
 			uc.Close(st.code, st.reason)
 			return
 		}
@@ -167,6 +177,7 @@ func (c *bcConn) serveWebsocket(w http.ResponseWriter, r *http.Request, name, pa
 		defer cancel()
 		c.send(ctx, brickchain.WSTeardown{Base: brickchain.NewBase(brickchain.TypeWSTeardown, st.id)})
 	}
+	st.teardown = teardown
 
 	ctx, cancel := context.WithTimeout(r.Context(), s.opts.ResponseTimeout)
 	defer cancel()
@@ -248,9 +259,7 @@ func (c *bcConn) serveWebsocket(w http.ResponseWriter, r *http.Request, name, pa
 		}
 	}
 	wg.Wait()
-	if st.tellAgent && c.ctx.Err() == nil {
-		teardown()
-	}
+	st.tell()
 }
 
 // subprotocols lists the subprotocols the user offered; the first is

@@ -32,6 +32,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/expose/brickchain"
@@ -392,7 +393,13 @@ func (s *Service) Shutdown(ctx context.Context) error {
 		case <-done:
 		case <-ctx.Done():
 			err = errors.Join(err, fmt.Errorf("expose: agent connections still closing: %w", ctx.Err()))
-			<-done // every handler ends once its connection is closed
+			// Every handler ends once its connection is closed, which
+			// s.cancel did; do not hang on one that does not.
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				s.log.Error("expose: agent handlers did not stop")
+			}
 		}
 		s.shutdownErr = err
 	})

@@ -150,9 +150,13 @@ type Frame struct {
 	Error string
 	// ws-message
 	MessageType int
-	// registration-response, for agents' tests
+	// registration-response, http-request and ws-request: what an agent
+	// decodes (for agents written in Go, tests among them)
 	KeyID    string
 	Hostname string
+	URL      string
+	Query    string
+	Method   string
 }
 
 // wireFrame is what Decode unmarshals into. Fields whose JSON type varies
@@ -171,6 +175,9 @@ type wireFrame struct {
 	MessageType  int               `json:"messageType"`
 	KeyID        string            `json:"keyID"`
 	Hostname     string            `json:"hostname"`
+	URL          string            `json:"url"`
+	Query        string            `json:"query"`
+	Method       string            `json:"method"`
 }
 
 // Decoding errors.
@@ -205,6 +212,7 @@ func Decode(data []byte) (Frame, error) {
 		Type: w.Type, ID: w.ID, MandateToken: w.MandateToken, Session: w.Session,
 		Status: w.Status, Headers: w.Headers, ContentType: w.ContentType, Body: w.Body,
 		OK: w.OK, Error: w.Error, MessageType: w.MessageType, KeyID: w.KeyID, Hostname: w.Hostname,
+		URL: w.URL, Query: w.Query, Method: w.Method,
 	}
 	if !known[f.Type] {
 		return f, ErrUnknownType
