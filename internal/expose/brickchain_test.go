@@ -578,4 +578,3 @@ func TestBrickchainSlowUserDropped(t *testing.T) {
 		a.send(brickchain.WSMessage{Base: brickchain.NewBase(brickchain.TypeWSMessage, req.ID), MessageType: 1, Body: body})
 	}
 }
-
