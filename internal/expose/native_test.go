@@ -172,7 +172,7 @@ paths = ["/expose/shop"]
 	ctx := context.Background()
 	for _, c := range []struct {
 		name, token string
-		status     int
+		status      int
 	}{
 		{"shop", "", http.StatusUnauthorized},
 		{"shop", "user-secret-0123456789", http.StatusForbidden},
