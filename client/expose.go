@@ -18,6 +18,8 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/hashicorp/yamux"
+
+	"github.com/postern/postern/internal/expose/muxconn"
 )
 
 // Defaults of ExposeOptions.
@@ -153,17 +155,11 @@ func (c *Client) exposeOnce(ctx context.Context, o ExposeOptions, handler http.H
 		return err
 	}
 	public := resp.Header.Get(PublicURLHeader)
-	ws.SetReadLimit(int64(o.Window) + 64<<10)
+	ws.SetReadLimit(muxconn.ReadLimit())
 	connCtx, cancelConn := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelConn()
-	conn := websocket.NetConn(connCtx, ws, websocket.MessageBinary)
-	cfg := yamux.DefaultConfig()
-	cfg.EnableKeepAlive = true
-	cfg.KeepAliveInterval = o.KeepAlive
-	cfg.ConnectionWriteTimeout = 30 * time.Second
-	cfg.MaxStreamWindowSize = uint32(o.Window)
-	cfg.StreamCloseTimeout = 5 * time.Minute
-	cfg.LogOutput = io.Discard
+	conn := muxconn.Conn(connCtx, ws)
+	cfg := muxconn.Config(o.KeepAlive, o.Window)
 	// The server opens the streams; the agent is yamux's server.
 	sess, err := yamux.Server(conn, cfg)
 	if err != nil {

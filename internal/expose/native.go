@@ -2,7 +2,6 @@ package expose
 
 import (
 	"context"
-	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -13,6 +12,7 @@ import (
 	"github.com/hashicorp/yamux"
 
 	"github.com/postern/postern/internal/auth"
+	"github.com/postern/postern/internal/expose/muxconn"
 	"github.com/postern/postern/internal/httpapi"
 )
 
@@ -46,26 +46,6 @@ func (a *nativeAgent) close() {
 		a.ws.CloseNow()
 	}
 }
-
-// YamuxConfig is the yamux configuration both ends of a native agent
-// connection use: keep-alives every keepAlive, and a stream window of
-// window bytes.
-func YamuxConfig(keepAlive time.Duration, window int) *yamux.Config {
-	cfg := yamux.DefaultConfig()
-	cfg.EnableKeepAlive = true
-	cfg.KeepAliveInterval = keepAlive
-	cfg.ConnectionWriteTimeout = 30 * time.Second
-	cfg.MaxStreamWindowSize = uint32(window)
-	cfg.StreamOpenTimeout = 30 * time.Second
-	cfg.StreamCloseTimeout = 5 * time.Minute
-	cfg.LogOutput = io.Discard
-	return cfg
-}
-
-// ReadLimit is the websocket message limit of an end of a native agent
-// connection whose yamux window is window: yamux writes at most a window
-// of data per frame.
-func ReadLimit(window int) int64 { return int64(window) + 64<<10 }
 
 func isLoopback(remote string) bool {
 	host, _, err := net.SplitHostPort(remote)
@@ -122,10 +102,10 @@ func (s *Service) serveAgent(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return
 	}
-	ws.SetReadLimit(ReadLimit(s.opts.StreamWindow))
-	conn := websocket.NetConn(s.ctx, ws, websocket.MessageBinary)
+	ws.SetReadLimit(muxconn.ReadLimit())
+	conn := muxconn.Conn(s.ctx, ws)
 	// The server opens the streams: it is yamux's client.
-	sess, err := yamux.Client(conn, YamuxConfig(s.opts.AgentKeepAlive, s.opts.StreamWindow))
+	sess, err := yamux.Client(conn, muxconn.Config(s.opts.AgentKeepAlive, s.opts.StreamWindow))
 	if err != nil {
 		ws.CloseNow()
 		return
