@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"net/http"
 	"net/http/httputil"
@@ -53,6 +54,7 @@ func reverseProxy(target string, conns int) (string, func(), error) {
 	rp := &httputil.ReverseProxy{
 		Rewrite:   func(pr *httputil.ProxyRequest) { pr.SetURL(u); pr.SetXForwarded() },
 		Transport: &http.Transport{MaxIdleConnsPerHost: conns * 2, DisableCompression: true},
+		ErrorLog:  log.New(io.Discard, "", 0), // phases end by cancelling requests
 	}
 	return startHTTP(rp)
 }
