@@ -27,12 +27,15 @@ type Serve struct {
 // that starts from the defaults.
 func ServeFlags() (*FlagSet, *Serve) {
 	c := &Serve{Server: server.DefaultConfig(), LogLevel: DefaultLogLevel, LogFormat: DefaultLogFormat}
-	s, t, ib, ex := &c.Server, &c.Server.Tunnel, &c.Server.Inbox, &c.Server.Expose
+	s, t, ib, rl, ex := &c.Server, &c.Server.Tunnel, &c.Server.Inbox, &c.Server.Relay, &c.Server.Expose
 	fs := NewFlagSet("serve")
 
 	fs.ConfigFile(&c.ConfigFile, "config", "TOML `file` of settings, one key per flag name (flags and environment win over it)")
 	fs.String(&s.Listen, "listen", "TCP `address` to serve HTTP on")
-	fs.String(&s.Store, "store", "storage `engine`: memory")
+	fs.String(&s.Store, "store", "storage `engine`: memory, or redis://[user:pass@]host:port/db (rediss:// for TLS) shared by many nodes")
+	fs.String(&s.NodeID, "node-id", "`name` of this node among the nodes sharing one engine (default: host name plus a random suffix)")
+	fs.String(&s.AdvertiseAddr, "advertise-addr", "base `URL` other nodes reach this node at, e.g. http://10.0.0.5:8080 (default: the listen address)")
+	fs.Duration(&s.NodeTTL, "node-ttl", "how long the node directory lists this node after a heartbeat (it beats every third of that)")
 	fs.String(&c.LogLevel, "log-level", "log `level`: debug, info, warn or error")
 	fs.String(&c.LogFormat, "log-format", "log `format`: text or json")
 	fs.Duration(&s.ShutdownTimeout, "shutdown-timeout", "longest graceful drain on SIGTERM before connections are cut")
@@ -65,6 +68,15 @@ func ServeFlags() (*FlagSet, *Serve) {
 	fs.Int(&ib.MaxReceive, "inbox-max-receive", "most messages and acks one inbox receive returns; the rest wait for the next")
 	fs.Int(&ib.MaxLen, "inbox-max-len", "most messages and acks one inbox holds; sends to a full inbox get 507, acks for it are dropped")
 	fs.Int(&ib.MaxActorBytes, "inbox-max-actor-bytes", "longest inbox actor name (From header, destination) in `bytes`")
+
+	fs.Int(&rl.BlockSize, "relay-block-size", "largest piece in `bytes` of a user's upgraded stream handed to a relay client at once (the original's --block_size)")
+	fs.Duration(&rl.InactiveRequestTimeout, "relay-inactive-request-timeout", "a relayed request with no response chunk for this long ends: 504 before its first chunk, a cut connection after (the original's --inactive_request_timeout)")
+	fs.Duration(&rl.InactiveBackendTimeout, "relay-inactive-backend-timeout", "a relay backend that has not polled for this long is forgotten (the original's --inactive_backend_timeout)")
+	fs.Duration(&rl.PollTimeout, "relay-poll-timeout", "how long /server/request waits for a user request before 408")
+	fs.Duration(&rl.PickupTimeout, "relay-pickup-timeout", "how long a user request waits for a relay client to take it before 500")
+	fs.Duration(&rl.RequestStreamTimeout, "relay-request-stream-timeout", "how long /server/requeststream waits for the user's bytes before answering empty")
+	fs.Int64(&rl.MaxRequestBodyBytes, "relay-max-request-body", "largest user request body in `bytes` relayed to a backend (the protocol carries it whole); larger get 413")
+	fs.Int64(&rl.MaxResponseMessageBytes, "relay-max-response-message", "largest /server/response message in `bytes`; larger get 400")
 
 	fs.String(&ex.Domain, "expose-domain", "`domain` D whose hosts NAME.D reach expose agent NAME (its DNS and certificate should cover *.D)", "DOMAIN")
 	fs.String(&ex.BaseURL, "expose-base-url", "public base `URL` of this server; brickchain mandate tokens must name a uri under it (default: the scheme and host the agent connected to)", "BASE")

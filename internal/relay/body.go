@@ -3,6 +3,7 @@ package relay
 import (
 	"errors"
 	"io"
+	"net/http"
 	"sync"
 	"sync/atomic"
 )
@@ -104,10 +105,43 @@ type emptyBody struct{}
 func (emptyBody) Read([]byte) (int, error) { return 0, io.EOF }
 func (emptyBody) Close() error             { return nil }
 
-// bufferPool lends the reverse proxy its copy buffers.
+// bufferPool lends the reverse proxy its copy buffers. They are larger
+// than the proxy's own 32 KiB: every write to the user is flushed at once,
+// so the buffer size is the size of the writes.
 type bufferPool struct{}
 
-var buffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+// CopyBufferSize is the size of the buffers that carry response bodies to
+// users.
+const CopyBufferSize = 128 << 10
+
+var buffers = sync.Pool{New: func() any { b := make([]byte, CopyBufferSize); return &b }}
 
 func (bufferPool) Get() []byte  { return *(buffers.Get().(*[]byte)) }
 func (bufferPool) Put(b []byte) { buffers.Put(&b) }
+
+// limitedBody fails with *http.MaxBytesError once more than limit bytes
+// were read.
+type limitedBody struct {
+	rc    io.ReadCloser
+	left  int64
+	limit int64
+}
+
+func (b *limitedBody) Read(p []byte) (int, error) {
+	if b.left < 0 {
+		return 0, &http.MaxBytesError{Limit: b.limit}
+	}
+	if int64(len(p)) > b.left+1 {
+		p = p[:b.left+1]
+	}
+	n, err := b.rc.Read(p)
+	if int64(n) > b.left {
+		n = int(b.left)
+		b.left = -1
+		return n, &http.MaxBytesError{Limit: b.limit}
+	}
+	b.left -= int64(n)
+	return n, err
+}
+
+func (b *limitedBody) Close() error { return b.rc.Close() }

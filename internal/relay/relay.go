@@ -43,7 +43,9 @@
 // ForwardedHeader marks it so that the receiving node serves it locally or
 // answers "no backend", and never forwards it again. The receiving node's
 // front door parses and authorizes the forwarded request exactly as it
-// would a direct one, so nodes need no trust between them.
+// would a direct one, so nodes need no trust between them. A local backend
+// that implements Readier and says it is not ready (a long-poll transport
+// with no poll parked) yields to another node that lists the name.
 package relay
 
 import (
@@ -182,6 +184,11 @@ type Target struct {
 	NoBackend func(name string) *httpapi.Error
 	// ErrorWriter writes error answers; nil: httpapi.WritePlain.
 	ErrorWriter httpapi.ErrorWriter
+	// Local, when set, is called on the outbound request just before it
+	// goes to a backend on this node (not when it is forwarded to another
+	// node, which needs the request as the user sent it): a front door
+	// removes there what only postern should see, such as its own token.
+	Local func(out *http.Request)
 }
 
 // Hub is a registry of named backends and the user side of every relay.
@@ -269,6 +276,19 @@ type Registration struct {
 	rt       http.RoundTripper
 	inflight atomic.Int64
 	once     sync.Once
+}
+
+// Readier is implemented by backends that can say whether they would take
+// a request at once. When a local backend is not ready and other nodes
+// list the name, the hub forwards the request there instead; when none
+// does, the local backend gets it anyway.
+type Readier interface {
+	Ready() bool
+}
+
+func (r *Registration) ready() bool {
+	rd, ok := r.rt.(Readier)
+	return !ok || rd.Ready()
 }
 
 // Name returns the name the backend registered under.
@@ -405,10 +425,18 @@ func (h *Hub) Serve(w http.ResponseWriter, r *http.Request, t Target) {
 	h.mu.Unlock()
 
 	start := time.Now()
+	inBody := r.Body
 	defer func() {
 		// Runs also when the proxy aborts the connection with
 		// http.ErrAbortHandler, which the HTTP server recovers.
 		cancel()
+		if inBody != nil && !c.upgraded.Load() {
+			// In full-duplex mode a body left unread when the handler
+			// returns races the server's next read (a panic in net/http
+			// that resets the connection); closing it here discards the
+			// rest the usual way.
+			inBody.Close()
+		}
 		h.mu.Lock()
 		delete(h.calls, c)
 		h.uncountLocked(c)
@@ -442,7 +470,9 @@ func (h *Hub) Serve(w http.ResponseWriter, r *http.Request, t Target) {
 			ew(w, r, httpapi.ErrRequestTooLarge)
 			return
 		}
-		r.Body = http.MaxBytesReader(w, r.Body, t.MaxRequestBodyBytes)
+		// Not http.MaxBytesReader: that closes the connection, and a user
+		// still sending then sees a reset instead of the 413.
+		r.Body = &limitedBody{rc: r.Body, left: t.MaxRequestBodyBytes, limit: t.MaxRequestBodyBytes}
 	}
 	h.proxy.ServeHTTP(w, r)
 }
@@ -483,8 +513,25 @@ func (h *Hub) roundTrip(req *http.Request) (*http.Response, error) {
 	if req.Body != nil {
 		req.Body = &countingReader{rc: req.Body, n: &c.up}
 	}
-	if reg := h.pick(c.t.Name); reg != nil {
+	reg := h.pick(c.t.Name)
+	if reg != nil && h.forward != nil && !c.forwarded && !reg.ready() {
+		// The local backend cannot take the request now (a long-poll
+		// transport with no poll parked): prefer a node that may.
+		resp, err := h.forwardRequest(req, c)
+		if err == nil {
+			resp.Body = wrapBody(resp.Body, c, nil)
+			return resp, nil
+		}
+		if !errors.Is(err, ErrNoBackend) {
+			return nil, err
+		}
+		c.via = "local"
+	}
+	if reg != nil {
 		req.Header.Del(ForwardedHeader)
+		if c.t.Local != nil {
+			c.t.Local(req)
+		}
 		reg.inflight.Add(1)
 		resp, err := reg.rt.RoundTrip(req)
 		if err != nil {
@@ -508,6 +555,9 @@ func (h *Hub) roundTrip(req *http.Request) (*http.Response, error) {
 func (h *Hub) modifyResponse(resp *http.Response) error {
 	c := callFrom(resp.Request.Context())
 	if resp.StatusCode == http.StatusSwitchingProtocols {
+		// A 101 has no body of its own; an unknown length would make the
+		// proxy add "Connection: close", which clients read as no upgrade.
+		resp.ContentLength = 0
 		c.upgraded.Store(true)
 		// An upgraded connection has no natural end: a drain does not
 		// wait for it.

@@ -46,10 +46,13 @@ func (n *node) settle(t *testing.T) {
 	}
 }
 
-func startNode(t *testing.T, dir *relaytest.Directory) *node {
+func startNode(t *testing.T, dir *relaytest.Directory, mutate ...func(*relay.Options)) *node {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	opts := relay.DefaultOptions("test")
+	for _, m := range mutate {
+		m(&opts)
+	}
 	opts.Metrics = relay.NewMetrics(reg)
 	opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	if dir != nil {
@@ -659,3 +662,22 @@ func TestTransportErrorAnswer(t *testing.T) {
 type roundTripper func(*http.Request) (*http.Response, error)
 
 func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+func TestDirectoryEntriesAreRenewedWhileTheBackendLives(t *testing.T) {
+	dir := relaytest.NewDirectory()
+	n := startNode(t, dir, func(o *relay.Options) { o.RegisterTTL = 90 * time.Millisecond })
+	reg := n.hub.Register("renewed", backend(t, func(w http.ResponseWriter, r *http.Request) {}))
+	// The first registration, then renewals every third of the TTL: the
+	// entry never lapses while the backend is connected.
+	if err := dir.WaitForRegisters(ctxT(t), "test", "renewed", 4); err != nil {
+		t.Fatal(err)
+	}
+	addrs, err := dir.Lookup(context.Background(), "test", "renewed")
+	if err != nil || len(addrs) != 1 || addrs[0] != n.url {
+		t.Fatalf("lookup %v %v", addrs, err)
+	}
+	reg.Close()
+	if err := dir.WaitFor(ctxT(t), "test", "renewed", 0); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/expose"
+	"github.com/postern/postern/internal/gcrrelay"
 	"github.com/postern/postern/internal/httpapi"
 	"github.com/postern/postern/internal/inbox"
 	"github.com/postern/postern/internal/queue"
@@ -39,6 +40,9 @@ const (
 	DefaultReadHeaderTimeout = 10 * time.Second
 	DefaultIdleTimeout       = 120 * time.Second
 	DefaultMaxHeaderBytes    = 64 << 10
+	// DefaultNodeTTL is how long a node stays listed in the node directory
+	// after its last heartbeat; it beats every third of that.
+	DefaultNodeTTL = 15 * time.Second
 )
 
 // Config is everything a node needs.
@@ -65,8 +69,24 @@ type Config struct {
 	// RateLimit limits requests per client address and per scoped token.
 	RateLimit ratelimit.Options
 
+	// NodeID names this node among those sharing the engine; empty means
+	// the host name plus a random suffix.
+	NodeID string
+	// AdvertiseAddr is the base URL other nodes reach this one at
+	// ("http://10.0.0.5:8080"); empty means the listen address (the host
+	// name when listening on every interface).
+	AdvertiseAddr string
+	// NodeTTL is how long the node directory lists this node after a
+	// heartbeat; zero means DefaultNodeTTL.
+	NodeTTL time.Duration
+	// Directory is the node directory the relay hub uses; nil: the store
+	// engine's, when it implements store.Directory (shared engines). Tests
+	// set it to connect in-process nodes without a shared engine.
+	Directory store.Directory
+
 	Tunnel tunnel.Options
 	Inbox  inbox.Options
+	Relay  gcrrelay.Options
 	Expose expose.Options
 
 	// TLSCertFile and TLSKeyFile, when both set, make the node serve HTTPS
@@ -88,8 +108,10 @@ func DefaultConfig() Config {
 		ReadHeaderTimeout: DefaultReadHeaderTimeout,
 		IdleTimeout:       DefaultIdleTimeout,
 		MaxHeaderBytes:    DefaultMaxHeaderBytes,
+		NodeTTL:           DefaultNodeTTL,
 		Tunnel:            tunnel.DefaultOptions(),
 		Inbox:             inbox.DefaultOptions(),
+		Relay:             gcrrelay.DefaultOptions(),
 		Expose:            expose.DefaultOptions(),
 	}
 }
@@ -101,9 +123,15 @@ type Server struct {
 	registry *prometheus.Registry
 	store    store.Engine
 	queue    *queue.Core
+	relayHub *relay.Hub
+	relay    *gcrrelay.Relay
 	expose   *expose.Service
-	handler  http.Handler
-	http     *http.Server
+	// relayMetrics are shared by every relay hub of the node.
+	relayMetrics *relay.Metrics
+	handler      http.Handler
+	http         *http.Server
+
+	nodes *nodes
 
 	draining     atomic.Bool
 	shutdownOnce sync.Once
@@ -138,6 +166,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Policy != nil {
 		cfg.Tunnel.Policy = cfg.Policy
 		cfg.Inbox.Policy = cfg.Policy
+		cfg.Relay.Policy = cfg.Policy
 		cfg.Expose.Policy = cfg.Policy
 	}
 	var tlsConfig *tls.Config
@@ -151,7 +180,10 @@ func New(cfg Config) (*Server, error) {
 		}
 		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
-	st, err := OpenStore(cfg.Store)
+	if cfg.Relay.Logger == nil {
+		cfg.Relay.Logger = cfg.Logger
+	}
+	st, err := OpenStore(cfg.Store, s.log)
 	if err != nil {
 		return nil, err
 	}
@@ -172,37 +204,65 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return fail(err)
 	}
+	if s.nodes, err = newNodes(cfg, st, s.log, s.registry); err != nil {
+		return fail(err)
+	}
+	dir := cfg.Directory
+	if dir == nil {
+		dir, _ = st.(store.Directory)
+	}
+	// One set of relay metrics for every hub of the node (relay, expose),
+	// labelled by namespace.
+	s.relayMetrics = relay.NewMetrics(s.registry)
+	hubOpts := relay.DefaultOptions("relay")
+	hubOpts.Directory = dir
+	hubOpts.Metrics = s.relayMetrics
+	hubOpts.Logger = s.log
+	if s.relayHub, err = relay.New(hubOpts); err != nil {
+		return fail(err)
+	}
+	if s.relay, err = gcrrelay.New(s.relayHub, cfg.Relay); err != nil {
+		s.relayHub.Shutdown(context.Background()) // stops its directory goroutine
+		return fail(err)
+	}
 
-	// The relay metrics are shared by every hub of the node.
-	relayMetrics := relay.NewMetrics(s.registry)
 	exposeHub := relay.DefaultOptions("expose")
-	exposeHub.Directory, _ = st.(store.Directory)
+	exposeHub.Directory = dir
 	exposeHub.RegisterTTL = cfg.Expose.RegistrationTTL
-	exposeHub.Metrics = relayMetrics
+	exposeHub.Metrics = s.relayMetrics
 	exposeHub.Logger = s.log
 	hub, err := relay.New(exposeHub)
 	if err != nil {
+		s.relayHub.Shutdown(context.Background())
 		return fail(err)
 	}
 	eo := cfg.Expose
 	eo.Metrics, eo.Logger = s.registry, s.log
 	if s.expose, err = expose.New(hub, eo); err != nil {
+		s.relayHub.Shutdown(context.Background())
+		hub.Shutdown(context.Background())
 		return fail(err)
 	}
 
 	mux := httpapi.NewRouter()
 	tunnels.Mount(mux)
 	inboxes.Mount(mux)
+	s.relay.Mount(mux)
 	s.expose.Mount(mux)
 	httpapi.MountOps(mux, s.ready, s.registry)
-	mux.Fallback(httpapi.Handle(func(w http.ResponseWriter, r *http.Request) error {
+	s.nodes.mount(mux)
+	mux.Fallback(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// The original tunnel relay answered any path under /health with "OK".
 		if strings.HasPrefix(r.URL.Path, "/health") {
-			return healthOK(w, r)
+			httpapi.Handle(healthOK, nil).ServeHTTP(w, r)
+			return
 		}
-		httpapi.SetRoute(r, "not_found")
-		return httpapi.ErrNotFound
-	}, nil))
+		// On paths nobody owns, X-Server-Name names a relay backend.
+		if s.relay.ServeUnowned(w, r) {
+			return
+		}
+		notFound.ServeHTTP(w, r)
+	}))
 
 	rl := cfg.RateLimit
 	rl.Metrics = s.registry
@@ -219,9 +279,18 @@ func New(cfg Config) (*Server, error) {
 		mux.ServeHTTP(w, r)
 	})
 	s.handler = m.Wrap(limiter.Wrap(hosts))
+	// HTTP/2 without TLS (prior knowledge), as the original relay served
+	// for gRPC clients, next to HTTP/1.1; with TLS, HTTP/2 by ALPN too.
+	protocols := new(http.Protocols)
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
+	if tlsConfig != nil {
+		protocols.SetHTTP2(true)
+	}
 	s.http = &http.Server{
 		TLSConfig:         tlsConfig,
 		Handler:           s.handler,
+		Protocols:         protocols,
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		IdleTimeout:       cfg.IdleTimeout,
 		MaxHeaderBytes:    cfg.MaxHeaderBytes,
@@ -229,6 +298,11 @@ func New(cfg Config) (*Server, error) {
 	}
 	return s, nil
 }
+
+var notFound = httpapi.Handle(func(w http.ResponseWriter, r *http.Request) error {
+	httpapi.SetRoute(r, "not_found")
+	return httpapi.ErrNotFound
+}, nil)
 
 func healthOK(w http.ResponseWriter, r *http.Request) error {
 	httpapi.SetRoute(r, "ops.health")
@@ -244,6 +318,18 @@ func (s *Server) Handler() http.Handler { return s.handler }
 // node, or ctx ends: a readiness signal for tests and tools.
 func (s *Server) WaitForLongPolls(ctx context.Context, n int) error {
 	return s.queue.WaitForWaiters(ctx, n)
+}
+
+// WaitForRelayPolls blocks until at least n relay client polls for backend
+// name are parked on this node, or ctx ends: a readiness signal for tests.
+func (s *Server) WaitForRelayPolls(ctx context.Context, name string, n int) error {
+	return s.relay.WaitForPolls(ctx, name, n)
+}
+
+// RelayAnnounced returns a channel closed once backend name is listed in
+// the node directory for this node (at once without a directory).
+func (s *Server) RelayAnnounced(name string) <-chan struct{} {
+	return s.relayHub.Announced(name)
 }
 
 // Registry returns the node's metrics registry.
@@ -262,8 +348,16 @@ func (s *Server) ready(ctx context.Context) error {
 // Serve serves HTTP on ln until Shutdown. It returns nil after a graceful
 // shutdown.
 func (s *Server) Serve(ln net.Listener) error {
+	s.nodes.start(ln.Addr())
 	tlsOn := s.http.TLSConfig != nil
-	s.log.Info("postern listening", "addr", ln.Addr().String(), "store", s.store.Name(), "version", version.Version(), "tls", tlsOn)
+	s.log.Info("postern listening", "addr", ln.Addr().String(), "store", s.store.Name(), "node", s.nodes.self().ID, "advertise", s.nodes.self().Addr, "version", version.Version(), "tls", tlsOn)
+	// The relay hubs forward to the address the node directory lists.
+	s.relayHub.SetAdvertiseURL(s.nodes.self().Addr)
+	s.expose.Hub().SetAdvertiseURL(s.nodes.self().Addr)
+	if tcp, ok := ln.Addr().(*net.TCPAddr); ok {
+		// The line the original relay server's users wait for.
+		s.log.Info("Relay server listening", "Port", tcp.Port)
+	}
 	var err error
 	if tlsOn {
 		err = s.http.ServeTLS(ln, "", "")
@@ -287,10 +381,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.draining.Store(true)
 		s.log.Info("draining")
 		var errs []error
-		// Expose first: its hub drains the requests in flight while the
-		// agents that answer them are still connected, then the agents go.
+		s.nodes.stop() // leave the node directory first: nothing new is sent here
+		// Expose: its hub drains the requests in flight while the agents
+		// that answer them are still connected, then the agents go.
 		errs = append(errs, s.expose.Shutdown(ctx))
 		errs = append(errs, s.queue.Shutdown(ctx))
+		// Relays in flight finish while the listener is still open: their
+		// relay clients keep posting chunks. Then parked polls are answered.
+		errs = append(errs, s.relayHub.Shutdown(ctx))
+		errs = append(errs, s.relay.Shutdown(ctx))
 		if err := s.http.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("http drain: %w", err))
 			s.http.Close()

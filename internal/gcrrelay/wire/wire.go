@@ -114,6 +114,34 @@ func (r *Request) Marshal() []byte {
 	return b
 }
 
+// MarshalParts encodes r in three parts whose concatenation is Marshal's
+// result: what comes before the body's bytes, the body itself (r.Body, not
+// copied), and what follows. A client posting large chunks sends the parts
+// one after another instead of copying the body into one message.
+func (r *Response) MarshalParts() (head, body, tail []byte) {
+	head = make([]byte, 0, 32+headersSize(2, r.Headers))
+	if r.HasStatus {
+		head = appendVarint(head, 1, uint64(int64(r.StatusCode)))
+	}
+	head = appendHeaders(head, 2, r.Headers)
+	if r.Body != nil {
+		head = protowire.AppendTag(head, 3, protowire.BytesType)
+		head = protowire.AppendVarint(head, uint64(len(r.Body)))
+	}
+	tail = make([]byte, 0, 32+len(r.ID)+headersSize(6, r.Trailers))
+	if r.HasID || r.ID != "" {
+		tail = appendString(tail, 4, r.ID)
+	}
+	if r.EOF {
+		tail = appendVarint(tail, 5, 1)
+	}
+	tail = appendHeaders(tail, 6, r.Trailers)
+	if r.BackendDurationMs != 0 {
+		tail = appendVarint(tail, 7, uint64(r.BackendDurationMs))
+	}
+	return head, r.Body, tail
+}
+
 // Marshal encodes r; optional fields are present when set (HasStatus,
 // HasID, EOF true, BackendDurationMs non-zero).
 func (r *Response) Marshal() []byte {

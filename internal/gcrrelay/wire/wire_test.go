@@ -82,7 +82,7 @@ func headersOf(m protoreflect.Message, field string) []wire.Header {
 func TestRequestDecodesWithTheProtobufLibrary(t *testing.T) {
 	in := wire.Request{
 		ID: "robot:0123456789abcdef0123456789abcdef", Method: "POST", URL: "http://invalid/a?b=c",
-		Headers: []wire.Header{{"Accept", "*/*"}, {"X-Multi", "1"}, {"X-Multi", "2"}, {"X-Empty", ""}},
+		Headers: []wire.Header{{Name: "Accept", Value: "*/*"}, {Name: "X-Multi", Value: "1"}, {Name: "X-Multi", Value: "2"}, {Name: "X-Empty", Value: ""}},
 		Body:    []byte("hello\x00"), Host: "relay.example",
 	}
 	m := dynamicpb.NewMessage(httpRequest)
@@ -163,10 +163,14 @@ func libraryResponse(r wire.Response) []byte {
 func TestResponseMatchesTheProtobufLibrary(t *testing.T) {
 	for _, r := range []wire.Response{
 		{HasID: true, ID: "x:1"},
-		{HasStatus: true, StatusCode: 200, HasID: true, ID: "n:ab", Headers: []wire.Header{{"Content-Type", "text/plain"}, {"Set-Cookie", "a=1"}, {"Set-Cookie", "b=2"}}, Body: []byte("body")},
+		{HasStatus: true, StatusCode: 200, HasID: true, ID: "n:ab", Headers: []wire.Header{{Name: "Content-Type", Value: "text/plain"}, {Name: "Set-Cookie", Value: "a=1"}, {Name: "Set-Cookie", Value: "b=2"}}, Body: []byte("body")},
 		{HasStatus: true, StatusCode: -1, HasID: true, ID: "neg"},
-		{HasID: true, ID: "t", EOF: true, Trailers: []wire.Header{{"Grpc-Status", "0"}}, BackendDurationMs: 1234, Body: []byte{}},
+		{HasID: true, ID: "t", EOF: true, Trailers: []wire.Header{{Name: "Grpc-Status", Value: "0"}}, BackendDurationMs: 1234, Body: []byte{}},
 	} {
+		head, body, tail := r.MarshalParts()
+		if parts := append(append(append([]byte(nil), head...), body...), tail...); !bytes.Equal(parts, r.Marshal()) {
+			t.Errorf("%+v: MarshalParts %x, Marshal %x", r, parts, r.Marshal())
+		}
 		lib := libraryResponse(r)
 		got, err := wire.UnmarshalResponse(lib)
 		if err != nil {
@@ -212,8 +216,8 @@ func TestDecodeErrors(t *testing.T) {
 
 func seedResponses(f *testing.F) {
 	f.Add([]byte{})
-	f.Add(libraryResponse(wire.Response{HasStatus: true, StatusCode: 200, HasID: true, ID: "n:1", Headers: []wire.Header{{"A", "b"}}, Body: []byte("x")}))
-	f.Add(libraryResponse(wire.Response{HasID: true, ID: "n:1", EOF: true, Trailers: []wire.Header{{"Grpc-Status", "0"}}}))
+	f.Add(libraryResponse(wire.Response{HasStatus: true, StatusCode: 200, HasID: true, ID: "n:1", Headers: []wire.Header{{Name: "A", Value: "b"}}, Body: []byte("x")}))
+	f.Add(libraryResponse(wire.Response{HasID: true, ID: "n:1", EOF: true, Trailers: []wire.Header{{Name: "Grpc-Status", Value: "0"}}}))
 	f.Add([]byte{0x08, 0x80})
 	f.Add([]byte{0x12, 0x02, 0x0a, 0x00, 0x4b, 0x4c})
 }
@@ -254,6 +258,10 @@ func FuzzUnmarshalResponse(f *testing.F) {
 		if !reflect.DeepEqual(*mine, want) {
 			t.Fatalf("decoded %+v, library %+v", *mine, want)
 		}
+		head, body, tail := mine.MarshalParts()
+		if parts := append(append(append([]byte(nil), head...), body...), tail...); !bytes.Equal(parts, mine.Marshal()) {
+			t.Fatalf("MarshalParts %x differs from Marshal %x", parts, mine.Marshal())
+		}
 		again, err := wire.UnmarshalResponse(mine.Marshal())
 		if err != nil || !reflect.DeepEqual(*again, *mine) {
 			t.Fatalf("re-encoding: %v %+v", err, again)
@@ -264,7 +272,7 @@ func FuzzUnmarshalResponse(f *testing.F) {
 // FuzzUnmarshalRequest: the relay client side of the protocol, as the
 // tests' relay client decodes it.
 func FuzzUnmarshalRequest(f *testing.F) {
-	f.Add((&wire.Request{ID: "n:1", Method: "GET", URL: "http://invalid/", Headers: []wire.Header{{"A", "b"}}}).Marshal())
+	f.Add((&wire.Request{ID: "n:1", Method: "GET", URL: "http://invalid/", Headers: []wire.Header{{Name: "A", Value: "b"}}}).Marshal())
 	f.Add([]byte{0x0a, 0x01})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		mine, err := wire.UnmarshalRequest(b)

@@ -16,6 +16,7 @@ import (
 type Directory struct {
 	mu      sync.Mutex
 	entries map[[2]string]map[string]time.Time // (ns, name) -> addr -> expiry
+	writes  map[[2]string]int                  // Register calls per (ns, name)
 	nodes   map[string]nodeEntry
 	changed chan struct{} // closed and replaced on every change
 }
@@ -31,6 +32,7 @@ var _ store.Directory = (*Directory)(nil)
 func NewDirectory() *Directory {
 	return &Directory{
 		entries: make(map[[2]string]map[string]time.Time),
+		writes:  make(map[[2]string]int),
 		nodes:   make(map[string]nodeEntry),
 		changed: make(chan struct{}),
 	}
@@ -53,6 +55,7 @@ func (d *Directory) Register(ctx context.Context, ns, name, addr string, ttl tim
 		d.entries[k] = make(map[string]time.Time)
 	}
 	d.entries[k][addr] = time.Now().Add(ttl)
+	d.writes[k]++
 	d.changedLocked()
 	return nil
 }
@@ -132,6 +135,25 @@ func (d *Directory) WaitFor(ctx context.Context, ns, name string, want int) erro
 		ch := d.changed
 		d.mu.Unlock()
 		if n == want {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ch:
+		}
+	}
+}
+
+// WaitForRegisters blocks until Register was called at least n times for
+// (ns, name), renewals included, or ctx ends.
+func (d *Directory) WaitForRegisters(ctx context.Context, ns, name string, n int) error {
+	for {
+		d.mu.Lock()
+		got := d.writes[[2]string{ns, name}]
+		ch := d.changed
+		d.mu.Unlock()
+		if got >= n {
 			return nil
 		}
 		select {
