@@ -40,6 +40,8 @@ type bcConn struct {
 	pending map[string]chan bcResult
 	streams map[string]*wsStream
 	closeMu sync.Once
+	ended   bool           // run is done; guarded by mu
+	closers sync.WaitGroup // the close handshake fail started
 }
 
 // bcResult is an http-response, or why none will come.
@@ -113,6 +115,10 @@ func (c *bcConn) run() {
 	wg.Wait()
 	c.cleanup()
 	c.ws.CloseNow()
+	c.mu.Lock()
+	c.ended = true
+	c.mu.Unlock()
+	c.closers.Wait()
 	if err != nil && !errors.Is(err, context.Canceled) {
 		c.s.log.Debug("brickchain agent connection ended", "remote", c.remote, "err", err)
 	}
@@ -290,19 +296,25 @@ func (c *bcConn) fail(reqID, msg string) {
 		if len(reason) > 120 {
 			reason = reason[:120]
 		}
-		go func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.ended {
+			return
+		}
+		c.closers.Go(func() {
 			ctx, cancel := context.WithTimeout(c.ctx, c.s.opts.WriteTimeout)
 			defer cancel()
 			c.ws.Write(ctx, websocket.MessageText, b)
 			c.ws.Close(websocket.StatusPolicyViolation, reason)
-		}()
+		})
 	})
 }
 
-// goAway closes the socket at shutdown.
+// goAway closes the socket at shutdown; it waits for the close handshake
+// (at most five seconds), so Shutdown runs it for every socket at once.
 func (c *bcConn) goAway() {
 	c.closeMu.Do(func() {
-		go c.ws.Close(websocket.StatusGoingAway, "server shutting down")
+		c.ws.Close(websocket.StatusGoingAway, "server shutting down")
 	})
 }
 

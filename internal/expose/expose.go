@@ -380,9 +380,11 @@ func (s *Service) Shutdown(ctx context.Context) error {
 			natives = append(natives, a)
 		}
 		s.mu.Unlock()
+		var closing sync.WaitGroup
 		for _, c := range conns {
-			c.goAway()
+			closing.Go(c.goAway)
 		}
+		closing.Wait()
 		for _, a := range natives {
 			a.close()
 		}
