@@ -43,6 +43,7 @@ func commands() []command {
 		{"send", "send a message to a tunnel", runSend},
 		{"recv", "receive messages from a tunnel", runRecv},
 		{"inbox", "send and receive addressed inbox messages", runInbox},
+		{"expose", "publish a local service through the server", runExpose},
 		{"version", "print the version", runVersion},
 	}
 }

@@ -11,8 +11,10 @@ import (
 
 const serveUsage = `Usage: postern serve [flags]
 
-Runs a postern server: tunnels at /t/, inboxes at /inbox/, health at
-/healthz and /readyz, Prometheus metrics at /metrics. SIGTERM or SIGINT
+Runs a postern server: tunnels at /t/, inboxes at /inbox/, expose agents at
+/agent and /proxy/subscribe (users reach them by Host NAME.<--expose-domain>
+or at /proxy/request/NAME/), health at /healthz and /readyz, Prometheus
+metrics at /metrics. SIGTERM or SIGINT
 drains it gracefully: waiting long-polls are answered, requests in progress
 finish, then it exits 0.
 `

@@ -27,7 +27,7 @@ type Serve struct {
 // that starts from the defaults.
 func ServeFlags() (*FlagSet, *Serve) {
 	c := &Serve{Server: server.DefaultConfig(), LogLevel: DefaultLogLevel, LogFormat: DefaultLogFormat}
-	s, t, ib, rl := &c.Server, &c.Server.Tunnel, &c.Server.Inbox, &c.Server.Relay
+	s, t, ib, rl, ex := &c.Server, &c.Server.Tunnel, &c.Server.Inbox, &c.Server.Relay, &c.Server.Expose
 	fs := NewFlagSet("serve")
 
 	fs.ConfigFile(&c.ConfigFile, "config", "TOML `file` of settings, one key per flag name (flags and environment win over it)")
@@ -47,6 +47,8 @@ func ServeFlags() (*FlagSet, *Serve) {
 	fs.Float64(&s.RateLimit.PerToken, "rate-limit-token", "requests per second allowed to one scoped token; 0: unlimited")
 	fs.Int(&s.RateLimit.PerTokenBurst, "rate-limit-token-burst", "requests one token may send at once (0: two seconds' worth)")
 	fs.Prefixes(&s.RateLimit.TrustedProxies, "trusted-proxies", "comma-separated CIDR `prefixes` of proxies whose X-Forwarded-For names the client")
+	fs.String(&s.TLSCertFile, "tls-cert", "PEM `file` of the TLS certificate chain: serve HTTPS (a wildcard certificate for the expose domain covers every agent)")
+	fs.String(&s.TLSKeyFile, "tls-key", "PEM `file` of the TLS private key, with --tls-cert")
 	fs.String(&s.TokenFile, "token-file", "TOML `file` of scoped tokens (which actions on which paths), honoured by every capability")
 
 	fs.String(&t.AccessToken, "tunnel-access-token", "bearer `token` accepted on every tunnel route (prefer the environment: flags show in ps)", "TUNNEL_ACCESS_TOKEN")
@@ -75,6 +77,15 @@ func ServeFlags() (*FlagSet, *Serve) {
 	fs.Duration(&rl.RequestStreamTimeout, "relay-request-stream-timeout", "how long /server/requeststream waits for the user's bytes before answering empty")
 	fs.Int64(&rl.MaxRequestBodyBytes, "relay-max-request-body", "largest user request body in `bytes` relayed to a backend (the protocol carries it whole); larger get 413")
 	fs.Int64(&rl.MaxResponseMessageBytes, "relay-max-response-message", "largest /server/response message in `bytes`; larger get 400")
+
+	fs.String(&ex.Domain, "expose-domain", "`domain` D whose hosts NAME.D reach expose agent NAME (its DNS and certificate should cover *.D)", "DOMAIN")
+	fs.String(&ex.BaseURL, "expose-base-url", "public base `URL` of this server; brickchain mandate tokens must name a uri under it (default: the scheme and host the agent connected to)", "BASE")
+	fs.Int64(&ex.MaxRequestBytes, "expose-max-request-body", "largest request body in `bytes` relayed to a brickchain agent; larger get 413")
+	fs.Int64(&ex.MaxFrameBytes, "expose-max-frame", "largest frame in `bytes` a brickchain agent may send; a larger response gets 502")
+	fs.Duration(&ex.ResponseTimeout, "expose-timeout", "how long a brickchain agent has to answer before the user gets 504")
+	fs.Int(&ex.ClientRate, "expose-client-rate", "requests allowed to each brickchain client per --expose-client-rate-period (0: unlimited); more get 429")
+	fs.Duration(&ex.ClientRatePeriod, "expose-client-rate-period", "period of --expose-client-rate")
+	fs.Bool(&ex.AnonymousAgents, "expose-anonymous-agents", "without --token-file, let native agents from any address claim any name (default: loopback agents only)")
 	return fs, c
 }
 

@@ -5,6 +5,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/postern/postern/internal/auth"
+	"github.com/postern/postern/internal/expose"
 	"github.com/postern/postern/internal/gcrrelay"
 	"github.com/postern/postern/internal/httpapi"
 	"github.com/postern/postern/internal/inbox"
@@ -86,6 +88,13 @@ type Config struct {
 	Tunnel tunnel.Options
 	Inbox  inbox.Options
 	Relay  gcrrelay.Options
+	Expose expose.Options
+
+	// TLSCertFile and TLSKeyFile, when both set, make the node serve HTTPS
+	// with that certificate (a wildcard for the expose domain serves every
+	// agent's host).
+	TLSCertFile string
+	TLSKeyFile  string
 
 	// Logger receives the server's logs; nil means slog.Default().
 	Logger *slog.Logger
@@ -104,6 +113,7 @@ func DefaultConfig() Config {
 		Tunnel:            tunnel.DefaultOptions(),
 		Inbox:             inbox.DefaultOptions(),
 		Relay:             gcrrelay.DefaultOptions(),
+		Expose:            expose.DefaultOptions(),
 	}
 }
 
@@ -116,6 +126,7 @@ type Server struct {
 	queue    *queue.Core
 	relayHub *relay.Hub
 	relay    *gcrrelay.Relay
+	expose   *expose.Service
 	// relayMetrics are shared by every relay hub of the node.
 	relayMetrics *relay.Metrics
 	handler      http.Handler
@@ -157,6 +168,18 @@ func New(cfg Config) (*Server, error) {
 		cfg.Tunnel.Policy = cfg.Policy
 		cfg.Inbox.Policy = cfg.Policy
 		cfg.Relay.Policy = cfg.Policy
+		cfg.Expose.Policy = cfg.Policy
+	}
+	var tlsConfig *tls.Config
+	if cfg.TLSCertFile != "" || cfg.TLSKeyFile != "" {
+		if cfg.TLSCertFile == "" || cfg.TLSKeyFile == "" {
+			return nil, errors.New("TLS needs both a certificate and a key file")
+		}
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("TLS certificate: %w", err)
+		}
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 	if cfg.Relay.Logger == nil {
 		cfg.Relay.Logger = cfg.Logger
@@ -204,10 +227,29 @@ func New(cfg Config) (*Server, error) {
 		return fail(err)
 	}
 
+	exposeHub := relay.DefaultOptions("expose")
+	exposeHub.Directory = dir
+	exposeHub.RegisterTTL = cfg.Expose.RegistrationTTL
+	exposeHub.Metrics = s.relayMetrics
+	exposeHub.Logger = s.log
+	hub, err := relay.New(exposeHub)
+	if err != nil {
+		s.relayHub.Shutdown(context.Background())
+		return fail(err)
+	}
+	eo := cfg.Expose
+	eo.Metrics, eo.Logger = s.registry, s.log
+	if s.expose, err = expose.New(hub, eo); err != nil {
+		s.relayHub.Shutdown(context.Background())
+		hub.Shutdown(context.Background())
+		return fail(err)
+	}
+
 	mux := httpapi.NewRouter()
 	tunnels.Mount(mux)
 	inboxes.Mount(mux)
 	s.relay.Mount(mux)
+	s.expose.Mount(mux)
 	httpapi.MountOps(mux, s.ready, s.registry)
 	s.nodes.mount(mux)
 	mux.Fallback(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -229,13 +271,25 @@ func New(cfg Config) (*Server, error) {
 	limiter := ratelimit.New(rl, cfg.Policy)
 
 	m := httpapi.NewMetrics(s.registry, s.log)
-	s.handler = m.Wrap(limiter.Wrap(mux))
+	// The Host check in front of the path router: NAME.<expose domain>
+	// belongs to agent NAME, whatever its path.
+	hosts := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.expose.ServeHost(w, r) {
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+	s.handler = m.Wrap(limiter.Wrap(hosts))
 	// HTTP/2 without TLS (prior knowledge), as the original relay served
-	// for gRPC clients, next to HTTP/1.1.
+	// for gRPC clients, next to HTTP/1.1; with TLS, HTTP/2 by ALPN too.
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true)
+	if tlsConfig != nil {
+		protocols.SetHTTP2(true)
+	}
 	s.http = &http.Server{
+		TLSConfig:         tlsConfig,
 		Handler:           s.handler,
 		Protocols:         protocols,
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
@@ -296,14 +350,21 @@ func (s *Server) ready(ctx context.Context) error {
 // shutdown.
 func (s *Server) Serve(ln net.Listener) error {
 	s.nodes.start(ln.Addr())
-	s.log.Info("postern listening", "addr", ln.Addr().String(), "store", s.store.Name(), "node", s.nodes.self().ID, "advertise", s.nodes.self().Addr, "version", version.Version())
-	// The relay hub forwards to the address the node directory lists.
+	tlsOn := s.http.TLSConfig != nil
+	s.log.Info("postern listening", "addr", ln.Addr().String(), "store", s.store.Name(), "node", s.nodes.self().ID, "advertise", s.nodes.self().Addr, "version", version.Version(), "tls", tlsOn)
+	// The relay hubs forward to the address the node directory lists.
 	s.relayHub.SetAdvertiseURL(s.nodes.self().Addr)
+	s.expose.Hub().SetAdvertiseURL(s.nodes.self().Addr)
 	if tcp, ok := ln.Addr().(*net.TCPAddr); ok {
 		// The line the original relay server's users wait for.
 		s.log.Info("Relay server listening", "Port", tcp.Port)
 	}
-	err := s.http.Serve(ln)
+	var err error
+	if tlsOn {
+		err = s.http.ServeTLS(ln, "", "")
+	} else {
+		err = s.http.Serve(ln)
+	}
 	if errors.Is(err, http.ErrServerClosed) {
 		<-s.shutdownDone
 		return nil
@@ -322,6 +383,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.log.Info("draining")
 		var errs []error
 		s.nodes.stop() // leave the node directory first: nothing new is sent here
+		// Expose: its hub drains the requests in flight while the agents
+		// that answer them are still connected, then the agents go.
+		errs = append(errs, s.expose.Shutdown(ctx))
 		errs = append(errs, s.queue.Shutdown(ctx))
 		// Relays in flight finish while the listener is still open: their
 		// relay clients keep posting chunks. Then parked polls are answered.

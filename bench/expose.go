@@ -1,0 +1,303 @@
+package main
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/coder/websocket"
+	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/postern/postern/client"
+	"github.com/postern/postern/internal/expose/brickchain"
+	"github.com/postern/postern/internal/server"
+)
+
+func init() {
+	register(Scenario{
+		Name:     "expose",
+		Baseline: "httputil.ReverseProxy to the same backend, same client, same connections",
+		Run:      runExpose,
+	})
+	register(Scenario{
+		Name:     "expose-brickchain",
+		Baseline: "httputil.ReverseProxy to the same backend, same client, same connections",
+		Run:      runExposeBrickchain,
+	})
+}
+
+// exposeNode starts a node with the expose domain "localhost".
+func exposeNode() (*node, error) {
+	cfg := server.DefaultConfig()
+	cfg.Store = "memory"
+	cfg.Expose.Domain = "localhost"
+	cfg.Expose.ClientRate = 0
+	return startNode(cfg)
+}
+
+// reverseProxy is the baseline: a plain httputil.ReverseProxy to target.
+func reverseProxy(target string, conns int) (string, func(), error) {
+	u, _ := url.Parse(target)
+	rp := &httputil.ReverseProxy{
+		Rewrite:   func(pr *httputil.ProxyRequest) { pr.SetURL(u); pr.SetXForwarded() },
+		Transport: &http.Transport{MaxIdleConnsPerHost: conns * 2, DisableCompression: true},
+		ErrorLog:  log.New(io.Discard, "", 0), // phases end by cancelling requests
+	}
+	return startHTTP(rp)
+}
+
+// bytesHandler answers /bytes?n=N with N bytes, everything else like
+// plainHandler.
+var bytesHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/bytes" {
+		n, _ := strconv.ParseInt(r.URL.Query().Get("n"), 10, 64)
+		buf := make([]byte, 256<<10)
+		for n > 0 {
+			k := min(n, int64(len(buf)))
+			if _, err := w.Write(buf[:k]); err != nil {
+				return
+			}
+			n -= k
+		}
+		return
+	}
+	plainHandler(w, r)
+})
+
+// getHost is a closed-loop operation: GET url with Host host, expect 200.
+func getHost(c *http.Client, u, host string) func(ctx context.Context, w, seq int) error {
+	return func(ctx context.Context, w, seq int) error {
+		req, _ := http.NewRequestWithContext(ctx, "GET", u, nil)
+		if host != "" {
+			req.Host = host
+		}
+		return expect(c, req, 200)
+	}
+}
+
+func portOf(u string) string { return u[strings.LastIndex(u, ":"):] }
+
+// runExpose measures the native agent: requests/s through node and agent
+// against a plain reverse proxy, and one stream's download throughput.
+func runExpose(ctx context.Context, o Options) ([]Figure, error) {
+	backendURL, stopBackend, err := startHTTP(bytesHandler)
+	if err != nil {
+		return nil, err
+	}
+	defer stopBackend()
+	proxyURL, stopProxy, err := reverseProxy(backendURL, o.Conns)
+	if err != nil {
+		return nil, err
+	}
+	defer stopProxy()
+	n, err := exposeNode()
+	if err != nil {
+		return nil, err
+	}
+	defer n.stop()
+	cl, err := client.New(n.URL)
+	if err != nil {
+		return nil, err
+	}
+	actx, cancel := context.WithCancel(ctx)
+	ready := make(chan struct{}, 1)
+	agentDone := make(chan error, 1)
+	go func() {
+		agentDone <- cl.Expose(actx, client.ExposeOptions{
+			Name: "bench", Local: backendURL, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+			OnReady: func(string) {
+				select {
+				case ready <- struct{}{}:
+				default:
+				}
+			},
+		})
+	}()
+	defer func() { cancel(); <-agentDone }()
+	select {
+	case <-ready:
+	case err := <-agentDone:
+		return nil, fmt.Errorf("agent: %v", err)
+	case <-time.After(10 * time.Second):
+		return nil, errors.New("agent not ready")
+	}
+	c := httpClient(o.Conns)
+	defer c.CloseIdleConnections()
+	host := "bench.localhost" + portOf(n.URL)
+
+	// Alternate slices so that the machine's load weighs on both alike.
+	var base, got LoadResult
+	slice := o.Duration / 4
+	for range 4 {
+		b, err := closedLoop(ctx, o.Conns, slice, getHost(c, proxyURL+"/", ""))
+		if err != nil {
+			return nil, fmt.Errorf("baseline: %w", err)
+		}
+		g, err := closedLoop(ctx, o.Conns, slice, getHost(c, n.URL+"/", host))
+		if err != nil {
+			return nil, fmt.Errorf("expose: %w", err)
+		}
+		base, got = mergeLoad(base, b), mergeLoad(got, g)
+	}
+	// One stream: a large download through each path.
+	const size = 512 << 20
+	through := func(u, h string) (float64, error) {
+		req, _ := http.NewRequestWithContext(ctx, "GET", u+"/bytes?n="+strconv.Itoa(size), nil)
+		if h != "" {
+			req.Host = h
+		}
+		start := time.Now()
+		resp, err := c.Do(req)
+		if err != nil {
+			return 0, err
+		}
+		k, err := io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if err != nil || k != size {
+			return 0, fmt.Errorf("download: %d bytes, %v", k, err)
+		}
+		return float64(size) * 8 / time.Since(start).Seconds() / 1e9, nil
+	}
+	baseTP, err := through(proxyURL, "")
+	if err != nil {
+		return nil, err
+	}
+	tp, err := through(n.URL, host)
+	if err != nil {
+		return nil, err
+	}
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	return []Figure{
+		{Name: "native req/s", Unit: "req/s", Value: got.Rate(), Baseline: base.Rate(), Goal: 0.8},
+		{Name: "native p99", Unit: "ms", Value: ms(got.Percentile(99)), Baseline: ms(base.Percentile(99)), LowerIsBetter: true},
+		{Name: "one-stream download", Unit: "Gbit/s", Value: tp, Baseline: baseTP},
+		{Name: "one-stream download (absolute)", Unit: "Gbit/s", Value: tp, Goal: 1},
+	}, nil
+}
+
+func mergeLoad(a, b LoadResult) LoadResult {
+	a.Ops += b.Ops
+	a.Errors += b.Errors
+	a.Elapsed += b.Elapsed
+	a.Latencies = append(a.Latencies, b.Latencies...)
+	return a
+}
+
+// runExposeBrickchain measures requests/s through a brickchain agent (one
+// websocket, JSON frames) written here as the original client behaves,
+// answering each http-request at once with a 200.
+func runExposeBrickchain(ctx context.Context, o Options) ([]Figure, error) {
+	backendURL, stopBackend, err := startHTTP(plainHandler)
+	if err != nil {
+		return nil, err
+	}
+	defer stopBackend()
+	proxyURL, stopProxy, err := reverseProxy(backendURL, o.Conns)
+	if err != nil {
+		return nil, err
+	}
+	defer stopProxy()
+	n, err := exposeNode()
+	if err != nil {
+		return nil, err
+	}
+	defer n.stop()
+	actx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	id, agentDone, err := brickchainAgent(actx, n.URL)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { cancel(); <-agentDone }()
+	c := httpClient(o.Conns)
+	defer c.CloseIdleConnections()
+	host := id + ".localhost" + portOf(n.URL)
+	var base, got LoadResult
+	slice := o.Duration / 4
+	for range 4 {
+		b, err := closedLoop(ctx, o.Conns, slice, getHost(c, proxyURL+"/", ""))
+		if err != nil {
+			return nil, fmt.Errorf("baseline: %w", err)
+		}
+		g, err := closedLoop(ctx, o.Conns, slice, getHost(c, n.URL+"/", host))
+		if err != nil {
+			return nil, fmt.Errorf("brickchain: %w", err)
+		}
+		base, got = mergeLoad(base, b), mergeLoad(got, g)
+	}
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	return []Figure{
+		{Name: "brickchain req/s", Unit: "req/s", Value: got.Rate(), Baseline: base.Rate()},
+		{Name: "brickchain p99", Unit: "ms", Value: ms(got.Percentile(99)), Baseline: ms(base.Percentile(99)), LowerIsBetter: true},
+	}, nil
+}
+
+// brickchainAgent connects and registers an agent that answers every
+// http-request with 200 "ok"; it returns the client id.
+func brickchainAgent(ctx context.Context, base string) (string, chan error, error) {
+	ws, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(base, "http")+"/proxy/subscribe", nil)
+	if err != nil {
+		return "", nil, err
+	}
+	ws.SetReadLimit(-1)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	payload, _ := json.Marshal(map[string]any{"@type": brickchain.MandateTokenType, "@timestamp": time.Now().UTC(), "uri": base, "ttl": 60})
+	signer, _ := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: key}, &jose.SignerOptions{EmbedJWK: true})
+	jws, _ := signer.Sign(payload)
+	tok, _ := jws.CompactSerialize()
+	reg, _ := json.Marshal(brickchain.RegistrationRequest{Base: brickchain.NewBase(brickchain.TypeRegistrationRequest, "r"), MandateToken: tok})
+	if err := ws.Write(ctx, websocket.MessageText, reg); err != nil {
+		ws.CloseNow()
+		return "", nil, err
+	}
+	for {
+		_, b, err := ws.Read(ctx)
+		if err != nil {
+			return "", nil, err
+		}
+		f, err := brickchain.Decode(b)
+		if err != nil {
+			continue
+		}
+		if f.Type == brickchain.TypeError {
+			ws.CloseNow()
+			return "", nil, errors.New(f.Error)
+		}
+		if f.Type == brickchain.TypeRegistrationResponse {
+			done := make(chan error, 1)
+			go func() {
+				defer ws.CloseNow()
+				for {
+					_, b, err := ws.Read(ctx)
+					if err != nil {
+						done <- nil
+						return
+					}
+					f, err := brickchain.Decode(b)
+					if err != nil || f.Type != brickchain.TypeHTTPRequest {
+						continue
+					}
+					resp, _ := json.Marshal(brickchain.HTTPResponse{Base: brickchain.NewBase(brickchain.TypeHTTPResponse, f.ID), Status: 200, Body: "b2s="})
+					if ws.Write(ctx, websocket.MessageText, resp) != nil {
+						done <- nil
+						return
+					}
+				}
+			}()
+			return f.KeyID, done, nil
+		}
+	}
+}

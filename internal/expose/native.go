@@ -1,0 +1,143 @@
+package expose
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/hashicorp/yamux"
+
+	"github.com/postern/postern/internal/auth"
+	"github.com/postern/postern/internal/expose/muxconn"
+	"github.com/postern/postern/internal/httpapi"
+)
+
+// nativeAgent is one `postern expose` connection: a websocket carrying a
+// yamux session on which the server opens one stream per HTTP connection
+// to the agent.
+type nativeAgent struct {
+	name   string
+	mu     sync.Mutex
+	ws     *websocket.Conn
+	sess   *yamux.Session
+	closed bool
+}
+
+// set records the connection; false when the agent was closed meanwhile.
+func (a *nativeAgent) set(ws *websocket.Conn, sess *yamux.Session) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.ws, a.sess = ws, sess
+	return !a.closed
+}
+
+func (a *nativeAgent) close() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.closed = true
+	if a.sess != nil {
+		a.sess.Close()
+	}
+	if a.ws != nil {
+		a.ws.CloseNow()
+	}
+}
+
+func isLoopback(remote string) bool {
+	host, _, err := net.SplitHostPort(remote)
+	if err != nil {
+		host = remote
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// serveAgent accepts a native agent on /agent?name=NAME.
+func (s *Service) serveAgent(w http.ResponseWriter, r *http.Request) {
+	httpapi.SetRoute(r, "expose.agent")
+	fail := func(result string, e *httpapi.Error) {
+		s.m.registration(transportNative, result)
+		httpapi.WritePlain(w, r, e)
+	}
+	name := strings.ToLower(r.URL.Query().Get(AgentNameParam))
+	switch {
+	case name == "":
+		fail("malformed", httpapi.Errorf(http.StatusBadRequest, "agent name missing: connect to %s?%s=NAME", AgentPath, AgentNameParam))
+		return
+	case !validName(name):
+		fail("malformed", httpapi.Errorf(http.StatusBadRequest, "agent name %q: want 1 to 63 of a-z 0-9 - (a DNS label, not shaped like a 52-character brickchain id)", name))
+		return
+	}
+	if s.opts.Policy.Enabled() {
+		if !s.opts.Policy.Allow(r, auth.Serve, "/expose/"+name) {
+			if _, ok := auth.Presented(r); !ok {
+				fail("unauthorized", httpapi.Errorf(http.StatusUnauthorized, "agent needs a token granted serve on /expose/%s", name))
+			} else {
+				fail("forbidden", httpapi.Errorf(http.StatusForbidden, "token is not granted serve on /expose/%s", name))
+			}
+			return
+		}
+	} else if !s.opts.AnonymousAgents && !isLoopback(r.RemoteAddr) {
+		fail("forbidden", httpapi.Errorf(http.StatusForbidden, "this server takes agents only from its own host: configure --token-file, or --expose-anonymous-agents"))
+		return
+	}
+	a := &nativeAgent{name: name}
+	if !s.track(func() { s.natives[a] = struct{}{} }) {
+		httpapi.WritePlain(w, r, errClosing)
+		return
+	}
+	defer func() {
+		s.mu.Lock()
+		delete(s.natives, a)
+		s.mu.Unlock()
+		s.wg.Done()
+	}()
+	public := s.publicURL(r, name)
+	w.Header().Set(PublicURLHeader, public)
+	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
+	if err != nil {
+		return
+	}
+	ws.SetReadLimit(muxconn.ReadLimit())
+	conn := muxconn.Conn(s.ctx, ws)
+	// The server opens the streams: it is yamux's client.
+	sess, err := yamux.Client(conn, muxconn.Config(s.opts.AgentKeepAlive, s.opts.StreamWindow))
+	if err != nil {
+		ws.CloseNow()
+		return
+	}
+	if !a.set(ws, sess) {
+		a.close()
+		return
+	}
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return sess.Open()
+		},
+		MaxIdleConns:          0,
+		MaxIdleConnsPerHost:   256,
+		IdleConnTimeout:       90 * time.Second,
+		DisableCompression:    true,
+		ForceAttemptHTTP2:     false,
+		ExpectContinueTimeout: time.Second,
+		WriteBufferSize:       32 << 10,
+		ReadBufferSize:        32 << 10,
+	}
+	reg := s.hub.Register(name, tr)
+	s.m.registration(transportNative, "ok")
+	s.m.agents.WithLabelValues(transportNative).Inc()
+	s.log.Info("expose agent connected", "name", name, "remote", r.RemoteAddr, "url", public)
+	select {
+	case <-sess.CloseChan():
+	case <-s.ctx.Done():
+	}
+	reg.Close()
+	s.m.agents.WithLabelValues(transportNative).Dec()
+	tr.CloseIdleConnections()
+	a.close()
+	s.log.Info("expose agent disconnected", "name", name, "remote", r.RemoteAddr)
+}
