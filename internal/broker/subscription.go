@@ -65,6 +65,10 @@ func (s *Subscription) Err() error {
 	return s.err
 }
 
+// Signal receives a value when the queue goes from empty to non-empty: a
+// reader that found nothing waits on it (and on Done) before trying again.
+func (s *Subscription) Signal() <-chan struct{} { return s.signal }
+
 // Len reports the number of messages waiting, replay included.
 func (s *Subscription) Len() int {
 	s.mu.Lock()

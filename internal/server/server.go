@@ -18,6 +18,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/postern/postern/internal/broker"
+	"github.com/postern/postern/internal/channels"
 	"github.com/postern/postern/internal/httpapi"
 	"github.com/postern/postern/internal/queue"
 	"github.com/postern/postern/internal/store"
@@ -52,6 +54,10 @@ type Config struct {
 	MaxHeaderBytes int
 
 	Tunnel tunnel.Options
+	// Channels configures the channels front door, Broker its core (queue
+	// length, history).
+	Channels channels.Options
+	Broker   broker.Options
 
 	// Logger receives the server's logs; nil means slog.Default().
 	Logger *slog.Logger
@@ -67,6 +73,12 @@ func DefaultConfig() Config {
 		IdleTimeout:       DefaultIdleTimeout,
 		MaxHeaderBytes:    DefaultMaxHeaderBytes,
 		Tunnel:            tunnel.DefaultOptions(),
+		Channels:          channels.DefaultOptions(),
+		Broker: broker.Options{
+			QueueLen:   broker.DefaultQueueLen,
+			HistoryLen: broker.DefaultHistoryLen,
+			HistoryTTL: broker.DefaultHistoryTTL,
+		},
 	}
 }
 
@@ -77,6 +89,8 @@ type Server struct {
 	registry *prometheus.Registry
 	store    store.Engine
 	queue    *queue.Core
+	broker   *broker.Broker
+	channels *channels.Channels
 	handler  http.Handler
 	http     *http.Server
 
@@ -119,18 +133,37 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return fail(err)
 	}
+	bopts := cfg.Broker
+	bopts.Metrics = s.registry
+	if s.broker, err = broker.New(st, bopts); err != nil {
+		return fail(fmt.Errorf("broker core: %w", err))
+	}
+	if s.channels, err = channels.New(s.broker, cfg.Channels, s.registry); err != nil {
+		s.broker.Shutdown(context.Background())
+		return fail(err)
+	}
 
 	mux := httpapi.NewRouter()
 	tunnels.Mount(mux)
+	s.channels.Mount(mux)
 	httpapi.MountOps(mux, s.ready, s.registry)
-	mux.Fallback(httpapi.Handle(func(w http.ResponseWriter, r *http.Request) error {
-		// The original tunnel relay answered any path under /health with "OK".
-		if strings.HasPrefix(r.URL.Path, "/health") {
-			return healthOK(w, r)
-		}
+	notFound := httpapi.Handle(func(w http.ResponseWriter, r *http.Request) error {
 		httpapi.SetRoute(r, "not_found")
 		return httpapi.ErrNotFound
-	}, nil))
+	}, nil)
+	if cfg.Channels.AtRoot {
+		// A dedicated channels host: every path nothing else claims is a
+		// channel.
+		notFound = s.channels
+	}
+	mux.Fallback(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// The original tunnel relay answered any path under /health with "OK".
+		if strings.HasPrefix(r.URL.Path, "/health") {
+			httpapi.Handle(healthOK, nil).ServeHTTP(w, r)
+			return
+		}
+		notFound.ServeHTTP(w, r)
+	}))
 
 	m := httpapi.NewMetrics(s.registry, s.log)
 	s.handler = m.Wrap(mux)
@@ -158,6 +191,12 @@ func (s *Server) Handler() http.Handler { return s.handler }
 // node, or ctx ends: a readiness signal for tests and tools.
 func (s *Server) WaitForLongPolls(ctx context.Context, n int) error {
 	return s.queue.WaitForWaiters(ctx, n)
+}
+
+// WaitForSubscribers blocks until channel has exactly n subscribers on
+// this node, or ctx ends: a readiness signal for tests and tools.
+func (s *Server) WaitForSubscribers(ctx context.Context, channel string, n int) error {
+	return s.broker.WaitForSubscribers(ctx, channel, n)
 }
 
 // Registry returns the node's metrics registry.
@@ -196,6 +235,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.log.Info("draining")
 		var errs []error
 		errs = append(errs, s.queue.Shutdown(ctx))
+		// Ending the subscriptions closes websockets (1001) and event
+		// streams; http.Server does not wait for hijacked connections,
+		// so the channels front door is waited for on its own.
+		errs = append(errs, s.broker.Shutdown(ctx))
+		if err := s.channels.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("channels drain: %w", err))
+		}
 		if err := s.http.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("http drain: %w", err))
 			s.http.Close()

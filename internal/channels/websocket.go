@@ -1,0 +1,345 @@
+package channels
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/coder/websocket"
+
+	"github.com/postern/postern/internal/broker"
+	"github.com/postern/postern/internal/httpapi"
+)
+
+// Close codes and reasons the server sends.
+const (
+	// closeSlow: the subscriber's send queue overflowed. It may reconnect
+	// with ?since= to resume from the history.
+	closeSlow       = websocket.StatusPolicyViolation
+	reasonSlow      = "slow consumer: send queue full"
+	reasonBroadcast = "broadcast-only channel: publish by POST"
+	reasonUTF8      = "text message must be valid UTF-8"
+	reasonShutdown  = "server shutting down"
+	reasonPublish   = "publish failed"
+)
+
+// wsBufferSize is the size of each websocket connection's read and write
+// buffers. net/http hands a hijacked connection 4 KiB buffers each way;
+// most channel traffic is small, and an idle subscriber should cost as
+// little as possible, so postern gives coder/websocket smaller ones.
+// Larger frames are read and written straight through.
+const wsBufferSize = 1024
+
+// keepAliveReply is queued to answer an empty websocket message: an empty
+// text frame to that sender only.
+var keepAliveReply = &broker.Message{}
+
+// envelope is a message as sent to subscribers that asked for ids
+// (?since=): {"id": "...", "data": "..."}; binary data is base64 with
+// "binary": true. A gap in the history is {"gap": true}, sent first.
+type envelope struct {
+	ID     string `json:"id,omitempty"`
+	Data   string `json:"data"`
+	Binary bool   `json:"binary,omitempty"`
+}
+
+var gapFrame = []byte(`{"gap":true}`)
+
+// session is one websocket subscriber. Its reader is the handler's
+// goroutine; a writer goroutine runs only while messages are queued, and a
+// ping goroutine only while a ping waits for its pong, so an idle
+// subscriber costs one goroutine.
+type session struct {
+	c        *Channels
+	name     string
+	conn     *websocket.Conn
+	hw       *hijackWriter
+	sub      *broker.Subscription
+	envelope bool
+
+	mu      sync.Mutex
+	ready   bool // conn is set
+	ended   bool // the reader has finished: start nothing new
+	writing bool // a writer goroutine runs
+	gap     bool // a gap frame is due before anything else
+	timer   *time.Timer
+	wg      sync.WaitGroup // writer and ping goroutines
+}
+
+func (c *Channels) serveWebsocket(w http.ResponseWriter, r *http.Request, name string) error {
+	since, asked, err := parseSince(r, false)
+	if err != nil {
+		return err
+	}
+	if !c.acceptingSessions() {
+		return httpapi.ErrShuttingDown
+	}
+	defer c.sessions.Done()
+	s := &session{c: c, name: name, envelope: asked}
+	sub, err := c.b.Subscribe(r.Context(), name, broker.SubscribeOptions{Since: since, Wake: s.wake})
+	if err != nil {
+		return publishError(err)
+	}
+	s.sub = sub
+	s.hw = &hijackWriter{ResponseWriter: w}
+	conn, err := websocket.Accept(s.hw, r, &websocket.AcceptOptions{
+		// The origin was checked already, with postern's rules.
+		InsecureSkipVerify: true,
+		CompressionMode:    websocket.CompressionDisabled,
+	})
+	if err != nil {
+		// Accept answered the request itself (400, 405, 426).
+		sub.Close()
+		return nil
+	}
+	conn.SetReadLimit(c.opts.MaxMessageBytes)
+	s.conn = conn
+	c.websockets.Add(1)
+	defer c.websockets.Add(-1)
+	s.run()
+	return nil
+}
+
+// run reads the client's messages until the connection ends, then tears
+// the session down.
+func (s *session) run() {
+	s.mu.Lock()
+	s.ready = true
+	s.gap = s.envelope && s.sub.Gap()
+	s.timer = time.AfterFunc(s.c.opts.PingInterval, s.ping)
+	s.mu.Unlock()
+	s.wake() // a replay or messages may already be queued
+
+	s.read()
+
+	s.sub.Close()
+	s.mu.Lock()
+	s.ended = true
+	s.timer.Stop()
+	s.mu.Unlock()
+	s.wg.Wait()
+	s.conn.CloseNow()
+}
+
+func (s *session) read() {
+	ctx := context.Background()
+	for {
+		typ, data, err := s.conn.Read(ctx)
+		if err != nil {
+			return
+		}
+		if typ == websocket.MessageText && !utf8.Valid(data) {
+			s.c.m.closed.WithLabelValues("invalid_utf8").Inc()
+			s.conn.Close(websocket.StatusInvalidFramePayloadData, reasonUTF8)
+			return
+		}
+		if len(data) == 0 {
+			// Not broadcast: an empty frame goes back to this sender.
+			s.c.m.empty.WithLabelValues("websocket").Inc()
+			s.sub.Deliver(keepAliveReply)
+			continue
+		}
+		if s.c.broadcastOnly(s.name) {
+			s.c.m.closed.WithLabelValues("broadcast_only").Inc()
+			s.conn.Close(websocket.StatusPolicyViolation, reasonBroadcast)
+			return
+		}
+		if _, err := s.c.b.Publish(ctx, s.name, broker.Message{Binary: typ == websocket.MessageBinary, Body: data}); err != nil {
+			if errors.Is(err, broker.ErrShuttingDown) {
+				s.conn.Close(websocket.StatusGoingAway, reasonShutdown)
+			} else {
+				s.c.m.closed.WithLabelValues("publish_failed").Inc()
+				s.conn.Close(websocket.StatusTryAgainLater, reasonPublish)
+			}
+			return
+		}
+		s.c.m.published.WithLabelValues("websocket").Inc()
+	}
+}
+
+// wake starts the writer unless it runs, the connection is not set up yet
+// or the session is over. The broker calls it when messages arrive.
+func (s *session) wake() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.ready || s.ended || s.writing {
+		return
+	}
+	s.writing = true
+	s.wg.Add(1)
+	go s.write()
+}
+
+// pending reports whether the writer has something to do; s.mu held.
+func (s *session) pending() bool {
+	return s.gap || s.sub.Len() > 0 || s.sub.Err() != nil
+}
+
+// write sends queued messages until the queue is empty, then exits.
+func (s *session) write() {
+	defer s.wg.Done()
+	for {
+		s.mu.Lock()
+		gap := s.gap
+		s.gap = false
+		s.mu.Unlock()
+		if gap {
+			if !s.send(websocket.MessageText, gapFrame) {
+				return
+			}
+		}
+		m, ok, err := s.sub.TryNext()
+		switch {
+		case errors.Is(err, broker.ErrSlow):
+			s.c.m.closed.WithLabelValues("slow").Inc()
+			s.closeWith(closeSlow, reasonSlow)
+			return
+		case errors.Is(err, broker.ErrShuttingDown):
+			s.c.m.closed.WithLabelValues("shutdown").Inc()
+			s.closeWith(websocket.StatusGoingAway, reasonShutdown)
+			return
+		case err != nil:
+			return // closed: the reader is done
+		case ok:
+			if !s.sendMessage(m) {
+				return
+			}
+			continue
+		}
+		s.mu.Lock()
+		if !s.pending() || s.ended {
+			s.writing = false
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Unlock()
+	}
+}
+
+// closeWith closes the connection with a status, bounded by the write
+// timeout for the close frame.
+func (s *session) closeWith(code websocket.StatusCode, reason string) {
+	s.hw.deadline(s.c.opts.WriteTimeout)
+	s.conn.Close(code, reason)
+}
+
+func (s *session) sendMessage(m *broker.Message) bool {
+	if m == keepAliveReply {
+		return s.send(websocket.MessageText, nil)
+	}
+	if !s.envelope {
+		typ := websocket.MessageText
+		if m.Binary {
+			typ = websocket.MessageBinary
+		}
+		return s.send(typ, m.Body)
+	}
+	e := envelope{Binary: m.Binary}
+	if !m.ID.IsZero() {
+		e.ID = m.ID.String()
+	}
+	if m.Binary {
+		e.Data = base64.StdEncoding.EncodeToString(m.Body)
+	} else {
+		e.Data = string(m.Body)
+	}
+	frame, err := json.Marshal(e)
+	if err != nil {
+		return false
+	}
+	return s.send(websocket.MessageText, frame)
+}
+
+// send writes one frame within the write timeout; a failure closes the
+// connection (the reader then ends the session).
+func (s *session) send(typ websocket.MessageType, p []byte) bool {
+	ctx := context.Background()
+	if !s.hw.deadline(s.c.opts.WriteTimeout) {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.c.opts.WriteTimeout)
+		defer cancel()
+	}
+	if err := s.conn.Write(ctx, typ, p); err != nil {
+		s.conn.CloseNow()
+		return false
+	}
+	return true
+}
+
+// ping runs on the ping timer's goroutine: one ping, and a connection
+// whose pong does not come within the pong timeout is closed.
+func (s *session) ping() {
+	s.mu.Lock()
+	if s.ended {
+		s.mu.Unlock()
+		return
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
+	s.hw.deadline(s.c.opts.WriteTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), s.c.opts.PongTimeout)
+	err := s.conn.Ping(ctx)
+	cancel()
+	if err != nil {
+		s.c.m.closed.WithLabelValues("pong_timeout").Inc()
+		s.conn.CloseNow()
+		return
+	}
+	s.mu.Lock()
+	if !s.ended {
+		s.timer.Reset(s.c.opts.PingInterval)
+	}
+	s.mu.Unlock()
+}
+
+// hijackWriter hands coder/websocket a hijacked connection with small
+// buffers, and keeps the net.Conn so that writes get deadlines without a
+// timer per write.
+type hijackWriter struct {
+	http.ResponseWriter
+	nc net.Conn
+}
+
+func (h *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	nc, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	h.nc = nc
+	if brw.Writer.Buffered() > 0 {
+		if err := brw.Writer.Flush(); err != nil {
+			return nil, nil, err
+		}
+	}
+	n := brw.Reader.Buffered()
+	if n > wsBufferSize {
+		return nc, brw, nil // a client that sent ahead: keep net/http's buffers
+	}
+	br := bufio.NewReaderSize(nc, wsBufferSize)
+	if n > 0 {
+		early, _ := brw.Reader.Peek(n)
+		br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(early)), nc), wsBufferSize)
+		br.Peek(n) // pull the early bytes into the buffer, which coder/websocket keeps
+	}
+	return nc, bufio.NewReadWriter(br, bufio.NewWriterSize(nc, wsBufferSize)), nil
+}
+
+// deadline sets the connection's write deadline d from now; false when
+// there is no connection to set it on.
+func (h *hijackWriter) deadline(d time.Duration) bool {
+	if h.nc == nil {
+		return false
+	}
+	h.nc.SetWriteDeadline(time.Now().Add(d))
+	return true
+}
