@@ -759,4 +759,3 @@ func TestChurnWhilePosting(t *testing.T) {
 		t.Fatalf("got %q", got)
 	}
 }
-
