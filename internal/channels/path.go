@@ -2,6 +2,7 @@ package channels
 
 import (
 	"errors"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -85,7 +86,9 @@ func newOriginChecker(list []string) *originChecker {
 }
 
 // allow reports whether r may subscribe or publish: always when no origin
-// is configured or the request has no Origin header.
+// is configured, when the request has no Origin header, or when the Origin
+// names the host the request was sent to (same origin: postern's own
+// pages).
 func (oc *originChecker) allow(r *http.Request) bool {
 	if len(oc.allowed) == 0 {
 		return true
@@ -100,6 +103,9 @@ func (oc *originChecker) allow(r *http.Request) bool {
 	o, err := parseOrigin(vals[0])
 	if err != nil {
 		return false // "null" and other opaque origins
+	}
+	if sameHost(o, r.Host) {
+		return true
 	}
 	for _, a := range oc.allowed {
 		if a == o {
@@ -118,4 +124,16 @@ func (c *Channels) broadcastOnly(name string) bool {
 		}
 	}
 	return false
+}
+
+// sameHost reports whether o names host (a request's Host header).
+func sameHost(o origin, host string) bool {
+	h, p, err := net.SplitHostPort(host)
+	if err != nil {
+		h, p = host, ""
+	}
+	if p == "" {
+		return false // without a port the scheme decides; leave it to the list
+	}
+	return strings.EqualFold(strings.Trim(h, "[]"), o.host) && p == o.port
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/postern/postern/internal/store"
 	"github.com/postern/postern/internal/tunnel"
 	"github.com/postern/postern/internal/version"
+	"github.com/postern/postern/internal/web"
 )
 
 // Defaults of the HTTP server.
@@ -147,6 +148,7 @@ func New(cfg Config) (*Server, error) {
 	tunnels.Mount(mux)
 	s.channels.Mount(mux)
 	httpapi.MountOps(mux, s.ready, s.registry)
+	s.statusPage().Mount(mux)
 	notFound := httpapi.Handle(func(w http.ResponseWriter, r *http.Request) error {
 		httpapi.SetRoute(r, "not_found")
 		return httpapi.ErrNotFound
@@ -175,6 +177,41 @@ func New(cfg Config) (*Server, error) {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	return s, nil
+}
+
+// statusPage assembles the web page's status from the cores. A capability
+// adds its figures with one more Section (and its rates to Rates).
+func (s *Server) statusPage() *web.Web {
+	w := web.New(web.Options{
+		AtRoot:   s.cfg.Channels.AtRoot,
+		Gatherer: s.registry,
+		Version:  version.Version(),
+		Rates: []web.Rate{
+			{Name: "http_requests", Metric: "postern_http_requests_total"},
+			{Name: "tunnel_messages", Metric: "postern_queue_appended_total"},
+			{Name: "channel_messages", Metric: "postern_broker_published_total"},
+			{Name: "channel_deliveries", Metric: "postern_broker_delivered_total"},
+		},
+	})
+	w.Section("tunnels", func(context.Context) any {
+		t := struct {
+			Queues    int `json:"queues"`
+			Messages  int `json:"messages"`
+			LongPolls int `json:"long_polls"`
+		}{LongPolls: s.queue.Waiting()}
+		if st, ok := s.store.(store.Stats); ok {
+			qs := st.QueueStats()
+			t.Queues, t.Messages = qs.Queues, qs.Messages
+		}
+		return t
+	})
+	w.Section("channels", func(context.Context) any { return s.channels.Stats() })
+	w.Section("store", func(context.Context) any {
+		return struct {
+			Engine string `json:"engine"`
+		}{s.store.Name()}
+	})
+	return w
 }
 
 func healthOK(w http.ResponseWriter, r *http.Request) error {
