@@ -148,23 +148,28 @@ func New(cfg Config) (*Server, error) {
 	tunnels.Mount(mux)
 	s.channels.Mount(mux)
 	httpapi.MountOps(mux, s.ready, s.registry)
-	s.statusPage().Mount(mux)
+	page := s.statusPage()
+	page.Mount(mux)
 	notFound := httpapi.Handle(func(w http.ResponseWriter, r *http.Request) error {
 		httpapi.SetRoute(r, "not_found")
 		return httpapi.ErrNotFound
 	}, nil)
 	if cfg.Channels.AtRoot {
 		// A dedicated channels host: every path nothing else claims is a
-		// channel.
+		// channel, "/" included.
 		notFound = s.channels
 	}
+	home := page.Page()
 	mux.Fallback(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// The original tunnel relay answered any path under /health with "OK".
-		if strings.HasPrefix(r.URL.Path, "/health") {
+		switch {
+		case strings.HasPrefix(r.URL.Path, "/health"):
+			// The original tunnel relay answered any path under /health with "OK".
 			httpapi.Handle(healthOK, nil).ServeHTTP(w, r)
-			return
+		case r.URL.Path == "/" && !cfg.Channels.AtRoot:
+			home.ServeHTTP(w, r)
+		default:
+			notFound.ServeHTTP(w, r)
 		}
-		notFound.ServeHTTP(w, r)
 	}))
 
 	m := httpapi.NewMetrics(s.registry, s.log)

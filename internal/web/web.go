@@ -85,19 +85,21 @@ func (w *Web) Section(name string, f func(ctx context.Context) any) {
 	w.sections[name] = f
 }
 
-// Mount registers the page and the status endpoint on mux.
+// Mount registers the page at PagePath and the status endpoint on mux.
+// The page at "/" itself is served by the server's fallback through Page,
+// since a router pattern "/" would claim every path.
 func (w *Web) Mount(mux *httpapi.Router) {
-	page := httpapi.Handle(w.servePage, nil)
-	mux.Handle(PagePath, page)
-	if !w.opts.AtRoot {
-		mux.Handle("/", page)
-	}
+	mux.Handle(PagePath, w.Page())
 	mux.Handle(StatusPath, httpapi.Handle(w.serveStatus, nil))
 }
 
+// Page is the page's handler; it answers 404 for paths other than "/"
+// (unless AtRoot) and PagePath.
+func (w *Web) Page() http.Handler { return httpapi.Handle(w.servePage, nil) }
+
 func (w *Web) servePage(rw http.ResponseWriter, r *http.Request) error {
 	httpapi.SetRoute(r, "web.page")
-	if r.URL.Path != "/" && r.URL.Path != PagePath {
+	if r.URL.Path != PagePath && (r.URL.Path != "/" || w.opts.AtRoot) {
 		return httpapi.ErrNotFound
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {

@@ -7,6 +7,7 @@ import (
 	"image/png"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -118,8 +119,15 @@ func TestSectionsAndRates(t *testing.T) {
 	}
 	mux := httpapi.NewRouter()
 	w.Mount(mux)
-	if mux.Handler("/") == nil || mux.Handler(web.StatusPath) == nil {
-		t.Fatal("not mounted")
+	rec := httptest.NewRecorder()
+	mux.ServeHTTP(rec, httptest.NewRequest("GET", web.StatusPath, nil))
+	if rec.Code != 200 || !strings.Contains(rec.Body.String(), `"agents":{"connected":3}`) {
+		t.Fatalf("status through the router: %d %s", rec.Code, rec.Body)
+	}
+	rec = httptest.NewRecorder()
+	mux.ServeHTTP(rec, httptest.NewRequest("GET", "/other", nil))
+	if rec.Code != 404 {
+		t.Fatalf("the page claims other paths: %d", rec.Code)
 	}
 }
 
