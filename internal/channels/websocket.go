@@ -37,7 +37,7 @@ const (
 // most channel traffic is small, and an idle subscriber should cost as
 // little as possible, so postern gives coder/websocket smaller ones.
 // Larger frames are read and written straight through.
-const wsBufferSize = 1024
+const wsBufferSize = 512
 
 // keepAliveReply is queued to answer an empty websocket message: an empty
 // text frame to that sender only.
@@ -54,7 +54,7 @@ type envelope struct {
 
 var gapFrame = []byte(`{"gap":true}`)
 
-// session is one websocket subscriber. Its reader is the handler's
+// session is one websocket subscriber. Its reader is the session's own
 // goroutine; a writer goroutine runs only while messages are queued, and a
 // ping goroutine only while a ping waits for its pong, so an idle
 // subscriber costs one goroutine.
@@ -73,7 +73,12 @@ type session struct {
 	gap     bool // a gap frame is due before anything else
 	timer   *time.Timer
 	wg      sync.WaitGroup // writer and ping goroutines
+	linger  *time.Timer    // the writer's; only it touches it
 }
+
+// writerLinger is how long a writer waits for more messages before it
+// exits.
+const writerLinger = time.Second
 
 func (c *Channels) serveWebsocket(w http.ResponseWriter, r *http.Request, name string) error {
 	since, asked, err := parseSince(r, false)
@@ -83,10 +88,10 @@ func (c *Channels) serveWebsocket(w http.ResponseWriter, r *http.Request, name s
 	if !c.acceptingSessions() {
 		return httpapi.ErrShuttingDown
 	}
-	defer c.sessions.Done()
 	s := &session{c: c, name: name, envelope: asked}
 	sub, err := c.b.Subscribe(r.Context(), name, broker.SubscribeOptions{Since: since, Wake: s.wake})
 	if err != nil {
+		c.sessions.Done()
 		return publishError(err)
 	}
 	s.sub = sub
@@ -99,13 +104,24 @@ func (c *Channels) serveWebsocket(w http.ResponseWriter, r *http.Request, name s
 	if err != nil {
 		// Accept answered the request itself (400, 405, 426).
 		sub.Close()
+		c.sessions.Done()
 		return nil
+	}
+	// The session runs on a goroutine of its own and the handler returns,
+	// so that net/http's connection state (its buffers, the request, a
+	// stack grown while serving it) is released: an idle subscriber then
+	// holds only what it needs.
+	s.hw.ResponseWriter = nil
+	if s.hw.br != nil && s.hw.early == 0 {
+		// coder/websocket wrapped the socket for bytes that came early;
+		// there were none, so read it directly (one frame less on the
+		// stack of every idle reader).
+		s.hw.br.Reset(s.hw.nc)
 	}
 	conn.SetReadLimit(c.opts.MaxMessageBytes)
 	s.conn = conn
 	c.websockets.Add(1)
-	defer c.websockets.Add(-1)
-	s.run()
+	go s.run()
 	return nil
 }
 
@@ -119,6 +135,12 @@ func (s *session) run() {
 	s.mu.Unlock()
 	s.wake() // a replay or messages may already be queued
 
+	if s.hw.early == 0 {
+		// Nothing buffered yet: wait for the client's first frame on a
+		// shallow stack (see waitReadable). A close from the writer
+		// meanwhile reads through coder/websocket, never through this.
+		waitReadable(s.hw.nc)
+	}
 	s.read()
 
 	s.sub.Close()
@@ -128,42 +150,59 @@ func (s *session) run() {
 	s.mu.Unlock()
 	s.wg.Wait()
 	s.conn.CloseNow()
+	s.c.websockets.Add(-1)
+	s.c.sessions.Done()
 }
 
+// read runs the client's messages through handle until the connection
+// ends. An idle subscriber spends its life parked in here, so the frames
+// on the way to the socket are kept small: handling happens in handle,
+// off the parked stack.
 func (s *session) read() {
-	ctx := context.Background()
 	for {
-		typ, data, err := s.conn.Read(ctx)
-		if err != nil {
+		typ, data, err := s.next()
+		if err != nil || !s.handle(typ, data) {
 			return
 		}
-		if typ == websocket.MessageText && !utf8.Valid(data) {
-			s.c.m.closed.WithLabelValues("invalid_utf8").Inc()
-			s.conn.Close(websocket.StatusInvalidFramePayloadData, reasonUTF8)
-			return
-		}
-		if len(data) == 0 {
-			// Not broadcast: an empty frame goes back to this sender.
-			s.c.m.empty.WithLabelValues("websocket").Inc()
-			s.sub.Deliver(keepAliveReply)
-			continue
-		}
-		if s.c.broadcastOnly(s.name) {
-			s.c.m.closed.WithLabelValues("broadcast_only").Inc()
-			s.conn.Close(websocket.StatusPolicyViolation, reasonBroadcast)
-			return
-		}
-		if _, err := s.c.b.Publish(ctx, s.name, broker.Message{Binary: typ == websocket.MessageBinary, Body: data}); err != nil {
-			if errors.Is(err, broker.ErrShuttingDown) {
-				s.conn.Close(websocket.StatusGoingAway, reasonShutdown)
-			} else {
-				s.c.m.closed.WithLabelValues("publish_failed").Inc()
-				s.conn.Close(websocket.StatusTryAgainLater, reasonPublish)
-			}
-			return
-		}
-		s.c.m.published.WithLabelValues("websocket").Inc()
 	}
+}
+
+//go:noinline
+func (s *session) next() (websocket.MessageType, []byte, error) {
+	return s.conn.Read(context.Background())
+}
+
+// handle acts on one message from the client; false ends the session.
+//
+//go:noinline
+func (s *session) handle(typ websocket.MessageType, data []byte) bool {
+	if typ == websocket.MessageText && !utf8.Valid(data) {
+		s.c.m.closed.WithLabelValues("invalid_utf8").Inc()
+		s.conn.Close(websocket.StatusInvalidFramePayloadData, reasonUTF8)
+		return false
+	}
+	if len(data) == 0 {
+		// Not broadcast: an empty frame goes back to this sender.
+		s.c.m.empty.WithLabelValues("websocket").Inc()
+		s.sub.Deliver(keepAliveReply)
+		return true
+	}
+	if s.c.broadcastOnly(s.name) {
+		s.c.m.closed.WithLabelValues("broadcast_only").Inc()
+		s.conn.Close(websocket.StatusPolicyViolation, reasonBroadcast)
+		return false
+	}
+	if _, err := s.c.b.Publish(context.Background(), s.name, broker.Message{Binary: typ == websocket.MessageBinary, Body: data}); err != nil {
+		if errors.Is(err, broker.ErrShuttingDown) {
+			s.conn.Close(websocket.StatusGoingAway, reasonShutdown)
+		} else {
+			s.c.m.closed.WithLabelValues("publish_failed").Inc()
+			s.conn.Close(websocket.StatusTryAgainLater, reasonPublish)
+		}
+		return false
+	}
+	s.c.m.published.WithLabelValues("websocket").Inc()
+	return true
 }
 
 // wake starts the writer unless it runs, the connection is not set up yet
@@ -214,6 +253,21 @@ func (s *session) write() {
 				return
 			}
 			continue
+		}
+		// Nothing queued: linger a little for the next message, so that a
+		// busy channel does not start a goroutine per message and
+		// subscriber; then let go, so that an idle one costs none.
+		if s.linger == nil {
+			s.linger = time.NewTimer(writerLinger)
+		} else {
+			s.linger.Reset(writerLinger)
+		}
+		select {
+		case <-s.sub.Signal():
+			continue
+		case <-s.sub.Done():
+			continue
+		case <-s.linger.C:
 		}
 		s.mu.Lock()
 		if !s.pending() || s.ended {
@@ -308,6 +362,10 @@ func (s *session) ping() {
 type hijackWriter struct {
 	http.ResponseWriter
 	nc net.Conn
+	br *bufio.Reader // ours, when small buffers were handed out
+	// early is how many bytes the client sent before the handshake
+	// completed.
+	early int
 }
 
 func (h *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
@@ -322,6 +380,7 @@ func (h *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		}
 	}
 	n := brw.Reader.Buffered()
+	h.early = n
 	if n > wsBufferSize {
 		return nc, brw, nil // a client that sent ahead: keep net/http's buffers
 	}
@@ -331,6 +390,7 @@ func (h *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(early)), nc), wsBufferSize)
 		br.Peek(n) // pull the early bytes into the buffer, which coder/websocket keeps
 	}
+	h.br = br
 	return nc, bufio.NewReadWriter(br, bufio.NewWriterSize(nc, wsBufferSize)), nil
 }
 
