@@ -16,6 +16,7 @@ import (
 	"github.com/coder/websocket"
 	"go.uber.org/goleak"
 
+	"github.com/postern/postern/internal/channels"
 	"github.com/postern/postern/internal/server"
 	"github.com/postern/postern/internal/servertest"
 )
@@ -757,5 +758,91 @@ func TestChurnWhilePosting(t *testing.T) {
 	e.post("/c/churn", "still alive")
 	if got := readText(t, stable); got != "still alive" {
 		t.Fatalf("got %q", got)
+	}
+}
+
+// TestWritersNeverLoseAWakeup publishes to many subscribers with writers
+// that let go almost at once, so that messages keep landing while writers
+// exit and restart: every subscriber must get every message, in order.
+func TestWritersNeverLoseAWakeup(t *testing.T) {
+	// Restored after the server's shutdown (cleanups run last first).
+	t.Cleanup(channels.SetWriterLinger(50 * time.Microsecond))
+	e := start(t, nil)
+	const subs, msgs = 50, 200
+	conns := make([]*websocket.Conn, subs)
+	for i := range conns {
+		conns[i] = e.dial("/c/wake", "/wake")
+	}
+	e.node.WaitForSubscribers(t, "/wake", subs)
+	var wg sync.WaitGroup
+	errs := make(chan error, subs)
+	for i, c := range conns {
+		wg.Go(func() {
+			for j := range msgs {
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				_, b, err := c.Read(ctx)
+				cancel()
+				if err != nil || string(b) != strconv.Itoa(j) {
+					errs <- fmt.Errorf("subscriber %d message %d: %q %v", i, j, b, err)
+					return
+				}
+			}
+		})
+	}
+	for j := range msgs {
+		e.post("/c/wake", strconv.Itoa(j))
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+}
+
+// TestFloodingPublisherIsCutOff: a websocket client that publishes as fast
+// as it can and never reads is also a subscriber of its channel (the sender
+// gets its own messages), so its queue fills and it is closed with 1008;
+// a subscriber that keeps up stays connected and memory stays bounded.
+func TestFloodingPublisherIsCutOff(t *testing.T) {
+	e := start(t, func(c *server.Config) { c.Broker.QueueLen = 64 })
+	reader := e.sub("/flood", 1, "")
+	flooder := e.sub("/flood", 2, "")
+	got := make(chan int, 1)
+	go func() {
+		n := 0
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			_, b, err := reader.Read(ctx)
+			cancel()
+			if err != nil || string(b) == "stop" {
+				got <- n
+				return
+			}
+			n++
+		}
+	}()
+	msg := strings.Repeat("f", 32<<10)
+	sent := 0
+	for ; sent < 20000; sent++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := flooder.Write(ctx, websocket.MessageText, []byte(msg))
+		cancel()
+		if err != nil {
+			break // the server cut it off
+		}
+		if sent%64 == 0 && metric(t, e.node, "postern_broker_slow_dropped_total") > 0 {
+			break
+		}
+	}
+	if metric(t, e.node, "postern_broker_slow_dropped_total") == 0 {
+		t.Fatalf("flooder not dropped after %d messages", sent)
+	}
+	if code := closeCode(t, flooder); code != websocket.StatusPolicyViolation {
+		t.Fatalf("flooder closed with %v, want 1008", code)
+	}
+	e.node.WaitForSubscribers(t, "/flood", 1)
+	e.post("/c/flood", "stop")
+	if n := <-got; n == 0 {
+		t.Fatal("the reader got nothing")
 	}
 }

@@ -77,8 +77,8 @@ type session struct {
 }
 
 // writerLinger is how long a writer waits for more messages before it
-// exits.
-const writerLinger = time.Second
+// exits. A variable only so that tests can shorten it.
+var writerLinger = time.Second
 
 func (c *Channels) serveWebsocket(w http.ResponseWriter, r *http.Request, name string) error {
 	since, asked, err := parseSince(r, false)
