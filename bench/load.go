@@ -43,6 +43,11 @@ func (r LoadResult) Percentile(p float64) time.Duration {
 
 const maxSamples = 200_000
 
+// errDrained, returned by an operation, ends its worker's phase early
+// without counting the operation: there is nothing left to do (a consumer
+// found its queue empty).
+var errDrained = errors.New("drained")
+
 // closedLoop runs conns workers for d; each calls op back to back. op gets
 // its worker number and a per-worker sequence number. The phase fails when
 // more than 1% of operations fail.
@@ -63,6 +68,9 @@ func closedLoop(ctx context.Context, conns int, d time.Duration, op func(ctx con
 				err := op(ctx, w, seq)
 				if ctx.Err() != nil {
 					break // the phase ended mid-operation: not counted
+				}
+				if errors.Is(err, errDrained) {
+					break
 				}
 				if err != nil {
 					errs.Add(1)
@@ -118,9 +126,20 @@ func expect(c *http.Client, req *http.Request, status int) error {
 	defer drain(resp)
 	if resp.StatusCode != status {
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 200))
-		return fmt.Errorf("%s %s: %d %s, want %d", req.Method, req.URL.Path, resp.StatusCode, body, status)
+		return &statusError{req: req.Method + " " + req.URL.Path, got: resp.StatusCode, want: status, body: string(body)}
 	}
 	return nil
+}
+
+// statusError is an answer with another status than expected.
+type statusError struct {
+	req       string
+	got, want int
+	body      string
+}
+
+func (e *statusError) Error() string {
+	return fmt.Sprintf("%s: %d %s, want %d", e.req, e.got, e.body, e.want)
 }
 
 // startHTTP serves h on a loopback port; stop closes it.

@@ -7,13 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"github.com/postern/postern/client"
 	"github.com/postern/postern/internal/servertest"
 )
-
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func recv(t *testing.T, s *client.Subscription) client.ChannelMessage {
 	t.Helper()

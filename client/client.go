@@ -4,6 +4,8 @@
 //	c, err := client.New("http://127.0.0.1:8080", client.WithToken(tok))
 //	res, err := c.Tunnel("orders").Send(ctx, []byte(`{"id":1}`), client.SendOptions{ContentType: "application/json"})
 //	m, ok, err := c.Tunnel("orders").Receive(ctx, client.ReceiveOptions{Pending: true, Wait: 30 * time.Second})
+//	n, err := c.Inbox("olivia").Send(ctx, client.Envelope{IdempotencyKey: client.NewIdempotencyKey(), Destination: []string{"george"}, Body: json.RawMessage(`"hi"`)})
+//	mail, remaining, err := c.Inbox("george").Receive(ctx)
 //
 // Channels are pub/sub: every subscriber gets every message.
 //
@@ -69,6 +71,9 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 type Error struct {
 	StatusCode int
 	Message    string
+	// Details lists the problems the server named, for front doors whose
+	// errors carry a list (the inbox).
+	Details []string
 }
 
 func (e *Error) Error() string {

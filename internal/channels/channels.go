@@ -3,8 +3,10 @@ package channels
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/broker"
 	"github.com/postern/postern/internal/httpapi"
 	"github.com/postern/postern/internal/store"
@@ -131,11 +134,17 @@ func (c *Channels) serve(w http.ResponseWriter, r *http.Request) error {
 		if !c.origins.allow(r) {
 			return errOrigin
 		}
+		if err := c.authorize(r, auth.Read, name); err != nil {
+			return err
+		}
 		return c.serveWebsocket(w, r, name)
 	case r.Method == http.MethodGet && wantsEventStream(r):
 		httpapi.SetRoute(r, "channels.events")
 		if !c.origins.allow(r) {
 			return errOrigin
+		}
+		if err := c.authorize(r, auth.Read, name); err != nil {
+			return err
 		}
 		return c.serveEvents(w, r, name)
 	case r.Method == http.MethodGet:
@@ -146,10 +155,42 @@ func (c *Channels) serve(w http.ResponseWriter, r *http.Request) error {
 		if !c.origins.allow(r) {
 			return errOrigin
 		}
+		if err := c.authorize(r, auth.Write, name); err != nil {
+			return err
+		}
 		return c.publish(w, r, name)
 	}
 	httpapi.SetRoute(r, "channels.bad_method")
 	return httpapi.MethodNotAllowed(http.MethodGet, http.MethodPost)
+}
+
+// authorize checks, when a token policy is configured, that r may take
+// action on the channel: read to subscribe, write to publish.
+func (c *Channels) authorize(r *http.Request, action auth.Action, name string) error {
+	if c.mayTake(r, action, name) {
+		return nil
+	}
+	verb := "publish to"
+	if action == auth.Read {
+		verb = "subscribe to"
+	}
+	return &httpapi.Error{Status: http.StatusForbidden, Message: "Error: forbidden.",
+		Details: []string{fmt.Sprintf("this token may not %s %s (it needs %s on %s)", verb, quotePath(name), action, resource(name))}}
+}
+
+// mayTake reports whether r may take action on the channel.
+func (c *Channels) mayTake(r *http.Request, action auth.Action, name string) bool {
+	return !c.opts.Policy.Enabled() || c.opts.Policy.Allow(r, action, resource(name))
+}
+
+// resource is the channel's name in the token policy.
+func resource(name string) string { return DefaultPrefix + name }
+
+func quotePath(s string) string {
+	if utf8.RuneCountInString(s) > 64 {
+		s = string([]rune(s)[:64]) + "..."
+	}
+	return strconv.Quote(s)
 }
 
 // publish serves POST: the body is published as one text message.

@@ -16,6 +16,7 @@ import (
 	"github.com/coder/websocket"
 	"go.uber.org/goleak"
 
+	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/channels"
 	"github.com/postern/postern/internal/server"
 	"github.com/postern/postern/internal/servertest"
@@ -844,5 +845,51 @@ func TestFloodingPublisherIsCutOff(t *testing.T) {
 	e.post("/c/flood", "stop")
 	if n := <-got; n == 0 {
 		t.Fatal("the reader got nothing")
+	}
+}
+
+func TestScopedTokens(t *testing.T) {
+	policy, err := auth.Parse([]byte(`
+[[token]]
+name = "publisher"
+secret = "publisher-secret-0123"
+[[token.grant]]
+actions = ["read", "write"]
+paths = ["/c/public/*", "/c/private"]
+
+[[anonymous.grant]]
+actions = ["read"]
+paths = ["/c/public/*"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := start(t, func(c *server.Config) { c.Policy = policy })
+	bearer := []string{"Authorization", "Bearer publisher-secret-0123"}
+	// Anyone may listen on /public/..., only the token may publish.
+	c := e.sub("/public/news", 1, "")
+	r := e.do("POST", "/c/public/news", "x")
+	if r.status != 403 || !strings.Contains(r.body, "may not publish to") {
+		t.Fatalf("anonymous POST: %d %q", r.status, r.body)
+	}
+	e.want(e.do("POST", "/c/public/news", "from the token", bearer...), 200, "OK\n")
+	if got := readText(t, c); got != "from the token" {
+		t.Fatalf("got %q", got)
+	}
+	// An anonymous websocket may listen but not publish.
+	write(t, c, websocket.MessageText, "anonymous")
+	if code := closeCode(t, c); code != websocket.StatusPolicyViolation {
+		t.Fatalf("close %v, want 1008", code)
+	}
+	// /private needs the token to subscribe, as a header or (browsers)
+	// as ?access_token=.
+	if r := e.do("GET", "/c/private", "", "Accept", "text/event-stream"); r.status != 403 || !strings.Contains(r.body, "may not subscribe to") {
+		t.Fatalf("anonymous subscribe: %d %q", r.status, r.body)
+	}
+	p := e.dial("/c/private?access_token=publisher-secret-0123", "/private")
+	e.node.WaitForSubscribers(t, "/private", 1)
+	write(t, p, websocket.MessageText, "token may publish")
+	if got := readText(t, p); got != "token may publish" {
+		t.Fatalf("got %q", got)
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/postern/postern/internal/auth"
 )
 
 // Defaults, as in pinghub where it had them.
@@ -61,6 +63,10 @@ type Options struct {
 	WriteTimeout time.Duration
 	// KeepAlive is the idle interval of event streams.
 	KeepAlive time.Duration
+	// Policy holds postern's scoped tokens. When set, subscribing needs
+	// read and publishing write on /c<channel path> (a token travels as a
+	// bearer header or, for browsers, ?access_token=).
+	Policy *auth.Policy
 }
 
 // DefaultOptions returns pinghub's settings, with postern's POST limit.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/broker"
 	"github.com/postern/postern/internal/httpapi"
 )
@@ -26,7 +27,7 @@ const (
 	// with ?since= to resume from the history.
 	closeSlow       = websocket.StatusPolicyViolation
 	reasonSlow      = "slow consumer: send queue full"
-	reasonBroadcast = "broadcast-only channel: publish by POST"
+	reasonBroadcast = "listen-only: this channel is broadcast-only or the token may not publish"
 	reasonUTF8      = "text message must be valid UTF-8"
 	reasonShutdown  = "server shutting down"
 	reasonPublish   = "publish failed"
@@ -65,6 +66,9 @@ type session struct {
 	hw       *hijackWriter
 	sub      *broker.Subscription
 	envelope bool
+	// listenOnly: the channel is broadcast-only, or the client's token
+	// may not publish to it.
+	listenOnly bool
 
 	mu      sync.Mutex
 	ready   bool // conn is set
@@ -88,7 +92,7 @@ func (c *Channels) serveWebsocket(w http.ResponseWriter, r *http.Request, name s
 	if !c.acceptingSessions() {
 		return httpapi.ErrShuttingDown
 	}
-	s := &session{c: c, name: name, envelope: asked}
+	s := &session{c: c, name: name, envelope: asked, listenOnly: c.broadcastOnly(name) || !c.mayTake(r, auth.Write, name)}
 	sub, err := c.b.Subscribe(r.Context(), name, broker.SubscribeOptions{Since: since, Wake: s.wake})
 	if err != nil {
 		c.sessions.Done()
@@ -187,8 +191,8 @@ func (s *session) handle(typ websocket.MessageType, data []byte) bool {
 		s.sub.Deliver(keepAliveReply)
 		return true
 	}
-	if s.c.broadcastOnly(s.name) {
-		s.c.m.closed.WithLabelValues("broadcast_only").Inc()
+	if s.listenOnly {
+		s.c.m.closed.WithLabelValues("listen_only").Inc()
 		s.conn.Close(websocket.StatusPolicyViolation, reasonBroadcast)
 		return false
 	}

@@ -44,6 +44,7 @@ func commands() []command {
 		{"recv", "receive messages from a tunnel", runRecv},
 		{"pub", "publish a message to a channel", runPub},
 		{"sub", "print the messages of a channel", runSub},
+		{"inbox", "send and receive addressed inbox messages", runInbox},
 		{"version", "print the version", runVersion},
 	}
 }
@@ -112,8 +113,9 @@ func Main(ctx context.Context, args []string, env Env) int {
 
 func printUsage(w io.Writer) {
 	fmt.Fprint(w, `postern is the back gate for services that cannot be reached directly:
-tunnels (HTTP event queues with acks and replies) and channels (websocket
-pub/sub) behind one server.
+tunnels (HTTP event queues with acks and replies), inboxes (addressed JSON
+messages with idempotency keys and acks) and channels (websocket pub/sub)
+behind one server.
 
 Usage:
   postern <command> [flags] [arguments]

@@ -6,6 +6,8 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -155,12 +157,92 @@ func TestServeRejectsBadSettings(t *testing.T) {
 		{nil, []string{"--log-level", "loud"}, "log level"},
 		{nil, []string{"--store", "floppy:"}, "unknown store"},
 		{nil, []string{"--no-such-flag"}, "no-such-flag"},
+		{nil, []string{"--token-file", "does-not-exist.toml"}, "token file"},
+		{nil, []string{"--rate-limit-addr", "fast"}, "rate-limit-addr"},
+		{map[string]string{"POSTERN_TRUSTED_PROXIES": "10.0.0.0/8, proxy"}, nil, "POSTERN_TRUSTED_PROXIES"},
 	}
 	for _, c := range cases {
 		code, _, stderr := run(t, context.Background(), c.env, "", append([]string{"serve", "--listen", "127.0.0.1:0"}, c.args...)...)
 		if code == 0 || !strings.Contains(stderr, c.want) || strings.Count(strings.TrimSpace(stderr), "\n") > 2 {
 			t.Errorf("serve %v %v: exit %d, stderr %q; want a failure naming %q", c.env, c.args, code, stderr, c.want)
 		}
+	}
+}
+
+func TestServeTokenFile(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "tokens.toml")
+	os.WriteFile(f, []byte("[[token]]\nname = \"ci\"\nsecret = \"ci-secret-0123456789\"\n[[token.grant]]\nactions = [\"read\"]\npaths = [\"/t/*\"]\n"), 0o600)
+	url, _ := serve(t, nil, "--token-file", f)
+	if s := get(t, url+"/t/x"); s != 403 {
+		t.Fatalf("without token: %d", s)
+	}
+	if s := get(t, url+"/t/x", "Authorization", "Bearer ci-secret-0123456789"); s != 204 {
+		t.Fatalf("with scoped token: %d", s)
+	}
+	bad := filepath.Join(t.TempDir(), "bad.toml")
+	os.WriteFile(bad, []byte("[[token]]\nname = \"x\"\n"), 0o600)
+	code, _, stderr := run(t, context.Background(), nil, "", "serve", "--listen", "127.0.0.1:0", "--token-file", bad)
+	if code == 0 || !strings.Contains(stderr, "bad.toml") || !strings.Contains(stderr, "secret") {
+		t.Fatalf("bad token file: exit %d, %q", code, stderr)
+	}
+}
+
+func TestServeConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	f := filepath.Join(dir, "postern.toml")
+	os.WriteFile(f, []byte(`# a comment
+tunnel-access-token = "fromfile"
+tunnel-public-ids = ["demo", "other"]
+tunnel-max-len = 5
+tunnel-reply-ttl = "90s"
+`), 0o600)
+	url, _ := serve(t, nil, "--config", f)
+	if s := get(t, url+"/t/x", "Authorization", "Bearer fromfile"); s != 204 {
+		t.Fatalf("token from config file: %d", s)
+	}
+	if s := get(t, url+"/t/other"); s != 204 {
+		t.Fatalf("public id list from config file: %d", s)
+	}
+	// The environment beats the file; POSTERN_CONFIG names the file.
+	url, _ = serve(t, map[string]string{"POSTERN_CONFIG": f, "TUNNEL_ACCESS_TOKEN": "fromenv"})
+	if s := get(t, url+"/t/x", "Authorization", "Bearer fromfile"); s != 403 {
+		t.Fatalf("file beat the environment: %d", s)
+	}
+	if s := get(t, url+"/t/x", "Authorization", "Bearer fromenv"); s != 204 {
+		t.Fatalf("environment token: %d", s)
+	}
+	for body, want := range map[string]string{
+		"tunnel-max-lenn = 5\n":       `unknown setting "tunnel-max-lenn"`,
+		"tunnel-max-len = \"many\"\n": "tunnel-max-len",
+		"[tunnel]\nmax-len = 5\n":     `unknown setting "tunnel"`,
+		"listen = \n":                 "postern.toml",
+	} {
+		os.WriteFile(f, []byte(body), 0o600)
+		code, _, stderr := run(t, context.Background(), nil, "", "serve", "--listen", "127.0.0.1:0", "--config", f)
+		if code == 0 || !strings.Contains(stderr, want) || strings.Count(strings.TrimSpace(stderr), "\n") > 1 {
+			t.Errorf("config %q: exit %d, stderr %q; want a one-line failure naming %q", body, code, stderr, want)
+		}
+	}
+}
+
+func TestServeRateLimit(t *testing.T) {
+	url, _ := serve(t, nil, "--rate-limit-addr", "0.5", "--rate-limit-addr-burst", "2")
+	for i := range 2 {
+		if s := get(t, url+"/t/x"); s != 204 {
+			t.Fatalf("request %d: %d", i, s)
+		}
+	}
+	res, err := http.Get(url + "/t/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != 429 || res.Header.Get("Retry-After") != "2" || !strings.HasPrefix(string(body), "rate limit exceeded") {
+		t.Fatalf("over the limit: %d Retry-After %q %q", res.StatusCode, res.Header.Get("Retry-After"), body)
+	}
+	if s := get(t, url+"/healthz"); s != 200 {
+		t.Fatalf("healthz limited: %d", s)
 	}
 }
 

@@ -1,15 +1,18 @@
-// Package config turns command lines and environments into settings. Every
-// flag has a POSTERN_* environment variable, and some also answer to the
-// variables of the relays postern replaces (TUNNEL_ACCESS_TOKEN, ...), so
-// their deployments keep working. Precedence: flag, then POSTERN_*, then the
-// aliases in the order given, then the default. An environment variable set
-// to the empty string counts as unset.
+// Package config turns command lines, environments and config files into
+// settings. Every flag has a POSTERN_* environment variable, and some also
+// answer to the variables of the relays postern replaces
+// (TUNNEL_ACCESS_TOKEN, ...), so their deployments keep working. A config
+// file (TOML, one key per flag name) may hold any of them. Precedence:
+// flag, then POSTERN_*, then the aliases in the order given, then the
+// config file, then the default. An environment variable set to the empty
+// string counts as unset.
 package config
 
 import (
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -19,6 +22,9 @@ import (
 type FlagSet struct {
 	*flag.FlagSet
 	env map[string][]string // flag name -> environment variables, in precedence order
+	// configFlag names the flag that gives the config file; empty: none.
+	configFlag string
+	config     *string
 }
 
 // NewFlagSet returns an empty flag set that reports errors instead of
@@ -58,6 +64,17 @@ func (f *FlagSet) Int64(p *int64, name, usage string, aliases ...string) {
 	f.Var((*int64Value)(p), name, usage, aliases...)
 }
 
+// Float64 defines a floating-point flag stored in *p.
+func (f *FlagSet) Float64(p *float64, name, usage string, aliases ...string) {
+	f.Var((*float64Value)(p), name, usage, aliases...)
+}
+
+// Prefixes defines a comma-separated list of CIDR prefixes stored in *p; a
+// bare address counts as a prefix of its full length.
+func (f *FlagSet) Prefixes(p *[]netip.Prefix, name, usage string, aliases ...string) {
+	f.Var((*prefixesValue)(p), name, usage, aliases...)
+}
+
 // Bool defines a boolean flag stored in *p. Besides Go's forms it accepts
 // "yes"/"no" and "on"/"off", as environment variables often say.
 func (f *FlagSet) Bool(p *bool, name, usage string, aliases ...string) {
@@ -76,8 +93,16 @@ func (f *FlagSet) List(p *[]string, name, usage string, aliases ...string) {
 	f.Var((*listValue)(p), name, usage, aliases...)
 }
 
+// ConfigFile defines the flag (and its POSTERN_* variable) that names a
+// config file whose keys are this set's flag names.
+func (f *FlagSet) ConfigFile(p *string, name, usage string) {
+	f.String(p, name, usage)
+	f.configFlag, f.config = name, p
+}
+
 // Parse parses args, then fills every flag not given on the command line
-// from its environment variables, read with getenv.
+// from its environment variables, read with getenv, and then from the
+// config file, when one is named.
 func (f *FlagSet) Parse(args []string, getenv func(string) string) error {
 	if err := f.FlagSet.Parse(args); err != nil {
 		return err
@@ -85,7 +110,7 @@ func (f *FlagSet) Parse(args []string, getenv func(string) string) error {
 	set := map[string]bool{}
 	f.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
 	var err error
-	f.VisitAll(func(fl *flag.Flag) {
+	fromEnv := func(fl *flag.Flag) {
 		if set[fl.Name] || err != nil {
 			return
 		}
@@ -97,10 +122,20 @@ func (f *FlagSet) Parse(args []string, getenv func(string) string) error {
 			if e := fl.Value.Set(v); e != nil {
 				err = fmt.Errorf("invalid value %q for %s: %v", v, name, e)
 			}
+			set[fl.Name] = true
 			return
 		}
-	})
-	return err
+	}
+	if f.configFlag != "" {
+		// The config file's own name comes from the flag or environment
+		// only.
+		fromEnv(f.Lookup(f.configFlag))
+	}
+	f.VisitAll(fromEnv)
+	if err != nil || f.config == nil || *f.config == "" {
+		return err
+	}
+	return f.loadFile(*f.config, set)
 }
 
 // PrintDefaults writes one entry per flag: its name, environment variables,
@@ -115,7 +150,9 @@ func (f *FlagSet) PrintDefaults(w io.Writer) {
 				name = "duration"
 			case *intValue, *int64Value:
 				name = "int"
-			case *listValue:
+			case *float64Value:
+				name = "number"
+			case *listValue, *prefixesValue:
 				name = "list"
 			case *boolValue:
 				name = ""
@@ -127,7 +164,7 @@ func (f *FlagSet) PrintDefaults(w io.Writer) {
 			fmt.Fprintf(w, " %s", name)
 		}
 		fmt.Fprintf(w, "\n      %s", usage)
-		if fl.DefValue != "" && fl.DefValue != "false" && fl.DefValue != "0" && fl.DefValue != "[]" {
+		if fl.DefValue != "" && fl.DefValue != "false" && fl.DefValue != "0" {
 			fmt.Fprintf(w, " (default %s)", fl.DefValue)
 		}
 		fmt.Fprintf(w, "\n      env: %s\n", strings.Join(f.env[fl.Name], ", "))
@@ -163,6 +200,47 @@ func (v *int64Value) Set(s string) error {
 	return nil
 }
 func (v *int64Value) String() string { return strconv.FormatInt(int64(*v), 10) }
+
+type float64Value float64
+
+func (v *float64Value) Set(s string) error {
+	n, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+	if err != nil || n != n {
+		return fmt.Errorf("not a number")
+	}
+	*v = float64Value(n)
+	return nil
+}
+func (v *float64Value) String() string { return strconv.FormatFloat(float64(*v), 'g', -1, 64) }
+
+type prefixesValue []netip.Prefix
+
+func (v *prefixesValue) Set(s string) error {
+	var out []netip.Prefix
+	for _, item := range strings.Split(s, ",") {
+		if item = strings.TrimSpace(item); item == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(item)
+		if err != nil {
+			a, aerr := netip.ParseAddr(item)
+			if aerr != nil {
+				return fmt.Errorf("%q is not an address or CIDR prefix", item)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		out = append(out, p.Masked())
+	}
+	*v = out
+	return nil
+}
+func (v *prefixesValue) String() string {
+	parts := make([]string, len(*v))
+	for i, p := range *v {
+		parts[i] = p.String()
+	}
+	return strings.Join(parts, ",")
+}
 
 type boolValue bool
 

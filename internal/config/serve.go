@@ -17,18 +17,20 @@ const (
 
 // Serve is the configuration of `postern serve`.
 type Serve struct {
-	Server    server.Config
-	LogLevel  string
-	LogFormat string
+	Server     server.Config
+	LogLevel   string
+	LogFormat  string
+	ConfigFile string
 }
 
 // ServeFlags returns the flags of `postern serve`, writing into a config
 // that starts from the defaults.
 func ServeFlags() (*FlagSet, *Serve) {
 	c := &Serve{Server: server.DefaultConfig(), LogLevel: DefaultLogLevel, LogFormat: DefaultLogFormat}
-	s, t := &c.Server, &c.Server.Tunnel
+	s, t, ib := &c.Server, &c.Server.Tunnel, &c.Server.Inbox
 	fs := NewFlagSet("serve")
 
+	fs.ConfigFile(&c.ConfigFile, "config", "TOML `file` of settings, one key per flag name (flags and environment win over it)")
 	fs.String(&s.Listen, "listen", "TCP `address` to serve HTTP on")
 	fs.String(&s.Store, "store", "storage `engine`: memory")
 	fs.String(&c.LogLevel, "log-level", "log `level`: debug, info, warn or error")
@@ -37,6 +39,12 @@ func ServeFlags() (*FlagSet, *Serve) {
 	fs.Duration(&s.ReadHeaderTimeout, "read-header-timeout", "time a client has to send its request headers")
 	fs.Duration(&s.IdleTimeout, "idle-timeout", "idle keep-alive connections are closed after this")
 	fs.Int(&s.MaxHeaderBytes, "max-header-bytes", "largest request header block in `bytes`")
+	fs.Float64(&s.RateLimit.PerAddr, "rate-limit-addr", "requests per second allowed to one client address (IPv6: per /64); 0: unlimited")
+	fs.Int(&s.RateLimit.PerAddrBurst, "rate-limit-addr-burst", "requests one address may send at once (0: two seconds' worth)")
+	fs.Float64(&s.RateLimit.PerToken, "rate-limit-token", "requests per second allowed to one scoped token; 0: unlimited")
+	fs.Int(&s.RateLimit.PerTokenBurst, "rate-limit-token-burst", "requests one token may send at once (0: two seconds' worth)")
+	fs.Prefixes(&s.RateLimit.TrustedProxies, "trusted-proxies", "comma-separated CIDR `prefixes` of proxies whose X-Forwarded-For names the client")
+	fs.String(&s.TokenFile, "token-file", "TOML `file` of scoped tokens (which actions on which paths), honoured by every capability")
 
 	fs.String(&t.AccessToken, "tunnel-access-token", "bearer `token` accepted on every tunnel route (prefer the environment: flags show in ps)", "TUNNEL_ACCESS_TOKEN")
 	fs.String(&t.SignatureSecret, "tunnel-signature-secret", "HMAC-SHA256 `secret` checked against X-Hub-Signature-256", "TUNNEL_SIGNATURE_SECRET")
@@ -48,6 +56,13 @@ func ServeFlags() (*FlagSet, *Serve) {
 	fs.String(&t.DefaultContentType, "tunnel-default-content-type", "Content-Type served for messages stored without one", "TUNNEL_DEFAULT_CONTENT_TYPE")
 	fs.Duration(&t.ReplyTTL, "tunnel-reply-ttl", "how long a reply is kept", "TUNNEL_REPLY_TTL")
 	fs.Int64(&t.MaxBodyBytes, "tunnel-max-body", "largest message or reply in `bytes`; larger get 413")
+
+	fs.Duration(&ib.Expiration, "inbox-expiration", "how long inbox messages and acks wait to be read, and idempotency keys are remembered", "REDIS_EXPIRATION_SECONDS")
+	fs.Int64(&ib.MaxBodyBytes, "inbox-max-body", "largest inbox request body in `bytes`; larger get 413")
+	fs.Int(&ib.MaxDestinations, "inbox-max-destinations", "most destinations one inbox envelope may name")
+	fs.Int(&ib.MaxReceive, "inbox-max-receive", "most messages and acks one inbox receive returns; the rest wait for the next")
+	fs.Int(&ib.MaxLen, "inbox-max-len", "most messages and acks one inbox holds; sends to a full inbox get 507, acks for it are dropped")
+	fs.Int(&ib.MaxActorBytes, "inbox-max-actor-bytes", "longest inbox actor name (From header, destination) in `bytes`")
 
 	ch, b := &c.Server.Channels, &c.Server.Broker
 	fs.Bool(&ch.AtRoot, "channels-at-root", "serve channels at / (a dedicated host, as pinghub was deployed) instead of under /c/; ops endpoints and other prefixes keep priority, the status page moves to /_postern/")

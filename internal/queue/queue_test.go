@@ -17,7 +17,7 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-func newCore(t *testing.T) *queue.Core {
+func newCore(t testing.TB) *queue.Core {
 	t.Helper()
 	st := memstore.New(memstore.Options{SweepInterval: -1})
 	c, err := queue.New(st, queue.Options{Metrics: prometheus.NewRegistry()})

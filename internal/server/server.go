@@ -18,10 +18,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/broker"
 	"github.com/postern/postern/internal/channels"
 	"github.com/postern/postern/internal/httpapi"
+	"github.com/postern/postern/internal/inbox"
 	"github.com/postern/postern/internal/queue"
+	"github.com/postern/postern/internal/ratelimit"
 	"github.com/postern/postern/internal/store"
 	"github.com/postern/postern/internal/tunnel"
 	"github.com/postern/postern/internal/version"
@@ -53,12 +56,21 @@ type Config struct {
 	IdleTimeout time.Duration
 	// MaxHeaderBytes limits request headers.
 	MaxHeaderBytes int
+	// TokenFile, when set, names the scoped-token file (see internal/auth)
+	// that every capability honours alongside its seed's own auth.
+	TokenFile string
+	// Policy is the parsed token file; New loads it from TokenFile when nil.
+	Policy *auth.Policy
+
+	// RateLimit limits requests per client address and per scoped token.
+	RateLimit ratelimit.Options
 
 	Tunnel tunnel.Options
 	// Channels configures the channels front door, Broker its core (queue
 	// length, history).
 	Channels channels.Options
 	Broker   broker.Options
+	Inbox    inbox.Options
 
 	// Logger receives the server's logs; nil means slog.Default().
 	Logger *slog.Logger
@@ -74,6 +86,7 @@ func DefaultConfig() Config {
 		IdleTimeout:       DefaultIdleTimeout,
 		MaxHeaderBytes:    DefaultMaxHeaderBytes,
 		Tunnel:            tunnel.DefaultOptions(),
+		Inbox:             inbox.DefaultOptions(),
 		Channels:          channels.DefaultOptions(),
 		Broker: broker.Options{
 			QueueLen:   broker.DefaultQueueLen,
@@ -118,6 +131,18 @@ func New(cfg Config) (*Server, error) {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		version.Collector(),
 	)
+	if cfg.Policy == nil && cfg.TokenFile != "" {
+		p, err := auth.Load(cfg.TokenFile)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Policy = p
+	}
+	if cfg.Policy != nil {
+		cfg.Tunnel.Policy = cfg.Policy
+		cfg.Inbox.Policy = cfg.Policy
+		cfg.Channels.Policy = cfg.Policy
+	}
 	st, err := OpenStore(cfg.Store)
 	if err != nil {
 		return nil, err
@@ -134,6 +159,11 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return fail(err)
 	}
+	cfg.Inbox.Metrics = s.registry
+	inboxes, err := inbox.New(s.queue, cfg.Inbox)
+	if err != nil {
+		return fail(err)
+	}
 	bopts := cfg.Broker
 	bopts.Metrics = s.registry
 	if s.broker, err = broker.New(st, bopts); err != nil {
@@ -146,6 +176,7 @@ func New(cfg Config) (*Server, error) {
 
 	mux := httpapi.NewRouter()
 	tunnels.Mount(mux)
+	inboxes.Mount(mux)
 	s.channels.Mount(mux)
 	httpapi.MountOps(mux, s.ready, s.registry)
 	page := s.statusPage()
@@ -172,8 +203,13 @@ func New(cfg Config) (*Server, error) {
 		}
 	}))
 
+	rl := cfg.RateLimit
+	rl.Metrics = s.registry
+	rl.Exempt = append(rl.Exempt, "/healthz", "/readyz", "/metrics")
+	limiter := ratelimit.New(rl, cfg.Policy)
+
 	m := httpapi.NewMetrics(s.registry, s.log)
-	s.handler = m.Wrap(mux)
+	s.handler = m.Wrap(limiter.Wrap(mux))
 	s.http = &http.Server{
 		Handler:           s.handler,
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,

@@ -124,9 +124,11 @@ type Queues interface {
 	// TakeAll removes and returns up to max unseen messages, oldest first.
 	// max <= 0 means all.
 	TakeAll(ctx context.Context, key string, max int) ([]Message, error)
-	// Restore puts back a message that Take(TakeDelete) handed out but that
-	// could not be delivered. It keeps its id and goes back to its place in
-	// id order. Restoring an id that is queued again is a no-op.
+	// Restore puts back a message that Take(TakeDelete) or TakeAll handed
+	// out but that could not be delivered. It keeps its id, content type,
+	// body, dedup key and expiry, and goes back to its place in id order;
+	// its dedup key counts as queued again. Restoring an id that is queued
+	// again is a no-op.
 	Restore(ctx context.Context, key string, m Message) error
 	// Ack removes the message from the pending set and the queue, whether it
 	// was pending, unseen or unknown. It reports whether a message was removed.

@@ -7,20 +7,28 @@ import (
 	"encoding/hex"
 	"net/http"
 	"strings"
+
+	"github.com/postern/postern/internal/auth"
 )
 
 // authorizer decides whether a request may use a tunnel. It holds only
 // configuration: everything it learns from a request stays in that call
 // (the original kept the last token and signature in globals).
+//
+// The seed's schemes (one access token, a signature secret, public ids) and
+// postern's scoped tokens (auth.Policy) are alternatives: a request passes
+// when any configured scheme lets it. With none configured, tunnels are
+// open, as in the original.
 type authorizer struct {
 	enabled bool
 	token   []byte
 	secret  []byte
 	public  map[string]bool
+	policy  *auth.Policy
 }
 
 func newAuthorizer(o Options) *authorizer {
-	a := &authorizer{public: make(map[string]bool)}
+	a := &authorizer{public: make(map[string]bool), policy: o.Policy}
 	if o.AccessToken != "" {
 		a.token = []byte(o.AccessToken)
 	}
@@ -30,7 +38,7 @@ func newAuthorizer(o Options) *authorizer {
 	for _, id := range o.PublicIDs {
 		a.public[id] = true
 	}
-	a.enabled = a.token != nil || a.secret != nil || len(a.public) > 0
+	a.enabled = a.token != nil || a.secret != nil || len(a.public) > 0 || a.policy.Enabled()
 	return a
 }
 
@@ -39,14 +47,17 @@ func (a *authorizer) needsBody(r *http.Request) bool {
 	return a.secret != nil && r.Header.Get("X-Hub-Signature-256") != ""
 }
 
-// allow reports whether the request may use tunnel id. body is the raw
-// request body when needsBody said so.
-func (a *authorizer) allow(r *http.Request, id string, body []byte) bool {
+// allow reports whether the request may take action on tunnel id. body is
+// the raw request body when needsBody said so.
+func (a *authorizer) allow(r *http.Request, action auth.Action, id string, body []byte) bool {
 	if !a.enabled || a.public[id] {
 		return true
 	}
+	if a.policy.Allow(r, action, "/t/"+id) {
+		return true
+	}
 	if a.token != nil {
-		if tok, ok := ParseBearer(r.Header.Get("Authorization")); ok &&
+		if tok, ok := auth.ParseBearer(r.Header.Get("Authorization")); ok &&
 			subtle.ConstantTimeCompare([]byte(tok), a.token) == 1 {
 			return true
 		}
@@ -61,21 +72,6 @@ func (a *authorizer) allow(r *http.Request, id string, body []byte) bool {
 		}
 	}
 	return false
-}
-
-// ParseBearer returns the token of an "Authorization: Bearer <token>" value.
-// The scheme is matched in any case and must start the value; the token is
-// what follows the spaces after it, with trailing spaces removed.
-func ParseBearer(h string) (string, bool) {
-	scheme, rest, ok := strings.Cut(h, " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") {
-		return "", false
-	}
-	tok := strings.Trim(rest, " \t")
-	if tok == "" || strings.ContainsAny(tok, " \t") {
-		return "", false
-	}
-	return tok, true
 }
 
 // ParseSignature decodes an X-Hub-Signature-256 value "sha256=<64 hex

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/postern/postern/internal/auth"
 )
 
 // Defaults, as in the original relay.
@@ -31,6 +33,10 @@ type Options struct {
 	SignatureSecret string
 	// PublicIDs are tunnels that need no auth.
 	PublicIDs []string
+	// Policy holds postern's scoped tokens: a token granted read or write
+	// on /t/<id> may consume from or produce to that tunnel, alongside the
+	// schemes above. Nil: none.
+	Policy *auth.Policy
 	// MaxLen is the largest queue length; with backpressure off the oldest
 	// messages beyond it are trimmed (and counted).
 	MaxLen int
@@ -47,6 +53,9 @@ type Options struct {
 	ReplyTTL time.Duration
 	// MaxBodyBytes is the largest request body; larger ones get 413.
 	MaxBodyBytes int64
+	// BodyReadTimeout bounds the time to receive a body; a client slower
+	// than that gets 408. Zero means httpapi.DefaultBodyReadTimeout.
+	BodyReadTimeout time.Duration
 }
 
 // DefaultOptions returns the original relay's defaults: no auth,

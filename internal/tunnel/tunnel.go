@@ -1,16 +1,15 @@
 package tunnel
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"io"
 	"math"
 	"net/http"
 	"net/url"
 	"strconv"
 	"time"
 
+	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/httpapi"
 	"github.com/postern/postern/internal/queue"
 	"github.com/postern/postern/internal/store"
@@ -87,11 +86,11 @@ func (t *Tunnels) serve(w http.ResponseWriter, r *http.Request) error {
 	var body []byte
 	if r.Method == http.MethodPost || t.auth.needsBody(r) {
 		var err error
-		if body, err = readBody(w, r, t.opts.MaxBodyBytes); err != nil {
+		if body, err = httpapi.ReadBody(w, r, t.opts.MaxBodyBytes, t.opts.BodyReadTimeout, errTooLarge); err != nil {
 			return err
 		}
 	}
-	if !t.auth.allow(r, rt.id, body) {
+	if !t.auth.allow(r, actionOf(r.Method), rt.id, body) {
 		httpapi.SetRoute(r, "tunnel.denied")
 		return errDenied
 	}
@@ -147,6 +146,15 @@ func (t *Tunnels) serve(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// actionOf is the scoped-token action of a request: reads (consuming
+// included) are GETs; produce, ack, reply and clear are writes.
+func actionOf(method string) auth.Action {
+	if method == http.MethodGet {
+		return auth.Read
+	}
+	return auth.Write
+}
+
 func methodAllowed(allow []string, m string) bool {
 	for _, a := range allow {
 		if a == m {
@@ -166,26 +174,6 @@ func preflight(w http.ResponseWriter, r *http.Request) error {
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
-}
-
-// readBody reads the whole body, refusing more than max bytes with 413.
-func readBody(w http.ResponseWriter, r *http.Request, max int64) ([]byte, error) {
-	if r.ContentLength == 0 {
-		return nil, nil
-	}
-	var buf bytes.Buffer
-	if r.ContentLength > 0 {
-		buf.Grow(int(r.ContentLength))
-	}
-	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, max))
-	var tooLarge *http.MaxBytesError
-	if errors.As(err, &tooLarge) {
-		return nil, errTooLarge
-	}
-	if err != nil && err != io.EOF {
-		return nil, err
-	}
-	return buf.Bytes(), nil
 }
 
 // number parses a query value as the original did (Lua tonumber): any

@@ -1,6 +1,7 @@
 package tunnel_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/hmac"
@@ -8,6 +9,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"regexp"
 	"strings"
@@ -17,6 +19,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/servertest"
 	"github.com/postern/postern/internal/tunnel"
 )
@@ -660,6 +663,31 @@ func TestRequestBodyLimit(t *testing.T) {
 	})
 }
 
+func TestSlowBodyTimesOut(t *testing.T) {
+	forEachStore(t, func(o *tunnel.Options) { o.BodyReadTimeout = 200 * time.Millisecond }, func(e *env) {
+		conn, err := net.Dial("tcp", e.node.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		// Announce 100 bytes, send 5, then nothing: the server must not wait
+		// for the rest for ever.
+		fmt.Fprintf(conn, "POST /t/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhello")
+		res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		if res.StatusCode != 408 || string(body) != "request body not received in time" {
+			t.Fatalf("slow body: %d %q", res.StatusCode, body)
+		}
+		e.want(e.do("GET", "/t/slow/len", ""), 204, "")
+		if n := e.do("GET", "/t/slow/len", "").h.Get("X-Queue-Size"); n != "0" {
+			t.Fatalf("partial body was stored: len %s", n)
+		}
+	})
+}
+
 func TestAuthToken(t *testing.T) {
 	forEachStore(t, func(o *tunnel.Options) { o.AccessToken = "thisisasecret" }, func(e *env) {
 		e.want(e.do("GET", "/t/x", ""), 403, "Access denied")
@@ -705,11 +733,12 @@ func TestAuthSignature(t *testing.T) {
 		// The signature does not leak into the next request (defect 8).
 		e.want(e.do("GET", "/t/hook", ""), 403, "Access denied")
 		// A valid signature authenticates any tunnel route, e.g. a reply.
-		r := e.do("POST", "/t/hook", "q", "X-Hub-Signature-256", sign("octopusatecat", "q"))
-		id := r.h.Get("X-Message-Id")
-		r = e.do("DELETE", "/t/hook/all", "x", "X-Hub-Signature-256", sign("octopusatecat", "x"))
+		e.want(e.do("POST", "/t/hook", "q", "X-Hub-Signature-256", sign("octopusatecat", "q")), 201, "")
+		r := e.do("DELETE", "/t/hook/all", "x", "X-Hub-Signature-256", sign("octopusatecat", "x"))
 		e.want(r, 204, "")
-		_ = id
+		if r.h.Get("X-Queue-Size") != "0" {
+			t.Fatalf("signed clear: X-Queue-Size %q", r.h.Get("X-Queue-Size"))
+		}
 	})
 }
 
@@ -733,6 +762,44 @@ func TestOpenWhenNoAuthConfigured(t *testing.T) {
 	forEachStore(t, nil, func(e *env) {
 		e.want(e.do("GET", "/t/anything", "", "Authorization", "Bearer whatever"), 204, "")
 		e.want(e.do("GET", "/t/anything", ""), 204, "")
+	})
+}
+
+func TestScopedTokens(t *testing.T) {
+	policy, err := auth.Parse([]byte(`
+[[token]]
+name = "producer"
+secret = "producer-secret-0001"
+[[token.grant]]
+actions = ["write"]
+paths = ["/t/jobs-*"]
+
+[[token]]
+name = "worker"
+secret = "worker-secret-000001"
+[[token.grant]]
+actions = ["read", "write"]
+paths = ["/t/jobs-a"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	forEachStore(t, func(o *tunnel.Options) { o.Policy = policy; o.PublicIDs = []string{"demo"} }, func(e *env) {
+		prod := []string{"Authorization", "Bearer producer-secret-0001"}
+		work := []string{"Authorization", "Bearer worker-secret-000001"}
+		e.want(e.do("POST", "/t/jobs-a", "1", prod...), 201, "")
+		e.want(e.do("POST", "/t/jobs-b", "2", prod...), 201, "")
+		// Write only: the producer cannot consume.
+		e.want(e.do("GET", "/t/jobs-a", "", prod...), 403, "Access denied")
+		e.want(e.do("POST", "/t/other", "x", prod...), 403, "Access denied")
+		// The worker reads its own tunnel, acknowledges there, nowhere else.
+		r := e.do("GET", "/t/jobs-a?pending", "", work...)
+		e.want(r, 200, "1")
+		e.want(e.do("DELETE", "/t/jobs-a/"+r.h.Get("X-Message-Id"), "", work...), 204, "")
+		e.want(e.do("GET", "/t/jobs-b", "", work...), 403, "Access denied")
+		e.want(e.do("GET", "/t/jobs-a", "", "Authorization", "Bearer unknown-secret-0001"), 403, "Access denied")
+		// Public ids stay open alongside the policy.
+		e.want(e.do("GET", "/t/demo", ""), 204, "")
 	})
 }
 

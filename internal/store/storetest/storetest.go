@@ -75,6 +75,7 @@ func Run(t *testing.T, h Harness) {
 		{"DedupWindow", testDedupWindow},
 		{"TakeAll", testTakeAll},
 		{"Restore", testRestore},
+		{"RestoreAfterTakeAll", testRestoreAfterTakeAll},
 		{"IDsIncreaseAfterEmpty", testIDsIncrease},
 		{"ConcurrentProduceConsume", testConcurrentExactlyOnce},
 		{"ConcurrentPendingTakers", testConcurrentPending},
@@ -550,6 +551,59 @@ func testRestore(t *testing.T, e store.Engine, _ *Clock) {
 	}
 	wantBody(t, e, "q", store.TakeDelete, "b2")
 	wantBody(t, e, "q", store.TakeDelete, "c")
+}
+
+// testRestoreAfterTakeAll is the inbox's undo of a receive whose acks or
+// answer failed: what TakeAll handed out goes back exactly as it was.
+func testRestoreAfterTakeAll(t *testing.T, e store.Engine, c *Clock) {
+	keyed := store.AppendOptions{DedupKey: "kb", DedupWindow: time.Hour, TTL: time.Hour}
+	mustAppend(t, e, "q", "a", store.AppendOptions{})
+	b := mustAppend(t, e, "q", "b", keyed)
+	ms, err := e.TakeAll(ctx, "q", 0)
+	if err != nil || len(ms) != 2 {
+		t.Fatalf("TakeAll = %v, %v", ms, err)
+	}
+	mustAppend(t, e, "q", "c", store.AppendOptions{}) // arrives meanwhile
+	for i := len(ms) - 1; i >= 0; i-- {
+		if err := e.Restore(ctx, "q", ms[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wantLen(t, e, "q", 3)
+	again, err := e.TakeAll(ctx, "q", 0)
+	if err != nil || len(again) != 3 {
+		t.Fatalf("TakeAll after Restore = %v, %v", again, err)
+	}
+	for i, want := range []string{"a", "b", "c"} {
+		if string(again[i].Body) != want {
+			t.Fatalf("entry %d = %q, want %q (restored entries keep their places)", i, again[i].Body, want)
+		}
+	}
+	got := again[1]
+	if got.ID != b.ID || got.ContentType != "text/plain" || got.DedupKey != "kb" {
+		t.Fatalf("restored entry = %v %q %q, want %v text/plain kb", got.ID, got.ContentType, got.DedupKey, b.ID)
+	}
+	if d := got.ExpiresAt.Sub(c.Now().Add(time.Hour)); d < -time.Millisecond || d > time.Millisecond {
+		t.Fatalf("restored ExpiresAt = %v, want %v", got.ExpiresAt, c.Now().Add(time.Hour))
+	}
+	// Handed out again: its key is remembered as delivered.
+	if r := mustAppend(t, e, "q", "b2", keyed); !r.Duplicate {
+		t.Fatal("resend after the second TakeAll stored")
+	}
+	// Restored and unread: its key replaces it in place.
+	mustAppend(t, e, "r", "x", keyed)
+	ms, _ = e.TakeAll(ctx, "r", 0)
+	if len(ms) != 1 {
+		t.Fatalf("TakeAll = %d entries", len(ms))
+	}
+	if err := e.Restore(ctx, "r", ms[0]); err != nil {
+		t.Fatal(err)
+	}
+	if r := mustAppend(t, e, "r", "x2", keyed); !r.Duplicate || r.ID != ms[0].ID {
+		t.Fatalf("dedup after restore = %+v", r)
+	}
+	wantBody(t, e, "r", store.TakeDelete, "x2")
+	wantEmpty(t, e, "r", store.TakeDelete)
 }
 
 func testIDsIncrease(t *testing.T, e store.Engine, _ *Clock) {

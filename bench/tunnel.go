@@ -1,0 +1,217 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/postern/postern/internal/server"
+)
+
+func init() {
+	register(Scenario{
+		Name:     "tunnel",
+		Baseline: "plain net/http handler answering 200, same client, same connections",
+		Run:      runTunnel,
+	})
+	register(Scenario{
+		Name:     "tunnel-wake",
+		Baseline: "none: absolute latency from the producer's send to the long-poll's answer",
+		Run:      runTunnelWake,
+	})
+}
+
+// tunnelNode starts a memory-engine node sized for load: backpressure off
+// and a queue cap large enough that nothing is trimmed.
+func tunnelNode(store string) (*node, error) {
+	cfg := server.DefaultConfig()
+	cfg.Store = store
+	cfg.Tunnel.MaxLen = 10_000_000
+	cfg.Tunnel.Backpressure = false
+	return startNode(cfg)
+}
+
+var benchBody = bytes.Repeat([]byte("x"), 128)
+
+// runTunnel measures produce and consume requests/s at o.Conns
+// connections, each against a plain handler in the same round.
+func runTunnel(ctx context.Context, o Options) ([]Figure, error) {
+	base, stopBase, err := startHTTP(plainHandler)
+	if err != nil {
+		return nil, err
+	}
+	defer stopBase()
+	n, err := tunnelNode("memory")
+	if err != nil {
+		return nil, err
+	}
+	defer n.stop()
+	c := httpClient(o.Conns)
+	defer c.CloseIdleConnections()
+
+	post := func(url string, status int) func(ctx context.Context, w, seq int) error {
+		return func(ctx context.Context, w, seq int) error {
+			req, _ := http.NewRequestWithContext(ctx, "POST", url+"/t/load-"+strconv.Itoa(w%8), bytes.NewReader(benchBody))
+			req.Header.Set("Content-Type", "text/plain")
+			return expect(c, req, status)
+		}
+	}
+	get := func(url string, status int) func(ctx context.Context, w, seq int) error {
+		return func(ctx context.Context, w, seq int) error {
+			req, _ := http.NewRequestWithContext(ctx, "GET", url+"/t/load-"+strconv.Itoa(w%8), nil)
+			err := expect(c, req, status)
+			var st *statusError
+			if errors.As(err, &st) && st.got == http.StatusNoContent {
+				return errDrained
+			}
+			return err
+		}
+	}
+	baseProduce, err := closedLoop(ctx, o.Conns, o.Duration, post(base, 200))
+	if err != nil {
+		return nil, fmt.Errorf("baseline: %w", err)
+	}
+	produce, err := closedLoop(ctx, o.Conns, o.Duration, post(n.URL, 201))
+	if err != nil {
+		return nil, fmt.Errorf("produce: %w", err)
+	}
+	baseConsume, err := closedLoop(ctx, o.Conns, o.Duration, get(base, 200))
+	if err != nil {
+		return nil, fmt.Errorf("baseline: %w", err)
+	}
+	// The produce phase filled the queues; consume drains them. A worker
+	// that finds its tunnel empty stops.
+	consume, err := closedLoop(ctx, o.Conns, o.Duration, get(n.URL, 200))
+	if err != nil {
+		return nil, fmt.Errorf("consume: %w", err)
+	}
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	return []Figure{
+		{Name: "produce req/s", Unit: "req/s", Value: produce.Rate(), Baseline: baseProduce.Rate(), Goal: 0.6},
+		{Name: "produce p99", Unit: "ms", Value: ms(produce.Percentile(99)), Baseline: ms(baseProduce.Percentile(99)), LowerIsBetter: true},
+		{Name: "consume req/s", Unit: "req/s", Value: consume.Rate(), Baseline: baseConsume.Rate()},
+		{Name: "consume p99", Unit: "ms", Value: ms(consume.Percentile(99)), Baseline: ms(baseConsume.Percentile(99)), LowerIsBetter: true},
+	}, nil
+}
+
+// Wake scenario settings.
+const (
+	wakeRate     = 5000 // messages/s over all tunnels
+	wakeTunnels  = 64   // one long-polling consumer each
+	wakeProducer = 16   // paced producer goroutines
+)
+
+// runTunnelWake measures how long a message takes from the producer's send
+// to the answer of a consumer long-polling its tunnel, at wakeRate
+// messages/s spread over wakeTunnels tunnels. Each body carries its send
+// time.
+func runTunnelWake(ctx context.Context, o Options) ([]Figure, error) {
+	n, err := tunnelNode("memory")
+	if err != nil {
+		return nil, err
+	}
+	defer n.stop()
+	c := httpClient(wakeTunnels + wakeProducer)
+	defer c.CloseIdleConnections()
+
+	ctx, cancel := context.WithTimeout(ctx, o.Duration)
+	defer cancel()
+	start := time.Now()
+	var (
+		mu       sync.Mutex
+		lat      []time.Duration
+		received atomic.Int64
+		sent     atomic.Int64
+		firstErr error
+	)
+	fail := func(err error) {
+		mu.Lock()
+		if firstErr == nil && ctx.Err() == nil {
+			firstErr = err
+		}
+		mu.Unlock()
+	}
+	var wg sync.WaitGroup
+	for i := range wakeTunnels {
+		wg.Go(func() {
+			url := n.URL + "/t/wake-" + strconv.Itoa(i) + "/poll?timeout=5"
+			for ctx.Err() == nil {
+				req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
+				resp, err := c.Do(req)
+				if err != nil {
+					if ctx.Err() == nil {
+						fail(err)
+					}
+					return
+				}
+				body, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				now := time.Now()
+				if err != nil || resp.StatusCode != 200 {
+					if resp.StatusCode != 204 {
+						fail(fmt.Errorf("poll: %d %v", resp.StatusCode, err))
+					}
+					continue
+				}
+				sentAt, err := strconv.ParseInt(string(body), 10, 64)
+				if err != nil {
+					fail(fmt.Errorf("poll body %q", body))
+					continue
+				}
+				received.Add(1)
+				mu.Lock()
+				if len(lat) < maxSamples {
+					lat = append(lat, now.Sub(time.Unix(0, sentAt)))
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	// Paced producers: each sends every wakeProducer/wakeRate seconds, to
+	// the tunnels in turn.
+	interval := time.Second * wakeProducer / wakeRate
+	for p := range wakeProducer {
+		wg.Go(func() {
+			t := time.NewTicker(interval)
+			defer t.Stop()
+			for seq := p; ; seq += wakeProducer {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
+				body := strconv.FormatInt(time.Now().UnixNano(), 10)
+				req, _ := http.NewRequestWithContext(ctx, "POST", n.URL+"/t/wake-"+strconv.Itoa(seq%wakeTunnels), bytes.NewReader([]byte(body)))
+				if err := expect(c, req, 201); err != nil {
+					if ctx.Err() == nil {
+						fail(err)
+					}
+					return
+				}
+				sent.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return nil, firstErr
+	}
+	elapsed := time.Since(start)
+	if len(lat) == 0 {
+		return nil, errors.New("no message was delivered")
+	}
+	r := LoadResult{Latencies: lat, Ops: received.Load(), Elapsed: elapsed}
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	return []Figure{
+		{Name: "wake p50", Unit: "ms", Value: ms(r.Percentile(50)), LowerIsBetter: true},
+		{Name: "wake p99", Unit: "ms", Value: ms(r.Percentile(99)), LowerIsBetter: true, Goal: 2},
+		{Name: "delivered msg/s", Unit: "msg/s", Value: r.Rate(), Goal: wakeRate * 0.95},
+	}, nil
+}

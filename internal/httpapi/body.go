@@ -1,0 +1,66 @@
+package httpapi
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"time"
+)
+
+// DefaultBodyReadTimeout bounds how long a client may take to send a small
+// request body (a message, an envelope): a client trickling bytes must not
+// hold a connection and its buffer for hours.
+const DefaultBodyReadTimeout = 30 * time.Second
+
+// Answers to bodies that did not arrive whole.
+var (
+	ErrBodyTimeout    = &Error{Status: http.StatusRequestTimeout, Message: "request body not received in time"}
+	ErrBodyIncomplete = &Error{Status: http.StatusBadRequest, Message: "request body incomplete"}
+)
+
+// ReadBody reads r's whole body for a front door that stores bodies whole.
+// More than max bytes is answered by tooLarge (ErrRequestTooLarge when nil),
+// a body still incomplete after timeout (DefaultBodyReadTimeout when zero)
+// by ErrBodyTimeout. The read deadline is lifted afterwards, so a handler
+// that goes on to wait (a long-poll) is not cut short.
+func ReadBody(w http.ResponseWriter, r *http.Request, max int64, timeout time.Duration, tooLarge *Error) ([]byte, error) {
+	if tooLarge == nil {
+		tooLarge = ErrRequestTooLarge
+	}
+	if r.ContentLength > max {
+		return nil, tooLarge
+	}
+	if r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody {
+		return nil, nil
+	}
+	if timeout == 0 {
+		timeout = DefaultBodyReadTimeout
+	}
+	rc := http.NewResponseController(w)
+	deadline := rc.SetReadDeadline(time.Now().Add(timeout)) == nil
+	var buf bytes.Buffer
+	if r.ContentLength > 0 {
+		buf.Grow(int(r.ContentLength))
+	}
+	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, max))
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe):
+		return nil, tooLarge
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		// The deadline stays: the server gives up on the rest of the body
+		// at once and closes the connection after the answer.
+		w.Header().Set("Connection", "close")
+		return nil, ErrBodyTimeout
+	case err != nil && err != io.EOF:
+		// The client cut the body short (or the connection broke): there
+		// is nobody to answer, but say what happened.
+		return nil, ErrBodyIncomplete
+	}
+	if deadline {
+		rc.SetReadDeadline(time.Time{})
+	}
+	return buf.Bytes(), nil
+}
