@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -891,5 +892,49 @@ paths = ["/c/public/*"]
 	write(t, p, websocket.MessageText, "token may publish")
 	if got := readText(t, p); got != "token may publish" {
 		t.Fatalf("got %q", got)
+	}
+}
+
+// TestPingPong: the server pings; a client that answers stays, one that
+// does not is closed once the pong timeout passes.
+func TestPingPong(t *testing.T) {
+	e := start(t, func(c *server.Config) {
+		c.Channels.PingInterval = 20 * time.Millisecond
+		c.Channels.PongTimeout = 200 * time.Millisecond
+	})
+	live := e.sub("/pp", 1, "")
+	msgs := make(chan string, 1)
+	go func() { // reading makes coder/websocket answer pings
+		defer close(msgs)
+		for {
+			_, b, err := live.Read(context.Background())
+			if err != nil {
+				return
+			}
+			msgs <- string(b)
+		}
+	}()
+	// A raw client that reads nothing (so never answers pings).
+	nc, err := net.Dial("tcp", e.node.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	fmt.Fprintf(nc, "GET /c/pp HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+	br := bufio.NewReader(nc)
+	res, err := http.ReadResponse(br, nil)
+	if err != nil || res.StatusCode != 101 {
+		t.Fatalf("handshake: %v %v", res, err)
+	}
+	e.node.WaitForSubscribers(t, "/pp", 2)
+	// The deaf client is dropped after its pong timeout; by then the live
+	// one went through several ping rounds, and it still gets messages.
+	e.node.WaitForSubscribers(t, "/pp", 1)
+	e.post("/c/pp", "still here")
+	if got := <-msgs; got != "still here" {
+		t.Fatalf("live client got %q", got)
+	}
+	if v := metric(t, e.node, "postern_channels_closed_total"); v != 1 {
+		t.Fatalf("closed_total %v, want 1 (pong timeout)", v)
 	}
 }

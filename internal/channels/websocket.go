@@ -75,6 +75,7 @@ type session struct {
 	ended   bool // the reader has finished: start nothing new
 	writing bool // a writer goroutine runs
 	gap     bool // a gap frame is due before anything else
+	pinging bool // a ping waits for its pong; the timer is its deadline
 	timer   *time.Timer
 	wg      sync.WaitGroup // writer and ping goroutines
 	linger  *time.Timer    // the writer's; only it touches it
@@ -333,31 +334,39 @@ func (s *session) send(typ websocket.MessageType, p []byte) bool {
 	return true
 }
 
-// ping runs on the ping timer's goroutine: one ping, and a connection
-// whose pong does not come within the pong timeout is closed.
+// ping runs on the ping timer's goroutine. Idle: it sends a ping, arms
+// the timer as the pong deadline and waits for the pong, then arms it for
+// the next ping. Pinging: the pong is overdue and the connection is
+// closed, which also ends the waiting ping. One timer serves both, so a
+// ping costs no context or timer of its own.
 func (s *session) ping() {
 	s.mu.Lock()
 	if s.ended {
 		s.mu.Unlock()
 		return
 	}
-	s.wg.Add(1)
-	s.mu.Unlock()
-	defer s.wg.Done()
-	s.hw.deadline(s.c.opts.WriteTimeout)
-	ctx, cancel := context.WithTimeout(context.Background(), s.c.opts.PongTimeout)
-	err := s.conn.Ping(ctx)
-	cancel()
-	if err != nil {
+	if s.pinging {
+		s.mu.Unlock()
 		s.c.m.closed.WithLabelValues("pong_timeout").Inc()
 		s.conn.CloseNow()
 		return
 	}
+	s.pinging = true
+	s.timer.Reset(s.c.opts.PongTimeout)
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
+	s.hw.deadline(s.c.opts.WriteTimeout)
+	err := s.conn.Ping(context.Background())
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil {
+		return // closed: by the deadline above, or the session is ending
+	}
+	s.pinging = false
 	if !s.ended {
 		s.timer.Reset(s.c.opts.PingInterval)
 	}
-	s.mu.Unlock()
 }
 
 // hijackWriter hands coder/websocket a hijacked connection with small
