@@ -373,9 +373,27 @@ done:
 		clear(b.recentQ[:i])
 		b.recentQ = b.recentQ[i:]
 	}
-	if cap(b.recentQ) > 4*len(b.recentQ)+64 {
+	// Entries superseded behind a live front entry pile up under churn:
+	// keep the queue within twice the channels it stands for.
+	if len(b.recentQ) > 2*len(b.recent)+64 {
+		kept := make([]recentEntry, 0, len(b.recent))
+		for _, e := range b.recentQ {
+			if b.recent[e.name] == e.until {
+				kept = append(kept, e)
+			}
+		}
+		b.recentQ = kept
+	} else if cap(b.recentQ) > 4*len(b.recentQ)+64 {
 		b.recentQ = append([]recentEntry(nil), b.recentQ...)
 	}
+}
+
+// recentLen reports the bookkeeping of recently active channels (for
+// tests): channels remembered and queue entries.
+func (b *Broker) recentLen() (channels, entries int) {
+	b.recentMu.Lock()
+	defer b.recentMu.Unlock()
+	return len(b.recent), len(b.recentQ)
 }
 
 // SubscribeOptions controls Subscribe.
