@@ -938,3 +938,24 @@ func TestPingPong(t *testing.T) {
 		t.Fatalf("closed_total %v, want 1 (pong timeout)", v)
 	}
 }
+
+// TestWriteDeadline: a subscriber that stops reading while its queue still
+// has room is cut off by the write deadline, not kept forever.
+func TestWriteDeadline(t *testing.T) {
+	e := start(t, func(c *server.Config) {
+		c.Broker.QueueLen = 100000 // the queue never fills: the deadline must act
+		c.Channels.WriteTimeout = 100 * time.Millisecond
+	})
+	stuck := e.sub("/wd", 1, "")
+	big := strings.Repeat("w", 60<<10)
+	for i := 0; metric(t, e.node, "postern_channels_closed_total") == 0; i++ {
+		if i > 5000 {
+			t.Fatal("write deadline never closed the stuck subscriber")
+		}
+		e.post("/c/wd", big)
+	}
+	e.node.WaitForSubscribers(t, "/wd", 0)
+	if code := closeCode(t, stuck); code != -1 {
+		t.Fatalf("close %v, want an abrupt close (-1)", code)
+	}
+}

@@ -328,6 +328,7 @@ func (s *session) send(typ websocket.MessageType, p []byte) bool {
 		defer cancel()
 	}
 	if err := s.conn.Write(ctx, typ, p); err != nil {
+		s.c.m.closed.WithLabelValues("write_failed").Inc()
 		s.conn.CloseNow()
 		return false
 	}
