@@ -959,3 +959,24 @@ func TestWriteDeadline(t *testing.T) {
 		t.Fatalf("close %v, want an abrupt close (-1)", code)
 	}
 }
+
+// TestWritersLetGo: once messages stop, websocket writers exit, so an
+// idle subscriber holds no writer goroutine; a new message starts one.
+func TestWritersLetGo(t *testing.T) {
+	t.Cleanup(channels.SetWriterLinger(20 * time.Millisecond))
+	letGo := make(chan struct{}, 16)
+	t.Cleanup(channels.OnWriterLetGo(func() { letGo <- struct{}{} }))
+	e := start(t, nil)
+	c := e.sub("/lg", 1, "")
+	for _, msg := range []string{"one", "two"} {
+		e.post("/c/lg", msg)
+		if got := readText(t, c); got != msg {
+			t.Fatalf("got %q", got)
+		}
+		select {
+		case <-letGo:
+		case <-time.After(10 * time.Second):
+			t.Fatal("writer still running 10 s after the last message")
+		}
+	}
+}

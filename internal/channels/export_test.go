@@ -10,3 +10,11 @@ func SetWriterLinger(d time.Duration) (restore func()) {
 	writerLinger = d
 	return func() { writerLinger = old }
 }
+
+// OnWriterLetGo makes f run each time a websocket writer exits for lack of
+// messages; same rules as SetWriterLinger.
+func OnWriterLetGo(f func()) (restore func()) {
+	old := writerLetGo
+	writerLetGo = f
+	return func() { writerLetGo = old }
+}

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -79,6 +80,10 @@ type session struct {
 	timer   *time.Timer
 	wg      sync.WaitGroup // writer and ping goroutines
 	linger  *time.Timer    // the writer's; only it touches it
+	// lingering: linger is armed (and not yet fired); active: when the
+	// writer last sent a message.
+	lingering bool
+	active    time.Time
 }
 
 // writerLinger is how long a writer waits for more messages before it
@@ -231,6 +236,7 @@ func (s *session) pending() bool {
 // write sends queued messages until the queue is empty, then exits.
 func (s *session) write() {
 	defer s.wg.Done()
+	s.active = time.Now()
 	for {
 		s.mu.Lock()
 		gap := s.gap
@@ -257,32 +263,50 @@ func (s *session) write() {
 			if !s.sendMessage(m) {
 				return
 			}
+			s.active = time.Now()
 			continue
 		}
 		// Nothing queued: linger a little for the next message, so that a
 		// busy channel does not start a goroutine per message and
 		// subscriber; then let go, so that an idle one costs none.
+		// The timer is armed once per linger period, not per message:
+		// when it fires before the writer was idle that long, it is
+		// re-armed for what is left.
 		if s.linger == nil {
 			s.linger = time.NewTimer(writerLinger)
-		} else {
+		} else if !s.lingering {
 			s.linger.Reset(writerLinger)
 		}
+		s.lingering = true
 		select {
 		case <-s.sub.Signal():
 			continue
 		case <-s.sub.Done():
 			continue
 		case <-s.linger.C:
+			s.lingering = false
+		}
+		if left := writerLinger - time.Since(s.active); left > 0 {
+			s.linger.Reset(left)
+			s.lingering = true
+			continue
 		}
 		s.mu.Lock()
 		if !s.pending() || s.ended {
 			s.writing = false
 			s.mu.Unlock()
+			if writerLetGo != nil {
+				writerLetGo()
+			}
 			return
 		}
 		s.mu.Unlock()
 	}
 }
+
+// writerLetGo, when set (by tests, before any session starts), is called
+// each time a writer exits for lack of messages.
+var writerLetGo func()
 
 // closeWith closes the connection with a status, bounded by the write
 // timeout for the close frame.
@@ -380,6 +404,7 @@ type hijackWriter struct {
 	// early is how many bytes the client sent before the handshake
 	// completed.
 	early int
+	set   atomic.Int64 // when the write deadline was last set (Unix ns)
 }
 
 func (h *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
@@ -408,12 +433,19 @@ func (h *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return nc, bufio.NewReadWriter(br, bufio.NewWriterSize(nc, wsBufferSize)), nil
 }
 
-// deadline sets the connection's write deadline d from now; false when
-// there is no connection to set it on.
+// deadline makes the connection's write deadline between 0.9 d and d
+// from now; false when there is no connection to set it on. It moves the
+// deadline only when a tenth of d has passed since it last did, so that
+// a busy writer does not reset a runtime timer for every frame.
 func (h *hijackWriter) deadline(d time.Duration) bool {
 	if h.nc == nil {
 		return false
 	}
-	h.nc.SetWriteDeadline(time.Now().Add(d))
+	now := time.Now().UnixNano()
+	if last := h.set.Load(); last != 0 && now-last < int64(d/10) && now >= last {
+		return true
+	}
+	h.set.Store(now)
+	h.nc.SetWriteDeadline(time.Unix(0, now).Add(d))
 	return true
 }
