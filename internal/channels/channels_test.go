@@ -21,9 +21,10 @@ import (
 	"github.com/postern/postern/internal/channels"
 	"github.com/postern/postern/internal/server"
 	"github.com/postern/postern/internal/servertest"
+	"github.com/postern/postern/internal/store/redisstore/redistest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(redistest.Main(m)) }
 
 type env struct {
 	t    *testing.T

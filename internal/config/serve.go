@@ -32,7 +32,10 @@ func ServeFlags() (*FlagSet, *Serve) {
 
 	fs.ConfigFile(&c.ConfigFile, "config", "TOML `file` of settings, one key per flag name (flags and environment win over it)")
 	fs.String(&s.Listen, "listen", "TCP `address` to serve HTTP on")
-	fs.String(&s.Store, "store", "storage `engine`: memory")
+	fs.String(&s.Store, "store", "storage `engine`: memory, or redis://[user:pass@]host:port/db (rediss:// for TLS) shared by many nodes")
+	fs.String(&s.NodeID, "node-id", "`name` of this node among the nodes sharing one engine (default: host name plus a random suffix)")
+	fs.String(&s.AdvertiseAddr, "advertise-addr", "base `URL` other nodes reach this node at, e.g. http://10.0.0.5:8080 (default: the listen address)")
+	fs.Duration(&s.NodeTTL, "node-ttl", "how long the node directory lists this node after a heartbeat (it beats every third of that)")
 	fs.String(&c.LogLevel, "log-level", "log `level`: debug, info, warn or error")
 	fs.String(&c.LogFormat, "log-format", "log `format`: text or json")
 	fs.Duration(&s.ShutdownTimeout, "shutdown-timeout", "longest graceful drain on SIGTERM before connections are cut")

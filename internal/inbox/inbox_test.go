@@ -22,14 +22,27 @@ import (
 	"github.com/postern/postern/internal/inbox"
 	"github.com/postern/postern/internal/server"
 	"github.com/postern/postern/internal/servertest"
+	"github.com/postern/postern/internal/store/redisstore/redistest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// TestMain shares one private redis-server among the package's tests.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(redistest.Main(m)) }
 
 // storeSpecs lists the storage engines the suite runs on: the one switch
-// that puts the whole suite on another engine.
+// that puts the whole suite on another engine. "redis" stands for a key
+// prefix of its own on the package's redis-server, taken by engine inside
+// each subtest so that a missing redis-server skips only that subtest.
 func storeSpecs(t *testing.T) []string {
-	return []string{"memory"}
+	return []string{"memory", "redis"}
+}
+
+// engine turns a spec of storeSpecs into a store for cfg.Store, once per
+// subtest (a restart within the subtest reopens the same data).
+func engine(t *testing.T, spec string) string {
+	if spec == "redis" {
+		return redistest.URL(t)
+	}
+	return spec
 }
 
 // seedTime is the instant of the seed README's example.
@@ -67,7 +80,7 @@ func config(spec string, mutate func(*server.Config)) server.Config {
 func forEachStore(t *testing.T, mutate func(*server.Config), fn func(e *env)) {
 	for _, spec := range storeSpecs(t) {
 		t.Run(strings.SplitN(spec, ":", 2)[0], func(t *testing.T) {
-			fn(startEnv(t, spec, mutate))
+			fn(startEnv(t, engine(t, spec), mutate))
 		})
 	}
 }
@@ -809,6 +822,7 @@ func TestRestartKeepsEverything(t *testing.T) {
 			if name == "memory" || name == "mem" {
 				t.Skip("the memory engine keeps nothing across a restart")
 			}
+			spec := engine(t, spec)
 			first := startEnv(t, spec, nil)
 			first.wantJSON(first.post("send", "a", `{"idempotencyKey":"restart-key1","destination":["b","c"],"body":"one","expectsAck":true}`), `{"sent":2}`)
 			first.wantJSON(first.post("send", "a", `{"idempotencyKey":"restart-key2","destination":["b"],"body":"two"}`), `{"sent":1}`)

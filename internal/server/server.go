@@ -39,6 +39,9 @@ const (
 	DefaultReadHeaderTimeout = 10 * time.Second
 	DefaultIdleTimeout       = 120 * time.Second
 	DefaultMaxHeaderBytes    = 64 << 10
+	// DefaultNodeTTL is how long a node stays listed in the node directory
+	// after its last heartbeat; it beats every third of that.
+	DefaultNodeTTL = 15 * time.Second
 )
 
 // Config is everything a node needs.
@@ -65,6 +68,17 @@ type Config struct {
 	// RateLimit limits requests per client address and per scoped token.
 	RateLimit ratelimit.Options
 
+	// NodeID names this node among those sharing the engine; empty means
+	// the host name plus a random suffix.
+	NodeID string
+	// AdvertiseAddr is the base URL other nodes reach this one at
+	// ("http://10.0.0.5:8080"); empty means the listen address (the host
+	// name when listening on every interface).
+	AdvertiseAddr string
+	// NodeTTL is how long the node directory lists this node after a
+	// heartbeat; zero means DefaultNodeTTL.
+	NodeTTL time.Duration
+
 	Tunnel tunnel.Options
 	// Channels configures the channels front door, Broker its core (queue
 	// length, history).
@@ -85,6 +99,7 @@ func DefaultConfig() Config {
 		ReadHeaderTimeout: DefaultReadHeaderTimeout,
 		IdleTimeout:       DefaultIdleTimeout,
 		MaxHeaderBytes:    DefaultMaxHeaderBytes,
+		NodeTTL:           DefaultNodeTTL,
 		Tunnel:            tunnel.DefaultOptions(),
 		Inbox:             inbox.DefaultOptions(),
 		Channels:          channels.DefaultOptions(),
@@ -107,6 +122,8 @@ type Server struct {
 	channels *channels.Channels
 	handler  http.Handler
 	http     *http.Server
+
+	nodes *nodes
 
 	draining     atomic.Bool
 	shutdownOnce sync.Once
@@ -143,7 +160,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.Inbox.Policy = cfg.Policy
 		cfg.Channels.Policy = cfg.Policy
 	}
-	st, err := OpenStore(cfg.Store)
+	st, err := OpenStore(cfg.Store, s.log)
 	if err != nil {
 		return nil, err
 	}
@@ -164,6 +181,9 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return fail(err)
 	}
+	if s.nodes, err = newNodes(cfg, st, s.log, s.registry); err != nil {
+		return fail(err)
+	}
 	bopts := cfg.Broker
 	bopts.Metrics = s.registry
 	if s.broker, err = broker.New(st, bopts); err != nil {
@@ -179,6 +199,7 @@ func New(cfg Config) (*Server, error) {
 	inboxes.Mount(mux)
 	s.channels.Mount(mux)
 	httpapi.MountOps(mux, s.ready, s.registry)
+	s.nodes.mount(mux)
 	page := s.statusPage()
 	page.Mount(mux)
 	notFound := httpapi.Handle(func(w http.ResponseWriter, r *http.Request) error {
@@ -293,7 +314,8 @@ func (s *Server) ready(ctx context.Context) error {
 // Serve serves HTTP on ln until Shutdown. It returns nil after a graceful
 // shutdown.
 func (s *Server) Serve(ln net.Listener) error {
-	s.log.Info("postern listening", "addr", ln.Addr().String(), "store", s.store.Name(), "version", version.Version())
+	s.nodes.start(ln.Addr())
+	s.log.Info("postern listening", "addr", ln.Addr().String(), "store", s.store.Name(), "node", s.nodes.self().ID, "advertise", s.nodes.self().Addr, "version", version.Version())
 	err := s.http.Serve(ln)
 	if errors.Is(err, http.ErrServerClosed) {
 		<-s.shutdownDone
@@ -312,6 +334,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.draining.Store(true)
 		s.log.Info("draining")
 		var errs []error
+		s.nodes.stop() // leave the node directory first: nothing new is sent here
 		errs = append(errs, s.queue.Shutdown(ctx))
 		// Ending the subscriptions closes websockets (1001) and event
 		// streams; http.Server does not wait for hijacked connections,

@@ -21,14 +21,18 @@ import (
 
 	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/servertest"
+	"github.com/postern/postern/internal/store/redisstore/redistest"
 	"github.com/postern/postern/internal/tunnel"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// TestMain shares one private redis-server among the package's tests.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(redistest.Main(m)) }
 
-// storeSpecs lists the storage engines the suite runs on.
+// storeSpecs lists the storage engines the suite runs on. "redis" stands for
+// a fresh key prefix on the package's redis-server, taken inside the
+// subtest so that a missing redis-server skips only that subtest.
 func storeSpecs(t *testing.T) []string {
-	return []string{"memory"}
+	return []string{"memory", "redis"}
 }
 
 // env is one running node and a client for it.
@@ -51,6 +55,9 @@ func forEachStore(t *testing.T, mutate func(*tunnel.Options), fn func(e *env)) {
 		t.Run(strings.SplitN(spec, ":", 2)[0], func(t *testing.T) {
 			cfg := servertest.Config()
 			cfg.Store = spec
+			if spec == "redis" {
+				cfg.Store = redistest.URL(t)
+			}
 			if mutate != nil {
 				mutate(&cfg.Tunnel)
 			}

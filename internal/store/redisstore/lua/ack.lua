@@ -1,0 +1,9 @@
+-- Ack. ARGV[3] id. Returns 1 when a message was removed.
+local id = ARGV[3]
+local rec = redis.call('HGET', M, id)
+if not rec then return 0 end
+local exp, til, dk = hdr(rec)
+remove(id, exp, nil)
+forget(id, til, dk, true)
+finish()
+return 1

@@ -1,0 +1,43 @@
+-- Prelude of every script: the node's clock, the garbage-collection margin
+-- and id helpers.
+-- ARGV[1] now in ms on the node's clock; every expiry decision uses it
+-- ARGV[2] garbage-collection margin in ms added to Redis TTLs
+local now = tonumber(ARGV[1])
+local margin = tonumber(ARGV[2])
+
+local function fmt(n) return string.format('%d', n) end
+
+local function pad(x) return string.rep('0', 16 - #x) .. x end
+-- lex turns "ms-seq" into a fixed-width form whose byte order is id order.
+local function lex(id)
+  local i = string.find(id, '-', 1, true)
+  return pad(string.sub(id, 1, i - 1)) .. '-' .. pad(string.sub(id, i + 1))
+end
+local function strip(x)
+  local y = string.gsub(x, '^0+', '')
+  if y == '' then return '0' end
+  return y
+end
+local function unlex(l) return strip(string.sub(l, 1, 16)) .. '-' .. strip(string.sub(l, 18)) end
+
+-- xadd appends an entry to stream key at now's millisecond, or right after
+-- the stream's last id when the clock stands behind it (another node's
+-- clock, or a step back), so ids strictly increase. maxlen, when not nil,
+-- trims the stream to that many entries.
+local function xadd(key, maxlen, ...)
+  local fields = {...}
+  local function try(call, id)
+    if maxlen then return call('XADD', key, 'MAXLEN', maxlen, id, unpack(fields)) end
+    return call('XADD', key, id, unpack(fields))
+  end
+  local r = try(redis.pcall, fmt(now) .. '-*')
+  if type(r) == 'table' and r.err then
+    local info = redis.call('XINFO', 'STREAM', key)
+    local last
+    for i = 1, #info, 2 do
+      if info[i] == 'last-generated-id' then last = info[i + 1] end
+    end
+    r = try(redis.call, string.sub(last, 1, string.find(last, '-', 1, true) - 1) .. '-*')
+  end
+  return r
+end

@@ -1,0 +1,10 @@
+-- Clear. Removes every message and dedup key; replies live in keys of
+-- their own and stay. Returns how many messages there were.
+local n = qlen()
+redis.call('XTRIM', S, 'MAXLEN', 0)
+redis.call('DEL', M, P, B, K, W)
+redis.call('HDEL', H, 'f', 'u')
+forever0, dforever, used, newused = 0, 0, '', false
+dirty = true
+finish()
+return n

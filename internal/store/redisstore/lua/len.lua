@@ -1,0 +1,2 @@
+-- Len. Returns pending plus unseen messages.
+return qlen()

@@ -1,0 +1,20 @@
+-- Reply. KEYS[8] the reply's key. ARGV[3] id, [4] reply record,
+-- [5] reply TTL ms (0: kept until taken). Returns 1 when stored.
+local id, rrec, ttl = ARGV[3], ARGV[4], tonumber(ARGV[5])
+local l = lex(id)
+if not uses('p') or not redis.call('ZSCORE', P, l) then return 0 end
+local rec = redis.call('HGET', M, id)
+if not rec then
+  redis.call('ZREM', P, l)
+  return 0
+end
+local exp, til, dk = hdr(rec)
+remove(id, exp, nil)
+forget(id, til, dk, true)
+if ttl > 0 then
+  redis.call('SET', KEYS[8], rrec, 'PX', ttl + margin)
+else
+  redis.call('SET', KEYS[8], rrec)
+end
+finish()
+return 1

@@ -1,0 +1,333 @@
+// Package redisstore is the Redis storage engine, for many stateless postern
+// nodes behind one load balancer sharing one Redis 7.0+ (or Redis Cluster).
+// It implements store.Engine, store.Fanout, store.History and
+// store.Directory.
+//
+// # Layout
+//
+// Every operation of store.Queues is one Lua script, so it is atomic across
+// all nodes without locks or consumer groups: two nodes taking from one
+// tunnel at once each get a different message or none, never an error or a
+// message twice (the consumer-group race of the original relay cannot
+// happen). A queue is a stream, which orders messages by id and keeps its
+// last id so ids keep increasing after the queue empties, plus a hash of
+// records (content can be replaced in place by a dedup key), a sorted set of
+// pending ids, a sorted set of restored ids (Restore puts a message back at
+// its id position, which a stream cannot take), a hash of queued dedup keys
+// and a sorted set of dedup windows. Replies live in keys of their own, so
+// Clear leaves them. Every key of one queue, history or directory entry
+// carries the same hash tag ({...}), so it lives in one Cluster slot and a
+// script may touch all of it.
+//
+// # Time
+//
+// Every expiry decision is taken from Options.Now, passed to the scripts, so
+// expiry is exact and testable with a manual clock, and nodes agree within
+// their clock skew. Redis TTLs only collect garbage: a key lives as long as
+// the longest-lived data it holds plus Options.GCMargin, and for ever while
+// it holds a message without expiry.
+//
+// # Fan-out
+//
+// Publish is PUBLISH on the topic's channel. Subscriptions of a Store share
+// one dedicated pub/sub connection owned by one goroutine, which subscribes
+// and unsubscribes channels as topics come and go, and after a lost
+// connection reconnects with backoff and subscribes every topic again.
+// Payloads arrive in publish order per publisher; payloads published while a
+// node is disconnected are missed (best effort, as store.Fanout says).
+//
+// # Client
+//
+// The client is github.com/redis/rueidis: it pipelines concurrent commands
+// of many goroutines onto a few connections automatically (many HTTP
+// handlers' scripts share one write and one read syscall, which matters on
+// small machines), runs scripts by EVALSHA with an EVAL fallback (so scripts
+// survive a Redis restart that empties the script cache), never retries a
+// write by itself, speaks to a single Redis and a Cluster through one
+// interface, and gives dedicated connections with pub/sub hooks.
+package redisstore
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/redis/rueidis"
+
+	"github.com/postern/postern/internal/store"
+)
+
+// Defaults of Options.
+const (
+	// DefaultPrefix starts every key and channel name.
+	DefaultPrefix = "postern:"
+	// DefaultGCMargin is added to every Redis TTL: it covers clock skew
+	// between nodes and keeps an emptied queue's last id for a while.
+	DefaultGCMargin = 10 * time.Minute
+	// DefaultTimeout bounds one round trip to Redis; a Redis that does not
+	// answer within it counts as unavailable.
+	DefaultTimeout = 5 * time.Second
+	// DefaultDialTimeout bounds connecting to Redis.
+	DefaultDialTimeout = 2 * time.Second
+	// DefaultReconnectMax is the longest pause between two attempts to
+	// reconnect the pub/sub connection.
+	DefaultReconnectMax = time.Second
+)
+
+// expiredBudget is how many expired messages one Take script removes before
+// it hands back to Go, so that no script blocks Redis for long.
+const expiredBudget = 256
+
+// Options configures a Store.
+type Options struct {
+	// Now is the clock every expiry decision is taken from; nil means
+	// time.Now.
+	Now func() time.Time
+	// Prefix starts every key and channel name; empty means DefaultPrefix
+	// (or the URL's prefix parameter). It must not contain '{' or '}'.
+	Prefix string
+	// GCMargin is added to Redis TTLs; zero means DefaultGCMargin.
+	GCMargin time.Duration
+	// Timeout bounds one round trip; zero means DefaultTimeout.
+	Timeout time.Duration
+	// DialTimeout bounds connecting; zero means DefaultDialTimeout.
+	DialTimeout time.Duration
+	// ReconnectMax caps the pub/sub reconnect backoff; zero means
+	// DefaultReconnectMax.
+	ReconnectMax time.Duration
+	// TLS, when set, is the TLS configuration of rediss:// connections (for
+	// a private CA); nil means the system's roots (SSL_CERT_FILE and
+	// SSL_CERT_DIR name others). Its ServerName defaults to the URL's host.
+	TLS *tls.Config
+	// Logger receives connection events; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Store is the Redis engine.
+type Store struct {
+	c       rueidis.Client
+	now     func() time.Time
+	prefix  string
+	margin  string // GC margin in ms, as the scripts take it
+	timeout time.Duration
+	log     *slog.Logger
+	addr    string // host:port of the first address, for messages
+
+	fan *fanout
+
+	closed    atomic.Bool
+	closeOnce sync.Once
+}
+
+var (
+	_ store.Engine    = (*Store)(nil)
+	_ store.Fanout    = (*Store)(nil)
+	_ store.History   = (*Store)(nil)
+	_ store.Directory = (*Store)(nil)
+)
+
+// Open connects to the Redis named by rawURL:
+//
+//	redis://[user:pass@]host:port/db[?prefix=p&addr=host2:port2]
+//	rediss://...   the same over TLS
+//
+// Several addr parameters name more Cluster nodes to start from; a Cluster is
+// detected by itself. The prefix parameter sets Options.Prefix when that is
+// empty. Open fails when Redis cannot be reached.
+func Open(rawURL string, opts Options) (*Store, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("invalid redis URL: %v", redactErr(err))
+	}
+	if opts.Prefix == "" {
+		opts.Prefix = u.Query().Get("prefix")
+	}
+	copt, err := rueidis.ParseURL(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("invalid redis URL %s: %v", u.Redacted(), err)
+	}
+	return New(copt, opts)
+}
+
+// New connects with a rueidis client option; Open is the usual way in.
+func New(copt rueidis.ClientOption, opts Options) (*Store, error) {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Prefix == "" {
+		opts.Prefix = DefaultPrefix
+	}
+	if strings.ContainsAny(opts.Prefix, "{}") {
+		return nil, fmt.Errorf("redis key prefix %q must not contain '{' or '}'", opts.Prefix)
+	}
+	if opts.GCMargin <= 0 {
+		opts.GCMargin = DefaultGCMargin
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = DefaultTimeout
+	}
+	if opts.DialTimeout <= 0 {
+		opts.DialTimeout = DefaultDialTimeout
+	}
+	if opts.ReconnectMax <= 0 {
+		opts.ReconnectMax = DefaultReconnectMax
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.TLS != nil && copt.TLSConfig != nil {
+		cfg := opts.TLS.Clone()
+		if cfg.ServerName == "" {
+			cfg.ServerName = copt.TLSConfig.ServerName
+		}
+		copt.TLSConfig = cfg
+	}
+	if copt.Dialer.Timeout == 0 {
+		copt.Dialer.Timeout = opts.DialTimeout
+	}
+	if copt.ConnWriteTimeout == 0 {
+		copt.ConnWriteTimeout = opts.Timeout
+	}
+	copt.DisableCache = true // no client-side caching: nothing is read twice
+	copt.DisableRetry = true // a failed call is answered 503, never replayed
+	if len(copt.InitAddress) == 0 {
+		return nil, errors.New("redis: no address given")
+	}
+	c, err := rueidis.NewClient(copt)
+	if err != nil {
+		return nil, fmt.Errorf("redis at %s: %w", copt.InitAddress[0], unavailable(err))
+	}
+	s := &Store{
+		c:       c,
+		now:     opts.Now,
+		prefix:  opts.Prefix,
+		margin:  fmt.Sprint(opts.GCMargin.Milliseconds()),
+		timeout: opts.Timeout,
+		log:     opts.Logger,
+		addr:    copt.InitAddress[0],
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), opts.DialTimeout+opts.Timeout)
+	defer cancel()
+	if err := s.Ping(ctx); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("redis at %s: %w", s.addr, err)
+	}
+	s.fan = newFanout(s, opts.ReconnectMax)
+	return s, nil
+}
+
+// Name implements store.Engine.
+func (s *Store) Name() string { return "redis" }
+
+// Ping implements store.Engine.
+func (s *Store) Ping(ctx context.Context) error {
+	if s.closed.Load() {
+		return store.ErrClosed
+	}
+	return s.wrap(ctx, s.c.Do(ctx, s.c.B().Ping().Build()).Error())
+}
+
+// Close implements store.Engine. It ends every subscription.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		s.closed.Store(true)
+		if s.fan != nil {
+			s.fan.close()
+		}
+		s.c.Close()
+	})
+	return nil
+}
+
+// now returns the clock in ms, as the scripts take it.
+func (s *Store) nowMS() int64 { return s.now().UnixMilli() }
+
+// tag is the hash tag content for k: never empty, never holding a brace,
+// so all keys built from one k hash to one Cluster slot.
+func tag(k string) string {
+	if k == "" {
+		return "%"
+	}
+	if !strings.ContainsAny(k, "%{}") {
+		return k
+	}
+	r := strings.NewReplacer("%", "%25", "{", "%7B", "}", "%7D")
+	return r.Replace(k)
+}
+
+// wrap maps a client error to the store's errors, with a one-line reason
+// that names no address or secret.
+func (s *Store) wrap(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
+	if s.closed.Load() {
+		return store.ErrClosed
+	}
+	if ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+		return err
+	}
+	if rerr, ok := rueidis.IsRedisErr(err); ok {
+		msg := oneLine(rerr.Error())
+		switch code, _, _ := strings.Cut(msg, " "); code {
+		case "OOM":
+			return fmt.Errorf("%w: redis: %s", store.ErrNoSpace, msg)
+		case "LOADING", "BUSY", "MASTERDOWN", "READONLY", "CLUSTERDOWN", "TRYAGAIN", "NOREPLICAS", "MISCONF":
+			return fmt.Errorf("%w: redis: %s", store.ErrUnavailable, msg)
+		}
+		return fmt.Errorf("redis: %s", msg)
+	}
+	return unavailable(err)
+}
+
+// unavailable wraps a transport error in store.ErrUnavailable with a short
+// reason.
+func unavailable(err error) error {
+	reason := "connection failed"
+	var ne net.Error
+	var verr *tls.CertificateVerificationError
+	var rerr tls.RecordHeaderError
+	switch {
+	case errors.As(err, &verr):
+		reason = "TLS certificate not trusted"
+	case errors.As(err, &rerr), strings.Contains(err.Error(), "tls:"):
+		reason = "TLS handshake failed"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		reason = "connection refused"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, net.ErrClosed):
+		reason = "connection lost"
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		reason = "no answer in time"
+	case errors.Is(err, rueidis.ErrClosing):
+		reason = "unreachable"
+	case strings.Contains(err.Error(), "EOF"):
+		reason = "connection lost"
+	}
+	return fmt.Errorf("%w: redis %s", store.ErrUnavailable, reason)
+}
+
+func oneLine(s string) string {
+	if i := strings.IndexAny(s, "\r\n"); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
+
+// redactErr drops the URL (which may hold a password) from a url.Parse
+// error.
+func redactErr(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}
