@@ -268,6 +268,13 @@ func (s *Server) statusPage() *web.Web {
 		return t
 	})
 	w.Section("channels", func(context.Context) any { return s.channels.Stats() })
+	w.Section("cluster", func(context.Context) any {
+		me := s.nodes.self()
+		return struct {
+			Node string `json:"node"`
+			Addr string `json:"advertised"`
+		}{me.ID, me.Addr}
+	})
 	w.Section("store", func(context.Context) any {
 		return struct {
 			Engine string `json:"engine"`

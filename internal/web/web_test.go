@@ -138,6 +138,7 @@ func TestSectionsAndRates(t *testing.T) {
 func TestPageInChromium(t *testing.T) {
 	b := startBrowser(t)
 	cfg := servertest.Config()
+	cfg.NodeID = "node-1"
 	n := servertest.Start(t, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -167,8 +168,10 @@ func TestPageInChromium(t *testing.T) {
 	// Publish from the page: it comes back through the watched channel.
 	b.eval(ctx, `document.getElementById("message").value = "typed in the page"; document.getElementById("publish").click(); true`)
 	b.eval(ctx, waitFor(`Array.from(document.querySelectorAll("#messages li")).some(function (li) { return li.textContent.indexOf("typed in the page") >= 0; })`))
-	// The status cards follow the channel: one subscriber.
+	// The status cards follow the channel: one subscriber; and name the
+	// node.
 	b.eval(ctx, waitFor(`/subscribers\s*1/.test(document.getElementById("status-channels").textContent)`))
+	b.eval(ctx, waitFor(`/node\s*node-1/.test(document.getElementById("status-cluster").textContent)`))
 
 	shot := b.screenshot(ctx)
 	if _, err := png.Decode(bytes.NewReader(shot)); err != nil {
