@@ -266,13 +266,14 @@ func (b *Broker) Publish(ctx context.Context, channel string, m Message) (Publis
 		}
 		msg.ID = id
 	}
-	b.m.published.Inc()
 	if b.fan != nil {
 		if err := b.fan.Publish(ctx, FanoutTopicPrefix+channel, encodePayload(msg)); err != nil {
 			return PublishResult{}, err
 		}
+		b.m.published.Inc()
 		return PublishResult{ID: msg.ID, Delivered: -1}, nil
 	}
+	b.m.published.Inc()
 	sh := &b.shards[b.shardIndex(channel)]
 	sh.mu.Lock()
 	ch := sh.channels[channel]
