@@ -160,6 +160,9 @@ func TestServeRejectsBadSettings(t *testing.T) {
 		{nil, []string{"--token-file", "does-not-exist.toml"}, "token file"},
 		{nil, []string{"--rate-limit-addr", "fast"}, "rate-limit-addr"},
 		{map[string]string{"POSTERN_TRUSTED_PROXIES": "10.0.0.0/8, proxy"}, nil, "POSTERN_TRUSTED_PROXIES"},
+		{map[string]string{"POSTERN_RELAY_BLOCK_SIZE": "0"}, nil, "relay block size"},
+		{map[string]string{"POSTERN_RELAY_INACTIVE_REQUEST_TIMEOUT": "soon"}, nil, "POSTERN_RELAY_INACTIVE_REQUEST_TIMEOUT"},
+		{nil, []string{"--relay-inactive-backend-timeout", "0"}, "inactive backend timeout"},
 	}
 	for _, c := range cases {
 		code, _, stderr := run(t, context.Background(), c.env, "", append([]string{"serve", "--listen", "127.0.0.1:0"}, c.args...)...)

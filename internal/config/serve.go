@@ -27,7 +27,7 @@ type Serve struct {
 // that starts from the defaults.
 func ServeFlags() (*FlagSet, *Serve) {
 	c := &Serve{Server: server.DefaultConfig(), LogLevel: DefaultLogLevel, LogFormat: DefaultLogFormat}
-	s, t, ib := &c.Server, &c.Server.Tunnel, &c.Server.Inbox
+	s, t, ib, rl := &c.Server, &c.Server.Tunnel, &c.Server.Inbox, &c.Server.Relay
 	fs := NewFlagSet("serve")
 
 	fs.ConfigFile(&c.ConfigFile, "config", "TOML `file` of settings, one key per flag name (flags and environment win over it)")
@@ -66,6 +66,15 @@ func ServeFlags() (*FlagSet, *Serve) {
 	fs.Int(&ib.MaxReceive, "inbox-max-receive", "most messages and acks one inbox receive returns; the rest wait for the next")
 	fs.Int(&ib.MaxLen, "inbox-max-len", "most messages and acks one inbox holds; sends to a full inbox get 507, acks for it are dropped")
 	fs.Int(&ib.MaxActorBytes, "inbox-max-actor-bytes", "longest inbox actor name (From header, destination) in `bytes`")
+
+	fs.Int(&rl.BlockSize, "relay-block-size", "largest piece in `bytes` of a user's upgraded stream handed to a relay client at once (the original's --block_size)")
+	fs.Duration(&rl.InactiveRequestTimeout, "relay-inactive-request-timeout", "a relayed request with no response chunk for this long ends: 504 before its first chunk, a cut connection after (the original's --inactive_request_timeout)")
+	fs.Duration(&rl.InactiveBackendTimeout, "relay-inactive-backend-timeout", "a relay backend that has not polled for this long is forgotten (the original's --inactive_backend_timeout)")
+	fs.Duration(&rl.PollTimeout, "relay-poll-timeout", "how long /server/request waits for a user request before 408")
+	fs.Duration(&rl.PickupTimeout, "relay-pickup-timeout", "how long a user request waits for a relay client to take it before 500")
+	fs.Duration(&rl.RequestStreamTimeout, "relay-request-stream-timeout", "how long /server/requeststream waits for the user's bytes before answering empty")
+	fs.Int64(&rl.MaxRequestBodyBytes, "relay-max-request-body", "largest user request body in `bytes` relayed to a backend (the protocol carries it whole); larger get 413")
+	fs.Int64(&rl.MaxResponseMessageBytes, "relay-max-response-message", "largest /server/response message in `bytes`; larger get 400")
 
 	ch, b := &c.Server.Channels, &c.Server.Broker
 	fs.Bool(&ch.AtRoot, "channels-at-root", "serve channels at / (a dedicated host, as pinghub was deployed) instead of under /c/; ops endpoints and other prefixes keep priority, the status page moves to /_postern/")

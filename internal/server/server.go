@@ -21,10 +21,12 @@ import (
 	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/broker"
 	"github.com/postern/postern/internal/channels"
+	"github.com/postern/postern/internal/gcrrelay"
 	"github.com/postern/postern/internal/httpapi"
 	"github.com/postern/postern/internal/inbox"
 	"github.com/postern/postern/internal/queue"
 	"github.com/postern/postern/internal/ratelimit"
+	"github.com/postern/postern/internal/relay"
 	"github.com/postern/postern/internal/store"
 	"github.com/postern/postern/internal/tunnel"
 	"github.com/postern/postern/internal/version"
@@ -78,6 +80,10 @@ type Config struct {
 	// NodeTTL is how long the node directory lists this node after a
 	// heartbeat; zero means DefaultNodeTTL.
 	NodeTTL time.Duration
+	// Directory is the node directory the relay hub uses; nil: the store
+	// engine's, when it implements store.Directory (shared engines). Tests
+	// set it to connect in-process nodes without a shared engine.
+	Directory store.Directory
 
 	Tunnel tunnel.Options
 	// Channels configures the channels front door, Broker its core (queue
@@ -85,6 +91,7 @@ type Config struct {
 	Channels channels.Options
 	Broker   broker.Options
 	Inbox    inbox.Options
+	Relay    gcrrelay.Options
 
 	// Logger receives the server's logs; nil means slog.Default().
 	Logger *slog.Logger
@@ -102,6 +109,7 @@ func DefaultConfig() Config {
 		NodeTTL:           DefaultNodeTTL,
 		Tunnel:            tunnel.DefaultOptions(),
 		Inbox:             inbox.DefaultOptions(),
+		Relay:             gcrrelay.DefaultOptions(),
 		Channels:          channels.DefaultOptions(),
 		Broker: broker.Options{
 			QueueLen:   broker.DefaultQueueLen,
@@ -120,8 +128,12 @@ type Server struct {
 	queue    *queue.Core
 	broker   *broker.Broker
 	channels *channels.Channels
-	handler  http.Handler
-	http     *http.Server
+	relayHub *relay.Hub
+	relay    *gcrrelay.Relay
+	// relayMetrics are shared by every relay hub of the node.
+	relayMetrics *relay.Metrics
+	handler      http.Handler
+	http         *http.Server
 
 	nodes *nodes
 
@@ -159,6 +171,10 @@ func New(cfg Config) (*Server, error) {
 		cfg.Tunnel.Policy = cfg.Policy
 		cfg.Inbox.Policy = cfg.Policy
 		cfg.Channels.Policy = cfg.Policy
+		cfg.Relay.Policy = cfg.Policy
+	}
+	if cfg.Relay.Logger == nil {
+		cfg.Relay.Logger = cfg.Logger
 	}
 	st, err := OpenStore(cfg.Store, s.log)
 	if err != nil {
@@ -184,13 +200,33 @@ func New(cfg Config) (*Server, error) {
 	if s.nodes, err = newNodes(cfg, st, s.log, s.registry); err != nil {
 		return fail(err)
 	}
+	dir := cfg.Directory
+	if dir == nil {
+		dir, _ = st.(store.Directory)
+	}
+	// One set of relay metrics for every hub of the node (relay, expose),
+	// labelled by namespace.
+	s.relayMetrics = relay.NewMetrics(s.registry)
+	hubOpts := relay.DefaultOptions("relay")
+	hubOpts.Directory = dir
+	hubOpts.Metrics = s.relayMetrics
+	hubOpts.Logger = s.log
+	if s.relayHub, err = relay.New(hubOpts); err != nil {
+		return fail(err)
+	}
+	if s.relay, err = gcrrelay.New(s.relayHub, cfg.Relay); err != nil {
+		s.relayHub.Shutdown(context.Background()) // stops its directory goroutine
+		return fail(err)
+	}
 	bopts := cfg.Broker
 	bopts.Metrics = s.registry
 	if s.broker, err = broker.New(st, bopts); err != nil {
+		s.relayHub.Shutdown(context.Background())
 		return fail(fmt.Errorf("broker core: %w", err))
 	}
 	if s.channels, err = channels.New(s.broker, cfg.Channels, s.registry); err != nil {
 		s.broker.Shutdown(context.Background())
+		s.relayHub.Shutdown(context.Background())
 		return fail(err)
 	}
 
@@ -198,18 +234,16 @@ func New(cfg Config) (*Server, error) {
 	tunnels.Mount(mux)
 	inboxes.Mount(mux)
 	s.channels.Mount(mux)
+	s.relay.Mount(mux)
 	httpapi.MountOps(mux, s.ready, s.registry)
 	s.nodes.mount(mux)
 	page := s.statusPage()
 	page.Mount(mux)
-	notFound := httpapi.Handle(func(w http.ResponseWriter, r *http.Request) error {
-		httpapi.SetRoute(r, "not_found")
-		return httpapi.ErrNotFound
-	}, nil)
+	unowned := notFound
 	if cfg.Channels.AtRoot {
 		// A dedicated channels host: every path nothing else claims is a
 		// channel, "/" included.
-		notFound = s.channels
+		unowned = s.channels
 	}
 	home := page.Page()
 	mux.Fallback(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -219,8 +253,10 @@ func New(cfg Config) (*Server, error) {
 			httpapi.Handle(healthOK, nil).ServeHTTP(w, r)
 		case r.URL.Path == "/" && !cfg.Channels.AtRoot:
 			home.ServeHTTP(w, r)
+		case s.relay.ServeUnowned(w, r):
+			// On paths nobody owns, X-Server-Name names a relay backend.
 		default:
-			notFound.ServeHTTP(w, r)
+			unowned.ServeHTTP(w, r)
 		}
 	}))
 
@@ -231,8 +267,14 @@ func New(cfg Config) (*Server, error) {
 
 	m := httpapi.NewMetrics(s.registry, s.log)
 	s.handler = m.Wrap(limiter.Wrap(mux))
+	// HTTP/2 without TLS (prior knowledge), as the original relay served
+	// for gRPC clients, next to HTTP/1.1.
+	protocols := new(http.Protocols)
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
 	s.http = &http.Server{
 		Handler:           s.handler,
+		Protocols:         protocols,
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		IdleTimeout:       cfg.IdleTimeout,
 		MaxHeaderBytes:    cfg.MaxHeaderBytes,
@@ -240,6 +282,11 @@ func New(cfg Config) (*Server, error) {
 	}
 	return s, nil
 }
+
+var notFound = httpapi.Handle(func(w http.ResponseWriter, r *http.Request) error {
+	httpapi.SetRoute(r, "not_found")
+	return httpapi.ErrNotFound
+}, nil)
 
 // statusPage assembles the web page's status from the cores. A capability
 // adds its figures with one more Section (and its rates to Rates).
@@ -305,6 +352,18 @@ func (s *Server) WaitForSubscribers(ctx context.Context, channel string, n int) 
 	return s.broker.WaitForSubscribers(ctx, channel, n)
 }
 
+// WaitForRelayPolls blocks until at least n relay client polls for backend
+// name are parked on this node, or ctx ends: a readiness signal for tests.
+func (s *Server) WaitForRelayPolls(ctx context.Context, name string, n int) error {
+	return s.relay.WaitForPolls(ctx, name, n)
+}
+
+// RelayAnnounced returns a channel closed once backend name is listed in
+// the node directory for this node (at once without a directory).
+func (s *Server) RelayAnnounced(name string) <-chan struct{} {
+	return s.relayHub.Announced(name)
+}
+
 // Registry returns the node's metrics registry.
 func (s *Server) Registry() *prometheus.Registry { return s.registry }
 
@@ -323,6 +382,12 @@ func (s *Server) ready(ctx context.Context) error {
 func (s *Server) Serve(ln net.Listener) error {
 	s.nodes.start(ln.Addr())
 	s.log.Info("postern listening", "addr", ln.Addr().String(), "store", s.store.Name(), "node", s.nodes.self().ID, "advertise", s.nodes.self().Addr, "version", version.Version())
+	// The relay hub forwards to the address the node directory lists.
+	s.relayHub.SetAdvertiseURL(s.nodes.self().Addr)
+	if tcp, ok := ln.Addr().(*net.TCPAddr); ok {
+		// The line the original relay server's users wait for.
+		s.log.Info("Relay server listening", "Port", tcp.Port)
+	}
 	err := s.http.Serve(ln)
 	if errors.Is(err, http.ErrServerClosed) {
 		<-s.shutdownDone
@@ -343,6 +408,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		var errs []error
 		s.nodes.stop() // leave the node directory first: nothing new is sent here
 		errs = append(errs, s.queue.Shutdown(ctx))
+		// Relays in flight finish while the listener is still open: their
+		// relay clients keep posting chunks. Then parked polls are answered.
+		errs = append(errs, s.relayHub.Shutdown(ctx))
+		errs = append(errs, s.relay.Shutdown(ctx))
 		// Ending the subscriptions closes websockets (1001) and event
 		// streams; http.Server does not wait for hijacked connections,
 		// so the channels front door is waited for on its own.

@@ -213,8 +213,9 @@ func (f *fanout) session(first *bool) (bool, error) {
 	if err := f.reconcile(dc, active); err != nil {
 		return false, err
 	}
+	// From here on Subscribe waits for the reconcile its poke asks for;
+	// those that came in before did not wait (nothing was connected).
 	f.setConnected(true)
-	f.releaseWaiters()
 	if *first {
 		*first = false
 		close(f.ready)
@@ -230,15 +231,17 @@ func (f *fanout) session(first *bool) (bool, error) {
 			if err := f.reconcile(dc, active); err != nil {
 				return true, err
 			}
-			f.releaseWaiters()
 		}
 	}
 }
 
 // reconcile subscribes the connection to every channel with subscribers and
-// unsubscribes it from the others.
+// unsubscribes it from the others, then releases the Subscribe calls that
+// were waiting when it looked at the subscribers: their channels are
+// subscribed now. A Subscribe that comes in later waits for the next
+// reconcile, which its poke asks for.
 func (f *fanout) reconcile(dc rueidis.DedicatedClient, active map[string]bool) error {
-	f.mu.RLock()
+	f.mu.Lock()
 	var add, drop []string
 	for ch := range f.subs {
 		if !active[ch] {
@@ -250,7 +253,19 @@ func (f *fanout) reconcile(dc rueidis.DedicatedClient, active map[string]bool) e
 			drop = append(drop, ch)
 		}
 	}
-	f.mu.RUnlock()
+	waiting := f.waiters
+	f.waiters = nil
+	f.mu.Unlock()
+	released := false
+	defer func() {
+		if released {
+			return
+		}
+		// Failed: hand the waiters back, for the reconnect to release.
+		f.mu.Lock()
+		f.waiters = append(f.waiters, waiting...)
+		f.mu.Unlock()
+	}()
 	for chunk := range slices.Chunk(add, subscribeBatch) {
 		ctx, cancel := context.WithTimeout(context.Background(), f.s.timeout)
 		err := dc.Do(ctx, dc.B().Subscribe().Channel(chunk...).Build()).Error()
@@ -272,6 +287,10 @@ func (f *fanout) reconcile(dc rueidis.DedicatedClient, active map[string]bool) e
 		for _, ch := range chunk {
 			delete(active, ch)
 		}
+	}
+	released = true
+	for _, w := range waiting {
+		close(w)
 	}
 	return nil
 }

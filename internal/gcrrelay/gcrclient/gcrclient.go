@@ -1,0 +1,494 @@
+// Package gcrclient plays the relay client's role of the Cloud Robotics
+// http-relay protocol, as the original http-relay-client does: it
+// long-polls a relay server for requests, performs them against a local
+// backend, and posts the responses back in chunks, with keep-alive empty
+// chunks, the request stream of upgraded connections, 408 handling and
+// giving up on a request when the server answers 400. Tests use it to
+// drive the relay front door exactly as the original client would, and the
+// load harness uses it, tuned, as an efficient relay client.
+package gcrclient
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/postern/postern/internal/gcrrelay/wire"
+)
+
+// Defaults of the original relay client.
+const (
+	DefaultNumPendingRequests = 1
+	DefaultMaxChunkSize       = 50 * 1024
+	DefaultBlockSize          = 10 * 1024
+	// DefaultChunkDelay is the original's backend response timeout: data
+	// is posted when it has waited this long.
+	DefaultChunkDelay = 100 * time.Millisecond
+	// DefaultKeepAliveTicks: after this many chunk delays without data an
+	// empty chunk is posted (about 3 s).
+	DefaultKeepAliveTicks = 30
+)
+
+// ErrForbidden is returned by Run when the relay server answers 403; the
+// original client exits then.
+var ErrForbidden = errors.New("relay server answered 403 Forbidden")
+
+// Options configures a Client.
+type Options struct {
+	// RelayURL is the relay server's base URL, with any prefix.
+	RelayURL string
+	// ServerName is the backend name to serve.
+	ServerName string
+	// BackendURL is where requests are performed ("http://127.0.0.1:9000").
+	BackendURL string
+	// Token, when set, is sent as "Authorization: Bearer <token>" on every
+	// relay call.
+	Token string
+	// NumPendingRequests is the number of concurrent polls.
+	NumPendingRequests int
+	// MaxChunkSize: a chunk is posted as soon as it holds more than this.
+	MaxChunkSize int
+	// BlockSize is the read size from the backend.
+	BlockSize int
+	// ChunkDelay: buffered data is posted after this long.
+	ChunkDelay time.Duration
+	// KeepAliveTicks: an empty chunk after this many idle chunk delays.
+	KeepAliveTicks int
+	// Relay and Backend are the HTTP clients to use; nil: own ones.
+	Relay   *http.Client
+	Backend *http.Client
+}
+
+// Client is a relay client.
+type Client struct {
+	o        Options
+	relay    *http.Client
+	backend  *http.Client
+	own      []*http.Transport
+	backURL  *url.URL
+	relayURL *url.URL
+	wg       sync.WaitGroup
+
+	blocks, chunkBufs sync.Pool
+}
+
+// New returns a client; Run starts it.
+func New(o Options) (*Client, error) {
+	if o.NumPendingRequests <= 0 {
+		o.NumPendingRequests = DefaultNumPendingRequests
+	}
+	if o.MaxChunkSize <= 0 {
+		o.MaxChunkSize = DefaultMaxChunkSize
+	}
+	if o.BlockSize <= 0 {
+		o.BlockSize = DefaultBlockSize
+	}
+	if o.ChunkDelay <= 0 {
+		o.ChunkDelay = DefaultChunkDelay
+	}
+	if o.KeepAliveTicks <= 0 {
+		o.KeepAliveTicks = DefaultKeepAliveTicks
+	}
+	bu, err := url.Parse(o.BackendURL)
+	if err != nil {
+		return nil, fmt.Errorf("backend url: %w", err)
+	}
+	ru, err := url.Parse(o.RelayURL)
+	if err != nil || ru.Host == "" {
+		return nil, fmt.Errorf("relay url %q: not an absolute URL", o.RelayURL)
+	}
+	c := &Client{o: o, relay: o.Relay, backend: o.Backend, backURL: bu, relayURL: ru}
+	if c.relay == nil {
+		tr := &http.Transport{MaxIdleConnsPerHost: 100, DisableCompression: true}
+		c.own = append(c.own, tr)
+		c.relay = &http.Client{Transport: tr}
+	}
+	if c.backend == nil {
+		tr := &http.Transport{MaxIdleConnsPerHost: 100, DisableCompression: true}
+		c.own = append(c.own, tr)
+		c.backend = &http.Client{Transport: tr}
+	}
+	// Redirects pass through the relay untouched.
+	b := *c.backend
+	b.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	c.backend = &b
+	return c, nil
+}
+
+// Run polls until ctx ends or the server answers 403, and waits for the
+// requests in progress to end.
+func (c *Client) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, c.o.NumPendingRequests)
+	var workers sync.WaitGroup
+	for range c.o.NumPendingRequests {
+		workers.Go(func() {
+			if err := c.worker(ctx); err != nil {
+				errc <- err
+				cancel()
+			}
+		})
+	}
+	workers.Wait()
+	c.wg.Wait()
+	for _, tr := range c.own {
+		tr.CloseIdleConnections()
+	}
+	select {
+	case err := <-errc:
+		return err
+	default:
+		return nil
+	}
+}
+
+func (c *Client) relayRequest(ctx context.Context, method, path, rawQuery, ctype string, body []byte) (*http.Request, error) {
+	u := *c.relayURL
+	u.Path += path
+	u.RawQuery = rawQuery
+	var rd io.Reader = http.NoBody
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "", rd)
+	if err != nil {
+		return nil, err
+	}
+	req.URL, req.Host = &u, u.Host
+	if ctype != "" {
+		req.Header.Set("Content-Type", ctype)
+	}
+	if c.o.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.o.Token)
+	}
+	return req, nil
+}
+
+func (c *Client) worker(ctx context.Context) error {
+	q := url.Values{"server": {c.o.ServerName}}.Encode()
+	for ctx.Err() == nil {
+		req, err := c.relayRequest(ctx, "GET", "/server/request", q, "", nil)
+		if err != nil {
+			return err
+		}
+		resp, err := c.relay.Do(req)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			c.pause(ctx)
+			continue
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		switch {
+		case err != nil:
+			c.pause(ctx)
+		case resp.StatusCode == http.StatusRequestTimeout:
+		case resp.StatusCode == http.StatusForbidden:
+			return ErrForbidden
+		case resp.StatusCode != http.StatusOK:
+			c.pause(ctx)
+		default:
+			breq, err := wire.UnmarshalRequest(body)
+			if err != nil {
+				c.pause(ctx)
+				continue
+			}
+			c.wg.Go(func() { c.handle(ctx, breq) })
+		}
+	}
+	return nil
+}
+
+// pause waits a second after an unexpected answer, as the original does.
+func (c *Client) pause(ctx context.Context) {
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+func (c *Client) backendRequest(ctx context.Context, breq *wire.Request) (*http.Request, error) {
+	u, err := url.Parse(breq.URL)
+	if err != nil {
+		return nil, err
+	}
+	u.Scheme, u.Host = c.backURL.Scheme, c.backURL.Host
+	u.Path = c.backURL.Path + u.Path
+	if u.RawPath != "" {
+		u.RawPath = c.backURL.EscapedPath() + u.RawPath
+	}
+	req, err := http.NewRequestWithContext(ctx, breq.Method, u.String(), bytes.NewReader(breq.Body))
+	if err != nil {
+		return nil, err
+	}
+	if breq.Host != "" {
+		req.Host = breq.Host
+	}
+	for _, h := range breq.Headers {
+		req.Header.Add(h.Name, h.Value)
+	}
+	return req, nil
+}
+
+func (c *Client) handle(ctx context.Context, breq *wire.Request) {
+	id := breq.ID
+	req, err := c.backendRequest(ctx, breq)
+	if err != nil {
+		c.postError(ctx, id, fmt.Sprintf("Failed to create request for backend: %v", err))
+		return
+	}
+	start := time.Now()
+	hresp, err := c.backend.Do(req)
+	if err != nil {
+		c.postError(ctx, id, fmt.Sprintf("Backend request failed with error: %v", err))
+		return
+	}
+	first := &wire.Response{HasID: true, ID: id, HasStatus: true, StatusCode: int32(hresp.StatusCode), Headers: headers(hresp.Header)}
+	if hresp.StatusCode == http.StatusSwitchingProtocols {
+		w, ok := hresp.Body.(io.WriteCloser)
+		if !ok {
+			hresp.Body.Close()
+			c.postError(ctx, id, "Backend returned 101 Switching Protocols, which is not supported.")
+			return
+		}
+		c.wg.Go(func() { c.streamToBackend(ctx, id, w) })
+	}
+	if n := hresp.ContentLength; n >= 0 && n <= int64(c.o.MaxChunkSize) && hresp.StatusCode != http.StatusSwitchingProtocols {
+		// A short body of known length: read it and post the whole
+		// response as one message, without the streaming machinery.
+		first.Body = make([]byte, n)
+		_, err := io.ReadFull(hresp.Body, first.Body)
+		hresp.Body.Close()
+		if err != nil {
+			c.postError(ctx, id, fmt.Sprintf("Failed to read backend response: %v", err))
+			return
+		}
+		first.EOF = true
+		first.Trailers = headers(hresp.Trailer)
+		first.BackendDurationMs = time.Since(start).Milliseconds()
+		c.post(ctx, first)
+		return
+	}
+	first.Body = c.chunkBuffer()
+	blocks := make(chan []byte)
+	chunks := make(chan *wire.Response)
+	go c.streamBytes(hresp.Body, blocks)
+	go c.buildResponses(blocks, first, chunks)
+	failed := false
+	for ch := range chunks {
+		if failed {
+			continue // drain, so the builders end
+		}
+		if ch.EOF {
+			// The backend's trailers are known once its body is read.
+			ch.Trailers = append(ch.Trailers, headers(hresp.Trailer)...)
+			ch.BackendDurationMs = time.Since(start).Milliseconds()
+		}
+		if err := c.post(ctx, ch); err != nil {
+			// A missing chunk would corrupt the response: stop, and close
+			// the backend connection.
+			failed = true
+			hresp.Body.Close()
+		}
+		if !failed {
+			// The server read it all before answering: the buffer is free.
+			c.putChunkBuffer(ch.Body)
+		}
+	}
+}
+
+// streamBytes reads the backend's body in blocks. Each block belongs to
+// its receiver, which gives it back with putBlock.
+func (c *Client) streamBytes(in io.ReadCloser, out chan<- []byte) {
+	defer close(out)
+	defer in.Close()
+	for {
+		buf := c.getBlock()
+		n, err := in.Read(buf)
+		if n > 0 {
+			out <- buf[:n]
+		} else {
+			c.putBlock(buf)
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (c *Client) getBlock() []byte {
+	if b, ok := c.blocks.Get().(*[]byte); ok && cap(*b) >= c.o.BlockSize {
+		return (*b)[:c.o.BlockSize]
+	}
+	return make([]byte, c.o.BlockSize)
+}
+
+func (c *Client) putBlock(b []byte) { c.blocks.Put(&b) }
+
+// chunkBuffer returns an empty buffer with room for a full chunk.
+func (c *Client) chunkBuffer() []byte {
+	if b, ok := c.chunkBufs.Get().(*[]byte); ok {
+		return (*b)[:0]
+	}
+	return make([]byte, 0, c.o.MaxChunkSize+c.o.BlockSize)
+}
+
+func (c *Client) putChunkBuffer(b []byte) {
+	if cap(b) >= c.o.MaxChunkSize+c.o.BlockSize {
+		c.chunkBufs.Put(&b)
+	}
+}
+
+// buildResponses turns blocks into chunks as the original does: a chunk as
+// soon as it holds more than MaxChunkSize, buffered data after a chunk
+// delay, and an empty chunk after KeepAliveTicks idle delays.
+func (c *Client) buildResponses(in <-chan []byte, resp *wire.Response, out chan<- *wire.Response) {
+	defer close(out)
+	timer := time.NewTimer(c.o.ChunkDelay)
+	defer timer.Stop()
+	ticks := 0
+	for {
+		select {
+		case b, more := <-in:
+			resp.Body = append(resp.Body, b...)
+			if more {
+				c.putBlock(b)
+			}
+			if !more {
+				resp.EOF = true
+				out <- resp
+				return
+			}
+			if len(resp.Body) > c.o.MaxChunkSize {
+				out <- resp
+				resp = c.nextChunk(resp.ID)
+				ticks = 0
+			}
+		case <-timer.C:
+			timer.Reset(c.o.ChunkDelay)
+			ticks++
+			if len(resp.Body) > 0 || resp.HasStatus || ticks > c.o.KeepAliveTicks {
+				out <- resp
+				resp = c.nextChunk(resp.ID)
+				ticks = 0
+			}
+		}
+	}
+}
+
+// nextChunk starts a chunk with room for a full one, so that appending
+// blocks does not copy them again and again.
+func (c *Client) nextChunk(id string) *wire.Response {
+	return &wire.Response{HasID: true, ID: id, Body: c.chunkBuffer()}
+}
+
+// errPermanent is a 400 from /server/response: the request is over.
+var errPermanent = errors.New("relay server refused the response chunk")
+
+// post sends one chunk, retrying transient failures a few times. The
+// body is sent from where it lies, not copied into the message.
+func (c *Client) post(ctx context.Context, r *wire.Response) error {
+	head, payload, tail := r.MarshalParts()
+	var last error
+	for attempt := range 4 {
+		if attempt > 0 {
+			t := time.NewTimer(time.Duration(attempt) * 100 * time.Millisecond)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return ctx.Err()
+			case <-t.C:
+			}
+		}
+		req, err := c.relayRequest(ctx, "POST", "/server/response", "", wire.ResponseContentType, nil)
+		if err != nil {
+			return err
+		}
+		if len(payload) > 64<<10 {
+			req.Body = io.NopCloser(io.MultiReader(bytes.NewReader(head), bytes.NewReader(payload), bytes.NewReader(tail)))
+			req.ContentLength = int64(len(head) + len(payload) + len(tail))
+		} else {
+			// Small: one copy, and the transport writes headers and body
+			// in one go (it flushes headers first for other readers).
+			msg := slices.Concat(head, payload, tail)
+			req.Body = io.NopCloser(bytes.NewReader(msg))
+			req.ContentLength = int64(len(msg))
+			req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(msg)), nil }
+		}
+		resp, err := c.relay.Do(req)
+		if err != nil {
+			last = err
+			if ctx.Err() != nil {
+				return err
+			}
+			continue
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		switch resp.StatusCode {
+		case http.StatusOK:
+			return nil
+		case http.StatusBadRequest:
+			return errPermanent
+		}
+		last = fmt.Errorf("relay server answered %s", resp.Status)
+	}
+	return last
+}
+
+func (c *Client) postError(ctx context.Context, id, msg string) {
+	c.post(ctx, &wire.Response{
+		HasID: true, ID: id, HasStatus: true, StatusCode: http.StatusInternalServerError,
+		Headers: []wire.Header{{Name: "Content-Type", Value: "text/plain"}},
+		Body:    []byte(msg), EOF: true,
+	})
+}
+
+// streamToBackend copies the user's bytes of an upgraded connection from
+// /server/requeststream to the backend until the server answers 410.
+func (c *Client) streamToBackend(ctx context.Context, id string, w io.WriteCloser) {
+	defer w.Close()
+	q := url.Values{"id": {id}}.Encode()
+	for {
+		// A POST with an empty body, as the original, to avoid caching.
+		req, err := c.relayRequest(ctx, "POST", "/server/requeststream", q, "text/plain", nil)
+		if err != nil {
+			return
+		}
+		resp, err := c.relay.Do(req)
+		if err != nil {
+			return
+		}
+		if resp.StatusCode != http.StatusOK {
+			resp.Body.Close()
+			return
+		}
+		_, err = io.Copy(w, resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return
+		}
+	}
+}
+
+func headers(h http.Header) []wire.Header {
+	var out []wire.Header
+	for k, vs := range h {
+		for _, v := range vs {
+			out = append(out, wire.Header{Name: k, Value: v})
+		}
+	}
+	return out
+}

@@ -1,0 +1,595 @@
+package gcrrelay
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/postern/postern/internal/auth"
+	"github.com/postern/postern/internal/gcrrelay/wire"
+	"github.com/postern/postern/internal/httpapi"
+	"github.com/postern/postern/internal/relay"
+)
+
+// Routes of the protocol.
+const (
+	ClientPrefix      = "/client/"
+	RequestPath       = "/server/request"
+	ResponsePath      = "/server/response"
+	RequestStreamPath = "/server/requeststream"
+	// ServerNameHeader selects the backend on paths no other capability
+	// owns, the path kept as it is.
+	ServerNameHeader = "X-Server-Name"
+	// RelayIDHeader carries a request id on the unknown-client answer (the
+	// original meant to send it and never did).
+	RelayIDHeader = "X-Cloudrobotics-Http-Relay"
+	// StreamContentType is the type of /server/requeststream answers.
+	StreamContentType = "application/octet-data"
+)
+
+// Wire-exact answers of the original.
+var (
+	errMissingServer = &httpapi.Error{Status: http.StatusBadRequest, Message: "Missing server query parameter"}
+	errMissingID     = &httpapi.Error{Status: http.StatusBadRequest, Message: "Missing id query parameter"}
+	errNoRequest     = &httpapi.Error{Status: http.StatusRequestTimeout, Message: "No request received within timeout"}
+	errRestarting    = &httpapi.Error{Status: http.StatusRequestTimeout, Message: "Server is restarting"}
+	errNoHeader      = &httpapi.Error{Status: http.StatusInternalServerError, Message: "Received no header from relay client"}
+	errShortPath     = &httpapi.Error{Status: http.StatusBadRequest, Message: "Request path too short: missing remote server identifier"}
+	errBadName       = &httpapi.Error{Status: http.StatusBadRequest, Message: "Invalid server name"}
+	errTooLarge      = &httpapi.Error{Status: http.StatusBadRequest, Message: "HttpResponse too large"}
+	errLost          = &httpapi.Error{Status: http.StatusBadGateway, Message: "the relay client did not receive the request"}
+)
+
+func unknownClient(name string) *httpapi.Error {
+	return (&httpapi.Error{Status: http.StatusServiceUnavailable,
+		Message: fmt.Sprintf("Cannot reach the client %q. Check that it's turned on, set up, and connected to the internet. (unknown client)", name),
+	}).WithHeader(RelayIDHeader, newID(name))
+}
+
+func notPickedUp(name string) *httpapi.Error {
+	return httpapi.Errorf(http.StatusInternalServerError,
+		"Cannot reach the client %q. Check that it's turned on, set up, and connected to the internet. (timeout waiting for relay client to accept request)", name)
+}
+
+func invalidID(id string) *httpapi.Error {
+	return httpapi.Errorf(http.StatusBadRequest, "Duplicate or invalid request ID %s", id)
+}
+
+func gone(id string) *httpapi.Error {
+	return httpapi.Errorf(http.StatusGone, "No ongoing request with id %s", id)
+}
+
+func forbidden(action auth.Action, name string) *httpapi.Error {
+	return httpapi.Errorf(http.StatusForbidden, "Forbidden: a token granted %s on /relay/%s is required", action, name)
+}
+
+// writeError writes e as the original did: http.Error's text with its
+// newline, except for the answers it wrote raw (503, 504 and the missing
+// header).
+func writeError(w http.ResponseWriter, r *http.Request, e *httpapi.Error) {
+	if e.Status == http.StatusServiceUnavailable || e.Status == http.StatusGatewayTimeout || e == errNoHeader {
+		httpapi.WritePlain(w, r, e)
+		return
+	}
+	cp := *e
+	cp.Message += "\n"
+	httpapi.WritePlain(w, r, &cp)
+}
+
+// Internal reasons a relayed request ended.
+var (
+	errReaped   = errors.New("relay request inactive")
+	errUserGone = errors.New("the user went away")
+	errClosed   = errors.New("relay request closed")
+	errNotTaken = errors.New("relay request not picked up")
+)
+
+// Relay is the relay front door.
+type Relay struct {
+	hub  *relay.Hub
+	opts Options
+	log  *slog.Logger
+
+	mu       sync.Mutex
+	backends map[string]*backend
+	pending  map[string]*pending
+	closing  bool
+	quit     chan struct{}
+	changed  chan struct{} // closed and replaced when poll counts change
+
+	hClient, hName, hPoll, hResponse, hStream http.Handler
+}
+
+// New returns the relay front door on hub, whose namespace should be
+// "relay".
+func New(hub *relay.Hub, opts Options) (*Relay, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	g := &Relay{
+		hub:      hub,
+		opts:     opts,
+		log:      opts.Logger,
+		backends: make(map[string]*backend),
+		pending:  make(map[string]*pending),
+		quit:     make(chan struct{}),
+		changed:  make(chan struct{}),
+	}
+	g.hClient = httpapi.Handle(g.serveClient, writeError)
+	g.hName = httpapi.Handle(g.serveServerName, writeError)
+	g.hPoll = httpapi.Handle(g.servePoll, writeError)
+	g.hResponse = httpapi.Handle(g.serveResponse, writeError)
+	g.hStream = httpapi.Handle(g.serveRequestStream, writeError)
+	return g, nil
+}
+
+// Mount registers the relay routes on mux. Requests with X-Server-Name on
+// other paths reach the relay through ServeUnowned, which the server calls
+// from its fallback.
+func (g *Relay) Mount(mux *httpapi.Router) {
+	mux.Handle(ClientPrefix, g.hClient)
+	mux.Handle(RequestPath, g.hPoll)
+	mux.Handle(ResponsePath, g.hResponse)
+	mux.Handle(RequestStreamPath, g.hStream)
+}
+
+// ServeUnowned relays a request on a path no other capability owns when it
+// names a backend with X-Server-Name, and reports whether it did.
+func (g *Relay) ServeUnowned(w http.ResponseWriter, r *http.Request) bool {
+	if len(r.Header.Values(ServerNameHeader)) == 0 {
+		return false
+	}
+	g.hName.ServeHTTP(w, r)
+	return true
+}
+
+// ValidName reports whether s can name a backend: 1 to 256 bytes without
+// control characters.
+func ValidName(s string) bool {
+	if len(s) == 0 || len(s) > MaxNameLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// newID returns a request id: <name>: and 32 lowercase hex digits, from
+// the runtime's ChaCha8 generator (unpredictable, and no system call per
+// request).
+func newID(name string) string {
+	var b [16]byte
+	binary.LittleEndian.PutUint64(b[:8], rand.Uint64())
+	binary.LittleEndian.PutUint64(b[8:], rand.Uint64())
+	return name + ":" + hex.EncodeToString(b[:])
+}
+
+// nameOfID returns the backend name of a request id.
+func nameOfID(id string) (string, bool) {
+	i := strings.LastIndexByte(id, ':')
+	if i < 1 || len(id)-i-1 != 32 {
+		return "", false
+	}
+	for _, c := range id[i+1:] {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return "", false
+		}
+	}
+	return id[:i], true
+}
+
+func (g *Relay) allow(r *http.Request, a auth.Action, name string) bool {
+	return !g.opts.Policy.Enabled() || g.opts.Policy.Allow(r, a, "/relay/"+name)
+}
+
+// stripToken removes from a request about to reach a backend the postern
+// token that authorized it, so the backend never sees postern's secret;
+// any other Authorization (the backend's own) passes.
+func (g *Relay) stripToken(out *http.Request) {
+	p := g.opts.Policy
+	if !p.Enabled() {
+		return
+	}
+	if h := out.Header.Get("Authorization"); h != "" {
+		if tok, ok := auth.ParseBearer(h); ok {
+			if _, known := p.Lookup(tok); known {
+				out.Header.Del("Authorization")
+			}
+		}
+		return
+	}
+	if !strings.Contains(out.URL.RawQuery, auth.QueryParam) {
+		return
+	}
+	q := out.URL.Query()
+	if _, known := p.Lookup(q.Get(auth.QueryParam)); known {
+		q.Del(auth.QueryParam)
+		out.URL.RawQuery = q.Encode()
+	}
+}
+
+// serveClient is ANY /client/<name>/<path>.
+func (g *Relay) serveClient(w http.ResponseWriter, r *http.Request) error {
+	httpapi.SetRoute(r, "relay.client")
+	rest := strings.TrimPrefix(r.URL.Path, ClientPrefix)
+	name, path, _ := strings.Cut(rest, "/")
+	if name == "" {
+		return errShortPath
+	}
+	path = "/" + path
+	rawPath := ""
+	if r.URL.RawPath != "" {
+		// Keep the user's encoding ("%2F") when the name reads the same
+		// encoded and decoded.
+		esc := strings.TrimPrefix(r.URL.EscapedPath(), ClientPrefix)
+		escName, escRest, _ := strings.Cut(esc, "/")
+		if n, err := url.PathUnescape(escName); err == nil && n == name {
+			rawPath = "/" + escRest
+		}
+	}
+	return g.relayUser(w, r, name, path, rawPath)
+}
+
+// serveServerName relays a request named by X-Server-Name, path unchanged.
+func (g *Relay) serveServerName(w http.ResponseWriter, r *http.Request) error {
+	httpapi.SetRoute(r, "relay.server_name")
+	return g.relayUser(w, r, r.Header.Get(ServerNameHeader), r.URL.Path, r.URL.RawPath)
+}
+
+func (g *Relay) relayUser(w http.ResponseWriter, r *http.Request, name, path, rawPath string) error {
+	if !ValidName(name) {
+		return errBadName
+	}
+	if !g.allow(r, auth.Call, name) {
+		return forbidden(auth.Call, name)
+	}
+	g.hub.Serve(w, r, relay.Target{
+		Name:                name,
+		Path:                path,
+		RawPath:             rawPath,
+		RawQuery:            r.URL.RawQuery,
+		MaxRequestBodyBytes: g.opts.MaxRequestBodyBytes,
+		NoBackend:           unknownClient,
+		ErrorWriter:         writeError,
+		Local:               g.stripToken,
+	})
+	return nil
+}
+
+// servePoll is GET /server/request?server=<name>: the long-poll of a relay
+// client for the next request.
+func (g *Relay) servePoll(w http.ResponseWriter, r *http.Request) error {
+	httpapi.SetRoute(r, "relay.poll")
+	name := r.URL.Query().Get("server")
+	if name == "" {
+		return errMissingServer
+	}
+	if !ValidName(name) {
+		return errBadName
+	}
+	if !g.allow(r, auth.Serve, name) {
+		return forbidden(auth.Serve, name)
+	}
+	b, first, ok := g.pollStart(name)
+	if !ok {
+		return errRestarting
+	}
+	if first {
+		g.log.Info("Relay client connected", "ServerName", name)
+	} else {
+		g.log.Debug("Relay client connected", "ServerName", name)
+	}
+	defer g.pollEnd(b)
+	t := time.NewTimer(g.opts.PollTimeout)
+	defer t.Stop()
+	select {
+	case p := <-b.handoff:
+		h := w.Header()
+		h.Set("Content-Type", wire.RequestContentType)
+		h.Set("Content-Length", strconv.Itoa(len(p.msg)))
+		if _, err := w.Write(p.msg); err != nil {
+			p.finish(errLost)
+			return nil
+		}
+		p.touch()
+		return nil
+	case <-t.C:
+		return errNoRequest
+	case <-g.quit:
+		return errRestarting
+	case <-r.Context().Done():
+		return nil
+	}
+}
+
+// serveResponse is POST /server/response: one chunk of a response.
+func (g *Relay) serveResponse(w http.ResponseWriter, r *http.Request) error {
+	httpapi.SetRoute(r, "relay.response")
+	body, err := readMessage(w, r, g.opts.MaxResponseMessageBytes)
+	var tooLarge *http.MaxBytesError
+	if errors.As(err, &tooLarge) {
+		return errTooLarge
+	}
+	if err != nil {
+		return err
+	}
+	handed := false
+	defer func() {
+		if !handed {
+			putMessage(body)
+		}
+	}()
+	msg, err := wire.UnmarshalResponse(body)
+	if err != nil {
+		return httpapi.Errorf(http.StatusBadRequest, "Invalid HttpResponse: %v", err)
+	}
+	if !msg.HasID {
+		return httpapi.Errorf(http.StatusBadRequest, "HttpResponse without id")
+	}
+	name, ok := nameOfID(msg.ID)
+	if !ok {
+		return invalidID(msg.ID)
+	}
+	if !g.allow(r, auth.Serve, name) {
+		return forbidden(auth.Serve, name)
+	}
+	p := g.lookup(msg.ID)
+	if p == nil {
+		if g.hub.ForwardToNodes(w, r, name, body, func(st int) bool { return st != http.StatusBadRequest }) {
+			return nil
+		}
+		return invalidID(msg.ID)
+	}
+	p.touch()
+	select {
+	case p.chunks <- chunk{msg: msg, buf: body}:
+		handed = true // the user side gives the buffer back
+		w.Header().Set("Content-Type", "text/plain")
+		_, err := w.Write([]byte("ok"))
+		return err
+	case <-p.done:
+		return invalidID(msg.ID)
+	case <-r.Context().Done():
+		return nil
+	}
+}
+
+// serveRequestStream is /server/requeststream?id=<id>: the user's bytes
+// after a 101 upgrade, a block at a time.
+func (g *Relay) serveRequestStream(w http.ResponseWriter, r *http.Request) error {
+	httpapi.SetRoute(r, "relay.requeststream")
+	id := r.URL.Query().Get("id")
+	if id == "" {
+		return errMissingID
+	}
+	name, ok := nameOfID(id)
+	if !ok {
+		return gone(id)
+	}
+	if !g.allow(r, auth.Serve, name) {
+		return forbidden(auth.Serve, name)
+	}
+	p := g.lookup(id)
+	if p == nil {
+		if g.hub.ForwardToNodes(w, r, name, nil, func(st int) bool { return st != http.StatusGone }) {
+			return nil
+		}
+		return gone(id)
+	}
+	t := time.NewTimer(g.opts.RequestStreamTimeout)
+	defer t.Stop()
+	var block []byte
+	select {
+	case block = <-p.up:
+		p.touch()
+	case <-t.C:
+	case <-p.done:
+		return gone(id)
+	case <-r.Context().Done():
+		return nil
+	}
+	h := w.Header()
+	h.Set("Content-Type", StreamContentType)
+	h.Set("Content-Length", strconv.Itoa(len(block)))
+	_, err := w.Write(block)
+	return err
+}
+
+// readMessage reads a posted message whole, into a pooled buffer when its
+// length is declared (chunks are large: no doubling and copying, no fresh
+// allocation per chunk). The caller gives the buffer back with putMessage
+// once nothing refers to it.
+func readMessage(w http.ResponseWriter, r *http.Request, max int64) ([]byte, error) {
+	body := http.MaxBytesReader(w, r.Body, max)
+	if r.ContentLength > 0 && r.ContentLength <= max {
+		b := getMessage(int(r.ContentLength))
+		if _, err := io.ReadFull(body, b); err != nil {
+			putMessage(b)
+			return nil, err
+		}
+		return b, nil
+	}
+	return io.ReadAll(body)
+}
+
+// Message buffers are pooled by power-of-two size classes from 64 KiB to
+// 32 MiB; smaller and larger ones are left to the allocator.
+const (
+	minPooled = 16 // 64 KiB
+	maxPooled = 25 // 32 MiB
+)
+
+var messagePools [maxPooled + 1]sync.Pool
+
+func sizeClass(n int) int {
+	c := minPooled
+	for c <= maxPooled && 1<<c < n {
+		c++
+	}
+	return c
+}
+
+func getMessage(n int) []byte {
+	c := sizeClass(n)
+	if n < 1<<minPooled/2 || c > maxPooled {
+		return make([]byte, n)
+	}
+	if b, ok := messagePools[c].Get().(*[]byte); ok {
+		return (*b)[:n]
+	}
+	return make([]byte, n, 1<<c)
+}
+
+func putMessage(b []byte) {
+	c := sizeClass(cap(b))
+	if c <= maxPooled && cap(b) == 1<<c {
+		b = b[:0]
+		messagePools[c].Put(&b)
+	}
+}
+
+func (g *Relay) lookup(id string) *pending {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.pending[id]
+}
+
+// pollStart counts a poll for name, creating (and registering with the
+// hub) the backend on its first poll. ok is false while shutting down.
+func (g *Relay) pollStart(name string) (b *backend, first, ok bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closing {
+		return nil, false, false
+	}
+	b = g.backends[name]
+	if b == nil {
+		first = true
+		b = &backend{g: g, name: name, handoff: make(chan *pending)}
+		g.backends[name] = b
+		b.reg = g.hub.Register(name, b)
+	}
+	if b.idle != nil {
+		b.idle.Stop()
+	}
+	b.polls++
+	g.changedLocked()
+	return b, first, true
+}
+
+// pollEnd uncounts a poll; a backend without polls is forgotten after the
+// inactive backend timeout.
+func (g *Relay) pollEnd(b *backend) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	b.polls--
+	b.lastPoll = time.Now()
+	if b.polls == 0 && !g.closing && g.backends[b.name] == b {
+		if b.idle == nil {
+			b.idle = time.AfterFunc(g.opts.InactiveBackendTimeout, func() { g.forget(b) })
+		} else {
+			b.idle.Reset(g.opts.InactiveBackendTimeout)
+		}
+	}
+	g.changedLocked()
+}
+
+func (g *Relay) forget(b *backend) {
+	g.mu.Lock()
+	if b.polls > 0 || g.backends[b.name] != b || g.closing || time.Since(b.lastPoll) < g.opts.InactiveBackendTimeout {
+		g.mu.Unlock()
+		return
+	}
+	delete(g.backends, b.name)
+	g.changedLocked()
+	g.mu.Unlock()
+	b.reg.Close()
+	g.log.Info("Relay client forgotten", "ServerName", b.name, "inactive", g.opts.InactiveBackendTimeout.String())
+}
+
+func (g *Relay) changedLocked() {
+	close(g.changed)
+	g.changed = make(chan struct{})
+}
+
+// Known reports whether a relay client has polled for name recently enough
+// to be known on this node.
+func (g *Relay) Known(name string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.backends[name] != nil
+}
+
+// WaitForPolls blocks until at least n polls for name are parked on this
+// node, or ctx ends: a readiness signal for tests and tools.
+func (g *Relay) WaitForPolls(ctx context.Context, name string, n int) error {
+	for {
+		g.mu.Lock()
+		got := 0
+		if b := g.backends[name]; b != nil {
+			got = b.polls
+		}
+		ch := g.changed
+		g.mu.Unlock()
+		if got >= n {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%d polls for %q parked, want %d or more: %w", got, name, n, ctx.Err())
+		case <-ch:
+		}
+	}
+}
+
+// Shutdown answers parked polls with 408 (the relay client polls again,
+// elsewhere), ends the requests still open and forgets every backend. Call
+// it after the hub's Shutdown drained the relays in flight. It is
+// idempotent.
+func (g *Relay) Shutdown(ctx context.Context) error {
+	g.mu.Lock()
+	if g.closing {
+		g.mu.Unlock()
+		return nil
+	}
+	g.closing = true
+	close(g.quit)
+	var backends []*backend
+	for _, b := range g.backends {
+		if b.idle != nil {
+			b.idle.Stop()
+		}
+		backends = append(backends, b)
+	}
+	g.backends = map[string]*backend{}
+	var pend []*pending
+	for _, p := range g.pending {
+		pend = append(pend, p)
+	}
+	g.changedLocked()
+	g.mu.Unlock()
+	for _, p := range pend {
+		p.finish(relay.ErrShuttingDown)
+	}
+	for _, b := range backends {
+		b.reg.Close()
+	}
+	return nil
+}

@@ -1,0 +1,5 @@
+//go:build !race
+
+package gcrrelay_test
+
+const raceEnabled = false

@@ -1,0 +1,73 @@
+package relay
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics are the relay measurements of every hub of a node, labelled by
+// the hub's namespace. Create them once per registry and pass them to each
+// hub in Options.Metrics.
+type Metrics struct {
+	backends *prometheus.GaugeVec
+	requests *prometheus.CounterVec
+	bytes    *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+}
+
+// NewMetrics registers the relay metrics on reg (nil: not registered).
+//
+//	postern_relay_backends{namespace}                     backends connected to this node
+//	postern_relay_requests_total{namespace,via,outcome}   relayed requests by outcome
+//	postern_relay_bytes_total{namespace,direction}        body bytes, "up" to backends, "down" to users
+//	postern_relay_request_duration_seconds{namespace,via} time from request to the end of the response
+//
+// via is "local" (served by a backend on this node) or "forwarded" (sent to
+// another node). outcome is one of ok, upgraded, no_backend, error (the
+// relay failed before the response started: timeouts, backend errors),
+// aborted (the response was cut mid-stream), canceled (the user went away)
+// and refused (the hub was shutting down).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		backends: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "postern_relay_backends",
+			Help: "Backends connected to this node, by namespace (relay, expose).",
+		}, []string{"namespace"}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postern_relay_requests_total",
+			Help: "Relayed user requests, by namespace, route (local or forwarded) and outcome.",
+		}, []string{"namespace", "via", "outcome"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postern_relay_bytes_total",
+			Help: "Relayed body bytes, by namespace and direction (up: to backends, down: to users).",
+		}, []string{"namespace", "direction"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "postern_relay_request_duration_seconds",
+			Help:    "Time from a user request to the end of its relayed response, by namespace and route.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
+		}, []string{"namespace", "via"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.backends, m.requests, m.bytes, m.duration)
+	}
+	return m
+}
+
+// hubMetrics are the metrics curried with one hub's namespace.
+type hubMetrics struct {
+	backends prometheus.Gauge
+	requests *prometheus.CounterVec
+	bytes    *prometheus.CounterVec
+	duration prometheus.ObserverVec
+}
+
+func (m *Metrics) forNamespace(ns string) *hubMetrics {
+	l := prometheus.Labels{"namespace": ns}
+	return &hubMetrics{
+		backends: m.backends.With(l),
+		requests: m.requests.MustCurryWith(l),
+		bytes:    m.bytes.MustCurryWith(l),
+		duration: m.duration.MustCurryWith(l),
+	}
+}
+
+func (m *hubMetrics) outcome(via, outcome string) {
+	m.requests.WithLabelValues(via, outcome).Inc()
+}
