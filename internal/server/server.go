@@ -300,6 +300,7 @@ func (s *Server) statusPage() *web.Web {
 			{Name: "tunnel_messages", Metric: "postern_queue_appended_total"},
 			{Name: "channel_messages", Metric: "postern_broker_published_total"},
 			{Name: "channel_deliveries", Metric: "postern_broker_delivered_total"},
+			{Name: "relay_requests", Metric: "postern_relay_requests_total"},
 		},
 	})
 	w.Section("tunnels", func(context.Context) any {
@@ -315,6 +316,12 @@ func (s *Server) statusPage() *web.Web {
 		return t
 	})
 	w.Section("channels", func(context.Context) any { return s.channels.Stats() })
+	w.Section("relay", func(context.Context) any {
+		// Counts only: the page is public, backend names need not be.
+		return struct {
+			Backends int `json:"connected_backends"`
+		}{len(s.relayHub.Names())}
+	})
 	w.Section("cluster", func(context.Context) any {
 		me := s.nodes.self()
 		return struct {

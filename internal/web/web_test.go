@@ -71,7 +71,7 @@ func TestPageAndStatus(t *testing.T) {
 	}
 	res.Body.Close()
 	st := status(t, n.URL)
-	for _, k := range []string{"node", "rates", "tunnels", "channels", "store"} {
+	for _, k := range []string{"node", "rates", "tunnels", "channels", "relay", "cluster", "store"} {
 		if st[k] == nil {
 			t.Fatalf("status lacks %q: %v", k, st)
 		}
