@@ -6,6 +6,12 @@
 //	m, ok, err := c.Tunnel("orders").Receive(ctx, client.ReceiveOptions{Pending: true, Wait: 30 * time.Second})
 //	n, err := c.Inbox("olivia").Send(ctx, client.Envelope{IdempotencyKey: client.NewIdempotencyKey(), Destination: []string{"george"}, Body: json.RawMessage(`"hi"`)})
 //	mail, remaining, err := c.Inbox("george").Receive(ctx)
+//
+// Channels are pub/sub: every subscriber gets every message.
+//
+//	err := c.Channel("/news").Publish(ctx, []byte("hello"))
+//	sub, err := c.Channel("/news").Subscribe(ctx, client.SubscribeOptions{})
+//	for m := range sub.Messages() { fmt.Println(m.ID, string(m.Data)) }
 package client
 
 import (
@@ -28,6 +34,8 @@ type Client struct {
 	hc      *http.Client
 	token   string
 	maxBody int64
+	// channelsPrefix is where the server mounts channels.
+	channelsPrefix string
 }
 
 // Option configures a Client.
@@ -51,7 +59,7 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 		return nil, fmt.Errorf("server URL %q: want http://host[:port] or https://host[:port]", baseURL)
 	}
 	u.Path = strings.TrimSuffix(u.Path, "/")
-	c := &Client{base: u, hc: http.DefaultClient, maxBody: DefaultMaxResponseBytes}
+	c := &Client{base: u, hc: http.DefaultClient, maxBody: DefaultMaxResponseBytes, channelsPrefix: DefaultChannelsPrefix}
 	for _, o := range opts {
 		o(c)
 	}

@@ -42,6 +42,8 @@ func commands() []command {
 		{"serve", "run a postern server", runServe},
 		{"send", "send a message to a tunnel", runSend},
 		{"recv", "receive messages from a tunnel", runRecv},
+		{"pub", "publish a message to a channel", runPub},
+		{"sub", "print the messages of a channel", runSub},
 		{"inbox", "send and receive addressed inbox messages", runInbox},
 		{"expose", "publish a local service through the server", runExpose},
 		{"version", "print the version", runVersion},
@@ -112,8 +114,9 @@ func Main(ctx context.Context, args []string, env Env) int {
 
 func printUsage(w io.Writer) {
 	fmt.Fprint(w, `postern is the back gate for services that cannot be reached directly:
-tunnels (HTTP event queues with acks and replies) and inboxes (addressed
-JSON messages with idempotency keys and acks) behind one server.
+tunnels (HTTP event queues with acks and replies), inboxes (addressed JSON
+messages with idempotency keys and acks) and channels (websocket pub/sub)
+behind one server.
 
 Usage:
   postern <command> [flags] [arguments]

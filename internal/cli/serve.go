@@ -11,12 +11,14 @@ import (
 
 const serveUsage = `Usage: postern serve [flags]
 
-Runs a postern server: tunnels at /t/, inboxes at /inbox/, expose agents at
-/agent and /proxy/subscribe (users reach them by Host NAME.<--expose-domain>
-or at /proxy/request/NAME/), health at /healthz and /readyz, Prometheus
-metrics at /metrics. SIGTERM or SIGINT
-drains it gracefully: waiting long-polls are answered, requests in progress
-finish, then it exits 0.
+Runs a postern server: tunnels at /t/, inboxes at /inbox/, channels at /c/
+(or at / with --channels-at-root), the relay at /client/ and /server/,
+expose agents at /agent and /proxy/subscribe (users reach them by Host
+NAME.<--expose-domain> or at /proxy/request/NAME/), the status page at /
+(/_postern/ with --channels-at-root), health at /healthz and /readyz,
+Prometheus metrics at /metrics. SIGTERM or SIGINT drains it gracefully:
+waiting long-polls are answered, requests in progress finish, then it
+exits 0.
 `
 
 func runServe(ctx context.Context, env Env, args []string) error {

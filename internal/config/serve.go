@@ -86,6 +86,15 @@ func ServeFlags() (*FlagSet, *Serve) {
 	fs.Int(&ex.ClientRate, "expose-client-rate", "requests allowed to each brickchain client per --expose-client-rate-period (0: unlimited); more get 429")
 	fs.Duration(&ex.ClientRatePeriod, "expose-client-rate-period", "period of --expose-client-rate")
 	fs.Bool(&ex.AnonymousAgents, "expose-anonymous-agents", "without --token-file, let native agents from any address claim any name (default: loopback agents only)")
+	ch, b := &c.Server.Channels, &c.Server.Broker
+	fs.Bool(&ch.AtRoot, "channels-at-root", "serve channels at / (a dedicated host, as pinghub was deployed) instead of under /c/; ops endpoints and other prefixes keep priority, the status page moves to /_postern/")
+	fs.List(&ch.Origins, "channels-origin", "comma-separated scheme://host[:port] `origins` allowed to subscribe and publish (requests without Origin are always allowed; empty: all)")
+	fs.List(&ch.BroadcastOnly, "channels-broadcast-only", "comma-separated channel path `prefixes` where websocket clients may listen but not publish")
+	fs.Int64(&ch.MaxPostBytes, "channels-max-post", "largest POST body in `bytes`; larger get 413")
+	fs.Int64(&ch.MaxMessageBytes, "channels-max-message", "largest websocket message in `bytes`; larger close the connection with 1009")
+	fs.Int(&b.QueueLen, "channels-queue", "send queue of each subscriber in messages; a subscriber that falls further behind is dropped (close 1008)")
+	fs.Int(&b.HistoryLen, "channels-history", "messages kept per channel for resuming with since (negative: no history)")
+	fs.Duration(&b.HistoryTTL, "channels-history-ttl", "how long a channel's history entries are kept")
 	return fs, c
 }
 

@@ -20,6 +20,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/postern/postern/internal/auth"
+	"github.com/postern/postern/internal/broker"
+	"github.com/postern/postern/internal/channels"
 	"github.com/postern/postern/internal/expose"
 	"github.com/postern/postern/internal/gcrrelay"
 	"github.com/postern/postern/internal/httpapi"
@@ -31,6 +33,7 @@ import (
 	"github.com/postern/postern/internal/store/filestore"
 	"github.com/postern/postern/internal/tunnel"
 	"github.com/postern/postern/internal/version"
+	"github.com/postern/postern/internal/web"
 )
 
 // Defaults of the HTTP server.
@@ -89,6 +92,10 @@ type Config struct {
 	Inbox  inbox.Options
 	Relay  gcrrelay.Options
 	Expose expose.Options
+	// Channels configures the channels front door, Broker its core (queue
+	// length, history).
+	Channels channels.Options
+	Broker   broker.Options
 
 	// TLSCertFile and TLSKeyFile, when both set, make the node serve HTTPS
 	// with that certificate (a wildcard for the expose domain serves every
@@ -114,6 +121,12 @@ func DefaultConfig() Config {
 		Inbox:             inbox.DefaultOptions(),
 		Relay:             gcrrelay.DefaultOptions(),
 		Expose:            expose.DefaultOptions(),
+		Channels:          channels.DefaultOptions(),
+		Broker: broker.Options{
+			QueueLen:   broker.DefaultQueueLen,
+			HistoryLen: broker.DefaultHistoryLen,
+			HistoryTTL: broker.DefaultHistoryTTL,
+		},
 	}
 }
 
@@ -124,6 +137,8 @@ type Server struct {
 	registry *prometheus.Registry
 	store    store.Engine
 	queue    *queue.Core
+	broker   *broker.Broker
+	channels *channels.Channels
 	relayHub *relay.Hub
 	relay    *gcrrelay.Relay
 	expose   *expose.Service
@@ -167,6 +182,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Policy != nil {
 		cfg.Tunnel.Policy = cfg.Policy
 		cfg.Inbox.Policy = cfg.Policy
+		cfg.Channels.Policy = cfg.Policy
 		cfg.Relay.Policy = cfg.Policy
 		cfg.Expose.Policy = cfg.Policy
 	}
@@ -189,13 +205,20 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.store = st
+	// undo holds the shutdowns of what is built so far, for a failure
+	// later in the assembly; they run in reverse, then the store closes.
+	var undo []func(context.Context) error
 	fail := func(err error) (*Server, error) {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i](context.Background())
+		}
 		st.Close()
 		return nil, err
 	}
 	if s.queue, err = queue.New(st, queue.Options{Metrics: s.registry}); err != nil {
 		return fail(fmt.Errorf("queue core: %w", err))
 	}
+	undo = append(undo, s.queue.Shutdown)
 	tunnels, err := tunnel.New(s.queue, cfg.Tunnel)
 	if err != nil {
 		return fail(err)
@@ -222,8 +245,17 @@ func New(cfg Config) (*Server, error) {
 	if s.relayHub, err = relay.New(hubOpts); err != nil {
 		return fail(err)
 	}
+	undo = append(undo, s.relayHub.Shutdown) // stops its directory goroutine
 	if s.relay, err = gcrrelay.New(s.relayHub, cfg.Relay); err != nil {
-		s.relayHub.Shutdown(context.Background()) // stops its directory goroutine
+		return fail(err)
+	}
+	bopts := cfg.Broker
+	bopts.Metrics = s.registry
+	if s.broker, err = broker.New(st, bopts); err != nil {
+		return fail(fmt.Errorf("broker core: %w", err))
+	}
+	undo = append(undo, s.broker.Shutdown)
+	if s.channels, err = channels.New(s.broker, cfg.Channels, s.registry); err != nil {
 		return fail(err)
 	}
 
@@ -234,35 +266,44 @@ func New(cfg Config) (*Server, error) {
 	exposeHub.Logger = s.log
 	hub, err := relay.New(exposeHub)
 	if err != nil {
-		s.relayHub.Shutdown(context.Background())
 		return fail(err)
 	}
+	undo = append(undo, hub.Shutdown)
 	eo := cfg.Expose
 	eo.Metrics, eo.Logger = s.registry, s.log
 	if s.expose, err = expose.New(hub, eo); err != nil {
-		s.relayHub.Shutdown(context.Background())
-		hub.Shutdown(context.Background())
 		return fail(err)
 	}
 
 	mux := httpapi.NewRouter()
 	tunnels.Mount(mux)
 	inboxes.Mount(mux)
+	s.channels.Mount(mux)
 	s.relay.Mount(mux)
 	s.expose.Mount(mux)
 	httpapi.MountOps(mux, s.ready, s.registry)
 	s.nodes.mount(mux)
+	page := s.statusPage()
+	page.Mount(mux)
+	unowned := notFound
+	if cfg.Channels.AtRoot {
+		// A dedicated channels host: every path nothing else claims is a
+		// channel, "/" included.
+		unowned = s.channels
+	}
+	home := page.Page()
 	mux.Fallback(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// The original tunnel relay answered any path under /health with "OK".
-		if strings.HasPrefix(r.URL.Path, "/health") {
+		switch {
+		case strings.HasPrefix(r.URL.Path, "/health"):
+			// The original tunnel relay answered any path under /health with "OK".
 			httpapi.Handle(healthOK, nil).ServeHTTP(w, r)
-			return
+		case r.URL.Path == "/" && !cfg.Channels.AtRoot:
+			home.ServeHTTP(w, r)
+		case s.relay.ServeUnowned(w, r):
+			// On paths nobody owns, X-Server-Name names a relay backend.
+		default:
+			unowned.ServeHTTP(w, r)
 		}
-		// On paths nobody owns, X-Server-Name names a relay backend.
-		if s.relay.ServeUnowned(w, r) {
-			return
-		}
-		notFound.ServeHTTP(w, r)
 	}))
 
 	rl := cfg.RateLimit
@@ -305,6 +346,55 @@ var notFound = httpapi.Handle(func(w http.ResponseWriter, r *http.Request) error
 	return httpapi.ErrNotFound
 }, nil)
 
+// statusPage assembles the web page's status from the cores. A capability
+// adds its figures with one more Section (and its rates to Rates).
+func (s *Server) statusPage() *web.Web {
+	w := web.New(web.Options{
+		AtRoot:   s.cfg.Channels.AtRoot,
+		Gatherer: s.registry,
+		Version:  version.Version(),
+		Rates: []web.Rate{
+			{Name: "http_requests", Metric: "postern_http_requests_total"},
+			{Name: "tunnel_messages", Metric: "postern_queue_appended_total"},
+			{Name: "channel_messages", Metric: "postern_broker_published_total"},
+			{Name: "channel_deliveries", Metric: "postern_broker_delivered_total"},
+			{Name: "relay_requests", Metric: "postern_relay_requests_total"},
+		},
+	})
+	w.Section("tunnels", func(context.Context) any {
+		t := struct {
+			Queues    int `json:"queues"`
+			Messages  int `json:"messages"`
+			LongPolls int `json:"long_polls"`
+		}{LongPolls: s.queue.Waiting()}
+		if st, ok := s.store.(store.Stats); ok {
+			qs := st.QueueStats()
+			t.Queues, t.Messages = qs.Queues, qs.Messages
+		}
+		return t
+	})
+	w.Section("channels", func(context.Context) any { return s.channels.Stats() })
+	w.Section("relay", func(context.Context) any {
+		// Counts only: the page is public, backend names need not be.
+		return struct {
+			Backends int `json:"connected_backends"`
+		}{len(s.relayHub.Names())}
+	})
+	w.Section("cluster", func(context.Context) any {
+		me := s.nodes.self()
+		return struct {
+			Node string `json:"node"`
+			Addr string `json:"advertised"`
+		}{me.ID, me.Addr}
+	})
+	w.Section("store", func(context.Context) any {
+		return struct {
+			Engine string `json:"engine"`
+		}{s.store.Name()}
+	})
+	return w
+}
+
 func healthOK(w http.ResponseWriter, r *http.Request) error {
 	httpapi.SetRoute(r, "ops.health")
 	w.Header().Set("Content-Type", "text/plain")
@@ -319,6 +409,12 @@ func (s *Server) Handler() http.Handler { return s.handler }
 // node, or ctx ends: a readiness signal for tests and tools.
 func (s *Server) WaitForLongPolls(ctx context.Context, n int) error {
 	return s.queue.WaitForWaiters(ctx, n)
+}
+
+// WaitForSubscribers blocks until channel has exactly n subscribers on
+// this node, or ctx ends: a readiness signal for tests and tools.
+func (s *Server) WaitForSubscribers(ctx context.Context, channel string, n int) error {
+	return s.broker.WaitForSubscribers(ctx, channel, n)
 }
 
 // WaitForRelayPolls blocks until at least n relay client polls for backend
@@ -391,6 +487,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		// relay clients keep posting chunks. Then parked polls are answered.
 		errs = append(errs, s.relayHub.Shutdown(ctx))
 		errs = append(errs, s.relay.Shutdown(ctx))
+		// Ending the subscriptions closes websockets (1001) and event
+		// streams; http.Server does not wait for hijacked connections,
+		// so the channels front door is waited for on its own.
+		errs = append(errs, s.broker.Shutdown(ctx))
+		if err := s.channels.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("channels drain: %w", err))
+		}
 		if err := s.http.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("http drain: %w", err))
 			s.http.Close()

@@ -76,3 +76,14 @@ func (n *Node) WaitForLongPolls(t testing.TB, count int) {
 		t.Fatalf("waiting for %d long-polls: %v", count, err)
 	}
 }
+
+// WaitForSubscribers blocks until channel has exactly count subscribers on
+// the node, failing the test after 10 seconds.
+func (n *Node) WaitForSubscribers(t testing.TB, channel string, count int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := n.Server.WaitForSubscribers(ctx, channel, count); err != nil {
+		t.Fatalf("waiting for %d subscribers of %q: %v", count, channel, err)
+	}
+}

@@ -1,0 +1,234 @@
+package broker
+
+import (
+	"context"
+	"sync"
+
+	"github.com/postern/postern/internal/store"
+)
+
+// minRing is the first size of a subscriber's queue; it doubles up to the
+// queue length as messages pile up and is released when drained, so an
+// idle subscriber holds no queue at all.
+const minRing = 4
+
+// Subscription is one subscriber of a channel. Its queue is bounded: when
+// a message finds it full the subscription ends with ErrSlow. One reader
+// at a time may call Next or TryNext.
+type Subscription struct {
+	b       *Broker
+	ch      *channel
+	name    string
+	max     int
+	wake    func()
+	idx     int           // position in ch.subs; guarded by ch.mu
+	signal  chan struct{} // cap 1: the queue went non-empty
+	done    chan struct{} // closed when the subscription ends
+	closeMu sync.Once
+
+	mu   sync.Mutex
+	ring []*Message
+	head int
+	n    int
+	err  error // why it ended; nil while open
+
+	// Replay state, touched only by the reader.
+	replay []*Message
+	skip   store.ID // live messages with ids up to skip were replayed
+	gap    bool
+}
+
+func newSubscription(b *Broker, name string, max int, wake func()) *Subscription {
+	return &Subscription{
+		b: b, name: name, max: max, wake: wake, idx: -1,
+		signal: make(chan struct{}, 1),
+		done:   make(chan struct{}),
+	}
+}
+
+// Channel is the channel's name.
+func (s *Subscription) Channel() string { return s.name }
+
+// Gap reports whether the history asked for with SubscribeOptions.Since
+// may be missing messages (trimmed or expired): the subscriber should
+// assume it missed some.
+func (s *Subscription) Gap() bool { return s.gap }
+
+// Done is closed when the subscription ends: Err says why.
+func (s *Subscription) Done() <-chan struct{} { return s.done }
+
+// Err reports why the subscription ended: ErrSlow, ErrShuttingDown or
+// ErrClosed; nil while it is open.
+func (s *Subscription) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+// Signal receives a value when the queue goes from empty to non-empty: a
+// reader that found nothing waits on it (and on Done) before trying again.
+func (s *Subscription) Signal() <-chan struct{} { return s.signal }
+
+// Len reports the number of messages waiting, replay included.
+func (s *Subscription) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.n + len(s.replay)
+}
+
+func (s *Subscription) loadReplay(ctx context.Context, after store.ID) error {
+	s.skip = after
+	if s.b.hist == nil {
+		s.gap = !after.IsZero()
+		return nil
+	}
+	entries, gap, err := s.b.hist.Since(ctx, historyKey(s.name), after, s.b.opts.HistoryLen)
+	if err != nil {
+		return err
+	}
+	s.gap = gap
+	rp := make([]*Message, len(entries))
+	for i, e := range entries {
+		rp[i] = &Message{ID: e.ID, Binary: e.ContentType == contentBinary, Body: e.Body}
+		s.skip = e.ID
+	}
+	s.mu.Lock()
+	s.replay = rp
+	s.mu.Unlock()
+	return nil
+}
+
+// push queues m and reports whether it was queued. A full queue ends the
+// subscription with ErrSlow.
+func (s *Subscription) push(m *Message) bool {
+	s.mu.Lock()
+	if s.err != nil {
+		s.mu.Unlock()
+		return false
+	}
+	if s.n >= s.max {
+		s.endLocked(ErrSlow)
+		s.mu.Unlock()
+		s.b.m.slow.Inc()
+		s.woken()
+		return false
+	}
+	if s.n == len(s.ring) {
+		s.grow()
+	}
+	s.ring[(s.head+s.n)%len(s.ring)] = m
+	s.n++
+	first := s.n == 1
+	s.mu.Unlock()
+	if first {
+		s.woken()
+	}
+	return true
+}
+
+// Deliver queues m for this subscriber only (for example the empty frame
+// that answers a websocket keep-alive). It reports false when the
+// subscription has ended, or ends now because its queue is full.
+func (s *Subscription) Deliver(m *Message) bool { return s.push(m) }
+
+func (s *Subscription) grow() {
+	size := max(minRing, 2*len(s.ring))
+	size = min(size, s.max)
+	ring := make([]*Message, size)
+	for i := 0; i < s.n; i++ {
+		ring[i] = s.ring[(s.head+i)%len(s.ring)]
+	}
+	s.ring, s.head = ring, 0
+}
+
+func (s *Subscription) woken() {
+	select {
+	case s.signal <- struct{}{}:
+	default:
+	}
+	if s.wake != nil {
+		s.wake()
+	}
+}
+
+// TryNext returns the next message without waiting. ok is false when there
+// is none; err is not nil once the subscription ended (queued messages are
+// dropped then: an ended subscriber is cut off).
+func (s *Subscription) TryNext() (m *Message, ok bool, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return nil, false, s.err
+	}
+	if len(s.replay) > 0 {
+		m = s.replay[0]
+		s.replay[0] = nil
+		s.replay = s.replay[1:]
+		return m, true, nil
+	}
+	for s.n > 0 {
+		m = s.ring[s.head]
+		s.ring[s.head] = nil
+		s.head = (s.head + 1) % len(s.ring)
+		s.n--
+		if s.n == 0 && len(s.ring) > 16 {
+			s.ring, s.head = nil, 0
+		}
+		if !m.ID.IsZero() && m.ID.Compare(s.skip) <= 0 {
+			continue // already replayed from the history
+		}
+		return m, true, nil
+	}
+	return nil, false, nil
+}
+
+// Next returns the next message, waiting for one until ctx ends or the
+// subscription does.
+func (s *Subscription) Next(ctx context.Context) (*Message, error) {
+	for {
+		m, ok, err := s.TryNext()
+		if ok || err != nil {
+			return m, err
+		}
+		select {
+		case <-s.signal:
+		case <-s.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+func (s *Subscription) endLocked(err error) {
+	if s.err != nil {
+		return
+	}
+	s.err = err
+	clear(s.ring)
+	s.ring, s.n, s.head = nil, 0, 0
+	s.replay = nil
+	close(s.done)
+}
+
+// end ends the subscription with err, if it is still open.
+func (s *Subscription) end(err error) {
+	s.mu.Lock()
+	was := s.err
+	s.endLocked(err)
+	s.mu.Unlock()
+	if was == nil {
+		s.woken()
+	}
+}
+
+// Close leaves the channel. It is idempotent. A Wake already under way
+// (a delivery or a shutdown racing with Close) may still run once after
+// Close returns, so Wake functions must tolerate a call after Close.
+func (s *Subscription) Close() {
+	s.closeMu.Do(func() {
+		s.mu.Lock()
+		s.endLocked(ErrClosed)
+		s.mu.Unlock()
+		s.b.leave(s)
+	})
+}

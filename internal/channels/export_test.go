@@ -1,0 +1,20 @@
+package channels
+
+import "time"
+
+// SetWriterLinger shortens how long websocket writers wait for more
+// messages, so that tests exercise their exit and restart; call it before
+// any session starts and the returned func after all ended.
+func SetWriterLinger(d time.Duration) (restore func()) {
+	old := writerLinger
+	writerLinger = d
+	return func() { writerLinger = old }
+}
+
+// OnWriterLetGo makes f run each time a websocket writer exits for lack of
+// messages; same rules as SetWriterLinger.
+func OnWriterLetGo(f func()) (restore func()) {
+	old := writerLetGo
+	writerLetGo = f
+	return func() { writerLetGo = old }
+}

@@ -1,0 +1,147 @@
+package channels
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"unicode/utf8"
+
+	"github.com/postern/postern/internal/broker"
+	"github.com/postern/postern/internal/store"
+)
+
+func TestChannelPath(t *testing.T) {
+	for _, tc := range []struct {
+		path, mount, name string
+		err               error
+	}{
+		{"/c/x", "/c", "/x", nil},
+		{"/c/", "/c", "/", nil},
+		{"/", "", "/", nil},
+		{"/c", "/c", "", errPathLength},
+		{"/c/" + strings.Repeat("日", 255), "/c", "/" + strings.Repeat("日", 255), nil},
+		{"/c/" + strings.Repeat("日", 256), "/c", "", errPathLength},
+		{"/c/\xff", "/c", "", errPathUTF8},
+		{"/x", "/c", "", errPathLength},
+	} {
+		name, err := channelPath(tc.path, tc.mount)
+		if err == nil && tc.err == nil && name != tc.name || (err == nil) != (tc.err == nil) || err != nil && err != tc.err {
+			t.Errorf("channelPath(%q, %q) = %q, %v; want %q, %v", tc.path, tc.mount, name, err, tc.name, tc.err)
+		}
+	}
+}
+
+func FuzzValidPath(f *testing.F) {
+	for _, s := range []string{"/", "/x", "//x", "/a/./b", "/\xff", "", "/" + strings.Repeat("é", 300)} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		err := validPath(s)
+		n := utf8.RuneCountInString(s)
+		switch {
+		case !utf8.ValidString(s):
+			if err != errPathUTF8 {
+				t.Fatalf("%q: %v", s, err)
+			}
+		case n < 1 || n > MaxPathRunes:
+			if err != errPathLength {
+				t.Fatalf("%q: %v", s, err)
+			}
+		case err != nil:
+			t.Fatalf("%q refused: %v", s, err)
+		}
+	})
+}
+
+func TestParseOrigin(t *testing.T) {
+	same := []string{"https://example.com", "HTTPS://EXAMPLE.COM", "https://example.com:443", "https://example.com/"}
+	want, _ := parseOrigin(same[0])
+	for _, s := range same {
+		if o, err := parseOrigin(s); err != nil || o != want {
+			t.Errorf("parseOrigin(%q) = %v, %v", s, o, err)
+		}
+	}
+	for _, s := range []string{"null", "", "example.com", "https://", "https://u:p@example.com", "https://example.com/x", "https://example.com?q"} {
+		if _, err := parseOrigin(s); err == nil {
+			t.Errorf("parseOrigin(%q) accepted", s)
+		}
+	}
+}
+
+func FuzzParseOrigin(f *testing.F) {
+	for _, s := range []string{"https://example.com", "http://[::1]:8080", "null", "ws://a:b", "%zz://x"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		o, err := parseOrigin(s)
+		if err != nil {
+			return
+		}
+		if o.host == "" || o.scheme != strings.ToLower(o.scheme) || o.host != strings.ToLower(o.host) {
+			t.Fatalf("%q parsed to %+v", s, o)
+		}
+	})
+}
+
+// parseEvents is the event stream parser of the HTML standard, enough of
+// it to read what appendEvent writes: the data and id of each event.
+func parseEvents(b []byte) (datas, ids, types []string) {
+	s := strings.ReplaceAll(strings.ReplaceAll(string(b), "\r\n", "\n"), "\r", "\n")
+	var data []string
+	id, typ, has := "", "", false
+	for _, line := range strings.Split(s, "\n") {
+		if line == "" {
+			if has {
+				datas, ids, types = append(datas, strings.Join(data, "\n")), append(ids, id), append(types, typ)
+			}
+			data, typ, has = nil, "", false
+			continue
+		}
+		field, value, _ := strings.Cut(line, ":")
+		value = strings.TrimPrefix(value, " ")
+		switch field {
+		case "data":
+			data, has = append(data, value), true
+		case "id":
+			id = value
+		case "event":
+			typ = value
+		}
+	}
+	return
+}
+
+func FuzzAppendEvent(f *testing.F) {
+	f.Add([]byte("hello"), false, uint64(1), uint64(0))
+	f.Add([]byte("a\r\nb\rc\nd\n"), false, uint64(0), uint64(0))
+	f.Add([]byte{0, 0xff}, true, uint64(9), uint64(3))
+	f.Add([]byte("data: x\n\nid: 7"), false, uint64(2), uint64(2))
+	f.Fuzz(func(t *testing.T, body []byte, binary bool, ms, seq uint64) {
+		m := &broker.Message{ID: store.ID{MS: ms, Seq: seq}, Binary: binary, Body: body}
+		out := appendEvent(nil, m)
+		datas, ids, types := parseEvents(out)
+		if len(datas) != 1 {
+			t.Fatalf("%q made %d events", out, len(datas))
+		}
+		wantID := ""
+		if !m.ID.IsZero() {
+			wantID = m.ID.String()
+		}
+		if ids[0] != wantID {
+			t.Fatalf("id %q, want %q", ids[0], wantID)
+		}
+		if binary {
+			if types[0] != "binary" {
+				t.Fatalf("type %q", types[0])
+			}
+			return
+		}
+		want := strings.ReplaceAll(strings.ReplaceAll(string(body), "\r\n", "\n"), "\r", "\n")
+		if datas[0] != want || types[0] != "" {
+			t.Fatalf("data %q, want %q", datas[0], want)
+		}
+		if !bytes.HasSuffix(out, []byte("\n\n")) {
+			t.Fatalf("event not terminated: %q", out)
+		}
+	})
+}

@@ -1,0 +1,216 @@
+// Package web owns postern's own web page: live status of the node and a
+// panel to publish to and watch a channel, served at / (at /_postern/ when
+// channels take the root), and the small JSON status endpoint it polls,
+// /_postern/status. The server assembles the status from the cores by
+// registering sections; a capability adds its figures with one Section
+// call and the page shows them without changes.
+package web
+
+import (
+	"context"
+	_ "embed"
+	"encoding/json"
+	"net/http"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/postern/postern/internal/httpapi"
+)
+
+// Paths of the page and the status endpoint.
+const (
+	PagePath   = "/_postern/"
+	StatusPath = "/_postern/status"
+)
+
+// DefaultRateWindow is the shortest interval rates are computed over.
+const DefaultRateWindow = time.Second
+
+//go:embed page.html
+var pageHTML []byte
+
+// Rate is a per-second rate shown in the status: the sum of every series
+// of a Prometheus counter.
+type Rate struct {
+	Name   string // key in the status ("http_requests")
+	Metric string // counter family ("postern_http_requests_total")
+}
+
+// Options configures the page.
+type Options struct {
+	// AtRoot leaves / to others (channels at the root); the page is then
+	// only at PagePath.
+	AtRoot bool
+	// Gatherer is where rates are read from.
+	Gatherer prometheus.Gatherer
+	// Rates are the rates the status shows.
+	Rates []Rate
+	// Version is reported in the node section.
+	Version string
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Web serves the page and the status.
+type Web struct {
+	opts    Options
+	started time.Time
+
+	mu       sync.Mutex
+	sections map[string]func(context.Context) any
+
+	rateMu sync.Mutex
+	lastAt time.Time
+	last   map[string]float64
+	rates  map[string]float64
+}
+
+// New returns the page.
+func New(opts Options) *Web {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	return &Web{opts: opts, started: opts.Now(), sections: make(map[string]func(context.Context) any)}
+}
+
+// Section adds (or replaces) a named part of the status: f returns a
+// value that encodes to a JSON object, such as a struct of counts. Names
+// are the status's top-level keys; "node" and "rates" are taken.
+func (w *Web) Section(name string, f func(ctx context.Context) any) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.sections[name] = f
+}
+
+// Mount registers the page at PagePath and the status endpoint on mux.
+// The page at "/" itself is served by the server's fallback through Page,
+// since a router pattern "/" would claim every path.
+func (w *Web) Mount(mux *httpapi.Router) {
+	mux.Handle(PagePath, w.Page())
+	mux.Handle(StatusPath, httpapi.Handle(w.serveStatus, nil))
+}
+
+// Page is the page's handler; it answers 404 for paths other than "/"
+// (unless AtRoot) and PagePath.
+func (w *Web) Page() http.Handler { return httpapi.Handle(w.servePage, nil) }
+
+func (w *Web) servePage(rw http.ResponseWriter, r *http.Request) error {
+	httpapi.SetRoute(r, "web.page")
+	if r.URL.Path != PagePath && (r.URL.Path != "/" || w.opts.AtRoot) {
+		return httpapi.ErrNotFound
+	}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return httpapi.MethodNotAllowed(http.MethodGet, http.MethodHead)
+	}
+	h := rw.Header()
+	h.Set("Content-Type", "text/html; charset=utf-8")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Content-Security-Policy", "default-src 'none'; connect-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'")
+	if r.Method == http.MethodHead {
+		return nil
+	}
+	_, err := rw.Write(pageHTML)
+	return err
+}
+
+// Status is the status document: "node", "rates" and one key per section.
+type Status map[string]any
+
+// Node is the "node" part of the status.
+type Node struct {
+	Version       string  `json:"version"`
+	StartedAt     string  `json:"started_at"`
+	UptimeSeconds float64 `json:"uptime_seconds"`
+}
+
+// Status assembles the status document.
+func (w *Web) Status(ctx context.Context) Status {
+	now := w.opts.Now()
+	st := Status{
+		"node":  Node{Version: w.opts.Version, StartedAt: w.started.UTC().Format(time.RFC3339), UptimeSeconds: now.Sub(w.started).Seconds()},
+		"rates": w.currentRates(now),
+	}
+	w.mu.Lock()
+	names := make([]string, 0, len(w.sections))
+	for n := range w.sections {
+		names = append(names, n)
+	}
+	fns := make([]func(context.Context) any, len(names))
+	sort.Strings(names)
+	for i, n := range names {
+		fns[i] = w.sections[n]
+	}
+	w.mu.Unlock()
+	for i, n := range names {
+		st[n] = fns[i](ctx)
+	}
+	return st
+}
+
+func (w *Web) serveStatus(rw http.ResponseWriter, r *http.Request) error {
+	httpapi.SetRoute(r, "web.status")
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return httpapi.MethodNotAllowed(http.MethodGet, http.MethodHead)
+	}
+	b, err := json.Marshal(w.Status(r.Context()))
+	if err != nil {
+		return err
+	}
+	h := rw.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
+	if r.Method == http.MethodHead {
+		return nil
+	}
+	_, err = rw.Write(append(b, '\n'))
+	return err
+}
+
+// currentRates returns per-second rates over the interval since the last
+// sample at least DefaultRateWindow old: the first call reports zeros.
+func (w *Web) currentRates(now time.Time) map[string]float64 {
+	w.rateMu.Lock()
+	defer w.rateMu.Unlock()
+	if w.rates != nil && now.Sub(w.lastAt) < DefaultRateWindow {
+		return w.rates
+	}
+	cur := w.sample()
+	rates := make(map[string]float64, len(w.opts.Rates))
+	for _, rt := range w.opts.Rates {
+		rates[rt.Name] = 0
+		if w.last != nil {
+			if d := now.Sub(w.lastAt).Seconds(); d > 0 {
+				rates[rt.Name] = max(cur[rt.Name]-w.last[rt.Name], 0) / d
+			}
+		}
+	}
+	w.last, w.lastAt, w.rates = cur, now, rates
+	return rates
+}
+
+func (w *Web) sample() map[string]float64 {
+	out := make(map[string]float64, len(w.opts.Rates))
+	if w.opts.Gatherer == nil {
+		return out
+	}
+	mfs, err := w.opts.Gatherer.Gather()
+	if err != nil {
+		return out
+	}
+	byMetric := make(map[string]float64, len(mfs))
+	for _, mf := range mfs {
+		sum := 0.0
+		for _, m := range mf.GetMetric() {
+			sum += m.GetCounter().GetValue()
+		}
+		byMetric[mf.GetName()] = sum
+	}
+	for _, rt := range w.opts.Rates {
+		out[rt.Name] = byMetric[rt.Metric]
+	}
+	return out
+}
