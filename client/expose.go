@@ -183,6 +183,9 @@ func (c *Client) exposeOnce(ctx context.Context, o ExposeOptions, handler http.H
 	case <-sess.CloseChan():
 		srv.Close()
 		<-served
+		if err := muxconn.Cause(conn); err != nil {
+			return fmt.Errorf("connection to the server lost: %w", err)
+		}
 		return errors.New("connection to the server lost")
 	case <-ctx.Done():
 	}

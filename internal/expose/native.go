@@ -47,6 +47,14 @@ func (a *nativeAgent) close() {
 	}
 }
 
+// causeOf names why an agent's connection ended, for the log.
+func causeOf(conn net.Conn) string {
+	if err := muxconn.Cause(conn); err != nil {
+		return err.Error()
+	}
+	return "closed"
+}
+
 func isLoopback(remote string) bool {
 	host, _, err := net.SplitHostPort(remote)
 	if err != nil {
@@ -139,5 +147,5 @@ func (s *Service) serveAgent(w http.ResponseWriter, r *http.Request) {
 	s.m.agents.WithLabelValues(transportNative).Dec()
 	tr.CloseIdleConnections()
 	a.close()
-	s.log.Info("expose agent disconnected", "name", name, "remote", r.RemoteAddr)
+	s.log.Info("expose agent disconnected", "name", name, "remote", r.RemoteAddr, "cause", causeOf(conn))
 }

@@ -150,6 +150,31 @@ func (c *conn) flush() {
 	}
 }
 
+// Read reads the session's bytes, remembering the error that ended them.
+func (c *conn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err != nil {
+		c.mu.Lock()
+		if c.err == nil {
+			c.err = err
+		}
+		c.mu.Unlock()
+	}
+	return n, err
+}
+
+// Cause reports why a connection made by Conn ended: the first read or
+// write error, or nil while it lives or when it was closed on purpose.
+func Cause(nc net.Conn) error {
+	c, ok := nc.(*conn)
+	if !ok {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
 func (c *conn) Close() error {
 	c.once.Do(func() { close(c.done) })
 	return c.Conn.Close()
