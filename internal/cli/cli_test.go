@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"flag"
 	"io"
 	"net/http"
 	"os"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/postern/postern/client"
 	"github.com/postern/postern/internal/cli"
+	"github.com/postern/postern/internal/config"
 	"github.com/postern/postern/internal/servertest"
 )
 
@@ -254,6 +256,28 @@ func TestServeRateLimit(t *testing.T) {
 	}
 	if s := get(t, url+"/healthz"); s != 200 {
 		t.Fatalf("healthz limited: %d", s)
+	}
+}
+
+// TestSampleConfigs keeps the commented samples in deploy/ true: both load,
+// and the config sample names every flag of serve.
+func TestSampleConfigs(t *testing.T) {
+	sample, err := os.ReadFile("../../deploy/postern.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs, _ := config.ServeFlags()
+	fs.VisitAll(func(f *flag.Flag) {
+		if f.Name != "config" && !regexp.MustCompile(`(?m)^#? ?`+regexp.QuoteMeta(f.Name)+` = `).Match(sample) {
+			t.Errorf("deploy/postern.toml does not mention %s", f.Name)
+		}
+	})
+	url, _ := serve(t, nil, "--config", "../../deploy/postern.toml", "--token-file", "../../deploy/tokens.toml")
+	if s := get(t, url+"/t/builds-1"); s != 403 {
+		t.Fatalf("sample token file: tunnel without a token: %d", s)
+	}
+	if s := get(t, url+"/healthz"); s != 200 {
+		t.Fatalf("healthz: %d", s)
 	}
 }
 
