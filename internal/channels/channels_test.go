@@ -981,3 +981,35 @@ func TestWritersLetGo(t *testing.T) {
 		}
 	}
 }
+
+// TestSlowPostTimesOut: a POST whose body trickles in is answered 408 once
+// the body read timeout passes and its connection is closed; it neither
+// holds the connection for ever (a slow-loris) nor publishes a part.
+func TestSlowPostTimesOut(t *testing.T) {
+	e := start(t, func(c *server.Config) { c.Channels.BodyReadTimeout = 200 * time.Millisecond })
+	sub := e.sub("/slow", 1, "")
+	conn, err := net.Dial("tcp", e.node.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST /c/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhello")
+	conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	br := bufio.NewReader(conn)
+	res, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	if res.StatusCode != 408 || string(body) != "request body not received in time" {
+		t.Fatalf("slow POST: %d %q", res.StatusCode, body)
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("connection not closed after the timeout: %v", err)
+	}
+	// Nothing of it was published: the next message is the next POST.
+	e.post("/c/slow", "whole")
+	if got := readText(t, sub); got != "whole" {
+		t.Fatalf("got %q", got)
+	}
+}
