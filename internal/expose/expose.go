@@ -199,8 +199,10 @@ func (s *Service) serveName(w http.ResponseWriter, r *http.Request, name, path, 
 		}
 		rawQuery = stripToken(r, s.opts.Policy, rawQuery)
 	}
-	forwarded := r.Header.Get(relay.ForwardedHeader) != ""
-	if isBC && !forwarded && !s.limiter.allow(name) {
+	// Counted on every node, forwarded or not: any user can send the
+	// forwarding mark, and the node holding the agent sees every request
+	// for it, so its count is the whole.
+	if isBC && !s.limiter.allow(name) {
 		s.m.request(transport, "rate_limited")
 		httpapi.WritePlain(w, r, errTooMany)
 		return
