@@ -89,9 +89,19 @@ func (s *Service) serveAgent(w http.ResponseWriter, r *http.Request) {
 			}
 			return
 		}
-	} else if !s.opts.AnonymousAgents && !isLoopback(r.RemoteAddr) {
-		fail("forbidden", httpapi.Errorf(http.StatusForbidden, "this server takes agents only from its own host: configure --token-file, or --expose-anonymous-agents"))
-		return
+	} else if !s.opts.AnonymousAgents {
+		switch {
+		case !isLoopback(r.RemoteAddr):
+			fail("forbidden", httpapi.Errorf(http.StatusForbidden, "this server takes agents only from its own host: configure --token-file, or --expose-anonymous-agents"))
+			return
+		case len(r.Header.Values("Origin")) > 0:
+			// A web page in a browser on this host passes the loopback
+			// rule (websockets are not bound by the same-origin policy).
+			// Browsers always send Origin on a websocket handshake; the
+			// native agent never does.
+			fail("forbidden", httpapi.Errorf(http.StatusForbidden, "this server takes agents from its own host only without an Origin header (web pages may not claim names): configure --token-file, or --expose-anonymous-agents"))
+			return
+		}
 	}
 	a := &nativeAgent{name: name}
 	if !s.track(func() { s.natives[a] = struct{}{} }) {
