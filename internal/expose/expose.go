@@ -122,6 +122,16 @@ func hostOf(hostport string) string {
 	return strings.TrimSuffix(strings.ToLower(h), ".")
 }
 
+// AgentHost reports whether hostport is an agent's host, NAME.<domain>,
+// every path of which ServeHost serves.
+func (s *Service) AgentHost(hostport string) bool {
+	if s.opts.Domain == "" {
+		return false
+	}
+	name, ok := strings.CutSuffix(hostOf(hostport), "."+s.opts.Domain)
+	return ok && name != ""
+}
+
 // ServeHost serves r when its Host is the expose domain's business and
 // reports whether it did: NAME.<domain> goes to agent NAME with its path
 // unchanged; GET / on the bare domain answers the version, as the
@@ -144,10 +154,10 @@ func (s *Service) ServeHost(w http.ResponseWriter, r *http.Request) bool {
 		}
 		return false
 	}
-	name, ok := strings.CutSuffix(host, "."+s.opts.Domain)
-	if !ok || name == "" {
+	if !s.AgentHost(r.Host) {
 		return false
 	}
+	name := strings.TrimSuffix(host, "."+s.opts.Domain)
 	httpapi.SetRoute(r, "expose.host")
 	s.serveName(w, r, name, r.URL.Path, r.URL.RawPath, r.URL.RawQuery)
 	return true
