@@ -1013,3 +1013,36 @@ func TestSlowPostTimesOut(t *testing.T) {
 		t.Fatalf("got %q", got)
 	}
 }
+
+// TestEvictedSubscriberSendingAnEmptyFrame is defect 3 of the original: a
+// slow subscriber that was evicted and then sent an empty frame (the page's
+// keep-alive) made its handler panic. Here it gets its 1008 close and the
+// node goes on serving the channel.
+func TestEvictedSubscriberSendingAnEmptyFrame(t *testing.T) {
+	e := start(t, func(c *server.Config) { c.Broker.QueueLen = 4 })
+	slow := e.sub("/ev", 1, "")
+	big := strings.Repeat("m", 60<<10)
+	for sent := 0; metric(t, e.node, "postern_broker_slow_dropped_total") == 0; sent++ {
+		if sent > 5000 {
+			t.Fatal("slow subscriber never dropped")
+		}
+		e.post("/c/ev", big)
+	}
+	// Evicted, not yet reading: its keep-alive goes out all the same.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	slow.Write(ctx, websocket.MessageText, nil)
+	if code := closeCode(t, slow); code != websocket.StatusPolicyViolation {
+		t.Fatalf("close %v, want 1008", code)
+	}
+	e.node.WaitForSubscribers(t, "/ev", 0)
+	c := e.sub("/ev", 1, "")
+	write(t, c, websocket.MessageText, "")
+	if got := readText(t, c); got != "" {
+		t.Fatalf("keep-alive answer %q", got)
+	}
+	e.post("/c/ev", "still here")
+	if got := readText(t, c); got != "still here" {
+		t.Fatalf("got %q", got)
+	}
+}

@@ -13,7 +13,9 @@ import (
 
 	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/gcrrelay"
+	"github.com/postern/postern/internal/gcrrelay/gcrclient"
 	"github.com/postern/postern/internal/gcrrelay/wire"
+	"github.com/postern/postern/internal/relay"
 	"github.com/postern/postern/internal/server"
 )
 
@@ -113,5 +115,50 @@ func TestSlowResponseBodyTimesOut(t *testing.T) {
 	body, _ = io.ReadAll(res.Body)
 	if res.StatusCode != 400 || string(body) != "request body incomplete\n" {
 		t.Fatalf("short body: %d %q", res.StatusCode, body)
+	}
+}
+
+// TestForgedForwardMarkIsAuthorized: X-Postern-Forwarded marks a request
+// one node forwarded to another, and any user can send it. The receiving
+// node authorizes a forwarded request as a direct one, so the mark gets
+// nobody past the token policy, on either side of the relay, and the
+// X-Server-Name fallback is authorized the same way.
+func TestForgedForwardMarkIsAuthorized(t *testing.T) {
+	pol, err := auth.Parse([]byte(tokenFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := start(t, func(c *server.Config) { c.Policy = pol; c.Relay.PollTimeout = 20 * time.Millisecond })
+	be := backendServer(t, func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "path=%s auth=%q", r.URL.Path, r.Header.Get("Authorization"))
+	})
+	e.runClient("bot", be, func(o *gcrclient.Options) { o.Token = "robot-secret-0123456789" })
+	user := []string{"Authorization", "Bearer user-secret-0123456789"}
+	for _, mark := range []string{"relay", "expose", "x"} {
+		fwd := []string{relay.ForwardedHeader, mark}
+		for _, r := range []result{
+			e.do("GET", "/client/bot/x", nil, fwd...),
+			e.do("GET", "/pkg.Svc/Method", nil, append([]string{gcrrelay.ServerNameHeader, "bot"}, fwd...)...),
+			e.do("GET", "/server/request?server=bot", nil, fwd...),
+			e.do("GET", "/server/request?server=bot", nil, append(user, fwd...)...),
+			e.do("GET", "/server/requeststream?id=bot:00000000000000000000000000000000", nil, fwd...),
+			e.post(&wire.Response{HasID: true, ID: "bot:00000000000000000000000000000000", HasStatus: true, StatusCode: 200}, fwd...),
+		} {
+			if r.status != 403 {
+				t.Fatalf("%s: %s without a token: %d %q, want 403", relay.ForwardedHeader, mark, r.status, r.body)
+			}
+		}
+	}
+	// With the token, the marked request is served, and neither the token
+	// nor the mark reaches the backend.
+	e.want(e.do("GET", "/client/bot/x", nil, append(user, relay.ForwardedHeader, "relay")...), 200, `path=/x auth=""`)
+	e.want(e.do("GET", "/pkg.Svc/Method", nil, append(user, gcrrelay.ServerNameHeader, "bot")...), 200, `path=/pkg.Svc/Method auth=""`)
+	// X-Server-Name never takes a path another capability owns, nor the
+	// status page.
+	if r := e.do("GET", "/", nil, append(user, gcrrelay.ServerNameHeader, "bot")...); r.status != 200 || !strings.Contains(r.body, "<html") {
+		t.Fatalf("/ with X-Server-Name: %d %.60q", r.status, r.body)
+	}
+	if r := e.do("GET", "/metrics", nil, append(user, gcrrelay.ServerNameHeader, "bot")...); r.status != 200 || !strings.Contains(r.body, "postern_") {
+		t.Fatalf("/metrics with X-Server-Name: %d %.60q", r.status, r.body)
 	}
 }
