@@ -96,8 +96,14 @@ paths = ["/expose/shop"]
 			}
 		}
 		resp, body := do(t, n, "GET", c.host, c.path, nil, relay.ForwardedHeader, "expose", "Authorization", "Bearer user-secret-0123456789")
-		if resp.StatusCode != 200 || !strings.HasPrefix(body, "path=/x ") {
+		if resp.StatusCode != 200 || !strings.HasPrefix(body, "path=/x query= ") || !strings.Contains(body, " auth= ") {
 			t.Fatalf("%s%s with a token: %d %q", c.host, c.path, resp.StatusCode, body)
+		}
+		// A token in the query authorizes too, and never reaches the
+		// service either.
+		resp, body = do(t, n, "GET", c.host, c.path+"?a=1&access_token=user-secret-0123456789", nil)
+		if resp.StatusCode != 200 || !strings.HasPrefix(body, "path=/x query=a=1 ") {
+			t.Fatalf("%s%s with ?access_token=: %d %q", c.host, c.path, resp.StatusCode, body)
 		}
 	}
 }
