@@ -939,3 +939,27 @@ func TestReadsCreateNoStorage(t *testing.T) {
 		})
 	}
 }
+
+// TestMessagesAreSandboxed: a message is served with the Content-Type its
+// producer gave it (the contract), so anyone who may produce to a tunnel
+// (a public id, an anonymous grant) could store an HTML page with script
+// and have a browser run it on postern's origin. Messages and replies are
+// served sandboxed (no script, an opaque origin) and unsniffed.
+func TestMessagesAreSandboxed(t *testing.T) {
+	forEachStore(t, func(o *tunnel.Options) { o.PublicIDs = []string{"demo"}; o.AccessToken = "tok" }, func(e *env) {
+		page := `<script>fetch("/_postern/status")</script>`
+		id := e.produce("demo", page, "Content-Type", "text/html")
+		check := func(r resp, what string) {
+			t.Helper()
+			if r.status != 200 || r.body != page || r.h.Get("Content-Type") != "text/html" ||
+				r.h.Get("Content-Security-Policy") != "sandbox" || r.h.Get("X-Content-Type-Options") != "nosniff" {
+				t.Fatalf("%s: %d %q %v", what, r.status, r.body, r.h)
+			}
+		}
+		check(e.do("GET", "/t/demo?pending", ""), "pending read")
+		e.want(e.do("POST", "/t/demo/"+id+"/reply", page, "Content-Type", "text/html"), 201, "")
+		check(e.do("GET", "/t/demo/"+id+"/reply", ""), "reply")
+		e.produce("demo", page, "Content-Type", "text/html")
+		check(e.do("GET", "/t/demo/poll?timeout=1", ""), "poll")
+	})
+}
