@@ -25,6 +25,16 @@ func TestHostRouting(t *testing.T) {
 	if resp, body := do(t, n, "GET", "shop."+domain, "/t/x/len", nil); resp.StatusCode != 200 || !strings.HasPrefix(body, "path=/t/x/len ") {
 		t.Errorf("tunnel path on the agent's host: %d %q", resp.StatusCode, body)
 	}
+	// Paths reach the agent as given: no cleaning, no redirect, the
+	// user's percent-encoding kept, by Host and by the path route.
+	for _, p := range []string{"/a/../b", "//x", "/a/./b", "/a%2Fb", "/%7Euser", "/caf%C3%A9"} {
+		if resp, body := do(t, n, "GET", "shop."+domain, p, nil); resp.StatusCode != 200 || !strings.HasPrefix(body, "path="+p+" ") {
+			t.Errorf("Host route, path %q: %d %q", p, resp.StatusCode, body)
+		}
+		if resp, body := do(t, n, "GET", "", "/proxy/request/shop"+p, nil); resp.StatusCode != 200 || !strings.HasPrefix(body, "path="+p+" ") {
+			t.Errorf("path route, path %q: %d %q", p, resp.StatusCode, body)
+		}
+	}
 	// Not the expose domain: the path routes answer.
 	for _, h := range []string{"shop." + domain + ".evil", "shopexpose.test", "shop-" + domain, domain + ".shop"} {
 		if resp, body := do(t, n, "GET", h, "/nowhere", nil); resp.StatusCode != 404 {

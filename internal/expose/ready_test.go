@@ -48,7 +48,7 @@ func TestReadyAgentIsReachable(t *testing.T) {
 func headerEcho(t *testing.T) string {
 	t.Helper()
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, "path="+r.URL.Path+" query="+r.URL.RawQuery+" xff="+r.Header.Get("X-Forwarded-For")+" auth="+r.Header.Get("Authorization")+" mark="+r.Header.Get(relay.ForwardedHeader))
+		io.WriteString(w, "path="+r.URL.EscapedPath()+" query="+r.URL.RawQuery+" xff="+r.Header.Get("X-Forwarded-For")+" auth="+r.Header.Get("Authorization")+" mark="+r.Header.Get(relay.ForwardedHeader))
 	})}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
