@@ -2,6 +2,7 @@ package expose_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -22,14 +23,16 @@ func TestReadyAgentIsReachable(t *testing.T) {
 	local := headerEcho(t)
 	cl, _ := client.New(n.URL)
 	for i := range 20 {
+		// A name per attempt: the previous agent may still be leaving.
+		name := fmt.Sprintf("quick%d", i)
 		ctx, cancel := context.WithCancel(context.Background())
 		got := make(chan string, 1)
 		done := make(chan error, 1)
 		go func() {
 			done <- cl.Expose(ctx, client.ExposeOptions{
-				Name: "quick", Local: local, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+				Name: name, Local: local, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 				OnReady: func(string) {
-					resp, body := do(t, n, "GET", "quick."+domain, "/now", nil)
+					resp, body := do(t, n, "GET", name+"."+domain, "/now", nil)
 					got <- resp.Status + " " + body
 					cancel()
 				},
