@@ -311,7 +311,6 @@ func New(cfg Config) (*Server, error) {
 
 	rl := cfg.RateLimit
 	rl.Metrics = s.registry
-	rl.Exempt = append(rl.Exempt, "/healthz", "/readyz", "/metrics")
 	limiter := ratelimit.New(rl, cfg.Policy)
 
 	m := httpapi.NewMetrics(s.registry, s.log)
@@ -323,7 +322,19 @@ func New(cfg Config) (*Server, error) {
 		}
 		mux.ServeHTTP(w, r)
 	})
-	s.handler = m.Wrap(limiter.Wrap(hosts))
+	limited := limiter.Wrap(hosts)
+	// The node's health and metrics endpoints are never rate limited; on
+	// an agent's host those paths are the agent's, and are.
+	s.handler = m.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/healthz", "/readyz", "/metrics":
+			if !s.expose.AgentHost(r.Host) {
+				mux.ServeHTTP(w, r)
+				return
+			}
+		}
+		limited.ServeHTTP(w, r)
+	}))
 	// HTTP/2 without TLS (prior knowledge), as the original relay served
 	// for gRPC clients, next to HTTP/1.1; with TLS, HTTP/2 by ALPN too.
 	protocols := new(http.Protocols)
