@@ -42,6 +42,7 @@ func ServeFlags() (*FlagSet, *Serve) {
 	fs.Duration(&s.ReadHeaderTimeout, "read-header-timeout", "time a client has to send its request headers")
 	fs.Duration(&s.IdleTimeout, "idle-timeout", "idle keep-alive connections are closed after this")
 	fs.Int(&s.MaxHeaderBytes, "max-header-bytes", "largest request header block in `bytes`")
+	fs.Int(&s.MaxConnections, "max-connections", "most client connections open at once (websockets, streams and long-polls included); more are answered 503; 0: no cap")
 	fs.Float64(&s.RateLimit.PerAddr, "rate-limit-addr", "requests per second allowed to one client address (IPv6: per /64); 0: unlimited")
 	fs.Int(&s.RateLimit.PerAddrBurst, "rate-limit-addr-burst", "requests one address may send at once (0: two seconds' worth)")
 	fs.Float64(&s.RateLimit.PerToken, "rate-limit-token", "requests per second allowed to one scoped token; 0: unlimited")

@@ -64,6 +64,10 @@ type Config struct {
 	IdleTimeout time.Duration
 	// MaxHeaderBytes limits request headers.
 	MaxHeaderBytes int
+	// MaxConnections caps the client connections open at once (websockets,
+	// streams and long-polls included); a connection beyond it is answered
+	// 503 and closed. Zero: no cap.
+	MaxConnections int
 	// TokenFile, when set, names the scoped-token file (see internal/auth)
 	// that every capability honours alongside its seed's own auth.
 	TokenFile string
@@ -142,8 +146,6 @@ type Server struct {
 	relayHub *relay.Hub
 	relay    *gcrrelay.Relay
 	expose   *expose.Service
-	// exposeHub is the expose capability's relay hub.
-	exposeHub *relay.Hub
 	// relayMetrics are shared by every relay hub of the node.
 	relayMetrics *relay.Metrics
 	handler      http.Handler
@@ -271,7 +273,6 @@ func New(cfg Config) (*Server, error) {
 		return fail(err)
 	}
 	undo = append(undo, hub.Shutdown)
-	s.exposeHub = hub
 	eo := cfg.Expose
 	eo.Metrics, eo.Logger = s.registry, s.log
 	if s.expose, err = expose.New(hub, eo); err != nil {
@@ -398,7 +399,7 @@ func (s *Server) statusPage() *web.Web {
 	w.Section("expose", func(context.Context) any {
 		return struct {
 			Agents int `json:"connected_agents"`
-		}{len(s.exposeHub.Names())}
+		}{len(s.expose.Hub().Names())}
 	})
 	w.Section("cluster", func(context.Context) any {
 		me := s.nodes.self()
@@ -474,6 +475,9 @@ func (s *Server) Serve(ln net.Listener) error {
 	if tcp, ok := ln.Addr().(*net.TCPAddr); ok {
 		// The line the original relay server's users wait for.
 		s.log.Info("Relay server listening", "Port", tcp.Port)
+	}
+	if s.cfg.MaxConnections > 0 {
+		ln = newLimitListener(ln, s.cfg.MaxConnections, !tlsOn)
 	}
 	var err error
 	if tlsOn {
