@@ -39,7 +39,7 @@ func newFastWriter() *fastWriter {
 
 func (w *fastWriter) write(fd uintptr) {
 	for {
-		w.n, w.err = syscall.Write(int(fd), w.p)
+		w.n, w.err = writeNow(int(fd), w.p)
 		if w.err != syscall.EINTR {
 			return
 		}
