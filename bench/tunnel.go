@@ -23,7 +23,7 @@ func init() {
 	})
 	register(Scenario{
 		Name:     "tunnel-wake",
-		Baseline: "none: absolute latency from the producer's send to the long-poll's answer",
+		Baseline: "none (absolute latencies); for scale, one plain HTTP round trip at the same rate is shown",
 		Run:      runTunnelWake,
 	})
 }
@@ -113,6 +113,10 @@ const (
 // messages/s spread over wakeTunnels tunnels. Each body carries its send
 // time.
 func runTunnelWake(ctx context.Context, o Options) ([]Figure, error) {
+	base, err := pacedRoundTrips(ctx, o.Duration)
+	if err != nil {
+		return nil, fmt.Errorf("baseline: %w", err)
+	}
 	n, err := tunnelNode("memory")
 	if err != nil {
 		return nil, err
@@ -208,10 +212,112 @@ func runTunnelWake(ctx context.Context, o Options) ([]Figure, error) {
 		return nil, errors.New("no message was delivered")
 	}
 	r := LoadResult{Latencies: lat, Ops: received.Load(), Elapsed: elapsed}
+	wake50, wake99, err := histQuantiles(n, "postern_queue_wake_seconds", 0.5, 0.99)
+	if err != nil {
+		return nil, err
+	}
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	return []Figure{
 		{Name: "wake p50", Unit: "ms", Value: ms(r.Percentile(50)), LowerIsBetter: true},
 		{Name: "wake p99", Unit: "ms", Value: ms(r.Percentile(99)), LowerIsBetter: true, Goal: 2},
+		{Name: "in-server wake p50 (append to long-poll holding it)", Unit: "ms", Value: wake50 * 1000, LowerIsBetter: true},
+		{Name: "in-server wake p99", Unit: "ms", Value: wake99 * 1000, LowerIsBetter: true},
+		{Name: "one plain HTTP round trip at the same rate, p50", Unit: "ms", Value: ms(base.Percentile(50)), LowerIsBetter: true},
+		{Name: "one plain HTTP round trip at the same rate, p99", Unit: "ms", Value: ms(base.Percentile(99)), LowerIsBetter: true},
 		{Name: "delivered msg/s", Unit: "msg/s", Value: r.Rate(), Goal: wakeRate * 0.95},
 	}, nil
+}
+
+// pacedRoundTrips sends wakeRate requests/s from wakeProducer paced
+// goroutines to a plain handler and times each round trip: the floor of
+// one HTTP exchange at the wake scenario's rate on this machine.
+func pacedRoundTrips(ctx context.Context, d time.Duration) (LoadResult, error) {
+	url, stop, err := startHTTP(plainHandler)
+	if err != nil {
+		return LoadResult{}, err
+	}
+	defer stop()
+	c := httpClient(wakeProducer)
+	defer c.CloseIdleConnections()
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	var (
+		mu       sync.Mutex
+		lat      []time.Duration
+		firstErr error
+		wg       sync.WaitGroup
+	)
+	interval := time.Second * wakeProducer / wakeRate
+	start := time.Now()
+	for range wakeProducer {
+		wg.Go(func() {
+			t := time.NewTicker(interval)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
+				t0 := time.Now()
+				req, _ := http.NewRequestWithContext(ctx, "POST", url+"/x", bytes.NewReader([]byte("1764627000000000000")))
+				err := expect(c, req, 200)
+				el := time.Since(t0)
+				mu.Lock()
+				if err != nil && ctx.Err() == nil && firstErr == nil {
+					firstErr = err
+				}
+				if err == nil && len(lat) < maxSamples {
+					lat = append(lat, el)
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return LoadResult{Latencies: lat, Ops: int64(len(lat)), Elapsed: time.Since(start)}, firstErr
+}
+
+// histQuantiles estimates quantiles of a histogram of the node's registry
+// (summed over labels) as Prometheus' histogram_quantile does: linear
+// within the bucket the rank falls in.
+func histQuantiles(n *node, name string, qs ...float64) (float64, float64, error) {
+	mfs, err := n.srv.Registry().Gather()
+	if err != nil {
+		return 0, 0, err
+	}
+	var bounds []float64
+	var counts []uint64
+	var total uint64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			h := m.GetHistogram()
+			total += h.GetSampleCount()
+			for i, b := range h.GetBucket() {
+				if i >= len(bounds) {
+					bounds = append(bounds, b.GetUpperBound())
+					counts = append(counts, 0)
+				}
+				counts[i] += b.GetCumulativeCount()
+			}
+		}
+	}
+	if total == 0 {
+		return 0, 0, fmt.Errorf("%s: no samples", name)
+	}
+	q := func(q float64) float64 {
+		rank := q * float64(total)
+		lower, prev := 0.0, uint64(0)
+		for i, c := range counts {
+			if float64(c) >= rank {
+				return lower + (bounds[i]-lower)*(rank-float64(prev))/float64(c-prev)
+			}
+			lower, prev = bounds[i], c
+		}
+		return lower
+	}
+	return q(qs[0]), q(qs[1]), nil
 }

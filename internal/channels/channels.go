@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -200,15 +199,10 @@ func quotePath(s string) string {
 
 // publish serves POST: the body is published as one text message.
 func (c *Channels) publish(w http.ResponseWriter, r *http.Request, name string) error {
-	if r.ContentLength > c.opts.MaxPostBytes {
-		return errPostTooBig
-	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, c.opts.MaxPostBytes))
+	// Read with a deadline: a body trickling in must not hold the
+	// connection for ever.
+	body, err := httpapi.ReadBody(w, r, c.opts.MaxPostBytes, c.opts.BodyReadTimeout, errPostTooBig)
 	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			return errPostTooBig
-		}
 		return err
 	}
 	if !utf8.Valid(body) {

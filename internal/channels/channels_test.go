@@ -981,3 +981,68 @@ func TestWritersLetGo(t *testing.T) {
 		}
 	}
 }
+
+// TestSlowPostTimesOut: a POST whose body trickles in is answered 408 once
+// the body read timeout passes and its connection is closed; it neither
+// holds the connection for ever (a slow-loris) nor publishes a part.
+func TestSlowPostTimesOut(t *testing.T) {
+	e := start(t, func(c *server.Config) { c.Channels.BodyReadTimeout = 200 * time.Millisecond })
+	sub := e.sub("/slow", 1, "")
+	conn, err := net.Dial("tcp", e.node.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST /c/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhello")
+	conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	br := bufio.NewReader(conn)
+	res, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	if res.StatusCode != 408 || string(body) != "request body not received in time" {
+		t.Fatalf("slow POST: %d %q", res.StatusCode, body)
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("connection not closed after the timeout: %v", err)
+	}
+	// Nothing of it was published: the next message is the next POST.
+	e.post("/c/slow", "whole")
+	if got := readText(t, sub); got != "whole" {
+		t.Fatalf("got %q", got)
+	}
+}
+
+// TestEvictedSubscriberSendingAnEmptyFrame is defect 3 of the original: a
+// slow subscriber that was evicted and then sent an empty frame (the page's
+// keep-alive) made its handler panic. Here it gets its 1008 close and the
+// node goes on serving the channel.
+func TestEvictedSubscriberSendingAnEmptyFrame(t *testing.T) {
+	e := start(t, func(c *server.Config) { c.Broker.QueueLen = 4 })
+	slow := e.sub("/ev", 1, "")
+	big := strings.Repeat("m", 60<<10)
+	for sent := 0; metric(t, e.node, "postern_broker_slow_dropped_total") == 0; sent++ {
+		if sent > 5000 {
+			t.Fatal("slow subscriber never dropped")
+		}
+		e.post("/c/ev", big)
+	}
+	// Evicted, not yet reading: its keep-alive goes out all the same.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	slow.Write(ctx, websocket.MessageText, nil)
+	if code := closeCode(t, slow); code != websocket.StatusPolicyViolation {
+		t.Fatalf("close %v, want 1008", code)
+	}
+	e.node.WaitForSubscribers(t, "/ev", 0)
+	c := e.sub("/ev", 1, "")
+	write(t, c, websocket.MessageText, "")
+	if got := readText(t, c); got != "" {
+		t.Fatalf("keep-alive answer %q", got)
+	}
+	e.post("/c/ev", "still here")
+	if got := readText(t, c); got != "still here" {
+		t.Fatalf("got %q", got)
+	}
+}

@@ -57,6 +57,9 @@ type Options struct {
 	MaxMessageBytes int64
 	// MaxPostBytes is the largest POST body.
 	MaxPostBytes int64
+	// BodyReadTimeout bounds the time to receive a POST body; a client
+	// slower than that gets 408. Zero means httpapi.DefaultBodyReadTimeout.
+	BodyReadTimeout time.Duration
 	// PingInterval, PongTimeout and WriteTimeout are the websocket timers.
 	PingInterval time.Duration
 	PongTimeout  time.Duration
@@ -91,6 +94,8 @@ func (o Options) Validate() error {
 		return errors.New("channels max message size must be positive")
 	case o.MaxPostBytes < 1:
 		return errors.New("channels max POST size must be positive")
+	case o.BodyReadTimeout < 0:
+		return errors.New("channels body read timeout must not be negative")
 	case o.PingInterval <= 0 || o.PongTimeout <= 0 || o.WriteTimeout <= 0 || o.KeepAlive <= 0:
 		return errors.New("channels ping interval, pong timeout, write timeout and keep-alive must be positive")
 	}

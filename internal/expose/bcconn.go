@@ -16,6 +16,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/expose/brickchain"
 	"github.com/postern/postern/internal/httpapi"
 	"github.com/postern/postern/internal/relay"
@@ -32,8 +33,11 @@ type bcConn struct {
 	cancel context.CancelFunc
 	base   string // what mandate tokens must name
 	remote string
-	out    chan []byte
-	alive  atomic.Int64 // unix nanoseconds of the last sign of life
+	// mayServe reports whether the handshake may register id: always
+	// without a token policy; with one, it needs serve on /expose/<id>.
+	mayServe func(id string) bool
+	out      chan []byte
+	alive    atomic.Int64 // unix nanoseconds of the last sign of life
 
 	mu      sync.Mutex
 	regs    map[string]*relay.Registration
@@ -58,6 +62,14 @@ func (s *Service) serveSubscribe(w http.ResponseWriter, r *http.Request) {
 	c := &bcConn{
 		s: s, base: s.baseURL(r), remote: r.RemoteAddr, out: make(chan []byte),
 		regs: make(map[string]*relay.Registration), pending: make(map[string]chan bcResult), streams: make(map[string]*wsStream),
+	}
+	c.mayServe = func(string) bool { return true }
+	if p := s.opts.Policy; p.Enabled() {
+		// A signed registration proves only that the agent holds its own
+		// key, which anyone can make: under a policy the id must be
+		// granted too, to the handshake's token or to anonymous (an id
+		// named in an anonymous grant is the holder of one key's alone).
+		c.mayServe = func(id string) bool { return p.Allow(r, auth.Serve, "/expose/"+id) }
 	}
 	s.mu.Lock()
 	closing := s.closing
@@ -233,6 +245,11 @@ func (c *bcConn) register(f brickchain.Frame) {
 		return
 	}
 	id := brickchain.SessionID(v.KeyID, f.Session)
+	if !c.mayServe(id) {
+		c.s.m.registration(transportBrickchain, "forbidden")
+		c.fail(f.ID, "registering "+id+" needs a token granted serve on /expose/"+id+" (or an anonymous grant for the id)")
+		return
+	}
 	c.mu.Lock()
 	_, again := c.regs[id]
 	full := !again && len(c.regs) >= c.s.opts.MaxRegistrations

@@ -122,6 +122,16 @@ func hostOf(hostport string) string {
 	return strings.TrimSuffix(strings.ToLower(h), ".")
 }
 
+// AgentHost reports whether hostport is an agent's host, NAME.<domain>,
+// every path of which ServeHost serves.
+func (s *Service) AgentHost(hostport string) bool {
+	if s.opts.Domain == "" {
+		return false
+	}
+	name, ok := strings.CutSuffix(hostOf(hostport), "."+s.opts.Domain)
+	return ok && name != ""
+}
+
 // ServeHost serves r when its Host is the expose domain's business and
 // reports whether it did: NAME.<domain> goes to agent NAME with its path
 // unchanged; GET / on the bare domain answers the version, as the
@@ -144,10 +154,10 @@ func (s *Service) ServeHost(w http.ResponseWriter, r *http.Request) bool {
 		}
 		return false
 	}
-	name, ok := strings.CutSuffix(host, "."+s.opts.Domain)
-	if !ok || name == "" {
+	if !s.AgentHost(r.Host) {
 		return false
 	}
+	name := strings.TrimSuffix(host, "."+s.opts.Domain)
 	httpapi.SetRoute(r, "expose.host")
 	s.serveName(w, r, name, r.URL.Path, r.URL.RawPath, r.URL.RawQuery)
 	return true
@@ -199,8 +209,10 @@ func (s *Service) serveName(w http.ResponseWriter, r *http.Request, name, path, 
 		}
 		rawQuery = stripToken(r, s.opts.Policy, rawQuery)
 	}
-	forwarded := r.Header.Get(relay.ForwardedHeader) != ""
-	if isBC && !forwarded && !s.limiter.allow(name) {
+	// Counted on every node, forwarded or not: any user can send the
+	// forwarding mark, and the node holding the agent sees every request
+	// for it, so its count is the whole.
+	if isBC && !s.limiter.allow(name) {
 		s.m.request(transport, "rate_limited")
 		httpapi.WritePlain(w, r, errTooMany)
 		return

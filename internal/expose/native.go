@@ -89,9 +89,19 @@ func (s *Service) serveAgent(w http.ResponseWriter, r *http.Request) {
 			}
 			return
 		}
-	} else if !s.opts.AnonymousAgents && !isLoopback(r.RemoteAddr) {
-		fail("forbidden", httpapi.Errorf(http.StatusForbidden, "this server takes agents only from its own host: configure --token-file, or --expose-anonymous-agents"))
-		return
+	} else if !s.opts.AnonymousAgents {
+		switch {
+		case !isLoopback(r.RemoteAddr):
+			fail("forbidden", httpapi.Errorf(http.StatusForbidden, "this server takes agents only from its own host: configure --token-file, or --expose-anonymous-agents"))
+			return
+		case len(r.Header.Values("Origin")) > 0:
+			// A web page in a browser on this host passes the loopback
+			// rule (websockets are not bound by the same-origin policy).
+			// Browsers always send Origin on a websocket handshake; the
+			// native agent never does.
+			fail("forbidden", httpapi.Errorf(http.StatusForbidden, "this server takes agents from its own host only without an Origin header (web pages may not claim names): configure --token-file, or --expose-anonymous-agents"))
+			return
+		}
 	}
 	a := &nativeAgent{name: name}
 	if !s.track(func() { s.natives[a] = struct{}{} }) {
@@ -106,24 +116,22 @@ func (s *Service) serveAgent(w http.ResponseWriter, r *http.Request) {
 	}()
 	public := s.publicURL(r, name)
 	w.Header().Set(PublicURLHeader, public)
-	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
-	if err != nil {
-		return
-	}
-	ws.SetReadLimit(muxconn.ReadLimit())
-	conn := muxconn.Conn(s.ctx, ws)
-	// The server opens the streams: it is yamux's client.
-	sess, err := yamux.Client(conn, muxconn.Config(s.opts.AgentKeepAlive, s.opts.StreamWindow))
-	if err != nil {
-		ws.CloseNow()
-		return
-	}
-	if !a.set(ws, sess) {
-		a.close()
-		return
-	}
+	// The agent reports itself ready as soon as it has the handshake's
+	// answer, so the name is registered before that answer is written:
+	// a request arriving in between waits for the session instead of
+	// getting 502. sess is set before ready is closed.
+	var sess *yamux.Session
+	ready := make(chan struct{})
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			select {
+			case <-ready:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			if sess == nil {
+				return nil, errAgentGone
+			}
 			return sess.Open()
 		},
 		MaxIdleConns:          0,
@@ -136,6 +144,32 @@ func (s *Service) serveAgent(w http.ResponseWriter, r *http.Request) {
 		ReadBufferSize:        32 << 10,
 	}
 	reg := s.hub.Register(name, tr)
+	abort := func() {
+		close(ready)
+		reg.Close()
+		tr.CloseIdleConnections()
+	}
+	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
+	if err != nil {
+		abort()
+		return
+	}
+	ws.SetReadLimit(muxconn.ReadLimit())
+	conn := muxconn.Conn(s.ctx, ws)
+	// The server opens the streams: it is yamux's client.
+	ys, err := yamux.Client(conn, muxconn.Config(s.opts.AgentKeepAlive, s.opts.StreamWindow))
+	if err != nil {
+		ws.CloseNow()
+		abort()
+		return
+	}
+	if !a.set(ws, ys) {
+		a.close()
+		abort()
+		return
+	}
+	sess = ys
+	close(ready)
 	s.m.registration(transportNative, "ok")
 	s.m.agents.WithLabelValues(transportNative).Inc()
 	s.log.Info("expose agent connected", "name", name, "remote", r.RemoteAddr, "url", public)

@@ -98,9 +98,11 @@ type Options struct {
 	AnonymousAgents bool
 
 	// Policy holds postern's scoped tokens: a native agent needs "serve" on
-	// /expose/NAME, a user request "call" on /expose/NAME (grant it to
-	// anonymous for public sites). Nil: user requests are open, as in the
-	// original, and see AnonymousAgents for agents.
+	// /expose/NAME, a brickchain registration "serve" on /expose/<id> (a
+	// token on the subscribe handshake, or an anonymous grant naming the
+	// id), a user request "call" on /expose/NAME (grant it to anonymous for
+	// public sites). Nil: user requests and brickchain registrations are
+	// open, as in the original, and see AnonymousAgents for native agents.
 	Policy *auth.Policy
 	// Metrics is the registry the capability's metrics go to; nil: none.
 	Metrics prometheus.Registerer

@@ -11,9 +11,11 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/postern/postern/internal/auth"
@@ -107,6 +109,9 @@ type Relay struct {
 	closing  bool
 	quit     chan struct{}
 	changed  chan struct{} // closed and replaced when poll counts change
+	// reserved counts the bytes set aside for response messages still
+	// arriving (see readMessage).
+	reserved atomic.Int64
 
 	hClient, hName, hPoll, hResponse, hStream http.Handler
 }
@@ -322,11 +327,7 @@ func (g *Relay) servePoll(w http.ResponseWriter, r *http.Request) error {
 // serveResponse is POST /server/response: one chunk of a response.
 func (g *Relay) serveResponse(w http.ResponseWriter, r *http.Request) error {
 	httpapi.SetRoute(r, "relay.response")
-	body, err := readMessage(w, r, g.opts.MaxResponseMessageBytes)
-	var tooLarge *http.MaxBytesError
-	if errors.As(err, &tooLarge) {
-		return errTooLarge
-	}
+	body, err := g.readMessage(w, r)
 	if err != nil {
 		return err
 	}
@@ -416,10 +417,41 @@ func (g *Relay) serveRequestStream(w http.ResponseWriter, r *http.Request) error
 // length is declared (chunks are large: no doubling and copying, no fresh
 // allocation per chunk). The caller gives the buffer back with putMessage
 // once nothing refers to it.
-func readMessage(w http.ResponseWriter, r *http.Request, max int64) ([]byte, error) {
-	body := http.MaxBytesReader(w, r.Body, max)
-	if r.ContentLength > 0 && r.ContentLength <= max {
-		b := getMessage(int(r.ContentLength))
+//
+// The message is read before it can be authorized (the id inside it names
+// the backend), so what an anonymous client may make the server hold is
+// bounded: declared lengths are set aside only within
+// MaxResponseReserveBytes for all messages still arriving (beyond it, the
+// buffer grows with the bytes that actually came), and the body must
+// arrive within InactiveRequestTimeout, after which no request would have
+// survived without a chunk anyway.
+func (g *Relay) readMessage(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	max := g.opts.MaxResponseMessageBytes
+	rc := http.NewResponseController(w)
+	deadline := rc.SetReadDeadline(time.Now().Add(g.opts.InactiveRequestTimeout)) == nil
+	b, err := g.readBody(http.MaxBytesReader(w, r.Body, max), r.ContentLength, max)
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooLarge):
+		return nil, errTooLarge
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		// The deadline stays: the rest of the body is not waited for and
+		// the connection closes after the answer.
+		w.Header().Set("Connection", "close")
+		return nil, httpapi.ErrBodyTimeout
+	case err != nil:
+		return nil, httpapi.ErrBodyIncomplete
+	}
+	if deadline {
+		rc.SetReadDeadline(time.Time{})
+	}
+	return b, nil
+}
+
+func (g *Relay) readBody(body io.Reader, n, max int64) ([]byte, error) {
+	if n > 0 && n <= max && g.reserve(n) {
+		defer g.reserved.Add(-n)
+		b := getMessage(int(n))
 		if _, err := io.ReadFull(body, b); err != nil {
 			putMessage(b)
 			return nil, err
@@ -427,6 +459,20 @@ func readMessage(w http.ResponseWriter, r *http.Request, max int64) ([]byte, err
 		return b, nil
 	}
 	return io.ReadAll(body)
+}
+
+// reserve sets n bytes aside for a message still arriving, when that keeps
+// the total within MaxResponseReserveBytes.
+func (g *Relay) reserve(n int64) bool {
+	for {
+		cur := g.reserved.Load()
+		if cur+n > g.opts.MaxResponseReserveBytes {
+			return false
+		}
+		if g.reserved.CompareAndSwap(cur, cur+n) {
+			return true
+		}
+	}
 }
 
 // Message buffers are pooled by power-of-two size classes from 64 KiB to

@@ -46,6 +46,13 @@ const (
 	DefaultMaxRequestBodyBytes int64 = 64 << 20
 	// DefaultMaxResponseMessageBytes bounds one /server/response message.
 	DefaultMaxResponseMessageBytes int64 = 64 << 20
+	// DefaultMaxResponseReserveBytes bounds the memory set aside, all
+	// /server/response messages together, for bodies announced by their
+	// Content-Length and still arriving. A message is read before it can
+	// be authorized (its id names the backend), so announcing is free to
+	// anyone: past this, bodies are read into memory that grows only as
+	// their bytes arrive.
+	DefaultMaxResponseReserveBytes int64 = 64 << 20
 	// MaxNameLen is the longest backend name.
 	MaxNameLen = 256
 )
@@ -78,6 +85,11 @@ type Options struct {
 	// MaxResponseMessageBytes bounds one posted HttpResponse (400 above, so
 	// the relay client stops retrying).
 	MaxResponseMessageBytes int64
+	// MaxResponseReserveBytes bounds the memory set aside up front for
+	// posted HttpResponses still arriving, all of them together (0: none
+	// is, every message grows as it arrives). A message must arrive within
+	// InactiveRequestTimeout (408 otherwise).
+	MaxResponseReserveBytes int64
 	// Logger receives the front door's logs; nil: slog.Default().
 	Logger *slog.Logger
 }
@@ -93,6 +105,7 @@ func DefaultOptions() Options {
 		RequestStreamTimeout:    DefaultRequestStreamTimeout,
 		MaxRequestBodyBytes:     DefaultMaxRequestBodyBytes,
 		MaxResponseMessageBytes: DefaultMaxResponseMessageBytes,
+		MaxResponseReserveBytes: DefaultMaxResponseReserveBytes,
 	}
 }
 
@@ -115,6 +128,8 @@ func (o Options) Validate() error {
 		return errors.New("relay max request body must be positive")
 	case o.MaxResponseMessageBytes < 1:
 		return errors.New("relay max response message must be positive")
+	case o.MaxResponseReserveBytes < 0:
+		return errors.New("relay response reserve must not be negative")
 	}
 	return nil
 }

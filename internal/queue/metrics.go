@@ -1,6 +1,8 @@
 package queue
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/postern/postern/internal/store"
@@ -13,6 +15,7 @@ type metrics struct {
 	deliveredC *prometheus.CounterVec
 	restoredC  *prometheus.CounterVec
 	waitersG   *prometheus.GaugeVec
+	wakeH      *prometheus.HistogramVec
 }
 
 func newMetrics(reg prometheus.Registerer, c *Core, st store.Engine) *metrics {
@@ -41,11 +44,16 @@ func newMetrics(reg prometheus.Registerer, c *Core, st store.Engine) *metrics {
 			Name: "postern_queue_waiters",
 			Help: "Long-polls waiting for a message or a reply.",
 		}, []string{"kind"}),
+		wakeH: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "postern_queue_wake_seconds",
+			Help:    "Time from a write waking a waiting long-poll (or its wake-up arriving from another node) to that long-poll holding the message or reply.",
+			Buckets: []float64{.00001, .000025, .00005, .0001, .00025, .0005, .001, .002, .005, .01, .025, .1, 1},
+		}, []string{"kind"}),
 	}
 	if reg == nil {
 		return m
 	}
-	reg.MustRegister(m.appendedC, m.trimmedC, m.refusedC, m.deliveredC, m.restoredC, m.waitersG)
+	reg.MustRegister(m.appendedC, m.trimmedC, m.refusedC, m.deliveredC, m.restoredC, m.waitersG, m.wakeH)
 	if stats, ok := st.(store.Stats); ok {
 		reg.MustRegister(
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -72,3 +80,6 @@ func (m *metrics) refused(kind string)          { m.refusedC.WithLabelValues(kin
 func (m *metrics) delivered(kind string, n int) { m.deliveredC.WithLabelValues(kind).Add(float64(n)) }
 func (m *metrics) restored(kind string)         { m.restoredC.WithLabelValues(kind).Inc() }
 func (m *metrics) waiting(kind string, d int)   { m.waitersG.WithLabelValues(kind).Add(float64(d)) }
+func (m *metrics) woken(kind string, d time.Duration) {
+	m.wakeH.WithLabelValues(kind).Observe(d.Seconds())
+}

@@ -56,9 +56,18 @@ type Core struct {
 }
 
 type waitSet struct {
-	ch chan struct{} // closed and replaced on every wake
-	n  int
+	sig *signal // closed and replaced on every wake
+	n   int
 }
+
+// signal is one wake of a key: ch is closed when it happens, after at is
+// set, so a woken waiter can tell how long it took to run again.
+type signal struct {
+	ch chan struct{}
+	at time.Time
+}
+
+func newSignal() *signal { return &signal{ch: make(chan struct{})} }
 
 // New returns a core on st. If st implements store.Fanout, the core
 // subscribes to WakeTopic; Shutdown ends the subscription.
@@ -133,20 +142,20 @@ func (c *Core) addWaiting(d int) {
 
 // watch registers interest in key and returns the channel that the next wake
 // of key closes. release must be called once.
-func (c *Core) watch(key string) (<-chan struct{}, func()) {
+func (c *Core) watch(key string) (*signal, func()) {
 	c.mu.Lock()
 	ws := c.waiters[key]
 	if ws == nil {
-		ws = &waitSet{ch: make(chan struct{})}
+		ws = &waitSet{sig: newSignal()}
 		c.waiters[key] = ws
 	}
 	ws.n++
 	c.addWaiting(1)
-	ch := ws.ch
+	sig := ws.sig
 	c.mu.Unlock()
 	kind := kindOf(key)
 	c.m.waiting(kind, 1)
-	return ch, func() {
+	return sig, func() {
 		c.mu.Lock()
 		ws.n--
 		c.addWaiting(-1)
@@ -162,8 +171,9 @@ func (c *Core) watch(key string) (<-chan struct{}, func()) {
 func (c *Core) wake(key string) {
 	c.mu.Lock()
 	if ws := c.waiters[key]; ws != nil {
-		close(ws.ch)
-		ws.ch = make(chan struct{})
+		ws.sig.at = time.Now()
+		close(ws.sig.ch)
+		ws.sig = newSignal()
 	}
 	c.mu.Unlock()
 }
@@ -192,22 +202,27 @@ func (c *Core) await(ctx context.Context, key string, wait time.Duration, try fu
 			timer.Stop()
 		}
 	}()
+	var woke *signal // the wake that let the last try run, if any
 	for {
 		if err := ctx.Err(); err != nil {
 			return false, err
 		}
-		ch, release := c.watch(key)
+		sig, release := c.watch(key)
 		found, err := try()
 		if found || err != nil {
 			release()
+			if found && woke != nil {
+				c.m.woken(kindOf(key), time.Since(woke.at))
+			}
 			return found, err
 		}
 		if timer == nil {
 			timer = time.NewTimer(wait)
 		}
 		select {
-		case <-ch:
+		case <-sig.ch:
 			release()
+			woke = sig
 		case <-timer.C:
 			release()
 			return false, nil

@@ -246,3 +246,45 @@ func TestRestoreWakesWaiter(t *testing.T) {
 		}
 	})
 }
+
+// TestWakeIsTimed: a long-poll woken by an append is counted in
+// postern_queue_wake_seconds; one that finds its message at once is not.
+func TestWakeIsTimed(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reg := prometheus.NewRegistry()
+		st := memstore.New(memstore.Options{SweepInterval: -1})
+		defer st.Close()
+		c, err := queue.New(st, queue.Options{Metrics: reg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Shutdown(context.Background())
+		ctx := context.Background()
+		done := make(chan struct{})
+		go func() {
+			c.Take(ctx, "t/x", store.TakeDelete, time.Minute)
+			close(done)
+		}()
+		synctest.Wait()
+		c.Append(ctx, "t/x", msg("woken"), store.AppendOptions{})
+		<-done
+		c.Append(ctx, "t/x", msg("there already"), store.AppendOptions{})
+		c.Take(ctx, "t/x", store.TakeDelete, time.Minute)
+
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var count uint64
+		for _, mf := range mfs {
+			if mf.GetName() == "postern_queue_wake_seconds" {
+				for _, m := range mf.GetMetric() {
+					count += m.GetHistogram().GetSampleCount()
+				}
+			}
+		}
+		if count != 1 {
+			t.Fatalf("postern_queue_wake_seconds counted %d wakes, want 1", count)
+		}
+	})
+}

@@ -478,8 +478,9 @@ func (h *Hub) Serve(w http.ResponseWriter, r *http.Request, t Target) {
 }
 
 // rewrite shapes the outbound request: the target's path and query, the
-// user's Host, and X-Forwarded-* as a proxy sets them (kept as they came
-// when another node forwarded the request).
+// user's Host, and X-Forwarded-* as a proxy sets them (on a forwarded
+// request the hops and scheme it lists are kept, and the address this node
+// saw is appended).
 func (h *Hub) rewrite(pr *httputil.ProxyRequest) {
 	c := callFrom(pr.In.Context())
 	out := pr.Out
@@ -493,10 +494,21 @@ func (h *Hub) rewrite(pr *httputil.ProxyRequest) {
 	out.URL.Fragment = ""
 	out.Host = pr.In.Host
 	if c.forwarded {
-		for _, k := range []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"} {
-			if v, ok := pr.In.Header[k]; ok {
-				out.Header[k] = v
-			}
+		// Another node forwarded it, or a user claims so: the mark proves
+		// nothing. Keep the hops it lists and append the address this node
+		// saw, as every proxy does, so that the last hop is never the
+		// sender's choice; keep the scheme the first node saw. (The Host,
+		// hence X-Forwarded-Host, is the user's on every node.)
+		if v, ok := pr.In.Header["Forwarded"]; ok {
+			out.Header["Forwarded"] = v
+		}
+		if v, ok := pr.In.Header["X-Forwarded-For"]; ok {
+			out.Header["X-Forwarded-For"] = v
+		}
+		proto := pr.In.Header.Get("X-Forwarded-Proto")
+		pr.SetXForwarded()
+		if proto == "http" || proto == "https" {
+			out.Header.Set("X-Forwarded-Proto", proto)
 		}
 	} else {
 		if v, ok := pr.In.Header["Forwarded"]; ok {

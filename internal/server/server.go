@@ -142,6 +142,8 @@ type Server struct {
 	relayHub *relay.Hub
 	relay    *gcrrelay.Relay
 	expose   *expose.Service
+	// exposeHub is the expose capability's relay hub.
+	exposeHub *relay.Hub
 	// relayMetrics are shared by every relay hub of the node.
 	relayMetrics *relay.Metrics
 	handler      http.Handler
@@ -269,6 +271,7 @@ func New(cfg Config) (*Server, error) {
 		return fail(err)
 	}
 	undo = append(undo, hub.Shutdown)
+	s.exposeHub = hub
 	eo := cfg.Expose
 	eo.Metrics, eo.Logger = s.registry, s.log
 	if s.expose, err = expose.New(hub, eo); err != nil {
@@ -308,7 +311,6 @@ func New(cfg Config) (*Server, error) {
 
 	rl := cfg.RateLimit
 	rl.Metrics = s.registry
-	rl.Exempt = append(rl.Exempt, "/healthz", "/readyz", "/metrics")
 	limiter := ratelimit.New(rl, cfg.Policy)
 
 	m := httpapi.NewMetrics(s.registry, s.log)
@@ -320,7 +322,19 @@ func New(cfg Config) (*Server, error) {
 		}
 		mux.ServeHTTP(w, r)
 	})
-	s.handler = m.Wrap(limiter.Wrap(hosts))
+	limited := limiter.Wrap(hosts)
+	// The node's health and metrics endpoints are never rate limited; on
+	// an agent's host those paths are the agent's, and are.
+	s.handler = m.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/healthz", "/readyz", "/metrics":
+			if !s.expose.AgentHost(r.Host) {
+				mux.ServeHTTP(w, r)
+				return
+			}
+		}
+		limited.ServeHTTP(w, r)
+	}))
 	// HTTP/2 without TLS (prior knowledge), as the original relay served
 	// for gRPC clients, next to HTTP/1.1; with TLS, HTTP/2 by ALPN too.
 	protocols := new(http.Protocols)
@@ -358,6 +372,7 @@ func (s *Server) statusPage() *web.Web {
 			{Name: "tunnel_messages", Metric: "postern_queue_appended_total"},
 			{Name: "channel_messages", Metric: "postern_broker_published_total"},
 			{Name: "channel_deliveries", Metric: "postern_broker_delivered_total"},
+			{Name: "inbox_messages", Metric: "postern_inbox_sent_total"},
 			{Name: "relay_requests", Metric: "postern_relay_requests_total"},
 		},
 	})
@@ -379,6 +394,11 @@ func (s *Server) statusPage() *web.Web {
 		return struct {
 			Backends int `json:"connected_backends"`
 		}{len(s.relayHub.Names())}
+	})
+	w.Section("expose", func(context.Context) any {
+		return struct {
+			Agents int `json:"connected_agents"`
+		}{len(s.exposeHub.Names())}
 	})
 	w.Section("cluster", func(context.Context) any {
 		me := s.nodes.self()

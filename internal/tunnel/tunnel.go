@@ -297,6 +297,11 @@ func (t *Tunnels) writeBody(w http.ResponseWriter, m store.Message) error {
 	}
 	h.Set("Content-Type", ct)
 	h.Set("Content-Length", strconv.Itoa(len(m.Body)))
+	// The body and its type are the producer's, served on postern's own
+	// origin: a browser opening it as a page gets no script and no origin
+	// of its own (fetch and API clients ignore both headers).
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Content-Security-Policy", "sandbox")
 	w.WriteHeader(http.StatusOK)
 	if _, err := w.Write(m.Body); err != nil {
 		return err

@@ -881,3 +881,85 @@ func TestLargeQueueKeepsOrder(t *testing.T) {
 		}
 	})
 }
+
+// TestReadsCreateNoStorage is defect 14 of the original: any read created
+// storage for the tunnel that never went away, so an anonymous client
+// reading random tunnel ids grew the server without bound. Reads, status,
+// acknowledgements and clears of tunnels nobody produced to leave nothing
+// behind; trims are counted.
+func TestReadsCreateNoStorage(t *testing.T) {
+	for _, spec := range []string{"memory", "file:" + t.TempDir()} {
+		t.Run(strings.SplitN(spec, ":", 2)[0], func(t *testing.T) {
+			cfg := servertest.Config()
+			cfg.Store = spec
+			cfg.Tunnel.MaxLen = 2
+			n := servertest.Start(t, cfg)
+			e := &env{t: t, node: n, c: &http.Client{}}
+			defer e.c.CloseIdleConnections()
+			for i := range 50 {
+				id := fmt.Sprintf("never-%d", i)
+				e.want(e.do("GET", "/t/"+id, ""), 204, "")
+				e.want(e.do("GET", "/t/"+id+"?pending", ""), 204, "")
+				e.want(e.do("GET", "/t/"+id+"/poll?timeout=0", ""), 204, "")
+				e.want(e.do("GET", "/t/"+id+"/len", ""), 204, "")
+				e.want(e.do("GET", "/t/"+id+"/1-1", ""), 204, "")
+				e.want(e.do("DELETE", "/t/"+id+"/1-1", ""), 204, "")
+				e.want(e.do("GET", "/t/"+id+"/1-1/reply/poll?timeout=0", ""), 204, "")
+				e.want(e.do("POST", "/t/"+id+"/1-1/reply", "r"), 204, "")
+				e.want(e.do("DELETE", "/t/"+id+"/all", ""), 204, "")
+			}
+			// A waiter that leaves takes its tunnel with it.
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				req, _ := http.NewRequestWithContext(ctx, "GET", n.URL+"/t/never-waited/poll?timeout=30", nil)
+				if res, err := e.c.Do(req); err == nil {
+					res.Body.Close()
+				}
+			}()
+			n.WaitForLongPolls(t, 1)
+			cancel()
+			<-done
+			n.WaitForLongPolls(t, 0)
+			metrics := e.do("GET", "/metrics", "").body
+			if v, ok := metricValue(metrics, "postern_queue_queues"); !ok || v != "0" {
+				t.Fatalf("postern_queue_queues = %q (present %v) after reads of tunnels nobody produced to", v, ok)
+			}
+			// Backpressure off for a request: the oldest is trimmed, said so
+			// in the answer and counted.
+			e.produce("full", "a")
+			e.produce("full", "b")
+			if r := e.do("POST", "/t/full?limit=0", "c"); r.status != 201 || r.h.Get("X-Queue-Trimmed") != "1" {
+				t.Fatalf("trim: %d %v", r.status, r.h)
+			}
+			if v, ok := metricValue(e.do("GET", "/metrics", "").body, `postern_queue_trimmed_total{kind="t"}`); v != "1" {
+				t.Fatalf("postern_queue_trimmed_total = %q (present %v)", v, ok)
+			}
+		})
+	}
+}
+
+// TestMessagesAreSandboxed: a message is served with the Content-Type its
+// producer gave it (the contract), so anyone who may produce to a tunnel
+// (a public id, an anonymous grant) could store an HTML page with script
+// and have a browser run it on postern's origin. Messages and replies are
+// served sandboxed (no script, an opaque origin) and unsniffed.
+func TestMessagesAreSandboxed(t *testing.T) {
+	forEachStore(t, func(o *tunnel.Options) { o.PublicIDs = []string{"demo"}; o.AccessToken = "tok" }, func(e *env) {
+		page := `<script>fetch("/_postern/status")</script>`
+		id := e.produce("demo", page, "Content-Type", "text/html")
+		check := func(r resp, what string) {
+			t.Helper()
+			if r.status != 200 || r.body != page || r.h.Get("Content-Type") != "text/html" ||
+				r.h.Get("Content-Security-Policy") != "sandbox" || r.h.Get("X-Content-Type-Options") != "nosniff" {
+				t.Fatalf("%s: %d %q %v", what, r.status, r.body, r.h)
+			}
+		}
+		check(e.do("GET", "/t/demo?pending", ""), "pending read")
+		e.want(e.do("POST", "/t/demo/"+id+"/reply", page, "Content-Type", "text/html"), 201, "")
+		check(e.do("GET", "/t/demo/"+id+"/reply", ""), "reply")
+		e.produce("demo", page, "Content-Type", "text/html")
+		check(e.do("GET", "/t/demo/poll?timeout=1", ""), "poll")
+	})
+}

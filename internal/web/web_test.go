@@ -71,15 +71,16 @@ func TestPageAndStatus(t *testing.T) {
 	}
 	res.Body.Close()
 	st := status(t, n.URL)
-	for _, k := range []string{"node", "rates", "tunnels", "channels", "relay", "cluster", "store"} {
+	for _, k := range []string{"node", "rates", "tunnels", "channels", "relay", "expose", "cluster", "store"} {
 		if st[k] == nil {
 			t.Fatalf("status lacks %q: %v", k, st)
 		}
 	}
-	if st["channels"]["prefix"] != "/c" || st["channels"]["published"] != 1.0 || st["store"]["engine"] != "memory" {
+	if st["channels"]["prefix"] != "/c" || st["channels"]["published"] != 1.0 || st["store"]["engine"] != "memory" ||
+		st["expose"]["connected_agents"] != 0.0 || st["relay"]["connected_backends"] != 0.0 {
 		t.Fatalf("status %v", st)
 	}
-	for _, k := range []string{"http_requests", "channel_messages", "channel_deliveries", "tunnel_messages"} {
+	for _, k := range []string{"http_requests", "channel_messages", "channel_deliveries", "tunnel_messages", "inbox_messages", "relay_requests"} {
 		if _, ok := st["rates"][k]; !ok {
 			t.Fatalf("rates lack %q: %v", k, st["rates"])
 		}
