@@ -10,7 +10,9 @@ package main
 // Diagnostics: POSTERN_BENCH_MEMSTATS=<file prefix> makes the children
 // print memory statistics and write heap profiles at each measurement (and
 // the fan-out print postern's delivery counters);
-// POSTERN_BENCH_CPUPROFILE=<file> profiles the postern child's CPU.
+// POSTERN_BENCH_CPUPROFILE=<prefix> writes CPU profiles of the measured
+// fan-out messages: <prefix>.<kind>.<subs> of the server child and
+// <prefix>.<kind>.<subs>.client of the harness.
 
 import (
 	"bufio"
@@ -132,6 +134,32 @@ func (c *child) stop() error {
 	return c.cmd.Wait()
 }
 
+// control sends the child a control request.
+func (c *child) control(path string) error {
+	res, err := http.Get(c.ctl + path)
+	if err != nil {
+		return err
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	if res.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s: %s", path, res.Status, strings.TrimSpace(string(b)))
+	}
+	return nil
+}
+
+// cpu reports the CPU time (user and system) the child has used.
+func (c *child) cpu() (time.Duration, error) {
+	res, err := http.Get(c.ctl + "/cpu")
+	if err != nil {
+		return 0, err
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	return time.Duration(n), err
+}
+
 // rss asks the child to collect garbage and return memory to the OS, then
 // reports its resident set in bytes.
 func (c *child) rss() (float64, error) {
@@ -183,13 +211,8 @@ func runChild(kind string) int {
 	}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(ln)
-	if f := os.Getenv("POSTERN_BENCH_CPUPROFILE"); f != "" && kind == "postern" {
-		if out, err := os.Create(f); err == nil {
-			pprof.StartCPUProfile(out)
-			defer func() { pprof.StopCPUProfile(); out.Close() }()
-		}
-	}
-	go http.Serve(ctl, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/rss", func(w http.ResponseWriter, r *http.Request) {
 		// Let connections in progress settle (handlers finishing their
 		// handshakes) before measuring.
 		for last, same, i := -1, 0, 0; same < 3 && i < 100; i++ {
@@ -212,7 +235,17 @@ func runChild(kind string) int {
 				f.Close()
 			}
 		}
-	}))
+	})
+	mux.HandleFunc("/cpu", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%d\n", ownCPU())
+	})
+	mux.HandleFunc("/profile/start", func(w http.ResponseWriter, r *http.Request) {
+		if err := startCPUProfile(r.FormValue("file")); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+		}
+	})
+	mux.HandleFunc("/profile/stop", func(w http.ResponseWriter, r *http.Request) { stopCPUProfile() })
+	go http.Serve(ctl, mux)
 	fmt.Printf("listening %s %s\n", ln.Addr(), ctl.Addr())
 	io.Copy(io.Discard, os.Stdin)
 	stop()
@@ -436,18 +469,27 @@ func closeAll(conns []*wsClient) {
 	}
 }
 
+// fanoutResult is what one fan-out run measured.
+type fanoutResult struct {
+	p50, p99 time.Duration
+	// serverCPU and clientCPU are the CPU time (user and system) the
+	// server process and the harness spent per delivery while the
+	// measured messages went out.
+	serverCPU, clientCPU time.Duration
+}
+
 // fanout measures, for one server, the delivery latency of each message
 // to each of subs subscribers: messages are published one after another,
 // each once every subscriber has the previous one.
-func fanout(ctx context.Context, kind, pubPath, subPath string, subs int) (p50, p99 time.Duration, err error) {
+func fanout(ctx context.Context, kind, pubPath, subPath string, subs int) (res fanoutResult, err error) {
 	ch, err := startChild(kind)
 	if err != nil {
-		return 0, 0, err
+		return res, err
 	}
 	defer ch.stop()
 	conns, err := dialAll(ctx, ch.base, subs, func(int) string { return subPath })
 	if err != nil {
-		return 0, 0, err
+		return res, err
 	}
 	// Let the server register every subscriber: postern subscribes before
 	// it completes the handshake, the baseline right after; one warm-up
@@ -455,30 +497,29 @@ func fanout(ctx context.Context, kind, pubPath, subPath string, subs int) (p50, 
 	var got atomic.Int64
 	arrived := make(chan struct{}, 1)
 	lat := make([][]time.Duration, len(conns))
-	var readers sync.WaitGroup
-	defer func() { closeAll(conns); readers.Wait() }()
-	for i, c := range conns {
-		readers.Go(func() {
-			samples := make([]time.Duration, 0, fanoutMessages)
-			defer func() { lat[i] = samples }()
-			for {
-				b, err := c.next()
-				if err != nil {
-					return
-				}
-				now := time.Now()
-				if sent, err := strconv.ParseInt(string(b), 10, 64); err == nil && sent > 0 {
-					samples = append(samples, now.Sub(time.Unix(0, sent)))
-				}
-				if got.Add(1)%int64(len(conns)) == 0 {
-					select {
-					case arrived <- struct{}{}:
-					default:
-					}
-				}
-			}
-		})
+	for i := range lat {
+		lat[i] = make([]time.Duration, 0, fanoutMessages)
 	}
+	total := int64(len(conns))
+	readers, err := startReaders(conns, func(i int, b []byte, at time.Time) {
+		if sent := parseStamp(b); sent > 0 {
+			lat[i] = append(lat[i], at.Sub(time.Unix(0, sent)))
+		}
+		if got.Add(1)%total == 0 {
+			select {
+			case arrived <- struct{}{}:
+			default:
+			}
+		}
+	})
+	if err != nil {
+		return res, err
+	}
+	defer func() {
+		if readers != nil {
+			readers.stop()
+		}
+	}()
 	hc := httpClient(1)
 	post := func(body string) error {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, ch.base+pubPath, strings.NewReader(body))
@@ -498,19 +539,47 @@ func fanout(ctx context.Context, kind, pubPath, subPath string, subs int) (p50, 
 		return nil
 	}
 	if err := post("0"); err != nil {
-		return 0, 0, err
+		return res, err
 	}
-	if err := wait(int64(len(conns))); err != nil {
-		return 0, 0, fmt.Errorf("warm-up: %w", err)
+	if err := wait(total); err != nil {
+		return res, fmt.Errorf("warm-up: %w", err)
 	}
+	prof := os.Getenv("POSTERN_BENCH_CPUPROFILE")
+	if prof != "" {
+		prof = fmt.Sprintf("%s.%s.%d", prof, kind, subs)
+		if err := ch.control("/profile/start?file=" + prof); err != nil {
+			return res, err
+		}
+		if err := startCPUProfile(prof + ".client"); err != nil {
+			return res, err
+		}
+	}
+	srv0, err := ch.cpu()
+	if err != nil {
+		return res, err
+	}
+	cli0 := ownCPU()
 	for i := 1; i <= fanoutMessages; i++ {
 		if err := post(strconv.FormatInt(time.Now().UnixNano(), 10)); err != nil {
-			return 0, 0, err
+			return res, err
 		}
-		if err := wait(int64((i + 1) * len(conns))); err != nil {
-			return 0, 0, err
+		if err := wait(int64(i+1) * total); err != nil {
+			return res, err
 		}
 	}
+	cli1 := ownCPU()
+	srv1, err := ch.cpu()
+	if err != nil {
+		return res, err
+	}
+	if prof != "" {
+		stopCPUProfile()
+		if err := ch.control("/profile/stop"); err != nil {
+			return res, err
+		}
+	}
+	deliveries := time.Duration(fanoutMessages * len(conns))
+	res.serverCPU, res.clientCPU = (srv1-srv0)/deliveries, (cli1-cli0)/deliveries
 	if os.Getenv("POSTERN_BENCH_MEMSTATS") != "" {
 		if res, err := http.Get(ch.base + "/metrics"); err == nil {
 			b, _ := io.ReadAll(res.Body)
@@ -522,14 +591,64 @@ func fanout(ctx context.Context, kind, pubPath, subPath string, subs int) (p50, 
 			}
 		}
 	}
-	closeAll(conns)
-	readers.Wait()
+	readers.stop()
+	readers = nil
 	all := slices.Concat(lat...)
 	if len(all) != fanoutMessages*len(conns) {
-		return 0, 0, fmt.Errorf("%s: %d latency samples, want %d", kind, len(all), fanoutMessages*len(conns))
+		return res, fmt.Errorf("%s: %d latency samples, want %d", kind, len(all), fanoutMessages*len(conns))
 	}
 	r := LoadResult{Latencies: all}
-	return r.Percentile(50), r.Percentile(99), nil
+	res.p50, res.p99 = r.Percentile(50), r.Percentile(99)
+	return res, nil
+}
+
+// parseStamp reads the decimal Unix-nanosecond stamp a fan-out message
+// carries, without allocating; 0 when b is not one.
+func parseStamp(b []byte) int64 {
+	if len(b) == 0 || len(b) > 19 {
+		return 0
+	}
+	var v int64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0
+		}
+		v = v*10 + int64(c-'0')
+	}
+	return v
+}
+
+// ownCPU is the CPU time (user and system) this process has used.
+func ownCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func startCPUProfile(file string) error {
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return err
+	}
+	cpuProfileFile = f
+	return nil
+}
+
+// cpuProfileFile is the file of the CPU profile running, if any.
+var cpuProfileFile *os.File
+
+func stopCPUProfile() {
+	pprof.StopCPUProfile()
+	if cpuProfileFile != nil {
+		cpuProfileFile.Close()
+		cpuProfileFile = nil
+	}
 }
 
 func runFanout(ctx context.Context, o Options) ([]Figure, error) {
@@ -538,21 +657,25 @@ func runFanout(ctx context.Context, o Options) ([]Figure, error) {
 	}
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	var figs []Figure
+	us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
 	for _, subs := range []int{fanoutSubscribers / 10, fanoutSubscribers} {
-		p50, p99, err := fanout(ctx, "postern", "/c/fan", "/c/fan", subs)
+		p, err := fanout(ctx, "postern", "/c/fan", "/c/fan", subs)
 		if err != nil {
 			return nil, err
 		}
-		b50, b99, err := fanout(ctx, "baseline", "/fan", "/fan", subs)
+		b, err := fanout(ctx, "baseline", "/fan", "/fan", subs)
 		if err != nil {
 			return nil, err
 		}
 		n := strconv.Itoa(subs)
 		figs = append(figs,
-			Figure{Name: "p50 delivery to " + n + " subs", Unit: "ms", Value: ms(p50), Baseline: ms(b50), LowerIsBetter: true},
-			Figure{Name: "p99 delivery to " + n + " subs", Unit: "ms", Value: ms(p99), Baseline: ms(b99), LowerIsBetter: true})
+			Figure{Name: "p50 delivery to " + n + " subs", Unit: "ms", Value: ms(p.p50), Baseline: ms(b.p50), LowerIsBetter: true},
+			Figure{Name: "p99 delivery to " + n + " subs", Unit: "ms", Value: ms(p.p99), Baseline: ms(b.p99), LowerIsBetter: true})
 		if subs == fanoutSubscribers {
-			figs = append(figs, Figure{Name: "p99 delivery to " + n + " subs (absolute)", Unit: "ms", Value: ms(p99), LowerIsBetter: true, Goal: 100})
+			figs = append(figs,
+				Figure{Name: "p99 delivery to " + n + " subs (absolute)", Unit: "ms", Value: ms(p.p99), LowerIsBetter: true, Goal: 100},
+				Figure{Name: "server CPU per delivery (" + n + " subs)", Unit: "µs", Value: us(p.serverCPU), Baseline: us(b.serverCPU), LowerIsBetter: true},
+				Figure{Name: "client CPU per delivery (" + n + " subs)", Unit: "µs", Value: us(p.clientCPU), Baseline: us(b.clientCPU), LowerIsBetter: true})
 		}
 	}
 	return figs, nil
@@ -583,11 +706,11 @@ func idleMemory(ctx context.Context, kind, prefix string) (fresh, pinged float64
 		return 0, 0, err
 	}
 	// Clients must read for their connections to be healthy (pongs).
-	var readers sync.WaitGroup
-	defer func() { closeAll(conns); readers.Wait() }()
-	for _, c := range conns {
-		readers.Go(func() { c.next() })
+	readers, err := startReaders(conns, func(int, []byte, time.Time) {})
+	if err != nil {
+		return 0, 0, err
 	}
+	defer readers.stop()
 	after, err := ch.rss()
 	if err != nil {
 		return 0, 0, err

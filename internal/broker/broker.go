@@ -116,6 +116,41 @@ type Message struct {
 	Binary bool
 	// Body is the message.
 	Body []byte
+
+	// wire holds the message's wire forms once transports made them; nil
+	// for messages that are not shared (replays, Deliver).
+	wire *wireForms
+}
+
+// WireForms is how many wire forms (see Message.Wire) a message keeps.
+const WireForms = 2
+
+type wireForms [WireForms]atomic.Pointer[[]byte]
+
+// shared returns a message to hand to many subscribers: one that keeps
+// its wire forms.
+func shared(m Message) *Message {
+	return &Message{ID: m.ID, Binary: m.Binary, Body: m.Body, wire: new(wireForms)}
+}
+
+// Wire returns form i (below WireForms) of the message as a transport
+// sends it: encode makes it the first time any subscriber's transport
+// asks, and a message published to N subscribers is then encoded once,
+// not N times. encode must depend only on the message (for a given i).
+// The result is shared and must not be modified.
+func (m *Message) Wire(i int, encode func(*Message) []byte) []byte {
+	if m.wire == nil {
+		return encode(m)
+	}
+	f := &m.wire[i]
+	if p := f.Load(); p != nil {
+		return *p
+	}
+	b := encode(m)
+	if f.CompareAndSwap(nil, &b) {
+		return b
+	}
+	return *f.Load()
 }
 
 // Content types under which messages are recorded in the history.
@@ -254,7 +289,7 @@ func (b *Broker) Publish(ctx context.Context, channel string, m Message) (Publis
 	lock := &b.pubLocks[b.shardIndex(channel)]
 	lock.Lock()
 	defer lock.Unlock()
-	msg := &Message{Binary: m.Binary, Body: m.Body}
+	msg := shared(Message{Binary: m.Binary, Body: m.Body})
 	if b.hist != nil && (b.fan != nil || b.recording(channel)) {
 		ct := contentText
 		if m.Binary {

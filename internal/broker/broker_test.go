@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -552,5 +553,72 @@ func BenchmarkFanout1000(b *testing.B) {
 		for _, s := range subs {
 			s.TryNext()
 		}
+	}
+}
+
+// TestWireFormMadeOnce: the subscribers of a publish share one message, and
+// a wire form of it is made once and shared, on a fan-out engine too.
+// Messages that are not shared (a replay) make it each time.
+func TestWireFormMadeOnce(t *testing.T) {
+	shared := memstore.New(memstore.Options{})
+	defer shared.Close()
+	bs := &bus{subs: map[string]map[int]func([]byte){}}
+	for name, st := range map[string]store.Engine{"local": nil, "fan-out": &fanStore{shared, bs}} {
+		t.Run(name, func(t *testing.T) {
+			b := newBroker(t, st, broker.Options{})
+			subs := make([]*broker.Subscription, 8)
+			for i := range subs {
+				subs[i] = subscribe(t, b, "/wire", broker.SubscribeOptions{})
+			}
+			publish(t, b, "/wire", "hello")
+			var made atomic.Int64
+			encode := func(m *broker.Message) []byte {
+				made.Add(1)
+				return []byte("<" + string(m.Body) + ">")
+			}
+			msgs := make([]*broker.Message, len(subs))
+			for i, s := range subs {
+				msgs[i] = next(t, s)
+			}
+			// Subscribers racing for the first encoding may each make it,
+			// but all get the one that was kept.
+			forms := make([][]byte, len(subs))
+			var wg sync.WaitGroup
+			for i, m := range msgs {
+				wg.Go(func() { forms[i] = m.Wire(0, encode) })
+			}
+			wg.Wait()
+			for i, f := range forms {
+				if string(f) != "<hello>" || &f[0] != &forms[0][0] {
+					t.Fatalf("subscriber %d: form %q, not the shared one", i, f)
+				}
+			}
+			made.Store(0)
+			for _, m := range msgs {
+				m.Wire(0, encode)
+			}
+			if n := made.Load(); n != 0 {
+				t.Fatalf("form made again %d times", n)
+			}
+			// Another form is made once too.
+			for _, m := range msgs {
+				if f := m.Wire(1, func(m *broker.Message) []byte { made.Add(1); return []byte("[" + string(m.Body) + "]") }); string(f) != "[hello]" {
+					t.Fatalf("form 1 %q", f)
+				}
+			}
+			if n := made.Load(); n != 1 {
+				t.Fatalf("form 1 made %d times", n)
+			}
+			// A replayed message is the subscriber's own.
+			made.Store(0)
+			zero := store.ID{}
+			r := subscribe(t, b, "/wire", broker.SubscribeOptions{Since: &zero})
+			m := next(t, r)
+			m.Wire(0, encode)
+			m.Wire(0, encode)
+			if string(m.Body) != "hello" || made.Load() != 2 {
+				t.Fatalf("replay %q encoded %d times", m.Body, made.Load())
+			}
+		})
 	}
 }

@@ -34,7 +34,7 @@ func decodePayload(p []byte) (*Message, error) {
 	if len(p) < 2 || p[0] != payloadVersion || p[1]&^flagBinary != 0 {
 		return nil, errPayload
 	}
-	m := &Message{Binary: p[1]&flagBinary != 0}
+	m := shared(Message{Binary: p[1]&flagBinary != 0})
 	rest := p[2:]
 	ms, n := binary.Uvarint(rest)
 	if n <= 0 {

@@ -26,6 +26,7 @@ type Channels struct {
 	origins *originChecker
 	h       http.Handler
 	m       *metrics
+	pool    *writerPool
 
 	mu       sync.Mutex
 	closing  bool
@@ -41,7 +42,7 @@ func New(b *broker.Broker, opts Options, reg prometheus.Registerer) (*Channels, 
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	c := &Channels{b: b, opts: opts, origins: newOriginChecker(opts.Origins)}
+	c := &Channels{b: b, opts: opts, origins: newOriginChecker(opts.Origins), pool: newWriterPool()}
 	c.m = newMetrics(reg, c)
 	c.h = httpapi.Handle(c.serve, nil)
 	return c, nil
@@ -69,7 +70,11 @@ func (c *Channels) Shutdown(ctx context.Context) error {
 	c.closing = true
 	c.mu.Unlock()
 	done := make(chan struct{})
-	go func() { c.sessions.Wait(); close(done) }()
+	go func() {
+		c.sessions.Wait()
+		c.pool.wait() // its last workers may still be on their way out
+		close(done)
+	}()
 	select {
 	case <-done:
 		return nil

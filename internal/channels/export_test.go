@@ -18,3 +18,12 @@ func OnWriterLetGo(f func()) (restore func()) {
 	writerLetGo = f
 	return func() { writerLetGo = old }
 }
+
+// UseOwnWriters makes every websocket session write through a writer
+// goroutine of its own, as TLS connections do, instead of the writer
+// pool; same rules as SetWriterLinger.
+func UseOwnWriters() (restore func()) {
+	old := fastWrites
+	fastWrites = false
+	return func() { fastWrites = old }
+}

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -54,12 +55,26 @@ type envelope struct {
 	Binary bool   `json:"binary,omitempty"`
 }
 
-var gapFrame = []byte(`{"gap":true}`)
+// Frames that do not depend on a message.
+var (
+	gapFrame       = appendFrame(nil, opText, []byte(`{"gap":true}`))
+	emptyTextFrame = appendFrame(nil, opText, nil)
+)
+
+// The wire forms of a message (broker.Message.Wire): its websocket frame
+// as such, and its frame as an envelope.
+const (
+	wirePlain = iota
+	wireEnvelope
+)
 
 // session is one websocket subscriber. Its reader is the session's own
-// goroutine; a writer goroutine runs only while messages are queued, and a
-// ping goroutine only while a ping waits for its pong, so an idle
-// subscriber costs one goroutine.
+// goroutine. Messages are written by the channels' writer pool, without
+// ever waiting on the socket; only a subscriber whose socket is full (or
+// a connection that cannot be written to without waiting, TLS) gets a
+// writer goroutine of its own, while it has messages. A ping goroutine
+// runs only while a ping waits for its pong, so an idle subscriber costs
+// one goroutine.
 type session struct {
 	c        *Channels
 	name     string
@@ -70,25 +85,45 @@ type session struct {
 	// listenOnly: the channel is broadcast-only, or the client's token
 	// may not publish to it.
 	listenOnly bool
+	// rc writes to the socket without waiting (the pool's writes); nil
+	// when the connection has none (TLS): its own writer does all.
+	rc  syscall.RawConn
+	gap atomic.Bool // a gap frame is due before anything else
 
-	mu      sync.Mutex
-	ready   bool // conn is set
-	ended   bool // the reader has finished: start nothing new
-	writing bool // a writer goroutine runs
-	gap     bool // a gap frame is due before anything else
+	// wmu is held while a whole frame goes to the socket: the data frames
+	// postern writes and the control frames coder/websocket writes
+	// (through connWriter), so that none lands inside another.
+	wmu sync.Mutex
+	// closeSent: coder/websocket wrote a close frame; no data frame may
+	// follow. Guarded by wmu.
+	closeSent bool
+
+	mu    sync.Mutex
+	ready bool // conn is set
+	ended bool // the reader has finished: start nothing new
+	// writing: a writer owns the queue (the session is in the pool, a
+	// pool worker drains it, or its own writer goroutine runs); it stays
+	// set after a write failed, so that nothing is written any more.
+	writing bool
 	pinging bool // a ping waits for its pong; the timer is its deadline
 	timer   *time.Timer
-	wg      sync.WaitGroup // writer and ping goroutines
-	linger  *time.Timer    // the writer's; only it touches it
+	// stopPing ends the wait of a ping under way; nil when none is.
+	stopPing context.CancelFunc
+	wg       sync.WaitGroup // the writer and ping goroutines, the pool's turn
+	linger   *time.Timer    // the own writer's; only it touches it
 	// lingering: linger is armed (and not yet fired); active: when the
-	// writer last sent a message.
+	// own writer last sent a message.
 	lingering bool
 	active    time.Time
 }
 
-// writerLinger is how long a writer waits for more messages before it
-// exits. A variable only so that tests can shorten it.
+// writerLinger is how long a session's own writer waits for more
+// messages before it exits. A variable only so that tests can shorten it.
 var writerLinger = time.Second
+
+// drainBurst is how many frames a pool worker writes for one session
+// before it puts the session back at the end of the line.
+const drainBurst = 64
 
 func (c *Channels) serveWebsocket(w http.ResponseWriter, r *http.Request, name string) error {
 	since, asked, err := parseSince(r, false)
@@ -105,7 +140,7 @@ func (c *Channels) serveWebsocket(w http.ResponseWriter, r *http.Request, name s
 		return publishError(err)
 	}
 	s.sub = sub
-	s.hw = &hijackWriter{ResponseWriter: w}
+	s.hw = &hijackWriter{ResponseWriter: w, out: connWriter{s}}
 	conn, err := websocket.Accept(s.hw, r, &websocket.AcceptOptions{
 		// The origin was checked already, with postern's rules.
 		InsecureSkipVerify: true,
@@ -130,6 +165,7 @@ func (c *Channels) serveWebsocket(w http.ResponseWriter, r *http.Request, name s
 	}
 	conn.SetReadLimit(c.opts.MaxMessageBytes)
 	s.conn = conn
+	s.rc = rawConn(s.hw.nc)
 	c.websockets.Add(1)
 	go s.run()
 	return nil
@@ -140,10 +176,15 @@ func (c *Channels) serveWebsocket(w http.ResponseWriter, r *http.Request, name s
 func (s *session) run() {
 	s.mu.Lock()
 	s.ready = true
-	s.gap = s.envelope && s.sub.Gap()
+	s.gap.Store(s.envelope && s.sub.Gap())
 	s.timer = time.AfterFunc(s.c.opts.PingInterval, s.ping)
+	// A replay or messages may be queued already; wakes from now on are
+	// the broker's.
+	due := s.pending()
 	s.mu.Unlock()
-	s.wake() // a replay or messages may already be queued
+	if due {
+		s.wake()
+	}
 
 	if s.hw.early == 0 {
 		// Nothing buffered yet: wait for the client's first frame on a
@@ -157,6 +198,10 @@ func (s *session) run() {
 	s.mu.Lock()
 	s.ended = true
 	s.timer.Stop()
+	if s.stopPing != nil {
+		// The reader, which would have read the pong, is done.
+		s.stopPing()
+	}
 	s.mu.Unlock()
 	s.wg.Wait()
 	s.conn.CloseNow()
@@ -215,8 +260,9 @@ func (s *session) handle(typ websocket.MessageType, data []byte) bool {
 	return true
 }
 
-// wake starts the writer unless it runs, the connection is not set up yet
-// or the session is over. The broker calls it when messages arrive.
+// wake hands the session to a writer unless one owns it, the connection
+// is not set up yet or the session is over. The broker calls it when
+// messages arrive.
 func (s *session) wake() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -225,29 +271,149 @@ func (s *session) wake() {
 	}
 	s.writing = true
 	s.wg.Add(1)
-	go s.write()
+	if s.rc != nil {
+		s.c.pool.schedule(s)
+		return
+	}
+	go s.write(false, nil)
 }
 
-// pending reports whether the writer has something to do; s.mu held.
+// pending reports whether a writer has something to do; s.mu held.
 func (s *session) pending() bool {
-	return s.gap || s.sub.Len() > 0 || s.sub.Err() != nil
+	return s.gap.Load() || s.sub.Len() > 0 || s.sub.Err() != nil
 }
 
-// write sends queued messages until the queue is empty, then exits.
-func (s *session) write() {
-	defer s.wg.Done()
-	s.active = time.Now()
-	for {
-		s.mu.Lock()
-		gap := s.gap
-		s.gap = false
-		s.mu.Unlock()
-		if gap {
-			if !s.send(websocket.MessageText, gapFrame) {
+// letGo ends the writer's turn unless something is pending; the caller
+// then calls s.wg.Done.
+func (s *session) letGo() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pending() && !s.ended {
+		return false
+	}
+	s.writing = false
+	return true
+}
+
+// nextFrame returns the next frame to send: the gap frame, then the
+// queue.
+func (s *session) nextFrame() (frame []byte, ok bool, err error) {
+	if s.gap.Load() && s.gap.CompareAndSwap(true, false) {
+		return gapFrame, true, nil
+	}
+	m, ok, err := s.sub.TryNext()
+	if !ok || err != nil {
+		return nil, ok, err
+	}
+	return s.frame(m), true, nil
+}
+
+// frame is m's websocket frame for this subscriber; made once per
+// message, whatever the number of subscribers.
+func (s *session) frame(m *broker.Message) []byte {
+	switch {
+	case m == keepAliveReply:
+		return emptyTextFrame
+	case s.envelope:
+		return m.Wire(wireEnvelope, envelopeFrame)
+	default:
+		return m.Wire(wirePlain, plainFrame)
+	}
+}
+
+func plainFrame(m *broker.Message) []byte {
+	op := opText
+	if m.Binary {
+		op = opBinary
+	}
+	return appendFrame(nil, op, m.Body)
+}
+
+func envelopeFrame(m *broker.Message) []byte {
+	e := envelope{Binary: m.Binary}
+	if !m.ID.IsZero() {
+		e.ID = m.ID.String()
+	}
+	if m.Binary {
+		e.Data = base64.StdEncoding.EncodeToString(m.Body)
+	} else {
+		e.Data = string(m.Body)
+	}
+	b, _ := json.Marshal(e) // strings and a bool: it cannot fail
+	return appendFrame(nil, opText, b)
+}
+
+// drain runs on a pool worker: it writes what the session has queued,
+// up to drainBurst frames, and never waits. When the socket does not
+// take a whole frame, the write lock is taken (coder/websocket writing a
+// control frame) or the subscription ended (slow, shutting down), the
+// session's own writer takes over and does what may wait.
+func (s *session) drain(w *fastWriter) {
+	if !s.wmu.TryLock() {
+		go s.write(false, nil)
+		return
+	}
+	for range drainBurst {
+		frame, ok, err := s.nextFrame()
+		switch {
+		case errors.Is(err, broker.ErrClosed):
+			s.wmu.Unlock()
+			s.wg.Done() // the reader is done; writing stays set
+			return
+		case err != nil:
+			s.wmu.Unlock()
+			go s.write(false, nil) // it closes the connection with a status
+			return
+		case !ok:
+			s.wmu.Unlock()
+			if s.letGo() {
+				s.wg.Done()
 				return
 			}
+			if !s.wmu.TryLock() {
+				go s.write(false, nil)
+				return
+			}
+			continue
+		case s.closeSent:
+			continue // the connection is closing: nothing may follow
 		}
-		m, ok, err := s.sub.TryNext()
+		n, err := w.try(s.rc, frame)
+		if err != nil {
+			s.wmu.Unlock()
+			s.c.m.closed.WithLabelValues("write_failed").Inc()
+			s.hw.nc.Close() // the reader then ends the session
+			s.wg.Done()
+			return
+		}
+		if n < len(frame) {
+			// The socket is full: the own writer finishes the frame,
+			// holding the write lock until it has.
+			go s.write(true, frame[n:])
+			return
+		}
+	}
+	s.wmu.Unlock()
+	s.c.pool.schedule(s) // more may be queued: back of the line
+}
+
+// write is the session's own writer. It writes with writes that may wait
+// (bounded by the write timeout), until the queue is empty and stays so
+// for writerLinger, then exits. held: the caller holds s.wmu and rest is
+// the end of a frame it began, to be sent first.
+func (s *session) write(held bool, rest []byte) {
+	defer s.wg.Done()
+	if held {
+		err := s.writeLocked(rest)
+		s.wmu.Unlock()
+		if err != nil {
+			s.writeFailed()
+			return
+		}
+	}
+	s.active = time.Now()
+	for {
+		frame, ok, err := s.nextFrame()
 		switch {
 		case errors.Is(err, broker.ErrSlow):
 			s.c.m.closed.WithLabelValues("slow").Inc()
@@ -260,7 +426,7 @@ func (s *session) write() {
 		case err != nil:
 			return // closed: the reader is done
 		case ok:
-			if !s.sendMessage(m) {
+			if !s.send(frame) {
 				return
 			}
 			s.active = time.Now()
@@ -291,72 +457,73 @@ func (s *session) write() {
 			s.lingering = true
 			continue
 		}
-		s.mu.Lock()
-		if !s.pending() || s.ended {
-			s.writing = false
-			s.mu.Unlock()
+		if s.letGo() {
 			if writerLetGo != nil {
 				writerLetGo()
 			}
 			return
 		}
-		s.mu.Unlock()
 	}
 }
 
 // writerLetGo, when set (by tests, before any session starts), is called
-// each time a writer exits for lack of messages.
+// each time a writer (a pool worker or a session's own) exits for lack of
+// messages.
 var writerLetGo func()
 
-// closeWith closes the connection with a status, bounded by the write
-// timeout for the close frame.
-func (s *session) closeWith(code websocket.StatusCode, reason string) {
-	s.hw.deadline(s.c.opts.WriteTimeout)
-	s.conn.Close(code, reason)
-}
-
-func (s *session) sendMessage(m *broker.Message) bool {
-	if m == keepAliveReply {
-		return s.send(websocket.MessageText, nil)
-	}
-	if !s.envelope {
-		typ := websocket.MessageText
-		if m.Binary {
-			typ = websocket.MessageBinary
-		}
-		return s.send(typ, m.Body)
-	}
-	e := envelope{Binary: m.Binary}
-	if !m.ID.IsZero() {
-		e.ID = m.ID.String()
-	}
-	if m.Binary {
-		e.Data = base64.StdEncoding.EncodeToString(m.Body)
-	} else {
-		e.Data = string(m.Body)
-	}
-	frame, err := json.Marshal(e)
+// send writes one frame, waiting for the socket within the write
+// timeout; a failure closes the connection (the reader then ends the
+// session).
+func (s *session) send(frame []byte) bool {
+	s.wmu.Lock()
+	err := s.writeLocked(frame)
+	s.wmu.Unlock()
 	if err != nil {
-		return false
-	}
-	return s.send(websocket.MessageText, frame)
-}
-
-// send writes one frame within the write timeout; a failure closes the
-// connection (the reader then ends the session).
-func (s *session) send(typ websocket.MessageType, p []byte) bool {
-	ctx := context.Background()
-	if !s.hw.deadline(s.c.opts.WriteTimeout) {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, s.c.opts.WriteTimeout)
-		defer cancel()
-	}
-	if err := s.conn.Write(ctx, typ, p); err != nil {
-		s.c.m.closed.WithLabelValues("write_failed").Inc()
-		s.conn.CloseNow()
+		s.writeFailed()
 		return false
 	}
 	return true
+}
+
+// writeLocked writes p, waiting within the write timeout; s.wmu held.
+// After a close frame it writes nothing.
+func (s *session) writeLocked(p []byte) error {
+	if s.closeSent {
+		return nil
+	}
+	s.hw.deadline(s.c.opts.WriteTimeout)
+	_, err := s.hw.nc.Write(p)
+	return err
+}
+
+func (s *session) writeFailed() {
+	s.c.m.closed.WithLabelValues("write_failed").Inc()
+	s.conn.CloseNow()
+}
+
+// closeWith closes the connection with a status; the close frame goes
+// out through connWriter, within the write timeout.
+func (s *session) closeWith(code websocket.StatusCode, reason string) {
+	s.conn.Close(code, reason)
+}
+
+// connWriter is what coder/websocket writes to: its control frames
+// (pongs, pings, close frames), each a whole frame in one Write, since
+// every frame it writes ends with a flush and a control frame (at most
+// 14 + 125 bytes) fits its 512-byte buffer. Each goes out under the
+// session's write lock, so never inside a data frame that postern writes
+// itself.
+type connWriter struct{ s *session }
+
+func (w connWriter) Write(p []byte) (int, error) {
+	s := w.s
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if len(p) > 0 && p[0]&0x0f == opClose {
+		s.closeSent = true
+	}
+	s.hw.deadline(s.c.opts.WriteTimeout)
+	return s.hw.nc.Write(p)
 }
 
 // ping runs on the ping timer's goroutine. Idle: it sends a ping, arms
@@ -378,15 +545,18 @@ func (s *session) ping() {
 	}
 	s.pinging = true
 	s.timer.Reset(s.c.opts.PongTimeout)
+	ctx, cancel := context.WithCancel(context.Background())
+	s.stopPing = cancel
 	s.wg.Add(1)
 	s.mu.Unlock()
 	defer s.wg.Done()
-	s.hw.deadline(s.c.opts.WriteTimeout)
-	err := s.conn.Ping(context.Background())
+	err := s.conn.Ping(ctx) // connWriter sets the write deadline
+	cancel()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.stopPing = nil
 	if err != nil {
-		return // closed: by the deadline above, or the session is ending
+		return // closed by the pong deadline, or the session is ending
 	}
 	s.pinging = false
 	if !s.ended {
@@ -395,12 +565,13 @@ func (s *session) ping() {
 }
 
 // hijackWriter hands coder/websocket a hijacked connection with small
-// buffers, and keeps the net.Conn so that writes get deadlines without a
-// timer per write.
+// buffers, writing through out, and keeps the net.Conn so that postern
+// writes to it itself and writes get deadlines without a timer per write.
 type hijackWriter struct {
 	http.ResponseWriter
-	nc net.Conn
-	br *bufio.Reader // ours, when small buffers were handed out
+	out io.Writer // what coder/websocket's frames go to
+	nc  net.Conn
+	br  *bufio.Reader // ours, when small buffers were handed out
 	// early is how many bytes the client sent before the handshake
 	// completed.
 	early int
@@ -420,8 +591,10 @@ func (h *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	n := brw.Reader.Buffered()
 	h.early = n
+	bw := bufio.NewWriterSize(h.out, wsBufferSize)
 	if n > wsBufferSize {
-		return nc, brw, nil // a client that sent ahead: keep net/http's buffers
+		// A client that sent ahead: keep net/http's read buffer.
+		return nc, bufio.NewReadWriter(brw.Reader, bw), nil
 	}
 	br := bufio.NewReaderSize(nc, wsBufferSize)
 	if n > 0 {
@@ -430,22 +603,18 @@ func (h *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		br.Peek(n) // pull the early bytes into the buffer, which coder/websocket keeps
 	}
 	h.br = br
-	return nc, bufio.NewReadWriter(br, bufio.NewWriterSize(nc, wsBufferSize)), nil
+	return nc, bufio.NewReadWriter(br, bw), nil
 }
 
 // deadline makes the connection's write deadline between 0.9 d and d
-// from now; false when there is no connection to set it on. It moves the
-// deadline only when a tenth of d has passed since it last did, so that
-// a busy writer does not reset a runtime timer for every frame.
-func (h *hijackWriter) deadline(d time.Duration) bool {
-	if h.nc == nil {
-		return false
-	}
+// from now. It moves the deadline only when a tenth of d has passed since
+// it last did, so that a busy writer does not reset a runtime timer for
+// every frame. Only writes that may wait need it: the pool's do not.
+func (h *hijackWriter) deadline(d time.Duration) {
 	now := time.Now().UnixNano()
 	if last := h.set.Load(); last != 0 && now-last < int64(d/10) && now >= last {
-		return true
+		return
 	}
 	h.set.Store(now)
 	h.nc.SetWriteDeadline(time.Unix(0, now).Add(d))
-	return true
 }

@@ -1,0 +1,306 @@
+package main
+
+import (
+	"errors"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+)
+
+// On Linux the subscribers' connections are read by a few epoll loops on
+// raw descriptors instead of a goroutine per connection: one read(2) per
+// readable socket, no goroutine wake-up, park and second read that ends in
+// EAGAIN per frame, and no allocation per frame. The clients share the
+// machine's two cores with the server, so what they cost is taken from
+// the server; both servers get exactly the same clients.
+//
+// A loop polls its epoll descriptor every pollInterval rather than
+// sleeping in epoll_wait: a client asleep in epoll_wait is woken (a
+// context switch, and in a virtual machine an inter-processor interrupt)
+// by nearly every frame the server writes, and on loopback the server's
+// write(2) pays for that wake-up. Subscribers on other machines cost the
+// server nothing of the kind. The latency measured includes the polling
+// delay: a frame is stamped when it is read.
+
+// pollInterval is how long a loop sleeps when it found less than a full
+// batch of events.
+const pollInterval = 500 * time.Microsecond
+
+// readLoops is the number of epoll loops (POSTERN_BENCH_READERS).
+func readLoops() int {
+	if n, err := strconv.Atoi(os.Getenv("POSTERN_BENCH_READERS")); err == nil && n > 0 {
+		return n
+	}
+	return 1
+}
+
+// wsReaders reads the frames of a set of subscriber connections.
+type wsReaders struct {
+	loops   []*pollLoop
+	stopped atomic.Bool
+	wg      sync.WaitGroup
+}
+
+type pollLoop struct {
+	r     *wsReaders
+	epfd  int
+	byFD  []*pollConn // by descriptor
+	buf   []byte
+	frame func(i int, payload []byte, at time.Time)
+}
+
+// pollConn is one connection as a loop holds it.
+type pollConn struct {
+	fd  int
+	idx int
+	// pending holds the start of a frame that a read cut (rare: frames
+	// are small); nil otherwise.
+	pending []byte
+}
+
+// startReaders takes over conns (they must not be used afterwards) and
+// calls frame for every data frame, from the loops' goroutines: frames of
+// one connection come from one goroutine, in order. payload is valid only
+// during the call. Pings are answered. stop closes everything.
+func startReaders(conns []*wsClient, frame func(i int, payload []byte, at time.Time)) (*wsReaders, error) {
+	r := &wsReaders{}
+	n := readLoops()
+	for range n {
+		epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+		if err != nil {
+			r.closeLoops()
+			closeAll(conns)
+			return nil, err
+		}
+		r.loops = append(r.loops, &pollLoop{r: r, epfd: epfd, buf: make([]byte, 64<<10), frame: frame})
+	}
+	var firstErr error
+	for i, c := range conns {
+		pc, err := detach(c, i)
+		if err != nil {
+			firstErr = errors.Join(firstErr, err)
+			continue
+		}
+		l := r.loops[i%n]
+		if pc.fd >= len(l.byFD) {
+			l.byFD = append(l.byFD, make([]*pollConn, pc.fd+1-len(l.byFD))...)
+		}
+		l.byFD[pc.fd] = pc
+		ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | epollET, Fd: int32(pc.fd)}
+		if err := syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_ADD, pc.fd, &ev); err != nil {
+			firstErr = errors.Join(firstErr, err)
+		}
+	}
+	if firstErr != nil {
+		r.closeLoops()
+		return nil, firstErr
+	}
+	for _, l := range r.loops {
+		// Bytes that came with the handshake response.
+		for _, pc := range l.byFD {
+			if pc != nil && len(pc.pending) > 0 {
+				p := pc.pending
+				pc.pending = nil
+				l.parse(pc, p, time.Now())
+			}
+		}
+		r.wg.Go(l.run)
+	}
+	return r, nil
+}
+
+// detach turns c into a bare descriptor: a duplicate of the socket's, with
+// Go's own descriptor closed (which takes it out of the runtime's poller).
+func detach(c *wsClient, i int) (*pollConn, error) {
+	sc, ok := c.c.(syscall.Conn)
+	if !ok {
+		c.c.Close()
+		return nil, errors.New("not a socket")
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		c.c.Close()
+		return nil, err
+	}
+	fd := -1
+	var derr error
+	if err := rc.Control(func(s uintptr) { fd, derr = syscall.Dup(int(s)) }); err != nil {
+		c.c.Close()
+		return nil, err
+	}
+	if derr != nil {
+		c.c.Close()
+		return nil, derr
+	}
+	syscall.CloseOnExec(fd)
+	pc := &pollConn{fd: fd, idx: i}
+	if n := c.br.Buffered(); n > 0 {
+		b, _ := c.br.Peek(n)
+		pc.pending = append([]byte(nil), b...)
+	}
+	c.c.Close()
+	return pc, nil
+}
+
+func (l *pollLoop) run() {
+	events := make([]syscall.EpollEvent, 512)
+	for !l.r.stopped.Load() {
+		n, err := epollPoll(l.epfd, events)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return
+		}
+		for _, ev := range events[:n] {
+			if pc := l.byFD[ev.Fd]; pc != nil {
+				l.read(pc)
+			}
+		}
+		if n < len(events) {
+			time.Sleep(pollInterval)
+		}
+	}
+}
+
+// read reads what one readable connection has. The descriptor is
+// edge-triggered: a read that does not fill the buffer took everything
+// the socket held, and data that comes later raises a new event.
+func (l *pollLoop) read(pc *pollConn) {
+	for {
+		n, err := readNow(pc.fd, l.buf)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err == syscall.EAGAIN {
+			return
+		}
+		if n <= 0 || err != nil {
+			l.drop(pc)
+			return
+		}
+		now := time.Now()
+		p := l.buf[:n]
+		if pc.pending != nil {
+			p = append(pc.pending, p...)
+			pc.pending = nil
+		}
+		if !l.parse(pc, p, now) || n < len(l.buf) {
+			return
+		}
+	}
+}
+
+// parse hands the complete frames in p to the callback and keeps the
+// rest for the next read. false: the connection was dropped.
+func (l *pollLoop) parse(pc *pollConn, p []byte, now time.Time) bool {
+	for {
+		payload, op, size, ok := parseFrame(p)
+		if !ok {
+			if len(p) > 0 {
+				pc.pending = append([]byte(nil), p...)
+			}
+			return true
+		}
+		p = p[size:]
+		switch op {
+		case 0x8: // close
+			l.drop(pc)
+			return false
+		case 0x9: // ping: pong with the same payload, masked with a zero key
+			if len(payload) <= 125 {
+				var pong [6 + 125]byte
+				pong[0], pong[1] = 0x8a, 0x80|byte(len(payload))
+				k := copy(pong[6:], payload)
+				syscall.Write(pc.fd, pong[:6+k])
+			}
+		case 0xa:
+		default:
+			l.frame(pc.idx, payload, now)
+		}
+	}
+}
+
+// parseFrame parses one unmasked server frame at the start of p.
+func parseFrame(p []byte) (payload []byte, op byte, size int, ok bool) {
+	if len(p) < 2 {
+		return nil, 0, 0, false
+	}
+	op, n, h := p[0]&0x0f, int(p[1]&0x7f), 2
+	switch n {
+	case 126:
+		if len(p) < 4 {
+			return nil, 0, 0, false
+		}
+		n, h = int(p[2])<<8|int(p[3]), 4
+	case 127:
+		if len(p) < 10 {
+			return nil, 0, 0, false
+		}
+		n = 0
+		for _, b := range p[2:10] {
+			n = n<<8 | int(b)
+		}
+		h = 10
+	}
+	if len(p) < h+n {
+		return nil, 0, 0, false
+	}
+	return p[h : h+n], op, h + n, true
+}
+
+func (l *pollLoop) drop(pc *pollConn) {
+	syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, pc.fd, nil)
+	l.byFD[pc.fd] = nil
+	syscall.Close(pc.fd)
+}
+
+// stop ends the loops and closes every connection.
+func (r *wsReaders) stop() {
+	r.stopped.Store(true)
+	r.wg.Wait()
+	r.closeLoops()
+}
+
+func (r *wsReaders) closeLoops() {
+	for _, l := range r.loops {
+		for _, pc := range l.byFD {
+			if pc != nil {
+				syscall.Close(pc.fd)
+			}
+		}
+		l.byFD = nil
+		syscall.Close(l.epfd)
+	}
+	r.loops = nil
+}
+
+// epollET is EPOLLET as the event mask's type holds it.
+const epollET = 1 << 31
+
+// The loop's system calls never block (the sockets are non-blocking, the
+// epoll_wait does not wait), so they are raw: the scheduler does not
+// count the loop as gone into a system call, which would have its monitor
+// thread hand the loop's processor to another thread whenever a call
+// outlasts a tick.
+
+func readNow(fd int, p []byte) (int, error) {
+	n, _, errno := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+	if errno != 0 {
+		return -1, errno
+	}
+	return int(n), nil
+}
+
+// epollPoll is epoll_wait with a zero timeout.
+func epollPoll(epfd int, events []syscall.EpollEvent) (int, error) {
+	n, _, errno := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(unsafe.SliceData(events))), uintptr(len(events)), 0, 0, 0)
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), nil
+}

@@ -1,0 +1,42 @@
+//go:build !linux
+
+package main
+
+import (
+	"sync"
+	"time"
+)
+
+// Elsewhere than on Linux each subscriber connection is read by a
+// goroutine of its own.
+
+// wsReaders reads the frames of a set of subscriber connections.
+type wsReaders struct {
+	conns []*wsClient
+	wg    sync.WaitGroup
+}
+
+// startReaders takes over conns and calls frame for every data frame;
+// frames of one connection come from one goroutine, in order. payload is
+// valid only during the call. Pings are answered. stop closes everything.
+func startReaders(conns []*wsClient, frame func(i int, payload []byte, at time.Time)) (*wsReaders, error) {
+	r := &wsReaders{conns: conns}
+	for i, c := range conns {
+		r.wg.Go(func() {
+			for {
+				b, err := c.next()
+				if err != nil {
+					return
+				}
+				frame(i, b, time.Now())
+			}
+		})
+	}
+	return r, nil
+}
+
+// stop closes every connection and waits for the readers.
+func (r *wsReaders) stop() {
+	closeAll(r.conns)
+	r.wg.Wait()
+}

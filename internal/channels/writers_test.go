@@ -1,0 +1,258 @@
+package channels_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/postern/postern/internal/channels"
+	"github.com/postern/postern/internal/server"
+)
+
+// TestOwnWriters runs the writing behaviours with every session on a
+// writer goroutine of its own, the path of TLS connections (which cannot
+// be written to without waiting) and of subscribers whose socket is full.
+func TestOwnWriters(t *testing.T) {
+	for name, test := range map[string]func(*testing.T){
+		"no lost wake-up": TestWritersNeverLoseAWakeup,
+		"slow dropped":    TestSlowSubscriberDropped,
+		"flooder cut off": TestFloodingPublisherIsCutOff,
+		"write deadline":  TestWriteDeadline,
+		"resume":          TestResumeWithSince,
+		"websocket":       TestWebsocketPublish,
+		"frame sizes":     TestFrameSizes,
+		"control frames":  TestControlFramesBetweenMessages,
+		"after close":     TestNothingAfterClose,
+		"ping pong":       TestPingPong,
+		"shutdown":        TestShutdownClosesSubscribers,
+		"writers let go":  TestWritersLetGo,
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Cleanup(channels.UseOwnWriters())
+			test(t)
+		})
+	}
+}
+
+// TestFrameSizes: messages on both sides of the websocket length
+// encodings (7-bit, 16-bit, 64-bit) reach plain and envelope subscribers
+// intact; postern frames them itself, once per message.
+func TestFrameSizes(t *testing.T) {
+	e := start(t, func(c *server.Config) {
+		c.Channels.MaxPostBytes = 70000
+		c.Channels.MaxMessageBytes = 70000
+	})
+	plain := e.sub("/sizes", 1, "")
+	env := e.sub("/sizes", 2, "?since=now")
+	for _, n := range []int{0, 1, 125, 126, 127, 0xffff, 0x10000, 70000} {
+		msg := strings.Repeat(strconv.Itoa(n%10), n)
+		if n == 0 {
+			// An empty message is a keep-alive: it goes back to its
+			// sender only (here: plain).
+			write(t, plain, websocket.MessageText, "")
+			if got := readText(t, plain); got != "" {
+				t.Fatalf("keep-alive answer %q", got)
+			}
+			continue
+		}
+		e.post("/c/sizes", msg)
+		if got := readText(t, plain); got != msg {
+			t.Fatalf("%d bytes: plain subscriber got %d bytes", n, len(got))
+		}
+		if f := readFrame(t, env); f.Data != msg || f.ID == "" {
+			t.Fatalf("%d bytes: envelope subscriber got %d bytes, id %q", n, len(f.Data), f.ID)
+		}
+	}
+	bin := []byte{0, 0xff, 0x80}
+	write(t, env, websocket.MessageBinary, string(bin))
+	if typ, got := read(t, plain); typ != websocket.MessageBinary || got != string(bin) {
+		t.Fatalf("binary: %v %q", typ, got)
+	}
+	if f := readFrame(t, env); !f.Binary || f.Data != "AP+A" {
+		t.Fatalf("binary envelope %+v", f)
+	}
+}
+
+// TestControlFramesBetweenMessages: pings from both sides (and their
+// pongs) go out while many messages are written to the same connections;
+// every frame arrives whole: the pings are answered and every message
+// arrives intact and in order.
+func TestControlFramesBetweenMessages(t *testing.T) {
+	e := start(t, func(c *server.Config) {
+		c.Channels.PingInterval = 5 * time.Millisecond
+		c.Channels.PongTimeout = 5 * time.Second
+	})
+	const subs, msgs = 20, 100
+	conns := make([]*websocket.Conn, subs)
+	for i := range conns {
+		conns[i] = e.dial("/c/ctl", "/ctl")
+	}
+	e.node.WaitForSubscribers(t, "/ctl", subs)
+	payload := strings.Repeat("p", 3000) // several frames fill a socket buffer
+	var checked, readers sync.WaitGroup
+	errs := make(chan error, 2*subs)
+	for i, c := range conns {
+		got := make(chan struct{})
+		readers.Go(func() {
+			defer func() {
+				// Keep reading, so that pongs in flight are read, until
+				// the connection closes at the end of the test.
+				for {
+					if _, _, err := c.Read(context.Background()); err != nil {
+						return
+					}
+				}
+			}()
+			defer close(got)
+			for j := range msgs {
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				_, b, err := c.Read(ctx)
+				cancel()
+				if want := strconv.Itoa(j) + payload; err != nil || string(b) != want {
+					errs <- fmt.Errorf("subscriber %d message %d: %d bytes, %v", i, j, len(b), err)
+					return
+				}
+			}
+		})
+		checked.Go(func() {
+			// The client's pings, answered by pongs that the server's
+			// reader writes while messages go out.
+			for {
+				select {
+				case <-got:
+					return
+				default:
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				err := c.Ping(ctx)
+				cancel()
+				if err != nil {
+					errs <- fmt.Errorf("subscriber %d ping: %v", i, err)
+					return
+				}
+			}
+		})
+	}
+	for j := range msgs {
+		e.post("/c/ctl", strconv.Itoa(j)+payload)
+	}
+	checked.Wait()
+	if v := metric(t, e.node, "postern_channels_closed_total"); v != 0 {
+		t.Errorf("closed_total %v: a subscriber was cut off", v)
+	}
+	for _, c := range conns {
+		c.CloseNow()
+	}
+	readers.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+}
+
+// TestNothingAfterClose: once the server has sent a close frame, no
+// message frame follows it on the wire while it waits for the client's
+// close, however many are published meanwhile.
+func TestNothingAfterClose(t *testing.T) {
+	e := start(t, func(c *server.Config) { c.Channels.BroadcastOnly = []string{"/after"} })
+	nc, err := net.Dial("tcp", e.node.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	fmt.Fprintf(nc, "GET /c/after HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+	br := bufio.NewReader(nc)
+	res, err := http.ReadResponse(br, nil)
+	if err != nil || res.StatusCode != 101 {
+		t.Fatalf("handshake: %v %v", res, err)
+	}
+	e.node.WaitForSubscribers(t, "/after", 1)
+	stop := make(chan struct{})
+	var posts sync.WaitGroup
+	posts.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			req, _ := http.NewRequest("POST", e.node.URL+"/c/after", strings.NewReader("m"))
+			if res, err := e.c.Do(req); err == nil {
+				res.Body.Close()
+			}
+		}
+	})
+	defer func() { close(stop); posts.Wait() }()
+	nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for range 10 {
+		if _, err := readRawFrame(br); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Publishing on a broadcast-only channel: the server closes with
+	// 1008 (a masked text frame "x", key 0).
+	nc.Write([]byte{0x81, 0x81, 0, 0, 0, 0, 'x'})
+	for {
+		op, err := readRawFrame(br)
+		if err != nil {
+			t.Fatalf("no close frame: %v", err)
+		}
+		if op == 0x8 {
+			break
+		}
+	}
+	// The server waits for the client's close; messages keep coming
+	// meanwhile, and none may follow the close frame.
+	nc.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if b, err := br.ReadByte(); err == nil {
+		t.Fatalf("a frame (first byte %#x) followed the close frame", b)
+	} else if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
+		t.Fatalf("connection ended before the client's close: %v", err)
+	}
+	nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	nc.Write([]byte{0x88, 0x82, 0, 0, 0, 0, 0x03, 0xf0}) // close 1008
+	if b, err := br.ReadByte(); err == nil {
+		t.Fatalf("a frame (first byte %#x) followed the close handshake", b)
+	}
+	e.node.WaitForSubscribers(t, "/after", 0)
+}
+
+// readRawFrame reads one unmasked server frame and returns its opcode.
+func readRawFrame(br *bufio.Reader) (byte, error) {
+	var h [2]byte
+	if _, err := io.ReadFull(br, h[:]); err != nil {
+		return 0, err
+	}
+	n := int(h[1] & 0x7f)
+	switch n {
+	case 126:
+		var ext [2]byte
+		if _, err := io.ReadFull(br, ext[:]); err != nil {
+			return 0, err
+		}
+		n = int(ext[0])<<8 | int(ext[1])
+	case 127:
+		var ext [8]byte
+		if _, err := io.ReadFull(br, ext[:]); err != nil {
+			return 0, err
+		}
+		n = 0
+		for _, b := range ext {
+			n = n<<8 | int(b)
+		}
+	}
+	if _, err := br.Discard(n); err != nil {
+		return 0, err
+	}
+	return h[0] & 0x0f, nil
+}
