@@ -38,17 +38,20 @@ func init() {
 
 // profileDir, when set, receives a CPU profile of the postern phase of the
 // relay and expose scenarios (the harness, node, relay client or agent, and
-// backend all run in this process), one file per scenario and figure, the
-// last round's.
+// backend all run in this process), one file per scenario and round
+// (go tool pprof merges several).
 var profileDir = flag.String("profile", "", "write CPU profiles of the relay and expose scenarios' postern phases to this `dir`")
 
-// profiled runs f, under a CPU profile written to <profile>/<name>.pprof
+var profileRounds = map[string]int{}
+
+// profiled runs f, under a CPU profile written to <profile>/<name>-<round>.pprof
 // when -profile is set.
 func profiled(name string, f func() error) error {
 	if *profileDir == "" {
 		return f()
 	}
-	out, err := os.Create(filepath.Join(*profileDir, name+".pprof"))
+	profileRounds[name]++
+	out, err := os.Create(filepath.Join(*profileDir, fmt.Sprintf("%s-%d.pprof", name, profileRounds[name])))
 	if err != nil {
 		return err
 	}
