@@ -180,7 +180,7 @@ func runExpose(ctx context.Context, o Options) ([]Figure, error) {
 		if err != nil {
 			return 0, err
 		}
-		k, err := io.Copy(io.Discard, resp.Body)
+		k, err := readAll(resp.Body, make([]byte, 1<<20))
 		resp.Body.Close()
 		if err != nil || k != size {
 			return 0, fmt.Errorf("download: %d bytes, %v", k, err)
