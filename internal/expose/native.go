@@ -2,6 +2,7 @@ package expose
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/http"
 	"strings"
@@ -15,6 +16,10 @@ import (
 	"github.com/postern/postern/internal/expose/muxconn"
 	"github.com/postern/postern/internal/httpapi"
 )
+
+// errAgentFailed answers a request that came for an agent whose
+// connection failed while it was being set up.
+var errAgentFailed = errors.New("the agent's connection failed as it was set up")
 
 // nativeAgent is one `postern expose` connection: a websocket carrying a
 // yamux session on which the server opens one stream per HTTP connection
@@ -106,24 +111,22 @@ func (s *Service) serveAgent(w http.ResponseWriter, r *http.Request) {
 	}()
 	public := s.publicURL(r, name)
 	w.Header().Set(PublicURLHeader, public)
-	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
-	if err != nil {
-		return
-	}
-	ws.SetReadLimit(muxconn.ReadLimit())
-	conn := muxconn.Conn(s.ctx, ws)
-	// The server opens the streams: it is yamux's client.
-	sess, err := yamux.Client(conn, muxconn.Config(s.opts.AgentKeepAlive, s.opts.StreamWindow))
-	if err != nil {
-		ws.CloseNow()
-		return
-	}
-	if !a.set(ws, sess) {
-		a.close()
-		return
-	}
+	// The backend is registered before the handshake's answer goes out:
+	// the agent says it is ready as soon as it has that answer, and a
+	// user request sent at once must find it. A request that comes before
+	// the session is up waits for it.
+	up := make(chan struct{})
+	var sess *yamux.Session // set before up is closed; nil: the connection failed
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			select {
+			case <-up:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			if sess == nil {
+				return nil, errAgentFailed
+			}
 			return sess.Open()
 		},
 		MaxIdleConns:          0,
@@ -136,6 +139,32 @@ func (s *Service) serveAgent(w http.ResponseWriter, r *http.Request) {
 		ReadBufferSize:        32 << 10,
 	}
 	reg := s.hub.Register(name, tr)
+	failed := func() {
+		close(up)
+		reg.Close()
+	}
+	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
+	if err != nil {
+		failed()
+		return
+	}
+	ws.SetReadLimit(muxconn.ReadLimit())
+	conn := muxconn.Conn(s.ctx, ws)
+	// The server opens the streams: it is yamux's client.
+	ys, err := yamux.Client(conn, muxconn.Config(s.opts.AgentKeepAlive, s.opts.StreamWindow))
+	if err != nil {
+		conn.Close()
+		ws.CloseNow()
+		failed()
+		return
+	}
+	if !a.set(ws, ys) {
+		a.close()
+		failed()
+		return
+	}
+	sess = ys
+	close(up)
 	s.m.registration(transportNative, "ok")
 	s.m.agents.WithLabelValues(transportNative).Inc()
 	s.log.Info("expose agent connected", "name", name, "remote", r.RemoteAddr, "url", public)

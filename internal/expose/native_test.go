@@ -211,3 +211,50 @@ paths = ["/expose/shop"]
 		}
 	}
 }
+
+// An agent that says it is ready is reachable at once: the server
+// registers it before it answers the handshake. (Each round connects a new
+// agent and sends a request the moment it is ready.)
+func TestNativeAgentReachableWhenReady(t *testing.T) {
+	cfg := servertest.Config()
+	cfg.Expose.Domain = domain
+	n := servertest.Start(t, cfg)
+	local := localBackend(t)
+	c, err := client.New(n.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Transport: &http.Transport{}}
+	defer hc.CloseIdleConnections()
+	for round := range 20 {
+		ctx, cancel := context.WithCancel(context.Background())
+		ready := make(chan struct{}, 1)
+		done := make(chan error, 1)
+		go func() {
+			done <- c.Expose(ctx, client.ExposeOptions{
+				Name: "quick", Local: local, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+				OnReady: func(string) { ready <- struct{}{} },
+			})
+		}()
+		select {
+		case <-ready:
+		case err := <-done:
+			t.Fatalf("round %d: Expose ended: %v", round, err)
+		}
+		req, _ := http.NewRequest("GET", n.URL+"/", nil)
+		req.Host = "quick." + domain
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("round %d: Expose returned %v", round, err)
+		}
+		if resp.StatusCode != 200 {
+			t.Fatalf("round %d: %d %q right after the agent was ready", round, resp.StatusCode, b)
+		}
+	}
+}
