@@ -81,9 +81,16 @@ const (
 	DefaultForwardHeaderTimeout = 5 * time.Minute
 	// DefaultDirectoryTimeout bounds one directory call.
 	DefaultDirectoryTimeout = 5 * time.Second
-	// DefaultFlushInterval flushes every write of a response to the user
-	// at once, so streamed responses are never held back.
-	DefaultFlushInterval = -1
+	// DefaultFlushInterval bounds how long a response of known length may
+	// sit in buffers before it is flushed to the user. Responses of
+	// unknown length (streams: a relayed response that comes in chunks,
+	// a chunked answer) and event streams are flushed at every write
+	// whatever the interval, so streams are never held back; a response of
+	// known length that arrives slowly is at most this late, and one that
+	// is there at once leaves in one write instead of a flush per write
+	// (and without the proxy's header-flush timer, which it starts for
+	// every response when the interval is negative).
+	DefaultFlushInterval = 10 * time.Millisecond
 )
 
 // Options configures a Hub.
@@ -107,8 +114,10 @@ type Options struct {
 	// ForwardHeaderTimeout bounds how long another node may take to start
 	// answering a forwarded request.
 	ForwardHeaderTimeout time.Duration
-	// FlushInterval is httputil.ReverseProxy's: negative flushes every
-	// write at once, 0 flushes only streamed responses of unknown length.
+	// FlushInterval is httputil.ReverseProxy's, for responses of known
+	// length: negative flushes every write at once, positive flushes at
+	// most this late, 0 leaves it to the buffers. Responses of unknown
+	// length and event streams are flushed at every write in any case.
 	FlushInterval time.Duration
 	// Metrics receives the hub's measurements; nil: not exported.
 	Metrics *Metrics
