@@ -106,7 +106,9 @@ type Relay struct {
 	pending  map[string]*pending
 	closing  bool
 	quit     chan struct{}
-	changed  chan struct{} // closed and replaced when poll counts change
+	// changed is closed and dropped when poll counts change; WaitForPolls
+	// makes it, so that polls make no channel while nobody waits.
+	changed chan struct{}
 
 	hClient, hName, hPoll, hResponse, hStream http.Handler
 }
@@ -127,7 +129,6 @@ func New(hub *relay.Hub, opts Options) (*Relay, error) {
 		backends: make(map[string]*backend),
 		pending:  make(map[string]*pending),
 		quit:     make(chan struct{}),
-		changed:  make(chan struct{}),
 	}
 	g.hClient = httpapi.Handle(g.serveClient, writeError)
 	g.hName = httpapi.Handle(g.serveServerName, writeError)
@@ -293,23 +294,22 @@ func (g *Relay) servePoll(w http.ResponseWriter, r *http.Request) error {
 	}
 	if first {
 		g.log.Info("Relay client connected", "ServerName", name)
-	} else {
+	} else if g.log.Enabled(r.Context(), slog.LevelDebug) {
 		g.log.Debug("Relay client connected", "ServerName", name)
 	}
 	defer g.pollEnd(b)
+	// Under load a request is often waiting already: take it without
+	// arming a timer.
+	select {
+	case p := <-b.handoff:
+		return g.deliver(w, p)
+	default:
+	}
 	t := time.NewTimer(g.opts.PollTimeout)
 	defer t.Stop()
 	select {
 	case p := <-b.handoff:
-		h := w.Header()
-		h.Set("Content-Type", wire.RequestContentType)
-		h.Set("Content-Length", strconv.Itoa(len(p.msg)))
-		if _, err := w.Write(p.msg); err != nil {
-			p.finish(errLost)
-			return nil
-		}
-		p.touch()
-		return nil
+		return g.deliver(w, p)
 	case <-t.C:
 		return errNoRequest
 	case <-g.quit:
@@ -318,6 +318,26 @@ func (g *Relay) servePoll(w http.ResponseWriter, r *http.Request) error {
 		return nil
 	}
 }
+
+// deliver answers a poll with the request p.
+func (g *Relay) deliver(w http.ResponseWriter, p *pending) error {
+	h := w.Header()
+	h["Content-Type"] = requestContentType
+	h["Content-Length"] = []string{strconv.Itoa(len(p.msg))}
+	if _, err := w.Write(p.msg); err != nil {
+		p.finish(errLost)
+		return nil
+	}
+	p.touch()
+	return nil
+}
+
+// Header values set on every answer, shared (net/http only reads them).
+var (
+	requestContentType = []string{wire.RequestContentType}
+	textPlain          = []string{"text/plain"}
+	okBody             = []byte("ok")
+)
 
 // serveResponse is POST /server/response: one chunk of a response.
 func (g *Relay) serveResponse(w http.ResponseWriter, r *http.Request) error {
@@ -361,8 +381,8 @@ func (g *Relay) serveResponse(w http.ResponseWriter, r *http.Request) error {
 	select {
 	case p.chunks <- chunk{msg: msg, buf: body}:
 		handed = true // the user side gives the buffer back
-		w.Header().Set("Content-Type", "text/plain")
-		_, err := w.Write([]byte("ok"))
+		w.Header()["Content-Type"] = textPlain
+		_, err := w.Write(okBody)
 		return err
 	case <-p.done:
 		return invalidID(msg.ID)
@@ -525,8 +545,10 @@ func (g *Relay) forget(b *backend) {
 }
 
 func (g *Relay) changedLocked() {
-	close(g.changed)
-	g.changed = make(chan struct{})
+	if g.changed != nil {
+		close(g.changed)
+		g.changed = nil
+	}
 }
 
 // Known reports whether a relay client has polled for name recently enough
@@ -545,6 +567,9 @@ func (g *Relay) WaitForPolls(ctx context.Context, name string, n int) error {
 		got := 0
 		if b := g.backends[name]; b != nil {
 			got = b.polls
+		}
+		if g.changed == nil {
+			g.changed = make(chan struct{})
 		}
 		ch := g.changed
 		g.mu.Unlock()
