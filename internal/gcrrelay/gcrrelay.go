@@ -432,10 +432,12 @@ func (g *Relay) serveRequestStream(w http.ResponseWriter, r *http.Request) error
 	return err
 }
 
-// readMessage reads a posted message whole, into a pooled buffer when its
-// length is declared (chunks are large: no doubling and copying, no fresh
-// allocation per chunk). The caller gives the buffer back with putMessage
-// once nothing refers to it.
+// readMessage reads a posted message whole, into a pooled buffer sized
+// for it (chunks are large: no doubling and copying, no fresh allocation
+// per chunk). The size is the declared length, or for a message of unknown
+// length (chunked encoding) the end of its body as the message's start
+// declares it. The caller gives the buffer back with putMessage once
+// nothing refers to it.
 func readMessage(w http.ResponseWriter, r *http.Request, max int64) ([]byte, error) {
 	body := http.MaxBytesReader(w, r.Body, max)
 	if r.ContentLength > 0 && r.ContentLength <= max {
@@ -446,7 +448,52 @@ func readMessage(w http.ResponseWriter, r *http.Request, max int64) ([]byte, err
 		}
 		return b, nil
 	}
-	return io.ReadAll(body)
+	return readUnsized(body, max)
+}
+
+// unsizedStart is the first buffer for a message of unknown length: room
+// for the start of a chunk (status, headers, the body's length) or for a
+// whole small one. unsizedTail is the room left after the body for the
+// fields that follow it (the id, eof, trailers) before the buffer grows.
+const (
+	unsizedStart = 4 << 10
+	unsizedTail  = 4 << 10
+)
+
+// readUnsized reads a message of unknown length. Once the buffer holds the
+// body field's length (wire.ResponseSizeHint) it is sized for the whole
+// message, so the body is read in place; until then, and if the fields
+// after the body outgrow the room left for them, it doubles.
+func readUnsized(body io.Reader, limit int64) ([]byte, error) {
+	b := make([]byte, 0, unsizedStart)
+	sized := false
+	for {
+		if len(b) == cap(b) {
+			want := 2 * cap(b)
+			if !sized {
+				if n, ok := wire.ResponseSizeHint(b); ok {
+					sized = true
+					want = max(want, n+unsizedTail)
+				}
+			}
+			// A declared length beyond the limit gets the limit: the
+			// reader fails before the buffer fills.
+			want = max(int(min(int64(want), limit+1)), len(b)+1)
+			nb := getMessage(want)[:len(b)]
+			copy(nb, b)
+			putMessage(b)
+			b = nb
+		}
+		n, err := body.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			putMessage(b)
+			return nil, err
+		}
+	}
 }
 
 // Message buffers are pooled by power-of-two size classes from 64 KiB to
