@@ -264,7 +264,9 @@ func runRelayStream(ctx context.Context, o Options) ([]Figure, error) {
 			}
 		}
 	})
-	rs, err := startRelay(ctx, h, gcrclient.Options{MaxChunkSize: streamChunk, BlockSize: 1 << 20})
+	// The relay client posts large chunks in chunked encoding, written
+	// from where they lie (see gcrclient.Options.ChunkedPosts).
+	rs, err := startRelay(ctx, h, gcrclient.Options{MaxChunkSize: streamChunk, BlockSize: 1 << 20, ChunkedPosts: true})
 	if err != nil {
 		return nil, err
 	}
