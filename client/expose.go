@@ -284,8 +284,11 @@ func exposeHandler(target *url.URL, o ExposeOptions) http.Handler {
 		start := time.Now()
 		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
 		rp.ServeHTTP(sw, r)
-		o.Logger.Info("request", "method", r.Method, "host", r.Host, "path", r.URL.Path, "status", sw.status,
-			"bytes", sw.bytes, "elapsed", time.Since(start).Round(time.Microsecond), "client", r.Header.Get("X-Forwarded-For"))
+		if ctx := r.Context(); o.Logger.Enabled(ctx, slog.LevelInfo) {
+			o.Logger.LogAttrs(ctx, slog.LevelInfo, "request", slog.String("method", r.Method), slog.String("host", r.Host),
+				slog.String("path", r.URL.Path), slog.Int("status", sw.status), slog.Int64("bytes", sw.bytes),
+				slog.Duration("elapsed", time.Since(start).Round(time.Microsecond)), slog.String("client", r.Header.Get("X-Forwarded-For")))
+		}
 	})
 }
 
