@@ -193,7 +193,7 @@ func (c *Client) worker(ctx context.Context) error {
 			c.pause(ctx)
 			continue
 		}
-		body, err := io.ReadAll(resp.Body)
+		body, err := readBody(resp)
 		resp.Body.Close()
 		switch {
 		case err != nil:
@@ -213,6 +213,17 @@ func (c *Client) worker(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// readBody reads a response's body, into a buffer of its size when the
+// length is declared.
+func readBody(resp *http.Response) ([]byte, error) {
+	if n := resp.ContentLength; n >= 0 && n <= 64<<20 {
+		b := make([]byte, n)
+		_, err := io.ReadFull(resp.Body, b)
+		return b, err
+	}
+	return io.ReadAll(resp.Body)
 }
 
 // pause waits a second after an unexpected answer, as the original does.
@@ -235,10 +246,12 @@ func (c *Client) backendRequest(ctx context.Context, breq *wire.Request) (*http.
 	if u.RawPath != "" {
 		u.RawPath = c.backURL.EscapedPath() + u.RawPath
 	}
-	req, err := http.NewRequestWithContext(ctx, breq.Method, u.String(), bytes.NewReader(breq.Body))
+	// The URL is set parsed, not printed and parsed again.
+	req, err := http.NewRequestWithContext(ctx, breq.Method, "", bytes.NewReader(breq.Body))
 	if err != nil {
 		return nil, err
 	}
+	req.URL, req.Host = u, u.Host
 	if breq.Host != "" {
 		req.Host = breq.Host
 	}

@@ -251,6 +251,27 @@ func field(b []byte) (num protowire.Number, typ protowire.Type, v uint64, data [
 	}
 }
 
+// commonNames are header names as Go programs send them (canonical), so
+// that decoding one does not allocate its string.
+var commonNames = func() map[string]string {
+	m := map[string]string{}
+	for _, n := range []string{
+		"Accept", "Accept-Encoding", "Accept-Language", "Accept-Ranges", "Age", "Authorization",
+		"Cache-Control", "Connection", "Content-Disposition", "Content-Encoding", "Content-Language",
+		"Content-Length", "Content-Range", "Content-Type", "Cookie", "Date", "Etag", "Expires",
+		"Forwarded", "Grpc-Encoding", "Grpc-Message", "Grpc-Status", "Grpc-Timeout", "Host",
+		"If-Match", "If-Modified-Since", "If-None-Match", "Last-Modified", "Location", "Origin",
+		"Pragma", "Range", "Referer", "Sec-Websocket-Accept", "Sec-Websocket-Extensions",
+		"Sec-Websocket-Key", "Sec-Websocket-Protocol", "Sec-Websocket-Version", "Server",
+		"Set-Cookie", "Strict-Transport-Security", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+		"User-Agent", "Vary", "Via", "Www-Authenticate", "X-Content-Type-Options",
+		"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Request-Id",
+	} {
+		m[n] = n
+	}
+	return m
+}()
+
 func decodeHeader(b []byte) (Header, error) {
 	var h Header
 	for len(b) > 0 {
@@ -265,7 +286,11 @@ func decodeHeader(b []byte) (Header, error) {
 				continue
 			}
 			if num == 1 {
-				h.Name = string(data)
+				if name, ok := commonNames[string(data)]; ok {
+					h.Name = name // no allocation: the lookup does not copy data
+				} else {
+					h.Name = string(data)
+				}
 			} else {
 				h.Value = string(data)
 			}
