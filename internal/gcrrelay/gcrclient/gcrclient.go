@@ -83,6 +83,7 @@ type Client struct {
 	wg       sync.WaitGroup
 
 	chunkBufs sync.Pool
+	work      chan *wire.Request // requests for idle handlers
 }
 
 // New returns a client; Run starts it.
@@ -110,7 +111,7 @@ func New(o Options) (*Client, error) {
 	if err != nil || ru.Host == "" {
 		return nil, fmt.Errorf("relay url %q: not an absolute URL", o.RelayURL)
 	}
-	c := &Client{o: o, relay: o.Relay, backend: o.Backend, backURL: bu, relayURL: ru}
+	c := &Client{o: o, relay: o.Relay, backend: o.Backend, backURL: bu, relayURL: ru, work: make(chan *wire.Request)}
 	if c.relay == nil {
 		tr := &http.Transport{MaxIdleConnsPerHost: 100, DisableCompression: true}
 		c.own = append(c.own, tr)
@@ -209,10 +210,31 @@ func (c *Client) worker(ctx context.Context) error {
 				c.pause(ctx)
 				continue
 			}
-			c.wg.Go(func() { c.handle(ctx, breq) })
+			c.dispatch(ctx, breq)
 		}
 	}
 	return nil
+}
+
+// dispatch hands a request to an idle handler, or starts one. A handler
+// stays for the next requests until the client stops, so that requests do
+// not each pay for a new goroutine and its stack growing through net/http.
+func (c *Client) dispatch(ctx context.Context, breq *wire.Request) {
+	select {
+	case c.work <- breq:
+		return
+	default:
+	}
+	c.wg.Go(func() {
+		for {
+			c.handle(ctx, breq)
+			select {
+			case breq = <-c.work:
+			case <-ctx.Done():
+				return
+			}
+		}
+	})
 }
 
 // readBody reads a response's body, into a buffer of its size when the
