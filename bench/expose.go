@@ -93,16 +93,21 @@ func portOf(u string) string { return u[strings.LastIndex(u, ":"):] }
 // runExpose measures the native agent: requests/s through node and agent
 // against a plain reverse proxy, and one stream's download throughput.
 func runExpose(ctx context.Context, o Options) ([]Figure, error) {
+	// Goroutines inherit a label naming their part (see labelPart).
+	labelPart(ctx, "backend")
+	defer labelPart(ctx, "harness")
 	backendURL, stopBackend, err := startHTTP(bytesHandler)
 	if err != nil {
 		return nil, err
 	}
 	defer stopBackend()
+	labelPart(ctx, "proxy")
 	proxyURL, stopProxy, err := reverseProxy(backendURL, o.Conns)
 	if err != nil {
 		return nil, err
 	}
 	defer stopProxy()
+	labelPart(ctx, "node")
 	n, err := exposeNode()
 	if err != nil {
 		return nil, err
@@ -115,6 +120,7 @@ func runExpose(ctx context.Context, o Options) ([]Figure, error) {
 	actx, cancel := context.WithCancel(ctx)
 	ready := make(chan struct{}, 1)
 	agentDone := make(chan error, 1)
+	labelPart(ctx, "agent")
 	go func() {
 		agentDone <- cl.Expose(actx, client.ExposeOptions{
 			Name: "bench", Local: backendURL, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
@@ -134,23 +140,33 @@ func runExpose(ctx context.Context, o Options) ([]Figure, error) {
 	case <-time.After(10 * time.Second):
 		return nil, errors.New("agent not ready")
 	}
+	labelPart(ctx, "harness")
 	c := httpClient(o.Conns)
 	defer c.CloseIdleConnections()
 	host := "bench.localhost" + portOf(n.URL)
 
 	// Alternate slices so that the machine's load weighs on both alike.
+	// The profile covers both: the part labels tell them apart.
 	var base, got LoadResult
+	var baseCPU, gotCPU float64
 	slice := o.Duration / 4
-	for range 4 {
-		b, err := closedLoop(ctx, o.Conns, slice, getHost(c, proxyURL+"/", ""))
-		if err != nil {
-			return nil, fmt.Errorf("baseline: %w", err)
+	err = profiled("expose", func() error {
+		for range 4 {
+			b, bc, err := measured(ctx, o.Conns, slice, getHost(c, proxyURL+"/", ""))
+			if err != nil {
+				return fmt.Errorf("baseline: %w", err)
+			}
+			g, gc, err := measured(ctx, o.Conns, slice, getHost(c, n.URL+"/", host))
+			if err != nil {
+				return fmt.Errorf("expose: %w", err)
+			}
+			base, got = mergeLoad(base, b), mergeLoad(got, g)
+			baseCPU, gotCPU = baseCPU+bc/4, gotCPU+gc/4
 		}
-		g, err := closedLoop(ctx, o.Conns, slice, getHost(c, n.URL+"/", host))
-		if err != nil {
-			return nil, fmt.Errorf("expose: %w", err)
-		}
-		base, got = mergeLoad(base, b), mergeLoad(got, g)
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	// One stream: a large download through each path.
 	const size = 512 << 20
@@ -164,7 +180,7 @@ func runExpose(ctx context.Context, o Options) ([]Figure, error) {
 		if err != nil {
 			return 0, err
 		}
-		k, err := io.Copy(io.Discard, resp.Body)
+		k, err := readAll(resp.Body, make([]byte, 1<<20))
 		resp.Body.Close()
 		if err != nil || k != size {
 			return 0, fmt.Errorf("download: %d bytes, %v", k, err)
@@ -182,6 +198,7 @@ func runExpose(ctx context.Context, o Options) ([]Figure, error) {
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	return []Figure{
 		{Name: "native req/s", Unit: "req/s", Value: got.Rate(), Baseline: base.Rate(), Goal: 0.8},
+		{Name: "native CPU per req", Unit: "us", Value: gotCPU, Baseline: baseCPU, LowerIsBetter: true},
 		{Name: "native p99", Unit: "ms", Value: ms(got.Percentile(99)), Baseline: ms(base.Percentile(99)), LowerIsBetter: true},
 		{Name: "one-stream download", Unit: "Gbit/s", Value: tp, Baseline: baseTP},
 		{Name: "one-stream download (absolute)", Unit: "Gbit/s", Value: tp, Goal: 1},

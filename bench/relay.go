@@ -4,12 +4,17 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"os"
+	"path/filepath"
+	"runtime/pprof"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/postern/postern/internal/gcrrelay/gcrclient"
@@ -29,6 +34,79 @@ func init() {
 			"the 'vs chain' figure: through 2 chained httputil.ReverseProxy, the same 3 transfers of every byte as the protocol",
 		Run: runRelayStream,
 	})
+}
+
+// profileDir, when set, receives a CPU profile of the postern phase of the
+// relay and expose scenarios (the harness, node, relay client or agent, and
+// backend all run in this process), one file per scenario and round
+// (go tool pprof merges several).
+var profileDir = flag.String("profile", "", "write CPU profiles of the relay and expose scenarios' postern phases to this `dir`")
+
+var profileRounds = map[string]int{}
+
+// profiled runs f, under a CPU profile written to <profile>/<name>-<round>.pprof
+// when -profile is set.
+func profiled(name string, f func() error) error {
+	if *profileDir == "" {
+		return f()
+	}
+	profileRounds[name]++
+	out, err := os.Create(filepath.Join(*profileDir, fmt.Sprintf("%s-%d.pprof", name, profileRounds[name])))
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	if err := pprof.StartCPUProfile(out); err != nil {
+		return err
+	}
+	defer pprof.StopCPUProfile()
+	return f()
+}
+
+// labelPart labels the calling goroutine, and the goroutines it starts,
+// as part of the setup named part.
+func labelPart(ctx context.Context, part string) {
+	pprof.SetGoroutineLabels(pprof.WithLabels(ctx, pprof.Labels("part", part)))
+}
+
+// cpuTime is the CPU time (user and system) this process has used: the
+// harness, node, relay client or agent, and backend together.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// measured is a closed-loop phase with the CPU time it used per operation,
+// which other work on the machine disturbs less than the rate.
+func measured(ctx context.Context, conns int, d time.Duration, op func(ctx context.Context, worker, seq int) error) (LoadResult, float64, error) {
+	c0 := cpuTime()
+	r, err := closedLoop(ctx, conns, d, op)
+	us := 0.0
+	if r.Ops > 0 {
+		us = float64(cpuTime()-c0) / float64(time.Microsecond) / float64(r.Ops)
+	}
+	return r, us, err
+}
+
+// readAll reads r to its end with reads of len(buf) and returns how many
+// bytes it read: a download client that reads in large blocks.
+// (io.CopyBuffer to io.Discard would ignore buf: io.Discard reads through
+// its own 8 KiB buffer.)
+func readAll(r io.Reader, buf []byte) (int64, error) {
+	var n int64
+	for {
+		k, err := r.Read(buf)
+		n += int64(k)
+		if err == io.EOF {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+	}
 }
 
 // proxyChain starts n httputil.ReverseProxy in a row in front of target
@@ -68,11 +146,17 @@ type relaySetup struct {
 }
 
 func startRelay(ctx context.Context, h http.Handler, o gcrclient.Options) (*relaySetup, error) {
+	// The goroutines started from here on inherit a label naming their
+	// part, so that a profile splits by part (pprof -tagfocus part=node).
+	defer labelPart(ctx, "harness")
+	labelPart(ctx, "backend")
 	backend, stopBackend, err := startHTTP(h)
 	if err != nil {
 		return nil, err
 	}
+	labelPart(ctx, "node")
 	n, err := startNode(server.DefaultConfig())
+	labelPart(ctx, "relayclient")
 	if err != nil {
 		stopBackend()
 		return nil, err
@@ -133,15 +217,20 @@ func runRelay(ctx context.Context, o Options) ([]Figure, error) {
 		return nil, err
 	}
 	defer stopChain()
-	direct, err := closedLoop(ctx, o.Conns, o.Duration, get(rs.backend))
+	direct, directCPU, err := measured(ctx, o.Conns, o.Duration, get(rs.backend))
 	if err != nil {
 		return nil, fmt.Errorf("direct: %w", err)
 	}
-	relayed, err := closedLoop(ctx, o.Conns, o.Duration, get(rs.node.URL+"/client/bench"))
+	var relayed LoadResult
+	var relayedCPU float64
+	err = profiled("relay", func() (err error) {
+		relayed, relayedCPU, err = measured(ctx, o.Conns, o.Duration, get(rs.node.URL+"/client/bench"))
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("relay: %w", err)
 	}
-	chained, err := closedLoop(ctx, o.Conns, o.Duration, get(chain))
+	chained, chainedCPU, err := measured(ctx, o.Conns, o.Duration, get(chain))
 	if err != nil {
 		return nil, fmt.Errorf("chain: %w", err)
 	}
@@ -149,6 +238,8 @@ func runRelay(ctx context.Context, o Options) ([]Figure, error) {
 	return []Figure{
 		{Name: "req/s", Unit: "req/s", Value: relayed.Rate(), Baseline: direct.Rate(), Goal: 0.25},
 		{Name: "req/s vs chain", Unit: "req/s", Value: relayed.Rate(), Baseline: chained.Rate()},
+		{Name: "CPU per req", Unit: "us", Value: relayedCPU, Baseline: directCPU, LowerIsBetter: true},
+		{Name: "CPU per req vs chain", Unit: "us", Value: relayedCPU, Baseline: chainedCPU, LowerIsBetter: true},
 		{Name: "p50", Unit: "ms", Value: ms(relayed.Percentile(50)), Baseline: ms(direct.Percentile(50)), LowerIsBetter: true},
 		{Name: "p99", Unit: "ms", Value: ms(relayed.Percentile(99)), Baseline: ms(direct.Percentile(99)), LowerIsBetter: true},
 	}, nil
@@ -173,49 +264,59 @@ func runRelayStream(ctx context.Context, o Options) ([]Figure, error) {
 			}
 		}
 	})
-	rs, err := startRelay(ctx, h, gcrclient.Options{MaxChunkSize: streamChunk, BlockSize: 1 << 20})
+	// The relay client posts large chunks in chunked encoding, written
+	// from where they lie (see gcrclient.Options.ChunkedPosts).
+	rs, err := startRelay(ctx, h, gcrclient.Options{MaxChunkSize: streamChunk, BlockSize: 1 << 20, ChunkedPosts: true})
 	if err != nil {
 		return nil, err
 	}
 	defer rs.stop()
 	c := httpClient(1)
 	defer c.CloseIdleConnections()
-	download := func(url string) (float64, error) {
+	// download returns MB/s and the CPU time used per MB.
+	download := func(url string) (float64, float64, error) {
 		req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
-		t0 := time.Now()
+		t0, c0 := time.Now(), cpuTime()
 		resp, err := c.Do(req)
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		defer resp.Body.Close()
-		n, err := io.CopyBuffer(io.Discard, resp.Body, make([]byte, 1<<20))
+		n, err := readAll(resp.Body, make([]byte, 1<<20))
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		if n != streamBytes {
-			return 0, errors.New("short download")
+			return 0, 0, errors.New("short download")
 		}
-		return float64(n) / (1 << 20) / time.Since(t0).Seconds(), nil
+		mb := float64(n) / (1 << 20)
+		return mb / time.Since(t0).Seconds(), float64(cpuTime()-c0) / float64(time.Microsecond) / mb, nil
 	}
 	chain, stopChain, err := proxyChain(rs.backend, 2)
 	if err != nil {
 		return nil, err
 	}
 	defer stopChain()
-	direct, err := download(rs.backend + "/big")
+	direct, directCPU, err := download(rs.backend + "/big")
 	if err != nil {
 		return nil, fmt.Errorf("direct: %w", err)
 	}
-	relayed, err := download(rs.node.URL + "/client/bench/big")
+	var relayed, relayedCPU float64
+	err = profiled("relay-stream", func() (err error) {
+		relayed, relayedCPU, err = download(rs.node.URL + "/client/bench/big")
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("relay: %w", err)
 	}
-	chained, err := download(chain + "/big")
+	chained, chainedCPU, err := download(chain + "/big")
 	if err != nil {
 		return nil, fmt.Errorf("chain: %w", err)
 	}
 	return []Figure{
 		{Name: "one-stream MB/s", Unit: "MB/s", Value: relayed, Baseline: direct, Goal: 0.5},
 		{Name: "one-stream MB/s vs chain", Unit: "MB/s", Value: relayed, Baseline: chained},
+		{Name: "CPU per MB", Unit: "us", Value: relayedCPU, Baseline: directCPU, LowerIsBetter: true},
+		{Name: "CPU per MB vs chain", Unit: "us", Value: relayedCPU, Baseline: chainedCPU, LowerIsBetter: true},
 	}, nil
 }

@@ -60,6 +60,10 @@ type ExposeOptions struct {
 	Drain time.Duration
 }
 
+// exposeFlushInterval bounds how long the agent holds back a response of
+// known length that arrives slowly from the local service.
+const exposeFlushInterval = 10 * time.Millisecond
+
 // PublicURLHeader is the handshake answer's header naming the public URL.
 const PublicURLHeader = "X-Postern-Public-Url"
 
@@ -258,8 +262,13 @@ func exposeHandler(target *url.URL, o ExposeOptions) http.Handler {
 				}
 			}
 		},
-		Transport:     tr,
-		FlushInterval: -1,
+		Transport: tr,
+		// Streams (unknown length, event streams) are flushed at every
+		// write whatever this says; a response of known length leaves in
+		// one go when it is there at once, and at most this late when it
+		// trickles. (Negative would flush every write, and start a timer
+		// for every response to flush its headers alone.)
+		FlushInterval: exposeFlushInterval,
 		BufferPool:    exposeBuffers{},
 		ErrorLog:      slog.NewLogLogger(o.Logger.Handler(), slog.LevelDebug),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
@@ -275,8 +284,11 @@ func exposeHandler(target *url.URL, o ExposeOptions) http.Handler {
 		start := time.Now()
 		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
 		rp.ServeHTTP(sw, r)
-		o.Logger.Info("request", "method", r.Method, "host", r.Host, "path", r.URL.Path, "status", sw.status,
-			"bytes", sw.bytes, "elapsed", time.Since(start).Round(time.Microsecond), "client", r.Header.Get("X-Forwarded-For"))
+		if ctx := r.Context(); o.Logger.Enabled(ctx, slog.LevelInfo) {
+			o.Logger.LogAttrs(ctx, slog.LevelInfo, "request", slog.String("method", r.Method), slog.String("host", r.Host),
+				slog.String("path", r.URL.Path), slog.Int("status", sw.status), slog.Int64("bytes", sw.bytes),
+				slog.Duration("elapsed", time.Since(start).Round(time.Microsecond)), slog.String("client", r.Header.Get("X-Forwarded-For")))
+		}
 	})
 }
 

@@ -2,6 +2,8 @@ package expose
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"strings"
@@ -14,7 +16,12 @@ import (
 	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/expose/muxconn"
 	"github.com/postern/postern/internal/httpapi"
+	"github.com/postern/postern/internal/relay"
 )
+
+// errAgentFailed answers a request that came for an agent whose
+// connection failed while it was being set up.
+var errAgentFailed = errors.New("the agent's connection failed as it was set up")
 
 // nativeAgent is one `postern expose` connection: a websocket carrying a
 // yamux session on which the server opens one stream per HTTP connection
@@ -130,9 +137,14 @@ func (s *Service) serveAgent(w http.ResponseWriter, r *http.Request) {
 				return nil, ctx.Err()
 			}
 			if sess == nil {
-				return nil, errAgentGone
+				return nil, errAgentFailed
 			}
-			return sess.Open()
+			st, err := sess.Open()
+			if errors.Is(err, yamux.ErrSessionShutdown) {
+				// Closed before serveAgent closed the registration.
+				return nil, fmt.Errorf("%w: %w", relay.ErrBackendGone, err)
+			}
+			return st, err
 		},
 		MaxIdleConns:          0,
 		MaxIdleConnsPerHost:   256,

@@ -211,3 +211,52 @@ paths = ["/expose/shop"]
 		}
 	}
 }
+
+// An agent that reconnects under its name is reachable the moment it is
+// ready, even while the server is still seeing the previous connection
+// out: a request the hub gives to the leaving agent moves to the new one
+// (relay.ErrBackendGone) instead of failing with 502 "session shutdown".
+// TestReadyAgentIsReachable covers fresh names.
+func TestAgentReconnectedUnderItsNameIsReachable(t *testing.T) {
+	cfg := servertest.Config()
+	cfg.Expose.Domain = domain
+	n := servertest.Start(t, cfg)
+	local := localBackend(t)
+	c, err := client.New(n.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Transport: &http.Transport{}}
+	defer hc.CloseIdleConnections()
+	for round := range 20 {
+		ctx, cancel := context.WithCancel(context.Background())
+		ready := make(chan struct{}, 1)
+		done := make(chan error, 1)
+		go func() {
+			done <- c.Expose(ctx, client.ExposeOptions{
+				Name: "quick", Local: local, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+				OnReady: func(string) { ready <- struct{}{} },
+			})
+		}()
+		select {
+		case <-ready:
+		case err := <-done:
+			t.Fatalf("round %d: Expose ended: %v", round, err)
+		}
+		req, _ := http.NewRequest("GET", n.URL+"/", nil)
+		req.Host = "quick." + domain
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("round %d: Expose returned %v", round, err)
+		}
+		if resp.StatusCode != 200 {
+			t.Fatalf("round %d: %d %q right after the agent was ready", round, resp.StatusCode, b)
+		}
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/postern/postern/internal/gcrrelay/wire"
@@ -64,11 +65,21 @@ type pending struct {
 	// up carries the user's bytes after a 101 to /server/requeststream.
 	up chan []byte
 
-	done  chan struct{}
-	once  sync.Once
-	err   error // why it ended; read after done is closed
+	done chan struct{}
+	once sync.Once
+	err  error // why it ended; read after done is closed
+	// The inactivity timer fires InactiveRequestTimeout after it was
+	// armed and reaps the request unless there was activity since, in
+	// which case it is armed again for the time left: touch is a store,
+	// not a timer reset, so activity costs next to nothing.
 	timer *time.Timer
+	last  atomic.Int64 // time of the last activity, in ns since clock0
 }
+
+// clock0 is the origin of pending.last: monotonic times as integers.
+var clock0 = time.Now()
+
+func since0() int64 { return int64(time.Since(clock0)) }
 
 func (g *Relay) newPending(ctx context.Context, name string, msg []byte, id string) (*pending, error) {
 	p := &pending{
@@ -83,10 +94,10 @@ func (g *Relay) newPending(ctx context.Context, name string, msg []byte, id stri
 		return nil, relay.ErrShuttingDown
 	}
 	g.pending[id] = p
-	// Armed only once assigned, so that even a tiny timeout cannot fire
-	// before p.timer is set.
-	p.timer = time.AfterFunc(time.Hour, func() { p.finish(errReaped) })
-	p.timer.Reset(g.opts.InactiveRequestTimeout)
+	p.last.Store(since0())
+	// Armed only once assigned (under g.mu, which p.reap takes), so that
+	// even a tiny timeout cannot fire before p.timer is set.
+	p.timer = time.AfterFunc(g.opts.InactiveRequestTimeout, p.reap)
 	g.mu.Unlock()
 	// The user going away ends the request at once: the relay client's
 	// next post for it gets 400. (The registration ends with the user's
@@ -111,12 +122,23 @@ func (p *pending) finish(err error) {
 
 // touch records activity: the request is reaped only after a full
 // inactivity timeout without any.
-func (p *pending) touch() {
-	select {
-	case <-p.done:
-	default:
-		p.timer.Reset(p.g.opts.InactiveRequestTimeout)
+func (p *pending) touch() { p.last.Store(since0()) }
+
+// reap runs when the inactivity timer fires: it ends the request if it
+// was inactive for the whole timeout, else waits for the rest of it.
+func (p *pending) reap() {
+	p.g.mu.Lock() // p.timer is set
+	p.g.mu.Unlock()
+	idle := time.Duration(since0() - p.last.Load())
+	if left := p.g.opts.InactiveRequestTimeout - idle; left > 0 {
+		select {
+		case <-p.done:
+		default:
+			p.timer.Reset(left)
+		}
+		return
 	}
+	p.finish(errReaped)
 }
 
 // endErr is the error a reader of the ended request sees.
@@ -158,15 +180,20 @@ func (b *backend) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
-	pickup := time.NewTimer(g.opts.PickupTimeout)
-	defer pickup.Stop()
 	select {
-	case b.handoff <- p:
-	case <-pickup.C:
-		p.finish(errNotTaken)
-		return nil, notPickedUp(b.name)
-	case <-p.done:
-		return nil, b.failure(p)
+	case b.handoff <- p: // a poll was parked: no timer needed
+	default:
+		pickup := time.NewTimer(g.opts.PickupTimeout)
+		select {
+		case b.handoff <- p:
+			pickup.Stop()
+		case <-pickup.C:
+			p.finish(errNotTaken)
+			return nil, notPickedUp(b.name)
+		case <-p.done:
+			pickup.Stop()
+			return nil, b.failure(p)
+		}
 	}
 	var fc chunk
 	select {
@@ -207,6 +234,12 @@ func (b *backend) RoundTrip(req *http.Request) (*http.Response, error) {
 		ContentLength: -1,
 		Trailer:       rd.trailer,
 		Request:       req,
+	}
+	if first.EOF && status != http.StatusSwitchingProtocols {
+		// The whole response came in one message (a short answer): its
+		// length is known, so the proxy writes it to the user in one go
+		// rather than flushing write by write as it does for streams.
+		resp.ContentLength = int64(len(first.Body))
 	}
 	rd.absorb(fc)
 	if status == http.StatusSwitchingProtocols {

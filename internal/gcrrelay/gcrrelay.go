@@ -108,7 +108,9 @@ type Relay struct {
 	pending  map[string]*pending
 	closing  bool
 	quit     chan struct{}
-	changed  chan struct{} // closed and replaced when poll counts change
+	// changed is closed and dropped when poll counts change; WaitForPolls
+	// makes it, so that polls make no channel while nobody waits.
+	changed chan struct{}
 	// reserved counts the bytes set aside for response messages still
 	// arriving (see readMessage).
 	reserved atomic.Int64
@@ -132,7 +134,6 @@ func New(hub *relay.Hub, opts Options) (*Relay, error) {
 		backends: make(map[string]*backend),
 		pending:  make(map[string]*pending),
 		quit:     make(chan struct{}),
-		changed:  make(chan struct{}),
 	}
 	g.hClient = httpapi.Handle(g.serveClient, writeError)
 	g.hName = httpapi.Handle(g.serveServerName, writeError)
@@ -298,23 +299,22 @@ func (g *Relay) servePoll(w http.ResponseWriter, r *http.Request) error {
 	}
 	if first {
 		g.log.Info("Relay client connected", "ServerName", name)
-	} else {
+	} else if g.log.Enabled(r.Context(), slog.LevelDebug) {
 		g.log.Debug("Relay client connected", "ServerName", name)
 	}
 	defer g.pollEnd(b)
+	// Under load a request is often waiting already: take it without
+	// arming a timer.
+	select {
+	case p := <-b.handoff:
+		return g.deliver(w, p)
+	default:
+	}
 	t := time.NewTimer(g.opts.PollTimeout)
 	defer t.Stop()
 	select {
 	case p := <-b.handoff:
-		h := w.Header()
-		h.Set("Content-Type", wire.RequestContentType)
-		h.Set("Content-Length", strconv.Itoa(len(p.msg)))
-		if _, err := w.Write(p.msg); err != nil {
-			p.finish(errLost)
-			return nil
-		}
-		p.touch()
-		return nil
+		return g.deliver(w, p)
 	case <-t.C:
 		return errNoRequest
 	case <-g.quit:
@@ -323,6 +323,26 @@ func (g *Relay) servePoll(w http.ResponseWriter, r *http.Request) error {
 		return nil
 	}
 }
+
+// deliver answers a poll with the request p.
+func (g *Relay) deliver(w http.ResponseWriter, p *pending) error {
+	h := w.Header()
+	h["Content-Type"] = requestContentType
+	h["Content-Length"] = []string{strconv.Itoa(len(p.msg))}
+	if _, err := w.Write(p.msg); err != nil {
+		p.finish(errLost)
+		return nil
+	}
+	p.touch()
+	return nil
+}
+
+// Header values set on every answer, shared (net/http only reads them).
+var (
+	requestContentType = []string{wire.RequestContentType}
+	textPlain          = []string{"text/plain"}
+	okBody             = []byte("ok")
+)
 
 // serveResponse is POST /server/response: one chunk of a response.
 func (g *Relay) serveResponse(w http.ResponseWriter, r *http.Request) error {
@@ -362,8 +382,8 @@ func (g *Relay) serveResponse(w http.ResponseWriter, r *http.Request) error {
 	select {
 	case p.chunks <- chunk{msg: msg, buf: body}:
 		handed = true // the user side gives the buffer back
-		w.Header().Set("Content-Type", "text/plain")
-		_, err := w.Write([]byte("ok"))
+		w.Header()["Content-Type"] = textPlain
+		_, err := w.Write(okBody)
 		return err
 	case <-p.done:
 		return invalidID(msg.ID)
@@ -413,14 +433,16 @@ func (g *Relay) serveRequestStream(w http.ResponseWriter, r *http.Request) error
 	return err
 }
 
-// readMessage reads a posted message whole, into a pooled buffer when its
-// length is declared (chunks are large: no doubling and copying, no fresh
-// allocation per chunk). The caller gives the buffer back with putMessage
+// readMessage reads a posted message whole, into a pooled buffer sized
+// for it (chunks are large: no doubling and copying, no fresh allocation
+// per chunk). The size is the declared length, or for a message of
+// unknown length (chunked encoding) the end of its body as the message's
+// start declares it. The caller gives the buffer back with putMessage
 // once nothing refers to it.
 //
 // The message is read before it can be authorized (the id inside it names
 // the backend), so what an anonymous client may make the server hold is
-// bounded: declared lengths are set aside only within
+// bounded: sizes it declares are set aside only within
 // MaxResponseReserveBytes for all messages still arriving (beyond it, the
 // buffer grows with the bytes that actually came), and the body must
 // arrive within InactiveRequestTimeout, after which no request would have
@@ -458,7 +480,60 @@ func (g *Relay) readBody(body io.Reader, n, max int64) ([]byte, error) {
 		}
 		return b, nil
 	}
-	return io.ReadAll(body)
+	return g.readUnsized(body, max)
+}
+
+// unsizedStart is the first buffer for a message of unknown length: room
+// for the start of a chunk (status, headers, the body's length) or for a
+// whole small one. unsizedTail is the room left after the body for the
+// fields that follow it (the id, eof, trailers) before the buffer grows.
+const (
+	unsizedStart = 4 << 10
+	unsizedTail  = 4 << 10
+)
+
+// readUnsized reads a message whose length was not declared, or whose
+// declared length could not be set aside. Once the buffer holds the body
+// field's length (wire.ResponseSizeHint), and that length can be set
+// aside, the buffer is sized for the whole message, so the body is read
+// in place; until then, and if the fields after the body outgrow the room
+// left for them, it doubles.
+func (g *Relay) readUnsized(body io.Reader, limit int64) ([]byte, error) {
+	b := make([]byte, 0, unsizedStart)
+	hinted := false
+	var held int64 // bytes set aside for this message
+	defer func() { g.reserved.Add(-held) }()
+	for {
+		if len(b) == cap(b) {
+			want := 2 * cap(b)
+			if !hinted {
+				if n, ok := wire.ResponseSizeHint(b); ok {
+					hinted = true
+					sized := int64(min(n+unsizedTail, int(limit)+1))
+					if sized > int64(want) && g.reserve(sized) {
+						held = sized
+						want = int(sized)
+					}
+				}
+			}
+			// A declared length beyond the limit gets the limit: the
+			// reader fails before the buffer fills.
+			want = max(int(min(int64(want), limit+1)), len(b)+1)
+			nb := getMessage(want)[:len(b)]
+			copy(nb, b)
+			putMessage(b)
+			b = nb
+		}
+		n, err := body.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			putMessage(b)
+			return nil, err
+		}
+	}
 }
 
 // reserve sets n bytes aside for a message still arriving, when that keeps
@@ -571,8 +646,10 @@ func (g *Relay) forget(b *backend) {
 }
 
 func (g *Relay) changedLocked() {
-	close(g.changed)
-	g.changed = make(chan struct{})
+	if g.changed != nil {
+		close(g.changed)
+		g.changed = nil
+	}
 }
 
 // Known reports whether a relay client has polled for name recently enough
@@ -591,6 +668,9 @@ func (g *Relay) WaitForPolls(ctx context.Context, name string, n int) error {
 		got := 0
 		if b := g.backends[name]; b != nil {
 			got = b.polls
+		}
+		if g.changed == nil {
+			g.changed = make(chan struct{})
 		}
 		ch := g.changed
 		g.mu.Unlock()

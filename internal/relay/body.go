@@ -106,8 +106,8 @@ func (emptyBody) Read([]byte) (int, error) { return 0, io.EOF }
 func (emptyBody) Close() error             { return nil }
 
 // bufferPool lends the reverse proxy its copy buffers. They are larger
-// than the proxy's own 32 KiB: every write to the user is flushed at once,
-// so the buffer size is the size of the writes.
+// than the proxy's own 32 KiB: a large body goes to the user in writes of
+// the buffer's size (streams are flushed at every write).
 type bufferPool struct{}
 
 // CopyBufferSize is the size of the buffers that carry response bodies to

@@ -81,9 +81,16 @@ const (
 	DefaultForwardHeaderTimeout = 5 * time.Minute
 	// DefaultDirectoryTimeout bounds one directory call.
 	DefaultDirectoryTimeout = 5 * time.Second
-	// DefaultFlushInterval flushes every write of a response to the user
-	// at once, so streamed responses are never held back.
-	DefaultFlushInterval = -1
+	// DefaultFlushInterval bounds how long a response of known length may
+	// sit in buffers before it is flushed to the user. Responses of
+	// unknown length (streams: a relayed response that comes in chunks,
+	// a chunked answer) and event streams are flushed at every write
+	// whatever the interval, so streams are never held back; a response of
+	// known length that arrives slowly is at most this late, and one that
+	// is there at once leaves in one write instead of a flush per write
+	// (and without the proxy's header-flush timer, which it starts for
+	// every response when the interval is negative).
+	DefaultFlushInterval = 10 * time.Millisecond
 )
 
 // Options configures a Hub.
@@ -107,8 +114,10 @@ type Options struct {
 	// ForwardHeaderTimeout bounds how long another node may take to start
 	// answering a forwarded request.
 	ForwardHeaderTimeout time.Duration
-	// FlushInterval is httputil.ReverseProxy's: negative flushes every
-	// write at once, 0 flushes only streamed responses of unknown length.
+	// FlushInterval is httputil.ReverseProxy's, for responses of known
+	// length: negative flushes every write at once, positive flushes at
+	// most this late, 0 leaves it to the buffers. Responses of unknown
+	// length and event streams are flushed at every write in any case.
 	FlushInterval time.Duration
 	// Metrics receives the hub's measurements; nil: not exported.
 	Metrics *Metrics
@@ -164,6 +173,12 @@ var (
 	ErrNoBackend = errors.New("no backend with that name")
 	// ErrShuttingDown: the hub no longer takes requests.
 	ErrShuttingDown = errors.New("relay is shutting down")
+	// ErrBackendGone is what a backend's RoundTripper returns (wrapped or
+	// not) when it could not even start the request because its backend's
+	// connection has ended, before the transport noticed and closed the
+	// registration. Nothing of the request was sent, so the hub closes
+	// that registration and tries another backend of the name.
+	ErrBackendGone = errors.New("the backend's connection has ended")
 )
 
 // Target says where Serve sends a request and how it answers failures.
@@ -544,14 +559,24 @@ func (h *Hub) roundTrip(req *http.Request) (*http.Response, error) {
 		if c.t.Local != nil {
 			c.t.Local(req)
 		}
-		reg.inflight.Add(1)
-		resp, err := reg.rt.RoundTrip(req)
-		if err != nil {
+		for {
+			reg.inflight.Add(1)
+			resp, err := reg.rt.RoundTrip(req)
+			if err == nil {
+				resp.Body = wrapBody(resp.Body, c, func() { reg.inflight.Add(-1) })
+				return resp, nil
+			}
 			reg.inflight.Add(-1)
-			return nil, err
+			if !errors.Is(err, ErrBackendGone) {
+				return nil, err
+			}
+			// A backend on its way out (an agent reconnecting): another
+			// of the name, if any, takes the request.
+			reg.Close()
+			if reg = h.pick(c.t.Name); reg == nil {
+				return nil, err
+			}
 		}
-		resp.Body = wrapBody(resp.Body, c, func() { reg.inflight.Add(-1) })
-		return resp, nil
 	}
 	if h.forward == nil || c.forwarded {
 		return nil, ErrNoBackend

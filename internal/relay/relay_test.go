@@ -296,6 +296,43 @@ func TestStreamingBothWays(t *testing.T) {
 	}
 }
 
+// A response of known length that arrives slowly is not held back until
+// its end: what came is flushed to the user within the flush interval.
+func TestKnownLengthResponseTrickles(t *testing.T) {
+	n := startNode(t, nil)
+	release := make(chan struct{})
+	reg := n.hub.Register("k", backend(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "10")
+		io.WriteString(w, "hello")
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+			return
+		}
+		io.WriteString(w, "world")
+	}))
+	defer reg.Close()
+	req, _ := http.NewRequestWithContext(ctxT(t), "GET", n.url+"/u/k/", nil)
+	resp, err := client(t).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.ContentLength != 10 {
+		t.Fatalf("content length %d", resp.ContentLength)
+	}
+	first := make([]byte, 5)
+	if _, err := io.ReadFull(resp.Body, first); err != nil || string(first) != "hello" {
+		t.Fatalf("first part %q %v (held back until the end?)", first, err)
+	}
+	close(release)
+	rest, err := io.ReadAll(resp.Body)
+	if err != nil || string(rest) != "world" {
+		t.Fatalf("rest %q %v", rest, err)
+	}
+}
+
 func TestRequestBodyLimit(t *testing.T) {
 	n := startNode(t, nil)
 	reg := n.hub.Register("lim", backend(t, func(w http.ResponseWriter, r *http.Request) {
@@ -353,14 +390,16 @@ func TestCancellationBackendToUser(t *testing.T) {
 		panic(http.ErrAbortHandler) // the backend dies mid-response
 	}))
 	defer reg.Close()
+	// The user sees an error: before the headers when the cut comes
+	// within the flush interval of a response of known length, else
+	// while reading the body.
 	resp, err := client(t).Get(n.url + "/u/abort/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
 	if err == nil {
-		t.Fatalf("a cut response looked complete: %q", b)
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err == nil {
+			t.Fatalf("a cut response looked complete: %q", b)
+		}
 	}
 	n.settle(t)
 	if got := testutil.ToFloat64(mustCounter(t, n.reg, "postern_relay_requests_total", map[string]string{"outcome": "aborted"})); got != 1 {

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -64,6 +65,11 @@ type Options struct {
 	// Relay and Backend are the HTTP clients to use; nil: own ones.
 	Relay   *http.Client
 	Backend *http.Client
+	// ChunkedPosts posts large chunks in chunked transfer encoding,
+	// written to the connection straight from where they lie. The
+	// original client declares a Content-Length, and then net/http copies
+	// the body through a 32 KiB buffer into writes of that size.
+	ChunkedPosts bool
 }
 
 // Client is a relay client.
@@ -76,7 +82,8 @@ type Client struct {
 	relayURL *url.URL
 	wg       sync.WaitGroup
 
-	blocks, chunkBufs sync.Pool
+	chunkBufs sync.Pool
+	work      chan *wire.Request // requests for idle handlers
 }
 
 // New returns a client; Run starts it.
@@ -104,7 +111,7 @@ func New(o Options) (*Client, error) {
 	if err != nil || ru.Host == "" {
 		return nil, fmt.Errorf("relay url %q: not an absolute URL", o.RelayURL)
 	}
-	c := &Client{o: o, relay: o.Relay, backend: o.Backend, backURL: bu, relayURL: ru}
+	c := &Client{o: o, relay: o.Relay, backend: o.Backend, backURL: bu, relayURL: ru, work: make(chan *wire.Request)}
 	if c.relay == nil {
 		tr := &http.Transport{MaxIdleConnsPerHost: 100, DisableCompression: true}
 		c.own = append(c.own, tr)
@@ -187,7 +194,7 @@ func (c *Client) worker(ctx context.Context) error {
 			c.pause(ctx)
 			continue
 		}
-		body, err := io.ReadAll(resp.Body)
+		body, err := readBody(resp)
 		resp.Body.Close()
 		switch {
 		case err != nil:
@@ -203,10 +210,42 @@ func (c *Client) worker(ctx context.Context) error {
 				c.pause(ctx)
 				continue
 			}
-			c.wg.Go(func() { c.handle(ctx, breq) })
+			c.dispatch(ctx, breq)
 		}
 	}
 	return nil
+}
+
+// dispatch hands a request to an idle handler, or starts one. A handler
+// stays for the next requests until the client stops, so that requests do
+// not each pay for a new goroutine and its stack growing through net/http.
+func (c *Client) dispatch(ctx context.Context, breq *wire.Request) {
+	select {
+	case c.work <- breq:
+		return
+	default:
+	}
+	c.wg.Go(func() {
+		for {
+			c.handle(ctx, breq)
+			select {
+			case breq = <-c.work:
+			case <-ctx.Done():
+				return
+			}
+		}
+	})
+}
+
+// readBody reads a response's body, into a buffer of its size when the
+// length is declared.
+func readBody(resp *http.Response) ([]byte, error) {
+	if n := resp.ContentLength; n >= 0 && n <= 64<<20 {
+		b := make([]byte, n)
+		_, err := io.ReadFull(resp.Body, b)
+		return b, err
+	}
+	return io.ReadAll(resp.Body)
 }
 
 // pause waits a second after an unexpected answer, as the original does.
@@ -229,10 +268,12 @@ func (c *Client) backendRequest(ctx context.Context, breq *wire.Request) (*http.
 	if u.RawPath != "" {
 		u.RawPath = c.backURL.EscapedPath() + u.RawPath
 	}
-	req, err := http.NewRequestWithContext(ctx, breq.Method, u.String(), bytes.NewReader(breq.Body))
+	// The URL is set parsed, not printed and parsed again.
+	req, err := http.NewRequestWithContext(ctx, breq.Method, "", bytes.NewReader(breq.Body))
 	if err != nil {
 		return nil, err
 	}
+	req.URL, req.Host = u, u.Host
 	if breq.Host != "" {
 		req.Host = breq.Host
 	}
@@ -281,63 +322,155 @@ func (c *Client) handle(ctx context.Context, breq *wire.Request) {
 		c.post(ctx, first)
 		return
 	}
-	first.Body = c.chunkBuffer()
-	blocks := make(chan []byte)
-	chunks := make(chan *wire.Response)
-	go c.streamBytes(hresp.Body, blocks)
-	go c.buildResponses(blocks, first, chunks)
+	chunks := make(chan outChunk)
+	st := &streamer{c: c, out: chunks, resp: first, buf: c.chunkBuffer(), stop: make(chan struct{})}
+	go st.read(hresp.Body)
+	go st.tick()
 	failed := false
 	for ch := range chunks {
-		if failed {
-			continue // drain, so the builders end
+		if failed || ch.resp == nil {
+			if !failed && ch.release != nil {
+				c.putChunkBuffer(ch.release)
+			}
+			continue // drain, so the streamer ends
 		}
-		if ch.EOF {
+		if ch.resp.EOF {
 			// The backend's trailers are known once its body is read.
-			ch.Trailers = append(ch.Trailers, headers(hresp.Trailer)...)
-			ch.BackendDurationMs = time.Since(start).Milliseconds()
+			ch.resp.Trailers = append(ch.resp.Trailers, headers(hresp.Trailer)...)
+			ch.resp.BackendDurationMs = time.Since(start).Milliseconds()
 		}
-		if err := c.post(ctx, ch); err != nil {
+		if err := c.post(ctx, ch.resp); err != nil {
 			// A missing chunk would corrupt the response: stop, and close
 			// the backend connection.
 			failed = true
 			hresp.Body.Close()
 		}
-		if !failed {
-			// The server read it all before answering: the buffer is free.
-			c.putChunkBuffer(ch.Body)
+		if !failed && ch.release != nil {
+			// The server read it all before answering, and the chunks
+			// before it: the buffer is free.
+			c.putChunkBuffer(ch.release)
 		}
 	}
 }
 
-// streamBytes reads the backend's body in blocks. Each block belongs to
-// its receiver, which gives it back with putBlock.
-func (c *Client) streamBytes(in io.ReadCloser, out chan<- []byte) {
-	defer close(out)
+// outChunk is a chunk to post, and the buffer that is free once it is
+// posted (its body is the last part of that buffer to go). A chunk
+// without a response only gives its buffer back.
+type outChunk struct {
+	resp    *wire.Response
+	release []byte
+}
+
+// streamer cuts a streamed backend body into chunks as the original does:
+// a chunk as soon as it holds more than MaxChunkSize, buffered data after
+// a chunk delay, and an empty chunk after KeepAliveTicks idle delays. The
+// body is read straight into chunk buffers, BlockSize at a time, and a
+// chunk's body is the part of a buffer read since the previous chunk: the
+// bytes are not copied on their way from the backend to the post. The
+// reader (read) and the clock (tick) share the state under mu and send
+// chunks, in order, while holding it.
+type streamer struct {
+	c    *Client
+	out  chan<- outChunk
+	stop chan struct{} // closed when the body ended
+
+	mu    sync.Mutex
+	resp  *wire.Response // the chunk being built; its body is buf[start:end]
+	buf   []byte         // the buffer being read into (full capacity); nil: none yet
+	start int
+	end   int
+	ticks int
+	done  bool
+}
+
+// emitLocked sends the chunk built so far and starts the next one.
+// release says that the chunk's buffer is done with: it is given back
+// once the chunk is posted.
+func (s *streamer) emitLocked(eof, release bool) {
+	r := s.resp
+	r.Body = []byte{}
+	if s.buf != nil {
+		r.Body = s.buf[s.start:s.end:s.end]
+	}
+	r.EOF = eof
+	ch := outChunk{resp: r}
+	if release {
+		ch.release = s.buf
+		s.buf = nil
+	}
+	s.out <- ch
+	s.resp = &wire.Response{HasID: true, ID: r.ID}
+	s.start = s.end
+	s.ticks = 0
+}
+
+// read reads the backend's body until it ends (an error ends it too, as
+// in the original) and sends the last chunk.
+func (s *streamer) read(in io.ReadCloser) {
 	defer in.Close()
+	block := s.c.o.BlockSize
 	for {
-		buf := c.getBlock()
-		n, err := in.Read(buf)
-		if n > 0 {
-			out <- buf[:n]
-		} else {
-			c.putBlock(buf)
+		s.mu.Lock()
+		if s.buf == nil || cap(s.buf)-s.end < block {
+			if s.buf != nil {
+				// No room for another block: the buffer goes back once
+				// its last chunk (possibly empty: only the buffer) is posted.
+				if s.end > s.start {
+					s.emitLocked(false, true)
+				} else {
+					s.out <- outChunk{release: s.buf}
+				}
+			}
+			s.buf = s.c.chunkBuffer()
+			s.start, s.end = 0, 0
 		}
+		dst := s.buf[s.end : s.end+block]
+		s.mu.Unlock()
+		n, err := in.Read(dst)
+		s.mu.Lock()
+		s.end += n
 		if err != nil {
+			s.emitLocked(true, true)
+			s.done = true
+			s.mu.Unlock()
+			close(s.stop)
+			close(s.out)
 			return
 		}
+		if s.end-s.start > s.c.o.MaxChunkSize {
+			s.emitLocked(false, cap(s.buf)-s.end < block)
+		}
+		s.mu.Unlock()
 	}
 }
 
-func (c *Client) getBlock() []byte {
-	if b, ok := c.blocks.Get().(*[]byte); ok && cap(*b) >= c.o.BlockSize {
-		return (*b)[:c.o.BlockSize]
+// tick sends what was read after each chunk delay, and an empty chunk
+// after KeepAliveTicks idle ones.
+func (s *streamer) tick() {
+	timer := time.NewTimer(s.c.o.ChunkDelay)
+	defer timer.Stop()
+	for {
+		select {
+		case <-timer.C:
+		case <-s.stop:
+			return
+		}
+		timer.Reset(s.c.o.ChunkDelay)
+		s.mu.Lock()
+		if s.done {
+			s.mu.Unlock()
+			return
+		}
+		s.ticks++
+		if s.end > s.start || s.resp.HasStatus || s.ticks > s.c.o.KeepAliveTicks {
+			s.emitLocked(false, false)
+		}
+		s.mu.Unlock()
 	}
-	return make([]byte, c.o.BlockSize)
 }
 
-func (c *Client) putBlock(b []byte) { c.blocks.Put(&b) }
-
-// chunkBuffer returns an empty buffer with room for a full chunk.
+// chunkBuffer returns a buffer of full capacity (len 0) for a chunk and
+// the block read after it crosses MaxChunkSize.
 func (c *Client) chunkBuffer() []byte {
 	if b, ok := c.chunkBufs.Get().(*[]byte); ok {
 		return (*b)[:0]
@@ -349,49 +482,6 @@ func (c *Client) putChunkBuffer(b []byte) {
 	if cap(b) >= c.o.MaxChunkSize+c.o.BlockSize {
 		c.chunkBufs.Put(&b)
 	}
-}
-
-// buildResponses turns blocks into chunks as the original does: a chunk as
-// soon as it holds more than MaxChunkSize, buffered data after a chunk
-// delay, and an empty chunk after KeepAliveTicks idle delays.
-func (c *Client) buildResponses(in <-chan []byte, resp *wire.Response, out chan<- *wire.Response) {
-	defer close(out)
-	timer := time.NewTimer(c.o.ChunkDelay)
-	defer timer.Stop()
-	ticks := 0
-	for {
-		select {
-		case b, more := <-in:
-			resp.Body = append(resp.Body, b...)
-			if more {
-				c.putBlock(b)
-			}
-			if !more {
-				resp.EOF = true
-				out <- resp
-				return
-			}
-			if len(resp.Body) > c.o.MaxChunkSize {
-				out <- resp
-				resp = c.nextChunk(resp.ID)
-				ticks = 0
-			}
-		case <-timer.C:
-			timer.Reset(c.o.ChunkDelay)
-			ticks++
-			if len(resp.Body) > 0 || resp.HasStatus || ticks > c.o.KeepAliveTicks {
-				out <- resp
-				resp = c.nextChunk(resp.ID)
-				ticks = 0
-			}
-		}
-	}
-}
-
-// nextChunk starts a chunk with room for a full one, so that appending
-// blocks does not copy them again and again.
-func (c *Client) nextChunk(id string) *wire.Response {
-	return &wire.Response{HasID: true, ID: id, Body: c.chunkBuffer()}
 }
 
 // errPermanent is a 400 from /server/response: the request is over.
@@ -416,10 +506,16 @@ func (c *Client) post(ctx context.Context, r *wire.Response) error {
 		if err != nil {
 			return err
 		}
-		if len(payload) > 64<<10 {
+		switch {
+		case len(payload) > 64<<10 && c.o.ChunkedPosts:
+			// A body that is an io.WriterTo is written by net/http with
+			// WriteTo: each part in one write of the chunked encoding.
+			req.Body = io.NopCloser(&net.Buffers{head, payload, tail})
+			req.ContentLength = -1
+		case len(payload) > 64<<10:
 			req.Body = io.NopCloser(io.MultiReader(bytes.NewReader(head), bytes.NewReader(payload), bytes.NewReader(tail)))
 			req.ContentLength = int64(len(head) + len(payload) + len(tail))
-		} else {
+		default:
 			// Small: one copy, and the transport writes headers and body
 			// in one go (it flushes headers first for other readers).
 			msg := slices.Concat(head, payload, tail)

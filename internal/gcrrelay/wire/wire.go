@@ -119,14 +119,26 @@ func (r *Request) Marshal() []byte {
 // copied), and what follows. A client posting large chunks sends the parts
 // one after another instead of copying the body into one message.
 func (r *Response) MarshalParts() (head, body, tail []byte) {
+	head, tail = r.marshalAround(len(r.Body), r.Body != nil)
+	return head, r.Body, tail
+}
+
+// MarshalAround encodes r around a body of n bytes that the caller sends
+// itself, from wherever it lies: head ends with the body field's tag and
+// length, tail follows the body. r.Body is ignored.
+func (r *Response) MarshalAround(n int) (head, tail []byte) {
+	return r.marshalAround(n, true)
+}
+
+func (r *Response) marshalAround(n int, hasBody bool) (head, tail []byte) {
 	head = make([]byte, 0, 32+headersSize(2, r.Headers))
 	if r.HasStatus {
 		head = appendVarint(head, 1, uint64(int64(r.StatusCode)))
 	}
 	head = appendHeaders(head, 2, r.Headers)
-	if r.Body != nil {
+	if hasBody {
 		head = protowire.AppendTag(head, 3, protowire.BytesType)
-		head = protowire.AppendVarint(head, uint64(len(r.Body)))
+		head = protowire.AppendVarint(head, uint64(n))
 	}
 	tail = make([]byte, 0, 32+len(r.ID)+headersSize(6, r.Trailers))
 	if r.HasID || r.ID != "" {
@@ -139,7 +151,47 @@ func (r *Response) MarshalParts() (head, body, tail []byte) {
 	if r.BackendDurationMs != 0 {
 		tail = appendVarint(tail, 7, uint64(r.BackendDurationMs))
 	}
-	return head, r.Body, tail
+	return head, tail
+}
+
+// ResponseSizeHint looks at the start of an encoded HttpResponse and,
+// once it holds the body field's tag and length, returns where that body
+// ends: a lower bound of the message's size, to size a buffer for the rest
+// before it arrives (a message of unknown length, posted in chunked
+// encoding, can then be read in place). ok is false until then, and for a
+// start that is not a valid encoding (the decoder will say why). It is a
+// hint only: the decoder does not rely on it.
+func ResponseSizeHint(b []byte) (n int, ok bool) {
+	const most = 1 << 31
+	off := 0
+	for off < len(b) {
+		num, typ, tn := protowire.ConsumeTag(b[off:])
+		if tn < 0 {
+			return 0, false
+		}
+		if typ != protowire.BytesType {
+			vn := protowire.ConsumeFieldValue(num, typ, b[off+tn:])
+			if vn < 0 {
+				return 0, false
+			}
+			off += tn + vn
+			continue
+		}
+		l, ln := protowire.ConsumeVarint(b[off+tn:])
+		if ln < 0 {
+			return 0, false
+		}
+		l = min(l, most)
+		end := off + tn + ln + int(l)
+		if num == 3 {
+			return end, true
+		}
+		if end > len(b) {
+			return 0, false
+		}
+		off = end
+	}
+	return 0, false
 }
 
 // Marshal encodes r; optional fields are present when set (HasStatus,
@@ -199,6 +251,27 @@ func field(b []byte) (num protowire.Number, typ protowire.Type, v uint64, data [
 	}
 }
 
+// commonNames are header names as Go programs send them (canonical), so
+// that decoding one does not allocate its string.
+var commonNames = func() map[string]string {
+	m := map[string]string{}
+	for _, n := range []string{
+		"Accept", "Accept-Encoding", "Accept-Language", "Accept-Ranges", "Age", "Authorization",
+		"Cache-Control", "Connection", "Content-Disposition", "Content-Encoding", "Content-Language",
+		"Content-Length", "Content-Range", "Content-Type", "Cookie", "Date", "Etag", "Expires",
+		"Forwarded", "Grpc-Encoding", "Grpc-Message", "Grpc-Status", "Grpc-Timeout", "Host",
+		"If-Match", "If-Modified-Since", "If-None-Match", "Last-Modified", "Location", "Origin",
+		"Pragma", "Range", "Referer", "Sec-Websocket-Accept", "Sec-Websocket-Extensions",
+		"Sec-Websocket-Key", "Sec-Websocket-Protocol", "Sec-Websocket-Version", "Server",
+		"Set-Cookie", "Strict-Transport-Security", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+		"User-Agent", "Vary", "Via", "Www-Authenticate", "X-Content-Type-Options",
+		"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Request-Id",
+	} {
+		m[n] = n
+	}
+	return m
+}()
+
 func decodeHeader(b []byte) (Header, error) {
 	var h Header
 	for len(b) > 0 {
@@ -213,7 +286,11 @@ func decodeHeader(b []byte) (Header, error) {
 				continue
 			}
 			if num == 1 {
-				h.Name = string(data)
+				if name, ok := commonNames[string(data)]; ok {
+					h.Name = name // no allocation: the lookup does not copy data
+				} else {
+					h.Name = string(data)
+				}
 			} else {
 				h.Value = string(data)
 			}

@@ -214,6 +214,32 @@ func TestDecodeErrors(t *testing.T) {
 	}
 }
 
+func TestResponseSizeHint(t *testing.T) {
+	r := wire.Response{HasStatus: true, StatusCode: 200, Headers: []wire.Header{{Name: "Content-Type", Value: "text/plain"}},
+		Body: bytes.Repeat([]byte("xyz"), 1000), HasID: true, ID: "n:0123456789abcdef0123456789abcdef", EOF: true}
+	full := r.Marshal()
+	head, body, _ := r.MarshalParts()
+	for p := 0; p <= len(full); p++ {
+		n, ok := wire.ResponseSizeHint(full[:p])
+		switch {
+		case p < len(head) && ok:
+			t.Fatalf("prefix %d of a %d-byte head: hint %d before the body's length is known", p, len(head), n)
+		case p >= len(head) && (!ok || n != len(head)+len(body)):
+			t.Fatalf("prefix %d: hint %d %v, want %d", p, n, ok, len(head)+len(body))
+		}
+	}
+	// MarshalAround is MarshalParts for a body the caller sends.
+	h2, t2 := r.MarshalAround(len(r.Body))
+	_, _, tail := r.MarshalParts()
+	if !bytes.Equal(h2, head) || !bytes.Equal(t2, tail) {
+		t.Fatalf("MarshalAround %x %x, MarshalParts %x %x", h2, t2, head, tail)
+	}
+	noBody := wire.Response{HasID: true, ID: "n:1", EOF: true}
+	if n, ok := wire.ResponseSizeHint(noBody.Marshal()); ok {
+		t.Fatalf("hint %d for a message without a body", n)
+	}
+}
+
 func seedResponses(f *testing.F) {
 	f.Add([]byte{})
 	f.Add(libraryResponse(wire.Response{HasStatus: true, StatusCode: 200, HasID: true, ID: "n:1", Headers: []wire.Header{{Name: "A", Value: "b"}}, Body: []byte("x")}))
@@ -228,6 +254,9 @@ func seedResponses(f *testing.F) {
 func FuzzUnmarshalResponse(f *testing.F) {
 	seedResponses(f)
 	f.Fuzz(func(t *testing.T, b []byte) {
+		if n, ok := wire.ResponseSizeHint(b); ok && n < 0 {
+			t.Fatalf("size hint %d", n)
+		}
 		mine, err := wire.UnmarshalResponse(b)
 		m := dynamicpb.NewMessage(httpResponse)
 		libErr := proto.UnmarshalOptions{DiscardUnknown: true}.Unmarshal(b, m)
