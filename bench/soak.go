@@ -32,6 +32,11 @@ package main
 // dropped subscribers, refused or trimmed appends, lost acks) are read,
 // and the server is stopped with SIGTERM and must exit 0. The scenario
 // fails on any error, lost, duplicated or misordered message, or growth.
+//
+// Diagnostics: POSTERN_BENCH_SOAK_DEBUG=1 runs the server with
+// --log-level debug (its log, one line per request, is kept in the
+// temporary directory the harness names when the soak fails) and writes
+// the expose agent's debug log to the harness's standard error.
 
 import (
 	"bufio"
@@ -235,10 +240,13 @@ func runSoak(ctx context.Context, o Options) ([]Figure, error) {
 	var exposeReady atomic.Int64
 	ready := make(chan struct{}, 1)
 	exposeLog := &lineCounter{}
+	agentLog := slog.New(slog.NewTextHandler(exposeLog, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	if soakDebug {
+		agentLog = slog.New(slog.NewMultiHandler(agentLog.Handler(), slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	}
 	agents.Go(func() {
 		err := cl.Expose(agentsCtx, client.ExposeOptions{
-			Name: "soakx", Local: backendURL,
-			Logger: slog.New(slog.NewTextHandler(exposeLog, &slog.HandlerOptions{Level: slog.LevelWarn})),
+			Name: "soakx", Local: backendURL, Logger: agentLog,
 			OnReady: func(string) {
 				exposeReady.Add(1)
 				select {
@@ -313,7 +321,7 @@ func runSoak(ctx context.Context, o Options) ([]Figure, error) {
 	load.Wait() // producers stopped, consumers drained (or gave up)
 	drainTime := time.Since(start) - loadTime
 
-	counters, err := r.troubleCounters()
+	counters, detail, err := r.troubleCounters()
 	if err != nil {
 		r.errs.add("metrics", "%v", err)
 	}
@@ -341,7 +349,7 @@ func runSoak(ctx context.Context, o Options) ([]Figure, error) {
 	rep := soakReport{
 		d: o.Soak, loadTime: loadTime, drainTime: drainTime, idle: idle, samples: samples,
 		warmup: min(soakWarmup, o.Soak/4), tunnels: tunnels, inbox: inbox, chans: chans,
-		relayOps: relayOps.Load(), exposeOps: exposeOps.Load(), counters: counters,
+		relayOps: relayOps.Load(), exposeOps: exposeOps.Load(), counters: counters, counterDetail: detail,
 		logWarns: logWarns, stopTime: stopTime, errs: &r.errs,
 	}
 	figs, ok := rep.print(os.Stdout, o.Markdown)
@@ -368,6 +376,8 @@ type soakServer struct {
 	firstError string
 }
 
+var soakDebug = os.Getenv("POSTERN_BENCH_SOAK_DEBUG") != ""
+
 var soakListenRE = regexp.MustCompile(`postern listening"? addr=(\S+)`)
 
 // startSoakServer builds ./cmd/postern into dir and starts it on a
@@ -390,6 +400,9 @@ func startSoakServer(ctx context.Context, dir string) (*soakServer, error) {
 		// read (default a week): shortened so that their expiry runs and
 		// their memory reaches its steady state within the warm-up.
 		"--inbox-expiration", soakInboxExpiration.String())
+	if soakDebug {
+		cmd.Args = append(cmd.Args, "--log-level", "debug")
+	}
 	// Only the flags above: no POSTERN_* setting of the caller's leaks in.
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "POSTERN_") {
@@ -557,13 +570,14 @@ var soakTroubleMetrics = []string{
 }
 
 // troubleCounters sums, over their labels, the counters that must stay
-// zero, and the 5xx answers.
-func (r *soakRun) troubleCounters() (map[string]float64, error) {
+// zero, the 5xx answers and the relayed requests that did not end well;
+// detail names the label sets of the latter.
+func (r *soakRun) troubleCounters() (out map[string]float64, detail []string, err error) {
 	m, err := r.metrics()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	out := map[string]float64{"postern_http_requests_total{code=5xx}": 0}
+	out = map[string]float64{"postern_http_requests_total{code=5xx}": 0, `postern_relay_requests_total{outcome!="ok"}`: 0}
 	for _, name := range soakTroubleMetrics {
 		out[name] = 0
 	}
@@ -575,8 +589,17 @@ func (r *soakRun) troubleCounters() (map[string]float64, error) {
 		if name == "postern_http_requests_total" && strings.Contains(k, `code="5`) {
 			out["postern_http_requests_total{code=5xx}"] += v
 		}
+		// Relayed and exposed user requests that did not end "ok"
+		// (aborted mid-body, canceled, failed).
+		if name == "postern_relay_requests_total" && !strings.Contains(k, `outcome="ok"`) {
+			out[`postern_relay_requests_total{outcome!="ok"}`] += v
+			if v > 0 {
+				detail = append(detail, fmt.Sprintf("%s=%g", k, v))
+			}
+		}
 	}
-	return out, nil
+	slices.Sort(detail)
+	return out, detail, nil
 }
 
 // --- tunnels
@@ -1331,6 +1354,7 @@ type soakReport struct {
 	chans                          *soakChanStats
 	relayOps, exposeOps            int64
 	counters                       map[string]float64
+	counterDetail                  []string
 	logWarns                       int
 	stopTime                       time.Duration
 	errs                           *soakErrors
@@ -1413,7 +1437,7 @@ func (rep *soakReport) print(w io.Writer, md bool) ([]Figure, bool) {
 			ch.lost.Load(), ch.duplicated.Load(), fmt.Sprintf("%d channels (1 published by websocket, the others by POST) x %d subscribers; %d gaps signalled, %d subscriptions dropped", soakChannels, soakSubscribers, ch.gaps.Load(), ch.dropped.Load())},
 		{"relay", fmt.Sprintf("%d requests", rep.relayOps), rep.errs.count("relay"), 0, 0, "bodies checked byte for byte"},
 		{"expose", fmt.Sprintf("%d requests", rep.exposeOps), rep.errs.count("expose"), 0, 0, "bodies checked byte for byte"},
-		{"server", "", rep.errs.count("server") + rep.errs.count("metrics"), 0, 0, fmt.Sprintf("exit 0 after SIGTERM (in %v) and no error in its log (%d warnings) checked", rep.stopTime.Round(10*time.Millisecond), rep.logWarns)},
+		{"server", "", rep.errs.count("server") + rep.errs.count("metrics"), 0, 0, fmt.Sprintf("exit 0 after SIGTERM (in %v) and no error in its log (%d warnings) checked", rep.stopTime.Round(time.Millisecond), rep.logWarns)},
 	}
 	for _, l := range lines {
 		if l.errors > 0 || l.lost > 0 || l.duplicated > 0 {
@@ -1491,6 +1515,9 @@ func (rep *soakReport) print(w io.Writer, md bool) ([]Figure, bool) {
 		fmt.Fprintf(w, " %s=%g", name, rep.counters[name])
 	}
 	fmt.Fprintln(w)
+	for _, d := range rep.counterDetail {
+		fmt.Fprintln(w, "  "+d)
+	}
 	if n := rep.errs.total(); n > 0 {
 		ok = false
 		fmt.Fprintf(w, "\n%d errors; the first:\n", n)
