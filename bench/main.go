@@ -7,6 +7,7 @@
 //	go run ./bench                      # every scenario, 5 rounds
 //	go run ./bench -run tunnel -count 3 # scenarios matching a regexp
 //	go run ./bench -md                  # Markdown table for BENCHMARKS.md
+//	go run ./bench -run soak -count 1 -soak 10m # the soak (skipped otherwise)
 //
 // All traffic goes to servers the harness starts on 127.0.0.1.
 package main
@@ -57,6 +58,10 @@ type Options struct {
 	Duration time.Duration
 	// Conns is the default number of concurrent connections.
 	Conns int
+	// Soak is how long the soak scenario runs; 0 skips it (it is long).
+	Soak time.Duration
+	// Markdown asks scenarios that print their own report for Markdown.
+	Markdown bool
 }
 
 var scenarios []Scenario
@@ -71,6 +76,7 @@ func main() {
 	conns := flag.Int("conns", 32, "concurrent connections")
 	md := flag.Bool("md", false, "print a Markdown table")
 	list := flag.Bool("list", false, "list the scenarios and exit")
+	soak := flag.Duration("soak", 0, "run the soak scenario for this `duration` (0: it is skipped); alone: -run soak -count 1 -soak 10m")
 	flag.Parse()
 
 	re, err := regexp.Compile(*run)
@@ -88,7 +94,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 
-	opts := Options{Duration: *duration, Conns: *conns}
+	opts := Options{Duration: *duration, Conns: *conns, Soak: *soak, Markdown: *md}
 	var rows []row
 	failed := false
 	for _, s := range scenarios {

@@ -281,6 +281,14 @@ func exposeHandler(target *url.URL, o ExposeOptions) http.Handler {
 		},
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// The reverse proxy's transport may still be reading the request
+		// body (if only to see its end) when the local service's answer
+		// starts. Without full duplex the HTTP/1 server would then consume
+		// and close the rest of the body, and the transport, finding it
+		// closed, would drop the connection to the local service in the
+		// middle of the answer. (The server side relays in full duplex
+		// too; the reverse proxy closes the body when it returns.)
+		_ = http.NewResponseController(w).EnableFullDuplex()
 		start := time.Now()
 		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
 		rp.ServeHTTP(sw, r)
