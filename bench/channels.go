@@ -192,6 +192,22 @@ func runChild(kind string) int {
 		}
 		h = srv.Handler()
 		stop = func() { srv.Shutdown(context.Background()) }
+	case "tunnel":
+		// The tunnel-wake scenario's node, as tunnelNode makes it.
+		cfg := server.DefaultConfig()
+		cfg.Store = "memory"
+		cfg.Tunnel.MaxLen = 10_000_000
+		cfg.Tunnel.Backpressure = false
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		srv, err := server.New(cfg)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench child:", err)
+			return 1
+		}
+		h = srv.Handler()
+		stop = func() { srv.Shutdown(context.Background()) }
+	case "plain":
+		h, stop = http.HandlerFunc(plainHandler), func() {}
 	case "baseline":
 		b := &baselineServer{conns: make(map[*baselineConn]struct{})}
 		h, stop = b, b.closeAll

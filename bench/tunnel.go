@@ -12,6 +12,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
 	"github.com/postern/postern/internal/server"
 )
 
@@ -112,12 +116,23 @@ const (
 // to the answer of a consumer long-polling its tunnel, at wakeRate
 // messages/s spread over wakeTunnels tunnels. Each body carries its send
 // time.
+//
+// The node and the plain handler each run in a child process (the harness
+// started again, as for channels), as a deployed server would: in the
+// harness's own process the clients' garbage collections and scheduling
+// would stop the server too, and on two cores their pauses, not postern,
+// made the tail.
 func runTunnelWake(ctx context.Context, o Options) ([]Figure, error) {
-	base, err := pacedRoundTrips(ctx, o.Duration)
+	plain, err := startChild("plain")
+	if err != nil {
+		return nil, err
+	}
+	base, err := pacedRoundTrips(ctx, plain.base, o.Duration)
+	plain.stop()
 	if err != nil {
 		return nil, fmt.Errorf("baseline: %w", err)
 	}
-	n, err := tunnelNode("memory")
+	n, err := startChild("tunnel")
 	if err != nil {
 		return nil, err
 	}
@@ -145,7 +160,7 @@ func runTunnelWake(ctx context.Context, o Options) ([]Figure, error) {
 	var wg sync.WaitGroup
 	for i := range wakeTunnels {
 		wg.Go(func() {
-			url := n.URL + "/t/wake-" + strconv.Itoa(i) + "/poll?timeout=5"
+			url := n.base + "/t/wake-" + strconv.Itoa(i) + "/poll?timeout=5"
 			for ctx.Err() == nil {
 				req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
 				resp, err := c.Do(req)
@@ -192,7 +207,7 @@ func runTunnelWake(ctx context.Context, o Options) ([]Figure, error) {
 				case <-t.C:
 				}
 				body := strconv.FormatInt(time.Now().UnixNano(), 10)
-				req, _ := http.NewRequestWithContext(ctx, "POST", n.URL+"/t/wake-"+strconv.Itoa(seq%wakeTunnels), bytes.NewReader([]byte(body)))
+				req, _ := http.NewRequestWithContext(ctx, "POST", n.base+"/t/wake-"+strconv.Itoa(seq%wakeTunnels), bytes.NewReader([]byte(body)))
 				if err := expect(c, req, 201); err != nil {
 					if ctx.Err() == nil {
 						fail(err)
@@ -212,7 +227,7 @@ func runTunnelWake(ctx context.Context, o Options) ([]Figure, error) {
 		return nil, errors.New("no message was delivered")
 	}
 	r := LoadResult{Latencies: lat, Ops: received.Load(), Elapsed: elapsed}
-	wake50, wake99, err := histQuantiles(n, "postern_queue_wake_seconds", 0.5, 0.99)
+	wake50, wake99, err := histQuantiles(n.gather, "postern_queue_wake_seconds", 0.5, 0.99)
 	if err != nil {
 		return nil, err
 	}
@@ -231,12 +246,7 @@ func runTunnelWake(ctx context.Context, o Options) ([]Figure, error) {
 // pacedRoundTrips sends wakeRate requests/s from wakeProducer paced
 // goroutines to a plain handler and times each round trip: the floor of
 // one HTTP exchange at the wake scenario's rate on this machine.
-func pacedRoundTrips(ctx context.Context, d time.Duration) (LoadResult, error) {
-	url, stop, err := startHTTP(plainHandler)
-	if err != nil {
-		return LoadResult{}, err
-	}
-	defer stop()
+func pacedRoundTrips(ctx context.Context, url string, d time.Duration) (LoadResult, error) {
 	c := httpClient(wakeProducer)
 	defer c.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(ctx, d)
@@ -278,11 +288,33 @@ func pacedRoundTrips(ctx context.Context, d time.Duration) (LoadResult, error) {
 	return LoadResult{Latencies: lat, Ops: int64(len(lat)), Elapsed: time.Since(start)}, firstErr
 }
 
-// histQuantiles estimates quantiles of a histogram of the node's registry
+// gather reads the child's metrics from its /metrics endpoint.
+func (c *child) gather() ([]*dto.MetricFamily, error) {
+	res, err := http.Get(c.base + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("/metrics: %s", res.Status)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	byName, err := p.TextToMetricFamilies(res.Body)
+	if err != nil {
+		return nil, fmt.Errorf("/metrics: %w", err)
+	}
+	out := make([]*dto.MetricFamily, 0, len(byName))
+	for _, mf := range byName {
+		out = append(out, mf)
+	}
+	return out, nil
+}
+
+// histQuantiles estimates quantiles of a histogram that gather returns
 // (summed over labels) as Prometheus' histogram_quantile does: linear
 // within the bucket the rank falls in.
-func histQuantiles(n *node, name string, qs ...float64) (float64, float64, error) {
-	mfs, err := n.srv.Registry().Gather()
+func histQuantiles(gather func() ([]*dto.MetricFamily, error), name string, qs ...float64) (float64, float64, error) {
+	mfs, err := gather()
 	if err != nil {
 		return 0, 0, err
 	}
