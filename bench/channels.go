@@ -181,23 +181,12 @@ func runChild(kind string) int {
 	var h http.Handler
 	var stop func()
 	switch kind {
-	case "postern":
+	case "postern", "tunnel":
 		cfg := server.DefaultConfig()
 		cfg.Store = "memory"
-		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-		srv, err := server.New(cfg)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "bench child:", err)
-			return 1
+		if kind == "tunnel" {
+			cfg = tunnelConfig("memory") // the tunnel-wake scenario's node
 		}
-		h = srv.Handler()
-		stop = func() { srv.Shutdown(context.Background()) }
-	case "tunnel":
-		// The tunnel-wake scenario's node, as tunnelNode makes it.
-		cfg := server.DefaultConfig()
-		cfg.Store = "memory"
-		cfg.Tunnel.MaxLen = 10_000_000
-		cfg.Tunnel.Backpressure = false
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 		srv, err := server.New(cfg)
 		if err != nil {

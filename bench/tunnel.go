@@ -32,15 +32,18 @@ func init() {
 	})
 }
 
-// tunnelNode starts a memory-engine node sized for load: backpressure off
-// and a queue cap large enough that nothing is trimmed.
-func tunnelNode(store string) (*node, error) {
+// tunnelConfig is a node sized for load: backpressure off and a queue cap
+// large enough that nothing is trimmed.
+func tunnelConfig(store string) server.Config {
 	cfg := server.DefaultConfig()
 	cfg.Store = store
 	cfg.Tunnel.MaxLen = 10_000_000
 	cfg.Tunnel.Backpressure = false
-	return startNode(cfg)
+	return cfg
 }
+
+// tunnelNode starts a node of tunnelConfig in this process.
+func tunnelNode(store string) (*node, error) { return startNode(tunnelConfig(store)) }
 
 var benchBody = bytes.Repeat([]byte("x"), 128)
 
