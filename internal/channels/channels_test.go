@@ -916,17 +916,7 @@ func TestPingPong(t *testing.T) {
 		}
 	}()
 	// A raw client that reads nothing (so never answers pings).
-	nc, err := net.Dial("tcp", e.node.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	fmt.Fprintf(nc, "GET /c/pp HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
-	br := bufio.NewReader(nc)
-	res, err := http.ReadResponse(br, nil)
-	if err != nil || res.StatusCode != 101 {
-		t.Fatalf("handshake: %v %v", res, err)
-	}
+	rawWebsocket(t, e.node.Addr, "/c/pp")
 	e.node.WaitForSubscribers(t, "/pp", 2)
 	// The deaf client is dropped after its pong timeout; by then the live
 	// one went through several ping rounds, and it still gets messages.

@@ -165,17 +165,7 @@ func TestControlFramesBetweenMessages(t *testing.T) {
 // close, however many are published meanwhile.
 func TestNothingAfterClose(t *testing.T) {
 	e := start(t, func(c *server.Config) { c.Channels.BroadcastOnly = []string{"/after"} })
-	nc, err := net.Dial("tcp", e.node.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	fmt.Fprintf(nc, "GET /c/after HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
-	br := bufio.NewReader(nc)
-	res, err := http.ReadResponse(br, nil)
-	if err != nil || res.StatusCode != 101 {
-		t.Fatalf("handshake: %v %v", res, err)
-	}
+	nc, br := rawWebsocket(t, e.node.Addr, "/c/after")
 	e.node.WaitForSubscribers(t, "/after", 1)
 	stop := make(chan struct{})
 	var posts sync.WaitGroup
@@ -255,4 +245,23 @@ func readRawFrame(br *bufio.Reader) (byte, error) {
 		return 0, err
 	}
 	return h[0] & 0x0f, nil
+}
+
+// rawWebsocket opens a websocket to path at addr by hand, with no client
+// library behind it: the test reads (or does not read) the frames itself.
+// The connection closes when the test ends.
+func rawWebsocket(t *testing.T, addr, path string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	fmt.Fprintf(nc, "GET %s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", path)
+	br := bufio.NewReader(nc)
+	res, err := http.ReadResponse(br, nil)
+	if err != nil || res.StatusCode != 101 {
+		t.Fatalf("handshake: %v %v", res, err)
+	}
+	return nc, br
 }
