@@ -216,9 +216,14 @@ func (c *Client) worker(ctx context.Context) error {
 	return nil
 }
 
+// handlerIdle is how long a handler waits for another request before it
+// exits: a burst leaves no goroutines behind for longer.
+const handlerIdle = 30 * time.Second
+
 // dispatch hands a request to an idle handler, or starts one. A handler
-// stays for the next requests until the client stops, so that requests do
-// not each pay for a new goroutine and its stack growing through net/http.
+// stays for the next requests (up to handlerIdle between two), so that
+// requests do not each pay for a new goroutine and its stack growing
+// through net/http.
 func (c *Client) dispatch(ctx context.Context, breq *wire.Request) {
 	select {
 	case c.work <- breq:
@@ -226,10 +231,15 @@ func (c *Client) dispatch(ctx context.Context, breq *wire.Request) {
 	default:
 	}
 	c.wg.Go(func() {
+		idle := time.NewTimer(handlerIdle)
+		defer idle.Stop()
 		for {
 			c.handle(ctx, breq)
+			idle.Reset(handlerIdle)
 			select {
 			case breq = <-c.work:
+			case <-idle.C:
+				return
 			case <-ctx.Done():
 				return
 			}
