@@ -30,8 +30,10 @@ import (
 // agent costing about one httputil.ReverseProxy per request when it ran
 // an http.Server with one: every request crossed the server's response
 // writer, the proxy's header copies and the transport's read and write
-// loops (three goroutine hand-offs); a pair does the work of both on one
-// goroutine, with a second one only while a request body is being sent.
+// loops. A pair does the forwarding on the stream's goroutine; beside it
+// are a watcher of the local connection (see pair.ready) and, while a
+// request body is being sent, the goroutine sending it. BENCHMARKS.md
+// has the figures.
 
 // Buffer sizes of a pair. Large bodies bypass the buffers (reads and
 // writes at least as large go straight through), so they stay small:
