@@ -140,8 +140,10 @@ func (s *Service) serveAgent(w http.ResponseWriter, r *http.Request) {
 				return nil, errAgentFailed
 			}
 			st, err := sess.Open()
-			if errors.Is(err, yamux.ErrSessionShutdown) {
-				// Closed before serveAgent closed the registration.
+			if errors.Is(err, yamux.ErrSessionShutdown) || errors.Is(err, yamux.ErrRemoteGoAway) {
+				// Closed, or the agent stopping (its GoAway arrives
+				// before its close), before serveAgent closed the
+				// registration: another agent of the name may take it.
 				return nil, fmt.Errorf("%w: %w", relay.ErrBackendGone, err)
 			}
 			return st, err
