@@ -299,12 +299,9 @@ func watch(lr *bufio.Reader, ready chan<- error, resume <-chan struct{}, done ch
 	}
 }
 
-// errIdleData: the local service sent something while no request was
-// outstanding; the connection cannot be trusted any more.
-var errIdleData = errors.New("the local service sent data between requests")
-
-// localReady makes sure the pair has a live local connection: the
-// watcher has nothing to tell of an idle one.
+// localReady makes sure the pair has a live local connection: one the
+// watcher has news of while idle (the local service closed it, or sent
+// data no request asked for) is dropped and dialed again.
 func (p *pair) localReady() error {
 	if p.lc != nil {
 		select {
