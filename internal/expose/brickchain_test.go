@@ -271,9 +271,11 @@ func TestBrickchainRegistrationRefused(t *testing.T) {
 
 func TestBrickchainUnregisteredSocketClosedAndPings(t *testing.T) {
 	n := node(t, func(c *server.Config) {
-		c.Expose.RegisterTimeout = 200 * time.Millisecond
+		// Long enough for a registration on a loaded machine (dial,
+		// sign, register under -race); short enough to wait for.
+		c.Expose.RegisterTimeout = time.Second
 		c.Expose.PingInterval = 50 * time.Millisecond
-		c.Expose.RegistrationTTL = time.Second
+		c.Expose.RegistrationTTL = 5 * time.Second
 	})
 	a := dialAgent(t, n)
 	f, _ := a.next()
@@ -284,10 +286,11 @@ func TestBrickchainUnregisteredSocketClosedAndPings(t *testing.T) {
 		t.Fatalf("close %v", code)
 	}
 	// A registered agent gets the ping exactly as the original sent it,
-	// and stays connected past the register timeout.
+	// and stays connected past the register timeout: 30 pings 50 ms
+	// apart take 1.5 s at least.
 	b := dialAgent(t, n)
 	b.register(n, "")
-	for seen := 0; seen < 6; {
+	for seen := 0; seen < 30; {
 		raw, ok := <-b.frames
 		if !ok {
 			t.Fatalf("registered agent disconnected: %v", <-b.done)
