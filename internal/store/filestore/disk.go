@@ -551,7 +551,7 @@ func (s *Store) load(ov map[string][]byte, ovLast store.ID) (hs []held, err erro
 			if q == nil || key != qkey {
 				q, qkey = getQueue(key), key
 			}
-			if n := len(q.items); n > 0 && q.items[n-1].msg.ID.Compare(id) >= 0 {
+			if last, ok := q.Last(); ok && last.msg.ID.Compare(id) >= 0 {
 				if !fromOv {
 					return s.damaged("messages of queue %q are out of order", key)
 				}
@@ -566,7 +566,7 @@ func (s *Store) load(ov map[string][]byte, ovLast store.ID) (hs []held, err erro
 				e.body.Store(&body)
 				hs = append(hs, held{&e.body, e.body.Load()})
 			}
-			q.items = append(q.items, e)
+			q.Push(e)
 			messages++
 			if id.Compare(last) > 0 {
 				last = id
@@ -577,7 +577,7 @@ func (s *Store) load(ov map[string][]byte, ovLast store.ID) (hs []held, err erro
 			return err
 		}
 		for q := range unsorted {
-			slices.SortFunc(q.items, func(a, b *entry) int { return a.msg.ID.Compare(b.msg.ID) })
+			q.Sort()
 		}
 		err = each(bPending, func(k, v []byte, _ bool) error {
 			key, id, ok := splitIDKey(k)
@@ -588,8 +588,8 @@ func (s *Store) load(ov map[string][]byte, ovLast store.ID) (hs []held, err erro
 				return s.damaged("pending mark for message %s of queue %q: %v", id, key, err)
 			}
 			if q := s.shard(key).queues[key]; q != nil {
-				if i, found := q.find(id); found {
-					q.live()[i].pending = true
+				if i, found := q.Find(id); found {
+					q.Live()[i].pending = true
 					return nil
 				}
 			}
@@ -601,7 +601,7 @@ func (s *Store) load(ov map[string][]byte, ovLast store.ID) (hs []held, err erro
 		// Unseen messages own their dedup keys.
 		for i := range s.shards {
 			for _, q := range s.shards[i].queues {
-				for _, e := range q.items {
+				for _, e := range q.Live() {
 					if k := e.msg.DedupKey; k != "" && !e.pending {
 						if q.queued == nil {
 							q.queued = make(map[string]*entry)

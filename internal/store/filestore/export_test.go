@@ -65,7 +65,7 @@ func (s *Store) CheckDisk() string {
 		sh := &s.shards[i]
 		sh.mu.Lock()
 		for key, q := range sh.queues {
-			for _, e := range q.live() {
+			for _, e := range q.Live() {
 				mem[key+" "+e.msg.ID.String()] = true
 			}
 		}

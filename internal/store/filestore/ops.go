@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/postern/postern/internal/store"
+	"github.com/postern/postern/internal/store/ordered"
 )
 
 // The index follows the memory engine's shapes and rules (memstore is the
@@ -42,9 +43,10 @@ type entry struct {
 	body atomic.Pointer[[]byte]
 }
 
+func (e *entry) MessageID() store.ID { return e.msg.ID }
+
 type queue struct {
-	items []*entry // ordered by id; items[head:] are live
-	head  int
+	ordered.Queue[*entry]
 	// queued maps a dedup key to its entry while the entry is unseen.
 	queued map[string]*entry
 	// seen remembers dedup keys of messages handed out, until the time given.
@@ -71,60 +73,6 @@ func (s *Store) lockW(key string) (*shard, error) {
 		return nil, err
 	}
 	return s.lock(key)
-}
-
-func (q *queue) live() []*entry { return q.items[q.head:] }
-
-func (q *queue) len() int { return len(q.items) - q.head }
-
-// find returns the index in live() of id, or where it would go.
-func (q *queue) find(id store.ID) (int, bool) {
-	l := q.live()
-	lo, hi := 0, len(l)
-	for lo < hi {
-		m := int(uint(lo+hi) >> 1)
-		if l[m].msg.ID.Compare(id) < 0 {
-			lo = m + 1
-		} else {
-			hi = m
-		}
-	}
-	return lo, lo < len(l) && l[lo].msg.ID == id
-}
-
-// removeAt removes live()[i].
-func (q *queue) removeAt(i int) *entry {
-	if i == 0 {
-		e := q.items[q.head]
-		q.items[q.head] = nil
-		q.head++
-		if q.head > 32 && q.head*2 > len(q.items) {
-			n := copy(q.items, q.items[q.head:])
-			clear(q.items[n:])
-			q.items = q.items[:n]
-			q.head = 0
-		}
-		return e
-	}
-	j := q.head + i
-	e := q.items[j]
-	copy(q.items[j:], q.items[j+1:])
-	q.items[len(q.items)-1] = nil
-	q.items = q.items[:len(q.items)-1]
-	return e
-}
-
-// insertAt inserts e at live()[i].
-func (q *queue) insertAt(i int, e *entry) {
-	if i == 0 && q.head > 0 {
-		q.head--
-		q.items[q.head] = e
-		return
-	}
-	j := q.head + i
-	q.items = append(q.items, nil)
-	copy(q.items[j+1:], q.items[j:])
-	q.items[j] = e
 }
 
 // Recording of changes.
@@ -196,7 +144,7 @@ func (s *Store) getQueue(sh *shard, key string, create bool) *queue {
 
 // maybeForget drops an empty queue that remembers no dedup keys.
 func (s *Store) maybeForget(sh *shard, key string, q *queue) {
-	if q.len() == 0 && len(q.seen) == 0 && sh.queues[key] == q {
+	if q.Len() == 0 && len(q.seen) == 0 && sh.queues[key] == q {
 		delete(sh.queues, key)
 		s.queues.Add(-1)
 	}
@@ -245,14 +193,14 @@ func (s *Store) append(sh *shard, key string, m store.Message, opts store.Append
 			e.msg.ContentType = m.ContentType
 			e.msg.ExpiresAt = expires
 			w.putMsg(key, e, m.Body)
-			return store.AppendResult{ID: e.msg.ID, Len: q.len(), Duplicate: true}, nil
+			return store.AppendResult{ID: e.msg.ID, Len: q.Len(), Duplicate: true}, nil
 		}
 		if until, ok := q.seen[k]; ok && now.Before(until) {
-			return store.AppendResult{Len: q.len(), Duplicate: true}, nil
+			return store.AppendResult{Len: q.Len(), Duplicate: true}, nil
 		}
 	}
-	if opts.Limit > 0 && q.len() >= opts.Limit {
-		return store.AppendResult{}, &store.FullError{Len: q.len()}
+	if opts.Limit > 0 && q.Len() >= opts.Limit {
+		return store.AppendResult{}, &store.FullError{Len: q.Len()}
 	}
 	sh.lastID = store.NextID(sh.lastID, now)
 	e := &entry{msg: store.Message{
@@ -264,7 +212,7 @@ func (s *Store) append(sh *shard, key string, m store.Message, opts store.Append
 	if opts.DedupKey != "" {
 		e.dedupUntil = now.Add(opts.DedupWindow)
 	}
-	q.items = append(q.items, e)
+	q.Push(e)
 	s.messages.Add(1)
 	w.putMsg(key, e, m.Body)
 	w.maxID = e.msg.ID
@@ -280,15 +228,15 @@ func (s *Store) append(sh *shard, key string, m store.Message, opts store.Append
 	}
 	res := store.AppendResult{ID: e.msg.ID}
 	if opts.MaxLen > 0 {
-		for q.len() > opts.MaxLen {
-			old := q.removeAt(0)
+		for q.Len() > opts.MaxLen {
+			old := q.RemoveAt(0)
 			q.forget(key, old, false, now, w)
 			w.delMsg(key, old)
 			s.messages.Add(-1)
 			res.Trimmed++
 		}
 	}
-	res.Len = q.len()
+	res.Len = q.Len()
 	return res, nil
 }
 
@@ -314,7 +262,7 @@ func (s *Store) take(sh *shard, key string, mode store.TakeMode, w *wset) (store
 	defer s.maybeForget(sh, key, q)
 	now := s.now()
 	if mode == store.TakePending {
-		for _, e := range q.live() {
+		for _, e := range q.Live() {
 			if e.pending && !expired(&e.msg, now) {
 				// Handing out the pending message again changes nothing.
 				m, err := s.message(key, e)
@@ -325,8 +273,8 @@ func (s *Store) take(sh *shard, key string, mode store.TakeMode, w *wset) (store
 	// Check writability only when about to change something, so that
 	// polling an empty queue works while writes are refused.
 	checked := false
-	for i := 0; i < q.len(); {
-		e := q.live()[i]
+	for i := 0; i < q.Len(); {
+		e := q.Live()[i]
 		if !e.pending && !checked {
 			if err := s.writable(); err != nil {
 				return store.Message{}, false, err
@@ -334,7 +282,7 @@ func (s *Store) take(sh *shard, key string, mode store.TakeMode, w *wset) (store
 			checked = true
 		}
 		if expired(&e.msg, now) {
-			q.removeAt(i)
+			q.RemoveAt(i)
 			q.forget(key, e, false, now, w)
 			w.delMsg(key, e)
 			s.messages.Add(-1)
@@ -354,7 +302,7 @@ func (s *Store) take(sh *shard, key string, mode store.TakeMode, w *wset) (store
 			q.forget(key, e, true, now, w)
 			return m, true, nil
 		}
-		q.removeAt(i)
+		q.RemoveAt(i)
 		w.delMsg(key, e)
 		s.messages.Add(-1)
 		q.forget(key, e, true, now, w)
@@ -386,8 +334,8 @@ func (s *Store) takeAll(sh *shard, key string, limit int, w *wset) ([]store.Mess
 	now := s.now()
 	var out []store.Message
 	checked := false
-	for i := 0; i < q.len() && (limit <= 0 || len(out) < limit); {
-		e := q.live()[i]
+	for i := 0; i < q.Len() && (limit <= 0 || len(out) < limit); {
+		e := q.Live()[i]
 		if e.pending {
 			i++
 			continue
@@ -399,7 +347,7 @@ func (s *Store) takeAll(sh *shard, key string, limit int, w *wset) ([]store.Mess
 			checked = true
 		}
 		if expired(&e.msg, now) {
-			q.removeAt(i)
+			q.RemoveAt(i)
 			w.delMsg(key, e)
 			s.messages.Add(-1)
 			q.forget(key, e, false, now, w)
@@ -409,7 +357,7 @@ func (s *Store) takeAll(sh *shard, key string, limit int, w *wset) ([]store.Mess
 		if err != nil {
 			return out, err
 		}
-		q.removeAt(i)
+		q.RemoveAt(i)
 		w.delMsg(key, e)
 		s.messages.Add(-1)
 		q.forget(key, e, true, now, w)
@@ -441,14 +389,14 @@ func (s *Store) restore(sh *shard, key string, m store.Message, w *wset) {
 	if expired(&m, now) {
 		return
 	}
-	i, found := q.find(m.ID)
+	i, found := q.Find(m.ID)
 	if found {
 		return
 	}
 	body := m.Body
 	m.Body = nil
 	e := &entry{msg: m}
-	q.insertAt(i, e)
+	q.InsertAt(i, e)
 	s.messages.Add(1)
 	if k := m.DedupKey; k != "" {
 		if q.queued == nil {
@@ -491,7 +439,7 @@ func (s *Store) ack(sh *shard, key string, id store.ID, w *wset) (bool, error) {
 		return false, nil
 	}
 	defer s.maybeForget(sh, key, q)
-	i, found := q.find(id)
+	i, found := q.Find(id)
 	if !found {
 		return false, nil
 	}
@@ -499,7 +447,7 @@ func (s *Store) ack(sh *shard, key string, id store.ID, w *wset) (bool, error) {
 		return false, err
 	}
 	now := s.now()
-	e := q.removeAt(i)
+	e := q.RemoveAt(i)
 	w.delMsg(key, e)
 	s.messages.Add(-1)
 	q.forget(key, e, true, now, w)
@@ -517,11 +465,11 @@ func (s *Store) Status(ctx context.Context, key string, id store.ID) (store.Stat
 	if q == nil {
 		return store.StateNone, nil
 	}
-	i, found := q.find(id)
+	i, found := q.Find(id)
 	if !found {
 		return store.StateNone, nil
 	}
-	e := q.live()[i]
+	e := q.Live()[i]
 	switch {
 	case expired(&e.msg, s.now()):
 		return store.StateNone, nil
@@ -539,7 +487,7 @@ func (s *Store) Len(ctx context.Context, key string) (int, error) {
 	}
 	defer sh.mu.Unlock()
 	if q := sh.queues[key]; q != nil {
-		return q.len(), nil
+		return q.Len(), nil
 	}
 	return 0, nil
 }
@@ -566,8 +514,8 @@ func (s *Store) clear(sh *shard, key string, w *wset) (int, error) {
 	if err := s.writable(); err != nil {
 		return 0, err
 	}
-	n := q.len()
-	for _, e := range q.live() {
+	n := q.Len()
+	for _, e := range q.Live() {
 		w.delMsg(key, e)
 	}
 	for k := range q.seen {
@@ -599,15 +547,15 @@ func (s *Store) reply(sh *shard, key string, id store.ID, r store.Message, ttl t
 		return false, nil
 	}
 	defer s.maybeForget(sh, key, q)
-	i, found := q.find(id)
-	if !found || !q.live()[i].pending {
+	i, found := q.Find(id)
+	if !found || !q.Live()[i].pending {
 		return false, nil
 	}
 	if err := s.writable(); err != nil {
 		return false, err
 	}
 	now := s.now()
-	e := q.removeAt(i)
+	e := q.RemoveAt(i)
 	w.delMsg(key, e)
 	s.messages.Add(-1)
 	q.forget(key, e, true, now, w)

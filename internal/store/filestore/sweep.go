@@ -51,13 +51,13 @@ func (s *Store) sweep(sh *shard) {
 				w.delSeen(key, k)
 			}
 		}
-		for i := 0; i < q.len() && n <= sweepBatch; n++ {
-			e := q.live()[i]
+		for i := 0; i < q.Len() && n <= sweepBatch; n++ {
+			e := q.Live()[i]
 			if !expired(&e.msg, now) {
 				i++
 				continue
 			}
-			q.removeAt(i)
+			q.RemoveAt(i)
 			q.forget(key, e, false, now, &w)
 			w.delMsg(key, e)
 			s.messages.Add(-1)

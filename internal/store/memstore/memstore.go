@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/postern/postern/internal/store"
+	"github.com/postern/postern/internal/store/ordered"
 )
 
 // DefaultSweepInterval is how often expired messages, replies and
@@ -81,9 +82,10 @@ type entry struct {
 	dedupUntil time.Time
 }
 
+func (e *entry) MessageID() store.ID { return e.msg.ID }
+
 type queue struct {
-	items []*entry // ordered by id; items[head:] are live
-	head  int
+	ordered.Queue[*entry]
 	// queued maps a dedup key to its entry while the entry is unseen.
 	queued map[string]*entry
 	// seen remembers dedup keys of messages handed out, until the time given.
@@ -158,60 +160,6 @@ func (s *Store) lock(key string) (*shard, error) {
 	return sh, nil
 }
 
-func (q *queue) live() []*entry { return q.items[q.head:] }
-
-func (q *queue) len() int { return len(q.items) - q.head }
-
-// find returns the index in live() of id, or where it would go.
-func (q *queue) find(id store.ID) (int, bool) {
-	l := q.live()
-	lo, hi := 0, len(l)
-	for lo < hi {
-		m := int(uint(lo+hi) >> 1)
-		if l[m].msg.ID.Compare(id) < 0 {
-			lo = m + 1
-		} else {
-			hi = m
-		}
-	}
-	return lo, lo < len(l) && l[lo].msg.ID == id
-}
-
-// removeAt removes live()[i].
-func (q *queue) removeAt(i int) *entry {
-	if i == 0 {
-		e := q.items[q.head]
-		q.items[q.head] = nil
-		q.head++
-		if q.head > 32 && q.head*2 > len(q.items) {
-			n := copy(q.items, q.items[q.head:])
-			clear(q.items[n:])
-			q.items = q.items[:n]
-			q.head = 0
-		}
-		return e
-	}
-	j := q.head + i
-	e := q.items[j]
-	copy(q.items[j:], q.items[j+1:])
-	q.items[len(q.items)-1] = nil
-	q.items = q.items[:len(q.items)-1]
-	return e
-}
-
-// insertAt inserts e at live()[i].
-func (q *queue) insertAt(i int, e *entry) {
-	if i == 0 && q.head > 0 {
-		q.head--
-		q.items[q.head] = e
-		return
-	}
-	j := q.head + i
-	q.items = append(q.items, nil)
-	copy(q.items[j+1:], q.items[j:])
-	q.items[j] = e
-}
-
 // forget drops the dedup bookkeeping for e when it is handed out or leaves
 // the queue. When delivered is set, its dedup key is remembered until the end
 // of its window, so that a resend is suppressed.
@@ -248,7 +196,7 @@ func (s *Store) getQueue(sh *shard, key string, create bool) *queue {
 
 // maybeForget drops an empty queue that remembers no dedup keys.
 func (s *Store) maybeForget(sh *shard, key string, q *queue) {
-	if q.len() == 0 && len(q.seen) == 0 {
+	if q.Len() == 0 && len(q.seen) == 0 {
 		delete(sh.queues, key)
 		s.queues.Add(-1)
 	}
@@ -274,14 +222,14 @@ func (s *Store) Append(ctx context.Context, key string, m store.Message, opts st
 			e.msg.ContentType = m.ContentType
 			e.msg.Body = m.Body
 			e.msg.ExpiresAt = expires
-			return store.AppendResult{ID: e.msg.ID, Len: q.len(), Duplicate: true}, nil
+			return store.AppendResult{ID: e.msg.ID, Len: q.Len(), Duplicate: true}, nil
 		}
 		if until, ok := q.seen[k]; ok && now.Before(until) {
-			return store.AppendResult{Len: q.len(), Duplicate: true}, nil
+			return store.AppendResult{Len: q.Len(), Duplicate: true}, nil
 		}
 	}
-	if opts.Limit > 0 && q.len() >= opts.Limit {
-		return store.AppendResult{}, &store.FullError{Len: q.len()}
+	if opts.Limit > 0 && q.Len() >= opts.Limit {
+		return store.AppendResult{}, &store.FullError{Len: q.Len()}
 	}
 	sh.lastID = store.NextID(sh.lastID, now)
 	e := &entry{msg: store.Message{
@@ -294,7 +242,7 @@ func (s *Store) Append(ctx context.Context, key string, m store.Message, opts st
 	if opts.DedupKey != "" {
 		e.dedupUntil = now.Add(opts.DedupWindow)
 	}
-	q.items = append(q.items, e)
+	q.Push(e)
 	s.messages.Add(1)
 	if k := opts.DedupKey; k != "" {
 		if q.queued == nil {
@@ -305,14 +253,14 @@ func (s *Store) Append(ctx context.Context, key string, m store.Message, opts st
 	}
 	res := store.AppendResult{ID: e.msg.ID}
 	if opts.MaxLen > 0 {
-		for q.len() > opts.MaxLen {
-			old := q.removeAt(0)
+		for q.Len() > opts.MaxLen {
+			old := q.RemoveAt(0)
 			q.forget(old, false, now)
 			s.messages.Add(-1)
 			res.Trimmed++
 		}
 	}
-	res.Len = q.len()
+	res.Len = q.Len()
 	return res, nil
 }
 
@@ -330,16 +278,16 @@ func (s *Store) Take(ctx context.Context, key string, mode store.TakeMode) (stor
 	defer s.maybeForget(sh, key, q)
 	now := s.now()
 	if mode == store.TakePending {
-		for _, e := range q.live() {
+		for _, e := range q.Live() {
 			if e.pending && !expired(&e.msg, now) {
 				return e.msg, true, nil
 			}
 		}
 	}
-	for i := 0; i < q.len(); {
-		e := q.live()[i]
+	for i := 0; i < q.Len(); {
+		e := q.Live()[i]
 		if expired(&e.msg, now) {
-			q.removeAt(i)
+			q.RemoveAt(i)
 			q.forget(e, false, now)
 			s.messages.Add(-1)
 			continue
@@ -353,7 +301,7 @@ func (s *Store) Take(ctx context.Context, key string, mode store.TakeMode) (stor
 			q.forget(e, true, now)
 			return e.msg, true, nil
 		}
-		q.removeAt(i)
+		q.RemoveAt(i)
 		s.messages.Add(-1)
 		q.forget(e, true, now)
 		return e.msg, true, nil
@@ -375,13 +323,13 @@ func (s *Store) TakeAll(ctx context.Context, key string, limit int) ([]store.Mes
 	defer s.maybeForget(sh, key, q)
 	now := s.now()
 	var out []store.Message
-	for i := 0; i < q.len() && (limit <= 0 || len(out) < limit); {
-		e := q.live()[i]
+	for i := 0; i < q.Len() && (limit <= 0 || len(out) < limit); {
+		e := q.Live()[i]
 		if e.pending {
 			i++
 			continue
 		}
-		q.removeAt(i)
+		q.RemoveAt(i)
 		s.messages.Add(-1)
 		if expired(&e.msg, now) {
 			q.forget(e, false, now)
@@ -406,12 +354,12 @@ func (s *Store) Restore(ctx context.Context, key string, m store.Message) error 
 	if expired(&m, now) {
 		return nil
 	}
-	i, found := q.find(m.ID)
+	i, found := q.Find(m.ID)
 	if found {
 		return nil
 	}
 	e := &entry{msg: m}
-	q.insertAt(i, e)
+	q.InsertAt(i, e)
 	s.messages.Add(1)
 	if k := m.DedupKey; k != "" {
 		if q.queued == nil {
@@ -438,12 +386,12 @@ func (s *Store) Ack(ctx context.Context, key string, id store.ID) (bool, error) 
 		return false, nil
 	}
 	defer s.maybeForget(sh, key, q)
-	i, found := q.find(id)
+	i, found := q.Find(id)
 	if !found {
 		return false, nil
 	}
 	now := s.now()
-	e := q.removeAt(i)
+	e := q.RemoveAt(i)
 	s.messages.Add(-1)
 	q.forget(e, true, now)
 	return true, nil
@@ -460,11 +408,11 @@ func (s *Store) Status(ctx context.Context, key string, id store.ID) (store.Stat
 	if q == nil {
 		return store.StateNone, nil
 	}
-	i, found := q.find(id)
+	i, found := q.Find(id)
 	if !found {
 		return store.StateNone, nil
 	}
-	e := q.live()[i]
+	e := q.Live()[i]
 	switch {
 	case expired(&e.msg, s.now()):
 		return store.StateNone, nil
@@ -482,7 +430,7 @@ func (s *Store) Len(ctx context.Context, key string) (int, error) {
 	}
 	defer sh.mu.Unlock()
 	if q := sh.queues[key]; q != nil {
-		return q.len(), nil
+		return q.Len(), nil
 	}
 	return 0, nil
 }
@@ -498,7 +446,7 @@ func (s *Store) Clear(ctx context.Context, key string) (int, error) {
 	if q == nil {
 		return 0, nil
 	}
-	n := q.len()
+	n := q.Len()
 	s.messages.Add(int64(-n))
 	delete(sh.queues, key)
 	s.queues.Add(-1)
@@ -517,12 +465,12 @@ func (s *Store) Reply(ctx context.Context, key string, id store.ID, r store.Mess
 		return false, nil
 	}
 	defer s.maybeForget(sh, key, q)
-	i, found := q.find(id)
-	if !found || !q.live()[i].pending {
+	i, found := q.Find(id)
+	if !found || !q.Live()[i].pending {
 		return false, nil
 	}
 	now := s.now()
-	e := q.removeAt(i)
+	e := q.RemoveAt(i)
 	s.messages.Add(-1)
 	q.forget(e, true, now)
 	r.ID = id
@@ -597,13 +545,13 @@ func (s *Store) sweep(sh *shard) {
 				delete(q.seen, k)
 			}
 		}
-		for i := 0; i < q.len() && n <= sweepBatch; n++ {
-			e := q.live()[i]
+		for i := 0; i < q.Len() && n <= sweepBatch; n++ {
+			e := q.Live()[i]
 			if !expired(&e.msg, now) {
 				i++
 				continue
 			}
-			q.removeAt(i)
+			q.RemoveAt(i)
 			q.forget(e, false, now)
 			s.messages.Add(-1)
 		}
