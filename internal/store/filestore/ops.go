@@ -20,7 +20,7 @@ type shard struct {
 	queues  map[string]*queue
 	replies map[replyKey]*reply
 	// histories are topic histories, in memory only (history.go).
-	histories map[string]*history
+	histories map[string]*ordered.History
 }
 
 type replyKey struct {

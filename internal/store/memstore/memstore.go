@@ -62,7 +62,7 @@ type shard struct {
 	lastID    store.ID // ids increase per shard, hence per key, even after a queue is forgotten
 	queues    map[string]*queue
 	replies   map[replyKey]reply
-	histories map[string]*history
+	histories map[string]*ordered.History
 }
 
 type replyKey struct {
@@ -106,7 +106,7 @@ func New(opts Options) *Store {
 	for i := range s.shards {
 		s.shards[i].queues = make(map[string]*queue)
 		s.shards[i].replies = make(map[replyKey]reply)
-		s.shards[i].histories = make(map[string]*history)
+		s.shards[i].histories = make(map[string]*ordered.History)
 	}
 	interval := opts.SweepInterval
 	if interval == 0 {

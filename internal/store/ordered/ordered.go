@@ -1,8 +1,9 @@
-// Package ordered owns the in-memory queue index that the memory and file
-// engines share: one queue's entries in id order in a single slice, taken
-// from the front in O(1) (the slice's head moves, and the space behind it
-// is reclaimed once it is most of the slice) and found by binary search.
-// It holds no lock; the engine's shard lock guards it.
+// Package ordered owns the in-memory structures in id order that the
+// memory and file engines share: a queue's index (Queue: entries in one
+// slice, taken from the front in O(1) as the slice's head moves, the space
+// behind it reclaimed once it is most of the slice, found by binary
+// search) and a topic's capped history (History). Neither holds a lock;
+// the engine's shard lock guards them.
 package ordered
 
 import (
