@@ -75,6 +75,11 @@ type Message struct {
 	ExpiresAt time.Time
 }
 
+// Expired reports whether m has an expiry and it has come by now.
+func (m *Message) Expired(now time.Time) bool {
+	return !m.ExpiresAt.IsZero() && !now.Before(m.ExpiresAt)
+}
+
 // AppendOptions controls one Append.
 type AppendOptions struct {
 	// Limit > 0 refuses the append with *FullError when the queue already

@@ -127,10 +127,6 @@ func (q *queue) forget(key string, e *entry, delivered bool, now time.Time, w *w
 	}
 }
 
-func expired(m *store.Message, now time.Time) bool {
-	return !m.ExpiresAt.IsZero() && !now.Before(m.ExpiresAt)
-}
-
 // getQueue returns key's queue, creating it when create is set.
 func (s *Store) getQueue(sh *shard, key string, create bool) *queue {
 	q := sh.queues[key]
@@ -189,7 +185,7 @@ func (s *Store) append(sh *shard, key string, m store.Message, opts store.Append
 		expires = now.Add(opts.TTL)
 	}
 	if k := opts.DedupKey; k != "" {
-		if e := q.queued[k]; e != nil && !expired(&e.msg, now) {
+		if e := q.queued[k]; e != nil && !e.msg.Expired(now) {
 			e.msg.ContentType = m.ContentType
 			e.msg.ExpiresAt = expires
 			w.putMsg(key, e, m.Body)
@@ -263,7 +259,7 @@ func (s *Store) take(sh *shard, key string, mode store.TakeMode, w *wset) (store
 	now := s.now()
 	if mode == store.TakePending {
 		for _, e := range q.Live() {
-			if e.pending && !expired(&e.msg, now) {
+			if e.pending && !e.msg.Expired(now) {
 				// Handing out the pending message again changes nothing.
 				m, err := s.message(key, e)
 				return m, err == nil, err
@@ -281,7 +277,7 @@ func (s *Store) take(sh *shard, key string, mode store.TakeMode, w *wset) (store
 			}
 			checked = true
 		}
-		if expired(&e.msg, now) {
+		if e.msg.Expired(now) {
 			q.RemoveAt(i)
 			q.forget(key, e, false, now, w)
 			w.delMsg(key, e)
@@ -346,7 +342,7 @@ func (s *Store) takeAll(sh *shard, key string, limit int, w *wset) ([]store.Mess
 			}
 			checked = true
 		}
-		if expired(&e.msg, now) {
+		if e.msg.Expired(now) {
 			q.RemoveAt(i)
 			w.delMsg(key, e)
 			s.messages.Add(-1)
@@ -386,7 +382,7 @@ func (s *Store) restore(sh *shard, key string, m store.Message, w *wset) {
 	q := s.getQueue(sh, key, true)
 	defer s.maybeForget(sh, key, q)
 	now := s.now()
-	if expired(&m, now) {
+	if m.Expired(now) {
 		return
 	}
 	i, found := q.Find(m.ID)
@@ -471,7 +467,7 @@ func (s *Store) Status(ctx context.Context, key string, id store.ID) (store.Stat
 	}
 	e := q.Live()[i]
 	switch {
-	case expired(&e.msg, s.now()):
+	case e.msg.Expired(s.now()):
 		return store.StateNone, nil
 	case e.pending:
 		return store.StatePending, nil

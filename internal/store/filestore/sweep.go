@@ -34,7 +34,7 @@ func (s *Store) sweep(sh *shard) {
 		if n++; n > sweepBatch {
 			break
 		}
-		if !r.msg.ExpiresAt.IsZero() && !now.Before(r.msg.ExpiresAt) {
+		if r.msg.Expired(now) {
 			delete(sh.replies, rk)
 			w.muts = append(w.muts, mut{bucket: bReplies, key: keyFor(rk.key, rk.id)})
 		}
@@ -53,7 +53,7 @@ func (s *Store) sweep(sh *shard) {
 		}
 		for i := 0; i < q.Len() && n <= sweepBatch; n++ {
 			e := q.Live()[i]
-			if !expired(&e.msg, now) {
+			if !e.msg.Expired(now) {
 				i++
 				continue
 			}

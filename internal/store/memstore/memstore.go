@@ -179,10 +179,6 @@ func (q *queue) forget(e *entry, delivered bool, now time.Time) {
 	}
 }
 
-func expired(m *store.Message, now time.Time) bool {
-	return !m.ExpiresAt.IsZero() && !now.Before(m.ExpiresAt)
-}
-
 // getQueue returns key's queue, creating it when create is set.
 func (s *Store) getQueue(sh *shard, key string, create bool) *queue {
 	q := sh.queues[key]
@@ -218,7 +214,7 @@ func (s *Store) Append(ctx context.Context, key string, m store.Message, opts st
 		expires = now.Add(opts.TTL)
 	}
 	if k := opts.DedupKey; k != "" {
-		if e := q.queued[k]; e != nil && !expired(&e.msg, now) {
+		if e := q.queued[k]; e != nil && !e.msg.Expired(now) {
 			e.msg.ContentType = m.ContentType
 			e.msg.Body = m.Body
 			e.msg.ExpiresAt = expires
@@ -279,14 +275,14 @@ func (s *Store) Take(ctx context.Context, key string, mode store.TakeMode) (stor
 	now := s.now()
 	if mode == store.TakePending {
 		for _, e := range q.Live() {
-			if e.pending && !expired(&e.msg, now) {
+			if e.pending && !e.msg.Expired(now) {
 				return e.msg, true, nil
 			}
 		}
 	}
 	for i := 0; i < q.Len(); {
 		e := q.Live()[i]
-		if expired(&e.msg, now) {
+		if e.msg.Expired(now) {
 			q.RemoveAt(i)
 			q.forget(e, false, now)
 			s.messages.Add(-1)
@@ -331,7 +327,7 @@ func (s *Store) TakeAll(ctx context.Context, key string, limit int) ([]store.Mes
 		}
 		q.RemoveAt(i)
 		s.messages.Add(-1)
-		if expired(&e.msg, now) {
+		if e.msg.Expired(now) {
 			q.forget(e, false, now)
 			continue
 		}
@@ -351,7 +347,7 @@ func (s *Store) Restore(ctx context.Context, key string, m store.Message) error 
 	q := s.getQueue(sh, key, true)
 	defer s.maybeForget(sh, key, q)
 	now := s.now()
-	if expired(&m, now) {
+	if m.Expired(now) {
 		return nil
 	}
 	i, found := q.Find(m.ID)
@@ -414,7 +410,7 @@ func (s *Store) Status(ctx context.Context, key string, id store.ID) (store.Stat
 	}
 	e := q.Live()[i]
 	switch {
-	case expired(&e.msg, s.now()):
+	case e.msg.Expired(s.now()):
 		return store.StateNone, nil
 	case e.pending:
 		return store.StatePending, nil
@@ -547,7 +543,7 @@ func (s *Store) sweep(sh *shard) {
 		}
 		for i := 0; i < q.Len() && n <= sweepBatch; n++ {
 			e := q.Live()[i]
-			if !expired(&e.msg, now) {
+			if !e.msg.Expired(now) {
 				i++
 				continue
 			}

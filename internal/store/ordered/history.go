@@ -23,14 +23,10 @@ type History struct {
 // the cap.
 func (h *History) Expire(now time.Time) {
 	i := 0
-	for i < len(h.entries) && expired(&h.entries[i], now) {
+	for i < len(h.entries) && h.entries[i].Expired(now) {
 		i++
 	}
 	h.drop(i)
-}
-
-func expired(m *store.Message, now time.Time) bool {
-	return !m.ExpiresAt.IsZero() && !now.Before(m.ExpiresAt)
 }
 
 // Empty reports whether the history holds nothing (a sweep may forget it).
