@@ -10,7 +10,6 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/postern/postern/client"
-	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/expose/brickchain"
 	"github.com/postern/postern/internal/relay"
 	"github.com/postern/postern/internal/server"
@@ -67,24 +66,7 @@ func TestForgedForwardMarkKeepsTheClientRateLimit(t *testing.T) {
 // forwarded request as a direct one, so the mark lets nobody past the token
 // policy, by Host or by path.
 func TestForgedForwardMarkIsAuthorized(t *testing.T) {
-	policy, err := auth.Parse([]byte(`
-[[token]]
-name = "agent"
-secret = "agent-secret-0123456789"
-[[token.grant]]
-actions = ["serve"]
-paths = ["/expose/shop"]
-
-[[token]]
-name = "user"
-secret = "user-secret-0123456789"
-[[token.grant]]
-actions = ["call"]
-paths = ["/expose/shop"]
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
+	policy := shopPolicy(t)
 	n := node(t, func(c *server.Config) { c.Policy = policy })
 	cl, _ := client.New(n.URL, client.WithToken("agent-secret-0123456789"))
 	exposeAgent(t, cl, "shop", headerEcho(t))

@@ -145,24 +145,7 @@ func TestNativeAgentOverTLS(t *testing.T) {
 }
 
 func TestNativeAgentAuth(t *testing.T) {
-	policy, err := auth.Parse([]byte(`
-[[token]]
-name = "agent"
-secret = "agent-secret-0123456789"
-[[token.grant]]
-actions = ["serve"]
-paths = ["/expose/shop"]
-
-[[token]]
-name = "user"
-secret = "user-secret-0123456789"
-[[token.grant]]
-actions = ["call"]
-paths = ["/expose/shop"]
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
+	policy := shopPolicy(t)
 	n := servertest.Start(t, func() server.Config {
 		cfg := servertest.Config()
 		cfg.Expose.Domain = domain
@@ -259,4 +242,29 @@ func TestAgentReconnectedUnderItsNameIsReachable(t *testing.T) {
 			t.Fatalf("round %d: %d %q right after the agent was ready", round, resp.StatusCode, b)
 		}
 	}
+}
+
+// shopPolicy grants the token "agent-secret-0123456789" serving the name
+// shop and "user-secret-0123456789" calling it.
+func shopPolicy(t *testing.T) *auth.Policy {
+	t.Helper()
+	policy, err := auth.Parse([]byte(`
+[[token]]
+name = "agent"
+secret = "agent-secret-0123456789"
+[[token.grant]]
+actions = ["serve"]
+paths = ["/expose/shop"]
+
+[[token]]
+name = "user"
+secret = "user-secret-0123456789"
+[[token.grant]]
+actions = ["call"]
+paths = ["/expose/shop"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return policy
 }
