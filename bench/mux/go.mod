@@ -7,3 +7,8 @@ require (
 	github.com/hashicorp/yamux v0.1.2
 	github.com/xtaci/smux v1.5.58
 )
+
+// The wire under test is postern's own (internal/expose/muxconn), not a copy.
+require github.com/postern/postern v0.0.0
+
+replace github.com/postern/postern => ../..

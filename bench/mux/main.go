@@ -27,6 +27,8 @@ import (
 	"github.com/coder/websocket"
 	"github.com/hashicorp/yamux"
 	"github.com/xtaci/smux"
+
+	"github.com/postern/postern/internal/expose/muxconn"
 )
 
 const (
@@ -148,11 +150,11 @@ func tcpPair() (net.Conn, net.Conn, func(), error) {
 }
 
 // wsPair is a websocket over loopback made into a net.Conn at each end:
-// websocket.NetConn, or with gather postern's own wire (gather.go).
+// websocket.NetConn, or with gather postern's own wire (muxconn.Conn).
 func wsPair(gather bool) (net.Conn, net.Conn, func(), error) {
 	netConn := func(ctx context.Context, c *websocket.Conn) net.Conn {
 		if gather {
-			return gatherConn(ctx, c)
+			return muxconn.Conn(ctx, c)
 		}
 		return websocket.NetConn(ctx, c, websocket.MessageBinary)
 	}
