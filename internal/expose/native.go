@@ -89,7 +89,7 @@ func (s *Service) serveAgent(w http.ResponseWriter, r *http.Request) {
 	}
 	if s.opts.Policy.Enabled() {
 		if !s.opts.Policy.Allow(r, auth.Serve, "/expose/"+name) {
-			if _, ok := auth.Presented(r); !ok {
+			if _, ok := auth.FindIn(r).Secret(); !ok {
 				fail("unauthorized", httpapi.Errorf(http.StatusUnauthorized, "agent needs a token granted serve on /expose/%s", name))
 			} else {
 				fail("forbidden", httpapi.Errorf(http.StatusForbidden, "token is not granted serve on /expose/%s", name))
