@@ -162,8 +162,9 @@ func waitLongPolls(t *testing.T, c *http.Client, base string, n int) {
 func TestTwoNodesOnOneRedis(t *testing.T) {
 	url := redistest.URL(t)
 	bin := build(t)
-	a := serve(t, bin, "--store", url, "--node-id", "node-a", "--node-ttl", "3s")
-	b := serve(t, bin, "--store", url, "--node-id", "node-b", "--node-ttl", "3s")
+	secret := []string{"--cluster-secret", "multinode-test-secret-0123456789"}
+	a := serve(t, bin, append([]string{"--store", url, "--node-id", "node-a", "--node-ttl", "3s"}, secret...)...)
+	b := serve(t, bin, append([]string{"--store", url, "--node-id", "node-b", "--node-ttl", "3s"}, secret...)...)
 	tr := &http.Transport{}
 	defer tr.CloseIdleConnections()
 	c := &http.Client{Transport: tr, Timeout: 40 * time.Second}

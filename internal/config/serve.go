@@ -35,6 +35,8 @@ func ServeFlags() (*FlagSet, *Serve) {
 	fs.String(&s.Store, "store", "storage `engine`: file:DIR (durable, on disk in DIR), memory (lost on exit), or redis://[user:pass@]host:port/db (rediss:// for TLS) shared by many nodes")
 	fs.String(&s.NodeID, "node-id", "`name` of this node among the nodes sharing one engine (default: host name plus a random suffix)")
 	fs.String(&s.AdvertiseAddr, "advertise-addr", "base `URL` other nodes reach this node at, e.g. http://10.0.0.5:8080 (default: the listen address)")
+	fs.String(&s.ClusterSecret, "cluster-secret", "`secret` shared by every node, signing the requests nodes forward to each other (needed on Redis; prefer the environment: flags show in ps)")
+	fs.Bool(&s.ClusterInsecure, "cluster-insecure", "let nodes forward requests to each other without --cluster-secret (their marks then prove nothing): only where nothing but postern nodes can reach them")
 	fs.Duration(&s.NodeTTL, "node-ttl", "how long the node directory lists this node after a heartbeat (it beats every third of that)")
 	fs.String(&c.LogLevel, "log-level", "log `level`: debug, info, warn or error")
 	fs.String(&c.LogFormat, "log-format", "log `format`: text or json")

@@ -41,9 +41,13 @@
 // A request for a name with no local backend is forwarded, as plain HTTP
 // with its original path, query and Host, to a node that holds the name;
 // ForwardedHeader marks it so that the receiving node serves it locally or
-// answers "no backend", and never forwards it again. The receiving node's
-// front door parses and authorizes the forwarded request exactly as it
-// would a direct one, so nodes need no trust between them. A local backend
+// answers "no backend", and never forwards it again. The mark is signed
+// with the secret the nodes share (Options.Mark, internal/cluster); the
+// receiving node's server drops a mark that does not verify, so a user
+// cannot claim to be a node. The receiving node's front door still parses
+// and authorizes the forwarded request exactly as it would a direct one
+// (the user's token travels with it, and is removed only when the request
+// reaches its backend), so a node grants nothing on another's word. A local backend
 // that implements Readier and says it is not ready (a long-poll transport
 // with no poll parked) yields to another node that lists the name.
 package relay
@@ -60,13 +64,15 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/postern/postern/internal/cluster"
 	"github.com/postern/postern/internal/httpapi"
 	"github.com/postern/postern/internal/store"
 )
 
 // ForwardedHeader marks a request that one node forwarded to another. Its
-// value is the namespace of the hub that forwarded it.
-const ForwardedHeader = "X-Postern-Forwarded"
+// value is the namespace of the hub that forwarded it, signed when the
+// hub has Options.Mark (see internal/cluster).
+const ForwardedHeader = cluster.Header
 
 // Defaults of the hub's options.
 const (
@@ -119,6 +125,13 @@ type Options struct {
 	// most this late, 0 leaves it to the buffers. Responses of unknown
 	// length and event streams are flushed at every write in any case.
 	FlushInterval time.Duration
+	// Mark, when set, returns the value of ForwardedHeader for out, a
+	// request forwarded to another node in namespace ns: the node's signed
+	// mark (internal/cluster). Nil: the namespace alone. The hub takes any
+	// request carrying ForwardedHeader as forwarded by a node, so whoever
+	// serves the hub removes the header from requests whose mark does not
+	// verify (internal/server does, with the cluster secret).
+	Mark func(ns string, out *http.Request) string
 	// Metrics receives the hub's measurements; nil: not exported.
 	Metrics *Metrics
 	// Logger receives the hub's logs; nil: slog.Default().

@@ -22,6 +22,7 @@ import (
 	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/broker"
 	"github.com/postern/postern/internal/channels"
+	"github.com/postern/postern/internal/cluster"
 	"github.com/postern/postern/internal/expose"
 	"github.com/postern/postern/internal/gcrrelay"
 	"github.com/postern/postern/internal/httpapi"
@@ -87,6 +88,16 @@ type Config struct {
 	// NodeTTL is how long the node directory lists this node after a
 	// heartbeat; zero means DefaultNodeTTL.
 	NodeTTL time.Duration
+	// ClusterSecret, shared by every node, signs the mark a node puts on
+	// a request it forwards to another (internal/cluster); a mark that
+	// does not verify is ignored. Nodes that forward (a store with a node
+	// directory, such as Redis) need it, unless ClusterInsecure.
+	ClusterSecret string
+	// ClusterInsecure lets nodes forward to each other without a secret:
+	// their marks prove nothing (the receiving node authorizes forwarded
+	// requests as any other), so only where nothing but postern nodes can
+	// reach them.
+	ClusterInsecure bool
 	// Directory is the node directory the relay hub uses; nil: the store
 	// engine's, when it implements store.Directory (shared engines). Tests
 	// set it to connect in-process nodes without a shared engine.
@@ -152,6 +163,7 @@ type Server struct {
 	http         *http.Server
 
 	nodes *nodes
+	marks *markGuard
 
 	draining     atomic.Bool
 	shutdownOnce sync.Once
@@ -239,11 +251,25 @@ func New(cfg Config) (*Server, error) {
 	if dir == nil {
 		dir, _ = st.(store.Directory)
 	}
+	var keys *cluster.Keys
+	if cfg.ClusterSecret != "" {
+		if keys, err = cluster.New(cluster.Options{Secret: cfg.ClusterSecret, Node: s.nodes.self().ID}); err != nil {
+			return fail(err)
+		}
+	} else if dir != nil && !cfg.ClusterInsecure {
+		return fail(errNoClusterSecret)
+	}
+	s.marks = newMarkGuard(keys, dir != nil, s.log, s.registry)
+	var mark func(string, *http.Request) string
+	if keys != nil {
+		mark = keys.Sign
+	}
 	// One set of relay metrics for every hub of the node (relay, expose),
 	// labelled by namespace.
 	s.relayMetrics = relay.NewMetrics(s.registry)
 	hubOpts := relay.DefaultOptions("relay")
 	hubOpts.Directory = dir
+	hubOpts.Mark = mark
 	hubOpts.Metrics = s.relayMetrics
 	hubOpts.Logger = s.log
 	if s.relayHub, err = relay.New(hubOpts); err != nil {
@@ -265,6 +291,7 @@ func New(cfg Config) (*Server, error) {
 
 	exposeHub := relay.DefaultOptions("expose")
 	exposeHub.Directory = dir
+	exposeHub.Mark = mark
 	exposeHub.RegisterTTL = cfg.Expose.RegistrationTTL
 	exposeHub.Metrics = s.relayMetrics
 	exposeHub.Logger = s.log
@@ -326,7 +353,7 @@ func New(cfg Config) (*Server, error) {
 	limited := limiter.Wrap(hosts)
 	// The node's health and metrics endpoints are never rate limited; on
 	// an agent's host those paths are the agent's, and are.
-	s.handler = m.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	s.handler = m.Wrap(s.marks.wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/healthz", "/readyz", "/metrics":
 			if !s.expose.AgentHost(r.Host) {
@@ -335,7 +362,7 @@ func New(cfg Config) (*Server, error) {
 			}
 		}
 		limited.ServeHTTP(w, r)
-	}))
+	})))
 	// HTTP/2 without TLS (prior knowledge), as the original relay served
 	// for gRPC clients, next to HTTP/1.1; with TLS, HTTP/2 by ALPN too.
 	protocols := new(http.Protocols)

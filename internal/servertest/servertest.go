@@ -23,10 +23,16 @@ type Node struct {
 	Addr string
 }
 
-// Config returns the default node config for tests: memory store, logs
-// discarded unless the test runs with -v and POSTERN_TEST_LOG is set.
+// ClusterSecret is the cluster secret of the nodes Config makes, so that
+// nodes sharing a directory forward to each other with signed marks.
+const ClusterSecret = "servertest-cluster-secret-0123456789"
+
+// Config returns the default node config for tests: memory store, the
+// test cluster secret, logs discarded unless the test runs with -v and
+// POSTERN_TEST_LOG is set.
 func Config() server.Config {
 	cfg := server.DefaultConfig()
+	cfg.ClusterSecret = ClusterSecret
 	cfg.Store = "memory"
 	cfg.Listen = "127.0.0.1:0"
 	cfg.ShutdownTimeout = 10 * time.Second
