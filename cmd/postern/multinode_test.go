@@ -59,7 +59,12 @@ func (p *proc) log() string {
 // logged that it listens (by then it is registered in the node directory).
 func serve(t *testing.T, bin string, args ...string) *proc {
 	t.Helper()
-	cmd := exec.Command(bin, append([]string{"serve", "--listen", "127.0.0.1:0"}, args...)...)
+	return start(t, exec.Command(bin, append([]string{"serve", "--listen", "127.0.0.1:0"}, args...)...))
+}
+
+// start runs cmd, a `postern serve` on a kernel-chosen port, as serve does.
+func start(t *testing.T, cmd *exec.Cmd) *proc {
+	t.Helper()
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -147,7 +147,13 @@ func (l *Limiter) Wrap(next http.Handler) http.Handler {
 
 // clientKey is the address a request is counted under.
 func (l *Limiter) clientKey(r *http.Request) string {
-	ip := ClientAddr(r, l.opts.TrustedProxies)
+	return AddrKey(ClientAddr(r, l.opts.TrustedProxies))
+}
+
+// AddrKey is what a client address is counted under: an IPv4 address as
+// it is, an IPv6 address by its /64 (one subscriber's network), "unknown"
+// for an invalid one.
+func AddrKey(ip netip.Addr) string {
 	if !ip.IsValid() {
 		return "unknown"
 	}

@@ -179,3 +179,22 @@ func TestMemoryIsBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestAddrKey: IPv6 clients are counted by their /64, IPv4 ones by their
+// address, mapped addresses as IPv4.
+func TestAddrKey(t *testing.T) {
+	for in, want := range map[string]string{
+		"192.0.2.7":               "192.0.2.7",
+		"::ffff:192.0.2.7":        "192.0.2.7",
+		"2001:db8:1:2:aaaa::1":    "2001:db8:1:2::/64",
+		"2001:db8:1:2:ffff::ffff": "2001:db8:1:2::/64",
+		"2001:db8:1:3::1":         "2001:db8:1:3::/64",
+	} {
+		if got := ratelimit.AddrKey(netip.MustParseAddr(in)); got != want {
+			t.Errorf("AddrKey(%s) = %s, want %s", in, got, want)
+		}
+	}
+	if got := ratelimit.AddrKey(netip.Addr{}); got != "unknown" {
+		t.Errorf("AddrKey(invalid) = %s", got)
+	}
+}

@@ -67,8 +67,18 @@ type Config struct {
 	MaxHeaderBytes int
 	// MaxConnections caps the client connections open at once (websockets,
 	// streams and long-polls included); a connection beyond it is answered
-	// 503 and closed. Zero: no cap.
+	// 503 and closed, except that OpsConnections more are taken for
+	// /healthz, /readyz and /metrics. Zero: derived from the process's
+	// open-file limit (what is left after the descriptors the node keeps
+	// for itself; half of that on a node that forwards). Negative: no cap.
 	MaxConnections int
+	// MaxConnectionsPerAddr caps the connections one client address (IPv6:
+	// its /64) holds open; one more is answered 429 and closed. Through a
+	// trusted proxy (RateLimit.TrustedProxies) the client is the one
+	// X-Forwarded-For names, and its requests in progress are counted.
+	// Zero: DefaultMaxConnectionsPerAddr (at most half of MaxConnections).
+	// Negative: no cap.
+	MaxConnectionsPerAddr int
 	// TokenFile, when set, names the scoped-token file (see internal/auth)
 	// that every capability honours alongside its seed's own auth.
 	TokenFile string
@@ -164,6 +174,7 @@ type Server struct {
 
 	nodes *nodes
 	marks *markGuard
+	gate  *connGate
 
 	draining     atomic.Bool
 	shutdownOnce sync.Once
@@ -260,6 +271,9 @@ func New(cfg Config) (*Server, error) {
 		return fail(errNoClusterSecret)
 	}
 	s.marks = newMarkGuard(keys, dir != nil, s.log, s.registry)
+	caps := resolveConnCaps(cfg.MaxConnections, cfg.MaxConnectionsPerAddr, dir != nil)
+	s.gate = newConnGate(caps, cfg.RateLimit.TrustedProxies, s.log, s.registry)
+	s.nodes.onLive = s.gate.setNodes
 	var mark func(string, *http.Request) string
 	if keys != nil {
 		mark = keys.Sign
@@ -353,7 +367,7 @@ func New(cfg Config) (*Server, error) {
 	limited := limiter.Wrap(hosts)
 	// The node's health and metrics endpoints are never rate limited; on
 	// an agent's host those paths are the agent's, and are.
-	s.handler = m.Wrap(s.marks.wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	s.handler = m.Wrap(s.gate.wrap(s.marks.wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/healthz", "/readyz", "/metrics":
 			if !s.expose.AgentHost(r.Host) {
@@ -362,7 +376,7 @@ func New(cfg Config) (*Server, error) {
 			}
 		}
 		limited.ServeHTTP(w, r)
-	})))
+	})), s.expose.AgentHost))
 	// HTTP/2 without TLS (prior knowledge), as the original relay served
 	// for gRPC clients, next to HTTP/1.1; with TLS, HTTP/2 by ALPN too.
 	protocols := new(http.Protocols)
@@ -379,6 +393,8 @@ func New(cfg Config) (*Server, error) {
 		IdleTimeout:       cfg.IdleTimeout,
 		MaxHeaderBytes:    cfg.MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		ConnContext:       connContext,
+		ConnState:         connState,
 	}
 	return s, nil
 }
@@ -495,6 +511,7 @@ func (s *Server) ready(ctx context.Context) error {
 func (s *Server) Serve(ln net.Listener) error {
 	s.nodes.start(ln.Addr())
 	tlsOn := s.http.TLSConfig != nil
+	s.log.Info("connection caps", s.gate.caps.describe()...)
 	s.log.Info("postern listening", "addr", ln.Addr().String(), "store", s.store.Name(), "node", s.nodes.self().ID, "advertise", s.nodes.self().Addr, "version", version.Version(), "tls", tlsOn)
 	// The relay hubs forward to the address the node directory lists.
 	s.relayHub.SetAdvertiseURL(s.nodes.self().Addr)
@@ -503,9 +520,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		// The line the original relay server's users wait for.
 		s.log.Info("Relay server listening", "Port", tcp.Port)
 	}
-	if s.cfg.MaxConnections > 0 {
-		ln = newLimitListener(ln, s.cfg.MaxConnections, !tlsOn)
-	}
+	ln = s.gate.listen(ln, !tlsOn)
 	var err error
 	if tlsOn {
 		err = s.http.ServeTLS(ln, "", "")
@@ -549,6 +564,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("http drain: %w", err))
 			s.http.Close()
 		}
+		s.gate.wait() // refusals being answered end within a second
 		errs = append(errs, s.store.Close())
 		s.shutdownErr = errors.Join(errs...)
 		s.log.Info("stopped")
