@@ -11,6 +11,8 @@
 //	/c/<channel path>  channels: read (subscribe), write (publish); the channel path keeps its leading "/"
 //	/relay/<name>      relay: serve (be backend <name>), call (send user requests to it)
 //	/expose/<name>     expose: serve (claim agent name <name>), call (send user requests to it)
+//	/ops/<endpoint>    operations: ops (/ops/metrics: /metrics; /ops/nodes: /ops/nodes;
+//	                   /ops/status: the status page and /_postern/status)
 //
 // A grant names actions and paths; a path ending in "*" is a prefix
 // ("/t/builds-*", "/c/*"), any other path is exact. Tokens are matched by
@@ -40,9 +42,11 @@ const (
 	Write Action = "write"
 	Serve Action = "serve"
 	Call  Action = "call"
+	// Ops reads the node's operational endpoints (resources /ops/...).
+	Ops Action = "ops"
 )
 
-var allActions = []Action{Read, Write, Serve, Call}
+var allActions = []Action{Read, Write, Serve, Call, Ops}
 
 // QueryParam is the query parameter that may carry a token where a client
 // cannot set headers (browsers opening websockets or event streams).
@@ -274,7 +278,7 @@ func grants(fgs []fileGrant) ([]Grant, error) {
 			case slices.Contains(allActions, act):
 				g.Actions = append(g.Actions, act)
 			default:
-				return nil, fmt.Errorf("grant #%d: unknown action %q (want read, write, serve, call or *)", i+1, a)
+				return nil, fmt.Errorf("grant #%d: unknown action %q (want read, write, serve, call, ops or *)", i+1, a)
 			}
 		}
 		if len(fg.Paths) == 0 {

@@ -53,6 +53,7 @@ func ServeFlags() (*FlagSet, *Serve) {
 	fs.Prefixes(&s.RateLimit.TrustedProxies, "trusted-proxies", "comma-separated CIDR `prefixes` of proxies whose X-Forwarded-For names the client")
 	fs.String(&s.TLSCertFile, "tls-cert", "PEM `file` of the TLS certificate chain: serve HTTPS (a wildcard certificate for the expose domain covers every agent)")
 	fs.String(&s.TLSKeyFile, "tls-key", "PEM `file` of the TLS private key, with --tls-cert")
+	fs.String(&s.OpsListen, "ops-listen", "TCP `address` serving /metrics, /ops/*, the status page and /readyz with its reason to whoever reaches it, instead of the public address (keep it private, e.g. 127.0.0.1:9090)")
 	fs.String(&s.TokenFile, "token-file", "TOML `file` of scoped tokens (which actions on which paths), honoured by every capability")
 
 	fs.String(&t.AccessToken, "tunnel-access-token", "bearer `token` accepted on every tunnel route (prefer the environment: flags show in ps)", "TUNNEL_ACCESS_TOKEN")

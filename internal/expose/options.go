@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -96,6 +97,11 @@ type Options struct {
 	// name from any address when no token policy is configured. Without
 	// it (and without a policy) only agents on loopback addresses may.
 	AnonymousAgents bool
+	// TrustedProxies are the proxies whose X-Forwarded-For names the
+	// client. Under the loopback rule for native agents, an agent behind a
+	// trusted proxy must itself be on this host, and a handshake a proxy
+	// on this host passed on without being trusted is refused.
+	TrustedProxies []netip.Prefix
 
 	// Policy holds postern's scoped tokens: a native agent needs "serve" on
 	// /expose/NAME, a brickchain registration "serve" on /expose/<id> (a

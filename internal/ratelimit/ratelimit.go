@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -168,15 +169,10 @@ func AddrKey(ip netip.Addr) string {
 // peer is a trusted proxy, the rightmost X-Forwarded-For entry that is not
 // a trusted proxy itself.
 func ClientAddr(r *http.Request, trusted []netip.Prefix) netip.Addr {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		host = r.RemoteAddr
+	ip := peerAddr(r)
+	if !ip.IsValid() {
+		return ip
 	}
-	ip, err := netip.ParseAddr(host)
-	if err != nil {
-		return netip.Addr{}
-	}
-	ip = ip.Unmap()
 	isTrusted := func(a netip.Addr) bool {
 		for _, p := range trusted {
 			if p.Contains(a) {
@@ -201,6 +197,40 @@ func ClientAddr(r *http.Request, trusted []netip.Prefix) netip.Addr {
 		ip = a
 	}
 	return ip
+}
+
+// FromThisHost reports whether r's client is on this host: its address
+// (the connection's peer, or behind trusted proxies the client
+// X-Forwarded-For names) is a loopback address, and no peer other than a
+// trusted proxy passed it on. A request from a loopback peer that is not
+// a trusted proxy but carries X-Forwarded-For, Forwarded or X-Real-Ip came
+// through a proxy on this host that was not declared: its client may be
+// anywhere, so it is not local.
+func FromThisHost(r *http.Request, trusted []netip.Prefix) bool {
+	if !ClientAddr(r, trusted).IsLoopback() {
+		return false
+	}
+	if peer := peerAddr(r); slices.ContainsFunc(trusted, func(p netip.Prefix) bool { return p.Contains(peer) }) {
+		return true
+	}
+	for _, h := range []string{"X-Forwarded-For", "Forwarded", "X-Real-Ip"} {
+		if len(r.Header.Values(h)) > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func peerAddr(r *http.Request) netip.Addr {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ip.Unmap()
 }
 
 // buckets is a set of token buckets with one rate, sharded by key. Memory is

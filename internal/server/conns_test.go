@@ -23,7 +23,7 @@ import (
 // rawGet sends one keep-alive GET on conn and reads the answer.
 func rawGet(t *testing.T, conn net.Conn, br *bufio.Reader, path string) (int, string) {
 	t.Helper()
-	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path)
+	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: localhost\r\n\r\n", path)
 	res, err := http.ReadResponse(br, nil)
 	if err != nil {
 		t.Fatalf("GET %s: %v", path, err)

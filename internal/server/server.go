@@ -79,6 +79,13 @@ type Config struct {
 	// Zero: DefaultMaxConnectionsPerAddr (at most half of MaxConnections).
 	// Negative: no cap.
 	MaxConnectionsPerAddr int
+	// OpsListen, when set, is the TCP address that serves the operational
+	// endpoints (/metrics, /ops/*, the status page and its JSON, /readyz
+	// with its reason) to whoever reaches it; the public address then
+	// serves only /healthz and a /readyz without reason. Unset: the public
+	// address serves them to requests granted ops, or without a token file
+	// to clients on this host.
+	OpsListen string
 	// TokenFile, when set, names the scoped-token file (see internal/auth)
 	// that every capability honours alongside its seed's own auth.
 	TokenFile string
@@ -173,6 +180,7 @@ type Server struct {
 	http         *http.Server
 
 	nodes *nodes
+	ops   *opsServer // nil without --ops-listen
 	marks *markGuard
 	gate  *connGate
 
@@ -206,6 +214,7 @@ func New(cfg Config) (*Server, error) {
 		}
 		cfg.Policy = p
 	}
+	s.cfg.Policy = cfg.Policy
 	if cfg.Policy != nil {
 		cfg.Tunnel.Policy = cfg.Policy
 		cfg.Inbox.Policy = cfg.Policy
@@ -316,6 +325,7 @@ func New(cfg Config) (*Server, error) {
 	undo = append(undo, hub.Shutdown)
 	eo := cfg.Expose
 	eo.Metrics, eo.Logger = s.registry, s.log
+	eo.TrustedProxies = cfg.RateLimit.TrustedProxies
 	if s.expose, err = expose.New(hub, eo); err != nil {
 		return fail(err)
 	}
@@ -326,23 +336,20 @@ func New(cfg Config) (*Server, error) {
 	s.channels.Mount(mux)
 	s.relay.Mount(mux)
 	s.expose.Mount(mux)
-	httpapi.MountOps(mux, s.ready, s.registry)
-	s.nodes.mount(mux)
-	page := s.statusPage()
-	page.Mount(mux)
+	ops := s.opsRouter()
+	home := s.mountPublicOps(mux, ops)
 	unowned := notFound
 	if cfg.Channels.AtRoot {
 		// A dedicated channels host: every path nothing else claims is a
 		// channel, "/" included.
 		unowned = s.channels
 	}
-	home := page.Page()
 	mux.Fallback(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case strings.HasPrefix(r.URL.Path, "/health"):
 			// The original tunnel relay answered any path under /health with "OK".
 			httpapi.Handle(healthOK, nil).ServeHTTP(w, r)
-		case r.URL.Path == "/" && !cfg.Channels.AtRoot:
+		case r.URL.Path == "/" && home != nil:
 			home.ServeHTTP(w, r)
 		case s.relay.ServeUnowned(w, r):
 			// On paths nobody owns, X-Server-Name names a relay backend.
@@ -356,6 +363,11 @@ func New(cfg Config) (*Server, error) {
 	limiter := ratelimit.New(rl, cfg.Policy)
 
 	m := httpapi.NewMetrics(s.registry, s.log)
+	if cfg.OpsListen != "" {
+		if s.ops, err = listenOps(cfg.OpsListen, m.Wrap(ops), s.log); err != nil {
+			return fail(err)
+		}
+	}
 	// The Host check in front of the path router: NAME.<expose domain>
 	// belongs to agent NAME, whatever its path.
 	hosts := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -493,6 +505,14 @@ func (s *Server) RelayAnnounced(name string) <-chan struct{} {
 	return s.relayHub.Announced(name)
 }
 
+// OpsAddr returns the address --ops-listen serves on ("" without it).
+func (s *Server) OpsAddr() string {
+	if s.ops == nil {
+		return ""
+	}
+	return s.ops.ln.Addr().String()
+}
+
 // Registry returns the node's metrics registry.
 func (s *Server) Registry() *prometheus.Registry { return s.registry }
 
@@ -516,6 +536,10 @@ func (s *Server) Serve(ln net.Listener) error {
 	// The relay hubs forward to the address the node directory lists.
 	s.relayHub.SetAdvertiseURL(s.nodes.self().Addr)
 	s.expose.Hub().SetAdvertiseURL(s.nodes.self().Addr)
+	if s.ops != nil {
+		s.log.Info("ops listening", "addr", s.ops.ln.Addr().String())
+		s.ops.serve()
+	}
 	if tcp, ok := ln.Addr().(*net.TCPAddr); ok {
 		// The line the original relay server's users wait for.
 		s.log.Info("Relay server listening", "Port", tcp.Port)
@@ -565,6 +589,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			s.http.Close()
 		}
 		s.gate.wait() // refusals being answered end within a second
+		if s.ops != nil {
+			if err := s.ops.shutdown(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("ops drain: %w", err))
+			}
+		}
 		errs = append(errs, s.store.Close())
 		s.shutdownErr = errors.Join(errs...)
 		s.log.Info("stopped")
