@@ -55,11 +55,12 @@ const (
 
 // Service is the expose capability of one node.
 type Service struct {
-	opts    Options
-	hub     *relay.Hub
-	log     *slog.Logger
-	m       *metrics
-	limiter *clientLimiter
+	opts     Options
+	hub      *relay.Hub
+	log      *slog.Logger
+	m        *metrics
+	limiter  *clientLimiter
+	mandates *mandateLedger
 
 	ctx    context.Context // ends at shutdown: agent connections stop
 	cancel context.CancelFunc
@@ -89,6 +90,7 @@ func New(hub *relay.Hub, opts Options) (*Service, error) {
 		log:          opts.Logger,
 		m:            newMetrics(opts.Metrics),
 		limiter:      newClientLimiter(opts.ClientRate, opts.ClientRatePeriod, opts.Now),
+		mandates:     &mandateLedger{q: opts.Mandates, max: DefaultMaxMandates},
 		ctx:          ctx,
 		cancel:       cancel,
 		bc:           make(map[string][]*bcConn),

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/postern/postern/internal/auth"
+	"github.com/postern/postern/internal/queue"
 )
 
 // Defaults of Options. The brickchain figures are the original's.
@@ -110,6 +111,10 @@ type Options struct {
 	// public sites). Nil: user requests and brickchain registrations are
 	// open, as in the original, and see AnonymousAgents for native agents.
 	Policy *auth.Policy
+	// Mandates is the queue core where the brickchain mandate tokens used
+	// to register are remembered until they expire (MandateQueue), so a
+	// token registers from one connection only; nil: not remembered.
+	Mandates *queue.Core
 	// Metrics is the registry the capability's metrics go to; nil: none.
 	Metrics prometheus.Registerer
 	// Logger receives the capability's logs; nil: slog.Default().

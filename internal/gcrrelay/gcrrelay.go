@@ -2,13 +2,12 @@ package gcrrelay
 
 import (
 	"context"
-	"encoding/binary"
+	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"os"
@@ -177,13 +176,13 @@ func ValidName(s string) bool {
 	return true
 }
 
-// newID returns a request id: <name>: and 32 lowercase hex digits, from
-// the runtime's ChaCha8 generator (unpredictable, and no system call per
-// request).
+// newID returns a request id: <name>: and 32 lowercase hex digits (128
+// bits) from crypto/rand. Without a token file the id is what lets a
+// relay client post a request's response and read its upgraded bytes, so
+// it must not be guessable.
 func newID(name string) string {
 	var b [16]byte
-	binary.LittleEndian.PutUint64(b[:8], rand.Uint64())
-	binary.LittleEndian.PutUint64(b[8:], rand.Uint64())
+	rand.Read(b[:])
 	return name + ":" + hex.EncodeToString(b[:])
 }
 

@@ -285,3 +285,23 @@ func TestStatusIsNotReadableCrossOrigin(t *testing.T) {
 		t.Fatalf("preflight granted: %v", resp.Header)
 	}
 }
+
+// TestNoPageCanBeFramed: every page postern serves (the status page at /
+// and /_postern/, a channel's page, a tunnel message a browser opens)
+// forbids framing, so another site cannot overlay it and have a person
+// click in it (the status page publishes what a person types).
+func TestNoPageCanBeFramed(t *testing.T) {
+	cfg := servertest.Config()
+	n := servertest.Start(t, cfg)
+	c := &http.Client{}
+	defer c.CloseIdleConnections()
+	if r, err := do(c, "POST", n.URL+"/t/page", "<h1>hi</h1>"); err != nil || r.status != 201 {
+		t.Fatalf("produce: %v %v", r, err)
+	}
+	for _, p := range []string{"/", "/_postern/", "/c/room", "/t/page"} {
+		r := get(t, c, n.URL, "", p)
+		if csp := r.h.Get("Content-Security-Policy"); r.status != 200 || !strings.Contains(csp, "frame-ancestors 'none'") {
+			t.Fatalf("%s: %d, CSP %q", p, r.status, csp)
+		}
+	}
+}

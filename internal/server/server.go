@@ -326,6 +326,7 @@ func New(cfg Config) (*Server, error) {
 	eo := cfg.Expose
 	eo.Metrics, eo.Logger = s.registry, s.log
 	eo.TrustedProxies = cfg.RateLimit.TrustedProxies
+	eo.Mandates = s.queue
 	if s.expose, err = expose.New(hub, eo); err != nil {
 		return fail(err)
 	}
