@@ -72,6 +72,7 @@ func ServeFlags() (*FlagSet, *Serve) {
 	fs.Int(&ib.MaxDestinations, "inbox-max-destinations", "most destinations one inbox envelope may name")
 	fs.Int(&ib.MaxReceive, "inbox-max-receive", "most messages and acks one inbox receive returns; the rest wait for the next")
 	fs.Int(&ib.MaxLen, "inbox-max-len", "most messages and acks one inbox holds; sends to a full inbox get 507, acks for it are dropped")
+	fs.Int(&ib.MaxKeys, "inbox-max-keys", "most idempotency keys of read messages and acks one inbox remembers; the oldest are forgotten beyond it (a message sent again with a forgotten key is delivered again)")
 	fs.Int(&ib.MaxActorBytes, "inbox-max-actor-bytes", "longest inbox actor name (From header, destination) in `bytes`")
 
 	fs.Int(&rl.BlockSize, "relay-block-size", "largest piece in `bytes` of a user's upgraded stream handed to a relay client at once (the original's --block_size)")

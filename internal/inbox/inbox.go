@@ -375,6 +375,7 @@ func (ib *Inbox) store(ctx context.Context, origin string, env envelope) error {
 		TTL:         ib.opts.Expiration,
 		DedupKey:    messageDedupKey(env.Key, origin),
 		DedupWindow: ib.opts.Expiration,
+		DedupMax:    ib.opts.MaxKeys,
 	}
 	var full []string
 	for _, d := range env.Destinations {
@@ -502,6 +503,7 @@ func (ib *Inbox) storeAcks(ctx context.Context, receiver string, ms []store.Mess
 			TTL:         ib.opts.Expiration,
 			DedupKey:    ackDedupKey(s.Key, receiver),
 			DedupWindow: ib.opts.Expiration,
+			DedupMax:    ib.opts.MaxKeys,
 		})
 		var full *store.FullError
 		if errors.As(err, &full) {
