@@ -282,6 +282,7 @@ func (g *Relay) relayUser(w http.ResponseWriter, r *http.Request, name, path, ra
 		MaxRequestBodyBytes: g.opts.MaxRequestBodyBytes,
 		NoBackend:           unknownClient,
 		ErrorWriter:         writeError,
+		NoXForwarded:        !g.opts.ForwardedHeaders,
 		Local:               g.stripToken,
 	})
 	return nil
