@@ -387,7 +387,7 @@ func (g *Relay) serveResponse(w http.ResponseWriter, r *http.Request) error {
 		}
 		return invalidID(msg.ID)
 	}
-	p.touch()
+	p.touchChunk(msg)
 	select {
 	case p.chunks <- chunk{msg: msg, buf: body}:
 		handed = true // the user side gives the buffer back
