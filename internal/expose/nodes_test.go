@@ -11,6 +11,7 @@ import (
 
 	"github.com/postern/postern/client"
 	"github.com/postern/postern/internal/expose/brickchain"
+	"github.com/postern/postern/internal/relay"
 	"github.com/postern/postern/internal/relay/relaytest"
 	"github.com/postern/postern/internal/server"
 	"github.com/postern/postern/internal/servertest"
@@ -119,6 +120,13 @@ func TestForwardingMarksAreSigned(t *testing.T) {
 	// Without a token, node B forwards, and node A refuses.
 	if resp, _ := do(t, b, "GET", "shop."+domain, "/x", nil); resp.StatusCode != 403 {
 		t.Fatalf("no token through node B: %d", resp.StatusCode)
+	}
+	// A mark no node signed is dropped, and the request is served from
+	// the node's own agents only: never forwarded, so two nodes that do
+	// not share a secret never pass a request back and forth.
+	resp, body = do(t, b, "GET", "shop."+domain, "/x", nil, append(user, relay.ForwardedHeader, "expose")...)
+	if resp.StatusCode != 502 || !strings.Contains(body, "no agent") {
+		t.Fatalf("forged mark on node B: %d %q, want 502 from node B", resp.StatusCode, body)
 	}
 }
 

@@ -278,10 +278,11 @@ func (h *Hub) Announced(name string) <-chan struct{} {
 // r, with body, unchanged to each other node that lists name, one after
 // another, until one answers with a status for which settled returns true,
 // and writes that answer to w. It reports false, having written nothing,
-// when the hub has no directory, r was itself forwarded, no other node
+// when the hub has no directory, r was itself forwarded (or is local
+// only: WithLocalOnly), no other node
 // lists name, or no node settled it: the caller then answers itself.
 func (h *Hub) ForwardToNodes(w http.ResponseWriter, r *http.Request, name string, body []byte, settled func(status int) bool) bool {
-	if h.forward == nil || r.Header.Get(ForwardedHeader) != "" {
+	if h.forward == nil || r.Header.Get(ForwardedHeader) != "" || LocalOnly(r.Context()) {
 		return false
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), h.opts.DirectoryTimeout)

@@ -417,6 +417,7 @@ type call struct {
 	in        *http.Request // the user's request as it arrived
 	cancel    context.CancelFunc
 	forwarded bool   // the request came from another node
+	localOnly bool   // never forwarded (see WithLocalOnly)
 	via       string // "local" or "forwarded" once a route is chosen
 	upgraded  atomic.Bool
 	counted   bool         // in Hub.active; guarded by Hub.mu
@@ -428,6 +429,23 @@ func (c *call) setOutcome(o string) { c.outcome.CompareAndSwap(nil, o) }
 
 type callKey struct{}
 
+type localOnlyKey struct{}
+
+// WithLocalOnly marks a request context so that the hub serves the
+// request from a local backend only and never forwards it: the server
+// marks requests whose forwarding mark it dropped, so that two nodes
+// that do not trust each other's marks never send a request back and
+// forth.
+func WithLocalOnly(ctx context.Context) context.Context {
+	return context.WithValue(ctx, localOnlyKey{}, true)
+}
+
+// LocalOnly reports whether ctx was marked by WithLocalOnly.
+func LocalOnly(ctx context.Context) bool {
+	v, _ := ctx.Value(localOnlyKey{}).(bool)
+	return v
+}
+
 func callFrom(ctx context.Context) *call {
 	c, _ := ctx.Value(callKey{}).(*call)
 	return c
@@ -437,7 +455,7 @@ func callFrom(ctx context.Context) *call {
 // w. It returns when the exchange is over: the response was relayed, the
 // user or the backend went away, or the hub shut down.
 func (h *Hub) Serve(w http.ResponseWriter, r *http.Request, t Target) {
-	c := &call{t: t, in: r, forwarded: r.Header.Get(ForwardedHeader) != "", via: "local"}
+	c := &call{t: t, in: r, forwarded: r.Header.Get(ForwardedHeader) != "", localOnly: LocalOnly(r.Context()), via: "local"}
 	ew := t.ErrorWriter
 	if ew == nil {
 		ew = httpapi.WritePlain
@@ -538,10 +556,11 @@ func (h *Hub) rewrite(pr *httputil.ProxyRequest) {
 		return
 	}
 	if c.forwarded {
-		// Another node forwarded it, or a user claims so: the mark proves
-		// nothing. Keep the hops it lists and append the address this node
-		// saw, as every proxy does, so that the last hop is never the
-		// sender's choice; keep the scheme the first node saw. (The Host,
+		// Another node forwarded it (the server drops marks that do not
+		// verify with the cluster secret; with --cluster-insecure a user
+		// may still claim so). Keep the hops it lists and append the
+		// address this node saw, as every proxy does, so that the last hop
+		// is never the sender's choice; keep the scheme the first node saw. (The Host,
 		// hence X-Forwarded-Host, is the user's on every node.)
 		if v, ok := pr.In.Header["Forwarded"]; ok {
 			out.Header["Forwarded"] = v
@@ -574,7 +593,7 @@ func (h *Hub) roundTrip(req *http.Request) (*http.Response, error) {
 		req.Body = &countingReader{rc: req.Body, n: &c.up}
 	}
 	reg := h.pick(c.t.Name)
-	if reg != nil && h.forward != nil && !c.forwarded && !reg.ready() {
+	if reg != nil && h.forward != nil && !c.forwarded && !c.localOnly && !reg.ready() {
 		// The local backend cannot take the request now (a long-poll
 		// transport with no poll parked): prefer a node that may.
 		resp, err := h.forwardRequest(req, c)
@@ -611,7 +630,7 @@ func (h *Hub) roundTrip(req *http.Request) (*http.Response, error) {
 			}
 		}
 	}
-	if h.forward == nil || c.forwarded {
+	if h.forward == nil || c.forwarded || c.localOnly {
 		return nil, ErrNoBackend
 	}
 	resp, err := h.forwardRequest(req, c)

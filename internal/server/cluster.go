@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/postern/postern/internal/cluster"
+	"github.com/postern/postern/internal/relay"
 )
 
 // errNoClusterSecret stops a node that would forward requests to other
@@ -24,7 +25,10 @@ var errNoClusterSecret = errors.New("nodes on this store forward requests to eac
 // forwards (--cluster-insecure, the mark then proves nothing and grants
 // nothing); a node that does not forward takes none. A mark that does not
 // stay is removed before any front door sees the request, counted, and
-// logged (at most one line a second).
+// logged (at most one line a second); the request is then served as a
+// direct one, but from local backends only (relay.WithLocalOnly), as a
+// request a node forwarded would be: two nodes that do not share a secret
+// never pass a request back and forth.
 type markGuard struct {
 	keys       *cluster.Keys // nil: no secret
 	forwarding bool
@@ -50,14 +54,17 @@ func newMarkGuard(keys *cluster.Keys, forwarding bool, log *slog.Logger, reg pro
 
 func (g *markGuard) wrap(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if vs := r.Header.Values(cluster.Header); len(vs) > 0 {
-			g.check(r, vs)
+		if vs := r.Header.Values(cluster.Header); len(vs) > 0 && !g.check(r, vs) {
+			r.Header.Del(cluster.Header)
+			r = r.WithContext(relay.WithLocalOnly(r.Context()))
 		}
 		next.ServeHTTP(w, r)
 	})
 }
 
-func (g *markGuard) check(r *http.Request, marks []string) {
+// check reports whether r's mark stays, counting and logging one that
+// does not.
+func (g *markGuard) check(r *http.Request, marks []string) bool {
 	reason := ""
 	switch {
 	case len(marks) > 1:
@@ -77,20 +84,20 @@ func (g *markGuard) check(r *http.Request, marks []string) {
 		reason = "not_forwarding"
 	}
 	if reason == "" {
-		return
+		return true
 	}
-	r.Header.Del(cluster.Header)
 	g.dropped.WithLabelValues(reason).Inc()
 	g.mu.Lock()
 	now := time.Now()
 	if now.Sub(g.lastLog) < time.Second {
 		g.suppressed++
 		g.mu.Unlock()
-		return
+		return false
 	}
 	suppressed := g.suppressed
 	g.lastLog, g.suppressed = now, 0
 	g.mu.Unlock()
 	g.log.Warn("ignored a forwarding mark that does not come from a node", "reason", reason, "remote", r.RemoteAddr,
 		"method", r.Method, "path", r.URL.Path, "suppressed_since_last", suppressed)
+	return false
 }
