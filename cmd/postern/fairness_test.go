@@ -4,27 +4,14 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os/exec"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/coder/websocket"
+	"github.com/postern/postern/internal/servertest"
 )
-
-// client returns an HTTP client whose connections come from local address
-// ip and that gives up after 5 s.
-func client(t *testing.T, ip string) *http.Client {
-	t.Helper()
-	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
-	tr := &http.Transport{DialContext: d.DialContext, MaxIdleConnsPerHost: -1}
-	t.Cleanup(tr.CloseIdleConnections)
-	return &http.Client{Transport: tr, Timeout: 5 * time.Second}
-}
 
 // TestDefaultCapsKeepANodeServing runs `postern serve` with its defaults
 // under an open-file limit of 400 and fills it with idle websockets from
@@ -51,42 +38,13 @@ func TestDefaultCapsKeepANodeServing(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	ws := "ws" + strings.TrimPrefix(p.URL, "http")
-	var held []*websocket.Conn
-	defer func() {
-		for _, c := range held {
-			c.CloseNow()
-		}
-	}()
-	// hold opens n websockets from ip and counts the answers.
 	hold := func(ip string, n int) map[int]int {
 		t.Helper()
-		hc := client(t, ip)
-		got := map[int]int{}
-		var mu sync.Mutex
-		var wg sync.WaitGroup
-		for i := range n {
-			wg.Go(func() {
-				c, resp, err := websocket.Dial(ctx, fmt.Sprintf("%s/c/idle-%s-%d", ws, ip, i), &websocket.DialOptions{HTTPClient: hc})
-				mu.Lock()
-				defer mu.Unlock()
-				switch {
-				case err == nil:
-					held = append(held, c)
-					got[101]++
-				case resp != nil:
-					got[resp.StatusCode]++
-				default:
-					got[-1]++
-				}
-			})
-		}
-		wg.Wait()
-		return got
+		return servertest.HoldWebsockets(ctx, t, p.URL, ip, n)
 	}
 	get := func(path string) (int, string) {
 		t.Helper()
-		resp, err := client(t, "127.0.0.1").Get(p.URL + path)
+		resp, err := servertest.ClientFrom(t, "127.0.0.1").Get(p.URL + path)
 		if err != nil {
 			t.Fatalf("GET %s from 127.0.0.1: %v", path, err)
 		}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +14,7 @@ import (
 	"github.com/postern/postern/internal/expose/brickchain"
 	"github.com/postern/postern/internal/relay"
 	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/servertest"
 )
 
 // answerAll makes a brickchain agent answer every http-request with 204
@@ -99,7 +99,7 @@ func TestForgedForwardMarkIsAuthorized(t *testing.T) {
 // secret, the mark kept the user's hops in front of the address postern
 // saw, so a service reading the first hop saw one of the user's choosing.
 func TestForgedForwardMarkCannotSpoofTheClientAddress(t *testing.T) {
-	logs := &syncBuffer{}
+	logs := &servertest.Logs{}
 	n := node(t, func(c *server.Config) { c.Logger = slog.New(slog.NewTextHandler(logs, nil)) })
 	cl, _ := client.New(n.URL)
 	exposeAgent(t, cl, "shop", headerEcho(t))
@@ -117,22 +117,4 @@ func TestForgedForwardMarkCannotSpoofTheClientAddress(t *testing.T) {
 	if !strings.Contains(logs.String(), "ignored a forwarding mark that does not come from a node") {
 		t.Fatalf("forged marks not logged: %s", logs.String())
 	}
-}
-
-// syncBuffer is a log destination safe for the server's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

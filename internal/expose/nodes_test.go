@@ -14,7 +14,6 @@ import (
 	"github.com/postern/postern/internal/relay"
 	"github.com/postern/postern/internal/relay/relaytest"
 	"github.com/postern/postern/internal/server"
-	"github.com/postern/postern/internal/servertest"
 )
 
 // TestTwoNodes connects agents to node A and sends their users to node B,
@@ -107,14 +106,14 @@ func TestForwardingMarksAreSigned(t *testing.T) {
 	if resp.StatusCode != 200 || body != "path=/x query=q=1 xff=127.0.0.1, 127.0.0.1 auth= mark=" {
 		t.Fatalf("through node B: %d %q", resp.StatusCode, body)
 	}
-	if got := dropped(t, a); got != 0 {
+	if got := a.Metric(t, "postern_cluster_marks_dropped_total"); got != 0 {
 		t.Fatalf("node A dropped %v marks of node B", got)
 	}
 	resp, body = do(t, other, "GET", "shop."+domain, "/x?q=1", nil, user...)
 	if resp.StatusCode != 200 || body != "path=/x query=q=1 xff=127.0.0.1 auth= mark=" {
 		t.Fatalf("through the node with another secret: %d %q", resp.StatusCode, body)
 	}
-	if got := dropped(t, a); got != 1 {
+	if got := a.Metric(t, "postern_cluster_marks_dropped_total"); got != 1 {
 		t.Fatalf("node A dropped %v marks, want the other node's", got)
 	}
 	// Without a token, node B forwards, and node A refuses.
@@ -128,22 +127,4 @@ func TestForwardingMarksAreSigned(t *testing.T) {
 	if resp.StatusCode != 502 || !strings.Contains(body, "no agent") {
 		t.Fatalf("forged mark on node B: %d %q, want 502 from node B", resp.StatusCode, body)
 	}
-}
-
-// dropped reads postern_cluster_marks_dropped_total from n.
-func dropped(t *testing.T, n *servertest.Node) float64 {
-	t.Helper()
-	mfs, err := n.Registry().Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() == "postern_cluster_marks_dropped_total" {
-			for _, m := range mf.GetMetric() {
-				sum += m.GetCounter().GetValue()
-			}
-		}
-	}
-	return sum
 }

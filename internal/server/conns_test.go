@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -110,24 +109,6 @@ func TestMaxConnections(t *testing.T) {
 	}
 }
 
-// gauge reads a gauge or counter of n, summed over its labels.
-func gauge(t *testing.T, n *servertest.Node, name string) float64 {
-	t.Helper()
-	mfs, err := n.Registry().Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			for _, m := range mf.GetMetric() {
-				sum += m.GetGauge().GetValue() + m.GetCounter().GetValue()
-			}
-		}
-	}
-	return sum
-}
-
 // needFiles raises the test process's open-file soft limit to its hard
 // limit when n descriptors are needed, and skips when even that is too low.
 func needFiles(t *testing.T, n uint64) {
@@ -150,15 +131,6 @@ func needFiles(t *testing.T, n uint64) {
 	t.Cleanup(func() { syscall.Setrlimit(syscall.RLIMIT_NOFILE, &old) })
 }
 
-// from returns an HTTP client whose connections come from local address ip.
-func from(t *testing.T, ip string) *http.Client {
-	t.Helper()
-	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
-	tr := &http.Transport{DialContext: d.DialContext, MaxIdleConnsPerHost: -1}
-	t.Cleanup(tr.CloseIdleConnections)
-	return &http.Client{Transport: tr}
-}
-
 // TestOneAddressCannotCrowdOutOthers: thousands of websockets from one
 // address (127.0.0.2) get that address's share of the node and no more,
 // while a client on 127.0.0.1 is served as usual. Before the per-address
@@ -175,46 +147,13 @@ func TestOneAddressCannotCrowdOutOthers(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
-	attacker := from(t, "127.0.0.2")
-	var mu sync.Mutex
-	var held []*websocket.Conn
-	statuses := map[int]int{}
-	var wg sync.WaitGroup
-	next := make(chan int)
-	for range 8 {
-		wg.Go(func() {
-			for i := range next {
-				c, resp, err := websocket.Dial(ctx, fmt.Sprintf("%s/c/hold-%d", ws, i), &websocket.DialOptions{HTTPClient: attacker})
-				mu.Lock()
-				switch {
-				case err == nil:
-					held = append(held, c)
-					statuses[101]++
-				case resp != nil:
-					statuses[resp.StatusCode]++
-				default:
-					statuses[-1]++
-				}
-				mu.Unlock()
-			}
-		})
-	}
-	for i := range attempts {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
-	defer func() {
-		for _, c := range held {
-			c.CloseNow()
-		}
-	}()
+	statuses := servertest.HoldWebsockets(ctx, t, n.URL, "127.0.0.2", attempts)
 	if statuses[101] != server.DefaultMaxConnectionsPerAddr || statuses[429] != attempts-server.DefaultMaxConnectionsPerAddr {
 		t.Fatalf("websockets from 127.0.0.2: %v, want %d held and the rest refused 429", statuses, server.DefaultMaxConnectionsPerAddr)
 	}
 
 	// 127.0.0.1 is served: a subscriber gets what another client publishes.
-	local := from(t, "127.0.0.1")
+	local := servertest.ClientFrom(t, "127.0.0.1")
 	sub, _, err := websocket.Dial(ctx, ws+"/c/news", &websocket.DialOptions{HTTPClient: local})
 	if err != nil {
 		t.Fatalf("subscriber on 127.0.0.1: %v", err)
@@ -229,7 +168,7 @@ func TestOneAddressCannotCrowdOutOthers(t *testing.T) {
 	if _, msg, err := sub.Read(ctx); err != nil || string(msg) != "still served" {
 		t.Fatalf("subscriber on 127.0.0.1 got %q %v", msg, err)
 	}
-	if got := gauge(t, n, "postern_connections_refused_total"); got != float64(attempts-server.DefaultMaxConnectionsPerAddr) {
+	if got := n.Metric(t, "postern_connections_refused_total"); got != float64(attempts-server.DefaultMaxConnectionsPerAddr) {
 		t.Fatalf("postern_connections_refused_total = %v", got)
 	}
 }
@@ -246,7 +185,7 @@ func TestPerAddrCapBehindTrustedProxies(t *testing.T) {
 	ws := "ws" + strings.TrimPrefix(n.URL, "http")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	proxy := from(t, "127.0.0.1")
+	proxy := servertest.ClientFrom(t, "127.0.0.1")
 	as := func(client string) http.Header { return http.Header{"X-Forwarded-For": {client}} }
 	dial := func(client string) (*websocket.Conn, int) {
 		t.Helper()

@@ -6,8 +6,10 @@
 package authtest
 
 import (
+	"encoding/hex"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strings"
 )
 
@@ -101,35 +103,17 @@ func Contains(s, secret string) bool {
 	return false
 }
 
+// escape is a valid percent-escape.
+var escape = regexp.MustCompile(`%[0-9A-Fa-f]{2}`)
+
 // lenientUnescape decodes every valid %XX escape of s and leaves the rest;
 // plus makes "+" a space.
 func lenientUnescape(s string, plus bool) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c == '%' && i+2 < len(s) && isHex(s[i+1]) && isHex(s[i+2]):
-			b.WriteByte(unhex(s[i+1])<<4 | unhex(s[i+2]))
-			i += 2
-		case c == '+' && plus:
-			b.WriteByte(' ')
-		default:
-			b.WriteByte(c)
-		}
+	if plus {
+		s = strings.ReplaceAll(s, "+", " ")
 	}
-	return b.String()
-}
-
-func isHex(c byte) bool {
-	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
-}
-
-func unhex(c byte) byte {
-	switch {
-	case '0' <= c && c <= '9':
-		return c - '0'
-	case 'a' <= c && c <= 'f':
-		return c - 'a' + 10
-	}
-	return c - 'A' + 10
+	return escape.ReplaceAllStringFunc(s, func(e string) string {
+		b, _ := hex.DecodeString(e[1:])
+		return string(b)
+	})
 }
