@@ -102,11 +102,12 @@ test('the client in headless Chromium', { skip }, async (t) => {
     assert.equal(r.tunnel.got, r.tunnel.sent);
     assert.equal(r.tunnel.type, 'application/json');
     assert.equal(r.status, 'gone', 'acknowledged from the page');
+    assert.deepEqual(r.inbox, { sent: 1, origin: 'page', body: { x: 1 } });
     assert.equal(r.sockets.length, 1, 'the browser subscribed over a websocket');
     assert.match(r.sockets[0], new RegExp(`^ws://${srv.url.slice(7)}/c/browser\\?since=now$`));
   };
 
-  await t.test('a page served by postern (through postern expose) round-trips a channel and a tunnel message', async () => {
+  await t.test('a page served by postern (through postern expose) round-trips a channel, a tunnel and an inbox message', async () => {
     await roundTrip(`${srv.url}/proxy/request/page/test/browser/roundtrip.html`, srv.url);
   });
 
