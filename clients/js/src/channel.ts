@@ -33,7 +33,9 @@ export interface SubscribeOptions {
   reconnect?: { minDelay?: number; maxDelay?: number };
   /**
    * Milliseconds between keep-alives (default 25000): a connection that
-   * hears nothing for two of them is dropped and made again.
+   * hears nothing for two of them is dropped and made again. Event streams
+   * hear the server's keep-alive comment every 27 s: keep
+   * two of these above that.
    */
   keepAlive?: number;
   /** Called each time a connection is open: messages published from now on arrive. */
@@ -293,7 +295,7 @@ export class Subscription implements AsyncIterable<ChannelMessage> {
     } catch (e) {
       if (e instanceof PosternError) throw e;
       if (conn.signal.aborted && !idle) return; // closed, or paused
-      throw new PosternError(0, idle ? why : (e as Error).message, [], undefined, e);
+      throw new PosternError(0, idle ? why : `event stream ${this.at}: ${(e as Error)?.message ?? e}`, [], undefined, e);
     } finally {
       clearInterval(timer);
     }
