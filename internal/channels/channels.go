@@ -137,6 +137,10 @@ func (c *Channels) serve(w http.ResponseWriter, r *http.Request) error {
 		w.WriteHeader(http.StatusMovedPermanently)
 		return nil
 	}
+	if cors(w.Header(), r, c.origins) && r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
+		httpapi.SetRoute(r, "channels.preflight")
+		return preflight(w, r)
+	}
 	upgrade := isUpgrade(r)
 	if !upgrade && r.Method != http.MethodGet && r.Method != http.MethodPost {
 		httpapi.SetRoute(r, "channels.bad_method")
@@ -146,10 +150,6 @@ func (c *Channels) serve(w http.ResponseWriter, r *http.Request) error {
 	if perr != nil {
 		httpapi.SetRoute(r, "channels.bad_path")
 		return perr
-	}
-	if cors(w.Header(), r, c.origins) && r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
-		httpapi.SetRoute(r, "channels.preflight")
-		return preflight(w, r)
 	}
 	switch {
 	case upgrade:

@@ -48,7 +48,10 @@ type WSClass = typeof WebSocket;
 
 /** One pub/sub channel of the server, named by a path ("/news"). */
 export class Channel {
-  /** The channel's name. */
+  /**
+   * The channel's name, in canonical form: "//a" and "/x/../a" name "/a";
+   * a leading '/' is added when missing, a trailing one is kept.
+   */
   readonly path: string;
   private readonly c: Core;
   private readonly at: string;
@@ -56,7 +59,7 @@ export class Channel {
 
   constructor(c: Core, path: string, prefix: string, ws?: WSClass | null) {
     this.c = c;
-    this.path = path[0] == '/' ? path : '/' + path;
+    this.path = clean(path);
     this.at = prefix + this.path.split('/').map(encodeURIComponent).join('/');
     this.ws = ws === undefined ? (globalThis as { WebSocket?: WSClass }).WebSocket : ws;
   }
@@ -77,6 +80,21 @@ export class Channel {
     if (o.transport == 'websocket' && !ws) throw new TypeError('postern: no WebSocket here: pass one as the WebSocket option');
     return new Subscription(this.c, this.at, o, ws ?? undefined);
   }
+}
+
+/**
+ * The canonical form of a channel path, as the server computes it (Go's
+ * path.Clean, a trailing slash kept): the server redirects the other
+ * forms there, and a redirected POST would be followed as a GET.
+ */
+function clean(p: string): string {
+  const out: string[] = [];
+  for (const s of p.split('/')) {
+    if (s == '..') out.pop();
+    else if (s && s != '.') out.push(s);
+  }
+  const c = '/' + out.join('/');
+  return c != '/' && p.endsWith('/') ? c + '/' : c;
 }
 
 const GAP: ChannelMessage = { id: '', data: '', binary: false, gap: true };

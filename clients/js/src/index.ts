@@ -69,7 +69,10 @@ export class Postern {
     return new Tunnel(this.c, id);
   }
 
-  /** The channel named path (1 to 256 Unicode characters; a leading '/' is added when missing). */
+  /**
+   * The channel named path (1 to 256 Unicode characters), in its canonical
+   * form: "//a" and "/x/../a" are "/a"; a leading '/' is added when missing.
+   */
   channel(path: string): Channel {
     return new Channel(this.c, path, (this.o.channelsPrefix ?? '/c').replace(/\/$/, ''), this.o.WebSocket);
   }

@@ -91,6 +91,17 @@ test('channels against postern serve (Server-Sent Events on plain Node)', async 
     s2.close();
   });
 
+  await t.test('a path names its canonical form, which the server redirects the others to', async () => {
+    for (const [given, want] of [['//news/today', '/news/today'], ['/x/../news/./today', '/news/today'], ['/a/', '/a/'], ['', '/'], ['a/..', '/']]) {
+      assert.equal(p.channel(given).path, want, given);
+    }
+    const sub = await open(p.channel('/clean/path'));
+    await p.channel('/x/../clean//path').publish('not lost to a redirect');
+    const [m] = await take(sub[Symbol.asyncIterator](), 1);
+    assert.equal(m.data, 'not lost to a redirect');
+    sub.close();
+  });
+
   await t.test('leaving the loop closes the subscription; so does its signal', async () => {
     const ch = p.channel('/leave');
     const sub = await open(ch);
