@@ -17,7 +17,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/postern/postern/internal/gcrrelay/gcrclient"
+	gcrclient "github.com/postern/postern/internal/relay/gcr/client"
 	"github.com/postern/postern/internal/server"
 )
 

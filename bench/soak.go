@@ -21,7 +21,7 @@ package main
 //     messages: a subscriber must receive every message published while it
 //     was subscribed, in order and once, unless the server signalled a gap;
 //   - relay: a backend served through the node by the project's Go relay
-//     client (gcrclient); user requests under /client/NAME/ with echoed or
+//     client (internal/relay/gcr/client); user requests under /client/NAME/ with echoed or
 //     generated bodies, each checked byte for byte;
 //   - expose: a native agent (client.Expose) in front of the same backend,
 //     reached by Host, with the same checks.
@@ -66,7 +66,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/postern/postern/client"
-	"github.com/postern/postern/internal/gcrrelay/gcrclient"
+	gcrclient "github.com/postern/postern/internal/relay/gcr/client"
 )
 
 func init() {

@@ -24,12 +24,12 @@ import (
 	"github.com/postern/postern/internal/channels"
 	"github.com/postern/postern/internal/cluster"
 	"github.com/postern/postern/internal/expose"
-	"github.com/postern/postern/internal/gcrrelay"
 	"github.com/postern/postern/internal/httpapi"
 	"github.com/postern/postern/internal/inbox"
 	"github.com/postern/postern/internal/queue"
 	"github.com/postern/postern/internal/ratelimit"
 	"github.com/postern/postern/internal/relay"
+	"github.com/postern/postern/internal/relay/gcr"
 	"github.com/postern/postern/internal/store"
 	"github.com/postern/postern/internal/store/filestore"
 	"github.com/postern/postern/internal/tunnel"
@@ -122,7 +122,7 @@ type Config struct {
 
 	Tunnel tunnel.Options
 	Inbox  inbox.Options
-	Relay  gcrrelay.Options
+	Relay  gcr.Options
 	Expose expose.Options
 	// Channels configures the channels front door, Broker its core (queue
 	// length, history).
@@ -151,7 +151,7 @@ func DefaultConfig() Config {
 		NodeTTL:           DefaultNodeTTL,
 		Tunnel:            tunnel.DefaultOptions(),
 		Inbox:             inbox.DefaultOptions(),
-		Relay:             gcrrelay.DefaultOptions(),
+		Relay:             gcr.DefaultOptions(),
 		Expose:            expose.DefaultOptions(),
 		Channels:          channels.DefaultOptions(),
 		Broker: broker.Options{
@@ -172,7 +172,7 @@ type Server struct {
 	broker   *broker.Broker
 	channels *channels.Channels
 	relayHub *relay.Hub
-	relay    *gcrrelay.Relay
+	relay    *gcr.Relay
 	expose   *expose.Service
 	// relayMetrics are shared by every relay hub of the node.
 	relayMetrics *relay.Metrics
@@ -299,7 +299,7 @@ func New(cfg Config) (*Server, error) {
 		return fail(err)
 	}
 	undo = append(undo, s.relayHub.Shutdown) // stops its directory goroutine
-	if s.relay, err = gcrrelay.New(s.relayHub, cfg.Relay); err != nil {
+	if s.relay, err = gcr.New(s.relayHub, cfg.Relay); err != nil {
 		return fail(err)
 	}
 	bopts := cfg.Broker

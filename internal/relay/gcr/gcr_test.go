@@ -1,4 +1,4 @@
-package gcrrelay_test
+package gcr_test
 
 import (
 	"bufio"
@@ -22,9 +22,9 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/postern/postern/internal/auth"
-	"github.com/postern/postern/internal/gcrrelay"
-	"github.com/postern/postern/internal/gcrrelay/gcrclient"
-	"github.com/postern/postern/internal/gcrrelay/wire"
+	"github.com/postern/postern/internal/relay/gcr"
+	gcrclient "github.com/postern/postern/internal/relay/gcr/client"
+	"github.com/postern/postern/internal/relay/gcr/wire"
 	"github.com/postern/postern/internal/relay/relaytest"
 	"github.com/postern/postern/internal/server"
 	"github.com/postern/postern/internal/servertest"
@@ -340,8 +340,8 @@ func TestUnknownClient(t *testing.T) {
 	if r.status != 503 || r.body != `cannot reach the client "nobody"; check that it's turned on, set up, and connected to the internet (unknown client)` {
 		t.Fatalf("got %d %q", r.status, r.body)
 	}
-	if !idRE.MatchString(r.h.Get(gcrrelay.RelayIDHeader)) {
-		t.Errorf("relay id header %q", r.h.Get(gcrrelay.RelayIDHeader))
+	if !idRE.MatchString(r.h.Get(gcr.RelayIDHeader)) {
+		t.Errorf("relay id header %q", r.h.Get(gcr.RelayIDHeader))
 	}
 }
 
@@ -530,7 +530,7 @@ func TestWebsocketThroughTheRelay(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.CloseNow()
-	big := bytes.Repeat([]byte("z"), 3*gcrrelay.DefaultBlockSize+17) // spans several request-stream blocks
+	big := bytes.Repeat([]byte("z"), 3*gcr.DefaultBlockSize+17) // spans several request-stream blocks
 	for _, msg := range [][]byte{[]byte("hello"), []byte{0, 1, 2, 255}, big} {
 		if err := c.Write(ctx, websocket.MessageBinary, msg); err != nil {
 			t.Fatal(err)
@@ -702,7 +702,7 @@ func TestServerNameHeaderOverH2C(t *testing.T) {
 	h2 := &http.Client{Transport: tr}
 	call := func(path string) (*http.Response, string) {
 		req, _ := http.NewRequest("POST", e.node.URL+path, strings.NewReader("msg"))
-		req.Header.Set(gcrrelay.ServerNameHeader, "grpcbot")
+		req.Header.Set(gcr.ServerNameHeader, "grpcbot")
 		req.Header.Set("Te", "trailers")
 		req.Header.Set("Content-Type", "application/grpc")
 		resp, err := h2.Do(req)
@@ -726,10 +726,10 @@ func TestServerNameHeaderOverH2C(t *testing.T) {
 	}
 	// Paths other capabilities own stay theirs; unowned ones without the
 	// header are 404.
-	if r := e.do("GET", "/health", nil, gcrrelay.ServerNameHeader, "grpcbot"); r.body != "OK" {
+	if r := e.do("GET", "/health", nil, gcr.ServerNameHeader, "grpcbot"); r.body != "OK" {
 		t.Errorf("/health with X-Server-Name: %d %q", r.status, r.body)
 	}
-	if r := e.do("GET", "/t/x/len", nil, gcrrelay.ServerNameHeader, "grpcbot"); r.status != 204 {
+	if r := e.do("GET", "/t/x/len", nil, gcr.ServerNameHeader, "grpcbot"); r.status != 204 {
 		t.Errorf("tunnel path with X-Server-Name: %d %q", r.status, r.body)
 	}
 	if r := e.do("GET", "/nowhere", nil); r.status != 404 {

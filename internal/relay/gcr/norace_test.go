@@ -1,5 +1,5 @@
 //go:build !race
 
-package gcrrelay_test
+package gcr_test
 
 const raceEnabled = false

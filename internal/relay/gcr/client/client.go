@@ -1,4 +1,4 @@
-// Package gcrclient plays the relay client's role of the Cloud Robotics
+// Package client plays the relay client's role of the Cloud Robotics
 // http-relay protocol, as the original http-relay-client does: it
 // long-polls a relay server for requests, performs them against a local
 // backend, and posts the responses back in chunks, with keep-alive empty
@@ -6,7 +6,7 @@
 // giving up on a request when the server answers 400. Tests use it to
 // drive the relay front door exactly as the original client would, and the
 // load harness uses it, tuned, as an efficient relay client.
-package gcrclient
+package client
 
 import (
 	"bytes"
@@ -21,7 +21,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/postern/postern/internal/gcrrelay/wire"
+	"github.com/postern/postern/internal/relay/gcr/wire"
 )
 
 // Defaults of the original relay client.

@@ -1,4 +1,4 @@
-// Package gcrrelay is the relay front door: the Cloud Robotics http-relay
+// Package gcr is the relay front door: the Cloud Robotics http-relay
 // protocol (googlecloudrobotics/core's http-relay-server), wire-compatible
 // with that project's unmodified relay client, as a long-poll transport of
 // the relay core (internal/relay).
@@ -12,7 +12,7 @@
 // upgrade). The package owns the wire format and the correlation of
 // polls, requests and response chunks; relaying, streaming, upgrades,
 // cancellation and forwarding between nodes are the core's.
-package gcrrelay
+package gcr
 
 import (
 	"errors"

@@ -1,4 +1,4 @@
-package gcrrelay_test
+package gcr_test
 
 import (
 	"bytes"
@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/postern/postern/internal/gcrrelay/wire"
+	"github.com/postern/postern/internal/relay/gcr/wire"
 	"github.com/postern/postern/internal/servertest"
 )
 

@@ -1,6 +1,6 @@
 //go:build race
 
-package gcrrelay_test
+package gcr_test
 
 // raceEnabled: the race detector slows large transfers down tenfold.
 const raceEnabled = true

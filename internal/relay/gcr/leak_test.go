@@ -1,4 +1,4 @@
-package gcrrelay_test
+package gcr_test
 
 import (
 	"io"
@@ -10,8 +10,8 @@ import (
 
 	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/auth/authtest"
-	"github.com/postern/postern/internal/gcrrelay"
-	"github.com/postern/postern/internal/gcrrelay/gcrclient"
+	"github.com/postern/postern/internal/relay/gcr"
+	gcrclient "github.com/postern/postern/internal/relay/gcr/client"
 	"github.com/postern/postern/internal/server"
 )
 
@@ -65,7 +65,7 @@ paths = ["/relay/bot"]
 				hdr  []string
 			}{
 				{"/client/bot/r" + q, hdr},
-				{"/pkg.Svc/Method" + q, append([]string{gcrrelay.ServerNameHeader, "bot"}, hdr...)},
+				{"/pkg.Svc/Method" + q, append([]string{gcr.ServerNameHeader, "bot"}, hdr...)},
 			} {
 				r := e.do("POST", route.path, strings.NewReader("body of the user"), route.hdr...)
 				if r.status != 200 || r.body != "recorded" {

@@ -1,4 +1,4 @@
-package gcrrelay
+package gcr
 
 import (
 	"context"
@@ -18,9 +18,9 @@ import (
 	"time"
 
 	"github.com/postern/postern/internal/auth"
-	"github.com/postern/postern/internal/gcrrelay/wire"
 	"github.com/postern/postern/internal/httpapi"
 	"github.com/postern/postern/internal/relay"
+	"github.com/postern/postern/internal/relay/gcr/wire"
 )
 
 // Routes of the protocol.

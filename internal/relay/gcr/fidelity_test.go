@@ -1,4 +1,4 @@
-package gcrrelay_test
+package gcr_test
 
 import (
 	"bufio"
@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/postern/postern/internal/gcrrelay/wire"
+	"github.com/postern/postern/internal/relay/gcr/wire"
 	"github.com/postern/postern/internal/relay/relaytest"
 	"github.com/postern/postern/internal/server"
 )

@@ -1,4 +1,4 @@
-package gcrrelay
+package gcr
 
 import (
 	"context"
@@ -12,9 +12,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/postern/postern/internal/gcrrelay/wire"
 	"github.com/postern/postern/internal/httpapi"
 	"github.com/postern/postern/internal/relay"
+	"github.com/postern/postern/internal/relay/gcr/wire"
 )
 
 // backend is one name's relay clients, seen from this node: every poll for

@@ -1,4 +1,4 @@
-package gcrrelay_test
+package gcr_test
 
 import (
 	"bufio"
@@ -12,10 +12,10 @@ import (
 	"time"
 
 	"github.com/postern/postern/internal/auth"
-	"github.com/postern/postern/internal/gcrrelay"
-	"github.com/postern/postern/internal/gcrrelay/gcrclient"
-	"github.com/postern/postern/internal/gcrrelay/wire"
 	"github.com/postern/postern/internal/relay"
+	"github.com/postern/postern/internal/relay/gcr"
+	gcrclient "github.com/postern/postern/internal/relay/gcr/client"
+	"github.com/postern/postern/internal/relay/gcr/wire"
 	"github.com/postern/postern/internal/server"
 )
 
@@ -54,7 +54,7 @@ func TestAnnouncedResponseBodiesDoNotReserveMemory(t *testing.T) {
 	}
 	e := start(t, func(c *server.Config) { c.Policy = pol })
 	const conns = 8
-	size := gcrrelay.DefaultMaxResponseMessageBytes
+	size := gcr.DefaultMaxResponseMessageBytes
 	var ms runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&ms)
@@ -64,7 +64,7 @@ func TestAnnouncedResponseBodiesDoNotReserveMemory(t *testing.T) {
 	}
 	runtime.ReadMemStats(&ms)
 	// At most the reserve is set aside, whatever the number of connections.
-	if grown := int64(ms.HeapInuse) - int64(base); grown > gcrrelay.DefaultMaxResponseReserveBytes+16<<20 {
+	if grown := int64(ms.HeapInuse) - int64(base); grown > gcr.DefaultMaxResponseReserveBytes+16<<20 {
 		t.Fatalf("heap grew by %d MiB for %d announced bodies of %d MiB that never came", grown>>20, conns, size>>20)
 	}
 	// The relay still takes real responses (403 here: no token).
@@ -138,7 +138,7 @@ func TestForgedForwardMarkIsAuthorized(t *testing.T) {
 		fwd := []string{relay.ForwardedHeader, mark}
 		for _, r := range []result{
 			e.do("GET", "/client/bot/x", nil, fwd...),
-			e.do("GET", "/pkg.Svc/Method", nil, append([]string{gcrrelay.ServerNameHeader, "bot"}, fwd...)...),
+			e.do("GET", "/pkg.Svc/Method", nil, append([]string{gcr.ServerNameHeader, "bot"}, fwd...)...),
 			e.do("GET", "/server/request?server=bot", nil, fwd...),
 			e.do("GET", "/server/request?server=bot", nil, append(user, fwd...)...),
 			e.do("GET", "/server/requeststream?id=bot:00000000000000000000000000000000", nil, fwd...),
@@ -152,11 +152,11 @@ func TestForgedForwardMarkIsAuthorized(t *testing.T) {
 	// With the token, the marked request is served, and neither the token
 	// nor the mark reaches the backend.
 	e.want(e.do("GET", "/client/bot/x", nil, append(user, relay.ForwardedHeader, "relay")...), 200, `path=/x auth=""`)
-	e.want(e.do("GET", "/pkg.Svc/Method", nil, append(user, gcrrelay.ServerNameHeader, "bot")...), 200, `path=/pkg.Svc/Method auth=""`)
+	e.want(e.do("GET", "/pkg.Svc/Method", nil, append(user, gcr.ServerNameHeader, "bot")...), 200, `path=/pkg.Svc/Method auth=""`)
 	// X-Server-Name never takes a path another capability owns, nor the
 	// status page (which needs an ops grant this token lacks).
 	for _, p := range []string{"/", "/metrics"} {
-		if r := e.do("GET", p, nil, append(user, gcrrelay.ServerNameHeader, "bot")...); r.status != 403 || strings.Contains(r.body, "path=") {
+		if r := e.do("GET", p, nil, append(user, gcr.ServerNameHeader, "bot")...); r.status != 403 || strings.Contains(r.body, "path=") {
 			t.Fatalf("%s with X-Server-Name: %d %.60q, want postern's own 403", p, r.status, r.body)
 		}
 	}

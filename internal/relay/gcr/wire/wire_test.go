@@ -12,7 +12,7 @@ import (
 	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/dynamicpb"
 
-	"github.com/postern/postern/internal/gcrrelay/wire"
+	"github.com/postern/postern/internal/relay/gcr/wire"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
