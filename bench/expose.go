@@ -44,7 +44,7 @@ func exposeNode() (*node, error) {
 	cfg := server.DefaultConfig()
 	cfg.Store = "memory"
 	cfg.Expose.Domain = "localhost"
-	cfg.Expose.ClientRate = 0
+	cfg.Expose.Brickchain.ClientRate = 0
 	return startNode(cfg)
 }
 

@@ -87,11 +87,11 @@ func ServeFlags() (*FlagSet, *Serve) {
 
 	fs.String(&ex.Domain, "expose-domain", "`domain` D whose hosts NAME.D reach expose agent NAME (its DNS and certificate should cover *.D)", "DOMAIN")
 	fs.String(&ex.BaseURL, "expose-base-url", "public base `URL` of this server; brickchain mandate tokens must name a uri under it (default: the scheme and host the agent connected to)", "BASE")
-	fs.Int64(&ex.MaxRequestBytes, "expose-max-request-body", "largest request body in `bytes` relayed to a brickchain agent; larger get 413")
-	fs.Int64(&ex.MaxFrameBytes, "expose-max-frame", "largest frame in `bytes` a brickchain agent may send; a larger response gets 502")
-	fs.Duration(&ex.ResponseTimeout, "expose-timeout", "how long a brickchain agent has to answer before the user gets 504")
-	fs.Int(&ex.ClientRate, "expose-client-rate", "requests allowed to each brickchain client per --expose-client-rate-period (0: unlimited); more get 429")
-	fs.Duration(&ex.ClientRatePeriod, "expose-client-rate-period", "period of --expose-client-rate")
+	fs.Int64(&ex.Brickchain.MaxRequestBytes, "expose-max-request-body", "largest request body in `bytes` relayed to a brickchain agent; larger get 413")
+	fs.Int64(&ex.Brickchain.MaxFrameBytes, "expose-max-frame", "largest frame in `bytes` a brickchain agent may send; a larger response gets 502")
+	fs.Duration(&ex.Brickchain.ResponseTimeout, "expose-timeout", "how long a brickchain agent has to answer before the user gets 504")
+	fs.Int(&ex.Brickchain.ClientRate, "expose-client-rate", "requests allowed to each brickchain client per --expose-client-rate-period (0: unlimited); more get 429")
+	fs.Duration(&ex.Brickchain.ClientRatePeriod, "expose-client-rate-period", "period of --expose-client-rate")
 	fs.Bool(&ex.AnonymousAgents, "expose-anonymous-agents", "without --token-file, let native agents from any address claim any name (default: loopback agents only)")
 	ch, b := &c.Server.Channels, &c.Server.Broker
 	fs.Bool(&ch.AtRoot, "channels-at-root", "serve channels at / (a dedicated host, as pinghub was deployed) instead of under /c/; ops endpoints and other prefixes keep priority, the status page moves to /_postern/")

@@ -279,9 +279,9 @@ func TestBrickchainUnregisteredSocketClosedAndPings(t *testing.T) {
 	n := node(t, func(c *server.Config) {
 		// Long enough for a registration on a loaded machine (dial,
 		// sign, register under -race); short enough to wait for.
-		c.Expose.RegisterTimeout = time.Second
-		c.Expose.PingInterval = 50 * time.Millisecond
-		c.Expose.RegistrationTTL = 5 * time.Second
+		c.Expose.Brickchain.RegisterTimeout = time.Second
+		c.Expose.Brickchain.PingInterval = 50 * time.Millisecond
+		c.Expose.Brickchain.RegistrationTTL = 5 * time.Second
 	})
 	a := dialAgent(t, n)
 	f, _ := a.next()
@@ -365,11 +365,11 @@ func TestBrickchainHTTP(t *testing.T) {
 
 func TestBrickchainTimeoutsAndLimits(t *testing.T) {
 	n := node(t, func(c *server.Config) {
-		c.Expose.ResponseTimeout = 300 * time.Millisecond
-		c.Expose.MaxRequestBytes = 1000
-		c.Expose.MaxFrameBytes = 4000
-		c.Expose.ClientRate = 5
-		c.Expose.ClientRatePeriod = time.Hour
+		c.Expose.Brickchain.ResponseTimeout = 300 * time.Millisecond
+		c.Expose.Brickchain.MaxRequestBytes = 1000
+		c.Expose.Brickchain.MaxFrameBytes = 4000
+		c.Expose.Brickchain.ClientRate = 5
+		c.Expose.Brickchain.ClientRatePeriod = time.Hour
 	})
 	a := dialAgent(t, n)
 	id := a.register(n, "")
@@ -552,7 +552,7 @@ func TestBrickchainConnectionTokenList(t *testing.T) {
 }
 
 func TestBrickchainSlowUserDropped(t *testing.T) {
-	n := node(t, func(c *server.Config) { c.Expose.WSBufferBytes = 64 << 10 })
+	n := node(t, func(c *server.Config) { c.Expose.Brickchain.WSBufferBytes = 64 << 10 })
 	a := dialAgent(t, n)
 	id := a.register(n, "")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

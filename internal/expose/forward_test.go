@@ -38,8 +38,8 @@ func (a *agent) answerAll() {
 // the header lifted the limit on the node holding the agent.
 func TestForgedForwardMarkKeepsTheClientRateLimit(t *testing.T) {
 	n := node(t, func(c *server.Config) {
-		c.Expose.ClientRate = 2
-		c.Expose.ClientRatePeriod = time.Hour
+		c.Expose.Brickchain.ClientRate = 2
+		c.Expose.Brickchain.ClientRatePeriod = time.Hour
 	})
 	a := dialAgent(t, n)
 	id := a.register(n, "")

@@ -388,6 +388,17 @@ func (h *Hub) Names() []string {
 	return out
 }
 
+// Local returns the RoundTripper of a backend registered for name on this
+// node (the one with the fewest requests in flight), or nil: for a front
+// door whose backends serve some requests in their own way (a Brickchain
+// agent's websockets).
+func (h *Hub) Local(name string) http.RoundTripper {
+	if r := h.pick(name); r != nil {
+		return r.rt
+	}
+	return nil
+}
+
 // pick returns the local backend for name with the fewest requests in
 // flight, ties broken at random, or nil.
 func (h *Hub) pick(name string) *Registration {

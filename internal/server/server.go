@@ -21,6 +21,7 @@ import (
 
 	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/broker"
+	"github.com/postern/postern/internal/capability"
 	"github.com/postern/postern/internal/channels"
 	"github.com/postern/postern/internal/cluster"
 	"github.com/postern/postern/internal/expose"
@@ -220,7 +221,6 @@ func New(cfg Config) (*Server, error) {
 		cfg.Inbox.Policy = cfg.Policy
 		cfg.Channels.Policy = cfg.Policy
 		cfg.Relay.Policy = cfg.Policy
-		cfg.Expose.Policy = cfg.Policy
 	}
 	var tlsConfig *tls.Config
 	if cfg.TLSCertFile != "" || cfg.TLSKeyFile != "" {
@@ -315,7 +315,7 @@ func New(cfg Config) (*Server, error) {
 	exposeHub := relay.DefaultOptions("expose")
 	exposeHub.Directory = dir
 	exposeHub.Mark = mark
-	exposeHub.RegisterTTL = cfg.Expose.RegistrationTTL
+	exposeHub.RegisterTTL = cfg.Expose.Brickchain.RegistrationTTL
 	exposeHub.Metrics = s.relayMetrics
 	exposeHub.Logger = s.log
 	hub, err := relay.New(exposeHub)
@@ -324,10 +324,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	undo = append(undo, hub.Shutdown)
 	eo := cfg.Expose
-	eo.Metrics, eo.Logger = s.registry, s.log
-	eo.TrustedProxies = cfg.RateLimit.TrustedProxies
-	eo.Mandates = s.queue
-	if s.expose, err = expose.New(hub, eo); err != nil {
+	eo.Brickchain.Mandates = s.queue
+	deps := capability.Deps{Registry: s.registry, Logger: s.log, Policy: cfg.Policy, TrustedProxies: cfg.RateLimit.TrustedProxies}
+	if s.expose, err = expose.New(hub, eo, deps); err != nil {
 		return fail(err)
 	}
 

@@ -1,4 +1,4 @@
-package expose
+package brickchain
 
 import (
 	"context"

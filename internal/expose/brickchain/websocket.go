@@ -1,15 +1,17 @@
-package expose
+package brickchain
 
 import (
 	"context"
+	"errors"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 
 	"github.com/coder/websocket"
 
-	"github.com/postern/postern/internal/expose/brickchain"
 	"github.com/postern/postern/internal/httpapi"
+	"github.com/postern/postern/internal/relay"
 )
 
 // wsStream is one user websocket relayed message by message to a
@@ -18,9 +20,9 @@ import (
 // disconnected rather than buffered without bound. What the user sends
 // goes to the agent's writer directly, so a slow agent slows the user.
 type wsStream struct {
-	c    *bcConn
+	c    *conn
 	id   string
-	resp chan brickchain.Frame // the ws-response
+	resp chan Frame // the ws-response
 
 	mu     sync.Mutex
 	queue  []wsMsg
@@ -33,7 +35,6 @@ type wsStream struct {
 	reason    string
 	tellAgent bool // send ws-teardown: the end did not come from the agent
 	flush     bool // deliver what is queued before closing
-	teardown  func()
 	tornDown  sync.Once
 }
 
@@ -49,25 +50,25 @@ type wsMsg struct {
 	body string
 }
 
-func (st *wsStream) fromAgent(f brickchain.Frame) {
+func (st *wsStream) fromAgent(f Frame) {
 	switch f.Type {
-	case brickchain.TypeWSResponse:
+	case TypeWSResponse:
 		select {
 		case st.resp <- f:
 		default: // a second answer means nothing
 		}
-	case brickchain.TypeWSMessage:
+	case TypeWSMessage:
 		var typ websocket.MessageType
 		switch f.MessageType {
-		case brickchain.MessageText:
+		case MessageText:
 			typ = websocket.MessageText
-		case brickchain.MessageBinary:
+		case MessageBinary:
 			typ = websocket.MessageBinary
 		default:
 			return
 		}
 		st.mu.Lock()
-		if st.queued+len(f.Body) > st.c.s.opts.WSBufferBytes && len(st.queue) > 0 {
+		if st.queued+len(f.Body) > st.c.t.opts.WSBufferBytes && len(st.queue) > 0 {
 			st.mu.Unlock()
 			st.end(websocket.StatusTryAgainLater, "client too slow: messages dropped", true)
 			return
@@ -79,7 +80,7 @@ func (st *wsStream) fromAgent(f brickchain.Frame) {
 		case st.notify <- struct{}{}:
 		default:
 		}
-	case brickchain.TypeWSTeardown:
+	case TypeWSTeardown:
 		st.mu.Lock()
 		st.flush = true
 		st.mu.Unlock()
@@ -106,7 +107,7 @@ func (st *wsStream) take() []wsMsg {
 // writeLoop writes the agent's messages to the user until the stream
 // ends, then closes the user's websocket with the stream's status.
 func (st *wsStream) writeLoop(uc *websocket.Conn) {
-	o := st.c.s.opts
+	o := st.c.t.opts
 	write := func(msgs []wsMsg) bool {
 		for _, m := range msgs {
 			ctx, cancel := context.WithTimeout(st.c.ctx, o.WriteTimeout)
@@ -147,75 +148,40 @@ func (st *wsStream) writeLoop(uc *websocket.Conn) {
 
 var wsSkipHeaders = []string{"Connection", "Upgrade", "Sec-Websocket-Key", "Sec-Websocket-Version", "Sec-Websocket-Extensions"}
 
-// serveWebsocket relays a user's websocket to the agent: ws-request, then
+// ServeWebsocket relays a user's websocket to the agent: ws-request, then
 // the user's upgrade only once the agent said ok (a refusal becomes 502
 // with the agent's error), then ws-message frames both ways until either
-// side tears down.
-func (c *bcConn) serveWebsocket(w http.ResponseWriter, r *http.Request, name, path, rawQuery string, hdr http.Header) {
-	s := c.s
-	if !s.track(func() {}) {
+// side tears down. t is the target the front door would give the hub: its
+// Path and RawQuery go to the agent, its Local edits what the agent sees
+// (postern's tokens removed), and its NoBackend answers when the agent's
+// connection ended meanwhile.
+func (b *backend) ServeWebsocket(w http.ResponseWriter, r *http.Request, t relay.Target) {
+	c := b.c
+	if !c.t.track(func() {}) {
 		httpapi.WritePlain(w, r, errClosing)
 		return
 	}
-	defer s.wg.Done()
-	st := &wsStream{c: c, id: brickchain.NewID(), resp: make(chan brickchain.Frame, 1), notify: make(chan struct{}, 1), done: make(chan struct{})}
-	c.mu.Lock()
-	if c.ctx.Err() != nil {
-		c.mu.Unlock()
-		httpapi.WritePlain(w, r, noAgent(name))
+	defer c.t.wg.Done()
+	st := c.openStream()
+	if st == nil {
+		e := &httpapi.Error{Status: http.StatusBadGateway, Message: "no backend"}
+		if t.NoBackend != nil {
+			e = t.NoBackend(t.Name)
+		}
+		httpapi.WritePlain(w, r, e)
 		return
 	}
-	c.streams[st.id] = st
-	c.mu.Unlock()
-	defer func() {
-		c.mu.Lock()
-		delete(c.streams, st.id)
-		c.mu.Unlock()
-	}()
-	teardown := func() {
-		ctx, cancel := context.WithTimeout(c.ctx, s.opts.WriteTimeout)
-		defer cancel()
-		c.send(ctx, brickchain.WSTeardown{Base: brickchain.NewBase(brickchain.TypeWSTeardown, st.id)})
+	defer c.closeStream(st)
+	out := &http.Request{Method: r.Method, Header: r.Header.Clone(), URL: &url.URL{Path: t.Path, RawPath: t.RawPath, RawQuery: t.RawQuery}}
+	out.Header.Del(relay.ForwardedHeader)
+	if t.Local != nil {
+		t.Local(out)
 	}
-	st.teardown = teardown
-
-	ctx, cancel := context.WithTimeout(r.Context(), s.opts.ResponseTimeout)
-	defer cancel()
-	req := brickchain.WSRequest{
-		Base:    brickchain.NewBase(brickchain.TypeWSRequest, st.id),
-		URL:     path,
-		Query:   rawQuery,
-		Headers: brickchain.FirstValues(hdr, wsSkipHeaders...),
-	}
-	var f brickchain.Frame
-	err := c.send(ctx, req)
-	if err == nil {
-		select {
-		case f = <-st.resp:
-		case <-st.done:
-			err = httpapi.Errorf(http.StatusBadGateway, "the agent closed the websocket before accepting it")
-		case <-ctx.Done():
-			err = ctx.Err()
-		}
-	}
-	if err == ctx.Err() && err != nil {
-		if r.Context().Err() != nil {
-			teardown()
-			s.m.request(transportBrickchain, "ws_canceled")
+	if err := st.open(r, out); err != nil {
+		if err == errUserGone {
 			return
 		}
-		err = &httpapi.Error{Status: http.StatusGatewayTimeout, Message: "timeout"}
-		teardown()
-	}
-	if err == nil && !f.OK {
-		msg := f.Error
-		if msg == "" {
-			msg = "no reason given"
-		}
-		err = httpapi.Errorf(http.StatusBadGateway, "the agent refused the websocket: %s", msg)
-	}
-	if err != nil {
-		s.m.request(transportBrickchain, "ws_refused")
+		c.t.count.Request("ws_refused")
 		e := httpapi.ToError(r, err)
 		if e == nil {
 			e = errAgentGone
@@ -228,11 +194,92 @@ func (c *bcConn) serveWebsocket(w http.ResponseWriter, r *http.Request, name, pa
 		Subprotocols:       subprotocols(r.Header),
 	})
 	if err != nil {
-		teardown()
+		st.teardown()
 		return
 	}
-	s.m.request(transportBrickchain, "ws_upgraded")
-	uc.SetReadLimit(s.opts.MaxFrameBytes)
+	c.t.count.Request("ws_upgraded")
+	uc.SetReadLimit(c.t.opts.MaxFrameBytes)
+	st.relay(uc)
+}
+
+// openStream adds a stream to the connection; nil when it has ended.
+func (c *conn) openStream() *wsStream {
+	st := &wsStream{c: c, id: NewID(), resp: make(chan Frame, 1), notify: make(chan struct{}, 1), done: make(chan struct{})}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ctx.Err() != nil {
+		return nil
+	}
+	c.streams[st.id] = st
+	return st
+}
+
+func (c *conn) closeStream(st *wsStream) {
+	c.mu.Lock()
+	delete(c.streams, st.id)
+	c.mu.Unlock()
+}
+
+// teardown tells the agent the stream is over.
+func (st *wsStream) teardown() {
+	ctx, cancel := context.WithTimeout(st.c.ctx, st.c.t.opts.WriteTimeout)
+	defer cancel()
+	st.c.send(ctx, WSTeardown{Base: NewBase(TypeWSTeardown, st.id)})
+}
+
+// errUserGone: the user went away while the agent was asked.
+var errUserGone = errors.New("the user went away")
+
+// open asks the agent for the websocket out describes (ws-request) and
+// waits for its ws-response, at most ResponseTimeout. It returns nil when
+// the agent accepted, errUserGone when the user went away meanwhile (the
+// caller answers nothing then).
+func (st *wsStream) open(r *http.Request, out *http.Request) error {
+	c := st.c
+	ctx, cancel := context.WithTimeout(r.Context(), c.t.opts.ResponseTimeout)
+	defer cancel()
+	req := WSRequest{
+		Base:    NewBase(TypeWSRequest, st.id),
+		URL:     out.URL.Path,
+		Query:   out.URL.RawQuery,
+		Headers: FirstValues(out.Header, wsSkipHeaders...),
+	}
+	var f Frame
+	err := c.send(ctx, req)
+	if err == nil {
+		select {
+		case f = <-st.resp:
+		case <-st.done:
+			return httpapi.Errorf(http.StatusBadGateway, "the agent closed the websocket before accepting it")
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+	}
+	switch {
+	case err != nil && err == ctx.Err():
+		st.teardown()
+		if r.Context().Err() != nil {
+			c.t.count.Request("ws_canceled")
+			return errUserGone
+		}
+		return &httpapi.Error{Status: http.StatusGatewayTimeout, Message: "timeout"}
+	case err != nil:
+		return err
+	case !f.OK:
+		msg := f.Error
+		if msg == "" {
+			msg = "no reason given"
+		}
+		return httpapi.Errorf(http.StatusBadGateway, "the agent refused the websocket: %s", msg)
+	}
+	return nil
+}
+
+// relay carries messages both ways until either side ends: the user's
+// to the agent's writer from here, the agent's to the user from
+// writeLoop.
+func (st *wsStream) relay(uc *websocket.Conn) {
+	c := st.c
 	var wg sync.WaitGroup
 	wg.Go(func() { st.writeLoop(uc) })
 	for {
@@ -245,14 +292,14 @@ func (c *bcConn) serveWebsocket(w http.ResponseWriter, r *http.Request, name, pa
 			st.end(code, "", true)
 			break
 		}
-		mt := brickchain.MessageText
+		mt := MessageText
 		if typ == websocket.MessageBinary {
-			mt = brickchain.MessageBinary
+			mt = MessageBinary
 		}
 		// Bodies are JSON strings on this wire: text passes as it is;
 		// binary payloads that are not valid UTF-8 are altered (invalid
 		// bytes become U+FFFD), as they were with the original.
-		m := brickchain.WSMessage{Base: brickchain.NewBase(brickchain.TypeWSMessage, st.id), MessageType: mt, Body: string(data)}
+		m := WSMessage{Base: NewBase(TypeWSMessage, st.id), MessageType: mt, Body: string(data)}
 		if c.send(c.ctx, m) != nil {
 			st.end(websocket.StatusGoingAway, "agent disconnected", false)
 			break
