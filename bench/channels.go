@@ -8,8 +8,9 @@ package main
 // of byte slices as the send queue.
 //
 // Diagnostics: POSTERN_BENCH_MEMSTATS=<file prefix> makes the children
-// print memory statistics and write heap profiles at each measurement (and
-// the fan-out print postern's delivery counters);
+// record every allocation, print memory statistics and write heap
+// profiles at each measurement (<prefix>.<kind>.<n>, n counting from 1),
+// and the fan-out print postern's delivery counters;
 // POSTERN_BENCH_CPUPROFILE=<prefix> writes CPU profiles of the measured
 // fan-out messages: <prefix>.<kind>.<subs> of the server child and
 // <prefix>.<kind>.<subs>.client of the harness.
@@ -178,6 +179,9 @@ func runChild(kind string) int {
 		fmt.Fprintln(os.Stderr, "bench child:", err)
 		return 1
 	}
+	if os.Getenv("POSTERN_BENCH_MEMSTATS") != "" {
+		runtime.MemProfileRate = 1 // exact heap profiles
+	}
 	var h http.Handler
 	var stop func()
 	switch kind {
@@ -197,6 +201,8 @@ func runChild(kind string) int {
 		stop = func() { srv.Shutdown(context.Background()) }
 	case "plain":
 		h, stop = http.HandlerFunc(plainHandler), func() {}
+	case "hello":
+		h, stop = helloHandler, func() {}
 	case "baseline":
 		b := &baselineServer{conns: make(map[*baselineConn]struct{})}
 		h, stop = b, b.closeAll
@@ -217,6 +223,7 @@ func runChild(kind string) int {
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(ln)
 	mux := http.NewServeMux()
+	profiles := 0
 	mux.HandleFunc("/rss", func(w http.ResponseWriter, r *http.Request) {
 		// Let connections in progress settle (handlers finishing their
 		// handshakes) before measuring.
@@ -235,7 +242,8 @@ func runChild(kind string) int {
 			var ms runtime.MemStats
 			runtime.ReadMemStats(&ms)
 			fmt.Fprintf(os.Stderr, "%s: rss %d heapinuse %d stackinuse %d goroutines %d heapobjects %d\n", kind, vmRSS(), ms.HeapInuse, ms.StackInuse, runtime.NumGoroutine(), ms.HeapObjects)
-			if f, err := os.Create(os.Getenv("POSTERN_BENCH_MEMSTATS") + "." + kind); err == nil {
+			profiles++
+			if f, err := os.Create(fmt.Sprintf("%s.%s.%d", os.Getenv("POSTERN_BENCH_MEMSTATS"), kind, profiles)); err == nil {
 				pprof.Lookup("heap").WriteTo(f, 0)
 				f.Close()
 			}
