@@ -4,6 +4,7 @@ package channels
 
 import "net"
 
-// waitReadable is a no-op where the socket cannot be peeked at; the first
-// read then simply waits in the websocket library.
-func waitReadable(net.Conn) {}
+// waitReadable cannot wait without reading where the socket cannot be
+// peeked at: it reports false, and the websocket library reads (and
+// waits) itself.
+func waitReadable(net.Conn) bool { return false }
