@@ -4,7 +4,9 @@ package channels
 
 import "net"
 
-// waitReadable cannot wait without reading where the socket cannot be
-// peeked at: it reports false, and the websocket library reads (and
-// waits) itself.
-func waitReadable(net.Conn) bool { return false }
+// waitable reports false where the socket cannot be peeked at: the
+// websocket library then reads (and waits) itself.
+func waitable(net.Conn) bool { return false }
+
+// waitReadable is never called where nothing is waitable.
+func waitReadable(net.Conn) {}

@@ -112,6 +112,10 @@ type session struct {
 	// same buffer. Guarded by rmu.
 	rmu     sync.Mutex
 	closing bool
+	// peekable: the read buffer reads the socket itself (no bytes came
+	// before the handshake ended), and the socket can be waited on without
+	// reading (not TLS); only then does awaitFrame look at it.
+	peekable bool
 
 	mu    sync.Mutex
 	ready bool // conn is set
@@ -178,6 +182,7 @@ func (c *Channels) serveWebsocket(w http.ResponseWriter, r *http.Request, name s
 		// there were none, so read it directly (one frame less on the
 		// stack of every idle reader).
 		s.hw.br.Reset(s.hw.nc)
+		s.peekable = waitable(s.hw.nc)
 	}
 	conn.SetReadLimit(c.opts.MaxMessageBytes)
 	s.conn = conn
@@ -243,10 +248,10 @@ func (s *session) read() {
 //
 //go:noinline
 func (s *session) awaitFrame() {
-	br := s.hw.br
-	if br == nil {
-		return // net/http's reader (the client sent ahead): coder reads all
+	if !s.peekable {
+		return // coder/websocket reads all, pings and pongs too
 	}
+	br := s.hw.br
 	for {
 		s.rmu.Lock()
 		if s.closing {
@@ -274,9 +279,7 @@ func (s *session) awaitFrame() {
 		// The rest of the frame, or the next one, is still to come.
 		have := len(buffered)
 		s.rmu.Unlock()
-		if !waitReadable(s.hw.nc) {
-			return // no way to wait without reading (TLS): coder reads
-		}
+		waitReadable(s.hw.nc)
 		s.rmu.Lock()
 		if s.closing {
 			s.rmu.Unlock()

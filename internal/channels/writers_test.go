@@ -376,3 +376,45 @@ func TestControlFramesInPieces(t *testing.T) {
 	}
 	e.node.WaitForSubscribers(t, "/pieces", 0)
 }
+
+// TestFramesSentWithTheHandshake: a client that sends frames before it
+// has read the handshake's answer (in the same write as the request) has
+// them read, small or larger than the read buffer.
+func TestFramesSentWithTheHandshake(t *testing.T) {
+	e := start(t, nil)
+	for _, size := range []int{5, 2000} {
+		msg := strings.Repeat("e", size)
+		nc, err := net.Dial("tcp", e.node.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		nc.SetDeadline(time.Now().Add(20 * time.Second))
+		req := "GET /c/early HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+			"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+		frame := []byte{0x81, 0xfe, byte(size >> 8), byte(size), 0, 0, 0, 0}
+		if size <= 125 {
+			frame = []byte{0x81, 0x80 | byte(size), 0, 0, 0, 0}
+		}
+		// A ping and a message, both before the answer is read.
+		early := append([]byte(req), maskedFrame(0x89, [4]byte{}, "hi")...)
+		early = append(append(early, frame...), msg...)
+		if _, err := nc.Write(early); err != nil {
+			t.Fatal(err)
+		}
+		br := bufio.NewReader(nc)
+		res, err := http.ReadResponse(br, nil)
+		if err != nil || res.StatusCode != 101 {
+			t.Fatalf("handshake: %v %v", res, err)
+		}
+		if op, p := readRawMessage(t, br); op != 0xa || p != "hi" {
+			t.Fatalf("%d: got opcode %#x %q, want the pong", size, op, p)
+		}
+		// The sender gets its own message.
+		if op, err := readRawFrame(br); err != nil || op != 0x1 {
+			t.Fatalf("%d: got opcode %#x, %v, want the message", size, op, err)
+		}
+		nc.Close()
+		e.node.WaitForSubscribers(t, "/early", 0)
+	}
+}
