@@ -244,7 +244,9 @@ func (s *session) read() {
 //
 // It touches the buffer only under rmu and before a close handshake
 // begins (closing), since the handshake reads through the same buffer
-// from another goroutine.
+// from another goroutine. While it waits with nothing buffered, the
+// buffer's memory goes back to a pool (hijackWriter.giveBack), and it is
+// lent again before any read.
 //
 //go:noinline
 func (s *session) awaitFrame() {
@@ -278,6 +280,9 @@ func (s *session) awaitFrame() {
 		}
 		// The rest of the frame, or the next one, is still to come.
 		have := len(buffered)
+		if have == 0 {
+			s.hw.giveBack() // nothing to keep while waiting
+		}
 		s.rmu.Unlock()
 		waitReadable(s.hw.nc)
 		s.rmu.Lock()
@@ -285,6 +290,7 @@ func (s *session) awaitFrame() {
 			s.rmu.Unlock()
 			return
 		}
+		s.hw.lend()
 		// One read: the socket has data (or an end, or an error, which
 		// coder/websocket's read reports in turn).
 		_, err := br.Peek(have + 1)
@@ -581,6 +587,7 @@ func (s *session) writeFailed() {
 func (s *session) closeWith(code websocket.StatusCode, reason string) {
 	s.rmu.Lock()
 	s.closing = true
+	s.hw.lend()
 	s.rmu.Unlock()
 	s.conn.Close(code, reason)
 }
@@ -659,6 +666,10 @@ type hijackWriter struct {
 	out io.Writer // what coder/websocket's frames go to
 	nc  net.Conn
 	br  *bufio.Reader // ours, when small buffers were handed out
+	// lent is the pooled reader whose buffer br reads into (br is a copy
+	// of it); nil while br has no buffer (see giveBack). Only the
+	// session's reader, or a closer under the session's rmu, changes it.
+	lent *bufio.Reader
 	// early is how many bytes the client sent before the handshake
 	// completed.
 	early int
@@ -683,14 +694,43 @@ func (h *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		// A client that sent ahead: keep net/http's read buffer.
 		return nc, bufio.NewReadWriter(brw.Reader, bw), nil
 	}
-	br := bufio.NewReaderSize(nc, wsBufferSize)
+	h.br = new(bufio.Reader)
+	h.lend()
 	if n > 0 {
 		early, _ := brw.Reader.Peek(n)
-		br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(early)), nc), wsBufferSize)
-		br.Peek(n) // pull the early bytes into the buffer, which coder/websocket keeps
+		h.br.Reset(io.MultiReader(bytes.NewReader(bytes.Clone(early)), nc))
+		h.br.Peek(n) // pull the early bytes into the buffer, which coder/websocket keeps
 	}
-	h.br = br
-	return nc, bufio.NewReadWriter(br, bw), nil
+	return nc, bufio.NewReadWriter(h.br, bw), nil
+}
+
+// readBuffers holds the read buffers of websocket connections that wait
+// for their client with nothing to read: an idle subscriber holds none.
+var readBuffers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, wsBufferSize) }}
+
+// lend gives br a buffer from readBuffers, reading nc, unless it has one.
+func (h *hijackWriter) lend() {
+	if h.lent != nil {
+		return
+	}
+	p := readBuffers.Get().(*bufio.Reader)
+	p.Reset(h.nc)
+	*h.br = *p
+	h.lent = p
+}
+
+// giveBack returns br's buffer to readBuffers when it holds nothing. br
+// must then not be read before lend: its zero value has no buffer. The
+// caller makes sure that nobody reads through it meanwhile
+// (session.awaitFrame, session.closeWith).
+func (h *hijackWriter) giveBack() {
+	if h.lent == nil || h.br.Buffered() > 0 {
+		return
+	}
+	*h.br = bufio.Reader{}
+	h.lent.Reset(nil)
+	readBuffers.Put(h.lent)
+	h.lent = nil
 }
 
 // deadline makes the connection's write deadline between 0.9 d and d
