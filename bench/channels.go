@@ -686,7 +686,8 @@ func runFanout(ctx context.Context, o Options) ([]Figure, error) {
 			Figure{Name: "p99 delivery to " + n + " subs", Unit: "ms", Value: ms(p.p99), Baseline: ms(b.p99), LowerIsBetter: true})
 		if subs == fanoutSubscribers {
 			figs = append(figs,
-				Figure{Name: "p99 delivery to " + n + " subs (absolute)", Unit: "ms", Value: ms(p.p99), LowerIsBetter: true, Goal: 100},
+				// Issue 20's goal.
+				Figure{Name: "p99 delivery to " + n + " subs (absolute)", Unit: "ms", Value: ms(p.p99), LowerIsBetter: true, Goal: 50},
 				Figure{Name: "server CPU per delivery (" + n + " subs)", Unit: "µs", Value: us(p.serverCPU), Baseline: us(b.serverCPU), LowerIsBetter: true},
 				Figure{Name: "client CPU per delivery (" + n + " subs)", Unit: "µs", Value: us(p.clientCPU), Baseline: us(b.clientCPU), LowerIsBetter: true})
 		}
@@ -760,6 +761,8 @@ func runIdleMemory(ctx context.Context, o Options) ([]Figure, error) {
 	return []Figure{
 		{Name: "RSS per idle websocket (" + n + ")", Unit: "KB", Value: p, Baseline: b, LowerIsBetter: true},
 		{Name: "same, after a ping round", Unit: "KB", Value: pp, Baseline: bp, LowerIsBetter: true},
-		{Name: "RSS per idle websocket (absolute)", Unit: "KB", Value: max(p, pp), LowerIsBetter: true, Goal: 12},
+		// Issue 20's goal (stated for 5,000 connections; measured here
+		// with twice as many).
+		{Name: "RSS per idle websocket (absolute)", Unit: "KB", Value: max(p, pp), LowerIsBetter: true, Goal: 8},
 	}, nil
 }
