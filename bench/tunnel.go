@@ -135,27 +135,17 @@ const (
 // messages/s spread over wakeTunnels tunnels. Each body carries its send
 // time.
 //
-// The node and the plain handler each run in a child process (the harness
+// The node, the plain handler and baseline-hello each run in a child process (the harness
 // started again, as for channels), as a deployed server would: in the
 // harness's own process the clients' garbage collections and scheduling
 // would stop the server too, and on two cores their pauses, not postern,
 // made the tail.
 func runTunnelWake(ctx context.Context, o Options) ([]Figure, error) {
-	plain, err := startChild("plain")
-	if err != nil {
-		return nil, err
-	}
-	base, err := pacedRoundTrips(ctx, plain.base, o.Duration)
-	plain.stop()
+	base, err := childRoundTrips(ctx, "plain", o.Duration)
 	if err != nil {
 		return nil, fmt.Errorf("baseline: %w", err)
 	}
-	helloChild, err := startChild("hello")
-	if err != nil {
-		return nil, err
-	}
-	hello, err := pacedRoundTrips(ctx, helloChild.base, o.Duration)
-	helloChild.stop()
+	hello, err := childRoundTrips(ctx, "hello", o.Duration)
 	if err != nil {
 		return nil, fmt.Errorf("baseline-hello: %w", err)
 	}
@@ -276,6 +266,16 @@ func runTunnelWake(ctx context.Context, o Options) ([]Figure, error) {
 		{Name: "delivered msg/s", Unit: "msg/s", Value: r.Rate(), Goal: wakeRate * 0.95},
 		{Name: "messages sent before their consumer polled", Unit: "msgs", Value: float64(waited.Load()), LowerIsBetter: true},
 	}, nil
+}
+
+// childRoundTrips runs pacedRoundTrips against a child server of kind.
+func childRoundTrips(ctx context.Context, kind string, d time.Duration) (LoadResult, error) {
+	c, err := startChild(kind)
+	if err != nil {
+		return LoadResult{}, err
+	}
+	defer c.stop()
+	return pacedRoundTrips(ctx, c.base, d)
 }
 
 // pacedRoundTrips sends wakeRate requests/s from wakeProducer paced
