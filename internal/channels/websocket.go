@@ -708,9 +708,10 @@ func (h *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // for their client with nothing to read: an idle subscriber holds none.
 var readBuffers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, wsBufferSize) }}
 
-// lend gives br a buffer from readBuffers, reading nc, unless it has one.
+// lend gives br a buffer from readBuffers, reading nc, unless it has one
+// or there is no br (coder/websocket reads through net/http's reader).
 func (h *hijackWriter) lend() {
-	if h.lent != nil {
+	if h.lent != nil || h.br == nil {
 		return
 	}
 	p := readBuffers.Get().(*bufio.Reader)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/postern/postern/internal/channels"
 	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/servertest"
 )
 
 // TestOwnWriters runs the writing behaviours with every session on a
@@ -379,12 +380,15 @@ func TestControlFramesInPieces(t *testing.T) {
 
 // TestFramesSentWithTheHandshake: a client that sends frames before it
 // has read the handshake's answer (in the same write as the request) has
-// them read, small or larger than the read buffer.
+// them read, small or larger than the read buffer; and a close the
+// server starts from another goroutine (here: shutting down) reaches it.
 func TestFramesSentWithTheHandshake(t *testing.T) {
-	e := start(t, nil)
-	for _, size := range []int{5, 2000} {
+	n := servertest.Start(t, servertest.Config())
+	var brs []*bufio.Reader
+	var ncs []net.Conn
+	for i, size := range []int{5, 2000} {
 		msg := strings.Repeat("e", size)
-		nc, err := net.Dial("tcp", e.node.Addr)
+		nc, err := net.Dial("tcp", n.Addr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -407,14 +411,30 @@ func TestFramesSentWithTheHandshake(t *testing.T) {
 		if err != nil || res.StatusCode != 101 {
 			t.Fatalf("handshake: %v %v", res, err)
 		}
+		n.WaitForSubscribers(t, "/early", i+1)
 		if op, p := readRawMessage(t, br); op != 0xa || p != "hi" {
 			t.Fatalf("%d: got opcode %#x %q, want the pong", size, op, p)
 		}
-		// The sender gets its own message.
-		if op, err := readRawFrame(br); err != nil || op != 0x1 {
-			t.Fatalf("%d: got opcode %#x, %v, want the message", size, op, err)
+		// The sender gets its own message (and the first sender this
+		// one's).
+		for _, b := range append(brs, br) {
+			if op, err := readRawFrame(b); err != nil || op != 0x1 {
+				t.Fatalf("%d: got opcode %#x, %v, want the message", size, op, err)
+			}
 		}
-		nc.Close()
-		e.node.WaitForSubscribers(t, "/early", 0)
+		brs, ncs = append(brs, br), append(ncs, nc)
+	}
+	done := make(chan error, 1)
+	go func() { done <- n.Shutdown(context.Background()) }()
+	for i, br := range brs {
+		op, p := readRawMessage(t, br)
+		if op != 0x8 || len(p) < 2 || int(p[0])<<8|int(p[1]) != 1001 {
+			t.Fatalf("got opcode %#x %q, want a close with 1001", op, p)
+		}
+		// The client's close ends the handshake.
+		ncs[i].Write(maskedFrame(0x88, [4]byte{}, "\x03\xe9"))
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }
