@@ -6,7 +6,7 @@ import (
 	"net"
 
 	"github.com/postern/postern/internal/config"
-	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/node"
 )
 
 const serveUsage = `Usage: postern serve [flags]
@@ -35,7 +35,7 @@ func runServe(ctx context.Context, env Env, args []string) error {
 		return usagef("%v", err)
 	}
 	cfg.Server.Logger = log
-	srv, err := server.New(cfg.Server)
+	srv, err := node.New(cfg.Server)
 	if err != nil {
 		return err
 	}

@@ -6,7 +6,7 @@ import (
 	"log/slog"
 	"strings"
 
-	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/node"
 )
 
 // Log defaults.
@@ -17,7 +17,7 @@ const (
 
 // Serve is the configuration of `postern serve`.
 type Serve struct {
-	Server     server.Config
+	Server     node.Config
 	LogLevel   string
 	LogFormat  string
 	ConfigFile string
@@ -26,7 +26,7 @@ type Serve struct {
 // ServeFlags returns the flags of `postern serve`, writing into a config
 // that starts from the defaults.
 func ServeFlags() (*FlagSet, *Serve) {
-	c := &Serve{Server: server.DefaultConfig(), LogLevel: DefaultLogLevel, LogFormat: DefaultLogFormat}
+	c := &Serve{Server: node.DefaultConfig(), LogLevel: DefaultLogLevel, LogFormat: DefaultLogFormat}
 	s, t, ib, rl, ex := &c.Server, &c.Server.Tunnel, &c.Server.Inbox, &c.Server.Relay, &c.Server.Expose
 	fs := NewFlagSet("serve")
 

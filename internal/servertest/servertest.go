@@ -16,12 +16,12 @@ import (
 
 	"github.com/coder/websocket"
 
-	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/node"
 )
 
 // Node is a running postern node.
 type Node struct {
-	*server.Server
+	*node.Server
 	// URL is the node's base URL, "http://127.0.0.1:<port>".
 	URL string
 	// Addr is the node's listen address.
@@ -35,8 +35,8 @@ const ClusterSecret = "servertest-cluster-secret-0123456789"
 // Config returns the default node config for tests: memory store, the
 // test cluster secret, logs discarded unless the test runs with -v and
 // POSTERN_TEST_LOG is set.
-func Config() server.Config {
-	cfg := server.DefaultConfig()
+func Config() node.Config {
+	cfg := node.DefaultConfig()
 	cfg.ClusterSecret = ClusterSecret
 	cfg.Store = "memory"
 	cfg.Listen = "127.0.0.1:0"
@@ -46,14 +46,14 @@ func Config() server.Config {
 }
 
 // Start runs a node with cfg and registers its shutdown with t.Cleanup.
-func Start(t testing.TB, cfg server.Config) *Node {
+func Start(t testing.TB, cfg node.Config) *Node {
 	t.Helper()
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	srv, err := server.New(cfg)
+	srv, err := node.New(cfg)
 	if err != nil {
-		t.Fatalf("server.New: %v", err)
+		t.Fatalf("node.New: %v", err)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

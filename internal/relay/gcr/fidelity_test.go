@@ -13,7 +13,7 @@ import (
 
 	"github.com/postern/postern/internal/relay/gcr/wire"
 	"github.com/postern/postern/internal/relay/relaytest"
-	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/node"
 )
 
 // proxyHeadersEcho is a backend that answers the proxy headers it got.
@@ -45,7 +45,7 @@ func TestForwardedHeadersOnlyWhenAsked(t *testing.T) {
 	} {
 		t.Run(fmt.Sprintf("forwarded-headers=%v", tc.on), func(t *testing.T) {
 			dir := relaytest.NewDirectory()
-			cfg := func(c *server.Config) { c.Directory = dir; c.Relay.ForwardedHeaders = tc.on }
+			cfg := func(c *node.Config) { c.Directory = dir; c.Relay.ForwardedHeaders = tc.on }
 			a, b := start(t, cfg), start(t, cfg)
 			a.runClient("fh", backendServer(t, proxyHeadersEcho), nil)
 			a.want(a.do("GET", "/client/fh/", nil, "Host", "relay.example"), 200, tc.bare)
@@ -157,7 +157,7 @@ func TestUpgradeCloseSequenceOfTheOriginalClient(t *testing.T) {
 // lived). The request-stream call then gets 410, on which the relay client
 // closes the backend connection, and the user's connection is closed.
 func TestUpgradeAfterTheUserEndsOnlyBackendBytesHoldIt(t *testing.T) {
-	e := start(t, func(c *server.Config) { c.Relay.InactiveRequestTimeout = 300 * time.Millisecond })
+	e := start(t, func(c *node.Config) { c.Relay.InactiveRequestTimeout = 300 * time.Millisecond })
 	u := e.upgrade("silent")
 	stream := e.requestStream(u.id)
 	u.conn.CloseWrite()

@@ -26,7 +26,7 @@ import (
 	gcrclient "github.com/postern/postern/internal/relay/gcr/client"
 	"github.com/postern/postern/internal/relay/gcr/wire"
 	"github.com/postern/postern/internal/relay/relaytest"
-	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/node"
 	"github.com/postern/postern/internal/servertest"
 	"github.com/postern/postern/internal/store/redisstore/redistest"
 )
@@ -40,7 +40,7 @@ type env struct {
 	c    *http.Client
 }
 
-func start(t *testing.T, mutate func(*server.Config)) *env {
+func start(t *testing.T, mutate func(*node.Config)) *env {
 	t.Helper()
 	cfg := servertest.Config()
 	if mutate != nil {
@@ -224,7 +224,7 @@ func TestRelayRequestAndResponse(t *testing.T) {
 }
 
 func TestWireOfTheProtocol(t *testing.T) {
-	e := start(t, func(c *server.Config) { c.Relay.PollTimeout = 50 * time.Millisecond })
+	e := start(t, func(c *node.Config) { c.Relay.PollTimeout = 50 * time.Millisecond })
 	e.want(e.do("GET", "/server/request", nil), 400, "Missing server query parameter\n")
 	// Nothing to hand out: 408, which the relay client takes as "poll again".
 	r, _ := e.poll("w")
@@ -346,7 +346,7 @@ func TestUnknownClient(t *testing.T) {
 }
 
 func TestNotPickedUp(t *testing.T) {
-	e := start(t, func(c *server.Config) {
+	e := start(t, func(c *node.Config) {
 		c.Relay.PollTimeout = 20 * time.Millisecond
 		c.Relay.PickupTimeout = 100 * time.Millisecond
 	})
@@ -358,7 +358,7 @@ func TestNotPickedUp(t *testing.T) {
 }
 
 func TestInactiveRequestTimesOut(t *testing.T) {
-	e := start(t, func(c *server.Config) { c.Relay.InactiveRequestTimeout = 150 * time.Millisecond })
+	e := start(t, func(c *node.Config) { c.Relay.InactiveRequestTimeout = 150 * time.Millisecond })
 	polled := e.pollAsync("slow", 1)
 	user := e.async("GET", "/client/slow/", nil)
 	id := (<-polled).ID
@@ -387,7 +387,7 @@ func TestInvalidStatus(t *testing.T) {
 
 func TestReapedMidStreamCutsTheUser(t *testing.T) {
 	// Long enough for the first chunk to arrive on a loaded machine.
-	e := start(t, func(c *server.Config) { c.Relay.InactiveRequestTimeout = 300 * time.Millisecond })
+	e := start(t, func(c *node.Config) { c.Relay.InactiveRequestTimeout = 300 * time.Millisecond })
 	for _, withLength := range []bool{false, true} {
 		polled := e.pollAsync("cut", 1)
 		user := e.async("GET", "/client/cut/", nil)
@@ -488,7 +488,7 @@ func TestUserCancellationReachesTheBackend(t *testing.T) {
 }
 
 func TestKeepAliveChunksKeepSlowRequestsAlive(t *testing.T) {
-	e := start(t, func(c *server.Config) { c.Relay.InactiveRequestTimeout = 500 * time.Millisecond })
+	e := start(t, func(c *node.Config) { c.Relay.InactiveRequestTimeout = 500 * time.Millisecond })
 	be := backendServer(t, func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "a")
 		w.(http.Flusher).Flush()
@@ -630,7 +630,7 @@ func largeDownload(t *testing.T, total int, opts func(*gcrclient.Options)) {
 }
 
 func TestRequestBodyLimit(t *testing.T) {
-	e := start(t, func(c *server.Config) { c.Relay.MaxRequestBodyBytes = 1000 })
+	e := start(t, func(c *node.Config) { c.Relay.MaxRequestBodyBytes = 1000 })
 	be := backendServer(t, func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
 		w.Write(b)
@@ -762,7 +762,7 @@ func TestScopedTokens(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := start(t, func(c *server.Config) { c.Policy = pol; c.Relay.PollTimeout = 20 * time.Millisecond })
+	e := start(t, func(c *node.Config) { c.Policy = pol; c.Relay.PollTimeout = 20 * time.Millisecond })
 	robot := []string{"Authorization", "Bearer robot-secret-0123456789"}
 	user := []string{"Authorization", "Bearer user-secret-0123456789"}
 	want403 := func(r result, what string) {
@@ -810,7 +810,7 @@ func TestScopedTokens(t *testing.T) {
 
 func TestRelayClientConnectedLogAndMetrics(t *testing.T) {
 	var logs syncBuffer
-	e := start(t, func(c *server.Config) {
+	e := start(t, func(c *node.Config) {
 		c.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
 		c.Relay.PollTimeout = 20 * time.Millisecond
 	})
@@ -834,7 +834,7 @@ func TestRelayClientConnectedLogAndMetrics(t *testing.T) {
 }
 
 func TestForgetsInactiveBackends(t *testing.T) {
-	e := start(t, func(c *server.Config) {
+	e := start(t, func(c *node.Config) {
 		c.Relay.PollTimeout = 10 * time.Millisecond
 		c.Relay.PickupTimeout = 20 * time.Millisecond
 		c.Relay.InactiveBackendTimeout = 50 * time.Millisecond
@@ -933,8 +933,8 @@ func TestShutdownDrainsOpenStreams(t *testing.T) {
 
 // startRaw runs a node outside servertest, for shutdowns that are meant to
 // fail.
-func startRaw(t *testing.T, cfg server.Config) (*server.Server, string, <-chan error) {
-	srv, err := server.New(cfg)
+func startRaw(t *testing.T, cfg node.Config) (*node.Server, string, <-chan error) {
+	srv, err := node.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -974,16 +974,16 @@ func TestShutdownCutsStreamsThatDoNotEnd(t *testing.T) {
 func TestTwoNodesShareBackends(t *testing.T) {
 	t.Run("directory", func(t *testing.T) {
 		dir := relaytest.NewDirectory()
-		testTwoNodes(t, func(c *server.Config) { c.Directory = dir })
+		testTwoNodes(t, func(c *node.Config) { c.Directory = dir })
 	})
 	t.Run("redis", func(t *testing.T) {
 		url := redistest.URL(t)
-		testTwoNodes(t, func(c *server.Config) { c.Store = url })
+		testTwoNodes(t, func(c *node.Config) { c.Store = url })
 	})
 }
 
-func testTwoNodes(t *testing.T, share func(*server.Config)) {
-	shared := func(c *server.Config) { share(c); c.Relay.PollTimeout = 50 * time.Millisecond }
+func testTwoNodes(t *testing.T, share func(*node.Config)) {
+	shared := func(c *node.Config) { share(c); c.Relay.PollTimeout = 50 * time.Millisecond }
 	a, b := start(t, shared), start(t, shared)
 	be := backendServer(t, func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Upgrade") != "" {

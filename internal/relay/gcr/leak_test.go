@@ -12,7 +12,7 @@ import (
 	"github.com/postern/postern/internal/auth/authtest"
 	"github.com/postern/postern/internal/relay/gcr"
 	gcrclient "github.com/postern/postern/internal/relay/gcr/client"
-	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/node"
 )
 
 // TestTokenNeverReachesARelayBackend: whatever spelling of the token
@@ -33,7 +33,7 @@ paths = ["/relay/bot"]
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := start(t, func(c *server.Config) { c.Policy = pol; c.Relay.PollTimeout = 20 * time.Millisecond })
+	e := start(t, func(c *node.Config) { c.Policy = pol; c.Relay.PollTimeout = 20 * time.Millisecond })
 	var mu sync.Mutex
 	var last string
 	be := backendServer(t, func(w http.ResponseWriter, r *http.Request) {

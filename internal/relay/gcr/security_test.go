@@ -16,7 +16,7 @@ import (
 	"github.com/postern/postern/internal/relay/gcr"
 	gcrclient "github.com/postern/postern/internal/relay/gcr/client"
 	"github.com/postern/postern/internal/relay/gcr/wire"
-	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/node"
 )
 
 // announce opens a connection that posts a /server/response announcing
@@ -52,7 +52,7 @@ func TestAnnouncedResponseBodiesDoNotReserveMemory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := start(t, func(c *server.Config) { c.Policy = pol })
+	e := start(t, func(c *node.Config) { c.Policy = pol })
 	const conns = 8
 	size := gcr.DefaultMaxResponseMessageBytes
 	var ms runtime.MemStats
@@ -78,7 +78,7 @@ func TestAnnouncedResponseBodiesDoNotReserveMemory(t *testing.T) {
 // connection closed, instead of holding the connection for ever (no
 // request would survive that long without a chunk anyway).
 func TestSlowResponseBodyTimesOut(t *testing.T) {
-	e := start(t, func(c *server.Config) { c.Relay.InactiveRequestTimeout = 200 * time.Millisecond })
+	e := start(t, func(c *node.Config) { c.Relay.InactiveRequestTimeout = 200 * time.Millisecond })
 	conn, err := net.Dial("tcp", e.node.Addr)
 	if err != nil {
 		t.Fatal(err)
@@ -128,7 +128,7 @@ func TestForgedForwardMarkIsAuthorized(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := start(t, func(c *server.Config) { c.Policy = pol; c.Relay.PollTimeout = 20 * time.Millisecond })
+	e := start(t, func(c *node.Config) { c.Policy = pol; c.Relay.PollTimeout = 20 * time.Millisecond })
 	be := backendServer(t, func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "path=%s auth=%q", r.URL.Path, r.Header.Get("Authorization"))
 	})

@@ -1,4 +1,4 @@
-package server_test
+package node_test
 
 import (
 	"context"
@@ -14,7 +14,7 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/node"
 	"github.com/postern/postern/internal/servertest"
 	"github.com/postern/postern/internal/store/redisstore/redistest"
 )
@@ -243,7 +243,7 @@ func TestNodeSettingsValidated(t *testing.T) {
 	} {
 		cfg := servertest.Config()
 		cfg.AdvertiseAddr, cfg.NodeTTL = c.advertise, c.ttl
-		srv, err := server.New(cfg)
+		srv, err := node.New(cfg)
 		if (err == nil) != c.ok {
 			t.Errorf("advertise %q ttl %v: err %v, want ok=%v", c.advertise, c.ttl, err, c.ok)
 		}
@@ -313,14 +313,14 @@ func TestRedisNeedsAClusterSecret(t *testing.T) {
 	cfg := servertest.Config()
 	cfg.Store = url
 	cfg.ClusterSecret = ""
-	if srv, err := server.New(cfg); err == nil {
+	if srv, err := node.New(cfg); err == nil {
 		srv.Shutdown(context.Background())
 		t.Fatal("a node on Redis started without a cluster secret")
 	} else if !strings.Contains(err.Error(), "--cluster-secret") || strings.Contains(err.Error(), "\n") {
 		t.Fatalf("error does not say what to do, on one line: %v", err)
 	}
 	cfg.ClusterSecret = "short"
-	if srv, err := server.New(cfg); err == nil {
+	if srv, err := node.New(cfg); err == nil {
 		srv.Shutdown(context.Background())
 		t.Fatal("a 5-character cluster secret was taken")
 	}

@@ -1,4 +1,4 @@
-package server_test
+package node_test
 
 import (
 	"bufio"
@@ -15,7 +15,7 @@ import (
 
 	"github.com/coder/websocket"
 
-	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/node"
 	"github.com/postern/postern/internal/servertest"
 )
 
@@ -59,7 +59,7 @@ func TestMaxConnections(t *testing.T) {
 		conns = append(conns, c)
 	}
 	// Over the cap: ops endpoints only.
-	for i := range server.OpsConnections {
+	for i := range node.OpsConnections {
 		c, br := dial()
 		path := []string{"/healthz", "/readyz", "/metrics"}[i%3]
 		if code, _ := rawGet(t, c, br, path); code != 200 {
@@ -76,7 +76,7 @@ func TestMaxConnections(t *testing.T) {
 	}
 	// Beyond the ops reserve too, every connection is answered 503 at once.
 	var held []net.Conn
-	for range server.OpsConnections {
+	for range node.OpsConnections {
 		c, _ := dial()
 		held = append(held, c)
 	}
@@ -148,8 +148,8 @@ func TestOneAddressCannotCrowdOutOthers(t *testing.T) {
 	defer cancel()
 
 	statuses := servertest.HoldWebsockets(ctx, t, n.URL, "127.0.0.2", attempts)
-	if statuses[101] != server.DefaultMaxConnectionsPerAddr || statuses[429] != attempts-server.DefaultMaxConnectionsPerAddr {
-		t.Fatalf("websockets from 127.0.0.2: %v, want %d held and the rest refused 429", statuses, server.DefaultMaxConnectionsPerAddr)
+	if statuses[101] != node.DefaultMaxConnectionsPerAddr || statuses[429] != attempts-node.DefaultMaxConnectionsPerAddr {
+		t.Fatalf("websockets from 127.0.0.2: %v, want %d held and the rest refused 429", statuses, node.DefaultMaxConnectionsPerAddr)
 	}
 
 	// 127.0.0.1 is served: a subscriber gets what another client publishes.
@@ -168,7 +168,7 @@ func TestOneAddressCannotCrowdOutOthers(t *testing.T) {
 	if _, msg, err := sub.Read(ctx); err != nil || string(msg) != "still served" {
 		t.Fatalf("subscriber on 127.0.0.1 got %q %v", msg, err)
 	}
-	if got := n.Metric(t, "postern_connections_refused_total"); got != float64(attempts-server.DefaultMaxConnectionsPerAddr) {
+	if got := n.Metric(t, "postern_connections_refused_total"); got != float64(attempts-node.DefaultMaxConnectionsPerAddr) {
 		t.Fatalf("postern_connections_refused_total = %v", got)
 	}
 }

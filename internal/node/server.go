@@ -1,7 +1,7 @@
-// Package server assembles a postern node: it opens the storage engine,
+// Package node assembles a postern node: it opens the storage engine,
 // starts the cores, mounts every front door and the operations endpoints on
 // one HTTP handler, and owns the order of a graceful shutdown.
-package server
+package node
 
 import (
 	"context"
