@@ -167,7 +167,7 @@ var plainHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request)
 // benchNode is a postern node started by the harness.
 type benchNode struct {
 	URL string
-	srv *node.Server
+	srv *node.Node
 	ln  net.Listener
 	out chan error
 }

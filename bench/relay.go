@@ -17,8 +17,8 @@ import (
 	"syscall"
 	"time"
 
-	gcrclient "github.com/postern/postern/internal/relay/gcr/client"
 	"github.com/postern/postern/internal/node"
+	gcrclient "github.com/postern/postern/internal/relay/gcr/client"
 )
 
 func init() {

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/postern/postern/internal/broker"
+	"github.com/postern/postern/internal/capability"
 	"github.com/postern/postern/internal/store"
 	"github.com/postern/postern/internal/store/memstore"
 )
@@ -22,7 +23,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func newBroker(t *testing.T, st store.Engine, opts broker.Options) *broker.Broker {
 	t.Helper()
-	b, err := broker.New(st, opts)
+	b, err := broker.New(st, opts, capability.Deps{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -540,7 +541,7 @@ func TestFanoutFailure(t *testing.T) {
 }
 
 func BenchmarkFanout1000(b *testing.B) {
-	br, _ := broker.New(nil, broker.Options{HistoryLen: -1})
+	br, _ := broker.New(nil, broker.Options{HistoryLen: -1}, capability.Deps{})
 	defer br.Shutdown(context.Background())
 	subs := make([]*broker.Subscription, 1000)
 	for i := range subs {

@@ -4,12 +4,14 @@ import (
 	"context"
 	"strconv"
 	"testing"
+
+	"github.com/postern/postern/internal/capability"
 )
 
 // TestRecentBounded: churn on some channels while another stays recent
 // does not grow the bookkeeping, and MaxRecent caps the channels kept.
 func TestRecentBounded(t *testing.T) {
-	b, _ := New(nil, Options{MaxRecent: 100})
+	b, _ := New(nil, Options{MaxRecent: 100}, capability.Deps{})
 	defer b.Shutdown(context.Background())
 	churn := func(name string) {
 		s, err := b.Subscribe(context.Background(), name, SubscribeOptions{})

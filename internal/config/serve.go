@@ -50,7 +50,7 @@ func ServeFlags() (*FlagSet, *Serve) {
 	fs.Int(&s.RateLimit.PerAddrBurst, "rate-limit-addr-burst", "requests one address may send at once (0: two seconds' worth)")
 	fs.Float64(&s.RateLimit.PerToken, "rate-limit-token", "requests per second allowed to one scoped token; 0: unlimited")
 	fs.Int(&s.RateLimit.PerTokenBurst, "rate-limit-token-burst", "requests one token may send at once (0: two seconds' worth)")
-	fs.Prefixes(&s.RateLimit.TrustedProxies, "trusted-proxies", "comma-separated CIDR `prefixes` of proxies whose X-Forwarded-For names the client")
+	fs.Prefixes(&s.TrustedProxies, "trusted-proxies", "comma-separated CIDR `prefixes` of proxies whose X-Forwarded-For names the client")
 	fs.String(&s.TLSCertFile, "tls-cert", "PEM `file` of the TLS certificate chain: serve HTTPS (a wildcard certificate for the expose domain covers every agent)")
 	fs.String(&s.TLSKeyFile, "tls-key", "PEM `file` of the TLS private key, with --tls-cert")
 	fs.String(&s.OpsListen, "ops-listen", "TCP `address` serving /metrics, /ops/*, the status page and /readyz with its reason to whoever reaches it, instead of the public address (keep it private, e.g. 127.0.0.1:9090)")

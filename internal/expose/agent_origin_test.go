@@ -80,7 +80,7 @@ func TestAgentThroughAProxyOnThisHost(t *testing.T) {
 		}
 	}
 	behind := startNode(t, func(c *node.Config) {
-		c.RateLimit.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
+		c.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
 	})
 	if code := handshake(behind, http.Header{"X-Forwarded-For": {"203.0.113.5"}}); code != 403 {
 		t.Fatalf("remote client through a trusted proxy: %d, want 403", code)

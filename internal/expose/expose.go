@@ -109,12 +109,26 @@ func (s *Service) Domain() string { return s.opts.Domain }
 // Hub returns the relay hub the service serves through.
 func (s *Service) Hub() *relay.Hub { return s.hub }
 
-// Mount registers the path routes: the agents' endpoints and
-// /proxy/request/NAME/.
-func (s *Service) Mount(mux *httpapi.Router) {
-	mux.Handle(SubscribePath, http.HandlerFunc(s.serveSubscribe))
-	mux.Handle(AgentPath, http.HandlerFunc(s.serveAgent))
-	mux.Handle(RequestPathPrefix, http.HandlerFunc(s.serveRequestPath))
+// Mount adds the agents' endpoints and /proxy/request/NAME/ to the node's
+// table and, with a domain, two host routes: NAME.<domain> goes to agent
+// NAME with its path unchanged, whatever the path; GET / on the bare
+// domain answers the version, as the original's server did at its root
+// (other paths of the bare domain, and every other host, are left to the
+// path routes, so postern's own page at / stays where it is on other
+// hosts).
+func (s *Service) Mount(rt *httpapi.Routes) {
+	rt.Handle(SubscribePath, http.HandlerFunc(s.serveSubscribe))
+	rt.Handle(AgentPath, http.HandlerFunc(s.serveAgent))
+	rt.Handle(RequestPathPrefix, http.HandlerFunc(s.serveRequestPath))
+	if s.opts.Domain == "" {
+		return
+	}
+	rt.Add(httpapi.Route{Name: "expose agent hosts", Host: s.agentHost, Handler: http.HandlerFunc(s.serveHost)})
+	rt.Add(httpapi.Route{
+		Name: "expose domain version", Host: func(h string) bool { return h == s.opts.Domain }, Pattern: "/",
+		When:    func(r *http.Request) bool { return r.Method == http.MethodGet || r.Method == http.MethodHead },
+		Handler: http.HandlerFunc(serveVersion),
+	})
 }
 
 // serveSubscribe hands a Brickchain agent's websocket to its transport.
@@ -127,54 +141,27 @@ func (s *Service) serveSubscribe(w http.ResponseWriter, r *http.Request) {
 	s.bc.ServeSubscribe(w, r, brickchain.Site{BaseURL: s.baseURL(r), Domain: s.opts.Domain})
 }
 
-// hostOf returns r's Host lowercased, without port and trailing dot.
-func hostOf(hostport string) string {
-	h := hostport
-	if host, _, err := net.SplitHostPort(hostport); err == nil {
-		h = host
-	}
-	return strings.TrimSuffix(strings.ToLower(h), ".")
-}
-
-// AgentHost reports whether hostport is an agent's host, NAME.<domain>,
-// every path of which ServeHost serves.
-func (s *Service) AgentHost(hostport string) bool {
-	if s.opts.Domain == "" {
-		return false
-	}
-	name, ok := strings.CutSuffix(hostOf(hostport), "."+s.opts.Domain)
+// agentHost reports whether host (see httpapi.HostOf) is an agent's,
+// NAME.<domain>.
+func (s *Service) agentHost(host string) bool {
+	name, ok := strings.CutSuffix(host, "."+s.opts.Domain)
 	return ok && name != ""
 }
 
-// ServeHost serves r when its Host is the expose domain's business and
-// reports whether it did: NAME.<domain> goes to agent NAME with its path
-// unchanged; GET / on the bare domain answers the version, as the
-// original's server did at its root (other paths of the bare domain, and
-// every other host, are left to the path routes, so postern's own page at
-// / stays where it is on other hosts).
-func (s *Service) ServeHost(w http.ResponseWriter, r *http.Request) bool {
-	if s.opts.Domain == "" {
-		return false
-	}
-	host := hostOf(r.Host)
-	if host == s.opts.Domain {
-		if r.URL.Path == "/" && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
-			httpapi.SetRoute(r, "expose.version")
-			w.Header().Set("Content-Type", "text/plain")
-			if r.Method == http.MethodGet {
-				fmt.Fprintf(w, "postern/%s", version.Version())
-			}
-			return true
-		}
-		return false
-	}
-	if !s.AgentHost(r.Host) {
-		return false
-	}
-	name := strings.TrimSuffix(host, "."+s.opts.Domain)
+// serveHost serves a request to NAME.<domain>: agent NAME, path unchanged.
+func (s *Service) serveHost(w http.ResponseWriter, r *http.Request) {
+	name := strings.TrimSuffix(httpapi.HostOf(r.Host), "."+s.opts.Domain)
 	httpapi.SetRoute(r, "expose.host")
 	s.serveName(w, r, name, r.URL.Path, r.URL.RawPath, r.URL.RawQuery)
-	return true
+}
+
+// serveVersion answers GET / on the bare domain.
+func serveVersion(w http.ResponseWriter, r *http.Request) {
+	httpapi.SetRoute(r, "expose.version")
+	w.Header().Set("Content-Type", "text/plain")
+	if r.Method == http.MethodGet {
+		fmt.Fprintf(w, "postern/%s", version.Version())
+	}
 }
 
 // serveRequestPath serves /proxy/request/NAME/<path>.

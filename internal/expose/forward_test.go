@@ -12,8 +12,8 @@ import (
 
 	"github.com/postern/postern/client"
 	"github.com/postern/postern/internal/expose/brickchain"
-	"github.com/postern/postern/internal/relay"
 	"github.com/postern/postern/internal/node"
+	"github.com/postern/postern/internal/relay"
 	"github.com/postern/postern/internal/servertest"
 )
 

@@ -11,9 +11,9 @@ import (
 
 	"github.com/postern/postern/client"
 	"github.com/postern/postern/internal/expose/brickchain"
+	"github.com/postern/postern/internal/node"
 	"github.com/postern/postern/internal/relay"
 	"github.com/postern/postern/internal/relay/relaytest"
-	"github.com/postern/postern/internal/node"
 )
 
 // TestTwoNodes connects agents to node A and sends their users to node B,

@@ -11,8 +11,8 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/postern/postern/internal/expose/brickchain"
-	"github.com/postern/postern/internal/relay/relaytest"
 	"github.com/postern/postern/internal/node"
+	"github.com/postern/postern/internal/relay/relaytest"
 	"github.com/postern/postern/internal/servertest"
 	"github.com/postern/postern/internal/store/redisstore/redistest"
 )

@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/postern/postern/internal/capability"
 	"github.com/postern/postern/internal/cluster"
 	"github.com/postern/postern/internal/relay"
 )
@@ -40,15 +41,15 @@ type markGuard struct {
 	suppressed int
 }
 
-func newMarkGuard(keys *cluster.Keys, forwarding bool, log *slog.Logger, reg prometheus.Registerer) *markGuard {
+func newMarkGuard(keys *cluster.Keys, forwarding bool, deps capability.Deps) *markGuard {
 	g := &markGuard{
-		keys: keys, forwarding: forwarding, log: log,
+		keys: keys, forwarding: forwarding, log: deps.Log(),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "postern_cluster_marks_dropped_total",
 			Help: "Requests whose X-Postern-Forwarded mark was ignored because it did not come from a node, by reason.",
 		}, []string{"reason"}),
 	}
-	reg.MustRegister(g.dropped)
+	deps.Register(g.dropped)
 	return g
 }
 

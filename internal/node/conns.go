@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/postern/postern/internal/capability"
 	"github.com/postern/postern/internal/httpapi"
 	"github.com/postern/postern/internal/ratelimit"
 	"github.com/postern/postern/internal/store"
@@ -31,17 +32,15 @@ const (
 	// whole node.
 	DefaultMaxConnectionsPerAddr = 1024
 	// OpsConnections are accepted beyond Config.MaxConnections for the
-	// node's own /healthz, /readyz and /metrics only, so a full node can
-	// still say so to its load balancer and its monitoring.
+	// node's own /healthz, /readyz and /metrics only (the table's Ops
+	// routes), so a full node can still say so to its load balancer and
+	// its monitoring.
 	OpsConnections = 16
 	// reservedFiles are the file descriptors a node keeps for other than
 	// client connections (its store, logs, Redis, listeners) when it
 	// derives its connection cap from the process's file limit.
 	reservedFiles = 128
 )
-
-// opsPaths are the endpoints served on the connections beyond the cap.
-var opsPaths = map[string]bool{"/healthz": true, "/readyz": true, "/metrics": true}
 
 // Answers to connections refused at accept, written before anything is
 // read (plain HTTP only: a TLS connection is closed).
@@ -136,9 +135,9 @@ type connGate struct {
 	wg       sync.WaitGroup // their goroutines
 }
 
-func newConnGate(caps connCaps, trusted []netip.Prefix, log *slog.Logger, reg prometheus.Registerer) *connGate {
+func newConnGate(caps connCaps, deps capability.Deps) *connGate {
 	g := &connGate{
-		caps: caps, trusted: trusted, log: log,
+		caps: caps, trusted: deps.TrustedProxies, log: deps.Log(),
 		byAddr:   make(map[string]int),
 		proxied:  make(map[string]int),
 		refusing: make(chan struct{}, refuseWaiting),
@@ -147,7 +146,7 @@ func newConnGate(caps connCaps, trusted []netip.Prefix, log *slog.Logger, reg pr
 			Help: "Client connections (or requests through a trusted proxy) refused by a connection cap: total or addr (per client address).",
 		}, []string{"cap"}),
 	}
-	reg.MustRegister(g.refused, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+	deps.Register(g.refused, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "postern_connections_open",
 		Help: "Client connections open.",
 	}, func() float64 {
@@ -417,9 +416,10 @@ func connState(c net.Conn, st http.ConnState) {
 
 // wrap applies what is decided per request: connections beyond the total
 // cap serve only the ops endpoints (then close), and requests through a
-// trusted proxy are capped per client address. isAgentHost reports hosts
-// whose every path belongs to an expose agent.
-func (g *connGate) wrap(next http.Handler, isAgentHost func(string) bool) http.Handler {
+// trusted proxy are capped per client address. isOps reports the requests
+// that take an ops route (httpapi.Routes.Ops; on an expose agent's host
+// every path is the agent's).
+func (g *connGate) wrap(next http.Handler, isOps func(*http.Request) bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		gc, _ := r.Context().Value(gateConnKey{}).(*gateConn)
 		if gc == nil {
@@ -428,7 +428,7 @@ func (g *connGate) wrap(next http.Handler, isAgentHost func(string) bool) http.H
 		}
 		if gc.opsOnly {
 			w.Header().Set("Connection", "close")
-			if !opsPaths[r.URL.Path] || isAgentHost(r.Host) {
+			if !isOps(r) {
 				httpapi.SetRoute(r, "refused")
 				httpapi.WritePlain(w, r, errTooManyConnections)
 				return

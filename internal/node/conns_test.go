@@ -180,7 +180,7 @@ func TestOneAddressCannotCrowdOutOthers(t *testing.T) {
 func TestPerAddrCapBehindTrustedProxies(t *testing.T) {
 	cfg := servertest.Config()
 	cfg.MaxConnectionsPerAddr = 2
-	cfg.RateLimit.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
+	cfg.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
 	n := servertest.Start(t, cfg)
 	ws := "ws" + strings.TrimPrefix(n.URL, "http")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)

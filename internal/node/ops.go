@@ -14,6 +14,8 @@ import (
 	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/httpapi"
 	"github.com/postern/postern/internal/ratelimit"
+	"github.com/postern/postern/internal/store"
+	"github.com/postern/postern/internal/version"
 	"github.com/postern/postern/internal/web"
 )
 
@@ -32,61 +34,140 @@ import (
 // The public /healthz says the process is up, and the public /readyz only
 // ready or not ready.
 
-// opsRouter returns the router of the ops endpoints, unguarded: what
-// --ops-listen serves, and what the public address serves behind the
-// guard.
-func (s *Server) opsRouter() *httpapi.Router {
-	mux := httpapi.NewRouter()
-	httpapi.MountOps(mux, s.ready, s.registry)
-	s.nodes.mount(mux)
-	page := s.statusPage()
-	page.Mount(mux)
-	if !s.cfg.Channels.AtRoot {
-		home := page.Page()
-		mux.Fallback(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.URL.Path == "/" {
-				home.ServeHTTP(w, r)
-				return
-			}
-			notFound.ServeHTTP(w, r)
-		}))
+// listenOps opens --ops-listen, so that a bad address stops the node at
+// start; the ops step gives it its handler.
+func (n *Node) listenOps() (part, error) {
+	if n.cfg.OpsListen == "" {
+		return part{}, nil
 	}
-	return mux
+	o, err := listenOps(n.cfg.OpsListen, n.log)
+	if err != nil {
+		return part{}, err
+	}
+	n.ops = o
+	return part{start: o.serve, stop: o.shutdown}, nil
 }
 
-// mountPublicOps registers the public /healthz and /readyz on mux and,
-// without --ops-listen, the guarded ops endpoints; it returns the handler
-// of the status page at "/" (nil when "/" is not the page's).
-func (s *Server) mountPublicOps(mux *httpapi.Router, ops http.Handler) http.Handler {
-	mux.Handle("/healthz", ops)
-	mux.Handle("/readyz", httpapi.Handle(s.serveTerseReady, nil))
-	if s.cfg.OpsListen != "" {
-		return nil
+// buildOps mounts the node's own endpoints on the table: the public
+// /healthz and /readyz and, without --ops-listen, the ops
+// endpoints behind the ops guard, the status page at "/" included (unless
+// channels are at the root). With --ops-listen they are that listener's.
+func (n *Node) buildOps() (part, error) {
+	ops := n.opsRoutes()
+	rt := n.routes
+	rt.Add(httpapi.Route{Pattern: "/healthz", Ops: true, Handler: ops})
+	rt.Add(httpapi.Route{Pattern: "/readyz", Ops: true, Handler: httpapi.Handle(n.serveTerseReady, nil)})
+	if n.ops != nil {
+		n.ops.http.Handler = n.metrics.Wrap(ops)
+		return part{}, nil
 	}
 	guarded := httpapi.Handle(func(w http.ResponseWriter, r *http.Request) error {
-		if err := s.allowOps(r); err != nil {
+		if err := n.allowOps(r); err != nil {
 			httpapi.SetRoute(r, "ops.forbidden")
 			return err
 		}
 		ops.ServeHTTP(w, r)
 		return nil
 	}, nil)
-	mux.Handle("/metrics", guarded)
-	mux.Handle("/ops/", guarded)
-	mux.Handle(web.PagePath, guarded) // the page and its status
-	if s.cfg.Channels.AtRoot {
-		return nil
+	rt.Add(httpapi.Route{Pattern: "/metrics", Ops: true, Handler: guarded})
+	rt.Handle("/ops/", guarded)
+	rt.Handle(web.PagePath, guarded) // the page and its status
+	if !n.cfg.Channels.AtRoot {
+		rt.Handle("/", guarded)
 	}
-	return guarded
+	return part{}, nil
+}
+
+// opsRoutes returns the table of the ops endpoints, unguarded: what
+// --ops-listen serves, and what the public address serves behind the
+// guard.
+func (n *Node) opsRoutes() *httpapi.Routes {
+	rt := httpapi.NewRoutes(nil)
+	httpapi.MountOps(rt, n.ready, n.registry)
+	n.members.mount(rt)
+	page := n.statusPage()
+	page.Mount(rt)
+	if !n.cfg.Channels.AtRoot {
+		rt.Handle("/", page.Page())
+	}
+	return rt
+}
+
+// underHealth reports a path under /health that no route took: the
+// original tunnel relay answered them all with "OK". The node claims
+// them before any capability mounts (a relay's X-Server-Name does not
+// take them).
+func underHealth(r *http.Request) bool { return strings.HasPrefix(r.URL.Path, "/health") }
+
+func healthOK(w http.ResponseWriter, r *http.Request) error {
+	httpapi.SetRoute(r, "ops.health")
+	w.Header().Set("Content-Type", "text/plain")
+	_, err := w.Write([]byte("OK"))
+	return err
+}
+
+// statusPage assembles the web page's status from the cores. A capability
+// adds its figures with one more Section (and its rates to Rates).
+func (n *Node) statusPage() *web.Web {
+	w := web.New(web.Options{
+		AtRoot:   n.cfg.Channels.AtRoot,
+		Gatherer: n.registry,
+		Version:  version.Version(),
+		Rates: []web.Rate{
+			{Name: "http_requests", Metric: "postern_http_requests_total"},
+			{Name: "tunnel_messages", Metric: "postern_queue_appended_total"},
+			{Name: "channel_messages", Metric: "postern_broker_published_total"},
+			{Name: "channel_deliveries", Metric: "postern_broker_delivered_total"},
+			{Name: "inbox_messages", Metric: "postern_inbox_sent_total"},
+			{Name: "relay_requests", Metric: "postern_relay_requests_total"},
+		},
+	})
+	w.Section("tunnels", func(context.Context) any {
+		t := struct {
+			Queues    int `json:"queues"`
+			Messages  int `json:"messages"`
+			LongPolls int `json:"long_polls"`
+		}{LongPolls: n.queue.Waiting()}
+		if st, ok := n.store.(store.Stats); ok {
+			qs := st.QueueStats()
+			t.Queues, t.Messages = qs.Queues, qs.Messages
+		}
+		return t
+	})
+	w.Section("channels", func(context.Context) any { return n.channels.Stats() })
+	w.Section("relay", func(context.Context) any {
+		// Counts only: the page is public, backend names need not be.
+		return struct {
+			Backends int `json:"connected_backends"`
+		}{len(n.relayHub.Names())}
+	})
+	w.Section("expose", func(context.Context) any {
+		return struct {
+			Agents int `json:"connected_agents"`
+		}{len(n.expose.Hub().Names())}
+	})
+	w.Section("cluster", func(context.Context) any {
+		me := n.members.self()
+		return struct {
+			Node string `json:"node"`
+			Addr string `json:"advertised"`
+		}{me.ID, me.Addr}
+	})
+	w.Section("store", func(context.Context) any {
+		return struct {
+			Engine string `json:"engine"`
+		}{n.store.Name()}
+	})
+	return w
 }
 
 // serveTerseReady is the public /readyz: ready or not, without the reason
 // (which may name the store's address).
-func (s *Server) serveTerseReady(w http.ResponseWriter, r *http.Request) error {
+func (n *Node) serveTerseReady(w http.ResponseWriter, r *http.Request) error {
 	httpapi.SetRoute(r, "ops.readyz")
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
-	if err := s.ready(ctx); err != nil {
+	if err := n.ready(ctx); err != nil {
 		return httpapi.Errorf(http.StatusServiceUnavailable, "not ready")
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -107,15 +188,15 @@ func opsResource(path string) string {
 
 // allowOps decides whether r may read an ops endpoint on the public
 // address.
-func (s *Server) allowOps(r *http.Request) error {
+func (n *Node) allowOps(r *http.Request) error {
 	res := opsResource(r.URL.Path)
-	if p := s.cfg.Policy; p.Enabled() {
+	if p := n.cfg.Policy; p.Enabled() {
 		if p.Allow(r, auth.Ops, res) {
 			return nil
 		}
 		return httpapi.Errorf(http.StatusForbidden, "forbidden: %s needs a token granted ops on %s (or serve it on --ops-listen)", r.URL.Path, res)
 	}
-	if ratelimit.FromThisHost(r, s.cfg.RateLimit.TrustedProxies) && localHost(r.Host) {
+	if ratelimit.FromThisHost(r, n.cfg.TrustedProxies) && localHost(r.Host) {
 		return nil
 	}
 	return httpapi.Errorf(http.StatusForbidden, "forbidden: without --token-file, %s is served to this host only (serve it on --ops-listen, or grant ops in a token file)", r.URL.Path)
@@ -143,22 +224,22 @@ type opsServer struct {
 	served chan error
 }
 
-// listenOps opens --ops-listen, so that a bad address stops the node at
-// start.
-func listenOps(addr string, h http.Handler, log *slog.Logger) (*opsServer, error) {
+// listenOps opens addr, so that a bad address stops the node at start.
+func listenOps(addr string, log *slog.Logger) (*opsServer, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("ops listen: %w", err)
 	}
 	return &opsServer{ln: ln, http: &http.Server{
-		Handler:           h,
 		ReadHeaderTimeout: DefaultReadHeaderTimeout,
 		IdleTimeout:       DefaultIdleTimeout,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}}, nil
 }
 
-// serve starts serving in a goroutine that shutdown waits for.
+// serve starts serving in a goroutine that shutdown waits for. (The
+// handler was set after the listener opened: the ops endpoints show every
+// part of the node.)
 func (o *opsServer) serve() {
 	o.served = make(chan error, 1)
 	go func() { o.served <- o.http.Serve(o.ln) }()

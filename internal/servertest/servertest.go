@@ -21,7 +21,7 @@ import (
 
 // Node is a running postern node.
 type Node struct {
-	*node.Server
+	*node.Node
 	// URL is the node's base URL, "http://127.0.0.1:<port>".
 	URL string
 	// Addr is the node's listen address.
@@ -62,7 +62,7 @@ func Start(t testing.TB, cfg node.Config) *Node {
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
-	n := &Node{Server: srv, URL: "http://" + ln.Addr().String(), Addr: ln.Addr().String()}
+	n := &Node{Node: srv, URL: "http://" + ln.Addr().String(), Addr: ln.Addr().String()}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 		defer cancel()
@@ -83,7 +83,7 @@ func (n *Node) WaitForLongPolls(t testing.TB, count int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := n.Server.WaitForLongPolls(ctx, count); err != nil {
+	if err := n.Node.WaitForLongPolls(ctx, count); err != nil {
 		t.Fatalf("waiting for %d long-polls: %v", count, err)
 	}
 }
@@ -94,7 +94,7 @@ func (n *Node) WaitForSubscribers(t testing.TB, channel string, count int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := n.Server.WaitForSubscribers(ctx, channel, count); err != nil {
+	if err := n.Node.WaitForSubscribers(ctx, channel, count); err != nil {
 		t.Fatalf("waiting for %d subscribers of %q: %v", count, channel, err)
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/postern/postern/internal/auth"
+	"github.com/postern/postern/internal/node"
 	"github.com/postern/postern/internal/servertest"
 	"github.com/postern/postern/internal/store/redisstore/redistest"
 	"github.com/postern/postern/internal/tunnel"
@@ -48,9 +49,19 @@ type resp struct {
 	h      http.Header
 }
 
-// forEachStore runs fn as a subtest per engine, on a node configured by
-// mutate.
+// forEachStore runs fn as a subtest per engine, on a node whose tunnel
+// options mutate changes.
 func forEachStore(t *testing.T, mutate func(*tunnel.Options), fn func(e *env)) {
+	forEachNode(t, func(c *node.Config) {
+		if mutate != nil {
+			mutate(&c.Tunnel)
+		}
+	}, fn)
+}
+
+// forEachNode runs fn as a subtest per engine, on a node configured by
+// mutate.
+func forEachNode(t *testing.T, mutate func(*node.Config), fn func(e *env)) {
 	for _, spec := range storeSpecs(t) {
 		t.Run(strings.SplitN(spec, ":", 2)[0], func(t *testing.T) {
 			cfg := servertest.Config()
@@ -58,9 +69,7 @@ func forEachStore(t *testing.T, mutate func(*tunnel.Options), fn func(e *env)) {
 			if spec == "redis" {
 				cfg.Store = redistest.URL(t)
 			}
-			if mutate != nil {
-				mutate(&cfg.Tunnel)
-			}
+			mutate(&cfg)
 			n := servertest.Start(t, cfg)
 			tr := &http.Transport{}
 			t.Cleanup(tr.CloseIdleConnections)
@@ -791,7 +800,7 @@ paths = ["/t/jobs-a"]
 	if err != nil {
 		t.Fatal(err)
 	}
-	forEachStore(t, func(o *tunnel.Options) { o.Policy = policy; o.PublicIDs = []string{"demo"} }, func(e *env) {
+	forEachNode(t, func(c *node.Config) { c.Policy = policy; c.Tunnel.PublicIDs = []string{"demo"} }, func(e *env) {
 		prod := []string{"Authorization", "Bearer producer-secret-0001"}
 		work := []string{"Authorization", "Bearer worker-secret-000001"}
 		e.want(e.do("POST", "/t/jobs-a", "1", prod...), 201, "")

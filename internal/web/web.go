@@ -85,12 +85,11 @@ func (w *Web) Section(name string, f func(ctx context.Context) any) {
 	w.sections[name] = f
 }
 
-// Mount registers the page at PagePath and the status endpoint on mux.
-// The page at "/" itself is served by the server's fallback through Page,
-// since a router pattern "/" would claim every path.
-func (w *Web) Mount(mux *httpapi.Router) {
-	mux.Handle(PagePath, w.Page())
-	mux.Handle(StatusPath, httpapi.Handle(w.serveStatus, nil))
+// Mount adds the page at PagePath and the status endpoint to rt. The page
+// at "/" itself is the node's to place (see Page).
+func (w *Web) Mount(rt *httpapi.Routes) {
+	rt.Handle(PagePath, w.Page())
+	rt.Handle(StatusPath, httpapi.Handle(w.serveStatus, nil))
 }
 
 // Page is the page's handler; it answers 404 for paths other than "/"

@@ -118,7 +118,7 @@ func TestSectionsAndRates(t *testing.T) {
 	if r := w.Status(context.Background())["rates"].(map[string]float64)["demo"]; r != 5 {
 		t.Fatalf("rate %v, want 5/s", r)
 	}
-	mux := httpapi.NewRouter()
+	mux := httpapi.NewRoutes(nil)
 	w.Mount(mux)
 	rec := httptest.NewRecorder()
 	mux.ServeHTTP(rec, httptest.NewRequest("GET", web.StatusPath, nil))

@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/postern/postern/internal/node"
 	"github.com/postern/postern/internal/relay/gcr/wire"
 	"github.com/postern/postern/internal/relay/relaytest"
-	"github.com/postern/postern/internal/node"
 )
 
 // proxyHeadersEcho is a backend that answers the proxy headers it got.

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/postern/postern/internal/auth"
+	"github.com/postern/postern/internal/capability"
 	"github.com/postern/postern/internal/httpapi"
 	"github.com/postern/postern/internal/relay"
 	"github.com/postern/postern/internal/relay/gcr/wire"
@@ -106,9 +107,10 @@ var (
 
 // Relay is the relay front door.
 type Relay struct {
-	hub  *relay.Hub
-	opts Options
-	log  *slog.Logger
+	hub    *relay.Hub
+	opts   Options
+	policy *auth.Policy
+	log    *slog.Logger
 
 	mu       sync.Mutex
 	backends map[string]*backend
@@ -126,18 +128,19 @@ type Relay struct {
 }
 
 // New returns the relay front door on hub, whose namespace should be
-// "relay".
-func New(hub *relay.Hub, opts Options) (*Relay, error) {
+// "relay", and which it owns from then on: Shutdown shuts it down. Under
+// deps.Policy a relay client needs a token granted serve on
+// /relay/<name>, a user one granted call on /relay/<name> (403
+// otherwise); without one the relay is open, as the original was.
+func New(hub *relay.Hub, opts Options, deps capability.Deps) (*Relay, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
 	}
 	g := &Relay{
 		hub:      hub,
 		opts:     opts,
-		log:      opts.Logger,
+		policy:   deps.Policy,
+		log:      deps.Log(),
 		backends: make(map[string]*backend),
 		pending:  make(map[string]*pending),
 		quit:     make(chan struct{}),
@@ -150,25 +153,19 @@ func New(hub *relay.Hub, opts Options) (*Relay, error) {
 	return g, nil
 }
 
-// Mount registers the relay routes on mux. Requests with X-Server-Name on
-// other paths reach the relay through ServeUnowned, which the server calls
-// from its fallback.
-func (g *Relay) Mount(mux *httpapi.Router) {
-	mux.Handle(ClientPrefix, g.hClient)
-	mux.Handle(RequestPath, g.hPoll)
-	mux.Handle(ResponsePath, g.hResponse)
-	mux.Handle(RequestStreamPath, g.hStream)
+// Mount adds the relay routes to the node's table, and a claim: a request
+// on a path no other capability owns that names a backend with
+// X-Server-Name is relayed to it, its path kept as it is.
+func (g *Relay) Mount(rt *httpapi.Routes) {
+	rt.Handle(ClientPrefix, g.hClient)
+	rt.Handle(RequestPath, g.hPoll)
+	rt.Handle(ResponsePath, g.hResponse)
+	rt.Handle(RequestStreamPath, g.hStream)
+	rt.Add(httpapi.Route{Name: "relay by " + ServerNameHeader, When: namesServer, Handler: g.hName})
 }
 
-// ServeUnowned relays a request on a path no other capability owns when it
-// names a backend with X-Server-Name, and reports whether it did.
-func (g *Relay) ServeUnowned(w http.ResponseWriter, r *http.Request) bool {
-	if len(r.Header.Values(ServerNameHeader)) == 0 {
-		return false
-	}
-	g.hName.ServeHTTP(w, r)
-	return true
-}
+// namesServer reports whether r names a relay backend with X-Server-Name.
+func namesServer(r *http.Request) bool { return len(r.Header.Values(ServerNameHeader)) > 0 }
 
 // ValidName reports whether s can name a backend: 1 to 256 bytes without
 // control characters.
@@ -209,14 +206,14 @@ func nameOfID(id string) (string, bool) {
 }
 
 func (g *Relay) allow(r *http.Request, a auth.Action, name string) bool {
-	return !g.opts.Policy.Enabled() || g.opts.Policy.Allow(r, a, "/relay/"+name)
+	return !g.policy.Enabled() || g.policy.Allow(r, a, "/relay/"+name)
 }
 
 // stripToken removes from a request about to reach a backend on this node
 // the postern tokens the user presented (auth.Policy.Strip), so the backend
 // never sees postern's secrets; credentials of its own pass.
 func (g *Relay) stripToken(out *http.Request) {
-	out.URL.RawQuery = g.opts.Policy.Strip(out.Header, out.URL.RawQuery)
+	out.URL.RawQuery = g.policy.Strip(out.Header, out.URL.RawQuery)
 }
 
 // serveClient is ANY /client/<name>/<path>.
@@ -674,15 +671,17 @@ func (g *Relay) WaitForPolls(ctx context.Context, name string, n int) error {
 	}
 }
 
-// Shutdown answers parked polls with 408 (the relay client polls again,
-// elsewhere), ends the requests still open and forgets every backend. Call
-// it after the hub's Shutdown drained the relays in flight. It is
-// idempotent.
+// Shutdown drains the hub first: new relays are refused, those in flight
+// finish while the listener is still open (their relay clients keep
+// posting chunks), until ctx ends. Then parked polls are answered 408 (the
+// relay client polls again, elsewhere), the requests still open end and
+// every backend is forgotten. It is idempotent.
 func (g *Relay) Shutdown(ctx context.Context) error {
+	err := g.hub.Shutdown(ctx)
 	g.mu.Lock()
 	if g.closing {
 		g.mu.Unlock()
-		return nil
+		return err
 	}
 	g.closing = true
 	close(g.quit)
@@ -706,5 +705,5 @@ func (g *Relay) Shutdown(ctx context.Context) error {
 	for _, b := range backends {
 		b.reg.Close()
 	}
-	return nil
+	return err
 }

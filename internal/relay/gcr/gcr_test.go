@@ -22,11 +22,11 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/postern/postern/internal/auth"
+	"github.com/postern/postern/internal/node"
 	"github.com/postern/postern/internal/relay/gcr"
 	gcrclient "github.com/postern/postern/internal/relay/gcr/client"
 	"github.com/postern/postern/internal/relay/gcr/wire"
 	"github.com/postern/postern/internal/relay/relaytest"
-	"github.com/postern/postern/internal/node"
 	"github.com/postern/postern/internal/servertest"
 	"github.com/postern/postern/internal/store/redisstore/redistest"
 )
@@ -933,7 +933,7 @@ func TestShutdownDrainsOpenStreams(t *testing.T) {
 
 // startRaw runs a node outside servertest, for shutdowns that are meant to
 // fail.
-func startRaw(t *testing.T, cfg node.Config) (*node.Server, string, <-chan error) {
+func startRaw(t *testing.T, cfg node.Config) (*node.Node, string, <-chan error) {
 	srv, err := node.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -949,7 +949,7 @@ func startRaw(t *testing.T, cfg node.Config) (*node.Server, string, <-chan error
 
 func TestShutdownCutsStreamsThatDoNotEnd(t *testing.T) {
 	srv, base, served := startRaw(t, servertest.Config())
-	e := &env{t: t, node: &servertest.Node{Server: srv, URL: base}, c: &http.Client{Transport: &http.Transport{}}}
+	e := &env{t: t, node: &servertest.Node{Node: srv, URL: base}, c: &http.Client{Transport: &http.Transport{}}}
 	defer e.c.CloseIdleConnections()
 	polled := e.pollAsync("stuck", 1)
 	user := e.async("GET", "/client/stuck/", nil)

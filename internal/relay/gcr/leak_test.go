@@ -10,9 +10,9 @@ import (
 
 	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/auth/authtest"
+	"github.com/postern/postern/internal/node"
 	"github.com/postern/postern/internal/relay/gcr"
 	gcrclient "github.com/postern/postern/internal/relay/gcr/client"
-	"github.com/postern/postern/internal/node"
 )
 
 // TestTokenNeverReachesARelayBackend: whatever spelling of the token

@@ -16,10 +16,7 @@ package gcr
 
 import (
 	"errors"
-	"log/slog"
 	"time"
-
-	"github.com/postern/postern/internal/auth"
 )
 
 // Defaults, as in the original server where it has them.
@@ -59,10 +56,6 @@ const (
 
 // Options configures the relay front door.
 type Options struct {
-	// Policy holds postern's scoped tokens. When set, a relay client needs
-	// a token granted serve on /relay/<name> and a user one granted call on
-	// /relay/<name> (403 otherwise). Nil: open, as the original.
-	Policy *auth.Policy
 	// BlockSize is the largest piece of a user's upgraded stream handed to
 	// the relay client at once.
 	BlockSize int
@@ -95,8 +88,6 @@ type Options struct {
 	// original, which added none: the user's headers reach the backend as
 	// they came, X-Forwarded-* included.
 	ForwardedHeaders bool
-	// Logger receives the front door's logs; nil: slog.Default().
-	Logger *slog.Logger
 }
 
 // DefaultOptions returns the original server's defaults, open to all.

@@ -12,11 +12,11 @@ import (
 	"time"
 
 	"github.com/postern/postern/internal/auth"
+	"github.com/postern/postern/internal/node"
 	"github.com/postern/postern/internal/relay"
 	"github.com/postern/postern/internal/relay/gcr"
 	gcrclient "github.com/postern/postern/internal/relay/gcr/client"
 	"github.com/postern/postern/internal/relay/gcr/wire"
-	"github.com/postern/postern/internal/node"
 )
 
 // announce opens a connection that posts a /server/response announcing

@@ -19,16 +19,17 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/postern/postern/internal/capability"
 	"github.com/postern/postern/internal/httpapi"
 	"github.com/postern/postern/internal/store"
 )
 
-// nodes is this node's membership in the node directory of a shared engine
-// (store.Directory): a heartbeat goroutine, owned by the server and stopped
-// by Shutdown, keeps the node listed with its advertised address, and
-// /ops/nodes shows the live nodes. On engines that no other node shares it
-// lists this node alone.
-type nodes struct {
+// membership is this node's membership in the node directory of a shared
+// engine (store.Directory): a heartbeat goroutine, owned by the node and
+// stopped by Shutdown, keeps the node listed with its advertised address,
+// and /ops/nodes shows the live nodes. On engines that no other node
+// shares it lists this node alone.
+type membership struct {
 	log *slog.Logger
 	dir store.Directory // nil on single-node engines
 	ttl time.Duration
@@ -46,9 +47,9 @@ type nodes struct {
 	onLive func([]store.NodeInfo)
 }
 
-func newNodes(cfg Config, st store.Engine, log *slog.Logger, reg prometheus.Registerer) (*nodes, error) {
-	n := &nodes{
-		log:   log,
+func newMembership(cfg Config, st store.Engine, deps capability.Deps) (*membership, error) {
+	n := &membership{
+		log:   deps.Log(),
 		ttl:   cfg.NodeTTL,
 		stopc: make(chan struct{}),
 		done:  make(chan struct{}),
@@ -78,7 +79,7 @@ func newNodes(cfg Config, st store.Engine, log *slog.Logger, reg prometheus.Regi
 		n.me.Addr = addr
 	}
 	n.live.Set(1)
-	reg.MustRegister(n.live)
+	deps.Register(n.live)
 	return n, nil
 }
 
@@ -118,20 +119,27 @@ func advertiseFrom(addr net.Addr) string {
 	return "http://" + net.JoinHostPort(host, port)
 }
 
-func (n *nodes) self() store.NodeInfo {
+func (n *membership) self() store.NodeInfo {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.me
 }
 
-// start registers the node once the listen address is known, so that it is
-// listed by the time the server logs that it listens, then keeps beating.
-func (n *nodes) start(ln net.Addr) {
+// resolve settles the advertised address once the listen address is
+// known, when none was configured.
+func (n *membership) resolve(ln net.Addr) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.me.Addr == "" {
 		n.me.Addr = advertiseFrom(ln)
 	}
+}
+
+// start registers the node (after resolve), so that it is listed by the
+// time the node logs that it listens, then keeps beating.
+func (n *membership) start() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
 	if n.started || n.stopped || n.dir == nil {
 		return
 	}
@@ -142,7 +150,7 @@ func (n *nodes) start(ln net.Addr) {
 
 // beat renews the node's entry and counts the live nodes. It reports
 // whether that worked, logging only a change from working to failing.
-func (n *nodes) beat(me store.NodeInfo, failing bool) bool {
+func (n *membership) beat(me store.NodeInfo, failing bool) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), n.ttl/3)
 	defer cancel()
 	err := n.dir.Heartbeat(ctx, me, n.ttl)
@@ -167,7 +175,7 @@ func (n *nodes) beat(me store.NodeInfo, failing bool) bool {
 
 // stop ends the heartbeat and takes the node out of the directory. It is
 // idempotent.
-func (n *nodes) stop() {
+func (n *membership) stop() {
 	n.mu.Lock()
 	started := n.started
 	if !n.stopped {
@@ -180,7 +188,7 @@ func (n *nodes) stop() {
 	}
 }
 
-func (n *nodes) run(me store.NodeInfo, failing bool) {
+func (n *membership) run(me store.NodeInfo, failing bool) {
 	defer close(n.done)
 	t := time.NewTicker(n.ttl / 3)
 	defer t.Stop()
@@ -204,9 +212,9 @@ type nodeJSON struct {
 	Addr string `json:"addr"`
 }
 
-// mount registers GET /ops/nodes: this node and the live nodes, as JSON.
-func (n *nodes) mount(mux *httpapi.Router) {
-	mux.Handle("/ops/nodes", httpapi.Handle(func(w http.ResponseWriter, r *http.Request) error {
+// mount adds GET /ops/nodes: this node and the live nodes, as JSON.
+func (n *membership) mount(rt *httpapi.Routes) {
+	rt.Handle("/ops/nodes", httpapi.Handle(func(w http.ResponseWriter, r *http.Request) error {
 		httpapi.SetRoute(r, "ops.nodes")
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			return httpapi.MethodNotAllowed(http.MethodGet, http.MethodHead)
