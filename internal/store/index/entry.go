@@ -1,0 +1,95 @@
+package index
+
+import (
+	"sync/atomic"
+	"time"
+
+	"github.com/postern/postern/internal/store"
+	"github.com/postern/postern/internal/store/ordered"
+)
+
+// Body is where an entry's or a reply's body is kept in memory, if it is.
+// The memory engine keeps every body here; the file engine keeps one only
+// until the write that carries it is in its database file, then Drops it
+// and reads it from the file when asked (Journal.ReadBody).
+type Body struct{ p atomic.Pointer[[]byte] }
+
+// Keep keeps b as the body and returns the pointer it is kept under.
+func (bd *Body) Keep(b []byte) *[]byte {
+	p := &b
+	bd.p.Store(p)
+	return p
+}
+
+// Drop forgets the body kept under p, unless another was kept since.
+func (bd *Body) Drop(p *[]byte) { bd.p.CompareAndSwap(p, nil) }
+
+// kept returns the body kept in memory, if any.
+func (bd *Body) kept() ([]byte, bool) {
+	if p := bd.p.Load(); p != nil {
+		return *p, true
+	}
+	return nil, false
+}
+
+// state is where an entry is in its queue.
+type state uint8
+
+const (
+	queued  state = iota // appended, not handed out
+	pending              // handed out in pending mode, not acknowledged
+)
+
+// Entry is one message of a queue.
+type Entry struct {
+	Body
+	msg   store.Message // Body nil: see Body
+	state state
+	// dedupUntil is when the message's dedup key stops being remembered.
+	dedupUntil time.Time
+}
+
+// MessageID implements ordered.Entry.
+func (e *Entry) MessageID() store.ID { return e.msg.ID }
+
+// Message returns e's message without its body.
+func (e *Entry) Message() store.Message { return e.msg }
+
+// DedupUntil is when e's dedup key stops being remembered once e is
+// handed out.
+func (e *Entry) DedupUntil() time.Time { return e.dedupUntil }
+
+// Pending reports whether e is pending.
+func (e *Entry) Pending() bool { return e.state == pending }
+
+// Reply is a stored reply.
+type Reply struct {
+	Body
+	msg store.Message // Body nil: see Body
+}
+
+// Message returns r without its body.
+func (r *Reply) Message() store.Message { return r.msg }
+
+// queue is one key's messages and dedup keys.
+type queue struct {
+	ordered.Queue[*Entry]
+	// queued maps a dedup key to its entry while the entry is queued.
+	queued map[string]*Entry
+	// seen remembers dedup keys of messages handed out, until the time given.
+	seen map[string]time.Time
+}
+
+func (q *queue) setQueued(k string, e *Entry) {
+	if q.queued == nil {
+		q.queued = make(map[string]*Entry)
+	}
+	q.queued[k] = e
+}
+
+func (q *queue) setSeen(k string, until time.Time) {
+	if q.seen == nil {
+		q.seen = make(map[string]time.Time)
+	}
+	q.seen[k] = until
+}
