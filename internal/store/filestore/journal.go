@@ -61,11 +61,11 @@ func (w *wset) ReadReplyBody(key string, id store.ID) ([]byte, error) {
 }
 
 // PutMessage implements index.Journal.
-func (w *wset) PutMessage(key string, e *index.Entry, body *[]byte) {
+func (w *wset) PutMessage(key string, e *index.Entry, body []byte) {
 	m := e.Message()
 	k := keyFor(key, m.ID)
-	w.muts = append(w.muts, mut{bMsgs, k, encodeMsg(k, m.ContentType, m.DedupKey, m.ExpiresAt, e.DedupUntil(), *body)})
-	w.held = append(w.held, held{&e.Body, body})
+	w.muts = append(w.muts, mut{bMsgs, k, encodeMsg(k, m.ContentType, m.DedupKey, m.ExpiresAt, e.DedupUntil(), body)})
+	w.held = append(w.held, held{&e.Body, e.Hold(body)})
 }
 
 // DelMessage implements index.Journal.
@@ -95,11 +95,11 @@ func (w *wset) DelSeen(key, dedupKey string) {
 }
 
 // PutReply implements index.Journal.
-func (w *wset) PutReply(key string, r *index.Reply, body *[]byte) {
+func (w *wset) PutReply(key string, r *index.Reply, body []byte) {
 	m := r.Message()
 	k := keyFor(key, m.ID)
-	w.muts = append(w.muts, mut{bReplies, k, encodeMsg(k, m.ContentType, "", m.ExpiresAt, time.Time{}, *body)})
-	w.held = append(w.held, held{&r.Body, body})
+	w.muts = append(w.muts, mut{bReplies, k, encodeMsg(k, m.ContentType, "", m.ExpiresAt, time.Time{}, body)})
+	w.held = append(w.held, held{&r.Body, r.Hold(body)})
 }
 
 // DelReply implements index.Journal.

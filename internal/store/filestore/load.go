@@ -125,7 +125,7 @@ func (rd *reader) messages() error {
 			return rd.s.damaged("messages of queue %q are out of order", key)
 		}
 		if fromOv {
-			rd.held = append(rd.held, held{&e.Body, e.Keep(r.body)})
+			rd.held = append(rd.held, held{&e.Body, e.Hold(r.body)})
 		}
 		return nil
 	})
@@ -186,7 +186,7 @@ func (rd *reader) replies() error {
 		}
 		rp := rd.l.Reply(key, store.Message{ID: id, ContentType: r.ct, ExpiresAt: r.expires})
 		if fromOv {
-			rd.held = append(rd.held, held{&rp.Body, rp.Keep(r.body)})
+			rd.held = append(rd.held, held{&rp.Body, rp.Hold(r.body)})
 		}
 		return nil
 	})

@@ -8,28 +8,37 @@ import (
 	"github.com/postern/postern/internal/store/ordered"
 )
 
-// Body is where an entry's or a reply's body is kept in memory, if it is.
-// The memory engine keeps every body here; the file engine keeps one only
-// until the write that carries it is in its database file, then Drops it
-// and reads it from the file when asked (Journal.ReadBody).
-type Body struct{ p atomic.Pointer[[]byte] }
+// Body is how an entry's or a reply's body is kept in memory, if it is.
+// The memory engine Keeps every body (in the message itself) for good;
+// the file engine Holds one only until the write that carries it is in
+// its database file, then Drops it and reads it from the file when asked
+// (Journal.ReadBody).
+type Body struct {
+	kept bool // the body is the message's own Body, for good
+	p    atomic.Pointer[[]byte]
+}
 
-// Keep keeps b as the body and returns the pointer it is kept under.
-func (bd *Body) Keep(b []byte) *[]byte {
+// Hold keeps b as the body until Drop is called with the pointer it
+// returns.
+func (bd *Body) Hold(b []byte) *[]byte {
 	p := &b
 	bd.p.Store(p)
 	return p
 }
 
-// Drop forgets the body kept under p, unless another was kept since.
+// Drop forgets the body held under p, unless another was kept since.
 func (bd *Body) Drop(p *[]byte) { bd.p.CompareAndSwap(p, nil) }
 
-// kept returns the body kept in memory, if any.
-func (bd *Body) kept() ([]byte, bool) {
-	if p := bd.p.Load(); p != nil {
-		return *p, true
+// load returns m with its body, if it is kept in memory.
+func (bd *Body) load(m store.Message) (store.Message, bool) {
+	if bd.kept {
+		return m, true
 	}
-	return nil, false
+	if p := bd.p.Load(); p != nil {
+		m.Body = *p
+		return m, true
+	}
+	return m, false
 }
 
 // state is where an entry is in its queue.
@@ -43,17 +52,28 @@ const (
 // Entry is one message of a queue.
 type Entry struct {
 	Body
-	msg   store.Message // Body nil: see Body
+	msg   store.Message // Body: see Body
 	state state
 	// dedupUntil is when the message's dedup key stops being remembered.
 	dedupUntil time.Time
+}
+
+// Keep keeps b as e's body for good, in e itself. The shard lock must be
+// held.
+func (e *Entry) Keep(b []byte) {
+	e.msg.Body = b
+	e.kept = true
 }
 
 // MessageID implements ordered.Entry.
 func (e *Entry) MessageID() store.ID { return e.msg.ID }
 
 // Message returns e's message without its body.
-func (e *Entry) Message() store.Message { return e.msg }
+func (e *Entry) Message() store.Message {
+	m := e.msg
+	m.Body = nil
+	return m
+}
 
 // DedupUntil is when e's dedup key stops being remembered once e is
 // handed out.
@@ -65,11 +85,22 @@ func (e *Entry) Pending() bool { return e.state == pending }
 // Reply is a stored reply.
 type Reply struct {
 	Body
-	msg store.Message // Body nil: see Body
+	msg store.Message // Body: see Body
+}
+
+// Keep keeps b as r's body for good, in r itself. The shard lock must be
+// held.
+func (r *Reply) Keep(b []byte) {
+	r.msg.Body = b
+	r.kept = true
 }
 
 // Message returns r without its body.
-func (r *Reply) Message() store.Message { return r.msg }
+func (r *Reply) Message() store.Message {
+	m := r.msg
+	m.Body = nil
+	return m
+}
 
 // queue is one key's messages and dedup keys.
 type queue struct {

@@ -33,9 +33,9 @@ type Backend interface {
 }
 
 // Journal is told every change one operation makes, in order, under the
-// shard lock, so that a durable engine can record them. Bodies come as
-// the pointer an Entry or Reply keeps them under (Body), for the engine
-// to Drop once it holds them elsewhere.
+// shard lock, so that a durable engine can record them. It decides where
+// a new body is kept: in its Entry or Reply for good (Body.Keep), or there
+// until the engine holds it elsewhere (Body.Hold, Body.Drop).
 type Journal interface {
 	// Writable is asked before the operation's first change; an error
 	// ends the operation with the index unchanged.
@@ -45,8 +45,9 @@ type Journal interface {
 	ReadBody(key string, id store.ID) ([]byte, error)
 	// ReadReplyBody is ReadBody for the reply to id.
 	ReadReplyBody(key string, id store.ID) ([]byte, error)
-	// PutMessage: e is new, or its content, expiry or dedup window changed.
-	PutMessage(key string, e *Entry, body *[]byte)
+	// PutMessage: e is new, or its content, expiry or dedup window
+	// changed, and body is its body.
+	PutMessage(key string, e *Entry, body []byte)
 	// DelMessage: e left its queue (with its pending mark, if any).
 	DelMessage(key string, e *Entry)
 	// PutPending: e became pending.
@@ -56,7 +57,7 @@ type Journal interface {
 	// DelSeen: a remembered dedup key is forgotten.
 	DelSeen(key, dedupKey string)
 	// PutReply: r was stored.
-	PutReply(key string, r *Reply, body *[]byte)
+	PutReply(key string, r *Reply, body []byte)
 	// DelReply: the reply to id was taken or expired.
 	DelReply(key string, id store.ID)
 	// Assigned: a message got id, above every id assigned before.
@@ -79,7 +80,8 @@ func (Memory) End(_ Journal, sh *Shard) error {
 	return nil
 }
 
-// discard is the Journal that records nothing.
+// discard is the Journal that records nothing and keeps every body in
+// memory.
 type discard struct{}
 
 var errNoBody = errors.New("index: a body kept in memory is missing")
@@ -87,11 +89,11 @@ var errNoBody = errors.New("index: a body kept in memory is missing")
 func (discard) Writable() error                                { return nil }
 func (discard) ReadBody(string, store.ID) ([]byte, error)      { return nil, errNoBody }
 func (discard) ReadReplyBody(string, store.ID) ([]byte, error) { return nil, errNoBody }
-func (discard) PutMessage(string, *Entry, *[]byte)             {}
+func (discard) PutMessage(_ string, e *Entry, body []byte)     { e.Keep(body) }
 func (discard) DelMessage(string, *Entry)                      {}
 func (discard) PutPending(string, *Entry)                      {}
 func (discard) PutSeen(string, string, time.Time)              {}
 func (discard) DelSeen(string, string)                         {}
-func (discard) PutReply(string, *Reply, *[]byte)               {}
+func (discard) PutReply(_ string, r *Reply, body []byte)       { r.Keep(body) }
 func (discard) DelReply(string, store.ID)                      {}
 func (discard) Assigned(store.ID)                              {}

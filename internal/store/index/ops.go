@@ -17,22 +17,33 @@ type call struct {
 	checked bool // j.Writable passed
 }
 
-// change runs op on key with a journal of kind k: the shape of every
-// operation that may change the index.
-func change[T any](x *Index, key string, k Op, op func(c *call) (T, error)) (T, error) {
-	var zero T
+// begin starts an operation on key that may change the index, with a
+// journal of kind k: it locks the key's shard, which finish releases.
+func (x *Index) begin(key string, k Op) (call, error) {
 	if x.closed.Load() {
-		return zero, store.ErrClosed
+		return call{}, store.ErrClosed
 	}
 	j := x.b.Begin(k)
 	sh := x.shard(key)
+	// The clock is read before the lock, which it would otherwise hold
+	// for as long as a clock read takes on a virtual machine.
+	now := x.now()
 	sh.mu.Lock()
-	c := call{x: x, sh: sh, key: key, j: j, now: x.now()}
-	res, err := op(&c)
-	if ferr := x.b.End(j, sh); ferr != nil {
-		return zero, ferr
+	return call{x: x, sh: sh, key: key, j: j, now: now}, nil
+}
+
+// finish ends the operation c with its result: the backend releases the
+// shard, and its error (the change could not be made durable) replaces
+// the operation's.
+func finish[T any](c *call, v T, err error) (T, error) {
+	if ferr := c.x.b.End(c.j, c.sh); ferr != nil {
+		err = ferr
 	}
-	return res, err
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return v, nil
 }
 
 // look runs fn on key's queue (nil if it has none) under the shard lock,
@@ -43,9 +54,10 @@ func look[T any](x *Index, key string, fn func(q *queue, now time.Time) T) (T, e
 		return zero, store.ErrClosed
 	}
 	sh := x.shard(key)
+	now := x.now()
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	return fn(sh.queues[key], x.now()), nil
+	return fn(sh.queues[key], now), nil
 }
 
 // writable asks the journal, once per operation, whether changes may be
@@ -109,9 +121,8 @@ func (c *call) remove(q *queue, i int, delivered bool) *Entry {
 
 // message returns e's message with its body.
 func (c *call) message(e *Entry) (store.Message, error) {
-	m := e.msg
-	if b, ok := e.kept(); ok {
-		m.Body = b
+	m, ok := e.load(e.msg)
+	if ok {
 		return m, nil
 	}
 	var err error
@@ -121,7 +132,12 @@ func (c *call) message(e *Entry) (store.Message, error) {
 
 // Append implements store.Queues.
 func (x *Index) Append(ctx context.Context, key string, m store.Message, opts store.AppendOptions) (store.AppendResult, error) {
-	return change(x, key, OpWrite, func(c *call) (store.AppendResult, error) { return c.append(m, opts) })
+	c, err := x.begin(key, OpWrite)
+	if err != nil {
+		return store.AppendResult{}, err
+	}
+	res, err := c.append(m, opts)
+	return finish(&c, res, err)
 }
 
 func (c *call) append(m store.Message, opts store.AppendOptions) (store.AppendResult, error) {
@@ -138,7 +154,7 @@ func (c *call) append(m store.Message, opts store.AppendOptions) (store.AppendRe
 		if e := q.queued[k]; e != nil && !e.msg.Expired(c.now) {
 			e.msg.ContentType = m.ContentType
 			e.msg.ExpiresAt = expires
-			c.j.PutMessage(c.key, e, e.Keep(m.Body))
+			c.j.PutMessage(c.key, e, m.Body)
 			return store.AppendResult{ID: e.msg.ID, Len: q.Len(), Duplicate: true}, nil
 		}
 		if until, ok := q.seen[k]; ok && c.now.Before(until) {
@@ -160,7 +176,7 @@ func (c *call) append(m store.Message, opts store.AppendOptions) (store.AppendRe
 	}
 	q.Push(e)
 	c.x.messages.Add(1)
-	c.j.PutMessage(c.key, e, e.Keep(m.Body))
+	c.j.PutMessage(c.key, e, m.Body)
 	c.j.Assigned(e.msg.ID)
 	if k := opts.DedupKey; k != "" {
 		q.setQueued(k, e)
@@ -186,7 +202,12 @@ type taken struct {
 
 // Take implements store.Queues.
 func (x *Index) Take(ctx context.Context, key string, mode store.TakeMode) (store.Message, bool, error) {
-	t, err := change(x, key, OpWrite, func(c *call) (taken, error) { return c.take(mode) })
+	c, err := x.begin(key, OpWrite)
+	if err != nil {
+		return store.Message{}, false, err
+	}
+	t, err := c.take(mode)
+	t, err = finish(&c, t, err)
 	return t.m, t.ok, err
 }
 
@@ -239,7 +260,12 @@ func (c *call) take(mode store.TakeMode) (taken, error) {
 
 // TakeAll implements store.Queues.
 func (x *Index) TakeAll(ctx context.Context, key string, limit int) ([]store.Message, error) {
-	return change(x, key, OpWrite, func(c *call) ([]store.Message, error) { return c.takeAll(limit) })
+	c, err := x.begin(key, OpWrite)
+	if err != nil {
+		return nil, err
+	}
+	out, err := c.takeAll(limit)
+	return finish(&c, out, err)
 }
 
 func (c *call) takeAll(limit int) ([]store.Message, error) {
@@ -274,7 +300,11 @@ func (c *call) takeAll(limit int) ([]store.Message, error) {
 
 // Restore implements store.Queues.
 func (x *Index) Restore(ctx context.Context, key string, m store.Message) error {
-	_, err := change(x, key, OpRestore, func(c *call) (struct{}, error) { return struct{}{}, c.restore(m) })
+	c, err := x.begin(key, OpRestore)
+	if err != nil {
+		return err
+	}
+	_, err = finish(&c, struct{}{}, c.restore(m))
 	return err
 }
 
@@ -304,7 +334,7 @@ func (c *call) restore(m store.Message) error {
 			c.j.DelSeen(c.key, k)
 		}
 	}
-	c.j.PutMessage(c.key, e, e.Keep(body))
+	c.j.PutMessage(c.key, e, body)
 	if m.ID.Compare(c.sh.lastID) > 0 {
 		// A message from outside this index's history: keep ids
 		// increasing.
@@ -316,7 +346,12 @@ func (c *call) restore(m store.Message) error {
 
 // Ack implements store.Queues.
 func (x *Index) Ack(ctx context.Context, key string, id store.ID) (bool, error) {
-	return change(x, key, OpWrite, func(c *call) (bool, error) { return c.ack(id) })
+	c, err := x.begin(key, OpWrite)
+	if err != nil {
+		return false, err
+	}
+	ok, err := c.ack(id)
+	return finish(&c, ok, err)
 }
 
 func (c *call) ack(id store.ID) (bool, error) {
@@ -368,7 +403,12 @@ func (x *Index) Len(ctx context.Context, key string) (int, error) {
 
 // Clear implements store.Queues.
 func (x *Index) Clear(ctx context.Context, key string) (int, error) {
-	return change(x, key, OpWrite, func(c *call) (int, error) { return c.clear() })
+	c, err := x.begin(key, OpWrite)
+	if err != nil {
+		return 0, err
+	}
+	n, err := c.clear()
+	return finish(&c, n, err)
 }
 
 func (c *call) clear() (int, error) {
@@ -394,7 +434,12 @@ func (c *call) clear() (int, error) {
 
 // Reply implements store.Queues.
 func (x *Index) Reply(ctx context.Context, key string, id store.ID, r store.Message, ttl time.Duration) (bool, error) {
-	return change(x, key, OpWrite, func(c *call) (bool, error) { return c.reply(id, r, ttl) })
+	c, err := x.begin(key, OpWrite)
+	if err != nil {
+		return false, err
+	}
+	ok, err := c.reply(id, r, ttl)
+	return finish(&c, ok, err)
 }
 
 func (c *call) reply(id store.ID, r store.Message, ttl time.Duration) (bool, error) {
@@ -416,13 +461,18 @@ func (c *call) reply(id store.ID, r store.Message, ttl time.Duration) (bool, err
 		rp.msg.ExpiresAt = c.now.Add(ttl)
 	}
 	c.sh.replies[replyKey{c.key, id}] = rp
-	c.j.PutReply(c.key, rp, rp.Keep(r.Body))
+	c.j.PutReply(c.key, rp, r.Body)
 	return true, nil
 }
 
 // TakeReply implements store.Queues.
 func (x *Index) TakeReply(ctx context.Context, key string, id store.ID) (store.Message, bool, error) {
-	t, err := change(x, key, OpWrite, func(c *call) (taken, error) { return c.takeReply(id) })
+	c, err := x.begin(key, OpWrite)
+	if err != nil {
+		return store.Message{}, false, err
+	}
+	t, err := c.takeReply(id)
+	t, err = finish(&c, t, err)
 	return t.m, t.ok, err
 }
 
@@ -438,14 +488,13 @@ func (c *call) takeReply(id store.ID) (taken, error) {
 	m := r.msg
 	expired := m.Expired(c.now)
 	if !expired {
-		b, ok := r.kept()
-		if !ok {
+		var ok bool
+		if m, ok = r.load(m); !ok {
 			var err error
-			if b, err = c.j.ReadReplyBody(c.key, id); err != nil {
+			if m.Body, err = c.j.ReadReplyBody(c.key, id); err != nil {
 				return taken{}, err
 			}
 		}
-		m.Body = b
 	}
 	delete(c.sh.replies, rk)
 	c.j.DelReply(c.key, id)
