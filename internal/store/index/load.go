@@ -63,7 +63,7 @@ func (l *Loader) Message(key string, m store.Message, dedupUntil time.Time) (e *
 		l.unsorted[q] = true
 	}
 	m.Body = nil
-	e = &Entry{msg: m, dedupUntil: dedupUntil}
+	e = &Entry{msg: m, dedupUntil: nanoOf(dedupUntil)}
 	q.Push(e)
 	l.x.messages.Add(1)
 	l.Floor(m.ID)

@@ -32,18 +32,13 @@ func (x *Index) begin(key string, k Op) (call, error) {
 	return call{x: x, sh: sh, key: key, j: j, now: now}, nil
 }
 
-// finish ends the operation c with its result: the backend releases the
-// shard, and its error (the change could not be made durable) replaces
-// the operation's.
-func finish[T any](c *call, v T, err error) (T, error) {
+// end ends the operation c, whose own error is err: the backend releases
+// the shard, and its error (the change could not be made durable) wins.
+func (c *call) end(err error) error {
 	if ferr := c.x.b.End(c.j, c.sh); ferr != nil {
-		err = ferr
+		return ferr
 	}
-	if err != nil {
-		var zero T
-		return zero, err
-	}
-	return v, nil
+	return err
 }
 
 // look runs fn on key's queue (nil if it has none) under the shard lock,
@@ -103,9 +98,10 @@ func (c *call) forget(q *queue, e *Entry, delivered bool) {
 	if q.queued[k] == e {
 		delete(q.queued, k)
 	}
-	if delivered && e.dedupUntil.After(c.now) {
-		q.setSeen(k, e.dedupUntil)
-		c.j.PutSeen(c.key, k, e.dedupUntil)
+	if delivered && e.dedupUntil.after(c.now) {
+		until := e.dedupUntil.time()
+		q.setSeen(k, until)
+		c.j.PutSeen(c.key, k, until)
 	}
 }
 
@@ -137,7 +133,10 @@ func (x *Index) Append(ctx context.Context, key string, m store.Message, opts st
 		return store.AppendResult{}, err
 	}
 	res, err := c.append(m, opts)
-	return finish(&c, res, err)
+	if err = c.end(err); err != nil {
+		return store.AppendResult{}, err
+	}
+	return res, nil
 }
 
 func (c *call) append(m store.Message, opts store.AppendOptions) (store.AppendResult, error) {
@@ -172,7 +171,7 @@ func (c *call) append(m store.Message, opts store.AppendOptions) (store.AppendRe
 		ExpiresAt:   expires,
 	}}
 	if opts.DedupKey != "" {
-		e.dedupUntil = c.now.Add(opts.DedupWindow)
+		e.dedupUntil = nanoOf(c.now.Add(opts.DedupWindow))
 	}
 	q.Push(e)
 	c.x.messages.Add(1)
@@ -207,8 +206,10 @@ func (x *Index) Take(ctx context.Context, key string, mode store.TakeMode) (stor
 		return store.Message{}, false, err
 	}
 	t, err := c.take(mode)
-	t, err = finish(&c, t, err)
-	return t.m, t.ok, err
+	if err = c.end(err); err != nil {
+		return store.Message{}, false, err
+	}
+	return t.m, t.ok, nil
 }
 
 func (c *call) take(mode store.TakeMode) (taken, error) {
@@ -265,7 +266,10 @@ func (x *Index) TakeAll(ctx context.Context, key string, limit int) ([]store.Mes
 		return nil, err
 	}
 	out, err := c.takeAll(limit)
-	return finish(&c, out, err)
+	if err = c.end(err); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 func (c *call) takeAll(limit int) ([]store.Message, error) {
@@ -304,8 +308,7 @@ func (x *Index) Restore(ctx context.Context, key string, m store.Message) error 
 	if err != nil {
 		return err
 	}
-	_, err = finish(&c, struct{}{}, c.restore(m))
-	return err
+	return c.end(c.restore(m))
 }
 
 func (c *call) restore(m store.Message) error {
@@ -329,7 +332,7 @@ func (c *call) restore(m store.Message) error {
 	if k := m.DedupKey; k != "" && q.queued[k] == nil {
 		q.setQueued(k, e)
 		if until, ok := q.seen[k]; ok {
-			e.dedupUntil = until
+			e.dedupUntil = nanoOf(until)
 			delete(q.seen, k)
 			c.j.DelSeen(c.key, k)
 		}
@@ -351,7 +354,10 @@ func (x *Index) Ack(ctx context.Context, key string, id store.ID) (bool, error) 
 		return false, err
 	}
 	ok, err := c.ack(id)
-	return finish(&c, ok, err)
+	if err = c.end(err); err != nil {
+		return false, err
+	}
+	return ok, nil
 }
 
 func (c *call) ack(id store.ID) (bool, error) {
@@ -408,7 +414,10 @@ func (x *Index) Clear(ctx context.Context, key string) (int, error) {
 		return 0, err
 	}
 	n, err := c.clear()
-	return finish(&c, n, err)
+	if err = c.end(err); err != nil {
+		return 0, err
+	}
+	return n, nil
 }
 
 func (c *call) clear() (int, error) {
@@ -439,7 +448,10 @@ func (x *Index) Reply(ctx context.Context, key string, id store.ID, r store.Mess
 		return false, err
 	}
 	ok, err := c.reply(id, r, ttl)
-	return finish(&c, ok, err)
+	if err = c.end(err); err != nil {
+		return false, err
+	}
+	return ok, nil
 }
 
 func (c *call) reply(id store.ID, r store.Message, ttl time.Duration) (bool, error) {
@@ -472,8 +484,10 @@ func (x *Index) TakeReply(ctx context.Context, key string, id store.ID) (store.M
 		return store.Message{}, false, err
 	}
 	t, err := c.takeReply(id)
-	t, err = finish(&c, t, err)
-	return t.m, t.ok, err
+	if err = c.end(err); err != nil {
+		return store.Message{}, false, err
+	}
+	return t.m, t.ok, nil
 }
 
 func (c *call) takeReply(id store.ID) (taken, error) {
