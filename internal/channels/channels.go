@@ -44,7 +44,7 @@ func New(b *broker.Broker, opts Options, reg prometheus.Registerer) (*Channels, 
 	}
 	c := &Channels{b: b, opts: opts, origins: newOriginChecker(opts.Origins), pool: newWriterPool()}
 	c.m = newMetrics(reg, c)
-	c.h = httpapi.Handle(c.serve, nil)
+	c.h = httpapi.Handle(c.serve, writeError)
 	return c, nil
 }
 
@@ -126,17 +126,42 @@ func wantsEventStream(r *http.Request) bool {
 	return false
 }
 
+// serve answers in pinghub's order: its router first sent a path that is
+// not canonical to the canonical one and refused methods it had no route
+// for; its handlers then checked the path, and gorilla/websocket the
+// handshake.
 func (c *Channels) serve(w http.ResponseWriter, r *http.Request) error {
+	if loc, ok := redirect(r, c.opts.mount()); ok {
+		httpapi.SetRoute(r, "channels.redirect")
+		w.Header().Set("Location", loc)
+		w.WriteHeader(http.StatusMovedPermanently)
+		return nil
+	}
+	if cors(w.Header(), r, c.origins) && r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
+		httpapi.SetRoute(r, "channels.preflight")
+		return preflight(w, r)
+	}
+	upgrade := isUpgrade(r)
+	if !upgrade && r.Method != http.MethodGet && r.Method != http.MethodPost {
+		httpapi.SetRoute(r, "channels.bad_method")
+		return errMethod
+	}
 	name, perr := channelPath(r.URL.Path, c.opts.mount())
 	if perr != nil {
 		httpapi.SetRoute(r, "channels.bad_path")
 		return perr
 	}
 	switch {
-	case isUpgrade(r):
+	case upgrade:
 		httpapi.SetRoute(r, "channels.websocket")
+		if err := checkHandshake(r); err != nil {
+			return err
+		}
 		if !c.origins.allow(r) {
 			return errOrigin
+		}
+		if !validKey(r) {
+			return errHandshake
 		}
 		if err := c.authorize(r, auth.Read, name); err != nil {
 			return err
@@ -154,7 +179,7 @@ func (c *Channels) serve(w http.ResponseWriter, r *http.Request) error {
 	case r.Method == http.MethodGet:
 		httpapi.SetRoute(r, "channels.page")
 		return servePage(w, r, name)
-	case r.Method == http.MethodPost:
+	default: // POST: other methods were refused above
 		httpapi.SetRoute(r, "channels.publish")
 		if !c.origins.allow(r) {
 			return errOrigin
@@ -164,8 +189,36 @@ func (c *Channels) serve(w http.ResponseWriter, r *http.Request) error {
 		}
 		return c.publish(w, r, name)
 	}
-	httpapi.SetRoute(r, "channels.bad_method")
-	return httpapi.MethodNotAllowed(http.MethodGet, http.MethodPost)
+}
+
+// cors lets a page on another origin read the answer (publish, event
+// streams, and their errors) when the origin check allows that origin:
+// "*" when no origins are configured (tokens travel in headers, never in
+// cookies), else the origin itself. It reports whether it did. Websockets
+// need no CORS: their origin check is the handshake's.
+func cors(h http.Header, r *http.Request, oc *originChecker) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" || !oc.allow(r) {
+		return false
+	}
+	if len(oc.allowed) == 0 {
+		h.Set("Access-Control-Allow-Origin", "*")
+	} else {
+		h.Set("Access-Control-Allow-Origin", origin)
+		h.Add("Vary", "Origin")
+	}
+	return true
+}
+
+// preflight answers a CORS preflight of an allowed origin. A plain OPTIONS
+// keeps pinghub's 405.
+func preflight(w http.ResponseWriter, r *http.Request) error {
+	h := w.Header()
+	h.Set("Access-Control-Allow-Methods", "GET, POST")
+	h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, Last-Event-ID")
+	h.Set("Access-Control-Max-Age", "3600")
+	w.WriteHeader(http.StatusNoContent)
+	return nil
 }
 
 // authorize checks, when a token policy is configured, that r may take
