@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/postern/postern/internal/store"
+	"github.com/postern/postern/internal/store/ordered"
 )
 
 // call is one operation on one key, run under its shard's lock.
@@ -183,6 +184,10 @@ func (c *call) append(m store.Message, opts store.AppendOptions) (store.AppendRe
 			delete(q.seen, k)
 			c.j.DelSeen(c.key, k)
 		}
+	}
+	for _, k := range ordered.Overflow(q.seen, opts.DedupMax) {
+		delete(q.seen, k)
+		c.j.DelSeen(c.key, k)
 	}
 	res := store.AppendResult{ID: e.msg.ID}
 	for opts.MaxLen > 0 && q.Len() > opts.MaxLen {
