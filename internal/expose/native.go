@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/yamux"
 
 	"github.com/postern/postern/internal/auth"
+	"github.com/postern/postern/internal/expose/live"
 	"github.com/postern/postern/internal/expose/muxconn"
 	"github.com/postern/postern/internal/httpapi"
 	"github.com/postern/postern/internal/ratelimit"
@@ -97,15 +98,11 @@ type nativeTransport struct {
 
 	ctx    context.Context // ends at shutdown: agent connections stop
 	cancel context.CancelFunc
-
-	mu      sync.Mutex
-	closing bool
-	agents  map[*nativeAgent]struct{}
-	wg      sync.WaitGroup // agent handlers
+	live   live.Set[*nativeAgent]
 }
 
 func newNativeTransport(hub *relay.Hub, o Options, log *slog.Logger, count transportCounters) *nativeTransport {
-	t := &nativeTransport{hub: hub, keepAlive: o.AgentKeepAlive, window: o.StreamWindow, log: log, count: count, agents: map[*nativeAgent]struct{}{}}
+	t := &nativeTransport{hub: hub, keepAlive: o.AgentKeepAlive, window: o.StreamWindow, log: log, count: count}
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	return t
 }
@@ -135,11 +132,11 @@ type nativeAgent struct {
 // for the session instead of getting 502.
 func (t *nativeTransport) serve(w http.ResponseWriter, r *http.Request, name, public string) {
 	a := &nativeAgent{name: name, ready: make(chan struct{})}
-	if !t.track(a) {
+	if !t.live.Add(a) {
 		httpapi.WritePlain(w, r, errClosing)
 		return
 	}
-	defer t.untrack(a)
+	defer t.live.Remove(a)
 	a.tr = t.backend(a)
 	a.reg = t.hub.Register(name, a.tr)
 	w.Header().Set(PublicURLHeader, public)
@@ -221,45 +218,15 @@ func (t *nativeTransport) backend(a *nativeAgent) *http.Transport {
 	}
 }
 
-// track adds an agent; false when shutting down.
-func (t *nativeTransport) track(a *nativeAgent) bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.closing {
-		return false
-	}
-	t.agents[a] = struct{}{}
-	t.wg.Add(1)
-	return true
-}
-
-func (t *nativeTransport) untrack(a *nativeAgent) {
-	t.mu.Lock()
-	delete(t.agents, a)
-	t.mu.Unlock()
-	t.wg.Done()
-}
-
 // close refuses new agents, closes every agent's session and stops the
 // handlers (see wait).
 func (t *nativeTransport) close() {
-	t.mu.Lock()
-	t.closing = true
-	agents := make([]*nativeAgent, 0, len(t.agents))
-	for a := range t.agents {
-		agents = append(agents, a)
-	}
-	t.mu.Unlock()
-	var closing sync.WaitGroup
-	for _, a := range agents {
-		closing.Go(a.close)
-	}
-	closing.Wait()
+	t.live.Close((*nativeAgent).close)
 	t.cancel()
 }
 
 // wait waits for the agent handlers.
-func (t *nativeTransport) wait() { t.wg.Wait() }
+func (t *nativeTransport) wait() { t.live.Wait() }
 
 // set records the connection; false when the agent was closed meanwhile.
 func (a *nativeAgent) set(ws *websocket.Conn, sess *yamux.Session) bool {

@@ -73,10 +73,7 @@ func (t *Transport) ServeSubscribe(w http.ResponseWriter, r *http.Request, site 
 		// named in an anonymous grant is the holder of one key's alone).
 		c.mayServe = func(id string) bool { return p.Allow(r, auth.Serve, "/expose/"+id) }
 	}
-	t.mu.Lock()
-	closing := t.closing
-	t.mu.Unlock()
-	if closing {
+	if t.live.Closing() {
 		httpapi.WritePlain(w, r, errClosing)
 		return
 	}
@@ -93,17 +90,12 @@ func (t *Transport) ServeSubscribe(w http.ResponseWriter, r *http.Request, site 
 	ws.SetReadLimit(16*t.opts.MaxFrameBytes + 4096)
 	c.ws = ws
 	c.ctx, c.cancel = context.WithCancel(t.ctx)
-	if !t.track(func() { t.conns[c] = struct{}{} }) {
+	if !t.live.Add(c) {
 		c.cancel()
 		ws.Close(websocket.StatusGoingAway, "server shutting down")
 		return
 	}
-	defer func() {
-		t.mu.Lock()
-		delete(t.conns, c)
-		t.mu.Unlock()
-		t.wg.Done()
-	}()
+	defer t.live.Remove(c)
 	c.markAlive()
 	c.run()
 }

@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/capability"
+	"github.com/postern/postern/internal/expose/live"
 	"github.com/postern/postern/internal/httpapi"
 	"github.com/postern/postern/internal/queue"
 	"github.com/postern/postern/internal/relay"
@@ -182,11 +182,7 @@ type Transport struct {
 
 	ctx    context.Context // ends at shutdown: agent connections stop
 	cancel context.CancelFunc
-
-	mu      sync.Mutex
-	closing bool
-	conns   map[*conn]struct{}
-	wg      sync.WaitGroup // connection handlers and user websockets
+	live   live.Set[*conn] // connection handlers; user websockets are held
 }
 
 // NewTransport returns the transport, registering agents on hub and
@@ -207,7 +203,6 @@ func NewTransport(hub *relay.Hub, opts Options, deps capability.Deps, count Coun
 		count:    count,
 		limiter:  newClientLimiter(opts.ClientRate, opts.ClientRatePeriod, opts.Now),
 		mandates: &mandateLedger{q: opts.Mandates, max: DefaultMaxMandates},
-		conns:    make(map[*conn]struct{}),
 	}
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	return t, nil
@@ -226,40 +221,16 @@ func (t *Transport) Allow(id string) bool { return t.limiter.allow(id) }
 // errClosing refuses agents and user websockets during shutdown.
 var errClosing = httpapi.ErrShuttingDown
 
-// track counts a handler in; false (and nothing counted) when shutting
-// down.
-func (t *Transport) track(add func()) bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.closing {
-		return false
-	}
-	add()
-	t.wg.Add(1)
-	return true
-}
-
 // Close refuses new agents and user websockets, and closes every agent
 // connection with "going away" (the hub has drained the requests in flight
 // before: the front door shuts it down first); it waits for the close
 // handshakes, at most five seconds each, all at once. Wait then waits for
 // the handlers. Close is idempotent.
 func (t *Transport) Close() {
-	t.mu.Lock()
-	t.closing = true
-	conns := make([]*conn, 0, len(t.conns))
-	for c := range t.conns {
-		conns = append(conns, c)
-	}
-	t.mu.Unlock()
-	var closing sync.WaitGroup
-	for _, c := range conns {
-		closing.Go(c.goAway)
-	}
-	closing.Wait()
+	t.live.Close((*conn).goAway)
 	t.cancel()
 }
 
 // Wait waits for the connection handlers and the user websockets they
 // carry; after Close they all end.
-func (t *Transport) Wait() { t.wg.Wait() }
+func (t *Transport) Wait() { t.live.Wait() }

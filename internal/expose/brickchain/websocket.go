@@ -157,11 +157,11 @@ var wsSkipHeaders = []string{"Connection", "Upgrade", "Sec-Websocket-Key", "Sec-
 // connection ended meanwhile.
 func (b *backend) ServeWebsocket(w http.ResponseWriter, r *http.Request, t relay.Target) {
 	c := b.c
-	if !c.t.track(func() {}) {
+	if !c.t.live.Hold() {
 		httpapi.WritePlain(w, r, errClosing)
 		return
 	}
-	defer c.t.wg.Done()
+	defer c.t.live.Release()
 	st := c.openStream()
 	if st == nil {
 		e := &httpapi.Error{Status: http.StatusBadGateway, Message: "no backend"}
