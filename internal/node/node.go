@@ -42,7 +42,7 @@ import (
 	"github.com/postern/postern/internal/version"
 )
 
-// Defaults of the HTTP server.
+// Defaults of the node and its HTTP server.
 const (
 	DefaultListen            = ":8080"
 	DefaultStore             = "file:" + filestore.DefaultDir
@@ -144,7 +144,7 @@ type Config struct {
 	TLSCertFile string
 	TLSKeyFile  string
 
-	// Logger receives the server's logs; nil means slog.Default().
+	// Logger receives the node's logs; nil means slog.Default().
 	Logger *slog.Logger
 }
 

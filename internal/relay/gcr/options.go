@@ -106,7 +106,7 @@ func DefaultOptions() Options {
 }
 
 // Validate reports the first setting that makes no sense.
-func (o Options) Validate() error {
+func (o *Options) Validate() error {
 	switch {
 	case o.BlockSize < 1:
 		return errors.New("relay block size must be positive")
