@@ -66,3 +66,12 @@ func (d Deps) Register(cs ...prometheus.Collector) {
 func Discard() Deps {
 	return Deps{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 }
+
+// Default sets *p to def when *p is its type's zero value: how an
+// Options.Validate fills the settings left zero that have a default.
+func Default[T comparable](p *T, def T) {
+	var zero T
+	if *p == zero {
+		*p = def
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/postern/postern/internal/capability"
 	"github.com/postern/postern/internal/expose/brickchain"
 )
 
@@ -76,12 +77,8 @@ func (o *Options) Validate() error {
 	if o.BaseURL != "" && !strings.HasPrefix(o.BaseURL, "http://") && !strings.HasPrefix(o.BaseURL, "https://") {
 		return fmt.Errorf("expose base URL %q: want http:// or https://", o.BaseURL)
 	}
-	if o.AgentKeepAlive == 0 {
-		o.AgentKeepAlive = DefaultAgentKeepAlive
-	}
-	if o.StreamWindow == 0 {
-		o.StreamWindow = DefaultStreamWindow
-	}
+	capability.Default(&o.AgentKeepAlive, DefaultAgentKeepAlive)
+	capability.Default(&o.StreamWindow, DefaultStreamWindow)
 	if o.StreamWindow < 256<<10 || o.AgentKeepAlive < 0 {
 		return errors.New("expose: the stream window is at least 256 KiB, the agent keep-alive not negative")
 	}

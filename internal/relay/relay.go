@@ -145,18 +145,10 @@ func (o *Options) Validate() error {
 	if o.Namespace == "" {
 		return errors.New("relay: namespace is missing")
 	}
-	if o.RegisterTTL == 0 {
-		o.RegisterTTL = d.RegisterTTL
-	}
-	if o.DirectoryTimeout == 0 {
-		o.DirectoryTimeout = d.DirectoryTimeout
-	}
-	if o.ForwardDialTimeout == 0 {
-		o.ForwardDialTimeout = d.ForwardDialTimeout
-	}
-	if o.ForwardHeaderTimeout == 0 {
-		o.ForwardHeaderTimeout = d.ForwardHeaderTimeout
-	}
+	capability.Default(&o.RegisterTTL, d.RegisterTTL)
+	capability.Default(&o.DirectoryTimeout, d.DirectoryTimeout)
+	capability.Default(&o.ForwardDialTimeout, d.ForwardDialTimeout)
+	capability.Default(&o.ForwardHeaderTimeout, d.ForwardHeaderTimeout)
 	if o.RegisterTTL < 0 || o.DirectoryTimeout < 0 || o.ForwardDialTimeout < 0 || o.ForwardHeaderTimeout < 0 {
 		return errors.New("relay: timeouts must not be negative")
 	}

@@ -109,29 +109,16 @@ func DefaultOptions() Options {
 // the first one that makes no sense.
 func (o *Options) Validate() error {
 	d := DefaultOptions()
-	zero := func(p *time.Duration, def time.Duration) {
-		if *p == 0 {
-			*p = def
-		}
-	}
-	zero(&o.ResponseTimeout, d.ResponseTimeout)
-	zero(&o.PingInterval, d.PingInterval)
-	zero(&o.RegisterTimeout, d.RegisterTimeout)
-	zero(&o.RegistrationTTL, d.RegistrationTTL)
-	zero(&o.ClientRatePeriod, d.ClientRatePeriod)
-	zero(&o.WriteTimeout, d.WriteTimeout)
-	if o.MaxRequestBytes == 0 {
-		o.MaxRequestBytes = d.MaxRequestBytes
-	}
-	if o.MaxFrameBytes == 0 {
-		o.MaxFrameBytes = d.MaxFrameBytes
-	}
-	if o.MaxRegistrations == 0 {
-		o.MaxRegistrations = d.MaxRegistrations
-	}
-	if o.WSBufferBytes == 0 {
-		o.WSBufferBytes = d.WSBufferBytes
-	}
+	capability.Default(&o.ResponseTimeout, d.ResponseTimeout)
+	capability.Default(&o.PingInterval, d.PingInterval)
+	capability.Default(&o.RegisterTimeout, d.RegisterTimeout)
+	capability.Default(&o.RegistrationTTL, d.RegistrationTTL)
+	capability.Default(&o.ClientRatePeriod, d.ClientRatePeriod)
+	capability.Default(&o.WriteTimeout, d.WriteTimeout)
+	capability.Default(&o.MaxRequestBytes, d.MaxRequestBytes)
+	capability.Default(&o.MaxFrameBytes, d.MaxFrameBytes)
+	capability.Default(&o.MaxRegistrations, d.MaxRegistrations)
+	capability.Default(&o.WSBufferBytes, d.WSBufferBytes)
 	if o.Now == nil {
 		o.Now = time.Now
 	}
