@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -109,6 +110,11 @@ type Config struct {
 
 	// Logger receives the server's logs; nil means slog.Default().
 	Logger *slog.Logger
+	// Banner, when set, gets the start-up banner as text for a person (the
+	// URL of each capability, warnings); otherwise the banner is one log
+	// record, followed by the original relay server's "Relay server
+	// listening" record that its tooling waits for.
+	Banner io.Writer
 }
 
 // DefaultConfig returns a config with every default filled in.
@@ -127,9 +133,11 @@ func DefaultConfig() Config {
 		Expose:            expose.DefaultOptions(),
 		Channels:          channels.DefaultOptions(),
 		Broker: broker.Options{
-			QueueLen:   broker.DefaultQueueLen,
-			HistoryLen: broker.DefaultHistoryLen,
-			HistoryTTL: broker.DefaultHistoryTTL,
+			QueueLen:           broker.DefaultQueueLen,
+			HistoryLen:         broker.DefaultHistoryLen,
+			HistoryTTL:         broker.DefaultHistoryTTL,
+			MaxHistoryChannels: broker.DefaultMaxHistoryChannels,
+			MaxHistoryBytes:    broker.DefaultMaxHistoryBytes,
 		},
 	}
 }
@@ -454,13 +462,30 @@ func (s *Server) RelayAnnounced(name string) <-chan struct{} {
 func (s *Server) Registry() *prometheus.Registry { return s.registry }
 
 func (s *Server) ready(ctx context.Context) error {
-	if s.draining.Load() {
-		return errors.New("draining")
+	return readiness(ctx, s.draining.Load(), s.store)
+}
+
+// announce says that the node listens at addr: the banner, as text or as
+// a log record.
+func (s *Server) announce(addr net.Addr, tlsOn bool) {
+	storeName := s.store.Name()
+	if strings.HasPrefix(s.cfg.Store, "file:") {
+		storeName = s.cfg.Store
 	}
-	if err := s.store.Ping(ctx); err != nil {
-		return fmt.Errorf("%s store: %w", s.store.Name(), err)
+	b := NewBanner(BannerInput{
+		Version: version.Version(), Store: storeName, Node: s.nodes.self().ID, Addr: addr, TLS: tlsOn,
+		AtRoot: s.cfg.Channels.AtRoot, Domain: s.cfg.Expose.Domain, TokenFile: s.cfg.Policy != nil || s.cfg.TokenFile != "",
+		OpenAuth: s.cfg.Tunnel.AccessToken != "" || s.cfg.Tunnel.SignatureSecret != "",
+	})
+	if s.cfg.Banner != nil {
+		b.WriteText(s.cfg.Banner)
+		return
 	}
-	return nil
+	b.Log(s.log)
+	if tcp, ok := addr.(*net.TCPAddr); ok {
+		// The line the original relay server's users wait for.
+		s.log.Info("Relay server listening", "Port", tcp.Port)
+	}
 }
 
 // Serve serves HTTP on ln until Shutdown. It returns nil after a graceful
@@ -468,14 +493,10 @@ func (s *Server) ready(ctx context.Context) error {
 func (s *Server) Serve(ln net.Listener) error {
 	s.nodes.start(ln.Addr())
 	tlsOn := s.http.TLSConfig != nil
-	s.log.Info("postern listening", "addr", ln.Addr().String(), "store", s.store.Name(), "node", s.nodes.self().ID, "advertise", s.nodes.self().Addr, "version", version.Version(), "tls", tlsOn)
+	s.announce(ln.Addr(), tlsOn)
 	// The relay hubs forward to the address the node directory lists.
 	s.relayHub.SetAdvertiseURL(s.nodes.self().Addr)
 	s.expose.Hub().SetAdvertiseURL(s.nodes.self().Addr)
-	if tcp, ok := ln.Addr().(*net.TCPAddr); ok {
-		// The line the original relay server's users wait for.
-		s.log.Info("Relay server listening", "Port", tcp.Port)
-	}
 	if s.cfg.MaxConnections > 0 {
 		ln = newLimitListener(ln, s.cfg.MaxConnections, !tlsOn)
 	}

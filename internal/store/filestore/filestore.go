@@ -298,6 +298,11 @@ func (s *Store) QueueStats() store.QueueStats {
 	return store.QueueStats{Queues: int(s.queues.Load()), Messages: int(s.messages.Load())}
 }
 
+// WriteError reports why writes are refused right now (a read-only data
+// directory, a failed log, a full disk), or nil: the node's readiness
+// check asks, since reads go on meanwhile and Ping says nothing.
+func (s *Store) WriteError() error { return s.writable() }
+
 // writable reports the error writes fail with right now, if any.
 func (s *Store) writable() error {
 	f := s.fail.Load()
