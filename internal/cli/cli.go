@@ -165,7 +165,6 @@ default ` + DefaultServer + `; POSTERN_SERVER).`,
 	}
 	root.SetVersionTemplate("postern {{.Version}}\n")
 	root.SetUsageTemplate(strings.TrimSuffix(root.UsageTemplate(), "\n") + "{{if not .HasParent}}\n\n" + exitCodesHelp + "{{end}}\n")
-	root.SuggestionsMinimumDistance = 2
 	root.SetFlagErrorFunc(flagError)
 	root.AddGroup(
 		&cobra.Group{ID: groupServer, Title: "Run a server:"},
@@ -191,6 +190,9 @@ default ` + DefaultServer + `; POSTERN_SERVER).`,
 // unknownCommand is the error for a name that is no subcommand of cmd.
 func unknownCommand(cmd *cobra.Command, name string) error {
 	msg := fmt.Sprintf("unknown command %q", name)
+	if cmd.SuggestionsMinimumDistance <= 0 {
+		cmd.SuggestionsMinimumDistance = 2
+	}
 	if s := cmd.SuggestionsFor(name); len(s) > 0 {
 		msg += fmt.Sprintf(" (did you mean %q?)", s[0])
 	}
