@@ -23,7 +23,14 @@ import (
 	"github.com/postern/postern/internal/servertest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "postern-cli-test-")
+	if err != nil {
+		panic(err)
+	}
+	binDir = dir
+	goleak.VerifyTestMain(m, goleak.Cleanup(func(int) { os.RemoveAll(dir) }))
+}
 
 // run runs the command line in-process and returns its exit code and output.
 func run(t *testing.T, ctx context.Context, env map[string]string, stdin string, args ...string) (int, string, string) {

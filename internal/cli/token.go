@@ -21,6 +21,7 @@ func (a *app) tokenCmd() *cobra.Command {
 		Use:     "token",
 		Short:   "make scoped tokens for the server's --token-file",
 		GroupID: groupTools,
+		Example: `  postern token new --name ci --grant write,read:/t/builds-* >> tokens.toml`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 0 {
 				return unknownCommand(cmd, args[0])
