@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	pathpkg "path"
 	"strings"
 	"sync"
 
@@ -40,12 +41,25 @@ type Channel struct {
 }
 
 // Channel returns the channel named path (1 to 256 Unicode characters; a
-// leading '/' is added when missing).
+// leading '/' is added when missing). A path not in canonical form names
+// the channel of its canonical form ("//a" and "/x/../a" are "/a", a
+// trailing slash is kept): the server redirects requests for the other
+// forms there, as pinghub did, so the client sends the canonical one.
 func (c *Client) Channel(path string) *Channel {
-	if !strings.HasPrefix(path, "/") {
-		path = "/" + path
+	return &Channel{c: c, path: cleanChannelPath(path)}
+}
+
+// cleanChannelPath is the canonical form of a channel path, as the server
+// computes it (gorilla/mux's rule): path.Clean, a trailing slash kept.
+func cleanChannelPath(p string) string {
+	if !strings.HasPrefix(p, "/") {
+		p = "/" + p
 	}
-	return &Channel{c: c, path: path}
+	np := pathpkg.Clean(p)
+	if strings.HasSuffix(p, "/") && np != "/" {
+		np += "/"
+	}
+	return np
 }
 
 // Path is the channel's name.

@@ -38,11 +38,24 @@ func TestChannelPublishSubscribe(t *testing.T) {
 	if ch.Path() != "/news/today" {
 		t.Fatalf("path %q", ch.Path())
 	}
+	// Other forms of a path name its canonical form, which the server
+	// redirects them to: a publish there must not be lost to a redirect.
+	for p, want := range map[string]string{"//news/today": "/news/today", "/x/../news/./today": "/news/today", "/a/": "/a/", "": "/"} {
+		if got := c.Channel(p).Path(); got != want {
+			t.Fatalf("Channel(%q).Path() = %q, want %q", p, got, want)
+		}
+	}
 	s, err := ch.Subscribe(ctx, client.SubscribeOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	n.WaitForSubscribers(t, "/news/today", 1)
+	if err := c.Channel("/x/../news//today").Publish(ctx, []byte("zero")); err != nil {
+		t.Fatal(err)
+	}
+	if m := recv(t, s); string(m.Data) != "zero" {
+		t.Fatalf("got %+v, want zero", m)
+	}
 	for _, msg := range []string{"one", "two with spaces & ?#"} {
 		if err := ch.Publish(ctx, []byte(msg)); err != nil {
 			t.Fatal(err)

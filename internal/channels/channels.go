@@ -43,7 +43,7 @@ func New(b *broker.Broker, opts Options, reg prometheus.Registerer) (*Channels, 
 	}
 	c := &Channels{b: b, opts: opts, origins: newOriginChecker(opts.Origins), pool: newWriterPool()}
 	c.m = newMetrics(reg, c)
-	c.h = httpapi.Handle(c.serve, nil)
+	c.h = httpapi.Handle(c.serve, writeError)
 	return c, nil
 }
 
@@ -125,17 +125,38 @@ func wantsEventStream(r *http.Request) bool {
 	return false
 }
 
+// serve answers in pinghub's order: its router first sent a path that is
+// not canonical to the canonical one and refused methods it had no route
+// for; its handlers then checked the path, and gorilla/websocket the
+// handshake.
 func (c *Channels) serve(w http.ResponseWriter, r *http.Request) error {
+	if loc, ok := redirect(r, c.opts.mount()); ok {
+		httpapi.SetRoute(r, "channels.redirect")
+		w.Header().Set("Location", loc)
+		w.WriteHeader(http.StatusMovedPermanently)
+		return nil
+	}
+	upgrade := isUpgrade(r)
+	if !upgrade && r.Method != http.MethodGet && r.Method != http.MethodPost {
+		httpapi.SetRoute(r, "channels.bad_method")
+		return errMethod
+	}
 	name, perr := channelPath(r.URL.Path, c.opts.mount())
 	if perr != nil {
 		httpapi.SetRoute(r, "channels.bad_path")
 		return perr
 	}
 	switch {
-	case isUpgrade(r):
+	case upgrade:
 		httpapi.SetRoute(r, "channels.websocket")
+		if err := checkHandshake(r); err != nil {
+			return err
+		}
 		if !c.origins.allow(r) {
 			return errOrigin
+		}
+		if !validKey(r) {
+			return errHandshake
 		}
 		if err := c.authorize(r, auth.Read, name); err != nil {
 			return err
@@ -153,7 +174,7 @@ func (c *Channels) serve(w http.ResponseWriter, r *http.Request) error {
 	case r.Method == http.MethodGet:
 		httpapi.SetRoute(r, "channels.page")
 		return servePage(w, r, name)
-	case r.Method == http.MethodPost:
+	default: // POST: other methods were refused above
 		httpapi.SetRoute(r, "channels.publish")
 		if !c.origins.allow(r) {
 			return errOrigin
@@ -163,8 +184,6 @@ func (c *Channels) serve(w http.ResponseWriter, r *http.Request) error {
 		}
 		return c.publish(w, r, name)
 	}
-	httpapi.SetRoute(r, "channels.bad_method")
-	return httpapi.MethodNotAllowed(http.MethodGet, http.MethodPost)
 }
 
 // authorize checks, when a token policy is configured, that r may take

@@ -216,7 +216,7 @@ func TestBadOriginsRefused(t *testing.T) {
 		if st := ws(bad); st != http.StatusForbidden {
 			t.Fatalf("origin %q: status %d, want 403", bad, st)
 		}
-		e.want(e.do("POST", "/c/o", "x", "Origin", bad), 403, "Error: forbidden. Origin not allowed.")
+		e.want(e.do("POST", "/c/o", "x", "Origin", bad), 403, "Error: forbidden. Origin not allowed.\n")
 		if r := e.do("GET", "/c/o", "", "Accept", "text/event-stream", "Origin", bad); r.status != 403 {
 			t.Fatalf("event stream with origin %q: %d", bad, r.status)
 		}
@@ -284,20 +284,20 @@ func TestPaths(t *testing.T) {
 	e := start(t, nil)
 	long := strings.Repeat("é", 255) // 255 runes, 510 bytes
 	e.post("/c/"+long, "x")
-	e.want(e.do("POST", "/c/"+long+"a", "x"), 400, "Error: bad request. Path length must be 1-256 Unicode characters (UTF-8).")
-	e.want(e.do("GET", "/c/"+long+"a", ""), 400, "Error: bad request. Path length must be 1-256 Unicode characters (UTF-8).")
+	e.want(e.do("POST", "/c/"+long+"a", "x"), 400, "Error: bad request. Path length must be 1-256 Unicode characters (UTF-8).\n")
+	e.want(e.do("GET", "/c/"+long+"a", ""), 400, "Error: bad request. Path length must be 1-256 Unicode characters (UTF-8).\n")
 	for _, p := range []string{"/c/%FF", "/c/a%C3", "/c/%ED%A0%80"} {
-		e.want(e.do("GET", p, ""), 400, "Error: bad request. Path must be valid Unicode (UTF-8).")
-		e.want(e.do("POST", p, "x"), 400, "Error: bad request. Path must be valid Unicode (UTF-8).")
+		e.want(e.do("GET", p, ""), 400, "Error: bad request. Path must be valid Unicode (UTF-8).\n")
+		e.want(e.do("POST", p, "x"), 400, "Error: bad request. Path must be valid Unicode (UTF-8).\n")
 	}
-	// %2F counts as '/', the query string is not part of the name, and
-	// non-canonical paths are taken as given (no redirect).
+	// %2F counts as '/', and the query string is not part of the name.
+	// (Paths not in canonical form are redirected: see TestRedirects.)
 	c := e.sub("/a/b", 1, "?ignored=1")
 	e.post("/c/a%2Fb", "slash")
 	if got := readText(t, c); got != "slash" {
 		t.Fatalf("got %q", got)
 	}
-	for _, p := range []string{"//x", "/a/./b", "/a/../b", "/"} {
+	for _, p := range []string{"/", "/a/", "/x.y/..z"} {
 		c := e.sub(p, 1, "")
 		r := e.do("POST", "/c"+p, "to "+p)
 		e.want(r, 200, "OK\n")
@@ -320,7 +320,7 @@ func TestPost(t *testing.T) {
 	}
 	// Posting to a channel nobody listens to is fine too.
 	e.post("/c/nobody", "lost")
-	e.want(e.do("POST", "/c/p", strings.Repeat("x", 101)), 413, "Error: request entity too large.")
+	e.want(e.do("POST", "/c/p", strings.Repeat("x", 101)), 413, "Error: request entity too large.\n")
 	// Without Content-Length (chunked) the limit holds as well.
 	req, _ := http.NewRequest("POST", e.node.URL+"/c/p", io.MultiReader(strings.NewReader(strings.Repeat("y", 150))))
 	req.ContentLength = -1
@@ -336,7 +336,7 @@ func TestPost(t *testing.T) {
 	if got := readText(t, c); got != strings.Repeat("z", 100) {
 		t.Fatalf("got %q", got)
 	}
-	e.want(e.do("POST", "/c/p", "\xff\xfe"), 400, "Error: bad request. Message must be valid Unicode (UTF-8).")
+	e.want(e.do("POST", "/c/p", "\xff\xfe"), 400, "Error: bad request. Message must be valid Unicode (UTF-8).\n")
 }
 
 func TestMethods(t *testing.T) {
@@ -579,8 +579,9 @@ func TestResumeWithSince(t *testing.T) {
 			t.Fatalf("binary frame %+v", m)
 		}
 	}
-	e.want(e.do("GET", "/c/r?since=yesterday", "", "Connection", "Upgrade", "Upgrade", "websocket"), 400,
-		"Error: bad request. since must be a message id (<ms>-<seq>), 0 or now.")
+	e.want(e.do("GET", "/c/r?since=yesterday", "", "Connection", "Upgrade", "Upgrade", "websocket",
+		"Sec-WebSocket-Version", "13", "Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="), 400,
+		"Error: bad request. since must be a message id (<ms>-<seq>), 0 or now.\n")
 }
 
 // events opens an event stream and returns a reader of its lines.
@@ -668,7 +669,7 @@ func TestEventStream(t *testing.T) {
 		t.Fatalf("want a gap event, got %q", ev)
 	}
 	e.want(e.do("GET", "/c/sse", "", "Accept", "text/event-stream", "Last-Event-ID", "nope"), 400,
-		"Error: bad request. since must be a message id (<ms>-<seq>), 0 or now.")
+		"Error: bad request. since must be a message id (<ms>-<seq>), 0 or now.\n")
 }
 
 func TestShutdownClosesSubscribers(t *testing.T) {
@@ -991,7 +992,7 @@ func TestSlowPostTimesOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	body, _ := io.ReadAll(res.Body)
-	if res.StatusCode != 408 || string(body) != "request body not received in time" {
+	if res.StatusCode != 408 || string(body) != "request body not received in time\n" {
 		t.Fatalf("slow POST: %d %q", res.StatusCode, body)
 	}
 	if _, err := br.ReadByte(); err != io.EOF {

@@ -2,6 +2,8 @@ package channels
 
 import (
 	"bytes"
+	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -49,6 +51,40 @@ func FuzzValidPath(f *testing.F) {
 			}
 		case err != nil:
 			t.Fatalf("%q refused: %v", s, err)
+		}
+	})
+}
+
+// FuzzRedirect: a request path not in canonical form is redirected, once,
+// to a canonical path under the same mount, with its query; a canonical
+// one is not.
+func FuzzRedirect(f *testing.F) {
+	for _, s := range []string{"/c/x", "/c//x", "/c/x/../a", "/c/../..", "/c/a/./b/", "/c/.", "/c/%2E%2E/a", "/c/a?since=now", "/x/../c/a"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, target string) {
+		for _, mount := range []string{"/c", ""} {
+			// As the server parses a request line's target.
+			ru, err := url.ParseRequestURI(target)
+			if err != nil || ru.Scheme != "" || !strings.HasPrefix(ru.Path, mount+"/") {
+				continue
+			}
+			r := &http.Request{URL: ru}
+			loc, ok := redirect(r, mount)
+			if !ok {
+				if name := r.URL.Path[len(mount):]; cleanPath(name) != name {
+					t.Fatalf("%q (mount %q) not redirected", target, mount)
+				}
+				continue
+			}
+			u, err := url.Parse(loc)
+			if err != nil || u.Scheme != "" || u.Host != "" || !strings.HasPrefix(u.Path, mount+"/") || u.RawQuery != r.URL.RawQuery {
+				t.Fatalf("%q (mount %q) redirected to %q (%v)", target, mount, loc, err)
+			}
+			again := &http.Request{URL: u}
+			if l2, ok := redirect(again, mount); ok {
+				t.Fatalf("%q (mount %q): %q redirects again, to %q", target, mount, loc, l2)
+			}
 		}
 	})
 }

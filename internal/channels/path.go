@@ -1,21 +1,107 @@
 package channels
 
 import (
+	"encoding/base64"
 	"errors"
 	"net"
 	"net/http"
 	"net/url"
+	"path"
 	"strings"
 	"unicode/utf8"
 
 	"github.com/postern/postern/internal/httpapi"
 )
 
-// Wire-exact answers of pinghub.
+// Wire-exact answers of pinghub. Its handlers wrote their errors with
+// http.Error, which ends the text with a newline (writeError adds it).
 var (
 	errPathUTF8   = &httpapi.Error{Status: http.StatusBadRequest, Message: "Error: bad request. Path must be valid Unicode (UTF-8)."}
 	errPathLength = &httpapi.Error{Status: http.StatusBadRequest, Message: "Error: bad request. Path length must be 1-256 Unicode characters (UTF-8)."}
+	// errMethod is its router's answer to a method it had no route for
+	// (gorilla/mux): a 405 without a body. postern adds Allow.
+	errMethod = httpapi.MethodNotAllowed(http.MethodGet, http.MethodPost)
+	// A handshake gorilla/websocket refused: the status text as the body,
+	// and the version it speaks.
+	errHandshake       = (&httpapi.Error{Status: http.StatusBadRequest, Message: http.StatusText(http.StatusBadRequest)}).WithHeader("Sec-Websocket-Version", "13")
+	errHandshakeMethod = (&httpapi.Error{Status: http.StatusMethodNotAllowed, Message: http.StatusText(http.StatusMethodNotAllowed)}).WithHeader("Sec-Websocket-Version", "13")
 )
+
+// writeError writes e as pinghub did: http.Error's text and newline,
+// except for its router's bodiless 405.
+func writeError(w http.ResponseWriter, r *http.Request, e *httpapi.Error) {
+	if e == errMethod {
+		h := w.Header()
+		for k, v := range e.Header {
+			h[k] = v
+		}
+		w.WriteHeader(e.Status)
+		return
+	}
+	cp := *e
+	if n := len(cp.Details); n > 0 {
+		cp.Details = append(cp.Details[:n-1:n-1], cp.Details[n-1]+"\n")
+	} else {
+		cp.Message += "\n"
+	}
+	httpapi.WritePlain(w, r, &cp)
+}
+
+// redirect returns where pinghub's router sent a request whose channel
+// path is not in canonical form ("//a", "/x/../a", "/a/./b"): the same URL
+// with the path cleaned (a trailing slash kept), the query included.
+func redirect(r *http.Request, mount string) (string, bool) {
+	name, ok := strings.CutPrefix(r.URL.Path, mount)
+	if !ok {
+		return "", false
+	}
+	clean := cleanPath(name)
+	if clean == name {
+		return "", false
+	}
+	u := *r.URL
+	u.Path, u.RawPath = mount+clean, ""
+	return u.String(), true
+}
+
+// cleanPath is gorilla/mux's canonical form of a path: path.Clean, with a
+// trailing slash kept.
+func cleanPath(p string) string {
+	if p == "" {
+		return "/"
+	}
+	if p[0] != '/' {
+		p = "/" + p
+	}
+	np := path.Clean(p)
+	if p[len(p)-1] == '/' && np != "/" {
+		np += "/"
+	}
+	return np
+}
+
+// checkHandshake checks an upgrade request as gorilla/websocket did before
+// the origin: the method, then the protocol version.
+func checkHandshake(r *http.Request) *httpapi.Error {
+	if r.Method != http.MethodGet {
+		return errHandshakeMethod
+	}
+	if r.Header.Get("Sec-Websocket-Version") != "13" {
+		return errHandshake
+	}
+	return nil
+}
+
+// validKey reports whether the handshake carries one Sec-WebSocket-Key of
+// 16 bytes in base64, which gorilla/websocket checked after the origin.
+func validKey(r *http.Request) bool {
+	keys := r.Header.Values("Sec-Websocket-Key")
+	if len(keys) != 1 {
+		return false
+	}
+	b, err := base64.StdEncoding.DecodeString(keys[0])
+	return err == nil && len(b) == 16
+}
 
 // postern's own answers.
 var (

@@ -85,6 +85,7 @@ func ServeFlags() (*FlagSet, *Serve) {
 	fs.Duration(&rl.RequestStreamTimeout, "relay-request-stream-timeout", "how long /server/requeststream waits for the user's bytes before answering empty")
 	fs.Int64(&rl.MaxRequestBodyBytes, "relay-max-request-body", "largest user request body in `bytes` relayed to a backend (the protocol carries it whole); larger get 413")
 	fs.Int64(&rl.MaxResponseMessageBytes, "relay-max-response-message", "largest /server/response message in `bytes`; larger get 400")
+	fs.Bool(&rl.ForwardedHeaders, "relay-forwarded-headers", "send relay backends X-Forwarded-For, X-Forwarded-Host and X-Forwarded-Proto (off, as the original: the user's headers pass as they came)")
 
 	fs.Group("Expose (NAME.<domain>, /agent, /proxy/)")
 	fs.String(&ex.Domain, "expose-domain", "`domain` D whose hosts NAME.D reach expose agent NAME (its DNS and certificate should cover *.D)", "DOMAIN")

@@ -74,6 +74,10 @@ type pending struct {
 	// not a timer reset, so activity costs next to nothing.
 	timer *time.Timer
 	last  atomic.Int64 // time of the last activity, in ns since clock0
+	// userDone: the user has finished sending on an upgraded connection
+	// (its end of the stream, or a half-close). The request lives on
+	// until the backend's end, as in the original.
+	userDone atomic.Bool
 }
 
 // clock0 is the origin of pending.last: monotonic times as integers.
@@ -123,6 +127,17 @@ func (p *pending) finish(err error) {
 // touch records activity: the request is reaped only after a full
 // inactivity timeout without any.
 func (p *pending) touch() { p.last.Store(since0()) }
+
+// touchChunk records a response chunk as activity, unless it is an empty
+// one (the relay client's keep-alive) after the user finished sending on
+// an upgraded connection: then only the backend's bytes hold the request
+// open, so that a user gone for good and a backend that stays silent do
+// not hold it for ever (the original did).
+func (p *pending) touchChunk(m *wire.Response) {
+	if len(m.Body) > 0 || !p.userDone.Load() {
+		p.touch()
+	}
+}
 
 // reap runs when the inactivity timer fires: it ends the request if it
 // was inactive for the whole timeout, else waits for the rest of it.
@@ -359,7 +374,7 @@ func (r *bodyReader) Read(b []byte) (int, error) {
 		}
 		select {
 		case c := <-r.p.chunks:
-			r.p.touch()
+			r.p.touchChunk(c.msg)
 			r.absorb(c)
 		case <-r.p.done:
 			return 0, r.p.endErr()
@@ -382,6 +397,21 @@ func (r *bodyReader) Close() error {
 // go to the relay client through /server/requeststream, in blocks.
 type upgradeBody struct {
 	*bodyReader
+}
+
+// CloseWrite is the end of the user's bytes (the user closed or shut down
+// its sending side). The reverse proxy calls it instead of closing the
+// whole stream, and keeps relaying the backend's bytes to the user until
+// the relay client posts the end, as the original did: the user's last
+// bytes (a websocket close frame) still reach the backend through
+// /server/requeststream, the backend answers and ends, and the relay
+// client's last post is answered ok. Without it the request ended with
+// the user's end: the relay client's request-stream call got 410, so it
+// closed the backend connection under its own reader, and its last post
+// got 400.
+func (u *upgradeBody) CloseWrite() error {
+	u.p.userDone.Store(true)
+	return nil
 }
 
 var errStreamClosed = errors.New("relay stream closed")

@@ -47,21 +47,29 @@ var (
 	errNoRequest     = &httpapi.Error{Status: http.StatusRequestTimeout, Message: "No request received within timeout"}
 	errRestarting    = &httpapi.Error{Status: http.StatusRequestTimeout, Message: "Server is restarting"}
 	errNoHeader      = &httpapi.Error{Status: http.StatusInternalServerError, Message: "Received no header from relay client"}
-	errShortPath     = &httpapi.Error{Status: http.StatusBadRequest, Message: "Request path too short: missing remote server identifier"}
 	errBadName       = &httpapi.Error{Status: http.StatusBadRequest, Message: "Invalid server name"}
 	errTooLarge      = &httpapi.Error{Status: http.StatusBadRequest, Message: "HttpResponse too large"}
 	errLost          = &httpapi.Error{Status: http.StatusBadGateway, Message: "the relay client did not receive the request"}
 )
 
+// unreachable is how the original starts both answers for a backend that
+// cannot be reached.
+const unreachable = "cannot reach the client %q; check that it's turned on, set up, and connected to the internet"
+
 func unknownClient(name string) *httpapi.Error {
 	return (&httpapi.Error{Status: http.StatusServiceUnavailable,
-		Message: fmt.Sprintf("Cannot reach the client %q. Check that it's turned on, set up, and connected to the internet. (unknown client)", name),
+		Message: fmt.Sprintf(unreachable+" (unknown client)", name),
 	}).WithHeader(RelayIDHeader, newID(name))
 }
 
 func notPickedUp(name string) *httpapi.Error {
 	return httpapi.Errorf(http.StatusInternalServerError,
-		"Cannot reach the client %q. Check that it's turned on, set up, and connected to the internet. (timeout waiting for relay client to accept request)", name)
+		unreachable+" (timeout waiting for relay client to accept request); if the network config recently changed, try again in 1-2 minutes", name)
+}
+
+// shortPath is the answer to /client/ without a backend name.
+func shortPath(path string) *httpapi.Error {
+	return httpapi.Errorf(http.StatusBadRequest, "request path too short: %q missing remote server identifier after %q", path, ClientPrefix)
 }
 
 func invalidID(id string) *httpapi.Error {
@@ -237,7 +245,7 @@ func (g *Relay) serveClient(w http.ResponseWriter, r *http.Request) error {
 	rest := strings.TrimPrefix(r.URL.Path, ClientPrefix)
 	name, path, _ := strings.Cut(rest, "/")
 	if name == "" {
-		return errShortPath
+		return shortPath(r.URL.Path)
 	}
 	path = "/" + path
 	rawPath := ""
@@ -274,6 +282,7 @@ func (g *Relay) relayUser(w http.ResponseWriter, r *http.Request, name, path, ra
 		MaxRequestBodyBytes: g.opts.MaxRequestBodyBytes,
 		NoBackend:           unknownClient,
 		ErrorWriter:         writeError,
+		NoXForwarded:        !g.opts.ForwardedHeaders,
 		Local:               g.stripToken,
 	})
 	return nil
@@ -378,7 +387,7 @@ func (g *Relay) serveResponse(w http.ResponseWriter, r *http.Request) error {
 		}
 		return invalidID(msg.ID)
 	}
-	p.touch()
+	p.touchChunk(msg)
 	select {
 	case p.chunks <- chunk{msg: msg, buf: body}:
 		handed = true // the user side gives the buffer back

@@ -218,8 +218,9 @@ func TestRelayRequestAndResponse(t *testing.T) {
 	if r.status != 201 || !strings.Contains(r.h.Get("X-Seen"), "GET / ") {
 		t.Errorf("empty rest: %d %q", r.status, r.h.Get("X-Seen"))
 	}
-	e.want(e.do("GET", "/client//x", nil), 400, "Request path too short: missing remote server identifier\n")
-	e.want(e.do("GET", "/client/", nil), 400, "Request path too short: missing remote server identifier\n")
+	// The original's texts, byte for byte.
+	e.want(e.do("GET", "/client//x", nil), 400, `request path too short: "/client//x" missing remote server identifier after "/client/"`+"\n")
+	e.want(e.do("GET", "/client/", nil), 400, `request path too short: "/client/" missing remote server identifier after "/client/"`+"\n")
 }
 
 func TestWireOfTheProtocol(t *testing.T) {
@@ -335,7 +336,8 @@ func TestStreamsChunksAsTheyCome(t *testing.T) {
 func TestUnknownClient(t *testing.T) {
 	e := start(t, nil)
 	r := e.do("GET", "/client/nobody/x", nil)
-	if r.status != 503 || r.body != `Cannot reach the client "nobody". Check that it's turned on, set up, and connected to the internet. (unknown client)` {
+	// The original's text, byte for byte, written without a newline.
+	if r.status != 503 || r.body != `cannot reach the client "nobody"; check that it's turned on, set up, and connected to the internet (unknown client)` {
 		t.Fatalf("got %d %q", r.status, r.body)
 	}
 	if !idRE.MatchString(r.h.Get(gcrrelay.RelayIDHeader)) {
@@ -352,7 +354,7 @@ func TestNotPickedUp(t *testing.T) {
 		t.Fatalf("poll %d", r.status)
 	}
 	r := e.do("GET", "/client/idle/", nil)
-	e.want(r, 500, `Cannot reach the client "idle". Check that it's turned on, set up, and connected to the internet. (timeout waiting for relay client to accept request)`+"\n")
+	e.want(r, 500, `cannot reach the client "idle"; check that it's turned on, set up, and connected to the internet (timeout waiting for relay client to accept request); if the network config recently changed, try again in 1-2 minutes`+"\n")
 }
 
 func TestInactiveRequestTimesOut(t *testing.T) {

@@ -90,6 +90,11 @@ type Options struct {
 	// is, every message grows as it arrives). A message must arrive within
 	// InactiveRequestTimeout (408 otherwise).
 	MaxResponseReserveBytes int64
+	// ForwardedHeaders sends backends X-Forwarded-For (the address postern
+	// saw), X-Forwarded-Host and X-Forwarded-Proto. Off, as in the
+	// original, which added none: the user's headers reach the backend as
+	// they came, X-Forwarded-* included.
+	ForwardedHeaders bool
 	// Logger receives the front door's logs; nil: slog.Default().
 	Logger *slog.Logger
 }

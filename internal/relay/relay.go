@@ -199,6 +199,11 @@ type Target struct {
 	NoBackend func(name string) *httpapi.Error
 	// ErrorWriter writes error answers; nil: httpapi.WritePlain.
 	ErrorWriter httpapi.ErrorWriter
+	// NoXForwarded leaves the proxy headers to the user: the backend gets
+	// the Forwarded and X-Forwarded-* headers the user sent, as they came,
+	// and none of the hub's own (the Cloud Robotics relay added none).
+	// False: X-Forwarded-For, -Host and -Proto are set as a proxy sets them.
+	NoXForwarded bool
 	// Local, when set, is called on the outbound request just before it
 	// goes to a backend on this node (not when it is forwarded to another
 	// node, which needs the request as the user sent it): a front door
@@ -495,7 +500,7 @@ func (h *Hub) Serve(w http.ResponseWriter, r *http.Request, t Target) {
 // rewrite shapes the outbound request: the target's path and query, the
 // user's Host, and X-Forwarded-* as a proxy sets them (on a forwarded
 // request the hops and scheme it lists are kept, and the address this node
-// saw is appended).
+// saw is appended), or as the user sent them with Target.NoXForwarded.
 func (h *Hub) rewrite(pr *httputil.ProxyRequest) {
 	c := callFrom(pr.In.Context())
 	out := pr.Out
@@ -508,6 +513,17 @@ func (h *Hub) rewrite(pr *httputil.ProxyRequest) {
 	out.URL.RawQuery = c.t.RawQuery
 	out.URL.Fragment = ""
 	out.Host = pr.In.Host
+	if c.t.NoXForwarded {
+		// The proxy removed them from the outbound request: put the
+		// user's back. (A request another node forwarded carries the
+		// user's, as that node did not add any either.)
+		for _, k := range proxyHeaders {
+			if v, ok := pr.In.Header[k]; ok {
+				out.Header[k] = v
+			}
+		}
+		return
+	}
 	if c.forwarded {
 		// Another node forwarded it, or a user claims so: the mark proves
 		// nothing. Keep the hops it lists and append the address this node
@@ -532,6 +548,10 @@ func (h *Hub) rewrite(pr *httputil.ProxyRequest) {
 		pr.SetXForwarded()
 	}
 }
+
+// proxyHeaders are the headers httputil.ReverseProxy removes from an
+// outbound request before Rewrite.
+var proxyHeaders = []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
 
 // roundTrip is the proxy's transport: a local backend when there is one,
 // else another node that holds the name.
