@@ -110,6 +110,9 @@ type Config struct {
 
 	// Logger receives the server's logs; nil means slog.Default().
 	Logger *slog.Logger
+	// StatusInterval is the interval of the rate history the status page
+	// charts; 0 means web.DefaultHistoryInterval.
+	StatusInterval time.Duration
 	// Banner, when set, gets the start-up banner as text for a person (the
 	// URL of each capability, warnings); otherwise the banner is one log
 	// record, followed by the original relay server's "Relay server
@@ -158,6 +161,7 @@ type Server struct {
 	relayMetrics *relay.Metrics
 	handler      http.Handler
 	http         *http.Server
+	page         *web.Web
 
 	nodes *nodes
 
@@ -297,6 +301,7 @@ func New(cfg Config) (*Server, error) {
 	s.nodes.mount(mux)
 	page := s.statusPage()
 	page.Mount(mux)
+	s.page = page
 	unowned := notFound
 	if cfg.Channels.AtRoot {
 		// A dedicated channels host: every path nothing else claims is a
@@ -369,61 +374,6 @@ var notFound = httpapi.Handle(func(w http.ResponseWriter, r *http.Request) error
 	return httpapi.ErrNotFound
 }, nil)
 
-// statusPage assembles the web page's status from the cores. A capability
-// adds its figures with one more Section (and its rates to Rates).
-func (s *Server) statusPage() *web.Web {
-	w := web.New(web.Options{
-		AtRoot:   s.cfg.Channels.AtRoot,
-		Gatherer: s.registry,
-		Version:  version.Version(),
-		Rates: []web.Rate{
-			{Name: "http_requests", Metric: "postern_http_requests_total"},
-			{Name: "tunnel_messages", Metric: "postern_queue_appended_total"},
-			{Name: "channel_messages", Metric: "postern_broker_published_total"},
-			{Name: "channel_deliveries", Metric: "postern_broker_delivered_total"},
-			{Name: "inbox_messages", Metric: "postern_inbox_sent_total"},
-			{Name: "relay_requests", Metric: "postern_relay_requests_total"},
-		},
-	})
-	w.Section("tunnels", func(context.Context) any {
-		t := struct {
-			Queues    int `json:"queues"`
-			Messages  int `json:"messages"`
-			LongPolls int `json:"long_polls"`
-		}{LongPolls: s.queue.Waiting()}
-		if st, ok := s.store.(store.Stats); ok {
-			qs := st.QueueStats()
-			t.Queues, t.Messages = qs.Queues, qs.Messages
-		}
-		return t
-	})
-	w.Section("channels", func(context.Context) any { return s.channels.Stats() })
-	w.Section("relay", func(context.Context) any {
-		// Counts only: the page is public, backend names need not be.
-		return struct {
-			Backends int `json:"connected_backends"`
-		}{len(s.relayHub.Names())}
-	})
-	w.Section("expose", func(context.Context) any {
-		return struct {
-			Agents int `json:"connected_agents"`
-		}{len(s.expose.Hub().Names())}
-	})
-	w.Section("cluster", func(context.Context) any {
-		me := s.nodes.self()
-		return struct {
-			Node string `json:"node"`
-			Addr string `json:"advertised"`
-		}{me.ID, me.Addr}
-	})
-	w.Section("store", func(context.Context) any {
-		return struct {
-			Engine string `json:"engine"`
-		}{s.store.Name()}
-	})
-	return w
-}
-
 func healthOK(w http.ResponseWriter, r *http.Request) error {
 	httpapi.SetRoute(r, "ops.health")
 	w.Header().Set("Content-Type", "text/plain")
@@ -492,6 +442,7 @@ func (s *Server) announce(addr net.Addr, tlsOn bool) {
 // shutdown.
 func (s *Server) Serve(ln net.Listener) error {
 	s.nodes.start(ln.Addr())
+	s.page.Start()
 	tlsOn := s.http.TLSConfig != nil
 	s.announce(ln.Addr(), tlsOn)
 	// The relay hubs forward to the address the node directory lists.
@@ -522,6 +473,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		defer close(s.shutdownDone)
 		s.draining.Store(true)
 		s.log.Info("draining")
+		s.page.Close()
 		var errs []error
 		s.nodes.stop() // leave the node directory first: nothing new is sent here
 		// Expose: its hub drains the requests in flight while the agents
