@@ -103,9 +103,7 @@ With --since it first prints what the history holds after that message id
 		why.action = "read"
 		s := &subscriber{ch: ch, since: since, count: count, why: why,
 			out: output{w: a.env.Stdout, json: asJSON, ids: ids},
-			log: func(format string, args ...any) {
-				fmt.Fprintf(a.env.Stderr, cmd.CommandPath()+": "+format+"\n", args...)
-			}}
+			log: a.notef(cmd)}
 		return s.run(cmd.Context())
 	}
 	return cmd
@@ -131,7 +129,7 @@ func (s *subscriber) run(ctx context.Context) error {
 				s.log("reconnected")
 				lost = false
 			}
-			bo.reset()
+			bo.Reset()
 		})
 		if ctx.Err() != nil || err == nil {
 			return nil
@@ -139,7 +137,7 @@ func (s *subscriber) run(ctx context.Context) error {
 		if !transient(err) {
 			return explain(ctx, err, s.why)
 		}
-		d := bo.next()
+		d := bo.Next()
 		if !lost {
 			s.log("%s; reconnecting (next try in %v)", reason(ctx, err, s.why), d.Round(time.Millisecond))
 			lost = true

@@ -148,14 +148,7 @@ default ` + DefaultServer + `; POSTERN_SERVER).`,
 		Version:       versionString(),
 		SilenceErrors: true,
 		SilenceUsage:  true,
-		// Arguments that name no command: "unknown command", with the
-		// nearest names.
-		Args: func(cmd *cobra.Command, args []string) error {
-			if len(args) > 0 {
-				return unknownCommand(cmd, args[0])
-			}
-			return nil
-		},
+		Args:          subcommandArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cmd.SetOut(a.env.Stderr)
 			cmd.Help()
@@ -185,6 +178,23 @@ default ` + DefaultServer + `; POSTERN_SERVER).`,
 		a.tokenCmd(), a.versionCmd(),
 	)
 	return root
+}
+
+// subcommandArgs is the Args of a command with subcommands: an argument
+// that names none of them is an "unknown command", with the nearest names.
+func subcommandArgs(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return unknownCommand(cmd, args[0])
+	}
+	return nil
+}
+
+// notef returns a function that writes a one-line note of cmd on standard
+// error ("postern sub: reconnected").
+func (a *app) notef(cmd *cobra.Command) func(format string, args ...any) {
+	return func(format string, args ...any) {
+		fmt.Fprintf(a.env.Stderr, cmd.CommandPath()+": "+format+"\n", args...)
+	}
 }
 
 // unknownCommand is the error for a name that is no subcommand of cmd.

@@ -26,12 +26,7 @@ it once, and the sender gets an ack when asked.
   postern inbox receive --as A [--all | --follow]`,
 		Example: `  postern inbox send --from olivia --to maurice,george --ack 'Hey there, are you ok?'
   postern inbox receive --as george`,
-		Args: func(cmd *cobra.Command, args []string) error {
-			if len(args) > 0 {
-				return unknownCommand(cmd, args[0])
-			}
-			return nil
-		},
+		Args: subcommandArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return usagef("want a subcommand: send or receive")
 		},
@@ -170,9 +165,7 @@ lines, and reconnects by itself when the server goes away.`,
 		ib := cl.Inbox(as)
 		why := c.call("read", inboxPath(as))
 		if follow {
-			return followInbox(ctx, ib, interval, a.env.Stdout, why, func(format string, args ...any) {
-				fmt.Fprintf(a.env.Stderr, cmd.CommandPath()+": "+format+"\n", args...)
-			})
+			return followInbox(ctx, ib, interval, a.env.Stdout, why, a.notef(cmd))
 		}
 		mail := []client.Mail{}
 		for {
@@ -213,7 +206,7 @@ func followInbox(ctx context.Context, ib *client.Inbox, interval time.Duration, 
 		case err != nil && !transient(err):
 			return explain(ctx, err, why)
 		case err != nil:
-			wait = bo.next()
+			wait = bo.Next()
 			if !lost {
 				log("%s; reconnecting (next try in %v)", explain(ctx, err, why).Error(), wait.Round(time.Millisecond))
 				lost = true
@@ -223,7 +216,7 @@ func followInbox(ctx context.Context, ib *client.Inbox, interval time.Duration, 
 				log("reconnected")
 				lost = false
 			}
-			bo.reset()
+			bo.Reset()
 			if err := printMail(w, got, true); err != nil {
 				return err
 			}

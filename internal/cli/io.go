@@ -145,14 +145,17 @@ func newBackoff() *backoff {
 	return &backoff{min: DefaultMinBackoff, max: DefaultMaxBackoff, cur: DefaultMinBackoff}
 }
 
-// next returns the next wait.
-func (b *backoff) next() time.Duration {
+// Next returns the next wait.
+func (b *backoff) Next() time.Duration {
 	d := b.cur/2 + time.Duration(rand.Int64N(int64(b.cur/2)+1))
 	b.cur = min(2*b.cur, b.max)
 	return d
 }
 
-func (b *backoff) reset() { b.cur = b.min }
+func (b *backoff) Reset() { b.cur = b.min }
+
+// Wait sleeps the next wait; false when ctx ended first.
+func (b *backoff) Wait(ctx context.Context) bool { return sleep(ctx, b.Next()) }
 
 // sleep waits d or until ctx ends; false when ctx ended.
 func sleep(ctx context.Context, d time.Duration) bool {

@@ -64,8 +64,7 @@ every relay call, as the original's --authentication_token_file).`,
 			Token:              c.cf.token,
 			NumPendingRequests: pending,
 			Logger:             log,
-			MinBackoff:         DefaultMinBackoff,
-			MaxBackoff:         DefaultMaxBackoff,
+			Backoff:            func() gcrclient.Backoff { return newBackoff() },
 			OnReady: func() {
 				fmt.Fprintf(a.env.Stdout, "Forwarding %s -> %s\n", public, args[0])
 			},

@@ -22,12 +22,7 @@ func (a *app) tokenCmd() *cobra.Command {
 		Short:   "make scoped tokens for the server's --token-file",
 		GroupID: groupTools,
 		Example: `  postern token new --name ci --grant write,read:/t/builds-* >> tokens.toml`,
-		Args: func(cmd *cobra.Command, args []string) error {
-			if len(args) > 0 {
-				return unknownCommand(cmd, args[0])
-			}
-			return nil
-		},
+		Args:    subcommandArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return usagef("want a subcommand: new")
 		},

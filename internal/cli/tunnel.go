@@ -128,7 +128,7 @@ func waitForReply(ctx context.Context, t *client.Tunnel, id string, wait time.Du
 		case ok:
 			return &m, nil
 		case transient(err):
-			if d := bo.next(); time.Until(deadline) < d || !sleep(ctx, d) {
+			if d := bo.Next(); time.Until(deadline) < d || !sleep(ctx, d) {
 				return nil, err
 			}
 		case err != nil:
@@ -184,9 +184,7 @@ it). --json prints JSON lines: {"id", "content_type", "body"} with
 		r := &receiver{
 			t: cl.Tunnel(args[0]), out: output{w: a.env.Stdout, json: asJSON, ids: ids},
 			pending: ack || pending, ack: ack, wait: wait, why: c.call("read", tunnelPath(args[0])),
-			log: func(format string, args ...any) {
-				fmt.Fprintf(a.env.Stderr, cmd.CommandPath()+": "+format+"\n", args...)
-			},
+			log: a.notef(cmd),
 		}
 		if follow {
 			return r.follow(cmd.Context())
@@ -235,7 +233,7 @@ func (r *receiver) once(ctx context.Context) error {
 		case ctx.Err() != nil:
 			return errInterrupted
 		case transient(err) && r.wait > 0:
-			if d := bo.next(); time.Until(deadline) < d || !sleep(ctx, d) {
+			if d := bo.Next(); time.Until(deadline) < d || !sleep(ctx, d) {
 				return explain(ctx, err, r.why)
 			}
 		default:
@@ -261,7 +259,7 @@ func (r *receiver) follow(ctx context.Context) error {
 			if !transient(err) {
 				return explain(ctx, err, r.why)
 			}
-			d := bo.next()
+			d := bo.Next()
 			if !lost {
 				r.log("%s; reconnecting (next try in %v)", oneLine(explain(ctx, err, r.why).Error()), d.Round(time.Millisecond))
 				lost = true
@@ -275,7 +273,7 @@ func (r *receiver) follow(ctx context.Context) error {
 			r.log("reconnected")
 			lost = false
 		}
-		bo.reset()
+		bo.Reset()
 		if ok {
 			if err := r.handle(ctx, m); err != nil {
 				if ctx.Err() != nil {
@@ -312,7 +310,7 @@ func (r *receiver) handle(ctx context.Context, m client.Message) error {
 		if !transient(err) {
 			return explain(ctx, fmt.Errorf("acknowledging %s: %w", m.ID, err), r.why)
 		}
-		if !sleep(ctx, bo.next()) {
+		if !sleep(ctx, bo.Next()) {
 			return errInterrupted
 		}
 	}

@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -73,11 +72,11 @@ type Options struct {
 	// connection's ups and downs. Nil: silent, as the original at its
 	// default level.
 	Logger *slog.Logger
-	// MinBackoff and MaxBackoff, when set, replace the original's fixed
-	// one-second pause after a failed poll with a wait that doubles from
-	// one to the other, with jitter; while the server is unreachable the
-	// client checks its /healthz before polling again.
-	MinBackoff, MaxBackoff time.Duration
+	// Backoff, when set, makes each poller's pacing of reconnections: it
+	// replaces the original's fixed one-second pause after a failed poll,
+	// and while the server is unreachable the client checks its /healthz
+	// before polling again.
+	Backoff func() Backoff
 	// OnReady is called when the relay server is first reachable, and
 	// again after every reconnection.
 	OnReady func()
@@ -153,7 +152,7 @@ func New(o Options) (*Client, error) {
 func (c *Client) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if c.o.MinBackoff > 0 {
+	if c.o.Backoff != nil {
 		// Wait for the server before polling, so that "ready" means it.
 		c.markDown(nil)
 		if err := c.awaitServer(ctx, c.newBackoff()); err != nil {
@@ -217,7 +216,7 @@ func (c *Client) worker(ctx context.Context) error {
 			return
 		}
 		c.markDown(err)
-		if !sleepCtx(ctx, bo.next()) {
+		if !bo.Wait(ctx) {
 			return
 		}
 		if c.isDown() {
@@ -258,33 +257,18 @@ func (c *Client) worker(ctx context.Context) error {
 	return nil
 }
 
-// backoff is the wait between reconnection attempts: doubling from
-// MinBackoff to MaxBackoff, each wait drawn between half and all of the
-// current step.
-type backoff struct{ min, max, cur time.Duration }
+// Backoff paces reconnection attempts: Wait waits before the next one
+// (false when ctx ended first), Reset starts over after a success.
+type Backoff interface {
+	Wait(ctx context.Context) bool
+	Reset()
+}
 
-func (c *Client) newBackoff() *backoff {
-	if c.o.MinBackoff <= 0 {
+func (c *Client) newBackoff() Backoff {
+	if c.o.Backoff == nil {
 		return nil
 	}
-	return &backoff{min: c.o.MinBackoff, max: max(c.o.MaxBackoff, c.o.MinBackoff), cur: c.o.MinBackoff}
-}
-
-func (b *backoff) next() time.Duration {
-	d := b.cur/2 + time.Duration(rand.Int64N(int64(b.cur/2)+1))
-	b.cur = min(2*b.cur, b.max)
-	return d
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
+	return c.o.Backoff()
 }
 
 // markDown records a failure to reach the server; the first one after a
@@ -309,9 +293,9 @@ func (c *Client) isDown() bool {
 
 // markUp records that the server answered; the first answer after a
 // failure (or at start) is logged and reported to OnReady.
-func (c *Client) markUp(bo *backoff) {
+func (c *Client) markUp(bo Backoff) {
 	if bo != nil {
-		bo.cur = bo.min
+		bo.Reset()
 	}
 	c.connMu.Lock()
 	was := c.down
@@ -331,7 +315,7 @@ func (c *Client) markUp(bo *backoff) {
 // awaitServer checks the relay server's /healthz until it answers (any
 // HTTP answer: the server is there), with backoff; it returns ctx's error
 // when ctx ends first.
-func (c *Client) awaitServer(ctx context.Context, bo *backoff) error {
+func (c *Client) awaitServer(ctx context.Context, bo Backoff) error {
 	for {
 		req, err := c.relayRequest(ctx, "GET", "/healthz", "", "", nil)
 		if err != nil {
@@ -351,7 +335,7 @@ func (c *Client) awaitServer(ctx context.Context, bo *backoff) error {
 			return ctx.Err()
 		}
 		c.markDown(err)
-		if !sleepCtx(ctx, bo.next()) {
+		if !bo.Wait(ctx) {
 			return ctx.Err()
 		}
 	}
