@@ -101,7 +101,8 @@ type Client struct {
 	work      chan *wire.Request // requests for idle handlers
 
 	connMu sync.Mutex
-	down   bool // a poll failed and no poll or health check succeeded since
+	down   bool   // a poll failed and no poll or health check succeeded since
+	downs  uint64 // failures so far: an answer to a call sent before the last one proves nothing
 }
 
 // New returns a client; Run starts it.
@@ -228,6 +229,7 @@ func (c *Client) worker(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		sent := c.failures()
 		resp, err := c.relay.Do(req)
 		if err != nil {
 			failed(err)
@@ -239,13 +241,13 @@ func (c *Client) worker(ctx context.Context) error {
 		case err != nil:
 			failed(err)
 		case resp.StatusCode == http.StatusRequestTimeout:
-			c.markUp(bo)
+			c.markUp(bo, sent)
 		case resp.StatusCode == http.StatusForbidden:
 			return ErrForbidden
 		case resp.StatusCode != http.StatusOK:
 			failed(fmt.Errorf("relay server answered %s", resp.Status))
 		default:
-			c.markUp(bo)
+			c.markUp(bo, sent)
 			breq, err := wire.UnmarshalRequest(body)
 			if err != nil {
 				failed(fmt.Errorf("bad request message from the relay server: %w", err))
@@ -276,6 +278,7 @@ func (c *Client) newBackoff() Backoff {
 func (c *Client) markDown(err error) {
 	c.connMu.Lock()
 	defer c.connMu.Unlock()
+	c.downs++
 	if c.down {
 		return
 	}
@@ -285,22 +288,35 @@ func (c *Client) markDown(err error) {
 	}
 }
 
+// failures counts the failures so far, for markUp.
+func (c *Client) failures() uint64 {
+	c.connMu.Lock()
+	defer c.connMu.Unlock()
+	return c.downs
+}
+
 func (c *Client) isDown() bool {
 	c.connMu.Lock()
 	defer c.connMu.Unlock()
 	return c.down
 }
 
-// markUp records that the server answered; the first answer after a
-// failure (or at start) is logged and reported to OnReady.
-func (c *Client) markUp(bo Backoff) {
-	if bo != nil {
-		bo.Reset()
-	}
+// markUp records that the server answered a call sent when failures()
+// was sent; the first answer after a failure (or at start) is logged and
+// reported to OnReady. An answer to a call sent before the last failure
+// (a poll the server ended as it stopped) proves nothing.
+func (c *Client) markUp(bo Backoff, sent uint64) {
 	c.connMu.Lock()
+	if c.downs != sent {
+		c.connMu.Unlock()
+		return
+	}
 	was := c.down
 	c.down = false
 	c.connMu.Unlock()
+	if bo != nil {
+		bo.Reset()
+	}
 	if !was {
 		return
 	}
@@ -322,12 +338,13 @@ func (c *Client) awaitServer(ctx context.Context, bo Backoff) error {
 			return err
 		}
 		hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		sent := c.failures()
 		resp, err := c.relay.Do(req.WithContext(hctx))
 		if err == nil {
 			io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
 			resp.Body.Close()
 			cancel()
-			c.markUp(bo)
+			c.markUp(bo, sent)
 			return nil
 		}
 		cancel()
