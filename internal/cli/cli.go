@@ -218,6 +218,13 @@ func flagError(cmd *cobra.Command, err error) error {
 			msg += fmt.Sprintf(" (did you mean --%s?)", s)
 		}
 	}
+	// "-listen", as Go's flag package took it: long flags take two dashes.
+	if _, word, ok := strings.Cut(msg, "' in -"); ok && strings.HasPrefix(msg, "unknown shorthand flag") {
+		name, _, _ := strings.Cut(word, "=")
+		if cmd.Flags().Lookup(name) != nil {
+			msg = fmt.Sprintf("unknown flag -%s (long flags take two dashes: --%s)", word, name)
+		}
+	}
 	return usagef("%s", msg)
 }
 

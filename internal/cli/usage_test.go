@@ -60,6 +60,7 @@ func TestErrorsAPersonUnderstands(t *testing.T) {
 		{[]string{"frobnicate"}, cli.ExitUsage, `postern: unknown command "frobnicate" (see 'postern --help')`},
 		{[]string{"sned", "x"}, cli.ExitUsage, `postern: unknown command "sned" (did you mean "send"?)`},
 		{[]string{"send", "--servr", "x", "t"}, cli.ExitUsage, `postern send: unknown flag: --servr (did you mean --server?)`},
+		{[]string{"serve", "-listen", "127.0.0.1:0"}, cli.ExitUsage, `postern serve: unknown flag -listen (long flags take two dashes: --listen)`},
 		{[]string{"recv", "--server", hostPort, "--wait", "0", "nothing"}, cli.ExitEmpty, "postern recv: no message"},
 		{[]string{"reply", "--server", hostPort, "rpc", "1-0", "pong"}, cli.ExitError, "postern reply: message 1-0 of tunnel rpc is not pending"},
 	} {
