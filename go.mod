@@ -2,6 +2,9 @@ module github.com/postern/postern
 
 go 1.26.0
 
+// The JavaScript client's npm packages are no Go code.
+ignore ./clients/js/node_modules
+
 require (
 	github.com/BurntSushi/toml v1.6.0
 	github.com/chromedp/chromedp v0.23.1

@@ -136,6 +136,10 @@ func (c *Channels) serve(w http.ResponseWriter, r *http.Request) error {
 		w.WriteHeader(http.StatusMovedPermanently)
 		return nil
 	}
+	if cors(w.Header(), r, c.origins) && r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
+		httpapi.SetRoute(r, "channels.preflight")
+		return preflight(w, r)
+	}
 	upgrade := isUpgrade(r)
 	if !upgrade && r.Method != http.MethodGet && r.Method != http.MethodPost {
 		httpapi.SetRoute(r, "channels.bad_method")
@@ -184,6 +188,36 @@ func (c *Channels) serve(w http.ResponseWriter, r *http.Request) error {
 		}
 		return c.publish(w, r, name)
 	}
+}
+
+// cors lets a page on another origin read the answer (publish, event
+// streams, and their errors) when the origin check allows that origin:
+// "*" when no origins are configured (tokens travel in headers, never in
+// cookies), else the origin itself. It reports whether it did. Websockets
+// need no CORS: their origin check is the handshake's.
+func cors(h http.Header, r *http.Request, oc *originChecker) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" || !oc.allow(r) {
+		return false
+	}
+	if len(oc.allowed) == 0 {
+		h.Set("Access-Control-Allow-Origin", "*")
+	} else {
+		h.Set("Access-Control-Allow-Origin", origin)
+		h.Add("Vary", "Origin")
+	}
+	return true
+}
+
+// preflight answers a CORS preflight of an allowed origin. A plain OPTIONS
+// keeps pinghub's 405.
+func preflight(w http.ResponseWriter, r *http.Request) error {
+	h := w.Header()
+	h.Set("Access-Control-Allow-Methods", "GET, POST")
+	h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, Last-Event-ID")
+	h.Set("Access-Control-Max-Age", "3600")
+	w.WriteHeader(http.StatusNoContent)
+	return nil
 }
 
 // authorize checks, when a token policy is configured, that r may take

@@ -1037,3 +1037,56 @@ func TestEvictedSubscriberSendingAnEmptyFrame(t *testing.T) {
 		t.Fatalf("got %q", got)
 	}
 }
+
+func TestCORS(t *testing.T) {
+	e := start(t, nil)
+	const app = "http://app.example:3000"
+	r := e.do("POST", "/c/cors", "hi", "Origin", app)
+	if r.status != 200 || r.h.Get("Access-Control-Allow-Origin") != "*" {
+		t.Fatalf("publish from another origin: %d %v", r.status, r.h)
+	}
+	// Errors are readable too, so a page can show them.
+	r = e.do("POST", "/c/cors", "\xff", "Origin", app)
+	if r.status != 400 || r.h.Get("Access-Control-Allow-Origin") != "*" {
+		t.Fatalf("error to another origin: %d %v", r.status, r.h)
+	}
+	r = e.do("OPTIONS", "/c/cors", "", "Origin", app, "Access-Control-Request-Method", "POST", "Access-Control-Request-Headers", "authorization")
+	if r.status != 204 || !strings.Contains(r.h.Get("Access-Control-Allow-Methods"), "POST") ||
+		!strings.Contains(r.h.Get("Access-Control-Allow-Headers"), "Authorization") {
+		t.Fatalf("preflight: %d %v", r.status, r.h)
+	}
+	// A request without Origin gets no CORS headers; a plain OPTIONS keeps 405 (TestMethods).
+	if r := e.do("POST", "/c/cors", "hi"); r.h.Get("Access-Control-Allow-Origin") != "" {
+		t.Fatalf("no Origin: %v", r.h)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", e.node.URL+"/c/cors", nil)
+	req.Header.Set("Accept", "text/event-stream")
+	req.Header.Set("Origin", app)
+	res, err := e.c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 200 || res.Header.Get("Access-Control-Allow-Origin") != "*" {
+		t.Fatalf("event stream to another origin: %d %v", res.StatusCode, res.Header)
+	}
+}
+
+func TestCORSWithOrigins(t *testing.T) {
+	e := start(t, func(c *server.Config) { c.Channels.Origins = []string{"https://example.com"} })
+	r := e.do("POST", "/c/cors", "hi", "Origin", "https://example.com")
+	if r.status != 200 || r.h.Get("Access-Control-Allow-Origin") != "https://example.com" || r.h.Get("Vary") != "Origin" {
+		t.Fatalf("listed origin: %d %v", r.status, r.h)
+	}
+	r = e.do("POST", "/c/cors", "hi", "Origin", "https://evil.example")
+	if r.status != 403 || r.h.Get("Access-Control-Allow-Origin") != "" {
+		t.Fatalf("other origin: %d %v", r.status, r.h)
+	}
+	r = e.do("OPTIONS", "/c/cors", "", "Origin", "https://evil.example", "Access-Control-Request-Method", "POST")
+	if r.status != 405 {
+		t.Fatalf("preflight of an origin not listed: %d %v", r.status, r.h)
+	}
+}
