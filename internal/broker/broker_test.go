@@ -669,3 +669,46 @@ func TestWireFormMadeOnce(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkPublishHistory publishes from every processor to 64 channels,
+// history on: "unheard", channels nobody listens to (a single node now
+// records them too); "heard", each with a subscriber that drains it.
+func BenchmarkPublishHistory(b *testing.B) {
+	for _, heard := range []bool{false, true} {
+		name := "unheard"
+		if heard {
+			name = "heard"
+		}
+		b.Run(name, func(b *testing.B) {
+			br, _ := broker.New(nil, broker.Options{})
+			defer br.Shutdown(context.Background())
+			const channels = 64
+			var drained sync.WaitGroup
+			if heard {
+				for i := range channels {
+					s, _ := br.Subscribe(context.Background(), "/bench/"+strconv.Itoa(i), broker.SubscribeOptions{})
+					drained.Go(func() {
+						for {
+							if _, err := s.Next(context.Background()); err != nil {
+								return
+							}
+						}
+					})
+				}
+			}
+			msg := broker.Message{Body: []byte("hello")}
+			var next atomic.Int64
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				i := int(next.Add(1))
+				for pb.Next() {
+					i++
+					br.Publish(context.Background(), "/bench/"+strconv.Itoa(i%channels), msg)
+				}
+			})
+			b.StopTimer()
+			br.Shutdown(context.Background())
+			drained.Wait()
+		})
+	}
+}

@@ -61,8 +61,10 @@ func (h *History) Add(e store.Message, maxLen int) {
 	}
 	if cap(h.entries) == len(h.entries) && len(h.entries) > 0 {
 		// Compact into a fresh array so that dropped entries do not pin
-		// the old one.
-		grown := make([]store.Message, len(h.entries), min(2*len(h.entries), maxLen))
+		// the old one, with a quarter of maxLen to spare: a full history
+		// trims one entry per Add, and without room each Add would copy
+		// the whole history.
+		grown := make([]store.Message, len(h.entries), min(2*len(h.entries), maxLen)+maxLen/4+1)
 		copy(grown, h.entries)
 		h.entries = grown
 	}
