@@ -221,11 +221,12 @@ func (r *receiver) once(ctx context.Context) error {
 		if r.wait > 0 && left == 0 {
 			return &exitError{code: ExitEmpty, msg: "no message"}
 		}
+		asked := time.Now()
 		m, ok, err := r.t.Receive(ctx, client.ReceiveOptions{Pending: r.pending, Wait: left})
 		switch {
 		case err == nil && !ok:
-			if r.wait > 0 && time.Until(deadline) > time.Second {
-				continue // the server capped the wait below ours
+			if r.wait > 0 && time.Since(asked) >= time.Second && time.Until(deadline) > time.Second {
+				continue // the server capped the wait below ours: wait on
 			}
 			return &exitError{code: ExitEmpty, msg: "no message"}
 		case err == nil:
