@@ -61,7 +61,7 @@ The server reads the token file at start: restart it after adding a token.`,
 	fs.String(&secretFile, "secret-file", "write the secret to this `file` (mode 0600) instead of standard error")
 	a.bind(cmd, fs)
 	// --grant repeats; each holds a comma-separated list of actions.
-	cmd.Flags().StringArrayVar(&grants, "grant", nil, "a grant ACTIONS:PATH (repeatable), e.g. write,read:/t/builds-*")
+	cmd.Flags().StringArrayVar(&grants, "grant", nil, "a grant `ACTIONS:PATH` (repeatable), e.g. write,read:/t/builds-*")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		if name == "" {
 			return usagef("--name is required")
