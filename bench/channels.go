@@ -8,8 +8,9 @@ package main
 // of byte slices as the send queue.
 //
 // Diagnostics: POSTERN_BENCH_MEMSTATS=<file prefix> makes the children
-// print memory statistics and write heap profiles at each measurement (and
-// the fan-out print postern's delivery counters);
+// record every allocation, print memory statistics and write heap
+// profiles at each measurement (<prefix>.<kind>.<n>, n counting from 1),
+// and the fan-out print postern's delivery counters;
 // POSTERN_BENCH_CPUPROFILE=<prefix> writes CPU profiles of the measured
 // fan-out messages: <prefix>.<kind>.<subs> of the server child and
 // <prefix>.<kind>.<subs>.client of the harness.
@@ -178,8 +179,14 @@ func runChild(kind string) int {
 		fmt.Fprintln(os.Stderr, "bench child:", err)
 		return 1
 	}
+	if os.Getenv("POSTERN_BENCH_MEMSTATS") != "" {
+		runtime.MemProfileRate = 1 // exact heap profiles
+	}
 	var h http.Handler
 	var stop func()
+	// serve, when set, serves the listener instead of an http.Server
+	// around h.
+	var serve func(net.Listener) error
 	switch kind {
 	case "postern", "tunnel":
 		cfg := server.DefaultConfig()
@@ -187,6 +194,9 @@ func runChild(kind string) int {
 		if kind == "tunnel" {
 			cfg = tunnelConfig("memory") // the tunnel-wake scenario's node
 		}
+		// The channels scenarios' thousands of clients all come from
+		// 127.0.0.1, where a deployment's come from many addresses.
+		cfg.MaxConnectionsPerAddr = -1
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 		srv, err := server.New(cfg)
 		if err != nil {
@@ -195,8 +205,15 @@ func runChild(kind string) int {
 		}
 		h = srv.Handler()
 		stop = func() { srv.Shutdown(context.Background()) }
+		if kind == "postern" {
+			// As deployed: what Serve adds per connection (its
+			// connection caps) is part of what a websocket costs.
+			serve = srv.Serve
+		}
 	case "plain":
 		h, stop = http.HandlerFunc(plainHandler), func() {}
+	case "hello":
+		h, stop = helloHandler, func() {}
 	case "baseline":
 		b := &baselineServer{conns: make(map[*baselineConn]struct{})}
 		h, stop = b, b.closeAll
@@ -215,8 +232,12 @@ func runChild(kind string) int {
 		return 1
 	}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(ln)
+	if serve == nil {
+		serve = srv.Serve
+	}
+	go serve(ln)
 	mux := http.NewServeMux()
+	profiles := 0
 	mux.HandleFunc("/rss", func(w http.ResponseWriter, r *http.Request) {
 		// Let connections in progress settle (handlers finishing their
 		// handshakes) before measuring.
@@ -235,7 +256,8 @@ func runChild(kind string) int {
 			var ms runtime.MemStats
 			runtime.ReadMemStats(&ms)
 			fmt.Fprintf(os.Stderr, "%s: rss %d heapinuse %d stackinuse %d goroutines %d heapobjects %d\n", kind, vmRSS(), ms.HeapInuse, ms.StackInuse, runtime.NumGoroutine(), ms.HeapObjects)
-			if f, err := os.Create(os.Getenv("POSTERN_BENCH_MEMSTATS") + "." + kind); err == nil {
+			profiles++
+			if f, err := os.Create(fmt.Sprintf("%s.%s.%d", os.Getenv("POSTERN_BENCH_MEMSTATS"), kind, profiles)); err == nil {
 				pprof.Lookup("heap").WriteTo(f, 0)
 				f.Close()
 			}
@@ -678,7 +700,8 @@ func runFanout(ctx context.Context, o Options) ([]Figure, error) {
 			Figure{Name: "p99 delivery to " + n + " subs", Unit: "ms", Value: ms(p.p99), Baseline: ms(b.p99), LowerIsBetter: true})
 		if subs == fanoutSubscribers {
 			figs = append(figs,
-				Figure{Name: "p99 delivery to " + n + " subs (absolute)", Unit: "ms", Value: ms(p.p99), LowerIsBetter: true, Goal: 100},
+				// Issue 20's goal.
+				Figure{Name: "p99 delivery to " + n + " subs (absolute)", Unit: "ms", Value: ms(p.p99), LowerIsBetter: true, Goal: 50},
 				Figure{Name: "server CPU per delivery (" + n + " subs)", Unit: "µs", Value: us(p.serverCPU), Baseline: us(b.serverCPU), LowerIsBetter: true},
 				Figure{Name: "client CPU per delivery (" + n + " subs)", Unit: "µs", Value: us(p.clientCPU), Baseline: us(b.clientCPU), LowerIsBetter: true})
 		}
@@ -752,6 +775,8 @@ func runIdleMemory(ctx context.Context, o Options) ([]Figure, error) {
 	return []Figure{
 		{Name: "RSS per idle websocket (" + n + ")", Unit: "KB", Value: p, Baseline: b, LowerIsBetter: true},
 		{Name: "same, after a ping round", Unit: "KB", Value: pp, Baseline: bp, LowerIsBetter: true},
-		{Name: "RSS per idle websocket (absolute)", Unit: "KB", Value: max(p, pp), LowerIsBetter: true, Goal: 12},
+		// Issue 20's goal (stated for 5,000 connections; measured here
+		// with twice as many).
+		{Name: "RSS per idle websocket (absolute)", Unit: "KB", Value: max(p, pp), LowerIsBetter: true, Goal: 8},
 	}, nil
 }

@@ -140,15 +140,21 @@ func runExpose(ctx context.Context, o Options) ([]Figure, error) {
 	case <-time.After(10 * time.Second):
 		return nil, errors.New("agent not ready")
 	}
+	labelPart(ctx, "hello")
+	helloURL, stopHello, err := startHello()
+	if err != nil {
+		return nil, err
+	}
+	defer stopHello()
 	labelPart(ctx, "harness")
 	c := httpClient(o.Conns)
 	defer c.CloseIdleConnections()
 	host := "bench.localhost" + portOf(n.URL)
 
-	// Alternate slices so that the machine's load weighs on both alike.
-	// The profile covers both: the part labels tell them apart.
-	var base, got LoadResult
-	var baseCPU, gotCPU float64
+	// Alternate slices so that the machine's load weighs on all alike.
+	// The profile covers all: the part labels tell them apart.
+	var base, got, hello LoadResult
+	var baseCPU, gotCPU, helloCPU float64
 	slice := o.Duration / 4
 	err = profiled("expose", func() error {
 		for range 4 {
@@ -156,12 +162,16 @@ func runExpose(ctx context.Context, o Options) ([]Figure, error) {
 			if err != nil {
 				return fmt.Errorf("baseline: %w", err)
 			}
+			h, hc, err := measured(ctx, o.Conns, slice, getHost(c, helloURL+"/", ""))
+			if err != nil {
+				return fmt.Errorf("baseline-hello: %w", err)
+			}
 			g, gc, err := measured(ctx, o.Conns, slice, getHost(c, n.URL+"/", host))
 			if err != nil {
 				return fmt.Errorf("expose: %w", err)
 			}
-			base, got = mergeLoad(base, b), mergeLoad(got, g)
-			baseCPU, gotCPU = baseCPU+bc/4, gotCPU+gc/4
+			base, got, hello = mergeLoad(base, b), mergeLoad(got, g), mergeLoad(hello, h)
+			baseCPU, gotCPU, helloCPU = baseCPU+bc/4, gotCPU+gc/4, helloCPU+hc/4
 		}
 		return nil
 	})
@@ -197,9 +207,9 @@ func runExpose(ctx context.Context, o Options) ([]Figure, error) {
 	}
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	return []Figure{
-		{Name: "native req/s", Unit: "req/s", Value: got.Rate(), Baseline: base.Rate(), Goal: 0.8},
-		{Name: "native CPU per req", Unit: "us", Value: gotCPU, Baseline: baseCPU, LowerIsBetter: true},
-		{Name: "native p99", Unit: "ms", Value: ms(got.Percentile(99)), Baseline: ms(base.Percentile(99)), LowerIsBetter: true},
+		{Name: "native req/s", Unit: "req/s", Value: got.Rate(), Baseline: base.Rate(), Goal: 0.8, Hello: hello.Rate()},
+		{Name: "native CPU per req", Unit: "us", Value: gotCPU, Baseline: baseCPU, LowerIsBetter: true, Hello: helloCPU},
+		{Name: "native p99", Unit: "ms", Value: ms(got.Percentile(99)), Baseline: ms(base.Percentile(99)), LowerIsBetter: true, Hello: ms(hello.Percentile(99))},
 		{Name: "one-stream download", Unit: "Gbit/s", Value: tp, Baseline: baseTP},
 		{Name: "one-stream download (absolute)", Unit: "Gbit/s", Value: tp, Goal: 1},
 	}, nil
@@ -239,26 +249,35 @@ func runExposeBrickchain(ctx context.Context, o Options) ([]Figure, error) {
 		return nil, err
 	}
 	defer func() { cancel(); <-agentDone }()
+	helloURL, stopHello, err := startHello()
+	if err != nil {
+		return nil, err
+	}
+	defer stopHello()
 	c := httpClient(o.Conns)
 	defer c.CloseIdleConnections()
 	host := id + ".localhost" + portOf(n.URL)
-	var base, got LoadResult
+	var base, got, hello LoadResult
 	slice := o.Duration / 4
 	for range 4 {
 		b, err := closedLoop(ctx, o.Conns, slice, getHost(c, proxyURL+"/", ""))
 		if err != nil {
 			return nil, fmt.Errorf("baseline: %w", err)
 		}
+		h, err := helloLoad(ctx, o.Conns, slice, getHost(c, helloURL+"/", ""))
+		if err != nil {
+			return nil, err
+		}
 		g, err := closedLoop(ctx, o.Conns, slice, getHost(c, n.URL+"/", host))
 		if err != nil {
 			return nil, fmt.Errorf("brickchain: %w", err)
 		}
-		base, got = mergeLoad(base, b), mergeLoad(got, g)
+		base, got, hello = mergeLoad(base, b), mergeLoad(got, g), mergeLoad(hello, h)
 	}
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	return []Figure{
-		{Name: "brickchain req/s", Unit: "req/s", Value: got.Rate(), Baseline: base.Rate()},
-		{Name: "brickchain p99", Unit: "ms", Value: ms(got.Percentile(99)), Baseline: ms(base.Percentile(99)), LowerIsBetter: true},
+		{Name: "brickchain req/s", Unit: "req/s", Value: got.Rate(), Baseline: base.Rate(), Hello: hello.Rate()},
+		{Name: "brickchain p99", Unit: "ms", Value: ms(got.Percentile(99)), Baseline: ms(base.Percentile(99)), LowerIsBetter: true, Hello: ms(hello.Percentile(99))},
 	}, nil
 }
 

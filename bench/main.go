@@ -2,7 +2,9 @@
 // and a baseline in the same run (a plain net/http handler, raw
 // redis-server, a direct connection, httputil.ReverseProxy) and the harness
 // prints every figure as a ratio against its baseline, with medians over
-// repeated runs, because the machines are small and noisy.
+// repeated runs, because the machines are small and noisy. Figures of HTTP
+// requests are also measured against baseline-hello, the cheapest Go
+// handler (hello.go), and printed a second time against it.
 //
 //	go run ./bench                      # every scenario, 5 rounds
 //	go run ./bench -run tunnel -count 3 # scenarios matching a regexp
@@ -35,12 +37,22 @@ type Figure struct {
 	Unit     string  // "req/s", "ms", "MB/s", "KB"
 	Value    float64 // postern
 	Baseline float64 // the baseline; 0 when the figure has none
+	// Hello is the same quantity for baseline-hello (the cheapest Go
+	// handler, see hello.go) in the same round, with the same client,
+	// connections and requests; 0 when not measured. The harness prints
+	// such a figure a second time, against it.
+	Hello float64
 	// LowerIsBetter marks latencies and sizes.
 	LowerIsBetter bool
 	// Goal is the ratio (Value/Baseline) the issue asks for, or for figures
 	// without a baseline the absolute value; 0 when there is none.
 	Goal float64
+	// HelloGoal is the ratio Value/Hello the issue asks for; 0 when none.
+	HelloGoal float64
 }
+
+// helloSuffix ends the name of a figure printed against baseline-hello.
+const helloSuffix = " vs baseline-hello"
 
 // Scenario is one benchmark.
 type Scenario struct {
@@ -112,6 +124,9 @@ func main() {
 			}
 			for _, f := range figs {
 				fmt.Fprintf(os.Stderr, "  round %d: %s = %.4g %s (baseline %.4g)\n", i+1, f.Name, f.Value, f.Unit, f.Baseline)
+				if f.Hello != 0 {
+					fmt.Fprintf(os.Stderr, "  round %d: %s = %.4g %s (baseline-hello %.4g)\n", i+1, f.Name+helloSuffix, f.Value, f.Unit, f.Hello)
+				}
 			}
 			rounds = append(rounds, figs)
 		}
@@ -147,14 +162,16 @@ func median(xs []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
-// summarize takes the medians of each figure over the rounds.
+// summarize takes the medians of each figure over the rounds. A figure
+// with a Hello value gets a second row right after it, against
+// baseline-hello.
 func summarize(s Scenario, rounds [][]Figure) []row {
 	if len(rounds) == 0 {
 		return nil
 	}
 	var out []row
 	for i, f := range rounds[0] {
-		var vals, bases, ratios []float64
+		var vals, bases, ratios, hellos, helloRatios []float64
 		for _, r := range rounds {
 			if i >= len(r) {
 				continue
@@ -164,10 +181,20 @@ func summarize(s Scenario, rounds [][]Figure) []row {
 			if r[i].Baseline != 0 {
 				ratios = append(ratios, r[i].Value/r[i].Baseline)
 			}
+			if r[i].Hello != 0 {
+				hellos = append(hellos, r[i].Hello)
+				helloRatios = append(helloRatios, r[i].Value/r[i].Hello)
+			}
 		}
 		m := f
 		m.Value, m.Baseline = median(vals), median(bases)
 		out = append(out, row{scenario: s.Name, baseline: s.Baseline, fig: m, ratio: median(ratios), rounds: len(vals)})
+		if len(hellos) > 0 {
+			h := m
+			h.Name += helloSuffix
+			h.Baseline, h.Goal = median(hellos), f.HelloGoal
+			out = append(out, row{scenario: s.Name, baseline: helloLegend, fig: h, ratio: median(helloRatios), rounds: len(hellos)})
+		}
 	}
 	return out
 }

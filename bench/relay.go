@@ -221,6 +221,15 @@ func runRelay(ctx context.Context, o Options) ([]Figure, error) {
 	if err != nil {
 		return nil, fmt.Errorf("direct: %w", err)
 	}
+	helloURL, stopHello, err := startHello()
+	if err != nil {
+		return nil, err
+	}
+	defer stopHello()
+	hello, helloCPU, err := measured(ctx, o.Conns, o.Duration, get(helloURL))
+	if err != nil {
+		return nil, fmt.Errorf("baseline-hello: %w", err)
+	}
 	var relayed LoadResult
 	var relayedCPU float64
 	err = profiled("relay", func() (err error) {
@@ -236,12 +245,12 @@ func runRelay(ctx context.Context, o Options) ([]Figure, error) {
 	}
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	return []Figure{
-		{Name: "req/s", Unit: "req/s", Value: relayed.Rate(), Baseline: direct.Rate(), Goal: 0.25},
+		{Name: "req/s", Unit: "req/s", Value: relayed.Rate(), Baseline: direct.Rate(), Goal: 0.25, Hello: hello.Rate()},
 		{Name: "req/s vs chain", Unit: "req/s", Value: relayed.Rate(), Baseline: chained.Rate()},
-		{Name: "CPU per req", Unit: "us", Value: relayedCPU, Baseline: directCPU, LowerIsBetter: true},
+		{Name: "CPU per req", Unit: "us", Value: relayedCPU, Baseline: directCPU, LowerIsBetter: true, Hello: helloCPU},
 		{Name: "CPU per req vs chain", Unit: "us", Value: relayedCPU, Baseline: chainedCPU, LowerIsBetter: true},
-		{Name: "p50", Unit: "ms", Value: ms(relayed.Percentile(50)), Baseline: ms(direct.Percentile(50)), LowerIsBetter: true},
-		{Name: "p99", Unit: "ms", Value: ms(relayed.Percentile(99)), Baseline: ms(direct.Percentile(99)), LowerIsBetter: true},
+		{Name: "p50", Unit: "ms", Value: ms(relayed.Percentile(50)), Baseline: ms(direct.Percentile(50)), LowerIsBetter: true, Hello: ms(hello.Percentile(50))},
+		{Name: "p99", Unit: "ms", Value: ms(relayed.Percentile(99)), Baseline: ms(direct.Percentile(99)), LowerIsBetter: true, Hello: ms(hello.Percentile(99))},
 	}, nil
 }
 

@@ -59,7 +59,12 @@ func (p *proc) log() string {
 // logged that it listens (by then it is registered in the node directory).
 func serve(t *testing.T, bin string, args ...string) *proc {
 	t.Helper()
-	cmd := exec.Command(bin, append([]string{"serve", "--listen", "127.0.0.1:0"}, args...)...)
+	return start(t, exec.Command(bin, append([]string{"serve", "--listen", "127.0.0.1:0"}, args...)...))
+}
+
+// start runs cmd, a `postern serve` on a kernel-chosen port, as serve does.
+func start(t *testing.T, cmd *exec.Cmd) *proc {
+	t.Helper()
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -162,8 +167,9 @@ func waitLongPolls(t *testing.T, c *http.Client, base string, n int) {
 func TestTwoNodesOnOneRedis(t *testing.T) {
 	url := redistest.URL(t)
 	bin := build(t)
-	a := serve(t, bin, "--store", url, "--node-id", "node-a", "--node-ttl", "3s")
-	b := serve(t, bin, "--store", url, "--node-id", "node-b", "--node-ttl", "3s")
+	secret := []string{"--cluster-secret", "multinode-test-secret-0123456789"}
+	a := serve(t, bin, append([]string{"--store", url, "--node-id", "node-a", "--node-ttl", "3s"}, secret...)...)
+	b := serve(t, bin, append([]string{"--store", url, "--node-id", "node-b", "--node-ttl", "3s"}, secret...)...)
 	tr := &http.Transport{}
 	defer tr.CloseIdleConnections()
 	c := &http.Client{Transport: tr, Timeout: 40 * time.Second}

@@ -11,6 +11,8 @@
 //	/c/<channel path>  channels: read (subscribe), write (publish); the channel path keeps its leading "/"
 //	/relay/<name>      relay: serve (be backend <name>), call (send user requests to it)
 //	/expose/<name>     expose: serve (claim agent name <name>), call (send user requests to it)
+//	/ops/<endpoint>    operations: ops (/ops/metrics: /metrics; /ops/nodes: /ops/nodes;
+//	                   /ops/status: the status page and /_postern/status)
 //
 // A grant names actions and paths; a path ending in "*" is a prefix
 // ("/t/builds-*", "/c/*"), any other path is exact. Tokens are matched by
@@ -40,9 +42,11 @@ const (
 	Write Action = "write"
 	Serve Action = "serve"
 	Call  Action = "call"
+	// Ops reads the node's operational endpoints (resources /ops/...).
+	Ops Action = "ops"
 )
 
-var allActions = []Action{Read, Write, Serve, Call}
+var allActions = []Action{Read, Write, Serve, Call, Ops}
 
 // QueryParam is the query parameter that may carry a token where a client
 // cannot set headers (browsers opening websockets or event streams).
@@ -110,18 +114,6 @@ func (p *Policy) Len() int {
 	return len(p.byHash)
 }
 
-// Presented returns the secret a request carries: an "Authorization:
-// Bearer" header, or else the access_token query parameter.
-func Presented(r *http.Request) (string, bool) {
-	if h := r.Header.Get("Authorization"); h != "" {
-		return ParseBearer(h)
-	}
-	if v := r.URL.Query().Get(QueryParam); v != "" {
-		return v, true
-	}
-	return "", false
-}
-
 // Lookup returns the token whose secret is secret.
 func (p *Policy) Lookup(secret string) (*Token, bool) {
 	if p == nil || secret == "" {
@@ -131,13 +123,13 @@ func (p *Policy) Lookup(secret string) (*Token, bool) {
 	return t, ok
 }
 
-// Identify returns the configured token r presents, if any.
+// Identify returns the configured token r presents, if any: the first
+// one the policy knows among those Find sees.
 func (p *Policy) Identify(r *http.Request) (*Token, bool) {
-	secret, ok := Presented(r)
-	if !ok {
+	if p == nil {
 		return nil, false
 	}
-	return p.Lookup(secret)
+	return FindIn(r).Token(p)
 }
 
 // Allow reports whether r may take action a on resource: anonymous grants
@@ -155,13 +147,13 @@ func (p *Policy) Allow(r *http.Request, a Action, resource string) bool {
 
 // ParseBearer returns the token of an "Authorization: Bearer <token>" value.
 // The scheme is matched in any case and must start the value; the token is
-// what follows the spaces after it, with trailing spaces removed.
+// what follows the spaces (or tabs) after it, with trailing ones removed.
 func ParseBearer(h string) (string, bool) {
-	scheme, rest, ok := strings.Cut(h, " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") {
+	i := strings.IndexAny(h, " \t")
+	if i < 0 || !strings.EqualFold(h[:i], "Bearer") {
 		return "", false
 	}
-	tok := strings.Trim(rest, " \t")
+	tok := strings.Trim(h[i:], " \t")
 	if tok == "" || strings.ContainsAny(tok, " \t") {
 		return "", false
 	}
@@ -286,7 +278,7 @@ func grants(fgs []fileGrant) ([]Grant, error) {
 			case slices.Contains(allActions, act):
 				g.Actions = append(g.Actions, act)
 			default:
-				return nil, fmt.Errorf("grant #%d: unknown action %q (want read, write, serve, call or *)", i+1, a)
+				return nil, fmt.Errorf("grant #%d: unknown action %q (want read, write, serve, call, ops or *)", i+1, a)
 			}
 		}
 		if len(fg.Paths) == 0 {

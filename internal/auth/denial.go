@@ -10,7 +10,7 @@ import (
 // came at all, since "this token may not" reads wrong to someone who sent
 // none.
 func Denial(r *http.Request, verb, object string, action Action, path string) string {
-	if _, ok := Presented(r); !ok {
+	if _, ok := FindIn(r).Secret(); !ok {
 		return fmt.Sprintf("no token was given: to %s %s, a token granted %s on %s is needed", verb, object, action, path)
 	}
 	return fmt.Sprintf("this token may not %s %s (it needs %s on %s)", verb, object, action, path)

@@ -21,9 +21,7 @@ type Subscription struct {
 	name    string
 	max     int
 	wake    func()
-	idx     int           // position in ch.subs; guarded by ch.mu
-	signal  chan struct{} // cap 1: the queue went non-empty
-	done    chan struct{} // closed when the subscription ends
+	idx     int // position in ch.subs; guarded by ch.mu
 	closeMu sync.Once
 
 	mu   sync.Mutex
@@ -31,6 +29,12 @@ type Subscription struct {
 	head int
 	n    int
 	err  error // why it ended; nil while open
+	// signal (cap 1: the queue went non-empty) and done (closed when the
+	// subscription ends) are made by the first call of Signal and Done:
+	// a transport woken through Wake never makes them, and an idle
+	// websocket subscriber is two channels smaller.
+	signal chan struct{}
+	done   chan struct{}
 
 	// Replay state, touched only by the reader.
 	replay []*Message
@@ -39,11 +43,7 @@ type Subscription struct {
 }
 
 func newSubscription(b *Broker, name string, max int, wake func()) *Subscription {
-	return &Subscription{
-		b: b, name: name, max: max, wake: wake, idx: -1,
-		signal: make(chan struct{}, 1),
-		done:   make(chan struct{}),
-	}
+	return &Subscription{b: b, name: name, max: max, wake: wake, idx: -1}
 }
 
 // Channel is the channel's name.
@@ -55,7 +55,17 @@ func (s *Subscription) Channel() string { return s.name }
 func (s *Subscription) Gap() bool { return s.gap }
 
 // Done is closed when the subscription ends: Err says why.
-func (s *Subscription) Done() <-chan struct{} { return s.done }
+func (s *Subscription) Done() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.done == nil {
+		s.done = make(chan struct{})
+		if s.err != nil {
+			close(s.done)
+		}
+	}
+	return s.done
+}
 
 // Err reports why the subscription ended: ErrSlow, ErrShuttingDown or
 // ErrClosed; nil while it is open.
@@ -67,7 +77,18 @@ func (s *Subscription) Err() error {
 
 // Signal receives a value when the queue goes from empty to non-empty: a
 // reader that found nothing waits on it (and on Done) before trying again.
-func (s *Subscription) Signal() <-chan struct{} { return s.signal }
+func (s *Subscription) Signal() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.signal == nil {
+		s.signal = make(chan struct{}, 1)
+		if s.n > 0 || len(s.replay) > 0 {
+			// Queued before anyone listened: what a push would have said.
+			s.signal <- struct{}{}
+		}
+	}
+	return s.signal
+}
 
 // Len reports the number of messages waiting, replay included.
 func (s *Subscription) Len() int {
@@ -108,9 +129,10 @@ func (s *Subscription) push(m *Message) bool {
 	}
 	if s.n >= s.max {
 		s.endLocked(ErrSlow)
+		signal := s.signal
 		s.mu.Unlock()
 		s.b.m.slow.Inc()
-		s.woken()
+		s.woken(signal)
 		return false
 	}
 	if s.n == len(s.ring) {
@@ -119,9 +141,10 @@ func (s *Subscription) push(m *Message) bool {
 	s.ring[(s.head+s.n)%len(s.ring)] = m
 	s.n++
 	first := s.n == 1
+	signal := s.signal
 	s.mu.Unlock()
 	if first {
-		s.woken()
+		s.woken(signal)
 	}
 	return true
 }
@@ -141,10 +164,15 @@ func (s *Subscription) grow() {
 	s.ring, s.head = ring, 0
 }
 
-func (s *Subscription) woken() {
-	select {
-	case s.signal <- struct{}{}:
-	default:
+// woken tells the reader that the queue went non-empty or the
+// subscription ended: on signal (s.signal as read under s.mu; nil when no
+// reader asked for it) and through the Wake hook.
+func (s *Subscription) woken(signal chan struct{}) {
+	if signal != nil {
+		select {
+		case signal <- struct{}{}:
+		default:
+		}
 	}
 	if s.wake != nil {
 		s.wake()
@@ -191,8 +219,8 @@ func (s *Subscription) Next(ctx context.Context) (*Message, error) {
 			return m, err
 		}
 		select {
-		case <-s.signal:
-		case <-s.done:
+		case <-s.Signal():
+		case <-s.Done():
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
@@ -207,7 +235,9 @@ func (s *Subscription) endLocked(err error) {
 	clear(s.ring)
 	s.ring, s.n, s.head = nil, 0, 0
 	s.replay = nil
-	close(s.done)
+	if s.done != nil {
+		close(s.done)
+	}
 }
 
 // end ends the subscription with err, if it is still open.
@@ -215,9 +245,10 @@ func (s *Subscription) end(err error) {
 	s.mu.Lock()
 	was := s.err
 	s.endLocked(err)
+	signal := s.signal
 	s.mu.Unlock()
 	if was == nil {
-		s.woken()
+		s.woken(signal)
 	}
 }
 

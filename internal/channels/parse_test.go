@@ -181,3 +181,50 @@ func FuzzAppendEvent(f *testing.F) {
 		}
 	})
 }
+
+// FuzzPeekControl: peekControl takes exactly the pings and pongs a client
+// may send (final, no extension bits, masked, at most 125 bytes) and
+// leaves everything else to coder/websocket; it never claims more than a
+// control frame, and unmaskControl recovers the payload that was masked.
+func FuzzPeekControl(f *testing.F) {
+	f.Add([]byte{0x89, 0x80, 1, 2, 3, 4}, []byte{})
+	f.Add([]byte{0x8a, 0x83, 1, 2, 3, 4}, []byte("abc"))
+	f.Add([]byte{0x81, 0x81, 0, 0, 0, 0}, []byte("x"))
+	f.Add([]byte{0x89, 0x05}, []byte("hello"))
+	f.Add([]byte{0x09, 0x80, 0, 0, 0, 0}, []byte{})
+	f.Add([]byte{0x8a}, []byte{})
+	f.Fuzz(func(t *testing.T, head, payload []byte) {
+		frame := append(append([]byte(nil), head...), payload...)
+		op, size := peekControl(frame)
+		if len(frame) < 2 {
+			if op != 0 || size != 2 {
+				t.Fatalf("%x: op %#x size %d, want 0 2", frame, op, size)
+			}
+			return
+		}
+		b0, b1 := frame[0], frame[1]
+		ours := (b0 == 0x89 || b0 == 0x8a) && b1&0x80 != 0 && b1&0x7f <= maxControlPayload
+		if !ours {
+			if op != 0 || size != 0 {
+				t.Fatalf("%x: op %#x size %d, want it left to coder/websocket", frame, op, size)
+			}
+			return
+		}
+		if op != b0&0x0f || size != 6+int(b1&0x7f) {
+			t.Fatalf("%x: op %#x size %d", frame, op, size)
+		}
+		if size > len(frame) {
+			return // incomplete: the caller waits for more
+		}
+		var out [maxControlPayload]byte
+		n := unmaskControl(out[:], frame[:size])
+		for i := range n {
+			if out[i]^frame[2+i%4] != frame[6+i] {
+				t.Fatalf("%x: byte %d unmasked to %#x", frame, i, out[i])
+			}
+		}
+		if n != size-6 {
+			t.Fatalf("%x: %d payload bytes, want %d", frame, n, size-6)
+		}
+	})
+}

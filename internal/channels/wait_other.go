@@ -4,6 +4,9 @@ package channels
 
 import "net"
 
-// waitReadable is a no-op where the socket cannot be peeked at; the first
-// read then simply waits in the websocket library.
+// waitable reports false where the socket cannot be peeked at: the
+// websocket library then reads (and waits) itself.
+func waitable(net.Conn) bool { return false }
+
+// waitReadable is never called where nothing is waitable.
 func waitReadable(net.Conn) {}

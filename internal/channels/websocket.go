@@ -35,12 +35,19 @@ const (
 	reasonPublish   = "publish failed"
 )
 
-// wsBufferSize is the size of each websocket connection's read and write
-// buffers. net/http hands a hijacked connection 4 KiB buffers each way;
-// most channel traffic is small, and an idle subscriber should cost as
-// little as possible, so postern gives coder/websocket smaller ones.
-// Larger frames are read and written straight through.
+// wsBufferSize is the size of each websocket connection's read buffer.
+// net/http hands a hijacked connection 4 KiB buffers each way; most
+// channel traffic is small, and an idle subscriber should cost as little
+// as possible, so postern gives coder/websocket smaller ones. Larger
+// frames are read straight through.
 const wsBufferSize = 512
+
+// wsWriteBufferSize is the size of the buffer coder/websocket writes its
+// frames into. It writes only control frames here (postern writes the
+// data frames and the pings itself): a close frame, or a pong when it
+// reads a ping, at most 2 + 125 bytes, so every frame fits whole and
+// reaches connWriter in one Write.
+const wsWriteBufferSize = 128
 
 // keepAliveReply is queued to answer an empty websocket message: an empty
 // text frame to that sender only.
@@ -72,9 +79,10 @@ const (
 // goroutine. Messages are written by the channels' writer pool, without
 // ever waiting on the socket; only a subscriber whose socket is full (or
 // a connection that cannot be written to without waiting, TLS) gets a
-// writer goroutine of its own, while it has messages. A ping goroutine
-// runs only while a ping waits for its pong, so an idle subscriber costs
-// one goroutine.
+// writer goroutine of its own, while it has messages. Pings go out from
+// the ping timer's goroutine and nothing waits for the pong: the reader
+// takes it, so an idle subscriber costs one goroutine, parked on a
+// shallow stack, ping round or not.
 type session struct {
 	c        *Channels
 	name     string
@@ -98,6 +106,17 @@ type session struct {
 	// follow. Guarded by wmu.
 	closeSent bool
 
+	// rmu is held while the reader looks at the read buffer itself (for
+	// pings and pongs, see awaitFrame); closing is set under it before
+	// another goroutine starts a close handshake, which reads through the
+	// same buffer. Guarded by rmu.
+	rmu     sync.Mutex
+	closing bool
+	// peekable: the read buffer reads the socket itself (no bytes came
+	// before the handshake ended), and the socket can be waited on without
+	// reading (not TLS); only then does awaitFrame look at it.
+	peekable bool
+
 	mu    sync.Mutex
 	ready bool // conn is set
 	ended bool // the reader has finished: start nothing new
@@ -107,10 +126,8 @@ type session struct {
 	writing bool
 	pinging bool // a ping waits for its pong; the timer is its deadline
 	timer   *time.Timer
-	// stopPing ends the wait of a ping under way; nil when none is.
-	stopPing context.CancelFunc
-	wg       sync.WaitGroup // the writer and ping goroutines, the pool's turn
-	linger   *time.Timer    // the own writer's; only it touches it
+	wg      sync.WaitGroup // the writer and ping goroutines, the pool's turn
+	linger  *time.Timer    // the own writer's; only it touches it
 	// lingering: linger is armed (and not yet fired); active: when the
 	// own writer last sent a message.
 	lingering bool
@@ -145,6 +162,9 @@ func (c *Channels) serveWebsocket(w http.ResponseWriter, r *http.Request, name s
 		// The origin was checked already, with postern's rules.
 		InsecureSkipVerify: true,
 		CompressionMode:    websocket.CompressionDisabled,
+		// Pongs that coder/websocket reads (between the frames of a
+		// message; awaitFrame takes the others).
+		OnPongReceived: s.onPong,
 	})
 	if err != nil {
 		// Accept answered the request itself (400, 405, 426).
@@ -162,6 +182,7 @@ func (c *Channels) serveWebsocket(w http.ResponseWriter, r *http.Request, name s
 		// there were none, so read it directly (one frame less on the
 		// stack of every idle reader).
 		s.hw.br.Reset(s.hw.nc)
+		s.peekable = waitable(s.hw.nc)
 	}
 	conn.SetReadLimit(c.opts.MaxMessageBytes)
 	s.conn = conn
@@ -186,22 +207,12 @@ func (s *session) run() {
 		s.wake()
 	}
 
-	if s.hw.early == 0 {
-		// Nothing buffered yet: wait for the client's first frame on a
-		// shallow stack (see waitReadable). A close from the writer
-		// meanwhile reads through coder/websocket, never through this.
-		waitReadable(s.hw.nc)
-	}
 	s.read()
 
 	s.sub.Close()
 	s.mu.Lock()
 	s.ended = true
 	s.timer.Stop()
-	if s.stopPing != nil {
-		// The reader, which would have read the pong, is done.
-		s.stopPing()
-	}
 	s.mu.Unlock()
 	s.wg.Wait()
 	s.conn.CloseNow()
@@ -212,11 +223,79 @@ func (s *session) run() {
 // read runs the client's messages through handle until the connection
 // ends. An idle subscriber spends its life parked in here, so the frames
 // on the way to the socket are kept small: handling happens in handle,
-// off the parked stack.
+// and coder/websocket reads only once a frame it must read is there.
 func (s *session) read() {
 	for {
+		s.awaitFrame()
 		typ, data, err := s.next()
 		if err != nil || !s.handle(typ, data) {
+			return
+		}
+	}
+}
+
+// awaitFrame returns once the client sent a frame that coder/websocket
+// must read: a data or close frame, a malformed one, or the end of the
+// connection. Meanwhile it waits for the socket on a shallow stack (see
+// waitReadable), which the garbage collector keeps small, and takes the
+// pings and pongs itself, straight from the read buffer: an idle
+// subscriber is never parked deep inside coder/websocket's reader, so a
+// ping round does not leave it a grown stack.
+//
+// It touches the buffer only under rmu and before a close handshake
+// begins (closing), since the handshake reads through the same buffer
+// from another goroutine. While it waits with nothing buffered, the
+// buffer's memory goes back to a pool (hijackWriter.giveBack), and it is
+// lent again before any read.
+//
+//go:noinline
+func (s *session) awaitFrame() {
+	if !s.peekable {
+		return // coder/websocket reads all, pings and pongs too
+	}
+	br := s.hw.br
+	for {
+		s.rmu.Lock()
+		if s.closing {
+			s.rmu.Unlock()
+			return
+		}
+		buffered, _ := br.Peek(br.Buffered())
+		op, size := peekControl(buffered)
+		if size == 0 {
+			s.rmu.Unlock()
+			return
+		}
+		if size <= len(buffered) {
+			var payload [maxControlPayload]byte
+			n := unmaskControl(payload[:], buffered[:size])
+			br.Discard(size)
+			s.rmu.Unlock()
+			if op == opPong {
+				s.pong()
+			} else if !s.sendControl(opPong, payload[:n]) {
+				return
+			}
+			continue
+		}
+		// The rest of the frame, or the next one, is still to come.
+		have := len(buffered)
+		if have == 0 {
+			s.hw.giveBack() // nothing to keep while waiting
+		}
+		s.rmu.Unlock()
+		waitReadable(s.hw.nc)
+		s.rmu.Lock()
+		if s.closing {
+			s.rmu.Unlock()
+			return
+		}
+		s.hw.lend()
+		// One read: the socket has data (or an end, or an error, which
+		// coder/websocket's read reports in turn).
+		_, err := br.Peek(have + 1)
+		s.rmu.Unlock()
+		if err != nil {
 			return
 		}
 	}
@@ -501,10 +580,23 @@ func (s *session) writeFailed() {
 	s.conn.CloseNow()
 }
 
-// closeWith closes the connection with a status; the close frame goes
-// out through connWriter, within the write timeout.
+// closeWith closes the connection with a status, from a goroutine other
+// than the reader; the close frame goes out through connWriter, within
+// the write timeout, and the close handshake reads through the read
+// buffer, which the reader then leaves alone.
 func (s *session) closeWith(code websocket.StatusCode, reason string) {
+	s.rmu.Lock()
+	s.closing = true
+	s.hw.lend()
+	s.rmu.Unlock()
 	s.conn.Close(code, reason)
+}
+
+// sendControl writes a control frame postern makes itself (a ping, or
+// the pong that answers the client's ping), within the write timeout.
+func (s *session) sendControl(op byte, payload []byte) bool {
+	var b [2 + maxControlPayload]byte
+	return s.send(appendFrame(b[:0], op, payload))
 }
 
 // connWriter is what coder/websocket writes to: its control frames
@@ -526,11 +618,11 @@ func (w connWriter) Write(p []byte) (int, error) {
 	return s.hw.nc.Write(p)
 }
 
-// ping runs on the ping timer's goroutine. Idle: it sends a ping, arms
-// the timer as the pong deadline and waits for the pong, then arms it for
-// the next ping. Pinging: the pong is overdue and the connection is
-// closed, which also ends the waiting ping. One timer serves both, so a
-// ping costs no context or timer of its own.
+// ping runs on the ping timer's goroutine. Idle: it sends a ping and arms
+// the timer as the pong deadline; the reader takes the pong (onPong) and
+// arms it for the next ping. Pinging: the pong is overdue and the
+// connection is closed. Nothing waits for a pong, and one timer serves
+// both.
 func (s *session) ping() {
 	s.mu.Lock()
 	if s.ended {
@@ -545,21 +637,23 @@ func (s *session) ping() {
 	}
 	s.pinging = true
 	s.timer.Reset(s.c.opts.PongTimeout)
-	ctx, cancel := context.WithCancel(context.Background())
-	s.stopPing = cancel
 	s.wg.Add(1)
 	s.mu.Unlock()
 	defer s.wg.Done()
-	err := s.conn.Ping(ctx) // connWriter sets the write deadline
-	cancel()
+	s.sendControl(opPing, nil) // a failure closes the connection
+}
+
+// onPong is pong as coder/websocket calls it (AcceptOptions.OnPongReceived).
+func (s *session) onPong(context.Context, []byte) { s.pong() }
+
+// pong takes a pong from the client: the connection is alive, and the
+// next ping is due a ping interval from now. Any pong counts, asked for
+// or not.
+func (s *session) pong() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.stopPing = nil
-	if err != nil {
-		return // closed by the pong deadline, or the session is ending
-	}
-	s.pinging = false
-	if !s.ended {
+	if s.pinging && !s.ended {
+		s.pinging = false
 		s.timer.Reset(s.c.opts.PingInterval)
 	}
 }
@@ -572,6 +666,10 @@ type hijackWriter struct {
 	out io.Writer // what coder/websocket's frames go to
 	nc  net.Conn
 	br  *bufio.Reader // ours, when small buffers were handed out
+	// lent is the pooled reader whose buffer br reads into (br is a copy
+	// of it); nil while br has no buffer (see giveBack). Only the
+	// session's reader, or a closer under the session's rmu, changes it.
+	lent *bufio.Reader
 	// early is how many bytes the client sent before the handshake
 	// completed.
 	early int
@@ -591,19 +689,49 @@ func (h *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	n := brw.Reader.Buffered()
 	h.early = n
-	bw := bufio.NewWriterSize(h.out, wsBufferSize)
+	bw := bufio.NewWriterSize(h.out, wsWriteBufferSize)
 	if n > wsBufferSize {
 		// A client that sent ahead: keep net/http's read buffer.
 		return nc, bufio.NewReadWriter(brw.Reader, bw), nil
 	}
-	br := bufio.NewReaderSize(nc, wsBufferSize)
+	h.br = new(bufio.Reader)
+	h.lend()
 	if n > 0 {
 		early, _ := brw.Reader.Peek(n)
-		br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(early)), nc), wsBufferSize)
-		br.Peek(n) // pull the early bytes into the buffer, which coder/websocket keeps
+		h.br.Reset(io.MultiReader(bytes.NewReader(bytes.Clone(early)), nc))
+		h.br.Peek(n) // pull the early bytes into the buffer, which coder/websocket keeps
 	}
-	h.br = br
-	return nc, bufio.NewReadWriter(br, bw), nil
+	return nc, bufio.NewReadWriter(h.br, bw), nil
+}
+
+// readBuffers holds the read buffers of websocket connections that wait
+// for their client with nothing to read: an idle subscriber holds none.
+var readBuffers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, wsBufferSize) }}
+
+// lend gives br a buffer from readBuffers, reading nc, unless it has one
+// or there is no br (coder/websocket reads through net/http's reader).
+func (h *hijackWriter) lend() {
+	if h.lent != nil || h.br == nil {
+		return
+	}
+	p := readBuffers.Get().(*bufio.Reader)
+	p.Reset(h.nc)
+	*h.br = *p
+	h.lent = p
+}
+
+// giveBack returns br's buffer to readBuffers when it holds nothing. br
+// must then not be read before lend: its zero value has no buffer. The
+// caller makes sure that nobody reads through it meanwhile
+// (session.awaitFrame, session.closeWith).
+func (h *hijackWriter) giveBack() {
+	if h.lent == nil || h.br.Buffered() > 0 {
+		return
+	}
+	*h.br = bufio.Reader{}
+	h.lent.Reset(nil)
+	readBuffers.Put(h.lent)
+	h.lent = nil
 }
 
 // deadline makes the connection's write deadline between 0.9 d and d

@@ -17,6 +17,7 @@ import (
 
 	"github.com/postern/postern/internal/channels"
 	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/servertest"
 )
 
 // TestOwnWriters runs the writing behaviours with every session on a
@@ -34,6 +35,7 @@ func TestOwnWriters(t *testing.T) {
 		"control frames":  TestControlFramesBetweenMessages,
 		"after close":     TestNothingAfterClose,
 		"ping pong":       TestPingPong,
+		"control pieces":  TestControlFramesInPieces,
 		"shutdown":        TestShutdownClosesSubscribers,
 		"writers let go":  TestWritersLetGo,
 	} {
@@ -264,4 +266,175 @@ func rawWebsocket(t *testing.T, addr, path string) (net.Conn, *bufio.Reader) {
 		t.Fatalf("handshake: %v %v", res, err)
 	}
 	return nc, br
+}
+
+// readRawMessage reads one unmasked server frame of at most 125 bytes
+// and returns its opcode and payload.
+func readRawMessage(t *testing.T, br *bufio.Reader) (byte, string) {
+	t.Helper()
+	var h [2]byte
+	if _, err := io.ReadFull(br, h[:]); err != nil {
+		t.Fatal(err)
+	}
+	if h[1] > 125 {
+		t.Fatalf("frame header %x: longer than expected", h)
+	}
+	p := make([]byte, h[1])
+	if _, err := io.ReadFull(br, p); err != nil {
+		t.Fatal(err)
+	}
+	return h[0] & 0x0f, string(p)
+}
+
+// maskedFrame is a client frame: first byte b0, payload masked with key.
+func maskedFrame(b0 byte, key [4]byte, payload string) []byte {
+	f := append([]byte{b0, 0x80 | byte(len(payload))}, key[:]...)
+	for i := range len(payload) {
+		f = append(f, payload[i]^key[i%4])
+	}
+	return f
+}
+
+// TestControlFramesInPieces: the pings and pongs a client sends are
+// taken whole however the bytes arrive: one byte at a time, or sharing a
+// read with a data frame. A ping is answered with its payload, a pong
+// keeps the connection alive (the server pings again instead of closing
+// it), and a malformed control frame is refused with 1002.
+func TestControlFramesInPieces(t *testing.T) {
+	e := start(t, func(c *server.Config) {
+		c.Channels.PingInterval = 20 * time.Millisecond
+		c.Channels.PongTimeout = 10 * time.Second
+	})
+	nc, br := rawWebsocket(t, e.node.Addr, "/c/pieces")
+	e.node.WaitForSubscribers(t, "/pieces", 1)
+	nc.SetDeadline(time.Now().Add(20 * time.Second))
+	// next returns the next frame that is not a ping from the server.
+	next := func() (byte, string) {
+		for {
+			op, p := readRawMessage(t, br)
+			if op != 0x9 {
+				return op, p
+			}
+		}
+	}
+
+	// A ping, one byte per write.
+	for _, b := range maskedFrame(0x89, [4]byte{1, 2, 3, 4}, "abc") {
+		if _, err := nc.Write([]byte{b}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if op, p := next(); op != 0xa || p != "abc" {
+		t.Fatalf("got opcode %#x %q, want the pong \"abc\"", op, p)
+	}
+
+	// A pong, a ping and a message in one write, then a message cut
+	// inside its header.
+	batch := maskedFrame(0x8a, [4]byte{9, 9, 9, 9}, "")
+	batch = append(batch, maskedFrame(0x89, [4]byte{5, 6, 7, 8}, "p2")...)
+	batch = append(batch, maskedFrame(0x81, [4]byte{1, 1, 1, 1}, "hello")...)
+	msg := maskedFrame(0x81, [4]byte{7, 0, 7, 0}, "world")
+	batch = append(batch, msg[:1]...)
+	if _, err := nc.Write(batch); err != nil {
+		t.Fatal(err)
+	}
+	if op, p := next(); op != 0xa || p != "p2" {
+		t.Fatalf("got opcode %#x %q, want the pong \"p2\"", op, p)
+	}
+	if op, p := next(); op != 0x1 || p != "hello" {
+		t.Fatalf("got opcode %#x %q, want the message \"hello\"", op, p)
+	}
+	if _, err := nc.Write(msg[1:]); err != nil {
+		t.Fatal(err)
+	}
+	if op, p := next(); op != 0x1 || p != "world" {
+		t.Fatalf("got opcode %#x %q, want the message \"world\"", op, p)
+	}
+
+	// The server's pings: each answered (in two writes) by a pong, and
+	// each followed by the next ping rather than a close.
+	for range 3 {
+		op, p := readRawMessage(t, br)
+		for op != 0x9 {
+			op, p = readRawMessage(t, br)
+		}
+		if p != "" {
+			t.Fatalf("server ping payload %q", p)
+		}
+		pong := maskedFrame(0x8a, [4]byte{3, 1, 4, 1}, "")
+		nc.Write(pong[:3])
+		nc.Write(pong[3:])
+	}
+
+	// A ping with an extension bit set is no ping postern takes:
+	// coder/websocket refuses it.
+	if _, err := nc.Write(maskedFrame(0xc9, [4]byte{}, "")); err != nil {
+		t.Fatal(err)
+	}
+	op, p := next()
+	if op != 0x8 || len(p) < 2 || int(p[0])<<8|int(p[1]) != 1002 {
+		t.Fatalf("got opcode %#x %q, want a close with 1002", op, p)
+	}
+	e.node.WaitForSubscribers(t, "/pieces", 0)
+}
+
+// TestFramesSentWithTheHandshake: a client that sends frames before it
+// has read the handshake's answer (in the same write as the request) has
+// them read, small or larger than the read buffer; and a close the
+// server starts from another goroutine (here: shutting down) reaches it.
+func TestFramesSentWithTheHandshake(t *testing.T) {
+	n := servertest.Start(t, servertest.Config())
+	var brs []*bufio.Reader
+	var ncs []net.Conn
+	for i, size := range []int{5, 2000} {
+		msg := strings.Repeat("e", size)
+		nc, err := net.Dial("tcp", n.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		nc.SetDeadline(time.Now().Add(20 * time.Second))
+		req := "GET /c/early HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+			"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+		frame := []byte{0x81, 0xfe, byte(size >> 8), byte(size), 0, 0, 0, 0}
+		if size <= 125 {
+			frame = []byte{0x81, 0x80 | byte(size), 0, 0, 0, 0}
+		}
+		// A ping and a message, both before the answer is read.
+		early := append([]byte(req), maskedFrame(0x89, [4]byte{}, "hi")...)
+		early = append(append(early, frame...), msg...)
+		if _, err := nc.Write(early); err != nil {
+			t.Fatal(err)
+		}
+		br := bufio.NewReader(nc)
+		res, err := http.ReadResponse(br, nil)
+		if err != nil || res.StatusCode != 101 {
+			t.Fatalf("handshake: %v %v", res, err)
+		}
+		n.WaitForSubscribers(t, "/early", i+1)
+		if op, p := readRawMessage(t, br); op != 0xa || p != "hi" {
+			t.Fatalf("%d: got opcode %#x %q, want the pong", size, op, p)
+		}
+		// The sender gets its own message (and the first sender this
+		// one's).
+		for _, b := range append(brs, br) {
+			if op, err := readRawFrame(b); err != nil || op != 0x1 {
+				t.Fatalf("%d: got opcode %#x, %v, want the message", size, op, err)
+			}
+		}
+		brs, ncs = append(brs, br), append(ncs, nc)
+	}
+	done := make(chan error, 1)
+	go func() { done <- n.Shutdown(context.Background()) }()
+	for i, br := range brs {
+		op, p := readRawMessage(t, br)
+		if op != 0x8 || len(p) < 2 || int(p[0])<<8|int(p[1]) != 1001 {
+			t.Fatalf("got opcode %#x %q, want a close with 1001", op, p)
+		}
+		// The client's close ends the handshake.
+		ncs[i].Write(maskedFrame(0x88, [4]byte{}, "\x03\xe9"))
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
 }

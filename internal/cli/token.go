@@ -41,13 +41,14 @@ holds only the secret's SHA-256: the secret itself is shown once, on
 standard error (or written to --secret-file), for the client to present
 as --token or POSTERN_TOKEN ("Authorization: Bearer <secret>").
 
-A grant is ACTIONS:PATH: one or more of read, write, serve, call (comma-
-separated, or * for all) on a path, exact or a prefix ending in *:
+A grant is ACTIONS:PATH: one or more of read, write, serve, call, ops
+(comma-separated, or * for all) on a path, exact or a prefix ending in *:
   /t/<tunnel>     read: consume, status, length, replies; write: produce, ack, reply, clear
   /inbox/<actor>  write: send as <actor>; read: receive <actor>'s messages
   /c/<path>       read: subscribe; write: publish
   /relay/<name>   serve: be relay backend <name>; call: send requests to it
   /expose/<name>  serve: claim agent name <name>; call: send requests to it
+  /ops/status     ops: the status page (/ops/metrics, /ops/nodes: the others)
 The server reads the token file at start: restart it after adding a token.`,
 		Example: `  postern token new --name ci --grant write,read:/t/builds-* >> tokens.toml
   postern token new --name robot-1 --grant serve:/relay/robot-1 --grant serve:/expose/robot-1 --secret-file robot-1.secret

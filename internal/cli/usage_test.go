@@ -229,6 +229,12 @@ func TestServeExplainsItself(t *testing.T) {
 		t.Fatalf("banner of an open server:\n%s", open.banner)
 	}
 	open.stop()
+	// With --ops-listen the status page is on the ops address.
+	withOps := startServe(t, "--listen", "127.0.0.1:0", "--store", "memory", "--ops-listen", "127.0.0.1:0")
+	if m := regexp.MustCompile(`status page  (http://\S+)/ `).FindStringSubmatch(withOps.banner); m == nil || m[1] == withOps.url {
+		t.Fatalf("banner with --ops-listen:\n%s", withOps.banner)
+	}
+	withOps.stop()
 
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -3,6 +3,7 @@ package expose_test
 import (
 	"context"
 	"net/http"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/postern/postern/client"
 	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/servertest"
 )
 
 // TestAgentHandshakeFromABrowserRefused: without a token file only agents
@@ -44,4 +46,49 @@ func TestAgentHandshakeFromABrowserRefused(t *testing.T) {
 		t.Fatalf("anonymous agents: handshake with an Origin refused: %v", err)
 	}
 	ws.CloseNow()
+}
+
+// TestAgentThroughAProxyOnThisHost: behind a reverse proxy on the same
+// host every agent came from loopback, so without a token file anyone who
+// reached the proxy could claim a name. An agent's handshake that a proxy
+// passed on is refused under the loopback rule unless the proxy is
+// trusted, and then the client it names must be on this host.
+func TestAgentThroughAProxyOnThisHost(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	handshake := func(n *servertest.Node, hdr http.Header) int {
+		t.Helper()
+		ws, resp, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(n.URL, "http")+"/agent?name=shop", &websocket.DialOptions{HTTPHeader: hdr})
+		if err == nil {
+			ws.CloseNow()
+			return 101
+		}
+		if resp == nil {
+			t.Fatalf("handshake %v: %v", hdr, err)
+		}
+		return resp.StatusCode
+	}
+	plain := node(t, nil)
+	for _, h := range []http.Header{
+		{"X-Forwarded-For": {"203.0.113.5"}},
+		{"X-Forwarded-For": {"127.0.0.1"}},
+		{"Forwarded": {"for=203.0.113.5"}},
+		{"X-Real-Ip": {"203.0.113.5"}},
+	} {
+		if code := handshake(plain, h); code != 403 {
+			t.Fatalf("handshake passed on by an untrusted proxy (%v): %d, want 403", h, code)
+		}
+	}
+	behind := node(t, func(c *server.Config) {
+		c.RateLimit.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
+	})
+	if code := handshake(behind, http.Header{"X-Forwarded-For": {"203.0.113.5"}}); code != 403 {
+		t.Fatalf("remote client through a trusted proxy: %d, want 403", code)
+	}
+	if code := handshake(behind, http.Header{"X-Forwarded-For": {"127.0.0.1"}}); code != 101 {
+		t.Fatalf("local client through a trusted proxy: %d, want 101", code)
+	}
+	// The native agent itself, on this host, is taken.
+	cl, _ := client.New(behind.URL)
+	exposeAgent(t, cl, "shop", headerEcho(t))
 }

@@ -3,6 +3,7 @@ package expose
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -40,6 +41,7 @@ type bcConn struct {
 	alive    atomic.Int64 // unix nanoseconds of the last sign of life
 
 	mu      sync.Mutex
+	tokens  usedTokens // mandate tokens this connection registered with
 	regs    map[string]*relay.Registration
 	pending map[string]chan bcResult
 	streams map[string]*wsStream
@@ -249,6 +251,30 @@ func (c *bcConn) register(f brickchain.Frame) {
 		c.s.m.registration(transportBrickchain, "forbidden")
 		c.fail(f.ID, "registering "+id+" needs a token granted serve on /expose/"+id+" (or an anonymous grant for the id)")
 		return
+	}
+	sum := sha256.Sum256([]byte(f.MandateToken))
+	c.mu.Lock()
+	mine := c.tokens.has(sum)
+	c.mu.Unlock()
+	if !mine {
+		expires := v.Mandate.Timestamp.Add(time.Duration(v.Mandate.TTL) * time.Second)
+		ctx, cancel := context.WithTimeout(c.ctx, c.s.opts.WriteTimeout)
+		err := c.s.mandates.use(ctx, sum, expires, c.s.opts.Now())
+		cancel()
+		switch {
+		case errors.Is(err, errMandateUsed):
+			c.s.m.registration(transportBrickchain, "replayed")
+			c.fail(f.ID, err.Error())
+			return
+		case err != nil:
+			c.s.m.registration(transportBrickchain, "unavailable")
+			c.s.log.Warn("brickchain registration: remembering its mandate token failed", "remote", c.remote, "err", err)
+			c.fail(f.ID, "cannot check the mandate token now: try again")
+			return
+		}
+		c.mu.Lock()
+		c.tokens.add(sum)
+		c.mu.Unlock()
 	}
 	c.mu.Lock()
 	_, again := c.regs[id]

@@ -151,7 +151,7 @@ var wsSkipHeaders = []string{"Connection", "Upgrade", "Sec-Websocket-Key", "Sec-
 // the user's upgrade only once the agent said ok (a refusal becomes 502
 // with the agent's error), then ws-message frames both ways until either
 // side tears down.
-func (c *bcConn) serveWebsocket(w http.ResponseWriter, r *http.Request, name, path, rawQuery string) {
+func (c *bcConn) serveWebsocket(w http.ResponseWriter, r *http.Request, name, path, rawQuery string, hdr http.Header) {
 	s := c.s
 	if !s.track(func() {}) {
 		httpapi.WritePlain(w, r, errClosing)
@@ -185,7 +185,7 @@ func (c *bcConn) serveWebsocket(w http.ResponseWriter, r *http.Request, name, pa
 		Base:    brickchain.NewBase(brickchain.TypeWSRequest, st.id),
 		URL:     path,
 		Query:   rawQuery,
-		Headers: brickchain.FirstValues(r.Header, wsSkipHeaders...),
+		Headers: brickchain.FirstValues(hdr, wsSkipHeaders...),
 	}
 	var f brickchain.Frame
 	err := c.send(ctx, req)

@@ -63,8 +63,14 @@ type agent struct {
 
 func dialAgent(t *testing.T, n *servertest.Node) *agent {
 	t.Helper()
+	return dialAgentWith(t, n, nil)
+}
+
+// dialAgentWith dials with hdr on the handshake (a token, under a policy).
+func dialAgentWith(t *testing.T, n *servertest.Node, hdr http.Header) *agent {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	ws, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(n.URL, "http")+"/proxy/subscribe", nil)
+	ws, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(n.URL, "http")+"/proxy/subscribe", &websocket.DialOptions{HTTPHeader: hdr})
 	if err != nil {
 		cancel()
 		t.Fatalf("dial subscribe: %v", err)

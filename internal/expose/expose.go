@@ -55,11 +55,12 @@ const (
 
 // Service is the expose capability of one node.
 type Service struct {
-	opts    Options
-	hub     *relay.Hub
-	log     *slog.Logger
-	m       *metrics
-	limiter *clientLimiter
+	opts     Options
+	hub      *relay.Hub
+	log      *slog.Logger
+	m        *metrics
+	limiter  *clientLimiter
+	mandates *mandateLedger
 
 	ctx    context.Context // ends at shutdown: agent connections stop
 	cancel context.CancelFunc
@@ -89,6 +90,7 @@ func New(hub *relay.Hub, opts Options) (*Service, error) {
 		log:          opts.Logger,
 		m:            newMetrics(opts.Metrics),
 		limiter:      newClientLimiter(opts.ClientRate, opts.ClientRatePeriod, opts.Now),
+		mandates:     &mandateLedger{q: opts.Mandates, max: DefaultMaxMandates},
 		ctx:          ctx,
 		cancel:       cancel,
 		bc:           make(map[string][]*bcConn),
@@ -201,17 +203,13 @@ func (s *Service) serveName(w http.ResponseWriter, r *http.Request, name, path, 
 		httpapi.WritePlain(w, r, noAgent(name))
 		return
 	}
-	if s.opts.Policy.Enabled() {
-		if !s.opts.Policy.Allow(r, auth.Call, "/expose/"+name) {
-			s.m.request(transport, "forbidden")
-			httpapi.WritePlain(w, r, errForbidden)
-			return
-		}
-		rawQuery = stripToken(r, s.opts.Policy, rawQuery)
+	if s.opts.Policy.Enabled() && !s.opts.Policy.Allow(r, auth.Call, "/expose/"+name) {
+		s.m.request(transport, "forbidden")
+		httpapi.WritePlain(w, r, errForbidden)
+		return
 	}
-	// Counted on every node, forwarded or not: any user can send the
-	// forwarding mark, and the node holding the agent sees every request
-	// for it, so its count is the whole.
+	// Counted on every node, forwarded or not: the node holding the agent
+	// sees every request for it, so its count is the whole.
 	if isBC && !s.limiter.allow(name) {
 		s.m.request(transport, "rate_limited")
 		httpapi.WritePlain(w, r, errTooMany)
@@ -219,39 +217,25 @@ func (s *Service) serveName(w http.ResponseWriter, r *http.Request, name, path, 
 	}
 	if isBC && isWebsocketUpgrade(r.Header) {
 		if c := s.pickBC(name); c != nil {
-			c.serveWebsocket(w, r, name, path, rawQuery)
+			hdr := r.Header.Clone()
+			hdr.Del(relay.ForwardedHeader)
+			c.serveWebsocket(w, r, name, path, s.opts.Policy.Strip(hdr, rawQuery), hdr)
 			return
 		}
 	}
-	t := relay.Target{Name: name, Path: path, RawPath: rawPath, RawQuery: rawQuery, NoBackend: noAgent}
+	t := relay.Target{Name: name, Path: path, RawPath: rawPath, RawQuery: rawQuery, NoBackend: noAgent, Local: s.stripToken}
 	if isBC {
 		t.MaxRequestBodyBytes = s.opts.MaxRequestBytes
 	}
 	s.hub.Serve(w, r, t)
 }
 
-// stripToken removes a postern token the user presented, so it never
-// reaches the agent, and returns the query without it.
-func stripToken(r *http.Request, p *auth.Policy, rawQuery string) string {
-	if h := r.Header.Get("Authorization"); h != "" {
-		if tok, ok := auth.ParseBearer(h); ok {
-			if _, known := p.Lookup(tok); known {
-				r.Header.Del("Authorization")
-			}
-		}
-	}
-	if !strings.Contains(rawQuery, auth.QueryParam) {
-		return rawQuery
-	}
-	q, err := url.ParseQuery(rawQuery)
-	if err != nil {
-		return rawQuery
-	}
-	if _, known := p.Lookup(q.Get(auth.QueryParam)); known {
-		q.Del(auth.QueryParam)
-		return q.Encode()
-	}
-	return rawQuery
+// stripToken removes the postern tokens a user presented from a request
+// about to reach an agent on this node (a node forwarding the request to
+// another leaves them, for that node to authorize it), so a service never
+// sees its callers' tokens; credentials of its own pass.
+func (s *Service) stripToken(out *http.Request) {
+	out.URL.RawQuery = s.opts.Policy.Strip(out.Header, out.URL.RawQuery)
 }
 
 // validName reports whether name is a native agent name: a DNS label

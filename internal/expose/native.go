@@ -16,6 +16,7 @@ import (
 	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/expose/muxconn"
 	"github.com/postern/postern/internal/httpapi"
+	"github.com/postern/postern/internal/ratelimit"
 	"github.com/postern/postern/internal/relay"
 )
 
@@ -62,15 +63,6 @@ func causeOf(conn net.Conn) string {
 	return "closed"
 }
 
-func isLoopback(remote string) bool {
-	host, _, err := net.SplitHostPort(remote)
-	if err != nil {
-		host = remote
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
-}
-
 // serveAgent accepts a native agent on /agent?name=NAME.
 func (s *Service) serveAgent(w http.ResponseWriter, r *http.Request) {
 	httpapi.SetRoute(r, "expose.agent")
@@ -89,7 +81,7 @@ func (s *Service) serveAgent(w http.ResponseWriter, r *http.Request) {
 	}
 	if s.opts.Policy.Enabled() {
 		if !s.opts.Policy.Allow(r, auth.Serve, "/expose/"+name) {
-			if _, ok := auth.Presented(r); !ok {
+			if _, ok := auth.FindIn(r).Secret(); !ok {
 				fail("unauthorized", httpapi.Errorf(http.StatusUnauthorized, "agent needs a token granted serve on /expose/%s", name))
 			} else {
 				fail("forbidden", httpapi.Errorf(http.StatusForbidden, "token is not granted serve on /expose/%s", name))
@@ -98,8 +90,11 @@ func (s *Service) serveAgent(w http.ResponseWriter, r *http.Request) {
 		}
 	} else if !s.opts.AnonymousAgents {
 		switch {
-		case !isLoopback(r.RemoteAddr):
-			fail("forbidden", httpapi.Errorf(http.StatusForbidden, "this server takes agents only from its own host: configure --token-file, or --expose-anonymous-agents"))
+		case !ratelimit.FromThisHost(r, s.opts.TrustedProxies):
+			// Also a handshake that a proxy on this host passed on: a
+			// trusted proxy names its client, another is refused, since
+			// its client may be anywhere.
+			fail("forbidden", httpapi.Errorf(http.StatusForbidden, "this server takes agents only from its own host (not through a proxy it does not trust): configure --token-file, or --expose-anonymous-agents"))
 			return
 		case len(r.Header.Values("Origin")) > 0:
 			// A web page in a browser on this host passes the loopback

@@ -11,6 +11,7 @@ import (
 
 	"github.com/postern/postern/client"
 	"github.com/postern/postern/internal/expose/brickchain"
+	"github.com/postern/postern/internal/relay"
 	"github.com/postern/postern/internal/relay/relaytest"
 	"github.com/postern/postern/internal/server"
 )
@@ -75,5 +76,55 @@ func TestTwoNodes(t *testing.T) {
 	uc.Close(websocket.StatusNormalClosure, "")
 	if f, _ := ag.next(); f.Type != brickchain.TypeWSTeardown {
 		t.Fatalf("want teardown, got %+v", f)
+	}
+}
+
+// TestForwardingMarksAreSigned: nodes sharing the cluster secret forward
+// with a signed mark, so the holding node keeps the hops the forwarding
+// node saw; a node with another secret is not believed (its mark is
+// dropped and counted, and the request is served as a direct one). A
+// user's token in the header travels to the holding node, which
+// authorizes the request and removes it before the service.
+func TestForwardingMarksAreSigned(t *testing.T) {
+	dir := relaytest.NewDirectory()
+	policy := shopPolicy(t)
+	shared := func(secret string) func(c *server.Config) {
+		return func(c *server.Config) { c.Directory, c.Policy, c.ClusterSecret = dir, policy, secret }
+	}
+	a := node(t, shared("the-cluster-secret-0123456789"))
+	b := node(t, shared("the-cluster-secret-0123456789"))
+	other := node(t, shared("another-cluster-secret-0123456789"))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cl, _ := client.New(a.URL, client.WithToken("agent-secret-0123456789"))
+	exposeAgent(t, cl, "shop", headerEcho(t))
+	if err := dir.WaitFor(ctx, "expose", "shop", 1); err != nil {
+		t.Fatalf("agent never listed: %v", err)
+	}
+	user := []string{"Authorization", "Bearer user-secret-0123456789", "X-Forwarded-For", "203.0.113.7"}
+	resp, body := do(t, b, "GET", "shop."+domain, "/x?q=1", nil, user...)
+	if resp.StatusCode != 200 || body != "path=/x query=q=1 xff=127.0.0.1, 127.0.0.1 auth= mark=" {
+		t.Fatalf("through node B: %d %q", resp.StatusCode, body)
+	}
+	if got := a.Metric(t, "postern_cluster_marks_dropped_total"); got != 0 {
+		t.Fatalf("node A dropped %v marks of node B", got)
+	}
+	resp, body = do(t, other, "GET", "shop."+domain, "/x?q=1", nil, user...)
+	if resp.StatusCode != 200 || body != "path=/x query=q=1 xff=127.0.0.1 auth= mark=" {
+		t.Fatalf("through the node with another secret: %d %q", resp.StatusCode, body)
+	}
+	if got := a.Metric(t, "postern_cluster_marks_dropped_total"); got != 1 {
+		t.Fatalf("node A dropped %v marks, want the other node's", got)
+	}
+	// Without a token, node B forwards, and node A refuses.
+	if resp, _ := do(t, b, "GET", "shop."+domain, "/x", nil); resp.StatusCode != 403 {
+		t.Fatalf("no token through node B: %d", resp.StatusCode)
+	}
+	// A mark no node signed is dropped, and the request is served from
+	// the node's own agents only: never forwarded, so two nodes that do
+	// not share a secret never pass a request back and forth.
+	resp, body = do(t, b, "GET", "shop."+domain, "/x", nil, append(user, relay.ForwardedHeader, "expose")...)
+	if resp.StatusCode != 502 || !strings.Contains(body, "no agent") {
+		t.Fatalf("forged mark on node B: %d %q, want 502 from node B", resp.StatusCode, body)
 	}
 }

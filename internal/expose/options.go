@@ -4,12 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/postern/postern/internal/auth"
+	"github.com/postern/postern/internal/queue"
 )
 
 // Defaults of Options. The brickchain figures are the original's.
@@ -96,6 +98,11 @@ type Options struct {
 	// name from any address when no token policy is configured. Without
 	// it (and without a policy) only agents on loopback addresses may.
 	AnonymousAgents bool
+	// TrustedProxies are the proxies whose X-Forwarded-For names the
+	// client. Under the loopback rule for native agents, an agent behind a
+	// trusted proxy must itself be on this host, and a handshake a proxy
+	// on this host passed on without being trusted is refused.
+	TrustedProxies []netip.Prefix
 
 	// Policy holds postern's scoped tokens: a native agent needs "serve" on
 	// /expose/NAME, a brickchain registration "serve" on /expose/<id> (a
@@ -104,6 +111,10 @@ type Options struct {
 	// public sites). Nil: user requests and brickchain registrations are
 	// open, as in the original, and see AnonymousAgents for native agents.
 	Policy *auth.Policy
+	// Mandates is the queue core where the brickchain mandate tokens used
+	// to register are remembered until they expire (MandateQueue), so a
+	// token registers from one connection only; nil: not remembered.
+	Mandates *queue.Core
 	// Metrics is the registry the capability's metrics go to; nil: none.
 	Metrics prometheus.Registerer
 	// Logger receives the capability's logs; nil: slog.Default().

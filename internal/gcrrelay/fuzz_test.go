@@ -72,7 +72,7 @@ func FuzzUserRequests(f *testing.F) {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, req)
 		switch {
-		case rec.Code == 200, rec.Code == 204, rec.Code == 400, rec.Code == 404, rec.Code == 405,
+		case rec.Code == 200, rec.Code == 204, rec.Code == 400, rec.Code == 403, rec.Code == 404, rec.Code == 405,
 			rec.Code == 408, rec.Code == 410, rec.Code == 503:
 		case rec.Code == 500 && strings.HasPrefix(rec.Body.String(), "cannot reach the client"):
 			// An earlier input polled for this name: known, not picked up.

@@ -2,13 +2,12 @@ package gcrrelay
 
 import (
 	"context"
-	"encoding/binary"
+	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"os"
@@ -185,13 +184,13 @@ func ValidName(s string) bool {
 	return true
 }
 
-// newID returns a request id: <name>: and 32 lowercase hex digits, from
-// the runtime's ChaCha8 generator (unpredictable, and no system call per
-// request).
+// newID returns a request id: <name>: and 32 lowercase hex digits (128
+// bits) from crypto/rand. Without a token file the id is what lets a
+// relay client post a request's response and read its upgraded bytes, so
+// it must not be guessable.
 func newID(name string) string {
 	var b [16]byte
-	binary.LittleEndian.PutUint64(b[:8], rand.Uint64())
-	binary.LittleEndian.PutUint64(b[8:], rand.Uint64())
+	rand.Read(b[:])
 	return name + ":" + hex.EncodeToString(b[:])
 }
 
@@ -213,30 +212,11 @@ func (g *Relay) allow(r *http.Request, a auth.Action, name string) bool {
 	return !g.opts.Policy.Enabled() || g.opts.Policy.Allow(r, a, "/relay/"+name)
 }
 
-// stripToken removes from a request about to reach a backend the postern
-// token that authorized it, so the backend never sees postern's secret;
-// any other Authorization (the backend's own) passes.
+// stripToken removes from a request about to reach a backend on this node
+// the postern tokens the user presented (auth.Policy.Strip), so the backend
+// never sees postern's secrets; credentials of its own pass.
 func (g *Relay) stripToken(out *http.Request) {
-	p := g.opts.Policy
-	if !p.Enabled() {
-		return
-	}
-	if h := out.Header.Get("Authorization"); h != "" {
-		if tok, ok := auth.ParseBearer(h); ok {
-			if _, known := p.Lookup(tok); known {
-				out.Header.Del("Authorization")
-			}
-		}
-		return
-	}
-	if !strings.Contains(out.URL.RawQuery, auth.QueryParam) {
-		return
-	}
-	q := out.URL.Query()
-	if _, known := p.Lookup(q.Get(auth.QueryParam)); known {
-		q.Del(auth.QueryParam)
-		out.URL.RawQuery = q.Encode()
-	}
+	out.URL.RawQuery = g.opts.Policy.Strip(out.Header, out.URL.RawQuery)
 }
 
 // serveClient is ANY /client/<name>/<path>.

@@ -134,10 +134,11 @@ func WriteError(w http.ResponseWriter, r *http.Request, e *httpapi.Error) {
 }
 
 // setCORS adds the CORS headers every answer carries. Unlike the
-// original, preflights allow the From header, so browsers can call it.
+// original, preflights allow the From header, so browsers can call it, and
+// there is no Access-Control-Allow-Credentials: with "*" browsers refuse it
+// anyway, and postern's credentials are never cookies.
 func setCORS(h http.Header) {
 	h.Set("Access-Control-Allow-Origin", "*")
-	h.Set("Access-Control-Allow-Credentials", "true")
 	h.Set("Access-Control-Expose-Headers", RemainingHeader)
 }
 
@@ -385,6 +386,7 @@ func (ib *Inbox) store(ctx context.Context, origin string, env envelope) error {
 		TTL:         ib.opts.Expiration,
 		DedupKey:    messageDedupKey(env.Key, origin),
 		DedupWindow: ib.opts.Expiration,
+		DedupMax:    ib.opts.MaxKeys,
 	}
 	var full []string
 	for _, d := range env.Destinations {
@@ -512,6 +514,7 @@ func (ib *Inbox) storeAcks(ctx context.Context, receiver string, ms []store.Mess
 			TTL:         ib.opts.Expiration,
 			DedupKey:    ackDedupKey(s.Key, receiver),
 			DedupWindow: ib.opts.Expiration,
+			DedupMax:    ib.opts.MaxKeys,
 		})
 		var full *store.FullError
 		if errors.As(err, &full) {

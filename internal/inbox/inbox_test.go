@@ -181,8 +181,13 @@ func equalJSON(a, b any) bool {
 
 func checkCORS(t *testing.T, r resp) {
 	t.Helper()
-	if r.h.Get("Access-Control-Allow-Origin") != "*" || r.h.Get("Access-Control-Allow-Credentials") != "true" {
+	if r.h.Get("Access-Control-Allow-Origin") != "*" || r.h.Get("Access-Control-Expose-Headers") == "" {
 		t.Fatalf("%d answer lacks CORS headers: %v", r.status, r.h)
+	}
+	// Never credentials with "*": browsers refuse the pair, and a grant of
+	// credentials to every origin is what a CORS check must never allow.
+	if _, ok := r.h["Access-Control-Allow-Credentials"]; ok {
+		t.Fatalf("%d answer grants credentials to *: %v", r.status, r.h)
 	}
 }
 
@@ -849,4 +854,31 @@ func TestRestartKeepsEverything(t *testing.T) {
 				{"type":"ack","idempotencyKey":"restart-key1","destination":"b","receivedAt":"2020-05-09T20:20:39Z"}]`)
 		})
 	}
+}
+
+// TestIdempotencyKeysBoundedPerInbox: an inbox remembers the idempotency
+// keys of the messages it delivered for the whole expiration, but at most
+// MaxKeys of them (the engine's DedupMax): a sender with fresh keys for
+// every message could otherwise make postern remember without bound for a
+// week. The newest keys keep suppressing resends; the oldest are forgotten,
+// so such a message is delivered again.
+func TestIdempotencyKeysBoundedPerInbox(t *testing.T) {
+	const keys, max = 40, 16
+	forEachStore(t, func(c *server.Config) { c.Inbox.MaxKeys = max }, func(e *env) {
+		key := func(i int) string { return fmt.Sprintf("bounded-key-%04d", i) }
+		for i := range keys {
+			e.wantJSON(e.post("send", "a", `{"idempotencyKey":"`+key(i)+`","destination":["b"],"body":"v"}`), `{"sent":1}`)
+			if r := e.post("receive", "b", ""); !strings.Contains(r.body, key(i)) {
+				t.Fatalf("message %d not delivered: %s", i, r.body)
+			}
+		}
+		// The newest key is remembered: not delivered again.
+		e.post("send", "a", `{"idempotencyKey":"`+key(keys-1)+`","destination":["b"],"body":"again"}`)
+		e.wantJSON(e.post("receive", "b", ""), `[]`)
+		// The oldest is forgotten: delivered again.
+		e.post("send", "a", `{"idempotencyKey":"`+key(0)+`","destination":["b"],"body":"again"}`)
+		if r := e.post("receive", "b", ""); !strings.Contains(r.body, `"again"`) {
+			t.Fatalf("a resend with the oldest key: %s", r.body)
+		}
+	})
 }

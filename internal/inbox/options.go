@@ -11,8 +11,10 @@
 // in arrival order. A message copy is identified in its destination's queue
 // by (origin, idempotency key), an ack in its origin's queue by
 // (destination, idempotency key); both identities are the queue's dedup
-// key, remembered for Options.Expiration from the first send (see
-// store.AppendOptions.DedupWindow):
+// key, remembered by the engine for Options.Expiration from the first send
+// (see store.AppendOptions.DedupWindow), at most Options.MaxKeys of read
+// entries per inbox (store.AppendOptions.DedupMax), the oldest forgotten
+// first:
 //
 //   - while the copy is unread, sending it again replaces it in place
 //     (new body, expectsAck, sentAt and expiry), as the original did;
@@ -53,6 +55,12 @@ const (
 	// DefaultMaxActorBytes is the longest actor name (From header or
 	// destination), in bytes.
 	DefaultMaxActorBytes = 512
+	// DefaultMaxKeys is the most idempotency keys of read messages (and
+	// of acks) one inbox remembers: beyond, the oldest are forgotten
+	// (a message sent again with a forgotten key is delivered again), so
+	// what a sender can make postern remember is bounded per inbox, not
+	// only by the expiration.
+	DefaultMaxKeys = 10000
 )
 
 // Options configures the inbox front door.
@@ -73,6 +81,9 @@ type Options struct {
 	MaxLen int
 	// MaxActorBytes is the longest actor name.
 	MaxActorBytes int
+	// MaxKeys is the most idempotency keys of read entries one inbox
+	// remembers (the engine's store.AppendOptions.DedupMax).
+	MaxKeys int
 	// Policy holds postern's scoped tokens. When set, a request with
 	// "From: X" needs a token (or anonymous grant) allowing write on
 	// /inbox/X to send and read on /inbox/X to receive. Nil: the From
@@ -95,6 +106,7 @@ func DefaultOptions() Options {
 		MaxReceive:      DefaultMaxReceive,
 		MaxLen:          DefaultMaxLen,
 		MaxActorBytes:   DefaultMaxActorBytes,
+		MaxKeys:         DefaultMaxKeys,
 	}
 }
 
@@ -115,6 +127,8 @@ func (o Options) Validate() error {
 		return fmt.Errorf("inbox max length must be at least 1, got %d", o.MaxLen)
 	case o.MaxActorBytes < 1:
 		return fmt.Errorf("inbox max actor name length must be at least 1, got %d", o.MaxActorBytes)
+	case o.MaxKeys < 1:
+		return fmt.Errorf("inbox max idempotency keys must be at least 1, got %d", o.MaxKeys)
 	}
 	return nil
 }

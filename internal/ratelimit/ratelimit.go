@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -147,7 +148,13 @@ func (l *Limiter) Wrap(next http.Handler) http.Handler {
 
 // clientKey is the address a request is counted under.
 func (l *Limiter) clientKey(r *http.Request) string {
-	ip := ClientAddr(r, l.opts.TrustedProxies)
+	return AddrKey(ClientAddr(r, l.opts.TrustedProxies))
+}
+
+// AddrKey is what a client address is counted under: an IPv4 address as
+// it is, an IPv6 address by its /64 (one subscriber's network), "unknown"
+// for an invalid one.
+func AddrKey(ip netip.Addr) string {
 	if !ip.IsValid() {
 		return "unknown"
 	}
@@ -162,15 +169,10 @@ func (l *Limiter) clientKey(r *http.Request) string {
 // peer is a trusted proxy, the rightmost X-Forwarded-For entry that is not
 // a trusted proxy itself.
 func ClientAddr(r *http.Request, trusted []netip.Prefix) netip.Addr {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		host = r.RemoteAddr
+	ip := peerAddr(r)
+	if !ip.IsValid() {
+		return ip
 	}
-	ip, err := netip.ParseAddr(host)
-	if err != nil {
-		return netip.Addr{}
-	}
-	ip = ip.Unmap()
 	isTrusted := func(a netip.Addr) bool {
 		for _, p := range trusted {
 			if p.Contains(a) {
@@ -195,6 +197,40 @@ func ClientAddr(r *http.Request, trusted []netip.Prefix) netip.Addr {
 		ip = a
 	}
 	return ip
+}
+
+// FromThisHost reports whether r's client is on this host: its address
+// (the connection's peer, or behind trusted proxies the client
+// X-Forwarded-For names) is a loopback address, and no peer other than a
+// trusted proxy passed it on. A request from a loopback peer that is not
+// a trusted proxy but carries X-Forwarded-For, Forwarded or X-Real-Ip came
+// through a proxy on this host that was not declared: its client may be
+// anywhere, so it is not local.
+func FromThisHost(r *http.Request, trusted []netip.Prefix) bool {
+	if !ClientAddr(r, trusted).IsLoopback() {
+		return false
+	}
+	if peer := peerAddr(r); slices.ContainsFunc(trusted, func(p netip.Prefix) bool { return p.Contains(peer) }) {
+		return true
+	}
+	for _, h := range []string{"X-Forwarded-For", "Forwarded", "X-Real-Ip"} {
+		if len(r.Header.Values(h)) > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func peerAddr(r *http.Request) netip.Addr {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ip.Unmap()
 }
 
 // buckets is a set of token buckets with one rate, sharded by key. Memory is

@@ -179,3 +179,53 @@ func TestMemoryIsBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestAddrKey: IPv6 clients are counted by their /64, IPv4 ones by their
+// address, mapped addresses as IPv4.
+func TestAddrKey(t *testing.T) {
+	for in, want := range map[string]string{
+		"192.0.2.7":               "192.0.2.7",
+		"::ffff:192.0.2.7":        "192.0.2.7",
+		"2001:db8:1:2:aaaa::1":    "2001:db8:1:2::/64",
+		"2001:db8:1:2:ffff::ffff": "2001:db8:1:2::/64",
+		"2001:db8:1:3::1":         "2001:db8:1:3::/64",
+	} {
+		if got := ratelimit.AddrKey(netip.MustParseAddr(in)); got != want {
+			t.Errorf("AddrKey(%s) = %s, want %s", in, got, want)
+		}
+	}
+	if got := ratelimit.AddrKey(netip.Addr{}); got != "unknown" {
+		t.Errorf("AddrKey(invalid) = %s", got)
+	}
+}
+
+// TestFromThisHost: a client is on this host when its address is
+// loopback, and no proxy that is not trusted passed the request on.
+func TestFromThisHost(t *testing.T) {
+	trusted := []netip.Prefix{netip.MustParsePrefix("127.0.0.2/32")}
+	cases := []struct {
+		remote string
+		hdr    []string
+		want   bool
+	}{
+		{"127.0.0.1:1", nil, true},
+		{"[::1]:1", nil, true},
+		{"192.0.2.1:1", nil, false},
+		{"127.0.0.1:1", []string{"X-Forwarded-For", "203.0.113.5"}, false}, // a proxy on this host not declared
+		{"127.0.0.1:1", []string{"Forwarded", "for=203.0.113.5"}, false},
+		{"127.0.0.1:1", []string{"X-Real-Ip", "203.0.113.5"}, false},
+		{"127.0.0.2:1", []string{"X-Forwarded-For", "203.0.113.5"}, false}, // a trusted proxy's remote client
+		{"127.0.0.2:1", []string{"X-Forwarded-For", "127.0.0.1"}, true},    // a trusted proxy's local client
+		{"127.0.0.2:1", nil, true},
+	}
+	for _, c := range cases {
+		r := httptest.NewRequest("GET", "/", nil)
+		r.RemoteAddr = c.remote
+		for i := 0; i+1 < len(c.hdr); i += 2 {
+			r.Header.Set(c.hdr[i], c.hdr[i+1])
+		}
+		if got := ratelimit.FromThisHost(r, trusted); got != c.want {
+			t.Errorf("FromThisHost(%s, %q) = %v, want %v", c.remote, c.hdr, got, c.want)
+		}
+	}
+}

@@ -55,7 +55,7 @@ func (h *Hub) forwardRequest(req *http.Request, c *call) (*http.Response, error)
 	c.via = "forwarded"
 	var lastErr error
 	for i, addr := range addrs {
-		out, err := forwardedRequest(req, c.in, addr, h.opts.Namespace)
+		out, err := h.forwardedRequest(req, c.in, addr)
 		if err != nil {
 			lastErr = err
 			continue
@@ -80,8 +80,8 @@ func (h *Hub) forwardRequest(req *http.Request, c *call) (*http.Response, error)
 }
 
 // forwardedRequest is out re-addressed to node base: the user's original
-// path, query and Host, marked as forwarded.
-func forwardedRequest(out, in *http.Request, base, ns string) (*http.Request, error) {
+// path, query and Host, marked as forwarded (signed, with Options.Mark).
+func (h *Hub) forwardedRequest(out, in *http.Request, base string) (*http.Request, error) {
 	u, err := url.Parse(base)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("bad node address %q", base)
@@ -98,7 +98,11 @@ func forwardedRequest(out, in *http.Request, base, ns string) (*http.Request, er
 		f.URL.RawPath = strings.TrimSuffix(u.EscapedPath(), "/") + in.URL.RawPath
 	}
 	f.Host = in.Host
-	f.Header.Set(ForwardedHeader, ns)
+	mark := h.opts.Namespace
+	if h.opts.Mark != nil {
+		mark = h.opts.Mark(h.opts.Namespace, f)
+	}
+	f.Header.Set(ForwardedHeader, mark)
 	return f, nil
 }
 
@@ -274,10 +278,11 @@ func (h *Hub) Announced(name string) <-chan struct{} {
 // r, with body, unchanged to each other node that lists name, one after
 // another, until one answers with a status for which settled returns true,
 // and writes that answer to w. It reports false, having written nothing,
-// when the hub has no directory, r was itself forwarded, no other node
+// when the hub has no directory, r was itself forwarded (or is local
+// only: WithLocalOnly), no other node
 // lists name, or no node settled it: the caller then answers itself.
 func (h *Hub) ForwardToNodes(w http.ResponseWriter, r *http.Request, name string, body []byte, settled func(status int) bool) bool {
-	if h.forward == nil || r.Header.Get(ForwardedHeader) != "" {
+	if h.forward == nil || r.Header.Get(ForwardedHeader) != "" || LocalOnly(r.Context()) {
 		return false
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), h.opts.DirectoryTimeout)
@@ -292,7 +297,7 @@ func (h *Hub) ForwardToNodes(w http.ResponseWriter, r *http.Request, name string
 		if addr == self {
 			continue
 		}
-		out, err := forwardedRequest(r, r, addr, h.opts.Namespace)
+		out, err := h.forwardedRequest(r, r, addr)
 		if err != nil {
 			continue
 		}

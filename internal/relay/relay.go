@@ -41,9 +41,13 @@
 // A request for a name with no local backend is forwarded, as plain HTTP
 // with its original path, query and Host, to a node that holds the name;
 // ForwardedHeader marks it so that the receiving node serves it locally or
-// answers "no backend", and never forwards it again. The receiving node's
-// front door parses and authorizes the forwarded request exactly as it
-// would a direct one, so nodes need no trust between them. A local backend
+// answers "no backend", and never forwards it again. The mark is signed
+// with the secret the nodes share (Options.Mark, internal/cluster); the
+// receiving node's server drops a mark that does not verify, so a user
+// cannot claim to be a node. The receiving node's front door still parses
+// and authorizes the forwarded request exactly as it would a direct one
+// (the user's token travels with it, and is removed only when the request
+// reaches its backend), so a node grants nothing on another's word. A local backend
 // that implements Readier and says it is not ready (a long-poll transport
 // with no poll parked) yields to another node that lists the name.
 package relay
@@ -60,13 +64,15 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/postern/postern/internal/cluster"
 	"github.com/postern/postern/internal/httpapi"
 	"github.com/postern/postern/internal/store"
 )
 
 // ForwardedHeader marks a request that one node forwarded to another. Its
-// value is the namespace of the hub that forwarded it.
-const ForwardedHeader = "X-Postern-Forwarded"
+// value is the namespace of the hub that forwarded it, signed when the
+// hub has Options.Mark (see internal/cluster).
+const ForwardedHeader = cluster.Header
 
 // Defaults of the hub's options.
 const (
@@ -119,6 +125,13 @@ type Options struct {
 	// most this late, 0 leaves it to the buffers. Responses of unknown
 	// length and event streams are flushed at every write in any case.
 	FlushInterval time.Duration
+	// Mark, when set, returns the value of ForwardedHeader for out, a
+	// request forwarded to another node in namespace ns: the node's signed
+	// mark (internal/cluster). Nil: the namespace alone. The hub takes any
+	// request carrying ForwardedHeader as forwarded by a node, so whoever
+	// serves the hub removes the header from requests whose mark does not
+	// verify (internal/server does, with the cluster secret).
+	Mark func(ns string, out *http.Request) string
 	// Metrics receives the hub's measurements; nil: not exported.
 	Metrics *Metrics
 	// Logger receives the hub's logs; nil: slog.Default().
@@ -416,6 +429,7 @@ type call struct {
 	in        *http.Request // the user's request as it arrived
 	cancel    context.CancelFunc
 	forwarded bool   // the request came from another node
+	localOnly bool   // never forwarded (see WithLocalOnly)
 	via       string // "local" or "forwarded" once a route is chosen
 	upgraded  atomic.Bool
 	counted   bool         // in Hub.active; guarded by Hub.mu
@@ -427,6 +441,23 @@ func (c *call) setOutcome(o string) { c.outcome.CompareAndSwap(nil, o) }
 
 type callKey struct{}
 
+type localOnlyKey struct{}
+
+// WithLocalOnly marks a request context so that the hub serves the
+// request from a local backend only and never forwards it: the server
+// marks requests whose forwarding mark it dropped, so that two nodes
+// that do not trust each other's marks never send a request back and
+// forth.
+func WithLocalOnly(ctx context.Context) context.Context {
+	return context.WithValue(ctx, localOnlyKey{}, true)
+}
+
+// LocalOnly reports whether ctx was marked by WithLocalOnly.
+func LocalOnly(ctx context.Context) bool {
+	v, _ := ctx.Value(localOnlyKey{}).(bool)
+	return v
+}
+
 func callFrom(ctx context.Context) *call {
 	c, _ := ctx.Value(callKey{}).(*call)
 	return c
@@ -436,7 +467,7 @@ func callFrom(ctx context.Context) *call {
 // w. It returns when the exchange is over: the response was relayed, the
 // user or the backend went away, or the hub shut down.
 func (h *Hub) Serve(w http.ResponseWriter, r *http.Request, t Target) {
-	c := &call{t: t, in: r, forwarded: r.Header.Get(ForwardedHeader) != "", via: "local"}
+	c := &call{t: t, in: r, forwarded: r.Header.Get(ForwardedHeader) != "", localOnly: LocalOnly(r.Context()), via: "local"}
 	ew := t.ErrorWriter
 	if ew == nil {
 		ew = httpapi.WritePlain
@@ -537,10 +568,11 @@ func (h *Hub) rewrite(pr *httputil.ProxyRequest) {
 		return
 	}
 	if c.forwarded {
-		// Another node forwarded it, or a user claims so: the mark proves
-		// nothing. Keep the hops it lists and append the address this node
-		// saw, as every proxy does, so that the last hop is never the
-		// sender's choice; keep the scheme the first node saw. (The Host,
+		// Another node forwarded it (the server drops marks that do not
+		// verify with the cluster secret; with --cluster-insecure a user
+		// may still claim so). Keep the hops it lists and append the
+		// address this node saw, as every proxy does, so that the last hop
+		// is never the sender's choice; keep the scheme the first node saw. (The Host,
 		// hence X-Forwarded-Host, is the user's on every node.)
 		if v, ok := pr.In.Header["Forwarded"]; ok {
 			out.Header["Forwarded"] = v
@@ -573,7 +605,7 @@ func (h *Hub) roundTrip(req *http.Request) (*http.Response, error) {
 		req.Body = &countingReader{rc: req.Body, n: &c.up}
 	}
 	reg := h.pick(c.t.Name)
-	if reg != nil && h.forward != nil && !c.forwarded && !reg.ready() {
+	if reg != nil && h.forward != nil && !c.forwarded && !c.localOnly && !reg.ready() {
 		// The local backend cannot take the request now (a long-poll
 		// transport with no poll parked): prefer a node that may.
 		resp, err := h.forwardRequest(req, c)
@@ -610,7 +642,7 @@ func (h *Hub) roundTrip(req *http.Request) (*http.Response, error) {
 			}
 		}
 	}
-	if h.forward == nil || c.forwarded {
+	if h.forward == nil || c.forwarded || c.localOnly {
 		return nil, ErrNoBackend
 	}
 	resp, err := h.forwardRequest(req, c)

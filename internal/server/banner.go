@@ -46,6 +46,9 @@ type BannerInput struct {
 	Domain    string // expose domain
 	TokenFile bool   // a token policy is configured
 	OpenAuth  bool   // the tunnels' own auth (access token, signatures) is on
+	// OpsAddr is --ops-listen's address: the status page and metrics are
+	// there, not on Addr.
+	OpsAddr net.Addr
 }
 
 // NewBanner describes a node listening at in.Addr.
@@ -78,6 +81,15 @@ func NewBanner(in BannerInput) Banner {
 	if in.AtRoot {
 		page, channels = base+"/_postern/", base+"/"
 	}
+	ops := base
+	if in.OpsAddr != nil {
+		ops = scheme + "://" + in.OpsAddr.String()
+		if tcp, ok := in.OpsAddr.(*net.TCPAddr); ok && tcp.IP.IsUnspecified() {
+			ops = "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(tcp.Port))
+		}
+		ops = strings.Replace(ops, "https://", "http://", 1) // --ops-listen serves plain HTTP
+		page = ops + "/"
+	}
 	b.Endpoints = []Endpoint{
 		{"status page", page, "live status; publish and watch a channel"},
 		{"tunnels", base + "/t/", "postern send / recv, or POST and GET /t/NAME"},
@@ -90,7 +102,7 @@ func NewBanner(in BannerInput) Banner {
 		expose.URL = scheme + "://NAME." + in.Domain + ":" + port + "/ and " + expose.URL
 	}
 	b.Endpoints = append(b.Endpoints, expose,
-		Endpoint{"health", base + "/healthz", "and /readyz; metrics at " + base + "/metrics"})
+		Endpoint{"health", base + "/healthz", "and /readyz; metrics at " + ops + "/metrics"})
 	if everywhere || !loopback {
 		b.Warnings = append(b.Warnings, exposureWarning(everywhere, in.TokenFile, in.OpenAuth, port)...)
 	}

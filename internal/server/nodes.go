@@ -41,6 +41,9 @@ type nodes struct {
 	done    chan struct{}
 
 	live prometheus.Gauge
+	// onLive, when set, is told the live nodes after every heartbeat
+	// (from the heartbeat goroutine).
+	onLive func([]store.NodeInfo)
 }
 
 func newNodes(cfg Config, st store.Engine, log *slog.Logger, reg prometheus.Registerer) (*nodes, error) {
@@ -155,6 +158,9 @@ func (n *nodes) beat(me store.NodeInfo, failing bool) bool {
 	}
 	if err == nil {
 		n.live.Set(float64(len(live)))
+		if n.onLive != nil {
+			n.onLive(live)
+		}
 	}
 	return err == nil
 }

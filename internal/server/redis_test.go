@@ -303,3 +303,28 @@ func TestConcurrentConsumersOnTwoNodes(t *testing.T) {
 		}
 	}
 }
+
+// TestRedisNeedsAClusterSecret: nodes on Redis forward requests to each
+// other, so a node refuses to start there without --cluster-secret (a
+// node could not tell another node's forwarded request from a user's),
+// unless --cluster-insecure says the network is trusted.
+func TestRedisNeedsAClusterSecret(t *testing.T) {
+	url := redistest.URL(t)
+	cfg := servertest.Config()
+	cfg.Store = url
+	cfg.ClusterSecret = ""
+	if srv, err := server.New(cfg); err == nil {
+		srv.Shutdown(context.Background())
+		t.Fatal("a node on Redis started without a cluster secret")
+	} else if !strings.Contains(err.Error(), "--cluster-secret") || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("error does not say what to do, on one line: %v", err)
+	}
+	cfg.ClusterSecret = "short"
+	if srv, err := server.New(cfg); err == nil {
+		srv.Shutdown(context.Background())
+		t.Fatal("a 5-character cluster secret was taken")
+	}
+	cfg.ClusterSecret = ""
+	cfg.ClusterInsecure = true
+	servertest.Start(t, cfg)
+}

@@ -23,6 +23,7 @@ import (
 	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/broker"
 	"github.com/postern/postern/internal/channels"
+	"github.com/postern/postern/internal/cluster"
 	"github.com/postern/postern/internal/expose"
 	"github.com/postern/postern/internal/gcrrelay"
 	"github.com/postern/postern/internal/httpapi"
@@ -67,8 +68,25 @@ type Config struct {
 	MaxHeaderBytes int
 	// MaxConnections caps the client connections open at once (websockets,
 	// streams and long-polls included); a connection beyond it is answered
-	// 503 and closed. Zero: no cap.
+	// 503 and closed, except that OpsConnections more are taken for
+	// /healthz, /readyz and /metrics. Zero: derived from the process's
+	// open-file limit (what is left after the descriptors the node keeps
+	// for itself; half of that on a node that forwards). Negative: no cap.
 	MaxConnections int
+	// MaxConnectionsPerAddr caps the connections one client address (IPv6:
+	// its /64) holds open; one more is answered 429 and closed. Through a
+	// trusted proxy (RateLimit.TrustedProxies) the client is the one
+	// X-Forwarded-For names, and its requests in progress are counted.
+	// Zero: DefaultMaxConnectionsPerAddr (at most half of MaxConnections).
+	// Negative: no cap.
+	MaxConnectionsPerAddr int
+	// OpsListen, when set, is the TCP address that serves the operational
+	// endpoints (/metrics, /ops/*, the status page and its JSON, /readyz
+	// with its reason) to whoever reaches it; the public address then
+	// serves only /healthz and a /readyz without reason. Unset: the public
+	// address serves them to requests granted ops, or without a token file
+	// to clients on this host.
+	OpsListen string
 	// TokenFile, when set, names the scoped-token file (see internal/auth)
 	// that every capability honours alongside its seed's own auth.
 	TokenFile string
@@ -88,6 +106,16 @@ type Config struct {
 	// NodeTTL is how long the node directory lists this node after a
 	// heartbeat; zero means DefaultNodeTTL.
 	NodeTTL time.Duration
+	// ClusterSecret, shared by every node, signs the mark a node puts on
+	// a request it forwards to another (internal/cluster); a mark that
+	// does not verify is ignored. Nodes that forward (a store with a node
+	// directory, such as Redis) need it, unless ClusterInsecure.
+	ClusterSecret string
+	// ClusterInsecure lets nodes forward to each other without a secret:
+	// their marks prove nothing (the receiving node authorizes forwarded
+	// requests as any other), so only where nothing but postern nodes can
+	// reach them.
+	ClusterInsecure bool
 	// Directory is the node directory the relay hub uses; nil: the store
 	// engine's, when it implements store.Directory (shared engines). Tests
 	// set it to connect in-process nodes without a shared engine.
@@ -164,6 +192,9 @@ type Server struct {
 	page         *web.Web
 
 	nodes *nodes
+	ops   *opsServer // nil without --ops-listen
+	marks *markGuard
+	gate  *connGate
 
 	draining     atomic.Bool
 	shutdownOnce sync.Once
@@ -195,6 +226,7 @@ func New(cfg Config) (*Server, error) {
 		}
 		cfg.Policy = p
 	}
+	s.cfg.Policy = cfg.Policy
 	if cfg.Policy != nil {
 		cfg.Tunnel.Policy = cfg.Policy
 		cfg.Inbox.Policy = cfg.Policy
@@ -251,11 +283,28 @@ func New(cfg Config) (*Server, error) {
 	if dir == nil {
 		dir, _ = st.(store.Directory)
 	}
+	var keys *cluster.Keys
+	if cfg.ClusterSecret != "" {
+		if keys, err = cluster.New(cluster.Options{Secret: cfg.ClusterSecret, Node: s.nodes.self().ID}); err != nil {
+			return fail(err)
+		}
+	} else if dir != nil && !cfg.ClusterInsecure {
+		return fail(errNoClusterSecret)
+	}
+	s.marks = newMarkGuard(keys, dir != nil, s.log, s.registry)
+	caps := resolveConnCaps(cfg.MaxConnections, cfg.MaxConnectionsPerAddr, dir != nil)
+	s.gate = newConnGate(caps, cfg.RateLimit.TrustedProxies, s.log, s.registry)
+	s.nodes.onLive = s.gate.setNodes
+	var mark func(string, *http.Request) string
+	if keys != nil {
+		mark = keys.Sign
+	}
 	// One set of relay metrics for every hub of the node (relay, expose),
 	// labelled by namespace.
 	s.relayMetrics = relay.NewMetrics(s.registry)
 	hubOpts := relay.DefaultOptions("relay")
 	hubOpts.Directory = dir
+	hubOpts.Mark = mark
 	hubOpts.Metrics = s.relayMetrics
 	hubOpts.Logger = s.log
 	if s.relayHub, err = relay.New(hubOpts); err != nil {
@@ -277,6 +326,7 @@ func New(cfg Config) (*Server, error) {
 
 	exposeHub := relay.DefaultOptions("expose")
 	exposeHub.Directory = dir
+	exposeHub.Mark = mark
 	exposeHub.RegisterTTL = cfg.Expose.RegistrationTTL
 	exposeHub.Metrics = s.relayMetrics
 	exposeHub.Logger = s.log
@@ -287,6 +337,8 @@ func New(cfg Config) (*Server, error) {
 	undo = append(undo, hub.Shutdown)
 	eo := cfg.Expose
 	eo.Metrics, eo.Logger = s.registry, s.log
+	eo.TrustedProxies = cfg.RateLimit.TrustedProxies
+	eo.Mandates = s.queue
 	if s.expose, err = expose.New(hub, eo); err != nil {
 		return fail(err)
 	}
@@ -297,24 +349,20 @@ func New(cfg Config) (*Server, error) {
 	s.channels.Mount(mux)
 	s.relay.Mount(mux)
 	s.expose.Mount(mux)
-	httpapi.MountOps(mux, s.ready, s.registry)
-	s.nodes.mount(mux)
-	page := s.statusPage()
-	page.Mount(mux)
-	s.page = page
+	ops := s.opsRouter()
+	home := s.mountPublicOps(mux, ops)
 	unowned := notFound
 	if cfg.Channels.AtRoot {
 		// A dedicated channels host: every path nothing else claims is a
 		// channel, "/" included.
 		unowned = s.channels
 	}
-	home := page.Page()
 	mux.Fallback(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case strings.HasPrefix(r.URL.Path, "/health"):
 			// The original tunnel relay answered any path under /health with "OK".
 			httpapi.Handle(healthOK, nil).ServeHTTP(w, r)
-		case r.URL.Path == "/" && !cfg.Channels.AtRoot:
+		case r.URL.Path == "/" && home != nil:
 			home.ServeHTTP(w, r)
 		case s.relay.ServeUnowned(w, r):
 			// On paths nobody owns, X-Server-Name names a relay backend.
@@ -328,6 +376,11 @@ func New(cfg Config) (*Server, error) {
 	limiter := ratelimit.New(rl, cfg.Policy)
 
 	m := httpapi.NewMetrics(s.registry, s.log)
+	if cfg.OpsListen != "" {
+		if s.ops, err = listenOps(cfg.OpsListen, m.Wrap(ops), s.log); err != nil {
+			return fail(err)
+		}
+	}
 	// The Host check in front of the path router: NAME.<expose domain>
 	// belongs to agent NAME, whatever its path.
 	hosts := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -339,7 +392,7 @@ func New(cfg Config) (*Server, error) {
 	limited := limiter.Wrap(hosts)
 	// The node's health and metrics endpoints are never rate limited; on
 	// an agent's host those paths are the agent's, and are.
-	s.handler = m.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	s.handler = m.Wrap(s.gate.wrap(s.marks.wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/healthz", "/readyz", "/metrics":
 			if !s.expose.AgentHost(r.Host) {
@@ -348,7 +401,7 @@ func New(cfg Config) (*Server, error) {
 			}
 		}
 		limited.ServeHTTP(w, r)
-	}))
+	})), s.expose.AgentHost))
 	// HTTP/2 without TLS (prior knowledge), as the original relay served
 	// for gRPC clients, next to HTTP/1.1; with TLS, HTTP/2 by ALPN too.
 	protocols := new(http.Protocols)
@@ -365,6 +418,8 @@ func New(cfg Config) (*Server, error) {
 		IdleTimeout:       cfg.IdleTimeout,
 		MaxHeaderBytes:    cfg.MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		ConnContext:       connContext,
+		ConnState:         connState,
 	}
 	return s, nil
 }
@@ -408,6 +463,14 @@ func (s *Server) RelayAnnounced(name string) <-chan struct{} {
 	return s.relayHub.Announced(name)
 }
 
+// OpsAddr returns the address --ops-listen serves on ("" without it).
+func (s *Server) OpsAddr() string {
+	if s.ops == nil {
+		return ""
+	}
+	return s.ops.ln.Addr().String()
+}
+
 // Registry returns the node's metrics registry.
 func (s *Server) Registry() *prometheus.Registry { return s.registry }
 
@@ -422,11 +485,15 @@ func (s *Server) announce(addr net.Addr, tlsOn bool) {
 	if strings.HasPrefix(s.cfg.Store, "file:") {
 		storeName = s.cfg.Store
 	}
-	b := NewBanner(BannerInput{
+	in := BannerInput{
 		Version: version.Version(), Store: storeName, Node: s.nodes.self().ID, Addr: addr, TLS: tlsOn,
 		AtRoot: s.cfg.Channels.AtRoot, Domain: s.cfg.Expose.Domain, TokenFile: s.cfg.Policy != nil || s.cfg.TokenFile != "",
 		OpenAuth: s.cfg.Tunnel.AccessToken != "" || s.cfg.Tunnel.SignatureSecret != "",
-	})
+	}
+	if s.ops != nil {
+		in.OpsAddr = s.ops.ln.Addr()
+	}
+	b := NewBanner(in)
 	if s.cfg.Banner != nil {
 		b.WriteText(s.cfg.Banner)
 		return
@@ -444,13 +511,15 @@ func (s *Server) Serve(ln net.Listener) error {
 	s.nodes.start(ln.Addr())
 	s.page.Start()
 	tlsOn := s.http.TLSConfig != nil
+	s.log.Info("connection caps", s.gate.caps.describe()...)
 	s.announce(ln.Addr(), tlsOn)
 	// The relay hubs forward to the address the node directory lists.
 	s.relayHub.SetAdvertiseURL(s.nodes.self().Addr)
 	s.expose.Hub().SetAdvertiseURL(s.nodes.self().Addr)
-	if s.cfg.MaxConnections > 0 {
-		ln = newLimitListener(ln, s.cfg.MaxConnections, !tlsOn)
+	if s.ops != nil {
+		s.ops.serve()
 	}
+	ln = s.gate.listen(ln, !tlsOn)
 	var err error
 	if tlsOn {
 		err = s.http.ServeTLS(ln, "", "")
@@ -494,6 +563,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		if err := s.http.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("http drain: %w", err))
 			s.http.Close()
+		}
+		s.gate.wait() // refusals being answered end within a second
+		if s.ops != nil {
+			if err := s.ops.shutdown(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("ops drain: %w", err))
+			}
 		}
 		errs = append(errs, s.store.Close())
 		s.shutdownErr = errors.Join(errs...)

@@ -4,12 +4,17 @@ package servertest
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
 
 	"github.com/postern/postern/internal/server"
 )
@@ -23,10 +28,16 @@ type Node struct {
 	Addr string
 }
 
-// Config returns the default node config for tests: memory store, logs
-// discarded unless the test runs with -v and POSTERN_TEST_LOG is set.
+// ClusterSecret is the cluster secret of the nodes Config makes, so that
+// nodes sharing a directory forward to each other with signed marks.
+const ClusterSecret = "servertest-cluster-secret-0123456789"
+
+// Config returns the default node config for tests: memory store, the
+// test cluster secret, logs discarded unless the test runs with -v and
+// POSTERN_TEST_LOG is set.
 func Config() server.Config {
 	cfg := server.DefaultConfig()
+	cfg.ClusterSecret = ClusterSecret
 	cfg.Store = "memory"
 	cfg.Listen = "127.0.0.1:0"
 	cfg.ShutdownTimeout = 10 * time.Second
@@ -86,4 +97,97 @@ func (n *Node) WaitForSubscribers(t testing.TB, channel string, count int) {
 	if err := n.Server.WaitForSubscribers(ctx, channel, count); err != nil {
 		t.Fatalf("waiting for %d subscribers of %q: %v", count, channel, err)
 	}
+}
+
+// Metric reads metric name from the node's registry: the sum of its
+// series, counters and gauges alike.
+func (n *Node) Metric(t testing.TB, name string) float64 {
+	t.Helper()
+	mfs, err := n.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				sum += m.GetGauge().GetValue() + m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
+}
+
+// ClientFrom returns an HTTP client whose connections come from local
+// address ip (any of 127.0.0.0/8 on loopback), giving up after a minute.
+func ClientFrom(t testing.TB, ip string) *http.Client {
+	t.Helper()
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+	tr := &http.Transport{DialContext: d.DialContext, MaxIdleConnsPerHost: -1}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: time.Minute}
+}
+
+// Logs collects a node's logs (Config.Logger = slog.New(slog.NewTextHandler(logs, nil)))
+// safely from the node's goroutines.
+type Logs struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *Logs) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+// String returns what was logged so far.
+func (l *Logs) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// HoldWebsockets opens n channel websockets (/c/hold-<ip>-<i>) to the
+// server at baseURL from local address ip, eight at a time, and counts
+// the answers by status (101 for each that opened, -1 for no answer). The
+// ones that opened are closed when the test ends.
+func HoldWebsockets(ctx context.Context, t testing.TB, baseURL, ip string, n int) map[int]int {
+	t.Helper()
+	hc := ClientFrom(t, ip)
+	ws := "ws" + strings.TrimPrefix(baseURL, "http")
+	var mu sync.Mutex
+	got := map[int]int{}
+	var held []*websocket.Conn
+	t.Cleanup(func() {
+		for _, c := range held {
+			c.CloseNow()
+		}
+	})
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for i := range next {
+				c, resp, err := websocket.Dial(ctx, fmt.Sprintf("%s/c/hold-%s-%d", ws, ip, i), &websocket.DialOptions{HTTPClient: hc})
+				mu.Lock()
+				switch {
+				case err == nil:
+					held = append(held, c)
+					got[101]++
+				case resp != nil:
+					got[resp.StatusCode]++
+				default:
+					got[-1]++
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	return got
 }

@@ -101,6 +101,13 @@ type AppendOptions struct {
 	// DedupWindow is how long a DedupKey is remembered, counted from the
 	// append. Zero: only while the message is queued.
 	DedupWindow time.Duration
+	// DedupMax > 0 bounds the dedup keys of handed-out messages the queue
+	// remembers: after an append that stores a message, at most DedupMax
+	// remain, those whose windows end first forgotten first (an engine may
+	// forget a few more at once, down to 7/8 of DedupMax, so that it need
+	// not sort them at every append). A forgotten key no longer suppresses
+	// a resend. Zero: no bound but the windows.
+	DedupMax int
 }
 
 // AppendResult reports what Append did.

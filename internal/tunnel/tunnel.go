@@ -319,9 +319,10 @@ func (t *Tunnels) writeBody(w http.ResponseWriter, m store.Message) error {
 	h.Set("Content-Length", strconv.Itoa(len(m.Body)))
 	// The body and its type are the producer's, served on postern's own
 	// origin: a browser opening it as a page gets no script and no origin
-	// of its own (fetch and API clients ignore both headers).
+	// of its own, and no other site may frame it (fetch and API clients
+	// ignore these headers).
 	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Content-Security-Policy", "sandbox")
+	h.Set("Content-Security-Policy", "sandbox; frame-ancestors 'none'")
 	w.WriteHeader(http.StatusOK)
 	if _, err := w.Write(m.Body); err != nil {
 		return err

@@ -970,7 +970,7 @@ func TestMessagesAreSandboxed(t *testing.T) {
 		check := func(r resp, what string) {
 			t.Helper()
 			if r.status != 200 || r.body != page || r.h.Get("Content-Type") != "text/html" ||
-				r.h.Get("Content-Security-Policy") != "sandbox" || r.h.Get("X-Content-Type-Options") != "nosniff" {
+				r.h.Get("Content-Security-Policy") != "sandbox; frame-ancestors 'none'" || r.h.Get("X-Content-Type-Options") != "nosniff" {
 				t.Fatalf("%s: %d %q %v", what, r.status, r.body, r.h)
 			}
 		}

@@ -222,6 +222,10 @@ func (s *Store) append(sh *shard, key string, m store.Message, opts store.Append
 			w.delSeen(key, k)
 		}
 	}
+	for _, k := range ordered.Overflow(q.seen, opts.DedupMax) {
+		delete(q.seen, k)
+		w.delSeen(key, k)
+	}
 	res := store.AppendResult{ID: e.msg.ID}
 	if opts.MaxLen > 0 {
 		for q.Len() > opts.MaxLen {

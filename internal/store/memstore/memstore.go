@@ -247,6 +247,9 @@ func (s *Store) Append(ctx context.Context, key string, m store.Message, opts st
 		q.queued[k] = e
 		delete(q.seen, k)
 	}
+	for _, k := range ordered.Overflow(q.seen, opts.DedupMax) {
+		delete(q.seen, k)
+	}
 	res := store.AppendResult{ID: e.msg.ID}
 	if opts.MaxLen > 0 {
 		for q.Len() > opts.MaxLen {

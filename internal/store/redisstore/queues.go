@@ -130,7 +130,7 @@ func (s *Store) Append(ctx context.Context, key string, m store.Message, opts st
 	res, err := s.exec(ctx, scAppend, s.qkeys(key), now.UnixMilli(),
 		encode(exp, until, opts.DedupKey, m.ContentType, m.Body),
 		opts.DedupKey, strconv.FormatInt(exp, 10),
-		strconv.Itoa(max(opts.Limit, 0)), strconv.Itoa(max(opts.MaxLen, 0)))
+		strconv.Itoa(max(opts.Limit, 0)), strconv.Itoa(max(opts.MaxLen, 0)), strconv.Itoa(max(opts.DedupMax, 0)))
 	if err != nil {
 		return store.AppendResult{}, err
 	}

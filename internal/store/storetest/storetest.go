@@ -73,6 +73,7 @@ func Run(t *testing.T, h Harness) {
 		{"MessageTTL", testMessageTTL},
 		{"DedupReplacesQueued", testDedupReplace},
 		{"DedupWindow", testDedupWindow},
+		{"DedupMax", testDedupMax},
 		{"TakeAll", testTakeAll},
 		{"Restore", testRestore},
 		{"RestoreAfterTakeAll", testRestoreAfterTakeAll},
@@ -504,6 +505,46 @@ func testDedupWindow(t *testing.T, e store.Engine, c *Clock) {
 	}
 	if r := mustAppend(t, e, "all", "v2", opts); !r.Duplicate {
 		t.Fatal("resend after TakeAll stored")
+	}
+}
+
+// testDedupMax: an append with DedupMax leaves at most that many
+// remembered keys of handed-out messages, forgetting those whose windows
+// end first; the ones kept still suppress resends.
+func testDedupMax(t *testing.T, e store.Engine, c *Clock) {
+	const n, max = 40, 16
+	for i := range n {
+		mustAppend(t, e, "q", "v", store.AppendOptions{DedupKey: fmt.Sprint("k", i), DedupWindow: time.Hour})
+		wantBody(t, e, "q", store.TakeDelete, "v")
+		c.Advance(time.Second) // windows end in the order of the keys
+	}
+	mustAppend(t, e, "q", "new", store.AppendOptions{DedupKey: "new", DedupWindow: time.Hour, DedupMax: max})
+	// Checked from the newest: a key still remembered answers Duplicate
+	// and changes nothing; the first forgotten one ends the run of
+	// remembered keys (a check that stores it is made without DedupMax).
+	kept := 0
+	for i := n - 1; i >= 0; i-- {
+		r := mustAppend(t, e, "q", "again", store.AppendOptions{DedupKey: fmt.Sprint("k", i), DedupWindow: time.Hour})
+		if !r.Duplicate {
+			break
+		}
+		kept++
+	}
+	if kept > max || kept < max*7/8 {
+		t.Fatalf("%d of the newest keys remembered after DedupMax %d, want at most %d and at least %d", kept, max, max, max*7/8)
+	}
+	// The oldest is forgotten.
+	if r := mustAppend(t, e, "q", "again", store.AppendOptions{DedupKey: "k0", DedupWindow: time.Hour}); r.Duplicate {
+		t.Fatal("the oldest key is still remembered")
+	}
+	// Without DedupMax nothing is bounded but the window.
+	for i := range n {
+		mustAppend(t, e, "u", "v", store.AppendOptions{DedupKey: fmt.Sprint("k", i), DedupWindow: time.Hour})
+		wantBody(t, e, "u", store.TakeDelete, "v")
+	}
+	mustAppend(t, e, "u", "new", store.AppendOptions{DedupKey: "new", DedupWindow: time.Hour})
+	if r := mustAppend(t, e, "u", "again", store.AppendOptions{DedupKey: "k0", DedupWindow: time.Hour}); !r.Duplicate {
+		t.Fatal("without DedupMax a key was forgotten within its window")
 	}
 }
 

@@ -1,8 +1,8 @@
 -- Append. ARGV[3] record, [4] dedup key, [5] expires ms (0: never),
--- [6] limit, [7] max length.
+-- [6] limit, [7] max length, [8] most remembered dedup keys (0: no bound).
 -- Returns {kind, id, len, trimmed}: kind 0 appended, 1 duplicate, 2 full.
 local rec, dk, exp = ARGV[3], ARGV[4], tonumber(ARGV[5])
-local limit, maxlen = tonumber(ARGV[6]), tonumber(ARGV[7])
+local limit, maxlen, dedupmax = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 if dk ~= '' then
   if uses('w') then redis.call('ZREMRANGEBYSCORE', W, '-inf', now) end
   local qid = redis.call('HGET', K, dk)
@@ -38,6 +38,11 @@ if dk ~= '' then
   redis.call('HSET', K, dk, id)
   touch(K)
   redis.call('ZREM', W, dk)
+end
+if dedupmax > 0 and uses('w') then
+  -- Remembered keys beyond the bound: those whose windows end first go.
+  local over = redis.call('ZCARD', W) - dedupmax
+  if over > 0 then redis.call('ZPOPMIN', W, over) end
 end
 dirty = true
 n = n + 1
