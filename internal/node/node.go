@@ -14,10 +14,12 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -146,6 +148,14 @@ type Config struct {
 
 	// Logger receives the node's logs; nil means slog.Default().
 	Logger *slog.Logger
+	// StatusInterval is the interval of the rate history the status page
+	// charts; 0 means web.DefaultHistoryInterval.
+	StatusInterval time.Duration
+	// Banner, when set, gets the start-up banner as text for a person (the
+	// URL of each capability, warnings); otherwise the banner is one log
+	// record, followed by the original relay server's "Relay server
+	// listening" record that its tooling waits for.
+	Banner io.Writer
 }
 
 // DefaultConfig returns a config with every default filled in.
@@ -164,9 +174,11 @@ func DefaultConfig() Config {
 		Expose:            expose.DefaultOptions(),
 		Channels:          channels.DefaultOptions(),
 		Broker: broker.Options{
-			QueueLen:   broker.DefaultQueueLen,
-			HistoryLen: broker.DefaultHistoryLen,
-			HistoryTTL: broker.DefaultHistoryTTL,
+			QueueLen:           broker.DefaultQueueLen,
+			HistoryLen:         broker.DefaultHistoryLen,
+			HistoryTTL:         broker.DefaultHistoryTTL,
+			MaxHistoryChannels: broker.DefaultMaxHistoryChannels,
+			MaxHistoryBytes:    broker.DefaultMaxHistoryBytes,
 		},
 	}
 }
@@ -280,15 +292,37 @@ func (n *Node) OpsAddr() string {
 	return n.ops.ln.Addr().String()
 }
 
-// ready is /readyz's verdict: nil when the node takes traffic.
+// ready is /readyz's verdict (see readiness): nil when the node takes
+// traffic.
 func (n *Node) ready(ctx context.Context) error {
-	if n.draining.Load() {
-		return errors.New("draining")
+	return readiness(ctx, n.draining.Load(), n.store)
+}
+
+// announce says that the node listens at addr: the banner, as text or as
+// a log record.
+func (n *Node) announce(addr net.Addr, tlsOn bool) {
+	storeName := n.store.Name()
+	if strings.HasPrefix(n.cfg.Store, "file:") {
+		storeName = n.cfg.Store
 	}
-	if err := n.store.Ping(ctx); err != nil {
-		return fmt.Errorf("%s store: %w", n.store.Name(), err)
+	in := BannerInput{
+		Version: version.Version(), Store: storeName, Node: n.members.self().ID, Addr: addr, TLS: tlsOn,
+		AtRoot: n.cfg.Channels.AtRoot, Domain: n.cfg.Expose.Domain, TokenFile: n.cfg.Policy != nil || n.cfg.TokenFile != "",
+		OpenAuth: n.cfg.Tunnel.AccessToken != "" || n.cfg.Tunnel.SignatureSecret != "",
 	}
-	return nil
+	if n.ops != nil {
+		in.OpsAddr = n.ops.ln.Addr()
+	}
+	b := NewBanner(in)
+	if n.cfg.Banner != nil {
+		b.WriteText(n.cfg.Banner)
+		return
+	}
+	b.Log(n.log)
+	if tcp, ok := addr.(*net.TCPAddr); ok {
+		// The line the original relay server's users wait for.
+		n.log.Info("Relay server listening", "Port", tcp.Port)
+	}
 }
 
 // Serve serves HTTP on ln until Shutdown; it returns nil after a graceful
@@ -304,15 +338,7 @@ func (n *Node) Serve(ln net.Listener) error {
 	}
 	tlsOn := n.http.TLSConfig != nil
 	n.log.Info("connection caps", n.gate.caps.describe()...)
-	me := n.members.self()
-	n.log.Info("postern listening", "addr", ln.Addr().String(), "store", n.store.Name(), "node", me.ID, "advertise", me.Addr, "version", version.Version(), "tls", tlsOn)
-	if n.ops != nil {
-		n.log.Info("ops listening", "addr", n.ops.ln.Addr().String())
-	}
-	if tcp, ok := ln.Addr().(*net.TCPAddr); ok {
-		// The line the original relay server's users wait for.
-		n.log.Info("Relay server listening", "Port", tcp.Port)
-	}
+	n.announce(ln.Addr(), tlsOn)
 	ln = n.gate.listen(ln, !tlsOn)
 	var err error
 	if tlsOn {

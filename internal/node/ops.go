@@ -14,8 +14,6 @@ import (
 	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/httpapi"
 	"github.com/postern/postern/internal/ratelimit"
-	"github.com/postern/postern/internal/store"
-	"github.com/postern/postern/internal/version"
 	"github.com/postern/postern/internal/web"
 )
 
@@ -52,14 +50,18 @@ func (n *Node) listenOps() (part, error) {
 // /healthz and /readyz and, without --ops-listen, the ops
 // endpoints behind the ops guard, the status page at "/" included (unless
 // channels are at the root). With --ops-listen they are that listener's.
+// The status page samples its charts' rates from when the node serves
+// until it drains.
 func (n *Node) buildOps() (part, error) {
-	ops := n.opsRoutes()
+	page := n.statusPage()
+	ops := n.opsRoutes(page)
+	started := part{start: page.Start, stop: func(context.Context) error { page.Close(); return nil }}
 	rt := n.routes
 	rt.Add(httpapi.Route{Pattern: "/healthz", Ops: true, Handler: ops})
 	rt.Add(httpapi.Route{Pattern: "/readyz", Ops: true, Handler: httpapi.Handle(n.serveTerseReady, nil)})
 	if n.ops != nil {
 		n.ops.http.Handler = n.metrics.Wrap(ops)
-		return part{}, nil
+		return started, nil
 	}
 	guarded := httpapi.Handle(func(w http.ResponseWriter, r *http.Request) error {
 		if err := n.allowOps(r); err != nil {
@@ -75,17 +77,16 @@ func (n *Node) buildOps() (part, error) {
 	if !n.cfg.Channels.AtRoot {
 		rt.Handle("/", guarded)
 	}
-	return part{}, nil
+	return started, nil
 }
 
 // opsRoutes returns the table of the ops endpoints, unguarded: what
 // --ops-listen serves, and what the public address serves behind the
 // guard.
-func (n *Node) opsRoutes() *httpapi.Routes {
+func (n *Node) opsRoutes(page *web.Web) *httpapi.Routes {
 	rt := httpapi.NewRoutes(nil)
 	httpapi.MountOps(rt, n.ready, n.registry)
 	n.members.mount(rt)
-	page := n.statusPage()
 	page.Mount(rt)
 	if !n.cfg.Channels.AtRoot {
 		rt.Handle("/", page.Page())
@@ -104,61 +105,6 @@ func healthOK(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Content-Type", "text/plain")
 	_, err := w.Write([]byte("OK"))
 	return err
-}
-
-// statusPage assembles the web page's status from the cores. A capability
-// adds its figures with one more Section (and its rates to Rates).
-func (n *Node) statusPage() *web.Web {
-	w := web.New(web.Options{
-		AtRoot:   n.cfg.Channels.AtRoot,
-		Gatherer: n.registry,
-		Version:  version.Version(),
-		Rates: []web.Rate{
-			{Name: "http_requests", Metric: "postern_http_requests_total"},
-			{Name: "tunnel_messages", Metric: "postern_queue_appended_total"},
-			{Name: "channel_messages", Metric: "postern_broker_published_total"},
-			{Name: "channel_deliveries", Metric: "postern_broker_delivered_total"},
-			{Name: "inbox_messages", Metric: "postern_inbox_sent_total"},
-			{Name: "relay_requests", Metric: "postern_relay_requests_total"},
-		},
-	})
-	w.Section("tunnels", func(context.Context) any {
-		t := struct {
-			Queues    int `json:"queues"`
-			Messages  int `json:"messages"`
-			LongPolls int `json:"long_polls"`
-		}{LongPolls: n.queue.Waiting()}
-		if st, ok := n.store.(store.Stats); ok {
-			qs := st.QueueStats()
-			t.Queues, t.Messages = qs.Queues, qs.Messages
-		}
-		return t
-	})
-	w.Section("channels", func(context.Context) any { return n.channels.Stats() })
-	w.Section("relay", func(context.Context) any {
-		// Counts only: the page is public, backend names need not be.
-		return struct {
-			Backends int `json:"connected_backends"`
-		}{len(n.relayHub.Names())}
-	})
-	w.Section("expose", func(context.Context) any {
-		return struct {
-			Agents int `json:"connected_agents"`
-		}{len(n.expose.Hub().Names())}
-	})
-	w.Section("cluster", func(context.Context) any {
-		me := n.members.self()
-		return struct {
-			Node string `json:"node"`
-			Addr string `json:"advertised"`
-		}{me.ID, me.Addr}
-	})
-	w.Section("store", func(context.Context) any {
-		return struct {
-			Engine string `json:"engine"`
-		}{n.store.Name()}
-	})
-	return w
 }
 
 // serveTerseReady is the public /readyz: ready or not, without the reason

@@ -374,6 +374,18 @@ func (h *Hub) Names() []string {
 	return out
 }
 
+// Backends reports, per name with a backend on this node, how many
+// backends (agents, relay clients) are registered under it.
+func (h *Hub) Backends() map[string]int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make(map[string]int, len(h.backends))
+	for n, list := range h.backends {
+		out[n] = len(list)
+	}
+	return out
+}
+
 // Local returns the RoundTripper of a backend registered for name on this
 // node (the one with the fewest requests in flight), or nil: for a front
 // door whose backends serve some requests in their own way (a Brickchain
