@@ -97,17 +97,24 @@ type Web struct {
 
 // New returns the page.
 func New(opts Options) *Web {
-	if opts.Now == nil {
-		opts.Now = time.Now
-	}
-	if opts.HistoryInterval <= 0 {
-		opts.HistoryInterval = DefaultHistoryInterval
-	}
-	if opts.HistoryPoints <= 0 {
-		opts.HistoryPoints = DefaultHistoryPoints
-	}
+	opts.Validate()
 	return &Web{opts: opts, started: opts.Now(), sections: make(map[string]func(context.Context) any),
 		history: make(map[string][]float64), stop: make(chan struct{}), stopped: make(chan struct{})}
+}
+
+// Validate fills the settings left zero (or negative) with their
+// defaults; it refuses none.
+func (o *Options) Validate() error {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.HistoryInterval <= 0 {
+		o.HistoryInterval = DefaultHistoryInterval
+	}
+	if o.HistoryPoints <= 0 {
+		o.HistoryPoints = DefaultHistoryPoints
+	}
+	return nil
 }
 
 // Start samples the rates every HistoryInterval for the charts, until
