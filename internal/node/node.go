@@ -3,7 +3,7 @@
 // (assemble.go), which also drives start-up, undo on failure and the
 // graceful shutdown (in reverse), mounts every route on one table
 // (httpapi.Routes), and serves it behind the node's own guards: the
-// connection caps (conns.go), the check of forwarding marks (cluster.go),
+// connection caps (conns.go), the check of forwarding marks (marks.go),
 // the rate limits, and the operations endpoints behind the ops grant or on
 // their own listener (ops.go). Membership in the node directory of a
 // shared engine is membership.go; the engine itself is opened by store.go.
