@@ -37,8 +37,8 @@ func (c *agentCmd) logger() (*slog.Logger, error) {
 // localURL checks the URL of the local service.
 func localURL(s string) error {
 	u, err := url.Parse(s)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return usagef("LOCAL-URL %q: want http://host:port or https://host:port", s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "tcp") || u.Host == "" || (u.Scheme == "tcp" && u.Port() == "") {
+		return usagef("LOCAL-URL %q: want http://host:port, https://host:port or tcp://host:port", s)
 	}
 	return nil
 }
@@ -46,7 +46,7 @@ func localURL(s string) error {
 func (a *app) exposeCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:     "expose [flags] LOCAL-URL",
-		Short:   "publish a local service through the server (HTTP and websockets)",
+		Short:   "publish a local service through the server (HTTP, websockets, raw TCP)",
 		GroupID: groupAgent,
 		Long: `Publishes the service at LOCAL-URL (for example http://localhost:3000)
 through a postern server: users reach it at NAME.<expose domain> (or at
@@ -59,16 +59,27 @@ drops, and stops cleanly on SIGINT or SIGTERM.
 With a token policy on the server the agent needs a token granted "serve"
 on /expose/NAME; without one, the server takes agents from its own host only
 unless it runs with --expose-anonymous-agents. Two agents with one name
-share its requests.`,
+share its requests.
+
+A tcp:// LOCAL-URL publishes raw TCP (SSH, a database, a game server): the
+server, run with --expose-tcp-ports LO-HI, gives the name a public port
+from that range (--public-port asks for one in particular) and every
+connection to it reaches the local service; the agent prints
+"Forwarding tcp://SERVER:PORT -> tcp://HOST:PORT". Under a token policy it
+also needs "serve" on /tcp/PORT (/tcp/* for any port).`,
 		Example: `  postern expose --name demo http://localhost:3000
-  postern expose --server https://gate.example --name shop --rewrite-host http://127.0.0.1:8000`,
+  postern expose --server https://gate.example --name shop --rewrite-host http://127.0.0.1:8000
+  postern expose --name ssh tcp://127.0.0.1:22
+  postern expose --name db --public-port 25432 tcp://127.0.0.1:5432`,
 		Args: exactArgs(1, "want exactly one LOCAL-URL"),
 	}
 	c := a.newAgentCmd(cmd)
 	var name string
 	var rewriteHost bool
+	var publicPort int
 	c.fs.String(&name, "name", "`name` to expose the service under (a DNS label; default: a random one)")
 	c.fs.Bool(&rewriteHost, "rewrite-host", "send the local service its own host in the Host header, not the public one")
+	c.fs.Int(&publicPort, "public-port", "for a tcp:// service, the public `port` to ask the server for (default: any free one of its range)")
 	a.bind(cmd, c.fs)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		if err := localURL(args[0]); err != nil {
@@ -89,6 +100,7 @@ share its requests.`,
 		err = cl.Expose(ctx, client.ExposeOptions{
 			Name:        name,
 			Local:       args[0],
+			Port:        publicPort,
 			RewriteHost: rewriteHost,
 			Logger:      log,
 			MinBackoff:  DefaultMinBackoff,

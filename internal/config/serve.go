@@ -100,6 +100,7 @@ func ServeFlags() (*FlagSet, *Serve) {
 	fs.Duration(&ex.Brickchain.ResponseTimeout, "expose-timeout", "how long a brickchain agent has to answer before the user gets 504")
 	fs.Int(&ex.Brickchain.ClientRate, "expose-client-rate", "requests allowed to each brickchain client per --expose-client-rate-period (0: unlimited); more get 429")
 	fs.Duration(&ex.Brickchain.ClientRatePeriod, "expose-client-rate-period", "period of --expose-client-rate")
+	fs.String(&ex.TCPPorts, "expose-tcp-ports", "range LO-HI of public TCP `ports` handed to agents exposing raw TCP (postern expose tcp://...), one per name; empty: no raw TCP")
 	fs.Bool(&ex.AnonymousAgents, "expose-anonymous-agents", "without --token-file, let native agents from any address claim any name (default: loopback agents only)")
 	ch, b := &c.Server.Channels, &c.Server.Broker
 	fs.Group("Channels (/c/)")

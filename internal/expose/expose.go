@@ -72,6 +72,7 @@ type Service struct {
 	m       *metrics
 	bc      *brickchain.Transport
 	native  *nativeTransport
+	tcp     *tcpPorts // nil without Options.TCPPorts
 
 	closing atomic.Bool // agents are refused
 
@@ -100,6 +101,7 @@ func New(hub *relay.Hub, opts Options, deps capability.Deps) (*Service, error) {
 		return nil, err
 	}
 	s.native = newNativeTransport(hub, opts, s.log, s.m.of(transportNative))
+	s.tcp = newTCPPorts(s.opts, s.log, s.m)
 	return s, nil
 }
 
@@ -309,6 +311,9 @@ func (s *Service) Shutdown(ctx context.Context) error {
 		var closing sync.WaitGroup
 		closing.Go(s.bc.Close)
 		closing.Go(s.native.close)
+		if s.tcp != nil {
+			closing.Go(s.tcp.close)
+		}
 		closing.Wait()
 		s.shutdownErr = errors.Join(err, s.waitHandlers(ctx))
 	})
@@ -325,6 +330,9 @@ func (s *Service) waitHandlers(ctx context.Context) error {
 	go func() {
 		s.bc.Wait()
 		s.native.wait()
+		if s.tcp != nil {
+			s.tcp.wait()
+		}
 		close(done)
 	}()
 	select {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 
 	"github.com/postern/postern/internal/broker"
@@ -259,6 +260,10 @@ func (n *Node) buildInbox() (part, error) {
 func (n *Node) buildExpose() (part, error) {
 	eo := n.cfg.Expose
 	eo.Brickchain.Mandates = n.queue
+	if eo.TCPHost == "" {
+		// Raw TCP ports listen where the node does.
+		eo.TCPHost, _, _ = net.SplitHostPort(n.cfg.Listen)
+	}
 	if err := eo.Validate(); err != nil {
 		return part{}, err
 	}
