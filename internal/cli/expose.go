@@ -2,9 +2,11 @@ package cli
 
 import (
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -110,7 +112,11 @@ also needs "serve" on /tcp/PORT (/tcp/* for any port).`,
 			},
 		})
 		if err != nil {
-			return explain(ctx, err, c.call("serve", "/expose/"+name))
+			cl := c.call("serve", "/expose/"+name)
+			if ce := (*client.Error)(nil); errors.As(err, &ce) && strings.Contains(ce.Message, "/tcp/") {
+				cl.action = "" // a public port's grant: the server's message names it
+			}
+			return explain(ctx, err, cl)
 		}
 		log.Info("expose: stopped", slog.String("name", name))
 		return nil

@@ -29,30 +29,37 @@ import (
 func (s *Service) serveAgent(w http.ResponseWriter, r *http.Request) {
 	httpapi.SetRoute(r, "expose.agent")
 	if s.closing.Load() {
-		httpapi.WritePlain(w, r, errClosing)
+		refuseAgent(w, r, errClosing)
 		return
 	}
 	name, result, err := s.authorizeAgent(r)
 	if err != nil {
 		s.m.registration(transportNative, result)
-		httpapi.WritePlain(w, r, err)
+		refuseAgent(w, r, err)
 		return
 	}
 	req, perr := parseAgentRequest(r.URL.Query())
 	if perr != nil {
 		s.m.registration(transportNative, "malformed")
-		httpapi.WritePlain(w, r, perr)
+		refuseAgent(w, r, perr)
 		return
 	}
 	var b binding = hubBinding{t: s.native, public: s.publicURL(r, name)}
 	if req.proto == protoTCP {
 		if b, perr = s.tcpBinding(r, name, req.port); perr != nil {
 			s.m.registration(transportNative, "refused")
-			httpapi.WritePlain(w, r, perr)
+			refuseAgent(w, r, perr)
 			return
 		}
 	}
 	s.native.serve(w, r, name, b)
+}
+
+// refuseAgent answers a native agent's handshake with e, marked as
+// postern's own answer (the agent tells it from a proxy's by the mark).
+func refuseAgent(w http.ResponseWriter, r *http.Request, e *httpapi.Error) {
+	httpapi.MarkError(w.Header(), e)
+	httpapi.WritePlain(w, r, e)
 }
 
 // authorizeAgent returns the name a native agent's handshake claims, or
@@ -175,7 +182,7 @@ func (b hubBinding) detach(a *nativeAgent) {
 func (t *nativeTransport) serve(w http.ResponseWriter, r *http.Request, name string, b binding) {
 	a := &nativeAgent{name: name, ready: make(chan struct{})}
 	if !t.live.Add(a) {
-		httpapi.WritePlain(w, r, errClosing)
+		refuseAgent(w, r, errClosing)
 		return
 	}
 	defer t.live.Remove(a)
@@ -183,7 +190,7 @@ func (t *nativeTransport) serve(w http.ResponseWriter, r *http.Request, name str
 	if err != nil {
 		close(a.ready)
 		t.count.Registration("refused")
-		httpapi.WritePlain(w, r, err)
+		refuseAgent(w, r, err)
 		return
 	}
 	w.Header().Set(PublicURLHeader, public)
