@@ -407,7 +407,7 @@ func TestExposeTCPRangeExhausted(t *testing.T) {
 	go func() {
 		done <- c.Expose(ctx, client.ExposeOptions{
 			Name: "waiter", Local: echoServer(t), MinBackoff: 5 * time.Millisecond, MaxBackoff: 50 * time.Millisecond,
-			Logger: slog.New(slog.NewTextHandler(logs, nil)),
+			Logger:  slog.New(slog.NewTextHandler(logs, nil)),
 			OnReady: func(u string) { waiting <- u },
 		})
 	}()
