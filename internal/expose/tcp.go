@@ -1,7 +1,6 @@
 package expose
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -9,14 +8,12 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
-	"sync"
 	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/postern/postern/internal/auth"
-	"github.com/postern/postern/internal/expose/muxconn"
 	"github.com/postern/postern/internal/httpapi"
 )
 
@@ -132,32 +129,27 @@ func (b *tcpBinding) detach(a *nativeAgent) { b.ports.release(b.port, a) }
 
 // tcpPorts hands out the public ports of the range to the names of raw
 // TCP agents and carries their users' connections. It owns the listeners
-// and the user connections: close closes them all, wait waits for their
-// goroutines.
+// and, through its carrier, the user connections: close closes them all,
+// wait waits for their goroutines.
 type tcpPorts struct {
-	lo, hi   int
-	host     string
-	maxConns int
-	log      *slog.Logger
-	count    rawCounters
-	open     prometheus.Gauge // ports open
+	rawCarrier // its mu guards the maps too
 
-	mu     sync.Mutex
+	lo, hi int
+	host   string
+	open   prometheus.Gauge // ports open
+
 	byName map[string]*tcpPort
 	byPort map[int]*tcpPort
 	last   map[int]string // the name each port was last held by
 	next   int            // where the search for a free port starts
-	closed bool
-	wg     sync.WaitGroup // accept loops and user connections
 }
 
 // tcpPort is one public port, held by the agents of one name.
 type tcpPort struct {
-	name   string
-	port   int
-	ln     net.Listener
-	agents map[*nativeAgent]int // each with its user connections open
-	conns  map[net.Conn]struct{}
+	rawSet
+	name string
+	port int
+	ln   net.Listener
 }
 
 func newTCPPorts(o Options, log *slog.Logger, m *metrics) *tcpPorts {
@@ -165,8 +157,8 @@ func newTCPPorts(o Options, log *slog.Logger, m *metrics) *tcpPorts {
 		return nil
 	}
 	return &tcpPorts{
-		lo: o.tcpLo, hi: o.tcpHi, host: o.TCPHost, maxConns: o.TCPMaxConnections, log: log,
-		count: m.raw(transportTCP), open: m.ports, next: o.tcpLo,
+		rawCarrier: rawCarrier{maxConns: o.TCPMaxConnections, log: log, count: m.raw(transportTCP)},
+		lo:         o.tcpLo, hi: o.tcpHi, host: o.TCPHost, open: m.ports, next: o.tcpLo,
 		byName: map[string]*tcpPort{}, byPort: map[int]*tcpPort{}, last: map[int]string{},
 	}
 }
@@ -199,7 +191,7 @@ func (ps *tcpPorts) claim(name string, want int, allowed func(int) bool, a *nati
 		case !allowed(p.port):
 			return nil, httpapi.Errorf(http.StatusForbidden, "agent name %q has TCP port %d, and this agent is not granted serve on %s", name, p.port, tcpResource(p.port))
 		}
-		p.agents[a] = 0
+		p.join(a)
 		return p, nil
 	}
 	if want != 0 {
@@ -274,7 +266,8 @@ func (ps *tcpPorts) listen(port int) (net.Listener, error) {
 // add records port p of name, held by a, and starts accepting on it.
 // ps.mu is held.
 func (ps *tcpPorts) add(name string, port int, ln net.Listener, a *nativeAgent) *tcpPort {
-	p := &tcpPort{name: name, port: port, ln: ln, agents: map[*nativeAgent]int{a: 0}, conns: map[net.Conn]struct{}{}}
+	p := &tcpPort{name: name, port: port, ln: ln}
+	p.join(a)
 	ps.byName[name], ps.byPort[port] = p, p
 	ps.last[port] = name
 	ps.open.Inc()
@@ -289,8 +282,7 @@ func (ps *tcpPorts) add(name string, port int, ln net.Listener, a *nativeAgent) 
 func (ps *tcpPorts) release(p *tcpPort, a *nativeAgent) {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
-	delete(p.agents, a)
-	if len(p.agents) > 0 || ps.byPort[p.port] != p {
+	if p.leave(a) || ps.byPort[p.port] != p {
 		return
 	}
 	delete(ps.byName, p.name)
@@ -318,78 +310,17 @@ func (ps *tcpPorts) accept(p *tcpPort) {
 			continue
 		}
 		backoff = 0
-		ps.take(p, c)
+		ps.take(&p.rawSet, c)
 	}
-}
-
-// take hands user connection c to the agent of p with the fewest
-// connections, or resets it when there is none or p is at its cap.
-func (ps *tcpPorts) take(p *tcpPort, c net.Conn) {
-	ps.mu.Lock()
-	var a *nativeAgent
-	for x, n := range p.agents {
-		if a == nil || n < p.agents[a] {
-			a = x
-		}
-	}
-	outcome := ""
-	switch {
-	case ps.closed || a == nil:
-		outcome = "no_agent"
-	case len(p.conns) >= ps.maxConns:
-		outcome = "over_cap"
-	default:
-		p.agents[a]++
-		p.conns[c] = struct{}{}
-		ps.wg.Add(1)
-	}
-	ps.mu.Unlock()
-	if outcome != "" {
-		ps.count.conns.WithLabelValues(outcome).Inc()
-		muxconn.Reset(c)
-		return
-	}
-	go ps.carry(p, a, c)
-}
-
-// carry splices user connection c with a stream to agent a.
-func (ps *tcpPorts) carry(p *tcpPort, a *nativeAgent, c net.Conn) {
-	defer ps.wg.Done()
-	defer func() {
-		ps.mu.Lock()
-		if _, ok := p.agents[a]; ok {
-			p.agents[a]--
-		}
-		delete(p.conns, c)
-		ps.mu.Unlock()
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	st, err := a.open(ctx)
-	cancel()
-	if err != nil {
-		ps.count.conns.WithLabelValues("no_agent").Inc()
-		muxconn.Reset(c)
-		return
-	}
-	ps.count.conns.WithLabelValues("ok").Inc()
-	ps.count.open.Inc()
-	defer ps.count.open.Dec()
-	muxconn.Splice(st, c.(*net.TCPConn), ps.count.addIn, ps.count.addOut)
 }
 
 // close closes every port and resets every user connection; the agents'
 // bindings still release them.
 func (ps *tcpPorts) close() {
 	ps.mu.Lock()
-	defer ps.mu.Unlock()
-	ps.closed = true
 	for _, p := range ps.byPort {
 		p.ln.Close()
-		for c := range p.conns {
-			muxconn.Reset(c)
-		}
 	}
+	ps.mu.Unlock()
+	ps.closeConns()
 }
-
-// wait waits for the accept loops and user connections to end.
-func (ps *tcpPorts) wait() { ps.wg.Wait() }
