@@ -41,6 +41,12 @@ type ExposeOptions struct {
 	// "tcp://SERVER:PORT". Raw TCP needs a server run with
 	// --expose-tcp-ports.
 	Local string
+	//
+	// "tls://HOST:PORT" is a service that speaks TLS itself (it holds the
+	// certificate): TLS connections to the server's listener whose server
+	// name is NAME.<expose domain> reach it untouched, and OnReady gets
+	// "tls://NAME.<domain>:PORT".
+	//
 	// Port, for a tcp:// Local, asks for that public port (it must be in
 	// the server's range and, under a token policy, granted with serve on
 	// /tcp/PORT); zero: any free one.
@@ -93,8 +99,8 @@ func (c *Client) Expose(ctx context.Context, o ExposeOptions) error {
 		o.Drain = DefaultExposeDrain
 	}
 	target, err := url.Parse(o.Local)
-	if err != nil || (target.Scheme != "http" && target.Scheme != "https" && target.Scheme != "tcp") || target.Host == "" {
-		return fmt.Errorf("local URL %q: want http://host:port, https://host:port or tcp://host:port", o.Local)
+	if err != nil || (target.Scheme != "http" && target.Scheme != "https" && !isRaw(target)) || target.Host == "" {
+		return fmt.Errorf("local URL %q: want http://host:port, https://host:port, tcp://host:port or tls://host:port", o.Local)
 	}
 	if err := checkRawTarget(target, o.Port); err != nil {
 		return err

@@ -17,25 +17,31 @@ import (
 	"github.com/postern/postern/internal/expose/muxconn"
 )
 
-// The agent's side of raw TCP (ExposeOptions.Local "tcp://HOST:PORT"): the
-// server opens one stream per user connection to the agent's public port,
+// The agent's side of raw TCP (ExposeOptions.Local "tcp://HOST:PORT", or
+// "tls://HOST:PORT" for a TLS service passed through by server name): the
+// server opens one stream per user connection to the agent's public port
+// (or to its name, for tls://),
 // and the agent splices each to a new connection to the local service,
 // half-closes and resets passed on (muxconn.Splice).
 
-// ErrNoRawTCP is returned by Expose for a tcp:// Local when the server
-// answered as an HTTP agent: it predates raw TCP.
-var ErrNoRawTCP = errors.New("the server does not expose raw TCP (it predates postern's tcp:// agents): upgrade it")
+// ErrNoRawTCP is returned by Expose for a tcp:// or tls:// Local when the
+// server answered as to an HTTP agent: it predates raw agents.
+var ErrNoRawTCP = errors.New("the server does not expose raw TCP or TLS (it predates postern's tcp:// and tls:// agents): upgrade it")
 
-// checkRawTarget checks a tcp:// Local and the public port asked for.
+// isRaw reports whether target is a raw service: tcp:// (a public port)
+// or tls:// (TLS passed through by server name).
+func isRaw(target *url.URL) bool { return target.Scheme == "tcp" || target.Scheme == "tls" }
+
+// checkRawTarget checks a raw Local and the public port asked for.
 func checkRawTarget(target *url.URL, port int) error {
-	if target.Scheme != "tcp" {
-		if port != 0 {
-			return fmt.Errorf("expose: a public port (%d) is for tcp:// services only", port)
-		}
+	if target.Scheme != "tcp" && port != 0 {
+		return fmt.Errorf("expose: a public port (%d) is for tcp:// services only", port)
+	}
+	if !isRaw(target) {
 		return nil
 	}
 	if target.Port() == "" || (target.Path != "" && target.Path != "/") || target.RawQuery != "" {
-		return fmt.Errorf("local URL %q: want tcp://host:port", target.String())
+		return fmt.Errorf("local URL %q: want %s://host:port", target.String(), target.Scheme)
 	}
 	if port < 0 || port > 65535 {
 		return fmt.Errorf("expose: public port %d: want 1 to 65535, or 0 for any", port)
@@ -45,10 +51,10 @@ func checkRawTarget(target *url.URL, port int) error {
 
 // addRawFields adds a raw TCP agent's handshake fields to q.
 func addRawFields(q url.Values, o ExposeOptions, target *url.URL) {
-	if target.Scheme != "tcp" {
+	if !isRaw(target) {
 		return
 	}
-	q.Set("proto", "tcp")
+	q.Set("proto", target.Scheme)
 	if o.Port != 0 {
 		q.Set("port", strconv.Itoa(o.Port))
 	}
@@ -57,7 +63,7 @@ func addRawFields(q url.Values, o ExposeOptions, target *url.URL) {
 // checkPublicURL checks that the server's answer is the kind of public URL
 // the agent asked for.
 func checkPublicURL(target *url.URL, public string) error {
-	if target.Scheme == "tcp" && !strings.HasPrefix(public, "tcp://") {
+	if isRaw(target) && !strings.HasPrefix(public, target.Scheme+"://") {
 		return ErrNoRawTCP
 	}
 	return nil
@@ -71,7 +77,7 @@ type streamServer interface {
 }
 
 func newStreamServer(target *url.URL, o ExposeOptions) streamServer {
-	if target.Scheme == "tcp" {
+	if isRaw(target) {
 		return newTCPAgentServer(target, o)
 	}
 	return newAgentServer(target, o)
@@ -181,6 +187,7 @@ func (s *tcpAgentServer) close() {
 		if c != nil {
 			muxconn.Reset(c)
 		}
+		st.SetDeadline(time.Now()) // a read waiting for the server's FIN ends
 		st.Close()
 	}
 	s.mu.Unlock()

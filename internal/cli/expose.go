@@ -39,8 +39,9 @@ func (c *agentCmd) logger() (*slog.Logger, error) {
 // localURL checks the URL of the local service.
 func localURL(s string) error {
 	u, err := url.Parse(s)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "tcp") || u.Host == "" || (u.Scheme == "tcp" && u.Port() == "") {
-		return usagef("LOCAL-URL %q: want http://host:port, https://host:port or tcp://host:port", s)
+	raw := u != nil && (u.Scheme == "tcp" || u.Scheme == "tls")
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https" && !raw) || u.Host == "" || (raw && u.Port() == "") {
+		return usagef("LOCAL-URL %q: want http://host:port, https://host:port, tcp://host:port or tls://host:port", s)
 	}
 	return nil
 }
@@ -68,11 +69,17 @@ server, run with --expose-tcp-ports LO-HI, gives the name a public port
 from that range (--public-port asks for one in particular) and every
 connection to it reaches the local service; the agent prints
 "Forwarding tcp://SERVER:PORT -> tcp://HOST:PORT". Under a token policy it
-also needs "serve" on /tcp/PORT (/tcp/* for any port).`,
+also needs "serve" on /tcp/PORT (/tcp/* for any port).
+
+A tls:// LOCAL-URL is a service that speaks TLS itself: TLS connections to
+the server's own port whose server name (SNI) is NAME.<expose domain> are
+passed to it untouched (the server never sees inside). Under a token
+policy it also needs "serve" on /tls/NAME.`,
 		Example: `  postern expose --name demo http://localhost:3000
   postern expose --server https://gate.example --name shop --rewrite-host http://127.0.0.1:8000
   postern expose --name ssh tcp://127.0.0.1:22
-  postern expose --name db --public-port 25432 tcp://127.0.0.1:5432`,
+  postern expose --name db --public-port 25432 tcp://127.0.0.1:5432
+  postern expose --name vault tls://127.0.0.1:8200`,
 		Args: exactArgs(1, "want exactly one LOCAL-URL"),
 	}
 	c := a.newAgentCmd(cmd)
@@ -113,8 +120,8 @@ also needs "serve" on /tcp/PORT (/tcp/* for any port).`,
 		})
 		if err != nil {
 			cl := c.call("serve", "/expose/"+name)
-			if ce := (*client.Error)(nil); errors.As(err, &ce) && strings.Contains(ce.Message, "/tcp/") {
-				cl.action = "" // a public port's grant: the server's message names it
+			if ce := (*client.Error)(nil); errors.As(err, &ce) && (strings.Contains(ce.Message, "/tcp/") || strings.Contains(ce.Message, "/tls/")) {
+				cl.action = "" // a raw agent's grant: the server's message names it
 			}
 			return explain(ctx, err, cl)
 		}

@@ -141,7 +141,7 @@ paths = ["/expose/*"]
 		t.Fatal(err)
 	}
 	n := startNode(t, func(c *node.Config) { c.Expose.TCPPorts = strconv.Itoa(port); c.Policy = policy })
-	if r := runBin(t, nil, "", "expose", "--server", n.URL, "tcp://127.0.0.1"); r.code != cli.ExitUsage || !strings.Contains(r.stderr, "want http://host:port, https://host:port or tcp://host:port") {
+	if r := runBin(t, nil, "", "expose", "--server", n.URL, "tcp://127.0.0.1"); r.code != cli.ExitUsage || !strings.Contains(r.stderr, "want http://host:port, https://host:port, tcp://host:port or tls://host:port") {
 		t.Errorf("no port: exit %d, %q", r.code, r.stderr)
 	}
 	r := runBin(t, nil, "", "expose", "--server", n.URL, "--token", "agent-secret-0123456789", "--name", "db", "tcp://"+tcpEcho(t))

@@ -73,6 +73,7 @@ type Service struct {
 	bc      *brickchain.Transport
 	native  *nativeTransport
 	tcp     *tcpPorts // nil without Options.TCPPorts
+	sni     *sniNames // nil without Options.Domain
 
 	closing atomic.Bool // agents are refused
 
@@ -102,6 +103,7 @@ func New(hub *relay.Hub, opts Options, deps capability.Deps) (*Service, error) {
 	}
 	s.native = newNativeTransport(hub, opts, s.log, s.m.of(transportNative))
 	s.tcp = newTCPPorts(s.opts, s.log, s.m)
+	s.sni = newSNINames(s.opts, s.log, s.m)
 	return s, nil
 }
 
@@ -314,6 +316,9 @@ func (s *Service) Shutdown(ctx context.Context) error {
 		if s.tcp != nil {
 			closing.Go(s.tcp.close)
 		}
+		if s.sni != nil {
+			closing.Go(s.sni.closeConns)
+		}
 		closing.Wait()
 		s.shutdownErr = errors.Join(err, s.waitHandlers(ctx))
 	})
@@ -332,6 +337,9 @@ func (s *Service) waitHandlers(ctx context.Context) error {
 		s.native.wait()
 		if s.tcp != nil {
 			s.tcp.wait()
+		}
+		if s.sni != nil {
+			s.sni.wait()
 		}
 		close(done)
 	}()

@@ -1,6 +1,8 @@
 package expose
 
 import (
+	"bytes"
+	"crypto/tls"
 	"net/url"
 	"strconv"
 	"testing"
@@ -30,7 +32,7 @@ func FuzzAgentHandshake(f *testing.F) {
 			return
 		}
 		switch {
-		case req.proto != protoHTTP && req.proto != protoTCP:
+		case req.proto != protoHTTP && req.proto != protoTCP && req.proto != protoTLS:
 			t.Fatalf("%q: proto %q", raw, req.proto)
 		case req.port < 0 || req.port > 65535:
 			t.Fatalf("%q: port %d", raw, req.port)
@@ -64,4 +66,54 @@ func FuzzParsePortRange(f *testing.F) {
 			t.Fatalf("%q: %d-%d", s, lo, hi)
 		}
 	})
+}
+
+// clientHello returns the bytes a crypto/tls client sends first for
+// server name name.
+func clientHello(name string) []byte {
+	rec := &recorder{r: bytes.NewReader(nil)}
+	w := &helloWriter{recorder: rec}
+	tls.Client(w, &tls.Config{ServerName: name}).Handshake()
+	return w.sent
+}
+
+type helloWriter struct {
+	*recorder
+	sent []byte
+}
+
+func (w *helloWriter) Write(p []byte) (int, error) {
+	w.sent = append(w.sent, p...)
+	return len(p), nil
+}
+
+// FuzzPeekHello: whatever a connection starts with, peekHello returns
+// (no panic, no hang on a reader that ends), what it read is exactly a
+// prefix of the input (it is given back to whoever gets the connection),
+// and a server name comes only from a TLS handshake record.
+func FuzzPeekHello(f *testing.F) {
+	hello := clientHello("shop.expose.test")
+	f.Add(hello)
+	f.Add(hello[:len(hello)/2])
+	f.Add(clientHello(""))
+	f.Add([]byte("GET / HTTP/1.1\r\nHost: shop.expose.test\r\n\r\n"))
+	f.Add([]byte{0x16, 0x03, 0x01, 0xff, 0xff, 0x01})
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		name, read, err := peekHello(bytes.NewReader(in))
+		if !bytes.HasPrefix(in, read) {
+			t.Fatalf("read %q is not a prefix of the input", read)
+		}
+		if name != "" && (err != nil || in[0] != 0x16) {
+			t.Fatalf("name %q from input starting %x (err %v)", name, in[:1], err)
+		}
+		if len(in) > 0 && in[0] != 0x16 && len(read) != 1 {
+			t.Fatalf("read %d bytes of a connection that is no TLS", len(read))
+		}
+	})
+	// The real hello's name is found, and nothing is lost.
+	name, read, err := peekHello(bytes.NewReader(append(hello, "rest"...)))
+	if name != "shop.expose.test" || err != nil || !bytes.HasPrefix(append(hello, "rest"...), read) || len(read) < len(hello) {
+		f.Fatalf("real hello: %q %v, read %d of %d", name, err, len(read), len(hello))
+	}
 }

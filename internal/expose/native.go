@@ -45,12 +45,16 @@ func (s *Service) serveAgent(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var b binding = hubBinding{t: s.native, public: s.publicURL(r, name)}
-	if req.proto == protoTCP {
-		if b, perr = s.tcpBinding(r, name, req.port); perr != nil {
-			s.m.registration(transportNative, "refused")
-			refuseAgent(w, r, perr)
-			return
-		}
+	switch req.proto {
+	case protoTCP:
+		b, perr = s.tcpBinding(r, name, req.port)
+	case protoTLS:
+		b, perr = s.tlsBinding(r, name)
+	}
+	if perr != nil {
+		s.m.registration(transportNative, "refused")
+		refuseAgent(w, r, perr)
+		return
 	}
 	s.native.serve(w, r, name, b)
 }

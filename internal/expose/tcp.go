@@ -27,8 +27,9 @@ import (
 // Handshake fields of a native agent beyond its name (query parameters of
 // /agent); an agent that sends none is an HTTP agent.
 const (
-	// AgentProtoParam is what the agent carries: "http" (the default) or
-	// "tcp" (raw TCP on a public port).
+	// AgentProtoParam is what the agent carries: "http" (the default),
+	// "tcp" (raw TCP on a public port) or "tls" (TLS connections passed
+	// through by server name, NAME.<domain>, on the node's listener).
 	AgentProtoParam = "proto"
 	// AgentPortParam, with proto=tcp, is the public port the agent asks
 	// for (absent: any free port of the range).
@@ -56,8 +57,8 @@ func parseAgentRequest(q url.Values) (agentRequest, *httpapi.Error) {
 		}
 	}
 	if p := q.Get(AgentProtoParam); p != "" {
-		if p != protoHTTP && p != protoTCP {
-			return req, httpapi.Errorf(http.StatusBadRequest, "agent handshake: %s=%.20q: want http or tcp", AgentProtoParam, p)
+		if p != protoHTTP && p != protoTCP && p != protoTLS {
+			return req, httpapi.Errorf(http.StatusBadRequest, "agent handshake: %s=%.20q: want http, tcp or tls", AgentProtoParam, p)
 		}
 		req.proto = p
 	}

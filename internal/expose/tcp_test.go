@@ -476,7 +476,7 @@ paths = ["/expose/db", "/tcp/%d"]
 		{fmt.Sprintf("name=db&proto=tcp&port=%d", lo), "one-port-secret-01234", 403, fmt.Sprintf("not granted serve on /tcp/%d", lo)},
 		{fmt.Sprintf("name=db&proto=tcp&port=%d", hi+1), "one-port-secret-01234", 400, "is outside this server's TCP ports"},
 		{"name=db&proto=tcp&port=0x10", "one-port-secret-01234", 400, "not a port number"},
-		{"name=db&proto=udp", "one-port-secret-01234", 400, "want http or tcp"},
+		{"name=db&proto=udp", "one-port-secret-01234", 400, "want http, tcp or tls"},
 		{"name=db&proto=tcp", "", 401, "agent needs a token granted serve on /expose/db"},
 	} {
 		if code, msg := handshake(t, n, tc.query, tc.token); code != tc.code || !strings.Contains(msg, tc.msg) {
