@@ -15,6 +15,12 @@
 //     streaming bodies, keep-alive and 101 upgrades pass through
 //     untouched.
 //
+// A native agent may also carry raw connections instead of HTTP (raw.go):
+// raw TCP on a public port of Options.TCPPorts (tcp.go), or TLS passed
+// through whole by its server name NAME.<domain> on the node's own
+// listener (sni.go, Service.Listener). Each user connection is one yamux
+// stream, spliced on both ends with half-closes and resets passed on.
+//
 // Users reach an agent by Host (NAME.<domain>, lowercased, port ignored:
 // a host route of the node's table) or by path (/proxy/request/NAME/<path>).
 // This package is the front door for both: it authorizes users and

@@ -583,3 +583,26 @@ func TestExposeTCPShutdown(t *testing.T) {
 	}
 	a.stop()
 }
+
+// TestExposeTCPPortComesBack: a name that comes back gets the port it
+// had when that is free, and a port just freed is not the next one handed
+// to another name.
+func TestExposeTCPPortComesBack(t *testing.T) {
+	lo, hi := freePort(t), freePort(t)
+	if hi < lo {
+		lo, hi = hi, lo
+	}
+	n, _ := tcpNode(t, func(c *node.Config) { c.Expose.TCPPorts = fmt.Sprintf("%d-%d", lo, hi) })
+	c := newClient(t, n)
+	first := startTCPAgent(t, c, client.ExposeOptions{Name: "a", Local: echoServer(t)})
+	first.stop()
+	waitMetric(t, n, "postern_expose_tcp_ports", 0)
+	other := startTCPAgent(t, c, client.ExposeOptions{Name: "b", Local: echoServer(t)})
+	if other.url == first.url {
+		t.Fatalf("another name got the port just freed, %s", other.url)
+	}
+	again := startTCPAgent(t, c, client.ExposeOptions{Name: "a", Local: echoServer(t)})
+	if again.url != first.url {
+		t.Fatalf("name a came back to %s, had %s", again.url, first.url)
+	}
+}
