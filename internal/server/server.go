@@ -120,6 +120,9 @@ type Config struct {
 	// set it to connect in-process nodes without a shared engine.
 	Directory store.Directory
 
+	// Queue configures the core behind tunnels and the inbox (the
+	// delivery lease).
+	Queue  queue.Options
 	Tunnel tunnel.Options
 	Inbox  inbox.Options
 	Relay  gcrrelay.Options
@@ -149,6 +152,7 @@ func DefaultConfig() Config {
 		IdleTimeout:       DefaultIdleTimeout,
 		MaxHeaderBytes:    DefaultMaxHeaderBytes,
 		NodeTTL:           DefaultNodeTTL,
+		Queue:             queue.Options{Lease: queue.DefaultLease},
 		Tunnel:            tunnel.DefaultOptions(),
 		Inbox:             inbox.DefaultOptions(),
 		Relay:             gcrrelay.DefaultOptions(),
@@ -251,7 +255,9 @@ func New(cfg Config) (*Server, error) {
 		st.Close()
 		return nil, err
 	}
-	if s.queue, err = queue.New(st, queue.Options{Metrics: s.registry}); err != nil {
+	qopts := cfg.Queue
+	qopts.Metrics = s.registry
+	if s.queue, err = queue.New(st, qopts); err != nil {
 		return fail(fmt.Errorf("queue core: %w", err))
 	}
 	undo = append(undo, s.queue.Shutdown)

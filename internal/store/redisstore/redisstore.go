@@ -124,6 +124,8 @@ type Store struct {
 
 	fan *fanout
 
+	tokens atomic.Int64 // numbers the leases taken in one millisecond
+
 	closed    atomic.Bool
 	closeOnce sync.Once
 }
@@ -292,27 +294,52 @@ func (s *Store) wrap(ctx context.Context, err error) error {
 // unavailable wraps a transport error in store.ErrUnavailable with a short
 // reason.
 func unavailable(err error) error {
-	reason := "connection failed"
+	return fmt.Errorf("%w: redis %s", store.ErrUnavailable, reason(err))
+}
+
+// reason names a transport error in a few words.
+func reason(err error) string {
 	var ne net.Error
 	var verr *tls.CertificateVerificationError
 	var rerr tls.RecordHeaderError
 	switch {
 	case errors.As(err, &verr):
-		reason = "TLS certificate not trusted"
+		return "TLS certificate not trusted"
 	case errors.As(err, &rerr), strings.Contains(err.Error(), "tls:"):
-		reason = "TLS handshake failed"
+		return "TLS handshake failed"
 	case errors.Is(err, syscall.ECONNREFUSED):
-		reason = "connection refused"
+		return "connection refused"
 	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, net.ErrClosed):
-		reason = "connection lost"
+		return "connection lost"
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
-		reason = "no answer in time"
+		return "no answer in time"
 	case errors.Is(err, rueidis.ErrClosing):
-		reason = "unreachable"
+		return "unreachable"
 	case strings.Contains(err.Error(), "EOF"):
-		reason = "connection lost"
+		return "connection lost"
 	}
-	return fmt.Errorf("%w: redis %s", store.ErrUnavailable, reason)
+	return "connection failed"
+}
+
+// unsent reports whether an error means the command did not run: Redis
+// refused it with an error reply, or the connection could not be made at
+// all. Anything else (no answer in time, a connection lost) may have come
+// after Redis ran it.
+func unsent(err error) bool {
+	var oe *net.OpError
+	var verr *tls.CertificateVerificationError
+	if _, ok := rueidis.IsRedisErr(err); ok {
+		return true
+	}
+	switch {
+	case err == nil:
+		return false
+	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, rueidis.ErrClosing), errors.As(err, &verr):
+		return true
+	case errors.As(err, &oe) && oe.Op == "dial":
+		return true
+	}
+	return false
 }
 
 func oneLine(s string) string {
