@@ -16,18 +16,24 @@ const DefaultServer = "http://127.0.0.1:8080"
 
 // clientFlags are the flags every client verb shares.
 type clientFlags struct {
-	server string
-	token  string
+	server  string
+	token   string
+	noRetry bool
 }
 
 func (c *clientFlags) register(fs *config.FlagSet) {
 	c.server = DefaultServer
 	fs.String(&c.server, "server", "`URL` of the postern server")
 	fs.String(&c.token, "token", "bearer `token` to send (prefer the environment)", "TUNNEL_ACCESS_TOKEN")
+	fs.Bool(&c.noRetry, "no-retry", "try each request once: no retries on 503, 429 or a failed connection (sends carry an Idempotency-Key either way)")
 }
 
 func (c *clientFlags) client() (*client.Client, error) {
-	cl, err := client.New(c.server, client.WithToken(c.token))
+	opts := []client.Option{client.WithToken(c.token)}
+	if c.noRetry {
+		opts = append(opts, client.WithoutRetry())
+	}
+	cl, err := client.New(c.server, opts...)
 	if err != nil {
 		return nil, usagef("%v", err)
 	}
