@@ -12,10 +12,15 @@
 // happen). A queue is a stream, which orders messages by id and keeps its
 // last id so ids keep increasing after the queue empties, plus a hash of
 // records (content can be replaced in place by a dedup key), a sorted set of
-// pending ids, a sorted set of restored ids (Restore puts a message back at
-// its id position, which a stream cannot take), a hash of queued dedup keys
-// and a sorted set of dedup windows. Replies live in keys of their own, so
-// Clear leaves them. Every key of one queue, history or directory entry
+// pending ids, a sorted set of leased ids (a message taken stays in the
+// stream under a lease, scored by its deadline and the taking node's
+// token, until it is settled; a lease that ran out is reclaimed by the
+// next take, on any node), a sorted set of restored ids (written by older
+// versions, which put messages back at their id position; still read), a
+// hash of dedup keys with the ids of their messages and a sorted set of
+// dedup windows. The take and its lease are one script, and so is the
+// settling of a batch. Replies live in keys of their own, so Clear leaves
+// them. Every key of one queue, history or directory entry
 // carries the same hash tag ({...}), so it lives in one Cluster slot and a
 // script may touch all of it.
 //
