@@ -99,59 +99,143 @@ func headersSize(num protowire.Number, hs []Header) int {
 	return n
 }
 
-// Marshal encodes r, with every string field present.
+// Size is the length of r's encoding.
+func (r *Request) Size() int {
+	return r.headSize(len(r.Body)) + len(r.Body) + r.tailSize()
+}
+
+func (r *Request) headSize(n int) int {
+	return protowire.SizeTag(1)*3 + protowire.SizeBytes(len(r.ID)) + protowire.SizeBytes(len(r.Method)) +
+		protowire.SizeBytes(len(r.URL)) + headersSize(4, r.Headers) + protowire.SizeTag(5) + protowire.SizeVarint(uint64(n))
+}
+
+func (r *Request) tailSize() int { return protowire.SizeTag(6) + protowire.SizeBytes(len(r.Host)) }
+
+// Marshal encodes r, with every string field present, into a buffer of
+// its size.
 func (r *Request) Marshal() []byte {
-	size := protowire.SizeTag(1)*3 + protowire.SizeBytes(len(r.ID)) + protowire.SizeBytes(len(r.Method)) +
-		protowire.SizeBytes(len(r.URL)) + headersSize(4, r.Headers) +
-		protowire.SizeTag(5) + protowire.SizeBytes(len(r.Body)) + protowire.SizeTag(6) + protowire.SizeBytes(len(r.Host))
-	b := make([]byte, 0, size)
+	return r.AppendMarshal(make([]byte, 0, r.Size()))
+}
+
+// AppendMarshal appends r's encoding to b: no allocation when b has room.
+func (r *Request) AppendMarshal(b []byte) []byte {
+	b = r.AppendHead(b, len(r.Body))
+	b = append(b, r.Body...)
+	return r.AppendTail(b)
+}
+
+// HeadSize is the length of what AppendHead appends for a body of n
+// bytes; TailSize that of what AppendTail appends.
+func (r *Request) HeadSize(n int) int { return r.headSize(n) }
+func (r *Request) TailSize() int      { return r.tailSize() }
+
+// AppendHead appends the fields that come before the body's bytes, for a
+// body of n bytes, ending with the body field's tag and length: a sender
+// puts the body's bytes right after it, from wherever they come (a
+// server reads a user's request body straight into the message). r.Body
+// is ignored.
+func (r *Request) AppendHead(b []byte, n int) []byte {
 	b = appendString(b, 1, r.ID)
 	b = appendString(b, 2, r.Method)
 	b = appendString(b, 3, r.URL)
 	b = appendHeaders(b, 4, r.Headers)
-	b = appendBytes(b, 5, r.Body)
-	b = appendString(b, 6, r.Host)
-	return b
+	b = protowire.AppendTag(b, 5, protowire.BytesType)
+	return protowire.AppendVarint(b, uint64(n))
 }
+
+// AppendTail appends the fields that follow the body.
+func (r *Request) AppendTail(b []byte) []byte { return appendString(b, 6, r.Host) }
 
 // MarshalParts encodes r in three parts whose concatenation is Marshal's
 // result: what comes before the body's bytes, the body itself (r.Body, not
 // copied), and what follows. A client posting large chunks sends the parts
 // one after another instead of copying the body into one message.
 func (r *Response) MarshalParts() (head, body, tail []byte) {
-	head, tail = r.marshalAround(len(r.Body), r.Body != nil)
-	return head, r.Body, tail
+	head = r.AppendHead(make([]byte, 0, r.HeadSize(len(r.Body))+r.TailSize()), len(r.Body), r.Body != nil)
+	// The tail shares the head's buffer: one allocation for both.
+	tail = r.AppendTail(head[len(head):len(head)])
+	return head[:len(head):len(head)], r.Body, tail
 }
 
 // MarshalAround encodes r around a body of n bytes that the caller sends
 // itself, from wherever it lies: head ends with the body field's tag and
 // length, tail follows the body. r.Body is ignored.
 func (r *Response) MarshalAround(n int) (head, tail []byte) {
-	return r.marshalAround(n, true)
+	head = r.AppendHead(make([]byte, 0, r.HeadSize(n)+r.TailSize()), n, true)
+	tail = r.AppendTail(head[len(head):len(head)])
+	return head[:len(head):len(head)], tail
 }
 
-func (r *Response) marshalAround(n int, hasBody bool) (head, tail []byte) {
-	head = make([]byte, 0, 32+headersSize(2, r.Headers))
+// HeadSize is the length of what AppendHead appends for a body of n
+// bytes (with the body field); TailSize that of what AppendTail appends.
+func (r *Response) HeadSize(n int) int {
+	s := headersSize(2, r.Headers) + protowire.SizeTag(3) + protowire.SizeBytes(n)
 	if r.HasStatus {
-		head = appendVarint(head, 1, uint64(int64(r.StatusCode)))
+		s += protowire.SizeTag(1) + protowire.SizeVarint(uint64(int64(r.StatusCode)))
 	}
-	head = appendHeaders(head, 2, r.Headers)
-	if hasBody {
-		head = protowire.AppendTag(head, 3, protowire.BytesType)
-		head = protowire.AppendVarint(head, uint64(n))
-	}
-	tail = make([]byte, 0, 32+len(r.ID)+headersSize(6, r.Trailers))
+	return s - n
+}
+
+func (r *Response) TailSize() int {
+	s := headersSize(6, r.Trailers)
 	if r.HasID || r.ID != "" {
-		tail = appendString(tail, 4, r.ID)
+		s += protowire.SizeTag(4) + protowire.SizeBytes(len(r.ID))
 	}
 	if r.EOF {
-		tail = appendVarint(tail, 5, 1)
+		s += protowire.SizeTag(5) + 1
 	}
-	tail = appendHeaders(tail, 6, r.Trailers)
 	if r.BackendDurationMs != 0 {
-		tail = appendVarint(tail, 7, uint64(r.BackendDurationMs))
+		s += protowire.SizeTag(7) + protowire.SizeVarint(uint64(r.BackendDurationMs))
 	}
-	return head, tail
+	return s
+}
+
+// Size is the length of r's encoding.
+func (r *Response) Size() int {
+	if r.Body == nil {
+		return r.HeadSize(0) - protowire.SizeTag(3) - 1 + r.TailSize()
+	}
+	return r.HeadSize(len(r.Body)) + len(r.Body) + r.TailSize()
+}
+
+// AppendHead appends the fields that come before the body's bytes: the
+// status and headers and, with hasBody, the body field's tag and length
+// for a body of n bytes. r.Body is ignored.
+func (r *Response) AppendHead(b []byte, n int, hasBody bool) []byte {
+	if r.HasStatus {
+		b = appendVarint(b, 1, uint64(int64(r.StatusCode)))
+	}
+	b = appendHeaders(b, 2, r.Headers)
+	if hasBody {
+		b = protowire.AppendTag(b, 3, protowire.BytesType)
+		b = protowire.AppendVarint(b, uint64(n))
+	}
+	return b
+}
+
+// AppendTail appends the fields that follow the body: the id, eof, the
+// trailers and the backend's duration.
+func (r *Response) AppendTail(b []byte) []byte {
+	if r.HasID || r.ID != "" {
+		b = appendString(b, 4, r.ID)
+	}
+	if r.EOF {
+		b = appendVarint(b, 5, 1)
+	}
+	b = appendHeaders(b, 6, r.Trailers)
+	if r.BackendDurationMs != 0 {
+		b = appendVarint(b, 7, uint64(r.BackendDurationMs))
+	}
+	return b
+}
+
+// AppendMarshal appends r's encoding to b: no allocation when b has room.
+// Optional fields are present when set (HasStatus, HasID, EOF true,
+// BackendDurationMs non-zero; the body when not nil).
+func (r *Response) AppendMarshal(b []byte) []byte {
+	b = r.AppendHead(b, len(r.Body), r.Body != nil)
+	b = append(b, r.Body...)
+	return r.AppendTail(b)
 }
 
 // ResponseSizeHint looks at the start of an encoded HttpResponse and,
@@ -194,28 +278,9 @@ func ResponseSizeHint(b []byte) (n int, ok bool) {
 	return 0, false
 }
 
-// Marshal encodes r; optional fields are present when set (HasStatus,
-// HasID, EOF true, BackendDurationMs non-zero).
+// Marshal encodes r into a buffer of its size (see AppendMarshal).
 func (r *Response) Marshal() []byte {
-	b := make([]byte, 0, 32+len(r.Body)+len(r.ID)+headersSize(2, r.Headers)+headersSize(6, r.Trailers))
-	if r.HasStatus {
-		b = appendVarint(b, 1, uint64(int64(r.StatusCode)))
-	}
-	b = appendHeaders(b, 2, r.Headers)
-	if r.Body != nil {
-		b = appendBytes(b, 3, r.Body)
-	}
-	if r.HasID || r.ID != "" {
-		b = appendString(b, 4, r.ID)
-	}
-	if r.EOF {
-		b = appendVarint(b, 5, 1)
-	}
-	b = appendHeaders(b, 6, r.Trailers)
-	if r.BackendDurationMs != 0 {
-		b = appendVarint(b, 7, uint64(r.BackendDurationMs))
-	}
-	return b
+	return r.AppendMarshal(make([]byte, 0, r.Size()))
 }
 
 // field reads one field: its number, wire type and, for the types used

@@ -291,6 +291,9 @@ func FuzzUnmarshalResponse(f *testing.F) {
 		if parts := append(append(append([]byte(nil), head...), body...), tail...); !bytes.Equal(parts, mine.Marshal()) {
 			t.Fatalf("MarshalParts %x differs from Marshal %x", parts, mine.Marshal())
 		}
+		if len(mine.Marshal()) != mine.Size() {
+			t.Fatalf("Size %d, encoding %d bytes", mine.Size(), len(mine.Marshal()))
+		}
 		again, err := wire.UnmarshalResponse(mine.Marshal())
 		if err != nil || !reflect.DeepEqual(*again, *mine) {
 			t.Fatalf("re-encoding: %v %+v", err, again)
@@ -320,4 +323,48 @@ func FuzzUnmarshalRequest(f *testing.F) {
 			t.Fatalf("headers %v, library %v", mine.Headers, got)
 		}
 	})
+}
+
+// TestEncodingSizesAndParts: Size is the encoding's length, the parts a
+// sender writes around a body it sends itself make the same message, and
+// encoding into a buffer with room allocates nothing.
+func TestEncodingSizesAndParts(t *testing.T) {
+	for _, r := range []wire.Response{
+		{},
+		{HasID: true, ID: "x:1"},
+		{HasStatus: true, StatusCode: -1, HasID: true, ID: "neg", Body: []byte{}},
+		{HasStatus: true, StatusCode: 200, Headers: []wire.Header{{Name: "A", Value: "b"}}, Body: bytes.Repeat([]byte("z"), 300),
+			HasID: true, ID: "n:ab", EOF: true, Trailers: []wire.Header{{Name: "Grpc-Status", Value: "0"}}, BackendDurationMs: 1 << 40},
+	} {
+		full := r.Marshal()
+		if len(full) != r.Size() || cap(full) != r.Size() {
+			t.Errorf("%+v: %d bytes (cap %d), Size %d", r, len(full), cap(full), r.Size())
+		}
+		if r.Body != nil {
+			head := r.AppendHead(nil, len(r.Body), true)
+			tail := r.AppendTail(nil)
+			if len(head) != r.HeadSize(len(r.Body)) || len(tail) != r.TailSize() {
+				t.Errorf("%+v: head %d tail %d, sizes %d %d", r, len(head), len(tail), r.HeadSize(len(r.Body)), r.TailSize())
+			}
+			if got := append(append(head, r.Body...), tail...); !bytes.Equal(got, full) {
+				t.Errorf("%+v: parts %x, Marshal %x", r, got, full)
+			}
+		}
+		buf := make([]byte, 0, r.Size())
+		if n := testing.AllocsPerRun(10, func() { buf = r.AppendMarshal(buf[:0]) }); n != 0 {
+			t.Errorf("%+v: AppendMarshal allocates %v times", r, n)
+		}
+	}
+	q := wire.Request{ID: "n:1", Method: "GET", URL: "http://invalid/", Headers: []wire.Header{{Name: "A", Value: "b"}}, Body: []byte("body"), Host: "h"}
+	full := q.Marshal()
+	if len(full) != q.Size() || cap(full) != q.Size() {
+		t.Errorf("request: %d bytes (cap %d), Size %d", len(full), cap(full), q.Size())
+	}
+	head := q.AppendHead(nil, len(q.Body))
+	if len(head) != q.HeadSize(len(q.Body)) || len(q.AppendTail(nil)) != q.TailSize() {
+		t.Errorf("request head %d, HeadSize %d", len(head), q.HeadSize(len(q.Body)))
+	}
+	if got := q.AppendTail(append(head, q.Body...)); !bytes.Equal(got, full) {
+		t.Errorf("request parts %x, Marshal %x", got, full)
+	}
 }
