@@ -1,0 +1,241 @@
+package gcrclient
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/postern/postern/internal/gcrrelay/wire"
+)
+
+// A streamed body (of unknown length, or longer than MaxChunkSize) is
+// read by one goroutine straight into chunk buffers, BlockSize at a time,
+// and posted by the request's own goroutine in chunks that are slices of
+// those buffers: the bytes are not copied on their way from the backend
+// to the post. What is read and not yet posted is a list of segments of
+// the buffers; a chunk is the oldest segment, taken whole. The reader
+// stops reading while MaxChunkSize bytes wait (backpressure, bounded
+// memory: at most two buffers per stream, one being posted and one being
+// filled).
+//
+// When a chunk goes is the original's rule by default: as soon as more
+// than MaxChunkSize bytes wait, else at the next chunk delay; an empty
+// chunk after KeepAliveTicks idle delays. With EagerChunks, whatever
+// waits goes as soon as the previous chunk was answered.
+
+// chunkBuf is a chunk buffer, counted: the reader holds it while it
+// reads into it, and each segment of it until the segment is posted.
+type chunkBuf struct {
+	b    []byte
+	refs int
+}
+
+type segment struct {
+	buf        *chunkBuf
+	start, end int
+}
+
+// streamer is the state the reader and the poster share, under mu.
+type streamer struct {
+	c *Client
+
+	mu      sync.Mutex
+	space   sync.Cond // signalled when the poster takes a segment, or stops
+	segs    []segment // read and not yet taken, oldest first
+	pending int       // bytes in segs
+	cur     *chunkBuf // buffer the reader reads into; nil: none yet
+	w       int       // where the next read goes in cur
+	ended   bool      // the body ended (an error ends it too, as in the original)
+	stopped bool      // the poster gave up: the reader stops
+
+	avail chan struct{} // capacity 1: the reader read something, or ended
+}
+
+// stream relays a streamed body and returns the bytes posted.
+func (c *Client) stream(ctx context.Context, first *wire.Response, hresp *http.Response, start time.Time) (n int64) {
+	s := &streamer{c: c, avail: make(chan struct{}, 1)}
+	s.space.L = &s.mu
+	c.wg.Go(func() { s.read(hresp.Body) })
+	defer func() {
+		s.stop()
+		// Unblocks the reader, if it still waits for the backend.
+		hresp.Body.Close()
+	}()
+	next := first
+	delay := time.NewTimer(c.o.ChunkDelay)
+	defer delay.Stop()
+	ticks := 0
+	for {
+		seg, ended, ok := s.take()
+		if !ok {
+			// Nothing to post yet: wait for data or the next tick.
+			select {
+			case <-s.avail:
+				continue
+			case <-ctx.Done():
+				return n
+			case <-delay.C:
+				delay.Reset(c.o.ChunkDelay)
+				ticks++
+				if seg, ended, ok = s.takeAny(); !ok && !next.HasStatus && ticks <= c.o.KeepAliveTicks {
+					continue
+				}
+			}
+		}
+		ticks = 0
+		next.Body = []byte{}
+		if seg.buf != nil {
+			next.Body = seg.buf.b[seg.start:seg.end:seg.end]
+		}
+		next.EOF = ended
+		if ended {
+			// The backend's trailers are known once its body is read.
+			next.Trailers = append(next.Trailers, headers(hresp.Trailer)...)
+			next.BackendDurationMs = time.Since(start).Milliseconds()
+		}
+		n += int64(len(next.Body))
+		err := c.post(ctx, next)
+		s.done(seg)
+		if err != nil || ended {
+			// A missing chunk would corrupt the response: stop, and close
+			// the backend connection (stop does).
+			return n
+		}
+		next = &wire.Response{HasID: true, ID: first.ID}
+	}
+}
+
+// take returns the next chunk when one is due without waiting for a
+// tick: the body ended, more than MaxChunkSize bytes wait, or with
+// EagerChunks any bytes at all. ended says the segment is the body's last
+// (it may be empty then).
+func (s *streamer) take() (seg segment, ended, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended || s.pending > s.c.o.MaxChunkSize || (s.c.o.EagerChunks && s.pending > 0) {
+		return s.takeLocked()
+	}
+	return segment{}, false, false
+}
+
+// takeAny returns whatever waits, at a tick; ok is false when nothing
+// does.
+func (s *streamer) takeAny() (seg segment, ended, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended || s.pending > 0 {
+		return s.takeLocked()
+	}
+	return segment{}, false, false
+}
+
+func (s *streamer) takeLocked() (seg segment, ended, ok bool) {
+	if len(s.segs) > 0 {
+		seg = s.segs[0]
+		s.segs[0] = segment{}
+		s.segs = s.segs[1:]
+		s.pending -= seg.end - seg.start
+		s.space.Signal()
+	}
+	return seg, s.ended && len(s.segs) == 0, true
+}
+
+// done gives back the hold of a posted segment on its buffer.
+func (s *streamer) done(seg segment) {
+	if seg.buf == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.unrefLocked(seg.buf)
+}
+
+func (s *streamer) unrefLocked(b *chunkBuf) {
+	b.refs--
+	if b.refs == 0 {
+		s.c.putChunkBuffer(b.b)
+	}
+}
+
+// stop ends the reader, if it still runs, and frees what was not posted.
+func (s *streamer) stop() {
+	s.mu.Lock()
+	s.stopped = true
+	for _, seg := range s.segs {
+		s.unrefLocked(seg.buf)
+	}
+	s.segs, s.pending = nil, 0
+	s.space.Broadcast()
+	s.mu.Unlock()
+}
+
+// read reads the backend's body until it ends, the poster stops, or
+// reading fails (which ends the body, as in the original).
+func (s *streamer) read(body io.ReadCloser) {
+	defer body.Close()
+	block := s.c.o.BlockSize
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for {
+		for s.pending > s.c.o.MaxChunkSize && !s.stopped {
+			s.space.Wait()
+		}
+		if s.stopped {
+			break
+		}
+		if s.cur == nil || len(s.cur.b)-s.w < block {
+			if s.cur != nil {
+				s.unrefLocked(s.cur)
+			}
+			s.cur, s.w = &chunkBuf{b: s.c.chunkBuffer(), refs: 1}, 0
+		}
+		buf, at := s.cur, s.w
+		s.mu.Unlock()
+		n, err := body.Read(buf.b[at : at+block])
+		s.mu.Lock()
+		if s.stopped {
+			break
+		}
+		if n > 0 {
+			if k := len(s.segs) - 1; k >= 0 && s.segs[k].buf == buf && s.segs[k].end == at {
+				s.segs[k].end += n
+			} else {
+				buf.refs++
+				s.segs = append(s.segs, segment{buf: buf, start: at, end: at + n})
+			}
+			s.w += n
+			s.pending += n
+		}
+		if err != nil {
+			s.ended = true
+		}
+		select {
+		case s.avail <- struct{}{}:
+		default:
+		}
+		if err != nil {
+			break
+		}
+	}
+	if s.cur != nil {
+		s.unrefLocked(s.cur)
+		s.cur = nil
+	}
+}
+
+// chunkBuffer returns a buffer for a chunk and the block read after it
+// crosses MaxChunkSize.
+func (c *Client) chunkBuffer() []byte {
+	if b, ok := c.chunkBufs.Get().(*[]byte); ok {
+		return *b
+	}
+	return make([]byte, c.o.MaxChunkSize+c.o.BlockSize)
+}
+
+func (c *Client) putChunkBuffer(b []byte) {
+	if len(b) == c.o.MaxChunkSize+c.o.BlockSize {
+		c.chunkBufs.Put(&b)
+	}
+}
