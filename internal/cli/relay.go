@@ -22,6 +22,13 @@ http-relay protocol (long-polls /server/request, posts /server/response in
 chunks), so it works against postern and against the original
 http-relay-server alike, in place of the original http-relay-client.
 
+It is built for speed on that protocol: the long-polls follow the load (a
+few wait when idle, one per request in progress under load, up to
+--max-pending-requests), connections to the server and the backend are
+kept and reused, and a streamed response goes in chunks of up to 1 MiB,
+each posted as soon as the previous one is answered, straight from the
+buffer it was read into.
+
 Like "postern expose" it logs one line per request, reconnects with backoff
 and jitter when the server goes away, and stops on SIGINT or SIGTERM after
 the requests in progress. With a token policy on postern, the relay client
@@ -29,14 +36,17 @@ needs a token granted "serve" on /relay/NAME (sent as a bearer token on
 every relay call, as the original's --authentication_token_file).`,
 		Example: `  postern relay --name robot-1 http://127.0.0.1:3000
   curl http://127.0.0.1:8080/client/robot-1/api/status
-  postern relay --server https://relay.example --name robot-1 --pending-requests 4 http://127.0.0.1:3000`,
+  postern relay --server https://relay.example --name robot-1 --pending-requests 4 http://127.0.0.1:3000
+  postern relay --name robot-1 --log-level warn http://127.0.0.1:3000   # no line per request`,
 		Args: exactArgs(1, "want exactly one LOCAL-URL"),
 	}
 	c := a.newAgentCmd(cmd)
 	var name string
-	pending := 2
+	pending := gcrclient.TunedNumPendingRequests
+	maxPending := gcrclient.TunedMaxPendingRequests
 	c.fs.String(&name, "name", "backend `name` to serve (the original's --server_name)")
-	c.fs.Int(&pending, "pending-requests", "concurrent long-polls for requests (the original's --num_pending_requests)")
+	c.fs.Int(&pending, "pending-requests", "long-polls kept waiting for requests when idle (the original's --num_pending_requests)")
+	c.fs.Int(&maxPending, "max-pending-requests", "most long-polls waiting at once while requests are in progress (the polls follow the load up to it; equal to --pending-requests: a fixed number, as the original)")
 	a.bind(cmd, c.fs)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		if name == "" {
@@ -44,6 +54,9 @@ every relay call, as the original's --authentication_token_file).`,
 		}
 		if pending < 1 {
 			return usagef("--pending-requests must be at least 1")
+		}
+		if maxPending < pending {
+			return usagef("--max-pending-requests (%d) must be at least --pending-requests (%d)", maxPending, pending)
 		}
 		if err := localURL(args[0]); err != nil {
 			return err
@@ -57,18 +70,19 @@ every relay call, as the original's --authentication_token_file).`,
 			return usagef("--server: %v", err)
 		}
 		public := server + "/client/" + url.PathEscape(name) + "/"
-		rc, err := gcrclient.New(gcrclient.Options{
+		rc, err := gcrclient.New(gcrclient.Tuned(gcrclient.Options{
 			RelayURL:           server,
 			ServerName:         name,
 			BackendURL:         args[0],
 			Token:              c.cf.token,
 			NumPendingRequests: pending,
+			MaxPendingRequests: maxPending,
 			Logger:             log,
 			Backoff:            func() gcrclient.Backoff { return newBackoff() },
 			OnReady: func() {
 				fmt.Fprintf(a.env.Stdout, "Forwarding %s -> %s\n", public, args[0])
 			},
-		})
+		}))
 		if err != nil {
 			return usagef("%v", err)
 		}
