@@ -63,10 +63,11 @@ var (
 	// postern serve and relay processes during the relay phases (with
 	// allocation profiles), one file per scenario, process and round (go
 	// tool pprof merges several).
-	profileDir = flag.String("profile", "", "write CPU and allocation profiles of the relay and expose scenarios' postern phases to this `dir`")
-	posternBin = flag.String("postern", "", "relay scenarios: run this postern `binary` as server and agent (default: the harness runs postern's command line itself)")
-	relayArgs  = flag.String("relay-args", "", "relay scenarios: more `flags` for the measured postern relay (space-separated), e.g. \"--pending-requests 1\"")
-	againstBin = flag.String("against", "", "relay scenarios: also measure this other postern `binary` (another commit's build) in the same rounds, as the figures 'vs -against'")
+	profileDir  = flag.String("profile", "", "write CPU and allocation profiles of the relay and expose scenarios' postern phases to this `dir`")
+	posternBin  = flag.String("postern", "", "relay scenarios: run this postern `binary` as server and agent (default: the harness runs postern's command line itself)")
+	profileRate = flag.Int("profile-rate", 0, "with -profile: runtime.MemProfileRate of the postern processes (16384: allocation profiles fine enough for one phase, at some CPU cost; 0: Go's default)")
+	relayArgs   = flag.String("relay-args", "", "relay scenarios: more `flags` for the measured postern relay (space-separated), e.g. \"--pending-requests 1\"")
+	againstBin  = flag.String("against", "", "relay scenarios: also measure this other postern `binary` (another commit's build) in the same rounds, as the figures 'vs -against'")
 )
 
 var profileRounds = map[string]int{}
@@ -144,6 +145,8 @@ const (
 	// posternProfileEnv, in such a process, is the file prefix of the
 	// profiles it writes between SIGUSR1 and SIGUSR2.
 	posternProfileEnv = "POSTERN_BENCH_PROFILE_PREFIX"
+	// posternMemRateEnv sets its runtime.MemProfileRate (-profile-rate).
+	posternMemRateEnv = "POSTERN_BENCH_MEMPROFILERATE"
 	// profileStarted and profileStopped are what it prints on stderr once
 	// it did.
 	profileStarted = "bench: profile started"
@@ -153,7 +156,9 @@ const (
 // runAsPostern is cmd/postern's main, with profiles on signals when asked.
 func runAsPostern() int {
 	if prefix := os.Getenv(posternProfileEnv); prefix != "" {
-		runtime.MemProfileRate = 16 << 10 // allocation profiles fine enough for one phase
+		if r, err := strconv.Atoi(os.Getenv(posternMemRateEnv)); err == nil {
+			runtime.MemProfileRate = r
+		}
 		go profileOnSignals(prefix)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -234,6 +239,9 @@ func startPostern(bin, profile string, args ...string) (*posternProc, error) {
 		env = append(env, asPosternEnv+"=1")
 		if profile != "" {
 			env = append(env, posternProfileEnv+"="+profile)
+			if *profileRate > 0 {
+				env = append(env, posternMemRateEnv+"="+strconv.Itoa(*profileRate))
+			}
 		}
 	} else {
 		profile = ""

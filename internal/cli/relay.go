@@ -46,6 +46,9 @@ every relay call, as the original's --authentication_token_file).`,
 	maxPending := gcrclient.TunedMaxPendingRequests
 	c.fs.String(&name, "name", "backend `name` to serve (the original's --server_name)")
 	c.fs.Int(&pending, "pending-requests", "long-polls kept waiting for requests when idle (the original's --num_pending_requests)")
+	chunk, block := gcrclient.TunedMaxChunkSize, gcrclient.TunedBlockSize
+	c.fs.Int(&chunk, "max-chunk-size", "largest chunk of a streamed response posted at once, in bytes (the original's --max_chunk_size)")
+	c.fs.Int(&block, "block-size", "size of each read from the backend, in bytes (the original's --block_size)")
 	c.fs.Int(&maxPending, "max-pending-requests", "most long-polls waiting at once while requests are in progress (the polls follow the load up to it; equal to --pending-requests: a fixed number, as the original)")
 	a.bind(cmd, c.fs)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
@@ -57,6 +60,9 @@ every relay call, as the original's --authentication_token_file).`,
 		}
 		if maxPending < pending {
 			return usagef("--max-pending-requests (%d) must be at least --pending-requests (%d)", maxPending, pending)
+		}
+		if chunk < 1 || block < 1 {
+			return usagef("--max-chunk-size and --block-size must be positive")
 		}
 		if err := localURL(args[0]); err != nil {
 			return err
@@ -77,6 +83,8 @@ every relay call, as the original's --authentication_token_file).`,
 			Token:              c.cf.token,
 			NumPendingRequests: pending,
 			MaxPendingRequests: maxPending,
+			MaxChunkSize:       chunk,
+			BlockSize:          block,
 			Logger:             log,
 			Backoff:            func() gcrclient.Backoff { return newBackoff() },
 			OnReady: func() {
