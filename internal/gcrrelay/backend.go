@@ -385,6 +385,52 @@ func (r *bodyReader) Read(b []byte) (int, error) {
 	return n, nil
 }
 
+// WriteTo writes the body to w as the chunks come, each chunk's body in
+// one write straight from the buffer its message was read into, and
+// flushes w (when it can) whenever the next chunk is not there yet: a
+// stream reaches the user as it comes, a response that is all there
+// leaves in one go. The relay core uses it to write the body to the user
+// without copying it through the proxy's buffer.
+func (r *bodyReader) WriteTo(w io.Writer) (int64, error) {
+	f, _ := w.(interface{ Flush() error })
+	var n int64
+	for {
+		if len(r.buf) > 0 {
+			k, err := w.Write(r.buf)
+			n += int64(k)
+			r.buf = r.buf[k:]
+			if err != nil {
+				return n, err
+			}
+		}
+		if r.eof {
+			r.release()
+			return n, nil
+		}
+		select {
+		case c := <-r.p.chunks:
+			r.p.touchChunk(c.msg)
+			r.absorb(c)
+			continue
+		case <-r.p.done:
+			return n, r.p.endErr()
+		default:
+		}
+		if f != nil {
+			if err := f.Flush(); err != nil {
+				return n, err
+			}
+		}
+		select {
+		case c := <-r.p.chunks:
+			r.p.touchChunk(c.msg)
+			r.absorb(c)
+		case <-r.p.done:
+			return n, r.p.endErr()
+		}
+	}
+}
+
 func (r *bodyReader) Close() error {
 	r.p.finish(errClosed)
 	if r.pooled {
