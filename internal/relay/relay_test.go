@@ -602,6 +602,11 @@ func TestShutdownDrainsAndCutsUpgrades(t *testing.T) {
 			echoWebsocket(t)(w, r)
 			return
 		}
+		if r.URL.Path != "/slow" {
+			// A request sent before the drain began.
+			io.WriteString(w, "new")
+			return
+		}
 		io.WriteString(w, "start;")
 		w.(http.Flusher).Flush()
 		close(inHandler)
