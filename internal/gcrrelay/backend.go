@@ -58,9 +58,13 @@ type pending struct {
 	name string
 	msg  []byte // the serialized HttpRequest
 
-	// chunks hands each posted HttpResponse to the user side; unbuffered,
-	// so /server/response answers ok once the user side took the chunk and
-	// a slow user slows the relay client down instead of filling memory.
+	// chunks hands each posted HttpResponse to the user side. It holds
+	// one: /server/response answers ok once the chunk is queued behind
+	// the one the user side is writing, so the relay client posts the next
+	// chunk while the user side still writes (the transfers overlap, and a
+	// late answer does not leave the user side idle); a slow user slows
+	// the relay client down instead of filling memory (one message
+	// queued per request at most).
 	chunks chan chunk
 	// up carries the user's bytes after a 101 to /server/requeststream.
 	up chan []byte
@@ -88,7 +92,7 @@ func since0() int64 { return int64(time.Since(clock0)) }
 func (g *Relay) newPending(ctx context.Context, name string, msg []byte, id string) (*pending, error) {
 	p := &pending{
 		g: g, id: id, name: name, msg: msg,
-		chunks: make(chan chunk),
+		chunks: make(chan chunk, 1),
 		up:     make(chan []byte, 4),
 		done:   make(chan struct{}),
 	}
