@@ -89,12 +89,16 @@ var clock0 = time.Now()
 
 func since0() int64 { return int64(time.Since(clock0)) }
 
-func (g *Relay) newPending(ctx context.Context, name string, msg []byte, id string) (*pending, error) {
+// newPending registers a relayed request. Only a request asking for an
+// upgrade gets the channel of the user's bytes after a 101.
+func (g *Relay) newPending(ctx context.Context, name string, msg []byte, id string, upgrade bool) (*pending, error) {
 	p := &pending{
 		g: g, id: id, name: name, msg: msg,
 		chunks: make(chan chunk, 1),
-		up:     make(chan []byte, 4),
 		done:   make(chan struct{}),
+	}
+	if upgrade {
+		p.up = make(chan []byte, 4)
 	}
 	g.mu.Lock()
 	if g.closing {
@@ -195,7 +199,7 @@ func (b *backend) RoundTrip(req *http.Request) (*http.Response, error) {
 		ID: id, Method: req.Method, URL: u.String(), Headers: requestHeaders(req.Header),
 		Body: body, Host: req.Host,
 	}).Marshal()
-	p, err := g.newPending(req.Context(), b.name, msg, id)
+	p, err := g.newPending(req.Context(), b.name, msg, id, req.Header.Get("Upgrade") != "")
 	if err != nil {
 		return nil, err
 	}
@@ -234,7 +238,7 @@ func (b *backend) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	// The buffers of an upgraded stream are not pooled: its Close may
 	// come from another goroutine while a Read copies from one.
-	rd := &bodyReader{p: p, trailer: http.Header{}, pooled: status != http.StatusSwitchingProtocols}
+	rd := &bodyReader{p: p, pooled: status != http.StatusSwitchingProtocols}
 	h := make(http.Header, len(first.Headers))
 	for _, hd := range first.Headers {
 		if validHeader(hd) {
@@ -251,7 +255,6 @@ func (b *backend) RoundTrip(req *http.Request) (*http.Response, error) {
 		ProtoMinor:    1,
 		Header:        h,
 		ContentLength: -1,
-		Trailer:       rd.trailer,
 		Request:       req,
 	}
 	if first.EOF && status != http.StatusSwitchingProtocols {
@@ -260,6 +263,7 @@ func (b *backend) RoundTrip(req *http.Request) (*http.Response, error) {
 		// rather than flushing write by write as it does for streams.
 		resp.ContentLength = int64(len(first.Body))
 	}
+	rd.resp = resp
 	rd.absorb(fc)
 	if status == http.StatusSwitchingProtocols {
 		resp.Body = &upgradeBody{bodyReader: rd}
@@ -326,8 +330,8 @@ type bodyReader struct {
 	backing []byte // the current chunk's pooled buffer
 	pooled  bool
 	eof     bool
-	trailer http.Header   // the response's Trailer, filled at the end
-	grpc    []wire.Header // Grpc-* headers, sent again as trailers
+	resp    *http.Response // its Trailer is made with the first trailer
+	grpc    []wire.Header  // Grpc-* headers, sent again as trailers
 }
 
 // release gives the current chunk's buffer back.
@@ -345,10 +349,13 @@ func (r *bodyReader) absorb(ch chunk) {
 	r.buf, r.backing = c.Body, ch.buf
 	// A chunk's trailers replace earlier ones of the same name: the relay
 	// client repeats them on every chunk (and retry) once it knows them.
-	seen := map[string][]string{}
+	var seen map[string][]string
 	for _, t := range c.Trailers {
 		if !validHeader(t) {
 			continue
+		}
+		if seen == nil {
+			seen = map[string][]string{}
 		}
 		k := http.CanonicalHeaderKey(t.Name)
 		if !slices.Contains(seen[k], t.Value) {
@@ -356,18 +363,27 @@ func (r *bodyReader) absorb(ch chunk) {
 		}
 	}
 	for k, vs := range seen {
-		r.trailer[k] = vs
+		r.trailer()[k] = vs
 	}
 	if c.EOF {
 		r.eof = true
 		for _, h := range r.grpc {
 			k := http.CanonicalHeaderKey(h.Name)
 			if _, ok := seen[k]; !ok {
-				r.trailer.Add(k, h.Value)
+				r.trailer().Add(k, h.Value)
 			}
 		}
 		r.p.finish(nil)
 	}
+}
+
+// trailer returns the response's Trailer, made on first use: most
+// responses have none.
+func (r *bodyReader) trailer() http.Header {
+	if r.resp.Trailer == nil {
+		r.resp.Trailer = http.Header{}
+	}
+	return r.resp.Trailer
 }
 
 func (r *bodyReader) Read(b []byte) (int, error) {
@@ -468,6 +484,9 @@ var errStreamClosed = errors.New("relay stream closed")
 
 func (u *upgradeBody) Write(b []byte) (int, error) {
 	p := u.p
+	if p.up == nil {
+		return 0, errStreamClosed
+	}
 	n := 0
 	for len(b) > 0 {
 		k := min(len(b), p.g.opts.BlockSize)
