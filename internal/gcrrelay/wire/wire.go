@@ -21,6 +21,13 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 )
 
+// StreamHeader, on a poll's answer, says that the server relays a large
+// response body as it arrives when the message's id comes before it
+// (AppendStreamHead): a relay client may then send a body of any length
+// in one message. It is postern's; the original sends no such header, and
+// reads every message whole.
+const StreamHeader = "X-Postern-Relay-Streams"
+
 // Content types of the messages on the wire.
 const (
 	RequestContentType  = "application/vnd.google.protobuf;proto=cloudrobotics.http_relay.v1alpha1.HttpRequest"
@@ -246,36 +253,81 @@ func (r *Response) AppendMarshal(b []byte) []byte {
 // start that is not a valid encoding (the decoder will say why). It is a
 // hint only: the decoder does not rely on it.
 func ResponseSizeHint(b []byte) (n int, ok bool) {
+	_, start, size, ok := ResponseBody(b)
+	return start + size, ok
+}
+
+// ResponseBody finds the first body field in the start of an encoded
+// HttpResponse: tag is where the field begins, start where its bytes
+// begin, and n how many there are (at most 1<<31). ok is false until b
+// holds the field's tag and length, and for a start that is not a valid
+// encoding. Everything before tag is whole fields: b[:tag] decodes as a
+// message of its own. A server reads the start of a posted message with
+// it, and relays a large body as it comes when the fields before it say
+// whose it is (see AppendStreamHead).
+func ResponseBody(b []byte) (tag, start, n int, ok bool) {
 	const most = 1 << 31
 	off := 0
 	for off < len(b) {
 		num, typ, tn := protowire.ConsumeTag(b[off:])
 		if tn < 0 {
-			return 0, false
+			return 0, 0, 0, false
 		}
 		if typ != protowire.BytesType {
 			vn := protowire.ConsumeFieldValue(num, typ, b[off+tn:])
 			if vn < 0 {
-				return 0, false
+				return 0, 0, 0, false
 			}
 			off += tn + vn
 			continue
 		}
 		l, ln := protowire.ConsumeVarint(b[off+tn:])
 		if ln < 0 {
-			return 0, false
+			return 0, 0, 0, false
 		}
 		l = min(l, most)
-		end := off + tn + ln + int(l)
 		if num == 3 {
-			return end, true
+			return off, off + tn + ln, int(l), true
 		}
+		end := off + tn + ln + int(l)
 		if end > len(b) {
-			return 0, false
+			return 0, 0, 0, false
 		}
 		off = end
 	}
-	return 0, false
+	return 0, 0, 0, false
+}
+
+// AppendStreamHead appends what a sender writes before a body of n bytes
+// that it streams right after: the id first, then the status, the
+// headers and eof, then the body field's tag and length. A server that
+// relays a body as it comes knows whose it is before the body arrives
+// (ResponseBody); protobuf lets fields come in any order, so a server
+// that reads the message whole decodes it as any other. r.Body is
+// ignored.
+func (r *Response) AppendStreamHead(b []byte, n int) []byte {
+	if r.HasID || r.ID != "" {
+		b = appendString(b, 4, r.ID)
+	}
+	if r.HasStatus {
+		b = appendVarint(b, 1, uint64(int64(r.StatusCode)))
+	}
+	b = appendHeaders(b, 2, r.Headers)
+	if r.EOF {
+		b = appendVarint(b, 5, 1)
+	}
+	b = protowire.AppendTag(b, 3, protowire.BytesType)
+	return protowire.AppendVarint(b, uint64(n))
+}
+
+// AppendStreamTail appends what follows a streamed body (see
+// AppendStreamHead): the trailers and the backend's duration.
+func (r *Response) AppendStreamTail(b []byte) []byte {
+	b = appendHeaders(b, 6, r.Trailers)
+	if r.BackendDurationMs != 0 {
+		b = appendVarint(b, 7, uint64(r.BackendDurationMs))
+	}
+	return b
 }
 
 // Marshal encodes r into a buffer of its size (see AppendMarshal).

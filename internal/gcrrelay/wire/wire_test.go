@@ -257,6 +257,7 @@ func FuzzUnmarshalResponse(f *testing.F) {
 		if n, ok := wire.ResponseSizeHint(b); ok && n < 0 {
 			t.Fatalf("size hint %d", n)
 		}
+
 		mine, err := wire.UnmarshalResponse(b)
 		m := dynamicpb.NewMessage(httpResponse)
 		libErr := proto.UnmarshalOptions{DiscardUnknown: true}.Unmarshal(b, m)
@@ -265,6 +266,16 @@ func FuzzUnmarshalResponse(f *testing.F) {
 		}
 		if err != nil {
 			return
+		}
+		if tag, start, n, ok := wire.ResponseBody(b); ok {
+			// What comes before the body field is whole fields of a valid
+			// message: they decode on their own.
+			if tag < 0 || tag >= start || n < 0 {
+				t.Fatalf("body field at %d, bytes at %d, %d of them", tag, start, n)
+			}
+			if _, err := wire.UnmarshalResponse(b[:tag]); err != nil {
+				t.Fatalf("the fields before the body do not decode: %v", err)
+			}
 		}
 		fs := httpResponse.Fields()
 		want := wire.Response{
@@ -366,5 +377,44 @@ func TestEncodingSizesAndParts(t *testing.T) {
 	}
 	if got := q.AppendTail(append(head, q.Body...)); !bytes.Equal(got, full) {
 		t.Errorf("request parts %x, Marshal %x", got, full)
+	}
+}
+
+// TestStreamLayout: a message with its id before its body (what a sender
+// streaming the body writes) decodes as the same message, and its start
+// says whose body it is before the body: what comes before the body
+// field decodes on its own.
+func TestStreamLayout(t *testing.T) {
+	r := wire.Response{HasStatus: true, StatusCode: 200, Headers: []wire.Header{{Name: "Content-Length", Value: "5"}},
+		Body: []byte("hello"), HasID: true, ID: "n:0123456789abcdef0123456789abcdef", EOF: true,
+		Trailers: []wire.Header{{Name: "X-T", Value: "1"}}, BackendDurationMs: 7}
+	msg := append(append(r.AppendStreamHead(nil, len(r.Body)), r.Body...), r.AppendStreamTail(nil)...)
+	got, err := wire.UnmarshalResponse(msg)
+	if err != nil || !reflect.DeepEqual(*got, r) {
+		t.Fatalf("decoded %+v %v, want %+v", got, err, r)
+	}
+	a, b := dynamicpb.NewMessage(httpResponse), dynamicpb.NewMessage(httpResponse)
+	if err := proto.Unmarshal(msg, a); err != nil {
+		t.Fatal(err)
+	}
+	if err := proto.Unmarshal(r.Marshal(), b); err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(a, b) {
+		t.Fatal("the library decodes the stream layout differently")
+	}
+	head := r.AppendStreamHead(nil, len(r.Body))
+	tag, start, n, ok := wire.ResponseBody(head)
+	if !ok || start != len(head) || n != len(r.Body) {
+		t.Fatalf("ResponseBody %d %d %d %v on a %d-byte head", tag, start, n, ok, len(head))
+	}
+	before, err := wire.UnmarshalResponse(head[:tag])
+	if err != nil || before.ID != r.ID || before.StatusCode != 200 || !before.EOF || before.Body != nil {
+		t.Fatalf("before the body: %+v %v", before, err)
+	}
+	for p := range len(head) {
+		if _, _, _, ok := wire.ResponseBody(head[:p]); ok {
+			t.Fatalf("body found in a %d-byte prefix of a %d-byte head", p, len(head))
+		}
 	}
 }
