@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -35,8 +36,9 @@ type backend struct {
 // chunk is one posted HttpResponse and the buffer its body lies in, which
 // the user side returns to the pool once it has relayed the body.
 type chunk struct {
-	msg *wire.Response
-	buf []byte
+	msg    *wire.Response
+	buf    []byte
+	stream *bodyStream // a body relayed as it arrives (msg.Body is empty)
 }
 
 // Ready reports whether a poll is parked for the name on this node, so the
@@ -78,6 +80,8 @@ type pending struct {
 	// not a timer reset, so activity costs next to nothing.
 	timer *time.Timer
 	last  atomic.Int64 // time of the last activity, in ns since clock0
+	// upgraded: the response is a 101; its chunks are read whole.
+	upgraded atomic.Bool
 	// userDone: the user has finished sending on an upgraded connection
 	// (its end of the stream, or a half-close). The request lives on
 	// until the backend's end, as in the original.
@@ -257,14 +261,29 @@ func (b *backend) RoundTrip(req *http.Request) (*http.Response, error) {
 		ContentLength: -1,
 		Request:       req,
 	}
+	if status == http.StatusSwitchingProtocols {
+		p.upgraded.Store(true)
+	}
 	if first.EOF && status != http.StatusSwitchingProtocols {
-		// The whole response came in one message (a short answer): its
-		// length is known, so the proxy writes it to the user in one go
-		// rather than flushing write by write as it does for streams.
+		// The whole response came in one message (a short answer, or a
+		// body streamed after its fields): its length is known, and the
+		// user gets it as from the backend.
 		resp.ContentLength = int64(len(first.Body))
+		if fc.stream != nil {
+			resp.ContentLength = int64(fc.stream.n)
+		}
 	}
 	rd.resp = resp
 	rd.absorb(fc)
+	if first.EOF && fc.stream == nil && status != http.StatusSwitchingProtocols && len(resp.Trailer) == 0 && len(rd.grpc) == 0 {
+		// The whole response is here, trailers included: say its length
+		// to the user (net/http would send a long one chunked). A
+		// streamed body's trailers follow it, so its length is said only
+		// by the relay client's Content-Length, if it sent one.
+		if _, ok := h["Content-Length"]; !ok && req.Method != http.MethodHead && status != http.StatusNoContent && status != http.StatusNotModified {
+			h["Content-Length"] = []string{strconv.FormatInt(resp.ContentLength, 10)}
+		}
+	}
 	if status == http.StatusSwitchingProtocols {
 		resp.Body = &upgradeBody{bodyReader: rd}
 	} else {
@@ -332,6 +351,7 @@ type bodyReader struct {
 	eof     bool
 	resp    *http.Response // its Trailer is made with the first trailer
 	grpc    []wire.Header  // Grpc-* headers, sent again as trailers
+	stream  *bodyStream    // a body being relayed as it arrives
 }
 
 // release gives the current chunk's buffer back.
@@ -347,6 +367,11 @@ func (r *bodyReader) absorb(ch chunk) {
 	r.release()
 	c := ch.msg
 	r.buf, r.backing = c.Body, ch.buf
+	if ch.stream != nil {
+		// The body follows, then the fields after it, which hold the
+		// end (endStream).
+		r.stream, r.buf = ch.stream, nil
+	}
 	// A chunk's trailers replace earlier ones of the same name: the relay
 	// client repeats them on every chunk (and retry) once it knows them.
 	var seen map[string][]string
@@ -365,7 +390,7 @@ func (r *bodyReader) absorb(ch chunk) {
 	for k, vs := range seen {
 		r.trailer()[k] = vs
 	}
-	if c.EOF {
+	if c.EOF && ch.stream == nil {
 		r.eof = true
 		for _, h := range r.grpc {
 			k := http.CanonicalHeaderKey(h.Name)
@@ -388,6 +413,21 @@ func (r *bodyReader) trailer() http.Header {
 
 func (r *bodyReader) Read(b []byte) (int, error) {
 	for len(r.buf) == 0 {
+		if r.stream != nil {
+			n, err := r.readStream(b)
+			switch {
+			case err == io.EOF:
+				if err := r.endStream(); err != nil {
+					return 0, err
+				}
+			case err != nil:
+				r.stream.done(err, false)
+				return n, err
+			case n > 0:
+				return n, nil
+			}
+			continue
+		}
 		if r.eof {
 			r.release()
 			return 0, io.EOF
@@ -415,6 +455,18 @@ func (r *bodyReader) WriteTo(w io.Writer) (int64, error) {
 	f, _ := w.(interface{ Flush() error })
 	var n int64
 	for {
+		if r.stream != nil {
+			k, user, err := r.copyStream(w, f)
+			n += k
+			if err != nil {
+				r.stream.done(err, user)
+				return n, err
+			}
+			if err := r.endStream(); err != nil {
+				return n, err
+			}
+			continue
+		}
 		if len(r.buf) > 0 {
 			k, err := w.Write(r.buf)
 			n += int64(k)
@@ -452,6 +504,9 @@ func (r *bodyReader) WriteTo(w io.Writer) (int64, error) {
 }
 
 func (r *bodyReader) Close() error {
+	if r.stream != nil {
+		r.stream.done(errClosed, true)
+	}
 	r.p.finish(errClosed)
 	if r.pooled {
 		r.release()

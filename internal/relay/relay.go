@@ -285,6 +285,11 @@ func New(opts Options) (*Hub, error) {
 	return h, nil
 }
 
+// Shared reports whether the hub shares its names with other nodes (it
+// has a directory): a request may then reach a node that does not hold
+// its backend, and be forwarded.
+func (h *Hub) Shared() bool { return h.opts.Directory != nil }
+
 // Namespace returns the hub's namespace.
 func (h *Hub) Namespace() string { return h.opts.Namespace }
 
