@@ -82,16 +82,23 @@ func (g *Relay) serveStream(w http.ResponseWriter, r *http.Request, rc *http.Res
 		// bytes go in messages read whole.
 		return false, nil
 	}
+	// A post refused from its start is answered at once: the rest of a
+	// large body is not read, so the connection closes after the answer
+	// (net/http would otherwise read on before answering).
+	refuse := func(err error) (bool, error) {
+		w.Header().Set("Connection", "close")
+		return true, err
+	}
 	name, ok := nameOfID(head.ID)
 	if !ok {
-		return true, invalidID(head.ID)
+		return refuse(invalidID(head.ID))
 	}
 	if !g.allow(r, auth.Serve, name) {
-		return true, forbidden(auth.Serve, name)
+		return refuse(forbidden(auth.Serve, name))
 	}
 	p := g.lookup(head.ID)
 	if p == nil && !g.hub.Shared() {
-		return true, invalidID(head.ID) // no other node can hold it: no need to read it
+		return refuse(invalidID(head.ID)) // no other node can hold it
 	}
 	if p == nil || p.upgraded.Load() {
 		return false, nil // read whole (and forwarded, if another node holds it)
@@ -106,7 +113,7 @@ func (g *Relay) serveStream(w http.ResponseWriter, r *http.Request, rc *http.Res
 	select {
 	case p.chunks <- chunk{msg: head, stream: s}:
 	case <-p.done:
-		return true, invalidID(head.ID)
+		return refuse(invalidID(head.ID))
 	case <-r.Context().Done():
 		return true, nil
 	}
