@@ -564,22 +564,32 @@ func TestLargeDownloadInBoundedMemory(t *testing.T) {
 			if chunked {
 				size = total / 4
 			}
-			largeDownload(t, size, func(o *gcrclient.Options) {
+			largeDownload(t, size, true, func(o *gcrclient.Options) {
 				o.MaxChunkSize = 1 << 20
 				o.BlockSize = 256 << 10
 				o.ChunkedPosts = chunked
 			})
 		})
 	}
+	// As postern relay posts: a body of known length in one message
+	// streamed through the server; a body of unknown length in eager
+	// chunks the server relays as they come.
+	for _, known := range []bool{true, false} {
+		t.Run(fmt.Sprintf("tuned,known-length=%v", known), func(t *testing.T) {
+			largeDownload(t, total/4, known, func(o *gcrclient.Options) { *o = gcrclient.Tuned(*o) })
+		})
+	}
 }
 
 // largeDownload relays a download of total bytes of a known pattern,
 // checks every byte, and that the heap did not grow with the size.
-func largeDownload(t *testing.T, total int, opts func(*gcrclient.Options)) {
+func largeDownload(t *testing.T, total int, known bool, opts func(*gcrclient.Options)) {
 	const pattern = "0123456789abcdef"
 	e := start(t, nil)
 	be := backendServer(t, func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Length", fmt.Sprint(total))
+		if known {
+			w.Header().Set("Content-Length", fmt.Sprint(total))
+		}
 		block := bytes.Repeat([]byte(pattern), 4096)
 		for sent := 0; sent < total; sent += len(block) {
 			if _, err := w.Write(block); err != nil {

@@ -8,7 +8,11 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/coder/websocket"
+
+	"github.com/postern/postern/internal/gcrrelay/gcrclient"
 	"github.com/postern/postern/internal/gcrrelay/wire"
 	"github.com/postern/postern/internal/relay/relaytest"
 	"github.com/postern/postern/internal/server"
@@ -187,6 +191,95 @@ func TestSharedNodesDoNotOfferStreams(t *testing.T) {
 	}
 	if r := <-res; r.err != nil || r.status != 200 || r.body != string(body) {
 		t.Fatalf("got %d, %d bytes, %v", r.status, len(r.body), r.err)
+	}
+}
+
+// TestTunedRelayClient: the relay client as postern relay runs it
+// (gcrclient.Tuned: polls that follow the load, eager chunks, bodies
+// streamed through the server) relays what the original's settings do:
+// methods, headers and bodies, a body that trickles (each piece reaches
+// the user without waiting for the next), trailers, and websockets.
+func TestTunedRelayClient(t *testing.T) {
+	e := start(t, nil)
+	tick := make(chan struct{})
+	be := backendServer(t, func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/echo":
+			b, _ := io.ReadAll(r.Body)
+			w.Header().Set("X-Method", r.Method)
+			w.Write(b)
+		case "/trickle":
+			for range 3 {
+				io.WriteString(w, "piece\n")
+				w.(http.Flusher).Flush()
+				<-tick
+			}
+		case "/trailers":
+			w.Header().Set("Trailer", "X-Checksum")
+			w.Write(bytes.Repeat([]byte("t"), 300<<10))
+			w.Header().Set("X-Checksum", "abc")
+		case "/ws":
+			echoWebsocket(w, r)
+		}
+	})
+	e.runClient("tuned", be, func(o *gcrclient.Options) {
+		*o = gcrclient.Tuned(*o)
+		o.ChunkDelay = 5 * time.Millisecond
+	})
+	big := bytes.Repeat([]byte("b"), 3<<20)
+	r := e.do("PUT", "/client/tuned/echo", bytes.NewReader(big))
+	if r.err != nil || r.status != 200 || r.body != string(big) || r.h.Get("X-Method") != "PUT" {
+		t.Fatalf("echo: %d, %d bytes, %v", r.status, len(r.body), r.err)
+	}
+	resp, err := e.c.Get(e.node.URL + "/client/tuned/trickle")
+	if err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(resp.Body)
+	for i := range 3 {
+		if line, err := br.ReadString('\n'); line != "piece\n" || err != nil {
+			t.Fatalf("piece %d: %q %v", i, line, err)
+		}
+		tick <- struct{}{}
+	}
+	resp.Body.Close()
+	r = e.do("GET", "/client/tuned/trailers", nil)
+	if r.err != nil || len(r.body) != 300<<10 || r.tr.Get("X-Checksum") != "abc" {
+		t.Fatalf("trailers: %d bytes, %v, %v", len(r.body), r.tr, r.err)
+	}
+	ctx := ctxT(t)
+	c, _, err := websocket.Dial(ctx, e.node.URL+"/client/tuned/ws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	c.SetReadLimit(1 << 20)
+	msg := bytes.Repeat([]byte("w"), 200<<10)
+	if err := c.Write(ctx, websocket.MessageBinary, msg); err != nil {
+		t.Fatal(err)
+	}
+	if _, b, err := c.Read(ctx); err != nil || !bytes.Equal(b, append([]byte("echo:"), msg...)) {
+		t.Fatalf("websocket echo: %d bytes, %v", len(b), err)
+	}
+	c.Close(websocket.StatusNormalClosure, "")
+}
+
+// echoWebsocket answers every message with "echo:" and the message.
+func echoWebsocket(w http.ResponseWriter, r *http.Request) {
+	c, err := websocket.Accept(w, r, nil)
+	if err != nil {
+		return
+	}
+	defer c.CloseNow()
+	c.SetReadLimit(1 << 20)
+	for {
+		typ, b, err := c.Read(r.Context())
+		if err != nil {
+			return
+		}
+		if err := c.Write(r.Context(), typ, append([]byte("echo:"), b...)); err != nil {
+			return
+		}
 	}
 }
 

@@ -103,6 +103,14 @@ type Options struct {
 	// body that is slow to start (it carries the status and headers) and
 	// the keep-alive chunks.
 	EagerChunks bool
+	// StreamBodies, when the server says it relays bodies as they come
+	// (wire.StreamHeader on the poll's answer), sends large bodies in
+	// messages whose id comes before the body (wire.AppendStreamHead): a
+	// backend body of known length longer than MaxChunkSize goes in one
+	// message, read from the backend as it is sent, and a large chunk of
+	// a streamed body is relayed by the server without being held. The
+	// messages are the protocol's; only their fields' order differs.
+	StreamBodies bool
 }
 
 // Tuned settings of `postern relay`: see Tuned.
@@ -134,6 +142,7 @@ func Tuned(o Options) Options {
 	}
 	o.ChunkedPosts = true
 	o.EagerChunks = true
+	o.StreamBodies = true
 	return o
 }
 
@@ -393,7 +402,7 @@ func (c *Client) poller(ctx context.Context) {
 				continue
 			}
 			c.took(ctx)
-			c.handle(ctx, breq)
+			c.handle(ctx, breq, c.o.StreamBodies && resp.Header.Get(wire.StreamHeader) != "")
 			if c.handled() {
 				return
 			}
@@ -571,9 +580,11 @@ func (c *Client) backendRequest(ctx context.Context, breq *wire.Request) (*http.
 }
 
 // handle serves one request, logging it when there is a Logger.
-func (c *Client) handle(ctx context.Context, breq *wire.Request) {
+// streams says the server relays large bodies as they come (see
+// Options.StreamBodies).
+func (c *Client) handle(ctx context.Context, breq *wire.Request, streams bool) {
 	start := time.Now()
-	status, n, path := c.serve(ctx, breq)
+	status, n, path := c.serve(ctx, breq, streams)
 	if l := c.o.Logger; l != nil && l.Enabled(ctx, slog.LevelInfo) {
 		if path == "" {
 			path = breq.URL
@@ -592,7 +603,7 @@ func (c *Client) handle(ctx context.Context, breq *wire.Request) {
 
 // serve performs one request against the backend and posts its response;
 // it returns the status, the body bytes relayed and the path, for the log.
-func (c *Client) serve(ctx context.Context, breq *wire.Request) (status int, n int64, path string) {
+func (c *Client) serve(ctx context.Context, breq *wire.Request, streams bool) (status int, n int64, path string) {
 	id := breq.ID
 	req, path, err := c.backendRequest(ctx, breq)
 	if err != nil {
@@ -629,11 +640,18 @@ func (c *Client) serve(ctx context.Context, breq *wire.Request) (status int, n i
 		first.EOF = true
 		first.Trailers = headers(hresp.Trailer)
 		first.BackendDurationMs = time.Since(start).Milliseconds()
-		c.post(ctx, first)
+		c.post(ctx, first, false)
 		return status, int64(len(first.Body)), path
 	}
-	return status, c.stream(ctx, first, hresp, start), path
+	if cl := hresp.ContentLength; streams && cl > 0 && cl < maxMessageBody && hresp.StatusCode != http.StatusSwitchingProtocols {
+		return status, c.postBody(ctx, first, hresp, start), path
+	}
+	return status, c.stream(ctx, first, hresp, start, streams), path
 }
+
+// maxMessageBody bounds a body sent in one message: a protobuf field
+// holds less than 2 GiB. A longer body goes in chunks.
+const maxMessageBody = 1 << 31
 
 // errPermanent is a 400 from /server/response: the request is over.
 var errPermanent = errors.New("relay server refused the response chunk")
@@ -643,13 +661,20 @@ var errPermanent = errors.New("relay server refused the response chunk")
 // head and tail.
 const smallPost = 64 << 10
 
-// post sends one chunk, retrying transient failures a few times.
-func (c *Client) post(ctx context.Context, r *wire.Response) error {
+// post sends one chunk, retrying transient failures a few times. With
+// streams, a large chunk goes with its id before its body (see
+// Options.StreamBodies).
+func (c *Client) post(ctx context.Context, r *wire.Response, streams bool) error {
 	var body func() io.ReadCloser
 	var size int64
 	switch {
 	case len(r.Body) > smallPost:
 		head, tail := r.MarshalAround(len(r.Body))
+		if streams {
+			head = r.AppendStreamHead(make([]byte, 0, r.HeadSize(len(r.Body))+r.TailSize()), len(r.Body))
+			tail = r.AppendStreamTail(head[len(head):len(head)])
+			head = head[:len(head):len(head)]
+		}
 		payload := r.Body
 		size = int64(len(head) + len(payload) + len(tail))
 		if c.o.ChunkedPosts {
@@ -712,7 +737,7 @@ func (c *Client) postError(ctx context.Context, id, msg string) {
 		HasID: true, ID: id, HasStatus: true, StatusCode: http.StatusInternalServerError,
 		Headers: []wire.Header{{Name: "Content-Type", Value: "text/plain"}},
 		Body:    []byte(msg), EOF: true,
-	})
+	}, false)
 }
 
 // streamToBackend copies the user's bytes of an upgraded connection from

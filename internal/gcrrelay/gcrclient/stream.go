@@ -54,7 +54,7 @@ type streamer struct {
 }
 
 // stream relays a streamed body and returns the bytes posted.
-func (c *Client) stream(ctx context.Context, first *wire.Response, hresp *http.Response, start time.Time) (n int64) {
+func (c *Client) stream(ctx context.Context, first *wire.Response, hresp *http.Response, start time.Time, streams bool) (n int64) {
 	s := &streamer{c: c, avail: make(chan struct{}, 1)}
 	s.space.L = &s.mu
 	c.wg.Go(func() { s.read(hresp.Body) })
@@ -96,7 +96,7 @@ func (c *Client) stream(ctx context.Context, first *wire.Response, hresp *http.R
 			next.BackendDurationMs = time.Since(start).Milliseconds()
 		}
 		n += int64(len(next.Body))
-		err := c.post(ctx, next)
+		err := c.post(ctx, next, streams)
 		s.done(seg)
 		if err != nil || ended {
 			// A missing chunk would corrupt the response: stop, and close
@@ -239,3 +239,118 @@ func (c *Client) putChunkBuffer(b []byte) {
 		c.chunkBufs.Put(&b)
 	}
 }
+
+// postBody posts a backend body of known length in one message, id
+// first, read from the backend as it is sent (see Options.StreamBodies):
+// the server relays it to the user as it comes. It returns the bytes
+// relayed. A body cut short ends the post in the middle, which the
+// server reports to the user as an error.
+func (c *Client) postBody(ctx context.Context, first *wire.Response, hresp *http.Response, start time.Time) int64 {
+	first.EOF = true
+	b := &bodyPost{out: first.AppendStreamHead(nil, int(hresp.ContentLength)), hresp: hresp,
+		left: hresp.ContentLength, size: c.o.BlockSize, start: start}
+	defer hresp.Body.Close()
+	req := c.postTmpl.WithContext(ctx)
+	// Chunked, so that net/http writes it with WriteTo: each block in one
+	// write, straight from where it was read.
+	req.Body, req.ContentLength = b, -1
+	resp, err := c.relay.Do(req)
+	if err == nil {
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	return b.sent
+}
+
+// bodyPost is the body of postBody's post: the message's head, the
+// backend's body, then the fields after it (trailers, known at the end).
+type bodyPost struct {
+	out   []byte // to send before reading more: the head, then the tail
+	hresp *http.Response
+	left  int64 // backend bytes still to send
+	ended bool  // the tail is in out
+	size  int   // read size of WriteTo
+	start time.Time
+	sent  int64
+}
+
+// tail returns the fields after the body, once it has ended.
+func (b *bodyPost) tail() []byte {
+	io.Copy(io.Discard, b.hresp.Body) // the trailers come after the body
+	b.ended = true
+	t := &wire.Response{Trailers: headers(b.hresp.Trailer), BackendDurationMs: time.Since(b.start).Milliseconds()}
+	return t.AppendStreamTail(nil)
+}
+
+// read reads the backend's body into p.
+func (b *bodyPost) read(p []byte) (int, error) {
+	k, err := b.hresp.Body.Read(p[:min(int64(len(p)), b.left)])
+	b.left -= int64(k)
+	b.sent += int64(k)
+	if err != nil && b.left > 0 {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return k, err // the post is cut: the user sees an error
+	}
+	return k, nil
+}
+
+func (b *bodyPost) Read(p []byte) (int, error) {
+	for {
+		switch {
+		case len(b.out) > 0:
+			n := copy(p, b.out)
+			b.out = b.out[n:]
+			return n, nil
+		case b.left > 0:
+			return b.read(p)
+		case !b.ended:
+			b.out = b.tail()
+		default:
+			return 0, io.EOF
+		}
+	}
+}
+
+// WriteTo writes the message with reads of the backend of Options.BlockSize,
+// each written at once.
+func (b *bodyPost) WriteTo(w io.Writer) (int64, error) {
+	bp := postBufs.Get().(*[]byte)
+	defer postBufs.Put(bp)
+	if len(*bp) < b.size {
+		*bp = make([]byte, b.size)
+	}
+	buf := (*bp)[:b.size]
+	var total int64
+	for {
+		var p []byte
+		var rerr error
+		switch {
+		case len(b.out) > 0:
+			p, b.out = b.out, nil
+		case b.left > 0:
+			var k int
+			k, rerr = b.read(buf)
+			p = buf[:k]
+		case !b.ended:
+			b.out = b.tail()
+			continue
+		default:
+			return total, nil
+		}
+		n, err := w.Write(p)
+		total += int64(n)
+		if err != nil {
+			return total, err
+		}
+		if rerr != nil {
+			return total, rerr
+		}
+	}
+}
+
+func (b *bodyPost) Close() error { return nil }
+
+// postBufs lend postBody its read buffer.
+var postBufs = sync.Pool{New: func() any { b := []byte(nil); return &b }}
