@@ -13,7 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/postern/postern/internal/config"
-	"github.com/postern/postern/internal/gcrrelay/gcrclient"
+	gcrclient "github.com/postern/postern/internal/relay/gcr/client"
 )
 
 // Settings of postern relay's process.
