@@ -56,85 +56,101 @@ every relay call, as the original's --authentication_token_file).`,
 		Args: exactArgs(1, "want exactly one LOCAL-URL"),
 	}
 	c := a.newAgentCmd(cmd)
-	var name string
-	pending := gcrclient.TunedNumPendingRequests
-	maxPending := gcrclient.TunedMaxPendingRequests
-	c.fs.String(&name, "name", "backend `name` to serve (the original's --server_name)")
-	c.fs.Int(&pending, "pending-requests", "long-polls kept waiting for requests when idle (the original's --num_pending_requests)")
-	chunk, block := gcrclient.TunedMaxChunkSize, gcrclient.TunedBlockSize
-	c.fs.Int(&chunk, "max-chunk-size", "largest chunk of a streamed response posted at once, in bytes (the original's --max_chunk_size)")
-	c.fs.Int(&block, "block-size", "size of each read from the backend, in bytes (the original's --block_size)")
-	c.fs.Int(&maxPending, "max-pending-requests", "most long-polls waiting at once while requests are in progress (the polls follow the load up to it; equal to --pending-requests: a fixed number, as the original)")
-	a.bind(cmd, c.fs)
-	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		if name == "" {
-			return usagef("--name is required: the backend name users reach it by")
-		}
-		if pending < 1 {
-			return usagef("--pending-requests must be at least 1")
-		}
-		if maxPending < pending {
-			return usagef("--max-pending-requests (%d) must be at least --pending-requests (%d)", maxPending, pending)
-		}
-		if chunk < 1 || block < 1 {
-			return usagef("--max-chunk-size and --block-size must be positive")
-		}
-		if err := localURL(args[0]); err != nil {
-			return err
-		}
-		// The line per request goes out in batches (batchWriter): under
-		// load a write per line costs the agent more than the line.
-		logw := newBatchWriter(a.env.Stderr, logBatchDelay)
-		defer logw.Flush()
-		log, err := config.NewLogger(logw, c.logLevel, c.logFormat)
-		if err != nil {
-			return usagef("%v", err)
-		}
-		if a.env.Getenv("GOGC") == "" {
-			// A relay client's heap is small and its garbage is per
-			// request: collecting it four times less often saves CPU
-			// for a few MB more.
-			debug.SetGCPercent(relayGCPercent)
-		}
-		server := c.cf.serverURL()
-		if _, err := url.Parse(server); err != nil {
-			return usagef("--server: %v", err)
-		}
-		public := server + "/client/" + url.PathEscape(name) + "/"
-		rc, err := gcrclient.New(gcrclient.Tuned(gcrclient.Options{
-			RelayURL:           server,
-			ServerName:         name,
-			BackendURL:         args[0],
-			Token:              c.cf.token,
-			NumPendingRequests: pending,
-			MaxPendingRequests: maxPending,
-			MaxChunkSize:       chunk,
-			BlockSize:          block,
-			Logger:             log,
-			Backoff:            func() gcrclient.Backoff { return newBackoff() },
-			OnReady: func() {
-				fmt.Fprintf(a.env.Stdout, "Forwarding %s -> %s\n", public, args[0])
-			},
-		}))
-		if err != nil {
-			return usagef("%v", err)
-		}
-		ctx := cmd.Context()
-		err = rc.Run(ctx)
-		if errors.Is(err, gcrclient.ErrForbidden) {
-			why := c.call("serve", "/relay/"+name)
-			if why.token {
-				return &exitError{code: ExitDenied, msg: fmt.Sprintf("403: the token given is not granted \"serve\" on /relay/%s (check --token or POSTERN_TOKEN, and the server's --token-file)", name)}
-			}
-			return &exitError{code: ExitDenied, msg: fmt.Sprintf("403: serving %q needs a token granted \"serve\" on /relay/%s (--token or POSTERN_TOKEN)", name, name)}
-		}
-		if err != nil {
-			return explain(ctx, err, c.call("serve", "/relay/"+name))
-		}
-		log.Info("relay: stopped", "name", name)
-		return nil
+	f := relayFlags{
+		pending: gcrclient.TunedNumPendingRequests, maxPending: gcrclient.TunedMaxPendingRequests,
+		chunk: gcrclient.TunedMaxChunkSize, block: gcrclient.TunedBlockSize,
 	}
+	c.fs.String(&f.name, "name", "backend `name` to serve (the original's --server_name)")
+	c.fs.Int(&f.pending, "pending-requests", "long-polls kept waiting for requests when idle (the original's --num_pending_requests)")
+	c.fs.Int(&f.chunk, "max-chunk-size", "largest chunk of a streamed response posted at once, in bytes (the original's --max_chunk_size)")
+	c.fs.Int(&f.block, "block-size", "size of each read from the backend, in bytes (the original's --block_size)")
+	c.fs.Int(&f.maxPending, "max-pending-requests", "most long-polls waiting at once while requests are in progress (the polls follow the load up to it; equal to --pending-requests: a fixed number, as the original)")
+	a.bind(cmd, c.fs)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error { return a.runRelay(cmd, c, &f, args[0]) }
 	return cmd
+}
+
+// relayFlags are postern relay's own flags.
+type relayFlags struct {
+	name                              string
+	pending, maxPending, chunk, block int
+}
+
+func (f *relayFlags) check() error {
+	switch {
+	case f.name == "":
+		return usagef("--name is required: the backend name users reach it by")
+	case f.pending < 1:
+		return usagef("--pending-requests must be at least 1")
+	case f.maxPending < f.pending:
+		return usagef("--max-pending-requests (%d) must be at least --pending-requests (%d)", f.maxPending, f.pending)
+	case f.chunk < 1 || f.block < 1:
+		return usagef("--max-chunk-size and --block-size must be positive")
+	}
+	return nil
+}
+
+// runRelay runs the relay client for the backend at local until the
+// command's context ends.
+func (a *app) runRelay(cmd *cobra.Command, c *agentCmd, f *relayFlags, local string) error {
+	if err := f.check(); err != nil {
+		return err
+	}
+	if err := localURL(local); err != nil {
+		return err
+	}
+	// The line per request goes out in batches (batchWriter): under
+	// load a write per line costs the agent more than the line.
+	logw := newBatchWriter(a.env.Stderr, logBatchDelay)
+	defer logw.Flush()
+	log, err := config.NewLogger(logw, c.logLevel, c.logFormat)
+	if err != nil {
+		return usagef("%v", err)
+	}
+	if a.env.Getenv("GOGC") == "" {
+		// A relay client's heap is small and its garbage is per
+		// request: collecting it four times less often saves CPU
+		// for a few MB more.
+		debug.SetGCPercent(relayGCPercent)
+	}
+	server := c.cf.serverURL()
+	if _, err := url.Parse(server); err != nil {
+		return usagef("--server: %v", err)
+	}
+	name := f.name
+	public := server + "/client/" + url.PathEscape(name) + "/"
+	rc, err := gcrclient.New(gcrclient.Tuned(gcrclient.Options{
+		RelayURL:           server,
+		ServerName:         name,
+		BackendURL:         local,
+		Token:              c.cf.token,
+		NumPendingRequests: f.pending,
+		MaxPendingRequests: f.maxPending,
+		MaxChunkSize:       f.chunk,
+		BlockSize:          f.block,
+		Logger:             log,
+		Backoff:            func() gcrclient.Backoff { return newBackoff() },
+		OnReady: func() {
+			fmt.Fprintf(a.env.Stdout, "Forwarding %s -> %s\n", public, local)
+		},
+	}))
+	if err != nil {
+		return usagef("%v", err)
+	}
+	ctx := cmd.Context()
+	err = rc.Run(ctx)
+	if errors.Is(err, gcrclient.ErrForbidden) {
+		why := c.call("serve", "/relay/"+name)
+		if why.token {
+			return &exitError{code: ExitDenied, msg: fmt.Sprintf("403: the token given is not granted \"serve\" on /relay/%s (check --token or POSTERN_TOKEN, and the server's --token-file)", name)}
+		}
+		return &exitError{code: ExitDenied, msg: fmt.Sprintf("403: serving %q needs a token granted \"serve\" on /relay/%s (--token or POSTERN_TOKEN)", name, name)}
+	}
+	if err != nil {
+		return explain(ctx, err, c.call("serve", "/relay/"+name))
+	}
+	log.Info("relay: stopped", "name", name)
+	return nil
 }
 
 // batchWriter writes what it gets to w in batches: a line waits at most

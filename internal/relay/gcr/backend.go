@@ -184,6 +184,19 @@ func (p *pending) endErr() error {
 // RoundTrip hands the request to a relay client and returns its response,
 // whose body streams in as the relay client posts chunks.
 func (b *backend) RoundTrip(req *http.Request) (*http.Response, error) {
+	p, err := b.request(req)
+	if err != nil {
+		return nil, err
+	}
+	fc, err := b.handOff(p)
+	if err != nil {
+		return nil, err
+	}
+	return b.response(req, p, fc)
+}
+
+// request makes the pending request for the user's.
+func (b *backend) request(req *http.Request) (*pending, error) {
 	g := b.g
 	var body []byte
 	if req.Body != nil {
@@ -203,31 +216,37 @@ func (b *backend) RoundTrip(req *http.Request) (*http.Response, error) {
 		ID: id, Method: req.Method, URL: u.String(), Headers: requestHeaders(req.Header),
 		Body: body, Host: req.Host,
 	}).Marshal()
-	p, err := g.newPending(req.Context(), b.name, msg, id, req.Header.Get("Upgrade") != "")
-	if err != nil {
-		return nil, err
-	}
+	return g.newPending(req.Context(), b.name, msg, id, req.Header.Get("Upgrade") != "")
+}
+
+// handOff gives a request to a poll, within PickupTimeout, and waits for
+// its first chunk.
+func (b *backend) handOff(p *pending) (chunk, error) {
 	select {
 	case b.handoff <- p: // a poll was parked: no timer needed
 	default:
-		pickup := time.NewTimer(g.opts.PickupTimeout)
+		pickup := time.NewTimer(b.g.opts.PickupTimeout)
 		select {
 		case b.handoff <- p:
 			pickup.Stop()
 		case <-pickup.C:
 			p.finish(errNotTaken)
-			return nil, notPickedUp(b.name)
+			return chunk{}, notPickedUp(b.name)
 		case <-p.done:
 			pickup.Stop()
-			return nil, b.failure(p)
+			return chunk{}, b.failure(p)
 		}
 	}
-	var fc chunk
 	select {
-	case fc = <-p.chunks:
+	case fc := <-p.chunks:
+		return fc, nil
 	case <-p.done:
-		return nil, b.failure(p)
+		return chunk{}, b.failure(p)
 	}
+}
+
+// response is the user's response, from the first chunk on.
+func (b *backend) response(req *http.Request, p *pending, fc chunk) (*http.Response, error) {
 	first := fc.msg
 	if !first.HasStatus {
 		putMessage(fc.buf)
