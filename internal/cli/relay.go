@@ -42,7 +42,9 @@ few wait when idle, one per request in progress under load, up to
 --max-pending-requests), connections to the server and the backend are
 kept and reused, and a streamed response goes in chunks of up to 1 MiB,
 each posted as soon as the previous one is answered, straight from the
-buffer it was read into.
+buffer it was read into. Against postern, which relays a posted body to
+the user as it arrives, a response of known length goes in one message,
+sent as it is read from the backend.
 
 Like "postern expose" it logs one line per request, reconnects with backoff
 and jitter when the server goes away, and stops on SIGINT or SIGTERM after
