@@ -993,7 +993,10 @@ func TestTwoNodesShareBackends(t *testing.T) {
 }
 
 func testTwoNodes(t *testing.T, share func(*node.Config)) {
-	shared := func(c *node.Config) { share(c); c.Relay.PollTimeout = 50 * time.Millisecond }
+	// Polls end soon (b's poll for "far" below must be over), but not so
+	// soon that the parked "spread" poll ends before the user's request,
+	// forwarded from b, reaches it on a loaded machine.
+	shared := func(c *node.Config) { share(c); c.Relay.PollTimeout = 500 * time.Millisecond }
 	a, b := start(t, shared), start(t, shared)
 	be := backendServer(t, func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Upgrade") != "" {
@@ -1040,7 +1043,11 @@ func testTwoNodes(t *testing.T, share func(*node.Config)) {
 	polled := a.pollAsync("spread", 1)
 	<-a.node.RelayAnnounced("spread")
 	user := b.async("GET", "/client/spread/", nil)
-	id := (<-polled).ID
+	preq := <-polled
+	if preq == nil {
+		t.Fatal("the parked poll ended without the request")
+	}
+	id := preq.ID
 	b.want(b.post(&wire.Response{HasID: true, ID: id, HasStatus: true, StatusCode: 200, Body: []byte("via b")}), 200, "ok")
 	b.want(b.do("POST", "/server/requeststream?id="+id+"x", nil), 410, "No ongoing request with id "+id+"x\n")
 	b.want(b.post(&wire.Response{HasID: true, ID: id, EOF: true}), 200, "ok")
