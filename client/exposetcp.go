@@ -167,15 +167,7 @@ func (s *tcpAgentServer) shutdown(ctx context.Context) {
 	s.mu.Lock()
 	s.closing = true
 	s.mu.Unlock()
-	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		s.cancel()
-	case <-ctx.Done():
-		s.close()
-		<-done
-	}
+	drain(ctx, &s.wg, s.cancel, s.close)
 }
 
 // close resets every connection at once and waits for their goroutines.
