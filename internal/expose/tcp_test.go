@@ -60,7 +60,7 @@ func echoServer(t *testing.T) string {
 
 // tcpServer serves each connection with serve, closing it after; the
 // server and its connections end with the test.
-func tcpServer(t *testing.T, serve func(c *net.TCPConn)) string {
+func tcpServer(t testing.TB, serve func(c *net.TCPConn)) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -103,7 +103,7 @@ type tcpAgent struct {
 	stop func() error
 }
 
-func startTCPAgent(t *testing.T, c *client.Client, o client.ExposeOptions) tcpAgent {
+func startTCPAgent(t testing.TB, c *client.Client, o client.ExposeOptions) tcpAgent {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan string, 1)
