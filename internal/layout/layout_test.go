@@ -30,6 +30,7 @@ var layers = [][]string{
 	{"internal/httpapi", "internal/store/index"},
 	{ // engines, and what the node puts in front of every request
 		"internal/store/memstore", "internal/store/filestore", "internal/store/redisstore", "internal/ratelimit", "internal/web",
+		"internal/certs",
 	},
 	{"internal/queue", "internal/broker", "internal/relay"},                                             // cores
 	{"internal/expose/brickchain", "internal/relay/gcr/client"},                                         // transports
