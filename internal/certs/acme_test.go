@@ -19,13 +19,14 @@ import (
 
 	"github.com/postern/postern/client"
 	"github.com/postern/postern/internal/certs"
+	"github.com/postern/postern/internal/certs/certstest"
 	"github.com/postern/postern/internal/servertest"
 )
 
 func TestMain(m *testing.M) {
 	// pebble's validation authority keeps one goroutine for the life of
 	// the process, with no way to stop it.
-	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/letsencrypt/pebble/v2/va.VAImpl.processTasks"))
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction(certstest.IgnoreGoroutine))
 }
 
 // domain is both the fixed ACME domain and the expose domain.
@@ -34,7 +35,7 @@ const domain = "postern.test"
 // acmeNode is a node with automatic HTTPS from a pebble of its own.
 type acmeNode struct {
 	*servertest.Node
-	ca    *pebble
+	ca    *certstest.Pebble
 	roots *x509.CertPool // pebble's issuing root
 }
 
@@ -43,8 +44,8 @@ type acmeNode struct {
 // node's DNS provider.
 func startACME(t *testing.T, wildcard bool) *acmeNode {
 	t.Helper()
-	d := startDNS(t)
-	p := startPebble(t)
+	d := certstest.StartDNS(t)
+	p := certstest.StartPebble(t)
 	cfg := servertest.Config()
 	cfg.Expose.Domain = domain
 	cfg.ACME = certs.Options{
@@ -60,7 +61,7 @@ func startACME(t *testing.T, wildcard bool) *acmeNode {
 	n := servertest.Start(t, cfg)
 	_, port, _ := net.SplitHostPort(n.Addr)
 	tlsPort, _ := strconv.Atoi(port)
-	p.validate(t, d.addr, tlsPort)
+	p.Validate(t, d.Addr, tlsPort)
 	roots := x509.NewCertPool()
 	if !roots.AppendCertsFromPEM(p.RootPEM()) {
 		t.Fatal("pebble root")

@@ -1,4 +1,7 @@
-package certs_test
+// Package certstest runs a real ACME certificate authority for tests:
+// Let's Encrypt's test CA, pebble, in-process from its Go packages, with
+// a DNS server that resolves every name to 127.0.0.1.
+package certstest
 
 import (
 	"context"
@@ -22,30 +25,38 @@ import (
 	"github.com/miekg/dns"
 )
 
-// The tests run Let's Encrypt's test CA, pebble, in-process from its Go
-// packages, with real validation: its validation authority resolves
-// names through a DNS server of the test's (every name is 127.0.0.1; TXT
-// records are what the test's DNS provider published) and connects for
-// TLS-ALPN-01 to the port the node under test listens on.
+// Validation is real: pebble's validation authority resolves names
+// through the DNS server (every name is 127.0.0.1; TXT records are those
+// published through it, a certs.DNSProvider) and connects for TLS-ALPN-01
+// to the port the node under test listens on.
+//
+// pebble's validation authority keeps one goroutine for the life of the
+// process; a test package's goleak check ignores it with IgnoreGoroutine.
 
-// loopbackDNS is a DNS server on 127.0.0.1 (TCP, as pebble asks) that
+// IgnoreGoroutine is the function of pebble's goroutine that outlives
+// its tests, for goleak.IgnoreTopFunction.
+const IgnoreGoroutine = "github.com/letsencrypt/pebble/v2/va.VAImpl.processTasks"
+
+// DNS is a DNS server on 127.0.0.1 (TCP, as pebble asks) that
 // answers A 127.0.0.1 for every name, no AAAA, and the TXT records set
 // through it: the DNSProvider of the wildcard test.
-type loopbackDNS struct {
+type DNS struct {
+	// Addr is the server's TCP address.
+	Addr string
 	srv  *dns.Server
-	addr string
 
 	mu  sync.Mutex
 	txt map[string][]string // fqdn without the final dot -> values
 }
 
-func startDNS(t *testing.T) *loopbackDNS {
+// StartDNS starts a DNS server on 127.0.0.1 until the test ends.
+func StartDNS(t testing.TB) *DNS {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &loopbackDNS{addr: ln.Addr().String(), txt: map[string][]string{}}
+	d := &DNS{Addr: ln.Addr().String(), txt: map[string][]string{}}
 	d.srv = &dns.Server{Listener: ln, Net: "tcp", Handler: dns.HandlerFunc(d.answer)}
 	served := make(chan struct{})
 	d.srv.NotifyStartedFunc = func() { close(served) }
@@ -55,7 +66,7 @@ func startDNS(t *testing.T) *loopbackDNS {
 	return d
 }
 
-func (d *loopbackDNS) answer(w dns.ResponseWriter, q *dns.Msg) {
+func (d *DNS) answer(w dns.ResponseWriter, q *dns.Msg) {
 	m := new(dns.Msg)
 	m.SetReply(q)
 	for _, qu := range q.Question {
@@ -75,14 +86,14 @@ func (d *loopbackDNS) answer(w dns.ResponseWriter, q *dns.Msg) {
 }
 
 // SetTXT and DeleteTXT make the server a certs.DNSProvider.
-func (d *loopbackDNS) SetTXT(_ context.Context, fqdn, value string) error {
+func (d *DNS) SetTXT(_ context.Context, fqdn, value string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.txt[fqdn] = append(d.txt[fqdn], value)
 	return nil
 }
 
-func (d *loopbackDNS) DeleteTXT(_ context.Context, fqdn, value string) error {
+func (d *DNS) DeleteTXT(_ context.Context, fqdn, value string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	vs := d.txt[fqdn]
@@ -95,8 +106,8 @@ func (d *loopbackDNS) DeleteTXT(_ context.Context, fqdn, value string) error {
 	return nil
 }
 
-// pebble is a running test CA.
-type pebble struct {
+// Pebble is a running test CA.
+type Pebble struct {
 	// Directory is the ACME directory URL; CARootFile holds the
 	// certificate of the CA's own HTTPS (for --acme-ca-root).
 	Directory  string
@@ -110,11 +121,12 @@ type pebble struct {
 	orders     atomic.Int64
 }
 
-// startPebble starts the CA's HTTPS server; requests wait until validate
-// names the port to validate names on (known once the node listens).
-func startPebble(t *testing.T) *pebble {
+// StartPebble starts the CA's HTTPS server until the test ends; its
+// requests wait until Validate names the port to validate names on
+// (known once the node under test listens).
+func StartPebble(t testing.TB) *Pebble {
 	t.Helper()
-	p := &pebble{configured: make(chan struct{})}
+	p := &Pebble{configured: make(chan struct{})}
 	p.srv = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-p.configured:
@@ -135,9 +147,11 @@ func startPebble(t *testing.T) *pebble {
 	return p
 }
 
-// validate configures the CA: its validation authority resolves names
-// through resolver and connects to tlsPort for TLS-ALPN-01.
-func (p *pebble) validate(t *testing.T, resolver string, tlsPort int) {
+// Validate configures the CA: its validation authority resolves names
+// through resolver (a DNS's Addr) and connects to tlsPort for
+// TLS-ALPN-01. It sets environment variables of pebble's, so the test
+// must not be parallel.
+func (p *Pebble) Validate(t testing.TB, resolver string, tlsPort int) {
 	t.Helper()
 	t.Setenv("PEBBLE_VA_NOSLEEP", "1")      // no random wait before validating
 	t.Setenv("PEBBLE_WFE_NONCEREJECT", "0") // no nonces refused on purpose
@@ -155,13 +169,13 @@ func (p *pebble) validate(t *testing.T, resolver string, tlsPort int) {
 }
 
 // Orders is how many orders the CA has been sent.
-func (p *pebble) Orders() int64 { return p.orders.Load() }
+func (p *Pebble) Orders() int64 { return p.orders.Load() }
 
 // RootPEM is the root the CA's certificates chain to.
-func (p *pebble) RootPEM() []byte { return p.ca.GetRootCert(0).PEM() }
+func (p *Pebble) RootPEM() []byte { return p.ca.GetRootCert(0).PEM() }
 
 // Block makes the CA refuse orders for name and the names under it.
-func (p *pebble) Block(t *testing.T, name string) {
+func (p *Pebble) Block(t testing.TB, name string) {
 	if err := p.db.AddBlockedDomain(name); err != nil {
 		t.Fatal(err)
 	}
