@@ -269,10 +269,15 @@ func (m *Manager) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, 
 	return c, nil
 }
 
+// agentName returns NAME of a name NAME.<expose domain>.
+func (m *Manager) agentName(name string) (string, bool) {
+	label, ok := strings.CutSuffix(name, "."+m.opts.ExposeDomain)
+	return label, ok && m.opts.ExposeDomain != "" && label != "" && !strings.Contains(label, ".")
+}
+
 // wildcardFor returns the wildcard certificate when it covers name.
 func (m *Manager) wildcardFor(name string) *tls.Certificate {
-	label, ok := strings.CutSuffix(name, "."+m.opts.ExposeDomain)
-	if !ok || m.opts.ExposeDomain == "" || label == "" || strings.Contains(label, ".") {
+	if _, ok := m.agentName(name); !ok {
 		return nil
 	}
 	m.mu.Lock()
@@ -285,13 +290,13 @@ func (m *Manager) wildcardFor(name string) *tls.Certificate {
 // of connected agents, unless their issuance failed moments ago.
 func (m *Manager) allow(ctx context.Context, name string) error {
 	if !slices.Contains(m.opts.Domains, name) {
-		label, ok := strings.CutSuffix(name, "."+m.opts.ExposeDomain)
-		if !ok || m.opts.ExposeDomain == "" || label == "" || strings.Contains(label, ".") || m.opts.Connected == nil {
+		label, ok := m.agentName(name)
+		if !ok || m.opts.Connected == nil {
 			return &errRefused{name, "not a name this server serves"}
 		}
 		connected, err := m.opts.Connected(ctx, label)
 		if err != nil {
-			return fmt.Errorf("no certificate for %q: cannot tell whether its agent is connected: %w", name, err)
+			return &errRefused{name, "cannot tell whether its agent is connected: " + err.Error()}
 		}
 		if !connected {
 			return &errRefused{name, "no agent is connected under that name"}
