@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,6 +21,8 @@ import (
 	"github.com/postern/postern/client"
 	"github.com/postern/postern/internal/certs"
 	"github.com/postern/postern/internal/certs/certstest"
+	"github.com/postern/postern/internal/node"
+	"github.com/postern/postern/internal/relay/relaytest"
 	"github.com/postern/postern/internal/servertest"
 )
 
@@ -41,8 +44,8 @@ type acmeNode struct {
 
 // startACME starts the DNS server, pebble and a node whose ACME names
 // domain, expose domain domain; with wildcard, the DNS server is the
-// node's DNS provider.
-func startACME(t *testing.T, wildcard bool) *acmeNode {
+// node's DNS provider. mutate changes the node's config further.
+func startACME(t *testing.T, wildcard bool, mutate ...func(*node.Config)) *acmeNode {
 	t.Helper()
 	d := certstest.StartDNS(t)
 	p := certstest.StartPebble(t)
@@ -57,6 +60,9 @@ func startACME(t *testing.T, wildcard bool) *acmeNode {
 	}
 	if testing.Verbose() && os.Getenv("POSTERN_TEST_LOG") != "" {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	for _, f := range mutate {
+		f(&cfg)
 	}
 	n := servertest.Start(t, cfg)
 	_, port, _ := net.SplitHostPort(n.Addr)
@@ -107,6 +113,13 @@ func (a *acmeNode) expose(t *testing.T, name, local string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(exposeAgent(t, c, name, local))
+}
+
+// exposeAgent connects an agent through c and returns once it is ready;
+// the function returned disconnects it.
+func exposeAgent(t *testing.T, c *client.Client, name, local string) (stop func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ready, done := make(chan string, 1), make(chan error, 1)
 	go func() {
@@ -120,19 +133,24 @@ func (a *acmeNode) expose(t *testing.T, name, local string) {
 			},
 		})
 	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Expose returned %v", err)
-		}
-	})
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Expose returned %v", err)
+			}
+		})
+	}
 	select {
 	case <-ready:
 	case err := <-done:
 		t.Fatalf("Expose ended: %v", err)
 	case <-time.After(time.Minute):
+		cancel()
 		t.Fatal("agent not ready within a minute")
 	}
+	return stop
 }
 
 func localService(t *testing.T) string {
@@ -268,5 +286,52 @@ func TestACMEFailedIssuanceWaits(t *testing.T) {
 	}
 	if f, r := a.Metric(t, "postern_acme_failures_total"), a.Metric(t, "postern_acme_refused_total"); f != 1 || r != 1 {
 		t.Fatalf("failures %v, refused %v; want 1 and 1", f, r)
+	}
+}
+
+// TestACMEAgentOnAnotherNode: node B issues web.<domain> while agent web
+// is connected to node A (B asks the node directory) and forwards the
+// request there; once the agent has left, B refuses the name, its
+// certificate cached or not, without another order.
+func TestACMEAgentOnAnotherNode(t *testing.T) {
+	dir := relaytest.NewDirectory()
+	acfg := servertest.Config()
+	acfg.Expose.Domain, acfg.Directory = domain, dir
+	a := servertest.Start(t, acfg)
+	b := startACME(t, false, func(c *node.Config) { c.Directory = dir })
+
+	c, err := client.New(a.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := exposeAgent(t, c, "web", localService(t))
+	t.Cleanup(stop)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := dir.WaitFor(ctx, "expose", "web", 1); err != nil {
+		t.Fatalf("agent never listed: %v", err)
+	}
+	resp, err := b.client(t).Get(b.url("web."+domain) + "/far")
+	if err != nil {
+		t.Fatalf("through node B: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.HasPrefix(string(body), "local web."+domain) || !strings.HasSuffix(string(body), " /far") {
+		t.Fatalf("through node B: %d %q", resp.StatusCode, body)
+	}
+	if got := b.ca.Orders(); got != 1 {
+		t.Fatalf("orders: %d, want 1 (web.%s)", got, domain)
+	}
+
+	stop()
+	if err := dir.WaitFor(ctx, "expose", "web", 0); err != nil {
+		t.Fatalf("agent still listed: %v", err)
+	}
+	if _, err := b.handshake("web." + domain); err == nil {
+		t.Fatal("handshake for the name of an agent that left succeeded")
+	}
+	if got := b.ca.Orders(); got != 1 {
+		t.Fatalf("orders after the agent left: %d, want still 1", got)
 	}
 }
