@@ -334,6 +334,9 @@ func (m *Manager) fail(name string, err error) {
 	m.failures[name] = time.Now()
 }
 
+// Name is the first fixed name: the one the node is reached by.
+func (m *Manager) Name() string { return m.opts.Domains[0] }
+
 // account is the ACME account the manager registers.
 func (m *Manager) account() *acme.Account {
 	a := &acme.Account{}

@@ -28,8 +28,12 @@ func TestServeAutomaticHTTPS(t *testing.T) {
 		"--acme-domain", "gate.test", "--acme-email", "ops@gate.test",
 		"--acme-ca", ca.Directory, "--acme-ca-root", ca.CARootFile)
 	defer stop()
-	addr := strings.TrimPrefix(url, "http://")
-	_, port, _ := net.SplitHostPort(addr)
+	// The banner names the node by its ACME domain.
+	host, port, _ := net.SplitHostPort(strings.TrimPrefix(url, "http://"))
+	if host != "gate.test" {
+		t.Fatalf("banner URL %s, want https://gate.test:PORT", url)
+	}
+	addr := net.JoinHostPort("127.0.0.1", port)
 	tlsPort, _ := strconv.Atoi(port)
 	ca.Validate(t, dns.Addr, tlsPort)
 	roots := x509.NewCertPool()

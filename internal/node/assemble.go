@@ -199,7 +199,7 @@ func (n *Node) buildCerts() (part, error) {
 		return part{}, err
 	}
 	if _, port, _ := net.SplitHostPort(n.cfg.Listen); port != "443" {
-		n.log.Warn("the CA validates names on port 443: make it reach this listener", "listen", n.cfg.Listen)
+		n.log.Warn("ACME: the CA checks names on port 443; listen there (--listen :443) or forward 443 to this listener as plain TCP", "listen", n.cfg.Listen)
 	}
 	n.certs, n.tls = m, m.TLSConfig()
 	return part{start: m.Start, stop: m.Shutdown}, nil

@@ -332,6 +332,9 @@ func (n *Node) announce(addr net.Addr, tlsOn bool) {
 	if n.ops != nil {
 		in.OpsAddr = n.ops.ln.Addr()
 	}
+	if n.certs != nil {
+		in.Name = n.certs.Name()
+	}
 	b := NewBanner(in)
 	if n.cfg.Banner != nil {
 		b.WriteText(n.cfg.Banner)
