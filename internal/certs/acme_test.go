@@ -335,3 +335,29 @@ func TestACMEAgentOnAnotherNode(t *testing.T) {
 		t.Fatalf("orders after the agent left: %d, want still 1", got)
 	}
 }
+
+// TestACMECacheSurvivesRestart: a node started again on the same
+// --acme-dir serves the certificate it had, with no new order.
+func TestACMECacheSurvivesRestart(t *testing.T) {
+	dir := t.TempDir()
+	first := startACME(t, false, func(c *node.Config) { c.ACME.Dir = dir })
+	if _, err := first.handshake(domain); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := first.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cfg := servertest.Config()
+	cfg.Expose.Domain = domain
+	cfg.ACME = certs.Options{Domains: []string{domain}, CA: first.ca.Directory, CARoots: first.ca.CARootFile, Dir: dir}
+	again := &acmeNode{Node: servertest.Start(t, cfg), ca: first.ca, roots: first.roots}
+	leaf, err := again.handshake(domain)
+	if err != nil {
+		t.Fatalf("after the restart: %v", err)
+	}
+	if !slices.Equal(leaf.DNSNames, []string{domain}) || first.ca.Orders() != 1 {
+		t.Fatalf("after the restart: names %v, orders %d (want 1)", leaf.DNSNames, first.ca.Orders())
+	}
+}

@@ -147,6 +147,7 @@ type Manager struct {
 	wildcard *tls.Certificate     // nil until obtained
 
 	refused, failed prometheus.Counter
+	transport       *http.Transport // to the CA: idle connections closed at Shutdown
 
 	wc *wildcard // nil without a DNS provider
 }
@@ -168,10 +169,11 @@ func New(opts Options, deps capability.Deps) (*Manager, error) {
 		return nil, fmt.Errorf("ACME directory: %w", err)
 	}
 	m := &Manager{
-		opts:     opts,
-		log:      deps.Log().With("part", "acme"),
-		cache:    autocert.DirCache(opts.Dir),
-		failures: make(map[string]time.Time),
+		opts:      opts,
+		transport: hc.Transport.(*http.Transport),
+		log:       deps.Log().With("part", "acme"),
+		cache:     autocert.DirCache(opts.Dir),
+		failures:  make(map[string]time.Time),
 		refused: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "postern_acme_refused_total",
 			Help: "TLS handshakes refused without contacting the CA: a name not served, or one whose issuance failed moments ago.",
@@ -363,10 +365,13 @@ func (m *Manager) WildcardReady() <-chan struct{} {
 }
 
 // Shutdown stops the wildcard's renewal, waiting for an order in flight
-// until ctx ends. It is idempotent.
+// until ctx ends, and closes the idle connections to the CA. It is
+// idempotent.
 func (m *Manager) Shutdown(ctx context.Context) error {
-	if m.wc == nil {
-		return nil
+	var err error
+	if m.wc != nil {
+		err = m.wc.stop(ctx)
 	}
-	return m.wc.stop(ctx)
+	m.transport.CloseIdleConnections()
+	return err
 }

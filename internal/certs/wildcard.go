@@ -86,7 +86,9 @@ type wildcard struct {
 func newWildcard(m *Manager) *wildcard {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &wildcard{
-		m: m, name: "*." + m.opts.ExposeDomain, cacheKey: "wildcard." + m.opts.ExposeDomain,
+		// "+" is in no DNS name: no per-name key (autocert's: the
+		// name itself) can be this one.
+		m: m, name: "*." + m.opts.ExposeDomain, cacheKey: m.opts.ExposeDomain + "+wildcard",
 		ready: make(chan struct{}), ctx: ctx, cancel: cancel, done: make(chan struct{}),
 	}
 }
