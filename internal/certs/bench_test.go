@@ -96,4 +96,3 @@ func BenchmarkHandshake(b *testing.B) {
 	}
 	m.Shutdown(context.Background())
 }
-
