@@ -70,8 +70,9 @@ type Options struct {
 	// TCPHost is the address the TCP ports listen on; empty: every
 	// address. The node sets it to the host of its listen address.
 	TCPHost string
-	// TCPMaxConnections caps the user connections one TCP port carries at
-	// once (more are reset at accept); zero: DefaultTCPMaxConnections.
+	// TCPMaxConnections caps the user connections one TCP port, or one
+	// TLS passthrough name, carries at once (more are reset at accept);
+	// zero: DefaultTCPMaxConnections.
 	TCPMaxConnections int
 
 	tcpLo, tcpHi int // TCPPorts, parsed by Validate

@@ -122,6 +122,9 @@ func (s *Service) Listener(ln net.Listener, peekTimeout time.Duration) net.Liste
 	if s.sni == nil {
 		return ln
 	}
+	if peekTimeout <= 0 {
+		peekTimeout = defaultPeekTimeout
+	}
 	l := &sniListener{
 		Listener: ln, sn: s.sni, timeout: peekTimeout,
 		conns: make(chan net.Conn), errs: make(chan error), done: make(chan struct{}),
@@ -131,6 +134,9 @@ func (s *Service) Listener(ln net.Listener, peekTimeout time.Duration) net.Liste
 	go l.run()
 	return l
 }
+
+// defaultPeekTimeout is Listener's peek timeout when it is given none.
+const defaultPeekTimeout = 10 * time.Second
 
 type sniListener struct {
 	net.Listener
