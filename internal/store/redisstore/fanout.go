@@ -64,7 +64,11 @@ func (s *Store) Publish(ctx context.Context, topic string, payload []byte) error
 	if s.closed.Load() {
 		return store.ErrClosed
 	}
-	err := s.c.Do(ctx, s.c.B().Publish().Channel(s.channel(topic)).Message(string(payload)).Build()).Error()
+	ch := s.channel(topic)
+	// On a Cluster every node relays a PUBLISH to every other, so the
+	// payloads of one topic all go to one node (the one whose slot its
+	// name hashes to), whose relays keep them in order.
+	err := s.c.Do(ctx, s.c.B().Publish().Channel(ch).Message(string(payload)).Build().SetSlot(ch)).Error()
 	return s.wrap(ctx, err)
 }
 
