@@ -32,7 +32,9 @@ func ServeFlags() (*FlagSet, *Serve) {
 
 	fs.ConfigFile(&c.ConfigFile, "config", "TOML `file` of settings, one key per flag name (flags and environment win over it)")
 	fs.String(&s.Listen, "listen", "TCP `address` to serve HTTP on")
-	fs.String(&s.Store, "store", "storage `engine`: file:DIR (durable, on disk in DIR), memory (lost on exit), or redis://[user:pass@]host:port/db (rediss:// for TLS) shared by many nodes")
+	fs.String(&s.Store, "store", "storage `engine`: file:DIR (durable, on disk in DIR), memory (lost on exit), redis://[user:pass@]host:port/db (rediss:// for TLS; more Cluster nodes as &addr=host:port) shared by many nodes, or redis-sentinel://host:port[,host:port...]/master[/db] for the master these sentinels name")
+	fs.Int(&s.RedisWaitReplicas, "redis-wait-replicas", "on Redis, acknowledge a write that stores a message only once this many replicas confirm it (WAIT); writes they do not confirm within --redis-wait-timeout are answered 503 (they may have happened); 0: acknowledge when the master has it")
+	fs.Duration(&s.RedisWaitTimeout, "redis-wait-timeout", "how long a write waits for --redis-wait-replicas replicas to confirm it")
 	fs.String(&s.NodeID, "node-id", "`name` of this node among the nodes sharing one engine (default: host name plus a random suffix)")
 	fs.String(&s.AdvertiseAddr, "advertise-addr", "base `URL` other nodes reach this node at, e.g. http://10.0.0.5:8080 (default: the listen address)")
 	fs.String(&s.ClusterSecret, "cluster-secret", "`secret` shared by every node, signing the requests nodes forward to each other (needed on Redis; prefer the environment: flags show in ps)")

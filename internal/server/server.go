@@ -32,6 +32,7 @@ import (
 	"github.com/postern/postern/internal/relay"
 	"github.com/postern/postern/internal/store"
 	"github.com/postern/postern/internal/store/filestore"
+	"github.com/postern/postern/internal/store/redisstore"
 	"github.com/postern/postern/internal/tunnel"
 	"github.com/postern/postern/internal/version"
 	"github.com/postern/postern/internal/web"
@@ -57,6 +58,12 @@ type Config struct {
 	// Store names the storage engine: "file:DIR" (durable, the default),
 	// "memory", or an engine URL (see OpenStore).
 	Store string
+	// RedisWaitReplicas > 0 makes a write to Redis that stores a message
+	// wait until that many replicas confirm it (WAIT), for at most
+	// RedisWaitTimeout (zero: redisstore.DefaultWaitTimeout); unconfirmed
+	// writes are answered 503. See redisstore.Options.WaitReplicas.
+	RedisWaitReplicas int
+	RedisWaitTimeout  time.Duration
 	// ShutdownTimeout bounds the graceful drain.
 	ShutdownTimeout time.Duration
 	// ReadHeaderTimeout bounds how long a client may take to send headers.
@@ -149,6 +156,7 @@ func DefaultConfig() Config {
 		IdleTimeout:       DefaultIdleTimeout,
 		MaxHeaderBytes:    DefaultMaxHeaderBytes,
 		NodeTTL:           DefaultNodeTTL,
+		RedisWaitTimeout:  redisstore.DefaultWaitTimeout,
 		Tunnel:            tunnel.DefaultOptions(),
 		Inbox:             inbox.DefaultOptions(),
 		Relay:             gcrrelay.DefaultOptions(),
@@ -236,7 +244,11 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Relay.Logger == nil {
 		cfg.Relay.Logger = cfg.Logger
 	}
-	st, err := OpenStore(cfg.Store, s.log)
+	st, err := OpenStore(cfg.Store, StoreOptions{
+		Logger:            s.log,
+		RedisWaitReplicas: cfg.RedisWaitReplicas,
+		RedisWaitTimeout:  cfg.RedisWaitTimeout,
+	})
 	if err != nil {
 		return nil, err
 	}

@@ -31,21 +31,6 @@ func (s *Store) qkeys(key string, extra ...string) []string {
 
 func (s *Store) replyKey(key string, id store.ID) string { return s.qbase(key) + "r:" + id.String() }
 
-// exec runs sc with the clock and the margin in front of args.
-func (s *Store) exec(ctx context.Context, sc *rueidis.Lua, keys []string, now int64, args ...string) (rueidis.RedisResult, error) {
-	if s.closed.Load() {
-		return rueidis.RedisResult{}, store.ErrClosed
-	}
-	argv := make([]string, 0, 2+len(args))
-	argv = append(argv, strconv.FormatInt(now, 10), s.margin)
-	argv = append(argv, args...)
-	res := sc.Exec(ctx, s.c, keys, argv)
-	if err := res.Error(); err != nil {
-		return res, s.wrap(ctx, err)
-	}
-	return res, nil
-}
-
 // expiry is the instant, in ms, that d after now is; at least 1 ms after now
 // for a positive d, 0 (never) otherwise.
 func expiry(now time.Time, d time.Duration) int64 {
@@ -127,7 +112,7 @@ func (s *Store) Append(ctx context.Context, key string, m store.Message, opts st
 	if opts.DedupKey != "" {
 		until = now.Add(max(opts.DedupWindow, 0)).UnixMilli()
 	}
-	res, err := s.exec(ctx, scAppend, s.qkeys(key), now.UnixMilli(),
+	res, err := s.write(ctx, scAppend, s.qkeys(key), now.UnixMilli(),
 		encode(exp, until, opts.DedupKey, m.ContentType, m.Body),
 		opts.DedupKey, strconv.FormatInt(exp, 10),
 		strconv.Itoa(max(opts.Limit, 0)), strconv.Itoa(max(opts.MaxLen, 0)), strconv.Itoa(max(opts.DedupMax, 0)))
@@ -222,7 +207,7 @@ func (s *Store) Restore(ctx context.Context, key string, m store.Message) error 
 	if !m.ExpiresAt.IsZero() {
 		exp = max(m.ExpiresAt.UnixMilli(), 1)
 	}
-	_, err := s.exec(ctx, scRestore, s.qkeys(key), s.nowMS(),
+	_, err := s.write(ctx, scRestore, s.qkeys(key), s.nowMS(),
 		m.ID.String(), encode(exp, 0, m.DedupKey, m.ContentType, m.Body),
 		strconv.FormatInt(exp, 10), m.DedupKey)
 	return err
@@ -233,7 +218,7 @@ func (s *Store) Ack(ctx context.Context, key string, id store.ID) (bool, error) 
 	return s.execBool(ctx, scAck, s.qkeys(key), id.String())
 }
 
-func (s *Store) execBool(ctx context.Context, sc *rueidis.Lua, keys []string, args ...string) (bool, error) {
+func (s *Store) execBool(ctx context.Context, sc *luaScript, keys []string, args ...string) (bool, error) {
 	res, err := s.exec(ctx, sc, keys, s.nowMS(), args...)
 	if err != nil {
 		return false, err
@@ -259,7 +244,7 @@ func (s *Store) Status(ctx context.Context, key string, id store.ID) (store.Stat
 	return store.StateNone, nil
 }
 
-func (s *Store) execInt(ctx context.Context, sc *rueidis.Lua, keys []string, args ...string) (int64, error) {
+func (s *Store) execInt(ctx context.Context, sc *luaScript, keys []string, args ...string) (int64, error) {
 	res, err := s.exec(ctx, sc, keys, s.nowMS(), args...)
 	if err != nil {
 		return 0, err
@@ -291,8 +276,16 @@ func (s *Store) Reply(ctx context.Context, key string, id store.ID, r store.Mess
 	if exp > 0 {
 		ttlMS = exp - now.UnixMilli()
 	}
-	return s.execBool(ctx, scReply, s.qkeys(key, s.replyKey(key, id)),
+	res, err := s.write(ctx, scReply, s.qkeys(key, s.replyKey(key, id)), now.UnixMilli(),
 		id.String(), encode(exp, 0, "", r.ContentType, r.Body), strconv.FormatInt(ttlMS, 10))
+	if err != nil {
+		return false, err
+	}
+	n, err := res.AsInt64()
+	if err != nil {
+		return false, errBadReply
+	}
+	return n == 1, nil
 }
 
 // TakeReply implements store.Queues.
