@@ -16,7 +16,7 @@
 // all subscribers of a channel, on every node, see one order.
 //
 // History goes through store.History: the engine's when it implements it,
-// otherwise a private memory engine owned by the broker.
+// otherwise the broker's own, kept in memory (ordered.Histories).
 package broker
 
 import (
@@ -30,7 +30,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/postern/postern/internal/store"
-	"github.com/postern/postern/internal/store/memstore"
+	"github.com/postern/postern/internal/store/ordered"
 )
 
 // Defaults of a Broker.
@@ -166,7 +166,7 @@ type Broker struct {
 	opts     Options
 	fan      store.Fanout  // nil: local delivery
 	hist     store.History // nil: history off
-	ownHist  *memstore.Store
+	ownHist  bool          // hist is the broker's, not the engine's
 	seed     maphash.Seed
 	shards   [numShards]shard
 	pubLocks [numShards]sync.Mutex // orders record+deliver per channel
@@ -231,8 +231,8 @@ func New(st store.Engine, opts Options) (*Broker, error) {
 		if h, ok := st.(store.History); ok && st != nil {
 			b.hist = h
 		} else {
-			b.ownHist = memstore.New(memstore.Options{Now: opts.Now})
-			b.hist = b.ownHist
+			b.hist = ordered.NewHistories(opts.Now)
+			b.ownHist = true
 		}
 	}
 	b.m = newMetrics(opts.Metrics, b)
@@ -257,9 +257,6 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 		}
 		for _, s := range subs {
 			s.end(ErrShuttingDown)
-		}
-		if b.ownHist != nil {
-			b.ownHist.Close()
 		}
 	})
 	return nil
@@ -622,7 +619,7 @@ type Stats struct {
 func (b *Broker) Stats() Stats {
 	st := Stats{Fanout: b.fan != nil, History: "off"}
 	switch {
-	case b.ownHist != nil:
+	case b.ownHist:
 		st.History = "memory"
 	case b.hist != nil:
 		st.History = "engine"

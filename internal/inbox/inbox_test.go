@@ -28,27 +28,6 @@ import (
 // TestMain shares one private redis-server among the package's tests.
 func TestMain(m *testing.M) { goleak.VerifyTestMain(redistest.Main(m)) }
 
-// storeSpecs lists the storage engines the suite runs on: the one switch
-// that puts the whole suite on another engine. "file" stands for a data
-// directory of its own and "redis" for a key prefix of its own on the
-// package's redis-server, both taken by engine inside each subtest so
-// that a missing redis-server skips only that subtest.
-func storeSpecs(t *testing.T) []string {
-	return []string{"memory", "file", "redis"}
-}
-
-// engine turns a spec of storeSpecs into a store for cfg.Store, once per
-// subtest (a restart within the subtest reopens the same data).
-func engine(t *testing.T, spec string) string {
-	switch spec {
-	case "redis":
-		return redistest.URL(t)
-	case "file":
-		return "file:" + t.TempDir()
-	}
-	return spec
-}
-
 // seedTime is the instant of the seed README's example.
 var seedTime = time.Date(2020, 5, 9, 20, 20, 39, 0, time.UTC)
 
@@ -79,14 +58,12 @@ func config(spec string, mutate func(*server.Config)) server.Config {
 	return cfg
 }
 
-// forEachStore runs fn as a subtest per engine, on a node configured by
-// mutate.
+// forEachStore runs fn as a subtest per engine (servertest.ForEachEngine),
+// on a node configured by mutate.
 func forEachStore(t *testing.T, mutate func(*server.Config), fn func(e *env)) {
-	for _, spec := range storeSpecs(t) {
-		t.Run(strings.SplitN(spec, ":", 2)[0], func(t *testing.T) {
-			fn(startEnv(t, engine(t, spec), mutate))
-		})
-	}
+	servertest.ForEachEngine(t, func(t *testing.T, eng servertest.Engine) {
+		fn(startEnv(t, eng.Store, mutate))
+	})
 }
 
 func startEnv(t *testing.T, spec string, mutate func(*server.Config)) *env {
@@ -825,35 +802,31 @@ func TestMetrics(t *testing.T) {
 // was sent before a restart is received once after it, acks included, and
 // idempotency keys are still remembered.
 func TestRestartKeepsEverything(t *testing.T) {
-	for _, spec := range storeSpecs(t) {
-		name := strings.SplitN(spec, ":", 2)[0]
-		t.Run(name, func(t *testing.T) {
-			if name == "memory" || name == "mem" {
-				t.Skip("the memory engine keeps nothing across a restart")
-			}
-			spec := engine(t, spec)
-			first := startEnv(t, spec, nil)
-			first.wantJSON(first.post("send", "a", `{"idempotencyKey":"restart-key1","destination":["b","c"],"body":"one","expectsAck":true}`), `{"sent":2}`)
-			first.wantJSON(first.post("send", "a", `{"idempotencyKey":"restart-key2","destination":["b"],"body":"two"}`), `{"sent":1}`)
-			first.wantJSON(first.post("receive", "c", ""), `[{"type":"msg","idempotencyKey":"restart-key1","origin":"a","body":"one","expectsAck":true,"sentAt":"2020-05-09T20:20:39Z"}]`)
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			if err := first.node.Shutdown(ctx); err != nil {
-				t.Fatal(err)
-			}
+	servertest.ForEachEngine(t, func(t *testing.T, eng servertest.Engine) {
+		if !eng.Durable() {
+			t.Skip("the memory engine keeps nothing across a restart")
+		}
+		first := startEnv(t, eng.Store, nil)
+		first.wantJSON(first.post("send", "a", `{"idempotencyKey":"restart-key1","destination":["b","c"],"body":"one","expectsAck":true}`), `{"sent":2}`)
+		first.wantJSON(first.post("send", "a", `{"idempotencyKey":"restart-key2","destination":["b"],"body":"two"}`), `{"sent":1}`)
+		first.wantJSON(first.post("receive", "c", ""), `[{"type":"msg","idempotencyKey":"restart-key1","origin":"a","body":"one","expectsAck":true,"sentAt":"2020-05-09T20:20:39Z"}]`)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := first.node.Shutdown(ctx); err != nil {
+			t.Fatal(err)
+		}
 
-			second := startEnv(t, spec, nil)
-			// Resends are still recognized: c's copy was read, b's is replaced.
-			second.wantJSON(second.post("send", "a", `{"idempotencyKey":"restart-key1","destination":["b","c"],"body":"one","expectsAck":true}`), `{"sent":2}`)
-			second.wantJSON(second.post("receive", "b", ""), `[
-				{"type":"msg","idempotencyKey":"restart-key1","origin":"a","body":"one","expectsAck":true,"sentAt":"2020-05-09T20:20:39Z"},
-				{"type":"msg","idempotencyKey":"restart-key2","origin":"a","body":"two","expectsAck":false,"sentAt":"2020-05-09T20:20:39Z"}]`)
-			second.wantJSON(second.post("receive", "c", ""), `[]`)
-			second.wantJSON(second.post("receive", "a", ""), `[
-				{"type":"ack","idempotencyKey":"restart-key1","destination":"c","receivedAt":"2020-05-09T20:20:39Z"},
-				{"type":"ack","idempotencyKey":"restart-key1","destination":"b","receivedAt":"2020-05-09T20:20:39Z"}]`)
-		})
-	}
+		second := startEnv(t, eng.Store, nil)
+		// Resends are still recognized: c's copy was read, b's is replaced.
+		second.wantJSON(second.post("send", "a", `{"idempotencyKey":"restart-key1","destination":["b","c"],"body":"one","expectsAck":true}`), `{"sent":2}`)
+		second.wantJSON(second.post("receive", "b", ""), `[
+			{"type":"msg","idempotencyKey":"restart-key1","origin":"a","body":"one","expectsAck":true,"sentAt":"2020-05-09T20:20:39Z"},
+			{"type":"msg","idempotencyKey":"restart-key2","origin":"a","body":"two","expectsAck":false,"sentAt":"2020-05-09T20:20:39Z"}]`)
+		second.wantJSON(second.post("receive", "c", ""), `[]`)
+		second.wantJSON(second.post("receive", "a", ""), `[
+			{"type":"ack","idempotencyKey":"restart-key1","destination":"c","receivedAt":"2020-05-09T20:20:39Z"},
+			{"type":"ack","idempotencyKey":"restart-key1","destination":"b","receivedAt":"2020-05-09T20:20:39Z"}]`)
+	})
 }
 
 // TestIdempotencyKeysBoundedPerInbox: an inbox remembers the idempotency

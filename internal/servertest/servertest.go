@@ -1,5 +1,19 @@
-// Package servertest starts real postern nodes for tests: in-process, on a
-// kernel-chosen 127.0.0.1 port, shut down and checked when the test ends.
+// Package servertest is the one harness the capabilities' tests share: it
+// starts real postern nodes, in-process, on a kernel-chosen 127.0.0.1 port,
+// shut down and checked when the test ends, and runs a test on every
+// storage engine (ForEachEngine).
+//
+// A test package whose tests run on Redis shares one private redis-server
+// among them, installed in its TestMain:
+//
+//	func TestMain(m *testing.M) { goleak.VerifyTestMain(redistest.Main(m)) }
+//
+//	servertest.ForEachEngine(t, func(t *testing.T, e servertest.Engine) {
+//		cfg := servertest.Config()
+//		cfg.Store = e.Store
+//		n := servertest.Start(t, cfg)
+//		...
+//	})
 package servertest
 
 import (
@@ -17,7 +31,49 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/store/redisstore/redistest"
 )
+
+// EngineNames are the storage engines ForEachEngine runs a test on.
+var EngineNames = []string{"memory", "file", "redis"}
+
+// Engine is one storage engine, as a test runs on it.
+type Engine struct {
+	// Name is "memory", "file" or "redis".
+	Name string
+	// Store is the engine's spec for server.Config.Store, the test's own:
+	// a fresh data directory for the file engine, a fresh key prefix on
+	// the package's redis-server for Redis. A node the test restarts
+	// with it finds the data the last one left.
+	Store string
+}
+
+// Durable reports whether what a node stored outlives it.
+func (e Engine) Durable() bool { return e.Name != "memory" }
+
+// NewEngine returns engine name for t. Redis needs the package's shared
+// redis-server (redistest.Main); without redis-server installed the test
+// is skipped, or fails under CI=true.
+func NewEngine(t testing.TB, name string) Engine {
+	t.Helper()
+	e := Engine{Name: name, Store: name}
+	switch name {
+	case "file":
+		e.Store = "file:" + t.TempDir()
+	case "redis":
+		e.Store = redistest.URL(t)
+	}
+	return e
+}
+
+// ForEachEngine runs fn as a subtest per engine of EngineNames, each with
+// an engine of the subtest's own.
+func ForEachEngine(t *testing.T, fn func(t *testing.T, e Engine)) {
+	t.Helper()
+	for _, name := range EngineNames {
+		t.Run(name, func(t *testing.T) { fn(t, NewEngine(t, name)) })
+	}
+}
 
 // Node is a running postern node.
 type Node struct {

@@ -28,13 +28,6 @@ import (
 // TestMain shares one private redis-server among the package's tests.
 func TestMain(m *testing.M) { goleak.VerifyTestMain(redistest.Main(m)) }
 
-// storeSpecs lists the storage engines the suite runs on. "redis" stands for
-// a fresh key prefix on the package's redis-server, taken inside the
-// subtest so that a missing redis-server skips only that subtest.
-func storeSpecs(t *testing.T) []string {
-	return []string{"memory", "file:" + t.TempDir(), "redis"}
-}
-
 // env is one running node and a client for it.
 type env struct {
 	t    *testing.T
@@ -48,25 +41,20 @@ type resp struct {
 	h      http.Header
 }
 
-// forEachStore runs fn as a subtest per engine, on a node configured by
-// mutate.
+// forEachStore runs fn as a subtest per engine (servertest.ForEachEngine),
+// on a node configured by mutate.
 func forEachStore(t *testing.T, mutate func(*tunnel.Options), fn func(e *env)) {
-	for _, spec := range storeSpecs(t) {
-		t.Run(strings.SplitN(spec, ":", 2)[0], func(t *testing.T) {
-			cfg := servertest.Config()
-			cfg.Store = spec
-			if spec == "redis" {
-				cfg.Store = redistest.URL(t)
-			}
-			if mutate != nil {
-				mutate(&cfg.Tunnel)
-			}
-			n := servertest.Start(t, cfg)
-			tr := &http.Transport{}
-			t.Cleanup(tr.CloseIdleConnections)
-			fn(&env{t: t, node: n, c: &http.Client{Transport: tr}})
-		})
-	}
+	servertest.ForEachEngine(t, func(t *testing.T, eng servertest.Engine) {
+		cfg := servertest.Config()
+		cfg.Store = eng.Store
+		if mutate != nil {
+			mutate(&cfg.Tunnel)
+		}
+		n := servertest.Start(t, cfg)
+		tr := &http.Transport{}
+		t.Cleanup(tr.CloseIdleConnections)
+		fn(&env{t: t, node: n, c: &http.Client{Transport: tr}})
+	})
 }
 
 // do sends a request; hdr is name, value pairs.

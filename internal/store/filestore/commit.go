@@ -2,10 +2,10 @@ package filestore
 
 import (
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/postern/postern/internal/store"
+	"github.com/postern/postern/internal/store/index"
 )
 
 // mut is one change to the database: a put, or a delete when val is nil.
@@ -16,8 +16,11 @@ type mut struct {
 }
 
 // wset is the write set of one operation: the changes it made to the index,
-// as changes to the database.
+// as changes to the database. It is the operation's index.Journal
+// (journal.go).
 type wset struct {
+	s     *Store
+	op    index.Op
 	muts  []mut
 	maxID store.ID // the largest id the operation assigned
 	// held are bodies kept in memory until their records are in the
@@ -26,7 +29,7 @@ type wset struct {
 }
 
 type held struct {
-	slot *atomic.Pointer[[]byte]
+	slot *index.Body
 	body *[]byte
 }
 
@@ -48,7 +51,7 @@ func newBatch() *batch { return &batch{done: make(chan struct{}), lead: make(cha
 // release drops the bodies of b from memory: they are in the database.
 func (b *batch) release() {
 	for _, h := range b.held {
-		h.slot.CompareAndSwap(h.body, nil)
+		h.slot.Drop(h.body)
 	}
 	b.held = nil
 }
@@ -203,17 +206,6 @@ func (c *committer) write(b *batch) (direct bool, err error) {
 		s.cp.trigger()
 	}
 	return false, err
-}
-
-// finish queues the write set of an operation holding sh's lock, releases
-// the lock and waits until the write is durable. An operation that changed
-// nothing still waits for the writes queued before it: its answer (a
-// pending message handed out again, a suppressed duplicate) may rest on
-// them, and must not be given before they are durable.
-func (s *Store) finish(sh *shard, w *wset) error {
-	b, write := s.c.submit(w)
-	sh.mu.Unlock()
-	return s.c.wait(b, write)
 }
 
 // checkpointer applies logged batches to the database file in the
@@ -410,6 +402,6 @@ func (cp *checkpointer) hold(hs []held) {
 		return
 	}
 	for _, h := range hs {
-		h.slot.CompareAndSwap(h.body, nil)
+		h.slot.Drop(h.body)
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/postern/postern/internal/store/index"
 )
 
 // Crash stops s as kill -9 would: nothing queued is written, no
@@ -12,13 +14,9 @@ import (
 // a process).
 func (s *Store) Crash() {
 	s.closeOnce.Do(func() {
-		s.closed.Store(true)
-		close(s.stop)
-		<-s.swept
-		for i := range s.shards {
-			s.shards[i].mu.Lock()
-			s.shards[i].mu.Unlock()
-		}
+		s.Index.Close()
+		s.LockAll()
+		s.UnlockAll()
 		// Stop the loops without their final flush and checkpoint.
 		s.c.mu.Lock()
 		s.c.cur.muts = nil
@@ -61,16 +59,7 @@ func (s *Store) CheckDisk() string {
 		disk[k] = true
 	}
 	mem := map[string]bool{}
-	for i := range s.shards {
-		sh := &s.shards[i]
-		sh.mu.Lock()
-		for key, q := range sh.queues {
-			for _, e := range q.Live() {
-				mem[key+" "+e.msg.ID.String()] = true
-			}
-		}
-		sh.mu.Unlock()
-	}
+	s.Each(func(key string, e *index.Entry) { mem[key+" "+e.MessageID().String()] = true })
 	var diff []string
 	for k := range disk {
 		if !mem[k] {

@@ -24,14 +24,17 @@
 // # Layout
 //
 // The queue index (ids, pending flags, dedup keys, expiries, content types)
-// is held in memory, shaped like the memory engine's, and rebuilt at open.
-// Bodies live in postern.db, and in memory only until their checkpoint.
-// Each change to the index is recorded as puts and deletes of records in
-// five buckets (messages, pending marks, remembered dedup keys, replies,
-// meta) and logged with the other changes of its batch, so every operation
-// is atomic on disk too. Records carry a CRC-32C, checked at open and when
-// a body is read. Topic histories (store.History) are kept in memory only,
-// as a convenience that a restart forgets (see history.go).
+// is the memory engine's, the shared internal/store/index, held in memory
+// and rebuilt at open; this engine is its Backend (journal.go). Bodies
+// live in postern.db, and in memory only until their checkpoint. Each
+// change to the index is recorded as puts and deletes of records in five
+// buckets (messages, pending marks, remembered dedup keys, replies, meta)
+// and logged with the other changes of its batch, so every operation is
+// atomic on disk too. Records carry a CRC-32C, checked at open and when a
+// body is read. Topic histories (store.History) are the index's, kept in
+// memory only: a convenience for subscribers coming back, not a
+// guarantee, which a restart forgets (Since then reports the gap to
+// anyone who had seen entries before).
 //
 // # Failures
 //
@@ -64,7 +67,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -77,6 +79,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/postern/postern/internal/store"
+	"github.com/postern/postern/internal/store/index"
 )
 
 // Defaults of Options.
@@ -86,7 +89,7 @@ const (
 	DefaultDir = "postern-data"
 	// DefaultSweepInterval is how often expired messages, replies and
 	// remembered dedup keys are removed in the background.
-	DefaultSweepInterval = time.Second
+	DefaultSweepInterval = index.DefaultSweepInterval
 	// DefaultRetryInterval is how long writes fail at once after a write
 	// failed, before the disk is tried again.
 	DefaultRetryInterval = time.Second
@@ -100,11 +103,6 @@ const FileName = "postern.db"
 
 // LockName is the lock file inside the data directory.
 const LockName = "LOCK"
-
-// sweepBatch bounds the work of one sweep step per shard.
-const sweepBatch = 1024
-
-const numShards = 64
 
 // Options configures a Store.
 type Options struct {
@@ -129,8 +127,10 @@ type Options struct {
 	Logger *slog.Logger
 }
 
-// Store is the file engine.
+// Store is the file engine: the shared queue index, with this package as
+// its backend.
 type Store struct {
+	*index.Index
 	dir   string
 	path  string
 	now   func() time.Time
@@ -140,13 +140,8 @@ type Store struct {
 	db     *bolt.DB
 	wal    *wal
 	unlock func()
-	seed   maphash.Seed
-	shards [numShards]shard
 	c      *committer
 	cp     *checkpointer
-
-	queues   atomic.Int64
-	messages atomic.Int64
 
 	// fail, when set, is the last write failure.
 	fail atomic.Pointer[failure]
@@ -154,11 +149,8 @@ type Store struct {
 	// open: the store serves reads and refuses every write.
 	readOnly bool
 
-	closed    atomic.Bool
 	closeOnce sync.Once
 	closeErr  error
-	stop      chan struct{}
-	swept     chan struct{}
 }
 
 type failure struct {
@@ -167,8 +159,9 @@ type failure struct {
 }
 
 var (
-	_ store.Engine = (*Store)(nil)
-	_ store.Stats  = (*Store)(nil)
+	_ store.Engine  = (*Store)(nil)
+	_ store.History = (*Store)(nil)
+	_ store.Stats   = (*Store)(nil)
 )
 
 // Open opens (or creates) the data directory and loads its index. It fails
@@ -185,13 +178,11 @@ func Open(opts Options) (*Store, error) {
 		now:   opts.Now,
 		retry: opts.RetryInterval,
 		log:   opts.Logger,
-		seed:  maphash.MakeSeed(),
-		stop:  make(chan struct{}),
-		swept: make(chan struct{}),
 	}
 	if s.now == nil {
 		s.now = time.Now
 	}
+	s.Index = index.New(backend{s}, s.now)
 	if s.retry <= 0 {
 		s.retry = DefaultRetryInterval
 	}
@@ -236,15 +227,7 @@ func Open(opts Options) (*Store, error) {
 		s.fail.Store(&failure{err: fmt.Errorf("file store: data directory %s is read-only, write refused (restart postern once it is writable): %w", dir, store.ErrUnavailable)})
 		s.log.Warn("file store: the data directory is read-only; serving reads only", "dir", dir)
 	}
-	interval := opts.SweepInterval
-	if interval == 0 {
-		interval = DefaultSweepInterval
-	}
-	if interval > 0 {
-		go s.sweepLoop(interval)
-	} else {
-		close(s.swept)
-	}
+	s.Start(opts.SweepInterval)
 	return s, nil
 }
 
@@ -258,7 +241,7 @@ func (s *Store) Dir() string { return s.dir }
 // file could not be reloaded after a failure) is not ready; one that is
 // only retrying after a full disk is, since reads work.
 func (s *Store) Ping(context.Context) error {
-	if s.closed.Load() {
+	if s.Closed() {
 		return store.ErrClosed
 	}
 	if f := s.fail.Load(); f != nil && f.until.IsZero() && !s.readOnly {
@@ -271,16 +254,12 @@ func (s *Store) Ping(context.Context) error {
 // queued, closes the file and releases the directory.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
-		s.closed.Store(true)
-		close(s.stop)
-		<-s.swept
+		s.Index.Close()
 		// Every operation that got past the closed check holds its shard
 		// lock until it has queued its write: after this barrier nothing
 		// more is queued.
-		for i := range s.shards {
-			s.shards[i].mu.Lock()
-			s.shards[i].mu.Unlock()
-		}
+		s.LockAll()
+		s.UnlockAll()
 		s.c.close()
 		if err := s.cp.close(); err != nil {
 			// Nothing is lost: the log keeps what the database lacks, and
@@ -291,11 +270,6 @@ func (s *Store) Close() error {
 		s.unlock()
 	})
 	return s.closeErr
-}
-
-// QueueStats implements store.Stats.
-func (s *Store) QueueStats() store.QueueStats {
-	return store.QueueStats{Queues: int(s.queues.Load()), Messages: int(s.messages.Load())}
 }
 
 // writable reports the error writes fail with right now, if any.
@@ -327,14 +301,8 @@ func (s *Store) writeError(err error) error {
 // the writes queued meanwhile fail too, and the index is rebuilt from what
 // is durable, the database file and the logged batches not yet in it.
 func (s *Store) recover(err error) {
-	for i := range s.shards {
-		s.shards[i].mu.Lock()
-	}
-	defer func() {
-		for i := range s.shards {
-			s.shards[i].mu.Unlock()
-		}
-	}()
+	s.LockAll()
+	defer s.UnlockAll()
 	s.fail.Store(&failure{err: err, until: time.Now().Add(s.retry)})
 	s.c.failQueued(err)
 	s.cp.run.Lock()

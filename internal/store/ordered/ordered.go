@@ -2,8 +2,9 @@
 // memory and file engines share: a queue's index (Queue: entries in one
 // slice, taken from the front in O(1) as the slice's head moves, the space
 // behind it reclaimed once it is most of the slice, found by binary
-// search) and a topic's capped history (History). Neither holds a lock;
-// the engine's shard lock guards them.
+// search) and a topic's capped history (History), with Histories, a
+// store.History of many topics kept in memory. Queue and History hold no
+// lock (their owner's lock guards them); Histories locks per shard.
 package ordered
 
 import (

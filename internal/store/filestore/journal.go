@@ -1,0 +1,115 @@
+package filestore
+
+import (
+	"time"
+
+	"github.com/postern/postern/internal/store"
+	"github.com/postern/postern/internal/store/index"
+)
+
+// The queue index and its logic are the shared index's (internal/store/
+// index); the file engine is its Backend. Every change an operation makes
+// to the index is recorded in the operation's write set as puts and
+// deletes of records, which the committer logs as one batch with those of
+// the operations around it. A body stays in the index (index.Body) until
+// its record is in the database file.
+
+// backend is the file engine as the index's Backend.
+type backend struct{ s *Store }
+
+// Begin implements index.Backend.
+func (b backend) Begin(op index.Op) index.Journal { return &wset{s: b.s, op: op} }
+
+// End implements index.Backend: it queues the write set, releases the
+// shard and waits until the write is durable. An operation that changed
+// nothing still waits for the writes queued before it: its answer (a
+// pending message handed out again, a suppressed duplicate) may rest on
+// them, and must not be given before they are durable. Only a sweep that
+// found nothing to remove does not wait.
+func (b backend) End(j index.Journal, sh *index.Shard) error {
+	w := j.(*wset)
+	if w.op == index.OpSweep && len(w.muts) == 0 {
+		sh.Unlock()
+		return nil
+	}
+	bt, write := b.s.c.submit(w)
+	sh.Unlock()
+	return b.s.c.wait(bt, write)
+}
+
+// Writable implements index.Journal: writes fail at once while a failure
+// is being retried, or for good on a read-only directory. A restore puts
+// back a message that would otherwise be lost: it tries the disk even
+// while writes are being refused after a failure.
+func (w *wset) Writable() error {
+	if w.op == index.OpRestore && !w.s.readOnly {
+		return nil
+	}
+	return w.s.writable()
+}
+
+// ReadBody implements index.Journal.
+func (w *wset) ReadBody(key string, id store.ID) ([]byte, error) {
+	r, err := w.s.readRecord(bMsgs, keyFor(key, id))
+	return r.body, err
+}
+
+// ReadReplyBody implements index.Journal.
+func (w *wset) ReadReplyBody(key string, id store.ID) ([]byte, error) {
+	r, err := w.s.readRecord(bReplies, keyFor(key, id))
+	return r.body, err
+}
+
+// PutMessage implements index.Journal.
+func (w *wset) PutMessage(key string, e *index.Entry, body []byte) {
+	m := e.Message()
+	k := keyFor(key, m.ID)
+	w.muts = append(w.muts, mut{bMsgs, k, encodeMsg(k, m.ContentType, m.DedupKey, m.ExpiresAt, e.DedupUntil(), body)})
+	w.held = append(w.held, held{&e.Body, e.Hold(body)})
+}
+
+// DelMessage implements index.Journal.
+func (w *wset) DelMessage(key string, e *index.Entry) {
+	k := keyFor(key, e.MessageID())
+	w.muts = append(w.muts, mut{bucket: bMsgs, key: k})
+	if e.Pending() {
+		w.muts = append(w.muts, mut{bucket: bPending, key: k})
+	}
+}
+
+// PutPending implements index.Journal.
+func (w *wset) PutPending(key string, e *index.Entry) {
+	k := keyFor(key, e.MessageID())
+	w.muts = append(w.muts, mut{bPending, k, encodePending(k)})
+}
+
+// PutSeen implements index.Journal.
+func (w *wset) PutSeen(key, dedupKey string, until time.Time) {
+	k := seenKeyFor(key, dedupKey)
+	w.muts = append(w.muts, mut{bSeen, k, encodeSeen(k, until)})
+}
+
+// DelSeen implements index.Journal.
+func (w *wset) DelSeen(key, dedupKey string) {
+	w.muts = append(w.muts, mut{bucket: bSeen, key: seenKeyFor(key, dedupKey)})
+}
+
+// PutReply implements index.Journal.
+func (w *wset) PutReply(key string, r *index.Reply, body []byte) {
+	m := r.Message()
+	k := keyFor(key, m.ID)
+	w.muts = append(w.muts, mut{bReplies, k, encodeMsg(k, m.ContentType, "", m.ExpiresAt, time.Time{}, body)})
+	w.held = append(w.held, held{&r.Body, r.Hold(body)})
+}
+
+// DelReply implements index.Journal.
+func (w *wset) DelReply(key string, id store.ID) {
+	w.muts = append(w.muts, mut{bucket: bReplies, key: keyFor(key, id)})
+}
+
+// Assigned implements index.Journal.
+func (w *wset) Assigned(id store.ID) {
+	if id.Compare(w.maxID) > 0 {
+		w.maxID = id
+	}
+}
