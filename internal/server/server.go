@@ -518,6 +518,13 @@ func (s *Server) RelayAnnounced(name string) <-chan struct{} {
 	return s.relayHub.Announced(name)
 }
 
+// ExposeAnnounced returns a channel closed once expose agent name is
+// listed in the node directory for this node (at once without a
+// directory).
+func (s *Server) ExposeAnnounced(name string) <-chan struct{} {
+	return s.expose.Hub().Announced(name)
+}
+
 // OpsAddr returns the address --ops-listen serves on ("" without it).
 func (s *Server) OpsAddr() string {
 	if s.ops == nil {

@@ -3,6 +3,7 @@ package redisstore
 import (
 	"context"
 	"maps"
+	"net"
 	"slices"
 	"sync"
 	"time"
@@ -230,6 +231,11 @@ func (f *fanout) session(first *bool) (bool, error) {
 		case <-f.stop:
 			return true, nil
 		case err := <-errc:
+			if err == nil {
+				// The client closed the connection itself: on a Cluster,
+				// after a topology refresh replaced it.
+				err = net.ErrClosed
+			}
 			return true, err
 		case <-f.kick:
 			if err := f.reconcile(dc, active); err != nil {

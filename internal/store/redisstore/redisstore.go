@@ -401,6 +401,10 @@ func (s *Store) wrap(ctx context.Context, err error) error {
 			return fmt.Errorf("%w: redis: %s", store.ErrNoSpace, msg)
 		case "LOADING", "BUSY", "MASTERDOWN", "READONLY", "CLUSTERDOWN", "TRYAGAIN", "NOREPLICAS", "MISCONF":
 			return fmt.Errorf("%w: redis: %s", store.ErrUnavailable, msg)
+		case "MOVED", "ASK":
+			// A Cluster's slots moving: the command did not run. The
+			// reply names a node's address, which no answer shows.
+			return fmt.Errorf("%w: redis cluster slots are moving", store.ErrUnavailable)
 		}
 		return fmt.Errorf("redis: %s", msg)
 	}

@@ -48,6 +48,18 @@ func (sc *luaScript) eval(b rueidis.Builder, keys, args []string) rueidis.Comple
 	return b.Eval().Script(sc.src).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build()
 }
 
+// movedRetries bounds how often write sends a script MOVED away.
+const movedRetries = 3
+
+func isMoved(err error) bool {
+	rerr, ok := rueidis.IsRedisErr(err)
+	if !ok {
+		return false
+	}
+	_, moved := rerr.IsMoved()
+	return moved
+}
+
 func isNoScript(err error) bool {
 	rerr, ok := rueidis.IsRedisErr(err)
 	return ok && rerr.IsNoScript()
@@ -116,18 +128,26 @@ func (s *Store) write(ctx context.Context, sc *luaScript, keys []string, now int
 	// WAIT counts what replicas confirmed of the writes of its own
 	// connection, so the script and WAIT share a dedicated one (WAIT
 	// blocks it, which would hold up every command pipelined behind).
-	s.c.Dedicated(func(dc rueidis.DedicatedClient) error {
-		wait := func() rueidis.Completed {
-			return dc.B().Wait().Numreplicas(int64(s.waitReplicas)).Timeout(s.waitTimeout.Milliseconds()).Build()
+	// A dedicated connection does not follow a Cluster's MOVED: the
+	// script did not run, and the client has learnt the new owner of the
+	// slot, so it is sent again, a few times at most.
+	for range movedRetries {
+		s.c.Dedicated(func(dc rueidis.DedicatedClient) error {
+			wait := func() rueidis.Completed {
+				return dc.B().Wait().Numreplicas(int64(s.waitReplicas)).Timeout(s.waitTimeout.Milliseconds()).Build()
+			}
+			rs := dc.DoMulti(ctx, sc.evalsha(dc.B(), keys, argv), wait())
+			if isNoScript(rs[0].Error()) {
+				rs = dc.DoMulti(ctx, sc.eval(dc.B(), keys, argv), wait())
+			}
+			res = rs[0]
+			acked, waitErr = rs[1].AsInt64()
+			return nil
+		})
+		if !isMoved(res.Error()) {
+			break
 		}
-		rs := dc.DoMulti(ctx, sc.evalsha(dc.B(), keys, argv), wait())
-		if isNoScript(rs[0].Error()) {
-			rs = dc.DoMulti(ctx, sc.eval(dc.B(), keys, argv), wait())
-		}
-		res = rs[0]
-		acked, waitErr = rs[1].AsInt64()
-		return nil
-	})
+	}
 	if err := res.Error(); err != nil {
 		return res, s.wrap(ctx, err)
 	}
