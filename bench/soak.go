@@ -378,7 +378,7 @@ type soakServer struct {
 
 var soakDebug = os.Getenv("POSTERN_BENCH_SOAK_DEBUG") != ""
 
-var soakListenRE = regexp.MustCompile(`postern listening"? addr=(\S+)`)
+var soakListenRE = regexp.MustCompile(`postern (?:\S+ )?listening(?: on https?://|"? addr=)(\S+)`)
 
 // startSoakServer builds ./cmd/postern into dir and starts it on a
 // loopback port chosen by the kernel, with the file engine in dir.

@@ -74,7 +74,17 @@ type Error struct {
 	// Details lists the problems the server named, for front doors whose
 	// errors carry a list (the inbox).
 	Details []string
+	// Header is the answer's header. Postern's own error answers carry
+	// ErrorHeader; an answer without it came from something else (a proxy,
+	// another server).
+	Header http.Header
 }
+
+// ErrorHeader is the header of postern's error answers: a one-line
+// explanation, more specific than the body where the wire format fixes
+// the body (a tunnel id that breaks the naming rule gets "Malformed url"
+// and the rule here).
+const ErrorHeader = "X-Postern-Error"
 
 func (e *Error) Error() string {
 	if e.Message == "" {
@@ -142,5 +152,5 @@ func unexpected(resp *http.Response, body []byte) error {
 	if len(msg) > 200 {
 		msg = msg[:200]
 	}
-	return &Error{StatusCode: resp.StatusCode, Message: msg}
+	return &Error{StatusCode: resp.StatusCode, Message: msg, Header: resp.Header}
 }

@@ -235,5 +235,5 @@ func inboxError(resp *http.Response, data []byte) error {
 	if len(msg) > 500 {
 		msg = msg[:500]
 	}
-	return &Error{StatusCode: resp.StatusCode, Message: msg, Details: e.Details}
+	return &Error{StatusCode: resp.StatusCode, Message: msg, Details: e.Details, Header: resp.Header}
 }

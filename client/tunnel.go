@@ -101,6 +101,16 @@ func (t *Tunnel) Send(ctx context.Context, body []byte, opts SendOptions) (SendR
 	return SendResult{}, unexpected(resp, data)
 }
 
+// ErrDraining is returned by a long-poll (Receive or ReadReply with a
+// wait) that the server ended early because it is shutting down: unlike an
+// empty answer, it does not mean that nothing came within the wait. Try
+// again once the server (or another node) is back.
+var ErrDraining = errors.New("postern: the server is shutting down")
+
+// DrainingHeader marks the empty answer of a long-poll the server ended
+// because it is shutting down.
+const DrainingHeader = "X-Postern-Draining"
+
 // ReceiveOptions controls Receive.
 type ReceiveOptions struct {
 	// Pending keeps the message until it is acknowledged with Ack or Reply;
@@ -131,6 +141,9 @@ func (t *Tunnel) Receive(ctx context.Context, opts ReceiveOptions) (m Message, o
 	case http.StatusOK:
 		return Message{ID: resp.Header.Get("X-Message-Id"), ContentType: resp.Header.Get("Content-Type"), Body: data}, true, nil
 	case http.StatusNoContent:
+		if resp.Header.Get(DrainingHeader) != "" {
+			return Message{}, false, ErrDraining
+		}
 		return Message{}, false, nil
 	}
 	return Message{}, false, unexpected(resp, data)
@@ -190,6 +203,9 @@ func (t *Tunnel) ReadReply(ctx context.Context, id string, wait time.Duration) (
 	case http.StatusOK:
 		return Message{ContentType: resp.Header.Get("Content-Type"), Body: data}, true, nil
 	case http.StatusNoContent:
+		if resp.Header.Get(DrainingHeader) != "" {
+			return Message{}, false, ErrDraining
+		}
 		return Message{}, false, nil
 	}
 	return Message{}, false, unexpected(resp, data)

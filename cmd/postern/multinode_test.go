@@ -38,7 +38,7 @@ func build(t *testing.T) string {
 	return bin
 }
 
-var listenRE = regexp.MustCompile(`postern listening"? addr=(\S+)`)
+var listenRE = regexp.MustCompile(`postern (?:\S+ )?listening(?: on https?://|"? addr=)(\S+)`)
 
 // proc is a running `postern serve` child process.
 type proc struct {

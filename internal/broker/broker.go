@@ -15,8 +15,10 @@
 // included, delivers to its local subscribers when the payload comes back:
 // all subscribers of a channel, on every node, see one order.
 //
-// History goes through store.History: the engine's when it implements it,
-// otherwise the broker's own, kept in memory (ordered.Histories).
+// History goes through store.History: with store.Fanout the engine's (every
+// node must see one history), otherwise the broker's own in memory, where
+// every channel published to records and the channels held are bounded in
+// number and bytes (least recently published out first).
 package broker
 
 import (
@@ -30,7 +32,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/postern/postern/internal/store"
-	"github.com/postern/postern/internal/store/ordered"
 )
 
 // Defaults of a Broker.
@@ -41,9 +42,11 @@ const (
 	DefaultHistoryLen = 100
 	// DefaultHistoryTTL is how long a history entry is kept.
 	DefaultHistoryTTL = 5 * time.Minute
-	// DefaultMaxRecent bounds how many channels without subscribers keep
-	// recording history on a single node (see Options.MaxRecent).
-	DefaultMaxRecent = 10000
+	// DefaultMaxHistoryChannels bounds how many channels a single node
+	// keeps histories for (see Options.MaxHistoryChannels).
+	DefaultMaxHistoryChannels = 10000
+	// DefaultMaxHistoryBytes bounds the message bytes of those histories.
+	DefaultMaxHistoryBytes = 64 << 20
 )
 
 // FanoutTopicPrefix starts the store.Fanout topic of every channel.
@@ -73,14 +76,15 @@ type Options struct {
 	// HistoryTTL is how long history entries are kept; 0 means
 	// DefaultHistoryTTL.
 	HistoryTTL time.Duration
-	// MaxRecent bounds the channels that keep recording history after their
-	// last local subscriber left (for HistoryTTL), so that the subscriber
-	// can resume; 0 means DefaultMaxRecent. On a single node a channel that
-	// has no subscriber and had none within HistoryTTL records nothing: a
-	// flood of posts to random paths costs no memory. With store.Fanout
-	// every publish is recorded, since subscribers may be on other nodes;
-	// the engine's cap and TTL bound it.
-	MaxRecent int
+	// MaxHistoryChannels and MaxHistoryBytes bound the histories a single
+	// node keeps (an engine without store.Fanout): every channel published
+	// to records, and beyond either cap the channel least recently
+	// published to is forgotten (a subscriber resuming on it is told of
+	// the gap), so a flood of posts to random paths costs bounded memory.
+	// 0 means DefaultMaxHistoryChannels, DefaultMaxHistoryBytes. With
+	// store.Fanout the engine's cap and TTL bound the histories.
+	MaxHistoryChannels int
+	MaxHistoryBytes    int
 	// Metrics receives the broker's metrics; nil registers none.
 	Metrics prometheus.Registerer
 	// Now is the clock; nil means time.Now.
@@ -97,8 +101,11 @@ func (o Options) withDefaults() Options {
 	if o.HistoryTTL <= 0 {
 		o.HistoryTTL = DefaultHistoryTTL
 	}
-	if o.MaxRecent <= 0 {
-		o.MaxRecent = DefaultMaxRecent
+	if o.MaxHistoryChannels <= 0 {
+		o.MaxHistoryChannels = DefaultMaxHistoryChannels
+	}
+	if o.MaxHistoryBytes <= 0 {
+		o.MaxHistoryBytes = DefaultMaxHistoryBytes
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -166,24 +173,15 @@ type Broker struct {
 	opts     Options
 	fan      store.Fanout  // nil: local delivery
 	hist     store.History // nil: history off
-	ownHist  bool          // hist is the broker's, not the engine's
+	ownHist  *lruHistory   // the node's own, without store.Fanout
 	seed     maphash.Seed
 	shards   [numShards]shard
 	pubLocks [numShards]sync.Mutex // orders record+deliver per channel
-
-	recentMu sync.Mutex
-	recent   map[string]time.Time // channel -> until when it keeps recording
-	recentQ  []recentEntry        // insertion order, for eviction
 
 	closed    atomic.Bool
 	closeOnce sync.Once
 
 	m *metrics
-}
-
-type recentEntry struct {
-	name  string
-	until time.Time
 }
 
 type shard struct {
@@ -217,9 +215,8 @@ type channel struct {
 func New(st store.Engine, opts Options) (*Broker, error) {
 	opts = opts.withDefaults()
 	b := &Broker{
-		opts:   opts,
-		seed:   maphash.MakeSeed(),
-		recent: make(map[string]time.Time),
+		opts: opts,
+		seed: maphash.MakeSeed(),
 	}
 	for i := range b.shards {
 		b.shards[i].channels = make(map[string]*channel)
@@ -228,11 +225,11 @@ func New(st store.Engine, opts Options) (*Broker, error) {
 		b.fan, _ = st.(store.Fanout)
 	}
 	if opts.HistoryLen > 0 {
-		if h, ok := st.(store.History); ok && st != nil {
+		if h, ok := st.(store.History); ok && b.fan != nil {
 			b.hist = h
 		} else {
-			b.hist = ordered.NewHistories(opts.Now)
-			b.ownHist = true
+			b.ownHist = newLRUHistory(opts.MaxHistoryChannels, opts.MaxHistoryBytes, opts.Now)
+			b.hist = b.ownHist
 		}
 	}
 	b.m = newMetrics(opts.Metrics, b)
@@ -287,7 +284,7 @@ func (b *Broker) Publish(ctx context.Context, channel string, m Message) (Publis
 	lock.Lock()
 	defer lock.Unlock()
 	msg := shared(Message{Binary: m.Binary, Body: m.Body})
-	if b.hist != nil && (b.fan != nil || b.recording(channel)) {
+	if b.hist != nil {
 		ct := contentText
 		if m.Binary {
 			ct = contentBinary
@@ -347,86 +344,6 @@ func (ch *channel) deliver(msg *Message) int {
 		}
 	}
 	return n
-}
-
-// recording reports whether a channel records history on a single node:
-// it has subscribers, or had some within HistoryTTL.
-func (b *Broker) recording(channel string) bool {
-	sh := &b.shards[b.shardIndex(channel)]
-	sh.mu.Lock()
-	_, live := sh.channels[channel]
-	sh.mu.Unlock()
-	if live {
-		return true
-	}
-	b.recentMu.Lock()
-	defer b.recentMu.Unlock()
-	until, ok := b.recent[channel]
-	if !ok {
-		return false
-	}
-	if b.opts.Now().After(until) {
-		delete(b.recent, channel)
-		return false
-	}
-	return true
-}
-
-// remember keeps channel recording for HistoryTTL after its last
-// subscriber left.
-func (b *Broker) remember(channel string) {
-	if b.hist == nil || b.fan != nil {
-		return
-	}
-	now := b.opts.Now()
-	until := now.Add(b.opts.HistoryTTL)
-	b.recentMu.Lock()
-	defer b.recentMu.Unlock()
-	b.recent[channel] = until
-	b.recentQ = append(b.recentQ, recentEntry{channel, until})
-	// Forget expired and superseded entries from the front, and the
-	// oldest beyond MaxRecent.
-	i := 0
-	for i < len(b.recentQ) {
-		e := b.recentQ[i]
-		cur, ok := b.recent[e.name]
-		switch {
-		case ok && cur != e.until:
-			// superseded by a later entry for the same channel
-		case ok && (now.After(e.until) || len(b.recent) > b.opts.MaxRecent):
-			delete(b.recent, e.name)
-		case !ok:
-		default:
-			goto done
-		}
-		i++
-	}
-done:
-	if i > 0 {
-		clear(b.recentQ[:i])
-		b.recentQ = b.recentQ[i:]
-	}
-	// Entries superseded behind a live front entry pile up under churn:
-	// keep the queue within twice the channels it stands for.
-	if len(b.recentQ) > 2*len(b.recent)+64 {
-		kept := make([]recentEntry, 0, len(b.recent))
-		for _, e := range b.recentQ {
-			if b.recent[e.name] == e.until {
-				kept = append(kept, e)
-			}
-		}
-		b.recentQ = kept
-	} else if cap(b.recentQ) > 4*len(b.recentQ)+64 {
-		b.recentQ = append([]recentEntry(nil), b.recentQ...)
-	}
-}
-
-// recentLen reports the bookkeeping of recently active channels (for
-// tests): channels remembered and queue entries.
-func (b *Broker) recentLen() (channels, entries int) {
-	b.recentMu.Lock()
-	defer b.recentMu.Unlock()
-	return len(b.recent), len(b.recentQ)
 }
 
 // SubscribeOptions controls Subscribe.
@@ -548,7 +465,6 @@ func (b *Broker) release(sh *shard, ch *channel) {
 	if ch.cancel != nil {
 		ch.cancel()
 	}
-	b.remember(ch.name)
 }
 
 func (b *Broker) notify(sh *shard) {
@@ -613,14 +529,19 @@ type Stats struct {
 	Fanout bool `json:"fanout"`
 	// History is "engine", "memory" or "off".
 	History string `json:"history"`
+	// HistoryChannels and HistoryBytes are what a node's own history
+	// holds (zero with the engine's).
+	HistoryChannels int `json:"history_channels"`
+	HistoryBytes    int `json:"history_bytes"`
 }
 
 // Stats reports what the broker holds and has done.
 func (b *Broker) Stats() Stats {
 	st := Stats{Fanout: b.fan != nil, History: "off"}
 	switch {
-	case b.ownHist:
+	case b.ownHist != nil:
 		st.History = "memory"
+		st.HistoryChannels, st.HistoryBytes = b.ownHist.held()
 	case b.hist != nil:
 		st.History = "engine"
 	}

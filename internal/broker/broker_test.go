@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -106,10 +107,56 @@ func TestPublishReachesEverySubscriberInOrder(t *testing.T) {
 
 func TestNoSubscribersDropsAndCounts(t *testing.T) {
 	b := newBroker(t, nil, broker.Options{})
-	if res := publish(t, b, "/nobody", "x"); res.Delivered != 0 || !res.ID.IsZero() {
-		t.Fatalf("result %+v: a channel nobody listens to records nothing", res)
+	res := publish(t, b, "/nobody", "x")
+	if res.Delivered != 0 || res.ID.IsZero() {
+		t.Fatalf("result %+v: a channel nobody listens to delivers nothing, but records", res)
 	}
-	if st := b.Stats(); st.Unheard != 1 || st.Channels != 0 {
+	if st := b.Stats(); st.Unheard != 1 || st.Channels != 0 || st.HistoryChannels != 1 || st.HistoryBytes != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+	// The first subscriber asking for the whole history gets it.
+	zero := store.ID{}
+	s := subscribe(t, b, "/nobody", broker.SubscribeOptions{Since: &zero})
+	if got := bodies(t, s, 1); !slices.Equal(got, []string{"x"}) || s.Gap() {
+		t.Fatalf("history of a channel that never had a subscriber: %q (gap %v)", got, s.Gap())
+	}
+}
+
+// TestHistoryChannelsBounded: every channel published to records, and the
+// histories held are bounded in channels and bytes, the least recently
+// published out first; a subscriber resuming on a forgotten channel is
+// told of the gap.
+func TestHistoryChannelsBounded(t *testing.T) {
+	b := newBroker(t, nil, broker.Options{MaxHistoryChannels: 100, MaxHistoryBytes: 1 << 20})
+	first := publish(t, b, "/keep", "kept").ID
+	for i := range 1000 {
+		publish(t, b, "/many/"+strconv.Itoa(i), "x")
+		if i%50 == 0 {
+			publish(t, b, "/keep", "kept") // recently published: stays
+		}
+	}
+	if st := b.Stats(); st.HistoryChannels > 100 || st.HistoryChannels < 90 {
+		t.Fatalf("%d channels held: the cap is 100", st.HistoryChannels)
+	}
+	s := subscribe(t, b, "/keep", broker.SubscribeOptions{Since: &first})
+	if s.Gap() || len(bodies(t, s, 19)) != 19 {
+		t.Fatal("the channel published to recently lost its history")
+	}
+	publish(t, b, "/many/0", "again") // forgotten, then made anew
+	back := subscribe(t, b, "/many/0", broker.SubscribeOptions{Since: &first})
+	if !back.Gap() {
+		t.Fatal("a forgotten channel's history resumed without a gap")
+	}
+	// Bytes: one large channel pushes the others out, but keeps its own.
+	big := strings.Repeat("b", 300<<10)
+	for range 3 {
+		publish(t, b, "/big", big)
+	}
+	if st := b.Stats(); st.HistoryBytes > 1<<20 {
+		t.Fatalf("%d bytes held: the cap is 1 MiB", st.HistoryBytes)
+	}
+	publish(t, b, "/big", big)
+	if st := b.Stats(); st.HistoryBytes > 1<<20+300<<10 || st.HistoryChannels < 1 {
 		t.Fatalf("stats %+v", st)
 	}
 }
@@ -313,16 +360,16 @@ func TestHistoryTTL(t *testing.T) {
 	publish(t, b, "/ttl", "b")
 	s.Close()
 	advance(2 * time.Minute)
-	// Expired entries are gone and reported as a gap; the channel also
-	// stopped recording once its TTL after the last subscriber passed.
-	if res := publish(t, b, "/ttl", "c"); !res.ID.IsZero() {
-		t.Fatalf("channel still recording after its TTL: %+v", res)
-	}
+	// Expired entries are gone and reported as a gap; what came after is
+	// there.
+	publish(t, b, "/ttl", "c")
 	back := subscribe(t, b, "/ttl", broker.SubscribeOptions{Since: &first})
 	if !back.Gap() {
 		t.Fatal("expired entries not reported as a gap")
 	}
-	wantNothing(t, back)
+	if got := bodies(t, back, 1); !slices.Equal(got, []string{"c"}) {
+		t.Fatalf("after expiry: %q", got)
+	}
 }
 
 func TestHistoryOff(t *testing.T) {
@@ -619,6 +666,49 @@ func TestWireFormMadeOnce(t *testing.T) {
 			if string(m.Body) != "hello" || made.Load() != 2 {
 				t.Fatalf("replay %q encoded %d times", m.Body, made.Load())
 			}
+		})
+	}
+}
+
+// BenchmarkPublishHistory publishes from every processor to 64 channels,
+// history on: "unheard", channels nobody listens to (a single node now
+// records them too); "heard", each with a subscriber that drains it.
+func BenchmarkPublishHistory(b *testing.B) {
+	for _, heard := range []bool{false, true} {
+		name := "unheard"
+		if heard {
+			name = "heard"
+		}
+		b.Run(name, func(b *testing.B) {
+			br, _ := broker.New(nil, broker.Options{})
+			defer br.Shutdown(context.Background())
+			const channels = 64
+			var drained sync.WaitGroup
+			if heard {
+				for i := range channels {
+					s, _ := br.Subscribe(context.Background(), "/bench/"+strconv.Itoa(i), broker.SubscribeOptions{})
+					drained.Go(func() {
+						for {
+							if _, err := s.Next(context.Background()); err != nil {
+								return
+							}
+						}
+					})
+				}
+			}
+			msg := broker.Message{Body: []byte("hello")}
+			var next atomic.Int64
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				i := int(next.Add(1))
+				for pb.Next() {
+					i++
+					br.Publish(context.Background(), "/bench/"+strconv.Itoa(i%channels), msg)
+				}
+			})
+			b.StopTimer()
+			br.Shutdown(context.Background())
+			drained.Wait()
 		})
 	}
 }

@@ -3,7 +3,6 @@ package channels
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -232,7 +231,7 @@ func (c *Channels) authorize(r *http.Request, action auth.Action, name string) e
 		verb = "subscribe to"
 	}
 	return &httpapi.Error{Status: http.StatusForbidden, Message: "Error: forbidden.",
-		Details: []string{fmt.Sprintf("this token may not %s %s (it needs %s on %s)", verb, quotePath(name), action, resource(name))}}
+		Details: []string{auth.Denial(r, verb, quotePath(name), action, resource(name))}}
 }
 
 // mayTake reports whether r may take action on the channel.

@@ -23,7 +23,14 @@ import (
 	"github.com/postern/postern/internal/servertest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "postern-cli-test-")
+	if err != nil {
+		panic(err)
+	}
+	binDir = dir
+	goleak.VerifyTestMain(m, goleak.Cleanup(func(int) { os.RemoveAll(dir) }))
+}
 
 // run runs the command line in-process and returns its exit code and output.
 func run(t *testing.T, ctx context.Context, env map[string]string, stdin string, args ...string) (int, string, string) {
@@ -43,7 +50,7 @@ func run(t *testing.T, ctx context.Context, env map[string]string, stdin string,
 	return code, out.String(), errb.String()
 }
 
-var listenRE = regexp.MustCompile(`postern listening"? addr=(\S+)`)
+var listenRE = regexp.MustCompile(`postern (?:\S+ )?listening(?: on https?://|"? addr=)(\S+)`)
 
 // serve runs `postern serve` in-process and returns its base URL once it
 // logged that it listens, and a stop function that returns the exit code.
@@ -402,8 +409,12 @@ func TestClientErrorsAreOneLine(t *testing.T) {
 	cfg.Tunnel.AccessToken = "tok"
 	n := servertest.Start(t, cfg)
 	code, _, errs := run(t, context.Background(), nil, "", "send", "--server", n.URL, "t", "x")
-	if code != cli.ExitError || strings.TrimSpace(errs) != "postern send: postern: 403 Access denied" {
+	if code != cli.ExitDenied || strings.TrimSpace(errs) != `postern send: 403: this action needs a token granted "write" on /t/t (--token or POSTERN_TOKEN)` {
 		t.Fatalf("send without token: %d %q", code, errs)
+	}
+	code, _, errs = run(t, context.Background(), nil, "", "recv", "--server", n.URL, "--token", "nope", "t")
+	if code != cli.ExitDenied || strings.TrimSpace(errs) != `postern recv: 403: the token given is not granted "read" on /t/t (check --token or POSTERN_TOKEN, and the server's --token-file)` {
+		t.Fatalf("recv with a wrong token: %d %q", code, errs)
 	}
 	code, _, _ = run(t, context.Background(), map[string]string{"TUNNEL_ACCESS_TOKEN": "tok"}, "", "send", "--server", n.URL, "t", "x")
 	if code != 0 {

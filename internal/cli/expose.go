@@ -1,76 +1,112 @@
 package cli
 
 import (
-	"context"
 	"crypto/rand"
 	"fmt"
 	"log/slog"
+	"net/url"
+
+	"github.com/spf13/cobra"
 
 	"github.com/postern/postern/client"
 	"github.com/postern/postern/internal/config"
 )
 
-const exposeUsage = `Usage: postern expose [flags] LOCAL-URL
+// agentCmd is a client verb that runs an agent: logs besides the client
+// flags.
+type agentCmd struct {
+	*clientCmd
+	logLevel, logFormat string
+}
 
-Publishes the service at LOCAL-URL (for example http://localhost:3000)
+func (a *app) newAgentCmd(cmd *cobra.Command) *agentCmd {
+	c := &agentCmd{clientCmd: a.newClientCmd(cmd), logLevel: config.DefaultLogLevel, logFormat: config.DefaultLogFormat}
+	c.fs.String(&c.logLevel, "log-level", "log `level`: debug, info, warn or error")
+	c.fs.String(&c.logFormat, "log-format", "log `format`: text or json")
+	return c
+}
+
+func (c *agentCmd) logger() (*slog.Logger, error) {
+	log, err := config.NewLogger(c.a.env.Stderr, c.logLevel, c.logFormat)
+	if err != nil {
+		return nil, usagef("%v", err)
+	}
+	return log, nil
+}
+
+// localURL checks the URL of the local service.
+func localURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return usagef("LOCAL-URL %q: want http://host:port or https://host:port", s)
+	}
+	return nil
+}
+
+func (a *app) exposeCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "expose [flags] LOCAL-URL",
+		Short:   "publish a local service through the server (HTTP and websockets)",
+		GroupID: groupAgent,
+		Long: `Publishes the service at LOCAL-URL (for example http://localhost:3000)
 through a postern server: users reach it at NAME.<expose domain> (or at
 /proxy/request/NAME/ on the server when it has no expose domain). The agent
 opens one websocket to the server and carries every request, streamed
 bodies and websockets included, over it. It prints the public URL, logs one
-line per request, reconnects with backoff when the connection drops, and
-stops cleanly on SIGINT or SIGTERM.
+line per request, reconnects with backoff and jitter when the connection
+drops, and stops cleanly on SIGINT or SIGTERM.
 
 With a token policy on the server the agent needs a token granted "serve"
 on /expose/NAME; without one, the server takes agents from its own host only
 unless it runs with --expose-anonymous-agents. Two agents with one name
-share its requests.
-`
-
-func runExpose(ctx context.Context, env Env, args []string) error {
-	fs := config.NewFlagSet("expose")
-	var cf clientFlags
-	cf.register(fs)
-	var name, logLevel, logFormat string
+share its requests.`,
+		Example: `  postern expose --name demo http://localhost:3000
+  postern expose --server https://gate.example --name shop --rewrite-host http://127.0.0.1:8000`,
+		Args: exactArgs(1, "want exactly one LOCAL-URL"),
+	}
+	c := a.newAgentCmd(cmd)
+	var name string
 	var rewriteHost bool
-	logLevel, logFormat = config.DefaultLogLevel, config.DefaultLogFormat
-	fs.String(&name, "name", "`name` to expose the service under (a DNS label; default: a random one)")
-	fs.Bool(&rewriteHost, "rewrite-host", "send the local service its own host in the Host header, not the public one")
-	fs.String(&logLevel, "log-level", "log `level`: debug, info, warn or error")
-	fs.String(&logFormat, "log-format", "log `format`: text or json")
-	rest, err := parseFlags(fs, env, args, exposeUsage)
-	if err != nil {
-		return err
-	}
-	if len(rest) != 1 {
-		return usagef("want exactly one LOCAL-URL")
-	}
-	log, err := config.NewLogger(env.Stderr, logLevel, logFormat)
-	if err != nil {
-		return usagef("%v", err)
-	}
-	if name == "" {
-		name = randomName()
-	}
-	cl, err := cf.client()
-	if err != nil {
-		return err
-	}
-	err = cl.Expose(ctx, client.ExposeOptions{
-		Name:        name,
-		Local:       rest[0],
-		RewriteHost: rewriteHost,
-		Logger:      log,
-		OnReady: func(url string) {
-			fmt.Fprintf(env.Stdout, "Forwarding %s -> %s\n", url, rest[0])
-		},
-	})
-	if err == nil {
+	c.fs.String(&name, "name", "`name` to expose the service under (a DNS label; default: a random one)")
+	c.fs.Bool(&rewriteHost, "rewrite-host", "send the local service its own host in the Host header, not the public one")
+	a.bind(cmd, c.fs)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if err := localURL(args[0]); err != nil {
+			return err
+		}
+		log, err := c.logger()
+		if err != nil {
+			return err
+		}
+		if name == "" {
+			name = randomName()
+		}
+		cl, err := c.client()
+		if err != nil {
+			return err
+		}
+		ctx := cmd.Context()
+		err = cl.Expose(ctx, client.ExposeOptions{
+			Name:        name,
+			Local:       args[0],
+			RewriteHost: rewriteHost,
+			Logger:      log,
+			MinBackoff:  DefaultMinBackoff,
+			MaxBackoff:  DefaultMaxBackoff,
+			OnReady: func(url string) {
+				fmt.Fprintf(a.env.Stdout, "Forwarding %s -> %s\n", url, args[0])
+			},
+		})
+		if err != nil {
+			return explain(ctx, err, c.call("serve", "/expose/"+name))
+		}
 		log.Info("expose: stopped", slog.String("name", name))
+		return nil
 	}
-	return err
+	return cmd
 }
 
-// randomName is a name of 10 letters and digits.
+// randomName is a name of 10 letters and digits, starting with a letter.
 func randomName() string {
 	const alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
 	b := make([]byte, 10)

@@ -112,14 +112,15 @@ func TestInboxErrorsAndUsage(t *testing.T) {
 		want string
 	}{
 		{[]string{"inbox"}, cli.ExitUsage, "send or receive"},
-		{[]string{"inbox", "frob"}, cli.ExitUsage, "unknown inbox subcommand"},
+		{[]string{"inbox", "frob"}, cli.ExitUsage, `unknown command "frob"`},
+		{[]string{"inbox", "sned"}, cli.ExitUsage, `(did you mean "send"?)`},
 		{[]string{"inbox", "send", "--server", n.URL, "--to", "b", "x"}, cli.ExitUsage, "--from is required"},
 		{[]string{"inbox", "send", "--server", n.URL, "--from", "a", "x"}, cli.ExitUsage, "--to is required"},
 		{[]string{"inbox", "send", "--server", n.URL, "--from", "a", "--to", "b", "x", "y"}, cli.ExitUsage, "at most one BODY"},
 		{[]string{"inbox", "receive", "--server", n.URL}, cli.ExitUsage, "--as is required"},
 		// The server's problems, on one line.
 		{[]string{"inbox", "send", "--server", n.URL, "--from", "a", "--to", "b", "--key", "short", "x"}, cli.ExitError,
-			"postern inbox: postern: 400 Bad request: idempotency key is too short"},
+			"postern inbox send: 400 Bad request: idempotency key is too short\n"},
 	} {
 		code, _, errs := run(t, ctx, nil, "", c.args...)
 		if code != c.code || !strings.Contains(errs, c.want) || strings.Count(strings.TrimSpace(errs), "\n") > 1 {
@@ -143,7 +144,7 @@ func TestInboxTokens(t *testing.T) {
 	url, _ := serve(t, nil, "--token-file", f)
 	ctx := context.Background()
 	code, _, errs := run(t, ctx, nil, "", "inbox", "send", "--server", url, "--from", "a", "--to", "a", "x")
-	if code != cli.ExitError || !strings.Contains(errs, "403 Forbidden") {
+	if code != cli.ExitDenied || !strings.Contains(errs, `403: this action needs a token granted "write" on /inbox/a (--token or POSTERN_TOKEN)`) {
 		t.Fatalf("send without token: %d %q", code, errs)
 	}
 	code, _, errs = run(t, ctx, map[string]string{"POSTERN_TOKEN": "a-secret-0123456789"}, "", "inbox", "send", "--server", url, "--from", "a", "--to", "a", "x")

@@ -22,6 +22,12 @@ import (
 type FlagSet struct {
 	*flag.FlagSet
 	env map[string][]string // flag name -> environment variables, in precedence order
+	// group is the help section of each flag, groups the sections in the
+	// order they were opened; current is the one Group opened last.
+	group   map[string]string
+	groups  []string
+	current string
+	order   []string // flag names in the order defined
 	// configFlag names the flag that gives the config file; empty: none.
 	configFlag string
 	config     *string
@@ -30,7 +36,7 @@ type FlagSet struct {
 // NewFlagSet returns an empty flag set that reports errors instead of
 // exiting.
 func NewFlagSet(name string) *FlagSet {
-	fs := &FlagSet{FlagSet: flag.NewFlagSet(name, flag.ContinueOnError), env: make(map[string][]string)}
+	fs := &FlagSet{FlagSet: flag.NewFlagSet(name, flag.ContinueOnError), env: make(map[string][]string), group: make(map[string]string)}
 	fs.SetOutput(io.Discard)
 	return fs
 }
@@ -46,7 +52,32 @@ func EnvName(flagName string) string {
 func (f *FlagSet) Var(v flag.Value, name, usage string, aliases ...string) {
 	f.FlagSet.Var(v, name, usage)
 	f.env[name] = append([]string{EnvName(name)}, aliases...)
+	f.order = append(f.order, name)
+	if f.current != "" {
+		f.group[name] = f.current
+	}
 }
+
+// Group opens a help section: the flags defined after it are listed under
+// title (a flag defined before any Group has none).
+func (f *FlagSet) Group(title string) {
+	f.current = title
+	f.groups = append(f.groups, title)
+}
+
+// Groups returns the help sections in the order they were opened, and the
+// section of each flag.
+func (f *FlagSet) Groups() (titles []string, of func(flagName string) string) {
+	return f.groups, func(name string) string { return f.group[name] }
+}
+
+// Names returns the flag names in the order they were defined (VisitAll
+// goes in lexical order).
+func (f *FlagSet) Names() []string { return f.order }
+
+// EnvNames returns the environment variables of a flag, in precedence
+// order.
+func (f *FlagSet) EnvNames(flagName string) []string { return f.env[flagName] }
 
 // String defines a string flag stored in *p; *p's current value is the
 // default.
@@ -109,6 +140,20 @@ func (f *FlagSet) Parse(args []string, getenv func(string) string) error {
 	}
 	set := map[string]bool{}
 	f.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	return f.Resolve(getenv, func(name string) bool { return set[name] })
+}
+
+// Resolve fills every flag for which given reports false (it was not on
+// the command line) from its environment variables, read with getenv, and
+// then from the config file, when one is named. A command line parsed by
+// another parser (the CLI's) calls it after parsing.
+func (f *FlagSet) Resolve(getenv func(string) string, given func(name string) bool) error {
+	set := map[string]bool{}
+	f.VisitAll(func(fl *flag.Flag) {
+		if given(fl.Name) {
+			set[fl.Name] = true
+		}
+	})
 	var err error
 	fromEnv := func(fl *flag.Flag) {
 		if set[fl.Name] || err != nil {
@@ -171,11 +216,17 @@ func (f *FlagSet) PrintDefaults(w io.Writer) {
 	})
 }
 
+// Type names the value in help (pflag.Value).
+func (v *stringValue) Type() string { return "string" }
+
 type stringValue string
 
 func (v *stringValue) Set(s string) error { *v = stringValue(s); return nil }
 func (v *stringValue) String() string     { return string(*v) }
 func (v *stringValue) Get() any           { return string(*v) }
+
+// Type names the value in help (pflag.Value).
+func (v *intValue) Type() string { return "int" }
 
 type intValue int
 
@@ -189,6 +240,9 @@ func (v *intValue) Set(s string) error {
 }
 func (v *intValue) String() string { return strconv.Itoa(int(*v)) }
 
+// Type names the value in help (pflag.Value).
+func (v *int64Value) Type() string { return "int" }
+
 type int64Value int64
 
 func (v *int64Value) Set(s string) error {
@@ -201,6 +255,9 @@ func (v *int64Value) Set(s string) error {
 }
 func (v *int64Value) String() string { return strconv.FormatInt(int64(*v), 10) }
 
+// Type names the value in help (pflag.Value).
+func (v *float64Value) Type() string { return "number" }
+
 type float64Value float64
 
 func (v *float64Value) Set(s string) error {
@@ -212,6 +269,9 @@ func (v *float64Value) Set(s string) error {
 	return nil
 }
 func (v *float64Value) String() string { return strconv.FormatFloat(float64(*v), 'g', -1, 64) }
+
+// Type names the value in help (pflag.Value).
+func (v *prefixesValue) Type() string { return "prefixes" }
 
 type prefixesValue []netip.Prefix
 
@@ -242,6 +302,9 @@ func (v *prefixesValue) String() string {
 	return strings.Join(parts, ",")
 }
 
+// Type names the value in help (pflag.Value).
+func (v *boolValue) Type() string { return "bool" }
+
 type boolValue bool
 
 func (v *boolValue) Set(s string) error {
@@ -257,6 +320,9 @@ func (v *boolValue) Set(s string) error {
 }
 func (v *boolValue) String() string   { return strconv.FormatBool(bool(*v)) }
 func (v *boolValue) IsBoolFlag() bool { return true }
+
+// Type names the value in help (pflag.Value).
+func (v *durationValue) Type() string { return "duration" }
 
 type durationValue time.Duration
 
@@ -274,6 +340,9 @@ func (v *durationValue) Set(s string) error {
 	return nil
 }
 func (v *durationValue) String() string { return time.Duration(*v).String() }
+
+// Type names the value in help (pflag.Value).
+func (v *listValue) Type() string { return "list" }
 
 type listValue []string
 

@@ -30,6 +30,7 @@ func ServeFlags() (*FlagSet, *Serve) {
 	s, t, ib, rl, ex := &c.Server, &c.Server.Tunnel, &c.Server.Inbox, &c.Server.Relay, &c.Server.Expose
 	fs := NewFlagSet("serve")
 
+	fs.Group("Server")
 	fs.ConfigFile(&c.ConfigFile, "config", "TOML `file` of settings, one key per flag name (flags and environment win over it)")
 	fs.String(&s.Listen, "listen", "TCP `address` to serve HTTP on")
 	fs.String(&s.Store, "store", "storage `engine`: file:DIR (durable, on disk in DIR), memory (lost on exit), redis://[user:pass@]host:port/db (rediss:// for TLS; more Cluster nodes as &addr=host:port) shared by many nodes, or redis-sentinel://host:port[,host:port...]/master[/db] for the master these sentinels name")
@@ -40,9 +41,11 @@ func ServeFlags() (*FlagSet, *Serve) {
 	fs.String(&s.ClusterSecret, "cluster-secret", "`secret` shared by every node, signing the requests nodes forward to each other (needed on Redis; prefer the environment: flags show in ps)")
 	fs.Bool(&s.ClusterInsecure, "cluster-insecure", "let nodes forward requests to each other without --cluster-secret (their marks then prove nothing): only where nothing but postern nodes can reach them")
 	fs.Duration(&s.NodeTTL, "node-ttl", "how long the node directory lists this node after a heartbeat (it beats every third of that)")
+	fs.Group("Logs and shutdown")
 	fs.String(&c.LogLevel, "log-level", "log `level`: debug, info, warn or error")
 	fs.String(&c.LogFormat, "log-format", "log `format`: text or json")
 	fs.Duration(&s.ShutdownTimeout, "shutdown-timeout", "longest graceful drain on SIGTERM before connections are cut")
+	fs.Group("Connections and rate limits")
 	fs.Duration(&s.ReadHeaderTimeout, "read-header-timeout", "time a client has to send its request headers")
 	fs.Duration(&s.IdleTimeout, "idle-timeout", "idle keep-alive connections are closed after this")
 	fs.Int(&s.MaxHeaderBytes, "max-header-bytes", "largest request header block in `bytes`")
@@ -53,11 +56,13 @@ func ServeFlags() (*FlagSet, *Serve) {
 	fs.Float64(&s.RateLimit.PerToken, "rate-limit-token", "requests per second allowed to one scoped token; 0: unlimited")
 	fs.Int(&s.RateLimit.PerTokenBurst, "rate-limit-token-burst", "requests one token may send at once (0: two seconds' worth)")
 	fs.Prefixes(&s.RateLimit.TrustedProxies, "trusted-proxies", "comma-separated CIDR `prefixes` of proxies whose X-Forwarded-For names the client")
+	fs.Group("TLS and tokens")
 	fs.String(&s.TLSCertFile, "tls-cert", "PEM `file` of the TLS certificate chain: serve HTTPS (a wildcard certificate for the expose domain covers every agent)")
 	fs.String(&s.TLSKeyFile, "tls-key", "PEM `file` of the TLS private key, with --tls-cert")
 	fs.String(&s.OpsListen, "ops-listen", "TCP `address` serving /metrics, /ops/*, the status page and /readyz with its reason to whoever reaches it, instead of the public address (keep it private, e.g. 127.0.0.1:9090)")
 	fs.String(&s.TokenFile, "token-file", "TOML `file` of scoped tokens (which actions on which paths), honoured by every capability")
 
+	fs.Group("Tunnels (/t/)")
 	fs.String(&t.AccessToken, "tunnel-access-token", "bearer `token` accepted on every tunnel route (prefer the environment: flags show in ps)", "TUNNEL_ACCESS_TOKEN")
 	fs.String(&t.SignatureSecret, "tunnel-signature-secret", "HMAC-SHA256 `secret` checked against X-Hub-Signature-256", "TUNNEL_SIGNATURE_SECRET")
 	fs.List(&t.PublicIDs, "tunnel-public-ids", "comma-separated tunnel `ids` that need no auth", "TUNNEL_PUBLIC_IDS")
@@ -69,6 +74,7 @@ func ServeFlags() (*FlagSet, *Serve) {
 	fs.Duration(&t.ReplyTTL, "tunnel-reply-ttl", "how long a reply is kept", "TUNNEL_REPLY_TTL")
 	fs.Int64(&t.MaxBodyBytes, "tunnel-max-body", "largest message or reply in `bytes`; larger get 413")
 
+	fs.Group("Inbox (/inbox)")
 	fs.Duration(&ib.Expiration, "inbox-expiration", "how long inbox messages and acks wait to be read, and idempotency keys are remembered", "REDIS_EXPIRATION_SECONDS")
 	fs.Int64(&ib.MaxBodyBytes, "inbox-max-body", "largest inbox request body in `bytes`; larger get 413")
 	fs.Int(&ib.MaxDestinations, "inbox-max-destinations", "most destinations one inbox envelope may name")
@@ -77,6 +83,7 @@ func ServeFlags() (*FlagSet, *Serve) {
 	fs.Int(&ib.MaxKeys, "inbox-max-keys", "most idempotency keys of read messages and acks one inbox remembers; the oldest are forgotten beyond it (a message sent again with a forgotten key is delivered again)")
 	fs.Int(&ib.MaxActorBytes, "inbox-max-actor-bytes", "longest inbox actor name (From header, destination) in `bytes`")
 
+	fs.Group("Relay (/client/, /server/)")
 	fs.Int(&rl.BlockSize, "relay-block-size", "largest piece in `bytes` of a user's upgraded stream handed to a relay client at once (the original's --block_size)")
 	fs.Duration(&rl.InactiveRequestTimeout, "relay-inactive-request-timeout", "a relayed request with no response chunk for this long ends: 504 before its first chunk, a cut connection after (the original's --inactive_request_timeout)")
 	fs.Duration(&rl.InactiveBackendTimeout, "relay-inactive-backend-timeout", "a relay backend that has not polled for this long is forgotten (the original's --inactive_backend_timeout)")
@@ -87,6 +94,7 @@ func ServeFlags() (*FlagSet, *Serve) {
 	fs.Int64(&rl.MaxResponseMessageBytes, "relay-max-response-message", "largest /server/response message in `bytes`; larger get 400")
 	fs.Bool(&rl.ForwardedHeaders, "relay-forwarded-headers", "send relay backends X-Forwarded-For, X-Forwarded-Host and X-Forwarded-Proto (off, as the original: the user's headers pass as they came)")
 
+	fs.Group("Expose (NAME.<domain>, /agent, /proxy/)")
 	fs.String(&ex.Domain, "expose-domain", "`domain` D whose hosts NAME.D reach expose agent NAME (its DNS and certificate should cover *.D)", "DOMAIN")
 	fs.String(&ex.BaseURL, "expose-base-url", "public base `URL` of this server; brickchain mandate tokens must name a uri under it (default: the scheme and host the agent connected to)", "BASE")
 	fs.Int64(&ex.MaxRequestBytes, "expose-max-request-body", "largest request body in `bytes` relayed to a brickchain agent; larger get 413")
@@ -96,6 +104,7 @@ func ServeFlags() (*FlagSet, *Serve) {
 	fs.Duration(&ex.ClientRatePeriod, "expose-client-rate-period", "period of --expose-client-rate")
 	fs.Bool(&ex.AnonymousAgents, "expose-anonymous-agents", "without --token-file, let native agents from any address claim any name (default: loopback agents only)")
 	ch, b := &c.Server.Channels, &c.Server.Broker
+	fs.Group("Channels (/c/)")
 	fs.Bool(&ch.AtRoot, "channels-at-root", "serve channels at / (a dedicated host, as pinghub was deployed) instead of under /c/; ops endpoints and other prefixes keep priority, the status page moves to /_postern/")
 	fs.List(&ch.Origins, "channels-origin", "comma-separated scheme://host[:port] `origins` allowed to subscribe and publish (requests without Origin are always allowed; empty: all)")
 	fs.List(&ch.BroadcastOnly, "channels-broadcast-only", "comma-separated channel path `prefixes` where websocket clients may listen but not publish")
@@ -104,6 +113,8 @@ func ServeFlags() (*FlagSet, *Serve) {
 	fs.Int(&b.QueueLen, "channels-queue", "send queue of each subscriber in messages; a subscriber that falls further behind is dropped (close 1008)")
 	fs.Int(&b.HistoryLen, "channels-history", "messages kept per channel for resuming with since (negative: no history)")
 	fs.Duration(&b.HistoryTTL, "channels-history-ttl", "how long a channel's history entries are kept")
+	fs.Int(&b.MaxHistoryChannels, "channels-history-channels", "on one node (no Redis), the channels whose history is kept: every channel published to records, the least recently published is forgotten first")
+	fs.Int(&b.MaxHistoryBytes, "channels-history-bytes", "on one node (no Redis), the message `bytes` kept in all channel histories together")
 	return fs, c
 }
 

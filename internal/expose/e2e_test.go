@@ -154,7 +154,7 @@ func (p *proc) peakRSS() int64 {
 }
 
 var (
-	listenLine = regexp.MustCompile(`postern listening"? addr=(\S+)`)
+	listenLine = regexp.MustCompile(`postern (?:\S+ )?listening(?: on https?://|"? addr=)(\S+)`)
 	readyLine  = regexp.MustCompile(`expose: ready"? url=(\S+)`)
 )
 

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"github.com/postern/postern/internal/store"
@@ -59,6 +60,36 @@ var (
 // MethodNotAllowed is the 405 answer listing the allowed methods.
 func MethodNotAllowed(allow ...string) *Error {
 	return Errorf(http.StatusMethodNotAllowed, "method not allowed").WithHeader("Allow", strings.Join(allow, ", "))
+}
+
+// ErrorHeader is on every error answer postern writes itself: a one-line
+// explanation for people and tools, more specific than the body where the
+// wire format fixes the body. Its presence also tells a client that the
+// answer came from postern, not from a proxy or another server.
+const ErrorHeader = "X-Postern-Error"
+
+// MarkError sets ErrorHeader for e unless e's own header (or the handler)
+// set it: e's message and details, on one line of printable ASCII.
+func MarkError(h http.Header, e *Error) {
+	if h.Get(ErrorHeader) != "" || e.Header.Get(ErrorHeader) != "" {
+		return
+	}
+	msg := e.Message
+	if len(e.Details) > 0 {
+		msg += ": " + strings.Join(e.Details, "; ")
+	}
+	h.Set(ErrorHeader, HeaderText(msg))
+}
+
+// HeaderText makes s fit a header value: one line, non-ASCII and control
+// characters escaped as in Go strings, at most 300 bytes.
+func HeaderText(s string) string {
+	q := strconv.QuoteToASCII(oneLine(s))
+	q = q[1 : len(q)-1]
+	if len(q) > 300 {
+		q = q[:300]
+	}
+	return q
 }
 
 // ToError maps any error to the answer it deserves. It returns nil when no
@@ -137,6 +168,7 @@ func Handle(h Handler, ew ErrorWriter) http.Handler {
 		if rec, ok := w.(*recorder); ok && rec.wroteHeader {
 			return // too late for an error answer; the connection is cut by the handler's return
 		}
+		MarkError(w.Header(), e)
 		ew(w, r, e)
 	})
 }

@@ -286,7 +286,18 @@ func (ib *Inbox) authorize(r *http.Request, action auth.Action, actor string) er
 		verb = "receive for"
 	}
 	return &httpapi.Error{Status: http.StatusForbidden, Message: "Forbidden",
-		Details: []string{fmt.Sprintf("this token may not %s %s (it needs %s on /inbox/<name>)", verb, quote(actor), action)}}
+		Details: []string{auth.Denial(r, verb, quote(actor), action, "/inbox/"+pathText(actor))}}
+}
+
+// pathText renders an actor name inside a token policy path for a one-line
+// detail: control characters escaped, long names cut.
+func pathText(s string) string {
+	q := strconv.Quote(s)
+	q = q[1 : len(q)-1]
+	if len(q) > 64 {
+		q = q[:64] + "..."
+	}
+	return q
 }
 
 // quote renders an actor name for a one-line detail.

@@ -663,18 +663,18 @@ paths = ["/inbox/public"]
 		e.wantJSON(e.post("send", "olivia", env("auth-key-0001"), olivia...), `{"sent":2}`)
 		// Without a token, with the wrong one, or as someone else: 403.
 		e.wantError(e.post("send", "olivia", env("auth-key-0002")), 403, "Forbidden",
-			`this token may not send as "olivia" (it needs write on /inbox/<name>)`)
+			`no token was given: to send as "olivia", a token granted write on /inbox/olivia is needed`)
 		e.wantError(e.post("send", "olivia", env("auth-key-0002"), "Authorization", "Bearer nobody-secret-00001"), 403, "Forbidden",
-			`this token may not send as "olivia" (it needs write on /inbox/<name>)`)
+			`this token may not send as "olivia" (it needs write on /inbox/olivia)`)
 		e.wantError(e.post("send", "george", env("auth-key-0002"), olivia...), 403, "Forbidden",
-			`this token may not send as "george" (it needs write on /inbox/<name>)`)
+			`this token may not send as "george" (it needs write on /inbox/george)`)
 		e.wantError(e.post("receive", "george", "", olivia...), 403, "Forbidden",
-			`this token may not receive for "george" (it needs read on /inbox/<name>)`)
+			`this token may not receive for "george" (it needs read on /inbox/george)`)
 		// Read only: george's token receives but cannot send or exchange.
 		e.wantError(e.post("send", "george", env("auth-key-0003"), george...), 403, "Forbidden",
-			`this token may not send as "george" (it needs write on /inbox/<name>)`)
+			`this token may not send as "george" (it needs write on /inbox/george)`)
 		e.wantError(e.post("exchange", "george", env("auth-key-0003"), george...), 403, "Forbidden",
-			`this token may not send as "george" (it needs write on /inbox/<name>)`)
+			`this token may not send as "george" (it needs write on /inbox/george)`)
 		r := e.post("receive", "george", "", george...)
 		if r.status != 200 || !strings.Contains(r.body, "auth-key-0001") {
 			t.Fatalf("george receive: %d %s", r.status, r.body)
@@ -682,9 +682,9 @@ paths = ["/inbox/public"]
 		// Write only, by prefix: bots send, cannot receive or exchange.
 		e.wantJSON(e.post("send", "bot-7", env("auth-key-0004"), bots...), `{"sent":2}`)
 		e.wantError(e.post("receive", "bot-7", "", bots...), 403, "Forbidden",
-			`this token may not receive for "bot-7" (it needs read on /inbox/<name>)`)
+			`this token may not receive for "bot-7" (it needs read on /inbox/bot-7)`)
 		e.wantError(e.post("exchange", "bot-7", env("auth-key-0005"), bots...), 403, "Forbidden",
-			`this token may not receive for "bot-7" (it needs read on /inbox/<name>)`)
+			`this token may not receive for "bot-7" (it needs read on /inbox/bot-7)`)
 		// Both: exchange works.
 		r = e.post("exchange", "olivia", env("auth-key-0006"), olivia...)
 		if r.status != 200 || !strings.Contains(r.body, "auth-key-0001") || !strings.Contains(r.body, "auth-key-0004") || !strings.Contains(r.body, "auth-key-0006") {

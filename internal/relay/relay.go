@@ -388,6 +388,18 @@ func (h *Hub) Names() []string {
 	return out
 }
 
+// Backends reports, per name with a backend on this node, how many
+// backends (agents, relay clients) are registered under it.
+func (h *Hub) Backends() map[string]int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make(map[string]int, len(h.backends))
+	for n, list := range h.backends {
+		out[n] = len(list)
+	}
+	return out
+}
+
 // pick returns the local backend for name with the fewest requests in
 // flight, ties broken at random, or nil.
 func (h *Hub) pick(name string) *Registration {

@@ -41,6 +41,7 @@ func (s *Server) opsRouter() *httpapi.Router {
 	s.nodes.mount(mux)
 	page := s.statusPage()
 	page.Mount(mux)
+	s.page = page
 	if !s.cfg.Channels.AtRoot {
 		home := page.Page()
 		mux.Fallback(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

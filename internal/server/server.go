@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -144,6 +145,14 @@ type Config struct {
 
 	// Logger receives the server's logs; nil means slog.Default().
 	Logger *slog.Logger
+	// StatusInterval is the interval of the rate history the status page
+	// charts; 0 means web.DefaultHistoryInterval.
+	StatusInterval time.Duration
+	// Banner, when set, gets the start-up banner as text for a person (the
+	// URL of each capability, warnings); otherwise the banner is one log
+	// record, followed by the original relay server's "Relay server
+	// listening" record that its tooling waits for.
+	Banner io.Writer
 }
 
 // DefaultConfig returns a config with every default filled in.
@@ -163,9 +172,11 @@ func DefaultConfig() Config {
 		Expose:            expose.DefaultOptions(),
 		Channels:          channels.DefaultOptions(),
 		Broker: broker.Options{
-			QueueLen:   broker.DefaultQueueLen,
-			HistoryLen: broker.DefaultHistoryLen,
-			HistoryTTL: broker.DefaultHistoryTTL,
+			QueueLen:           broker.DefaultQueueLen,
+			HistoryLen:         broker.DefaultHistoryLen,
+			HistoryTTL:         broker.DefaultHistoryTTL,
+			MaxHistoryChannels: broker.DefaultMaxHistoryChannels,
+			MaxHistoryBytes:    broker.DefaultMaxHistoryBytes,
 		},
 	}
 }
@@ -186,6 +197,7 @@ type Server struct {
 	relayMetrics *relay.Metrics
 	handler      http.Handler
 	http         *http.Server
+	page         *web.Web
 
 	nodes *nodes
 	ops   *opsServer // nil without --ops-listen
@@ -429,61 +441,6 @@ var notFound = httpapi.Handle(func(w http.ResponseWriter, r *http.Request) error
 	return httpapi.ErrNotFound
 }, nil)
 
-// statusPage assembles the web page's status from the cores. A capability
-// adds its figures with one more Section (and its rates to Rates).
-func (s *Server) statusPage() *web.Web {
-	w := web.New(web.Options{
-		AtRoot:   s.cfg.Channels.AtRoot,
-		Gatherer: s.registry,
-		Version:  version.Version(),
-		Rates: []web.Rate{
-			{Name: "http_requests", Metric: "postern_http_requests_total"},
-			{Name: "tunnel_messages", Metric: "postern_queue_appended_total"},
-			{Name: "channel_messages", Metric: "postern_broker_published_total"},
-			{Name: "channel_deliveries", Metric: "postern_broker_delivered_total"},
-			{Name: "inbox_messages", Metric: "postern_inbox_sent_total"},
-			{Name: "relay_requests", Metric: "postern_relay_requests_total"},
-		},
-	})
-	w.Section("tunnels", func(context.Context) any {
-		t := struct {
-			Queues    int `json:"queues"`
-			Messages  int `json:"messages"`
-			LongPolls int `json:"long_polls"`
-		}{LongPolls: s.queue.Waiting()}
-		if st, ok := s.store.(store.Stats); ok {
-			qs := st.QueueStats()
-			t.Queues, t.Messages = qs.Queues, qs.Messages
-		}
-		return t
-	})
-	w.Section("channels", func(context.Context) any { return s.channels.Stats() })
-	w.Section("relay", func(context.Context) any {
-		// Counts only: the page is public, backend names need not be.
-		return struct {
-			Backends int `json:"connected_backends"`
-		}{len(s.relayHub.Names())}
-	})
-	w.Section("expose", func(context.Context) any {
-		return struct {
-			Agents int `json:"connected_agents"`
-		}{len(s.expose.Hub().Names())}
-	})
-	w.Section("cluster", func(context.Context) any {
-		me := s.nodes.self()
-		return struct {
-			Node string `json:"node"`
-			Addr string `json:"advertised"`
-		}{me.ID, me.Addr}
-	})
-	w.Section("store", func(context.Context) any {
-		return struct {
-			Engine string `json:"engine"`
-		}{s.store.Name()}
-	})
-	return w
-}
-
 func healthOK(w http.ResponseWriter, r *http.Request) error {
 	httpapi.SetRoute(r, "ops.health")
 	w.Header().Set("Content-Type", "text/plain")
@@ -537,32 +494,49 @@ func (s *Server) OpsAddr() string {
 func (s *Server) Registry() *prometheus.Registry { return s.registry }
 
 func (s *Server) ready(ctx context.Context) error {
-	if s.draining.Load() {
-		return errors.New("draining")
+	return readiness(ctx, s.draining.Load(), s.store)
+}
+
+// announce says that the node listens at addr: the banner, as text or as
+// a log record.
+func (s *Server) announce(addr net.Addr, tlsOn bool) {
+	storeName := s.store.Name()
+	if strings.HasPrefix(s.cfg.Store, "file:") {
+		storeName = s.cfg.Store
 	}
-	if err := s.store.Ping(ctx); err != nil {
-		return fmt.Errorf("%s store: %w", s.store.Name(), err)
+	in := BannerInput{
+		Version: version.Version(), Store: storeName, Node: s.nodes.self().ID, Addr: addr, TLS: tlsOn,
+		AtRoot: s.cfg.Channels.AtRoot, Domain: s.cfg.Expose.Domain, TokenFile: s.cfg.Policy != nil || s.cfg.TokenFile != "",
+		OpenAuth: s.cfg.Tunnel.AccessToken != "" || s.cfg.Tunnel.SignatureSecret != "",
 	}
-	return nil
+	if s.ops != nil {
+		in.OpsAddr = s.ops.ln.Addr()
+	}
+	b := NewBanner(in)
+	if s.cfg.Banner != nil {
+		b.WriteText(s.cfg.Banner)
+		return
+	}
+	b.Log(s.log)
+	if tcp, ok := addr.(*net.TCPAddr); ok {
+		// The line the original relay server's users wait for.
+		s.log.Info("Relay server listening", "Port", tcp.Port)
+	}
 }
 
 // Serve serves HTTP on ln until Shutdown. It returns nil after a graceful
 // shutdown.
 func (s *Server) Serve(ln net.Listener) error {
 	s.nodes.start(ln.Addr())
+	s.page.Start()
 	tlsOn := s.http.TLSConfig != nil
 	s.log.Info("connection caps", s.gate.caps.describe()...)
-	s.log.Info("postern listening", "addr", ln.Addr().String(), "store", s.store.Name(), "node", s.nodes.self().ID, "advertise", s.nodes.self().Addr, "version", version.Version(), "tls", tlsOn)
+	s.announce(ln.Addr(), tlsOn)
 	// The relay hubs forward to the address the node directory lists.
 	s.relayHub.SetAdvertiseURL(s.nodes.self().Addr)
 	s.expose.Hub().SetAdvertiseURL(s.nodes.self().Addr)
 	if s.ops != nil {
-		s.log.Info("ops listening", "addr", s.ops.ln.Addr().String())
 		s.ops.serve()
-	}
-	if tcp, ok := ln.Addr().(*net.TCPAddr); ok {
-		// The line the original relay server's users wait for.
-		s.log.Info("Relay server listening", "Port", tcp.Port)
 	}
 	ln = s.gate.listen(ln, !tlsOn)
 	var err error
@@ -587,6 +561,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		defer close(s.shutdownDone)
 		s.draining.Store(true)
 		s.log.Info("draining")
+		s.page.Close()
 		var errs []error
 		s.nodes.stop() // leave the node directory first: nothing new is sent here
 		// Expose: its hub drains the requests in flight while the agents

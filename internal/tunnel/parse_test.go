@@ -3,8 +3,12 @@ package tunnel
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"net/url"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/postern/postern/internal/httpapi"
 )
 
 func TestParseRoute(t *testing.T) {
@@ -46,6 +50,11 @@ func FuzzParseRoute(f *testing.F) {
 	f.Fuzz(func(t *testing.T, path string) {
 		rt, ok := parseRoute(path, Prefix)
 		if !ok {
+			// A refused path is explained in one header-safe line.
+			why := httpapi.HeaderText(whyMalformed(path, Prefix))
+			if why == "" || len(why) > 300 || strings.ContainsFunc(why, func(r rune) bool { return r < 0x20 || r > 0x7e }) {
+				t.Fatalf("%q: explanation %q", path, why)
+			}
 			return
 		}
 		// Whatever parses names a valid tunnel and a route that rebuilds
@@ -73,6 +82,35 @@ func FuzzParseRoute(f *testing.F) {
 			t.Fatalf("%q -> %+v -> %q -> %+v %v", path, rt, rebuilt, again, ok)
 		}
 	})
+}
+
+// TestPollTimeoutParameter: the original's seconds (floored, clamped),
+// and Go durations, which the original silently read as absent (issue 21:
+// ?timeout=5s waited the default 30 s).
+func TestPollTimeoutParameter(t *testing.T) {
+	tu := &Tunnels{opts: Options{PollTimeout: 30 * time.Second, MaxPollTimeout: time.Minute}}
+	for q, want := range map[string]time.Duration{
+		"":        30 * time.Second,
+		"5":       5 * time.Second,
+		"5.9":     5 * time.Second,
+		"0":       0,
+		"-3":      0,
+		"100":     time.Minute,
+		"5s":      5 * time.Second,
+		"1m30s":   time.Minute,
+		"500ms":   500 * time.Millisecond,
+		"0s":      0,
+		"-1s":     0,
+		"soon":    30 * time.Second,
+		"5 s":     30 * time.Second,
+		"1e3":     time.Minute,
+		"1h":      time.Minute,
+		"0.0001s": 100 * time.Microsecond,
+	} {
+		if got := tu.pollTimeout(url.Values{"timeout": {q}}); got != want {
+			t.Errorf("timeout=%q: %v, want %v", q, got, want)
+		}
+	}
 }
 
 func TestParseSignature(t *testing.T) {

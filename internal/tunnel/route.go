@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"fmt"
 	"strings"
 
 	"github.com/postern/postern/internal/store"
@@ -100,4 +101,31 @@ func parseRoute(path, prefix string) (route, bool) {
 		return route{}, false
 	}
 	return rt, true
+}
+
+// IDRule states what a tunnel id may be.
+const IDRule = "a tunnel id is 1 to 1024 characters of A-Z a-z 0-9 - _"
+
+// whyMalformed says which rule a path that parseRoute refused breaks.
+func whyMalformed(path, prefix string) string {
+	rest, ok := strings.CutPrefix(path, prefix)
+	if !ok {
+		return "tunnel routes start with " + prefix
+	}
+	id, rest, _ := strings.Cut(rest, "/")
+	if !ValidID(id) {
+		if len(id) > MaxIDLen {
+			return fmt.Sprintf("%s (this one has %d)", IDRule, len(id))
+		}
+		return fmt.Sprintf("%s (not %q)", IDRule, id)
+	}
+	midText, _, _ := strings.Cut(rest, "/")
+	switch midText {
+	case "poll", "len", "all":
+		return fmt.Sprintf("/t/ID/%s takes nothing after it (no trailing slash)", midText)
+	}
+	if _, err := store.ParseID(midText); err != nil {
+		return fmt.Sprintf("%q is no route of a tunnel: after /t/ID come poll, len, all or a message id such as 1764627000000-0", midText)
+	}
+	return "the routes of a message are /t/ID/MID, /t/ID/MID/reply and /t/ID/MID/reply/poll"
 }

@@ -20,12 +20,23 @@ const Prefix = "/t/"
 
 // Wire-exact answers of the original.
 var (
-	errMalformed   = &httpapi.Error{Status: http.StatusBadRequest, Message: "Malformed url"}
 	errDenied      = &httpapi.Error{Status: http.StatusForbidden, Message: "Access denied"}
 	errLimitTooBig = &httpapi.Error{Status: http.StatusBadRequest, Message: "Limit must be less than the tunnel max length"}
 	errLimitNeg    = &httpapi.Error{Status: http.StatusBadRequest, Message: "Limit must not be negative"}
 	errTooLarge    = &httpapi.Error{Status: http.StatusRequestEntityTooLarge, Message: "Request body too large"}
 )
+
+// malformed is the original's "400 Malformed url" for path, with the rule
+// it breaks in httpapi.ErrorHeader.
+func malformed(path string) *httpapi.Error {
+	return (&httpapi.Error{Status: http.StatusBadRequest, Message: "Malformed url"}).
+		WithHeader(httpapi.ErrorHeader, httpapi.HeaderText(whyMalformed(path, Prefix)))
+}
+
+// drainingHeader marks the empty answer of a long-poll ended by the
+// server's shutdown (the original's clients see a plain 204; postern's own
+// know not to take it for an empty queue).
+const drainingHeader = "X-Postern-Draining"
 
 const queueFullText = "Queue limit reached, consumers are not keeping up"
 
@@ -73,7 +84,7 @@ func (t *Tunnels) serve(w http.ResponseWriter, r *http.Request) error {
 	rt, ok := parseRoute(r.URL.Path, Prefix)
 	if !ok {
 		httpapi.SetRoute(r, "tunnel.malformed")
-		return errMalformed
+		return malformed(r.URL.Path)
 	}
 	if r.Method == http.MethodOptions {
 		httpapi.SetRoute(r, "tunnel.preflight")
@@ -203,10 +214,18 @@ func number(q url.Values, name string) (int64, bool) {
 
 // pollTimeout is the wait asked for by the timeout parameter, defaulted and
 // clamped; zero or negative means no wait.
+//
+// The original takes a number of seconds; postern also takes a Go
+// duration ("5s", "1m30s", "500ms"), which the original silently read as
+// absent (the default wait).
 func (t *Tunnels) pollTimeout(q url.Values) time.Duration {
 	secs, ok := number(q, "timeout")
 	if !ok {
-		return t.opts.PollTimeout
+		d, err := time.ParseDuration(q.Get("timeout"))
+		if err != nil {
+			return t.opts.PollTimeout
+		}
+		return min(max(d, 0), t.opts.MaxPollTimeout)
 	}
 	if secs <= 0 {
 		return 0
@@ -268,6 +287,7 @@ func (t *Tunnels) consume(w http.ResponseWriter, r *http.Request, rt route, q ur
 	m, ok, err := t.core.Take(r.Context(), key(rt.id), mode, wait)
 	if errors.Is(err, queue.ErrShuttingDown) {
 		err, ok = nil, false
+		w.Header().Set(drainingHeader, "true")
 	}
 	if err != nil {
 		return err
@@ -344,6 +364,7 @@ func (t *Tunnels) readReply(w http.ResponseWriter, r *http.Request, rt route, wa
 	m, ok, err := t.core.TakeReply(r.Context(), key(rt.id), rt.mid, wait)
 	if errors.Is(err, queue.ErrShuttingDown) {
 		err, ok = nil, false
+		w.Header().Set(drainingHeader, "true")
 	}
 	if err != nil {
 		return err

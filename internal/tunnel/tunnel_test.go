@@ -180,6 +180,19 @@ func TestMalformedURLs(t *testing.T) {
 			e.want(e.do("GET", p, ""), 400, "Malformed url")
 		}
 		e.want(e.do("POST", "/t/bad!id", "x"), 400, "Malformed url")
+		// The body is the original's; X-Postern-Error says which rule broke.
+		for p, why := range map[string]string{
+			"/t/caf%C3%A9":     `a tunnel id is 1 to 1024 characters of A-Z a-z 0-9 - _ (not \"caf\u00e9\")`,
+			"/t/my%20queue":    `a tunnel id is 1 to 1024 characters of A-Z a-z 0-9 - _ (not \"my queue\")`,
+			"/t/a/b":           `\"b\" is no route of a tunnel: after /t/ID come poll, len, all or a message id such as 1764627000000-0`,
+			"/t/x/poll/":       `/t/ID/poll takes nothing after it (no trailing slash)`,
+			"/t/" + long + "a": `a tunnel id is 1 to 1024 characters of A-Z a-z 0-9 - _ (this one has 1025)`,
+		} {
+			r := e.do("GET", p, "")
+			if r.status != 400 || r.body != "Malformed url" || r.h.Get("X-Postern-Error") != why {
+				t.Errorf("GET %s: %d %q, X-Postern-Error %q; want %q", p, r.status, r.body, r.h.Get("X-Postern-Error"), why)
+			}
+		}
 		// The routes that allow a trailing slash.
 		id := e.produce("s", "m")
 		e.want(e.do("GET", "/t/s/"+id+"/", ""), 201, "")
@@ -810,7 +823,12 @@ func TestShutdownAnswersLongPolls(t *testing.T) {
 			t.Fatalf("shutdown: %v", err)
 		}
 		for range 2 {
-			e.want(<-got, 204, "")
+			r := <-got
+			e.want(r, 204, "")
+			// Marked, so postern's clients do not take it for an empty queue.
+			if r.h.Get("X-Postern-Draining") != "true" {
+				t.Errorf("the long-poll ended by the shutdown is not marked: %v", r.h)
+			}
 		}
 	})
 }

@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
+
 	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/servertest"
 )
@@ -13,7 +15,7 @@ import (
 // its data need a token granted ops; a person opens the page with the
 // token in its query, and the page's own requests for the status carry it.
 func TestPageWithATokenInChromium(t *testing.T) {
-	b := startBrowser(t)
+	b := browser(t)
 	pol, err := auth.Parse([]byte("[[token]]\nname = \"ops\"\nsecret = \"ops-secret-0123456789\"\n[[token.grant]]\nactions = [\"ops\"]\npaths = [\"/ops/status\"]\n"))
 	if err != nil {
 		t.Fatal(err)
@@ -22,8 +24,8 @@ func TestPageWithATokenInChromium(t *testing.T) {
 	cfg.NodeID = "node-with-token"
 	cfg.Policy = pol
 	n := servertest.Start(t, cfg)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(b, 60*time.Second)
 	defer cancel()
-	b.navigate(ctx, n.URL+"/?access_token=ops-secret-0123456789")
-	b.eval(ctx, waitFor(`document.body.dataset.ready === "1" && /node\s*node-with-token/.test(document.getElementById("status-cluster").textContent)`))
+	run(t, ctx, chromedp.Navigate(n.URL+"/?access_token=ops-secret-0123456789"))
+	waitFor(t, ctx, `document.body.dataset.ready === "1" && /node\s*node-with-token/.test(document.getElementById("status-cluster").textContent)`)
 }

@@ -13,9 +13,11 @@ import (
 	"net/http"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/postern/postern/internal/httpapi"
 )
@@ -29,14 +31,22 @@ const (
 // DefaultRateWindow is the shortest interval rates are computed over.
 const DefaultRateWindow = time.Second
 
+// Defaults of the rate history the page's charts draw.
+const (
+	DefaultHistoryInterval = 5 * time.Second
+	DefaultHistoryPoints   = 120 // ten minutes
+)
+
 //go:embed page.html
 var pageHTML []byte
 
-// Rate is a per-second rate shown in the status: the sum of every series
-// of a Prometheus counter.
+// Rate is a per-second rate shown in the status: the sum of the series of
+// a Prometheus counter, all of them or those whose Label is Value.
 type Rate struct {
 	Name   string // key in the status ("http_requests")
 	Metric string // counter family ("postern_http_requests_total")
+	Label  string // optional: count only series with this label...
+	Value  string // ...set to this value
 }
 
 // Options configures the page.
@@ -50,6 +60,13 @@ type Options struct {
 	Rates []Rate
 	// Version is reported in the node section.
 	Version string
+	// Private reports whether a request may see names (of relay backends,
+	// exposed services): sections ask with IsPrivate. Nil: never.
+	Private func(r *http.Request) bool
+	// HistoryInterval and HistoryPoints shape the history of rates kept
+	// for the charts (Start samples it); 0 means the defaults.
+	HistoryInterval time.Duration
+	HistoryPoints   int
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -66,6 +83,16 @@ type Web struct {
 	lastAt time.Time
 	last   map[string]float64
 	rates  map[string]float64
+
+	// The history: one point per HistoryInterval, oldest first.
+	histMu   sync.Mutex
+	histAt   time.Time
+	histLast map[string]float64
+	history  map[string][]float64
+	stop     chan struct{}
+	stopped  chan struct{}
+	stopOnce sync.Once
+	running  atomic.Bool
 }
 
 // New returns the page.
@@ -73,7 +100,94 @@ func New(opts Options) *Web {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Web{opts: opts, started: opts.Now(), sections: make(map[string]func(context.Context) any)}
+	if opts.HistoryInterval <= 0 {
+		opts.HistoryInterval = DefaultHistoryInterval
+	}
+	if opts.HistoryPoints <= 0 {
+		opts.HistoryPoints = DefaultHistoryPoints
+	}
+	return &Web{opts: opts, started: opts.Now(), sections: make(map[string]func(context.Context) any),
+		history: make(map[string][]float64), stop: make(chan struct{}), stopped: make(chan struct{})}
+}
+
+// Start samples the rates every HistoryInterval for the charts, until
+// Close.
+func (w *Web) Start() {
+	w.running.Store(true)
+	w.Tick()
+	go func() {
+		defer close(w.stopped)
+		t := time.NewTicker(w.opts.HistoryInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				w.Tick()
+			case <-w.stop:
+				return
+			}
+		}
+	}()
+}
+
+// Close stops the sampling Start began; it is idempotent.
+func (w *Web) Close() {
+	w.stopOnce.Do(func() {
+		close(w.stop)
+		if w.running.Load() {
+			<-w.stopped
+		}
+	})
+}
+
+// Tick adds one point to the history: each rate over the time since the
+// last point (the first point only sets the start).
+func (w *Web) Tick() {
+	now := w.opts.Now()
+	cur := w.sample()
+	w.histMu.Lock()
+	defer w.histMu.Unlock()
+	if w.histLast != nil {
+		d := now.Sub(w.histAt).Seconds()
+		for _, rt := range w.opts.Rates {
+			v := 0.0
+			if d > 0 {
+				v = max(cur[rt.Name]-w.histLast[rt.Name], 0) / d
+			}
+			h := append(w.history[rt.Name], v)
+			if len(h) > w.opts.HistoryPoints {
+				h = append(h[:0:0], h[len(h)-w.opts.HistoryPoints:]...)
+			}
+			w.history[rt.Name] = h
+		}
+	}
+	w.histLast, w.histAt = cur, now
+}
+
+// History is the "history" part of the status: per-second rates, one point
+// per interval, oldest first.
+type History struct {
+	IntervalSeconds float64              `json:"interval_seconds"`
+	Rates           map[string][]float64 `json:"rates"`
+}
+
+func (w *Web) historyCopy() History {
+	w.histMu.Lock()
+	defer w.histMu.Unlock()
+	h := History{IntervalSeconds: w.opts.HistoryInterval.Seconds(), Rates: make(map[string][]float64, len(w.opts.Rates))}
+	for _, rt := range w.opts.Rates {
+		h.Rates[rt.Name] = append([]float64{}, w.history[rt.Name]...)
+	}
+	return h
+}
+
+type privateKey struct{}
+
+// IsPrivate reports whether the status being assembled is for a request
+// that may see names (Options.Private said so).
+func IsPrivate(ctx context.Context) bool {
+	p, _ := ctx.Value(privateKey{}).(bool)
+	return p
 }
 
 // Section adds (or replaces) a named part of the status: f returns a
@@ -118,7 +232,8 @@ func (w *Web) servePage(rw http.ResponseWriter, r *http.Request) error {
 	return err
 }
 
-// Status is the status document: "node", "rates" and one key per section.
+// Status is the status document: "node", "rates", "history" and one key
+// per section.
 type Status map[string]any
 
 // Node is the "node" part of the status.
@@ -126,14 +241,18 @@ type Node struct {
 	Version       string  `json:"version"`
 	StartedAt     string  `json:"started_at"`
 	UptimeSeconds float64 `json:"uptime_seconds"`
+	// Private says whether names are shown to this reader.
+	Private bool `json:"private"`
 }
 
 // Status assembles the status document.
 func (w *Web) Status(ctx context.Context) Status {
 	now := w.opts.Now()
 	st := Status{
-		"node":  Node{Version: w.opts.Version, StartedAt: w.started.UTC().Format(time.RFC3339), UptimeSeconds: now.Sub(w.started).Seconds()},
-		"rates": w.currentRates(now),
+		"node": Node{Version: w.opts.Version, StartedAt: w.started.UTC().Format(time.RFC3339), UptimeSeconds: now.Sub(w.started).Seconds(),
+			Private: IsPrivate(ctx)},
+		"rates":   w.currentRates(now),
+		"history": w.historyCopy(),
 	}
 	w.mu.Lock()
 	names := make([]string, 0, len(w.sections))
@@ -157,7 +276,11 @@ func (w *Web) serveStatus(rw http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		return httpapi.MethodNotAllowed(http.MethodGet, http.MethodHead)
 	}
-	b, err := json.Marshal(w.Status(r.Context()))
+	ctx := r.Context()
+	if w.opts.Private != nil && w.opts.Private(r) {
+		ctx = context.WithValue(ctx, privateKey{}, true)
+	}
+	b, err := json.Marshal(w.Status(ctx))
 	if err != nil {
 		return err
 	}
@@ -202,16 +325,31 @@ func (w *Web) sample() map[string]float64 {
 	if err != nil {
 		return out
 	}
-	byMetric := make(map[string]float64, len(mfs))
-	for _, mf := range mfs {
-		sum := 0.0
-		for _, m := range mf.GetMetric() {
-			sum += m.GetCounter().GetValue()
-		}
-		byMetric[mf.GetName()] = sum
-	}
 	for _, rt := range w.opts.Rates {
-		out[rt.Name] = byMetric[rt.Metric]
+		out[rt.Name] = CounterSum(mfs, rt.Metric, rt.Label, rt.Value)
 	}
 	return out
+}
+
+// CounterSum is the sum of the series of counter metric in mfs, of those
+// whose label is value when label is set.
+func CounterSum(mfs []*dto.MetricFamily, metric, label, value string) float64 {
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() != metric {
+			continue
+		}
+	series:
+		for _, m := range mf.GetMetric() {
+			if label != "" {
+				for _, lp := range m.GetLabel() {
+					if lp.GetName() == label && lp.GetValue() != value {
+						continue series
+					}
+				}
+			}
+			sum += m.GetCounter().GetValue()
+		}
+	}
+	return sum
 }

@@ -6,17 +6,23 @@ import (
 	"encoding/json"
 	"image/png"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
+	"github.com/postern/postern/client"
+	"github.com/postern/postern/internal/gcrrelay/gcrclient"
 	"github.com/postern/postern/internal/httpapi"
 	"github.com/postern/postern/internal/servertest"
 	"github.com/postern/postern/internal/web"
@@ -55,8 +61,9 @@ func TestPageAndStatus(t *testing.T) {
 		if code != 200 || !strings.HasPrefix(h.Get("Content-Type"), "text/html") || !strings.Contains(body, "<title>postern</title>") {
 			t.Fatalf("GET %s: %d %v", p, code, h)
 		}
-		for _, bad := range []string{"src=", "href=", "http://", "https://"} {
-			if strings.Contains(body, bad) {
+		for _, bad := range []string{"src=", "href=", "http://", "https://", "url(", "@import"} {
+			// The one URL in the page is the SVG namespace, a name.
+			if strings.Contains(strings.ReplaceAll(body, `"http://www.w3.org/2000/svg"`, ""), bad) {
 				t.Fatalf("page refers to an outside resource (%q)", bad)
 			}
 		}
@@ -71,16 +78,17 @@ func TestPageAndStatus(t *testing.T) {
 	}
 	res.Body.Close()
 	st := status(t, n.URL)
-	for _, k := range []string{"node", "rates", "tunnels", "channels", "relay", "expose", "cluster", "store"} {
+	for _, k := range []string{"node", "rates", "history", "tunnels", "inbox", "channels", "relay", "expose", "cluster", "store"} {
 		if st[k] == nil {
 			t.Fatalf("status lacks %q: %v", k, st)
 		}
 	}
 	if st["channels"]["prefix"] != "/c" || st["channels"]["published"] != 1.0 || st["store"]["engine"] != "memory" ||
-		st["expose"]["connected_agents"] != 0.0 || st["relay"]["connected_backends"] != 0.0 {
+		st["expose"]["connected_agents"] != 0.0 || st["relay"]["connected_backends"] != 0.0 || st["channels"]["history_channels"] != 1.0 {
 		t.Fatalf("status %v", st)
 	}
-	for _, k := range []string{"http_requests", "channel_messages", "channel_deliveries", "tunnel_messages", "inbox_messages", "relay_requests"} {
+	for _, k := range []string{"http_requests", "channel_messages", "channel_deliveries", "tunnel_messages", "tunnel_deliveries",
+		"inbox_messages", "inbox_received", "relay_requests", "expose_requests"} {
 		if _, ok := st["rates"][k]; !ok {
 			t.Fatalf("rates lack %q: %v", k, st["rates"])
 		}
@@ -132,24 +140,47 @@ func TestSectionsAndRates(t *testing.T) {
 	}
 }
 
-// TestPageInChromium loads the page in a real headless Chromium, watches
-// a channel from it, publishes over HTTP and checks the message appears;
-// then publishes from the page itself. POSTERN_UPDATE_SCREENSHOT=1 writes
-// the screenshot to docs/web-page.png.
+// TestPageInChromium loads the page in a real headless Chromium (through
+// chromedp) while a relay backend, two expose agents and traffic on every
+// capability run: the five capability cards show their figures, the names
+// (the browser is on loopback) and a chart of each rate that rises with
+// the traffic; the channel panel watches a channel and publishes to it.
+// POSTERN_UPDATE_SCREENSHOT=1 writes the screenshot to docs/web-page.png.
 func TestPageInChromium(t *testing.T) {
-	b := startBrowser(t)
+	ctx := browser(t)
 	cfg := servertest.Config()
 	cfg.NodeID = "node-1"
+	cfg.StatusInterval = 250 * time.Millisecond
 	n := servertest.Start(t, cfg)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	act := startActivity(t, n)
+	defer act.stop()
+
+	page, cancel := context.WithTimeout(ctx, 90*time.Second)
 	defer cancel()
+	run(t, page, chromedp.Navigate(n.URL+"/"))
+	waitFor(t, page, `document.body.dataset.ready === "1" && ["tunnels", "inbox", "channels", "relay", "expose", "http"].every(function (k) { return document.getElementById("status-" + k); })`)
+	// Names, on loopback: the relay backend and the exposed name with its
+	// two agents.
+	waitFor(t, page, `(document.getElementById("names-relay") || {}).textContent.indexOf("robot-1") >= 0`)
+	waitFor(t, page, `/demo\s*2 agents/.test((document.getElementById("names-expose") || {}).textContent)`)
+	// Every chart draws its rates, and the traffic lifts each above zero.
+	for card, lines := range map[string]int{"tunnels": 2, "inbox": 2, "channels": 2, "relay": 1, "expose": 1, "http": 1} {
+		waitFor(t, page, `document.querySelectorAll("#status-`+card+` svg.chart polyline").length === `+strconv.Itoa(lines)+` &&
+			Array.from(document.querySelectorAll("#status-`+card+` svg.chart polyline")).some(function (p) {
+				var pts = p.getAttribute("points").split(" ");
+				return pts.length > 3 && pts.some(function (pt) { return parseFloat(pt.split(",")[1]) < 77; });
+			})`)
+	}
+	waitFor(t, page, `/long-polls/.test(document.getElementById("status-tunnels").textContent) && /node-1/.test(document.getElementById("node").textContent)`)
 
-	b.navigate(ctx, n.URL+"/")
-	b.eval(ctx, waitFor(`document.body.dataset.ready === "1" && document.getElementById("status-channels")`))
-	b.eval(ctx, `document.getElementById("channel").value = "/e2e/room"; document.getElementById("watch").click(); true`)
+	// The channel panel: watch, receive what is published over HTTP (as
+	// text, never markup), publish from the page.
+	run(t, page,
+		chromedp.SetValue(chromedp.CSS("#channel"), "/e2e/room"),
+		chromedp.Click(chromedp.CSS("#watch")),
+	)
 	n.WaitForSubscribers(t, "/e2e/room", 1)
-	b.eval(ctx, waitFor(`document.getElementById("watch-state").textContent === "watching /e2e/room"`))
-
+	waitFor(t, page, `document.getElementById("watch-state").textContent === "watching /e2e/room"`)
 	for _, msg := range []string{"hello from http", "second <b>message</b>"} {
 		res, err := http.Post(n.URL+"/c/e2e/room", "text/plain", strings.NewReader(msg))
 		if err != nil {
@@ -160,21 +191,22 @@ func TestPageInChromium(t *testing.T) {
 			t.Fatalf("POST: %d", res.StatusCode)
 		}
 		js, _ := json.Marshal(msg)
-		b.eval(ctx, waitFor(`Array.from(document.querySelectorAll("#messages li")).some(function (li) { return li.textContent.indexOf(`+string(js)+`) >= 0; })`))
+		waitFor(t, page, `Array.from(document.querySelectorAll("#messages li")).some(function (li) { return li.textContent.indexOf(`+string(js)+`) >= 0; })`)
 	}
-	// Markup in a message is shown as text, never interpreted.
-	if v := b.eval(ctx, `document.querySelectorAll("#messages li b").length`); string(v) != "0" {
-		t.Fatalf("message markup was interpreted: %s", v)
+	if v := eval[int](t, page, `document.querySelectorAll("#messages li b").length`); v != 0 {
+		t.Fatalf("message markup was interpreted: %d", v)
 	}
-	// Publish from the page: it comes back through the watched channel.
-	b.eval(ctx, `document.getElementById("message").value = "typed in the page"; document.getElementById("publish").click(); true`)
-	b.eval(ctx, waitFor(`Array.from(document.querySelectorAll("#messages li")).some(function (li) { return li.textContent.indexOf("typed in the page") >= 0; })`))
-	// The status cards follow the channel: one subscriber; and name the
-	// node.
-	b.eval(ctx, waitFor(`/subscribers\s*1/.test(document.getElementById("status-channels").textContent)`))
-	b.eval(ctx, waitFor(`/node\s*node-1/.test(document.getElementById("status-cluster").textContent)`))
+	run(t, page,
+		chromedp.SetValue(chromedp.CSS("#message"), "typed in the page"),
+		chromedp.Click(chromedp.CSS("#publish")),
+	)
+	waitFor(t, page, `Array.from(document.querySelectorAll("#messages li")).some(function (li) { return li.textContent.indexOf("typed in the page") >= 0; })`)
+	waitFor(t, page, `/subscribers/.test(document.getElementById("status-channels").textContent)`)
 
-	shot := b.screenshot(ctx)
+	shot, err := chromedp.Run(page, chromedp.FullScreenshot(100))
+	if err != nil {
+		t.Fatal(err)
+	}
 	if _, err := png.Decode(bytes.NewReader(shot)); err != nil {
 		t.Fatalf("screenshot is not a PNG: %v", err)
 	}
@@ -185,4 +217,115 @@ func TestPageInChromium(t *testing.T) {
 	if err := os.WriteFile(out, shot, 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestStatusNames: the status names the relay backends and the exposed
+// names with their agents to its readers, who are all private (the ops
+// gate lets only this host, an ops grant or --ops-listen read it): through
+// a proxy, from elsewhere, the status answers 403 and shows nothing.
+func TestStatusNames(t *testing.T) {
+	n := servertest.Start(t, servertest.Config())
+	act := startActivity(t, n)
+	defer act.stop()
+	st := status(t, n.URL)
+	if st["relay"]["connected_backends"] != 1.0 || st["expose"]["connected_agents"] != 1.0 || st["node"]["private"] != true {
+		t.Fatalf("status on loopback: %v", st)
+	}
+	if b, _ := json.Marshal(st["relay"]["backends"]); string(b) != `[{"connections":1,"name":"robot-1"}]` {
+		t.Fatalf("relay backends: %s", b)
+	}
+	if b, _ := json.Marshal(st["expose"]["agents"]); string(b) != `[{"connections":2,"name":"demo"}]` {
+		t.Fatalf("expose agents: %s", b)
+	}
+	req, _ := http.NewRequest("GET", n.URL+web.StatusPath, nil)
+	req.Header.Set("X-Forwarded-For", "203.0.113.9")
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != 403 || strings.Contains(string(body), "robot-1") || strings.Contains(string(body), "demo") {
+		t.Fatalf("status through a proxy: %d %s", res.StatusCode, body)
+	}
+}
+
+// activity is a relay backend, two expose agents named demo, and traffic
+// on every capability, until stop.
+type activity struct {
+	cancel context.CancelFunc
+	done   sync.WaitGroup
+}
+
+func startActivity(t *testing.T, n *servertest.Node) *activity {
+	t.Helper()
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) }))
+	t.Cleanup(backend.Close)
+	ctx, cancel := context.WithCancel(context.Background())
+	a := &activity{cancel: cancel}
+	rc, err := gcrclient.New(gcrclient.Options{RelayURL: n.URL, ServerName: "robot-1", BackendURL: backend.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.done.Go(func() { rc.Run(ctx) })
+	c, err := client.New(n.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ready := make(chan struct{}, 2)
+	for range 2 {
+		a.done.Go(func() {
+			c.Expose(ctx, client.ExposeOptions{Name: "demo", Local: backend.URL, Logger: quiet, OnReady: func(string) { ready <- struct{}{} }})
+		})
+	}
+	<-ready
+	<-ready
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer wcancel()
+	if err := n.WaitForRelayPolls(wctx, "robot-1", 1); err != nil {
+		t.Fatal(err)
+	}
+	sub, err := c.Channel("/busy").Subscribe(ctx, client.SubscribeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.done.Go(func() {
+		defer sub.Close()
+		for range sub.Messages() {
+		}
+	})
+	a.done.Go(func() {
+		hc := &http.Client{Transport: &http.Transport{}}
+		defer hc.CloseIdleConnections()
+		get := func(path string) {
+			if res, err := hc.Get(n.URL + path); err == nil {
+				io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+			}
+		}
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			c.Tunnel("work").Send(ctx, []byte("job"), client.SendOptions{})
+			c.Tunnel("work").Receive(ctx, client.ReceiveOptions{})
+			c.Inbox("a").Send(ctx, client.Envelope{IdempotencyKey: client.NewIdempotencyKey(), Destination: []string{"b"}, Body: []byte("1")})
+			c.Inbox("b").Receive(ctx)
+			c.Channel("/busy").Publish(ctx, []byte("tick"))
+			get("/client/robot-1/")
+			get("/proxy/request/demo/")
+		}
+	})
+	return a
+}
+
+func (a *activity) stop() {
+	a.cancel()
+	a.done.Wait()
+	http.DefaultClient.CloseIdleConnections()
 }

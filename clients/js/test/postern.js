@@ -36,7 +36,8 @@ export function postern() {
   return built;
 }
 
-const listenRE = /postern listening"? addr=(\S+)/;
+// The banner of a text log ("postern VERSION listening on http://ADDR (...)") or an older log line.
+const listenRE = /postern (?:\S+ )?listening(?: on https?:\/\/|"? addr=)(\S+)/;
 
 /**
  * Starts `postern serve` with args on 127.0.0.1 (port 0: the kernel's

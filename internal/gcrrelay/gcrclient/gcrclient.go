@@ -14,10 +14,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -65,6 +67,19 @@ type Options struct {
 	// Relay and Backend are the HTTP clients to use; nil: own ones.
 	Relay   *http.Client
 	Backend *http.Client
+	// Logger, when set, gets one line per request (method, host, path,
+	// status, bytes, elapsed, client: the expose agent's line) and the
+	// connection's ups and downs. Nil: silent, as the original at its
+	// default level.
+	Logger *slog.Logger
+	// Backoff, when set, makes each poller's pacing of reconnections: it
+	// replaces the original's fixed one-second pause after a failed poll,
+	// and while the server is unreachable the client checks its /healthz
+	// before polling again.
+	Backoff func() Backoff
+	// OnReady is called when the relay server is first reachable, and
+	// again after every reconnection.
+	OnReady func()
 	// ChunkedPosts posts large chunks in chunked transfer encoding,
 	// written to the connection straight from where they lie. The
 	// original client declares a Content-Length, and then net/http copies
@@ -84,6 +99,10 @@ type Client struct {
 
 	chunkBufs sync.Pool
 	work      chan *wire.Request // requests for idle handlers
+
+	connMu sync.Mutex
+	down   bool   // a poll failed and no poll or health check succeeded since
+	downs  uint64 // failures so far: an answer to a call sent before the last one proves nothing
 }
 
 // New returns a client; Run starts it.
@@ -134,6 +153,13 @@ func New(o Options) (*Client, error) {
 func (c *Client) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if c.o.Backoff != nil {
+		// Wait for the server before polling, so that "ready" means it.
+		c.markDown(nil)
+		if err := c.awaitServer(ctx, c.newBackoff()); err != nil {
+			return nil
+		}
+	}
 	errc := make(chan error, c.o.NumPendingRequests)
 	var workers sync.WaitGroup
 	for range c.o.NumPendingRequests {
@@ -181,39 +207,162 @@ func (c *Client) relayRequest(ctx context.Context, method, path, rawQuery, ctype
 
 func (c *Client) worker(ctx context.Context) error {
 	q := url.Values{"server": {c.o.ServerName}}.Encode()
+	bo := c.newBackoff()
+	failed := func(err error) {
+		if ctx.Err() != nil {
+			return
+		}
+		if bo == nil {
+			c.pause(ctx)
+			return
+		}
+		c.markDown(err)
+		if !bo.Wait(ctx) {
+			return
+		}
+		if c.isDown() {
+			c.awaitServer(ctx, bo)
+		}
+	}
 	for ctx.Err() == nil {
 		req, err := c.relayRequest(ctx, "GET", "/server/request", q, "", nil)
 		if err != nil {
 			return err
 		}
+		sent := c.failures()
 		resp, err := c.relay.Do(req)
 		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			c.pause(ctx)
+			failed(err)
 			continue
 		}
 		body, err := readBody(resp)
 		resp.Body.Close()
 		switch {
 		case err != nil:
-			c.pause(ctx)
+			failed(err)
 		case resp.StatusCode == http.StatusRequestTimeout:
+			c.markUp(bo, sent)
 		case resp.StatusCode == http.StatusForbidden:
 			return ErrForbidden
 		case resp.StatusCode != http.StatusOK:
-			c.pause(ctx)
+			failed(fmt.Errorf("relay server answered %s", resp.Status))
 		default:
+			c.markUp(bo, sent)
 			breq, err := wire.UnmarshalRequest(body)
 			if err != nil {
-				c.pause(ctx)
+				failed(fmt.Errorf("bad request message from the relay server: %w", err))
 				continue
 			}
 			c.dispatch(ctx, breq)
 		}
 	}
 	return nil
+}
+
+// Backoff paces reconnection attempts: Wait waits before the next one
+// (false when ctx ended first), Reset starts over after a success.
+type Backoff interface {
+	Wait(ctx context.Context) bool
+	Reset()
+}
+
+func (c *Client) newBackoff() Backoff {
+	if c.o.Backoff == nil {
+		return nil
+	}
+	return c.o.Backoff()
+}
+
+// markDown records a failure to reach the server; the first one after a
+// success is logged. A nil err marks the start, before any contact.
+func (c *Client) markDown(err error) {
+	c.connMu.Lock()
+	defer c.connMu.Unlock()
+	c.downs++
+	if c.down {
+		return
+	}
+	c.down = true
+	if err != nil && c.o.Logger != nil {
+		c.o.Logger.Warn("relay: disconnected, reconnecting", "err", oneLine(err.Error()))
+	}
+}
+
+// failures counts the failures so far, for markUp.
+func (c *Client) failures() uint64 {
+	c.connMu.Lock()
+	defer c.connMu.Unlock()
+	return c.downs
+}
+
+func (c *Client) isDown() bool {
+	c.connMu.Lock()
+	defer c.connMu.Unlock()
+	return c.down
+}
+
+// markUp records that the server answered a call sent when failures()
+// was sent; the first answer after a failure (or at start) is logged and
+// reported to OnReady. An answer to a call sent before the last failure
+// (a poll the server ended as it stopped) proves nothing.
+func (c *Client) markUp(bo Backoff, sent uint64) {
+	c.connMu.Lock()
+	if c.downs != sent {
+		c.connMu.Unlock()
+		return
+	}
+	was := c.down
+	c.down = false
+	c.connMu.Unlock()
+	if bo != nil {
+		bo.Reset()
+	}
+	if !was {
+		return
+	}
+	if c.o.Logger != nil {
+		c.o.Logger.Info("relay: ready", "server", c.relayURL.String(), "name", c.o.ServerName, "backend", c.o.BackendURL)
+	}
+	if c.o.OnReady != nil {
+		c.o.OnReady()
+	}
+}
+
+// awaitServer checks the relay server's /healthz until it answers (any
+// HTTP answer: the server is there), with backoff; it returns ctx's error
+// when ctx ends first.
+func (c *Client) awaitServer(ctx context.Context, bo Backoff) error {
+	for {
+		req, err := c.relayRequest(ctx, "GET", "/healthz", "", "", nil)
+		if err != nil {
+			return err
+		}
+		hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		sent := c.failures()
+		resp, err := c.relay.Do(req.WithContext(hctx))
+		if err == nil {
+			io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+			resp.Body.Close()
+			cancel()
+			c.markUp(bo, sent)
+			return nil
+		}
+		cancel()
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		c.markDown(err)
+		if !bo.Wait(ctx) {
+			return ctx.Err()
+		}
+	}
+}
+
+func oneLine(s string) string {
+	if i := strings.IndexAny(s, "\r\n"); i >= 0 {
+		return s[:i]
+	}
+	return s
 }
 
 // handlerIdle is how long a handler waits for another request before it
@@ -293,44 +442,68 @@ func (c *Client) backendRequest(ctx context.Context, breq *wire.Request) (*http.
 	return req, nil
 }
 
+// handle serves one request, logging it when there is a Logger.
 func (c *Client) handle(ctx context.Context, breq *wire.Request) {
+	start := time.Now()
+	status, n := c.serve(ctx, breq)
+	if l := c.o.Logger; l != nil && l.Enabled(ctx, slog.LevelInfo) {
+		path := breq.URL
+		if u, err := url.Parse(breq.URL); err == nil {
+			path = u.Path
+		}
+		client := ""
+		for _, h := range breq.Headers {
+			if http.CanonicalHeaderKey(h.Name) == "X-Forwarded-For" {
+				client = h.Value
+			}
+		}
+		l.LogAttrs(ctx, slog.LevelInfo, "request", slog.String("method", breq.Method), slog.String("host", breq.Host),
+			slog.String("path", path), slog.Int("status", status), slog.Int64("bytes", n),
+			slog.Duration("elapsed", time.Since(start).Round(time.Microsecond)), slog.String("client", client))
+	}
+}
+
+// serve performs one request against the backend and posts its response;
+// it returns the status and the body bytes relayed, for the log.
+func (c *Client) serve(ctx context.Context, breq *wire.Request) (status int, n int64) {
 	id := breq.ID
 	req, err := c.backendRequest(ctx, breq)
 	if err != nil {
 		c.postError(ctx, id, fmt.Sprintf("Failed to create request for backend: %v", err))
-		return
+		return http.StatusInternalServerError, 0
 	}
 	start := time.Now()
 	hresp, err := c.backend.Do(req)
 	if err != nil {
 		c.postError(ctx, id, fmt.Sprintf("Backend request failed with error: %v", err))
-		return
+		return http.StatusInternalServerError, 0
 	}
+	status = hresp.StatusCode
 	first := &wire.Response{HasID: true, ID: id, HasStatus: true, StatusCode: int32(hresp.StatusCode), Headers: headers(hresp.Header)}
 	if hresp.StatusCode == http.StatusSwitchingProtocols {
 		w, ok := hresp.Body.(io.WriteCloser)
 		if !ok {
 			hresp.Body.Close()
 			c.postError(ctx, id, "Backend returned 101 Switching Protocols, which is not supported.")
-			return
+			return http.StatusInternalServerError, 0
 		}
 		c.wg.Go(func() { c.streamToBackend(ctx, id, w) })
 	}
-	if n := hresp.ContentLength; n >= 0 && n <= int64(c.o.MaxChunkSize) && hresp.StatusCode != http.StatusSwitchingProtocols {
+	if cl := hresp.ContentLength; cl >= 0 && cl <= int64(c.o.MaxChunkSize) && hresp.StatusCode != http.StatusSwitchingProtocols {
 		// A short body of known length: read it and post the whole
 		// response as one message, without the streaming machinery.
-		first.Body = make([]byte, n)
+		first.Body = make([]byte, hresp.ContentLength)
 		_, err := io.ReadFull(hresp.Body, first.Body)
 		hresp.Body.Close()
 		if err != nil {
 			c.postError(ctx, id, fmt.Sprintf("Failed to read backend response: %v", err))
-			return
+			return http.StatusInternalServerError, 0
 		}
 		first.EOF = true
 		first.Trailers = headers(hresp.Trailer)
 		first.BackendDurationMs = time.Since(start).Milliseconds()
 		c.post(ctx, first)
-		return
+		return status, int64(len(first.Body))
 	}
 	chunks := make(chan outChunk)
 	st := &streamer{c: c, out: chunks, resp: first, buf: c.chunkBuffer(), stop: make(chan struct{})}
@@ -349,6 +522,7 @@ func (c *Client) handle(ctx context.Context, breq *wire.Request) {
 			ch.resp.Trailers = append(ch.resp.Trailers, headers(hresp.Trailer)...)
 			ch.resp.BackendDurationMs = time.Since(start).Milliseconds()
 		}
+		n += int64(len(ch.resp.Body))
 		if err := c.post(ctx, ch.resp); err != nil {
 			// A missing chunk would corrupt the response: stop, and close
 			// the backend connection.
@@ -361,6 +535,7 @@ func (c *Client) handle(ctx context.Context, breq *wire.Request) {
 			c.putChunkBuffer(ch.release)
 		}
 	}
+	return status, n
 }
 
 // outChunk is a chunk to post, and the buffer that is free once it is

@@ -49,7 +49,7 @@ func crashRounds(t *testing.T) int {
 	return n
 }
 
-var listenRE = regexp.MustCompile(`postern listening"? addr=(\S+)`)
+var listenRE = regexp.MustCompile(`postern (?:\S+ )?listening(?: on https?://|"? addr=)(\S+)`)
 
 // child is one running `postern serve`.
 type child struct {

@@ -272,6 +272,17 @@ func (s *Store) Close() error {
 	return s.closeErr
 }
 
+// WriteError reports why writes are refused until a restart (the data
+// directory was read-only at start), or nil: the node's readiness check
+// asks, since reads go on meanwhile and Ping says nothing of it. A full
+// disk, which heals by itself, is not reported.
+func (s *Store) WriteError() error {
+	if f := s.fail.Load(); f != nil && s.readOnly {
+		return f.err
+	}
+	return nil
+}
+
 // writable reports the error writes fail with right now, if any.
 func (s *Store) writable() error {
 	f := s.fail.Load()

@@ -222,6 +222,16 @@ func TestReadOnlyDirectoryServesReads(t *testing.T) {
 	if res.StatusCode != 204 || res.Header.Get("X-Queue-Size") != "15" {
 		t.Fatalf("len on a read-only directory: %d %q", res.StatusCode, res.Header.Get("X-Queue-Size"))
 	}
+	// Not ready: a load balancer should send writers elsewhere (issue 21).
+	res, err = c.Get(n.URL + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ = io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != 503 || string(b) != "not ready" {
+		t.Fatalf("readyz on a read-only directory: %d %q", res.StatusCode, b)
+	}
 }
 
 // TestFullDiskOverHTTP: a tunnel produce on a full disk answers 507 with a

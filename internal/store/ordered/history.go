@@ -15,7 +15,12 @@ type History struct {
 	// dropped is the newest id that was trimmed or expired; Since reports a
 	// gap to readers asking for anything before it.
 	dropped store.ID
+	// size is the bytes of the bodies held.
+	size int
 }
+
+// Size reports the bytes of the bodies the history holds.
+func (h *History) Size() int { return h.size }
 
 // Expire drops expired entries from the front. Entries are recorded in
 // time order with one TTL per call, so the oldest expire first except when
@@ -38,6 +43,9 @@ func (h *History) drop(n int) {
 		return
 	}
 	h.dropped = h.entries[n-1].ID
+	for _, e := range h.entries[:n] {
+		h.size -= len(e.Body)
+	}
 	clear(h.entries[:n])
 	h.entries = h.entries[n:]
 }
@@ -53,12 +61,15 @@ func (h *History) Add(e store.Message, maxLen int) {
 	}
 	if cap(h.entries) == len(h.entries) && len(h.entries) > 0 {
 		// Compact into a fresh array so that dropped entries do not pin
-		// the old one.
-		grown := make([]store.Message, len(h.entries), min(2*len(h.entries), maxLen))
+		// the old one, with a quarter of maxLen to spare: a full history
+		// trims one entry per Add, and without room each Add would copy
+		// the whole history.
+		grown := make([]store.Message, len(h.entries), min(2*len(h.entries), maxLen)+maxLen/4+1)
 		copy(grown, h.entries)
 		h.entries = grown
 	}
 	h.entries = append(h.entries, e)
+	h.size += len(e.Body)
 }
 
 // Since returns a copy of up to max entries (all when max <= 0) with ids
