@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/postern/postern/internal/server"
 	"github.com/postern/postern/internal/servertest"
 	"github.com/postern/postern/internal/store/redisstore/redistest"
 )
@@ -253,4 +255,50 @@ func TestClusterFailoverUnderLoad(t *testing.T) {
 			}
 			return n
 		}(), log.errs.Load(), again)
+}
+
+// TestUnconfirmedWriteAnswers503: with --redis-wait-replicas a produce
+// that the replicas do not confirm in time is answered 503 with a
+// one-line body that says it may have happened; a take, which does not
+// wait, still works and hands it out.
+func TestUnconfirmedWriteAnswers503(t *testing.T) {
+	master := redistest.Start(t, redistest.Options{})
+	replica := redistest.Start(t, redistest.Options{ReplicaOf: master.Addr})
+	if err := replica.WaitSynced(redistest.ClusterTimeout); err != nil {
+		t.Fatal(err)
+	}
+	cfg := servertest.Config()
+	cfg.Store = master.URL()
+	cfg.RedisWaitReplicas = 1
+	cfg.RedisWaitTimeout = 100 * time.Millisecond
+	node := servertest.Start(t, cfg)
+	c := &http.Client{Timeout: 10 * time.Second}
+	if r, err := do(c, "POST", node.URL+"/t/w", "confirmed"); err != nil || r.status != 201 {
+		t.Fatalf("produce with the replica confirming: %v %v", r, err)
+	}
+	replica.Kill(t)
+	r, err := do(c, "POST", node.URL+"/t/w", "unconfirmed")
+	if err != nil || !clean503(r) || !strings.Contains(r.body, "may have happened") {
+		t.Fatalf("produce with the replica gone: %v %v, want a one-line 503 that says it may have happened", r, err)
+	}
+	for _, want := range []string{"confirmed", "unconfirmed"} {
+		if r, err := do(c, "GET", node.URL+"/t/w", ""); err != nil || r.status != 200 || r.body != want {
+			t.Fatalf("consume: %v %v, want %q", r, err, want)
+		}
+	}
+}
+
+// TestWaitReplicasNeedsRedis: --redis-wait-replicas on another engine is
+// a mistake, refused at start with a line that says what to do.
+func TestWaitReplicasNeedsRedis(t *testing.T) {
+	cfg := servertest.Config()
+	cfg.RedisWaitReplicas = 1
+	srv, err := server.New(cfg)
+	if err == nil {
+		srv.Shutdown(context.Background())
+		t.Fatal("a memory node started with --redis-wait-replicas 1")
+	}
+	if !strings.Contains(err.Error(), "--redis-wait-replicas needs a Redis store") || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("error: %v", err)
+	}
 }

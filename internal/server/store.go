@@ -39,6 +39,10 @@ type StoreOptions struct {
 // sentinels); see redisstore.Open.
 func OpenStore(spec string, o StoreOptions) (store.Engine, error) {
 	scheme, rest, _ := strings.Cut(spec, ":")
+	isRedis := scheme == "redis" || scheme == "rediss" || scheme == "redis-sentinel"
+	if o.RedisWaitReplicas != 0 && !isRedis {
+		return nil, fmt.Errorf("--redis-wait-replicas needs a Redis store, not %q: leave it 0, or use --store redis://...", redact(spec))
+	}
 	switch scheme {
 	case "memory", "mem":
 		return memstore.New(memstore.Options{}), nil
