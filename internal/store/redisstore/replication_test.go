@@ -77,17 +77,20 @@ func TestSentinelFollowsFailover(t *testing.T) {
 		t.Fatalf("sentinels name %s as master before any failover, not %s", old.Addr, sen.Servers[0].Addr)
 	}
 	old.Kill(t)
+	killed := time.Now()
 	promoted, err := sen.WaitFailover(old, failoverTimeout)
 	if err != nil {
 		t.Fatal(err)
 	}
+	took := time.Since(killed)
 	// Writes fail with ErrUnavailable until the store follows, then work:
 	// the other replica follows the new master, so WAIT 1 is met again.
 	failures := retryUntil(t, "append after the failover", func() error {
 		_, err := s.Append(ctx, "t/failover", store.Message{Body: []byte("after")}, store.AppendOptions{})
 		return err
 	})
-	t.Logf("master %s killed, %s promoted; %d appends failed meanwhile", old.Addr, promoted.Addr, failures)
+	t.Logf("master %s killed: %s promoted after %v, the store wrote again after %v; %d appends failed meanwhile",
+		old.Addr, promoted.Addr, took.Round(time.Millisecond), time.Since(killed).Round(time.Millisecond), failures)
 	for i := range n {
 		m, ok, err := s.Take(ctx, "t/failover", store.TakeDelete)
 		if err != nil || !ok || string(m.Body) != fmt.Sprint("m", i) {
