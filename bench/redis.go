@@ -9,9 +9,11 @@ import (
 	"context"
 	"encoding/csv"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -135,7 +137,21 @@ var harnessCalls = map[string]bool{
 
 // commandCounts sums INFO commandstats over the masters: calls sent by
 // clients (scripts, PUBLISH and plain commands), and commands scripts ran.
-func (d *deployment) commandCounts() (calls, scripted float64, err error) {
+// With POSTERN_BENCH_REDIS_COMMANDS set it prints every command's count
+// per msgs.
+func (d *deployment) commandCounts(msgs float64) (calls, scripted float64, err error) {
+	each := map[string]float64{}
+	defer func() {
+		if os.Getenv("POSTERN_BENCH_REDIS_COMMANDS") == "" || err != nil {
+			return
+		}
+		names := slices.Sorted(maps.Keys(each))
+		var b strings.Builder
+		for _, n := range names {
+			fmt.Fprintf(&b, " %s=%.2f", n, each[n]/msgs)
+		}
+		fmt.Fprintf(os.Stderr, "  Redis commands per delivered msg:%s\n", b.String())
+	}()
 	for _, s := range d.masters {
 		r, err := s.Do("INFO", "commandstats")
 		if err != nil {
@@ -152,6 +168,7 @@ func (d *deployment) commandCounts() (calls, scripted float64, err error) {
 				continue
 			}
 			n, _ := strconv.ParseFloat(strings.SplitN(rest, ",", 2)[0], 64)
+			each[name] += n
 			if clientCalls[top] {
 				calls += n
 			} else {
@@ -252,14 +269,14 @@ func scalePoint(ctx context.Context, dep *deployment, n int, o Options) (scaleRe
 		return scaleResult{}, err
 	}
 	cpu1 := dep.cpu()
-	calls, scripted, err := dep.commandCounts()
-	if err != nil {
-		return scaleResult{}, err
-	}
 	if consumed == 0 {
 		return scaleResult{}, fmt.Errorf("%d nodes: nothing delivered", n)
 	}
 	msgs := float64(consumed)
+	calls, scripted, err := dep.commandCounts(msgs)
+	if err != nil {
+		return scaleResult{}, err
+	}
 	return scaleResult{
 		delivered: msgs / elapsed.Seconds(),
 		cpuPerMsg: (cpu1 - cpu0) / msgs * 1e6,
