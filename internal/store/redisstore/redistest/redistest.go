@@ -264,21 +264,39 @@ func synced(addr string) (master string, err error) {
 		return "", fmt.Errorf("%s: master link %s", addr, st)
 	}
 	master = net.JoinHostPort(infoField(info, "master_host"), infoField(info, "master_port"))
-	minfo, err := doString(master, "INFO", "replication")
+	minfo, err := doString(master, "INFO", "replication", "cluster")
 	if err != nil {
 		return "", err
 	}
 	_, port, _ := net.SplitHostPort(addr)
+	online, replicas := false, 0
 	for i := range 16 {
 		v := infoField(minfo, fmt.Sprint("slave", i))
 		if v == "" {
 			break
 		}
-		if strings.Contains(","+v+",", ",port="+port+",") && strings.Contains(","+v+",", ",state=online,") {
-			return master, nil
+		if strings.Contains(","+v+",", ",state=online,") {
+			replicas++
+			online = online || strings.Contains(","+v+",", ",port="+port+",")
 		}
 	}
-	return "", fmt.Errorf("%s: master %s does not count it online yet", addr, master)
+	if !online {
+		return "", fmt.Errorf("%s: master %s does not count it online yet", addr, master)
+	}
+	if infoField(minfo, "cluster_enabled") == "1" {
+		// A key the master serves would have to be found first.
+		return master, nil
+	}
+	// Right after the first sync a replica may not acknowledge a write for
+	// up to a second: they are in sync once they all confirm one.
+	r, err := doAll(master, []string{"SET", "redistest:synced", "1", "PX", "1000"}, []string{"WAIT", fmt.Sprint(replicas), "100"})
+	if err != nil {
+		return "", err
+	}
+	if n, _ := r[1].(int64); n < int64(replicas) {
+		return "", fmt.Errorf("%s: %d of %d replicas of %s confirm a write", addr, n, replicas, master)
+	}
+	return master, nil
 }
 
 // Do sends the server one command on a connection of its own and returns

@@ -24,6 +24,16 @@ func (e RedisError) Error() string { return string(e) }
 // []any, or a RedisError as the error. The harness uses it to set servers
 // up and to watch them; it is no client for the code under test.
 func do(addr string, args ...string) (any, error) {
+	r, err := doAll(addr, args)
+	if err != nil {
+		return nil, err
+	}
+	return r[0], nil
+}
+
+// doAll sends commands one after another on one connection and returns
+// the replies (WAIT counts the writes of its own connection).
+func doAll(addr string, cmds ...[]string) ([]any, error) {
 	c, err := net.DialTimeout("tcp", addr, time.Second)
 	if err != nil {
 		return nil, err
@@ -31,14 +41,23 @@ func do(addr string, args ...string) (any, error) {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(commandTimeout))
 	var b strings.Builder
-	fmt.Fprintf(&b, "*%d\r\n", len(args))
-	for _, a := range args {
-		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+	for _, args := range cmds {
+		fmt.Fprintf(&b, "*%d\r\n", len(args))
+		for _, a := range args {
+			fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+		}
 	}
 	if _, err := io.WriteString(c, b.String()); err != nil {
 		return nil, err
 	}
-	return readReply(bufio.NewReader(c))
+	rd := bufio.NewReader(c)
+	out := make([]any, len(cmds))
+	for i := range out {
+		if out[i], err = readReply(rd); err != nil {
+			return out, err
+		}
+	}
+	return out, nil
 }
 
 // doString is do for commands whose reply is a string (or an integer,
