@@ -39,7 +39,7 @@ import (
 
 	"github.com/coder/websocket"
 
-	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/node"
 )
 
 const benchChildEnv = "POSTERN_BENCH_CHANNELS_CHILD"
@@ -194,7 +194,7 @@ func runChild(kind string) int {
 	var serve func(net.Listener) error
 	switch kind {
 	case "postern", "tunnel":
-		cfg := server.DefaultConfig()
+		cfg := node.DefaultConfig()
 		cfg.Store = "memory"
 		if st := os.Getenv(childStoreEnv); st != "" {
 			cfg.Store = st
@@ -207,7 +207,7 @@ func runChild(kind string) int {
 		// 127.0.0.1, where a deployment's come from many addresses.
 		cfg.MaxConnectionsPerAddr = -1
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-		srv, err := server.New(cfg)
+		srv, err := node.New(cfg)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "bench child:", err)
 			return 1

@@ -20,7 +20,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/node"
 	"github.com/postern/postern/internal/store/redisstore/redistest"
 )
 
@@ -188,10 +188,10 @@ type scaleResult struct {
 }
 
 // startNodes starts n postern nodes on url.
-func startNodes(url string, n int, tweak func(*server.Config)) ([]*node, error) {
-	var nodes []*node
+func startNodes(url string, n int, tweak func(*node.Config)) ([]*benchNode, error) {
+	var nodes []*benchNode
 	for i := range n {
-		cfg := server.DefaultConfig()
+		cfg := node.DefaultConfig()
 		cfg.Store = url
 		cfg.NodeID = fmt.Sprint("bench-", i)
 		cfg.ClusterInsecure = true
@@ -211,7 +211,7 @@ func startNodes(url string, n int, tweak func(*server.Config)) ([]*node, error) 
 	return nodes, nil
 }
 
-func stopNodes(nodes []*node) {
+func stopNodes(nodes []*benchNode) {
 	for _, n := range nodes {
 		n.stop()
 	}
@@ -222,7 +222,7 @@ func stopNodes(nodes []*node) {
 // producer on one node and the consumer on the next, so that with more
 // than one node every message crosses nodes through Redis and most
 // consumes are woken by another node. It returns the messages consumed.
-func deliver(ctx context.Context, nodes []*node, conns int, d time.Duration) (consumed int64, elapsed time.Duration, err error) {
+func deliver(ctx context.Context, nodes []*benchNode, conns int, d time.Duration) (consumed int64, elapsed time.Duration, err error) {
 	c := httpClient(conns)
 	defer c.CloseIdleConnections()
 	body := strings.Repeat("x", 256)
@@ -455,7 +455,7 @@ func runWaitReplicas(ctx context.Context, o Options) ([]Figure, error) {
 		return nil, err
 	}
 	run := func(wait int) (float64, error) {
-		nodes, err := startNodes(master.URL(), 2, func(c *server.Config) { c.RedisWaitReplicas = wait })
+		nodes, err := startNodes(master.URL(), 2, func(c *node.Config) { c.RedisWaitReplicas = wait })
 		if err != nil {
 			return 0, err
 		}

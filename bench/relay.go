@@ -17,8 +17,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/postern/postern/internal/gcrrelay/gcrclient"
-	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/node"
+	gcrclient "github.com/postern/postern/internal/relay/gcr/client"
 )
 
 func init() {
@@ -141,7 +141,7 @@ func proxyChain(target string, n int) (string, func(), error) {
 // through the node under the name "bench".
 type relaySetup struct {
 	backend string
-	node    *node
+	node    *benchNode
 	stop    func()
 }
 
@@ -155,7 +155,7 @@ func startRelay(ctx context.Context, h http.Handler, o gcrclient.Options) (*rela
 		return nil, err
 	}
 	labelPart(ctx, "node")
-	n, err := startNode(server.DefaultConfig())
+	n, err := startNode(node.DefaultConfig())
 	labelPart(ctx, "relayclient")
 	if err != nil {
 		stopBackend()

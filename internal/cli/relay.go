@@ -7,7 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/postern/postern/internal/gcrrelay/gcrclient"
+	gcrclient "github.com/postern/postern/internal/relay/gcr/client"
 )
 
 func (a *app) relayCmd() *cobra.Command {

@@ -18,8 +18,8 @@ import (
 	"time"
 
 	"github.com/postern/postern/internal/cli"
-	"github.com/postern/postern/internal/gcrrelay/wire"
-	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/node"
+	"github.com/postern/postern/internal/relay/gcr/wire"
 )
 
 // backendServer is the service behind NAT: it answers with what it got.
@@ -97,7 +97,7 @@ func TestRelayNeedsItsGrant(t *testing.T) {
 	tokens := filepath.Join(t.TempDir(), "tokens.toml")
 	os.WriteFile(tokens, []byte("[[token]]\nname = \"robot\"\nsecret = \"robot-secret-000001\"\n[[token.grant]]\nactions = [\"serve\"]\npaths = [\"/relay/robot-1\"]\n"+
 		"[[anonymous.grant]]\nactions = [\"call\"]\npaths = [\"/relay/*\"]\n"), 0o600)
-	n := startNode(t, func(c *server.Config) { c.TokenFile = tokens })
+	n := startNode(t, func(c *node.Config) { c.TokenFile = tokens })
 	be := backendServer(t)
 	r := runBin(t, nil, "", "relay", "--server", n.URL, "--name", "robot-1", be.URL)
 	if r.code != cli.ExitDenied || !strings.Contains(r.stderr, `postern relay: 403: serving "robot-1" needs a token granted "serve" on /relay/robot-1 (--token or POSTERN_TOKEN)`) {

@@ -11,9 +11,9 @@ import (
 
 	"github.com/postern/postern/client"
 	"github.com/postern/postern/internal/expose/brickchain"
+	"github.com/postern/postern/internal/node"
 	"github.com/postern/postern/internal/relay"
 	"github.com/postern/postern/internal/relay/relaytest"
-	"github.com/postern/postern/internal/server"
 	"github.com/postern/postern/internal/servertest"
 )
 
@@ -26,15 +26,15 @@ import (
 func TestTwoNodes(t *testing.T) {
 	t.Run("directory", func(t *testing.T) {
 		dir := relaytest.NewDirectory()
-		testTwoNodes(t, func(c *server.Config) { c.Directory = dir })
+		testTwoNodes(t, func(c *node.Config) { c.Directory = dir })
 	})
 	servertest.ForEachSharedEngine(t, func(t *testing.T, e servertest.Engine) {
-		testTwoNodes(t, func(c *server.Config) { c.Store = e.Store })
+		testTwoNodes(t, func(c *node.Config) { c.Store = e.Store })
 	})
 }
 
-func testTwoNodes(t *testing.T, shared func(*server.Config)) {
-	a, b := node(t, shared), node(t, shared)
+func testTwoNodes(t *testing.T, shared func(*node.Config)) {
+	a, b := startNode(t, shared), startNode(t, shared)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	listed := func(name string) {
@@ -103,12 +103,12 @@ func testTwoNodes(t *testing.T, shared func(*server.Config)) {
 func TestForwardingMarksAreSigned(t *testing.T) {
 	dir := relaytest.NewDirectory()
 	policy := shopPolicy(t)
-	shared := func(secret string) func(c *server.Config) {
-		return func(c *server.Config) { c.Directory, c.Policy, c.ClusterSecret = dir, policy, secret }
+	shared := func(secret string) func(c *node.Config) {
+		return func(c *node.Config) { c.Directory, c.Policy, c.ClusterSecret = dir, policy, secret }
 	}
-	a := node(t, shared("the-cluster-secret-0123456789"))
-	b := node(t, shared("the-cluster-secret-0123456789"))
-	other := node(t, shared("another-cluster-secret-0123456789"))
+	a := startNode(t, shared("the-cluster-secret-0123456789"))
+	b := startNode(t, shared("the-cluster-secret-0123456789"))
+	other := startNode(t, shared("another-cluster-secret-0123456789"))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	cl, _ := client.New(a.URL, client.WithToken("agent-secret-0123456789"))

@@ -17,8 +17,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
+	"github.com/postern/postern/internal/capability"
 	"github.com/postern/postern/internal/store"
 )
 
@@ -30,11 +29,12 @@ const WakeTopic = "postern:queue:wake"
 // as for "nothing arrived".
 var ErrShuttingDown = errors.New("server shutting down")
 
-// Options configures a Core.
-type Options struct {
-	// Metrics receives the core's metrics; nil registers none.
-	Metrics prometheus.Registerer
-}
+// Options configures a Core. It has no settings yet: the queue's limits
+// are its callers' (store.AppendOptions).
+type Options struct{}
+
+// Validate reports the first setting that makes no sense.
+func (o *Options) Validate() error { return nil }
 
 // Core is the queue core. It is safe for concurrent use.
 type Core struct {
@@ -69,15 +69,19 @@ type signal struct {
 
 func newSignal() *signal { return &signal{ch: make(chan struct{})} }
 
-// New returns a core on st. If st implements store.Fanout, the core
-// subscribes to WakeTopic; Shutdown ends the subscription.
-func New(st store.Engine, opts Options) (*Core, error) {
+// New returns a core on st, its metrics on deps.Registry. If st implements
+// store.Fanout, the core subscribes to WakeTopic; Shutdown ends the
+// subscription.
+func New(st store.Engine, opts Options, deps capability.Deps) (*Core, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
 	c := &Core{
 		st:      st,
 		waiters: make(map[string]*waitSet),
 		closing: make(chan struct{}),
 	}
-	c.m = newMetrics(opts.Metrics, c, st)
+	c.m = newMetrics(deps.Registry, c, st)
 	if fan, ok := st.(store.Fanout); ok {
 		c.fan = fan
 		cancel, err := fan.Subscribe(context.Background(), WakeTopic, func(key []byte) { c.wake(string(key)) })

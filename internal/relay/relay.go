@@ -35,16 +35,17 @@
 //
 // # Several nodes
 //
-// When the hub has a store.Directory (engines shared by several nodes), it
+// When the hub has a store.Directory (capability.Deps.Directory: engines
+// shared by several nodes), it
 // lists every name with a local backend under its namespace and this node's
 // advertised internal URL, renewing the entries while the backends live.
 // A request for a name with no local backend is forwarded, as plain HTTP
 // with its original path, query and Host, to a node that holds the name;
 // ForwardedHeader marks it so that the receiving node serves it locally or
 // answers "no backend", and never forwards it again. The mark is signed
-// with the secret the nodes share (Options.Mark, internal/cluster); the
-// receiving node's server drops a mark that does not verify, so a user
-// cannot claim to be a node. The receiving node's front door still parses
+// with the secret the nodes share (capability.Deps.Cluster,
+// internal/cluster); the receiving node drops a mark that does not verify,
+// so a user cannot claim to be a node. The receiving node's front door still parses
 // and authorizes the forwarded request exactly as it would a direct one
 // (the user's token travels with it, and is removed only when the request
 // reaches its backend), so a node grants nothing on another's word. A local backend
@@ -64,6 +65,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/postern/postern/internal/capability"
 	"github.com/postern/postern/internal/cluster"
 	"github.com/postern/postern/internal/httpapi"
 	"github.com/postern/postern/internal/store"
@@ -71,7 +73,7 @@ import (
 
 // ForwardedHeader marks a request that one node forwarded to another. Its
 // value is the namespace of the hub that forwarded it, signed when the
-// hub has Options.Mark (see internal/cluster).
+// node has cluster keys (see internal/cluster).
 const ForwardedHeader = cluster.Header
 
 // Defaults of the hub's options.
@@ -99,14 +101,11 @@ const (
 	DefaultFlushInterval = 10 * time.Millisecond
 )
 
-// Options configures a Hub.
+// Options configures a Hub. A zero duration takes its Default*.
 type Options struct {
 	// Namespace names the hub's names in the directory and the metrics
 	// ("relay", "expose").
 	Namespace string
-	// Directory, when set, makes the hub announce its backends to other
-	// nodes and forward requests for names it does not hold.
-	Directory store.Directory
 	// AdvertiseURL is this node's internal base URL ("http://10.0.0.5:8080")
 	// that other nodes forward to. It may also be set later with
 	// SetAdvertiseURL; until it is, nothing is announced.
@@ -125,17 +124,6 @@ type Options struct {
 	// most this late, 0 leaves it to the buffers. Responses of unknown
 	// length and event streams are flushed at every write in any case.
 	FlushInterval time.Duration
-	// Mark, when set, returns the value of ForwardedHeader for out, a
-	// request forwarded to another node in namespace ns: the node's signed
-	// mark (internal/cluster). Nil: the namespace alone. The hub takes any
-	// request carrying ForwardedHeader as forwarded by a node, so whoever
-	// serves the hub removes the header from requests whose mark does not
-	// verify (internal/server does, with the cluster secret).
-	Mark func(ns string, out *http.Request) string
-	// Metrics receives the hub's measurements; nil: not exported.
-	Metrics *Metrics
-	// Logger receives the hub's logs; nil: slog.Default().
-	Logger *slog.Logger
 }
 
 // DefaultOptions returns the defaults for namespace ns.
@@ -150,31 +138,19 @@ func DefaultOptions(ns string) Options {
 	}
 }
 
-func (o *Options) fill() error {
+// Validate fills the durations left zero with their defaults and reports
+// the first setting that makes no sense.
+func (o *Options) Validate() error {
 	d := DefaultOptions(o.Namespace)
 	if o.Namespace == "" {
 		return errors.New("relay: namespace is missing")
 	}
-	if o.RegisterTTL == 0 {
-		o.RegisterTTL = d.RegisterTTL
-	}
-	if o.DirectoryTimeout == 0 {
-		o.DirectoryTimeout = d.DirectoryTimeout
-	}
-	if o.ForwardDialTimeout == 0 {
-		o.ForwardDialTimeout = d.ForwardDialTimeout
-	}
-	if o.ForwardHeaderTimeout == 0 {
-		o.ForwardHeaderTimeout = d.ForwardHeaderTimeout
-	}
+	capability.Default(&o.RegisterTTL, d.RegisterTTL)
+	capability.Default(&o.DirectoryTimeout, d.DirectoryTimeout)
+	capability.Default(&o.ForwardDialTimeout, d.ForwardDialTimeout)
+	capability.Default(&o.ForwardHeaderTimeout, d.ForwardHeaderTimeout)
 	if o.RegisterTTL < 0 || o.DirectoryTimeout < 0 || o.ForwardDialTimeout < 0 || o.ForwardHeaderTimeout < 0 {
 		return errors.New("relay: timeouts must not be negative")
-	}
-	if o.Logger == nil {
-		o.Logger = slog.Default()
-	}
-	if o.Metrics == nil {
-		o.Metrics = NewMetrics(nil)
 	}
 	return nil
 }
@@ -227,6 +203,8 @@ type Target struct {
 // Hub is a registry of named backends and the user side of every relay.
 type Hub struct {
 	opts    Options
+	dir     store.Directory // nil: this node alone
+	keys    *cluster.Keys   // nil: forwarding marks are not signed
 	log     *slog.Logger
 	m       *hubMetrics
 	proxy   *httputil.ReverseProxy
@@ -248,15 +226,23 @@ type Hub struct {
 	shutdownErr  error
 }
 
-// New returns a hub.
-func New(opts Options) (*Hub, error) {
-	if err := opts.fill(); err != nil {
+// New returns a hub. With deps.Directory it announces its backends to the
+// other nodes and forwards requests for names it does not hold, marked
+// with deps.Cluster's signature. The hub takes any request carrying
+// ForwardedHeader as forwarded by a node, so whoever serves the hub
+// removes the header from requests whose mark does not verify (the node
+// does, with the cluster secret). Its metrics carry the namespace label,
+// so several hubs share one registry.
+func New(opts Options, deps capability.Deps) (*Hub, error) {
+	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
 	h := &Hub{
 		opts:         opts,
-		log:          opts.Logger,
-		m:            opts.Metrics.forNamespace(opts.Namespace),
+		dir:          deps.Directory,
+		keys:         deps.Cluster,
+		log:          deps.Log(),
+		m:            newMetrics(deps, opts.Namespace),
 		backends:     make(map[string][]*Registration),
 		calls:        make(map[*call]struct{}),
 		drained:      make(chan struct{}),
@@ -272,7 +258,7 @@ func New(opts Options) (*Hub, error) {
 		ModifyResponse: h.modifyResponse,
 		ErrorLog:       slog.NewLogLogger(h.log.Handler(), slog.LevelDebug),
 	}
-	if opts.Directory != nil {
+	if h.dir != nil {
 		h.forward = newForwardTransport(opts)
 		h.announce = newAnnouncer(h)
 	}
@@ -398,6 +384,17 @@ func (h *Hub) Backends() map[string]int {
 		out[n] = len(list)
 	}
 	return out
+}
+
+// Local returns the RoundTripper of a backend registered for name on this
+// node (the one with the fewest requests in flight), or nil: for a front
+// door whose backends serve some requests in their own way (a Brickchain
+// agent's websockets).
+func (h *Hub) Local(name string) http.RoundTripper {
+	if r := h.pick(name); r != nil {
+		return r.rt
+	}
+	return nil
 }
 
 // pick returns the local backend for name with the fewest requests in

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
 
+	"github.com/postern/postern/internal/capability"
 	"github.com/postern/postern/internal/httpapi"
 	"github.com/postern/postern/internal/relay"
 	"github.com/postern/postern/internal/relay/relaytest"
@@ -53,12 +54,11 @@ func startNode(t *testing.T, dir *relaytest.Directory, mutate ...func(*relay.Opt
 	for _, m := range mutate {
 		m(&opts)
 	}
-	opts.Metrics = relay.NewMetrics(reg)
-	opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	deps := capability.Deps{Registry: reg, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	if dir != nil {
-		opts.Directory = dir
+		deps.Directory = dir
 	}
-	hub, err := relay.New(opts)
+	hub, err := relay.New(opts, deps)
 	if err != nil {
 		t.Fatal(err)
 	}
