@@ -141,6 +141,7 @@ var harnessCalls = map[string]bool{
 // per msgs.
 func (d *deployment) commandCounts(msgs float64) (calls, scripted float64, err error) {
 	each := map[string]float64{}
+	usec := map[string]float64{} // time Redis spent running each, µs
 	defer func() {
 		if os.Getenv("POSTERN_BENCH_REDIS_COMMANDS") == "" || err != nil {
 			return
@@ -151,6 +152,13 @@ func (d *deployment) commandCounts(msgs float64) (calls, scripted float64, err e
 			fmt.Fprintf(&b, " %s=%.2f", n, each[n]/msgs)
 		}
 		fmt.Fprintf(os.Stderr, "  Redis commands per delivered msg:%s\n", b.String())
+		b.Reset()
+		for _, n := range names {
+			if clientCalls[strings.SplitN(n, "|", 2)[0]] {
+				fmt.Fprintf(&b, " %s=%.1fµs", n, usec[n]/msgs)
+			}
+		}
+		fmt.Fprintf(os.Stderr, "  time Redis ran client calls per delivered msg (scripts included):%s\n", b.String())
 	}()
 	for _, s := range d.masters {
 		r, err := s.Do("INFO", "commandstats")
@@ -167,8 +175,13 @@ func (d *deployment) commandCounts(msgs float64) (calls, scripted float64, err e
 			if harnessCalls[top] {
 				continue
 			}
-			n, _ := strconv.ParseFloat(strings.SplitN(rest, ",", 2)[0], 64)
+			fields := strings.Split(rest, ",")
+			n, _ := strconv.ParseFloat(fields[0], 64)
 			each[name] += n
+			if len(fields) > 1 {
+				u, _ := strconv.ParseFloat(strings.TrimPrefix(fields[1], "usec="), 64)
+				usec[name] += u
+			}
 			if clientCalls[top] {
 				calls += n
 			} else {
@@ -217,23 +230,36 @@ func stopNodes(nodes []*benchNode) {
 	}
 }
 
-// deliver runs the produce and consume load on nodes for d: connections
-// in pairs, a producer and a long-polling consumer of one tunnel, the
+// deliver runs the produce and consume load on nodes: connections in
+// pairs, a producer and a long-polling consumer of one tunnel, the
 // producer on one node and the consumer on the next, so that with more
 // than one node every message crosses nodes through Redis and most
-// consumes are woken by another node. It returns the messages consumed.
+// consumes are woken by another node. Producers stop after d; consumers
+// go on until every message produced is consumed (for at most d more),
+// so that what Redis did is what delivering those messages took. It
+// returns the messages consumed and the time taken.
 func deliver(ctx context.Context, nodes []*benchNode, conns int, d time.Duration) (consumed int64, elapsed time.Duration, err error) {
 	c := httpClient(conns)
 	defer c.CloseIdleConnections()
 	body := strings.Repeat("x", 256)
-	var got atomic.Int64
-	res, err := closedLoop(ctx, conns, d, func(ctx context.Context, w, seq int) error {
+	var produced, got, last atomic.Int64 // last: when the latest message was consumed, ns after start
+	ctx, drained := context.WithCancel(ctx)
+	defer drained()
+	start := time.Now()
+	_, err = closedLoop(ctx, conns, 2*d, func(ctx context.Context, w, seq int) error {
 		pair := w / 2
 		tunnel := fmt.Sprint("/t/bench", pair%redisTunnels)
 		if w%2 == 0 {
+			if time.Since(start) > d {
+				return errDrained
+			}
 			req, _ := http.NewRequestWithContext(ctx, "POST", nodes[pair%len(nodes)].URL+tunnel, strings.NewReader(body))
 			req.Header.Set("Content-Type", "text/plain")
-			return expect(c, req, http.StatusCreated)
+			if err := expect(c, req, http.StatusCreated); err != nil {
+				return err
+			}
+			produced.Add(1)
+			return nil
 		}
 		req, _ := http.NewRequestWithContext(ctx, "GET", nodes[(pair+1)%len(nodes)].URL+tunnel+"/poll?timeout=1", nil)
 		resp, err := c.Do(req)
@@ -243,14 +269,19 @@ func deliver(ctx context.Context, nodes []*benchNode, conns int, d time.Duration
 		drain(resp)
 		switch resp.StatusCode {
 		case http.StatusOK:
-			got.Add(1)
+			n := got.Add(1)
+			since := time.Since(start)
+			last.Store(int64(since))
+			if since > d && n >= produced.Load() {
+				drained() // every message produced is consumed
+			}
 		case http.StatusNoContent:
 		default:
 			return fmt.Errorf("consume: %d", resp.StatusCode)
 		}
 		return nil
 	})
-	return got.Load(), res.Elapsed, err
+	return got.Load(), time.Duration(last.Load()), err
 }
 
 // scalePoint measures n nodes on dep.
