@@ -98,8 +98,8 @@ type child struct {
 // childStoreEnv names the store of a "postern" child; unset: memory.
 const childStoreEnv = "POSTERN_BENCH_CHILD_STORE"
 
-// startChild starts a server of kind in a child process, with env added to
-// its environment.
+// startChild starts a child server of kind, with env ("K=V") added to its
+// environment.
 func startChild(kind string, env ...string) (*child, error) {
 	exe, err := os.Executable()
 	if err != nil {
@@ -226,6 +226,14 @@ func runChild(kind string) int {
 	case "baseline":
 		b := &baselineServer{conns: make(map[*baselineConn]struct{})}
 		h, stop = b, b.closeAll
+	case "relay-backend": // relay.go
+		h, stop = relayBackend(), func() {}
+	case "chain": // relay.go
+		var err error
+		if h, stop, err = proxyChainHandler(os.Getenv(chainEnv)); err != nil {
+			fmt.Fprintln(os.Stderr, "bench child:", err)
+			return 1
+		}
 	default:
 		fmt.Fprintln(os.Stderr, "bench child: unknown kind", kind)
 		return 2

@@ -18,7 +18,8 @@ import (
 const failoverTimeout = 30 * time.Second
 
 // retryUntil calls op until it succeeds, failing t when an error is not a
-// store.ErrUnavailable or when failoverTimeout passes. Failures are
+// store.ErrUnavailable or store.ErrOutcomeUnknown, or when
+// failoverTimeout passes. Failures are
 // counted. It is how a client rides out a failover.
 func retryUntil(t *testing.T, what string, op func() error) (failures int) {
 	t.Helper()
@@ -30,8 +31,8 @@ func retryUntil(t *testing.T, what string, op func() error) (failures int) {
 		if err == nil {
 			return failures
 		}
-		if !errors.Is(err, store.ErrUnavailable) {
-			t.Fatalf("%s: %v, want success or ErrUnavailable", what, err)
+		if !errors.Is(err, store.ErrUnavailable) && !errors.Is(err, store.ErrOutcomeUnknown) {
+			t.Fatalf("%s: %v, want success, ErrUnavailable or ErrOutcomeUnknown", what, err)
 		}
 		if strings.ContainsAny(err.Error(), "\r\n") {
 			t.Fatalf("%s: error of more than one line: %q", what, err)
@@ -92,20 +93,24 @@ func TestSentinelFollowsFailover(t *testing.T) {
 	t.Logf("master %s killed: %s promoted after %v, the store wrote again after %v; %d appends failed meanwhile",
 		old.Addr, promoted.Addr, took.Round(time.Millisecond), time.Since(killed).Round(time.Millisecond), failures)
 	for i := range n {
-		m, ok, err := s.Take(ctx, "t/failover", store.TakeDelete)
-		if err != nil || !ok || string(m.Body) != fmt.Sprint("m", i) {
-			t.Fatalf("message %d after the failover: %q %v %v", i, m.Body, ok, err)
+		l, ok, err := s.Take(ctx, "t/failover", store.TakeDelete, time.Minute)
+		if err != nil || !ok || string(l.Body) != fmt.Sprint("m", i) {
+			t.Fatalf("message %d after the failover: %q %v %v", i, l.Body, ok, err)
+		}
+		if err := s.Settle(ctx, "t/failover", []store.Lease{l}, true); err != nil {
+			t.Fatal(err)
 		}
 	}
-	if m, ok, err := s.Take(ctx, "t/failover", store.TakeDelete); err != nil || !ok || string(m.Body) != "after" {
-		t.Fatalf("the message appended after the failover: %q %v %v", m.Body, ok, err)
+	if l, ok, err := s.Take(ctx, "t/failover", store.TakeDelete, time.Minute); err != nil || !ok || string(l.Body) != "after" {
+		t.Fatalf("the message appended after the failover: %q %v %v", l.Body, ok, err)
 	}
 }
 
 // TestWaitReplicas: with WaitReplicas a write that stores a message is
 // acknowledged once that many replicas confirm it. When they do not in
-// time, the write fails with a *NotReplicatedError, a store.ErrUnavailable
-// that says the write may have happened (it has, on the master).
+// time, the write fails with a *NotReplicatedError, a
+// store.ErrOutcomeUnknown: the write may have happened (it has, on the
+// master).
 func TestWaitReplicas(t *testing.T) {
 	master := redistest.Start(t, redistest.Options{})
 	replica := redistest.Start(t, redistest.Options{ReplicaOf: master.Addr})
@@ -129,7 +134,7 @@ func TestWaitReplicas(t *testing.T) {
 	// master but is not acknowledged.
 	_, err = two.Append(ctx, "t/w", store.Message{Body: []byte("unconfirmed")}, store.AppendOptions{})
 	var nr *redisstore.NotReplicatedError
-	if !errors.As(err, &nr) || !errors.Is(err, store.ErrUnavailable) || nr.Confirmed != 1 || nr.Want != 2 {
+	if !errors.As(err, &nr) || !errors.Is(err, store.ErrOutcomeUnknown) || nr.Confirmed != 1 || nr.Want != 2 {
 		t.Fatalf("append waiting for 2 of 1 replicas: %v, want a NotReplicatedError (1 of 2)", err)
 	}
 	if !strings.Contains(err.Error(), "may have happened") || strings.ContainsAny(err.Error(), "\r\n") {
@@ -138,23 +143,20 @@ func TestWaitReplicas(t *testing.T) {
 	if n, err := one.Len(ctx, "t/w"); err != nil || n != 2 {
 		t.Fatalf("len after the unconfirmed append: %d %v, want 2 (it happened)", n, err)
 	}
-	// Replies and restores wait too; takes and acks do not.
-	m, ok, err := two.Take(ctx, "t/w", store.TakePending)
+	// Replies wait too; takes, settles and acks do not.
+	l, ok, err := two.Take(ctx, "t/w", store.TakePending, time.Minute)
 	if err != nil || !ok {
 		t.Fatalf("take does not wait for replicas: %v %v", ok, err)
 	}
-	if _, err := two.Reply(ctx, "t/w", m.ID, store.Message{Body: []byte("r")}, time.Minute); !errors.As(err, &nr) {
+	if _, err := two.Reply(ctx, "t/w", l.ID, store.Message{Body: []byte("r")}, time.Minute); !errors.As(err, &nr) {
 		t.Fatalf("reply waiting for 2 of 1 replicas: %v", err)
 	}
-	m, ok, err = two.Take(ctx, "t/w", store.TakeDelete)
+	l, ok, err = two.Take(ctx, "t/w", store.TakeDelete, time.Minute)
 	if err != nil || !ok {
 		t.Fatalf("take: %v %v", ok, err)
 	}
-	if err := two.Restore(ctx, "t/w", m); !errors.As(err, &nr) {
-		t.Fatalf("restore waiting for 2 of 1 replicas: %v", err)
-	}
-	if err := one.Restore(ctx, "t/w", m); err != nil {
-		t.Fatalf("restore with its replica confirming: %v", err)
+	if err := two.Settle(ctx, "t/w", []store.Lease{l}, false); err != nil {
+		t.Fatalf("settle does not wait for replicas: %v", err)
 	}
 
 	// The replica dies: nothing is confirmed any more.

@@ -5,6 +5,7 @@ import (
 	"crypto/sha1"
 	"embed"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -69,7 +70,7 @@ var (
 	scAppend  = script("queue.lua", "append.lua")
 	scTake    = script("queue.lua", "take.lua")
 	scTakeAll = script("queue.lua", "takeall.lua")
-	scRestore = script("queue.lua", "restore.lua")
+	scSettle  = script("queue.lua", "settle.lua")
 	scAck     = script("queue.lua", "ack.lua")
 	scStatus  = script("queue.lua", "status.lua")
 	scLen     = script("queue.lua", "len.lua")
@@ -109,12 +110,29 @@ func (s *Store) exec(ctx context.Context, sc *luaScript, keys []string, now int6
 	return res, nil
 }
 
+// execWrite is exec for a script that changes what a client may retry:
+// when its command may have reached Redis and no answer came, the error
+// is store.ErrOutcomeUnknown.
+func (s *Store) execWrite(ctx context.Context, sc *luaScript, keys []string, now int64, args ...string) (rueidis.RedisResult, error) {
+	res, err := s.exec(ctx, sc, keys, now, args...)
+	return res, s.outcome(res, err)
+}
+
+// outcome turns err, the error of a write whose result is res, into
+// store.ErrOutcomeUnknown when the write may have happened.
+func (s *Store) outcome(res rueidis.RedisResult, err error) error {
+	if err != nil && errors.Is(err, store.ErrUnavailable) && !unsent(res.Error()) {
+		return fmt.Errorf("%w: redis %s", store.ErrOutcomeUnknown, reason(res.Error()))
+	}
+	return err
+}
+
 // write runs sc, a script that stores something a client is told is
 // stored, and with Options.WaitReplicas waits until that many replicas
 // confirm it (WAIT on the connection that ran it).
 func (s *Store) write(ctx context.Context, sc *luaScript, keys []string, now int64, args ...string) (rueidis.RedisResult, error) {
 	if s.waitReplicas <= 0 {
-		return s.exec(ctx, sc, keys, now, args...)
+		return s.execWrite(ctx, sc, keys, now, args...)
 	}
 	if s.closed.Load() {
 		return rueidis.RedisResult{}, store.ErrClosed
@@ -149,10 +167,10 @@ func (s *Store) write(ctx context.Context, sc *luaScript, keys []string, now int
 		}
 	}
 	if err := res.Error(); err != nil {
-		return res, s.wrap(ctx, err)
+		return res, s.outcome(res, s.wrap(ctx, err))
 	}
 	if waitErr != nil {
-		return res, fmt.Errorf("%w (the write may have happened)", s.wrap(ctx, waitErr))
+		return res, fmt.Errorf("%w: redis %s while waiting for replicas (the write may have happened)", store.ErrOutcomeUnknown, reason(waitErr))
 	}
 	if acked < int64(s.waitReplicas) {
 		return res, &NotReplicatedError{Confirmed: int(acked), Want: s.waitReplicas, Within: s.waitTimeout}
@@ -162,17 +180,17 @@ func (s *Store) write(ctx context.Context, sc *luaScript, keys []string, now int
 
 // NotReplicatedError is the error of a write that Redis made but fewer
 // replicas than Options.WaitReplicas confirmed in time: it may be lost if
-// the master fails now, or it may be kept. It is a store.ErrUnavailable,
-// answered 503.
+// the master fails now, or it may be kept. It is a
+// store.ErrOutcomeUnknown, answered 503.
 type NotReplicatedError struct {
 	Confirmed, Want int
 	Within          time.Duration
 }
 
 func (e *NotReplicatedError) Error() string {
-	return fmt.Sprintf("%v: redis: %d of %d replicas confirmed the write within %v; it may have happened (a retry with the same Idempotency-Key is safe)",
-		store.ErrUnavailable, e.Confirmed, e.Want, e.Within)
+	return fmt.Sprintf("%v: redis: %d of %d replicas confirmed the write within %v",
+		store.ErrOutcomeUnknown, e.Confirmed, e.Want, e.Within)
 }
 
-// Unwrap makes the error a store.ErrUnavailable.
-func (e *NotReplicatedError) Unwrap() error { return store.ErrUnavailable }
+// Unwrap makes the error a store.ErrOutcomeUnknown.
+func (e *NotReplicatedError) Unwrap() error { return store.ErrOutcomeUnknown }
