@@ -259,7 +259,7 @@ func TestClusterFailoverUnderLoad(t *testing.T) {
 
 // TestUnconfirmedWriteAnswers503: with --redis-wait-replicas a produce
 // that the replicas do not confirm in time is answered 503 with a
-// one-line body that says it may have happened; a take, which does not
+// one-line body that says it may have been stored; a take, which does not
 // wait, still works and hands it out.
 func TestUnconfirmedWriteAnswers503(t *testing.T) {
 	master := redistest.Start(t, redistest.Options{})
@@ -278,8 +278,8 @@ func TestUnconfirmedWriteAnswers503(t *testing.T) {
 	}
 	replica.Kill(t)
 	r, err := do(c, "POST", nd.URL+"/t/w", "unconfirmed")
-	if err != nil || !clean503(r) || !strings.Contains(r.body, "may have happened") {
-		t.Fatalf("produce with the replica gone: %v %v, want a one-line 503 that says it may have happened", r, err)
+	if err != nil || !clean503(r) || !strings.Contains(r.body, "may have been stored") {
+		t.Fatalf("produce with the replica gone: %v %v, want a one-line 503 that says it may have been stored", r, err)
 	}
 	for _, want := range []string{"confirmed", "unconfirmed"} {
 		if r, err := do(c, "GET", nd.URL+"/t/w", ""); err != nil || r.status != 200 || r.body != want {

@@ -137,8 +137,8 @@ func TestWaitReplicas(t *testing.T) {
 	if !errors.As(err, &nr) || !errors.Is(err, store.ErrOutcomeUnknown) || nr.Confirmed != 1 || nr.Want != 2 {
 		t.Fatalf("append waiting for 2 of 1 replicas: %v, want a NotReplicatedError (1 of 2)", err)
 	}
-	if !strings.Contains(err.Error(), "may have happened") || strings.ContainsAny(err.Error(), "\r\n") {
-		t.Fatalf("error does not say on one line that the write may have happened: %q", err)
+	if !strings.Contains(err.Error(), "1 of 2 replicas confirmed") || strings.ContainsAny(err.Error(), "\r\n") {
+		t.Fatalf("error does not say on one line how many replicas confirmed the write: %q", err)
 	}
 	if n, err := one.Len(ctx, "t/w"); err != nil || n != 2 {
 		t.Fatalf("len after the unconfirmed append: %d %v, want 2 (it happened)", n, err)
