@@ -116,11 +116,11 @@ func (s *Store) Append(ctx context.Context, key string, m store.Message, opts st
 	if opts.KeepFirst {
 		keepFirst = "1"
 	}
-	res, err := s.write(ctx, scAppend, s.qkeys(key), now.UnixMilli(),
+	res, err := s.qwrite(ctx, scAppend, key, s.qkeys(key), now.UnixMilli(),
 		encode(exp, until, opts.DedupKey, m.ContentType, m.Body),
 		opts.DedupKey, strconv.FormatInt(exp, 10),
 		strconv.Itoa(max(opts.Limit, 0)), strconv.Itoa(max(opts.MaxLen, 0)),
-		keepFirst, strconv.Itoa(max(opts.DedupMax, 0)))
+		keepFirst, strconv.Itoa(max(opts.DedupMax, 0)), s.wakeChannel, key)
 	if err != nil {
 		return store.AppendResult{}, err
 	}
@@ -170,11 +170,27 @@ func (s *Store) token(d time.Duration) (string, int64, time.Time) {
 // Take implements store.Queues: one script takes the message and its
 // lease.
 func (s *Store) Take(ctx context.Context, key string, mode store.TakeMode, d time.Duration) (store.Lease, bool, error) {
+	return s.TakeOrPark(ctx, key, mode, d, 0)
+}
+
+// parkSlack is added to a park, for the clocks of nodes that differ: a
+// park that outlives its waiter costs one needless wake-up at most.
+const parkSlack = time.Second
+
+// TakeOrPark implements store.Parker: the take script, when it finds
+// nothing, records the park in the queue's meta hash, where appends and
+// leases given back look before they publish.
+func (s *Store) TakeOrPark(ctx context.Context, key string, mode store.TakeMode, d, park time.Duration) (store.Lease, bool, error) {
 	keys := s.qkeys(key)
 	budget := strconv.Itoa(expiredBudget)
 	for {
 		tok, t, deadline := s.token(d)
-		res, err := s.exec(ctx, scTake, keys, s.nowMS(), modeArg(mode), budget, tok)
+		now := s.now()
+		til := "0"
+		if park > 0 {
+			til = strconv.FormatInt(now.Add(park+parkSlack).UnixMilli(), 10)
+		}
+		res, err := s.qexec(ctx, scTake, key, keys, now.UnixMilli(), modeArg(mode), budget, tok, til)
 		if err != nil {
 			return store.Lease{}, false, err
 		}
@@ -206,7 +222,7 @@ func (s *Store) Take(ctx context.Context, key string, mode store.TakeMode, d tim
 // TakeAll implements store.Queues.
 func (s *Store) TakeAll(ctx context.Context, key string, limit int, d time.Duration) ([]store.Lease, error) {
 	tok, t, deadline := s.token(d)
-	res, err := s.exec(ctx, scTakeAll, s.qkeys(key), s.nowMS(), strconv.Itoa(max(limit, 0)), tok)
+	res, err := s.qexec(ctx, scTakeAll, key, s.qkeys(key), s.nowMS(), strconv.Itoa(max(limit, 0)), tok)
 	if err != nil {
 		return nil, err
 	}
@@ -228,33 +244,14 @@ func (s *Store) TakeAll(ctx context.Context, key string, limit int, d time.Durat
 	return out, nil
 }
 
-// Settle implements store.Queues: one script for all of ls.
-func (s *Store) Settle(ctx context.Context, key string, ls []store.Lease, delivered bool) error {
-	args := make([]string, 1, 1+3*len(ls))
-	args[0] = "0"
-	if delivered {
-		args[0] = "1"
-	}
-	for _, l := range ls {
-		if l.Token != 0 {
-			args = append(args, l.ID.String(), strconv.FormatInt(l.Token, 10), modeArg(l.Mode))
-		}
-	}
-	if len(args) == 1 {
-		return nil
-	}
-	_, err := s.exec(ctx, scSettle, s.qkeys(key), s.nowMS(), args...)
-	return err
-}
-
 // Ack implements store.Queues.
 func (s *Store) Ack(ctx context.Context, key string, id store.ID) (bool, error) {
-	return s.execBool(ctx, scAck, s.qkeys(key), id.String())
+	return s.execBool(ctx, scAck, key, id.String())
 }
 
 // execBool runs a write script that answers 0 or 1.
-func (s *Store) execBool(ctx context.Context, sc *luaScript, keys []string, args ...string) (bool, error) {
-	res, err := s.execWrite(ctx, sc, keys, s.nowMS(), args...)
+func (s *Store) execBool(ctx context.Context, sc *luaScript, key string, args ...string) (bool, error) {
+	res, err := s.qexecWrite(ctx, sc, key, s.qkeys(key), s.nowMS(), args...)
 	if err != nil {
 		return false, err
 	}
@@ -267,7 +264,7 @@ func (s *Store) execBool(ctx context.Context, sc *luaScript, keys []string, args
 
 // Status implements store.Queues.
 func (s *Store) Status(ctx context.Context, key string, id store.ID) (store.State, error) {
-	n, err := s.execInt(ctx, scStatus, s.qkeys(key), id.String())
+	n, err := s.execInt(ctx, scStatus, key, id.String())
 	switch {
 	case err != nil:
 		return store.StateNone, err
@@ -279,8 +276,8 @@ func (s *Store) Status(ctx context.Context, key string, id store.ID) (store.Stat
 	return store.StateNone, nil
 }
 
-func (s *Store) execInt(ctx context.Context, sc *luaScript, keys []string, args ...string) (int64, error) {
-	res, err := s.exec(ctx, sc, keys, s.nowMS(), args...)
+func (s *Store) execInt(ctx context.Context, sc *luaScript, key string, args ...string) (int64, error) {
+	res, err := s.qexec(ctx, sc, key, s.qkeys(key), s.nowMS(), args...)
 	if err != nil {
 		return 0, err
 	}
@@ -293,13 +290,13 @@ func (s *Store) execInt(ctx context.Context, sc *luaScript, keys []string, args 
 
 // Len implements store.Queues.
 func (s *Store) Len(ctx context.Context, key string) (int, error) {
-	n, err := s.execInt(ctx, scLen, s.qkeys(key))
+	n, err := s.execInt(ctx, scLen, key)
 	return int(n), err
 }
 
 // Clear implements store.Queues.
 func (s *Store) Clear(ctx context.Context, key string) (int, error) {
-	res, err := s.execWrite(ctx, scClear, s.qkeys(key), s.nowMS())
+	res, err := s.qexecWrite(ctx, scClear, key, s.qkeys(key), s.nowMS())
 	if err != nil {
 		return 0, err
 	}
@@ -318,7 +315,7 @@ func (s *Store) Reply(ctx context.Context, key string, id store.ID, r store.Mess
 	if exp > 0 {
 		ttlMS = exp - now.UnixMilli()
 	}
-	res, err := s.write(ctx, scReply, s.qkeys(key, s.replyKey(key, id)), now.UnixMilli(),
+	res, err := s.qwrite(ctx, scReply, key, s.qkeys(key, s.replyKey(key, id)), now.UnixMilli(),
 		id.String(), encode(exp, 0, "", r.ContentType, r.Body), strconv.FormatInt(ttlMS, 10))
 	if err != nil {
 		return false, err

@@ -134,6 +134,11 @@ type Options struct {
 	// WaitTimeout bounds the wait for WaitReplicas; zero means
 	// DefaultWaitTimeout.
 	WaitTimeout time.Duration
+	// SettleDelay is how long a delivery settled may wait for the next
+	// call on its queue to carry it to Redis (see DefaultSettleDelay, and
+	// owed.go); zero means DefaultSettleDelay, negative sends each
+	// settling by itself at once.
+	SettleDelay time.Duration
 }
 
 // Store is the Redis engine.
@@ -148,6 +153,9 @@ type Store struct {
 
 	waitReplicas int
 	waitTimeout  time.Duration
+	wakeChannel  string // the pub/sub channel of store.WakeTopic
+
+	owed *owed // deliveries settled and not yet sent
 
 	fan *fanout
 
@@ -160,6 +168,7 @@ type Store struct {
 var (
 	_ store.Engine    = (*Store)(nil)
 	_ store.Fanout    = (*Store)(nil)
+	_ store.Parker    = (*Store)(nil)
 	_ store.History   = (*Store)(nil)
 	_ store.Directory = (*Store)(nil)
 )
@@ -340,6 +349,11 @@ func New(copt rueidis.ClientOption, opts Options) (*Store, error) {
 		waitReplicas: opts.WaitReplicas,
 		waitTimeout:  opts.WaitTimeout,
 	}
+	s.wakeChannel = s.channel(store.WakeTopic)
+	if opts.SettleDelay == 0 {
+		opts.SettleDelay = DefaultSettleDelay
+	}
+	s.owed = newOwed(max(opts.SettleDelay, 0))
 	ctx, cancel := context.WithTimeout(context.Background(), opts.DialTimeout+opts.Timeout)
 	defer cancel()
 	if err := s.Ping(ctx); err != nil {
@@ -361,9 +375,11 @@ func (s *Store) Ping(ctx context.Context) error {
 	return s.wrap(ctx, s.c.Do(ctx, s.c.B().Ping().Build()).Error())
 }
 
-// Close implements store.Engine. It ends every subscription.
+// Close implements store.Engine. It sends the settlings it still owes
+// (see owed.go), then ends every subscription.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
+		s.closeOwed()
 		s.closed.Store(true)
 		if s.fan != nil {
 			s.fan.close()
