@@ -235,7 +235,7 @@ type Node struct {
 	shutdownOnce sync.Once
 	// startMu orders Serve's starting of the parts against Shutdown's
 	// stopping them: a Shutdown that comes first leaves nothing to start.
-	startMu sync.Mutex
+	startMu      sync.Mutex
 	shutdownErr  error
 	shutdownDone chan struct{}
 }
