@@ -41,6 +41,7 @@ import (
 	"github.com/postern/postern/internal/relay/gcr"
 	"github.com/postern/postern/internal/store"
 	"github.com/postern/postern/internal/store/filestore"
+	"github.com/postern/postern/internal/store/redisstore"
 	"github.com/postern/postern/internal/tunnel"
 	"github.com/postern/postern/internal/version"
 )
@@ -65,6 +66,12 @@ type Config struct {
 	// Store names the storage engine: "file:DIR" (durable, the default),
 	// "memory", or an engine URL (see OpenStore).
 	Store string
+	// RedisWaitReplicas > 0 makes a write to Redis that stores a message
+	// wait until that many replicas confirm it (WAIT), for at most
+	// RedisWaitTimeout (zero: redisstore.DefaultWaitTimeout); unconfirmed
+	// writes are answered 503. See redisstore.Options.WaitReplicas.
+	RedisWaitReplicas int
+	RedisWaitTimeout  time.Duration
 	// ShutdownTimeout bounds the graceful drain.
 	ShutdownTimeout time.Duration
 	// ReadHeaderTimeout bounds how long a client may take to send headers.
@@ -178,6 +185,7 @@ func DefaultConfig() Config {
 		IdleTimeout:       DefaultIdleTimeout,
 		MaxHeaderBytes:    DefaultMaxHeaderBytes,
 		NodeTTL:           DefaultNodeTTL,
+		RedisWaitTimeout:  redisstore.DefaultWaitTimeout,
 		Queue:             queue.Options{Lease: queue.DefaultLease},
 		Tunnel:            tunnel.DefaultOptions(),
 		Inbox:             inbox.DefaultOptions(),
@@ -225,6 +233,9 @@ type Node struct {
 
 	draining     atomic.Bool
 	shutdownOnce sync.Once
+	// startMu orders Serve's starting of the parts against Shutdown's
+	// stopping them: a Shutdown that comes first leaves nothing to start.
+	startMu      sync.Mutex
 	shutdownErr  error
 	shutdownDone chan struct{}
 }
@@ -297,6 +308,13 @@ func (n *Node) RelayAnnounced(name string) <-chan struct{} {
 	return n.relayHub.Announced(name)
 }
 
+// ExposeAnnounced returns a channel closed once expose agent name is
+// listed in the node directory for this node (at once without a
+// directory).
+func (n *Node) ExposeAnnounced(name string) <-chan struct{} {
+	return n.expose.Hub().Announced(name)
+}
+
 // WildcardReady returns a channel closed once the node serves the
 // expose domain's wildcard certificate (never without ACME and a DNS
 // provider): a readiness signal for tests and tools.
@@ -356,12 +374,20 @@ func (n *Node) announce(addr net.Addr, tlsOn bool) {
 // address (the node joins the directory last, so it is listed by the
 // time it says it listens).
 func (n *Node) Serve(ln net.Listener) error {
+	n.startMu.Lock()
+	if n.draining.Load() {
+		n.startMu.Unlock()
+		ln.Close()
+		<-n.shutdownDone
+		return nil
+	}
 	n.members.resolve(ln.Addr())
 	for _, p := range n.parts {
 		if p.start != nil {
 			p.start()
 		}
 	}
+	n.startMu.Unlock()
 	tlsOn := n.http.TLSConfig != nil
 	n.log.Info("connection caps", n.gate.caps.describe()...)
 	n.announce(ln.Addr(), tlsOn)
@@ -388,7 +414,9 @@ func (n *Node) Serve(ln net.Listener) error {
 func (n *Node) Shutdown(ctx context.Context) error {
 	n.shutdownOnce.Do(func() {
 		defer close(n.shutdownDone)
+		n.startMu.Lock()
 		n.draining.Store(true)
+		n.startMu.Unlock()
 		n.log.Info("draining")
 		n.shutdownErr = n.stopParts(ctx)
 		n.log.Info("stopped")
@@ -409,6 +437,5 @@ func (n *Node) stopParts(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("%s: %w", p.name, err))
 		}
 	}
-	n.parts = nil
 	return errors.Join(errs...)
 }
