@@ -54,6 +54,46 @@ type ExposeOptions struct {
 	Window    int
 	// Drain bounds how long requests in progress may finish at stop.
 	Drain time.Duration
+
+	// Access rules the server enforces before a request reaches the
+	// agent (a token policy may require or forbid each).
+	//
+	// BasicAuth, "user:password", makes users give them (HTTP basic
+	// auth: 401 with WWW-Authenticate until they do); the server removes
+	// them before the request reaches the service.
+	BasicAuth string
+	// AllowCIDR lists the only address ranges ("10.0.0.0/8",
+	// "2001:db8::/32") or addresses users are served from; others get 403.
+	AllowCIDR []string
+	// ResponseHeaders are set on every answer of the service.
+	ResponseHeaders http.Header
+}
+
+// access is o's access rules as the handshake carries them.
+func (o ExposeOptions) access() (muxconn.Access, error) {
+	var a muxconn.Access
+	var err error
+	if o.BasicAuth != "" {
+		if a.User, a.Password, err = muxconn.ParseBasicAuth(o.BasicAuth); err != nil {
+			return a, err
+		}
+	}
+	if a.Allow, err = muxconn.ParseCIDRs(o.AllowCIDR); err != nil {
+		return a, err
+	}
+	for k, vs := range o.ResponseHeaders {
+		for _, v := range vs {
+			name, value, err := muxconn.ParseResponseHeader(k + ": " + v)
+			if err != nil {
+				return a, err
+			}
+			if a.Header == nil {
+				a.Header = http.Header{}
+			}
+			a.Header.Add(name, value)
+		}
+	}
+	return a, nil
 }
 
 // PublicURLHeader is the handshake answer's header naming the public URL.
@@ -90,6 +130,9 @@ func (c *Client) Expose(ctx context.Context, o ExposeOptions) error {
 	}
 	if o.Name == "" {
 		return errors.New("expose: the agent needs a name")
+	}
+	if _, err := o.access(); err != nil {
+		return fmt.Errorf("expose: %w", err)
 	}
 	backoff := o.MinBackoff
 	for {
@@ -135,6 +178,9 @@ func (c *Client) exposeOnce(ctx context.Context, o ExposeOptions, target *url.UR
 	hdr := http.Header{}
 	if c.token != "" {
 		hdr.Set("Authorization", "Bearer "+c.token)
+	}
+	if acc, err := o.access(); err == nil {
+		acc.Write(hdr)
 	}
 	dialCtx, cancelDial := context.WithTimeout(ctx, 30*time.Second)
 	ws, resp, err := websocket.Dial(dialCtx, c.agentURL(o.Name), &websocket.DialOptions{HTTPClient: c.hc, HTTPHeader: hdr})

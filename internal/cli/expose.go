@@ -2,14 +2,18 @@ package cli
 
 import (
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/url"
+	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/postern/postern/client"
 	"github.com/postern/postern/internal/config"
+	"github.com/postern/postern/internal/expose/muxconn"
 )
 
 // agentCmd is a client verb that runs an agent: logs besides the client
@@ -59,16 +63,30 @@ drops, and stops cleanly on SIGINT or SIGTERM.
 With a token policy on the server the agent needs a token granted "serve"
 on /expose/NAME; without one, the server takes agents from its own host only
 unless it runs with --expose-anonymous-agents. Two agents with one name
-share its requests.`,
+share its requests.
+
+Access rules, enforced by the server before a request reaches the agent:
+--basic-auth user:password asks users for a password (401 until they give
+it; the server removes it before the service sees the request; prefer
+POSTERN_BASIC_AUTH, flags show in ps), --allow-cidr serves only users from
+the listed ranges (403 for others; repeat it or separate with commas), and
+--response-header 'Name: value' adds a header to every answer (repeatable).
+A token file may require or forbid each of them.`,
 		Example: `  postern expose --name demo http://localhost:3000
-  postern expose --server https://gate.example --name shop --rewrite-host http://127.0.0.1:8000`,
+  postern expose --server https://gate.example --name shop --rewrite-host http://127.0.0.1:8000
+  POSTERN_BASIC_AUTH=ann:s3cret postern expose --name staging --allow-cidr 203.0.113.0/24 http://localhost:3000
+  postern expose --name docs --response-header 'Cache-Control: no-store' http://localhost:8000`,
 		Args: exactArgs(1, "want exactly one LOCAL-URL"),
 	}
 	c := a.newAgentCmd(cmd)
-	var name string
+	var name, basicAuth string
 	var rewriteHost bool
+	var allowCIDR, respHeaders []string
 	c.fs.String(&name, "name", "`name` to expose the service under (a DNS label; default: a random one)")
 	c.fs.Bool(&rewriteHost, "rewrite-host", "send the local service its own host in the Host header, not the public one")
+	c.fs.String(&basicAuth, "basic-auth", "`user:password` users must give (HTTP basic auth) before a request reaches the service")
+	c.fs.Repeated(&allowCIDR, ",", "allow-cidr", "serve only users from these address `ranges` (10.0.0.0/8, 2001:db8::/32, 192.0.2.7; repeatable)")
+	c.fs.Repeated(&respHeaders, "\n", "response-header", "`'Name: value'` to add to every answer (repeatable; in the environment one per line)")
 	a.bind(cmd, c.fs)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		if err := localURL(args[0]); err != nil {
@@ -81,22 +99,34 @@ share its requests.`,
 		if name == "" {
 			name = randomName()
 		}
+		headers, err := accessFlags(basicAuth, allowCIDR, respHeaders)
+		if err != nil {
+			return err
+		}
 		cl, err := c.client()
 		if err != nil {
 			return err
 		}
 		ctx := cmd.Context()
 		err = cl.Expose(ctx, client.ExposeOptions{
-			Name:        name,
-			Local:       args[0],
-			RewriteHost: rewriteHost,
-			Logger:      log,
-			MinBackoff:  DefaultMinBackoff,
-			MaxBackoff:  DefaultMaxBackoff,
+			Name:            name,
+			Local:           args[0],
+			RewriteHost:     rewriteHost,
+			BasicAuth:       basicAuth,
+			AllowCIDR:       allowCIDR,
+			Logger:          log,
+			ResponseHeaders: headers,
+			MinBackoff:      DefaultMinBackoff,
+			MaxBackoff:      DefaultMaxBackoff,
 			OnReady: func(url string) {
 				fmt.Fprintf(a.env.Stdout, "Forwarding %s -> %s\n", url, args[0])
 			},
 		})
+		var ce *client.Error
+		if errors.As(err, &ce) && ce.StatusCode == http.StatusForbidden && strings.HasPrefix(ce.Message, "the grant of serve on ") {
+			// The token is granted the name, on conditions.
+			return &exitError{code: ExitDenied, msg: fmt.Sprintf("403 %s (--basic-auth, --allow-cidr, --response-header)", ce.Message)}
+		}
 		if err != nil {
 			return explain(ctx, err, c.call("serve", "/expose/"+name))
 		}
@@ -104,6 +134,31 @@ share its requests.`,
 		return nil
 	}
 	return cmd
+}
+
+// accessFlags checks the access rules' flags as the server will and
+// returns the response headers.
+func accessFlags(basicAuth string, allowCIDR, respHeaders []string) (http.Header, error) {
+	if basicAuth != "" {
+		if _, _, err := muxconn.ParseBasicAuth(basicAuth); err != nil {
+			return nil, usagef("--basic-auth: %s", strings.TrimPrefix(err.Error(), "basic auth: "))
+		}
+	}
+	if _, err := muxconn.ParseCIDRs(allowCIDR); err != nil {
+		return nil, usagef("--allow-cidr: %v", err)
+	}
+	var h http.Header
+	for _, s := range respHeaders {
+		name, value, err := muxconn.ParseResponseHeader(s)
+		if err != nil {
+			return nil, usagef("--response-header: %s", strings.TrimPrefix(err.Error(), "response header "))
+		}
+		if h == nil {
+			h = http.Header{}
+		}
+		h.Add(name, value)
+	}
+	return h, nil
 }
 
 // randomName is a name of 10 letters and digits, starting with a letter.

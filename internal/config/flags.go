@@ -124,6 +124,14 @@ func (f *FlagSet) List(p *[]string, name, usage string, aliases ...string) {
 	f.Var((*listValue)(p), name, usage, aliases...)
 }
 
+// Repeated defines a flag that may be given several times, each time
+// adding the items of its value split at sep (spaces around items
+// trimmed, empty items dropped); an environment variable's value holds
+// them all, split the same way.
+func (f *FlagSet) Repeated(p *[]string, sep, name, usage string, aliases ...string) {
+	f.Var(&repeatedValue{p: p, sep: sep}, name, usage, aliases...)
+}
+
 // ConfigFile defines the flag (and its POSTERN_* variable) that names a
 // config file whose keys are this set's flag names.
 func (f *FlagSet) ConfigFile(p *string, name, usage string) {
@@ -197,7 +205,7 @@ func (f *FlagSet) PrintDefaults(w io.Writer) {
 				name = "int"
 			case *float64Value:
 				name = "number"
-			case *listValue, *prefixesValue:
+			case *listValue, *prefixesValue, *repeatedValue:
 				name = "list"
 			case *boolValue:
 				name = ""
@@ -357,3 +365,26 @@ func (v *listValue) Set(s string) error {
 	return nil
 }
 func (v *listValue) String() string { return strings.Join(*v, ",") }
+
+type repeatedValue struct {
+	p   *[]string
+	sep string
+}
+
+func (v *repeatedValue) Set(s string) error {
+	for _, item := range strings.Split(s, v.sep) {
+		if item = strings.TrimSpace(item); item != "" {
+			*v.p = append(*v.p, item)
+		}
+	}
+	return nil
+}
+
+func (v *repeatedValue) String() string {
+	if v == nil || v.p == nil {
+		return ""
+	}
+	return strings.Join(*v.p, v.sep)
+}
+
+func (v *repeatedValue) Type() string { return "list" }
