@@ -67,6 +67,10 @@ type ExposeOptions struct {
 	AllowCIDR []string
 	// ResponseHeaders are set on every answer of the service.
 	ResponseHeaders http.Header
+
+	// Inspector, when set, records every exchange with the local service
+	// (see Inspector).
+	Inspector *Inspector
 }
 
 // access is o's access rules as the handshake carries them.
