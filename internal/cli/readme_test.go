@@ -2,6 +2,7 @@ package cli_test
 
 import (
 	"context"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -74,7 +75,11 @@ func runReadmeExpose(t *testing.T, marker string, subst ...string) {
 		line = repl.Replace(line)
 		if cmd, ok := strings.CutSuffix(strings.TrimSpace(line), "&"); ok {
 			p := startCmd(t, exec.Command("bash", "-c", "exec env "+cmd), env)
-			if l := p.line(); !strings.HasPrefix(l, "Forwarding ") {
+			l := p.line()
+			if strings.HasPrefix(l, "Inspecting ") {
+				l = p.line()
+			}
+			if !strings.HasPrefix(l, "Forwarding ") {
 				t.Fatalf("%s printed %q", cmd, l)
 			}
 			continue
@@ -97,4 +102,24 @@ func TestReadmeExposeAccessRules(t *testing.T) {
 		t.Fatal("curl is not installed (.ci/run installs it)")
 	}
 	runReadmeExpose(t, "expose-access")
+}
+
+// TestReadmeExposeInspector runs README's inspector example, on a free
+// port in place of 4040.
+func TestReadmeExposeInspector(t *testing.T) {
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Fatal("curl is not installed (.ci/run installs it)")
+	}
+	runReadmeExpose(t, "expose-inspect", "127.0.0.1:4040", freeAddr(t))
+}
+
+// freeAddr is a loopback address whose port was free a moment ago.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
