@@ -160,6 +160,9 @@ func TestExposeAccessRules(t *testing.T) {
 	if local.count() != 0 {
 		t.Fatalf("%d refused requests reached the service", local.count())
 	}
+	if got := n.Metric(t, "postern_expose_requests_total"); got != 7 {
+		t.Fatalf("postern_expose_requests_total = %v, want the 7 refusals", got)
+	}
 	// With them: served, with the rule's headers, and the service sees
 	// neither the credentials nor postern's client header.
 	for _, a := range []answer{

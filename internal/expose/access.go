@@ -124,8 +124,7 @@ func errCredentials(name string) *httpapi.Error {
 
 // check refuses a request the rules do not let through with its answer:
 // an address outside the allow-list first (who may not come is not asked
-// for a password), then missing or wrong credentials; it removes the
-// basic credentials from a request it lets through.
+// for a password), then missing or wrong credentials.
 func (a *access) check(req *http.Request) (*httpapi.Error, string) {
 	if len(a.allow) > 0 {
 		client := clientOf(req.Context())
@@ -146,20 +145,30 @@ func (a *access) check(req *http.Request) (*httpapi.Error, string) {
 		if !ok || subtle.ConstantTimeCompare(sum[:], a.sum[:]) != 1 {
 			return errCredentials(a.name), "unauthorized"
 		}
-		vs := req.Header.Values("Authorization")
-		kept := vs[:0:0]
-		for _, v := range vs {
-			if scheme, _, _ := strings.Cut(strings.TrimSpace(v), " "); !strings.EqualFold(scheme, "Basic") {
-				kept = append(kept, v)
-			}
-		}
-		if len(kept) == 0 {
-			req.Header.Del("Authorization")
-		} else {
-			req.Header["Authorization"] = kept
-		}
 	}
 	return nil, ""
+}
+
+// withoutBasic returns req without its basic credentials: a copy, since
+// the hub may hand the same request to another agent of the name (one on
+// its way out), whose rules check them again.
+func withoutBasic(req *http.Request) *http.Request {
+	if len(req.Header.Values("Authorization")) == 0 {
+		return req
+	}
+	req = req.Clone(req.Context())
+	var kept []string
+	for _, v := range req.Header.Values("Authorization") {
+		if scheme, _, _ := strings.Cut(strings.TrimSpace(v), " "); !strings.EqualFold(scheme, "Basic") {
+			kept = append(kept, v)
+		}
+	}
+	if len(kept) == 0 {
+		req.Header.Del("Authorization")
+	} else {
+		req.Header["Authorization"] = kept
+	}
+	return req
 }
 
 // guarded is an agent's backend behind its access rules: a request they
@@ -174,6 +183,9 @@ func (g guarded) RoundTrip(req *http.Request) (*http.Response, error) {
 	if e, outcome := g.acc.check(req); e != nil {
 		g.count.Request(outcome)
 		return nil, e
+	}
+	if g.acc.basic {
+		req = withoutBasic(req)
 	}
 	resp, err := g.rt.RoundTrip(req)
 	if err != nil {
