@@ -168,6 +168,7 @@ func TestExposeAccessRules(t *testing.T) {
 	for _, a := range []answer{
 		get(t, from2, n.URL+"/in", host, "Authorization", good),
 		get(t, from2, n.URL+"/proxy/request/guarded/in", "", "Authorization", good, "X-Postern-Client", "10.9.9.9"),
+		get(t, from2, n.URL+"/in", host, "Authorization", good, "Authorization", "basic\tYW5uOnMzY3JldDpwYXNz", "Authorization", " BASIC YW5uOnMzY3JldDpwYXNz"),
 	} {
 		if a.status != 200 || a.body != "hello from /in" || a.header.Get("X-Frame-Options") != "DENY" || a.header.Get("Cache-Control") != "no-store" {
 			t.Fatalf("with credentials: %d %q %v", a.status, a.body, a.header)

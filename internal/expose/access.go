@@ -159,7 +159,7 @@ func withoutBasic(req *http.Request) *http.Request {
 	req = req.Clone(req.Context())
 	var kept []string
 	for _, v := range req.Header.Values("Authorization") {
-		if scheme, _, _ := strings.Cut(strings.TrimSpace(v), " "); !strings.EqualFold(scheme, "Basic") {
+		if scheme, _, _ := strings.Cut(strings.TrimLeft(v, " \t"), " "); !strings.EqualFold(strings.SplitN(scheme, "\t", 2)[0], "Basic") {
 			kept = append(kept, v)
 		}
 	}
