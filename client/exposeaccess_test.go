@@ -57,7 +57,7 @@ func (s *seen) last() http.Header {
 
 // startExpose runs an agent with o until the test ends; it returns once
 // the agent is ready, or the error Expose returned.
-func startExpose(t *testing.T, c *client.Client, o client.ExposeOptions) error {
+func startExpose(t testing.TB, c *client.Client, o client.ExposeOptions) error {
 	t.Helper()
 	o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	ctx, cancel := context.WithCancel(context.Background())

@@ -227,16 +227,15 @@ func (in *Inspector) record(req, out *http.Request) *recording {
 		return nil
 	}
 	r := &recording{in: in, start: time.Now(), req: &capture{max: in.o.BodyBytes}}
+	sent := out.Clone(context.Background()) // headers copied: kept as they were sent
+	sent.Body = nil
 	r.e = &Exchange{
 		Time: r.start, Method: req.Method, Path: req.URL.RequestURI(), Host: req.Host,
-		Request: InspectedPart{Headers: out.Header.Clone()},
+		Request: InspectedPart{Headers: sent.Header}, sent: sent,
 	}
 	if out.Body != nil && out.Body != http.NoBody {
 		out.Body = teeBody{out.Body, r.req}
 	}
-	sent := out.Clone(context.Background())
-	sent.Body = nil
-	r.e.sent = sent
 	return r
 }
 
