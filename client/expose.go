@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -71,6 +72,24 @@ type ExposeOptions struct {
 	// Inspector, when set, records every exchange with the local service
 	// (see Inspector).
 	Inspector *Inspector
+}
+
+// ErrAccessNotEnforced stops Expose when the server did not confirm that
+// it enforces the access rules asked for (a server from before them
+// ignores them): the service is not published unguarded.
+var ErrAccessNotEnforced = errors.New("the server does not enforce the access rules asked for (it predates them): upgrade the server, or expose without them")
+
+// enforced checks the handshake answer's list of the rules the server
+// enforces against those o asks for.
+func enforced(o ExposeOptions, answer http.Header) error {
+	acc, _ := o.access()
+	confirmed := strings.Fields(answer.Get(muxconn.EnforcedHeader))
+	for _, r := range acc.Rules() {
+		if !slices.Contains(confirmed, r) {
+			return fmt.Errorf("%w (%s not confirmed)", ErrAccessNotEnforced, r)
+		}
+	}
+	return nil
 }
 
 // access is o's access rules as the handshake carries them.
@@ -146,6 +165,9 @@ func (c *Client) Expose(ctx context.Context, o ExposeOptions) error {
 			return nil
 		}
 		var perm *Error
+		if errors.Is(err, ErrAccessNotEnforced) {
+			return err
+		}
 		if errors.As(err, &perm) && perm.StatusCode >= 400 && perm.StatusCode < 500 && perm.StatusCode != http.StatusTooManyRequests {
 			return err
 		}
@@ -200,6 +222,10 @@ func (c *Client) exposeOnce(ctx context.Context, o ExposeOptions, target *url.UR
 		return err
 	}
 	public := resp.Header.Get(PublicURLHeader)
+	if err := enforced(o, resp.Header); err != nil {
+		ws.CloseNow()
+		return err
+	}
 	ws.SetReadLimit(muxconn.ReadLimit())
 	connCtx, cancelConn := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelConn()

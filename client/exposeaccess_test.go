@@ -7,11 +7,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/coder/websocket"
 
 	"github.com/postern/postern/client"
 	"github.com/postern/postern/internal/servertest"
@@ -249,5 +252,35 @@ paths = ["/expose/*"]
 	}
 	if a := get(t, http.DefaultClient, n.URL+"/", "c.expose.test"+port, "Authorization", "Basic dTpw"); a.status != 200 {
 		t.Fatalf("with credentials: %d %q", a.status, a.body)
+	}
+}
+
+// TestExposeRefusesAServerThatIgnoresItsRules: a server that takes the
+// agent without confirming the access rules it asked for (one from before
+// them) is left at once, for good: the service is never published
+// unguarded.
+func TestExposeRefusesAServerThatIgnoresItsRules(t *testing.T) {
+	var handlers sync.WaitGroup
+	old := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		handlers.Add(1)
+		defer handlers.Done()
+		w.Header().Set(client.PublicURLHeader, "http://old.example")
+		ws, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		ws.Read(r.Context()) // until the agent goes
+		ws.CloseNow()
+	}))
+	defer old.Close()
+	defer handlers.Wait()
+	c, _ := client.New(old.URL)
+	local := newSeen(t)
+	err := c.Expose(context.Background(), client.ExposeOptions{
+		Name: "x", Local: local.url, AllowCIDR: []string{"10.0.0.0/8"}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		OnReady: func(string) { t.Error("the agent reported ready") },
+	})
+	if !errors.Is(err, client.ErrAccessNotEnforced) || !strings.Contains(err.Error(), "allow-cidr not confirmed") {
+		t.Fatalf("Expose = %v", err)
 	}
 }

@@ -200,13 +200,17 @@ func (s *inspectorServer) inspector() *client.Inspector {
 	return s.ins
 }
 
-// stop closes the inspector's server (a page left open just stops
-// refreshing).
+// stop closes the inspector's server: idle connections (a page left open
+// just stops refreshing) at once, a replay in progress within a second.
 func (s *inspectorServer) stop() {
 	if s == nil {
 		return
 	}
-	s.srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if s.srv.Shutdown(ctx) != nil {
+		s.srv.Close()
+	}
 	<-s.served
 	s.ins.Close()
 }

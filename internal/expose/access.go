@@ -65,6 +65,7 @@ func clientOf(ctx context.Context) netip.Addr {
 // is kept only as the SHA-256 of "user:password", compared in constant
 // time, and never logged.
 type access struct {
+	asked  muxconn.Access // without the password
 	name   string
 	basic  bool
 	sum    [sha256.Size]byte
@@ -73,7 +74,8 @@ type access struct {
 }
 
 func newAccess(name string, a muxconn.Access) *access {
-	acc := &access{name: name, allow: a.Allow, header: a.Header}
+	acc := &access{name: name, allow: a.Allow, header: a.Header, asked: a}
+	acc.asked.Password = ""
 	if a.User != "" {
 		acc.basic = true
 		acc.sum = sha256.Sum256([]byte(a.User + ":" + a.Password))
@@ -84,14 +86,8 @@ func newAccess(name string, a muxconn.Access) *access {
 // rules are the rules a asks for, as token grants name them.
 func (a *access) rules() []auth.Rule {
 	var rs []auth.Rule
-	if a.basic {
-		rs = append(rs, auth.BasicAuth)
-	}
-	if len(a.allow) > 0 {
-		rs = append(rs, auth.AllowCIDR)
-	}
-	if len(a.header) > 0 {
-		rs = append(rs, auth.ResponseHeader)
+	for _, r := range a.asked.Rules() {
+		rs = append(rs, auth.Rule(r))
 	}
 	return rs
 }

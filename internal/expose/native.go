@@ -157,6 +157,9 @@ func (t *nativeTransport) serve(w http.ResponseWriter, r *http.Request, name, pu
 	}
 	a.reg = t.hub.Register(name, rt)
 	w.Header().Set(PublicURLHeader, public)
+	if rules := acc.asked.Rules(); len(rules) > 0 {
+		w.Header().Set(muxconn.EnforcedHeader, strings.Join(rules, " "))
+	}
 	conn, ok := t.accept(w, r, a)
 	close(a.ready)
 	if !ok {

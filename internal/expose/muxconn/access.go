@@ -24,6 +24,28 @@ const (
 	ResponseHeaderHeader = "X-Postern-Response-Header"
 )
 
+// EnforcedHeader, on the answer to the handshake, lists the access rules
+// the server enforces for the agent ("basic-auth allow-cidr"), so that an
+// agent never believes itself guarded by a server that ignored its rules
+// (one from before them).
+const EnforcedHeader = "X-Postern-Access-Rules"
+
+// Rules names the rules a asks for, as EnforcedHeader lists them and
+// token grants name them.
+func (a Access) Rules() []string {
+	var rs []string
+	if a.User != "" {
+		rs = append(rs, "basic-auth")
+	}
+	if len(a.Allow) > 0 {
+		rs = append(rs, "allow-cidr")
+	}
+	if len(a.Header) > 0 {
+		rs = append(rs, "response-header")
+	}
+	return rs
+}
+
 // Limits of the access rules.
 const (
 	MaxAllowCIDRs       = 256
