@@ -244,6 +244,10 @@ func (p *pair) answer(resp *http.Response, wrote chan error) (status int, n int6
 	}
 	err := resp.Write(writerOnly{p.sw})
 	if err == nil {
+		// Kept before the answer's last bytes leave: whoever got the
+		// answer finds it in the inspector.
+		p.rec.done()
+		p.rec = nil
 		err = p.sw.Flush()
 	}
 	if err != nil {
@@ -306,6 +310,8 @@ func (p *pair) badGateway(err error, wrote chan error) (int, int64, bool) {
 	}
 	msg := fmt.Sprintf("postern expose: the local service at %s cannot be reached: %s", p.s.target.Host, oneLineErr(err))
 	p.rec.failed(http.StatusBadGateway, msg)
+	p.rec.done()
+	p.rec = nil
 	resp := &http.Response{
 		StatusCode: http.StatusBadGateway, ProtoMajor: 1, ProtoMinor: 1, Close: true,
 		Header:        http.Header{"Content-Type": {"text/plain; charset=utf-8"}},

@@ -196,7 +196,9 @@ func (c *capture) into(p *InspectedPart) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	p.body, p.BodySize, p.BodyTruncated = c.buf, c.size, c.size > int64(len(c.buf))
+	// A copy: a request body may still be arriving (the local service
+	// answered before reading it all).
+	p.body, p.BodySize, p.BodyTruncated = append([]byte(nil), c.buf...), c.size, c.size > int64(len(c.buf))
 }
 
 // teeBody copies what is read from a request body into a capture.
@@ -266,6 +268,10 @@ func (r *recording) done() {
 	}
 	r.e.DurationMS = float64(time.Since(r.start).Microseconds()) / 1000
 	r.req.into(&r.e.Request)
+	if cl := r.e.sent.ContentLength; cl > r.e.Request.BodySize {
+		// The answer came before the whole body: not all of it is kept.
+		r.e.Request.BodyTruncated = true
+	}
 	r.resp.into(&r.e.Response)
 	r.in.add(r.e)
 }
