@@ -95,13 +95,15 @@ type child struct {
 	ctl  string // http://addr of its control endpoint
 }
 
-func startChild(kind string) (*child, error) {
+// startChild starts a child server of kind, with env ("K=V") added to its
+// environment.
+func startChild(kind string, env ...string) (*child, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(exe)
-	cmd.Env = append(os.Environ(), benchChildEnv+"="+kind)
+	cmd.Env = append(append(os.Environ(), benchChildEnv+"="+kind), env...)
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {
@@ -217,6 +219,14 @@ func runChild(kind string) int {
 	case "baseline":
 		b := &baselineServer{conns: make(map[*baselineConn]struct{})}
 		h, stop = b, b.closeAll
+	case "relay-backend": // relay.go
+		h, stop = relayBackend(), func() {}
+	case "chain": // relay.go
+		var err error
+		if h, stop, err = proxyChainHandler(os.Getenv(chainEnv)); err != nil {
+			fmt.Fprintln(os.Stderr, "bench child:", err)
+			return 1
+		}
 	default:
 		fmt.Fprintln(os.Stderr, "bench child: unknown kind", kind)
 		return 2

@@ -10,6 +10,7 @@
 //	go run ./bench -run tunnel -count 3 # scenarios matching a regexp
 //	go run ./bench -md                  # Markdown table for BENCHMARKS.md
 //	go run ./bench -run soak -count 1 -soak 10m # the soak (skipped otherwise)
+//	go run ./bench -run chaos -count 1 -chaos 50 # delivery through failures (skipped otherwise)
 //
 // All traffic goes to servers the harness starts on 127.0.0.1.
 package main
@@ -72,6 +73,9 @@ type Options struct {
 	Conns int
 	// Soak is how long the soak scenario runs; 0 skips it (it is long).
 	Soak time.Duration
+	// Chaos is how many rounds per engine the chaos scenario runs; 0
+	// skips it (it is long).
+	Chaos int
 	// Markdown asks scenarios that print their own report for Markdown.
 	Markdown bool
 }
@@ -89,6 +93,7 @@ func main() {
 	md := flag.Bool("md", false, "print a Markdown table")
 	list := flag.Bool("list", false, "list the scenarios and exit")
 	soak := flag.Duration("soak", 0, "run the soak scenario for this `duration` (0: it is skipped); alone: -run soak -count 1 -soak 10m")
+	chaosRounds := flag.Int("chaos", 0, "run the chaos scenario with this many `rounds` per engine (0: it is skipped); alone: -run chaos -count 1 -chaos 50")
 	flag.Parse()
 
 	re, err := regexp.Compile(*run)
@@ -106,7 +111,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 
-	opts := Options{Duration: *duration, Conns: *conns, Soak: *soak, Markdown: *md}
+	opts := Options{Duration: *duration, Conns: *conns, Soak: *soak, Chaos: *chaosRounds, Markdown: *md}
 	var rows []row
 	failed := false
 	for _, s := range scenarios {

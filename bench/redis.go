@@ -58,6 +58,7 @@ func runRedisTwoNodes(ctx context.Context, o Options) ([]Figure, error) {
 		cfg := node.DefaultConfig()
 		cfg.Store = fmt.Sprintf("redis://%s/0?prefix=bench:", rs.Addr)
 		cfg.NodeID = fmt.Sprint("bench-", i)
+		cfg.ClusterSecret = benchClusterSecret
 		cfg.Tunnel.MaxLen = 1_000_000
 		cfg.Tunnel.Backpressure = false
 		n, err := startNode(cfg)
@@ -225,3 +226,7 @@ func redisBenchmarkXADD(ctx context.Context, addr string, conns int, d time.Dura
 	}
 	return 0, fmt.Errorf("redis-benchmark printed no XADD rate: %q", out)
 }
+
+// benchClusterSecret is the cluster secret of the two-node scenario's
+// nodes (a store shared by nodes asks for one).
+const benchClusterSecret = "bench-two-nodes-secret-0123456789abcdef"

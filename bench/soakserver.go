@@ -227,7 +227,7 @@ var soakTroubleMetrics = []string{
 	"postern_queue_refused_total",
 	"postern_queue_trimmed_total",
 	"postern_inbox_acks_dropped_total",
-	"postern_inbox_acks_lost_total",
+	"postern_queue_unsettled_total",
 }
 
 // troubleCounters sums, over their labels, the counters that must stay

@@ -1,6 +1,11 @@
 // Package client is the Go client of a postern server. Every call takes a
 // context, which bounds it: long-polls end when the context does.
 //
+// Calls that are safe to repeat are retried on 503, 429 and connection
+// failures, with capped, jittered backoff (RetryPolicy; WithoutRetry turns
+// it off), and every produce carries an Idempotency-Key of its own, so a
+// produce retried after a lost answer is stored once.
+//
 //	c, err := client.New("http://127.0.0.1:8080", client.WithToken(tok))
 //	res, err := c.Tunnel("orders").Send(ctx, []byte(`{"id":1}`), client.SendOptions{ContentType: "application/json"})
 //	m, ok, err := c.Tunnel("orders").Receive(ctx, client.ReceiveOptions{Pending: true, Wait: 30 * time.Second})
@@ -36,6 +41,8 @@ type Client struct {
 	maxBody int64
 	// channelsPrefix is where the server mounts channels.
 	channelsPrefix string
+	retry          RetryPolicy
+	noKeys         bool // Send makes no Idempotency-Key of its own
 }
 
 // Option configures a Client.
@@ -59,7 +66,7 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 		return nil, fmt.Errorf("server URL %q: want http://host[:port] or https://host[:port]", baseURL)
 	}
 	u.Path = strings.TrimSuffix(u.Path, "/")
-	c := &Client{base: u, hc: http.DefaultClient, maxBody: DefaultMaxResponseBytes, channelsPrefix: DefaultChannelsPrefix}
+	c := &Client{base: u, hc: http.DefaultClient, maxBody: DefaultMaxResponseBytes, channelsPrefix: DefaultChannelsPrefix, retry: DefaultRetry}
 	for _, o := range opts {
 		o(c)
 	}

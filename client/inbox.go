@@ -36,7 +36,8 @@ func (ib *Inbox) Actor() string { return ib.as }
 // Envelope is one message to several destinations.
 type Envelope struct {
 	// IdempotencyKey identifies the message per (origin, destination):
-	// 12 to 64 of A-Z a-z 0-9 - _ =. NewIdempotencyKey makes one.
+	// 12 to 64 of A-Z a-z 0-9 - _ =. NewIdempotencyKey makes one; Send
+	// makes one when it is empty.
 	IdempotencyKey string `json:"idempotencyKey"`
 	// Destination lists the actors that get a copy. Empty is allowed
 	// (nothing is stored); nil is sent as [].
@@ -157,13 +158,18 @@ func encodeEnvelope(env Envelope) ([]byte, error) {
 
 // Send stores one copy of the envelope's message per destination and
 // returns the number of destinations. Sending again with the same key is
-// safe: an unread copy is replaced, a read one is not delivered again.
+// safe: an unread copy is replaced, a read one is not delivered again. An
+// envelope without a key gets one (NewIdempotencyKey), and the send is
+// retried with it as the client's RetryPolicy says.
 func (ib *Inbox) Send(ctx context.Context, env Envelope) (int, error) {
+	if env.IdempotencyKey == "" {
+		env.IdempotencyKey = NewIdempotencyKey()
+	}
 	body, err := encodeEnvelope(env)
 	if err != nil {
 		return 0, err
 	}
-	resp, data, err := ib.c.do(ctx, request{method: http.MethodPost, path: "/inbox/send", body: body, contentType: "application/json", header: ib.header()})
+	resp, data, err := ib.c.doRetry(ctx, request{method: http.MethodPost, path: "/inbox/send", body: body, contentType: "application/json", header: ib.header()})
 	if err != nil {
 		return 0, err
 	}
@@ -187,8 +193,12 @@ func (ib *Inbox) Receive(ctx context.Context) (mail []Mail, remaining int, err e
 	return ib.receive(ctx, "/inbox/receive", nil)
 }
 
-// Exchange sends the envelope and then receives, in one request.
+// Exchange sends the envelope and then receives, in one request; an
+// envelope without a key gets one, as for Send.
 func (ib *Inbox) Exchange(ctx context.Context, env Envelope) (mail []Mail, remaining int, err error) {
+	if env.IdempotencyKey == "" {
+		env.IdempotencyKey = NewIdempotencyKey()
+	}
 	body, err := encodeEnvelope(env)
 	if err != nil {
 		return nil, 0, err
@@ -200,7 +210,7 @@ func (ib *Inbox) receive(ctx context.Context, path string, body []byte) ([]Mail,
 	if body == nil {
 		body = []byte{}
 	}
-	resp, data, err := ib.c.do(ctx, request{method: http.MethodPost, path: path, body: body, contentType: "application/json", header: ib.header()})
+	resp, data, err := ib.c.doRetry(ctx, request{method: http.MethodPost, path: path, body: body, contentType: "application/json", header: ib.header()})
 	if err != nil {
 		return nil, 0, err
 	}

@@ -50,6 +50,12 @@ type SendOptions struct {
 	// NoBackpressure asks the server to accept the message even when the
 	// tunnel is full, trimming the oldest.
 	NoBackpressure bool
+	// IdempotencyKey identifies the message (at most 256 bytes): sent again
+	// with the same key within the server's window (24 h by default), it
+	// is stored once and the server answers as the first time. Empty: Send
+	// makes a key of its own, used by all its retries (unless the client
+	// was made WithoutIdempotencyKeys).
+	IdempotencyKey string
 }
 
 // SendResult is what the server said about a sent message.
@@ -60,6 +66,9 @@ type SendResult struct {
 	QueueSize int
 	// Trimmed counts older messages dropped to make room (backpressure off).
 	Trimmed int
+	// Replayed is true when the server had the message already (its
+	// idempotency key was known) and stored nothing.
+	Replayed bool
 }
 
 // QueueFullError is returned by Send when backpressure refused the message.
@@ -69,7 +78,8 @@ func (e *QueueFullError) Error() string {
 	return fmt.Sprintf("postern: tunnel full (%d messages): consumers are not keeping up", e.QueueSize)
 }
 
-// Send produces a message.
+// Send produces a message. It is retried as the client's RetryPolicy says,
+// with one idempotency key for every try.
 func (t *Tunnel) Send(ctx context.Context, body []byte, opts SendOptions) (SendResult, error) {
 	q := url.Values{}
 	switch {
@@ -81,13 +91,21 @@ func (t *Tunnel) Send(ctx context.Context, body []byte, opts SendOptions) (SendR
 	if body == nil {
 		body = []byte{}
 	}
-	resp, data, err := t.c.do(ctx, request{method: http.MethodPost, path: t.path(), query: q, body: body, contentType: opts.ContentType})
+	key := opts.IdempotencyKey
+	if key == "" && !t.c.noKeys {
+		key = NewIdempotencyKey()
+	}
+	var h http.Header
+	if key != "" {
+		h = http.Header{"Idempotency-Key": {key}}
+	}
+	resp, data, err := t.c.doRetry(ctx, request{method: http.MethodPost, path: t.path(), query: q, body: body, contentType: opts.ContentType, header: h})
 	if err != nil {
 		return SendResult{}, err
 	}
 	switch resp.StatusCode {
 	case http.StatusCreated:
-		res := SendResult{ID: resp.Header.Get("X-Message-Id"), QueueSize: -1}
+		res := SendResult{ID: resp.Header.Get("X-Message-Id"), QueueSize: -1, Replayed: resp.Header.Get("Idempotent-Replayed") == "true"}
 		if v := resp.Header.Get("X-Queue-Size"); v != "" {
 			res.QueueSize, _ = strconv.Atoi(v)
 		}
@@ -122,7 +140,8 @@ type ReceiveOptions struct {
 }
 
 // Receive consumes the oldest message. ok is false when there was none
-// (within Wait).
+// (within Wait). It is retried as the client's RetryPolicy says: a message
+// whose answer failed on the way is handed out again by the server.
 func (t *Tunnel) Receive(ctx context.Context, opts ReceiveOptions) (m Message, ok bool, err error) {
 	q := url.Values{}
 	if opts.Pending {
@@ -133,7 +152,7 @@ func (t *Tunnel) Receive(ctx context.Context, opts ReceiveOptions) (m Message, o
 		path = t.path("poll")
 		q.Set("timeout", seconds(opts.Wait))
 	}
-	resp, data, err := t.c.do(ctx, request{method: http.MethodGet, path: path, query: q})
+	resp, data, err := t.c.doRetry(ctx, request{method: http.MethodGet, path: path, query: q})
 	if err != nil {
 		return Message{}, false, err
 	}
@@ -155,7 +174,7 @@ func seconds(d time.Duration) string {
 
 // Ack acknowledges (deletes) message id.
 func (t *Tunnel) Ack(ctx context.Context, id string) error {
-	resp, data, err := t.c.do(ctx, request{method: http.MethodDelete, path: t.path(id)})
+	resp, data, err := t.c.doRetry(ctx, request{method: http.MethodDelete, path: t.path(id)})
 	if err != nil {
 		return err
 	}
@@ -235,7 +254,7 @@ func (s Status) String() string {
 
 // Status reports where message id is.
 func (t *Tunnel) Status(ctx context.Context, id string) (Status, error) {
-	resp, data, err := t.c.do(ctx, request{method: http.MethodGet, path: t.path(id)})
+	resp, data, err := t.c.doRetry(ctx, request{method: http.MethodGet, path: t.path(id)})
 	if err != nil {
 		return StatusGone, err
 	}
@@ -252,7 +271,7 @@ func (t *Tunnel) Status(ctx context.Context, id string) (Status, error) {
 
 // Len reports the number of queued plus pending messages.
 func (t *Tunnel) Len(ctx context.Context) (int, error) {
-	resp, data, err := t.c.do(ctx, request{method: http.MethodGet, path: t.path("len")})
+	resp, data, err := t.c.doRetry(ctx, request{method: http.MethodGet, path: t.path("len")})
 	if err != nil {
 		return 0, err
 	}
@@ -264,7 +283,7 @@ func (t *Tunnel) Len(ctx context.Context) (int, error) {
 
 // Clear deletes every message of the tunnel. Replies are kept.
 func (t *Tunnel) Clear(ctx context.Context) error {
-	resp, data, err := t.c.do(ctx, request{method: http.MethodDelete, path: t.path("all")})
+	resp, data, err := t.c.doRetry(ctx, request{method: http.MethodDelete, path: t.path("all")})
 	if err != nil {
 		return err
 	}

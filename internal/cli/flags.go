@@ -104,14 +104,16 @@ const DefaultServer = "http://127.0.0.1:8080"
 
 // clientFlags are the flags every client verb shares.
 type clientFlags struct {
-	server string
-	token  string
+	server  string
+	token   string
+	noRetry bool
 }
 
 func (c *clientFlags) register(fs *config.FlagSet) {
 	c.server = DefaultServer
 	fs.String(&c.server, "server", "`URL` of the postern server (host:port means http://host:port)")
 	fs.String(&c.token, "token", "bearer `token` to send (prefer the environment: flags show in ps)", "TUNNEL_ACCESS_TOKEN")
+	fs.Bool(&c.noRetry, "no-retry", "try each request once: no retries on 503, 429 or a failed connection (sends carry an Idempotency-Key either way)")
 }
 
 // serverURL is --server with a scheme: "host:port" means

@@ -299,3 +299,32 @@ func (o *origRelay) client(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 }
+
+// TestRelayLogLinesInBatches: the agent's line per request reaches
+// standard error in batches, at most logBatchDelay late, and a warning
+// goes at once with the lines before it.
+func TestRelayLogLinesInBatches(t *testing.T) {
+	var out syncBuffer
+	b := cli.NewBatchWriterForTest(&out, time.Hour)
+	b.Write([]byte("level=INFO msg=request a\n"))
+	b.Write([]byte("level=INFO msg=request b\n"))
+	if out.String() != "" {
+		t.Fatalf("written before the delay: %q", out.String())
+	}
+	b.Write([]byte("level=WARN msg=\"relay: disconnected, reconnecting\"\n"))
+	if got := out.String(); got != "level=INFO msg=request a\nlevel=INFO msg=request b\nlevel=WARN msg=\"relay: disconnected, reconnecting\"\n" {
+		t.Fatalf("after a warning: %q", got)
+	}
+	b.Write([]byte("level=INFO msg=request c\n"))
+	b.Flush()
+	if got := out.String(); !strings.HasSuffix(got, "request c\n") {
+		t.Fatalf("after Flush: %q", got)
+	}
+	// With a short delay the line goes by itself.
+	var out2 syncBuffer
+	b2 := cli.NewBatchWriterForTest(&out2, time.Millisecond)
+	b2.Write([]byte("level=INFO msg=request d\n"))
+	if !out2.waitFor(nil, func(s string) bool { return s == "level=INFO msg=request d\n" }) {
+		t.Fatalf("never written: %q", out2.String())
+	}
+}

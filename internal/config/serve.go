@@ -71,6 +71,9 @@ func ServeFlags() (*FlagSet, *Serve) {
 	fs.String(&t.DefaultContentType, "tunnel-default-content-type", "Content-Type served for messages stored without one", "TUNNEL_DEFAULT_CONTENT_TYPE")
 	fs.Duration(&t.ReplyTTL, "tunnel-reply-ttl", "how long a reply is kept", "TUNNEL_REPLY_TTL")
 	fs.Int64(&t.MaxBodyBytes, "tunnel-max-body", "largest message or reply in `bytes`; larger get 413")
+	fs.Duration(&t.IdempotencyWindow, "tunnel-idempotency-window", "how long a produce's Idempotency-Key is remembered: a repeat within it answers as the first did and stores nothing")
+	fs.Int(&t.IdempotencyKeys, "tunnel-idempotency-keys", "most Idempotency-Keys of delivered messages a tunnel remembers; the oldest are forgotten first")
+	fs.Duration(&s.Queue.Lease, "delivery-lease", "how long a tunnel or inbox message handed out stays reserved for its consumer: not answered and settled by then, it is back at the head of its queue")
 
 	fs.Group("Inbox (/inbox)")
 	fs.Duration(&ib.Expiration, "inbox-expiration", "how long inbox messages and acks wait to be read, and idempotency keys are remembered", "REDIS_EXPIRATION_SECONDS")

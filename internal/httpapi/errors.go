@@ -113,6 +113,9 @@ func ToError(r *http.Request, err error) *Error {
 	case errors.Is(err, store.ErrUnavailable):
 		// The engine's reason is one line by contract and names no secret.
 		return Errorf(http.StatusServiceUnavailable, "%s", err.Error())
+	case errors.Is(err, store.ErrOutcomeUnknown):
+		reason := strings.TrimPrefix(err.Error(), store.ErrOutcomeUnknown.Error()+": ")
+		return Errorf(http.StatusServiceUnavailable, "storage unavailable: %s: the write may have happened", reason)
 	case r.Context().Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)):
 		return nil
 	}

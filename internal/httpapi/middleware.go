@@ -67,11 +67,16 @@ func (rw *recorder) Write(b []byte) (int, error) {
 	return rw.ResponseWriter.Write(b)
 }
 
-func (rw *recorder) Flush() {
+func (rw *recorder) Flush() { rw.FlushError() }
+
+// FlushError flushes and reports whether the bytes reached the connection.
+// http.ResponseController prefers it to Flush, so a handler that settles a
+// delivery on a successful flush is told when the client did not take it.
+func (rw *recorder) FlushError() error {
 	if !rw.wroteHeader {
 		rw.status, rw.wroteHeader = http.StatusOK, true
 	}
-	http.NewResponseController(rw.ResponseWriter).Flush()
+	return http.NewResponseController(rw.ResponseWriter).Flush()
 }
 
 func (rw *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {

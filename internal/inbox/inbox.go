@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/postern/postern/internal/auth"
@@ -42,6 +43,14 @@ var (
 	errNotFound = &httpapi.Error{Status: http.StatusNotFound, Message: "Not found", Details: []string{"no such inbox endpoint: use /send, /receive or /exchange"}}
 	errTooLarge = &httpapi.Error{Status: http.StatusRequestEntityTooLarge, Message: "Payload too large"}
 )
+
+// sendUnknown answers a send whose store write was sent and not answered
+// (err is store.ErrOutcomeUnknown): copies may have been stored.
+func sendUnknown(err error) *httpapi.Error {
+	reason := strings.TrimPrefix(err.Error(), store.ErrOutcomeUnknown.Error()+": ")
+	return &httpapi.Error{Status: http.StatusServiceUnavailable, Message: "Service unavailable",
+		Details: []string{"storage unavailable: " + reason + ": the message may have been stored; sending the same envelope again is safe (its idempotencyKey keeps it single)"}}
+}
 
 func badRequest(problems ...string) *httpapi.Error {
 	return &httpapi.Error{Status: http.StatusBadRequest, Message: "Bad request", Details: problems}
@@ -398,6 +407,9 @@ func (ib *Inbox) store(ctx context.Context, origin string, env envelope) error {
 			full = append(full, fmt.Sprintf("inbox of %s is full (%d entries)", quote(d), fe.Len))
 			continue
 		}
+		if errors.Is(err, store.ErrOutcomeUnknown) {
+			return sendUnknown(err)
+		}
 		if err != nil {
 			return err
 		}
@@ -414,53 +426,42 @@ func (ib *Inbox) store(ctx context.Context, origin string, env envelope) error {
 }
 
 // deliver answers with everything waiting for actor (at most MaxReceive
-// entries, oldest first) and removes it. The take is atomic: two
-// concurrent receives never return the same entry.
+// entries, oldest first) and removes it. The entries are taken under one
+// lease, so two concurrent receives never return the same entry, and
+// removed only once the answer is written.
 //
 // The acks of the messages that asked for one are stored before the
-// answer is written. If that fails, the taken entries are put back and the
+// answer is written. If that fails, the entries are queued again and the
 // request fails (503): the client may retry, and acks stored meanwhile are
-// not duplicated, because they carry their own idempotency key. Only if
-// putting back fails too are the entries delivered without their missing
-// acks (counted in postern_inbox_acks_lost_total): a message is never
-// lost for an ack's sake. If the answer cannot be written, the entries are
-// put back, and the acks already stored stay (once each).
+// not duplicated, because they carry their own idempotency key. If the
+// answer cannot be written, the entries are queued again too, and the
+// acks already stored stay (once each). Whatever fails in between, even
+// the process, the lease runs out and the entries are back in their
+// places: a message is never lost, though after a failure it may be
+// received again.
 func (ib *Inbox) deliver(w http.ResponseWriter, r *http.Request, actor string) error {
 	if err := r.Context().Err(); err != nil {
 		return err
 	}
 	// From here on, the client going away must not cut a store call in the
-	// middle: a take whose answer was lost would lose messages.
+	// middle: a take must end in a settle.
 	ctx := context.WithoutCancel(r.Context())
 	key := queueKey(actor)
-	ms, err := ib.core.TakeAll(ctx, key, ib.opts.MaxReceive)
+	b, err := ib.core.TakeAll(ctx, key, ib.opts.MaxReceive)
 	if err != nil {
 		return err
 	}
-	if done, err := ib.storeAcks(ctx, actor, ms); err != nil {
-		stuck, rerr := ib.restore(ctx, key, ms)
-		if len(stuck) == 0 {
-			return err
+	ms := b.Messages
+	if err := ib.storeAcks(ctx, actor, ms); err != nil {
+		if serr := b.Settle(ctx, false); serr != nil {
+			err = errors.Join(err, serr)
 		}
-		// What went back is delivered later, acks and all; what could not
-		// is delivered now, without the acks that were not stored.
-		lost := 0
-		kept := make([]store.Message, 0, len(stuck))
-		for _, i := range stuck {
-			if _, ok := ib.ackable(ms[i]); ok && i >= done {
-				lost++
-			}
-			kept = append(kept, ms[i])
-		}
-		ms = kept
-		ib.m.acksLost.Add(float64(lost))
-		httpapi.Logger(r.Context()).Error("inbox: acks lost: storing them failed and the messages could not be put back",
-			"acks", lost, "entries", len(ms), "err", err, "restore_err", rerr)
+		return err
 	}
-	remaining := -1
 	if len(ms) == ib.opts.MaxReceive {
+		// The entries taken are still counted until they are settled.
 		if n, err := ib.core.Len(ctx, key); err == nil {
-			remaining = n
+			w.Header().Set(RemainingHeader, strconv.Itoa(max(n-len(ms), 0)))
 		}
 	}
 	size := 2 + len(ms)
@@ -476,17 +477,13 @@ func (ib *Inbox) deliver(w http.ResponseWriter, r *http.Request, actor string) e
 		out = append(out, m.Body...)
 	}
 	out = append(out, ']')
-	if remaining >= 0 {
-		w.Header().Set(RemainingHeader, strconv.Itoa(remaining))
+	werr := writeDelivery(w, out, b.Deadline)
+	if err := b.Settle(ctx, werr == nil); err != nil {
+		httpapi.Logger(ctx).Warn("inbox: a receive could not be settled; its entries will be received again when their lease runs out",
+			"entries", len(ms), "delivered", werr == nil, "err", err)
 	}
-	if err := writeDelivery(w, out); err != nil {
-		if len(ms) > 0 {
-			// The client did not get the answer: nothing was delivered.
-			if _, rerr := ib.restore(ctx, key, ms); rerr != nil {
-				return errors.Join(err, rerr)
-			}
-		}
-		return err
+	if werr != nil {
+		return werr
 	}
 	for _, m := range ms {
 		if m.ContentType == ctAck {
@@ -500,12 +497,10 @@ func (ib *Inbox) deliver(w http.ResponseWriter, r *http.Request, actor string) e
 
 // storeAcks stores, in each origin's inbox, the ack of every message of ms
 // that expected one; receiver is who received them. An ack for a full
-// inbox is dropped and counted. On error, done is the index in ms of the
-// message whose ack failed: the acks of the messages before it were dealt
-// with.
-func (ib *Inbox) storeAcks(ctx context.Context, receiver string, ms []store.Message) (done int, err error) {
+// inbox is dropped and counted.
+func (ib *Inbox) storeAcks(ctx context.Context, receiver string, ms []store.Message) error {
 	now := ib.opts.Now()
-	for i, m := range ms {
+	for _, m := range ms {
 		s, ok := ib.ackable(m)
 		if !ok {
 			continue
@@ -526,7 +521,7 @@ func (ib *Inbox) storeAcks(ctx context.Context, receiver string, ms []store.Mess
 			continue
 		}
 		if err != nil {
-			return i, err
+			return err
 		}
 		if res.Duplicate {
 			ib.m.duplicates.Inc()
@@ -534,7 +529,7 @@ func (ib *Inbox) storeAcks(ctx context.Context, receiver string, ms []store.Mess
 			ib.m.acks.Inc()
 		}
 	}
-	return len(ms), nil
+	return nil
 }
 
 // ackable reports whether m is a message that expects an ack, and what
@@ -546,19 +541,6 @@ func (ib *Inbox) ackable(m store.Message) (stored, bool) {
 		return stored{}, false
 	}
 	return needsAck(m.Body)
-}
-
-// restore puts taken entries back in their places. It returns the indices
-// in ms of the entries it could not put back.
-func (ib *Inbox) restore(ctx context.Context, key string, ms []store.Message) (stuck []int, err error) {
-	var errs []error
-	for i, m := range ms {
-		if err := ib.core.Restore(ctx, key, m); err != nil {
-			stuck = append(stuck, i)
-			errs = append(errs, err)
-		}
-	}
-	return stuck, errors.Join(errs...)
 }
 
 // writeJSON writes a 200 JSON answer: body followed by tail.
@@ -580,10 +562,14 @@ func writeJSON(w http.ResponseWriter, body []byte, tail string) error {
 
 // writeDelivery writes a receive's answer and flushes it, so that a
 // client that has gone away is noticed while its entries can still be put
-// back.
-func writeDelivery(w http.ResponseWriter, body []byte) error {
+// back. A write still going at deadline (the lease's) fails.
+func writeDelivery(w http.ResponseWriter, body []byte, deadline time.Time) error {
+	rc := http.NewResponseController(w)
+	if !deadline.IsZero() && rc.SetWriteDeadline(deadline) == nil {
+		defer rc.SetWriteDeadline(time.Time{})
+	}
 	if err := writeJSON(w, body, ""); err != nil {
 		return err
 	}
-	return http.NewResponseController(w).Flush()
+	return rc.Flush()
 }

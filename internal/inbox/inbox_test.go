@@ -784,7 +784,6 @@ func TestMetrics(t *testing.T) {
 			`postern_inbox_acks_total 1`,
 			`postern_inbox_received_total{type="msg"} 1`,
 			`postern_inbox_received_total{type="ack"} 1`,
-			`postern_inbox_acks_lost_total 0`,
 			`postern_queue_appended_total{kind="inbox"} 3`,
 			`postern_queue_delivered_total{kind="inbox"} 2`,
 			`postern_http_requests_total{code="200",route="inbox.send"} 3`,

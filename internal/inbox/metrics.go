@@ -9,7 +9,6 @@ type metrics struct {
 	duplicates prometheus.Counter
 	received   *prometheus.CounterVec
 	acks       prometheus.Counter
-	acksLost   prometheus.Counter
 	acksDrop   prometheus.Counter
 }
 
@@ -25,15 +24,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		received: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "postern_inbox_received_total",
-			Help: "Entries handed out by receive and exchange, by type (msg, ack).",
+			Help: "Entries delivered by receive and exchange (the answer written), by type (msg, ack).",
 		}, []string{"type"}),
 		acks: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "postern_inbox_acks_total",
 			Help: "Acks stored for their origin when a message that expected one was received.",
-		}),
-		acksLost: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "postern_inbox_acks_lost_total",
-			Help: "Acks that could not be stored while the messages they answer could not be put back either; those messages were delivered without their acks.",
 		}),
 		acksDrop: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "postern_inbox_acks_dropped_total",
@@ -43,7 +38,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.received.WithLabelValues("msg")
 	m.received.WithLabelValues("ack")
 	if reg != nil {
-		reg.MustRegister(m.sent, m.duplicates, m.received, m.acks, m.acksLost, m.acksDrop)
+		reg.MustRegister(m.sent, m.duplicates, m.received, m.acks, m.acksDrop)
 	}
 	return m
 }

@@ -36,7 +36,7 @@ var layers = [][]string{
 	{"internal/tunnel", "internal/inbox", "internal/channels", "internal/relay/gcr", "internal/expose"}, // capabilities
 	{"internal/node"},
 	{"internal/servertest", "internal/config", "client"},
-	{"internal/cli"},
+	{"internal/cli", "internal/chaos"},
 	{"cmd/postern", "bench", "bench/*"},
 }
 

@@ -230,7 +230,7 @@ func (n *Node) buildRelay() (part, error) {
 
 func (n *Node) buildQueue() (part, error) {
 	var err error
-	if n.queue, err = queue.New(n.store, queue.Options{}, n.deps); err != nil {
+	if n.queue, err = queue.New(n.store, n.cfg.Queue, n.deps); err != nil {
 		return part{}, fmt.Errorf("queue core: %w", err)
 	}
 	return part{stop: n.queue.Shutdown}, nil

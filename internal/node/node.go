@@ -131,6 +131,9 @@ type Config struct {
 	// set it to connect in-process nodes without a shared engine.
 	Directory store.Directory
 
+	// Queue configures the core behind tunnels and the inbox (the
+	// delivery lease).
+	Queue  queue.Options
 	Tunnel tunnel.Options
 	Inbox  inbox.Options
 	Relay  gcr.Options
@@ -168,6 +171,7 @@ func DefaultConfig() Config {
 		IdleTimeout:       DefaultIdleTimeout,
 		MaxHeaderBytes:    DefaultMaxHeaderBytes,
 		NodeTTL:           DefaultNodeTTL,
+		Queue:             queue.Options{Lease: queue.DefaultLease},
 		Tunnel:            tunnel.DefaultOptions(),
 		Inbox:             inbox.DefaultOptions(),
 		Relay:             gcr.DefaultOptions(),

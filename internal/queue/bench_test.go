@@ -10,8 +10,9 @@ import (
 	"github.com/postern/postern/internal/store"
 )
 
-// BenchmarkAppendTake measures one append plus one take through the core
-// on the memory engine, from parallel goroutines on separate keys.
+// BenchmarkAppendTake measures one append plus one consume (a take and
+// its settling) through the core on the memory engine, from parallel
+// goroutines on separate keys.
 func BenchmarkAppendTake(b *testing.B) {
 	c := newCore(b)
 	ctx := context.Background()
@@ -24,8 +25,12 @@ func BenchmarkAppendTake(b *testing.B) {
 			if _, err := c.Append(ctx, key, body, store.AppendOptions{MaxLen: 1000}); err != nil {
 				b.Fatal(err)
 			}
-			if _, ok, err := c.Take(ctx, key, store.TakeDelete, 0); !ok || err != nil {
+			d, ok, err := c.Take(ctx, key, store.TakeDelete, 0)
+			if !ok || err != nil {
 				b.Fatal("take", ok, err)
+			}
+			if err := d.Settle(ctx, true); err != nil {
+				b.Fatal(err)
 			}
 		}
 	})
@@ -39,7 +44,8 @@ func BenchmarkWake(b *testing.B) {
 	got := make(chan struct{})
 	go func() {
 		for {
-			if _, ok, err := c.Take(ctx, "t/wake", store.TakeDelete, time.Minute); err != nil || !ok {
+			d, ok, err := c.Take(ctx, "t/wake", store.TakeDelete, time.Minute)
+			if err != nil || !ok || d.Settle(ctx, true) != nil {
 				close(got)
 				return
 			}

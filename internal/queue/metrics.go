@@ -14,6 +14,7 @@ type metrics struct {
 	refusedC   *prometheus.CounterVec
 	deliveredC *prometheus.CounterVec
 	restoredC  *prometheus.CounterVec
+	unsettledC *prometheus.CounterVec
 	waitersG   *prometheus.GaugeVec
 	wakeH      *prometheus.HistogramVec
 }
@@ -34,11 +35,15 @@ func newMetrics(reg prometheus.Registerer, c *Core, st store.Engine) *metrics {
 		}, []string{"kind"}),
 		deliveredC: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "postern_queue_delivered_total",
-			Help: "Messages handed out to consumers (pending re-deliveries included).",
+			Help: "Messages delivered to consumers: answered, and settled (removed, or pending until acknowledged).",
 		}, []string{"kind"}),
 		restoredC: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "postern_queue_restored_total",
-			Help: "Messages put back because the consumer went away before delivery.",
+			Help: "Messages handed out whose answer failed (the consumer went away, an ack could not be stored), queued again in their places.",
+		}, []string{"kind"}),
+		unsettledC: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postern_queue_unsettled_total",
+			Help: "Hand-outs whose settling failed (storage unavailable until the lease ran out): their messages are handed out again, so a delivered one may be delivered twice.",
 		}, []string{"kind"}),
 		waitersG: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "postern_queue_waiters",
@@ -53,7 +58,7 @@ func newMetrics(reg prometheus.Registerer, c *Core, st store.Engine) *metrics {
 	if reg == nil {
 		return m
 	}
-	reg.MustRegister(m.appendedC, m.trimmedC, m.refusedC, m.deliveredC, m.restoredC, m.waitersG, m.wakeH)
+	reg.MustRegister(m.appendedC, m.trimmedC, m.refusedC, m.deliveredC, m.restoredC, m.unsettledC, m.waitersG, m.wakeH)
 	if stats, ok := st.(store.Stats); ok {
 		reg.MustRegister(
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -76,10 +81,17 @@ func (m *metrics) appended(kind string, trimmed int) {
 	}
 }
 
-func (m *metrics) refused(kind string)          { m.refusedC.WithLabelValues(kind).Inc() }
-func (m *metrics) delivered(kind string, n int) { m.deliveredC.WithLabelValues(kind).Add(float64(n)) }
-func (m *metrics) restored(kind string)         { m.restoredC.WithLabelValues(kind).Inc() }
-func (m *metrics) waiting(kind string, d int)   { m.waitersG.WithLabelValues(kind).Add(float64(d)) }
+func (m *metrics) refused(kind string)      { m.refusedC.WithLabelValues(kind).Inc() }
+func (m *metrics) settleFailed(kind string) { m.unsettledC.WithLabelValues(kind).Inc() }
+
+func (m *metrics) settled(kind string, n int, delivered bool) {
+	if delivered {
+		m.deliveredC.WithLabelValues(kind).Add(float64(n))
+	} else {
+		m.restoredC.WithLabelValues(kind).Add(float64(n))
+	}
+}
+func (m *metrics) waiting(kind string, d int) { m.waitersG.WithLabelValues(kind).Add(float64(d)) }
 func (m *metrics) woken(kind string, d time.Duration) {
 	m.wakeH.WithLabelValues(kind).Observe(d.Seconds())
 }

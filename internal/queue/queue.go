@@ -3,6 +3,14 @@
 // stored in a storage engine, plus long-poll waiters that an append wakes
 // at once.
 //
+// A message is handed out under a lease (Options.Lease): Take and TakeAll
+// return it reserved for the caller, who writes the answer and then
+// settles the delivery; only then is the message removed (or marked
+// pending). An answer that fails, or a settle that does not happen (the
+// engine's answer lost, the process gone), leaves the message queued again
+// in its place, at once or when its lease runs out. Consumption is thus
+// exactly-once when all goes well and at-least-once when anything fails.
+//
 // Waiters are registered before the store is checked, so an append that
 // lands between the check and the wait still wakes them; no polling loop is
 // involved. On engines shared by several nodes (store.Fanout) every append
@@ -29,17 +37,36 @@ const WakeTopic = "postern:queue:wake"
 // as for "nothing arrived".
 var ErrShuttingDown = errors.New("server shutting down")
 
-// Options configures a Core. It has no settings yet: the queue's limits
-// are its callers' (store.AppendOptions).
-type Options struct{}
+// DefaultLease is how long a message handed out is reserved for the
+// consumer it was handed to. It bounds how long an answer may take to
+// write, and how long a message whose consumer or node died stays hidden.
+// It is shorter than the Redis engine's round-trip timeout, so a take
+// that Redis runs only after its node gave up on it leases for no time.
+const DefaultLease = 4 * time.Second
 
-// Validate reports the first setting that makes no sense.
-func (o *Options) Validate() error { return nil }
+// Options configures a Core. The queue's limits are its callers'
+// (store.AppendOptions).
+type Options struct {
+	// Lease is how long a message handed out stays reserved for its
+	// consumer; zero means DefaultLease.
+	Lease time.Duration
+}
+
+// Validate reports the first setting that makes no sense and fills the
+// settings left zero with their defaults.
+func (o *Options) Validate() error {
+	if o.Lease < 0 {
+		return errors.New("delivery lease must not be negative")
+	}
+	capability.Default(&o.Lease, DefaultLease)
+	return nil
+}
 
 // Core is the queue core. It is safe for concurrent use.
 type Core struct {
-	st  store.Engine
-	fan store.Fanout // nil on single-node engines
+	st    store.Engine
+	fan   store.Fanout // nil on single-node engines
+	lease time.Duration
 
 	mu      sync.Mutex
 	waiters map[string]*waitSet
@@ -78,6 +105,7 @@ func New(st store.Engine, opts Options, deps capability.Deps) (*Core, error) {
 	}
 	c := &Core{
 		st:      st,
+		lease:   opts.Lease,
 		waiters: make(map[string]*waitSet),
 		closing: make(chan struct{}),
 	}
@@ -258,44 +286,50 @@ func (c *Core) Append(ctx context.Context, key string, m store.Message, opts sto
 	return res, nil
 }
 
-// Take hands out one message of key as mode says, waiting up to wait for one
-// to arrive. It checks ctx before each attempt, so a caller that has gone
-// away is not handed a message.
-func (c *Core) Take(ctx context.Context, key string, mode store.TakeMode, wait time.Duration) (store.Message, bool, error) {
-	var m store.Message
+// Take hands out one message of key as mode says, waiting up to wait for
+// one to arrive, under a lease: the caller answers and then settles the
+// delivery (Delivery.Settle). It checks ctx before each attempt, so a
+// caller that has gone away is not handed a message.
+func (c *Core) Take(ctx context.Context, key string, mode store.TakeMode, wait time.Duration) (Delivery, bool, error) {
+	var l store.Lease
+	var at time.Time
 	found, err := c.await(ctx, key, wait, func() (bool, error) {
 		if err := ctx.Err(); err != nil {
 			return false, err
 		}
 		var ok bool
 		var err error
-		m, ok, err = c.st.Take(ctx, key, mode)
+		at = time.Now()
+		// The take runs to its end even if the caller goes away meanwhile:
+		// cut short, its lease would hide the message from everyone until
+		// it ran out. A message taken for a caller gone is given back.
+		l, ok, err = c.st.Take(context.WithoutCancel(ctx), key, mode, c.lease)
+		if ok && err == nil && ctx.Err() != nil {
+			s := c.settlement(key, []store.Lease{l}, at)
+			s.Settle(context.WithoutCancel(ctx), false)
+			return false, ctx.Err()
+		}
 		return ok, err
 	})
-	if found {
-		c.m.delivered(kindOf(key), 1)
+	if !found || err != nil {
+		return Delivery{}, false, err
 	}
-	return m, found, err
+	return Delivery{Message: l.Message, Settlement: c.settlement(key, []store.Lease{l}, at)}, true, nil
 }
 
-// TakeAll removes and returns up to max unseen messages of key.
-func (c *Core) TakeAll(ctx context.Context, key string, max int) ([]store.Message, error) {
-	ms, err := c.st.TakeAll(ctx, key, max)
-	if len(ms) > 0 {
-		c.m.delivered(kindOf(key), len(ms))
+// TakeAll hands out up to max queued messages of key under one lease, to
+// be settled as one (Batch.Settle).
+func (c *Core) TakeAll(ctx context.Context, key string, max int) (Batch, error) {
+	at := time.Now()
+	ls, err := c.st.TakeAll(ctx, key, max, c.lease)
+	if err != nil || len(ls) == 0 {
+		return Batch{}, err
 	}
-	return ms, err
-}
-
-// Restore puts back a message that Take(TakeDelete) handed out but that
-// could not be delivered, and wakes waiters so another consumer gets it.
-func (c *Core) Restore(ctx context.Context, key string, m store.Message) error {
-	if err := c.st.Restore(ctx, key, m); err != nil {
-		return err
+	ms := make([]store.Message, len(ls))
+	for i, l := range ls {
+		ms[i] = l.Message
 	}
-	c.m.restored(kindOf(key))
-	c.announce(key)
-	return nil
+	return Batch{Messages: ms, Settlement: c.settlement(key, ls, at)}, nil
 }
 
 // Ack acknowledges (removes) message id of key.

@@ -3,6 +3,8 @@ package queue_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -46,8 +48,8 @@ func TestTakeWaitsForAppend(t *testing.T) {
 		got := make(chan result, 1)
 		start := time.Now()
 		go func() {
-			m, ok, err := c.Take(ctx, "t/x", store.TakeDelete, time.Minute)
-			got <- result{m, ok, err}
+			d, ok, err := c.Take(ctx, "t/x", store.TakeDelete, time.Minute)
+			got <- result{d.Message, ok, err}
 		}()
 		synctest.Wait() // the taker is now parked on its wait
 		if n := c.Waiting(); n != 1 {
@@ -164,7 +166,7 @@ func TestReplyWakesWaiter(t *testing.T) {
 		c := newCore(t)
 		ctx := context.Background()
 		r, _ := c.Append(ctx, "t/x", msg("q"), store.AppendOptions{})
-		if _, ok, _ := c.Take(ctx, "t/x", store.TakePending, 0); !ok {
+		if d, ok, _ := c.Take(ctx, "t/x", store.TakePending, 0); !ok || d.Settle(ctx, true) != nil {
 			t.Fatal("no pending message")
 		}
 		got := make(chan string, 1)
@@ -227,23 +229,118 @@ func TestShutdownEndsWaits(t *testing.T) {
 	})
 }
 
-func TestRestoreWakesWaiter(t *testing.T) {
+// TestUndeliveredWakesWaiter: a message whose answer failed is back at
+// once for a waiting consumer.
+func TestUndeliveredWakesWaiter(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		c := newCore(t)
 		ctx := context.Background()
 		c.Append(ctx, "t/x", msg("m"), store.AppendOptions{})
-		m, _, _ := c.Take(ctx, "t/x", store.TakeDelete, 0)
+		d, _, _ := c.Take(ctx, "t/x", store.TakeDelete, 0)
 		got := make(chan string, 1)
 		go func() {
-			m, _, _ := c.Take(ctx, "t/x", store.TakeDelete, time.Minute)
-			got <- string(m.Body)
+			d, _, _ := c.Take(ctx, "t/x", store.TakeDelete, time.Minute)
+			got <- string(d.Body)
 		}()
 		synctest.Wait()
-		if err := c.Restore(ctx, "t/x", m); err != nil {
+		if err := d.Settle(ctx, false); err != nil {
 			t.Fatal(err)
 		}
 		if s := <-got; s != "m" {
-			t.Fatalf("got %q after restore", s)
+			t.Fatalf("got %q after a failed delivery", s)
+		}
+	})
+}
+
+// TestUnsettledComesBack: a message whose consumer never settled (its
+// node died, its answer was lost) is handed out again once its lease runs
+// out, and not before.
+func TestUnsettledComesBack(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newCore(t)
+		ctx := context.Background()
+		c.Append(ctx, "t/x", msg("m"), store.AppendOptions{})
+		d, ok, _ := c.Take(ctx, "t/x", store.TakeDelete, 0)
+		if !ok || d.Deadline.Sub(time.Now()) != queue.DefaultLease {
+			t.Fatalf("took %v, deadline in %v", ok, d.Deadline.Sub(time.Now()))
+		}
+		if _, ok, _ := c.Take(ctx, "t/x", store.TakeDelete, 0); ok {
+			t.Fatal("a message under a lease was handed out twice")
+		}
+		time.Sleep(queue.DefaultLease)
+		again, ok, _ := c.Take(ctx, "t/x", store.TakeDelete, 0)
+		if !ok || again.ID != d.ID {
+			t.Fatal("the message did not come back when its lease ran out")
+		}
+		if err := again.Settle(ctx, true); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Settle(ctx, true); err != nil { // the first one, late: nothing to do
+			t.Fatal(err)
+		}
+		if n, _ := c.Len(ctx, "t/x"); n != 0 {
+			t.Fatalf("len %d after delivery", n)
+		}
+	})
+}
+
+// flaky is the memory engine whose settles fail with ErrUnavailable while
+// fails is above zero.
+type flaky struct {
+	store.Engine
+	fails atomic.Int64
+}
+
+func (f *flaky) Settle(ctx context.Context, key string, ls []store.Lease, delivered bool) error {
+	if f.fails.Add(-1) >= 0 {
+		return fmt.Errorf("%w: disk on fire", store.ErrUnavailable)
+	}
+	return f.Engine.Settle(ctx, key, ls, delivered)
+}
+
+// TestSettleOutlastsAnOutage: settling tries again while the engine is
+// unavailable, until the lease runs out; within it, a short outage costs
+// no redelivery, beyond it the failure is reported and counted.
+func TestSettleOutlastsAnOutage(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reg := prometheus.NewRegistry()
+		st := &flaky{Engine: memstore.New(memstore.Options{SweepInterval: -1})}
+		defer st.Close()
+		c, err := queue.New(st, queue.Options{Lease: 2 * time.Second}, capability.Deps{Registry: reg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Shutdown(context.Background())
+		ctx := context.Background()
+		c.Append(ctx, "t/x", msg("a"), store.AppendOptions{})
+		c.Append(ctx, "t/x", msg("b"), store.AppendOptions{})
+		d, _, _ := c.Take(ctx, "t/x", store.TakeDelete, 0)
+		st.fails.Store(5)
+		if err := d.Settle(ctx, true); err != nil {
+			t.Fatalf("Settle through a short outage: %v", err)
+		}
+		if n, _ := c.Len(ctx, "t/x"); n != 1 {
+			t.Fatalf("len %d, want 1", n)
+		}
+		d, _, _ = c.Take(ctx, "t/x", store.TakeDelete, 0)
+		st.fails.Store(1 << 30)
+		start := time.Now()
+		if err := d.Settle(ctx, true); !errors.Is(err, store.ErrUnavailable) {
+			t.Fatalf("Settle through a long outage: %v", err)
+		}
+		if waited := time.Since(start); waited > 2*time.Second || waited < time.Second {
+			t.Fatalf("gave up after %v, want about the lease", waited)
+		}
+		st.fails.Store(0)
+		time.Sleep(2 * time.Second)
+		if again, ok, _ := c.Take(ctx, "t/x", store.TakeDelete, 0); !ok || again.ID != d.ID {
+			t.Fatal("an unsettled message did not come back")
+		}
+		mfs, _ := reg.Gather()
+		for _, mf := range mfs {
+			if mf.GetName() == "postern_queue_unsettled_total" && mf.GetMetric()[0].GetCounter().GetValue() != 1 {
+				t.Fatalf("postern_queue_unsettled_total = %v", mf.GetMetric()[0].GetCounter().GetValue())
+			}
 		}
 	})
 }

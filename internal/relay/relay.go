@@ -26,7 +26,11 @@
 //     user. An error that should reach the user as a particular status is
 //     returned as an *httpapi.Error; an error from the Body's Read in the
 //     middle of a response aborts the user's connection (or resets the
-//     HTTP/2 stream), so a cut response never looks complete.
+//     HTTP/2 stream), so a cut response never looks complete. A Body that
+//     also implements io.WriterTo is written to the user by its WriteTo,
+//     straight from its own buffers (the proxy writes the headers and
+//     copies nothing); the writer it gets has Flush() error, which it
+//     calls when it has nothing more to write at once.
 //  2. When a user request arrives at its front door, it checks the user's
 //     rights and calls Hub.Serve(w, r, Target{Name: ..., Path: ...}).
 //
@@ -57,10 +61,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httputil"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -265,6 +271,11 @@ func New(opts Options, deps capability.Deps) (*Hub, error) {
 	return h, nil
 }
 
+// Shared reports whether the hub shares its names with other nodes (it
+// has a directory): a request may then reach a node that does not hold
+// its backend, and be forwarded.
+func (h *Hub) Shared() bool { return h.dir != nil }
+
 // Namespace returns the hub's namespace.
 func (h *Hub) Namespace() string { return h.opts.Namespace }
 
@@ -432,6 +443,12 @@ type call struct {
 	counted   bool         // in Hub.active; guarded by Hub.mu
 	outcome   atomic.Value // string, set once the relay's fate is known
 	up, down  atomic.Int64 // bytes to the backend, bytes to the user
+	// direct is a response whose body the hub writes to the user itself
+	// (see writeDirect); announced lists its trailers announced with the
+	// headers.
+	direct    *http.Response
+	directRB  *respBody
+	announced []string
 }
 
 func (c *call) setOutcome(o string) { c.outcome.CompareAndSwap(nil, o) }
@@ -518,6 +535,13 @@ func (h *Hub) Serve(w http.ResponseWriter, r *http.Request, t Target) {
 		h.m.bytes.WithLabelValues("down").Add(float64(c.down.Load()))
 	}()
 
+	defer func() {
+		if c.directRB != nil {
+			// The proxy failed after taking the response (it did not, so
+			// far as net/http goes): the backend's slot is still freed.
+			c.directRB.Close()
+		}
+	}()
 	r = r.WithContext(ctx)
 	// The backend may answer while the user is still sending (streams,
 	// websockets over HTTP/1.1 bodies): without this the HTTP/1 server
@@ -535,6 +559,9 @@ func (h *Hub) Serve(w http.ResponseWriter, r *http.Request, t Target) {
 		r.Body = &limitedBody{rc: r.Body, left: t.MaxRequestBodyBytes, limit: t.MaxRequestBodyBytes}
 	}
 	h.proxy.ServeHTTP(w, r)
+	if c.direct != nil {
+		h.writeDirect(w, c)
+	}
 }
 
 // rewrite shapes the outbound request: the target's path and query, the
@@ -652,6 +679,17 @@ func (h *Hub) roundTrip(req *http.Request) (*http.Response, error) {
 
 func (h *Hub) modifyResponse(resp *http.Response) error {
 	c := callFrom(resp.Request.Context())
+	if rb, ok := resp.Body.(*respBody); ok && resp.StatusCode != http.StatusSwitchingProtocols {
+		if _, ok := rb.rc.(io.WriterTo); ok {
+			// The proxy writes the headers and copies nothing; the hub
+			// writes the body after it (writeDirect).
+			c.direct, c.directRB = resp, rb
+			for k := range resp.Trailer {
+				c.announced = append(c.announced, k)
+			}
+			resp.Body = emptyBody{}
+		}
+	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// A 101 has no body of its own; an unknown length would make the
 		// proxy add "Connection: close", which clients read as no upgrade.
@@ -664,6 +702,70 @@ func (h *Hub) modifyResponse(resp *http.Response) error {
 		h.mu.Unlock()
 	}
 	return nil
+}
+
+// writeDirect writes the body of c.direct to the user, after the proxy
+// wrote its headers: a backend's response body that implements
+// io.WriterTo (the long-poll transport's, whose bytes lie in the buffers
+// its messages were read into) goes to the user straight from where it
+// lies, in writes of its own size, and not through a copy into the
+// proxy's buffer. The writer it gets can flush (Flush() error), which it
+// does when it has nothing more to write at once. The trailers follow as
+// the proxy sends them; an error in the middle of the body aborts the
+// user's connection, as the proxy does.
+func (h *Hub) writeDirect(w http.ResponseWriter, c *call) {
+	resp, rb := c.direct, c.directRB
+	c.directRB = nil
+	dw := &directWriter{w: w, c: c}
+	_, err := rb.rc.(io.WriterTo).WriteTo(dw)
+	rb.Close()
+	if err != nil {
+		switch {
+		case dw.err != nil: // the user went away or is too slow
+		case c.in.Context().Err() != nil:
+			c.setOutcome("canceled")
+		default:
+			c.setOutcome("aborted")
+		}
+		panic(http.ErrAbortHandler)
+	}
+	c.setOutcome("ok")
+	hdr := w.Header()
+	for k, vv := range resp.Trailer {
+		if !slices.Contains(c.announced, k) {
+			k = http.TrailerPrefix + k
+		}
+		hdr[k] = vv
+	}
+}
+
+// directWriter is what writeDirect hands a body: the user's response,
+// counted, with Flush.
+type directWriter struct {
+	w   http.ResponseWriter
+	c   *call
+	rc  *http.ResponseController
+	err error // the first write or flush error
+}
+
+func (d *directWriter) Write(p []byte) (int, error) {
+	n, err := d.w.Write(p)
+	d.c.down.Add(int64(n))
+	if err != nil && d.err == nil {
+		d.err = err
+	}
+	return n, err
+}
+
+func (d *directWriter) Flush() error {
+	if d.rc == nil {
+		d.rc = http.NewResponseController(d.w)
+	}
+	err := d.rc.Flush()
+	if err != nil && d.err == nil {
+		d.err = err
+	}
+	return err
 }
 
 // uncountLocked takes c out of the calls a drain waits for.

@@ -3,9 +3,17 @@
 // A storage engine (memory, embedded file, Redis) implements [Engine]: ordered
 // per-key message queues with a pending set, acknowledgements, replies and
 // expiry. Every operation of [Queues] is atomic on its own, so cores never
-// need a lock across two calls. Engines shared by several nodes also
-// implement [Fanout], which cores use for cross-node wake-ups and
-// broadcasts.
+// need a lock across two calls.
+//
+// Messages are handed out under a lease (Take, TakeAll): invisible to
+// every other taker until the lease is settled (Settle) or runs out, and
+// then, unless it was delivered, back at its place in the queue. A message
+// is removed, or marked pending, only when its delivery is settled, so
+// nothing handed out is lost when the answer to the consumer fails, the
+// engine's answer is lost, or the process dies.
+//
+// Engines shared by several nodes also implement [Fanout], which cores use
+// for cross-node wake-ups and broadcasts.
 //
 // Capabilities never talk to an engine directly: they call a core
 // (internal/queue, internal/broker, internal/relay), and the cores call the
@@ -26,6 +34,11 @@ var (
 	// ErrUnavailable means the engine cannot serve right now (Redis down,
 	// disk failing). The write did not happen. HTTP: 503.
 	ErrUnavailable = errors.New("storage unavailable")
+	// ErrOutcomeUnknown means a write was sent to the engine and no
+	// answer came (a Redis timeout or a connection lost after sending):
+	// it may or may not have happened. HTTP: 503; a retry is safe when
+	// the write is idempotent (an append with a dedup key, an ack).
+	ErrOutcomeUnknown = errors.New("storage outcome unknown")
 	// ErrNoSpace means the engine refused a write for lack of space.
 	// HTTP: 507.
 	ErrNoSpace = errors.New("storage full")
@@ -39,16 +52,18 @@ type FullError struct{ Len int }
 
 func (e *FullError) Error() string { return fmt.Sprintf("queue full (%d messages)", e.Len) }
 
-// TakeMode says how Take hands a message out.
+// TakeMode says how Take hands a message out, and what a delivered lease
+// does to it.
 type TakeMode int
 
 const (
-	// TakeDelete removes the oldest unseen message and returns it
-	// (at-most-once). Pending messages are skipped.
+	// TakeDelete hands out the oldest queued message; delivered, it is
+	// removed. Pending messages are skipped.
 	TakeDelete TakeMode = iota
-	// TakePending returns the oldest pending message again if there is one;
-	// otherwise it moves the oldest unseen message into the pending set and
-	// returns it. A pending message stays until acknowledged.
+	// TakePending hands out the oldest pending message again if there is
+	// one (with nothing to settle); otherwise the oldest queued message,
+	// which is pending from then on (Status, Reply) and, delivered, stays
+	// pending until acknowledged. Not delivered, it is queued again.
 	TakePending
 )
 
@@ -58,11 +73,26 @@ type State int
 const (
 	// StateNone: the message never existed, or it was consumed.
 	StateNone State = iota
-	// StateQueued: appended and not yet handed out.
+	// StateQueued: appended and not yet delivered (it may be under a
+	// TakeDelete lease).
 	StateQueued
 	// StatePending: handed out in pending mode and not yet acknowledged.
 	StatePending
 )
+
+// Lease is a message handed out by Take or TakeAll, to be settled with
+// Settle.
+type Lease struct {
+	Message
+	// Mode is how it was taken.
+	Mode TakeMode
+	// Token identifies this hand-out of the message; zero for a pending
+	// message handed out again, which has nothing to settle.
+	Token int64
+	// Deadline is when the lease runs out: the message must be delivered
+	// and settled by then, or it may be handed out again.
+	Deadline time.Time
+}
 
 // Message is one entry of a queue, or a reply.
 type Message struct {
@@ -101,19 +131,24 @@ type AppendOptions struct {
 	// DedupWindow is how long a DedupKey is remembered, counted from the
 	// append. Zero: only while the message is queued.
 	DedupWindow time.Duration
-	// DedupMax > 0 bounds the dedup keys of handed-out messages the queue
-	// remembers: after an append that stores a message, at most DedupMax
-	// remain, those whose windows end first forgotten first (an engine may
-	// forget a few more at once, down to 7/8 of DedupMax, so that it need
-	// not sort them at every append). A forgotten key no longer suppresses
-	// a resend. Zero: no bound but the windows.
+	// KeepFirst, with a DedupKey, leaves a queued message with the key as
+	// it is instead of replacing its content: the first of several sends
+	// wins (idempotent produce). A message under a lease is never
+	// replaced.
+	KeepFirst bool
+	// DedupMax > 0 bounds the dedup keys of delivered messages the queue
+	// remembers: from this append on (the bound is the queue's until an
+	// append names another), at most DedupMax remain, those whose windows
+	// end first forgotten first (an engine may forget a few more at once,
+	// down to 7/8 of DedupMax). A forgotten key no longer suppresses a
+	// resend. Zero: no bound but the windows, or the queue's.
 	DedupMax int
 }
 
 // AppendResult reports what Append did.
 type AppendResult struct {
 	// ID is the new message's id, or for a duplicate the id of the message
-	// it matched (zero if that message is gone).
+	// it matched (queued, or handed out within the dedup window).
 	ID ID
 	// Len is the queue length after the append (pending plus unseen).
 	Len int
@@ -130,20 +165,25 @@ type AppendResult struct {
 type Queues interface {
 	// Append adds a message (ContentType, Body) at the end of the queue.
 	Append(ctx context.Context, key string, m Message, opts AppendOptions) (AppendResult, error)
-	// Take hands out one message as mode says. ok is false when there is
-	// nothing to hand out. Expired messages are never handed out.
-	Take(ctx context.Context, key string, mode TakeMode) (m Message, ok bool, err error)
-	// TakeAll removes and returns up to max unseen messages, oldest first.
-	// max <= 0 means all.
-	TakeAll(ctx context.Context, key string, max int) ([]Message, error)
-	// Restore puts back a message that Take(TakeDelete) or TakeAll handed
-	// out but that could not be delivered. It keeps its id, content type,
-	// body, dedup key and expiry, and goes back to its place in id order;
-	// its dedup key counts as queued again. Restoring an id that is queued
-	// again is a no-op.
-	Restore(ctx context.Context, key string, m Message) error
+	// Take hands out one message as mode says, under a lease of d (> 0):
+	// until the lease is settled or runs out, no other Take hands it out.
+	// A message whose lease ran out without being settled is queued again,
+	// in its place. ok is false when there is nothing to hand out. Expired
+	// messages are never handed out.
+	Take(ctx context.Context, key string, mode TakeMode, d time.Duration) (l Lease, ok bool, err error)
+	// TakeAll hands out up to max queued messages (max <= 0: all), oldest
+	// first, as Take(TakeDelete) would, under one lease of d.
+	TakeAll(ctx context.Context, key string, max int, d time.Duration) ([]Lease, error)
+	// Settle ends leases of key. Delivered: each message is removed
+	// (TakeDelete) or pending from then on (TakePending), and its dedup
+	// key is remembered for its window; this also holds for a message
+	// whose lease ran out, unless another lease holds it. Not delivered:
+	// each message still under its lease is queued again, in its place.
+	// Settling twice, or a message gone since, is a no-op.
+	Settle(ctx context.Context, key string, leases []Lease, delivered bool) error
 	// Ack removes the message from the pending set and the queue, whether it
-	// was pending, unseen or unknown. It reports whether a message was removed.
+	// was pending, queued, leased or unknown. It reports whether a message
+	// was removed.
 	Ack(ctx context.Context, key string, id ID) (bool, error)
 	// Status reports where a message is.
 	Status(ctx context.Context, key string, id ID) (State, error)
@@ -152,9 +192,10 @@ type Queues interface {
 	// Clear removes every message of the queue, pending or not, and reports
 	// how many there were. Replies are kept.
 	Clear(ctx context.Context, key string) (int, error)
-	// Reply atomically acknowledges id, if it is pending, and stores reply
-	// for it, kept for ttl. It reports false, storing nothing, when id is not
-	// pending (unknown, unseen, already acknowledged or replied to).
+	// Reply atomically acknowledges id, if it is pending (or taken in
+	// pending mode and not yet settled), and stores reply for it, kept for
+	// ttl. It reports false, storing nothing, when id is not pending
+	// (unknown, queued, already acknowledged or replied to).
 	Reply(ctx context.Context, key string, id ID, reply Message, ttl time.Duration) (bool, error)
 	// TakeReply removes and returns the reply stored for id.
 	TakeReply(ctx context.Context, key string, id ID) (m Message, ok bool, err error)

@@ -21,6 +21,21 @@ const (
 	DefaultMaxBodyBytes   int64 = 128 << 10
 )
 
+// Idempotent produce (postern's own): a produce with an Idempotency-Key
+// stores its message once; a repeat within the window answers as the
+// first did.
+const (
+	// DefaultIdempotencyWindow is how long a tunnel remembers a key,
+	// counted from its first produce.
+	DefaultIdempotencyWindow = 24 * time.Hour
+	// DefaultIdempotencyKeys is how many keys of delivered messages a
+	// tunnel remembers at most; beyond, the oldest are forgotten first.
+	// Keys of queued messages are remembered while they are queued.
+	DefaultIdempotencyKeys = 10000
+	// MaxIdempotencyKeyBytes is the longest key; longer get 400.
+	MaxIdempotencyKeyBytes = 256
+)
+
 // Options configures the tunnels front door.
 type Options struct {
 	// AccessToken, when set, is accepted as "Authorization: Bearer <token>"
@@ -50,6 +65,13 @@ type Options struct {
 	// BodyReadTimeout bounds the time to receive a body; a client slower
 	// than that gets 408. Zero means httpapi.DefaultBodyReadTimeout.
 	BodyReadTimeout time.Duration
+	// IdempotencyWindow is how long a produce's Idempotency-Key is
+	// remembered, from its first produce (a queued message's key is
+	// remembered while it is queued in any case).
+	IdempotencyWindow time.Duration
+	// IdempotencyKeys bounds the keys of delivered messages a tunnel
+	// remembers; the oldest are forgotten first.
+	IdempotencyKeys int
 }
 
 // DefaultOptions returns the original relay's defaults: no auth,
@@ -63,6 +85,8 @@ func DefaultOptions() Options {
 		DefaultContentType: DefaultContentType,
 		ReplyTTL:           DefaultReplyTTL,
 		MaxBodyBytes:       DefaultMaxBodyBytes,
+		IdempotencyWindow:  DefaultIdempotencyWindow,
+		IdempotencyKeys:    DefaultIdempotencyKeys,
 	}
 }
 
@@ -79,6 +103,10 @@ func (o *Options) Validate() error {
 		return errors.New("tunnel reply TTL must be positive")
 	case o.MaxBodyBytes < 1:
 		return errors.New("tunnel max body size must be positive")
+	case o.IdempotencyWindow < 0:
+		return errors.New("tunnel idempotency window must not be negative")
+	case o.IdempotencyKeys < 1:
+		return fmt.Errorf("tunnel idempotency keys must be at least 1, got %d", o.IdempotencyKeys)
 	}
 	for _, id := range o.PublicIDs {
 		if !ValidID(id) {

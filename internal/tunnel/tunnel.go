@@ -3,10 +3,12 @@ package tunnel
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/postern/postern/internal/auth"
@@ -25,6 +27,26 @@ var (
 	errLimitTooBig = &httpapi.Error{Status: http.StatusBadRequest, Message: "Limit must be less than the tunnel max length"}
 	errLimitNeg    = &httpapi.Error{Status: http.StatusBadRequest, Message: "Limit must not be negative"}
 	errTooLarge    = &httpapi.Error{Status: http.StatusRequestEntityTooLarge, Message: "Request body too large"}
+)
+
+// Answers of postern's own.
+var (
+	errKeyTooLong = &httpapi.Error{Status: http.StatusBadRequest,
+		Message: fmt.Sprintf("Idempotency-Key is longer than %d bytes", MaxIdempotencyKeyBytes)}
+)
+
+// produceUnknown answers a produce whose store write was sent and not
+// answered (err is store.ErrOutcomeUnknown): the message may be stored.
+func produceUnknown(err error) *httpapi.Error {
+	reason := strings.TrimPrefix(err.Error(), store.ErrOutcomeUnknown.Error()+": ")
+	return &httpapi.Error{Status: http.StatusServiceUnavailable,
+		Message: "storage unavailable: " + reason + ": the message may have been stored; retrying with the same Idempotency-Key is safe"}
+}
+
+// Headers of idempotent produce.
+const (
+	IdempotencyKeyHeader = "Idempotency-Key"
+	ReplayedHeader       = "Idempotent-Replayed"
 )
 
 // malformed is the original's "400 Malformed url" for path, with the rule
@@ -74,6 +96,7 @@ func key(id string) string { return "t/" + id }
 func setCORS(h http.Header) {
 	h.Set("Access-Control-Allow-Origin", "*")
 	h.Set("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS")
+	// "*" exposes Idempotent-Replayed too; the list is the original's.
 	h.Set("Access-Control-Expose-Headers", "*, X-Message-Id, X-Queue-Size")
 }
 
@@ -184,6 +207,8 @@ func preflight(w http.ResponseWriter, r *http.Request) error {
 	if req := r.Header.Get("Access-Control-Request-Headers"); req != "" {
 		h.Set("Access-Control-Allow-Headers", req)
 	} else {
+		// The original's list; a browser sending Idempotency-Key names it
+		// in Access-Control-Request-Headers, which is echoed above.
 		h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, X-Hub-Signature-256")
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -257,18 +282,34 @@ func (t *Tunnels) produce(w http.ResponseWriter, r *http.Request, rt route, q ur
 	if backpressure {
 		opts.Limit = limit
 	}
+	if k := r.Header.Get(IdempotencyKeyHeader); k != "" {
+		if len(k) > MaxIdempotencyKeyBytes {
+			return errKeyTooLong
+		}
+		opts.DedupKey = k
+		opts.DedupWindow = t.opts.IdempotencyWindow
+		opts.KeepFirst = true
+		opts.DedupMax = t.opts.IdempotencyKeys
+	}
 	m := store.Message{ContentType: r.Header.Get("Content-Type"), Body: body}
-	res, err := t.core.Append(r.Context(), key(rt.id), m, opts)
+	// A client gone away does not cut the write short: it either happens
+	// or is refused, and a retry with the key finds it.
+	res, err := t.core.Append(context.WithoutCancel(r.Context()), key(rt.id), m, opts)
 	var full *store.FullError
-	if errors.As(err, &full) {
+	switch {
+	case errors.As(err, &full):
 		return (&httpapi.Error{Status: http.StatusInsufficientStorage, Message: queueFullText}).
 			WithHeader("X-Queue-Size", strconv.Itoa(full.Len))
-	}
-	if err != nil {
+	case errors.Is(err, store.ErrOutcomeUnknown):
+		return produceUnknown(err)
+	case err != nil:
 		return err
 	}
 	h := w.Header()
 	h.Set("X-Message-Id", res.ID.String())
+	if res.Duplicate {
+		h.Set(ReplayedHeader, "true")
+	}
 	if backpressure {
 		h.Set("X-Queue-Size", strconv.Itoa(res.Len))
 	}
@@ -280,14 +321,16 @@ func (t *Tunnels) produce(w http.ResponseWriter, r *http.Request, rt route, q ur
 	return nil
 }
 
-// consume hands out one message, waiting up to wait for it. A message taken
-// without pending mode is put back if it cannot be written to the client.
+// consume hands out one message, waiting up to wait for it. The message
+// is taken under a lease and settled once the answer is written: removed
+// (or pending, in pending mode) when it was, queued again in its place
+// when it was not.
 func (t *Tunnels) consume(w http.ResponseWriter, r *http.Request, rt route, q url.Values, wait time.Duration) error {
 	mode := store.TakeDelete
 	if q.Has("pending") {
 		mode = store.TakePending
 	}
-	m, ok, err := t.core.Take(r.Context(), key(rt.id), mode, wait)
+	d, ok, err := t.core.Take(r.Context(), key(rt.id), mode, wait)
 	if errors.Is(err, queue.ErrShuttingDown) {
 		err, ok = nil, false
 		w.Header().Set(drainingHeader, "true")
@@ -299,20 +342,23 @@ func (t *Tunnels) consume(w http.ResponseWriter, r *http.Request, rt route, q ur
 		w.WriteHeader(http.StatusNoContent)
 		return nil
 	}
-	h := w.Header()
-	h.Set("X-Message-Id", m.ID.String())
-	if err := t.writeBody(w, m); err != nil && mode == store.TakeDelete {
-		// The client is gone: the message was never delivered.
-		if rerr := t.core.Restore(context.WithoutCancel(r.Context()), key(rt.id), m); rerr != nil {
-			return errors.Join(err, rerr)
-		}
+	w.Header().Set("X-Message-Id", d.ID.String())
+	werr := t.writeBody(w, d.Message, d.Deadline)
+	// From here on, the client going away must not cut the settling
+	// short: it decides whether the message is delivered again.
+	ctx := context.WithoutCancel(r.Context())
+	if err := d.Settle(ctx, werr == nil); err != nil {
+		httpapi.Logger(ctx).Warn("tunnel: a delivery could not be settled; its message will be handed out again when its lease runs out",
+			"tunnel", rt.id, "id", d.ID.String(), "delivered", werr == nil, "err", err)
 	}
 	return nil
 }
 
 // writeBody writes a 200 with m's body and content type, flushed, and
-// reports whether the client took it.
-func (t *Tunnels) writeBody(w http.ResponseWriter, m store.Message) error {
+// reports whether the client took it. A write still going at deadline
+// (non-zero: a lease's) fails: the message may be handed to someone else
+// from then on.
+func (t *Tunnels) writeBody(w http.ResponseWriter, m store.Message, deadline time.Time) error {
 	h := w.Header()
 	ct := m.ContentType
 	if ct == "" {
@@ -326,11 +372,19 @@ func (t *Tunnels) writeBody(w http.ResponseWriter, m store.Message) error {
 	// ignore these headers).
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Content-Security-Policy", "sandbox; frame-ancestors 'none'")
+	rc := http.NewResponseController(w)
+	if !deadline.IsZero() {
+		// Not every writer takes a deadline (a test recorder): the lease
+		// then bounds the delivery by itself.
+		if rc.SetWriteDeadline(deadline) == nil {
+			defer rc.SetWriteDeadline(time.Time{})
+		}
+	}
 	w.WriteHeader(http.StatusOK)
 	if _, err := w.Write(m.Body); err != nil {
 		return err
 	}
-	return http.NewResponseController(w).Flush()
+	return rc.Flush()
 }
 
 func (t *Tunnels) status(w http.ResponseWriter, r *http.Request, rt route) error {
@@ -376,5 +430,5 @@ func (t *Tunnels) readReply(w http.ResponseWriter, r *http.Request, rt route, wa
 		w.WriteHeader(http.StatusNoContent)
 		return nil
 	}
-	return t.writeBody(w, m)
+	return t.writeBody(w, m, time.Time{})
 }

@@ -978,3 +978,62 @@ func TestMessagesAreSandboxed(t *testing.T) {
 		check(e.do("GET", "/t/demo/poll?timeout=1", ""), "poll")
 	})
 }
+
+// TestIdempotentProduce: a produce sent again with its Idempotency-Key is
+// answered as the first was (same id, marked replayed) and stores nothing,
+// whether the message is queued, being delivered or delivered; keys are
+// per tunnel and bounded in size.
+func TestIdempotentProduce(t *testing.T) {
+	forEachStore(t, nil, func(e *env) {
+		key := []string{"Idempotency-Key", "order-17"}
+		r := e.do("POST", "/t/idem", "first", key...)
+		id := r.h.Get("X-Message-Id")
+		if r.status != 201 || r.h.Get("Idempotent-Replayed") != "" {
+			e.t.Fatalf("first produce: %d replayed %q", r.status, r.h.Get("Idempotent-Replayed"))
+		}
+		again := func(body string) {
+			e.t.Helper()
+			r := e.do("POST", "/t/idem", body, key...)
+			if r.status != 201 || r.h.Get("X-Message-Id") != id || r.h.Get("Idempotent-Replayed") != "true" {
+				e.t.Fatalf("repeat: %d id %q replayed %q, want 201 %s true", r.status, r.h.Get("X-Message-Id"), r.h.Get("Idempotent-Replayed"), id)
+			}
+		}
+		again("second") // queued: the first content stays
+		e.want(e.do("GET", "/t/idem/len", ""), 204, "")
+		if n := e.do("GET", "/t/idem/len", "").h.Get("X-Queue-Size"); n != "1" {
+			e.t.Fatalf("len %s after a repeat, want 1", n)
+		}
+		e.want(e.do("GET", "/t/idem", ""), 200, "first")
+		again("third") // delivered: still remembered
+		e.want(e.do("GET", "/t/idem", ""), 204, "")
+		// Another tunnel, or no key, is another message.
+		if r := e.do("POST", "/t/other", "x", key...); r.status != 201 || r.h.Get("Idempotent-Replayed") != "" {
+			e.t.Fatalf("same key on another tunnel: %d %v", r.status, r.h)
+		}
+		e.produce("idem", "no key")
+		e.produce("idem", "no key")
+		if n := e.do("GET", "/t/idem/len", "").h.Get("X-Queue-Size"); n != "2" {
+			e.t.Fatalf("len %s, want 2", n)
+		}
+		long := strings.Repeat("k", tunnel.MaxIdempotencyKeyBytes+1)
+		e.want(e.do("POST", "/t/idem", "x", "Idempotency-Key", long), 400, "Idempotency-Key is longer than 256 bytes")
+	})
+}
+
+// TestIdempotencyKeysBounded: beyond --tunnel-idempotency-keys the oldest
+// keys of delivered messages are forgotten (the window is the contract
+// suite's DedupWindow).
+func TestIdempotencyKeysBounded(t *testing.T) {
+	forEachStore(t, func(o *tunnel.Options) { o.IdempotencyKeys = 2 }, func(e *env) {
+		for _, k := range []string{"a", "b", "c"} {
+			e.produce("w", k, "Idempotency-Key", k)
+			e.want(e.do("GET", "/t/w", ""), 200, k)
+		}
+		if r := e.do("POST", "/t/w", "c", "Idempotency-Key", "c"); r.h.Get("Idempotent-Replayed") != "true" {
+			e.t.Fatal("the newest key was forgotten")
+		}
+		if r := e.do("POST", "/t/w", "a", "Idempotency-Key", "a"); r.h.Get("Idempotent-Replayed") != "" {
+			e.t.Fatal("the oldest key beyond the bound is still remembered")
+		}
+	})
+}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -35,8 +36,9 @@ type backend struct {
 // chunk is one posted HttpResponse and the buffer its body lies in, which
 // the user side returns to the pool once it has relayed the body.
 type chunk struct {
-	msg *wire.Response
-	buf []byte
+	msg    *wire.Response
+	buf    []byte
+	stream *bodyStream // a body relayed as it arrives (msg.Body is empty)
 }
 
 // Ready reports whether a poll is parked for the name on this node, so the
@@ -58,9 +60,13 @@ type pending struct {
 	name string
 	msg  []byte // the serialized HttpRequest
 
-	// chunks hands each posted HttpResponse to the user side; unbuffered,
-	// so /server/response answers ok once the user side took the chunk and
-	// a slow user slows the relay client down instead of filling memory.
+	// chunks hands each posted HttpResponse to the user side. It holds
+	// one: /server/response answers ok once the chunk is queued behind
+	// the one the user side is writing, so the relay client posts the next
+	// chunk while the user side still writes (the transfers overlap, and a
+	// late answer does not leave the user side idle); a slow user slows
+	// the relay client down instead of filling memory (one message
+	// queued per request at most).
 	chunks chan chunk
 	// up carries the user's bytes after a 101 to /server/requeststream.
 	up chan []byte
@@ -74,6 +80,8 @@ type pending struct {
 	// not a timer reset, so activity costs next to nothing.
 	timer *time.Timer
 	last  atomic.Int64 // time of the last activity, in ns since clock0
+	// upgraded: the response is a 101; its chunks are read whole.
+	upgraded atomic.Bool
 	// userDone: the user has finished sending on an upgraded connection
 	// (its end of the stream, or a half-close). The request lives on
 	// until the backend's end, as in the original.
@@ -85,12 +93,16 @@ var clock0 = time.Now()
 
 func since0() int64 { return int64(time.Since(clock0)) }
 
-func (g *Relay) newPending(ctx context.Context, name string, msg []byte, id string) (*pending, error) {
+// newPending registers a relayed request. Only a request asking for an
+// upgrade gets the channel of the user's bytes after a 101.
+func (g *Relay) newPending(ctx context.Context, name string, msg []byte, id string, upgrade bool) (*pending, error) {
 	p := &pending{
 		g: g, id: id, name: name, msg: msg,
-		chunks: make(chan chunk),
-		up:     make(chan []byte, 4),
+		chunks: make(chan chunk, 1),
 		done:   make(chan struct{}),
+	}
+	if upgrade {
+		p.up = make(chan []byte, 4)
 	}
 	g.mu.Lock()
 	if g.closing {
@@ -172,6 +184,19 @@ func (p *pending) endErr() error {
 // RoundTrip hands the request to a relay client and returns its response,
 // whose body streams in as the relay client posts chunks.
 func (b *backend) RoundTrip(req *http.Request) (*http.Response, error) {
+	p, err := b.request(req)
+	if err != nil {
+		return nil, err
+	}
+	fc, err := b.handOff(p)
+	if err != nil {
+		return nil, err
+	}
+	return b.response(req, p, fc)
+}
+
+// request makes the pending request for the user's.
+func (b *backend) request(req *http.Request) (*pending, error) {
 	g := b.g
 	var body []byte
 	if req.Body != nil {
@@ -191,31 +216,37 @@ func (b *backend) RoundTrip(req *http.Request) (*http.Response, error) {
 		ID: id, Method: req.Method, URL: u.String(), Headers: requestHeaders(req.Header),
 		Body: body, Host: req.Host,
 	}).Marshal()
-	p, err := g.newPending(req.Context(), b.name, msg, id)
-	if err != nil {
-		return nil, err
-	}
+	return g.newPending(req.Context(), b.name, msg, id, req.Header.Get("Upgrade") != "")
+}
+
+// handOff gives a request to a poll, within PickupTimeout, and waits for
+// its first chunk.
+func (b *backend) handOff(p *pending) (chunk, error) {
 	select {
 	case b.handoff <- p: // a poll was parked: no timer needed
 	default:
-		pickup := time.NewTimer(g.opts.PickupTimeout)
+		pickup := time.NewTimer(b.g.opts.PickupTimeout)
 		select {
 		case b.handoff <- p:
 			pickup.Stop()
 		case <-pickup.C:
 			p.finish(errNotTaken)
-			return nil, notPickedUp(b.name)
+			return chunk{}, notPickedUp(b.name)
 		case <-p.done:
 			pickup.Stop()
-			return nil, b.failure(p)
+			return chunk{}, b.failure(p)
 		}
 	}
-	var fc chunk
 	select {
-	case fc = <-p.chunks:
+	case fc := <-p.chunks:
+		return fc, nil
 	case <-p.done:
-		return nil, b.failure(p)
+		return chunk{}, b.failure(p)
 	}
+}
+
+// response is the user's response, from the first chunk on.
+func (b *backend) response(req *http.Request, p *pending, fc chunk) (*http.Response, error) {
 	first := fc.msg
 	if !first.HasStatus {
 		putMessage(fc.buf)
@@ -230,7 +261,7 @@ func (b *backend) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	// The buffers of an upgraded stream are not pooled: its Close may
 	// come from another goroutine while a Read copies from one.
-	rd := &bodyReader{p: p, trailer: http.Header{}, pooled: status != http.StatusSwitchingProtocols}
+	rd := &bodyReader{p: p, pooled: status != http.StatusSwitchingProtocols}
 	h := make(http.Header, len(first.Headers))
 	for _, hd := range first.Headers {
 		if validHeader(hd) {
@@ -247,16 +278,31 @@ func (b *backend) RoundTrip(req *http.Request) (*http.Response, error) {
 		ProtoMinor:    1,
 		Header:        h,
 		ContentLength: -1,
-		Trailer:       rd.trailer,
 		Request:       req,
 	}
-	if first.EOF && status != http.StatusSwitchingProtocols {
-		// The whole response came in one message (a short answer): its
-		// length is known, so the proxy writes it to the user in one go
-		// rather than flushing write by write as it does for streams.
-		resp.ContentLength = int64(len(first.Body))
+	if status == http.StatusSwitchingProtocols {
+		p.upgraded.Store(true)
 	}
+	if first.EOF && status != http.StatusSwitchingProtocols {
+		// The whole response came in one message (a short answer, or a
+		// body streamed after its fields): its length is known, and the
+		// user gets it as from the backend.
+		resp.ContentLength = int64(len(first.Body))
+		if fc.stream != nil {
+			resp.ContentLength = int64(fc.stream.n)
+		}
+	}
+	rd.resp = resp
 	rd.absorb(fc)
+	if first.EOF && fc.stream == nil && status != http.StatusSwitchingProtocols && len(resp.Trailer) == 0 && len(rd.grpc) == 0 {
+		// The whole response is here, trailers included: say its length
+		// to the user (net/http would send a long one chunked). A
+		// streamed body's trailers follow it, so its length is said only
+		// by the relay client's Content-Length, if it sent one.
+		if _, ok := h["Content-Length"]; !ok && req.Method != http.MethodHead && status != http.StatusNoContent && status != http.StatusNotModified {
+			h["Content-Length"] = []string{strconv.FormatInt(resp.ContentLength, 10)}
+		}
+	}
 	if status == http.StatusSwitchingProtocols {
 		resp.Body = &upgradeBody{bodyReader: rd}
 	} else {
@@ -322,8 +368,9 @@ type bodyReader struct {
 	backing []byte // the current chunk's pooled buffer
 	pooled  bool
 	eof     bool
-	trailer http.Header   // the response's Trailer, filled at the end
-	grpc    []wire.Header // Grpc-* headers, sent again as trailers
+	resp    *http.Response // its Trailer is made with the first trailer
+	grpc    []wire.Header  // Grpc-* headers, sent again as trailers
+	stream  *bodyStream    // a body being relayed as it arrives
 }
 
 // release gives the current chunk's buffer back.
@@ -339,12 +386,20 @@ func (r *bodyReader) absorb(ch chunk) {
 	r.release()
 	c := ch.msg
 	r.buf, r.backing = c.Body, ch.buf
+	if ch.stream != nil {
+		// The body follows, then the fields after it, which hold the
+		// end (endStream).
+		r.stream, r.buf = ch.stream, nil
+	}
 	// A chunk's trailers replace earlier ones of the same name: the relay
 	// client repeats them on every chunk (and retry) once it knows them.
-	seen := map[string][]string{}
+	var seen map[string][]string
 	for _, t := range c.Trailers {
 		if !validHeader(t) {
 			continue
+		}
+		if seen == nil {
+			seen = map[string][]string{}
 		}
 		k := http.CanonicalHeaderKey(t.Name)
 		if !slices.Contains(seen[k], t.Value) {
@@ -352,22 +407,46 @@ func (r *bodyReader) absorb(ch chunk) {
 		}
 	}
 	for k, vs := range seen {
-		r.trailer[k] = vs
+		r.trailer()[k] = vs
 	}
-	if c.EOF {
+	if c.EOF && ch.stream == nil {
 		r.eof = true
 		for _, h := range r.grpc {
 			k := http.CanonicalHeaderKey(h.Name)
 			if _, ok := seen[k]; !ok {
-				r.trailer.Add(k, h.Value)
+				r.trailer().Add(k, h.Value)
 			}
 		}
 		r.p.finish(nil)
 	}
 }
 
+// trailer returns the response's Trailer, made on first use: most
+// responses have none.
+func (r *bodyReader) trailer() http.Header {
+	if r.resp.Trailer == nil {
+		r.resp.Trailer = http.Header{}
+	}
+	return r.resp.Trailer
+}
+
 func (r *bodyReader) Read(b []byte) (int, error) {
 	for len(r.buf) == 0 {
+		if r.stream != nil {
+			n, err := r.readStream(b)
+			switch {
+			case err == io.EOF:
+				if err := r.endStream(); err != nil {
+					return 0, err
+				}
+			case err != nil:
+				r.stream.done(err, false)
+				return n, err
+			case n > 0:
+				return n, nil
+			}
+			continue
+		}
 		if r.eof {
 			r.release()
 			return 0, io.EOF
@@ -385,7 +464,68 @@ func (r *bodyReader) Read(b []byte) (int, error) {
 	return n, nil
 }
 
+// WriteTo writes the body to w as the chunks come, each chunk's body in
+// one write straight from the buffer its message was read into, and
+// flushes w (when it can) whenever the next chunk is not there yet: a
+// stream reaches the user as it comes, a response that is all there
+// leaves in one go. The relay core uses it to write the body to the user
+// without copying it through the proxy's buffer.
+func (r *bodyReader) WriteTo(w io.Writer) (int64, error) {
+	f, _ := w.(interface{ Flush() error })
+	var n int64
+	for {
+		if r.stream != nil {
+			k, user, err := r.copyStream(w, f)
+			n += k
+			if err != nil {
+				r.stream.done(err, user)
+				return n, err
+			}
+			if err := r.endStream(); err != nil {
+				return n, err
+			}
+			continue
+		}
+		if len(r.buf) > 0 {
+			k, err := w.Write(r.buf)
+			n += int64(k)
+			r.buf = r.buf[k:]
+			if err != nil {
+				return n, err
+			}
+		}
+		if r.eof {
+			r.release()
+			return n, nil
+		}
+		select {
+		case c := <-r.p.chunks:
+			r.p.touchChunk(c.msg)
+			r.absorb(c)
+			continue
+		case <-r.p.done:
+			return n, r.p.endErr()
+		default:
+		}
+		if f != nil {
+			if err := f.Flush(); err != nil {
+				return n, err
+			}
+		}
+		select {
+		case c := <-r.p.chunks:
+			r.p.touchChunk(c.msg)
+			r.absorb(c)
+		case <-r.p.done:
+			return n, r.p.endErr()
+		}
+	}
+}
+
 func (r *bodyReader) Close() error {
+	if r.stream != nil {
+		r.stream.done(errClosed, true)
+	}
 	r.p.finish(errClosed)
 	if r.pooled {
 		r.release()
@@ -418,6 +558,9 @@ var errStreamClosed = errors.New("relay stream closed")
 
 func (u *upgradeBody) Write(b []byte) (int, error) {
 	p := u.p
+	if p.up == nil {
+		return 0, errStreamClosed
+	}
 	n := 0
 	for len(b) > 0 {
 		k := min(len(b), p.g.opts.BlockSize)

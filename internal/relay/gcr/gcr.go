@@ -315,6 +315,9 @@ func (g *Relay) deliver(w http.ResponseWriter, p *pending) error {
 	h := w.Header()
 	h["Content-Type"] = requestContentType
 	h["Content-Length"] = []string{strconv.Itoa(len(p.msg))}
+	if !g.hub.Shared() {
+		h[wire.StreamHeader] = streamsYes // see stream.go
+	}
 	if _, err := w.Write(p.msg); err != nil {
 		p.finish(errLost)
 		return nil
@@ -328,14 +331,35 @@ var (
 	requestContentType = []string{wire.RequestContentType}
 	textPlain          = []string{"text/plain"}
 	okBody             = []byte("ok")
+	streamsYes         = []string{"1"}
 )
 
-// serveResponse is POST /server/response: one chunk of a response.
+// serveResponse is POST /server/response: one chunk of a response. A
+// large one whose id comes before its body (AppendStreamHead's layout)
+// is relayed to the user as it arrives (serveStream); any other is read
+// whole first.
 func (g *Relay) serveResponse(w http.ResponseWriter, r *http.Request) error {
 	httpapi.SetRoute(r, "relay.response")
-	body, err := g.readMessage(w, r)
+	rc := http.NewResponseController(w)
+	deadline := rc.SetReadDeadline(time.Now().Add(g.opts.InactiveRequestTimeout)) == nil
+	var start []byte
+	if r.ContentLength < 0 || r.ContentLength > streamMinBytes {
+		var err error
+		start, err = readStart(r.Body, g.opts.MaxResponseMessageBytes)
+		defer putMessage(start)
+		if err != nil {
+			return bodyError(w, err)
+		}
+		if handled, err := g.serveStream(w, r, rc, start); handled {
+			return err
+		}
+	}
+	body, err := g.readMessage(w, r, start)
 	if err != nil {
 		return err
+	}
+	if deadline {
+		rc.SetReadDeadline(time.Time{})
 	}
 	handed := false
 	defer func() {
@@ -368,14 +392,18 @@ func (g *Relay) serveResponse(w http.ResponseWriter, r *http.Request) error {
 	select {
 	case p.chunks <- chunk{msg: msg, buf: body}:
 		handed = true // the user side gives the buffer back
-		w.Header()["Content-Type"] = textPlain
-		_, err := w.Write(okBody)
-		return err
+		return writeOK(w)
 	case <-p.done:
 		return invalidID(msg.ID)
 	case <-r.Context().Done():
 		return nil
 	}
+}
+
+func writeOK(w http.ResponseWriter) error {
+	w.Header()["Content-Type"] = textPlain
+	_, err := w.Write(okBody)
+	return err
 }
 
 // serveRequestStream is /server/requeststream?id=<id>: the user's bytes
@@ -433,40 +461,47 @@ func (g *Relay) serveRequestStream(w http.ResponseWriter, r *http.Request) error
 // buffer grows with the bytes that actually came), and the body must
 // arrive within InactiveRequestTimeout, after which no request would have
 // survived without a chunk anyway.
-func (g *Relay) readMessage(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+func (g *Relay) readMessage(w http.ResponseWriter, r *http.Request, prefix []byte) ([]byte, error) {
 	max := g.opts.MaxResponseMessageBytes
-	rc := http.NewResponseController(w)
-	deadline := rc.SetReadDeadline(time.Now().Add(g.opts.InactiveRequestTimeout)) == nil
-	b, err := g.readBody(http.MaxBytesReader(w, r.Body, max), r.ContentLength, max)
-	var tooLarge *http.MaxBytesError
-	switch {
-	case errors.As(err, &tooLarge):
+	if int64(len(prefix)) > max {
 		return nil, errTooLarge
-	case errors.Is(err, os.ErrDeadlineExceeded):
-		// The deadline stays: the rest of the body is not waited for and
-		// the connection closes after the answer.
-		w.Header().Set("Connection", "close")
-		return nil, httpapi.ErrBodyTimeout
-	case err != nil:
-		return nil, httpapi.ErrBodyIncomplete
 	}
-	if deadline {
-		rc.SetReadDeadline(time.Time{})
+	b, err := g.readBody(http.MaxBytesReader(w, r.Body, max-int64(len(prefix))), r.ContentLength, max, prefix)
+	if err != nil {
+		return nil, bodyError(w, err)
 	}
 	return b, nil
 }
 
-func (g *Relay) readBody(body io.Reader, n, max int64) ([]byte, error) {
-	if n > 0 && n <= max && g.reserve(n) {
+// bodyError is the answer to a posted message that could not be read.
+func bodyError(w http.ResponseWriter, err error) error {
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooLarge):
+		return errTooLarge
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		// The deadline stays: the rest of the body is not waited for and
+		// the connection closes after the answer.
+		w.Header().Set("Connection", "close")
+		return httpapi.ErrBodyTimeout
+	}
+	return httpapi.ErrBodyIncomplete
+}
+
+// readBody reads the rest of a message of declared length n (or unknown:
+// -1) whose start, prefix, was read already.
+func (g *Relay) readBody(body io.Reader, n, max int64, prefix []byte) ([]byte, error) {
+	if n > 0 && n <= max && n >= int64(len(prefix)) && g.reserve(n) {
 		defer g.reserved.Add(-n)
 		b := getMessage(int(n))
-		if _, err := io.ReadFull(body, b); err != nil {
+		k := copy(b, prefix)
+		if _, err := io.ReadFull(body, b[k:]); err != nil {
 			putMessage(b)
 			return nil, err
 		}
 		return b, nil
 	}
-	return g.readUnsized(body, max)
+	return g.readUnsized(body, max, prefix)
 }
 
 // unsizedStart is the first buffer for a message of unknown length: room
@@ -484,8 +519,8 @@ const (
 // aside, the buffer is sized for the whole message, so the body is read
 // in place; until then, and if the fields after the body outgrow the room
 // left for them, it doubles.
-func (g *Relay) readUnsized(body io.Reader, limit int64) ([]byte, error) {
-	b := make([]byte, 0, unsizedStart)
+func (g *Relay) readUnsized(body io.Reader, limit int64, prefix []byte) ([]byte, error) {
+	b := append(make([]byte, 0, max(unsizedStart, len(prefix))), prefix...)
 	hinted := false
 	var held int64 // bytes set aside for this message
 	defer func() { g.reserved.Add(-held) }()

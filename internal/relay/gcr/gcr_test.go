@@ -564,22 +564,32 @@ func TestLargeDownloadInBoundedMemory(t *testing.T) {
 			if chunked {
 				size = total / 4
 			}
-			largeDownload(t, size, func(o *gcrclient.Options) {
+			largeDownload(t, size, true, func(o *gcrclient.Options) {
 				o.MaxChunkSize = 1 << 20
 				o.BlockSize = 256 << 10
 				o.ChunkedPosts = chunked
 			})
 		})
 	}
+	// As postern relay posts: a body of known length in one message
+	// streamed through the server; a body of unknown length in eager
+	// chunks the server relays as they come.
+	for _, known := range []bool{true, false} {
+		t.Run(fmt.Sprintf("tuned,known-length=%v", known), func(t *testing.T) {
+			largeDownload(t, total/4, known, func(o *gcrclient.Options) { *o = gcrclient.Tuned(*o) })
+		})
+	}
 }
 
 // largeDownload relays a download of total bytes of a known pattern,
 // checks every byte, and that the heap did not grow with the size.
-func largeDownload(t *testing.T, total int, opts func(*gcrclient.Options)) {
+func largeDownload(t *testing.T, total int, known bool, opts func(*gcrclient.Options)) {
 	const pattern = "0123456789abcdef"
 	e := start(t, nil)
 	be := backendServer(t, func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Length", fmt.Sprint(total))
+		if known {
+			w.Header().Set("Content-Length", fmt.Sprint(total))
+		}
 		block := bytes.Repeat([]byte(pattern), 4096)
 		for sent := 0; sent < total; sent += len(block) {
 			if _, err := w.Write(block); err != nil {
@@ -983,7 +993,10 @@ func TestTwoNodesShareBackends(t *testing.T) {
 }
 
 func testTwoNodes(t *testing.T, share func(*node.Config)) {
-	shared := func(c *node.Config) { share(c); c.Relay.PollTimeout = 50 * time.Millisecond }
+	// Polls end soon (b's poll for "far" below must be over), but not so
+	// soon that the parked "spread" poll ends before the user's request,
+	// forwarded from b, reaches it on a loaded machine.
+	shared := func(c *node.Config) { share(c); c.Relay.PollTimeout = 500 * time.Millisecond }
 	a, b := start(t, shared), start(t, shared)
 	be := backendServer(t, func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Upgrade") != "" {
@@ -1030,7 +1043,11 @@ func testTwoNodes(t *testing.T, share func(*node.Config)) {
 	polled := a.pollAsync("spread", 1)
 	<-a.node.RelayAnnounced("spread")
 	user := b.async("GET", "/client/spread/", nil)
-	id := (<-polled).ID
+	preq := <-polled
+	if preq == nil {
+		t.Fatal("the parked poll ended without the request")
+	}
+	id := preq.ID
 	b.want(b.post(&wire.Response{HasID: true, ID: id, HasStatus: true, StatusCode: 200, Body: []byte("via b")}), 200, "ok")
 	b.want(b.do("POST", "/server/requeststream?id="+id+"x", nil), 410, "No ongoing request with id "+id+"x\n")
 	b.want(b.post(&wire.Response{HasID: true, ID: id, EOF: true}), 200, "ok")

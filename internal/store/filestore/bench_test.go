@@ -49,7 +49,8 @@ func parallel(n int, op func(key string) error) error {
 }
 
 // BenchmarkDurable measures the engine's write pattern: 32 writers making
-// durable appends, then durable takes of the same messages, sharing syncs.
+// durable appends, then durable consumes of the same messages (a take
+// under a lease and its settling as delivered), sharing syncs.
 //
 //	go test -run XXX -bench Durable -benchtime 100000x ./internal/store/filestore
 func BenchmarkDurable(b *testing.B) {
@@ -76,7 +77,7 @@ func BenchmarkDurable(b *testing.B) {
 			b.Skip("run with -benchtime Nx so that take follows append")
 		}
 		err := parallel(b.N, func(key string) error {
-			_, _, err := s.Take(ctx, key, store.TakeDelete)
+			_, _, err := takeNow(s, key, store.TakeDelete)
 			return err
 		})
 		if err != nil {

@@ -2,6 +2,7 @@ package filestore
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/postern/postern/internal/store"
@@ -26,6 +27,11 @@ type wset struct {
 	// held are bodies kept in memory until their records are in the
 	// database file (reads take bodies from there).
 	held []held
+	// marked are the entries written, marked with their batch once it is
+	// known; wait is set when the operation hands out an entry whose last
+	// write is not durable yet.
+	marked []*index.Entry
+	wait   bool
 }
 
 type held struct {
@@ -36,6 +42,7 @@ type held struct {
 // batch is everything queued between two commits; done is closed when it
 // is durable or failed.
 type batch struct {
+	gen   uint32 // batches are numbered as they are started; see committer.durable
 	seq   uint64
 	muts  []mut
 	maxID store.ID
@@ -46,7 +53,9 @@ type batch struct {
 	err   error
 }
 
-func newBatch() *batch { return &batch{done: make(chan struct{}), lead: make(chan struct{}, 1)} }
+func newBatch(gen uint32) *batch {
+	return &batch{gen: gen, done: make(chan struct{}), lead: make(chan struct{}, 1)}
+}
 
 // release drops the bodies of b from memory: they are in the database.
 func (b *batch) release() {
@@ -74,10 +83,15 @@ type committer struct {
 	// triggered is the log generation for which an early checkpoint was
 	// asked; only the writer touches it.
 	triggered uint64
+	// gen numbers the batches as they are started (wrapping); done is the
+	// number of the last batch that finished, durable or failed (a failed
+	// batch's entries are dropped from the index).
+	gen  uint32
+	done atomic.Uint32
 }
 
 func newCommitter(s *Store, nextSeq uint64) *committer {
-	c := &committer{s: s, cur: newBatch(), nextSeq: nextSeq}
+	c := &committer{s: s, cur: newBatch(1), gen: 1, nextSeq: nextSeq}
 	c.idle = sync.NewCond(&c.mu)
 	return c
 }
@@ -122,9 +136,10 @@ func (c *committer) wait(b *batch, write bool) error {
 func (c *committer) writeNext() {
 	c.mu.Lock()
 	b := c.cur
-	c.cur = newBatch()
+	c.cur = c.next()
 	c.mu.Unlock()
 	c.flush(b)
+	c.done.Store(b.gen)
 	c.mu.Lock()
 	if c.cur.n > 0 {
 		c.cur.lead <- struct{}{}
@@ -139,10 +154,22 @@ func (c *committer) writeNext() {
 func (c *committer) failQueued(err error) {
 	c.mu.Lock()
 	b := c.cur
-	c.cur = newBatch()
+	c.cur = c.next()
 	c.mu.Unlock()
 	b.err = err
 	close(b.done)
+}
+
+// next starts the next batch; c.mu must be held.
+func (c *committer) next() *batch {
+	c.gen++
+	return newBatch(c.gen)
+}
+
+// durable reports whether the batch numbered gen has finished (marks of
+// entries loaded from the files are 0, which always has).
+func (c *committer) durable(gen uint32) bool {
+	return gen == 0 || int32(gen-c.done.Load()) <= 0
 }
 
 // close waits for the last write; nothing may be submitted after it.

@@ -170,20 +170,28 @@ func lenString(b []byte) (string, []byte, bool) {
 }
 
 // A seen record is: version, CRC-32C of the key and the rest, until in
-// Unix nanoseconds.
-func encodeSeen(k []byte, until time.Time) []byte {
-	v := make([]byte, 13)
+// Unix nanoseconds, and the id of the delivered message that carried the
+// key (two big-endian uint64s; records written before ids were kept end
+// after until).
+func encodeSeen(k []byte, until time.Time, id store.ID) []byte {
+	v := make([]byte, 29)
 	v[0] = recVersion
 	binary.BigEndian.PutUint64(v[5:], uint64(nanos(until)))
+	binary.BigEndian.PutUint64(v[13:], id.MS)
+	binary.BigEndian.PutUint64(v[21:], id.Seq)
 	binary.BigEndian.PutUint32(v[1:], checksum(k, v[5:]))
 	return v
 }
 
-func decodeSeen(k, v []byte) (time.Time, error) {
-	if len(v) != 13 || v[0] != recVersion || binary.BigEndian.Uint32(v[1:]) != checksum(k, v[5:]) {
-		return time.Time{}, errBadRecord
+func decodeSeen(k, v []byte) (time.Time, store.ID, error) {
+	if len(v) != 13 && len(v) != 29 || v[0] != recVersion || binary.BigEndian.Uint32(v[1:]) != checksum(k, v[5:]) {
+		return time.Time{}, store.ID{}, errBadRecord
 	}
-	return fromNanos(int64(binary.BigEndian.Uint64(v[5:]))), nil
+	var id store.ID
+	if len(v) == 29 {
+		id = store.ID{MS: binary.BigEndian.Uint64(v[13:]), Seq: binary.BigEndian.Uint64(v[21:])}
+	}
+	return fromNanos(int64(binary.BigEndian.Uint64(v[5:]))), id, nil
 }
 
 // A pending mark is: version, CRC-32C of the key.

@@ -1,8 +1,10 @@
 package filestore_test
 
 import (
+	"context"
 	"os"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 
@@ -25,6 +27,17 @@ func open(t *testing.T, dir string, c *storetest.Clock) *filestore.Store {
 		t.Fatalf("Open(%s): %v", dir, err)
 	}
 	return s
+}
+
+// takeNow takes a message of key and settles it as delivered: a consume
+// that went well.
+func takeNow(e store.Engine, key string, mode store.TakeMode) (store.Message, bool, error) {
+	ctx := context.Background()
+	l, ok, err := e.Take(ctx, key, mode, time.Minute)
+	if err == nil && ok {
+		err = e.Settle(ctx, key, []store.Lease{l}, true)
+	}
+	return l.Message, ok, err
 }
 
 func TestContract(t *testing.T) {

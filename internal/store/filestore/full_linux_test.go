@@ -92,7 +92,7 @@ func TestFullDiskRefusesWritesKeepsReads(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m, ok, err := s.Take(ctx, "t/full", store.TakePending); !ok || err != nil || m.ID != first.ID {
+	if m, ok, err := takeNow(s, "t/full", store.TakePending); !ok || err != nil || m.ID != first.ID {
 		t.Fatalf("Take pending: %v %v", ok, err)
 	}
 	filler := fillDisk(t, mnt)
@@ -117,7 +117,7 @@ func TestFullDiskRefusesWritesKeepsReads(t *testing.T) {
 	if st, err := s.Status(ctx, "t/full", first.ID); err != nil || st != store.StatePending {
 		t.Fatalf("Status on a full disk = %v, %v", st, err)
 	}
-	if m, ok, err := s.Take(ctx, "t/full", store.TakePending); !ok || err != nil || string(m.Body) != "first" {
+	if m, ok, err := takeNow(s, "t/full", store.TakePending); !ok || err != nil || string(m.Body) != "first" {
 		t.Fatalf("Take pending on a full disk = %q %v %v", m.Body, ok, err)
 	}
 	// A write may get through once the retry interval is over, if the
@@ -190,7 +190,7 @@ func TestReadOnlyDirectoryServesReads(t *testing.T) {
 		t.Fatalf("append on a read-only directory: %v, want ErrUnavailable saying read-only and naming %s", err, dir)
 	}
 	t.Log(err)
-	if _, _, err := s.Take(ctx, "t/x", store.TakeDelete); !errors.Is(err, store.ErrUnavailable) {
+	if _, _, err := takeNow(s, "t/x", store.TakeDelete); !errors.Is(err, store.ErrUnavailable) {
 		t.Fatalf("consume on a read-only directory: %v", err)
 	}
 	if err := s.Ping(ctx); err != nil {

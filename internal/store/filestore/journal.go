@@ -21,32 +21,29 @@ type backend struct{ s *Store }
 func (b backend) Begin(op index.Op) index.Journal { return &wset{s: b.s, op: op} }
 
 // End implements index.Backend: it queues the write set, releases the
-// shard and waits until the write is durable. An operation that changed
-// nothing still waits for the writes queued before it: its answer (a
-// pending message handed out again, a suppressed duplicate) may rest on
-// them, and must not be given before they are durable. Only a sweep that
-// found nothing to remove does not wait.
+// shard and waits until the write is durable. An index.OpWrite that
+// changed nothing still waits for the writes queued before it: its answer
+// (a suppressed duplicate, an ack of a message already gone) may rest on
+// them, and must not be given before they are durable. Quiet operations
+// (taking under a lease, settling, sweeping) wait only for their own
+// changes and for the durability of what they hand out.
 func (b backend) End(j index.Journal, sh *index.Shard) error {
 	w := j.(*wset)
-	if w.op == index.OpSweep && len(w.muts) == 0 {
+	if w.op != index.OpWrite && len(w.muts) == 0 && !w.wait {
 		sh.Unlock()
 		return nil
 	}
 	bt, write := b.s.c.submit(w)
+	for _, e := range w.marked {
+		e.SetMark(bt.gen)
+	}
 	sh.Unlock()
 	return b.s.c.wait(bt, write)
 }
 
 // Writable implements index.Journal: writes fail at once while a failure
-// is being retried, or for good on a read-only directory. A restore puts
-// back a message that would otherwise be lost: it tries the disk even
-// while writes are being refused after a failure.
-func (w *wset) Writable() error {
-	if w.op == index.OpRestore && !w.s.readOnly {
-		return nil
-	}
-	return w.s.writable()
-}
+// is being retried, or for good on a read-only directory.
+func (w *wset) Writable() error { return w.s.writable() }
 
 // ReadBody implements index.Journal.
 func (w *wset) ReadBody(key string, id store.ID) ([]byte, error) {
@@ -66,6 +63,7 @@ func (w *wset) PutMessage(key string, e *index.Entry, body []byte) {
 	k := keyFor(key, m.ID)
 	w.muts = append(w.muts, mut{bMsgs, k, encodeMsg(k, m.ContentType, m.DedupKey, m.ExpiresAt, e.DedupUntil(), body)})
 	w.held = append(w.held, held{&e.Body, e.Hold(body)})
+	w.marked = append(w.marked, e)
 }
 
 // DelMessage implements index.Journal.
@@ -81,12 +79,13 @@ func (w *wset) DelMessage(key string, e *index.Entry) {
 func (w *wset) PutPending(key string, e *index.Entry) {
 	k := keyFor(key, e.MessageID())
 	w.muts = append(w.muts, mut{bPending, k, encodePending(k)})
+	w.marked = append(w.marked, e)
 }
 
 // PutSeen implements index.Journal.
-func (w *wset) PutSeen(key, dedupKey string, until time.Time) {
+func (w *wset) PutSeen(key, dedupKey string, until time.Time, id store.ID) {
 	k := seenKeyFor(key, dedupKey)
-	w.muts = append(w.muts, mut{bSeen, k, encodeSeen(k, until)})
+	w.muts = append(w.muts, mut{bSeen, k, encodeSeen(k, until, id)})
 }
 
 // DelSeen implements index.Journal.
@@ -105,6 +104,14 @@ func (w *wset) PutReply(key string, r *index.Reply, body []byte) {
 // DelReply implements index.Journal.
 func (w *wset) DelReply(key string, id store.ID) {
 	w.muts = append(w.muts, mut{bucket: bReplies, key: keyFor(key, id)})
+}
+
+// Gave implements index.Journal: handing out a message whose last write
+// is not durable yet waits for that write.
+func (w *wset) Gave(key string, e *index.Entry) {
+	if !w.s.c.durable(e.Mark()) {
+		w.wait = true
+	}
 }
 
 // Assigned implements index.Journal.

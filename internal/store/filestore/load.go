@@ -168,11 +168,11 @@ func (rd *reader) seenKeys() error {
 		if !ok {
 			return rd.s.damaged("dedup key record %x is malformed", k)
 		}
-		until, err := decodeSeen(k, v)
+		until, id, err := decodeSeen(k, v)
 		if err != nil {
 			return rd.s.damaged("dedup key %q of queue %q: %v", dk, key, err)
 		}
-		rd.l.Seen(key, string(dk), until)
+		rd.l.Seen(key, string(dk), until, id)
 		return nil
 	})
 }

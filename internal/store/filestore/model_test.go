@@ -24,7 +24,12 @@ func TestMatchesMemoryEngine(t *testing.T) {
 	}
 }
 
-type pair struct{ file, mem store.Message }
+// pair is one message handed out by both engines, under a lease each.
+type pair struct{ file, mem store.Lease }
+
+// modelLease is the lease of the model's takes: the clock steps of up to
+// 40 s let some run out.
+const modelLease = 30 * time.Second
 
 func runModel(t *testing.T, seed uint64, steps int) {
 	ctx := context.Background()
@@ -49,7 +54,7 @@ func runModel(t *testing.T, seed uint64, steps int) {
 		id  store.ID
 	}
 	ids := map[kid]store.ID{}           // file id -> memory id; ids are per key
-	taken := map[string][]pair{}        // handed out by TakeDelete, for Restore
+	taken := map[string][]pair{}        // handed out and not settled yet
 	known := map[string][][2]store.ID{} // appended ids per key, for Ack, Status, Reply
 	keys := []string{"t/a", "t/b", "inbox/c"}
 	var log []string
@@ -122,40 +127,41 @@ func runModel(t *testing.T, seed uint64, steps int) {
 			}
 		case op < 48:
 			mode := store.TakeMode(rng.IntN(2))
-			f, fok, ferr := fs.Take(ctx, key, mode)
-			m, mok, merr := ms.Take(ctx, key, mode)
+			f, fok, ferr := fs.Take(ctx, key, mode, modelLease)
+			m, mok, merr := ms.Take(ctx, key, mode, modelLease)
 			trace("  take %v: file %v %v %d, memory %v %v %d", mode, fok, f.ID, len(f.Body), mok, m.ID, len(m.Body))
 			if ferr != nil || merr != nil || fok != mok {
 				t.Fatalf("step %d Take: file %v %v, memory %v %v", step, fok, ferr, mok, merr)
 			}
 			if fok {
-				same(step, "Take", f, m)
-				if mode == store.TakeDelete {
-					taken[key] = append(taken[key], pair{f, m})
-				}
+				same(step, "Take", f.Message, m.Message)
+				taken[key] = append(taken[key], pair{f, m})
 			}
 		case op < 52:
 			n := rng.IntN(3)
-			f, ferr := fs.TakeAll(ctx, key, n)
-			m, merr := ms.TakeAll(ctx, key, n)
+			f, ferr := fs.TakeAll(ctx, key, n, modelLease)
+			m, merr := ms.TakeAll(ctx, key, n, modelLease)
 			trace("  takeall %d: file %d, memory %d", n, len(f), len(m))
 			if ferr != nil || merr != nil || len(f) != len(m) {
 				t.Fatalf("step %d TakeAll: file %d %v, memory %d %v", step, len(f), ferr, len(m), merr)
 			}
 			for i := range f {
-				same(step, "TakeAll", f[i], m[i])
+				same(step, "TakeAll", f[i].Message, m[i].Message)
+				taken[key] = append(taken[key], pair{f[i], m[i]})
 			}
-		case op < 57:
+		case op < 60:
 			if len(taken[key]) == 0 {
 				continue
 			}
-			p := taken[key][rng.IntN(len(taken[key]))]
-			trace("  restore file %v memory %v", p.file.ID, p.mem.ID)
-			if err := fs.Restore(ctx, key, p.file); err != nil {
-				t.Fatal(err)
-			}
-			if err := ms.Restore(ctx, key, p.mem); err != nil {
-				t.Fatal(err)
+			i := rng.IntN(len(taken[key]))
+			p := taken[key][i]
+			taken[key] = append(taken[key][:i], taken[key][i+1:]...)
+			delivered := rng.IntN(3) > 0
+			trace("  settle file %v memory %v delivered %v", p.file.ID, p.mem.ID, delivered)
+			ferr := fs.Settle(ctx, key, []store.Lease{p.file}, delivered)
+			merr := ms.Settle(ctx, key, []store.Lease{p.mem}, delivered)
+			if ferr != nil || merr != nil {
+				t.Fatalf("step %d Settle: file %v, memory %v", step, ferr, merr)
 			}
 		case op < 67:
 			fok, ferr := fs.Ack(ctx, key, fid)
@@ -215,6 +221,17 @@ func runModel(t *testing.T, seed uint64, steps int) {
 			}
 			if fs, err = filestore.Open(opts); err != nil {
 				t.Fatalf("step %d reopen: %v", step, err)
+			}
+			// The leases died with the process: in the file engine their
+			// messages are queued again, as they are in memory once given
+			// back.
+			for k, ps := range taken {
+				for _, p := range ps {
+					if err := ms.Settle(ctx, k, []store.Lease{p.mem}, false); err != nil {
+						t.Fatal(err)
+					}
+				}
+				delete(taken, k)
 			}
 			for _, k := range keys {
 				fn, _ := fs.Len(ctx, k)

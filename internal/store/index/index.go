@@ -69,6 +69,7 @@ var (
 type Shard struct {
 	mu      sync.Mutex
 	lastID  store.ID // ids increase per shard, hence per key, even after a queue is forgotten
+	tokens  int64    // the last lease token handed out
 	queues  map[string]*queue
 	replies map[replyKey]*Reply
 }
@@ -240,9 +241,9 @@ func (x *Index) sweep(sh *Shard) bool {
 			break
 		}
 		c.key = key
-		for k, until := range q.seen {
+		for k, sn := range q.seen {
 			n++
-			if !c.now.Before(until) {
+			if !c.now.Before(sn.until) {
 				delete(q.seen, k)
 				j.DelSeen(key, k)
 			}

@@ -11,11 +11,13 @@ import (
 type Op int
 
 const (
-	// OpWrite is an operation that may change the index.
+	// OpWrite is an operation whose answer may rest on every change made
+	// before it: a durable engine answers it once those are durable.
 	OpWrite Op = iota
-	// OpRestore puts back a message that would otherwise be lost: a
-	// backend may let it through where it refuses other writes.
-	OpRestore
+	// OpQuiet is an operation whose answer rests only on its own changes
+	// and on what it hands out (Journal.Gave): taking under a lease,
+	// settling a lease.
+	OpQuiet
 	// OpSweep removes expired data in the background.
 	OpSweep
 )
@@ -52,8 +54,9 @@ type Journal interface {
 	DelMessage(key string, e *Entry)
 	// PutPending: e became pending.
 	PutPending(key string, e *Entry)
-	// PutSeen: a handed-out message's dedup key is remembered until then.
-	PutSeen(key, dedupKey string, until time.Time)
+	// PutSeen: the dedup key of delivered message id is remembered until
+	// then.
+	PutSeen(key, dedupKey string, until time.Time, id store.ID)
 	// DelSeen: a remembered dedup key is forgotten.
 	DelSeen(key, dedupKey string)
 	// PutReply: r was stored.
@@ -62,6 +65,9 @@ type Journal interface {
 	DelReply(key string, id store.ID)
 	// Assigned: a message got id, above every id assigned before.
 	Assigned(id store.ID)
+	// Gave: the operation hands e out (under a lease, or a pending message
+	// again); its answer rests on e's last change being durable.
+	Gave(key string, e *Entry)
 }
 
 // Memory is the Backend of an engine that keeps everything in memory and
@@ -92,8 +98,9 @@ func (discard) ReadReplyBody(string, store.ID) ([]byte, error) { return nil, err
 func (discard) PutMessage(_ string, e *Entry, body []byte)     { e.Keep(body) }
 func (discard) DelMessage(string, *Entry)                      {}
 func (discard) PutPending(string, *Entry)                      {}
-func (discard) PutSeen(string, string, time.Time)              {}
+func (discard) PutSeen(string, string, time.Time, store.ID)    {}
 func (discard) DelSeen(string, string)                         {}
 func (discard) PutReply(_ string, r *Reply, body []byte)       { r.Keep(body) }
 func (discard) DelReply(string, store.ID)                      {}
 func (discard) Assigned(store.ID)                              {}
+func (discard) Gave(string, *Entry)                            {}

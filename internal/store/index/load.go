@@ -85,9 +85,15 @@ func (l *Loader) Pending(key string, id store.ID) bool {
 	return found
 }
 
-// Seen remembers dedup key dk of queue key until then.
-func (l *Loader) Seen(key, dk string, until time.Time) {
-	l.queue(key).setSeen(dk, until)
+// Seen remembers dedup key dk of delivered message id of queue key until
+// then.
+func (l *Loader) Seen(key, dk string, until time.Time, id store.ID) {
+	q := l.queue(key)
+	if q.seen == nil {
+		q.seen = make(map[string]seen)
+	}
+	q.nseen++
+	q.seen[dk] = seen{until: until, id: id, n: q.nseen}
 }
 
 // Reply adds reply m (its body not included) to message m.ID of queue key

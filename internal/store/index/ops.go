@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/postern/postern/internal/store"
-	"github.com/postern/postern/internal/store/ordered"
 )
 
 // call is one operation on one key, run under its shard's lock.
@@ -88,28 +87,37 @@ func (c *call) maybeForget(q *queue) {
 	}
 }
 
-// forget drops the dedup bookkeeping for e when it is handed out or leaves
+// forget drops the dedup bookkeeping for e when it is delivered or leaves
 // the queue. When delivered is set, its dedup key is remembered until the
-// end of its window, so that a resend is suppressed.
+// end of its window, so that a resend is suppressed (and told e's id).
 func (c *call) forget(q *queue, e *Entry, delivered bool) {
 	k := e.msg.DedupKey
 	if k == "" {
 		return
 	}
+	// A newer message may carry the key (this one expired before it came):
+	// the key is that one's.
+	newer := q.queued[k] != nil && q.queued[k] != e
+	if s, ok := q.seen[k]; ok && s.id.Compare(e.msg.ID) > 0 {
+		newer = true
+	}
 	if q.queued[k] == e {
 		delete(q.queued, k)
 	}
-	if delivered && e.dedupUntil.after(c.now) {
+	if delivered && !newer && e.dedupUntil.after(c.now) {
 		until := e.dedupUntil.time()
-		q.setSeen(k, until)
-		c.j.PutSeen(c.key, k, until)
+		for _, old := range q.remember(k, e.msg.ID, until) {
+			c.j.DelSeen(c.key, old)
+		}
+		c.j.PutSeen(c.key, k, until, e.msg.ID)
 	}
 }
 
-// remove takes Live()[i] out of q; delivered says whether it was handed
-// out (see forget).
+// remove takes Live()[i] out of q; delivered says whether it was
+// delivered (see forget).
 func (c *call) remove(q *queue, i int, delivered bool) *Entry {
 	e := q.RemoveAt(i)
+	q.unlease(e, e.state)
 	c.forget(q, e, delivered)
 	c.j.DelMessage(c.key, e)
 	c.x.messages.Add(-1)
@@ -118,7 +126,7 @@ func (c *call) remove(q *queue, i int, delivered bool) *Entry {
 
 // message returns e's message with its body.
 func (c *call) message(e *Entry) (store.Message, error) {
-	m, ok := e.load(e.msg)
+	m, ok := e.message()
 	if ok {
 		return m, nil
 	}
@@ -150,15 +158,20 @@ func (c *call) append(m store.Message, opts store.AppendOptions) (store.AppendRe
 	if opts.TTL > 0 {
 		expires = c.now.Add(opts.TTL)
 	}
+	for _, old := range q.bound(opts.DedupMax) {
+		c.j.DelSeen(c.key, old)
+	}
 	if k := opts.DedupKey; k != "" {
 		if e := q.queued[k]; e != nil && !e.msg.Expired(c.now) {
-			e.msg.ContentType = m.ContentType
-			e.msg.ExpiresAt = expires
-			c.j.PutMessage(c.key, e, m.Body)
+			if !opts.KeepFirst && q.available(e, c.now) {
+				e.msg.ContentType = m.ContentType
+				e.msg.ExpiresAt = expires
+				c.j.PutMessage(c.key, e, m.Body)
+			}
 			return store.AppendResult{ID: e.msg.ID, Len: q.Len(), Duplicate: true}, nil
 		}
-		if until, ok := q.seen[k]; ok && c.now.Before(until) {
-			return store.AppendResult{Len: q.Len(), Duplicate: true}, nil
+		if s, ok := q.seen[k]; ok && c.now.Before(s.until) {
+			return store.AppendResult{ID: s.id, Len: q.Len(), Duplicate: true}, nil
 		}
 	}
 	if opts.Limit > 0 && q.Len() >= opts.Limit {
@@ -185,10 +198,6 @@ func (c *call) append(m store.Message, opts store.AppendOptions) (store.AppendRe
 			c.j.DelSeen(c.key, k)
 		}
 	}
-	for _, k := range ordered.Overflow(q.seen, opts.DedupMax) {
-		delete(q.seen, k)
-		c.j.DelSeen(c.key, k)
-	}
 	res := store.AppendResult{ID: e.msg.ID}
 	for opts.MaxLen > 0 && q.Len() > opts.MaxLen {
 		c.remove(q, 0, false)
@@ -198,158 +207,10 @@ func (c *call) append(m store.Message, opts store.AppendOptions) (store.AppendRe
 	return res, nil
 }
 
-// taken is a Take's answer.
+// taken is an answer of one message.
 type taken struct {
 	m  store.Message
 	ok bool
-}
-
-// Take implements store.Queues.
-func (x *Index) Take(ctx context.Context, key string, mode store.TakeMode) (store.Message, bool, error) {
-	c, err := x.begin(key, OpWrite)
-	if err != nil {
-		return store.Message{}, false, err
-	}
-	t, err := c.take(mode)
-	if err = c.end(err); err != nil {
-		return store.Message{}, false, err
-	}
-	return t.m, t.ok, nil
-}
-
-func (c *call) take(mode store.TakeMode) (taken, error) {
-	q := c.queue(false)
-	if q == nil {
-		return taken{}, nil
-	}
-	defer c.maybeForget(q)
-	if mode == store.TakePending {
-		for _, e := range q.Live() {
-			if e.state == pending && !e.msg.Expired(c.now) {
-				// Handing out the pending message again changes nothing.
-				m, err := c.message(e)
-				return taken{m, err == nil}, err
-			}
-		}
-	}
-	for i := 0; i < q.Len(); {
-		e := q.Live()[i]
-		expired := e.msg.Expired(c.now)
-		if e.state == pending && !expired {
-			i++
-			continue
-		}
-		// Check writability only when about to change something, so
-		// that polling an empty queue works while writes are refused.
-		if err := c.writable(); err != nil {
-			return taken{}, err
-		}
-		if expired {
-			c.remove(q, i, false)
-			continue
-		}
-		m, err := c.message(e)
-		if err != nil {
-			return taken{}, err
-		}
-		if mode == store.TakePending {
-			e.state = pending
-			c.j.PutPending(c.key, e)
-			c.forget(q, e, true)
-		} else {
-			c.remove(q, i, true)
-		}
-		return taken{m, true}, nil
-	}
-	return taken{}, nil
-}
-
-// TakeAll implements store.Queues.
-func (x *Index) TakeAll(ctx context.Context, key string, limit int) ([]store.Message, error) {
-	c, err := x.begin(key, OpWrite)
-	if err != nil {
-		return nil, err
-	}
-	out, err := c.takeAll(limit)
-	if err = c.end(err); err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
-func (c *call) takeAll(limit int) ([]store.Message, error) {
-	q := c.queue(false)
-	if q == nil {
-		return nil, nil
-	}
-	defer c.maybeForget(q)
-	var out []store.Message
-	for i := 0; i < q.Len() && (limit <= 0 || len(out) < limit); {
-		e := q.Live()[i]
-		if e.state == pending {
-			i++
-			continue
-		}
-		if err := c.writable(); err != nil {
-			return nil, err
-		}
-		if e.msg.Expired(c.now) {
-			c.remove(q, i, false)
-			continue
-		}
-		m, err := c.message(e)
-		if err != nil {
-			return out, err
-		}
-		c.remove(q, i, true)
-		out = append(out, m)
-	}
-	return out, nil
-}
-
-// Restore implements store.Queues.
-func (x *Index) Restore(ctx context.Context, key string, m store.Message) error {
-	c, err := x.begin(key, OpRestore)
-	if err != nil {
-		return err
-	}
-	return c.end(c.restore(m))
-}
-
-func (c *call) restore(m store.Message) error {
-	if err := c.writable(); err != nil {
-		return err
-	}
-	q := c.queue(true)
-	defer c.maybeForget(q)
-	if m.Expired(c.now) {
-		return nil
-	}
-	i, found := q.Find(m.ID)
-	if found {
-		return nil
-	}
-	body := m.Body
-	m.Body = nil
-	e := &Entry{msg: m}
-	q.InsertAt(i, e)
-	c.x.messages.Add(1)
-	if k := m.DedupKey; k != "" && q.queued[k] == nil {
-		q.setQueued(k, e)
-		if until, ok := q.seen[k]; ok {
-			e.dedupUntil = nanoOf(until)
-			delete(q.seen, k)
-			c.j.DelSeen(c.key, k)
-		}
-	}
-	c.j.PutMessage(c.key, e, body)
-	if m.ID.Compare(c.sh.lastID) > 0 {
-		// A message from outside this index's history: keep ids
-		// increasing.
-		c.sh.lastID = m.ID
-		c.j.Assigned(m.ID)
-	}
-	return nil
 }
 
 // Ack implements store.Queues.
@@ -395,7 +256,7 @@ func (x *Index) Status(ctx context.Context, key string, id store.ID) (store.Stat
 		switch e := q.Live()[i]; {
 		case e.msg.Expired(now):
 			return store.StateNone
-		case e.state == pending:
+		case q.pendingNow(e, now):
 			return store.StatePending
 		}
 		return store.StateQueued
@@ -466,7 +327,10 @@ func (c *call) reply(id store.ID, r store.Message, ttl time.Duration) (bool, err
 	}
 	defer c.maybeForget(q)
 	i, found := q.Find(id)
-	if !found || q.Live()[i].state != pending {
+	if !found {
+		return false, nil
+	}
+	if !q.pendingNow(q.Live()[i], c.now) {
 		return false, nil
 	}
 	if err := c.writable(); err != nil {
@@ -508,7 +372,7 @@ func (c *call) takeReply(id store.ID) (taken, error) {
 	expired := m.Expired(c.now)
 	if !expired {
 		var ok bool
-		if m, ok = r.load(m); !ok {
+		if m, ok = r.message(); !ok {
 			var err error
 			if m.Body, err = c.j.ReadReplyBody(c.key, id); err != nil {
 				return taken{}, err

@@ -34,16 +34,19 @@ func parallelKeys(b *testing.B, shared bool, op func(s *memstore.Store, key stri
 	})
 }
 
-// BenchmarkAppendTake is one append and one take, on keys of their own
-// and on one shared key.
+// BenchmarkAppendTake is one append and one consume (a take and its
+// settling as delivered), on keys of their own and on one shared key.
 func BenchmarkAppendTake(b *testing.B) {
 	ctx := context.Background()
 	op := func(s *memstore.Store, key string) error {
 		if _, err := s.Append(ctx, key, store.Message{Body: benchBody}, store.AppendOptions{MaxLen: 1000}); err != nil {
 			return err
 		}
-		_, _, err := s.Take(ctx, key, store.TakeDelete)
-		return err
+		l, _, err := s.Take(ctx, key, store.TakeDelete, time.Minute)
+		if err != nil {
+			return err
+		}
+		return s.Settle(ctx, key, []store.Lease{l}, true)
 	}
 	b.Run("own", func(b *testing.B) { parallelKeys(b, false, op) })
 	b.Run("shared", func(b *testing.B) { parallelKeys(b, true, op) })
@@ -56,11 +59,14 @@ func BenchmarkPendingAck(b *testing.B) {
 		if _, err := s.Append(ctx, key, store.Message{Body: benchBody}, store.AppendOptions{}); err != nil {
 			return err
 		}
-		m, _, err := s.Take(ctx, key, store.TakePending)
+		l, _, err := s.Take(ctx, key, store.TakePending, time.Minute)
+		if err == nil {
+			err = s.Settle(ctx, key, []store.Lease{l}, true)
+		}
 		if err != nil {
 			return err
 		}
-		_, err = s.Ack(ctx, key, m.ID)
+		_, err = s.Ack(ctx, key, l.ID)
 		return err
 	})
 }
@@ -78,8 +84,11 @@ func BenchmarkDedupTakeAll(b *testing.B) {
 				return err
 			}
 		}
-		_, err := s.TakeAll(ctx, key, 0)
-		return err
+		ls, err := s.TakeAll(ctx, key, 0, time.Minute)
+		if err != nil {
+			return err
+		}
+		return s.Settle(ctx, key, ls, true)
 	})
 }
 

@@ -92,11 +92,11 @@ func TestGarbageCollectionTTLs(t *testing.T) {
 
 	// Replies have keys of their own with the reply TTL plus the margin.
 	r, _ = s.Append(ctx, "t/gc", store.Message{Body: []byte("q")}, store.AppendOptions{TTL: time.Hour})
-	if _, ok, _ := s.Take(ctx, "t/gc", store.TakePending); !ok {
+	if _, ok, _ := takeNow(s, "t/gc", store.TakePending); !ok {
 		t.Fatal("nothing pending")
 	}
 	for {
-		m, ok, _ := s.Take(ctx, "t/gc", store.TakePending)
+		m, ok, _ := takeNow(s, "t/gc", store.TakePending)
 		if !ok {
 			t.Fatal("nothing pending")
 		}
@@ -137,6 +137,16 @@ func TestGarbageCollectionTTLs(t *testing.T) {
 
 // TestHashTagsOfOddKeys: keys with braces or nothing still get one slot per
 // queue and stay apart from each other.
+// takeNow takes a message of key and settles it as delivered: a consume
+// that went well.
+func takeNow(e store.Engine, key string, mode store.TakeMode) (store.Message, bool, error) {
+	l, ok, err := e.Take(ctx, key, mode, time.Minute)
+	if err == nil && ok {
+		err = e.Settle(ctx, key, []store.Lease{l}, true)
+	}
+	return l.Message, ok, err
+}
+
 func TestHashTagsOfOddKeys(t *testing.T) {
 	u := redistest.URL(t)
 	s := open(t, u, nil)
@@ -147,7 +157,7 @@ func TestHashTagsOfOddKeys(t *testing.T) {
 		}
 	}
 	for _, k := range []string{"", "}", "{", "{}", "a}b{c", "%7B", "%"} {
-		m, ok, err := s.Take(ctx, k, store.TakeDelete)
+		m, ok, err := takeNow(s, k, store.TakeDelete)
 		if err != nil || !ok || string(m.Body) != "v"+k {
 			t.Fatalf("Take(%q) = %q %v %v", k, m.Body, ok, err)
 		}
@@ -193,7 +203,7 @@ func TestTwoNodesShareQueues(t *testing.T) {
 	for _, e := range []*redisstore.Store{a, b, a, b} {
 		wg.Go(func() {
 			for {
-				m, ok, err := e.Take(ctx, "t/shared", store.TakeDelete)
+				m, ok, err := takeNow(e, "t/shared", store.TakeDelete)
 				if err != nil {
 					t.Error(err)
 					return
@@ -515,7 +525,7 @@ func TestTLS(t *testing.T) {
 	if p := got.waitFor(t, 1); p[0] != "over tls" {
 		t.Fatalf("payload %q", p)
 	}
-	if m, ok, err := s.Take(ctx, "t/tls", store.TakeDelete); !ok || err != nil || string(m.Body) != "secret" {
+	if m, ok, err := takeNow(s, "t/tls", store.TakeDelete); !ok || err != nil || string(m.Body) != "secret" {
 		t.Fatalf("Take over TLS = %q %v %v", m.Body, ok, err)
 	}
 	// Without the CA the certificate is not trusted.
@@ -539,14 +549,14 @@ func TestEveryKeyGetsATTL(t *testing.T) {
 	r1, _ := s.Append(ctx, q, store.Message{Body: []byte("a")}, ttl)
 	s.Append(ctx, q, store.Message{Body: []byte("b")}, store.AppendOptions{TTL: time.Hour})
 	forever, _ := s.Append(ctx, q, store.Message{Body: []byte("c")}, store.AppendOptions{})
-	m, _, _ := s.Take(ctx, q, store.TakeDelete) // a: dedup window remembered
-	if m.ID != r1.ID {
-		t.Fatalf("took %v", m.ID)
+	l, _, _ := s.Take(ctx, q, store.TakeDelete, time.Minute) // a, under a lease
+	if l.ID != r1.ID {
+		t.Fatalf("took %v", l.ID)
 	}
-	if err := s.Restore(ctx, q, m); err != nil { // a back at its place
+	if err := s.Settle(ctx, q, []store.Lease{l}, false); err != nil { // a back at its place
 		t.Fatal(err)
 	}
-	if _, ok, _ := s.Take(ctx, q, store.TakePending); !ok { // a pending
+	if _, ok, _ := takeNow(s, q, store.TakePending); !ok { // a pending: dedup window remembered
 		t.Fatal("nothing pending")
 	}
 	keys := func() map[string]time.Duration {

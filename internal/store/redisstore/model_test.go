@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,7 +18,8 @@ import (
 // TestSameAsMemory drives the Redis engine and the memory engine (whose
 // semantics are the spec) with the same random operations on the same
 // manual clock and checks that they answer alike: every combination of
-// pending, restore, dedup windows, limits, trimming, expiry and replies.
+// pending, leases settled or run out, dedup windows, limits, trimming,
+// expiry and replies.
 func TestSameAsMemory(t *testing.T) {
 	for seed := range 8 {
 		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
@@ -29,10 +31,14 @@ func TestSameAsMemory(t *testing.T) {
 // engineView tracks one engine and the ids it gave each body.
 type engineView struct {
 	e      store.Engine
-	ids    map[string]store.ID // body -> id
-	bodies map[string]string   // key + id -> body (ids differ per engine, and are per key)
-	taken  map[string]store.Message
+	ids    map[string]store.ID    // body -> id
+	bodies map[string]string      // key + id -> body (ids differ per engine, and are per key)
+	taken  map[string]store.Lease // body -> its lease, not settled yet
 }
+
+// modelLease is the lease of the model's takes: the clock steps of up to
+// 30 ms let some run out.
+const modelLease = 40 * time.Millisecond
 
 func runModel(t *testing.T, seed uint64, steps int) {
 	ctx := context.Background()
@@ -42,8 +48,8 @@ func runModel(t *testing.T, seed uint64, steps int) {
 	red := open(t, redistest.URL(t), c)
 	defer red.Close()
 	views := []*engineView{
-		{e: mem, ids: map[string]store.ID{}, bodies: map[string]string{}, taken: map[string]store.Message{}},
-		{e: red, ids: map[string]store.ID{}, bodies: map[string]string{}, taken: map[string]store.Message{}},
+		{e: mem, ids: map[string]store.ID{}, bodies: map[string]string{}, taken: map[string]store.Lease{}},
+		{e: red, ids: map[string]store.ID{}, bodies: map[string]string{}, taken: map[string]store.Lease{}},
 	}
 	rng := rand.New(rand.NewPCG(seed, 99))
 	keys := []string{"a", "b", "c{x}"}
@@ -51,6 +57,7 @@ func runModel(t *testing.T, seed uint64, steps int) {
 	bodies := map[string][]string{} // key -> bodies appended to it, in order
 	lastPending := map[string]string{}
 	n := 0
+	var history []string
 	for step := range steps {
 		key := keys[rng.IntN(len(keys))]
 		op := rng.IntN(100)
@@ -75,6 +82,7 @@ func runModel(t *testing.T, seed uint64, steps int) {
 			if opts.DedupKey != "" && rng.IntN(2) == 0 {
 				opts.DedupWindow = time.Duration(rng.IntN(80)) * time.Millisecond
 			}
+			opts.KeepFirst = rng.IntN(3) == 0
 			if rng.IntN(5) == 0 {
 				opts.Limit = 1 + rng.IntN(6)
 			}
@@ -107,42 +115,47 @@ func runModel(t *testing.T, seed uint64, steps int) {
 			mode := store.TakeMode(rng.IntN(2))
 			desc = fmt.Sprintf("Take(%s, %v)", key, mode)
 			for i, v := range views {
-				m, ok, err := v.e.Take(ctx, key, mode)
+				l, ok, err := v.e.Take(ctx, key, mode, modelLease)
 				if err != nil {
 					t.Fatalf("step %d %s: engine %d: %v", step, desc, i, err)
 				}
-				out[i] = fmt.Sprint(ok, " ", describe(v, key, m))
-				if ok && mode == store.TakeDelete {
-					v.taken[string(m.Body)] = m
+				out[i] = fmt.Sprint(ok, " ", describe(v, key, l.Message), " settle=", l.Token != 0)
+				if ok && l.Token != 0 {
+					v.taken[string(l.Body)] = l
 				}
 				if ok && mode == store.TakePending {
-					lastPending[key] = v.bodies[key+m.ID.String()]
+					lastPending[key] = v.bodies[key+l.ID.String()]
 				}
 			}
 		case op < 55:
 			max := rng.IntN(3)
 			desc = fmt.Sprintf("TakeAll(%s, %d)", key, max)
 			for i, v := range views {
-				ms, err := v.e.TakeAll(ctx, key, max)
+				ls, err := v.e.TakeAll(ctx, key, max, modelLease)
 				if err != nil {
 					t.Fatalf("step %d %s: engine %d: %v", step, desc, i, err)
 				}
 				s := ""
-				for _, m := range ms {
-					s += describe(v, key, m) + ";"
-					v.taken[string(m.Body)] = m
+				for _, l := range ls {
+					s += describe(v, key, l.Message) + ";"
+					v.taken[string(l.Body)] = l
 				}
 				out[i] = s
 			}
 		case op < 63:
 			body := pickBody()
-			desc = fmt.Sprintf("Restore(%s, %s)", key, body)
+			delivered := rng.IntN(2) == 0
+			twice := rng.IntN(4) == 0 // kept to be settled again
+			desc = fmt.Sprintf("Settle(%s, %s, %v)", key, body, delivered)
 			for i, v := range views {
-				m, ok := v.taken[body]
+				l, ok := v.taken[body]
 				if !ok {
 					continue
 				}
-				if err := v.e.Restore(ctx, key, m); err != nil {
+				if !twice {
+					delete(v.taken, body)
+				}
+				if err := v.e.Settle(ctx, key, []store.Lease{l}, delivered); err != nil {
 					t.Fatalf("step %d %s: engine %d: %v", step, desc, i, err)
 				}
 			}
@@ -216,7 +229,13 @@ func runModel(t *testing.T, seed uint64, steps int) {
 			desc = fmt.Sprintf("Advance(%v)", d)
 			c.Advance(d)
 		}
+		history = append(history, fmt.Sprintf("step %d %s: %s", step, desc, out[0]))
 		if out[0] != out[1] {
+			for _, h := range history {
+				if strings.Contains(h, "("+key) || strings.Contains(h, "Advance") {
+					t.Log(h)
+				}
+			}
 			t.Fatalf("step %d %s:\n memory: %s\n redis:  %s", step, desc, out[0], out[1])
 		}
 	}

@@ -3,6 +3,7 @@ package redisstore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"time"
@@ -14,7 +15,7 @@ import (
 
 // queueSuffixes name the keys of one queue, in the order the scripts take
 // them (see lua/queue.lua).
-var queueSuffixes = [...]string{"s", "m", "p", "b", "k", "w", "h"}
+var queueSuffixes = [...]string{"s", "m", "p", "b", "k", "w", "h", "l"}
 
 // qbase is the common start of every key of queue key, hash tag included.
 func (s *Store) qbase(key string) string { return s.prefix + "q{" + tag(key) + "}:" }
@@ -30,6 +31,17 @@ func (s *Store) qkeys(key string, extra ...string) []string {
 }
 
 func (s *Store) replyKey(key string, id store.ID) string { return s.qbase(key) + "r:" + id.String() }
+
+// execWrite is exec for a script that changes what a client may retry:
+// when its command may have reached Redis and no answer came, the error
+// is store.ErrOutcomeUnknown.
+func (s *Store) execWrite(ctx context.Context, sc *rueidis.Lua, keys []string, now int64, args ...string) (rueidis.RedisResult, error) {
+	res, err := s.exec(ctx, sc, keys, now, args...)
+	if err != nil && errors.Is(err, store.ErrUnavailable) && !unsent(res.Error()) {
+		err = fmt.Errorf("%w: redis %s", store.ErrOutcomeUnknown, reason(res.Error()))
+	}
+	return res, err
+}
 
 // exec runs sc with the clock and the margin in front of args.
 func (s *Store) exec(ctx context.Context, sc *rueidis.Lua, keys []string, now int64, args ...string) (rueidis.RedisResult, error) {
@@ -127,10 +139,15 @@ func (s *Store) Append(ctx context.Context, key string, m store.Message, opts st
 	if opts.DedupKey != "" {
 		until = now.Add(max(opts.DedupWindow, 0)).UnixMilli()
 	}
-	res, err := s.exec(ctx, scAppend, s.qkeys(key), now.UnixMilli(),
+	keepFirst := "0"
+	if opts.KeepFirst {
+		keepFirst = "1"
+	}
+	res, err := s.execWrite(ctx, scAppend, s.qkeys(key), now.UnixMilli(),
 		encode(exp, until, opts.DedupKey, m.ContentType, m.Body),
 		opts.DedupKey, strconv.FormatInt(exp, 10),
-		strconv.Itoa(max(opts.Limit, 0)), strconv.Itoa(max(opts.MaxLen, 0)), strconv.Itoa(max(opts.DedupMax, 0)))
+		strconv.Itoa(max(opts.Limit, 0)), strconv.Itoa(max(opts.MaxLen, 0)),
+		keepFirst, strconv.Itoa(max(opts.DedupMax, 0)))
 	if err != nil {
 		return store.AppendResult{}, err
 	}
@@ -167,35 +184,56 @@ func modeArg(mode store.TakeMode) string {
 	return "d"
 }
 
-// Take implements store.Queues.
-func (s *Store) Take(ctx context.Context, key string, mode store.TakeMode) (store.Message, bool, error) {
+// token returns a new lease token for a lease of d from now, and the
+// lease's deadline: the deadline in ms times 1000 plus a number of the
+// node's, so that two leases taken in one millisecond differ. Scripts
+// read the deadline back from it (lua/queue.lua).
+func (s *Store) token(d time.Duration) (string, int64, time.Time) {
+	dl := s.now().Add(d).UnixMilli()
+	t := dl*1000 + int64(s.tokens.Add(1)%1000)
+	return strconv.FormatInt(t, 10), t, time.UnixMilli(dl)
+}
+
+// Take implements store.Queues: one script takes the message and its
+// lease.
+func (s *Store) Take(ctx context.Context, key string, mode store.TakeMode, d time.Duration) (store.Lease, bool, error) {
 	keys := s.qkeys(key)
 	budget := strconv.Itoa(expiredBudget)
 	for {
-		res, err := s.exec(ctx, scTake, keys, s.nowMS(), modeArg(mode), budget)
+		tok, t, deadline := s.token(d)
+		res, err := s.exec(ctx, scTake, keys, s.nowMS(), modeArg(mode), budget, tok)
 		if err != nil {
-			return store.Message{}, false, err
+			return store.Lease{}, false, err
 		}
 		arr, err := res.ToArray()
 		if err != nil {
-			return store.Message{}, false, errBadReply
+			return store.Lease{}, false, errBadReply
 		}
 		switch len(arr) {
 		case 0:
-			return store.Message{}, false, nil
+			return store.Lease{}, false, nil
 		case 1: // more expired messages to remove: go on
 			continue
 		}
 		id, _ := arr[0].ToString()
 		rec, _ := arr[1].ToString()
+		got, _ := arr[2].ToString()
 		m, err := decode(id, rec)
-		return m, err == nil, err
+		if err != nil {
+			return store.Lease{}, false, err
+		}
+		l := store.Lease{Message: m, Mode: mode}
+		if got != "0" {
+			l.Token, l.Deadline = t, deadline
+		}
+		return l, true, nil
 	}
 }
 
 // TakeAll implements store.Queues.
-func (s *Store) TakeAll(ctx context.Context, key string, limit int) ([]store.Message, error) {
-	res, err := s.exec(ctx, scTakeAll, s.qkeys(key), s.nowMS(), strconv.Itoa(max(limit, 0)))
+func (s *Store) TakeAll(ctx context.Context, key string, limit int, d time.Duration) ([]store.Lease, error) {
+	tok, t, deadline := s.token(d)
+	res, err := s.exec(ctx, scTakeAll, s.qkeys(key), s.nowMS(), strconv.Itoa(max(limit, 0)), tok)
 	if err != nil {
 		return nil, err
 	}
@@ -203,28 +241,36 @@ func (s *Store) TakeAll(ctx context.Context, key string, limit int) ([]store.Mes
 	if err != nil || len(arr)%2 != 0 {
 		return nil, errBadReply
 	}
-	var out []store.Message
+	var out []store.Lease
 	for i := 0; i+1 < len(arr); i += 2 {
 		id, _ := arr[i].ToString()
 		rec, _ := arr[i+1].ToString()
 		m, err := decode(id, rec)
 		if err != nil {
-			return out, err
+			// The leases taken run out by themselves.
+			return nil, err
 		}
-		out = append(out, m)
+		out = append(out, store.Lease{Message: m, Mode: store.TakeDelete, Token: t, Deadline: deadline})
 	}
 	return out, nil
 }
 
-// Restore implements store.Queues.
-func (s *Store) Restore(ctx context.Context, key string, m store.Message) error {
-	var exp int64
-	if !m.ExpiresAt.IsZero() {
-		exp = max(m.ExpiresAt.UnixMilli(), 1)
+// Settle implements store.Queues: one script for all of ls.
+func (s *Store) Settle(ctx context.Context, key string, ls []store.Lease, delivered bool) error {
+	args := make([]string, 1, 1+3*len(ls))
+	args[0] = "0"
+	if delivered {
+		args[0] = "1"
 	}
-	_, err := s.exec(ctx, scRestore, s.qkeys(key), s.nowMS(),
-		m.ID.String(), encode(exp, 0, m.DedupKey, m.ContentType, m.Body),
-		strconv.FormatInt(exp, 10), m.DedupKey)
+	for _, l := range ls {
+		if l.Token != 0 {
+			args = append(args, l.ID.String(), strconv.FormatInt(l.Token, 10), modeArg(l.Mode))
+		}
+	}
+	if len(args) == 1 {
+		return nil
+	}
+	_, err := s.exec(ctx, scSettle, s.qkeys(key), s.nowMS(), args...)
 	return err
 }
 
@@ -233,8 +279,9 @@ func (s *Store) Ack(ctx context.Context, key string, id store.ID) (bool, error) 
 	return s.execBool(ctx, scAck, s.qkeys(key), id.String())
 }
 
+// execBool runs a write script that answers 0 or 1.
 func (s *Store) execBool(ctx context.Context, sc *rueidis.Lua, keys []string, args ...string) (bool, error) {
-	res, err := s.exec(ctx, sc, keys, s.nowMS(), args...)
+	res, err := s.execWrite(ctx, sc, keys, s.nowMS(), args...)
 	if err != nil {
 		return false, err
 	}
@@ -279,8 +326,15 @@ func (s *Store) Len(ctx context.Context, key string) (int, error) {
 
 // Clear implements store.Queues.
 func (s *Store) Clear(ctx context.Context, key string) (int, error) {
-	n, err := s.execInt(ctx, scClear, s.qkeys(key))
-	return int(n), err
+	res, err := s.execWrite(ctx, scClear, s.qkeys(key), s.nowMS())
+	if err != nil {
+		return 0, err
+	}
+	n, err := res.AsInt64()
+	if err != nil {
+		return 0, errBadReply
+	}
+	return int(n), nil
 }
 
 // Reply implements store.Queues.

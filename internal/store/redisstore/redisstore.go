@@ -12,10 +12,15 @@
 // happen). A queue is a stream, which orders messages by id and keeps its
 // last id so ids keep increasing after the queue empties, plus a hash of
 // records (content can be replaced in place by a dedup key), a sorted set of
-// pending ids, a sorted set of restored ids (Restore puts a message back at
-// its id position, which a stream cannot take), a hash of queued dedup keys
-// and a sorted set of dedup windows. Replies live in keys of their own, so
-// Clear leaves them. Every key of one queue, history or directory entry
+// pending ids, a sorted set of leased ids (a message taken stays in the
+// stream under a lease, scored by its deadline and the taking node's
+// token, until it is settled; a lease that ran out is reclaimed by the
+// next take, on any node), a sorted set of restored ids (written by older
+// versions, which put messages back at their id position; still read), a
+// hash of dedup keys with the ids of their messages and a sorted set of
+// dedup windows. The take and its lease are one script, and so is the
+// settling of a batch. Replies live in keys of their own, so Clear leaves
+// them. Every key of one queue, history or directory entry
 // carries the same hash tag ({...}), so it lives in one Cluster slot and a
 // script may touch all of it.
 //
@@ -123,6 +128,8 @@ type Store struct {
 	addr    string // host:port of the first address, for messages
 
 	fan *fanout
+
+	tokens atomic.Int64 // numbers the leases taken in one millisecond
 
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -292,27 +299,52 @@ func (s *Store) wrap(ctx context.Context, err error) error {
 // unavailable wraps a transport error in store.ErrUnavailable with a short
 // reason.
 func unavailable(err error) error {
-	reason := "connection failed"
+	return fmt.Errorf("%w: redis %s", store.ErrUnavailable, reason(err))
+}
+
+// reason names a transport error in a few words.
+func reason(err error) string {
 	var ne net.Error
 	var verr *tls.CertificateVerificationError
 	var rerr tls.RecordHeaderError
 	switch {
 	case errors.As(err, &verr):
-		reason = "TLS certificate not trusted"
+		return "TLS certificate not trusted"
 	case errors.As(err, &rerr), strings.Contains(err.Error(), "tls:"):
-		reason = "TLS handshake failed"
+		return "TLS handshake failed"
 	case errors.Is(err, syscall.ECONNREFUSED):
-		reason = "connection refused"
+		return "connection refused"
 	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, net.ErrClosed):
-		reason = "connection lost"
+		return "connection lost"
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
-		reason = "no answer in time"
+		return "no answer in time"
 	case errors.Is(err, rueidis.ErrClosing):
-		reason = "unreachable"
+		return "unreachable"
 	case strings.Contains(err.Error(), "EOF"):
-		reason = "connection lost"
+		return "connection lost"
 	}
-	return fmt.Errorf("%w: redis %s", store.ErrUnavailable, reason)
+	return "connection failed"
+}
+
+// unsent reports whether an error means the command did not run: Redis
+// refused it with an error reply, or the connection could not be made at
+// all. Anything else (no answer in time, a connection lost) may have come
+// after Redis ran it.
+func unsent(err error) bool {
+	var oe *net.OpError
+	var verr *tls.CertificateVerificationError
+	if _, ok := rueidis.IsRedisErr(err); ok {
+		return true
+	}
+	switch {
+	case err == nil:
+		return false
+	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, rueidis.ErrClosing), errors.As(err, &verr):
+		return true
+	case errors.As(err, &oe) && oe.Op == "dial":
+		return true
+	}
+	return false
 }
 
 func oneLine(s string) string {

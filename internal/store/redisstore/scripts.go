@@ -29,7 +29,7 @@ var (
 	scAppend  = script("queue.lua", "append.lua")
 	scTake    = script("queue.lua", "take.lua")
 	scTakeAll = script("queue.lua", "takeall.lua")
-	scRestore = script("queue.lua", "restore.lua")
+	scSettle  = script("queue.lua", "settle.lua")
 	scAck     = script("queue.lua", "ack.lua")
 	scStatus  = script("queue.lua", "status.lua")
 	scLen     = script("queue.lua", "len.lua")

@@ -73,10 +73,14 @@ func Run(t *testing.T, h Harness) {
 		{"MessageTTL", testMessageTTL},
 		{"DedupReplacesQueued", testDedupReplace},
 		{"DedupWindow", testDedupWindow},
+		{"DedupKeepFirst", testDedupKeepFirst},
 		{"DedupMax", testDedupMax},
+		{"DedupMaxHolds", testDedupMaxHolds},
 		{"TakeAll", testTakeAll},
-		{"Restore", testRestore},
-		{"RestoreAfterTakeAll", testRestoreAfterTakeAll},
+		{"LeaseHidesUntilSettled", testLeaseHides},
+		{"LeaseRunsOut", testLeaseRunsOut},
+		{"PendingLease", testPendingLease},
+		{"SettleAfterTakeAll", testSettleAfterTakeAll},
 		{"IDsIncreaseAfterEmpty", testIDsIncrease},
 		{"ConcurrentProduceConsume", testConcurrentExactlyOnce},
 		{"ConcurrentPendingTakers", testConcurrentPending},
@@ -117,13 +121,68 @@ func mustAppend(t *testing.T, e store.Engine, key, body string, opts store.Appen
 	return r
 }
 
-func mustTake(t *testing.T, e store.Engine, key string, mode store.TakeMode) (store.Message, bool) {
+// leaseTime is the lease of every take of the suite.
+const leaseTime = time.Minute
+
+// take takes a message under a lease, and leaves the lease to the test.
+func take(t *testing.T, e store.Engine, key string, mode store.TakeMode) (store.Lease, bool) {
 	t.Helper()
-	m, ok, err := e.Take(ctx, key, mode)
+	l, ok, err := e.Take(ctx, key, mode, leaseTime)
 	if err != nil {
 		t.Fatalf("Take(%q): %v", key, err)
 	}
-	return m, ok
+	if ok && (l.Mode != mode || l.Token != 0 && l.Deadline.IsZero()) {
+		t.Fatalf("Take(%q) lease = mode %v deadline %v", key, l.Mode, l.Deadline)
+	}
+	return l, ok
+}
+
+// settle settles ls, delivered or not.
+func settle(t *testing.T, e store.Engine, key string, delivered bool, ls ...store.Lease) {
+	t.Helper()
+	if err := e.Settle(ctx, key, ls, delivered); err != nil {
+		t.Fatalf("Settle(%q, %v): %v", key, delivered, err)
+	}
+}
+
+// mustTake takes a message and settles it as delivered: a consume that
+// went well.
+func mustTake(t *testing.T, e store.Engine, key string, mode store.TakeMode) (store.Message, bool) {
+	t.Helper()
+	l, ok := take(t, e, key, mode)
+	if ok {
+		settle(t, e, key, true, l)
+	}
+	return l.Message, ok
+}
+
+// takeAll takes up to max messages under one lease, and leaves the lease
+// to the test.
+func takeAll(t *testing.T, e store.Engine, key string, max int) []store.Lease {
+	t.Helper()
+	ls, err := e.TakeAll(ctx, key, max, leaseTime)
+	if err != nil {
+		t.Fatalf("TakeAll(%q, %d): %v", key, max, err)
+	}
+	return ls
+}
+
+// deliverAll takes up to max messages and settles them as delivered.
+func deliverAll(t *testing.T, e store.Engine, key string, max int) []store.Lease {
+	t.Helper()
+	ls := takeAll(t, e, key, max)
+	if len(ls) > 0 {
+		settle(t, e, key, true, ls...)
+	}
+	return ls
+}
+
+func bodies(ls []store.Lease) []string {
+	out := make([]string, len(ls))
+	for i, l := range ls {
+		out[i] = string(l.Body)
+	}
+	return out
 }
 
 func wantBody(t *testing.T, e store.Engine, key string, mode store.TakeMode, want string) store.Message {
@@ -192,8 +251,11 @@ func testEmptyQueue(t *testing.T, e store.Engine, _ *Clock) {
 	if n, err := e.Clear(ctx, "nothing"); n != 0 || err != nil {
 		t.Fatalf("Clear on empty = %d, %v", n, err)
 	}
-	if ms, err := e.TakeAll(ctx, "nothing", 0); len(ms) != 0 || err != nil {
+	if ms, err := e.TakeAll(ctx, "nothing", 0, leaseTime); len(ms) != 0 || err != nil {
 		t.Fatalf("TakeAll on empty = %v, %v", ms, err)
+	}
+	if err := e.Settle(ctx, "nothing", []store.Lease{{Message: store.Message{ID: store.ID{MS: 1}}, Token: 7}}, true); err != nil {
+		t.Fatalf("Settle on empty: %v", err)
 	}
 	if _, ok, err := e.TakeReply(ctx, "nothing", store.ID{MS: 1}); ok || err != nil {
 		t.Fatalf("TakeReply on empty = %v, %v", ok, err)
@@ -437,9 +499,9 @@ func testMessageTTL(t *testing.T, e store.Engine, c *Clock) {
 	appended := c.Now()
 	mustAppend(t, e, "all", "b", store.AppendOptions{TTL: time.Hour})
 	c.Advance(2 * time.Second)
-	ms, err := e.TakeAll(ctx, "all", 0)
-	if err != nil || len(ms) != 1 || string(ms[0].Body) != "b" {
-		t.Fatalf("TakeAll after expiry = %v, %v", ms, err)
+	ms := deliverAll(t, e, "all", 0)
+	if len(ms) != 1 || string(ms[0].Body) != "b" {
+		t.Fatalf("TakeAll after expiry = %v", bodies(ms))
 	}
 	// ExpiresAt is the append time plus TTL, to the millisecond at least.
 	if d := ms[0].ExpiresAt.Sub(appended.Add(time.Hour)); d < -time.Millisecond || d > time.Millisecond {
@@ -498,14 +560,66 @@ func testDedupWindow(t *testing.T, e store.Engine, c *Clock) {
 	if r := mustAppend(t, e, "z", "v2", zero); r.Duplicate {
 		t.Fatal("zero window suppressed a resend")
 	}
-	// TakeAll counts as delivery too.
-	mustAppend(t, e, "all", "v1", opts)
-	if ms, _ := e.TakeAll(ctx, "all", 0); len(ms) != 1 {
+	// TakeAll counts as delivery too, and a resend is told the id.
+	first := mustAppend(t, e, "all", "v1", opts)
+	if ms := deliverAll(t, e, "all", 0); len(ms) != 1 {
 		t.Fatalf("TakeAll = %d messages", len(ms))
 	}
-	if r := mustAppend(t, e, "all", "v2", opts); !r.Duplicate {
-		t.Fatal("resend after TakeAll stored")
+	if r := mustAppend(t, e, "all", "v2", opts); !r.Duplicate || r.ID != first.ID {
+		t.Fatalf("resend after TakeAll = %+v, want a duplicate of %v", r, first.ID)
 	}
+}
+
+// testDedupKeepFirst is idempotent produce: the first content wins, and a
+// repeat is told the first's id while the message is queued, taken, or
+// delivered within the window.
+func testDedupKeepFirst(t *testing.T, e store.Engine, _ *Clock) {
+	opts := store.AppendOptions{DedupKey: "k", DedupWindow: time.Hour, KeepFirst: true}
+	first := mustAppend(t, e, "q", "v1", opts)
+	for _, body := range []string{"v1", "v2"} {
+		if r := mustAppend(t, e, "q", body, opts); !r.Duplicate || r.ID != first.ID || r.Len != 1 {
+			t.Fatalf("repeat while queued = %+v, want a duplicate of %v", r, first.ID)
+		}
+	}
+	l, _ := take(t, e, "q", store.TakeDelete)
+	if r := mustAppend(t, e, "q", "v3", opts); !r.Duplicate || r.ID != first.ID {
+		t.Fatalf("repeat while taken = %+v", r)
+	}
+	if string(l.Body) != "v1" {
+		t.Fatalf("took %q, want the first content", l.Body)
+	}
+	settle(t, e, "q", true, l)
+	if r := mustAppend(t, e, "q", "v4", opts); !r.Duplicate || r.ID != first.ID {
+		t.Fatalf("repeat after delivery = %+v", r)
+	}
+	wantEmpty(t, e, "q", store.TakeDelete)
+}
+
+// testDedupMaxHolds: the bound holds as keys of delivered messages keep
+// coming (idempotent produce: every append names it), the oldest
+// forgotten first, the newest told their ids.
+func testDedupMaxHolds(t *testing.T, e store.Engine, c *Clock) {
+	opts := func(k string) store.AppendOptions {
+		return store.AppendOptions{DedupKey: k, DedupWindow: time.Hour, KeepFirst: true, DedupMax: 3}
+	}
+	ids := map[string]store.ID{}
+	for _, k := range []string{"k0", "k1", "k2", "k3", "k4"} {
+		ids[k] = mustAppend(t, e, "q", k, opts(k)).ID
+		wantBody(t, e, "q", store.TakeDelete, k)
+		c.Advance(time.Second)
+	}
+	for _, k := range []string{"k3", "k4"} {
+		if r := mustAppend(t, e, "q", "again", opts(k)); !r.Duplicate || r.ID != ids[k] {
+			t.Fatalf("%s: %+v, want a duplicate of %v", k, r, ids[k])
+		}
+	}
+	for _, k := range []string{"k0", "k1"} {
+		if r := mustAppend(t, e, "q", k+" anew", opts(k)); r.Duplicate {
+			t.Fatalf("%s still remembered beyond the bound", k)
+		}
+	}
+	wantBody(t, e, "q", store.TakeDelete, "k0 anew")
+	wantBody(t, e, "q", store.TakeDelete, "k1 anew")
 }
 
 // testDedupMax: an append with DedupMax leaves at most that many
@@ -553,97 +667,170 @@ func testTakeAll(t *testing.T, e store.Engine, _ *Clock) {
 		mustAppend(t, e, "q", fmt.Sprint(i), store.AppendOptions{})
 	}
 	wantBody(t, e, "q", store.TakePending, "0")
-	ms, err := e.TakeAll(ctx, "q", 2)
-	if err != nil || len(ms) != 2 || string(ms[0].Body) != "1" || string(ms[1].Body) != "2" {
-		t.Fatalf("TakeAll(2) = %v, %v", ms, err)
+	ms := deliverAll(t, e, "q", 2)
+	if got := bodies(ms); len(got) != 2 || got[0] != "1" || got[1] != "2" {
+		t.Fatalf("TakeAll(2) = %v", got)
 	}
-	ms, err = e.TakeAll(ctx, "q", 0)
-	if err != nil || len(ms) != 2 || string(ms[0].Body) != "3" || string(ms[1].Body) != "4" {
-		t.Fatalf("TakeAll(0) = %v, %v", ms, err)
+	ms = deliverAll(t, e, "q", 0)
+	if got := bodies(ms); len(got) != 2 || got[0] != "3" || got[1] != "4" {
+		t.Fatalf("TakeAll(0) = %v", got)
 	}
 	wantLen(t, e, "q", 1) // the pending one stays
 }
 
-func testRestore(t *testing.T, e store.Engine, _ *Clock) {
-	mustAppend(t, e, "q", "a", store.AppendOptions{})
-	mustAppend(t, e, "q", "b", store.AppendOptions{DedupKey: "kb", DedupWindow: time.Hour})
+// testLeaseHides: a message under a lease is handed to nobody else and
+// still counts as queued; settled as not delivered, it is back at the
+// head; settled as delivered, it is gone.
+func testLeaseHides(t *testing.T, e store.Engine, _ *Clock) {
+	a := mustAppend(t, e, "q", "a", store.AppendOptions{})
+	mustAppend(t, e, "q", "b", store.AppendOptions{})
 	mustAppend(t, e, "q", "c", store.AppendOptions{})
-	a := wantBody(t, e, "q", store.TakeDelete, "a")
-	b := wantBody(t, e, "q", store.TakeDelete, "b")
-	// Put back out of order: they return to id order at the head.
-	if err := e.Restore(ctx, "q", b); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Restore(ctx, "q", a); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Restore(ctx, "q", a); err != nil { // already queued: no-op
-		t.Fatal(err)
+	la, _ := take(t, e, "q", store.TakeDelete)
+	if string(la.Body) != "a" || la.ID != a.ID || la.Token == 0 {
+		t.Fatalf("took %q %v token %d", la.Body, la.ID, la.Token)
 	}
 	wantLen(t, e, "q", 3)
 	wantStatus(t, e, "q", a.ID, store.StateQueued)
-	// A restored message is queued again, so its dedup key replaces it.
-	if r := mustAppend(t, e, "q", "b2", store.AppendOptions{DedupKey: "kb", DedupWindow: time.Hour}); !r.Duplicate || r.ID != b.ID {
-		t.Fatalf("dedup after restore = %+v", r)
+	lb, _ := take(t, e, "q", store.TakeDelete)
+	if string(lb.Body) != "b" {
+		t.Fatalf("second take %q, want b", lb.Body)
 	}
-	got := wantBody(t, e, "q", store.TakeDelete, "a")
-	if got.ID != a.ID {
-		t.Fatalf("restored id %v, want %v", got.ID, a.ID)
+	settle(t, e, "q", false, la)
+	settle(t, e, "q", false, la) // twice: a no-op
+	la2, _ := take(t, e, "q", store.TakeDelete)
+	if string(la2.Body) != "a" || la2.ID != a.ID {
+		t.Fatalf("after a failed delivery took %q, want a again", la2.Body)
 	}
-	wantBody(t, e, "q", store.TakeDelete, "b2")
+	settle(t, e, "q", true, lb)
+	wantLen(t, e, "q", 2)
+	settle(t, e, "q", true, la2)
+	settle(t, e, "q", true, la2) // twice: a no-op
+	wantStatus(t, e, "q", a.ID, store.StateNone)
 	wantBody(t, e, "q", store.TakeDelete, "c")
+	wantEmpty(t, e, "q", store.TakeDelete)
+	wantLen(t, e, "q", 0)
 }
 
-// testRestoreAfterTakeAll is the inbox's undo of a receive whose acks or
-// answer failed: what TakeAll handed out goes back exactly as it was.
-func testRestoreAfterTakeAll(t *testing.T, e store.Engine, c *Clock) {
+// testLeaseRunsOut: a lease not settled in time hands its message out
+// again, at its place; the late settle of the old lease does not touch
+// the new one, and a delivered settle of a lease that ran out, the
+// message taken by nobody since, still removes it.
+func testLeaseRunsOut(t *testing.T, e store.Engine, c *Clock) {
+	mustAppend(t, e, "q", "a", store.AppendOptions{})
+	mustAppend(t, e, "q", "b", store.AppendOptions{})
+	la, _ := take(t, e, "q", store.TakeDelete)
+	c.Advance(leaseTime + time.Second)
+	lb, _ := take(t, e, "q", store.TakeDelete)
+	if lb.ID != la.ID || lb.Token == la.Token {
+		t.Fatalf("after the lease ran out took %q (token %d), want a under a new lease", lb.Body, lb.Token)
+	}
+	settle(t, e, "q", true, la)
+	settle(t, e, "q", false, la)
+	wantLen(t, e, "q", 2)
+	if l, _ := take(t, e, "q", store.TakeDelete); string(l.Body) != "b" {
+		t.Fatalf("took %q while a is under its new lease, want b", l.Body)
+	} else {
+		c.Advance(leaseTime + time.Second)
+		settle(t, e, "q", true, l) // ran out, taken by nobody since
+	}
+	settle(t, e, "q", true, lb)
+	wantLen(t, e, "q", 0)
+	wantEmpty(t, e, "q", store.TakeDelete)
+}
+
+// testPendingLease: a pending take is pending at once for Status, Reply
+// and other pending takers; not delivered, it is queued again.
+func testPendingLease(t *testing.T, e store.Engine, c *Clock) {
+	x := mustAppend(t, e, "q", "x", store.AppendOptions{})
+	y := mustAppend(t, e, "q", "y", store.AppendOptions{})
+	l, _ := take(t, e, "q", store.TakePending)
+	if l.ID != x.ID || l.Token == 0 {
+		t.Fatalf("pending take %q token %d", l.Body, l.Token)
+	}
+	wantStatus(t, e, "q", x.ID, store.StatePending)
+	if again, _ := take(t, e, "q", store.TakePending); again.ID != x.ID || again.Token != 0 {
+		t.Fatalf("second pending take %q token %d, want x with nothing to settle", again.Body, again.Token)
+	}
+	if d, _ := take(t, e, "q", store.TakeDelete); d.ID != y.ID {
+		t.Fatalf("plain take %q, want y", d.Body)
+	} else {
+		settle(t, e, "q", false, d)
+	}
+	settle(t, e, "q", false, l)
+	wantStatus(t, e, "q", x.ID, store.StateQueued)
+	if ok, _ := e.Reply(ctx, "q", x.ID, msg("r"), time.Hour); ok {
+		t.Fatal("reply to a message queued again was stored")
+	}
+	l, _ = take(t, e, "q", store.TakePending)
+	settle(t, e, "q", true, l)
+	wantStatus(t, e, "q", x.ID, store.StatePending)
+	c.Advance(2 * leaseTime) // delivered: pending for good
+	wantStatus(t, e, "q", x.ID, store.StatePending)
+	if ok, _ := e.Reply(ctx, "q", x.ID, msg("r"), time.Hour); !ok {
+		t.Fatal("reply to a pending message not stored")
+	}
+	// A reply may come before its take is settled.
+	l, _ = take(t, e, "q", store.TakePending)
+	if ok, _ := e.Reply(ctx, "q", y.ID, msg("r"), time.Hour); !ok || l.ID != y.ID {
+		t.Fatalf("reply to %q taken and not settled: %v", l.Body, ok)
+	}
+	settle(t, e, "q", true, l)
+	wantStatus(t, e, "q", y.ID, store.StateNone)
+	// A pending lease that runs out is queued again.
+	z := mustAppend(t, e, "q", "z", store.AppendOptions{})
+	take(t, e, "q", store.TakePending)
+	c.Advance(leaseTime + time.Second)
+	wantStatus(t, e, "q", z.ID, store.StateQueued)
+	if d, _ := take(t, e, "q", store.TakeDelete); d.ID != z.ID {
+		t.Fatalf("plain take after the pending lease ran out: %q", d.Body)
+	}
+}
+
+// testSettleAfterTakeAll is the inbox's undo of a receive whose acks or
+// answer failed: what TakeAll handed out is back exactly as it was.
+func testSettleAfterTakeAll(t *testing.T, e store.Engine, c *Clock) {
 	keyed := store.AppendOptions{DedupKey: "kb", DedupWindow: time.Hour, TTL: time.Hour}
 	mustAppend(t, e, "q", "a", store.AppendOptions{})
 	b := mustAppend(t, e, "q", "b", keyed)
-	ms, err := e.TakeAll(ctx, "q", 0)
-	if err != nil || len(ms) != 2 {
-		t.Fatalf("TakeAll = %v, %v", ms, err)
+	ms := takeAll(t, e, "q", 0)
+	if len(ms) != 2 {
+		t.Fatalf("TakeAll = %v", bodies(ms))
 	}
 	mustAppend(t, e, "q", "c", store.AppendOptions{}) // arrives meanwhile
-	for i := len(ms) - 1; i >= 0; i-- {
-		if err := e.Restore(ctx, "q", ms[i]); err != nil {
-			t.Fatal(err)
-		}
+	if again := takeAll(t, e, "q", 0); len(again) != 1 || string(again[0].Body) != "c" {
+		t.Fatalf("TakeAll beside a lease = %v, want [c]", bodies(again))
+	} else {
+		settle(t, e, "q", false, again...)
 	}
+	settle(t, e, "q", false, ms...)
 	wantLen(t, e, "q", 3)
-	again, err := e.TakeAll(ctx, "q", 0)
-	if err != nil || len(again) != 3 {
-		t.Fatalf("TakeAll after Restore = %v, %v", again, err)
-	}
-	for i, want := range []string{"a", "b", "c"} {
-		if string(again[i].Body) != want {
-			t.Fatalf("entry %d = %q, want %q (restored entries keep their places)", i, again[i].Body, want)
-		}
+	again := takeAll(t, e, "q", 0)
+	if got := bodies(again); len(got) != 3 || got[0] != "a" || got[1] != "b" || got[2] != "c" {
+		t.Fatalf("TakeAll after a failed delivery = %v, want [a b c]", got)
 	}
 	got := again[1]
 	if got.ID != b.ID || got.ContentType != "text/plain" || got.DedupKey != "kb" {
-		t.Fatalf("restored entry = %v %q %q, want %v text/plain kb", got.ID, got.ContentType, got.DedupKey, b.ID)
+		t.Fatalf("entry = %v %q %q, want %v text/plain kb", got.ID, got.ContentType, got.DedupKey, b.ID)
 	}
 	if d := got.ExpiresAt.Sub(c.Now().Add(time.Hour)); d < -time.Millisecond || d > time.Millisecond {
-		t.Fatalf("restored ExpiresAt = %v, want %v", got.ExpiresAt, c.Now().Add(time.Hour))
+		t.Fatalf("ExpiresAt = %v, want %v", got.ExpiresAt, c.Now().Add(time.Hour))
 	}
-	// Handed out again: its key is remembered as delivered.
-	if r := mustAppend(t, e, "q", "b2", keyed); !r.Duplicate {
-		t.Fatal("resend after the second TakeAll stored")
+	settle(t, e, "q", true, again...)
+	// Delivered: its key is remembered, with its id.
+	if r := mustAppend(t, e, "q", "b2", keyed); !r.Duplicate || r.ID != b.ID {
+		t.Fatalf("resend after delivery = %+v", r)
 	}
-	// Restored and unread: its key replaces it in place.
-	mustAppend(t, e, "r", "x", keyed)
-	ms, _ = e.TakeAll(ctx, "r", 0)
-	if len(ms) != 1 {
-		t.Fatalf("TakeAll = %d entries", len(ms))
+	// Under a lease, its key does not replace it; queued again, it does.
+	x := mustAppend(t, e, "r", "x", keyed)
+	ms = takeAll(t, e, "r", 0)
+	if r := mustAppend(t, e, "r", "x2", keyed); !r.Duplicate || r.ID != x.ID {
+		t.Fatalf("dedup under a lease = %+v", r)
 	}
-	if err := e.Restore(ctx, "r", ms[0]); err != nil {
-		t.Fatal(err)
+	settle(t, e, "r", false, ms...)
+	if r := mustAppend(t, e, "r", "x3", keyed); !r.Duplicate || r.ID != x.ID {
+		t.Fatalf("dedup after the lease = %+v", r)
 	}
-	if r := mustAppend(t, e, "r", "x2", keyed); !r.Duplicate || r.ID != ms[0].ID {
-		t.Fatalf("dedup after restore = %+v", r)
-	}
-	wantBody(t, e, "r", store.TakeDelete, "x2")
+	wantBody(t, e, "r", store.TakeDelete, "x3")
 	wantEmpty(t, e, "r", store.TakeDelete)
 }
 
@@ -690,13 +877,16 @@ func testConcurrentExactlyOnce(t *testing.T, e store.Engine, _ *Clock) {
 					return
 				default:
 				}
-				m, ok, err := e.Take(ctx, "q", store.TakeDelete)
+				l, ok, err := e.Take(ctx, "q", store.TakeDelete, leaseTime)
+				if err == nil && ok {
+					err = e.Settle(ctx, "q", []store.Lease{l}, true)
+				}
 				if err != nil {
 					errs <- err
 					return
 				}
 				if ok {
-					got <- m
+					got <- l.Message
 					taken.Done()
 				}
 			}
@@ -730,12 +920,15 @@ func testConcurrentPending(t *testing.T, e store.Engine, _ *Clock) {
 	ids := make(chan store.ID, 16)
 	for range 16 {
 		wg.Go(func() {
-			m, ok, err := e.Take(ctx, "q", store.TakePending)
+			l, ok, err := e.Take(ctx, "q", store.TakePending, leaseTime)
+			if err == nil && ok {
+				err = e.Settle(ctx, "q", []store.Lease{l}, true)
+			}
 			if err != nil || !ok {
 				t.Errorf("Take pending: %v %v", ok, err)
 				return
 			}
-			ids <- m.ID
+			ids <- l.ID
 		})
 	}
 	wg.Wait()
@@ -792,7 +985,7 @@ func testClose(t *testing.T, e store.Engine, _ *Clock) {
 	if _, err := e.Append(ctx, "q", msg("y"), store.AppendOptions{}); !errors.Is(err, store.ErrClosed) {
 		t.Fatalf("Append after Close: %v, want ErrClosed", err)
 	}
-	if _, _, err := e.Take(ctx, "q", store.TakeDelete); !errors.Is(err, store.ErrClosed) {
+	if _, _, err := e.Take(ctx, "q", store.TakeDelete, leaseTime); !errors.Is(err, store.ErrClosed) {
 		t.Fatalf("Take after Close: %v, want ErrClosed", err)
 	}
 }
@@ -812,8 +1005,10 @@ func testReopen(t *testing.T, e store.Engine, c *Clock, reopen func(*testing.T, 
 		t.Fatal("Reply not stored")
 	}
 	wantBody(t, e, "q", store.TakePending, "a")
-	mustAppend(t, e, "d", "once", store.AppendOptions{DedupKey: "kd", DedupWindow: time.Hour})
+	once := mustAppend(t, e, "d", "once", store.AppendOptions{DedupKey: "kd", DedupWindow: time.Hour})
 	wantBody(t, e, "d", store.TakeDelete, "once")
+	mustAppend(t, e, "l", "leased", store.AppendOptions{})
+	take(t, e, "l", store.TakeDelete) // never settled: the process died
 
 	e = reopen(t, e, c)
 
@@ -823,8 +1018,8 @@ func testReopen(t *testing.T, e store.Engine, c *Clock, reopen func(*testing.T, 
 	if dup := mustAppend(t, e, "q", "b2", store.AppendOptions{DedupKey: "kb", DedupWindow: time.Hour}); !dup.Duplicate {
 		t.Fatal("dedup key of a queued message lost on reopen")
 	}
-	if dup := mustAppend(t, e, "d", "twice", store.AppendOptions{DedupKey: "kd", DedupWindow: time.Hour}); !dup.Duplicate {
-		t.Fatal("dedup key of a delivered message lost on reopen")
+	if dup := mustAppend(t, e, "d", "twice", store.AppendOptions{DedupKey: "kd", DedupWindow: time.Hour}); !dup.Duplicate || dup.ID != once.ID {
+		t.Fatalf("dedup key of a delivered message lost on reopen: %+v, want a duplicate of %v", dup, once.ID)
 	}
 	wantBody(t, e, "q", store.TakeDelete, "b2")
 	last := wantBody(t, e, "q", store.TakeDelete, "c")
@@ -837,5 +1032,8 @@ func testReopen(t *testing.T, e store.Engine, c *Clock, reopen func(*testing.T, 
 	}
 	c.Advance(2 * time.Minute)
 	wantBody(t, e, "ttl", store.TakeDelete, "kept")
+	// A lease does not outlive its time (nor, in some engines, the
+	// process): the message is queued.
+	wantBody(t, e, "l", store.TakeDelete, "leased")
 	return e
 }

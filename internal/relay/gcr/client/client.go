@@ -3,9 +3,12 @@
 // long-polls a relay server for requests, performs them against a local
 // backend, and posts the responses back in chunks, with keep-alive empty
 // chunks, the request stream of upgraded connections, 408 handling and
-// giving up on a request when the server answers 400. Tests use it to
-// drive the relay front door exactly as the original client would, and the
-// load harness uses it, tuned, as an efficient relay client.
+// giving up on a request when the server answers 400. With its zero
+// Options it behaves as the original on the wire (tests use it so to drive
+// the relay front door exactly as the original client would); `postern
+// relay` runs it tuned for speed on the same protocol (see Tuned): polls
+// that follow the load, chunks posted as soon as the previous one is
+// answered, large chunks written from where they were read.
 package client
 
 import (
@@ -18,7 +21,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -85,6 +87,63 @@ type Options struct {
 	// original client declares a Content-Length, and then net/http copies
 	// the body through a 32 KiB buffer into writes of that size.
 	ChunkedPosts bool
+	// MaxPendingRequests, when above NumPendingRequests, makes the polls
+	// follow the load: NumPendingRequests polls stay parked when idle, and
+	// while requests are in progress as many polls as requests are kept
+	// parked (the next requests of busy users find a poll waiting), up to
+	// MaxPendingRequests. A poll the server leaves unanswered for its poll
+	// timeout (408) ends when more polls are parked than needed. 0: the
+	// original's fixed NumPendingRequests.
+	MaxPendingRequests int
+	// EagerChunks posts what was read from a streamed body as soon as the
+	// previous chunk is answered, instead of waiting for the chunk delay
+	// or MaxChunkSize: data never waits while the relay is idle, and
+	// while a chunk is being posted the next one grows (up to
+	// MaxChunkSize). The chunk delay still paces the first chunk of a
+	// body that is slow to start (it carries the status and headers) and
+	// the keep-alive chunks.
+	EagerChunks bool
+	// StreamBodies, when the server says it relays bodies as they come
+	// (wire.StreamHeader on the poll's answer), sends large bodies in
+	// messages whose id comes before the body (wire.AppendStreamHead): a
+	// backend body of known length longer than MaxChunkSize goes in one
+	// message, read from the backend as it is sent, and a large chunk of
+	// a streamed body is relayed by the server without being held. The
+	// messages are the protocol's; only their fields' order differs.
+	StreamBodies bool
+}
+
+// Tuned settings of `postern relay`: see Tuned.
+const (
+	TunedNumPendingRequests = 2
+	TunedMaxPendingRequests = 64
+	TunedMaxChunkSize       = 1 << 20
+	TunedBlockSize          = 64 << 10
+)
+
+// Tuned returns o with the settings of a relay client built for speed on
+// the same protocol, where o leaves them unset: adaptive polls
+// (TunedNumPendingRequests to TunedMaxPendingRequests), eager chunks of
+// up to TunedMaxChunkSize read TunedBlockSize at a time, posted in
+// chunked encoding without copying. They work against any server of the
+// protocol, the original's included.
+func Tuned(o Options) Options {
+	if o.NumPendingRequests <= 0 {
+		o.NumPendingRequests = TunedNumPendingRequests
+	}
+	if o.MaxPendingRequests <= 0 {
+		o.MaxPendingRequests = max(TunedMaxPendingRequests, o.NumPendingRequests)
+	}
+	if o.MaxChunkSize <= 0 {
+		o.MaxChunkSize = TunedMaxChunkSize
+	}
+	if o.BlockSize <= 0 {
+		o.BlockSize = TunedBlockSize
+	}
+	o.ChunkedPosts = true
+	o.EagerChunks = true
+	o.StreamBodies = true
+	return o
 }
 
 // Client is a relay client.
@@ -95,10 +154,18 @@ type Client struct {
 	own      []*http.Transport
 	backURL  *url.URL
 	relayURL *url.URL
-	wg       sync.WaitGroup
+	// Templates of the relay calls, their URLs and headers shared by
+	// every request (net/http only reads them).
+	pollTmpl, postTmpl *http.Request
 
+	wg        sync.WaitGroup // pollers and the goroutines of requests
 	chunkBufs sync.Pool
-	work      chan *wire.Request // requests for idle handlers
+
+	pollMu   sync.Mutex
+	polling  int   // pollers polling (or about to)
+	handling int   // pollers handling a request they got
+	runErr   error // the first error that ends Run
+	stop     context.CancelFunc
 
 	connMu sync.Mutex
 	down   bool   // a poll failed and no poll or health check succeeded since
@@ -109,6 +176,9 @@ type Client struct {
 func New(o Options) (*Client, error) {
 	if o.NumPendingRequests <= 0 {
 		o.NumPendingRequests = DefaultNumPendingRequests
+	}
+	if o.MaxPendingRequests < o.NumPendingRequests {
+		o.MaxPendingRequests = o.NumPendingRequests
 	}
 	if o.MaxChunkSize <= 0 {
 		o.MaxChunkSize = DefaultMaxChunkSize
@@ -130,14 +200,18 @@ func New(o Options) (*Client, error) {
 	if err != nil || ru.Host == "" {
 		return nil, fmt.Errorf("relay url %q: not an absolute URL", o.RelayURL)
 	}
-	c := &Client{o: o, relay: o.Relay, backend: o.Backend, backURL: bu, relayURL: ru, work: make(chan *wire.Request)}
+	c := &Client{o: o, relay: o.Relay, backend: o.Backend, backURL: bu, relayURL: ru}
+	// Every poll holds a connection to the server, and every request in
+	// progress one to the backend and, while it posts, one more to the
+	// server: keep that many open for reuse.
+	idle := max(100, 2*o.MaxPendingRequests+16)
 	if c.relay == nil {
-		tr := &http.Transport{MaxIdleConnsPerHost: 100, DisableCompression: true}
+		tr := &http.Transport{Proxy: http.ProxyFromEnvironment, MaxIdleConnsPerHost: idle, DisableCompression: true, IdleConnTimeout: 90 * time.Second}
 		c.own = append(c.own, tr)
 		c.relay = &http.Client{Transport: tr}
 	}
 	if c.backend == nil {
-		tr := &http.Transport{MaxIdleConnsPerHost: 100, DisableCompression: true}
+		tr := &http.Transport{MaxIdleConnsPerHost: idle, DisableCompression: true, IdleConnTimeout: 90 * time.Second}
 		c.own = append(c.own, tr)
 		c.backend = &http.Client{Transport: tr}
 	}
@@ -145,7 +219,25 @@ func New(o Options) (*Client, error) {
 	b := *c.backend
 	b.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	c.backend = &b
+	c.pollTmpl = c.relayTemplate("GET", "/server/request", url.Values{"server": {o.ServerName}}.Encode(), "")
+	c.postTmpl = c.relayTemplate("POST", "/server/response", "", wire.ResponseContentType)
 	return c, nil
+}
+
+// relayTemplate returns a relay call without context or body.
+func (c *Client) relayTemplate(method, path, rawQuery, ctype string) *http.Request {
+	u := *c.relayURL
+	u.Path += path
+	u.RawQuery = rawQuery
+	h := http.Header{}
+	if ctype != "" {
+		h["Content-Type"] = []string{ctype}
+	}
+	if c.o.Token != "" {
+		h["Authorization"] = []string{"Bearer " + c.o.Token}
+	}
+	return &http.Request{Method: method, URL: &u, Host: u.Host, Header: h, Body: http.NoBody,
+		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1}
 }
 
 // Run polls until ctx ends or the server answers 403, and waits for the
@@ -160,27 +252,20 @@ func (c *Client) Run(ctx context.Context) error {
 			return nil
 		}
 	}
-	errc := make(chan error, c.o.NumPendingRequests)
-	var workers sync.WaitGroup
+	c.pollMu.Lock()
+	c.stop = cancel
+	c.polling = c.o.NumPendingRequests
+	c.pollMu.Unlock()
 	for range c.o.NumPendingRequests {
-		workers.Go(func() {
-			if err := c.worker(ctx); err != nil {
-				errc <- err
-				cancel()
-			}
-		})
+		c.wg.Go(func() { c.poller(ctx) })
 	}
-	workers.Wait()
 	c.wg.Wait()
 	for _, tr := range c.own {
 		tr.CloseIdleConnections()
 	}
-	select {
-	case err := <-errc:
-		return err
-	default:
-		return nil
-	}
+	c.pollMu.Lock()
+	defer c.pollMu.Unlock()
+	return c.runErr
 }
 
 func (c *Client) relayRequest(ctx context.Context, method, path, rawQuery, ctype string, body []byte) (*http.Request, error) {
@@ -205,8 +290,70 @@ func (c *Client) relayRequest(ctx context.Context, method, path, rawQuery, ctype
 	return req, nil
 }
 
-func (c *Client) worker(ctx context.Context) error {
-	q := url.Values{"server": {c.o.ServerName}}.Encode()
+// wantPolls is how many polls should be parked: NumPendingRequests, or
+// with adaptive polls one per request in progress, up to
+// MaxPendingRequests. Called with pollMu held.
+func (c *Client) wantPolls() int {
+	return min(max(c.o.NumPendingRequests, c.handling), c.o.MaxPendingRequests)
+}
+
+// took moves a poller from polling to handling the request it got, and
+// starts a poller in its place when fewer polls than wanted are left.
+func (c *Client) took(ctx context.Context) {
+	c.pollMu.Lock()
+	c.polling--
+	c.handling++
+	spawn := c.polling < c.wantPolls()
+	if spawn {
+		c.polling++
+	}
+	c.pollMu.Unlock()
+	if spawn {
+		c.wg.Go(func() { c.poller(ctx) })
+	}
+}
+
+// handled moves a poller back from handling to polling, unless enough
+// pollers poll already: then it reports that the poller should end.
+func (c *Client) handled() (exit bool) {
+	c.pollMu.Lock()
+	defer c.pollMu.Unlock()
+	c.handling--
+	if c.polling >= c.o.MaxPendingRequests {
+		return true
+	}
+	c.polling++
+	return false
+}
+
+// idled is a poll the server left unanswered (408): the poller ends when
+// more polls are parked than wanted.
+func (c *Client) idled() (exit bool) {
+	c.pollMu.Lock()
+	defer c.pollMu.Unlock()
+	if c.polling > c.wantPolls() {
+		c.polling--
+		return true
+	}
+	return false
+}
+
+// fail ends Run with err.
+func (c *Client) fail(err error) {
+	c.pollMu.Lock()
+	defer c.pollMu.Unlock()
+	c.polling--
+	if c.runErr == nil {
+		c.runErr = err
+	}
+	c.stop()
+}
+
+// poller polls for requests and serves each one it gets itself (a poller
+// in its place takes over the polling meanwhile, see took). There are
+// NumPendingRequests of them, more while requests are in progress with
+// adaptive polls.
+func (c *Client) poller(ctx context.Context) {
 	bo := c.newBackoff()
 	failed := func(err error) {
 		if ctx.Err() != nil {
@@ -225,10 +372,7 @@ func (c *Client) worker(ctx context.Context) error {
 		}
 	}
 	for ctx.Err() == nil {
-		req, err := c.relayRequest(ctx, "GET", "/server/request", q, "", nil)
-		if err != nil {
-			return err
-		}
+		req := c.pollTmpl.WithContext(ctx)
 		sent := c.failures()
 		resp, err := c.relay.Do(req)
 		if err != nil {
@@ -242,8 +386,12 @@ func (c *Client) worker(ctx context.Context) error {
 			failed(err)
 		case resp.StatusCode == http.StatusRequestTimeout:
 			c.markUp(bo, sent)
+			if c.idled() {
+				return
+			}
 		case resp.StatusCode == http.StatusForbidden:
-			return ErrForbidden
+			c.fail(ErrForbidden)
+			return
 		case resp.StatusCode != http.StatusOK:
 			failed(fmt.Errorf("relay server answered %s", resp.Status))
 		default:
@@ -253,10 +401,16 @@ func (c *Client) worker(ctx context.Context) error {
 				failed(fmt.Errorf("bad request message from the relay server: %w", err))
 				continue
 			}
-			c.dispatch(ctx, breq)
+			c.took(ctx)
+			c.handle(ctx, breq, c.o.StreamBodies && resp.Header.Get(wire.StreamHeader) != "")
+			if c.handled() {
+				return
+			}
 		}
 	}
-	return nil
+	c.pollMu.Lock()
+	c.polling--
+	c.pollMu.Unlock()
 }
 
 // Backoff paces reconnection attempts: Wait waits before the next one
@@ -365,37 +519,6 @@ func oneLine(s string) string {
 	return s
 }
 
-// handlerIdle is how long a handler waits for another request before it
-// exits: a burst leaves no goroutines behind for longer.
-const handlerIdle = 30 * time.Second
-
-// dispatch hands a request to an idle handler, or starts one. A handler
-// stays for the next requests (up to handlerIdle between two), so that
-// requests do not each pay for a new goroutine and its stack growing
-// through net/http.
-func (c *Client) dispatch(ctx context.Context, breq *wire.Request) {
-	select {
-	case c.work <- breq:
-		return
-	default:
-	}
-	c.wg.Go(func() {
-		idle := time.NewTimer(handlerIdle)
-		defer idle.Stop()
-		for {
-			c.handle(ctx, breq)
-			idle.Reset(handlerIdle)
-			select {
-			case breq = <-c.work:
-			case <-idle.C:
-				return
-			case <-ctx.Done():
-				return
-			}
-		}
-	})
-}
-
 // readBody reads a response's body, into a buffer of its size when the
 // length is declared.
 func readBody(resp *http.Response) ([]byte, error) {
@@ -417,43 +540,58 @@ func (c *Client) pause(ctx context.Context) {
 	}
 }
 
-func (c *Client) backendRequest(ctx context.Context, breq *wire.Request) (*http.Request, error) {
+// backendRequest is the request to perform against the backend, and its
+// path as the user asked (for the log).
+func (c *Client) backendRequest(ctx context.Context, breq *wire.Request) (*http.Request, string, error) {
 	u, err := url.Parse(breq.URL)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
+	path := u.Path
 	u.Scheme, u.Host = c.backURL.Scheme, c.backURL.Host
 	u.Path = c.backURL.Path + u.Path
 	if u.RawPath != "" {
 		u.RawPath = c.backURL.EscapedPath() + u.RawPath
 	}
-	// The URL is set parsed, not printed and parsed again.
-	req, err := http.NewRequestWithContext(ctx, breq.Method, "", bytes.NewReader(breq.Body))
-	if err != nil {
-		return nil, err
+	var body io.ReadCloser = http.NoBody
+	if len(breq.Body) > 0 {
+		body = io.NopCloser(bytes.NewReader(breq.Body))
 	}
-	req.URL, req.Host = u, u.Host
+	// Built whole: the URL is set parsed, not printed and parsed again.
+	h := make(http.Header, len(breq.Headers))
+	for _, hd := range breq.Headers {
+		k := http.CanonicalHeaderKey(hd.Name)
+		h[k] = append(h[k], hd.Value)
+	}
+	req := (&http.Request{
+		Method: breq.Method, URL: u, Header: h, Body: body, ContentLength: int64(len(breq.Body)),
+		Host: u.Host, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+	}).WithContext(ctx)
 	if breq.Host != "" {
 		req.Host = breq.Host
 	}
-	for _, h := range breq.Headers {
-		req.Header.Add(h.Name, h.Value)
+	if len(breq.Body) > 0 {
+		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(breq.Body)), nil }
 	}
-	return req, nil
+	if req.Method == "" {
+		req.Method = http.MethodGet
+	}
+	return req, path, nil
 }
 
 // handle serves one request, logging it when there is a Logger.
-func (c *Client) handle(ctx context.Context, breq *wire.Request) {
+// streams says the server relays large bodies as they come (see
+// Options.StreamBodies).
+func (c *Client) handle(ctx context.Context, breq *wire.Request, streams bool) {
 	start := time.Now()
-	status, n := c.serve(ctx, breq)
+	status, n, path := c.serve(ctx, breq, streams)
 	if l := c.o.Logger; l != nil && l.Enabled(ctx, slog.LevelInfo) {
-		path := breq.URL
-		if u, err := url.Parse(breq.URL); err == nil {
-			path = u.Path
+		if path == "" {
+			path = breq.URL
 		}
 		client := ""
 		for _, h := range breq.Headers {
-			if http.CanonicalHeaderKey(h.Name) == "X-Forwarded-For" {
+			if len(h.Name) == len("X-Forwarded-For") && strings.EqualFold(h.Name, "X-Forwarded-For") {
 				client = h.Value
 			}
 		}
@@ -464,19 +602,19 @@ func (c *Client) handle(ctx context.Context, breq *wire.Request) {
 }
 
 // serve performs one request against the backend and posts its response;
-// it returns the status and the body bytes relayed, for the log.
-func (c *Client) serve(ctx context.Context, breq *wire.Request) (status int, n int64) {
+// it returns the status, the body bytes relayed and the path, for the log.
+func (c *Client) serve(ctx context.Context, breq *wire.Request, streams bool) (status int, n int64, path string) {
 	id := breq.ID
-	req, err := c.backendRequest(ctx, breq)
+	req, path, err := c.backendRequest(ctx, breq)
 	if err != nil {
 		c.postError(ctx, id, fmt.Sprintf("Failed to create request for backend: %v", err))
-		return http.StatusInternalServerError, 0
+		return http.StatusInternalServerError, 0, ""
 	}
 	start := time.Now()
 	hresp, err := c.backend.Do(req)
 	if err != nil {
 		c.postError(ctx, id, fmt.Sprintf("Backend request failed with error: %v", err))
-		return http.StatusInternalServerError, 0
+		return http.StatusInternalServerError, 0, path
 	}
 	status = hresp.StatusCode
 	first := &wire.Response{HasID: true, ID: id, HasStatus: true, StatusCode: int32(hresp.StatusCode), Headers: headers(hresp.Header)}
@@ -485,7 +623,7 @@ func (c *Client) serve(ctx context.Context, breq *wire.Request) (status int, n i
 		if !ok {
 			hresp.Body.Close()
 			c.postError(ctx, id, "Backend returned 101 Switching Protocols, which is not supported.")
-			return http.StatusInternalServerError, 0
+			return http.StatusInternalServerError, 0, path
 		}
 		c.wg.Go(func() { c.streamToBackend(ctx, id, w) })
 	}
@@ -497,185 +635,66 @@ func (c *Client) serve(ctx context.Context, breq *wire.Request) (status int, n i
 		hresp.Body.Close()
 		if err != nil {
 			c.postError(ctx, id, fmt.Sprintf("Failed to read backend response: %v", err))
-			return http.StatusInternalServerError, 0
+			return http.StatusInternalServerError, 0, path
 		}
 		first.EOF = true
 		first.Trailers = headers(hresp.Trailer)
 		first.BackendDurationMs = time.Since(start).Milliseconds()
-		c.post(ctx, first)
-		return status, int64(len(first.Body))
+		c.post(ctx, first, false)
+		return status, int64(len(first.Body)), path
 	}
-	chunks := make(chan outChunk)
-	st := &streamer{c: c, out: chunks, resp: first, buf: c.chunkBuffer(), stop: make(chan struct{})}
-	go st.read(hresp.Body)
-	go st.tick()
-	failed := false
-	for ch := range chunks {
-		if failed || ch.resp == nil {
-			if !failed && ch.release != nil {
-				c.putChunkBuffer(ch.release)
-			}
-			continue // drain, so the streamer ends
-		}
-		if ch.resp.EOF {
-			// The backend's trailers are known once its body is read.
-			ch.resp.Trailers = append(ch.resp.Trailers, headers(hresp.Trailer)...)
-			ch.resp.BackendDurationMs = time.Since(start).Milliseconds()
-		}
-		n += int64(len(ch.resp.Body))
-		if err := c.post(ctx, ch.resp); err != nil {
-			// A missing chunk would corrupt the response: stop, and close
-			// the backend connection.
-			failed = true
-			hresp.Body.Close()
-		}
-		if !failed && ch.release != nil {
-			// The server read it all before answering, and the chunks
-			// before it: the buffer is free.
-			c.putChunkBuffer(ch.release)
-		}
+	if cl := hresp.ContentLength; streams && cl > 0 && cl < maxMessageBody && hresp.StatusCode != http.StatusSwitchingProtocols {
+		return status, c.postBody(ctx, first, hresp, start), path
 	}
-	return status, n
+	return status, c.stream(ctx, first, hresp, start, streams), path
 }
 
-// outChunk is a chunk to post, and the buffer that is free once it is
-// posted (its body is the last part of that buffer to go). A chunk
-// without a response only gives its buffer back.
-type outChunk struct {
-	resp    *wire.Response
-	release []byte
-}
-
-// streamer cuts a streamed backend body into chunks as the original does:
-// a chunk as soon as it holds more than MaxChunkSize, buffered data after
-// a chunk delay, and an empty chunk after KeepAliveTicks idle delays. The
-// body is read straight into chunk buffers, BlockSize at a time, and a
-// chunk's body is the part of a buffer read since the previous chunk: the
-// bytes are not copied on their way from the backend to the post. The
-// reader (read) and the clock (tick) share the state under mu and send
-// chunks, in order, while holding it.
-type streamer struct {
-	c    *Client
-	out  chan<- outChunk
-	stop chan struct{} // closed when the body ended
-
-	mu    sync.Mutex
-	resp  *wire.Response // the chunk being built; its body is buf[start:end]
-	buf   []byte         // the buffer being read into (full capacity); nil: none yet
-	start int
-	end   int
-	ticks int
-	done  bool
-}
-
-// emitLocked sends the chunk built so far and starts the next one.
-// release says that the chunk's buffer is done with: it is given back
-// once the chunk is posted.
-func (s *streamer) emitLocked(eof, release bool) {
-	r := s.resp
-	r.Body = []byte{}
-	if s.buf != nil {
-		r.Body = s.buf[s.start:s.end:s.end]
-	}
-	r.EOF = eof
-	ch := outChunk{resp: r}
-	if release {
-		ch.release = s.buf
-		s.buf = nil
-	}
-	s.out <- ch
-	s.resp = &wire.Response{HasID: true, ID: r.ID}
-	s.start = s.end
-	s.ticks = 0
-}
-
-// read reads the backend's body until it ends (an error ends it too, as
-// in the original) and sends the last chunk.
-func (s *streamer) read(in io.ReadCloser) {
-	defer in.Close()
-	block := s.c.o.BlockSize
-	for {
-		s.mu.Lock()
-		if s.buf == nil || cap(s.buf)-s.end < block {
-			if s.buf != nil {
-				// No room for another block: the buffer goes back once
-				// its last chunk (possibly empty: only the buffer) is posted.
-				if s.end > s.start {
-					s.emitLocked(false, true)
-				} else {
-					s.out <- outChunk{release: s.buf}
-				}
-			}
-			s.buf = s.c.chunkBuffer()
-			s.start, s.end = 0, 0
-		}
-		dst := s.buf[s.end : s.end+block]
-		s.mu.Unlock()
-		n, err := in.Read(dst)
-		s.mu.Lock()
-		s.end += n
-		if err != nil {
-			s.emitLocked(true, true)
-			s.done = true
-			s.mu.Unlock()
-			close(s.stop)
-			close(s.out)
-			return
-		}
-		if s.end-s.start > s.c.o.MaxChunkSize {
-			s.emitLocked(false, cap(s.buf)-s.end < block)
-		}
-		s.mu.Unlock()
-	}
-}
-
-// tick sends what was read after each chunk delay, and an empty chunk
-// after KeepAliveTicks idle ones.
-func (s *streamer) tick() {
-	timer := time.NewTimer(s.c.o.ChunkDelay)
-	defer timer.Stop()
-	for {
-		select {
-		case <-timer.C:
-		case <-s.stop:
-			return
-		}
-		timer.Reset(s.c.o.ChunkDelay)
-		s.mu.Lock()
-		if s.done {
-			s.mu.Unlock()
-			return
-		}
-		s.ticks++
-		if s.end > s.start || s.resp.HasStatus || s.ticks > s.c.o.KeepAliveTicks {
-			s.emitLocked(false, false)
-		}
-		s.mu.Unlock()
-	}
-}
-
-// chunkBuffer returns a buffer of full capacity (len 0) for a chunk and
-// the block read after it crosses MaxChunkSize.
-func (c *Client) chunkBuffer() []byte {
-	if b, ok := c.chunkBufs.Get().(*[]byte); ok {
-		return (*b)[:0]
-	}
-	return make([]byte, 0, c.o.MaxChunkSize+c.o.BlockSize)
-}
-
-func (c *Client) putChunkBuffer(b []byte) {
-	if cap(b) >= c.o.MaxChunkSize+c.o.BlockSize {
-		c.chunkBufs.Put(&b)
-	}
-}
+// maxMessageBody bounds a body sent in one message: a protobuf field
+// holds less than 2 GiB. A longer body goes in chunks.
+const maxMessageBody = 1 << 31
 
 // errPermanent is a 400 from /server/response: the request is over.
 var errPermanent = errors.New("relay server refused the response chunk")
 
-// post sends one chunk, retrying transient failures a few times. The
-// body is sent from where it lies, not copied into the message.
-func (c *Client) post(ctx context.Context, r *wire.Response) error {
-	head, payload, tail := r.MarshalParts()
+// smallPost is the largest chunk body posted as one message buffer; a
+// larger one is sent from where it lies, between the message's encoded
+// head and tail.
+const smallPost = 64 << 10
+
+// post sends one chunk, retrying transient failures a few times. With
+// streams, a large chunk goes with its id before its body (see
+// Options.StreamBodies).
+func (c *Client) post(ctx context.Context, r *wire.Response, streams bool) error {
+	var body func() io.ReadCloser
+	var size int64
+	switch {
+	case len(r.Body) > smallPost:
+		head, tail := r.MarshalAround(len(r.Body))
+		if streams {
+			head = r.AppendStreamHead(make([]byte, 0, r.HeadSize(len(r.Body))+r.TailSize()), len(r.Body))
+			tail = r.AppendStreamTail(head[len(head):len(head)])
+			head = head[:len(head):len(head)]
+		}
+		payload := r.Body
+		size = int64(len(head) + len(payload) + len(tail))
+		if c.o.ChunkedPosts {
+			// A body that is an io.WriterTo is written by net/http with
+			// WriteTo: each part in one write of the chunked encoding,
+			// the payload straight from its buffer.
+			body = func() io.ReadCloser { return io.NopCloser(&net.Buffers{head, payload, tail}) }
+			size = -1
+		} else {
+			body = func() io.ReadCloser {
+				return io.NopCloser(io.MultiReader(bytes.NewReader(head), bytes.NewReader(payload), bytes.NewReader(tail)))
+			}
+		}
+	default:
+		// Small: one buffer of the message's size, which the transport
+		// writes with the headers in one go.
+		msg := r.AppendMarshal(make([]byte, 0, r.Size()))
+		size = int64(len(msg))
+		body = func() io.ReadCloser { return io.NopCloser(bytes.NewReader(msg)) }
+	}
 	var last error
 	for attempt := range 4 {
 		if attempt > 0 {
@@ -687,26 +706,10 @@ func (c *Client) post(ctx context.Context, r *wire.Response) error {
 			case <-t.C:
 			}
 		}
-		req, err := c.relayRequest(ctx, "POST", "/server/response", "", wire.ResponseContentType, nil)
-		if err != nil {
-			return err
-		}
-		switch {
-		case len(payload) > 64<<10 && c.o.ChunkedPosts:
-			// A body that is an io.WriterTo is written by net/http with
-			// WriteTo: each part in one write of the chunked encoding.
-			req.Body = io.NopCloser(&net.Buffers{head, payload, tail})
-			req.ContentLength = -1
-		case len(payload) > 64<<10:
-			req.Body = io.NopCloser(io.MultiReader(bytes.NewReader(head), bytes.NewReader(payload), bytes.NewReader(tail)))
-			req.ContentLength = int64(len(head) + len(payload) + len(tail))
-		default:
-			// Small: one copy, and the transport writes headers and body
-			// in one go (it flushes headers first for other readers).
-			msg := slices.Concat(head, payload, tail)
-			req.Body = io.NopCloser(bytes.NewReader(msg))
-			req.ContentLength = int64(len(msg))
-			req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(msg)), nil }
+		req := c.postTmpl.WithContext(ctx)
+		req.Body, req.ContentLength = body(), size
+		if size >= 0 {
+			req.GetBody = func() (io.ReadCloser, error) { return body(), nil }
 		}
 		resp, err := c.relay.Do(req)
 		if err != nil {
@@ -734,7 +737,7 @@ func (c *Client) postError(ctx context.Context, id, msg string) {
 		HasID: true, ID: id, HasStatus: true, StatusCode: http.StatusInternalServerError,
 		Headers: []wire.Header{{Name: "Content-Type", Value: "text/plain"}},
 		Body:    []byte(msg), EOF: true,
-	})
+	}, false)
 }
 
 // streamToBackend copies the user's bytes of an upgraded connection from

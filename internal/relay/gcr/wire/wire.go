@@ -21,6 +21,13 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 )
 
+// StreamHeader, on a poll's answer, says that the server relays a large
+// response body as it arrives when the message's id comes before it
+// (AppendStreamHead): a relay client may then send a body of any length
+// in one message. It is postern's; the original sends no such header, and
+// reads every message whole.
+const StreamHeader = "X-Postern-Relay-Streams"
+
 // Content types of the messages on the wire.
 const (
 	RequestContentType  = "application/vnd.google.protobuf;proto=cloudrobotics.http_relay.v1alpha1.HttpRequest"
@@ -99,112 +106,123 @@ func headersSize(num protowire.Number, hs []Header) int {
 	return n
 }
 
-// Marshal encodes r, with every string field present.
+// Size is the length of r's encoding.
+func (r *Request) Size() int {
+	return r.headSize(len(r.Body)) + len(r.Body) + r.tailSize()
+}
+
+func (r *Request) headSize(n int) int {
+	return protowire.SizeTag(1)*3 + protowire.SizeBytes(len(r.ID)) + protowire.SizeBytes(len(r.Method)) +
+		protowire.SizeBytes(len(r.URL)) + headersSize(4, r.Headers) + protowire.SizeTag(5) + protowire.SizeVarint(uint64(n))
+}
+
+func (r *Request) tailSize() int { return protowire.SizeTag(6) + protowire.SizeBytes(len(r.Host)) }
+
+// Marshal encodes r, with every string field present, into a buffer of
+// its size.
 func (r *Request) Marshal() []byte {
-	size := protowire.SizeTag(1)*3 + protowire.SizeBytes(len(r.ID)) + protowire.SizeBytes(len(r.Method)) +
-		protowire.SizeBytes(len(r.URL)) + headersSize(4, r.Headers) +
-		protowire.SizeTag(5) + protowire.SizeBytes(len(r.Body)) + protowire.SizeTag(6) + protowire.SizeBytes(len(r.Host))
-	b := make([]byte, 0, size)
+	return r.AppendMarshal(make([]byte, 0, r.Size()))
+}
+
+// AppendMarshal appends r's encoding to b: no allocation when b has room.
+func (r *Request) AppendMarshal(b []byte) []byte {
+	b = r.AppendHead(b, len(r.Body))
+	b = append(b, r.Body...)
+	return r.AppendTail(b)
+}
+
+// HeadSize is the length of what AppendHead appends for a body of n
+// bytes; TailSize that of what AppendTail appends.
+func (r *Request) HeadSize(n int) int { return r.headSize(n) }
+func (r *Request) TailSize() int      { return r.tailSize() }
+
+// AppendHead appends the fields that come before the body's bytes, for a
+// body of n bytes, ending with the body field's tag and length: a sender
+// puts the body's bytes right after it, from wherever they come (a
+// server reads a user's request body straight into the message). r.Body
+// is ignored.
+func (r *Request) AppendHead(b []byte, n int) []byte {
 	b = appendString(b, 1, r.ID)
 	b = appendString(b, 2, r.Method)
 	b = appendString(b, 3, r.URL)
 	b = appendHeaders(b, 4, r.Headers)
-	b = appendBytes(b, 5, r.Body)
-	b = appendString(b, 6, r.Host)
-	return b
+	b = protowire.AppendTag(b, 5, protowire.BytesType)
+	return protowire.AppendVarint(b, uint64(n))
 }
+
+// AppendTail appends the fields that follow the body.
+func (r *Request) AppendTail(b []byte) []byte { return appendString(b, 6, r.Host) }
 
 // MarshalParts encodes r in three parts whose concatenation is Marshal's
 // result: what comes before the body's bytes, the body itself (r.Body, not
 // copied), and what follows. A client posting large chunks sends the parts
 // one after another instead of copying the body into one message.
 func (r *Response) MarshalParts() (head, body, tail []byte) {
-	head, tail = r.marshalAround(len(r.Body), r.Body != nil)
-	return head, r.Body, tail
+	head = r.AppendHead(make([]byte, 0, r.HeadSize(len(r.Body))+r.TailSize()), len(r.Body), r.Body != nil)
+	// The tail shares the head's buffer: one allocation for both.
+	tail = r.AppendTail(head[len(head):len(head)])
+	return head[:len(head):len(head)], r.Body, tail
 }
 
 // MarshalAround encodes r around a body of n bytes that the caller sends
 // itself, from wherever it lies: head ends with the body field's tag and
 // length, tail follows the body. r.Body is ignored.
 func (r *Response) MarshalAround(n int) (head, tail []byte) {
-	return r.marshalAround(n, true)
+	head = r.AppendHead(make([]byte, 0, r.HeadSize(n)+r.TailSize()), n, true)
+	tail = r.AppendTail(head[len(head):len(head)])
+	return head[:len(head):len(head)], tail
 }
 
-func (r *Response) marshalAround(n int, hasBody bool) (head, tail []byte) {
-	head = make([]byte, 0, 32+headersSize(2, r.Headers))
+// HeadSize is the length of what AppendHead appends for a body of n
+// bytes (with the body field); TailSize that of what AppendTail appends.
+func (r *Response) HeadSize(n int) int {
+	s := headersSize(2, r.Headers) + protowire.SizeTag(3) + protowire.SizeBytes(n)
 	if r.HasStatus {
-		head = appendVarint(head, 1, uint64(int64(r.StatusCode)))
+		s += protowire.SizeTag(1) + protowire.SizeVarint(uint64(int64(r.StatusCode)))
 	}
-	head = appendHeaders(head, 2, r.Headers)
-	if hasBody {
-		head = protowire.AppendTag(head, 3, protowire.BytesType)
-		head = protowire.AppendVarint(head, uint64(n))
-	}
-	tail = make([]byte, 0, 32+len(r.ID)+headersSize(6, r.Trailers))
+	return s - n
+}
+
+func (r *Response) TailSize() int {
+	s := headersSize(6, r.Trailers)
 	if r.HasID || r.ID != "" {
-		tail = appendString(tail, 4, r.ID)
+		s += protowire.SizeTag(4) + protowire.SizeBytes(len(r.ID))
 	}
 	if r.EOF {
-		tail = appendVarint(tail, 5, 1)
+		s += protowire.SizeTag(5) + 1
 	}
-	tail = appendHeaders(tail, 6, r.Trailers)
 	if r.BackendDurationMs != 0 {
-		tail = appendVarint(tail, 7, uint64(r.BackendDurationMs))
+		s += protowire.SizeTag(7) + protowire.SizeVarint(uint64(r.BackendDurationMs))
 	}
-	return head, tail
+	return s
 }
 
-// ResponseSizeHint looks at the start of an encoded HttpResponse and,
-// once it holds the body field's tag and length, returns where that body
-// ends: a lower bound of the message's size, to size a buffer for the rest
-// before it arrives (a message of unknown length, posted in chunked
-// encoding, can then be read in place). ok is false until then, and for a
-// start that is not a valid encoding (the decoder will say why). It is a
-// hint only: the decoder does not rely on it.
-func ResponseSizeHint(b []byte) (n int, ok bool) {
-	const most = 1 << 31
-	off := 0
-	for off < len(b) {
-		num, typ, tn := protowire.ConsumeTag(b[off:])
-		if tn < 0 {
-			return 0, false
-		}
-		if typ != protowire.BytesType {
-			vn := protowire.ConsumeFieldValue(num, typ, b[off+tn:])
-			if vn < 0 {
-				return 0, false
-			}
-			off += tn + vn
-			continue
-		}
-		l, ln := protowire.ConsumeVarint(b[off+tn:])
-		if ln < 0 {
-			return 0, false
-		}
-		l = min(l, most)
-		end := off + tn + ln + int(l)
-		if num == 3 {
-			return end, true
-		}
-		if end > len(b) {
-			return 0, false
-		}
-		off = end
+// Size is the length of r's encoding.
+func (r *Response) Size() int {
+	if r.Body == nil {
+		return r.HeadSize(0) - protowire.SizeTag(3) - 1 + r.TailSize()
 	}
-	return 0, false
+	return r.HeadSize(len(r.Body)) + len(r.Body) + r.TailSize()
 }
 
-// Marshal encodes r; optional fields are present when set (HasStatus,
-// HasID, EOF true, BackendDurationMs non-zero).
-func (r *Response) Marshal() []byte {
-	b := make([]byte, 0, 32+len(r.Body)+len(r.ID)+headersSize(2, r.Headers)+headersSize(6, r.Trailers))
+// AppendHead appends the fields that come before the body's bytes: the
+// status and headers and, with hasBody, the body field's tag and length
+// for a body of n bytes. r.Body is ignored.
+func (r *Response) AppendHead(b []byte, n int, hasBody bool) []byte {
 	if r.HasStatus {
 		b = appendVarint(b, 1, uint64(int64(r.StatusCode)))
 	}
 	b = appendHeaders(b, 2, r.Headers)
-	if r.Body != nil {
-		b = appendBytes(b, 3, r.Body)
+	if hasBody {
+		b = protowire.AppendTag(b, 3, protowire.BytesType)
+		b = protowire.AppendVarint(b, uint64(n))
 	}
+	return b
+}
+
+// AppendTail appends the fields that follow the body: the id, eof, the
+// trailers and the backend's duration.
+func (r *Response) AppendTail(b []byte) []byte {
 	if r.HasID || r.ID != "" {
 		b = appendString(b, 4, r.ID)
 	}
@@ -216,6 +234,105 @@ func (r *Response) Marshal() []byte {
 		b = appendVarint(b, 7, uint64(r.BackendDurationMs))
 	}
 	return b
+}
+
+// AppendMarshal appends r's encoding to b: no allocation when b has room.
+// Optional fields are present when set (HasStatus, HasID, EOF true,
+// BackendDurationMs non-zero; the body when not nil).
+func (r *Response) AppendMarshal(b []byte) []byte {
+	b = r.AppendHead(b, len(r.Body), r.Body != nil)
+	b = append(b, r.Body...)
+	return r.AppendTail(b)
+}
+
+// ResponseSizeHint looks at the start of an encoded HttpResponse and,
+// once it holds the body field's tag and length, returns where that body
+// ends: a lower bound of the message's size, to size a buffer for the rest
+// before it arrives (a message of unknown length, posted in chunked
+// encoding, can then be read in place). ok is false until then, and for a
+// start that is not a valid encoding (the decoder will say why). It is a
+// hint only: the decoder does not rely on it.
+func ResponseSizeHint(b []byte) (n int, ok bool) {
+	_, start, size, ok := ResponseBody(b)
+	return start + size, ok
+}
+
+// ResponseBody finds the first body field in the start of an encoded
+// HttpResponse: tag is where the field begins, start where its bytes
+// begin, and n how many there are (at most 1<<31). ok is false until b
+// holds the field's tag and length, and for a start that is not a valid
+// encoding. Everything before tag is whole fields: b[:tag] decodes as a
+// message of its own. A server reads the start of a posted message with
+// it, and relays a large body as it comes when the fields before it say
+// whose it is (see AppendStreamHead).
+func ResponseBody(b []byte) (tag, start, n int, ok bool) {
+	const most = 1 << 31
+	off := 0
+	for off < len(b) {
+		num, typ, tn := protowire.ConsumeTag(b[off:])
+		if tn < 0 {
+			return 0, 0, 0, false
+		}
+		if typ != protowire.BytesType {
+			vn := protowire.ConsumeFieldValue(num, typ, b[off+tn:])
+			if vn < 0 {
+				return 0, 0, 0, false
+			}
+			off += tn + vn
+			continue
+		}
+		l, ln := protowire.ConsumeVarint(b[off+tn:])
+		if ln < 0 {
+			return 0, 0, 0, false
+		}
+		l = min(l, most)
+		if num == 3 {
+			return off, off + tn + ln, int(l), true
+		}
+		end := off + tn + ln + int(l)
+		if end > len(b) {
+			return 0, 0, 0, false
+		}
+		off = end
+	}
+	return 0, 0, 0, false
+}
+
+// AppendStreamHead appends what a sender writes before a body of n bytes
+// that it streams right after: the id first, then the status, the
+// headers and eof, then the body field's tag and length. A server that
+// relays a body as it comes knows whose it is before the body arrives
+// (ResponseBody); protobuf lets fields come in any order, so a server
+// that reads the message whole decodes it as any other. r.Body is
+// ignored.
+func (r *Response) AppendStreamHead(b []byte, n int) []byte {
+	if r.HasID || r.ID != "" {
+		b = appendString(b, 4, r.ID)
+	}
+	if r.HasStatus {
+		b = appendVarint(b, 1, uint64(int64(r.StatusCode)))
+	}
+	b = appendHeaders(b, 2, r.Headers)
+	if r.EOF {
+		b = appendVarint(b, 5, 1)
+	}
+	b = protowire.AppendTag(b, 3, protowire.BytesType)
+	return protowire.AppendVarint(b, uint64(n))
+}
+
+// AppendStreamTail appends what follows a streamed body (see
+// AppendStreamHead): the trailers and the backend's duration.
+func (r *Response) AppendStreamTail(b []byte) []byte {
+	b = appendHeaders(b, 6, r.Trailers)
+	if r.BackendDurationMs != 0 {
+		b = appendVarint(b, 7, uint64(r.BackendDurationMs))
+	}
+	return b
+}
+
+// Marshal encodes r into a buffer of its size (see AppendMarshal).
+func (r *Response) Marshal() []byte {
+	return r.AppendMarshal(make([]byte, 0, r.Size()))
 }
 
 // field reads one field: its number, wire type and, for the types used

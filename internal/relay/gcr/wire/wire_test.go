@@ -257,6 +257,7 @@ func FuzzUnmarshalResponse(f *testing.F) {
 		if n, ok := wire.ResponseSizeHint(b); ok && n < 0 {
 			t.Fatalf("size hint %d", n)
 		}
+
 		mine, err := wire.UnmarshalResponse(b)
 		m := dynamicpb.NewMessage(httpResponse)
 		libErr := proto.UnmarshalOptions{DiscardUnknown: true}.Unmarshal(b, m)
@@ -265,6 +266,16 @@ func FuzzUnmarshalResponse(f *testing.F) {
 		}
 		if err != nil {
 			return
+		}
+		if tag, start, n, ok := wire.ResponseBody(b); ok {
+			// What comes before the body field is whole fields of a valid
+			// message: they decode on their own.
+			if tag < 0 || tag >= start || n < 0 {
+				t.Fatalf("body field at %d, bytes at %d, %d of them", tag, start, n)
+			}
+			if _, err := wire.UnmarshalResponse(b[:tag]); err != nil {
+				t.Fatalf("the fields before the body do not decode: %v", err)
+			}
 		}
 		fs := httpResponse.Fields()
 		want := wire.Response{
@@ -290,6 +301,9 @@ func FuzzUnmarshalResponse(f *testing.F) {
 		head, body, tail := mine.MarshalParts()
 		if parts := append(append(append([]byte(nil), head...), body...), tail...); !bytes.Equal(parts, mine.Marshal()) {
 			t.Fatalf("MarshalParts %x differs from Marshal %x", parts, mine.Marshal())
+		}
+		if len(mine.Marshal()) != mine.Size() {
+			t.Fatalf("Size %d, encoding %d bytes", mine.Size(), len(mine.Marshal()))
 		}
 		again, err := wire.UnmarshalResponse(mine.Marshal())
 		if err != nil || !reflect.DeepEqual(*again, *mine) {
@@ -320,4 +334,87 @@ func FuzzUnmarshalRequest(f *testing.F) {
 			t.Fatalf("headers %v, library %v", mine.Headers, got)
 		}
 	})
+}
+
+// TestEncodingSizesAndParts: Size is the encoding's length, the parts a
+// sender writes around a body it sends itself make the same message, and
+// encoding into a buffer with room allocates nothing.
+func TestEncodingSizesAndParts(t *testing.T) {
+	for _, r := range []wire.Response{
+		{},
+		{HasID: true, ID: "x:1"},
+		{HasStatus: true, StatusCode: -1, HasID: true, ID: "neg", Body: []byte{}},
+		{HasStatus: true, StatusCode: 200, Headers: []wire.Header{{Name: "A", Value: "b"}}, Body: bytes.Repeat([]byte("z"), 300),
+			HasID: true, ID: "n:ab", EOF: true, Trailers: []wire.Header{{Name: "Grpc-Status", Value: "0"}}, BackendDurationMs: 1 << 40},
+	} {
+		full := r.Marshal()
+		if len(full) != r.Size() || cap(full) != r.Size() {
+			t.Errorf("%+v: %d bytes (cap %d), Size %d", r, len(full), cap(full), r.Size())
+		}
+		if r.Body != nil {
+			head := r.AppendHead(nil, len(r.Body), true)
+			tail := r.AppendTail(nil)
+			if len(head) != r.HeadSize(len(r.Body)) || len(tail) != r.TailSize() {
+				t.Errorf("%+v: head %d tail %d, sizes %d %d", r, len(head), len(tail), r.HeadSize(len(r.Body)), r.TailSize())
+			}
+			if got := append(append(head, r.Body...), tail...); !bytes.Equal(got, full) {
+				t.Errorf("%+v: parts %x, Marshal %x", r, got, full)
+			}
+		}
+		buf := make([]byte, 0, r.Size())
+		if n := testing.AllocsPerRun(10, func() { buf = r.AppendMarshal(buf[:0]) }); n != 0 {
+			t.Errorf("%+v: AppendMarshal allocates %v times", r, n)
+		}
+	}
+	q := wire.Request{ID: "n:1", Method: "GET", URL: "http://invalid/", Headers: []wire.Header{{Name: "A", Value: "b"}}, Body: []byte("body"), Host: "h"}
+	full := q.Marshal()
+	if len(full) != q.Size() || cap(full) != q.Size() {
+		t.Errorf("request: %d bytes (cap %d), Size %d", len(full), cap(full), q.Size())
+	}
+	head := q.AppendHead(nil, len(q.Body))
+	if len(head) != q.HeadSize(len(q.Body)) || len(q.AppendTail(nil)) != q.TailSize() {
+		t.Errorf("request head %d, HeadSize %d", len(head), q.HeadSize(len(q.Body)))
+	}
+	if got := q.AppendTail(append(head, q.Body...)); !bytes.Equal(got, full) {
+		t.Errorf("request parts %x, Marshal %x", got, full)
+	}
+}
+
+// TestStreamLayout: a message with its id before its body (what a sender
+// streaming the body writes) decodes as the same message, and its start
+// says whose body it is before the body: what comes before the body
+// field decodes on its own.
+func TestStreamLayout(t *testing.T) {
+	r := wire.Response{HasStatus: true, StatusCode: 200, Headers: []wire.Header{{Name: "Content-Length", Value: "5"}},
+		Body: []byte("hello"), HasID: true, ID: "n:0123456789abcdef0123456789abcdef", EOF: true,
+		Trailers: []wire.Header{{Name: "X-T", Value: "1"}}, BackendDurationMs: 7}
+	msg := append(append(r.AppendStreamHead(nil, len(r.Body)), r.Body...), r.AppendStreamTail(nil)...)
+	got, err := wire.UnmarshalResponse(msg)
+	if err != nil || !reflect.DeepEqual(*got, r) {
+		t.Fatalf("decoded %+v %v, want %+v", got, err, r)
+	}
+	a, b := dynamicpb.NewMessage(httpResponse), dynamicpb.NewMessage(httpResponse)
+	if err := proto.Unmarshal(msg, a); err != nil {
+		t.Fatal(err)
+	}
+	if err := proto.Unmarshal(r.Marshal(), b); err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(a, b) {
+		t.Fatal("the library decodes the stream layout differently")
+	}
+	head := r.AppendStreamHead(nil, len(r.Body))
+	tag, start, n, ok := wire.ResponseBody(head)
+	if !ok || start != len(head) || n != len(r.Body) {
+		t.Fatalf("ResponseBody %d %d %d %v on a %d-byte head", tag, start, n, ok, len(head))
+	}
+	before, err := wire.UnmarshalResponse(head[:tag])
+	if err != nil || before.ID != r.ID || before.StatusCode != 200 || !before.EOF || before.Body != nil {
+		t.Fatalf("before the body: %+v %v", before, err)
+	}
+	for p := range len(head) {
+		if _, _, _, ok := wire.ResponseBody(head[:p]); ok {
+			t.Fatalf("body found in a %d-byte prefix of a %d-byte head", p, len(head))
+		}
+	}
 }

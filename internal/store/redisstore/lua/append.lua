@@ -1,31 +1,49 @@
 -- Append. ARGV[3] record, [4] dedup key, [5] expires ms (0: never),
--- [6] limit, [7] max length, [8] most remembered dedup keys (0: no bound).
--- Returns {kind, id, len, trimmed}: kind 0 appended, 1 duplicate, 2 full.
+-- [6] limit, [7] max length, [8] '1' to leave a queued message with the
+-- dedup key as it is (the first send wins), [9] most dedup keys of
+-- delivered messages to remember (0: no bound; kept in H.c).
+-- Returns {kind, id, len, trimmed}: kind 0 appended, 1 duplicate (id: the
+-- message it matched), 2 full.
 local rec, dk, exp = ARGV[3], ARGV[4], tonumber(ARGV[5])
-local limit, maxlen, dedupmax = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local limit, maxlen = tonumber(ARGV[6]), tonumber(ARGV[7])
+local keepfirst, bound = ARGV[8] == '1', tonumber(ARGV[9])
+if bound > 0 then
+  if bound ~= dmax then
+    redis.call('HSET', H, 'c', bound)
+    dmax = bound
+  end
+  cap_seen()
+end
 if dk ~= '' then
-  if uses('w') then redis.call('ZREMRANGEBYSCORE', W, '-inf', now) end
+  forget_windows()
   local qid = redis.call('HGET', K, dk)
-  if qid then
-    local old = redis.call('HGET', M, qid)
-    if old then
-      local oexp, otil = hdr(old)
-      if not expired(oexp) then
-        -- Still queued: replace content and expiry in place.
+  local old = qid and redis.call('HGET', M, qid)
+  if old then
+    local oexp, otil = hdr(old)
+    local l = lex(qid)
+    local ls, pend = leaseof(l), pendof(l)
+    if not expired(oexp) and ls and not over(ls) then
+      -- Being handed out: left as it is.
+      return {1, qid, qlen(), 0}
+    end
+    if not expired(oexp) and (ls or not pend) then
+      -- Queued: replace content and expiry in place, unless the first wins.
+      if not keepfirst then
         redis.call('HSET', M, qid, set_head(rec, exp, otil))
         touch(M)
         if oexp == 0 and exp > 0 then dforever = -1 elseif oexp > 0 and exp == 0 then dforever = 1 end
         if exp > 0 then need(exp) end
         dirty = true
         finish()
-        return {1, qid, qlen(), 0}
       end
-    else
-      redis.call('HDEL', K, dk)
+      return {1, qid, qlen(), 0}
     end
   end
-  local til = redis.call('ZSCORE', W, dk)
-  if til and now < tonumber(til) then return {1, '', qlen(), 0} end
+  local til = qid and redis.call('ZSCORE', W, dk)
+  if til and now < tonumber(til) then
+    finish()
+    return {1, qid, qlen(), 0}
+  end
 end
 local n = qlen()
 if limit > 0 and n >= limit then return {2, '', n, 0} end
@@ -38,11 +56,6 @@ if dk ~= '' then
   redis.call('HSET', K, dk, id)
   touch(K)
   redis.call('ZREM', W, dk)
-end
-if dedupmax > 0 and uses('w') then
-  -- Remembered keys beyond the bound: those whose windows end first go.
-  local over = redis.call('ZCARD', W) - dedupmax
-  if over > 0 then redis.call('ZPOPMIN', W, over) end
 end
 dirty = true
 n = n + 1

@@ -2,7 +2,7 @@
 -- their own and stay. Returns how many messages there were.
 local n = qlen()
 redis.call('XTRIM', S, 'MAXLEN', 0)
-redis.call('DEL', M, P, B, K, W)
+redis.call('DEL', M, P, B, K, W, L)
 redis.call('HDEL', H, 'f', 'u')
 forever0, dforever, used, newused = 0, 0, '', false
 dirty = true

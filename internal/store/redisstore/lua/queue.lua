@@ -12,7 +12,15 @@
 --            messages handed out, remembered until then
 -- KEYS[7] H  hash of queue meta: f = messages without expiry,
 --            g = latest instant (ms) any stored data is needed until
-local S, M, P, B, K, W, H = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+-- KEYS[8] L  sorted set of leased ids (lex), scored by their lease token:
+--            the lease's deadline (ms) times 1000 plus a number the node
+--            chose; a message under a lease stays in its place (stream or
+--            restored set), and in P too when it was taken in pending mode
+--
+-- K keeps the id of the message of each dedup key while the message is
+-- queued or leased, and, once it was delivered, for as long as W
+-- remembers the key, so that a repeat is told the id.
+local S, M, P, B, K, W, H, L = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local gcneed = 0
 local dforever = 0
 local dirty = false
@@ -20,15 +28,17 @@ local dirty = false
 -- The meta hash H, read once per script: f = messages without expiry,
 -- g = latest instant (ms) any stored data is needed until, e = the TTL
 -- deadline applied to the keys (ms; -1: persisted), u = letters of the
--- optional keys (p, b, k, w) that may exist. Keys not in u are neither read
+-- optional keys (p, b, k, w, l) that may exist, c = most dedup keys of
+-- delivered messages W keeps (0: no bound). Keys not in u are neither read
 -- nor given TTLs, which keeps the common scripts to a few commands.
-local meta = redis.call('HMGET', H, 'f', 'g', 'e', 'u')
+local meta = redis.call('HMGET', H, 'f', 'g', 'e', 'u', 'c')
 local forever0 = tonumber(meta[1] or '0')
 local g0 = tonumber(meta[2] or '0')
 local e0 = tonumber(meta[3] or '0')
 local used = meta[4] or ''
+local dmax = tonumber(meta[5] or '0')
 local newused = false
-local letter = {[P] = 'p', [B] = 'b', [K] = 'k', [W] = 'w'}
+local letter = {[P] = 'p', [B] = 'b', [K] = 'k', [W] = 'w', [L] = 'l'}
 local function uses(c) return string.find(used, c, 1, true) ~= nil end
 
 -- touched records the keys written, which finish gives the current TTL.
@@ -56,6 +66,16 @@ local function set_head(rec, exp, til)
   return fmt(exp) .. ',' .. fmt(til) .. string.sub(rec, b)
 end
 local function expired(exp) return exp > 0 and now >= exp end
+-- over reports whether the lease scored ls has run out.
+local function over(ls) return tonumber(ls) < (now + 1) * 1000 end
+local function leaseof(l)
+  if uses('l') then return redis.call('ZSCORE', L, l) end
+  return false
+end
+local function pendof(l)
+  if uses('p') then return redis.call('ZSCORE', P, l) end
+  return false
+end
 local function need(t) if t > gcneed then gcneed = t end end
 
 local function qlen()
@@ -75,22 +95,73 @@ local function remove(id, exp, src, notpending)
     redis.call('ZREM', B, lex(id))
   end
   if not notpending and uses('p') then redis.call('ZREM', P, lex(id)) end
+  if uses('l') then redis.call('ZREM', L, lex(id)) end
   redis.call('HDEL', M, id)
   if exp == 0 then dforever = dforever - 1 end
   dirty = true
 end
 
+-- cap_seen forgets, beyond dmax keys of delivered messages, those whose
+-- windows end first.
+local function cap_seen()
+  if dmax <= 0 or not uses('w') then return end
+  local excess = redis.call('ZCARD', W) - dmax
+  if excess <= 0 then return end
+  local old = redis.call('ZPOPMIN', W, excess)
+  for i = 1, #old, 2 do redis.call('HDEL', K, old[i]) end
+  dirty = true
+end
+
 -- forget drops the dedup bookkeeping of a message leaving the queued state;
--- when it was delivered its key is remembered until the end of its window.
+-- when it was delivered its key is remembered, with the message's id,
+-- until the end of its window, and beyond dmax keys the oldest are
+-- forgotten.
 local function forget(id, til, dk, delivered)
   if dk == '' then return end
-  if redis.call('HGET', K, dk) == id then redis.call('HDEL', K, dk) end
-  if delivered and til > now then
-    redis.call('ZADD', W, til, dk)
-    touch(W)
-    need(til)
-  end
   dirty = true
+  if not (delivered and til > now) then
+    -- A message delivered before (pending) keeps its key for its window.
+    if redis.call('HGET', K, dk) == id and not (uses('w') and redis.call('ZSCORE', W, dk)) then
+      redis.call('HDEL', K, dk)
+    end
+    return
+  end
+  local cur = redis.call('HGET', K, dk)
+  if cur and cur ~= id and lex(cur) > lex(id) then
+    return -- a newer message carries the key
+  end
+  redis.call('HSET', K, dk, id)
+  redis.call('ZADD', W, til, dk)
+  touch(K)
+  touch(W)
+  need(til)
+  cap_seen()
+end
+
+-- forget_windows forgets the dedup keys whose windows have ended.
+local function forget_windows()
+  if not uses('w') then return end
+  local gone = redis.call('ZRANGEBYSCORE', W, '-inf', now)
+  if #gone == 0 then return end
+  for _, dk in ipairs(gone) do redis.call('HDEL', K, dk) end
+  redis.call('ZREMRANGEBYSCORE', W, '-inf', now)
+  dirty = true
+end
+
+-- free reports whether the message lex l may be handed out: neither
+-- pending nor under a lease that has not run out. A lease that ran out is
+-- ended on the way (and a pending-mode one is no longer pending). hasl and
+-- hasp say whether L and P hold anything at all.
+local function free(l, hasl, hasp)
+  local ls = hasl and redis.call('ZSCORE', L, l)
+  if ls then
+    if not over(ls) then return false end
+    redis.call('ZREM', L, l)
+    if hasp then redis.call('ZREM', P, l) end
+    dirty = true
+    return true
+  end
+  return not (hasp and redis.call('ZSCORE', P, l))
 end
 
 -- finish sets the Redis TTLs, which only collect garbage: every key of the
@@ -199,4 +270,33 @@ end
 local function drop_index(id, src)
   if src == 's' then redis.call('XDEL', S, id) else redis.call('ZREM', B, lex(id)) end
   if uses('p') then redis.call('ZREM', P, lex(id)) end
+  if uses('l') then redis.call('ZREM', L, lex(id)) end
+end
+
+-- takeable visits messages in order, dropping the expired ones, and calls
+-- grant(id, rec) for each one free to hand out until it returns true. It
+-- returns true when it stopped because budget expired messages were
+-- removed (the caller asks to be called again).
+local function takeable(budget, grant)
+  local more = false
+  local hasl = uses('l') and redis.call('ZCARD', L) > 0
+  local hasp = uses('p') and redis.call('ZCARD', P) > 0
+  scan(function(id, src)
+    local rec = redis.call('HGET', M, id)
+    if not rec then
+      drop_index(id, src)
+      return false
+    end
+    local exp, til, dk = hdr(rec)
+    if expired(exp) then
+      remove(id, exp, src)
+      forget(id, til, dk, false)
+      budget = budget - 1
+      more = budget <= 0
+      return more
+    end
+    if not free(lex(id), hasl, hasp) then return false end
+    return grant(id, rec)
+  end)
+  return more
 end

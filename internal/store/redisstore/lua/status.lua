@@ -2,5 +2,10 @@
 local id = ARGV[3]
 local rec = redis.call('HGET', M, id)
 if not rec or expired((hdr(rec))) then return 0 end
-if uses('p') and redis.call('ZSCORE', P, lex(id)) then return 2 end
+local l = lex(id)
+if pendof(l) then
+  local ls = leaseof(l)
+  if ls and over(ls) then return 1 end
+  return 2
+end
 return 1

@@ -1,48 +1,37 @@
--- Take. ARGV[3] mode: 'd' delete or 'p' pending; ARGV[4] how many expired
--- messages one call may remove before it hands back to the caller.
--- Returns {id, record}, {} for nothing, or {'more'} to be called again.
-local mode, budget = ARGV[3], tonumber(ARGV[4])
+-- Take under a lease. ARGV[3] mode: 'd' delete or 'p' pending; ARGV[4] how
+-- many expired messages one call may remove before it hands back to the
+-- caller; ARGV[5] the lease token (score in L).
+-- Returns {id, record, token} ('0': a pending message handed out again,
+-- with nothing to settle), {} for nothing, or {'more'} to be called again.
+local mode, budget, token = ARGV[3], tonumber(ARGV[4]), ARGV[5]
 if mode == 'p' and uses('p') then
   for _, l in ipairs(redis.call('ZRANGE', P, 0, -1)) do
     local id = unlex(l)
     local rec = redis.call('HGET', M, id)
+    local ls = leaseof(l)
     if not rec then
       redis.call('ZREM', P, l)
+    elseif ls and over(ls) then
+      -- A pending-mode lease that ran out: queued again.
+      redis.call('ZREM', P, l)
+      redis.call('ZREM', L, l)
+      dirty = true
     elseif not expired((hdr(rec))) then
-      return {id, rec}
+      finish()
+      return {id, rec, '0'}
     end
   end
 end
-local haspend = uses('p') and redis.call('ZCARD', P) > 0
-local out, more = nil, false
-scan(function(id, src)
-  local rec = redis.call('HGET', M, id)
-  if not rec then
-    drop_index(id, src)
-    return false
-  end
-  local exp, til, dk = hdr(rec)
-  local pend = haspend and redis.call('ZSCORE', P, lex(id))
-  if expired(exp) then
-    remove(id, exp, src)
-    forget(id, til, dk, false)
-    budget = budget - 1
-    if budget <= 0 then
-      more = true
-      return true
-    end
-    return false
-  end
-  if pend then return false end
+local out
+local more = takeable(budget, function(id, rec)
+  redis.call('ZADD', L, token, lex(id))
+  touch(L)
   if mode == 'p' then
     redis.call('ZADD', P, 0, lex(id))
     touch(P)
-    dirty = true
-  else
-    remove(id, exp, src, true)
   end
-  forget(id, til, dk, true)
-  out = {id, rec}
+  dirty = true
+  out = {id, rec, token}
   return true
 end)
 finish()

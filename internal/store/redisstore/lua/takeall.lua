@@ -1,21 +1,12 @@
--- TakeAll. ARGV[3] most messages to take (0: all).
+-- TakeAll under one lease. ARGV[3] most messages to take (0: all), [4] the
+-- lease token (score in L).
 -- Returns {id1, record1, id2, record2, ...}.
-local max = tonumber(ARGV[3])
+local max, token = tonumber(ARGV[3]), ARGV[4]
 local out = {}
-scan(function(id, src)
-  local rec = redis.call('HGET', M, id)
-  if not rec then
-    drop_index(id, src)
-    return false
-  end
-  if uses('p') and redis.call('ZSCORE', P, lex(id)) then return false end
-  local exp, til, dk = hdr(rec)
-  remove(id, exp, src, true)
-  if expired(exp) then
-    forget(id, til, dk, false)
-    return false
-  end
-  forget(id, til, dk, true)
+takeable(math.huge, function(id, rec)
+  redis.call('ZADD', L, token, lex(id))
+  touch(L)
+  dirty = true
   out[#out + 1] = id
   out[#out + 1] = rec
   return max > 0 and #out >= 2 * max

@@ -318,6 +318,30 @@ func (s *Server) stop(sig syscall.Signal) {
 	<-exited
 }
 
+// Pause stops the running server's process (SIGSTOP): it holds its
+// connections and answers nothing until Resume, as a stalled Redis does.
+func (s *Server) Pause() error { return s.signal(syscall.SIGSTOP) }
+
+// Resume lets a paused server run again (SIGCONT).
+func (s *Server) Resume() error { return s.signal(syscall.SIGCONT) }
+
+func (s *Server) signal(sig syscall.Signal) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return errors.New("redis-server is not running")
+	}
+	return s.cmd.Process.Signal(sig)
+}
+
+// Crash kills the server as Kill does, for programs that are not tests;
+// Relaunch starts it again.
+func (s *Server) Crash() { s.stop(syscall.SIGKILL) }
+
+// Relaunch starts the server again on the same port and directory, as
+// Restart does, for programs that are not tests.
+func (s *Server) Relaunch() error { return s.launch() }
+
 // Restart starts the server again on the same port and directory, after
 // Stop or Kill.
 func (s *Server) Restart(t testing.TB) {
