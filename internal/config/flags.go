@@ -124,12 +124,18 @@ func (f *FlagSet) List(p *[]string, name, usage string, aliases ...string) {
 	f.Var((*listValue)(p), name, usage, aliases...)
 }
 
-// Repeated defines a flag that may be given several times, each time
-// adding the items of its value split at sep (spaces around items
-// trimmed, empty items dropped); an environment variable's value holds
-// them all, split the same way.
-func (f *FlagSet) Repeated(p *[]string, sep, name, usage string, aliases ...string) {
-	f.Var(&repeatedValue{p: p, sep: sep}, name, usage, aliases...)
+// Repeated defines a list flag stored in *p that may be given many
+// times, each a name or a comma-separated list: --acme-domain a
+// --acme-domain b,c. The environment and config file give it once.
+func (f *FlagSet) Repeated(p *[]string, name, usage string, aliases ...string) {
+	f.Var(&repeatedValue{p: p}, name, usage, aliases...)
+}
+
+// Lines defines a flag stored in *p that may be given many times, each
+// one whole item (commas included: "Cache-Control: no-store, private");
+// an environment variable gives them one per line.
+func (f *FlagSet) Lines(p *[]string, name, usage string, aliases ...string) {
+	f.Var(&linesValue{p: p}, name, usage, aliases...)
 }
 
 // ConfigFile defines the flag (and its POSTERN_* variable) that names a
@@ -205,7 +211,7 @@ func (f *FlagSet) PrintDefaults(w io.Writer) {
 				name = "int"
 			case *float64Value:
 				name = "number"
-			case *listValue, *prefixesValue, *repeatedValue:
+			case *listValue, *repeatedValue, *prefixesValue, *linesValue:
 				name = "list"
 			case *boolValue:
 				name = ""
@@ -366,13 +372,38 @@ func (v *listValue) Set(s string) error {
 }
 func (v *listValue) String() string { return strings.Join(*v, ",") }
 
+// Type names the value in help (pflag.Value).
+func (v *repeatedValue) Type() string { return "list" }
+
+// repeatedValue is a listValue whose later Sets add to the first's.
 type repeatedValue struct {
 	p   *[]string
-	sep string
+	set bool
 }
 
 func (v *repeatedValue) Set(s string) error {
-	for _, item := range strings.Split(s, v.sep) {
+	var more []string
+	if err := (*listValue)(&more).Set(s); err != nil {
+		return err
+	}
+	if !v.set {
+		*v.p, v.set = nil, true
+	}
+	*v.p = append(*v.p, more...)
+	return nil
+}
+func (v *repeatedValue) String() string {
+	if v.p == nil {
+		return ""
+	}
+	return strings.Join(*v.p, ",")
+}
+
+// linesValue is a repeated flag whose items are whole lines.
+type linesValue struct{ p *[]string }
+
+func (v *linesValue) Set(s string) error {
+	for _, item := range strings.Split(s, "\n") {
 		if item = strings.TrimSpace(item); item != "" {
 			*v.p = append(*v.p, item)
 		}
@@ -380,11 +411,11 @@ func (v *repeatedValue) Set(s string) error {
 	return nil
 }
 
-func (v *repeatedValue) String() string {
+func (v *linesValue) String() string {
 	if v == nil || v.p == nil {
 		return ""
 	}
-	return strings.Join(*v.p, v.sep)
+	return strings.Join(*v.p, "\n")
 }
 
-func (v *repeatedValue) Type() string { return "list" }
+func (v *linesValue) Type() string { return "list" }
