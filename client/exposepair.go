@@ -228,7 +228,7 @@ func (p *pair) readResponse(out *http.Request) (*http.Response, error) {
 // side asked to close.
 func (p *pair) answer(resp *http.Response, wrote chan error) (status int, n int64, keep bool) {
 	removeHopByHop(resp.Header)
-	cb := &countingBody{body: resp.Body, lr: p.lr, sw: p.sw}
+	cb := &countingBody{body: resp.Body, lr: p.lr, sw: p.sw, length: resp.ContentLength}
 	if c := p.rec.answered(resp.StatusCode, resp.Header); c != nil {
 		cb.tee = c
 	}
@@ -363,10 +363,15 @@ type countingBody struct {
 	sw   *bufio.Writer
 	n    int64
 	tee  io.Writer // the inspector's copy, if any
+	// length is the declared body length (-1: unknown). Once it is all
+	// read the next read cannot wait, so nothing is flushed before it:
+	// the answer's end leaves with the final flush, after the inspector
+	// kept the exchange.
+	length int64
 }
 
 func (b *countingBody) Read(buf []byte) (int, error) {
-	if b.lr.Buffered() == 0 {
+	if b.lr.Buffered() == 0 && (b.length < 0 || b.n < b.length) {
 		if err := b.sw.Flush(); err != nil {
 			return 0, err
 		}
