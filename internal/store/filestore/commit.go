@@ -67,19 +67,30 @@ func (b *batch) release() {
 
 // committer is the group commit. Operations queue their write sets with
 // submit (under their shard lock, so that the log sees the changes in the
-// order the index did) and wait on the batch. There is no committer
-// goroutine: the operation that finds nobody writing writes the current
-// batch itself (its own write included) as one synced log record; writes
-// queued meanwhile form the next batch, and the writer hands the next turn
-// to one of their operations. A batch is written by a goroutine that is
-// running anyway, and no goroutine has to be woken to start a write.
+// order the index did) and wait on the batch. The operation that finds
+// nobody writing writes the current batch itself (its own write included)
+// as one synced log record; writes queued meanwhile form the next batch,
+// and the writer hands the next turn to one of their operations. A batch
+// is written by a goroutine that is running anyway, and no goroutine has
+// to be woken to start a write.
+//
+// Operations whose answers do not rest on their changes (settling a lease,
+// sweeping) queue them with submitLazy and do not wait: their changes go
+// out with the next batch, and when no operation waits for one, the
+// flusher goroutine writes it.
 type committer struct {
 	s       *Store
 	mu      sync.Mutex
 	idle    *sync.Cond // signalled when writing stops
 	cur     *batch
-	writing bool   // some operation is writing a batch
+	writing bool   // some goroutine is writing a batch, or the flusher is asked to
 	nextSeq uint64 // only the writer touches it
+	// kick asks the flusher goroutine to write the current batch: it
+	// holds only lazy changes. quit stops the flusher; flushed is closed
+	// when it has.
+	kick    chan struct{}
+	quit    chan struct{}
+	flushed chan struct{}
 	// triggered is the log generation for which an early checkpoint was
 	// asked; only the writer touches it.
 	triggered uint64
@@ -91,8 +102,12 @@ type committer struct {
 }
 
 func newCommitter(s *Store, nextSeq uint64) *committer {
-	c := &committer{s: s, cur: newBatch(1), gen: 1, nextSeq: nextSeq}
+	c := &committer{
+		s: s, cur: newBatch(1), gen: 1, nextSeq: nextSeq,
+		kick: make(chan struct{}, 1), quit: make(chan struct{}), flushed: make(chan struct{}),
+	}
 	c.idle = sync.NewCond(&c.mu)
+	go c.flusher()
 	return c
 }
 
@@ -101,18 +116,50 @@ func newCommitter(s *Store, nextSeq uint64) *committer {
 func (c *committer) submit(w *wset) (*batch, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	b := c.cur
-	b.muts = append(b.muts, w.muts...)
-	b.held = append(b.held, w.held...)
+	b := c.add(w)
 	b.n++
-	if w.maxID.Compare(b.maxID) > 0 {
-		b.maxID = w.maxID
-	}
 	if c.writing {
 		return b, false
 	}
 	c.writing = true
 	return b, true
+}
+
+// submitLazy queues w without waiting for it: it is written with the next
+// batch. It returns that batch.
+func (c *committer) submitLazy(w *wset) *batch {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	b := c.add(w)
+	if !c.writing {
+		c.writing = true
+		c.kick <- struct{}{}
+	}
+	return b
+}
+
+// add adds w to the current batch; c.mu must be held.
+func (c *committer) add(w *wset) *batch {
+	b := c.cur
+	b.muts = append(b.muts, w.muts...)
+	b.held = append(b.held, w.held...)
+	if w.maxID.Compare(b.maxID) > 0 {
+		b.maxID = w.maxID
+	}
+	return b
+}
+
+// flusher writes the batches that only lazy changes are queued in.
+func (c *committer) flusher() {
+	defer close(c.flushed)
+	for {
+		select {
+		case <-c.kick:
+			c.writeNext()
+		case <-c.quit:
+			return
+		}
+	}
 }
 
 // wait waits until b is durable or failed, writing it when it is the
@@ -141,9 +188,12 @@ func (c *committer) writeNext() {
 	c.flush(b)
 	c.done.Store(b.gen)
 	c.mu.Lock()
-	if c.cur.n > 0 {
+	switch {
+	case c.cur.n > 0:
 		c.cur.lead <- struct{}{}
-	} else {
+	case len(c.cur.muts) > 0:
+		c.kick <- struct{}{} // lazy changes only: nobody waits to write them
+	default:
 		c.writing = false
 		c.idle.Broadcast()
 	}
@@ -172,8 +222,17 @@ func (c *committer) durable(gen uint32) bool {
 	return gen == 0 || int32(gen-c.done.Load()) <= 0
 }
 
-// close waits for the last write; nothing may be submitted after it.
+// close waits for the last write and stops the flusher; nothing may be
+// submitted after it.
 func (c *committer) close() {
+	c.sync()
+	close(c.quit)
+	<-c.flushed
+}
+
+// sync waits until everything queued so far, lazy changes included, is
+// written (or failed).
+func (c *committer) sync() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for c.writing {

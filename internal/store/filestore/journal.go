@@ -24,21 +24,35 @@ func (b backend) Begin(op index.Op) index.Journal { return &wset{s: b.s, op: op}
 // shard and waits until the write is durable. An index.OpWrite that
 // changed nothing still waits for the writes queued before it: its answer
 // (a suppressed duplicate, an ack of a message already gone) may rest on
-// them, and must not be given before they are durable. Quiet operations
-// (taking under a lease, settling, sweeping) wait only for their own
-// changes and for the durability of what they hand out.
+// them, and must not be given before they are durable.
+//
+// Quiet operations (taking under a lease, settling, sweeping) wait only
+// for the durability of what they hand out. Their own changes are queued
+// for the next batch without waiting: settling a delivery happens after
+// its answer was written, so no answer rests on it, and a settling lost
+// to a crash leaves the message queued, to be handed out again (the
+// at-least-once that a failure is allowed). Every write queued after them
+// is durable only with them, as the log keeps its order.
 func (b backend) End(j index.Journal, sh *index.Shard) error {
 	w := j.(*wset)
-	if w.op != index.OpWrite && len(w.muts) == 0 && !w.wait {
+	if w.op != index.OpWrite && !w.wait {
+		if len(w.muts) > 0 {
+			w.mark(b.s.c.submitLazy(w))
+		}
 		sh.Unlock()
 		return nil
 	}
 	bt, write := b.s.c.submit(w)
+	w.mark(bt)
+	sh.Unlock()
+	return b.s.c.wait(bt, write)
+}
+
+// mark marks the entries w wrote with bt, which carries their write.
+func (w *wset) mark(bt *batch) {
 	for _, e := range w.marked {
 		e.SetMark(bt.gen)
 	}
-	sh.Unlock()
-	return b.s.c.wait(bt, write)
 }
 
 // Writable implements index.Journal: writes fail at once while a failure
