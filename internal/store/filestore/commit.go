@@ -57,6 +57,14 @@ func newBatch(gen uint32) *batch {
 	return &batch{gen: gen, done: make(chan struct{}), lead: make(chan struct{}, 1)}
 }
 
+// sizedLike gives b room for as many changes and bodies as prev had: the
+// batches of a busy server are alike, and their slices then grow once.
+func (b *batch) sizedLike(prev *batch) *batch {
+	b.muts = make([]mut, 0, len(prev.muts))
+	b.held = make([]held, 0, len(prev.held))
+	return b
+}
+
 // release drops the bodies of b from memory: they are in the database.
 func (b *batch) release() {
 	for _, h := range b.held {
@@ -183,7 +191,7 @@ func (c *committer) wait(b *batch, write bool) error {
 func (c *committer) writeNext() {
 	c.mu.Lock()
 	b := c.cur
-	c.cur = c.next()
+	c.cur = c.next().sizedLike(b)
 	c.mu.Unlock()
 	c.flush(b)
 	c.done.Store(b.gen)
@@ -268,11 +276,11 @@ func (c *committer) flush(b *batch) {
 // one, straight into the database after everything before it.
 func (c *committer) write(b *batch) (direct bool, err error) {
 	s := c.s
-	payload := encodeBatch(b)
-	if len(payload) > s.wal.maxPayload() {
+	rec := appendBatch(s.wal.recordBuf(), b)
+	if len(rec)-walRecHeader > s.wal.maxPayload() {
 		return true, s.cp.direct(b)
 	}
-	err = s.wal.append(b.seq, payload)
+	err = s.wal.append(b.seq, rec)
 	if err == errWALFull {
 		// The other file can be reused once its records are in the
 		// database; usually a checkpoint has long seen to that.
@@ -283,7 +291,7 @@ func (c *committer) write(b *batch) (direct bool, err error) {
 		if err := s.wal.rotateTo(1-s.wal.cur, b.seq); err != nil {
 			return false, err
 		}
-		err = s.wal.append(b.seq, payload)
+		err = s.wal.append(b.seq, rec)
 	}
 	if err == nil && s.wal.used() > 0.5 && c.triggered != s.wal.files[s.wal.cur].gen {
 		// Half way through this file: see that the other one is free in

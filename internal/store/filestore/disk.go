@@ -410,25 +410,25 @@ func collapse(bs []*batch) []mut {
 	for _, b := range bs {
 		n += len(b.muts)
 	}
-	last := make(map[string]int, n)
-	out := make([]mut, 0, n)
+	all := make([]mut, 0, n)
 	for _, b := range bs {
-		for _, m := range b.muts {
-			k := string(append([]byte{m.bucket}, m.key...))
-			if i, ok := last[k]; ok {
-				out[i].val = m.val
-				continue
-			}
-			last[k] = len(out)
-			out = append(out, m)
-		}
+		all = append(all, b.muts...)
 	}
-	slices.SortFunc(out, func(a, b mut) int {
+	// A stable sort keeps the changes of one record in the order they
+	// were made: the last of each run is the one that counts.
+	slices.SortStableFunc(all, func(a, b mut) int {
 		if a.bucket != b.bucket {
 			return int(a.bucket) - int(b.bucket)
 		}
 		return bytes.Compare(a.key, b.key)
 	})
+	out := all[:0]
+	for i, m := range all {
+		if i+1 < len(all) && all[i+1].bucket == m.bucket && bytes.Equal(all[i+1].key, m.key) {
+			continue
+		}
+		out = append(out, m)
+	}
 	return out
 }
 

@@ -1,6 +1,7 @@
 package filestore
 
 import (
+	"sync"
 	"time"
 
 	"github.com/postern/postern/internal/store"
@@ -17,8 +18,25 @@ import (
 // backend is the file engine as the index's Backend.
 type backend struct{ s *Store }
 
+// wsets keeps write sets for reuse: every operation takes one, and the
+// committer copies what it needs out of it.
+var wsets = sync.Pool{New: func() any { return new(wset) }}
+
 // Begin implements index.Backend.
-func (b backend) Begin(op index.Op) index.Journal { return &wset{s: b.s, op: op} }
+func (b backend) Begin(op index.Op) index.Journal {
+	w := wsets.Get().(*wset)
+	w.s, w.op = b.s, op
+	return w
+}
+
+// release returns w, whose changes were queued or dropped, for reuse.
+func (w *wset) release() {
+	clear(w.muts)
+	clear(w.held)
+	clear(w.marked)
+	*w = wset{muts: w.muts[:0], held: w.held[:0], marked: w.marked[:0]}
+	wsets.Put(w)
+}
 
 // End implements index.Backend: it queues the write set, releases the
 // shard and waits until the write is durable. An index.OpWrite that
@@ -40,11 +58,13 @@ func (b backend) End(j index.Journal, sh *index.Shard) error {
 			w.mark(b.s.c.submitLazy(w))
 		}
 		sh.Unlock()
+		w.release()
 		return nil
 	}
 	bt, write := b.s.c.submit(w)
 	w.mark(bt)
 	sh.Unlock()
+	w.release()
 	return b.s.c.wait(bt, write)
 }
 
