@@ -39,7 +39,7 @@ import (
 
 	"github.com/coder/websocket"
 
-	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/node"
 )
 
 const benchChildEnv = "POSTERN_BENCH_CHANNELS_CHILD"
@@ -95,13 +95,15 @@ type child struct {
 	ctl  string // http://addr of its control endpoint
 }
 
-func startChild(kind string) (*child, error) {
+// startChild starts a child server of kind, with env ("K=V") added to its
+// environment.
+func startChild(kind string, env ...string) (*child, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(exe)
-	cmd.Env = append(os.Environ(), benchChildEnv+"="+kind)
+	cmd.Env = append(append(os.Environ(), benchChildEnv+"="+kind), env...)
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {
@@ -189,7 +191,7 @@ func runChild(kind string) int {
 	var serve func(net.Listener) error
 	switch kind {
 	case "postern", "tunnel":
-		cfg := server.DefaultConfig()
+		cfg := node.DefaultConfig()
 		cfg.Store = "memory"
 		if kind == "tunnel" {
 			cfg = tunnelConfig("memory") // the tunnel-wake scenario's node
@@ -198,7 +200,7 @@ func runChild(kind string) int {
 		// 127.0.0.1, where a deployment's come from many addresses.
 		cfg.MaxConnectionsPerAddr = -1
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-		srv, err := server.New(cfg)
+		srv, err := node.New(cfg)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "bench child:", err)
 			return 1
@@ -217,6 +219,14 @@ func runChild(kind string) int {
 	case "baseline":
 		b := &baselineServer{conns: make(map[*baselineConn]struct{})}
 		h, stop = b, b.closeAll
+	case "relay-backend": // relay.go
+		h, stop = relayBackend(), func() {}
+	case "chain": // relay.go
+		var err error
+		if h, stop, err = proxyChainHandler(os.Getenv(chainEnv)); err != nil {
+			fmt.Fprintln(os.Stderr, "bench child:", err)
+			return 1
+		}
 	default:
 		fmt.Fprintln(os.Stderr, "bench child: unknown kind", kind)
 		return 2

@@ -23,7 +23,7 @@ import (
 
 	"github.com/postern/postern/client"
 	"github.com/postern/postern/internal/expose/brickchain"
-	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/node"
 )
 
 func init() {
@@ -40,11 +40,11 @@ func init() {
 }
 
 // exposeNode starts a node with the expose domain "localhost".
-func exposeNode() (*node, error) {
-	cfg := server.DefaultConfig()
+func exposeNode() (*benchNode, error) {
+	cfg := node.DefaultConfig()
 	cfg.Store = "memory"
 	cfg.Expose.Domain = "localhost"
-	cfg.Expose.ClientRate = 0
+	cfg.Expose.Brickchain.ClientRate = 0
 	return startNode(cfg)
 }
 

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/node"
 )
 
 // The file engine's durable produce against the memory engine, both over
@@ -26,8 +26,8 @@ func init() {
 var fileBenchBody = strings.Repeat(`{"event":"push","ref":"refs/heads/main","n":12345}`, 4)
 
 // startProduceNode runs a node on storeSpec for a produce phase.
-func startProduceNode(storeSpec string) (*node, error) {
-	cfg := server.DefaultConfig()
+func startProduceNode(storeSpec string) (*benchNode, error) {
+	cfg := node.DefaultConfig()
 	cfg.Store = storeSpec
 	cfg.Listen = "127.0.0.1:0"
 	cfg.Tunnel.MaxLen = 100_000_000 // the phase measures appends, not backpressure

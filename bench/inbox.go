@@ -12,7 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/node"
 )
 
 func init() {
@@ -33,7 +33,7 @@ var inboxPayload = `"` + strings.Repeat("p", 62) + `"`
 // out. Each worker has its own inbox, as each tunnel producer its own
 // tunnel, so the figures measure the front door, not contention on one key.
 func runInboxBench(ctx context.Context, o Options) ([]Figure, error) {
-	cfg := server.DefaultConfig()
+	cfg := node.DefaultConfig()
 	cfg.Store = "memory"
 	cfg.Tunnel.Backpressure = false // the cap trims instead of refusing
 	cfg.Inbox.MaxLen = 10_000_000   // the send phase must not hit 507

@@ -13,7 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/node"
 )
 
 // LoadResult is what a closed-loop load phase measured.
@@ -164,20 +164,20 @@ var plainHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request)
 	w.WriteHeader(http.StatusOK)
 })
 
-// node is a postern node started by the harness.
-type node struct {
+// benchNode is a postern node started by the harness.
+type benchNode struct {
 	URL string
-	srv *server.Server
+	srv *node.Node
 	ln  net.Listener
 	out chan error
 }
 
 // startNode runs a postern node with cfg on a loopback port.
-func startNode(cfg server.Config) (*node, error) {
+func startNode(cfg node.Config) (*benchNode, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	srv, err := server.New(cfg)
+	srv, err := node.New(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -186,13 +186,13 @@ func startNode(cfg server.Config) (*node, error) {
 		srv.Shutdown(context.Background())
 		return nil, err
 	}
-	n := &node{URL: "http://" + ln.Addr().String(), srv: srv, ln: ln, out: make(chan error, 1)}
+	n := &benchNode{URL: "http://" + ln.Addr().String(), srv: srv, ln: ln, out: make(chan error, 1)}
 	go func() { n.out <- srv.Serve(ln) }()
 	return n, nil
 }
 
 // stop shuts the node down.
-func (n *node) stop() error {
+func (n *benchNode) stop() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	err := n.srv.Shutdown(ctx)

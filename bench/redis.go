@@ -15,7 +15,7 @@ import (
 
 	"github.com/redis/rueidis"
 
-	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/node"
 	"github.com/postern/postern/internal/store/redisstore/redistest"
 )
 
@@ -48,14 +48,14 @@ func runRedisTwoNodes(ctx context.Context, o Options) ([]Figure, error) {
 	}
 	defer rs.Close()
 
-	var nodes []*node
+	var nodes []*benchNode
 	defer func() {
 		for _, n := range nodes {
 			n.stop()
 		}
 	}()
 	for i := range 2 {
-		cfg := server.DefaultConfig()
+		cfg := node.DefaultConfig()
 		cfg.Store = fmt.Sprintf("redis://%s/0?prefix=bench:", rs.Addr)
 		cfg.NodeID = fmt.Sprint("bench-", i)
 		cfg.ClusterSecret = benchClusterSecret

@@ -18,7 +18,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
-	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/node"
 )
 
 func init() {
@@ -41,8 +41,8 @@ func init() {
 
 // tunnelConfig is a node sized for load: backpressure off and a queue cap
 // large enough that nothing is trimmed.
-func tunnelConfig(store string) server.Config {
-	cfg := server.DefaultConfig()
+func tunnelConfig(store string) node.Config {
+	cfg := node.DefaultConfig()
 	cfg.Store = store
 	cfg.Tunnel.MaxLen = 10_000_000
 	cfg.Tunnel.Backpressure = false
@@ -50,7 +50,7 @@ func tunnelConfig(store string) server.Config {
 }
 
 // tunnelNode starts a node of tunnelConfig in this process.
-func tunnelNode(store string) (*node, error) { return startNode(tunnelConfig(store)) }
+func tunnelNode(store string) (*benchNode, error) { return startNode(tunnelConfig(store)) }
 
 var benchBody = bytes.Repeat([]byte("x"), 128)
 

@@ -303,9 +303,7 @@ func TestExposeStreamsAsItArrives(t *testing.T) {
 
 // TestExposeLocalUnreachable: the same 502 text as ever, every time.
 func TestExposeLocalUnreachable(t *testing.T) {
-	ln := listen(t)
-	addr := ln.Addr().String()
-	ln.Close() // nothing listens there any more
+	addr := refusedAddr(t)
 	e := expose(t, "http://"+addr, nil)
 	for range 2 {
 		code, body := e.do(t, e.request(t, "POST", "/x", strings.NewReader("some body")))

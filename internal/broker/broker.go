@@ -29,8 +29,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
+	"github.com/postern/postern/internal/capability"
 	"github.com/postern/postern/internal/store"
 )
 
@@ -85,13 +84,13 @@ type Options struct {
 	// store.Fanout the engine's cap and TTL bound the histories.
 	MaxHistoryChannels int
 	MaxHistoryBytes    int
-	// Metrics receives the broker's metrics; nil registers none.
-	Metrics prometheus.Registerer
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
 
-func (o Options) withDefaults() Options {
+// Validate fills the settings left zero with their defaults; no setting
+// is refused (a negative HistoryLen turns history off).
+func (o *Options) Validate() error {
 	if o.QueueLen <= 0 {
 		o.QueueLen = DefaultQueueLen
 	}
@@ -110,7 +109,7 @@ func (o Options) withDefaults() Options {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return o
+	return nil
 }
 
 // Message is one message of a channel. Messages handed to subscribers are
@@ -210,10 +209,12 @@ type channel struct {
 	subs []*Subscription
 }
 
-// New returns a broker on st. st may be nil: then delivery is local and the
-// history private.
-func New(st store.Engine, opts Options) (*Broker, error) {
-	opts = opts.withDefaults()
+// New returns a broker on st, its metrics on deps.Registry. st may be nil:
+// then delivery is local and the history private.
+func New(st store.Engine, opts Options, deps capability.Deps) (*Broker, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
 	b := &Broker{
 		opts: opts,
 		seed: maphash.MakeSeed(),
@@ -232,7 +233,7 @@ func New(st store.Engine, opts Options) (*Broker, error) {
 			b.hist = b.ownHist
 		}
 	}
-	b.m = newMetrics(opts.Metrics, b)
+	b.m = newMetrics(deps.Registry, b)
 	return b, nil
 }
 

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/postern/postern/internal/broker"
+	"github.com/postern/postern/internal/capability"
 	"github.com/postern/postern/internal/store"
 	"github.com/postern/postern/internal/store/memstore"
 )
@@ -23,7 +24,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func newBroker(t *testing.T, st store.Engine, opts broker.Options) *broker.Broker {
 	t.Helper()
-	b, err := broker.New(st, opts)
+	b, err := broker.New(st, opts, capability.Deps{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -587,7 +588,7 @@ func TestFanoutFailure(t *testing.T) {
 }
 
 func BenchmarkFanout1000(b *testing.B) {
-	br, _ := broker.New(nil, broker.Options{HistoryLen: -1})
+	br, _ := broker.New(nil, broker.Options{HistoryLen: -1}, capability.Deps{})
 	defer br.Shutdown(context.Background())
 	subs := make([]*broker.Subscription, 1000)
 	for i := range subs {
@@ -680,7 +681,7 @@ func BenchmarkPublishHistory(b *testing.B) {
 			name = "heard"
 		}
 		b.Run(name, func(b *testing.B) {
-			br, _ := broker.New(nil, broker.Options{})
+			br, _ := broker.New(nil, broker.Options{}, capability.Deps{})
 			defer br.Shutdown(context.Background())
 			const channels = 64
 			var drained sync.WaitGroup

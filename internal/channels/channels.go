@@ -14,6 +14,7 @@ import (
 
 	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/broker"
+	"github.com/postern/postern/internal/capability"
 	"github.com/postern/postern/internal/httpapi"
 	"github.com/postern/postern/internal/store"
 )
@@ -22,6 +23,7 @@ import (
 type Channels struct {
 	b       *broker.Broker
 	opts    Options
+	policy  *auth.Policy
 	origins *originChecker
 	h       http.Handler
 	m       *metrics
@@ -35,25 +37,31 @@ type Channels struct {
 	streams    atomic.Int64
 }
 
-// New returns the channels front door on b. reg receives its metrics (nil:
-// none).
-func New(b *broker.Broker, opts Options, reg prometheus.Registerer) (*Channels, error) {
+// New returns the channels front door on b, which it owns from then on
+// (Shutdown shuts it down), its metrics on deps.Registry. Under
+// deps.Policy subscribing needs read and publishing write on /c<channel
+// path> (a token travels as a bearer header or, for browsers,
+// ?access_token=).
+func New(b *broker.Broker, opts Options, deps capability.Deps) (*Channels, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	c := &Channels{b: b, opts: opts, origins: newOriginChecker(opts.Origins), pool: newWriterPool()}
-	c.m = newMetrics(reg, c)
+	c := &Channels{b: b, opts: opts, policy: deps.Policy, origins: newOriginChecker(opts.Origins), pool: newWriterPool()}
+	c.m = newMetrics(deps.Registry, c)
 	c.h = httpapi.Handle(c.serve, writeError)
 	return c, nil
 }
 
-// Mount registers the channel routes on mux under the prefix. At the root
-// (Options.AtRoot) the server makes Channels its fallback instead, so that
-// every other route keeps priority.
-func (c *Channels) Mount(mux *httpapi.Router) {
-	if !c.opts.AtRoot {
-		mux.Handle(c.opts.Prefix+"/", c)
+// Mount adds the channel routes to the node's table under the prefix. At
+// the root (Options.AtRoot: a dedicated channels host) channels are the
+// table's fallback instead: every path nothing else takes is a channel,
+// "/" included, and every other route keeps priority.
+func (c *Channels) Mount(rt *httpapi.Routes) {
+	if c.opts.AtRoot {
+		rt.SetFallback(c)
+		return
 	}
+	rt.Handle(c.opts.Prefix+"/", c)
 }
 
 // Prefix is the URL path prefix of channels: "" at the root.
@@ -61,10 +69,12 @@ func (c *Channels) Prefix() string { return c.opts.mount() }
 
 func (c *Channels) ServeHTTP(w http.ResponseWriter, r *http.Request) { c.h.ServeHTTP(w, r) }
 
-// Shutdown waits until every websocket session has ended, or ctx does.
-// Call it after the broker's Shutdown, which ends the subscriptions (the
-// sessions then close with 1001). It is idempotent.
+// Shutdown ends every subscription (the broker's Shutdown: websockets
+// close with 1001, event streams get "event: end"), then waits until
+// every websocket session has ended, or ctx does: http.Server does not
+// wait for them, hijacked. It is idempotent.
 func (c *Channels) Shutdown(ctx context.Context) error {
+	c.b.Shutdown(ctx)
 	c.mu.Lock()
 	c.closing = true
 	c.mu.Unlock()
@@ -236,7 +246,7 @@ func (c *Channels) authorize(r *http.Request, action auth.Action, name string) e
 
 // mayTake reports whether r may take action on the channel.
 func (c *Channels) mayTake(r *http.Request, action auth.Action, name string) bool {
-	return !c.opts.Policy.Enabled() || c.opts.Policy.Allow(r, action, resource(name))
+	return !c.policy.Enabled() || c.policy.Allow(r, action, resource(name))
 }
 
 // resource is the channel's name in the token policy.

@@ -19,7 +19,7 @@ import (
 
 	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/channels"
-	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/node"
 	"github.com/postern/postern/internal/servertest"
 	"github.com/postern/postern/internal/store/redisstore/redistest"
 )
@@ -32,7 +32,7 @@ type env struct {
 	c    *http.Client
 }
 
-func start(t *testing.T, mutate func(*server.Config)) *env {
+func start(t *testing.T, mutate func(*node.Config)) *env {
 	t.Helper()
 	cfg := servertest.Config()
 	if mutate != nil {
@@ -204,7 +204,7 @@ func TestPageEscapesPath(t *testing.T) {
 }
 
 func TestBadOriginsRefused(t *testing.T) {
-	e := start(t, func(c *server.Config) { c.Channels.Origins = []string{"https://example.com"} })
+	e := start(t, func(c *node.Config) { c.Channels.Origins = []string{"https://example.com"} })
 	ws := func(origin string) int {
 		t.Helper()
 		r := e.do("GET", "/c/o", "", "Connection", "Upgrade", "Upgrade", "websocket", "Sec-WebSocket-Version", "13",
@@ -310,7 +310,7 @@ func TestPaths(t *testing.T) {
 }
 
 func TestPost(t *testing.T) {
-	e := start(t, func(c *server.Config) { c.Channels.MaxPostBytes = 100 })
+	e := start(t, func(c *node.Config) { c.Channels.MaxPostBytes = 100 })
 	c := e.sub("/p", 1, "")
 	// An empty body is accepted and delivered to nobody.
 	e.post("/c/p", "")
@@ -431,7 +431,7 @@ func TestWebsocketSizeLimit(t *testing.T) {
 }
 
 func TestBroadcastOnly(t *testing.T) {
-	e := start(t, func(c *server.Config) { c.Channels.BroadcastOnly = []string{"/news/"} })
+	e := start(t, func(c *node.Config) { c.Channels.BroadcastOnly = []string{"/news/"} })
 	c := e.sub("/news/today", 1, "")
 	e.post("/c/news/today", "headline")
 	if got := readText(t, c); got != "headline" {
@@ -472,7 +472,7 @@ func metric(t *testing.T, n *servertest.Node, name string) float64 {
 }
 
 func TestSlowSubscriberDropped(t *testing.T) {
-	e := start(t, func(c *server.Config) { c.Broker.QueueLen = 8 })
+	e := start(t, func(c *node.Config) { c.Broker.QueueLen = 8 })
 	slow := e.sub("/s", 1, "")
 	fast := e.sub("/s", 2, "")
 	big := strings.Repeat("m", 60<<10)
@@ -538,7 +538,7 @@ func readFrame(t *testing.T, c *websocket.Conn) frame {
 }
 
 func TestResumeWithSince(t *testing.T) {
-	e := start(t, func(c *server.Config) { c.Broker.HistoryLen = 3 })
+	e := start(t, func(c *node.Config) { c.Broker.HistoryLen = 3 })
 	c := e.sub("/r", 1, "?since=now")
 	e.post("/c/r", "one")
 	f := readFrame(t, c)
@@ -630,7 +630,7 @@ func event(t *testing.T, br *bufio.Reader) []string {
 }
 
 func TestEventStream(t *testing.T) {
-	e := start(t, func(c *server.Config) { c.Broker.HistoryLen = 2 })
+	e := start(t, func(c *node.Config) { c.Broker.HistoryLen = 2 })
 	br, stop := e.events("/c/sse")
 	if ev := event(t, br); ev[0] != "retry: 3000" {
 		t.Fatalf("first event %q", ev)
@@ -694,7 +694,7 @@ func TestShutdownClosesSubscribers(t *testing.T) {
 }
 
 func TestAtRoot(t *testing.T) {
-	e := start(t, func(c *server.Config) { c.Channels.AtRoot = true })
+	e := start(t, func(c *node.Config) { c.Channels.AtRoot = true })
 	// Ops and tunnels keep priority.
 	e.want(e.do("GET", "/healthz", ""), 200, "ok")
 	e.want(e.do("GET", "/health", ""), 200, "OK")
@@ -808,7 +808,7 @@ func TestWritersNeverLoseAWakeup(t *testing.T) {
 // gets its own messages), so its queue fills and it is closed with 1008;
 // a subscriber that keeps up stays connected and memory stays bounded.
 func TestFloodingPublisherIsCutOff(t *testing.T) {
-	e := start(t, func(c *server.Config) { c.Broker.QueueLen = 64 })
+	e := start(t, func(c *node.Config) { c.Broker.QueueLen = 64 })
 	reader := e.sub("/flood", 1, "")
 	flooder := e.sub("/flood", 2, "")
 	got := make(chan int, 1)
@@ -867,7 +867,7 @@ paths = ["/c/public/*"]
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := start(t, func(c *server.Config) { c.Policy = policy })
+	e := start(t, func(c *node.Config) { c.Policy = policy })
 	bearer := []string{"Authorization", "Bearer publisher-secret-0123"}
 	// Anyone may listen on /public/..., only the token may publish.
 	c := e.sub("/public/news", 1, "")
@@ -900,7 +900,7 @@ paths = ["/c/public/*"]
 // TestPingPong: the server pings; a client that answers stays, one that
 // does not is closed once the pong timeout passes.
 func TestPingPong(t *testing.T) {
-	e := start(t, func(c *server.Config) {
+	e := start(t, func(c *node.Config) {
 		c.Channels.PingInterval = 20 * time.Millisecond
 		c.Channels.PongTimeout = 200 * time.Millisecond
 	})
@@ -934,7 +934,7 @@ func TestPingPong(t *testing.T) {
 // TestWriteDeadline: a subscriber that stops reading while its queue still
 // has room is cut off by the write deadline, not kept forever.
 func TestWriteDeadline(t *testing.T) {
-	e := start(t, func(c *server.Config) {
+	e := start(t, func(c *node.Config) {
 		c.Broker.QueueLen = 100000 // the queue never fills: the deadline must act
 		c.Channels.WriteTimeout = 100 * time.Millisecond
 	})
@@ -977,7 +977,7 @@ func TestWritersLetGo(t *testing.T) {
 // the body read timeout passes and its connection is closed; it neither
 // holds the connection for ever (a slow-loris) nor publishes a part.
 func TestSlowPostTimesOut(t *testing.T) {
-	e := start(t, func(c *server.Config) { c.Channels.BodyReadTimeout = 200 * time.Millisecond })
+	e := start(t, func(c *node.Config) { c.Channels.BodyReadTimeout = 200 * time.Millisecond })
 	sub := e.sub("/slow", 1, "")
 	conn, err := net.Dial("tcp", e.node.Addr)
 	if err != nil {
@@ -1010,7 +1010,7 @@ func TestSlowPostTimesOut(t *testing.T) {
 // keep-alive) made its handler panic. Here it gets its 1008 close and the
 // node goes on serving the channel.
 func TestEvictedSubscriberSendingAnEmptyFrame(t *testing.T) {
-	e := start(t, func(c *server.Config) { c.Broker.QueueLen = 4 })
+	e := start(t, func(c *node.Config) { c.Broker.QueueLen = 4 })
 	slow := e.sub("/ev", 1, "")
 	big := strings.Repeat("m", 60<<10)
 	for sent := 0; metric(t, e.node, "postern_broker_slow_dropped_total") == 0; sent++ {
@@ -1076,7 +1076,7 @@ func TestCORS(t *testing.T) {
 }
 
 func TestCORSWithOrigins(t *testing.T) {
-	e := start(t, func(c *server.Config) { c.Channels.Origins = []string{"https://example.com"} })
+	e := start(t, func(c *node.Config) { c.Channels.Origins = []string{"https://example.com"} })
 	r := e.do("POST", "/c/cors", "hi", "Origin", "https://example.com")
 	if r.status != 200 || r.h.Get("Access-Control-Allow-Origin") != "https://example.com" || r.h.Get("Vary") != "Origin" {
 		t.Fatalf("listed origin: %d %v", r.status, r.h)

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/node"
 )
 
 // raw sends one request as written (path and headers untouched, no
@@ -73,7 +73,7 @@ func TestPinghubWireAnswers(t *testing.T) {
 			mount = ""
 		}
 		t.Run("mount="+mount, func(t *testing.T) {
-			e := start(t, func(c *server.Config) { c.Channels.AtRoot = atRoot })
+			e := start(t, func(c *node.Config) { c.Channels.AtRoot = atRoot })
 			plain := func(res *http.Response, body string, status int, want string) {
 				t.Helper()
 				if res.StatusCode != status || body != want || res.Header.Get("Content-Type") != "text/plain; charset=utf-8" ||

@@ -11,8 +11,6 @@ import (
 	"fmt"
 	"strings"
 	"time"
-
-	"github.com/postern/postern/internal/auth"
 )
 
 // Defaults, as in pinghub where it had them.
@@ -66,10 +64,6 @@ type Options struct {
 	WriteTimeout time.Duration
 	// KeepAlive is the idle interval of event streams.
 	KeepAlive time.Duration
-	// Policy holds postern's scoped tokens. When set, subscribing needs
-	// read and publishing write on /c<channel path> (a token travels as a
-	// bearer header or, for browsers, ?access_token=).
-	Policy *auth.Policy
 }
 
 // DefaultOptions returns pinghub's settings, with postern's POST limit.
@@ -86,7 +80,7 @@ func DefaultOptions() Options {
 }
 
 // Validate reports the first setting that makes no sense.
-func (o Options) Validate() error {
+func (o *Options) Validate() error {
 	switch {
 	case !o.AtRoot && (!strings.HasPrefix(o.Prefix, "/") || strings.HasSuffix(o.Prefix, "/")):
 		return fmt.Errorf("channels prefix must start with / and not end with one, got %q", o.Prefix)

@@ -11,7 +11,7 @@ import (
 
 	"github.com/coder/websocket"
 
-	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/node"
 	"github.com/postern/postern/internal/store/redisstore/redistest"
 )
 
@@ -21,13 +21,13 @@ import (
 // from the other.
 func TestTwoNodesOnRedis(t *testing.T) {
 	url := redistest.URL(t)
-	node := func() *env {
-		return start(t, func(c *server.Config) {
+	startOne := func() *env {
+		return start(t, func(c *node.Config) {
 			c.Store = url
 			c.Broker.QueueLen, c.Broker.HistoryLen = 1024, 1024
 		})
 	}
-	a, b := node(), node()
+	a, b := startOne(), startOne()
 	onA := a.sub("/multi", 1, "")
 	onB := b.sub("/multi", 1, "?since=now")
 	onB2 := b.sub("/multi", 2, "")

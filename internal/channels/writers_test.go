@@ -16,7 +16,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/postern/postern/internal/channels"
-	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/node"
 	"github.com/postern/postern/internal/servertest"
 )
 
@@ -50,7 +50,7 @@ func TestOwnWriters(t *testing.T) {
 // encodings (7-bit, 16-bit, 64-bit) reach plain and envelope subscribers
 // intact; postern frames them itself, once per message.
 func TestFrameSizes(t *testing.T) {
-	e := start(t, func(c *server.Config) {
+	e := start(t, func(c *node.Config) {
 		c.Channels.MaxPostBytes = 70000
 		c.Channels.MaxMessageBytes = 70000
 	})
@@ -90,7 +90,7 @@ func TestFrameSizes(t *testing.T) {
 // every frame arrives whole: the pings are answered and every message
 // arrives intact and in order.
 func TestControlFramesBetweenMessages(t *testing.T) {
-	e := start(t, func(c *server.Config) {
+	e := start(t, func(c *node.Config) {
 		c.Channels.PingInterval = 5 * time.Millisecond
 		c.Channels.PongTimeout = 5 * time.Second
 	})
@@ -166,7 +166,7 @@ func TestControlFramesBetweenMessages(t *testing.T) {
 // message frame follows it on the wire while it waits for the client's
 // close, however many are published meanwhile.
 func TestNothingAfterClose(t *testing.T) {
-	e := start(t, func(c *server.Config) { c.Channels.BroadcastOnly = []string{"/after"} })
+	e := start(t, func(c *node.Config) { c.Channels.BroadcastOnly = []string{"/after"} })
 	nc, br := rawWebsocket(t, e.node.Addr, "/c/after")
 	e.node.WaitForSubscribers(t, "/after", 1)
 	stop := make(chan struct{})
@@ -301,7 +301,7 @@ func maskedFrame(b0 byte, key [4]byte, payload string) []byte {
 // keeps the connection alive (the server pings again instead of closing
 // it), and a malformed control frame is refused with 1002.
 func TestControlFramesInPieces(t *testing.T) {
-	e := start(t, func(c *server.Config) {
+	e := start(t, func(c *node.Config) {
 		c.Channels.PingInterval = 20 * time.Millisecond
 		c.Channels.PongTimeout = 10 * time.Second
 	})

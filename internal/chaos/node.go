@@ -34,7 +34,9 @@ type Node struct {
 // startTimeout bounds how long a node may take to listen.
 const startTimeout = 30 * time.Second
 
-var listenRE = regexp.MustCompile(`postern listening"? addr=(\S+)`)
+// listenRE matches the banner's first line ("postern VERSION listening on
+// URL ..."), written once the node is ready.
+var listenRE = regexp.MustCompile(`^postern (?:\S+ )?listening on https?://\S+`)
 
 // StartNode runs `bin serve --listen 127.0.0.1:<a free port> args...`
 // and returns once it listens.

@@ -20,7 +20,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/node"
 	"github.com/postern/postern/internal/servertest"
 )
 
@@ -204,34 +204,34 @@ func (p *proc) stop(sig os.Signal) (int, []string) {
 	return p.cmd.ProcessState.ExitCode(), rest
 }
 
-// node is an in-process postern server on a fixed address that can stop
+// testNode is an in-process postern server on a fixed address that can stop
 // and start again there, on the same data directory: a restart as the
 // clients see it.
-type node struct {
+type testNode struct {
 	t      *testing.T
-	cfg    server.Config
+	cfg    node.Config
 	addr   string
 	URL    string
-	srv    *server.Server
+	srv    *node.Node
 	served chan error
 }
 
-func startNode(t *testing.T, mutate func(*server.Config)) *node {
+func startNode(t *testing.T, mutate func(*node.Config)) *testNode {
 	t.Helper()
 	cfg := servertest.Config()
 	cfg.Store = "file:" + t.TempDir()
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	n := &node{t: t, cfg: cfg, addr: "127.0.0.1:0"}
+	n := &testNode{t: t, cfg: cfg, addr: "127.0.0.1:0"}
 	n.start()
 	t.Cleanup(n.stop)
 	return n
 }
 
-func (n *node) start() {
+func (n *testNode) start() {
 	n.t.Helper()
-	srv, err := server.New(n.cfg)
+	srv, err := node.New(n.cfg)
 	if err != nil {
 		n.t.Fatal(err)
 	}
@@ -245,7 +245,7 @@ func (n *node) start() {
 	go func() { n.served <- srv.Serve(ln) }()
 }
 
-func (n *node) stop() {
+func (n *testNode) stop() {
 	if n.srv == nil {
 		return
 	}
@@ -259,7 +259,7 @@ func (n *node) stop() {
 	http.DefaultClient.CloseIdleConnections()
 }
 
-func (n *node) waitLongPolls(count int) {
+func (n *testNode) waitLongPolls(count int) {
 	n.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -268,7 +268,7 @@ func (n *node) waitLongPolls(count int) {
 	}
 }
 
-func (n *node) waitSubscribers(channel string, count int) {
+func (n *testNode) waitSubscribers(channel string, count int) {
 	n.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

@@ -157,7 +157,7 @@ lines, and reconnects by itself when the server goes away.`,
 		if interval <= 0 {
 			return usagef("--interval must be positive")
 		}
-		cl, err := c.client()
+		cl, err := c.client(followRetries(follow)...)
 		if err != nil {
 			return err
 		}

@@ -18,8 +18,8 @@ import (
 	"time"
 
 	"github.com/postern/postern/internal/cli"
-	"github.com/postern/postern/internal/gcrrelay/wire"
-	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/node"
+	"github.com/postern/postern/internal/relay/gcr/wire"
 )
 
 // backendServer is the service behind NAT: it answers with what it got.
@@ -97,7 +97,7 @@ func TestRelayNeedsItsGrant(t *testing.T) {
 	tokens := filepath.Join(t.TempDir(), "tokens.toml")
 	os.WriteFile(tokens, []byte("[[token]]\nname = \"robot\"\nsecret = \"robot-secret-000001\"\n[[token.grant]]\nactions = [\"serve\"]\npaths = [\"/relay/robot-1\"]\n"+
 		"[[anonymous.grant]]\nactions = [\"call\"]\npaths = [\"/relay/*\"]\n"), 0o600)
-	n := startNode(t, func(c *server.Config) { c.TokenFile = tokens })
+	n := startNode(t, func(c *node.Config) { c.TokenFile = tokens })
 	be := backendServer(t)
 	r := runBin(t, nil, "", "relay", "--server", n.URL, "--name", "robot-1", be.URL)
 	if r.code != cli.ExitDenied || !strings.Contains(r.stderr, `postern relay: 403: serving "robot-1" needs a token granted "serve" on /relay/robot-1 (--token or POSTERN_TOKEN)`) {
@@ -297,5 +297,34 @@ func (o *origRelay) client(w http.ResponseWriter, r *http.Request) {
 			}
 			return
 		}
+	}
+}
+
+// TestRelayLogLinesInBatches: the agent's line per request reaches
+// standard error in batches, at most logBatchDelay late, and a warning
+// goes at once with the lines before it.
+func TestRelayLogLinesInBatches(t *testing.T) {
+	var out syncBuffer
+	b := cli.NewBatchWriterForTest(&out, time.Hour)
+	b.Write([]byte("level=INFO msg=request a\n"))
+	b.Write([]byte("level=INFO msg=request b\n"))
+	if out.String() != "" {
+		t.Fatalf("written before the delay: %q", out.String())
+	}
+	b.Write([]byte("level=WARN msg=\"relay: disconnected, reconnecting\"\n"))
+	if got := out.String(); got != "level=INFO msg=request a\nlevel=INFO msg=request b\nlevel=WARN msg=\"relay: disconnected, reconnecting\"\n" {
+		t.Fatalf("after a warning: %q", got)
+	}
+	b.Write([]byte("level=INFO msg=request c\n"))
+	b.Flush()
+	if got := out.String(); !strings.HasSuffix(got, "request c\n") {
+		t.Fatalf("after Flush: %q", got)
+	}
+	// With a short delay the line goes by itself.
+	var out2 syncBuffer
+	b2 := cli.NewBatchWriterForTest(&out2, time.Millisecond)
+	b2.Write([]byte("level=INFO msg=request d\n"))
+	if !out2.waitFor(nil, func(s string) bool { return s == "level=INFO msg=request d\n" }) {
+		t.Fatalf("never written: %q", out2.String())
 	}
 }

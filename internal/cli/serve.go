@@ -11,7 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/postern/postern/internal/config"
-	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/node"
 )
 
 func (a *app) serveCmd() *cobra.Command {
@@ -51,7 +51,7 @@ requests in progress finish, then it exits 0.`,
 		if err != nil {
 			return listenError(cfg.Server.Listen, err)
 		}
-		srv, err := server.New(cfg.Server)
+		srv, err := node.New(cfg.Server)
 		if err != nil {
 			ln.Close()
 			return err

@@ -26,6 +26,16 @@ func (a *app) newClientCmd(cmd *cobra.Command) *clientCmd {
 	return c
 }
 
+// followRetries are the client options of a command that follows (when
+// follow): its own loop retries for as long as it runs and says when it
+// lost and found the server, so the client's retries are off.
+func followRetries(follow bool) []client.Option {
+	if follow {
+		return []client.Option{client.WithoutRetry()}
+	}
+	return nil
+}
+
 // client returns the client of --server with --token.
 func (c *clientCmd) client(opts ...client.Option) (*client.Client, error) {
 	base := []client.Option{client.WithToken(c.cf.token)}
@@ -181,7 +191,7 @@ it). --json prints JSON lines: {"id", "content_type", "body"} with
 		if ack && pending {
 			return usagef("--ack and --pending exclude each other: --ack acknowledges, --pending leaves the message for a reply")
 		}
-		cl, err := c.client()
+		cl, err := c.client(followRetries(follow)...)
 		if err != nil {
 			return err
 		}

@@ -15,7 +15,7 @@ import (
 
 	"github.com/postern/postern/client"
 	"github.com/postern/postern/internal/cli"
-	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/node"
 	"github.com/postern/postern/internal/servertest"
 )
 
@@ -25,7 +25,7 @@ import (
 func TestErrorsAPersonUnderstands(t *testing.T) {
 	tokens := filepath.Join(t.TempDir(), "tokens.toml")
 	os.WriteFile(tokens, []byte("[[token]]\nname = \"r\"\nsecret = \"reader-secret-000001\"\n[[token.grant]]\nactions = [\"read\"]\npaths = [\"/c/*\", \"/t/*\"]\n"), 0o600)
-	n := startNode(t, func(c *server.Config) { c.TokenFile = tokens })
+	n := startNode(t, func(c *node.Config) { c.TokenFile = tokens })
 	open := servertest.Start(t, servertest.Config())
 	html := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html")
@@ -141,7 +141,7 @@ func TestNewVerbsAndOutputs(t *testing.T) {
 	}
 	f := filepath.Join(t.TempDir(), "tokens.toml")
 	os.WriteFile(f, []byte(r.stdout), 0o600)
-	guarded := startNode(t, func(c *server.Config) { c.TokenFile = f })
+	guarded := startNode(t, func(c *node.Config) { c.TokenFile = f })
 	if r := runBin(t, []string{"POSTERN_TOKEN=" + secret[1]}, "", "send", "--server", guarded.URL, "builds-1", "x"); r.code != 0 {
 		t.Fatalf("send with the new token: %d %q", r.code, r.stderr)
 	}

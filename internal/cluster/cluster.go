@@ -66,19 +66,28 @@ type Options struct {
 	Now func() time.Time
 }
 
-// New returns the keys of a node.
-func New(o Options) (*Keys, error) {
+// Validate fills the settings left zero with their defaults and reports
+// the first one that makes no sense.
+func (o *Options) Validate() error {
 	if len(o.Secret) < MinSecretLen {
-		return nil, fmt.Errorf("cluster secret is shorter than %d characters", MinSecretLen)
+		return fmt.Errorf("cluster secret is shorter than %d characters", MinSecretLen)
 	}
 	if o.Window == 0 {
 		o.Window = DefaultWindow
 	}
 	if o.Window < 0 {
-		return nil, errors.New("cluster mark window must not be negative")
+		return errors.New("cluster mark window must not be negative")
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	return nil
+}
+
+// New returns the keys of a node.
+func New(o Options) (*Keys, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
 	}
 	return &Keys{secret: []byte(o.Secret), node: o.Node, window: o.Window, now: o.Now}, nil
 }

@@ -6,7 +6,7 @@ import (
 	"log/slog"
 	"strings"
 
-	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/node"
 )
 
 // Log defaults.
@@ -17,7 +17,7 @@ const (
 
 // Serve is the configuration of `postern serve`.
 type Serve struct {
-	Server     server.Config
+	Server     node.Config
 	LogLevel   string
 	LogFormat  string
 	ConfigFile string
@@ -26,7 +26,7 @@ type Serve struct {
 // ServeFlags returns the flags of `postern serve`, writing into a config
 // that starts from the defaults.
 func ServeFlags() (*FlagSet, *Serve) {
-	c := &Serve{Server: server.DefaultConfig(), LogLevel: DefaultLogLevel, LogFormat: DefaultLogFormat}
+	c := &Serve{Server: node.DefaultConfig(), LogLevel: DefaultLogLevel, LogFormat: DefaultLogFormat}
 	s, t, ib, rl, ex := &c.Server, &c.Server.Tunnel, &c.Server.Inbox, &c.Server.Relay, &c.Server.Expose
 	fs := NewFlagSet("serve")
 
@@ -53,7 +53,7 @@ func ServeFlags() (*FlagSet, *Serve) {
 	fs.Int(&s.RateLimit.PerAddrBurst, "rate-limit-addr-burst", "requests one address may send at once (0: two seconds' worth)")
 	fs.Float64(&s.RateLimit.PerToken, "rate-limit-token", "requests per second allowed to one scoped token; 0: unlimited")
 	fs.Int(&s.RateLimit.PerTokenBurst, "rate-limit-token-burst", "requests one token may send at once (0: two seconds' worth)")
-	fs.Prefixes(&s.RateLimit.TrustedProxies, "trusted-proxies", "comma-separated CIDR `prefixes` of proxies whose X-Forwarded-For names the client")
+	fs.Prefixes(&s.TrustedProxies, "trusted-proxies", "comma-separated CIDR `prefixes` of proxies whose X-Forwarded-For names the client")
 	fs.Group("TLS and tokens")
 	fs.String(&s.TLSCertFile, "tls-cert", "PEM `file` of the TLS certificate chain: serve HTTPS (a wildcard certificate for the expose domain covers every agent)")
 	fs.String(&s.TLSKeyFile, "tls-key", "PEM `file` of the TLS private key, with --tls-cert")
@@ -98,11 +98,11 @@ func ServeFlags() (*FlagSet, *Serve) {
 	fs.Group("Expose (NAME.<domain>, /agent, /proxy/)")
 	fs.String(&ex.Domain, "expose-domain", "`domain` D whose hosts NAME.D reach expose agent NAME (its DNS and certificate should cover *.D)", "DOMAIN")
 	fs.String(&ex.BaseURL, "expose-base-url", "public base `URL` of this server; brickchain mandate tokens must name a uri under it (default: the scheme and host the agent connected to)", "BASE")
-	fs.Int64(&ex.MaxRequestBytes, "expose-max-request-body", "largest request body in `bytes` relayed to a brickchain agent; larger get 413")
-	fs.Int64(&ex.MaxFrameBytes, "expose-max-frame", "largest frame in `bytes` a brickchain agent may send; a larger response gets 502")
-	fs.Duration(&ex.ResponseTimeout, "expose-timeout", "how long a brickchain agent has to answer before the user gets 504")
-	fs.Int(&ex.ClientRate, "expose-client-rate", "requests allowed to each brickchain client per --expose-client-rate-period (0: unlimited); more get 429")
-	fs.Duration(&ex.ClientRatePeriod, "expose-client-rate-period", "period of --expose-client-rate")
+	fs.Int64(&ex.Brickchain.MaxRequestBytes, "expose-max-request-body", "largest request body in `bytes` relayed to a brickchain agent; larger get 413")
+	fs.Int64(&ex.Brickchain.MaxFrameBytes, "expose-max-frame", "largest frame in `bytes` a brickchain agent may send; a larger response gets 502")
+	fs.Duration(&ex.Brickchain.ResponseTimeout, "expose-timeout", "how long a brickchain agent has to answer before the user gets 504")
+	fs.Int(&ex.Brickchain.ClientRate, "expose-client-rate", "requests allowed to each brickchain client per --expose-client-rate-period (0: unlimited); more get 429")
+	fs.Duration(&ex.Brickchain.ClientRatePeriod, "expose-client-rate-period", "period of --expose-client-rate")
 	fs.Bool(&ex.AnonymousAgents, "expose-anonymous-agents", "without --token-file, let native agents from any address claim any name (default: loopback agents only)")
 	ch, b := &c.Server.Channels, &c.Server.Broker
 	fs.Group("Channels (/c/)")

@@ -11,7 +11,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/postern/postern/client"
-	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/node"
 	"github.com/postern/postern/internal/servertest"
 )
 
@@ -22,7 +22,7 @@ import (
 // handshake and the native agent never does, so a handshake with an
 // Origin is refused there.
 func TestAgentHandshakeFromABrowserRefused(t *testing.T) {
-	n := node(t, nil)
+	n := startNode(t, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for _, origin := range []string{"https://evil.example", "null", "http://127.0.0.1:1234"} {
@@ -40,7 +40,7 @@ func TestAgentHandshakeFromABrowserRefused(t *testing.T) {
 	exposeAgent(t, cl, "shop", headerEcho(t))
 	// With anonymous agents allowed, or with a token file, the Origin
 	// decides nothing: a token (or the operator's choice) does.
-	n2 := node(t, func(c *server.Config) { c.Expose.AnonymousAgents = true })
+	n2 := startNode(t, func(c *node.Config) { c.Expose.AnonymousAgents = true })
 	ws, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(n2.URL, "http")+"/agent?name=shop", &websocket.DialOptions{HTTPHeader: http.Header{"Origin": {"https://app.example"}}})
 	if err != nil {
 		t.Fatalf("anonymous agents: handshake with an Origin refused: %v", err)
@@ -68,7 +68,7 @@ func TestAgentThroughAProxyOnThisHost(t *testing.T) {
 		}
 		return resp.StatusCode
 	}
-	plain := node(t, nil)
+	plain := startNode(t, nil)
 	for _, h := range []http.Header{
 		{"X-Forwarded-For": {"203.0.113.5"}},
 		{"X-Forwarded-For": {"127.0.0.1"}},
@@ -79,8 +79,8 @@ func TestAgentThroughAProxyOnThisHost(t *testing.T) {
 			t.Fatalf("handshake passed on by an untrusted proxy (%v): %d, want 403", h, code)
 		}
 	}
-	behind := node(t, func(c *server.Config) {
-		c.RateLimit.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
+	behind := startNode(t, func(c *node.Config) {
+		c.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
 	})
 	if code := handshake(behind, http.Header{"X-Forwarded-For": {"203.0.113.5"}}); code != 403 {
 		t.Fatalf("remote client through a trusted proxy: %d, want 403", code)

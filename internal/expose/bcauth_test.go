@@ -15,7 +15,7 @@ import (
 
 	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/expose/brickchain"
-	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/node"
 )
 
 // TestBrickchainRegistrationNeedsAGrantUnderAPolicy: a signed registration
@@ -50,7 +50,7 @@ paths = ["/expose/` + allowedID + `"]
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := node(t, func(c *server.Config) { c.Policy = policy })
+	n := startNode(t, func(c *node.Config) { c.Policy = policy })
 	subscribe := func(query string, hdr http.Header, key *ecdsa.PrivateKey) (*websocket.Conn, brickchain.Frame) {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

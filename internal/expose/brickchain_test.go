@@ -24,7 +24,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/postern/postern/internal/expose/brickchain"
-	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/node"
 	"github.com/postern/postern/internal/servertest"
 )
 
@@ -40,7 +40,7 @@ func TestMain(m *testing.M) {
 const domain = "expose.test"
 
 // node starts a postern node with the expose domain and opts applied.
-func node(t *testing.T, tweak func(c *server.Config)) *servertest.Node {
+func startNode(t *testing.T, tweak func(c *node.Config)) *servertest.Node {
 	t.Helper()
 	cfg := servertest.Config()
 	cfg.Expose.Domain = domain
@@ -207,7 +207,7 @@ func do(t *testing.T, n *servertest.Node, method, host, path string, body io.Rea
 }
 
 func TestBrickchainRegistration(t *testing.T) {
-	n := node(t, nil)
+	n := startNode(t, nil)
 	a := dialAgent(t, n)
 	a.send(brickchain.RegistrationRequest{Base: brickchain.NewBase(brickchain.TypeRegistrationRequest, "r1"), MandateToken: a.token(time.Now(), n.URL+"/", 60)})
 	f, raw := a.next()
@@ -238,7 +238,7 @@ func TestBrickchainRegistration(t *testing.T) {
 }
 
 func TestBrickchainRegistrationRefused(t *testing.T) {
-	n := node(t, nil)
+	n := startNode(t, nil)
 	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	cases := []struct {
 		name  string
@@ -276,12 +276,12 @@ func TestBrickchainRegistrationRefused(t *testing.T) {
 }
 
 func TestBrickchainUnregisteredSocketClosedAndPings(t *testing.T) {
-	n := node(t, func(c *server.Config) {
+	n := startNode(t, func(c *node.Config) {
 		// Long enough for a registration on a loaded machine (dial,
 		// sign, register under -race); short enough to wait for.
-		c.Expose.RegisterTimeout = time.Second
-		c.Expose.PingInterval = 50 * time.Millisecond
-		c.Expose.RegistrationTTL = 5 * time.Second
+		c.Expose.Brickchain.RegisterTimeout = time.Second
+		c.Expose.Brickchain.PingInterval = 50 * time.Millisecond
+		c.Expose.Brickchain.RegistrationTTL = 5 * time.Second
 	})
 	a := dialAgent(t, n)
 	f, _ := a.next()
@@ -309,7 +309,7 @@ func TestBrickchainUnregisteredSocketClosedAndPings(t *testing.T) {
 }
 
 func TestBrickchainHTTP(t *testing.T) {
-	n := node(t, nil)
+	n := startNode(t, nil)
 	a := dialAgent(t, n)
 	id := a.register(n, "")
 	type got struct {
@@ -364,12 +364,12 @@ func TestBrickchainHTTP(t *testing.T) {
 }
 
 func TestBrickchainTimeoutsAndLimits(t *testing.T) {
-	n := node(t, func(c *server.Config) {
-		c.Expose.ResponseTimeout = 300 * time.Millisecond
-		c.Expose.MaxRequestBytes = 1000
-		c.Expose.MaxFrameBytes = 4000
-		c.Expose.ClientRate = 5
-		c.Expose.ClientRatePeriod = time.Hour
+	n := startNode(t, func(c *node.Config) {
+		c.Expose.Brickchain.ResponseTimeout = 300 * time.Millisecond
+		c.Expose.Brickchain.MaxRequestBytes = 1000
+		c.Expose.Brickchain.MaxFrameBytes = 4000
+		c.Expose.Brickchain.ClientRate = 5
+		c.Expose.Brickchain.ClientRatePeriod = time.Hour
 	})
 	a := dialAgent(t, n)
 	id := a.register(n, "")
@@ -426,7 +426,7 @@ func wsDial(ctx context.Context, n *servertest.Node, host, path string, hdr http
 }
 
 func TestBrickchainWebsocket(t *testing.T) {
-	n := node(t, nil)
+	n := startNode(t, nil)
 	a := dialAgent(t, n)
 	id := a.register(n, "")
 	host := id + "." + domain
@@ -531,7 +531,7 @@ func TestBrickchainWebsocket(t *testing.T) {
 // "Connection: keep-alive, Upgrade", which the original served as plain
 // HTTP.
 func TestBrickchainConnectionTokenList(t *testing.T) {
-	n := node(t, nil)
+	n := startNode(t, nil)
 	a := dialAgent(t, n)
 	id := a.register(n, "")
 	conn, err := net.Dial("tcp", n.Addr)
@@ -552,7 +552,7 @@ func TestBrickchainConnectionTokenList(t *testing.T) {
 }
 
 func TestBrickchainSlowUserDropped(t *testing.T) {
-	n := node(t, func(c *server.Config) { c.Expose.WSBufferBytes = 64 << 10 })
+	n := startNode(t, func(c *node.Config) { c.Expose.Brickchain.WSBufferBytes = 64 << 10 })
 	a := dialAgent(t, n)
 	id := a.register(n, "")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

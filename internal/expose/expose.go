@@ -4,22 +4,28 @@
 //
 //   - Brickchain agents (Brickchain/go-proxy.v1 clients) connect a
 //     websocket to /proxy/subscribe, register with a signed mandate token
-//     and answer JSON frames (wire format: internal/expose/brickchain).
-//     Each registered client id is a relay.Hub backend whose RoundTripper
-//     speaks the frames, for plain HTTP. Websockets to them are relayed
-//     message by message, as the protocol dictates, by this package.
+//     and answer JSON frames. The transport, wire format included, is
+//     internal/expose/brickchain: each registered client id is a relay.Hub
+//     backend whose RoundTripper speaks the frames, for plain HTTP, and
+//     which relays websockets message by message, as the protocol
+//     dictates.
 //   - Native agents (`postern expose`, client.Expose) connect a websocket
 //     to /agent?name=NAME and multiplex streams over it with yamux. Their
 //     backend is an http.Transport whose DialContext opens a stream, so
 //     streaming bodies, keep-alive and 101 upgrades pass through
 //     untouched.
 //
-// Users reach an agent by Host (NAME.<domain>, lowercased, port ignored,
-// wired by internal/server in front of the path router) or by path
-// (/proxy/request/NAME/<path>). Two agents with one name share its work
-// (the hub picks the one with the fewest requests in flight), which is
-// also what lets an agent reconnect before its old connection is noticed
-// dead.
+// Users reach an agent by Host (NAME.<domain>, lowercased, port ignored:
+// a host route of the node's table) or by path (/proxy/request/NAME/<path>).
+// This package is the front door for both: it authorizes users and
+// agents, names agents' public URLs, and hands each request to the hub.
+// Two agents with one name share its work (the hub picks the one with the
+// fewest requests in flight), which is also what lets an agent reconnect
+// before its old connection is noticed dead.
+//
+// The service owns its hub: the node builds it (namespace "expose") and
+// hands it over; Shutdown drains it while the agents that answer its
+// requests are still connected, then closes the agents.
 package expose
 
 import (
@@ -29,12 +35,15 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/postern/postern/internal/auth"
+	"github.com/postern/postern/internal/capability"
 	"github.com/postern/postern/internal/expose/brickchain"
 	"github.com/postern/postern/internal/httpapi"
 	"github.com/postern/postern/internal/relay"
@@ -55,49 +64,42 @@ const (
 
 // Service is the expose capability of one node.
 type Service struct {
-	opts     Options
-	hub      *relay.Hub
-	log      *slog.Logger
-	m        *metrics
-	limiter  *clientLimiter
-	mandates *mandateLedger
+	opts    Options
+	hub     *relay.Hub
+	policy  *auth.Policy
+	trusted []netip.Prefix
+	log     *slog.Logger
+	m       *metrics
+	bc      *brickchain.Transport
+	native  *nativeTransport
 
-	ctx    context.Context // ends at shutdown: agent connections stop
-	cancel context.CancelFunc
-
-	mu      sync.Mutex
-	closing bool
-	bc      map[string][]*bcConn // local brickchain sockets by client id
-	conns   map[*bcConn]struct{}
-	natives map[*nativeAgent]struct{}
-	wg      sync.WaitGroup // agent connection handlers
+	closing atomic.Bool // agents are refused
 
 	shutdownOnce sync.Once
 	shutdownDone chan struct{}
 	shutdownErr  error
 }
 
-// New returns the capability on hub (whose namespace should be "expose").
-// The service owns the hub from then on: Shutdown shuts it down.
-func New(hub *relay.Hub, opts Options) (*Service, error) {
-	if err := opts.fill(); err != nil {
+// New returns the capability on hub (whose namespace should be "expose"),
+// which it owns from then on: Shutdown shuts it down.
+func New(hub *relay.Hub, opts Options, deps capability.Deps) (*Service, error) {
+	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
 	s := &Service{
 		opts:         opts,
 		hub:          hub,
-		log:          opts.Logger,
-		m:            newMetrics(opts.Metrics),
-		limiter:      newClientLimiter(opts.ClientRate, opts.ClientRatePeriod, opts.Now),
-		mandates:     &mandateLedger{q: opts.Mandates, max: DefaultMaxMandates},
-		ctx:          ctx,
-		cancel:       cancel,
-		bc:           make(map[string][]*bcConn),
-		conns:        make(map[*bcConn]struct{}),
-		natives:      make(map[*nativeAgent]struct{}),
+		policy:       deps.Policy,
+		trusted:      deps.TrustedProxies,
+		log:          deps.Log(),
+		m:            newMetrics(deps),
 		shutdownDone: make(chan struct{}),
 	}
+	var err error
+	if s.bc, err = brickchain.NewTransport(hub, opts.Brickchain, deps, s.m.of(transportBrickchain)); err != nil {
+		return nil, err
+	}
+	s.native = newNativeTransport(hub, opts, s.log, s.m.of(transportNative))
 	return s, nil
 }
 
@@ -107,62 +109,59 @@ func (s *Service) Domain() string { return s.opts.Domain }
 // Hub returns the relay hub the service serves through.
 func (s *Service) Hub() *relay.Hub { return s.hub }
 
-// Mount registers the path routes: the agents' endpoints and
-// /proxy/request/NAME/.
-func (s *Service) Mount(mux *httpapi.Router) {
-	mux.Handle(SubscribePath, http.HandlerFunc(s.serveSubscribe))
-	mux.Handle(AgentPath, http.HandlerFunc(s.serveAgent))
-	mux.Handle(RequestPathPrefix, http.HandlerFunc(s.serveRequestPath))
-}
-
-// hostOf returns r's Host lowercased, without port and trailing dot.
-func hostOf(hostport string) string {
-	h := hostport
-	if host, _, err := net.SplitHostPort(hostport); err == nil {
-		h = host
-	}
-	return strings.TrimSuffix(strings.ToLower(h), ".")
-}
-
-// AgentHost reports whether hostport is an agent's host, NAME.<domain>,
-// every path of which ServeHost serves.
-func (s *Service) AgentHost(hostport string) bool {
+// Mount adds the agents' endpoints and /proxy/request/NAME/ to the node's
+// table and, with a domain, two host routes: NAME.<domain> goes to agent
+// NAME with its path unchanged, whatever the path; GET / on the bare
+// domain answers the version, as the original's server did at its root
+// (other paths of the bare domain, and every other host, are left to the
+// path routes, so postern's own page at / stays where it is on other
+// hosts).
+func (s *Service) Mount(rt *httpapi.Routes) {
+	rt.Handle(SubscribePath, http.HandlerFunc(s.serveSubscribe))
+	rt.Handle(AgentPath, http.HandlerFunc(s.serveAgent))
+	rt.Handle(RequestPathPrefix, http.HandlerFunc(s.serveRequestPath))
 	if s.opts.Domain == "" {
-		return false
+		return
 	}
-	name, ok := strings.CutSuffix(hostOf(hostport), "."+s.opts.Domain)
+	rt.Add(httpapi.Route{Name: "expose agent hosts", Host: s.agentHost, Handler: http.HandlerFunc(s.serveHost)})
+	rt.Add(httpapi.Route{
+		Name: "expose domain version", Host: func(h string) bool { return h == s.opts.Domain }, Pattern: "/",
+		When:    func(r *http.Request) bool { return r.Method == http.MethodGet || r.Method == http.MethodHead },
+		Handler: http.HandlerFunc(serveVersion),
+	})
+}
+
+// serveSubscribe hands a Brickchain agent's websocket to its transport.
+func (s *Service) serveSubscribe(w http.ResponseWriter, r *http.Request) {
+	if s.closing.Load() {
+		httpapi.SetRoute(r, "expose.subscribe")
+		httpapi.WritePlain(w, r, errClosing)
+		return
+	}
+	s.bc.ServeSubscribe(w, r, brickchain.Site{BaseURL: s.baseURL(r), Domain: s.opts.Domain})
+}
+
+// agentHost reports whether host (see httpapi.HostOf) is an agent's,
+// NAME.<domain>.
+func (s *Service) agentHost(host string) bool {
+	name, ok := strings.CutSuffix(host, "."+s.opts.Domain)
 	return ok && name != ""
 }
 
-// ServeHost serves r when its Host is the expose domain's business and
-// reports whether it did: NAME.<domain> goes to agent NAME with its path
-// unchanged; GET / on the bare domain answers the version, as the
-// original's server did at its root (other paths of the bare domain, and
-// every other host, are left to the path routes, so postern's own page at
-// / stays where it is on other hosts).
-func (s *Service) ServeHost(w http.ResponseWriter, r *http.Request) bool {
-	if s.opts.Domain == "" {
-		return false
-	}
-	host := hostOf(r.Host)
-	if host == s.opts.Domain {
-		if r.URL.Path == "/" && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
-			httpapi.SetRoute(r, "expose.version")
-			w.Header().Set("Content-Type", "text/plain")
-			if r.Method == http.MethodGet {
-				fmt.Fprintf(w, "postern/%s", version.Version())
-			}
-			return true
-		}
-		return false
-	}
-	if !s.AgentHost(r.Host) {
-		return false
-	}
-	name := strings.TrimSuffix(host, "."+s.opts.Domain)
+// serveHost serves a request to NAME.<domain>: agent NAME, path unchanged.
+func (s *Service) serveHost(w http.ResponseWriter, r *http.Request) {
+	name := strings.TrimSuffix(httpapi.HostOf(r.Host), "."+s.opts.Domain)
 	httpapi.SetRoute(r, "expose.host")
 	s.serveName(w, r, name, r.URL.Path, r.URL.RawPath, r.URL.RawQuery)
-	return true
+}
+
+// serveVersion answers GET / on the bare domain.
+func serveVersion(w http.ResponseWriter, r *http.Request) {
+	httpapi.SetRoute(r, "expose.version")
+	w.Header().Set("Content-Type", "text/plain")
+	if r.Method == http.MethodGet {
+		fmt.Fprintf(w, "postern/%s", version.Version())
+	}
 }
 
 // serveRequestPath serves /proxy/request/NAME/<path>.
@@ -203,31 +202,37 @@ func (s *Service) serveName(w http.ResponseWriter, r *http.Request, name, path, 
 		httpapi.WritePlain(w, r, noAgent(name))
 		return
 	}
-	if s.opts.Policy.Enabled() && !s.opts.Policy.Allow(r, auth.Call, "/expose/"+name) {
+	if s.policy.Enabled() && !s.policy.Allow(r, auth.Call, "/expose/"+name) {
 		s.m.request(transport, "forbidden")
 		httpapi.WritePlain(w, r, errForbidden)
 		return
 	}
 	// Counted on every node, forwarded or not: the node holding the agent
 	// sees every request for it, so its count is the whole.
-	if isBC && !s.limiter.allow(name) {
+	if isBC && !s.bc.Allow(name) {
 		s.m.request(transport, "rate_limited")
 		httpapi.WritePlain(w, r, errTooMany)
 		return
 	}
-	if isBC && isWebsocketUpgrade(r.Header) {
-		if c := s.pickBC(name); c != nil {
-			hdr := r.Header.Clone()
-			hdr.Del(relay.ForwardedHeader)
-			c.serveWebsocket(w, r, name, path, s.opts.Policy.Strip(hdr, rawQuery), hdr)
+	t := relay.Target{Name: name, Path: path, RawPath: rawPath, RawQuery: rawQuery, NoBackend: noAgent, Local: s.stripToken}
+	if isBC && httpapi.IsWebsocketUpgrade(r.Header) {
+		if ws, ok := s.hub.Local(name).(websocketRelay); ok {
+			ws.ServeWebsocket(w, r, t)
 			return
 		}
 	}
-	t := relay.Target{Name: name, Path: path, RawPath: rawPath, RawQuery: rawQuery, NoBackend: noAgent, Local: s.stripToken}
 	if isBC {
-		t.MaxRequestBodyBytes = s.opts.MaxRequestBytes
+		t.MaxRequestBodyBytes = s.opts.Brickchain.MaxRequestBytes
 	}
 	s.hub.Serve(w, r, t)
+}
+
+// websocketRelay is a backend that relays websockets itself, message by
+// message (a Brickchain agent: its wire carries messages, so the hub's
+// byte stream cannot). The front door hands it the user's websocket when
+// the agent is on this node.
+type websocketRelay interface {
+	ServeWebsocket(w http.ResponseWriter, r *http.Request, t relay.Target)
 }
 
 // stripToken removes the postern tokens a user presented from a request
@@ -235,7 +240,7 @@ func (s *Service) serveName(w http.ResponseWriter, r *http.Request, name, path, 
 // another leaves them, for that node to authorize it), so a service never
 // sees its callers' tokens; credentials of its own pass.
 func (s *Service) stripToken(out *http.Request) {
-	out.URL.RawQuery = s.opts.Policy.Strip(out.Header, out.URL.RawQuery)
+	out.URL.RawQuery = s.policy.Strip(out.Header, out.URL.RawQuery)
 }
 
 // validName reports whether name is a native agent name: a DNS label
@@ -252,23 +257,6 @@ func validName(name string) bool {
 		}
 	}
 	return !brickchain.IsClientID(name)
-}
-
-// isWebsocketUpgrade reports whether h asks for a websocket: Connection is
-// parsed as a token list (browsers send "keep-alive, Upgrade").
-func isWebsocketUpgrade(h http.Header) bool {
-	return hasToken(h["Connection"], "upgrade") && hasToken(h["Upgrade"], "websocket")
-}
-
-func hasToken(values []string, token string) bool {
-	for _, v := range values {
-		for _, t := range strings.Split(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(t), token) {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // publicURL is where users reach agent name, as seen from request r.
@@ -308,99 +296,47 @@ func (s *Service) baseURL(r *http.Request) string {
 // errClosing refuses agents during shutdown.
 var errClosing = httpapi.ErrShuttingDown
 
-// track adds an agent connection handler; false when shutting down.
-func (s *Service) track(add func()) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closing {
-		return false
-	}
-	add()
-	s.wg.Add(1)
-	return true
-}
-
-// pickBC returns a local brickchain socket holding id.
-func (s *Service) pickBC(id string) *bcConn {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if l := s.bc[id]; len(l) > 0 {
-		return l[0]
-	}
-	return nil
-}
-
-func (s *Service) addBC(id string, c *bcConn) {
-	s.mu.Lock()
-	s.bc[id] = append(s.bc[id], c)
-	s.mu.Unlock()
-	s.m.agents.WithLabelValues(transportBrickchain).Inc()
-}
-
-func (s *Service) removeBC(id string, c *bcConn) {
-	s.mu.Lock()
-	l := s.bc[id]
-	for i, x := range l {
-		if x == c {
-			l = append(l[:i:i], l[i+1:]...)
-			break
-		}
-	}
-	if len(l) == 0 {
-		delete(s.bc, id)
-	} else {
-		s.bc[id] = l
-	}
-	s.mu.Unlock()
-	s.m.agents.WithLabelValues(transportBrickchain).Dec()
-}
-
-// Shutdown drains the capability: the hub refuses new user requests and
-// lets those in flight finish until ctx ends, then every agent connection
-// is closed (brickchain agents with "going away") and their handlers are
-// waited for. It is idempotent.
+// Shutdown drains the capability: new agents are refused, the hub refuses
+// new user requests and lets those in flight finish until ctx ends while
+// the agents that answer them are still connected; then every agent
+// connection is closed (Brickchain agents with "going away") and their
+// handlers are waited for. It is idempotent.
 func (s *Service) Shutdown(ctx context.Context) error {
 	s.shutdownOnce.Do(func() {
 		defer close(s.shutdownDone)
-		s.mu.Lock()
-		s.closing = true
-		s.mu.Unlock()
+		s.closing.Store(true)
 		err := s.hub.Shutdown(ctx)
-		s.mu.Lock()
-		conns := make([]*bcConn, 0, len(s.conns))
-		for c := range s.conns {
-			conns = append(conns, c)
-		}
-		natives := make([]*nativeAgent, 0, len(s.natives))
-		for a := range s.natives {
-			natives = append(natives, a)
-		}
-		s.mu.Unlock()
 		var closing sync.WaitGroup
-		for _, c := range conns {
-			closing.Go(c.goAway)
-		}
+		closing.Go(s.bc.Close)
+		closing.Go(s.native.close)
 		closing.Wait()
-		for _, a := range natives {
-			a.close()
-		}
-		s.cancel()
-		done := make(chan struct{})
-		go func() { s.wg.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-ctx.Done():
-			err = errors.Join(err, fmt.Errorf("expose: agent connections still closing: %w", ctx.Err()))
-			// Every handler ends once its connection is closed, which
-			// s.cancel did; do not hang on one that does not.
-			select {
-			case <-done:
-			case <-time.After(5 * time.Second):
-				s.log.Error("expose: agent handlers did not stop")
-			}
-		}
-		s.shutdownErr = err
+		s.shutdownErr = errors.Join(err, s.waitHandlers(ctx))
 	})
 	<-s.shutdownDone
 	return s.shutdownErr
+}
+
+// waitHandlers waits for both transports' handlers until ctx ends; then
+// it reports what is still closing and waits at most five seconds more
+// (every handler ends once its connection is closed, which Shutdown did;
+// it does not hang on one that does not).
+func (s *Service) waitHandlers(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		s.bc.Wait()
+		s.native.wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	err := fmt.Errorf("expose: agent connections still closing: %w", ctx.Err())
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		s.log.Error("expose: agent handlers did not stop")
+	}
+	return err
 }

@@ -14,7 +14,7 @@ import (
 // case; postern relays every method to the brickchain agent, and matches
 // the Host without case or port.
 func TestBrickchainEveryMethodByEveryHostForm(t *testing.T) {
-	n := node(t, nil)
+	n := startNode(t, nil)
 	a := dialAgent(t, n)
 	id := a.register(n, "")
 	hosts := []string{id + "." + domain, strings.ToUpper(id + "." + domain), id + "." + domain + ":8443", strings.ToUpper(id) + "." + domain + ":80"}

@@ -12,8 +12,8 @@ import (
 
 	"github.com/postern/postern/client"
 	"github.com/postern/postern/internal/expose/brickchain"
+	"github.com/postern/postern/internal/node"
 	"github.com/postern/postern/internal/relay"
-	"github.com/postern/postern/internal/server"
 	"github.com/postern/postern/internal/servertest"
 )
 
@@ -37,9 +37,9 @@ func (a *agent) answerAll() {
 // per-client limit of brickchain ids skipped requests that carried it, so
 // the header lifted the limit on the node holding the agent.
 func TestForgedForwardMarkKeepsTheClientRateLimit(t *testing.T) {
-	n := node(t, func(c *server.Config) {
-		c.Expose.ClientRate = 2
-		c.Expose.ClientRatePeriod = time.Hour
+	n := startNode(t, func(c *node.Config) {
+		c.Expose.Brickchain.ClientRate = 2
+		c.Expose.Brickchain.ClientRatePeriod = time.Hour
 	})
 	a := dialAgent(t, n)
 	id := a.register(n, "")
@@ -69,7 +69,7 @@ func TestForgedForwardMarkKeepsTheClientRateLimit(t *testing.T) {
 // policy, by Host or by path.
 func TestForgedForwardMarkIsAuthorized(t *testing.T) {
 	policy := shopPolicy(t)
-	n := node(t, func(c *server.Config) { c.Policy = policy })
+	n := startNode(t, func(c *node.Config) { c.Policy = policy })
 	cl, _ := client.New(n.URL, client.WithToken("agent-secret-0123456789"))
 	exposeAgent(t, cl, "shop", headerEcho(t))
 	for _, c := range []struct{ host, path string }{{"shop." + domain, "/x"}, {"", "/proxy/request/shop/x"}} {
@@ -100,7 +100,7 @@ func TestForgedForwardMarkIsAuthorized(t *testing.T) {
 // saw, so a service reading the first hop saw one of the user's choosing.
 func TestForgedForwardMarkCannotSpoofTheClientAddress(t *testing.T) {
 	logs := &servertest.Logs{}
-	n := node(t, func(c *server.Config) { c.Logger = slog.New(slog.NewTextHandler(logs, nil)) })
+	n := startNode(t, func(c *node.Config) { c.Logger = slog.New(slog.NewTextHandler(logs, nil)) })
 	cl, _ := client.New(n.URL)
 	exposeAgent(t, cl, "shop", headerEcho(t))
 	for _, hdr := range [][]string{

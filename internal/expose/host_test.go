@@ -12,7 +12,7 @@ import (
 // domain's, and a Host naming no valid agent is a clear 502, not another
 // route.
 func TestHostRouting(t *testing.T) {
-	n := node(t, nil)
+	n := startNode(t, nil)
 	cl, _ := client.New(n.URL)
 	exposeAgent(t, cl, "shop", headerEcho(t))
 	for _, h := range []string{"shop." + domain, "SHOP.Expose.Test", "shop." + domain + ":8443", "shop." + domain + ".", "shop." + domain + ".:80"} {

@@ -15,7 +15,7 @@ import (
 	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/auth/authtest"
 	"github.com/postern/postern/internal/expose/brickchain"
-	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/node"
 	"github.com/postern/postern/internal/servertest"
 )
 
@@ -131,7 +131,7 @@ func userRequest(t *testing.T, n *servertest.Node, host, path string, p authtest
 // untouched: "?access%5Ftoken=SECRET" was authorized and reached the
 // service, which collected its callers' tokens.
 func TestTokenNeverReachesANativeAgentsService(t *testing.T) {
-	n := node(t, func(c *server.Config) { c.Policy = leakPolicy(t) })
+	n := startNode(t, func(c *node.Config) { c.Policy = leakPolicy(t) })
 	rec := &recorder{}
 	cl, _ := client.New(n.URL, client.WithToken("agent-secret-0123456789"))
 	exposeAgent(t, cl, "shop", rec.serve(t))
@@ -157,7 +157,7 @@ func TestTokenNeverReachesANativeAgentsService(t *testing.T) {
 // TestTokenNeverReachesABrickchainAgent: the same for brickchain agents,
 // whose http-request and ws-request frames carry the query and headers.
 func TestTokenNeverReachesABrickchainAgent(t *testing.T) {
-	n := node(t, func(c *server.Config) { c.Policy = leakPolicy(t) })
+	n := startNode(t, func(c *node.Config) { c.Policy = leakPolicy(t) })
 	a := dialAgentWith(t, n, http.Header{"Authorization": {"Bearer agent-secret-0123456789"}})
 	id := a.register(n, "")
 	host := id + "." + domain

@@ -10,7 +10,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/postern/postern/internal/expose/brickchain"
-	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/node"
 )
 
 // TestWebsocketReadLimits: what the server reads from websockets is
@@ -20,7 +20,7 @@ import (
 // to it are scanned for their id and refused) closes the agent with 1009.
 func TestWebsocketReadLimits(t *testing.T) {
 	const limit = 4000
-	n := node(t, func(c *server.Config) { c.Expose.MaxFrameBytes = limit })
+	n := startNode(t, func(c *node.Config) { c.Expose.Brickchain.MaxFrameBytes = limit })
 	a := dialAgent(t, n)
 	id := a.register(n, "")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -1,6 +1,10 @@
 package expose
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/postern/postern/internal/capability"
+)
 
 // metrics are the capability's own measurements; the relay core counts
 // the relayed requests themselves (postern_relay_requests_total with
@@ -22,7 +26,7 @@ const (
 	transportAny        = "any" // decided before the transport is known
 )
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+func newMetrics(deps capability.Deps) *metrics {
 	m := &metrics{
 		agents: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "postern_expose_agents",
@@ -40,9 +44,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, t := range []string{transportBrickchain, transportNative} {
 		m.agents.WithLabelValues(t)
 	}
-	if reg != nil {
-		reg.MustRegister(m.agents, m.registrations, m.requests)
-	}
+	deps.Register(m.agents, m.registrations, m.requests)
 	return m
 }
 
@@ -52,4 +54,21 @@ func (m *metrics) request(transport, outcome string) {
 
 func (m *metrics) registration(transport, result string) {
 	m.registrations.WithLabelValues(transport, result).Inc()
+}
+
+// of returns the counters of one transport (brickchain.Counters).
+func (m *metrics) of(transport string) transportCounters {
+	return transportCounters{m, transport}
+}
+
+// transportCounters are the metrics of one transport.
+type transportCounters struct {
+	m         *metrics
+	transport string
+}
+
+func (c transportCounters) Registration(result string) { c.m.registration(c.transport, result) }
+func (c transportCounters) Request(outcome string)     { c.m.request(c.transport, outcome) }
+func (c transportCounters) Agents(delta int) {
+	c.m.agents.WithLabelValues(c.transport).Add(float64(delta))
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -14,33 +15,236 @@ import (
 	"github.com/hashicorp/yamux"
 
 	"github.com/postern/postern/internal/auth"
+	"github.com/postern/postern/internal/expose/live"
 	"github.com/postern/postern/internal/expose/muxconn"
 	"github.com/postern/postern/internal/httpapi"
 	"github.com/postern/postern/internal/ratelimit"
 	"github.com/postern/postern/internal/relay"
 )
 
+// The native agents' side of the front door: who may claim a name.
+
+// serveAgent accepts a native agent on /agent?name=NAME once it may claim
+// the name, and serves it until it goes.
+func (s *Service) serveAgent(w http.ResponseWriter, r *http.Request) {
+	httpapi.SetRoute(r, "expose.agent")
+	if s.closing.Load() {
+		httpapi.WritePlain(w, r, errClosing)
+		return
+	}
+	name, result, err := s.authorizeAgent(r)
+	if err != nil {
+		s.m.registration(transportNative, result)
+		httpapi.WritePlain(w, r, err)
+		return
+	}
+	s.native.serve(w, r, name, s.publicURL(r, name))
+}
+
+// authorizeAgent returns the name a native agent's handshake claims, or
+// why it may not (with the registration result it counts as): a name
+// that is a DNS label, and under a token policy a token granted serve on
+// /expose/NAME; without a policy, unless AnonymousAgents, an agent on
+// this host (not through a proxy that is not trusted) that no web page
+// runs.
+func (s *Service) authorizeAgent(r *http.Request) (name, result string, err *httpapi.Error) {
+	name = strings.ToLower(r.URL.Query().Get(AgentNameParam))
+	switch {
+	case name == "":
+		return "", "malformed", httpapi.Errorf(http.StatusBadRequest, "agent name missing: connect to %s?%s=NAME", AgentPath, AgentNameParam)
+	case !validName(name):
+		return "", "malformed", httpapi.Errorf(http.StatusBadRequest, "agent name %q: want 1 to 63 of a-z 0-9 - (a DNS label, not shaped like a 52-character brickchain id)", name)
+	}
+	if s.policy.Enabled() {
+		if s.policy.Allow(r, auth.Serve, "/expose/"+name) {
+			return name, "", nil
+		}
+		if _, ok := auth.FindIn(r).Secret(); !ok {
+			return "", "unauthorized", httpapi.Errorf(http.StatusUnauthorized, "agent needs a token granted serve on /expose/%s", name)
+		}
+		return "", "forbidden", httpapi.Errorf(http.StatusForbidden, "token is not granted serve on /expose/%s", name)
+	}
+	if s.opts.AnonymousAgents {
+		return name, "", nil
+	}
+	switch {
+	case !ratelimit.FromThisHost(r, s.trusted):
+		// Also a handshake that a proxy on this host passed on: a trusted
+		// proxy names its client, another is refused, since its client
+		// may be anywhere.
+		return "", "forbidden", httpapi.Errorf(http.StatusForbidden, "this server takes agents only from its own host (not through a proxy it does not trust): configure --token-file, or --expose-anonymous-agents")
+	case len(r.Header.Values("Origin")) > 0:
+		// A web page in a browser on this host passes the loopback rule
+		// (websockets are not bound by the same-origin policy). Browsers
+		// always send Origin on a websocket handshake; the native agent
+		// never does.
+		return "", "forbidden", httpapi.Errorf(http.StatusForbidden, "this server takes agents from its own host only without an Origin header (web pages may not claim names): configure --token-file, or --expose-anonymous-agents")
+	}
+	return name, "", nil
+}
+
+// nativeTransport carries the native agents (`postern expose`,
+// client.Expose): each is one websocket carrying a yamux session on which
+// the server opens one stream per HTTP connection to the agent. Its
+// backend on the hub is an http.Transport whose DialContext opens a
+// stream, so keep-alive, streaming bodies and 101 upgrades pass through
+// the hub's reverse proxy untouched.
+type nativeTransport struct {
+	hub       *relay.Hub
+	keepAlive time.Duration
+	window    int
+	log       *slog.Logger
+	count     transportCounters
+
+	ctx    context.Context // ends at shutdown: agent connections stop
+	cancel context.CancelFunc
+	live   live.Set[*nativeAgent]
+}
+
+func newNativeTransport(hub *relay.Hub, o Options, log *slog.Logger, count transportCounters) *nativeTransport {
+	t := &nativeTransport{hub: hub, keepAlive: o.AgentKeepAlive, window: o.StreamWindow, log: log, count: count}
+	t.ctx, t.cancel = context.WithCancel(context.Background())
+	return t
+}
+
 // errAgentFailed answers a request that came for an agent whose
 // connection failed while it was being set up.
 var errAgentFailed = errors.New("the agent's connection failed as it was set up")
 
-// nativeAgent is one `postern expose` connection: a websocket carrying a
-// yamux session on which the server opens one stream per HTTP connection
-// to the agent.
+// nativeAgent is one agent connection: a websocket carrying a yamux
+// session, and its backend on the hub.
 type nativeAgent struct {
-	name   string
+	name  string
+	tr    *http.Transport
+	reg   *relay.Registration
+	ready chan struct{} // closed once sess is set, or the setup failed
+
 	mu     sync.Mutex
 	ws     *websocket.Conn
-	sess   *yamux.Session
+	sess   *yamux.Session // nil until ready; stays nil when the setup failed
 	closed bool
 }
+
+// serve runs one agent that may claim name, users reaching it at public.
+// The handshake order matters: the agent reports itself ready as soon as
+// it has the handshake's answer, so the name is registered before that
+// answer is written; a request arriving in between waits in DialContext
+// for the session instead of getting 502.
+func (t *nativeTransport) serve(w http.ResponseWriter, r *http.Request, name, public string) {
+	a := &nativeAgent{name: name, ready: make(chan struct{})}
+	if !t.live.Add(a) {
+		httpapi.WritePlain(w, r, errClosing)
+		return
+	}
+	defer t.live.Remove(a)
+	a.tr = t.backend(a)
+	a.reg = t.hub.Register(name, a.tr)
+	w.Header().Set(PublicURLHeader, public)
+	conn, ok := t.accept(w, r, a)
+	close(a.ready)
+	if !ok {
+		a.reg.Close()
+		a.tr.CloseIdleConnections()
+		return
+	}
+	t.count.Registration("ok")
+	t.count.Agents(1)
+	t.log.Info("expose agent connected", "name", name, "remote", r.RemoteAddr, "url", public)
+	select {
+	case <-a.session().CloseChan():
+	case <-t.ctx.Done():
+	}
+	a.reg.Close()
+	t.count.Agents(-1)
+	a.tr.CloseIdleConnections()
+	a.close()
+	t.log.Info("expose agent disconnected", "name", name, "remote", r.RemoteAddr, "cause", causeOf(conn))
+}
+
+// accept answers the handshake and starts the yamux session, in which
+// the server is the client (it opens the streams). It reports whether
+// the agent is up; on false everything it opened is closed.
+func (t *nativeTransport) accept(w http.ResponseWriter, r *http.Request, a *nativeAgent) (net.Conn, bool) {
+	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
+	if err != nil {
+		return nil, false
+	}
+	ws.SetReadLimit(muxconn.ReadLimit())
+	conn := muxconn.Conn(t.ctx, ws)
+	sess, err := yamux.Client(conn, muxconn.Config(t.keepAlive, t.window))
+	if err != nil {
+		ws.CloseNow()
+		return nil, false
+	}
+	if !a.set(ws, sess) {
+		sess.Close()
+		ws.CloseNow()
+		return nil, false
+	}
+	return conn, true
+}
+
+// backend is the agent's RoundTripper on the hub: an http.Transport whose
+// connections are streams of the agent's session.
+func (t *nativeTransport) backend(a *nativeAgent) *http.Transport {
+	return &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			select {
+			case <-a.ready:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			sess := a.session()
+			if sess == nil {
+				return nil, errAgentFailed
+			}
+			st, err := sess.Open()
+			if errors.Is(err, yamux.ErrSessionShutdown) || errors.Is(err, yamux.ErrRemoteGoAway) {
+				// Closed, or the agent stopping (its GoAway arrives
+				// before its close), before serve closed the
+				// registration: another agent of the name may take it.
+				return nil, fmt.Errorf("%w: %w", relay.ErrBackendGone, err)
+			}
+			return st, err
+		},
+		MaxIdleConns:          0,
+		MaxIdleConnsPerHost:   256,
+		IdleConnTimeout:       90 * time.Second,
+		DisableCompression:    true,
+		ForceAttemptHTTP2:     false,
+		ExpectContinueTimeout: time.Second,
+		WriteBufferSize:       32 << 10,
+		ReadBufferSize:        32 << 10,
+	}
+}
+
+// close refuses new agents, closes every agent's session and stops the
+// handlers (see wait).
+func (t *nativeTransport) close() {
+	t.live.Close((*nativeAgent).close)
+	t.cancel()
+}
+
+// wait waits for the agent handlers.
+func (t *nativeTransport) wait() { t.live.Wait() }
 
 // set records the connection; false when the agent was closed meanwhile.
 func (a *nativeAgent) set(ws *websocket.Conn, sess *yamux.Session) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.closed {
+		return false
+	}
 	a.ws, a.sess = ws, sess
-	return !a.closed
+	return true
+}
+
+// session returns the agent's session (nil until it is up, and when its
+// setup failed).
+func (a *nativeAgent) session() *yamux.Session {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.sess
 }
 
 func (a *nativeAgent) close() {
@@ -61,134 +265,4 @@ func causeOf(conn net.Conn) string {
 		return err.Error()
 	}
 	return "closed"
-}
-
-// serveAgent accepts a native agent on /agent?name=NAME.
-func (s *Service) serveAgent(w http.ResponseWriter, r *http.Request) {
-	httpapi.SetRoute(r, "expose.agent")
-	fail := func(result string, e *httpapi.Error) {
-		s.m.registration(transportNative, result)
-		httpapi.WritePlain(w, r, e)
-	}
-	name := strings.ToLower(r.URL.Query().Get(AgentNameParam))
-	switch {
-	case name == "":
-		fail("malformed", httpapi.Errorf(http.StatusBadRequest, "agent name missing: connect to %s?%s=NAME", AgentPath, AgentNameParam))
-		return
-	case !validName(name):
-		fail("malformed", httpapi.Errorf(http.StatusBadRequest, "agent name %q: want 1 to 63 of a-z 0-9 - (a DNS label, not shaped like a 52-character brickchain id)", name))
-		return
-	}
-	if s.opts.Policy.Enabled() {
-		if !s.opts.Policy.Allow(r, auth.Serve, "/expose/"+name) {
-			if _, ok := auth.FindIn(r).Secret(); !ok {
-				fail("unauthorized", httpapi.Errorf(http.StatusUnauthorized, "agent needs a token granted serve on /expose/%s", name))
-			} else {
-				fail("forbidden", httpapi.Errorf(http.StatusForbidden, "token is not granted serve on /expose/%s", name))
-			}
-			return
-		}
-	} else if !s.opts.AnonymousAgents {
-		switch {
-		case !ratelimit.FromThisHost(r, s.opts.TrustedProxies):
-			// Also a handshake that a proxy on this host passed on: a
-			// trusted proxy names its client, another is refused, since
-			// its client may be anywhere.
-			fail("forbidden", httpapi.Errorf(http.StatusForbidden, "this server takes agents only from its own host (not through a proxy it does not trust): configure --token-file, or --expose-anonymous-agents"))
-			return
-		case len(r.Header.Values("Origin")) > 0:
-			// A web page in a browser on this host passes the loopback
-			// rule (websockets are not bound by the same-origin policy).
-			// Browsers always send Origin on a websocket handshake; the
-			// native agent never does.
-			fail("forbidden", httpapi.Errorf(http.StatusForbidden, "this server takes agents from its own host only without an Origin header (web pages may not claim names): configure --token-file, or --expose-anonymous-agents"))
-			return
-		}
-	}
-	a := &nativeAgent{name: name}
-	if !s.track(func() { s.natives[a] = struct{}{} }) {
-		httpapi.WritePlain(w, r, errClosing)
-		return
-	}
-	defer func() {
-		s.mu.Lock()
-		delete(s.natives, a)
-		s.mu.Unlock()
-		s.wg.Done()
-	}()
-	public := s.publicURL(r, name)
-	w.Header().Set(PublicURLHeader, public)
-	// The agent reports itself ready as soon as it has the handshake's
-	// answer, so the name is registered before that answer is written:
-	// a request arriving in between waits for the session instead of
-	// getting 502. sess is set before ready is closed.
-	var sess *yamux.Session
-	ready := make(chan struct{})
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			select {
-			case <-ready:
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			}
-			if sess == nil {
-				return nil, errAgentFailed
-			}
-			st, err := sess.Open()
-			if errors.Is(err, yamux.ErrSessionShutdown) || errors.Is(err, yamux.ErrRemoteGoAway) {
-				// Closed, or the agent stopping (its GoAway arrives
-				// before its close), before serveAgent closed the
-				// registration: another agent of the name may take it.
-				return nil, fmt.Errorf("%w: %w", relay.ErrBackendGone, err)
-			}
-			return st, err
-		},
-		MaxIdleConns:          0,
-		MaxIdleConnsPerHost:   256,
-		IdleConnTimeout:       90 * time.Second,
-		DisableCompression:    true,
-		ForceAttemptHTTP2:     false,
-		ExpectContinueTimeout: time.Second,
-		WriteBufferSize:       32 << 10,
-		ReadBufferSize:        32 << 10,
-	}
-	reg := s.hub.Register(name, tr)
-	abort := func() {
-		close(ready)
-		reg.Close()
-		tr.CloseIdleConnections()
-	}
-	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
-	if err != nil {
-		abort()
-		return
-	}
-	ws.SetReadLimit(muxconn.ReadLimit())
-	conn := muxconn.Conn(s.ctx, ws)
-	// The server opens the streams: it is yamux's client.
-	ys, err := yamux.Client(conn, muxconn.Config(s.opts.AgentKeepAlive, s.opts.StreamWindow))
-	if err != nil {
-		ws.CloseNow()
-		abort()
-		return
-	}
-	if !a.set(ws, ys) {
-		a.close()
-		abort()
-		return
-	}
-	sess = ys
-	close(ready)
-	s.m.registration(transportNative, "ok")
-	s.m.agents.WithLabelValues(transportNative).Inc()
-	s.log.Info("expose agent connected", "name", name, "remote", r.RemoteAddr, "url", public)
-	select {
-	case <-sess.CloseChan():
-	case <-s.ctx.Done():
-	}
-	reg.Close()
-	s.m.agents.WithLabelValues(transportNative).Dec()
-	tr.CloseIdleConnections()
-	a.close()
-	s.log.Info("expose agent disconnected", "name", name, "remote", r.RemoteAddr, "cause", causeOf(conn))
 }

@@ -23,7 +23,7 @@ import (
 
 	"github.com/postern/postern/client"
 	"github.com/postern/postern/internal/auth"
-	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/node"
 	"github.com/postern/postern/internal/servertest"
 )
 
@@ -146,7 +146,7 @@ func TestNativeAgentOverTLS(t *testing.T) {
 
 func TestNativeAgentAuth(t *testing.T) {
 	policy := shopPolicy(t)
-	n := servertest.Start(t, func() server.Config {
+	n := servertest.Start(t, func() node.Config {
 		cfg := servertest.Config()
 		cfg.Expose.Domain = domain
 		cfg.Policy = policy

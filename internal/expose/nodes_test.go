@@ -11,9 +11,9 @@ import (
 
 	"github.com/postern/postern/client"
 	"github.com/postern/postern/internal/expose/brickchain"
+	"github.com/postern/postern/internal/node"
 	"github.com/postern/postern/internal/relay"
 	"github.com/postern/postern/internal/relay/relaytest"
-	"github.com/postern/postern/internal/server"
 )
 
 // TestTwoNodes connects agents to node A and sends their users to node B,
@@ -22,8 +22,8 @@ import (
 // message by message.
 func TestTwoNodes(t *testing.T) {
 	dir := relaytest.NewDirectory()
-	shared := func(c *server.Config) { c.Directory = dir }
-	a, b := node(t, shared), node(t, shared)
+	shared := func(c *node.Config) { c.Directory = dir }
+	a, b := startNode(t, shared), startNode(t, shared)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 
@@ -88,12 +88,12 @@ func TestTwoNodes(t *testing.T) {
 func TestForwardingMarksAreSigned(t *testing.T) {
 	dir := relaytest.NewDirectory()
 	policy := shopPolicy(t)
-	shared := func(secret string) func(c *server.Config) {
-		return func(c *server.Config) { c.Directory, c.Policy, c.ClusterSecret = dir, policy, secret }
+	shared := func(secret string) func(c *node.Config) {
+		return func(c *node.Config) { c.Directory, c.Policy, c.ClusterSecret = dir, policy, secret }
 	}
-	a := node(t, shared("the-cluster-secret-0123456789"))
-	b := node(t, shared("the-cluster-secret-0123456789"))
-	other := node(t, shared("another-cluster-secret-0123456789"))
+	a := startNode(t, shared("the-cluster-secret-0123456789"))
+	b := startNode(t, shared("the-cluster-secret-0123456789"))
+	other := startNode(t, shared("another-cluster-secret-0123456789"))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	cl, _ := client.New(a.URL, client.WithToken("agent-secret-0123456789"))

@@ -19,7 +19,7 @@ import (
 // registered only after the handshake's answer, so a request sent right
 // then could get 502 "no agent is connected".
 func TestReadyAgentIsReachable(t *testing.T) {
-	n := node(t, nil)
+	n := startNode(t, nil)
 	local := headerEcho(t)
 	cl, _ := client.New(n.URL)
 	for i := range 20 {

@@ -11,8 +11,8 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/postern/postern/internal/expose/brickchain"
+	"github.com/postern/postern/internal/node"
 	"github.com/postern/postern/internal/relay/relaytest"
-	"github.com/postern/postern/internal/server"
 	"github.com/postern/postern/internal/servertest"
 	"github.com/postern/postern/internal/store/redisstore/redistest"
 )
@@ -27,8 +27,8 @@ func TestMandateTokenRegistersFromOneConnection(t *testing.T) {
 	url := redistest.URL(t)
 	dir := relaytest.NewDirectory()
 	const base = "http://proxy.test"
-	shared := func(c *server.Config) { c.Store, c.Directory, c.Expose.BaseURL = url, dir, base }
-	a, b := node(t, shared), node(t, shared)
+	shared := func(c *node.Config) { c.Store, c.Directory, c.Expose.BaseURL = url, dir, base }
+	a, b := startNode(t, shared), startNode(t, shared)
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	token := mintToken(t, key, time.Now(), base, 60)
 	register := func(ag *agent, session string) brickchain.Frame {

@@ -1,7 +1,9 @@
 // Package httpapi holds what every front door shares on the HTTP side:
 // handlers that return errors and the one place that turns those errors into
-// responses, request metrics labelled by route, and the operations endpoints
-// (/healthz, /readyz, /metrics).
+// responses (the error catalogue, ToError, Handle), the node's one route
+// table (Routes), request metrics labelled by route, request bodies read
+// whole within limits, and the operations endpoints (/healthz, /readyz,
+// /metrics).
 package httpapi
 
 import (

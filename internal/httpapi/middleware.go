@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/postern/postern/internal/capability"
 )
 
 type reqInfoKey struct{}
@@ -98,11 +100,11 @@ type Metrics struct {
 	inflight prometheus.Gauge
 }
 
-// NewMetrics registers the request metrics on reg; log is the logger
-// handlers find with Logger.
-func NewMetrics(reg prometheus.Registerer, log *slog.Logger) *Metrics {
+// NewMetrics registers the request metrics on deps.Registry; deps'
+// logger is the one handlers find with Logger.
+func NewMetrics(deps capability.Deps) *Metrics {
 	m := &Metrics{
-		log: log,
+		log: deps.Log(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "postern_http_requests_total",
 			Help: "HTTP requests answered, by route and status code.",
@@ -117,7 +119,7 @@ func NewMetrics(reg prometheus.Registerer, log *slog.Logger) *Metrics {
 			Help: "HTTP requests being served (long-polls and streams included).",
 		}),
 	}
-	reg.MustRegister(m.requests, m.duration, m.inflight)
+	deps.Register(m.requests, m.duration, m.inflight)
 	return m
 }
 

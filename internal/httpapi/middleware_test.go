@@ -1,17 +1,119 @@
 package httpapi_test
 
 import (
+	"bytes"
+	"context"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/postern/postern/internal/capability"
 	"github.com/postern/postern/internal/httpapi"
 )
+
+// TestRequestMetrics: every request is counted under the route its
+// handler named (unmatched when none did) and its status; one whose
+// client left before an answer counts as 499.
+func TestRequestMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := httpapi.NewMetrics(capability.Deps{Registry: reg, Logger: capability.Discard().Logger})
+	started, left := make(chan struct{}), make(chan struct{})
+	rt := httpapi.NewRoutes(nil)
+	rt.Handle("/named", httpapi.Handle(func(w http.ResponseWriter, r *http.Request) error {
+		httpapi.SetRoute(r, "demo.named")
+		return httpapi.ErrNotFound
+	}, nil))
+	rt.Handle("/wait", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		httpapi.SetRoute(r, "demo.wait")
+		close(started)
+		<-r.Context().Done()
+		close(left)
+	}))
+	srv := httptest.NewServer(m.Wrap(rt))
+	defer srv.Close()
+	for _, p := range []string{"/named", "/named", "/nowhere"} {
+		resp, err := http.Get(srv.URL + p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, "GET", srv.URL+"/wait", nil)
+	go func() {
+		<-started // the handler parks until the client gives up
+		cancel()
+	}()
+	http.DefaultClient.Do(req)
+	defer http.DefaultClient.CloseIdleConnections()
+	<-left
+	srv.Close() // the handler's deferred count is done once the server is
+	want := `
+# HELP postern_http_requests_total HTTP requests answered, by route and status code.
+# TYPE postern_http_requests_total counter
+postern_http_requests_total{code="404",route="demo.named"} 2
+postern_http_requests_total{code="404",route="not_found"} 1
+postern_http_requests_total{code="499",route="demo.wait"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "postern_http_requests_total"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestReadBody: a body is read whole within its limit; over it, the
+// front door's own answer; cut short, 400; too slow, 408 and the
+// connection closes.
+func TestReadBody(t *testing.T) {
+	tooLarge := &httpapi.Error{Status: 413, Message: "Payload too large"}
+	h := httpapi.Handle(func(w http.ResponseWriter, r *http.Request) error {
+		b, err := httpapi.ReadBody(w, r, 10, 200*time.Millisecond, tooLarge)
+		if err != nil {
+			return err
+		}
+		_, err = w.Write(append([]byte("got "), b...))
+		return err
+	}, nil)
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	post := func(body io.Reader) (int, string) {
+		resp, err := http.Post(srv.URL, "text/plain", body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := post(strings.NewReader("0123456789")); code != 200 || body != "got 0123456789" {
+		t.Fatalf("within the limit: %d %q", code, body)
+	}
+	if code, body := post(strings.NewReader("0123456789x")); code != 413 || body != "Payload too large" {
+		t.Fatalf("declared over the limit: %d %q", code, body)
+	}
+	// Chunked: the limit is found while reading.
+	if code, body := post(io.MultiReader(strings.NewReader("01234"), strings.NewReader("567890123"))); code != 413 || body != "Payload too large" {
+		t.Fatalf("chunked over the limit: %d %q", code, body)
+	}
+	// A client that announces 10 bytes and sends 3, then nothing.
+	c, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, _ := io.ReadAll(c) // the server closes after its answer
+	if !bytes.HasPrefix(got, []byte("HTTP/1.1 408 ")) || !bytes.Contains(got, []byte("request body not received in time")) || !bytes.Contains(got, []byte("Connection: close")) {
+		t.Fatalf("slow body: %q", got)
+	}
+}
 
 // TestFlushErrorReachesTheHandler: behind the request metrics, a flush
 // that cannot reach the client (here: past its write deadline) is an error
@@ -30,12 +132,11 @@ func TestFlushErrorReachesTheHandler(t *testing.T) {
 		w.Write([]byte("hello"))
 		flushed <- rc.Flush()
 	})
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: httpapi.NewMetrics(prometheus.NewRegistry(), quiet).Wrap(h), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: httpapi.NewMetrics(capability.Deps{Registry: prometheus.NewRegistry(), Logger: capability.Discard().Logger}).Wrap(h), ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(ln)
 	defer srv.Close()
 	res, err := http.Get("http://" + ln.Addr().String() + "/")

@@ -12,16 +12,17 @@ import (
 // ReadyFunc reports why the server cannot take traffic, or nil when it can.
 type ReadyFunc func(ctx context.Context) error
 
-// MountOps registers /healthz (the process is up), /readyz (ready reports
-// nil) and /metrics (gather's metrics in the Prometheus text format) on mux.
-func MountOps(mux *Router, ready ReadyFunc, gather prometheus.Gatherer) {
-	mux.Handle("/healthz", Handle(func(w http.ResponseWriter, r *http.Request) error {
+// MountOps adds /healthz (the process is up), /readyz (ready reports nil)
+// and /metrics (gather's metrics in the Prometheus text format) to rt, as
+// Ops routes.
+func MountOps(rt *Routes, ready ReadyFunc, gather prometheus.Gatherer) {
+	rt.Add(Route{Pattern: "/healthz", Ops: true, Handler: Handle(func(w http.ResponseWriter, r *http.Request) error {
 		SetRoute(r, "ops.healthz")
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, err := w.Write([]byte("ok"))
 		return err
-	}, nil))
-	mux.Handle("/readyz", Handle(func(w http.ResponseWriter, r *http.Request) error {
+	}, nil)})
+	rt.Add(Route{Pattern: "/readyz", Ops: true, Handler: Handle(func(w http.ResponseWriter, r *http.Request) error {
 		SetRoute(r, "ops.readyz")
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
@@ -31,10 +32,10 @@ func MountOps(mux *Router, ready ReadyFunc, gather prometheus.Gatherer) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, err := w.Write([]byte("ok"))
 		return err
-	}, nil))
+	}, nil)})
 	metrics := promhttp.HandlerFor(gather, promhttp.HandlerOpts{})
-	mux.Handle("/metrics", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	rt.Add(Route{Pattern: "/metrics", Ops: true, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		SetRoute(r, "ops.metrics")
 		metrics.ServeHTTP(w, r)
-	}))
+	})})
 }

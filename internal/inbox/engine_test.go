@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/postern/postern/internal/capability"
 	"github.com/postern/postern/internal/httpapi"
 	"github.com/postern/postern/internal/inbox"
 	"github.com/postern/postern/internal/queue"
@@ -22,35 +23,34 @@ import (
 	"github.com/postern/postern/internal/store/storetest"
 )
 
-// serveOn assembles a node around st the way internal/server does (queue
+// serveOn assembles a node around st the way internal/node does (queue
 // core, inbox, ops endpoints, request metrics) and serves it on a loopback
 // port, for the tests that need to own the engine: its clock, or its
 // failures.
 func serveOn(t *testing.T, st store.Engine, mutate func(*inbox.Options)) *env {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	core, err := queue.New(st, queue.Options{Metrics: reg, Lease: testLease})
+	deps := capability.Deps{Registry: reg, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	core, err := queue.New(st, queue.Options{Lease: testLease}, deps)
 	if err != nil {
 		t.Fatal(err)
 	}
 	opts := inbox.DefaultOptions()
-	opts.Metrics = reg
 	if mutate != nil {
 		mutate(&opts)
 	}
-	ib, err := inbox.New(core, opts)
+	ib, err := inbox.New(core, opts, deps)
 	if err != nil {
 		t.Fatal(err)
 	}
-	mux := httpapi.NewRouter()
-	ib.Mount(mux)
-	httpapi.MountOps(mux, func(context.Context) error { return nil }, reg)
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	routes := httpapi.NewRoutes(nil)
+	ib.Mount(routes)
+	httpapi.MountOps(routes, func(context.Context) error { return nil }, reg)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: httpapi.NewMetrics(reg, quiet).Wrap(mux), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: httpapi.NewMetrics(deps).Wrap(routes), ReadHeaderTimeout: 10 * time.Second}
 	done := make(chan struct{})
 	go func() { srv.Serve(ln); close(done) }()
 	tr := &http.Transport{}

@@ -14,6 +14,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/postern/postern/internal/auth"
+	"github.com/postern/postern/internal/capability"
 	"github.com/postern/postern/internal/httpapi"
 	"github.com/postern/postern/internal/queue"
 	"github.com/postern/postern/internal/store"
@@ -59,25 +60,27 @@ func badRequest(problems ...string) *httpapi.Error {
 type Inbox struct {
 	core    *queue.Core
 	opts    Options
+	policy  *auth.Policy
 	m       *metrics
 	h       http.Handler
 	version []byte
 	lim     limits
 }
 
-// New returns the inbox front door on core.
-func New(core *queue.Core, opts Options) (*Inbox, error) {
+// New returns the inbox front door on core, its metrics on deps.Registry.
+// Under deps.Policy a request with "From: X" needs a token (or anonymous
+// grant) allowing write on /inbox/X to send and read on /inbox/X to
+// receive; without one the From header is trusted, as in the original.
+func New(core *queue.Core, opts Options, deps capability.Deps) (*Inbox, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	if opts.Now == nil {
-		opts.Now = time.Now
-	}
 	ib := &Inbox{
-		core: core,
-		opts: opts,
-		m:    newMetrics(opts.Metrics),
-		lim:  limits{maxDestinations: opts.MaxDestinations, maxActorBytes: opts.MaxActorBytes},
+		core:   core,
+		opts:   opts,
+		policy: deps.Policy,
+		m:      newMetrics(deps.Registry),
+		lim:    limits{maxDestinations: opts.MaxDestinations, maxActorBytes: opts.MaxActorBytes},
 	}
 	ib.version, _ = json.Marshal(struct {
 		Version string `json:"version"`
@@ -88,11 +91,11 @@ func New(core *queue.Core, opts Options) (*Inbox, error) {
 	return ib, nil
 }
 
-// Mount registers the inbox routes on mux: /inbox and everything under
-// /inbox/.
-func (ib *Inbox) Mount(mux *httpapi.Router) {
-	mux.Handle(Prefix, ib)
-	mux.Handle(Prefix+"/", ib)
+// Mount adds the inbox routes to the node's table: /inbox and everything
+// under /inbox/.
+func (ib *Inbox) Mount(rt *httpapi.Routes) {
+	rt.Handle(Prefix, ib)
+	rt.Handle(Prefix+"/", ib)
 }
 
 func (ib *Inbox) ServeHTTP(w http.ResponseWriter, r *http.Request) { ib.h.ServeHTTP(w, r) }
@@ -285,7 +288,7 @@ func (ib *Inbox) identity(r *http.Request) (string, string) {
 // authorize checks, when a token policy is configured, that r may take
 // action as actor: write on /inbox/<actor> to send, read to receive.
 func (ib *Inbox) authorize(r *http.Request, action auth.Action, actor string) error {
-	if !ib.opts.Policy.Enabled() || ib.opts.Policy.Allow(r, action, "/inbox/"+actor) {
+	if !ib.policy.Enabled() || ib.policy.Allow(r, action, "/inbox/"+actor) {
 		return nil
 	}
 	httpapi.SetRoute(r, "inbox.denied")

@@ -20,7 +20,7 @@ import (
 
 	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/inbox"
-	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/node"
 	"github.com/postern/postern/internal/servertest"
 	"github.com/postern/postern/internal/store/redisstore/redistest"
 )
@@ -48,7 +48,7 @@ type resp struct {
 
 // config is the node config of the suite: the engine of spec, and the
 // seed's instant as the clock of sentAt and receivedAt.
-func config(spec string, mutate func(*server.Config)) server.Config {
+func config(spec string, mutate func(*node.Config)) node.Config {
 	cfg := servertest.Config()
 	cfg.Store = spec
 	cfg.Inbox.Now = func() time.Time { return seedTime }
@@ -60,13 +60,13 @@ func config(spec string, mutate func(*server.Config)) server.Config {
 
 // forEachStore runs fn as a subtest per engine (servertest.ForEachEngine),
 // on a node configured by mutate.
-func forEachStore(t *testing.T, mutate func(*server.Config), fn func(e *env)) {
+func forEachStore(t *testing.T, mutate func(*node.Config), fn func(e *env)) {
 	servertest.ForEachEngine(t, func(t *testing.T, eng servertest.Engine) {
 		fn(startEnv(t, eng.Store, mutate))
 	})
 }
 
-func startEnv(t *testing.T, spec string, mutate func(*server.Config)) *env {
+func startEnv(t *testing.T, spec string, mutate func(*node.Config)) *env {
 	n := servertest.Start(t, config(spec, mutate))
 	tr := &http.Transport{}
 	t.Cleanup(tr.CloseIdleConnections)
@@ -390,7 +390,7 @@ func TestBadInput(t *testing.T) {
 }
 
 func TestLimits(t *testing.T) {
-	forEachStore(t, func(c *server.Config) {
+	forEachStore(t, func(c *node.Config) {
 		c.Inbox.MaxDestinations = 3
 		c.Inbox.MaxActorBytes = 8
 		c.Inbox.MaxBodyBytes = 200
@@ -423,7 +423,7 @@ func TestLimits(t *testing.T) {
 }
 
 func TestSlowBodyTimesOut(t *testing.T) {
-	forEachStore(t, func(c *server.Config) { c.Inbox.BodyReadTimeout = 200 * time.Millisecond }, func(e *env) {
+	forEachStore(t, func(c *node.Config) { c.Inbox.BodyReadTimeout = 200 * time.Millisecond }, func(e *env) {
 		conn, err := net.Dial("tcp", e.node.Addr)
 		if err != nil {
 			t.Fatal(err)
@@ -443,7 +443,7 @@ func TestSlowBodyTimesOut(t *testing.T) {
 }
 
 func TestReceiveCapAndRemaining(t *testing.T) {
-	forEachStore(t, func(c *server.Config) { c.Inbox.MaxReceive = 3 }, func(e *env) {
+	forEachStore(t, func(c *node.Config) { c.Inbox.MaxReceive = 3 }, func(e *env) {
 		for i := range 7 {
 			e.wantJSON(e.post("send", "a", fmt.Sprintf(`{"idempotencyKey":"cap-key-%05d","destination":["b"],"body":%d}`, i, i)), `{"sent":1}`)
 		}
@@ -476,7 +476,7 @@ func TestReceiveCapAndRemaining(t *testing.T) {
 }
 
 func TestFullInbox(t *testing.T) {
-	forEachStore(t, func(c *server.Config) { c.Inbox.MaxLen = 2 }, func(e *env) {
+	forEachStore(t, func(c *node.Config) { c.Inbox.MaxLen = 2 }, func(e *env) {
 		send := func(key string, dests ...string) resp {
 			d, _ := json.Marshal(dests)
 			return e.post("send", "a", `{"idempotencyKey":"`+key+`","destination":`+string(d)+`,"body":"`+key+`"}`)
@@ -547,7 +547,7 @@ func TestIdempotency(t *testing.T) {
 // TestConcurrentReceivesDeliverOnce runs senders and receivers of one
 // inbox at once: every message is returned by exactly one receive.
 func TestConcurrentReceivesDeliverOnce(t *testing.T) {
-	forEachStore(t, func(c *server.Config) { c.Inbox.MaxReceive = 7 }, func(e *env) {
+	forEachStore(t, func(c *node.Config) { c.Inbox.MaxReceive = 7 }, func(e *env) {
 		const senders, each, receivers = 4, 40, 4
 		total := senders * each
 		var mu sync.Mutex
@@ -653,7 +653,7 @@ paths = ["/inbox/public"]
 	if err != nil {
 		t.Fatal(err)
 	}
-	forEachStore(t, func(c *server.Config) { c.Policy = policy }, func(e *env) {
+	forEachStore(t, func(c *node.Config) { c.Policy = policy }, func(e *env) {
 		olivia := []string{"Authorization", "Bearer olivia-secret-000001"}
 		george := []string{"Authorization", "Bearer george-reader-000001"}
 		bots := []string{"Authorization", "Bearer bots-secret-00000001"}
@@ -836,7 +836,7 @@ func TestRestartKeepsEverything(t *testing.T) {
 // so such a message is delivered again.
 func TestIdempotencyKeysBoundedPerInbox(t *testing.T) {
 	const keys, max = 40, 16
-	forEachStore(t, func(c *server.Config) { c.Inbox.MaxKeys = max }, func(e *env) {
+	forEachStore(t, func(c *node.Config) { c.Inbox.MaxKeys = max }, func(e *env) {
 		key := func(i int) string { return fmt.Sprintf("bounded-key-%04d", i) }
 		for i := range keys {
 			e.wantJSON(e.post("send", "a", `{"idempotencyKey":"`+key(i)+`","destination":["b"],"body":"v"}`), `{"sent":1}`)

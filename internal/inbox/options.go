@@ -27,10 +27,6 @@ import (
 	"errors"
 	"fmt"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/postern/postern/internal/auth"
 )
 
 // Defaults. The expiration is the original's; the limits are postern's.
@@ -84,13 +80,6 @@ type Options struct {
 	// MaxKeys is the most idempotency keys of read entries one inbox
 	// remembers (the engine's store.AppendOptions.DedupMax).
 	MaxKeys int
-	// Policy holds postern's scoped tokens. When set, a request with
-	// "From: X" needs a token (or anonymous grant) allowing write on
-	// /inbox/X to send and read on /inbox/X to receive. Nil: the From
-	// header is trusted, as in the original.
-	Policy *auth.Policy
-	// Metrics receives the inbox metrics; nil registers none.
-	Metrics prometheus.Registerer
 	// Now is the clock of sentAt and receivedAt; nil means time.Now.
 	// Expiry is the engine's and follows the engine's clock.
 	Now func() time.Time
@@ -110,8 +99,12 @@ func DefaultOptions() Options {
 	}
 }
 
-// Validate reports the first setting that makes no sense.
-func (o Options) Validate() error {
+// Validate fills the clock when it is nil and reports the first setting
+// that makes no sense.
+func (o *Options) Validate() error {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
 	switch {
 	case o.Expiration < time.Second:
 		return fmt.Errorf("inbox expiration must be at least 1s, got %v", o.Expiration)

@@ -25,8 +25,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
+	"github.com/postern/postern/internal/capability"
 	"github.com/postern/postern/internal/store"
 )
 
@@ -45,20 +44,21 @@ var ErrShuttingDown = errors.New("server shutting down")
 // that Redis runs only after its node gave up on it leases for no time.
 const DefaultLease = 4 * time.Second
 
-// Options configures a Core.
+// Options configures a Core. The queue's limits are its callers'
+// (store.AppendOptions).
 type Options struct {
-	// Metrics receives the core's metrics; nil registers none.
-	Metrics prometheus.Registerer
 	// Lease is how long a message handed out stays reserved for its
-	// consumer (see DefaultLease); zero means DefaultLease.
+	// consumer; zero means DefaultLease.
 	Lease time.Duration
 }
 
-// Validate reports the first setting that makes no sense.
-func (o Options) Validate() error {
+// Validate reports the first setting that makes no sense and fills the
+// settings left zero with their defaults.
+func (o *Options) Validate() error {
 	if o.Lease < 0 {
 		return errors.New("delivery lease must not be negative")
 	}
+	capability.Default(&o.Lease, DefaultLease)
 	return nil
 }
 
@@ -96,14 +96,12 @@ type signal struct {
 
 func newSignal() *signal { return &signal{ch: make(chan struct{})} }
 
-// New returns a core on st. If st implements store.Fanout, the core
-// subscribes to WakeTopic; Shutdown ends the subscription.
-func New(st store.Engine, opts Options) (*Core, error) {
+// New returns a core on st, its metrics on deps.Registry. If st implements
+// store.Fanout, the core subscribes to WakeTopic; Shutdown ends the
+// subscription.
+func New(st store.Engine, opts Options, deps capability.Deps) (*Core, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
-	}
-	if opts.Lease == 0 {
-		opts.Lease = DefaultLease
 	}
 	c := &Core{
 		st:      st,
@@ -111,7 +109,7 @@ func New(st store.Engine, opts Options) (*Core, error) {
 		waiters: make(map[string]*waitSet),
 		closing: make(chan struct{}),
 	}
-	c.m = newMetrics(opts.Metrics, c, st)
+	c.m = newMetrics(deps.Registry, c, st)
 	if fan, ok := st.(store.Fanout); ok {
 		c.fan = fan
 		cancel, err := fan.Subscribe(context.Background(), WakeTopic, func(key []byte) { c.wake(string(key)) })

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
+	"github.com/postern/postern/internal/capability"
 	"github.com/postern/postern/internal/queue"
 	"github.com/postern/postern/internal/store"
 	"github.com/postern/postern/internal/store/memstore"
@@ -22,7 +23,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 func newCore(t testing.TB) *queue.Core {
 	t.Helper()
 	st := memstore.New(memstore.Options{SweepInterval: -1})
-	c, err := queue.New(st, queue.Options{Metrics: prometheus.NewRegistry()})
+	c, err := queue.New(st, queue.Options{}, capability.Deps{Registry: prometheus.NewRegistry()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,7 +306,7 @@ func TestSettleOutlastsAnOutage(t *testing.T) {
 		reg := prometheus.NewRegistry()
 		st := &flaky{Engine: memstore.New(memstore.Options{SweepInterval: -1})}
 		defer st.Close()
-		c, err := queue.New(st, queue.Options{Metrics: reg, Lease: 2 * time.Second})
+		c, err := queue.New(st, queue.Options{Lease: 2 * time.Second}, capability.Deps{Registry: reg})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -351,7 +352,7 @@ func TestWakeIsTimed(t *testing.T) {
 		reg := prometheus.NewRegistry()
 		st := memstore.New(memstore.Options{SweepInterval: -1})
 		defer st.Close()
-		c, err := queue.New(st, queue.Options{Metrics: reg})
+		c, err := queue.New(st, queue.Options{}, capability.Deps{Registry: reg})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -10,6 +10,7 @@
 package ratelimit
 
 import (
+	"errors"
 	"hash/maphash"
 	"math"
 	"net"
@@ -24,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/postern/postern/internal/auth"
+	"github.com/postern/postern/internal/capability"
 	"github.com/postern/postern/internal/httpapi"
 )
 
@@ -48,9 +50,6 @@ type Options struct {
 	PerToken float64
 	// PerTokenBurst: as PerAddrBurst, for tokens.
 	PerTokenBurst int
-	// TrustedProxies are the proxies whose X-Forwarded-For is believed: the
-	// client address is the rightmost one not in these prefixes.
-	TrustedProxies []netip.Prefix
 	// Exempt paths are never limited (health and metrics endpoints).
 	Exempt []string
 	// MaxClients bounds the buckets tracked per limit; zero:
@@ -58,41 +57,53 @@ type Options struct {
 	MaxClients int
 	// Now is the clock; nil: time.Now.
 	Now func() time.Time
-	// Metrics receives postern_ratelimit_refused_total; nil: none.
-	Metrics prometheus.Registerer
+}
+
+// Validate fills the settings left zero with their defaults and reports
+// the first one that makes no sense.
+func (o *Options) Validate() error {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.MaxClients <= 0 {
+		o.MaxClients = DefaultMaxClients
+	}
+	if o.PerAddr < 0 || o.PerToken < 0 || o.PerAddrBurst < 0 || o.PerTokenBurst < 0 {
+		return errors.New("rate limits must not be negative")
+	}
+	return nil
 }
 
 // Limiter enforces Options on requests.
 type Limiter struct {
 	opts    Options
 	policy  *auth.Policy
+	trusted []netip.Prefix
 	addr    *buckets
 	token   *buckets
 	refused *prometheus.CounterVec
 }
 
-// New returns a limiter; policy identifies scoped tokens (nil: none).
-func New(opts Options, policy *auth.Policy) *Limiter {
-	if opts.Now == nil {
-		opts.Now = time.Now
+// New returns a limiter: deps.Policy identifies scoped tokens (nil:
+// none), X-Forwarded-For is believed from deps.TrustedProxies (the client
+// address is the rightmost one not in them), and the refusals are counted
+// on deps.Registry.
+func New(opts Options, deps capability.Deps) (*Limiter, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
 	}
-	if opts.MaxClients <= 0 {
-		opts.MaxClients = DefaultMaxClients
-	}
-	l := &Limiter{opts: opts, policy: policy}
+	l := &Limiter{opts: opts, policy: deps.Policy, trusted: deps.TrustedProxies}
 	l.addr = newBuckets(opts.PerAddr, opts.PerAddrBurst, opts.MaxClients)
 	l.token = newBuckets(opts.PerToken, opts.PerTokenBurst, opts.MaxClients)
 	l.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "postern_ratelimit_refused_total",
 		Help: "Requests refused with 429, by what was limited (addr or token).",
 	}, []string{"by"})
-	if opts.Metrics != nil {
-		opts.Metrics.MustRegister(l.refused, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "postern_ratelimit_clients",
-			Help: "Addresses and tokens with a bucket being tracked.",
-		}, func() float64 { return float64(l.Tracked()) }))
-	}
-	return l
+	deps.Register(l.refused, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "postern_ratelimit_clients",
+		Help: "Addresses and tokens with a bucket being tracked.",
+	}, func() float64 { return float64(l.Tracked()) }))
+	return l, nil
 }
 
 // Tracked reports how many buckets the limiter holds.
@@ -148,7 +159,7 @@ func (l *Limiter) Wrap(next http.Handler) http.Handler {
 
 // clientKey is the address a request is counted under.
 func (l *Limiter) clientKey(r *http.Request) string {
-	return AddrKey(ClientAddr(r, l.opts.TrustedProxies))
+	return AddrKey(ClientAddr(r, l.trusted))
 }
 
 // AddrKey is what a client address is counted under: an IPv4 address as

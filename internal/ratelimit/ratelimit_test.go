@@ -12,6 +12,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/postern/postern/internal/auth"
+	"github.com/postern/postern/internal/capability"
 	"github.com/postern/postern/internal/ratelimit"
 )
 
@@ -29,11 +30,14 @@ func (c *clock) add(d time.Duration) {
 	c.mu.Unlock()
 }
 
-func serve(t *testing.T, opts ratelimit.Options, p *auth.Policy) (*httptest.Server, *clock) {
+func serve(t *testing.T, opts ratelimit.Options, p *auth.Policy, trusted ...netip.Prefix) (*httptest.Server, *clock) {
 	t.Helper()
 	c := &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
 	opts.Now = c.now
-	l := ratelimit.New(opts, p)
+	l, err := ratelimit.New(opts, capability.Deps{Policy: p, TrustedProxies: trusted})
+	if err != nil {
+		t.Fatal(err)
+	}
 	srv := httptest.NewServer(l.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(204)
 	})))
@@ -115,7 +119,7 @@ secret = "bbbbbbbbbbbbbbbb"
 
 func TestForwardedForOnlyFromTrustedProxies(t *testing.T) {
 	loop := netip.MustParsePrefix("127.0.0.0/8")
-	srv, _ := serve(t, ratelimit.Options{PerAddr: 1, PerAddrBurst: 1, TrustedProxies: []netip.Prefix{loop}}, nil)
+	srv, _ := serve(t, ratelimit.Options{PerAddr: 1, PerAddrBurst: 1}, nil, loop)
 	// Behind the trusted proxy (the test's loopback peer), each forwarded
 	// client has its own bucket.
 	for i := range 5 {
@@ -164,7 +168,10 @@ func TestMemoryIsBounded(t *testing.T) {
 	// With room for one client per shard, thousands of addresses neither
 	// grow memory nor lock anybody out: an evicted client comes back with a
 	// fresh burst.
-	l := ratelimit.New(ratelimit.Options{PerAddr: 1, PerAddrBurst: 1, MaxClients: 16}, nil)
+	l, err := ratelimit.New(ratelimit.Options{PerAddr: 1, PerAddrBurst: 1, MaxClients: 16}, capability.Deps{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	h := l.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(204) }))
 	for i := range 5000 {
 		r := httptest.NewRequest("GET", "/", nil)

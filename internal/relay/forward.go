@@ -37,7 +37,7 @@ func newForwardTransport(o Options) *http.Transport {
 // the request has no body (a body may be half sent).
 func (h *Hub) forwardRequest(req *http.Request, c *call) (*http.Response, error) {
 	ctx, cancel := context.WithTimeout(req.Context(), h.opts.DirectoryTimeout)
-	addrs, err := h.opts.Directory.Lookup(ctx, h.opts.Namespace, c.t.Name)
+	addrs, err := h.dir.Lookup(ctx, h.opts.Namespace, c.t.Name)
 	cancel()
 	if err != nil {
 		if req.Context().Err() != nil {
@@ -80,7 +80,7 @@ func (h *Hub) forwardRequest(req *http.Request, c *call) (*http.Response, error)
 }
 
 // forwardedRequest is out re-addressed to node base: the user's original
-// path, query and Host, marked as forwarded (signed, with Options.Mark).
+// path, query and Host, marked as forwarded (signed with the cluster keys).
 func (h *Hub) forwardedRequest(out, in *http.Request, base string) (*http.Request, error) {
 	u, err := url.Parse(base)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -99,8 +99,8 @@ func (h *Hub) forwardedRequest(out, in *http.Request, base string) (*http.Reques
 	}
 	f.Host = in.Host
 	mark := h.opts.Namespace
-	if h.opts.Mark != nil {
-		mark = h.opts.Mark(h.opts.Namespace, f)
+	if h.keys != nil {
+		mark = h.keys.Sign(h.opts.Namespace, f)
 	}
 	f.Header.Set(ForwardedHeader, mark)
 	return f, nil
@@ -198,7 +198,7 @@ func (a *announcer) sync(renewAll bool) {
 			continue
 		}
 		ctx, cancel := a.ctx()
-		err := h.opts.Directory.Register(ctx, h.opts.Namespace, n, advert, h.opts.RegisterTTL)
+		err := h.dir.Register(ctx, h.opts.Namespace, n, advert, h.opts.RegisterTTL)
 		cancel()
 		if err != nil {
 			h.log.Warn("relay directory register failed", "namespace", h.opts.Namespace, "name", n, "err", err)
@@ -217,7 +217,7 @@ func (a *announcer) sync(renewAll bool) {
 			continue
 		}
 		ctx, cancel := a.ctx()
-		err := h.opts.Directory.Unregister(ctx, h.opts.Namespace, n, advert)
+		err := h.dir.Unregister(ctx, h.opts.Namespace, n, advert)
 		cancel()
 		if err != nil {
 			h.log.Warn("relay directory unregister failed", "namespace", h.opts.Namespace, "name", n, "err", err)
@@ -240,7 +240,7 @@ func (a *announcer) unlistAll() {
 	a.mu.Unlock()
 	for _, n := range names {
 		ctx, cancel := a.ctx()
-		if err := h.opts.Directory.Unregister(ctx, h.opts.Namespace, n, advert); err != nil {
+		if err := h.dir.Unregister(ctx, h.opts.Namespace, n, advert); err != nil {
 			h.log.Warn("relay directory unregister failed", "namespace", h.opts.Namespace, "name", n, "err", err)
 		}
 		cancel()
@@ -286,7 +286,7 @@ func (h *Hub) ForwardToNodes(w http.ResponseWriter, r *http.Request, name string
 		return false
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), h.opts.DirectoryTimeout)
-	addrs, err := h.opts.Directory.Lookup(ctx, h.opts.Namespace, name)
+	addrs, err := h.dir.Lookup(ctx, h.opts.Namespace, name)
 	cancel()
 	if err != nil {
 		h.log.Warn("relay directory lookup failed", "namespace", h.opts.Namespace, "name", name, "err", err)

@@ -1,18 +1,14 @@
 package relay
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
 
-// Metrics are the relay measurements of every hub of a node, labelled by
-// the hub's namespace. Create them once per registry and pass them to each
-// hub in Options.Metrics.
-type Metrics struct {
-	backends *prometheus.GaugeVec
-	requests *prometheus.CounterVec
-	bytes    *prometheus.CounterVec
-	duration *prometheus.HistogramVec
-}
+	"github.com/postern/postern/internal/capability"
+)
 
-// NewMetrics registers the relay metrics on reg (nil: not registered).
+// hubMetrics are a hub's measurements, labelled by its namespace (a
+// constant label, so every hub of a node registers its own on the node's
+// one registry):
 //
 //	postern_relay_backends{namespace}                     backends connected to this node
 //	postern_relay_requests_total{namespace,via,outcome}   relayed requests by outcome
@@ -24,48 +20,40 @@ type Metrics struct {
 // relay failed before the response started: timeouts, backend errors),
 // aborted (the response was cut mid-stream), canceled (the user went away)
 // and refused (the hub was shutting down).
-func NewMetrics(reg prometheus.Registerer) *Metrics {
-	m := &Metrics{
-		backends: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "postern_relay_backends",
-			Help: "Backends connected to this node, by namespace (relay, expose).",
-		}, []string{"namespace"}),
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "postern_relay_requests_total",
-			Help: "Relayed user requests, by namespace, route (local or forwarded) and outcome.",
-		}, []string{"namespace", "via", "outcome"}),
-		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "postern_relay_bytes_total",
-			Help: "Relayed body bytes, by namespace and direction (up: to backends, down: to users).",
-		}, []string{"namespace", "direction"}),
-		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "postern_relay_request_duration_seconds",
-			Help:    "Time from a user request to the end of its relayed response, by namespace and route.",
-			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
-		}, []string{"namespace", "via"}),
-	}
-	if reg != nil {
-		reg.MustRegister(m.backends, m.requests, m.bytes, m.duration)
-	}
-	return m
-}
-
-// hubMetrics are the metrics curried with one hub's namespace.
 type hubMetrics struct {
 	backends prometheus.Gauge
 	requests *prometheus.CounterVec
 	bytes    *prometheus.CounterVec
-	duration prometheus.ObserverVec
+	duration *prometheus.HistogramVec
 }
 
-func (m *Metrics) forNamespace(ns string) *hubMetrics {
+func newMetrics(deps capability.Deps, ns string) *hubMetrics {
 	l := prometheus.Labels{"namespace": ns}
-	return &hubMetrics{
-		backends: m.backends.With(l),
-		requests: m.requests.MustCurryWith(l),
-		bytes:    m.bytes.MustCurryWith(l),
-		duration: m.duration.MustCurryWith(l),
+	m := &hubMetrics{
+		backends: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name:        "postern_relay_backends",
+			Help:        "Backends connected to this node, by namespace (relay, expose).",
+			ConstLabels: l,
+		}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name:        "postern_relay_requests_total",
+			Help:        "Relayed user requests, by namespace, route (local or forwarded) and outcome.",
+			ConstLabels: l,
+		}, []string{"via", "outcome"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name:        "postern_relay_bytes_total",
+			Help:        "Relayed body bytes, by namespace and direction (up: to backends, down: to users).",
+			ConstLabels: l,
+		}, []string{"direction"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:        "postern_relay_request_duration_seconds",
+			Help:        "Time from a user request to the end of its relayed response, by namespace and route.",
+			Buckets:     []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
+			ConstLabels: l,
+		}, []string{"via"}),
 	}
+	deps.Register(m.backends, m.requests, m.bytes, m.duration)
+	return m
 }
 
 func (m *hubMetrics) outcome(via, outcome string) {

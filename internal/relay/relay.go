@@ -26,7 +26,11 @@
 //     user. An error that should reach the user as a particular status is
 //     returned as an *httpapi.Error; an error from the Body's Read in the
 //     middle of a response aborts the user's connection (or resets the
-//     HTTP/2 stream), so a cut response never looks complete.
+//     HTTP/2 stream), so a cut response never looks complete. A Body that
+//     also implements io.WriterTo is written to the user by its WriteTo,
+//     straight from its own buffers (the proxy writes the headers and
+//     copies nothing); the writer it gets has Flush() error, which it
+//     calls when it has nothing more to write at once.
 //  2. When a user request arrives at its front door, it checks the user's
 //     rights and calls Hub.Serve(w, r, Target{Name: ..., Path: ...}).
 //
@@ -35,16 +39,17 @@
 //
 // # Several nodes
 //
-// When the hub has a store.Directory (engines shared by several nodes), it
+// When the hub has a store.Directory (capability.Deps.Directory: engines
+// shared by several nodes), it
 // lists every name with a local backend under its namespace and this node's
 // advertised internal URL, renewing the entries while the backends live.
 // A request for a name with no local backend is forwarded, as plain HTTP
 // with its original path, query and Host, to a node that holds the name;
 // ForwardedHeader marks it so that the receiving node serves it locally or
 // answers "no backend", and never forwards it again. The mark is signed
-// with the secret the nodes share (Options.Mark, internal/cluster); the
-// receiving node's server drops a mark that does not verify, so a user
-// cannot claim to be a node. The receiving node's front door still parses
+// with the secret the nodes share (capability.Deps.Cluster,
+// internal/cluster); the receiving node drops a mark that does not verify,
+// so a user cannot claim to be a node. The receiving node's front door still parses
 // and authorizes the forwarded request exactly as it would a direct one
 // (the user's token travels with it, and is removed only when the request
 // reaches its backend), so a node grants nothing on another's word. A local backend
@@ -56,14 +61,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httputil"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/postern/postern/internal/capability"
 	"github.com/postern/postern/internal/cluster"
 	"github.com/postern/postern/internal/httpapi"
 	"github.com/postern/postern/internal/store"
@@ -71,7 +79,7 @@ import (
 
 // ForwardedHeader marks a request that one node forwarded to another. Its
 // value is the namespace of the hub that forwarded it, signed when the
-// hub has Options.Mark (see internal/cluster).
+// node has cluster keys (see internal/cluster).
 const ForwardedHeader = cluster.Header
 
 // Defaults of the hub's options.
@@ -99,14 +107,11 @@ const (
 	DefaultFlushInterval = 10 * time.Millisecond
 )
 
-// Options configures a Hub.
+// Options configures a Hub. A zero duration takes its Default*.
 type Options struct {
 	// Namespace names the hub's names in the directory and the metrics
 	// ("relay", "expose").
 	Namespace string
-	// Directory, when set, makes the hub announce its backends to other
-	// nodes and forward requests for names it does not hold.
-	Directory store.Directory
 	// AdvertiseURL is this node's internal base URL ("http://10.0.0.5:8080")
 	// that other nodes forward to. It may also be set later with
 	// SetAdvertiseURL; until it is, nothing is announced.
@@ -125,17 +130,6 @@ type Options struct {
 	// most this late, 0 leaves it to the buffers. Responses of unknown
 	// length and event streams are flushed at every write in any case.
 	FlushInterval time.Duration
-	// Mark, when set, returns the value of ForwardedHeader for out, a
-	// request forwarded to another node in namespace ns: the node's signed
-	// mark (internal/cluster). Nil: the namespace alone. The hub takes any
-	// request carrying ForwardedHeader as forwarded by a node, so whoever
-	// serves the hub removes the header from requests whose mark does not
-	// verify (internal/server does, with the cluster secret).
-	Mark func(ns string, out *http.Request) string
-	// Metrics receives the hub's measurements; nil: not exported.
-	Metrics *Metrics
-	// Logger receives the hub's logs; nil: slog.Default().
-	Logger *slog.Logger
 }
 
 // DefaultOptions returns the defaults for namespace ns.
@@ -150,31 +144,19 @@ func DefaultOptions(ns string) Options {
 	}
 }
 
-func (o *Options) fill() error {
+// Validate fills the durations left zero with their defaults and reports
+// the first setting that makes no sense.
+func (o *Options) Validate() error {
 	d := DefaultOptions(o.Namespace)
 	if o.Namespace == "" {
 		return errors.New("relay: namespace is missing")
 	}
-	if o.RegisterTTL == 0 {
-		o.RegisterTTL = d.RegisterTTL
-	}
-	if o.DirectoryTimeout == 0 {
-		o.DirectoryTimeout = d.DirectoryTimeout
-	}
-	if o.ForwardDialTimeout == 0 {
-		o.ForwardDialTimeout = d.ForwardDialTimeout
-	}
-	if o.ForwardHeaderTimeout == 0 {
-		o.ForwardHeaderTimeout = d.ForwardHeaderTimeout
-	}
+	capability.Default(&o.RegisterTTL, d.RegisterTTL)
+	capability.Default(&o.DirectoryTimeout, d.DirectoryTimeout)
+	capability.Default(&o.ForwardDialTimeout, d.ForwardDialTimeout)
+	capability.Default(&o.ForwardHeaderTimeout, d.ForwardHeaderTimeout)
 	if o.RegisterTTL < 0 || o.DirectoryTimeout < 0 || o.ForwardDialTimeout < 0 || o.ForwardHeaderTimeout < 0 {
 		return errors.New("relay: timeouts must not be negative")
-	}
-	if o.Logger == nil {
-		o.Logger = slog.Default()
-	}
-	if o.Metrics == nil {
-		o.Metrics = NewMetrics(nil)
 	}
 	return nil
 }
@@ -227,6 +209,8 @@ type Target struct {
 // Hub is a registry of named backends and the user side of every relay.
 type Hub struct {
 	opts    Options
+	dir     store.Directory // nil: this node alone
+	keys    *cluster.Keys   // nil: forwarding marks are not signed
 	log     *slog.Logger
 	m       *hubMetrics
 	proxy   *httputil.ReverseProxy
@@ -248,15 +232,23 @@ type Hub struct {
 	shutdownErr  error
 }
 
-// New returns a hub.
-func New(opts Options) (*Hub, error) {
-	if err := opts.fill(); err != nil {
+// New returns a hub. With deps.Directory it announces its backends to the
+// other nodes and forwards requests for names it does not hold, marked
+// with deps.Cluster's signature. The hub takes any request carrying
+// ForwardedHeader as forwarded by a node, so whoever serves the hub
+// removes the header from requests whose mark does not verify (the node
+// does, with the cluster secret). Its metrics carry the namespace label,
+// so several hubs share one registry.
+func New(opts Options, deps capability.Deps) (*Hub, error) {
+	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
 	h := &Hub{
 		opts:         opts,
-		log:          opts.Logger,
-		m:            opts.Metrics.forNamespace(opts.Namespace),
+		dir:          deps.Directory,
+		keys:         deps.Cluster,
+		log:          deps.Log(),
+		m:            newMetrics(deps, opts.Namespace),
 		backends:     make(map[string][]*Registration),
 		calls:        make(map[*call]struct{}),
 		drained:      make(chan struct{}),
@@ -272,12 +264,17 @@ func New(opts Options) (*Hub, error) {
 		ModifyResponse: h.modifyResponse,
 		ErrorLog:       slog.NewLogLogger(h.log.Handler(), slog.LevelDebug),
 	}
-	if opts.Directory != nil {
+	if h.dir != nil {
 		h.forward = newForwardTransport(opts)
 		h.announce = newAnnouncer(h)
 	}
 	return h, nil
 }
+
+// Shared reports whether the hub shares its names with other nodes (it
+// has a directory): a request may then reach a node that does not hold
+// its backend, and be forwarded.
+func (h *Hub) Shared() bool { return h.dir != nil }
 
 // Namespace returns the hub's namespace.
 func (h *Hub) Namespace() string { return h.opts.Namespace }
@@ -400,6 +397,17 @@ func (h *Hub) Backends() map[string]int {
 	return out
 }
 
+// Local returns the RoundTripper of a backend registered for name on this
+// node (the one with the fewest requests in flight), or nil: for a front
+// door whose backends serve some requests in their own way (a Brickchain
+// agent's websockets).
+func (h *Hub) Local(name string) http.RoundTripper {
+	if r := h.pick(name); r != nil {
+		return r.rt
+	}
+	return nil
+}
+
 // pick returns the local backend for name with the fewest requests in
 // flight, ties broken at random, or nil.
 func (h *Hub) pick(name string) *Registration {
@@ -435,6 +443,12 @@ type call struct {
 	counted   bool         // in Hub.active; guarded by Hub.mu
 	outcome   atomic.Value // string, set once the relay's fate is known
 	up, down  atomic.Int64 // bytes to the backend, bytes to the user
+	// direct is a response whose body the hub writes to the user itself
+	// (see writeDirect); announced lists its trailers announced with the
+	// headers.
+	direct    *http.Response
+	directRB  *respBody
+	announced []string
 }
 
 func (c *call) setOutcome(o string) { c.outcome.CompareAndSwap(nil, o) }
@@ -521,6 +535,13 @@ func (h *Hub) Serve(w http.ResponseWriter, r *http.Request, t Target) {
 		h.m.bytes.WithLabelValues("down").Add(float64(c.down.Load()))
 	}()
 
+	defer func() {
+		if c.directRB != nil {
+			// The proxy failed after taking the response (it did not, so
+			// far as net/http goes): the backend's slot is still freed.
+			c.directRB.Close()
+		}
+	}()
 	r = r.WithContext(ctx)
 	// The backend may answer while the user is still sending (streams,
 	// websockets over HTTP/1.1 bodies): without this the HTTP/1 server
@@ -538,6 +559,9 @@ func (h *Hub) Serve(w http.ResponseWriter, r *http.Request, t Target) {
 		r.Body = &limitedBody{rc: r.Body, left: t.MaxRequestBodyBytes, limit: t.MaxRequestBodyBytes}
 	}
 	h.proxy.ServeHTTP(w, r)
+	if c.direct != nil {
+		h.writeDirect(w, c)
+	}
 }
 
 // rewrite shapes the outbound request: the target's path and query, the
@@ -655,6 +679,17 @@ func (h *Hub) roundTrip(req *http.Request) (*http.Response, error) {
 
 func (h *Hub) modifyResponse(resp *http.Response) error {
 	c := callFrom(resp.Request.Context())
+	if rb, ok := resp.Body.(*respBody); ok && resp.StatusCode != http.StatusSwitchingProtocols {
+		if _, ok := rb.rc.(io.WriterTo); ok {
+			// The proxy writes the headers and copies nothing; the hub
+			// writes the body after it (writeDirect).
+			c.direct, c.directRB = resp, rb
+			for k := range resp.Trailer {
+				c.announced = append(c.announced, k)
+			}
+			resp.Body = emptyBody{}
+		}
+	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// A 101 has no body of its own; an unknown length would make the
 		// proxy add "Connection: close", which clients read as no upgrade.
@@ -667,6 +702,70 @@ func (h *Hub) modifyResponse(resp *http.Response) error {
 		h.mu.Unlock()
 	}
 	return nil
+}
+
+// writeDirect writes the body of c.direct to the user, after the proxy
+// wrote its headers: a backend's response body that implements
+// io.WriterTo (the long-poll transport's, whose bytes lie in the buffers
+// its messages were read into) goes to the user straight from where it
+// lies, in writes of its own size, and not through a copy into the
+// proxy's buffer. The writer it gets can flush (Flush() error), which it
+// does when it has nothing more to write at once. The trailers follow as
+// the proxy sends them; an error in the middle of the body aborts the
+// user's connection, as the proxy does.
+func (h *Hub) writeDirect(w http.ResponseWriter, c *call) {
+	resp, rb := c.direct, c.directRB
+	c.directRB = nil
+	dw := &directWriter{w: w, c: c}
+	_, err := rb.rc.(io.WriterTo).WriteTo(dw)
+	rb.Close()
+	if err != nil {
+		switch {
+		case dw.err != nil: // the user went away or is too slow
+		case c.in.Context().Err() != nil:
+			c.setOutcome("canceled")
+		default:
+			c.setOutcome("aborted")
+		}
+		panic(http.ErrAbortHandler)
+	}
+	c.setOutcome("ok")
+	hdr := w.Header()
+	for k, vv := range resp.Trailer {
+		if !slices.Contains(c.announced, k) {
+			k = http.TrailerPrefix + k
+		}
+		hdr[k] = vv
+	}
+}
+
+// directWriter is what writeDirect hands a body: the user's response,
+// counted, with Flush.
+type directWriter struct {
+	w   http.ResponseWriter
+	c   *call
+	rc  *http.ResponseController
+	err error // the first write or flush error
+}
+
+func (d *directWriter) Write(p []byte) (int, error) {
+	n, err := d.w.Write(p)
+	d.c.down.Add(int64(n))
+	if err != nil && d.err == nil {
+		d.err = err
+	}
+	return n, err
+}
+
+func (d *directWriter) Flush() error {
+	if d.rc == nil {
+		d.rc = http.NewResponseController(d.w)
+	}
+	err := d.rc.Flush()
+	if err != nil && d.err == nil {
+		d.err = err
+	}
+	return err
 }
 
 // uncountLocked takes c out of the calls a drain waits for.

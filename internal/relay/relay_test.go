@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
 
+	"github.com/postern/postern/internal/capability"
 	"github.com/postern/postern/internal/httpapi"
 	"github.com/postern/postern/internal/relay"
 	"github.com/postern/postern/internal/relay/relaytest"
@@ -53,12 +54,11 @@ func startNode(t *testing.T, dir *relaytest.Directory, mutate ...func(*relay.Opt
 	for _, m := range mutate {
 		m(&opts)
 	}
-	opts.Metrics = relay.NewMetrics(reg)
-	opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	deps := capability.Deps{Registry: reg, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	if dir != nil {
-		opts.Directory = dir
+		deps.Directory = dir
 	}
-	hub, err := relay.New(opts)
+	hub, err := relay.New(opts, deps)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -602,6 +602,11 @@ func TestShutdownDrainsAndCutsUpgrades(t *testing.T) {
 			echoWebsocket(t)(w, r)
 			return
 		}
+		if r.URL.Path != "/slow" {
+			// A request sent before the drain began.
+			io.WriteString(w, "new")
+			return
+		}
 		io.WriteString(w, "start;")
 		w.(http.Flusher).Flush()
 		close(inHandler)
@@ -718,5 +723,103 @@ func TestDirectoryEntriesAreRenewedWhileTheBackendLives(t *testing.T) {
 	reg.Close()
 	if err := dir.WaitFor(ctxT(t), "test", "renewed", 0); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// writerToBody is a transport's response body that writes itself (as the
+// long-poll transport's does): parts written one by one, each flushed
+// when flush is set, trailers filled at the end, or an error after the
+// parts.
+type writerToBody struct {
+	parts   []string
+	trailer http.Header
+	fail    error
+	flushed chan struct{} // receives after each flush, when not nil
+	written int
+}
+
+func (b *writerToBody) Read([]byte) (int, error) {
+	return 0, errors.New("the hub must use WriteTo")
+}
+
+func (b *writerToBody) WriteTo(w io.Writer) (int64, error) {
+	var n int64
+	for _, p := range b.parts {
+		k, err := io.WriteString(w, p)
+		n += int64(k)
+		if err != nil {
+			return n, err
+		}
+		if b.flushed != nil {
+			if err := w.(interface{ Flush() error }).Flush(); err != nil {
+				return n, err
+			}
+			b.flushed <- struct{}{}
+		}
+	}
+	if b.fail != nil {
+		return n, b.fail
+	}
+	b.trailer.Set("X-Late", "done")
+	return n, nil
+}
+
+func (b *writerToBody) Close() error { return nil }
+
+type bodyTransport func(*http.Request) *http.Response
+
+func (f bodyTransport) RoundTrip(r *http.Request) (*http.Response, error) { return f(r), nil }
+
+// TestBodyThatWritesItself: a backend body that implements io.WriterTo is
+// written to the user by its WriteTo after the headers (a stream flushed
+// as it goes), with the trailers announced and late; an error in it cuts
+// the user's response.
+func TestBodyThatWritesItself(t *testing.T) {
+	n := startNode(t, nil)
+	flushed := make(chan struct{}, 4)
+	var fail error
+	reg := n.hub.Register("self", bodyTransport(func(r *http.Request) *http.Response {
+		tr := http.Header{"X-Early": {"yes"}}
+		return &http.Response{StatusCode: 200, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+			Header: http.Header{"X-Head": {"1"}}, ContentLength: -1, Trailer: tr, Request: r,
+			Body: &writerToBody{parts: []string{"first\n", "second\n"}, trailer: tr, fail: fail, flushed: flushed}}
+	}))
+	defer reg.Close()
+	resp, err := client(t).Get(n.url + "/u/self/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(resp.Body)
+	if line, err := br.ReadString('\n'); line != "first\n" || err != nil {
+		t.Fatalf("first part %q %v", line, err)
+	}
+	<-flushed // the first part reached the user before the second was written
+	rest, err := io.ReadAll(br)
+	resp.Body.Close()
+	if string(rest) != "second\n" || err != nil {
+		t.Fatalf("rest %q %v", rest, err)
+	}
+	if resp.Header.Get("X-Head") != "1" || resp.Trailer.Get("X-Early") != "yes" || resp.Trailer.Get("X-Late") != "done" {
+		t.Fatalf("headers %v trailers %v", resp.Header, resp.Trailer)
+	}
+
+	fail = errors.New("backend cut")
+	resp, err = client(t).Get(n.url + "/u/self/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err == nil {
+		t.Fatal("a cut response looked complete")
+	}
+	n.settle(t)
+	for outcome, want := range map[string]float64{"ok": 1, "aborted": 1} {
+		if got := testutil.ToFloat64(mustCounter(t, n.reg, "postern_relay_requests_total", map[string]string{"outcome": outcome})); got != want {
+			t.Errorf("%s relays: %v, want %v", outcome, got, want)
+		}
+	}
+	if got := testutil.ToFloat64(mustCounter(t, n.reg, "postern_relay_bytes_total", map[string]string{"direction": "down"})); got != 26 {
+		t.Errorf("bytes down: %v, want 26", got)
 	}
 }

@@ -30,7 +30,7 @@ import (
 
 	"github.com/coder/websocket"
 
-	"github.com/postern/postern/internal/server"
+	"github.com/postern/postern/internal/node"
 	"github.com/postern/postern/internal/store/redisstore/redistest"
 )
 
@@ -41,7 +41,7 @@ var EngineNames = []string{"memory", "file", "redis"}
 type Engine struct {
 	// Name is "memory", "file" or "redis".
 	Name string
-	// Store is the engine's spec for server.Config.Store, the test's own:
+	// Store is the engine's spec for node.Config.Store, the test's own:
 	// a fresh data directory for the file engine, a fresh key prefix on
 	// the package's redis-server for Redis. A node the test restarts
 	// with it finds the data the last one left.
@@ -77,7 +77,7 @@ func ForEachEngine(t *testing.T, fn func(t *testing.T, e Engine)) {
 
 // Node is a running postern node.
 type Node struct {
-	*server.Server
+	*node.Node
 	// URL is the node's base URL, "http://127.0.0.1:<port>".
 	URL string
 	// Addr is the node's listen address.
@@ -91,8 +91,8 @@ const ClusterSecret = "servertest-cluster-secret-0123456789"
 // Config returns the default node config for tests: memory store, the
 // test cluster secret, logs discarded unless the test runs with -v and
 // POSTERN_TEST_LOG is set.
-func Config() server.Config {
-	cfg := server.DefaultConfig()
+func Config() node.Config {
+	cfg := node.DefaultConfig()
 	cfg.ClusterSecret = ClusterSecret
 	cfg.Store = "memory"
 	cfg.Listen = "127.0.0.1:0"
@@ -102,14 +102,14 @@ func Config() server.Config {
 }
 
 // Start runs a node with cfg and registers its shutdown with t.Cleanup.
-func Start(t testing.TB, cfg server.Config) *Node {
+func Start(t testing.TB, cfg node.Config) *Node {
 	t.Helper()
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	srv, err := server.New(cfg)
+	srv, err := node.New(cfg)
 	if err != nil {
-		t.Fatalf("server.New: %v", err)
+		t.Fatalf("node.New: %v", err)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -118,7 +118,7 @@ func Start(t testing.TB, cfg server.Config) *Node {
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
-	n := &Node{Server: srv, URL: "http://" + ln.Addr().String(), Addr: ln.Addr().String()}
+	n := &Node{Node: srv, URL: "http://" + ln.Addr().String(), Addr: ln.Addr().String()}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 		defer cancel()
@@ -139,7 +139,7 @@ func (n *Node) WaitForLongPolls(t testing.TB, count int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := n.Server.WaitForLongPolls(ctx, count); err != nil {
+	if err := n.Node.WaitForLongPolls(ctx, count); err != nil {
 		t.Fatalf("waiting for %d long-polls: %v", count, err)
 	}
 }
@@ -150,7 +150,7 @@ func (n *Node) WaitForSubscribers(t testing.TB, channel string, count int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := n.Server.WaitForSubscribers(ctx, channel, count); err != nil {
+	if err := n.Node.WaitForSubscribers(ctx, channel, count); err != nil {
 		t.Fatalf("waiting for %d subscribers of %q: %v", count, channel, err)
 	}
 }

@@ -27,8 +27,8 @@ type authorizer struct {
 	policy  *auth.Policy
 }
 
-func newAuthorizer(o Options) *authorizer {
-	a := &authorizer{public: make(map[string]bool), policy: o.Policy}
+func newAuthorizer(o Options, policy *auth.Policy) *authorizer {
+	a := &authorizer{public: make(map[string]bool), policy: policy}
 	if o.AccessToken != "" {
 		a.token = []byte(o.AccessToken)
 	}

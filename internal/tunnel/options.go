@@ -8,8 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"time"
-
-	"github.com/postern/postern/internal/auth"
 )
 
 // Defaults, as in the original relay.
@@ -48,10 +46,6 @@ type Options struct {
 	SignatureSecret string
 	// PublicIDs are tunnels that need no auth.
 	PublicIDs []string
-	// Policy holds postern's scoped tokens: a token granted read or write
-	// on /t/<id> may consume from or produce to that tunnel, alongside the
-	// schemes above. Nil: none.
-	Policy *auth.Policy
 	// MaxLen is the largest queue length; with backpressure off the oldest
 	// messages beyond it are trimmed (and counted).
 	MaxLen int
@@ -97,7 +91,7 @@ func DefaultOptions() Options {
 }
 
 // Validate reports the first setting that makes no sense.
-func (o Options) Validate() error {
+func (o *Options) Validate() error {
 	switch {
 	case o.MaxLen < 1:
 		return fmt.Errorf("tunnel max length must be at least 1, got %d", o.MaxLen)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/postern/postern/internal/auth"
+	"github.com/postern/postern/internal/capability"
 	"github.com/postern/postern/internal/httpapi"
 	"github.com/postern/postern/internal/queue"
 	"github.com/postern/postern/internal/store"
@@ -70,19 +71,21 @@ type Tunnels struct {
 	h    http.Handler
 }
 
-// New returns the tunnels front door on core.
-func New(core *queue.Core, opts Options) (*Tunnels, error) {
+// New returns the tunnels front door on core. Under deps.Policy a token
+// granted read or write on /t/<id> may consume from or produce to that
+// tunnel, alongside the seed's own schemes (Options).
+func New(core *queue.Core, opts Options, deps capability.Deps) (*Tunnels, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	t := &Tunnels{core: core, opts: opts, auth: newAuthorizer(opts)}
+	t := &Tunnels{core: core, opts: opts, auth: newAuthorizer(opts, deps.Policy)}
 	t.h = httpapi.Handle(t.serve, nil)
 	return t, nil
 }
 
-// Mount registers the tunnel routes on mux.
-func (t *Tunnels) Mount(mux *httpapi.Router) {
-	mux.Handle(Prefix, t)
+// Mount adds the tunnel routes to the node's table.
+func (t *Tunnels) Mount(rt *httpapi.Routes) {
+	rt.Handle(Prefix, t)
 }
 
 func (t *Tunnels) ServeHTTP(w http.ResponseWriter, r *http.Request) { t.h.ServeHTTP(w, r) }

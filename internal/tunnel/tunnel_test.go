@@ -20,6 +20,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/postern/postern/internal/auth"
+	"github.com/postern/postern/internal/node"
 	"github.com/postern/postern/internal/servertest"
 	"github.com/postern/postern/internal/store/redisstore/redistest"
 	"github.com/postern/postern/internal/tunnel"
@@ -42,14 +43,22 @@ type resp struct {
 }
 
 // forEachStore runs fn as a subtest per engine (servertest.ForEachEngine),
-// on a node configured by mutate.
+// on a node whose tunnel options mutate changes.
 func forEachStore(t *testing.T, mutate func(*tunnel.Options), fn func(e *env)) {
+	forEachNode(t, func(c *node.Config) {
+		if mutate != nil {
+			mutate(&c.Tunnel)
+		}
+	}, fn)
+}
+
+// forEachNode runs fn as a subtest per engine, on a node configured by
+// mutate.
+func forEachNode(t *testing.T, mutate func(*node.Config), fn func(e *env)) {
 	servertest.ForEachEngine(t, func(t *testing.T, eng servertest.Engine) {
 		cfg := servertest.Config()
 		cfg.Store = eng.Store
-		if mutate != nil {
-			mutate(&cfg.Tunnel)
-		}
+		mutate(&cfg)
 		n := servertest.Start(t, cfg)
 		tr := &http.Transport{}
 		t.Cleanup(tr.CloseIdleConnections)
@@ -792,7 +801,7 @@ paths = ["/t/jobs-a"]
 	if err != nil {
 		t.Fatal(err)
 	}
-	forEachStore(t, func(o *tunnel.Options) { o.Policy = policy; o.PublicIDs = []string{"demo"} }, func(e *env) {
+	forEachNode(t, func(c *node.Config) { c.Policy = policy; c.Tunnel.PublicIDs = []string{"demo"} }, func(e *env) {
 		prod := []string{"Authorization", "Bearer producer-secret-0001"}
 		work := []string{"Authorization", "Bearer worker-secret-000001"}
 		e.want(e.do("POST", "/t/jobs-a", "1", prod...), 201, "")

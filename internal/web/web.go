@@ -97,17 +97,24 @@ type Web struct {
 
 // New returns the page.
 func New(opts Options) *Web {
-	if opts.Now == nil {
-		opts.Now = time.Now
-	}
-	if opts.HistoryInterval <= 0 {
-		opts.HistoryInterval = DefaultHistoryInterval
-	}
-	if opts.HistoryPoints <= 0 {
-		opts.HistoryPoints = DefaultHistoryPoints
-	}
+	opts.Validate()
 	return &Web{opts: opts, started: opts.Now(), sections: make(map[string]func(context.Context) any),
 		history: make(map[string][]float64), stop: make(chan struct{}), stopped: make(chan struct{})}
+}
+
+// Validate fills the settings left zero (or negative) with their
+// defaults; it refuses none.
+func (o *Options) Validate() error {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.HistoryInterval <= 0 {
+		o.HistoryInterval = DefaultHistoryInterval
+	}
+	if o.HistoryPoints <= 0 {
+		o.HistoryPoints = DefaultHistoryPoints
+	}
+	return nil
 }
 
 // Start samples the rates every HistoryInterval for the charts, until
@@ -199,12 +206,11 @@ func (w *Web) Section(name string, f func(ctx context.Context) any) {
 	w.sections[name] = f
 }
 
-// Mount registers the page at PagePath and the status endpoint on mux.
-// The page at "/" itself is served by the server's fallback through Page,
-// since a router pattern "/" would claim every path.
-func (w *Web) Mount(mux *httpapi.Router) {
-	mux.Handle(PagePath, w.Page())
-	mux.Handle(StatusPath, httpapi.Handle(w.serveStatus, nil))
+// Mount adds the page at PagePath and the status endpoint to rt. The page
+// at "/" itself is the node's to place (see Page).
+func (w *Web) Mount(rt *httpapi.Routes) {
+	rt.Handle(PagePath, w.Page())
+	rt.Handle(StatusPath, httpapi.Handle(w.serveStatus, nil))
 }
 
 // Page is the page's handler; it answers 404 for paths other than "/"

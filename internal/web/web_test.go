@@ -22,8 +22,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/postern/postern/client"
-	"github.com/postern/postern/internal/gcrrelay/gcrclient"
 	"github.com/postern/postern/internal/httpapi"
+	gcrclient "github.com/postern/postern/internal/relay/gcr/client"
 	"github.com/postern/postern/internal/servertest"
 	"github.com/postern/postern/internal/web"
 )
@@ -126,7 +126,7 @@ func TestSectionsAndRates(t *testing.T) {
 	if r := w.Status(context.Background())["rates"].(map[string]float64)["demo"]; r != 5 {
 		t.Fatalf("rate %v, want 5/s", r)
 	}
-	mux := httpapi.NewRouter()
+	mux := httpapi.NewRoutes(nil)
 	w.Mount(mux)
 	rec := httptest.NewRecorder()
 	mux.ServeHTTP(rec, httptest.NewRequest("GET", web.StatusPath, nil))

@@ -79,6 +79,12 @@ export interface SendResult {
   queueSize: number;
   /** Older messages dropped to make room (backpressure off). */
   trimmed: number;
+  /**
+   * True when the server had already stored a message under this send's
+   * idempotency key (a retry, or the same key sent twice): nothing new was
+   * queued and id is the first message's.
+   */
+  replayed: boolean;
 }
 
 /** Options of Tunnel.receive. */
@@ -141,7 +147,7 @@ export class Tunnel {
     else if (o.limit) query.limit = '' + o.limit;
     const res = await this.c.call({ method: 'POST', path: this.path(), query, body: b, headers, idem: !!key }, [201], o);
     const h = res.headers;
-    return { id: h.get('X-Message-Id') ?? '', queueSize: +(h.get('X-Queue-Size') ?? -1), trimmed: +(h.get('X-Queue-Trimmed') ?? 0) };
+    return { id: h.get('X-Message-Id') ?? '', queueSize: +(h.get('X-Queue-Size') ?? -1), trimmed: +(h.get('X-Queue-Trimmed') ?? 0), replayed: h.get('Idempotent-Replayed') == 'true' };
   }
 
   /** Consumes the oldest message; null when there was none (within wait). */

@@ -28,6 +28,21 @@ test('tunnels against postern serve', async (t) => {
     assert.equal(await jobs.receive(), null, 'an empty tunnel answers null at once');
   });
 
+  await t.test('one idempotency key stores one message, however often it is sent', async () => {
+    const tun = p.tunnel('idem');
+    const first = await tun.send('charge 10', { idempotencyKey: 'order-42' });
+    assert.equal(first.replayed, false);
+    const again = await tun.send('charge 10', { idempotencyKey: 'order-42' });
+    assert.equal(again.replayed, true, 'the second send is answered as a replay');
+    assert.equal(again.id, first.id, 'and names the message the first one stored');
+    const other = await tun.send('charge 11');
+    assert.equal(other.replayed, false, 'a send without a key of its own gets a fresh one');
+    assert.equal(await tun.len(), 2);
+    assert.equal((await tun.receive()).text(), 'charge 10');
+    assert.equal((await tun.receive()).text(), 'charge 11');
+    assert.equal(await tun.receive(), null);
+  });
+
   await t.test('a long-poll receive is woken by a send', async () => {
     const tun = p.tunnel('wake');
     const waiting = tun.receive({ wait: 30 });

@@ -1,8 +1,13 @@
-// Package brickchain owns the wire format of the Brickchain tunneling proxy
-// (Brickchain/go-proxy.v1) as its agents speak it: the JSON frames exchanged
-// over the agent's websocket, the signed mandate token of a registration
-// request, and the client id derived from the token's key. It only parses,
-// verifies and encodes; the transport that uses it lives in internal/expose.
+// Package brickchain is the expose capability's transport for Brickchain
+// agents (Brickchain/go-proxy.v1 clients), wire format included: the JSON
+// frames exchanged over the agent's websocket (wire.go), the signed
+// mandate token of a registration request and the client id derived from
+// its key (mandate.go), and the Transport (transport.go, conn.go,
+// roundtrip.go, websocket.go) that serves the agents' websockets and
+// registers each client id they hold as a backend on the expose hub
+// (internal/relay), as the native transport in internal/expose does for
+// its agents. Mandate tokens are used once (ledger.go), clients are rate
+// limited per id (limit.go).
 //
 // Every frame is a JSON text message with the base fields "@type"
 // (SchemaBase + "/<name>.json"), "@timestamp" (RFC 3339, UTC) and "@id".

@@ -38,6 +38,10 @@ func Config(keepAlive time.Duration, window int) *yamux.Config {
 // MaxMessage is the largest websocket message an end sends.
 const MaxMessage = 1 << 20
 
+// CloseFlushTimeout bounds how long Close waits for what was written to be
+// sent before it closes the websocket.
+const CloseFlushTimeout = time.Second
+
 // ReadLimit is the websocket message limit of both ends.
 func ReadLimit() int64 { return MaxMessage + 64<<10 }
 
@@ -53,11 +57,14 @@ const (
 // that under load many frames share one message and one flush (group
 // commit, no added latency when idle); a data frame's header is always
 // sent with its body. At most MaxMessage waits to be sent: beyond it,
-// Write blocks. ctx bounds the connection.
+// Write blocks. Close sends what was written first (a yamux stream's last
+// answer goes before its session closes), for at most CloseFlushTimeout.
+// ctx bounds the connection.
 func Conn(ctx context.Context, ws *websocket.Conn) net.Conn {
 	c := &conn{
 		Conn: websocket.NetConn(ctx, ws, websocket.MessageBinary), ws: ws, ctx: ctx,
-		wake: make(chan struct{}, 1), space: make(chan struct{}, 1), done: make(chan struct{}),
+		wake: make(chan struct{}, 1), space: make(chan struct{}, 1), sent: make(chan struct{}, 1),
+		done: make(chan struct{}),
 	}
 	go c.flush()
 	return c
@@ -69,15 +76,17 @@ type conn struct {
 	ctx      context.Context
 	wake     chan struct{} // data waits
 	space    chan struct{} // the buffer was taken
+	sent     chan struct{} // a message went out
 	done     chan struct{} // closed by Close
 	once     sync.Once
 
-	mu     sync.Mutex
-	buf    []byte
-	spare  []byte
-	header [headerSize]byte
-	held   bool
-	err    error
+	mu      sync.Mutex
+	buf     []byte
+	spare   []byte
+	header  [headerSize]byte
+	held    bool
+	sending bool // the flusher is writing what it took from buf
+	err     error
 }
 
 func signal(ch chan struct{}) {
@@ -132,6 +141,7 @@ func (c *conn) flush() {
 		c.mu.Lock()
 		out := c.buf
 		c.buf = c.spare[:0]
+		c.sending = true
 		c.mu.Unlock()
 		signal(c.space)
 		var err error
@@ -147,7 +157,9 @@ func (c *conn) flush() {
 		if err != nil && c.err == nil {
 			c.err = err
 		}
+		c.sending = false
 		c.mu.Unlock()
+		signal(c.sent)
 		if err != nil {
 			c.ws.CloseNow()
 			return
@@ -180,7 +192,37 @@ func Cause(nc net.Conn) error {
 	return c.err
 }
 
+// Close sends what was written, then closes the websocket.
 func (c *conn) Close() error {
-	c.once.Do(func() { close(c.done) })
+	c.once.Do(func() {
+		c.drain()
+		close(c.done)
+	})
 	return c.Conn.Close()
+}
+
+// drain waits until the flusher has sent everything written so far, the
+// connection failed, or CloseFlushTimeout passed.
+func (c *conn) drain() {
+	var timeout <-chan time.Time
+	for {
+		c.mu.Lock()
+		idle := c.err != nil || (len(c.buf) == 0 && !c.sending)
+		c.mu.Unlock()
+		if idle {
+			return
+		}
+		if timeout == nil {
+			t := time.NewTimer(CloseFlushTimeout)
+			defer t.Stop()
+			timeout = t.C
+		}
+		select {
+		case <-c.sent:
+		case <-timeout:
+			return
+		case <-c.ctx.Done():
+			return
+		}
+	}
 }

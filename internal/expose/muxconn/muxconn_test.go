@@ -77,3 +77,42 @@ func TestStreams(t *testing.T) {
 	ws.CloseNow()
 	<-serverDone
 }
+
+// TestCloseSendsWhatWasWritten: what was written before Close reaches the
+// other end, although Write returns before the gathered message is sent.
+// (An agent that stopped right after a drained request's answer lost its
+// end this way, and the user got 502 "session shutdown".)
+func TestCloseSendsWhatWasWritten(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	got := make(chan int, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ws, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			got <- -1
+			return
+		}
+		ws.SetReadLimit(muxconn.ReadLimit())
+		n, _ := io.Copy(io.Discard, muxconn.Conn(ctx, ws))
+		ws.CloseNow()
+		got <- int(n)
+	}))
+	defer srv.Close()
+	for round := range 50 {
+		ws, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := muxconn.Conn(ctx, ws)
+		chunk := make([]byte, 1000)
+		for range 100 {
+			if _, err := c.Write(chunk); err != nil {
+				t.Fatalf("round %d: write: %v", round, err)
+			}
+		}
+		c.Close()
+		if n := <-got; n != 100*len(chunk) {
+			t.Fatalf("round %d: the other end read %d of %d bytes written before Close", round, n, 100*len(chunk))
+		}
+	}
+}

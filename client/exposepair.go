@@ -1,0 +1,371 @@
+package client
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// Buffer sizes of a pair. Large bodies bypass the buffers (reads and
+// writes at least as large go straight through), so they stay small:
+// servers keep up to 256 idle streams per agent.
+const (
+	pairStreamReadBuf  = 4 << 10
+	pairStreamWriteBuf = 8 << 10
+	pairLocalReadBuf   = 8 << 10
+	pairLocalWriteBuf  = 4 << 10
+)
+
+// Timeouts of a pair, those of the http.Server and http.Transport the
+// agent ran before.
+const (
+	pairHeaderTimeout = 30 * time.Second
+	pairDialTimeout   = 10 * time.Second
+	// pairBodyGrace is how long a finished answer waits for the request
+	// body to finish sending before the pair gives up on it (the local
+	// service answered without reading it all): http.Transport's 50 ms.
+	pairBodyGrace = 50 * time.Millisecond
+)
+
+// pair states, guarded by agentServer.mu.
+const (
+	pairIdle     = iota // waiting for a request
+	pairBusy            // between a request's first byte and its answer's end
+	pairUpgraded        // a byte splice after 101 Switching Protocols
+)
+
+// pair is one stream and the connection to the local service it is
+// pinned to (dialed at the first request, and again when the local
+// service closed it while idle).
+type pair struct {
+	s     *agentServer
+	st    net.Conn
+	state int // guarded by s.mu
+
+	sr *bufio.Reader
+	sw *bufio.Writer
+
+	lc net.Conn
+	lr *bufio.Reader
+	lw *bufio.Writer
+	// The watcher owns reading lc between answers, so that a connection
+	// the local service closes while idle is noticed before a request is
+	// written to it (as the transport's read loop does): it peeks, tells
+	// on ready, and waits for resume before it peeks again.
+	ready   chan error
+	resume  chan struct{}
+	watched chan struct{} // closed when the watcher returned
+}
+
+// setState records the pair's state; false when the server is closing
+// and the pair should stop instead.
+func (p *pair) setState(state int) bool {
+	p.s.mu.Lock()
+	defer p.s.mu.Unlock()
+	if p.s.closing && state != pairBusy {
+		return false
+	}
+	p.state = state
+	return true
+}
+
+// abort closes both connections, which ends whatever the pair's
+// goroutines are blocked on. Called with s.mu held, or by the pair.
+// (The pair sets lc under s.mu too.)
+func (p *pair) abort() {
+	p.st.Close()
+	if p.lc != nil {
+		p.lc.Close()
+	}
+}
+
+func (p *pair) serve() {
+	p.sr = bufio.NewReaderSize(p.st, pairStreamReadBuf)
+	p.sw = bufio.NewWriterSize(p.st, pairStreamWriteBuf)
+	defer func() {
+		p.s.mu.Lock()
+		p.abort()
+		p.s.mu.Unlock()
+		p.dropLocal()
+	}()
+	for {
+		// Idle until a request starts; then it has 30 s to send its
+		// header, as http.Server's ReadHeaderTimeout said.
+		if _, err := p.sr.Peek(1); err != nil {
+			return
+		}
+		if !p.setState(pairBusy) {
+			return
+		}
+		p.st.SetReadDeadline(time.Now().Add(pairHeaderTimeout))
+		req, err := http.ReadRequest(p.sr)
+		p.st.SetReadDeadline(time.Time{})
+		if err != nil {
+			p.s.o.Logger.Debug("expose: bad request from the server", "err", err)
+			return
+		}
+		if !p.forward(req) {
+			return
+		}
+		if !p.setState(pairIdle) {
+			return
+		}
+	}
+}
+
+// forward sends req to the local service and its answer back; false when
+// the pair must close.
+func (p *pair) forward(req *http.Request) bool {
+	start := time.Now()
+	out, reqUp := p.outgoing(req)
+	status, n, keep := p.roundTrip(req, out, reqUp)
+	if o := p.s.o; o.Logger.Enabled(context.Background(), slog.LevelInfo) {
+		o.Logger.LogAttrs(context.Background(), slog.LevelInfo, "request", slog.String("method", req.Method), slog.String("host", req.Host),
+			slog.String("path", req.URL.Path), slog.Int("status", status), slog.Int64("bytes", n),
+			slog.Duration("elapsed", time.Since(start).Round(time.Microsecond)), slog.String("client", req.Header.Get("X-Forwarded-For")))
+	}
+	return keep && !req.Close
+}
+
+// roundTrip forwards one exchange; it returns the status and body size
+// for the log, and whether the pair may serve another request.
+func (p *pair) roundTrip(req, out *http.Request, reqUp string) (status int, n int64, keep bool) {
+	resp, wrote, err := p.exchange(out, req.Body == nil || req.Body == http.NoBody)
+	switch {
+	case errors.Is(err, errStreamFailed):
+		p.closeAll(wrote)
+		return http.StatusBadGateway, 0, false
+	case err != nil:
+		return p.badGateway(err, wrote)
+	case resp.StatusCode == http.StatusSwitchingProtocols:
+		return p.upgrade(resp, reqUp, wrote)
+	}
+	return p.answer(resp, wrote)
+}
+
+// errStreamFailed: writing to the server's stream failed, so no answer
+// can be sent on it.
+var errStreamFailed = errors.New("the stream to the server failed")
+
+// exchange sends out to the local service and reads its final answer,
+// passing 1xx answers on to the server as they come. A request without a
+// body on a reused connection that the local service closed meanwhile is
+// sent again on a new one, as http.Transport does. wrote, when not nil,
+// gets the result of sending the request body, which runs in its own
+// goroutine: the local service may answer before it has read it all
+// (full duplex).
+func (p *pair) exchange(out *http.Request, bodyless bool) (resp *http.Response, wrote chan error, err error) {
+	for attempt := 0; ; attempt++ {
+		reused := p.lc != nil
+		if err := p.localReady(); err != nil {
+			return nil, nil, err
+		}
+		if !reused {
+			attempt = 1 // a connection dialed just now is not retried
+		}
+		if wrote, err = p.send(out, bodyless); err != nil {
+			p.dropLocal()
+			if attempt == 0 {
+				continue
+			}
+			return nil, nil, err
+		}
+		if err := <-p.ready; err != nil {
+			// Nothing came back.
+			if bodyless && attempt == 0 {
+				p.dropLocal()
+				continue
+			}
+			return nil, wrote, err
+		}
+		resp, err = p.readResponse(out)
+		return resp, wrote, err
+	}
+}
+
+// send writes out to the local connection: at once without a body, in a
+// goroutine of its own with one (the result goes to wrote).
+func (p *pair) send(out *http.Request, bodyless bool) (wrote chan error, err error) {
+	write := func(lw *bufio.Writer) error {
+		err := out.Write(lw)
+		if err == nil {
+			err = lw.Flush()
+		}
+		return err
+	}
+	if bodyless {
+		return nil, write(p.lw)
+	}
+	wrote = make(chan error, 1)
+	go func(lw *bufio.Writer) { wrote <- write(lw) }(p.lw)
+	return wrote, nil
+}
+
+// readResponse reads the local service's answer to out, relaying 100
+// Continue and the like to the server until a final one (or 101) comes.
+func (p *pair) readResponse(out *http.Request) (*http.Response, error) {
+	resp, err := http.ReadResponse(p.lr, out)
+	for err == nil && resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
+		if err = resp.Write(p.sw); err == nil {
+			err = p.sw.Flush()
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", errStreamFailed, err)
+		}
+		resp, err = http.ReadResponse(p.lr, out)
+	}
+	return resp, err
+}
+
+// answer relays a final answer to the server and settles the request
+// body's goroutine; the pair stays for the next request unless either
+// side asked to close.
+func (p *pair) answer(resp *http.Response, wrote chan error) (status int, n int64, keep bool) {
+	removeHopByHop(resp.Header)
+	cb := &countingBody{body: resp.Body, lr: p.lr, sw: p.sw}
+	if resp.Body != http.NoBody {
+		resp.Body = cb
+	}
+	err := resp.Write(writerOnly{p.sw})
+	if err == nil {
+		err = p.sw.Flush()
+	}
+	if err != nil {
+		p.closeAll(wrote)
+		return resp.StatusCode, cb.n, false
+	}
+	if wrote != nil {
+		if pending, err := bodySent(wrote); err != nil {
+			p.closeAll(pending)
+			return resp.StatusCode, cb.n, false
+		}
+	}
+	if resp.Close {
+		p.dropLocal()
+		return resp.StatusCode, cb.n, false
+	}
+	p.resume <- struct{}{}
+	return resp.StatusCode, cb.n, true
+}
+
+// bodySent waits up to pairBodyGrace for the request body's goroutine
+// once the answer is out. It returns that goroutine's error, or an error
+// and wrote (still to be waited for) when the local service answered
+// without reading the whole body.
+func bodySent(wrote chan error) (pending chan error, err error) {
+	select {
+	case err := <-wrote:
+		return nil, err
+	default:
+	}
+	t := time.NewTimer(pairBodyGrace)
+	defer t.Stop()
+	select {
+	case err := <-wrote:
+		return nil, err
+	case <-t.C:
+		return wrote, errors.New("the local service answered without reading the whole request body")
+	}
+}
+
+// closeAll ends the pair in the middle of an exchange and waits for the
+// request body's goroutine, if any (wrote, or nil).
+func (p *pair) closeAll(wrote chan error) {
+	p.s.mu.Lock()
+	p.abort()
+	p.s.mu.Unlock()
+	if wrote != nil {
+		<-wrote
+	}
+	p.dropLocal()
+}
+
+// badGateway answers 502 with the text the agent always gave, and closes
+// the pair (the request body may not have been read).
+func (p *pair) badGateway(err error, wrote chan error) (int, int64, bool) {
+	if p.lc != nil {
+		p.s.mu.Lock()
+		p.lc.Close()
+		p.s.mu.Unlock()
+	}
+	msg := fmt.Sprintf("postern expose: the local service at %s cannot be reached: %s", p.s.target.Host, oneLineErr(err))
+	resp := &http.Response{
+		StatusCode: http.StatusBadGateway, ProtoMajor: 1, ProtoMinor: 1, Close: true,
+		Header:        http.Header{"Content-Type": {"text/plain; charset=utf-8"}},
+		ContentLength: int64(len(msg)), Body: io.NopCloser(strings.NewReader(msg)),
+	}
+	if resp.Write(p.sw) == nil {
+		p.sw.Flush()
+	}
+	p.closeAll(wrote)
+	return http.StatusBadGateway, int64(len(msg)), false
+}
+
+// upgrade relays a 101 answer, then splices the stream and the local
+// connection until either side ends.
+func (p *pair) upgrade(resp *http.Response, reqUp string, wrote chan error) (int, int64, bool) {
+	resUp := upgradeType(resp.Header)
+	if !strings.EqualFold(reqUp, resUp) {
+		return p.badGateway(fmt.Errorf("backend tried to switch protocol %q when %q was requested", resUp, reqUp), wrote)
+	}
+	if wrote != nil {
+		if err := <-wrote; err != nil {
+			p.closeAll(nil)
+			return http.StatusSwitchingProtocols, 0, false
+		}
+	}
+	resp.Body = nil
+	if err := resp.Write(p.sw); err != nil || p.sw.Flush() != nil {
+		p.closeAll(nil)
+		return http.StatusSwitchingProtocols, 0, false
+	}
+	if !p.setState(pairUpgraded) {
+		p.closeAll(nil)
+		return http.StatusSwitchingProtocols, 0, false
+	}
+	// The watcher waits for a resume that never comes; the splice reads
+	// both buffered readers, so nothing already received is lost.
+	done := make(chan struct{}, 2)
+	go func() { io.Copy(p.lc, p.sr); done <- struct{}{} }()
+	go func() { io.Copy(p.st, p.lr); done <- struct{}{} }()
+	<-done
+	p.closeAll(nil) // ends the other direction
+	<-done
+	return http.StatusSwitchingProtocols, 0, false
+}
+
+// what the stream's writer holds whenever reading on would wait for the
+// local service: an answer that is there at once leaves in one go, one
+// that trickles (an event stream) leaves as it comes. (A reverse proxy
+// flushes streams at every write and holds others up to its flush
+// interval; this needs no timer.)
+type countingBody struct {
+	body io.ReadCloser
+	lr   *bufio.Reader
+	sw   *bufio.Writer
+	n    int64
+}
+
+func (b *countingBody) Read(buf []byte) (int, error) {
+	if b.lr.Buffered() == 0 {
+		if err := b.sw.Flush(); err != nil {
+			return 0, err
+		}
+	}
+	n, err := b.body.Read(buf)
+	b.n += int64(n)
+	return n, err
+}
+
+func (b *countingBody) Close() error { return b.body.Close() }
+
+// writerOnly hides the bufio.Writer's ReadFrom, which would read into
+// the buffer countingBody flushes.
+type writerOnly struct{ io.Writer }

@@ -1,5 +1,0 @@
-//go:build !race
-
-package gcrrelay_test
-
-const raceEnabled = false

@@ -1,0 +1,577 @@
+package gcr
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/postern/postern/internal/httpapi"
+	"github.com/postern/postern/internal/relay"
+	"github.com/postern/postern/internal/relay/gcr/wire"
+)
+
+// backend is one name's relay clients, seen from this node: every poll for
+// the name waits on handoff, so the relay clients of a name share its
+// requests. It is the relay core's RoundTripper for that name.
+type backend struct {
+	g       *Relay
+	name    string
+	handoff chan *pending
+	reg     *relay.Registration
+
+	// Guarded by g.mu.
+	polls    int
+	lastPoll time.Time
+	idle     *time.Timer
+}
+
+// chunk is one posted HttpResponse and the buffer its body lies in, which
+// the user side returns to the pool once it has relayed the body.
+type chunk struct {
+	msg    *wire.Response
+	buf    []byte
+	stream *bodyStream // a body relayed as it arrives (msg.Body is empty)
+}
+
+// Ready reports whether a poll is parked for the name on this node, so the
+// relay core sends the request to another node that may have one when
+// none is.
+func (b *backend) Ready() bool {
+	b.g.mu.Lock()
+	defer b.g.mu.Unlock()
+	return b.polls > 0
+}
+
+var _ relay.Readier = (*backend)(nil)
+
+// pending is one relayed request, from the user's request to the end of
+// its response.
+type pending struct {
+	g    *Relay
+	id   string
+	name string
+	msg  []byte // the serialized HttpRequest
+
+	// chunks hands each posted HttpResponse to the user side. It holds
+	// one: /server/response answers ok once the chunk is queued behind
+	// the one the user side is writing, so the relay client posts the next
+	// chunk while the user side still writes (the transfers overlap, and a
+	// late answer does not leave the user side idle); a slow user slows
+	// the relay client down instead of filling memory (one message
+	// queued per request at most).
+	chunks chan chunk
+	// up carries the user's bytes after a 101 to /server/requeststream.
+	up chan []byte
+
+	done chan struct{}
+	once sync.Once
+	err  error // why it ended; read after done is closed
+	// The inactivity timer fires InactiveRequestTimeout after it was
+	// armed and reaps the request unless there was activity since, in
+	// which case it is armed again for the time left: touch is a store,
+	// not a timer reset, so activity costs next to nothing.
+	timer *time.Timer
+	last  atomic.Int64 // time of the last activity, in ns since clock0
+	// upgraded: the response is a 101; its chunks are read whole.
+	upgraded atomic.Bool
+	// userDone: the user has finished sending on an upgraded connection
+	// (its end of the stream, or a half-close). The request lives on
+	// until the backend's end, as in the original.
+	userDone atomic.Bool
+}
+
+// clock0 is the origin of pending.last: monotonic times as integers.
+var clock0 = time.Now()
+
+func since0() int64 { return int64(time.Since(clock0)) }
+
+// newPending registers a relayed request. Only a request asking for an
+// upgrade gets the channel of the user's bytes after a 101.
+func (g *Relay) newPending(ctx context.Context, name string, msg []byte, id string, upgrade bool) (*pending, error) {
+	p := &pending{
+		g: g, id: id, name: name, msg: msg,
+		chunks: make(chan chunk, 1),
+		done:   make(chan struct{}),
+	}
+	if upgrade {
+		p.up = make(chan []byte, 4)
+	}
+	g.mu.Lock()
+	if g.closing {
+		g.mu.Unlock()
+		return nil, relay.ErrShuttingDown
+	}
+	g.pending[id] = p
+	p.last.Store(since0())
+	// Armed only once assigned (under g.mu, which p.reap takes), so that
+	// even a tiny timeout cannot fire before p.timer is set.
+	p.timer = time.AfterFunc(g.opts.InactiveRequestTimeout, p.reap)
+	g.mu.Unlock()
+	// The user going away ends the request at once: the relay client's
+	// next post for it gets 400. (The registration ends with the user's
+	// request context, which the server cancels when the handler returns.)
+	context.AfterFunc(ctx, func() { p.finish(errUserGone) })
+	return p, nil
+}
+
+// finish ends the request for reason err (nil: the response is complete).
+func (p *pending) finish(err error) {
+	p.once.Do(func() {
+		p.err = err
+		close(p.done)
+		p.timer.Stop()
+		p.g.mu.Lock()
+		if p.g.pending[p.id] == p {
+			delete(p.g.pending, p.id)
+		}
+		p.g.mu.Unlock()
+	})
+}
+
+// touch records activity: the request is reaped only after a full
+// inactivity timeout without any.
+func (p *pending) touch() { p.last.Store(since0()) }
+
+// touchChunk records a response chunk as activity, unless it is an empty
+// one (the relay client's keep-alive) after the user finished sending on
+// an upgraded connection: then only the backend's bytes hold the request
+// open, so that a user gone for good and a backend that stays silent do
+// not hold it for ever (the original did).
+func (p *pending) touchChunk(m *wire.Response) {
+	if len(m.Body) > 0 || !p.userDone.Load() {
+		p.touch()
+	}
+}
+
+// reap runs when the inactivity timer fires: it ends the request if it
+// was inactive for the whole timeout, else waits for the rest of it.
+func (p *pending) reap() {
+	p.g.mu.Lock() // p.timer is set
+	p.g.mu.Unlock()
+	idle := time.Duration(since0() - p.last.Load())
+	if left := p.g.opts.InactiveRequestTimeout - idle; left > 0 {
+		select {
+		case <-p.done:
+		default:
+			p.timer.Reset(left)
+		}
+		return
+	}
+	p.finish(errReaped)
+}
+
+// endErr is the error a reader of the ended request sees.
+func (p *pending) endErr() error {
+	switch p.err {
+	case nil:
+		return io.EOF
+	case errReaped:
+		return fmt.Errorf("relay request %s: no activity for %v", p.id, p.g.opts.InactiveRequestTimeout)
+	case errUserGone:
+		return context.Canceled
+	}
+	return p.err
+}
+
+// RoundTrip hands the request to a relay client and returns its response,
+// whose body streams in as the relay client posts chunks.
+func (b *backend) RoundTrip(req *http.Request) (*http.Response, error) {
+	p, err := b.request(req)
+	if err != nil {
+		return nil, err
+	}
+	fc, err := b.handOff(p)
+	if err != nil {
+		return nil, err
+	}
+	return b.response(req, p, fc)
+}
+
+// request makes the pending request for the user's.
+func (b *backend) request(req *http.Request) (*pending, error) {
+	g := b.g
+	var body []byte
+	if req.Body != nil {
+		var err error
+		body, err = io.ReadAll(io.LimitReader(req.Body, g.opts.MaxRequestBodyBytes+1))
+		if err != nil {
+			return nil, err
+		}
+		if int64(len(body)) > g.opts.MaxRequestBodyBytes {
+			return nil, httpapi.ErrRequestTooLarge
+		}
+	}
+	id := newID(b.name)
+	u := *req.URL
+	u.Scheme, u.Host, u.User, u.Fragment = "http", "invalid", nil, ""
+	msg := (&wire.Request{
+		ID: id, Method: req.Method, URL: u.String(), Headers: requestHeaders(req.Header),
+		Body: body, Host: req.Host,
+	}).Marshal()
+	return g.newPending(req.Context(), b.name, msg, id, req.Header.Get("Upgrade") != "")
+}
+
+// handOff gives a request to a poll, within PickupTimeout, and waits for
+// its first chunk.
+func (b *backend) handOff(p *pending) (chunk, error) {
+	select {
+	case b.handoff <- p: // a poll was parked: no timer needed
+	default:
+		pickup := time.NewTimer(b.g.opts.PickupTimeout)
+		select {
+		case b.handoff <- p:
+			pickup.Stop()
+		case <-pickup.C:
+			p.finish(errNotTaken)
+			return chunk{}, notPickedUp(b.name)
+		case <-p.done:
+			pickup.Stop()
+			return chunk{}, b.failure(p)
+		}
+	}
+	select {
+	case fc := <-p.chunks:
+		return fc, nil
+	case <-p.done:
+		return chunk{}, b.failure(p)
+	}
+}
+
+// response is the user's response, from the first chunk on.
+func (b *backend) response(req *http.Request, p *pending, fc chunk) (*http.Response, error) {
+	first := fc.msg
+	if !first.HasStatus {
+		putMessage(fc.buf)
+		p.finish(errNoHeader)
+		return nil, errNoHeader
+	}
+	status := int(first.StatusCode)
+	if status != http.StatusSwitchingProtocols && (status < 200 || status > 999) {
+		putMessage(fc.buf)
+		p.finish(errClosed)
+		return nil, httpapi.Errorf(http.StatusBadGateway, "relay client sent status code %d", status)
+	}
+	// The buffers of an upgraded stream are not pooled: its Close may
+	// come from another goroutine while a Read copies from one.
+	rd := &bodyReader{p: p, pooled: status != http.StatusSwitchingProtocols}
+	h := make(http.Header, len(first.Headers))
+	for _, hd := range first.Headers {
+		if validHeader(hd) {
+			h.Add(hd.Name, hd.Value)
+			if strings.HasPrefix(http.CanonicalHeaderKey(hd.Name), "Grpc-") {
+				rd.grpc = append(rd.grpc, hd)
+			}
+		}
+	}
+	resp := &http.Response{
+		StatusCode:    status,
+		Proto:         "HTTP/1.1",
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        h,
+		ContentLength: -1,
+		Request:       req,
+	}
+	if status == http.StatusSwitchingProtocols {
+		p.upgraded.Store(true)
+	}
+	if first.EOF && status != http.StatusSwitchingProtocols {
+		// The whole response came in one message (a short answer, or a
+		// body streamed after its fields): its length is known, and the
+		// user gets it as from the backend.
+		resp.ContentLength = int64(len(first.Body))
+		if fc.stream != nil {
+			resp.ContentLength = int64(fc.stream.n)
+		}
+	}
+	rd.resp = resp
+	rd.absorb(fc)
+	if first.EOF && fc.stream == nil && status != http.StatusSwitchingProtocols && len(resp.Trailer) == 0 && len(rd.grpc) == 0 {
+		// The whole response is here, trailers included: say its length
+		// to the user (net/http would send a long one chunked). A
+		// streamed body's trailers follow it, so its length is said only
+		// by the relay client's Content-Length, if it sent one.
+		if _, ok := h["Content-Length"]; !ok && req.Method != http.MethodHead && status != http.StatusNoContent && status != http.StatusNotModified {
+			h["Content-Length"] = []string{strconv.FormatInt(resp.ContentLength, 10)}
+		}
+	}
+	if status == http.StatusSwitchingProtocols {
+		resp.Body = &upgradeBody{bodyReader: rd}
+	} else {
+		resp.Body = rd
+	}
+	return resp, nil
+}
+
+// failure is the error for a request that ended before its first chunk.
+func (b *backend) failure(p *pending) error {
+	switch p.err {
+	case errReaped:
+		return httpapi.Errorf(http.StatusGatewayTimeout, "Timeout after %v, indicating that the backend request took too long", b.g.opts.InactiveRequestTimeout)
+	case errLost:
+		return errLost
+	case errUserGone:
+		return context.Canceled
+	}
+	return p.endErr()
+}
+
+// requestHeaders lists the request's headers for the relay client, one
+// entry per value, in a stable order. The empty User-Agent the reverse
+// proxy adds (to keep Go's own out) is left out.
+func requestHeaders(h http.Header) []wire.Header {
+	keys := make([]string, 0, len(h))
+	for k := range h {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	out := make([]wire.Header, 0, len(h))
+	for _, k := range keys {
+		for _, v := range h[k] {
+			if k == "User-Agent" && v == "" {
+				continue
+			}
+			out = append(out, wire.Header{Name: k, Value: v})
+		}
+	}
+	return out
+}
+
+// validHeader reports whether a header from the relay client can be sent:
+// a token name and a value without line breaks or NUL.
+func validHeader(h wire.Header) bool {
+	if h.Name == "" {
+		return false
+	}
+	for i := 0; i < len(h.Name); i++ {
+		c := h.Name[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte(`"(),/:;<=>?@[\]{}`, c) >= 0 {
+			return false
+		}
+	}
+	return !strings.ContainsAny(h.Value, "\r\n\x00")
+}
+
+// bodyReader is a relayed response's body: the chunks the relay client
+// posts, read as they come.
+type bodyReader struct {
+	p       *pending
+	buf     []byte // what is left of the current chunk's body
+	backing []byte // the current chunk's pooled buffer
+	pooled  bool
+	eof     bool
+	resp    *http.Response // its Trailer is made with the first trailer
+	grpc    []wire.Header  // Grpc-* headers, sent again as trailers
+	stream  *bodyStream    // a body being relayed as it arrives
+}
+
+// release gives the current chunk's buffer back.
+func (r *bodyReader) release() {
+	if r.pooled && r.backing != nil {
+		putMessage(r.backing)
+	}
+	r.backing, r.buf = nil, nil
+}
+
+// absorb takes in one chunk: its body, its trailers, and the end.
+func (r *bodyReader) absorb(ch chunk) {
+	r.release()
+	c := ch.msg
+	r.buf, r.backing = c.Body, ch.buf
+	if ch.stream != nil {
+		// The body follows, then the fields after it, which hold the
+		// end (endStream).
+		r.stream, r.buf = ch.stream, nil
+	}
+	// A chunk's trailers replace earlier ones of the same name: the relay
+	// client repeats them on every chunk (and retry) once it knows them.
+	var seen map[string][]string
+	for _, t := range c.Trailers {
+		if !validHeader(t) {
+			continue
+		}
+		if seen == nil {
+			seen = map[string][]string{}
+		}
+		k := http.CanonicalHeaderKey(t.Name)
+		if !slices.Contains(seen[k], t.Value) {
+			seen[k] = append(seen[k], t.Value)
+		}
+	}
+	for k, vs := range seen {
+		r.trailer()[k] = vs
+	}
+	if c.EOF && ch.stream == nil {
+		r.eof = true
+		for _, h := range r.grpc {
+			k := http.CanonicalHeaderKey(h.Name)
+			if _, ok := seen[k]; !ok {
+				r.trailer().Add(k, h.Value)
+			}
+		}
+		r.p.finish(nil)
+	}
+}
+
+// trailer returns the response's Trailer, made on first use: most
+// responses have none.
+func (r *bodyReader) trailer() http.Header {
+	if r.resp.Trailer == nil {
+		r.resp.Trailer = http.Header{}
+	}
+	return r.resp.Trailer
+}
+
+func (r *bodyReader) Read(b []byte) (int, error) {
+	for len(r.buf) == 0 {
+		if r.stream != nil {
+			n, err := r.readStream(b)
+			switch {
+			case err == io.EOF:
+				if err := r.endStream(); err != nil {
+					return 0, err
+				}
+			case err != nil:
+				r.stream.done(err, false)
+				return n, err
+			case n > 0:
+				return n, nil
+			}
+			continue
+		}
+		if r.eof {
+			r.release()
+			return 0, io.EOF
+		}
+		select {
+		case c := <-r.p.chunks:
+			r.p.touchChunk(c.msg)
+			r.absorb(c)
+		case <-r.p.done:
+			return 0, r.p.endErr()
+		}
+	}
+	n := copy(b, r.buf)
+	r.buf = r.buf[n:]
+	return n, nil
+}
+
+// WriteTo writes the body to w as the chunks come, each chunk's body in
+// one write straight from the buffer its message was read into, and
+// flushes w (when it can) whenever the next chunk is not there yet: a
+// stream reaches the user as it comes, a response that is all there
+// leaves in one go. The relay core uses it to write the body to the user
+// without copying it through the proxy's buffer.
+func (r *bodyReader) WriteTo(w io.Writer) (int64, error) {
+	f, _ := w.(interface{ Flush() error })
+	var n int64
+	for {
+		if r.stream != nil {
+			k, user, err := r.copyStream(w, f)
+			n += k
+			if err != nil {
+				r.stream.done(err, user)
+				return n, err
+			}
+			if err := r.endStream(); err != nil {
+				return n, err
+			}
+			continue
+		}
+		if len(r.buf) > 0 {
+			k, err := w.Write(r.buf)
+			n += int64(k)
+			r.buf = r.buf[k:]
+			if err != nil {
+				return n, err
+			}
+		}
+		if r.eof {
+			r.release()
+			return n, nil
+		}
+		select {
+		case c := <-r.p.chunks:
+			r.p.touchChunk(c.msg)
+			r.absorb(c)
+			continue
+		case <-r.p.done:
+			return n, r.p.endErr()
+		default:
+		}
+		if f != nil {
+			if err := f.Flush(); err != nil {
+				return n, err
+			}
+		}
+		select {
+		case c := <-r.p.chunks:
+			r.p.touchChunk(c.msg)
+			r.absorb(c)
+		case <-r.p.done:
+			return n, r.p.endErr()
+		}
+	}
+}
+
+func (r *bodyReader) Close() error {
+	if r.stream != nil {
+		r.stream.done(errClosed, true)
+	}
+	r.p.finish(errClosed)
+	if r.pooled {
+		r.release()
+	}
+	return nil
+}
+
+// upgradeBody is the body of a 101 answer: the user's bytes written to it
+// go to the relay client through /server/requeststream, in blocks.
+type upgradeBody struct {
+	*bodyReader
+}
+
+// CloseWrite is the end of the user's bytes (the user closed or shut down
+// its sending side). The reverse proxy calls it instead of closing the
+// whole stream, and keeps relaying the backend's bytes to the user until
+// the relay client posts the end, as the original did: the user's last
+// bytes (a websocket close frame) still reach the backend through
+// /server/requeststream, the backend answers and ends, and the relay
+// client's last post is answered ok. Without it the request ended with
+// the user's end: the relay client's request-stream call got 410, so it
+// closed the backend connection under its own reader, and its last post
+// got 400.
+func (u *upgradeBody) CloseWrite() error {
+	u.p.userDone.Store(true)
+	return nil
+}
+
+var errStreamClosed = errors.New("relay stream closed")
+
+func (u *upgradeBody) Write(b []byte) (int, error) {
+	p := u.p
+	if p.up == nil {
+		return 0, errStreamClosed
+	}
+	n := 0
+	for len(b) > 0 {
+		k := min(len(b), p.g.opts.BlockSize)
+		block := append([]byte(nil), b[:k]...)
+		select {
+		case p.up <- block:
+		case <-p.done:
+			return n, errStreamClosed
+		}
+		n += k
+		b = b[k:]
+	}
+	return n, nil
+}

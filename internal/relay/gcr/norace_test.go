@@ -1,0 +1,5 @@
+//go:build !race
+
+package gcr_test
+
+const raceEnabled = false

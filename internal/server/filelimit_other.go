@@ -1,6 +1,0 @@
-//go:build !unix
-
-package server
-
-// fileLimit is unknown here: no connection cap is derived.
-func fileLimit() uint64 { return 0 }
