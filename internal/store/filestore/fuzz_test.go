@@ -18,6 +18,10 @@ func FuzzDecodeMsg(f *testing.F) {
 	f.Add([]byte("k"), []byte{1, 0, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, k, v []byte) {
 		r, err := decodeMsg(k, v)
+		// Reading only the body accepts and refuses the same records.
+		if body, berr := msgBody(k, v); (berr == nil) != (err == nil) || err == nil && !bytes.Equal(body, r.body) {
+			t.Fatalf("record %x: decodeMsg %v, msgBody %x %v", v, err, body, berr)
+		}
 		if err != nil {
 			return
 		}

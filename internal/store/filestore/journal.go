@@ -81,14 +81,12 @@ func (w *wset) Writable() error { return w.s.writable() }
 
 // ReadBody implements index.Journal.
 func (w *wset) ReadBody(key string, id store.ID) ([]byte, error) {
-	r, err := w.s.readRecord(bMsgs, keyFor(key, id))
-	return r.body, err
+	return w.s.readBody(bMsgs, keyFor(key, id))
 }
 
 // ReadReplyBody implements index.Journal.
 func (w *wset) ReadReplyBody(key string, id store.ID) ([]byte, error) {
-	r, err := w.s.readRecord(bReplies, keyFor(key, id))
-	return r.body, err
+	return w.s.readBody(bReplies, keyFor(key, id))
 }
 
 // PutMessage implements index.Journal.
