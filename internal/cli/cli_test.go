@@ -18,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/postern/postern/client"
+	"github.com/postern/postern/internal/certs/certstest"
 	"github.com/postern/postern/internal/cli"
 	"github.com/postern/postern/internal/config"
 	"github.com/postern/postern/internal/servertest"
@@ -29,7 +30,8 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	binDir = dir
-	goleak.VerifyTestMain(m, goleak.Cleanup(func(int) { os.RemoveAll(dir) }))
+	goleak.VerifyTestMain(m, goleak.Cleanup(func(int) { os.RemoveAll(dir) }),
+		goleak.IgnoreTopFunction(certstest.IgnoreGoroutine)) // TestServeAutomaticHTTPS's test CA
 }
 
 // run runs the command line in-process and returns its exit code and output.

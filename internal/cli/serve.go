@@ -32,6 +32,8 @@ requests in progress finish, then it exits 0.`,
   postern serve --listen 127.0.0.1:9000 --store memory
   postern serve --token-file tokens.toml --tls-cert cert.pem --tls-key key.pem
   postern serve --expose-domain gate.example --config /etc/postern/postern.toml
+  postern serve --listen :443 --expose-domain gate.example \
+      --acme-domain gate.example --acme-email ops@example.com   # automatic HTTPS
   POSTERN_STORE=redis://10.0.0.2:6379/0 postern serve   # one of many nodes`,
 		Args: noArgs,
 	}

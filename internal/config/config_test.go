@@ -195,3 +195,27 @@ func TestNewLogger(t *testing.T) {
 }
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// TestRepeatedList: --acme-domain may be given many times, each a name or
+// a comma list; the environment and the config file give it once.
+func TestRepeatedList(t *testing.T) {
+	c, err := parse(t, []string{"--acme-domain", "a.example", "--acme-domain", "b.example, c.example"}, env{"POSTERN_ACME_DOMAIN": "env.example"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"a.example", "b.example", "c.example"}; !reflect.DeepEqual(c.Server.ACME.Domains, want) {
+		t.Fatalf("flags: %q, want %q", c.Server.ACME.Domains, want)
+	}
+	if c, err = parse(t, nil, env{"POSTERN_ACME_DOMAIN": "x.example,y.example"}); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"x.example", "y.example"}; !reflect.DeepEqual(c.Server.ACME.Domains, want) {
+		t.Fatalf("environment: %q, want %q", c.Server.ACME.Domains, want)
+	}
+	if c, err = parse(t, []string{"--config", file(t, `acme-domain = ["f.example", "g.example"]`)}, env{}); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"f.example", "g.example"}; !reflect.DeepEqual(c.Server.ACME.Domains, want) {
+		t.Fatalf("config file: %q, want %q", c.Server.ACME.Domains, want)
+	}
+}

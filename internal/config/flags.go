@@ -124,6 +124,13 @@ func (f *FlagSet) List(p *[]string, name, usage string, aliases ...string) {
 	f.Var((*listValue)(p), name, usage, aliases...)
 }
 
+// Repeated defines a list flag stored in *p that may be given many
+// times, each a name or a comma-separated list: --acme-domain a
+// --acme-domain b,c. The environment and config file give it once.
+func (f *FlagSet) Repeated(p *[]string, name, usage string, aliases ...string) {
+	f.Var(&repeatedValue{p: p}, name, usage, aliases...)
+}
+
 // ConfigFile defines the flag (and its POSTERN_* variable) that names a
 // config file whose keys are this set's flag names.
 func (f *FlagSet) ConfigFile(p *string, name, usage string) {
@@ -197,7 +204,7 @@ func (f *FlagSet) PrintDefaults(w io.Writer) {
 				name = "int"
 			case *float64Value:
 				name = "number"
-			case *listValue, *prefixesValue:
+			case *listValue, *repeatedValue, *prefixesValue:
 				name = "list"
 			case *boolValue:
 				name = ""
@@ -357,3 +364,30 @@ func (v *listValue) Set(s string) error {
 	return nil
 }
 func (v *listValue) String() string { return strings.Join(*v, ",") }
+
+// Type names the value in help (pflag.Value).
+func (v *repeatedValue) Type() string { return "list" }
+
+// repeatedValue is a listValue whose later Sets add to the first's.
+type repeatedValue struct {
+	p   *[]string
+	set bool
+}
+
+func (v *repeatedValue) Set(s string) error {
+	var more []string
+	if err := (*listValue)(&more).Set(s); err != nil {
+		return err
+	}
+	if !v.set {
+		*v.p, v.set = nil, true
+	}
+	*v.p = append(*v.p, more...)
+	return nil
+}
+func (v *repeatedValue) String() string {
+	if v.p == nil {
+		return ""
+	}
+	return strings.Join(*v.p, ",")
+}

@@ -57,6 +57,11 @@ func ServeFlags() (*FlagSet, *Serve) {
 	fs.Group("TLS and tokens")
 	fs.String(&s.TLSCertFile, "tls-cert", "PEM `file` of the TLS certificate chain: serve HTTPS (a wildcard certificate for the expose domain covers every agent)")
 	fs.String(&s.TLSKeyFile, "tls-key", "PEM `file` of the TLS private key, with --tls-cert")
+	fs.Repeated(&s.ACME.Domains, "acme-domain", "`name` to serve HTTPS for with a certificate obtained and renewed through ACME (Let's Encrypt by default), instead of --tls-cert; repeat it or give a comma list. NAME.<--expose-domain> then gets its own certificate on demand while agent NAME is connected. The CA checks each name on port 443 (TLS-ALPN-01): listen there (--listen :443)")
+	fs.String(&s.ACME.Email, "acme-email", "contact `address` of the ACME account, for the CA's notices (with --acme-domain, postern accepts the CA's subscriber agreement for that account)")
+	fs.String(&s.ACME.CA, "acme-ca", "ACME directory `URL` of the certificate authority (Let's Encrypt's staging: https://acme-staging-v02.api.letsencrypt.org/directory)")
+	fs.String(&s.ACME.Dir, "acme-dir", "`directory` keeping the ACME account key and the certificates (default: acme in the --store file directory, else ./postern-data/acme)")
+	fs.String(&s.ACME.CARoots, "acme-ca-root", "PEM `file` of root certificates to trust, beside the system's, for the CA's own HTTPS (a test CA such as pebble)")
 	fs.String(&s.OpsListen, "ops-listen", "TCP `address` serving /metrics, /ops/*, the status page and /readyz with its reason to whoever reaches it, instead of the public address (keep it private, e.g. 127.0.0.1:9090)")
 	fs.String(&s.TokenFile, "token-file", "TOML `file` of scoped tokens (which actions on which paths), honoured by every capability")
 

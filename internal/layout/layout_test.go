@@ -22,7 +22,7 @@ var layers = [][]string{
 	{ // foundation: no imports of the module
 		"internal/auth", "internal/auth/authtest", "internal/cluster", "internal/version", "internal/store",
 		"internal/expose/muxconn", "internal/expose/live", "internal/relay/gcr/wire", "internal/store/redisstore/redistest",
-		"internal/layout",
+		"internal/layout", "internal/certs/certstest",
 	},
 	{ // contracts: what engines and parts are handed
 		"internal/capability", "internal/store/ordered", "internal/store/storetest", "internal/relay/relaytest",
@@ -30,6 +30,7 @@ var layers = [][]string{
 	{"internal/httpapi", "internal/store/index"},
 	{ // engines, and what the node puts in front of every request
 		"internal/store/memstore", "internal/store/filestore", "internal/store/redisstore", "internal/ratelimit", "internal/web",
+		"internal/certs",
 	},
 	{"internal/queue", "internal/broker", "internal/relay"},                                             // cores
 	{"internal/expose/brickchain", "internal/relay/gcr/client"},                                         // transports

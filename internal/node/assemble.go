@@ -6,10 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
+	"path/filepath"
+	"strings"
 
 	"github.com/postern/postern/internal/broker"
 	"github.com/postern/postern/internal/capability"
+	"github.com/postern/postern/internal/certs"
 	"github.com/postern/postern/internal/channels"
 	"github.com/postern/postern/internal/cluster"
 	"github.com/postern/postern/internal/expose"
@@ -20,6 +24,7 @@ import (
 	"github.com/postern/postern/internal/relay"
 	"github.com/postern/postern/internal/relay/gcr"
 	"github.com/postern/postern/internal/store"
+	"github.com/postern/postern/internal/store/filestore"
 	"github.com/postern/postern/internal/tunnel"
 )
 
@@ -58,6 +63,7 @@ type step struct {
 //     streams get "event: end") and the websocket sessions are waited
 //     for, which http.Server does not do for hijacked connections;
 //   - http: the listener closes and the requests in progress finish;
+//   - certs: the wildcard certificate's renewal stops;
 //   - ops listener, then the store, closed last.
 //
 // Each capability is built the same way, New(core, Options, Deps), and
@@ -71,6 +77,7 @@ func (n *Node) assembly() []step {
 		{"store", n.openStore},
 		{"cluster", n.joinCluster},
 		{"ops listener", n.listenOps},
+		{"certs", n.buildCerts},
 		{"http", n.buildHTTP},
 		{"channels", n.buildChannels},
 		{"relay", n.buildRelay},
@@ -126,10 +133,7 @@ func (n *Node) joinCluster() (part, error) {
 // next. Its stop closes the listener and waits for the requests in
 // progress, after every capability drained.
 func (n *Node) buildHTTP() (part, error) {
-	tlsConfig, err := loadTLS(n.cfg.TLSCertFile, n.cfg.TLSKeyFile)
-	if err != nil {
-		return part{}, err
-	}
+	tlsConfig := n.tls
 	limiter, err := ratelimit.New(n.cfg.RateLimit, n.deps)
 	if err != nil {
 		return part{}, err
@@ -169,6 +173,47 @@ func (n *Node) buildHTTP() (part, error) {
 		n.gate.wait() // refusals being answered end within a second
 		return err
 	}}, nil
+}
+
+// buildCerts makes the TLS configuration of the listener: a certificate
+// file's, or automatic HTTPS's. The latter asks the expose capability
+// (built later, asked only once the node serves) whether an agent is
+// connected before it has a certificate issued for the agent's name.
+func (n *Node) buildCerts() (part, error) {
+	ac := n.cfg.ACME
+	if !ac.Enabled() {
+		var err error
+		n.tls, err = loadTLS(n.cfg.TLSCertFile, n.cfg.TLSKeyFile)
+		return part{}, err
+	}
+	if n.cfg.TLSCertFile != "" || n.cfg.TLSKeyFile != "" {
+		return part{}, errors.New("--acme-domain and --tls-cert are two ways to get certificates: choose one")
+	}
+	if ac.Dir == "" {
+		ac.Dir = DefaultACMEDir(n.cfg.Store)
+	}
+	ac.ExposeDomain = n.cfg.Expose.Domain
+	ac.Connected = func(ctx context.Context, name string) (bool, error) { return n.expose.Connected(ctx, name) }
+	m, err := certs.New(ac, n.deps)
+	if err != nil {
+		return part{}, err
+	}
+	if _, port, _ := net.SplitHostPort(n.cfg.Listen); port != "443" {
+		n.log.Warn("ACME: the CA checks names on port 443; listen there (--listen :443) or forward 443 to this listener as plain TCP", "listen", n.cfg.Listen)
+	}
+	n.certs, n.tls = m, m.TLSConfig()
+	return part{start: m.Start, stop: m.Shutdown}, nil
+}
+
+// DefaultACMEDir is where automatic HTTPS keeps its account key and
+// certificates when no directory is given: "acme" in the file engine's
+// data directory (its default one for other engines).
+func DefaultACMEDir(storeURL string) string {
+	dir, ok := strings.CutPrefix(storeURL, "file:")
+	if !ok || dir == "" {
+		dir = filestore.DefaultDir
+	}
+	return filepath.Join(dir, "acme")
 }
 
 // loadTLS returns the TLS configuration of a certificate and key file,

@@ -36,7 +36,12 @@ func TestFailedAssemblyUndoes(t *testing.T) {
 		want   string
 	}{
 		{"ops listener", func(c *node.Config) { c.OpsListen = taken.Addr().String() }, "ops listen"},
-		{"http", func(c *node.Config) { c.TLSCertFile = "cert.pem" }, "TLS needs both"},
+		{"certs", func(c *node.Config) { c.TLSCertFile = "cert.pem" }, "TLS needs both"},
+		{"acme and a certificate file", func(c *node.Config) {
+			c.ACME.Domains, c.TLSCertFile, c.TLSKeyFile = []string{"gate.example"}, "cert.pem", "key.pem"
+		}, "choose one"},
+		{"acme domain", func(c *node.Config) { c.ACME.Domains = []string{"*.gate.example"} }, "invalid --acme-domain"},
+		{"after acme", func(c *node.Config) { c.ACME.Domains, c.Expose.Domain = []string{"gate.example"}, "a/b" }, "expose domain"},
 		{"relay", func(c *node.Config) { c.Relay.PollTimeout = -1 }, "relay poll timeout"},
 		{"expose", func(c *node.Config) { c.Expose.Domain = "a/b" }, "expose domain"},
 	} {

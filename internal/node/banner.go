@@ -37,11 +37,15 @@ type Endpoint struct {
 
 // BannerInput is what NewBanner needs from a node.
 type BannerInput struct {
-	Version   string
-	Store     string
-	Node      string
-	Addr      net.Addr
-	TLS       bool
+	Version string
+	Store   string
+	Node    string
+	Addr    net.Addr
+	TLS     bool
+	// Name, when set, is the name clients reach the node by (the first
+	// ACME domain, whose certificate the node serves) instead of its
+	// address.
+	Name      string
 	AtRoot    bool   // channels at the root, the status page at /_postern/
 	Domain    string // expose domain
 	TokenFile bool   // a token policy is configured
@@ -75,6 +79,9 @@ func NewBanner(in BannerInput) Banner {
 		}
 	}
 	base := scheme + "://" + net.JoinHostPort(host, port)
+	if in.Name != "" {
+		base = scheme + "://" + hostPort(in.Name, port, scheme)
+	}
 	b.URL = base
 	page := base + "/"
 	channels := base + "/c/"
@@ -99,7 +106,7 @@ func NewBanner(in BannerInput) Banner {
 	}
 	expose := Endpoint{"expose", base + "/proxy/request/NAME/", "postern expose --name NAME URL"}
 	if in.Domain != "" {
-		expose.URL = scheme + "://NAME." + in.Domain + ":" + port + "/ and " + expose.URL
+		expose.URL = scheme + "://" + hostPort("NAME."+in.Domain, port, scheme) + "/ and " + expose.URL
 	}
 	b.Endpoints = append(b.Endpoints, expose,
 		Endpoint{"health", base + "/healthz", "and /readyz; metrics at " + ops + "/metrics"})
@@ -159,4 +166,12 @@ func (b Banner) Log(log *slog.Logger) {
 	for _, warn := range b.Warnings {
 		log.Warn(warn)
 	}
+}
+
+// hostPort joins name and port, leaving out the scheme's default port.
+func hostPort(name, port, scheme string) string {
+	if port == "" || scheme == "https" && port == "443" || scheme == "http" && port == "80" {
+		return name
+	}
+	return net.JoinHostPort(name, port)
 }

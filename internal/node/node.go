@@ -30,6 +30,7 @@ import (
 	"github.com/postern/postern/internal/auth"
 	"github.com/postern/postern/internal/broker"
 	"github.com/postern/postern/internal/capability"
+	"github.com/postern/postern/internal/certs"
 	"github.com/postern/postern/internal/channels"
 	"github.com/postern/postern/internal/expose"
 	"github.com/postern/postern/internal/httpapi"
@@ -148,6 +149,12 @@ type Config struct {
 	// agent's host).
 	TLSCertFile string
 	TLSKeyFile  string
+	// ACME, when it names domains, makes the node serve HTTPS with
+	// certificates it obtains and renews itself (internal/certs): those
+	// domains', and NAME.<expose domain>'s while agent NAME is connected.
+	// Its Dir defaults to DefaultACMEDir(Store); its ExposeDomain and
+	// Connected are the node's. Exclusive with TLSCertFile.
+	ACME certs.Options
 
 	// Logger receives the node's logs; nil means slog.Default().
 	Logger *slog.Logger
@@ -176,6 +183,7 @@ func DefaultConfig() Config {
 		Inbox:             inbox.DefaultOptions(),
 		Relay:             gcr.DefaultOptions(),
 		Expose:            expose.DefaultOptions(),
+		ACME:              certs.Options{CA: certs.DefaultCA},
 		Channels:          channels.DefaultOptions(),
 		Broker: broker.Options{
 			QueueLen:           broker.DefaultQueueLen,
@@ -193,7 +201,8 @@ type Node struct {
 	log      *slog.Logger
 	registry *prometheus.Registry
 	deps     capability.Deps
-	tls      *tls.Config
+	tls      *tls.Config    // nil: plain HTTP
+	certs    *certs.Manager // nil without ACME
 
 	store    store.Engine
 	queue    *queue.Core
@@ -288,6 +297,16 @@ func (n *Node) RelayAnnounced(name string) <-chan struct{} {
 	return n.relayHub.Announced(name)
 }
 
+// WildcardReady returns a channel closed once the node serves the
+// expose domain's wildcard certificate (never without ACME and a DNS
+// provider): a readiness signal for tests and tools.
+func (n *Node) WildcardReady() <-chan struct{} {
+	if n.certs == nil {
+		return make(chan struct{})
+	}
+	return n.certs.WildcardReady()
+}
+
 // OpsAddr returns the address --ops-listen serves on ("" without it).
 func (n *Node) OpsAddr() string {
 	if n.ops == nil {
@@ -316,6 +335,9 @@ func (n *Node) announce(addr net.Addr, tlsOn bool) {
 	}
 	if n.ops != nil {
 		in.OpsAddr = n.ops.ln.Addr()
+	}
+	if n.certs != nil {
+		in.Name = n.certs.Name()
 	}
 	b := NewBanner(in)
 	if n.cfg.Banner != nil {

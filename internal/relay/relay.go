@@ -374,6 +374,18 @@ func (h *Hub) Has(name string) bool {
 	return len(h.backends[name]) > 0
 }
 
+// Connected reports whether a backend for name is registered on this
+// node or, with a node directory, on another.
+func (h *Hub) Connected(ctx context.Context, name string) (bool, error) {
+	if h.Has(name) || h.dir == nil {
+		return h.Has(name), nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, h.opts.DirectoryTimeout)
+	defer cancel()
+	addrs, err := h.dir.Lookup(ctx, h.opts.Namespace, name)
+	return len(addrs) > 0, err
+}
+
 // Names lists the names with a backend on this node.
 func (h *Hub) Names() []string {
 	h.mu.Lock()
