@@ -23,9 +23,8 @@ import (
 // an http.Server with one: every request crossed the server's response
 // writer, the proxy's header copies and the transport's read and write
 // loops. A pair does the forwarding on the stream's goroutine; beside it
-// are a watcher of the local connection (see pair.ready) and, while a
-// request body is being sent, the goroutine sending it. BENCHMARKS.md
-// has the figures.
+// is, while a request body is being sent, the goroutine sending it.
+// BENCHMARKS.md has the figures.
 
 // agentServer serves the streams the server opens on one session.
 type agentServer struct {

@@ -454,3 +454,66 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestExposeIdleLocalConnectionChecked: a request with a body, which
+// cannot be sent twice, goes out only on a local connection that is
+// still good: one the local service closed after its answer, or on which
+// it sent bytes nobody asked for, is dropped before the request is
+// written to it, and the request is sent on a new one.
+func TestExposeIdleLocalConnectionChecked(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		after func(c net.Conn) // after the answer
+	}{
+		{"closed", func(c net.Conn) { c.Close() }},
+		{"unasked bytes", func(c net.Conn) { io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n") }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ln := listen(t)
+			var wg sync.WaitGroup
+			var mu sync.Mutex
+			var open []net.Conn
+			t.Cleanup(func() {
+				ln.Close()
+				mu.Lock()
+				for _, c := range open {
+					c.Close()
+				}
+				mu.Unlock()
+				wg.Wait()
+			})
+			settled := make(chan struct{}, 1) // tc.after ran
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; ; i++ {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					mu.Lock()
+					open = append(open, c)
+					mu.Unlock()
+					req, err := http.ReadRequest(bufio.NewReader(c))
+					if err != nil {
+						continue
+					}
+					b, _ := io.ReadAll(req.Body)
+					msg := fmt.Sprintf("conn %d %s", i, b)
+					fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(msg), msg)
+					tc.after(c)
+					settled <- struct{}{}
+				}
+			}()
+			e := expose(t, "http://"+ln.Addr().String(), nil)
+			for i := range 3 {
+				body := fmt.Sprintf("body %d", i)
+				code, got := e.do(t, e.request(t, "POST", "/", strings.NewReader(body)))
+				if want := fmt.Sprintf("conn %d %s", i, body); code != 200 || got != want {
+					t.Fatalf("request %d: %d %q, want %q", i, code, got, want)
+				}
+				<-settled
+			}
+		})
+	}
+}

@@ -2,7 +2,7 @@ package client
 
 import "bufio"
 
-// dropLocal closes the local connection and waits for its watcher.
+// dropLocal closes the local connection.
 func (p *pair) dropLocal() {
 	if p.lc == nil {
 		return
@@ -11,12 +11,10 @@ func (p *pair) dropLocal() {
 	p.lc.Close()
 	p.lc = nil
 	p.s.mu.Unlock()
-	close(p.resume)
-	<-p.watched
 	p.lr, p.lw = nil, nil
 }
 
-// dial connects the pair to the local service and starts the watcher.
+// dial connects the pair to the local service.
 func (p *pair) dial() error {
 	lc, err := p.s.dialer.DialContext(p.s.ctx, "tcp", p.s.addr)
 	if err != nil {
@@ -32,38 +30,22 @@ func (p *pair) dial() error {
 	p.s.mu.Unlock()
 	p.lr = bufio.NewReaderSize(lc, pairLocalReadBuf)
 	p.lw = bufio.NewWriterSize(lc, pairLocalWriteBuf)
-	p.ready = make(chan error, 1)
-	p.resume = make(chan struct{})
-	p.watched = make(chan struct{})
-	go watch(p.lr, p.ready, p.resume, p.watched)
 	return nil
 }
 
-func watch(lr *bufio.Reader, ready chan<- error, resume <-chan struct{}, done chan<- struct{}) {
-	defer close(done)
-	for {
-		_, err := lr.Peek(1)
-		ready <- err
-		if err != nil {
-			return
-		}
-		if _, ok := <-resume; !ok {
-			return
-		}
-	}
-}
-
-// localReady makes sure the pair has a live local connection: one the
-// watcher has news of while idle (the local service closed it, or sent
-// data no request asked for) is dropped and dialed again.
+// localReady makes sure the pair has a live local connection: one that
+// the local service closed while idle, or on which it sent data no
+// request asked for, is dropped and dialed again. The check is one
+// non-blocking peek at the socket (see idleClosed), where a watcher
+// goroutine reading between answers cost two goroutine switches per
+// request; a close that races the request is left to exchange's retry,
+// as http.Transport does.
 func (p *pair) localReady() error {
 	if p.lc != nil {
-		select {
-		case <-p.ready:
-			p.dropLocal() // closed (or babbling) while idle: dial again
-		default:
+		if p.lr.Buffered() == 0 && !idleClosed(p.lc) {
 			return nil
 		}
+		p.dropLocal()
 	}
 	return p.dial()
 }

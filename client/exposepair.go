@@ -55,13 +55,6 @@ type pair struct {
 	lc net.Conn
 	lr *bufio.Reader
 	lw *bufio.Writer
-	// The watcher owns reading lc between answers, so that a connection
-	// the local service closes while idle is noticed before a request is
-	// written to it (as the transport's read loop does): it peeks, tells
-	// on ready, and waits for resume before it peeks again.
-	ready   chan error
-	resume  chan struct{}
-	watched chan struct{} // closed when the watcher returned
 }
 
 // setState records the pair's state; false when the server is closing
@@ -177,7 +170,7 @@ func (p *pair) exchange(out *http.Request, bodyless bool) (resp *http.Response, 
 			}
 			return nil, nil, err
 		}
-		if err := <-p.ready; err != nil {
+		if _, err := p.lr.Peek(1); err != nil {
 			// Nothing came back.
 			if bodyless && attempt == 0 {
 				p.dropLocal()
@@ -251,7 +244,6 @@ func (p *pair) answer(resp *http.Response, wrote chan error) (status int, n int6
 		p.dropLocal()
 		return resp.StatusCode, cb.n, false
 	}
-	p.resume <- struct{}{}
 	return resp.StatusCode, cb.n, true
 }
 
@@ -330,8 +322,8 @@ func (p *pair) upgrade(resp *http.Response, reqUp string, wrote chan error) (int
 		p.closeAll(nil)
 		return http.StatusSwitchingProtocols, 0, false
 	}
-	// The watcher waits for a resume that never comes; the splice reads
-	// both buffered readers, so nothing already received is lost.
+	// The splice reads both buffered readers, so nothing already
+	// received is lost.
 	done := make(chan struct{}, 2)
 	go func() { io.Copy(p.lc, p.sr); done <- struct{}{} }()
 	go func() { io.Copy(p.st, p.lr); done <- struct{}{} }()

@@ -11,14 +11,16 @@ import (
 // reverse proxy did: URL to the target, the public Host kept unless
 // RewriteHost, X-Forwarded-* and Forwarded as the server set them,
 // hop-by-hop headers dropped but for an upgrade's. It returns the
-// upgrade asked for, if any.
+// upgrade asked for, if any. req was read from the stream and is the
+// pair's own: out shares its header (nothing reads req's hop-by-hop
+// headers afterwards) but not its URL, which the log shows.
 func (p *pair) outgoing(req *http.Request) (*http.Request, string) {
 	out := new(http.Request)
 	*out = *req
-	out.Header = req.Header.Clone()
 	if out.Header == nil {
 		out.Header = http.Header{}
 	}
+	te := headerHasToken(req.Header["Te"], "trailers")
 	u := *req.URL
 	out.URL = &u
 	out.URL.RawQuery = cleanQueryParams(out.URL.RawQuery)
@@ -29,7 +31,7 @@ func (p *pair) outgoing(req *http.Request) (*http.Request, string) {
 	}
 	up := upgradeType(out.Header)
 	removeHopByHop(out.Header)
-	if headerHasToken(req.Header["Te"], "trailers") {
+	if te {
 		out.Header.Set("Te", "trailers")
 	}
 	if up != "" {
