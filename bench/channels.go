@@ -95,6 +95,9 @@ type child struct {
 	ctl  string // http://addr of its control endpoint
 }
 
+// childStoreEnv names the store of a "postern" child; unset: memory.
+const childStoreEnv = "POSTERN_BENCH_CHILD_STORE"
+
 // startChild starts a child server of kind, with env ("K=V") added to its
 // environment.
 func startChild(kind string, env ...string) (*child, error) {
@@ -193,6 +196,10 @@ func runChild(kind string) int {
 	case "postern", "tunnel":
 		cfg := node.DefaultConfig()
 		cfg.Store = "memory"
+		if st := os.Getenv(childStoreEnv); st != "" {
+			cfg.Store = st
+			cfg.ClusterInsecure = true // the nodes forward nothing here
+		}
 		if kind == "tunnel" {
 			cfg = tunnelConfig("memory") // the tunnel-wake scenario's node
 		}
@@ -524,9 +531,37 @@ func fanout(ctx context.Context, kind, pubPath, subPath string, subs int) (res f
 		return res, err
 	}
 	defer ch.stop()
-	conns, err := dialAll(ctx, ch.base, subs, func(int) string { return subPath })
-	if err != nil {
-		return res, err
+	return measureFanout(ctx, kind, []*child{ch}, pubPath, subPath, subs)
+}
+
+// measureFanout is fanout on servers already running: the subscribers are
+// spread evenly over them, the messages are published on the first, and
+// the server CPU is that of all of them.
+func measureFanout(ctx context.Context, kind string, chs []*child, pubPath, subPath string, subs int) (res fanoutResult, err error) {
+	ch := chs[0]
+	var conns []*wsClient
+	for i, c := range chs {
+		n := subs / len(chs)
+		if i < subs%len(chs) {
+			n++
+		}
+		cs, err := dialAll(ctx, c.base, n, func(int) string { return subPath })
+		if err != nil {
+			closeAll(conns)
+			return res, err
+		}
+		conns = append(conns, cs...)
+	}
+	serversCPU := func() (time.Duration, error) {
+		var sum time.Duration
+		for _, c := range chs {
+			d, err := c.cpu()
+			if err != nil {
+				return 0, err
+			}
+			sum += d
+		}
+		return sum, nil
 	}
 	// Let the server register every subscriber: postern subscribes before
 	// it completes the handshake, the baseline right after; one warm-up
@@ -591,7 +626,7 @@ func fanout(ctx context.Context, kind, pubPath, subPath string, subs int) (res f
 			return res, err
 		}
 	}
-	srv0, err := ch.cpu()
+	srv0, err := serversCPU()
 	if err != nil {
 		return res, err
 	}
@@ -605,7 +640,7 @@ func fanout(ctx context.Context, kind, pubPath, subPath string, subs int) (res f
 		}
 	}
 	cli1 := ownCPU()
-	srv1, err := ch.cpu()
+	srv1, err := serversCPU()
 	if err != nil {
 		return res, err
 	}

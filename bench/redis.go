@@ -1,19 +1,24 @@
 package main
 
+// Redis scenarios: postern on one redis-server and on a Redis Cluster (three
+// masters, each with a replica), all private and on 127.0.0.1, started by
+// redistest. The nodes run in this process except for the fan-out, whose
+// servers are child processes as in the channels scenarios.
+
 import (
 	"context"
 	"encoding/csv"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
-
-	"github.com/redis/rueidis"
 
 	"github.com/postern/postern/internal/node"
 	"github.com/postern/postern/internal/store/redisstore/redistest"
@@ -21,71 +26,234 @@ import (
 
 func init() {
 	register(Scenario{
-		Name:     "redis/two-nodes",
-		Baseline: "redis-benchmark XADD on the same redis-server, same connection count, no pipelining",
-		Run:      runRedisTwoNodes,
+		Name:     "redis/scale",
+		Baseline: "redis-benchmark XADD on the same redis-server in the same round: its rate, and redis-server CPU per XADD",
+		Run:      func(ctx context.Context, o Options) ([]Figure, error) { return runScale(ctx, o, false) },
+	})
+	register(Scenario{
+		Name:     "redis/scale-cluster",
+		Baseline: "redis-benchmark --cluster XADD on the same Redis Cluster in the same round: its rate, and the cluster's CPU per XADD",
+		Run:      func(ctx context.Context, o Options) ([]Figure, error) { return runScale(ctx, o, true) },
+	})
+	register(Scenario{
+		Name:     "redis/produce",
+		Baseline: "plain net/http handler answering 200, same client, same connections, same round",
+		Run:      runRedisProduce,
+	})
+	register(Scenario{
+		Name:     "redis/fanout",
+		Baseline: "the same subscribers on one memory-engine node, same round",
+		Run:      runRedisFanout,
+	})
+	register(Scenario{
+		Name:     "redis/wait-replicas",
+		Baseline: "the same load with --redis-wait-replicas 0, on the same master and replica, same round",
+		Run:      runWaitReplicas,
 	})
 }
 
 // redisTunnels spreads the load over several tunnels.
 const redisTunnels = 8
 
-// runRedisTwoNodes starts a private redis-server and two postern nodes on
-// it. Half the connections produce on one node, the other half long-poll
-// consume the same tunnels on the other node, so every message crosses
-// nodes through Redis and most consumes are woken by a publish from the
-// other node. The ceiling is redis-benchmark's XADD rate on the same
-// server at the same connection count.
-func runRedisTwoNodes(ctx context.Context, o Options) ([]Figure, error) {
+// scaleNodes are the node counts of the scale curve.
+var scaleNodes = []int{1, 2, 4}
+
+// deployment is a Redis the scenarios run postern on: one redis-server or a
+// cluster.
+type deployment struct {
+	servers []*redistest.Server // every process, replicas included
+	masters []*redistest.Server // those that take writes
+	url     func() string       // a fresh key prefix each call
+	cluster bool
+	close   func()
+}
+
+func launchDeployment(cluster bool) (*deployment, error) {
 	dir, err := os.MkdirTemp("", "postern-bench-redis-")
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(dir)
-	rs, err := redistest.Launch(dir, redistest.Options{})
-	if err != nil {
-		return nil, err
-	}
-	defer rs.Close()
-
-	var nodes []*benchNode
-	defer func() {
-		for _, n := range nodes {
-			n.stop()
-		}
-	}()
-	for i := range 2 {
-		cfg := node.DefaultConfig()
-		cfg.Store = fmt.Sprintf("redis://%s/0?prefix=bench:", rs.Addr)
-		cfg.NodeID = fmt.Sprint("bench-", i)
-		cfg.ClusterSecret = benchClusterSecret
-		cfg.Tunnel.MaxLen = 1_000_000
-		cfg.Tunnel.Backpressure = false
-		n, err := startNode(cfg)
+	if !cluster {
+		rs, err := redistest.Launch(dir, redistest.Options{})
 		if err != nil {
+			os.RemoveAll(dir)
 			return nil, err
 		}
-		nodes = append(nodes, n)
+		return &deployment{
+			servers: []*redistest.Server{rs}, masters: []*redistest.Server{rs},
+			url:   rs.URL,
+			close: func() { rs.Close(); os.RemoveAll(dir) },
+		}, nil
 	}
-
-	c := httpClient(o.Conns)
-	defer c.Transport.(*http.Transport).CloseIdleConnections()
-	var produced, consumed atomic.Int64
-	body := strings.Repeat("x", 256)
-	rc, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{rs.Addr}, DisableCache: true, ForceSingleClient: true})
+	cl, err := redistest.LaunchCluster(dir, redistest.ClusterOptions{})
 	if err != nil {
+		os.RemoveAll(dir)
 		return nil, err
 	}
-	defer rc.Close()
-	if err := rc.Do(ctx, rc.B().ConfigResetstat().Build()).Error(); err != nil {
-		return nil, err
+	d := &deployment{servers: cl.Nodes, url: cl.URL, cluster: true, close: func() { cl.Close(); os.RemoveAll(dir) }}
+	for _, s := range cl.Nodes {
+		if role, _ := s.Info("replication", "role"); role == "master" {
+			d.masters = append(d.masters, s)
+		}
 	}
-	self0, redis0 := cpuSeconds(rs.PID())
-	res, err := closedLoop(ctx, o.Conns, o.Duration, func(ctx context.Context, w, seq int) error {
+	return d, nil
+}
+
+// cpu is the CPU time, in seconds, every process of d has used so far.
+func (d *deployment) cpu() float64 {
+	sum := 0.0
+	for _, s := range d.servers {
+		_, c := cpuSeconds(s.PID())
+		sum += c
+	}
+	return sum
+}
+
+// resetStats zeroes INFO commandstats on every master.
+func (d *deployment) resetStats() error {
+	for _, s := range d.masters {
+		if _, err := s.Do("CONFIG", "RESETSTAT"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// clientCalls is the name of every command a client of postern sends;
+// every other command counted in INFO commandstats was run by a script
+// (or is the harness's own, such as INFO).
+var clientCalls = map[string]bool{
+	"evalsha": true, "eval": true, "evalsha_ro": true, "eval_ro": true, "fcall": true,
+	"publish": true, "spublish": true, "getdel": true, "wait": true, "waitaof": true,
+}
+
+// harnessCalls are commands of the harness and of connection upkeep, not
+// counted.
+var harnessCalls = map[string]bool{
+	"info": true, "config": true, "hello": true, "ping": true, "cluster": true, "client": true,
+	"subscribe": true, "unsubscribe": true, "ssubscribe": true, "sunsubscribe": true, "command": true, "readonly": true,
+	"select": true, "auth": true,
+}
+
+// commandCounts sums INFO commandstats over the masters: calls sent by
+// clients (scripts, PUBLISH and plain commands), and commands scripts ran.
+// With POSTERN_BENCH_REDIS_COMMANDS set it prints every command's count
+// per msgs.
+func (d *deployment) commandCounts(msgs float64) (calls, scripted float64, err error) {
+	each := map[string]float64{}
+	usec := map[string]float64{} // time Redis spent running each, µs
+	defer func() {
+		if os.Getenv("POSTERN_BENCH_REDIS_COMMANDS") == "" || err != nil {
+			return
+		}
+		names := slices.Sorted(maps.Keys(each))
+		var b strings.Builder
+		for _, n := range names {
+			fmt.Fprintf(&b, " %s=%.2f", n, each[n]/msgs)
+		}
+		fmt.Fprintf(os.Stderr, "  Redis commands per delivered msg:%s\n", b.String())
+		b.Reset()
+		for _, n := range names {
+			if clientCalls[strings.SplitN(n, "|", 2)[0]] {
+				fmt.Fprintf(&b, " %s=%.1fµs", n, usec[n]/msgs)
+			}
+		}
+		fmt.Fprintf(os.Stderr, "  time Redis ran client calls per delivered msg (scripts included):%s\n", b.String())
+	}()
+	for _, s := range d.masters {
+		r, err := s.Do("INFO", "commandstats")
+		if err != nil {
+			return 0, 0, err
+		}
+		info, _ := r.(string)
+		for _, line := range strings.Split(info, "\n") {
+			name, rest, ok := strings.Cut(strings.TrimPrefix(strings.TrimSpace(line), "cmdstat_"), ":calls=")
+			if !ok {
+				continue
+			}
+			top, _, _ := strings.Cut(name, "|")
+			if harnessCalls[top] {
+				continue
+			}
+			fields := strings.Split(rest, ",")
+			n, _ := strconv.ParseFloat(fields[0], 64)
+			each[name] += n
+			if len(fields) > 1 {
+				u, _ := strconv.ParseFloat(strings.TrimPrefix(fields[1], "usec="), 64)
+				usec[name] += u
+			}
+			if clientCalls[top] {
+				calls += n
+			} else {
+				scripted += n
+			}
+		}
+	}
+	return calls, scripted, nil
+}
+
+// scaleResult is one point of the scale curve.
+type scaleResult struct {
+	delivered float64 // messages consumed per second
+	cpuPerMsg float64 // Redis CPU per delivered message, µs
+	calls     float64 // client calls per delivered message
+	scripted  float64 // commands scripts ran per delivered message
+}
+
+// startNodes starts n postern nodes on url.
+func startNodes(url string, n int, tweak func(*node.Config)) ([]*benchNode, error) {
+	var nodes []*benchNode
+	for i := range n {
+		cfg := node.DefaultConfig()
+		cfg.Store = url
+		cfg.NodeID = fmt.Sprint("bench-", i)
+		cfg.ClusterInsecure = true
+		cfg.Tunnel.MaxLen = 1_000_000
+		cfg.Tunnel.Backpressure = false
+		cfg.MaxConnectionsPerAddr = -1
+		if tweak != nil {
+			tweak(&cfg)
+		}
+		nd, err := startNode(cfg)
+		if err != nil {
+			stopNodes(nodes)
+			return nil, err
+		}
+		nodes = append(nodes, nd)
+	}
+	return nodes, nil
+}
+
+func stopNodes(nodes []*benchNode) {
+	for _, n := range nodes {
+		n.stop()
+	}
+}
+
+// deliver runs the produce and consume load on nodes: connections in
+// pairs, a producer and a long-polling consumer of one tunnel, the
+// producer on one node and the consumer on the next, so that with more
+// than one node every message crosses nodes through Redis and most
+// consumes are woken by another node. Producers stop after d; consumers
+// go on until every message produced is consumed (for at most d more),
+// so that what Redis did is what delivering those messages took. It
+// returns the messages consumed and the time taken.
+func deliver(ctx context.Context, nodes []*benchNode, conns int, d time.Duration) (consumed int64, elapsed time.Duration, err error) {
+	c := httpClient(conns)
+	defer c.CloseIdleConnections()
+	body := strings.Repeat("x", 256)
+	var produced, got, last atomic.Int64 // last: when the latest message was consumed, ns after start
+	ctx, drained := context.WithCancel(ctx)
+	defer drained()
+	start := time.Now()
+	_, err = closedLoop(ctx, conns, 2*d, func(ctx context.Context, w, seq int) error {
 		pair := w / 2
 		tunnel := fmt.Sprint("/t/bench", pair%redisTunnels)
-		if w%2 == 0 { // producer on node pair%2
-			req, _ := http.NewRequestWithContext(ctx, "POST", nodes[pair%2].URL+tunnel, strings.NewReader(body))
+		if w%2 == 0 {
+			if time.Since(start) > d {
+				return errDrained
+			}
+			req, _ := http.NewRequestWithContext(ctx, "POST", nodes[pair%len(nodes)].URL+tunnel, strings.NewReader(body))
 			req.Header.Set("Content-Type", "text/plain")
 			if err := expect(c, req, http.StatusCreated); err != nil {
 				return err
@@ -93,8 +261,7 @@ func runRedisTwoNodes(ctx context.Context, o Options) ([]Figure, error) {
 			produced.Add(1)
 			return nil
 		}
-		// consumer on the other node
-		req, _ := http.NewRequestWithContext(ctx, "GET", nodes[1-pair%2].URL+tunnel+"/poll?timeout=1", nil)
+		req, _ := http.NewRequestWithContext(ctx, "GET", nodes[(pair+1)%len(nodes)].URL+tunnel+"/poll?timeout=1", nil)
 		resp, err := c.Do(req)
 		if err != nil {
 			return err
@@ -102,74 +269,240 @@ func runRedisTwoNodes(ctx context.Context, o Options) ([]Figure, error) {
 		drain(resp)
 		switch resp.StatusCode {
 		case http.StatusOK:
-			consumed.Add(1)
+			n := got.Add(1)
+			since := time.Since(start)
+			last.Store(int64(since))
+			if since > d && n >= produced.Load() {
+				drained() // every message produced is consumed
+			}
 		case http.StatusNoContent:
 		default:
 			return fmt.Errorf("consume: %d", resp.StatusCode)
 		}
 		return nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	total := float64(produced.Load()+consumed.Load()) / res.Elapsed.Seconds()
-	self1, redis1 := cpuSeconds(rs.PID())
-	msgs := float64(produced.Load() + consumed.Load())
-	calls, scripted, err := commandCounts(ctx, rc)
-	if err != nil {
-		return nil, err
-	}
+	return got.Load(), time.Duration(last.Load()), err
+}
 
-	ceiling, err := redisBenchmarkXADD(ctx, rs.Addr, o.Conns, o.Duration)
+// scalePoint measures n nodes on dep.
+func scalePoint(ctx context.Context, dep *deployment, n int, o Options) (scaleResult, error) {
+	nodes, err := startNodes(dep.url(), n, nil)
+	if err != nil {
+		return scaleResult{}, err
+	}
+	defer stopNodes(nodes)
+	if err := dep.resetStats(); err != nil {
+		return scaleResult{}, err
+	}
+	cpu0 := dep.cpu()
+	consumed, elapsed, err := deliver(ctx, nodes, o.Conns, o.Duration)
+	if err != nil {
+		return scaleResult{}, err
+	}
+	cpu1 := dep.cpu()
+	if consumed == 0 {
+		return scaleResult{}, fmt.Errorf("%d nodes: nothing delivered", n)
+	}
+	msgs := float64(consumed)
+	calls, scripted, err := dep.commandCounts(msgs)
+	if err != nil {
+		return scaleResult{}, err
+	}
+	return scaleResult{
+		delivered: msgs / elapsed.Seconds(),
+		cpuPerMsg: (cpu1 - cpu0) / msgs * 1e6,
+		calls:     calls / msgs,
+		scripted:  scripted / msgs,
+	}, nil
+}
+
+// runScale measures the scale curve on one redis-server or a cluster:
+// delivered msg/s of 1, 2 and 4 nodes against redis-benchmark's XADD/s,
+// and Redis CPU per delivered message against Redis CPU per XADD, all in
+// one round on the same Redis.
+func runScale(ctx context.Context, o Options, cluster bool) ([]Figure, error) {
+	dep, err := launchDeployment(cluster)
 	if err != nil {
 		return nil, err
 	}
-	helloURL, stopHello, err := startHello()
+	defer dep.close()
+	points := map[int]scaleResult{}
+	for _, n := range scaleNodes {
+		p, err := scalePoint(ctx, dep, n, o)
+		if err != nil {
+			return nil, fmt.Errorf("%d nodes: %w", n, err)
+		}
+		points[n] = p
+	}
+	cpu0 := dep.cpu()
+	rate, xadds, err := redisBenchmarkXADD(ctx, dep, o.Conns, o.Duration)
+	if err != nil {
+		return nil, err
+	}
+	cpuPerXADD := (dep.cpu() - cpu0) / xadds * 1e6
+	var figs []Figure
+	for _, n := range scaleNodes {
+		p := points[n]
+		nodes := fmt.Sprintf("%d node", n)
+		if n > 1 {
+			nodes += "s"
+		}
+		msgs := Figure{Name: "delivered msg/s, " + nodes, Unit: "msg/s", Value: p.delivered, Baseline: rate}
+		cpu := Figure{Name: "Redis CPU per delivered msg, " + nodes, Unit: "µs", Value: p.cpuPerMsg, Baseline: cpuPerXADD, LowerIsBetter: true}
+		if n == 2 && !cluster {
+			// Issue 19's goals.
+			msgs.Goal, cpu.Goal = 0.3, 2
+		}
+		figs = append(figs, msgs, cpu,
+			// Command counts do not depend on the machine's load at all.
+			Figure{Name: "Redis calls per delivered msg, " + nodes, Unit: "calls", Value: p.calls, LowerIsBetter: true},
+			Figure{Name: "commands scripts ran per delivered msg, " + nodes, Unit: "cmds", Value: p.scripted, LowerIsBetter: true})
+	}
+	return figs, nil
+}
+
+// runRedisProduce measures produce on one node on Redis against the plain
+// handler and baseline-hello, in the same round.
+func runRedisProduce(ctx context.Context, o Options) ([]Figure, error) {
+	base, stopBase, err := startHTTP(plainHandler)
+	if err != nil {
+		return nil, err
+	}
+	defer stopBase()
+	hello, stopHello, err := startHello()
 	if err != nil {
 		return nil, err
 	}
 	defer stopHello()
-	hello, err := helloLoad(ctx, o.Conns, o.Duration/2, requestOp(c, http.MethodPost, helloURL+"/t/bench0", []byte(body), http.StatusOK))
+	dep, err := launchDeployment(false)
 	if err != nil {
 		return nil, err
 	}
+	defer dep.close()
+	nodes, err := startNodes(dep.url(), 1, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer stopNodes(nodes)
+	c := httpClient(o.Conns)
+	defer c.CloseIdleConnections()
+	post := func(url string, status int) func(ctx context.Context, w, seq int) error {
+		return func(ctx context.Context, w, seq int) error {
+			return requestOp(c, "POST", url+"/t/load-"+strconv.Itoa(w%redisTunnels), benchBody, status)(ctx, w, seq)
+		}
+	}
+	baseline, err := closedLoop(ctx, o.Conns, o.Duration, post(base, 200))
+	if err != nil {
+		return nil, fmt.Errorf("baseline: %w", err)
+	}
+	helloRes, err := helloLoad(ctx, o.Conns, o.Duration, post(hello, 200))
+	if err != nil {
+		return nil, err
+	}
+	produce, err := closedLoop(ctx, o.Conns, o.Duration, post(nodes[0].URL, 201))
+	if err != nil {
+		return nil, fmt.Errorf("produce: %w", err)
+	}
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	return []Figure{
-		{Name: "produce+consume msg/s vs XADD/s", Unit: "msg/s", Value: total, Baseline: ceiling},
-		{Name: "produce+consume msg/s, 2 nodes", Unit: "msg/s", Value: total, Goal: 10_000, Hello: hello.Rate()},
-		{Name: "produce msg/s", Unit: "msg/s", Value: float64(produced.Load()) / res.Elapsed.Seconds()},
-		{Name: "consume msg/s", Unit: "msg/s", Value: float64(consumed.Load()) / res.Elapsed.Seconds()},
-		// CPU time per message is less sensitive to other load on the
-		// machine than rates are.
-		{Name: "CPU per msg: nodes + load generator", Unit: "us", Value: (self1 - self0) / msgs * 1e6, LowerIsBetter: true},
-		{Name: "CPU per msg: redis-server", Unit: "us", Value: (redis1 - redis0) / msgs * 1e6, LowerIsBetter: true},
-		// Command counts do not depend on the machine's load at all.
-		{Name: "Redis calls per msg (scripts, PUBLISH, ...)", Unit: "calls", Value: calls / msgs, LowerIsBetter: true},
-		{Name: "Redis commands run inside scripts per msg", Unit: "cmds", Value: scripted / msgs, LowerIsBetter: true},
+		// Issue 19: 1.5x the original tunnelhead on the same Redis, which
+		// measured 0.36x a plain Go handler.
+		{Name: "produce req/s on Redis", Unit: "req/s", Value: produce.Rate(), Baseline: baseline.Rate(), Goal: 0.53, Hello: helloRes.Rate()},
+		{Name: "produce p99 on Redis", Unit: "ms", Value: ms(produce.Percentile(99)), Baseline: ms(baseline.Percentile(99)), LowerIsBetter: true, Hello: ms(helloRes.Percentile(99))},
 	}, nil
 }
 
-// commandCounts sums INFO commandstats: calls sent by clients (scripts,
-// PUBLISH and plain commands), and commands scripts ran.
-func commandCounts(ctx context.Context, c rueidis.Client) (calls, scripted float64, err error) {
-	info, err := c.Do(ctx, c.B().Info().Section("commandstats").Build()).ToString()
+// redisFanoutSubscribers is how many subscribers the fan-out splits over
+// two nodes.
+const redisFanoutSubscribers = 5000
+
+// runRedisFanout measures channel fan-out to subscribers split over two
+// nodes on one Redis (messages published on the first), against the same
+// subscribers on one memory-engine node.
+func runRedisFanout(ctx context.Context, o Options) ([]Figure, error) {
+	if err := raiseFileLimit(redisFanoutSubscribers + 1000); err != nil {
+		return nil, err
+	}
+	dep, err := launchDeployment(false)
 	if err != nil {
-		return 0, 0, err
+		return nil, err
 	}
-	// Only scripts and these run from clients in this scenario.
-	topLevel := map[string]bool{"evalsha": true, "eval": true, "publish": true, "getdel": true, "ping": true, "subscribe": true}
-	for _, line := range strings.Split(info, "\n") {
-		name, rest, ok := strings.Cut(strings.TrimPrefix(strings.TrimSpace(line), "cmdstat_"), ":calls=")
-		if !ok || strings.Contains(name, "|") || name == "info" || name == "hello" {
-			continue
+	defer dep.close()
+	url := dep.url()
+	var chs []*child
+	defer func() {
+		for _, c := range chs {
+			c.stop()
 		}
-		n, _ := strconv.ParseFloat(strings.SplitN(rest, ",", 2)[0], 64)
-		if topLevel[name] {
-			calls += n
-		} else {
-			scripted += n
+	}()
+	for range 2 {
+		c, err := startChild("postern", childStoreEnv+"="+url)
+		if err != nil {
+			return nil, err
 		}
+		chs = append(chs, c)
 	}
-	return calls, scripted, nil
+	p, err := measureFanout(ctx, "postern on Redis", chs, "/c/fan", "/c/fan", redisFanoutSubscribers)
+	if err != nil {
+		return nil, err
+	}
+	b, err := fanout(ctx, "postern", "/c/fan", "/c/fan", redisFanoutSubscribers)
+	if err != nil {
+		return nil, err
+	}
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+	n := strconv.Itoa(redisFanoutSubscribers)
+	return []Figure{
+		{Name: "p50 delivery to " + n + " subs on 2 nodes", Unit: "ms", Value: ms(p.p50), Baseline: ms(b.p50), LowerIsBetter: true},
+		{Name: "p99 delivery to " + n + " subs on 2 nodes", Unit: "ms", Value: ms(p.p99), Baseline: ms(b.p99), LowerIsBetter: true},
+		{Name: "server CPU per delivery (" + n + " subs on 2 nodes)", Unit: "µs", Value: us(p.serverCPU), Baseline: us(b.serverCPU), LowerIsBetter: true},
+	}, nil
+}
+
+// runWaitReplicas measures what --redis-wait-replicas 1 costs: two nodes
+// on a master with one replica, the delivery load with and without it.
+func runWaitReplicas(ctx context.Context, o Options) ([]Figure, error) {
+	dir, err := os.MkdirTemp("", "postern-bench-wait-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	master, err := redistest.Launch(dir, redistest.Options{})
+	if err != nil {
+		return nil, err
+	}
+	defer master.Close()
+	rdir := dir + "/replica"
+	if err := os.Mkdir(rdir, 0o700); err != nil {
+		return nil, err
+	}
+	replica, err := redistest.Launch(rdir, redistest.Options{ReplicaOf: master.Addr})
+	if err != nil {
+		return nil, err
+	}
+	defer replica.Close()
+	if err := replica.WaitSynced(30 * time.Second); err != nil {
+		return nil, err
+	}
+	run := func(wait int) (float64, error) {
+		nodes, err := startNodes(master.URL(), 2, func(c *node.Config) { c.RedisWaitReplicas = wait })
+		if err != nil {
+			return 0, err
+		}
+		defer stopNodes(nodes)
+		consumed, elapsed, err := deliver(ctx, nodes, o.Conns, o.Duration)
+		return float64(consumed) / elapsed.Seconds(), err
+	}
+	without, err := run(0)
+	if err != nil {
+		return nil, err
+	}
+	with, err := run(1)
+	if err != nil {
+		return nil, err
+	}
+	return []Figure{{Name: "delivered msg/s, 2 nodes, waiting for 1 replica", Unit: "msg/s", Value: with, Baseline: without}}, nil
 }
 
 // cpuSeconds returns the CPU time used so far by this process and by
@@ -199,34 +532,47 @@ func cpuSeconds(pid int) (self, other float64) {
 	return self, (u + st) / 100
 }
 
-// redisBenchmarkXADD runs redis-benchmark's XADD on addr with conns
-// connections for about d and returns its requests per second.
-func redisBenchmarkXADD(ctx context.Context, addr string, conns int, d time.Duration) (float64, error) {
+// redisBenchmarkXADD runs redis-benchmark's XADD on dep with conns
+// connections for about d and returns its rate and how many XADDs it sent.
+// On a cluster the keys spread over every master.
+func redisBenchmarkXADD(ctx context.Context, dep *deployment, conns int, d time.Duration) (rate, n float64, err error) {
 	bin, err := exec.LookPath("redis-benchmark")
 	if err != nil {
-		return 0, fmt.Errorf("redis-benchmark is not installed (it comes with redis-server's tools)")
+		return 0, 0, fmt.Errorf("redis-benchmark is not installed (it comes with redis-server's tools)")
 	}
-	host, port, _ := strings.Cut(addr, ":")
+	host, port, _ := strings.Cut(dep.masters[0].Addr, ":")
 	// About d at ~60k requests/s; the rate, not the count, is reported.
-	n := max(int(d.Seconds()*60_000), 20_000)
-	cmd := exec.CommandContext(ctx, bin, "-h", host, "-p", port, "-c", strconv.Itoa(conns), "-n", strconv.Itoa(n),
-		"--csv", "XADD", "bench:xadd", "MAXLEN", "~", "100000", "*", "body", strings.Repeat("x", 256))
-	out, err := cmd.Output()
-	if err != nil {
-		return 0, fmt.Errorf("redis-benchmark: %v", err)
+	total := max(int(d.Seconds()*60_000), 20_000)
+	args := []string{"-h", host, "-p", port, "-c", strconv.Itoa(conns), "-n", strconv.Itoa(total), "--csv"}
+	key := "bench:xadd"
+	if dep.cluster {
+		// redis-benchmark puts each master's own hash tag in place of
+		// {tag}: a stream on every master.
+		args = append(args, "--cluster")
+		key = "bench:{tag}"
 	}
-	recs, err := csv.NewReader(strings.NewReader(string(out))).ReadAll()
+	args = append(args, "XADD", key, "MAXLEN", "~", "100000", "*", "body", strings.Repeat("x", 256))
+	out, err := exec.CommandContext(ctx, bin, args...).Output()
 	if err != nil {
-		return 0, fmt.Errorf("redis-benchmark output: %v: %q", err, out)
+		return 0, 0, fmt.Errorf("redis-benchmark: %v", err)
+	}
+	// In cluster mode it first lists the masters: only quoted lines are
+	// the CSV.
+	var lines []string
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(l, `"`) {
+			lines = append(lines, l)
+		}
+	}
+	recs, err := csv.NewReader(strings.NewReader(strings.Join(lines, "\n"))).ReadAll()
+	if err != nil {
+		return 0, 0, fmt.Errorf("redis-benchmark output: %v: %q", err, out)
 	}
 	for _, r := range recs {
 		if len(r) >= 2 && strings.HasPrefix(r[0], "XADD") {
-			return strconv.ParseFloat(r[1], 64)
+			rate, err := strconv.ParseFloat(r[1], 64)
+			return rate, float64(total), err
 		}
 	}
-	return 0, fmt.Errorf("redis-benchmark printed no XADD rate: %q", out)
+	return 0, 0, fmt.Errorf("redis-benchmark printed no XADD rate: %q", out)
 }
-
-// benchClusterSecret is the cluster secret of the two-node scenario's
-// nodes (a store shared by nodes asks for one).
-const benchClusterSecret = "bench-two-nodes-secret-0123456789abcdef"

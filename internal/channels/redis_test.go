@@ -12,15 +12,18 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/postern/postern/internal/node"
-	"github.com/postern/postern/internal/store/redisstore/redistest"
+	"github.com/postern/postern/internal/servertest"
 )
 
-// TestTwoNodesOnRedis: two nodes share a real redis-server. A message
-// published on either node reaches the subscribers of both, all of them
-// in one order, and a subscriber resumes on one node after ids it got
-// from the other.
+// TestTwoNodesOnRedis: two nodes share a real redis-server, or a real
+// Redis Cluster. A message published on either node reaches the
+// subscribers of both, all of them in one order, and a subscriber resumes
+// on one node after ids it got from the other.
 func TestTwoNodesOnRedis(t *testing.T) {
-	url := redistest.URL(t)
+	servertest.ForEachSharedEngine(t, func(t *testing.T, e servertest.Engine) { testTwoNodes(t, e.Store) })
+}
+
+func testTwoNodes(t *testing.T, url string) {
 	startOne := func() *env {
 		return start(t, func(c *node.Config) {
 			c.Store = url

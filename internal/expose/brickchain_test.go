@@ -26,10 +26,11 @@ import (
 	"github.com/postern/postern/internal/expose/brickchain"
 	"github.com/postern/postern/internal/node"
 	"github.com/postern/postern/internal/servertest"
+	"github.com/postern/postern/internal/store/redisstore/redistest"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
+	goleak.VerifyTestMain(redistest.Main(m), goleak.Cleanup(func(code int) {
 		if buildDir != "" {
 			os.RemoveAll(buildDir)
 		}

@@ -14,24 +14,41 @@ import (
 	"github.com/postern/postern/internal/node"
 	"github.com/postern/postern/internal/relay"
 	"github.com/postern/postern/internal/relay/relaytest"
+	"github.com/postern/postern/internal/servertest"
 )
 
 // TestTwoNodes connects agents to node A and sends their users to node B,
 // which finds them in the node directory and forwards: plain HTTP to a
 // native agent, and a websocket to a brickchain agent, which node A relays
-// message by message.
+// message by message. The nodes share the in-memory directory of
+// relaytest, or the Redis engine's on a real redis-server and a real Redis
+// Cluster.
 func TestTwoNodes(t *testing.T) {
-	dir := relaytest.NewDirectory()
-	shared := func(c *node.Config) { c.Directory = dir }
+	t.Run("directory", func(t *testing.T) {
+		dir := relaytest.NewDirectory()
+		testTwoNodes(t, func(c *node.Config) { c.Directory = dir })
+	})
+	servertest.ForEachSharedEngine(t, func(t *testing.T, e servertest.Engine) {
+		testTwoNodes(t, func(c *node.Config) { c.Store = e.Store })
+	})
+}
+
+func testTwoNodes(t *testing.T, shared func(*node.Config)) {
 	a, b := startNode(t, shared), startNode(t, shared)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	listed := func(name string) {
+		t.Helper()
+		select {
+		case <-a.ExposeAnnounced(name):
+		case <-ctx.Done():
+			t.Fatalf("agent %s never listed", name)
+		}
+	}
 
 	cl, _ := client.New(a.URL)
 	exposeAgent(t, cl, "far", localBackend(t))
-	if err := dir.WaitFor(ctx, "expose", "far", 1); err != nil {
-		t.Fatalf("native agent never listed: %v", err)
-	}
+	listed("far")
 	resp, body := do(t, b, "GET", "far."+domain, "/x", nil)
 	if resp.StatusCode != 200 || !strings.HasPrefix(body, "local far."+domain) {
 		t.Fatalf("through node B: %d %q", resp.StatusCode, body)
@@ -39,9 +56,7 @@ func TestTwoNodes(t *testing.T) {
 
 	ag := dialAgent(t, a)
 	id := ag.register(a, "")
-	if err := dir.WaitFor(ctx, "expose", id, 1); err != nil {
-		t.Fatalf("brickchain agent never listed: %v", err)
-	}
+	listed(id)
 	dc := make(chan *websocket.Conn, 1)
 	go func() {
 		c, r, err := wsDial(ctx, b, id+"."+domain, "/sock", nil)

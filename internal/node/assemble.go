@@ -91,7 +91,11 @@ func (n *Node) assembly() []step {
 }
 
 func (n *Node) openStore() (part, error) {
-	st, err := OpenStore(n.cfg.Store, n.log)
+	st, err := OpenStore(n.cfg.Store, StoreOptions{
+		Logger:            n.log,
+		RedisWaitReplicas: n.cfg.RedisWaitReplicas,
+		RedisWaitTimeout:  n.cfg.RedisWaitTimeout,
+	})
 	if err != nil {
 		return part{}, err
 	}

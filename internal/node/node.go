@@ -41,6 +41,7 @@ import (
 	"github.com/postern/postern/internal/relay/gcr"
 	"github.com/postern/postern/internal/store"
 	"github.com/postern/postern/internal/store/filestore"
+	"github.com/postern/postern/internal/store/redisstore"
 	"github.com/postern/postern/internal/tunnel"
 	"github.com/postern/postern/internal/version"
 )
@@ -65,6 +66,12 @@ type Config struct {
 	// Store names the storage engine: "file:DIR" (durable, the default),
 	// "memory", or an engine URL (see OpenStore).
 	Store string
+	// RedisWaitReplicas > 0 makes a write to Redis that stores a message
+	// wait until that many replicas confirm it (WAIT), for at most
+	// RedisWaitTimeout (zero: redisstore.DefaultWaitTimeout); unconfirmed
+	// writes are answered 503. See redisstore.Options.WaitReplicas.
+	RedisWaitReplicas int
+	RedisWaitTimeout  time.Duration
 	// ShutdownTimeout bounds the graceful drain.
 	ShutdownTimeout time.Duration
 	// ReadHeaderTimeout bounds how long a client may take to send headers.
@@ -178,6 +185,7 @@ func DefaultConfig() Config {
 		IdleTimeout:       DefaultIdleTimeout,
 		MaxHeaderBytes:    DefaultMaxHeaderBytes,
 		NodeTTL:           DefaultNodeTTL,
+		RedisWaitTimeout:  redisstore.DefaultWaitTimeout,
 		Queue:             queue.Options{Lease: queue.DefaultLease},
 		Tunnel:            tunnel.DefaultOptions(),
 		Inbox:             inbox.DefaultOptions(),
@@ -295,6 +303,13 @@ func (n *Node) WaitForRelayPolls(ctx context.Context, name string, count int) er
 // the node directory for this node (at once without a directory).
 func (n *Node) RelayAnnounced(name string) <-chan struct{} {
 	return n.relayHub.Announced(name)
+}
+
+// ExposeAnnounced returns a channel closed once expose agent name is
+// listed in the node directory for this node (at once without a
+// directory).
+func (n *Node) ExposeAnnounced(name string) <-chan struct{} {
+	return n.expose.Hub().Announced(name)
 }
 
 // WildcardReady returns a channel closed once the node serves the

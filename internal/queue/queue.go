@@ -13,9 +13,11 @@
 //
 // Waiters are registered before the store is checked, so an append that
 // lands between the check and the wait still wakes them; no polling loop is
-// involved. On engines shared by several nodes (store.Fanout) every append
-// and reply is also announced on a wake topic, so a long-poll held by one
-// node is woken by a write on another.
+// involved. On engines shared by several nodes (store.Fanout) appends and
+// replies are also announced on a wake topic, so a long-poll held by one
+// node is woken by a write on another; an engine that keeps track of the
+// waiters parked on each queue (store.Parker) announces a write only when
+// someone waits for it.
 package queue
 
 import (
@@ -31,7 +33,7 @@ import (
 
 // WakeTopic is the store.Fanout topic on which nodes announce writes to
 // queue and reply keys.
-const WakeTopic = "postern:queue:wake"
+const WakeTopic = store.WakeTopic
 
 // ErrShuttingDown is returned by waits cut short by Shutdown. Callers answer
 // as for "nothing arrived".
@@ -64,9 +66,12 @@ func (o *Options) Validate() error {
 
 // Core is the queue core. It is safe for concurrent use.
 type Core struct {
-	st    store.Engine
-	fan   store.Fanout // nil on single-node engines
-	lease time.Duration
+	st  store.Engine
+	fan store.Fanout // nil on single-node engines
+	// parker, when the engine is one, announces writes to queues itself,
+	// and only while a waiter is parked: the core announces replies only.
+	parker store.Parker
+	lease  time.Duration
 
 	mu      sync.Mutex
 	waiters map[string]*waitSet
@@ -110,6 +115,7 @@ func New(st store.Engine, opts Options, deps capability.Deps) (*Core, error) {
 		closing: make(chan struct{}),
 	}
 	c.m = newMetrics(deps.Registry, c, st)
+	c.parker, _ = st.(store.Parker)
 	if fan, ok := st.(store.Fanout); ok {
 		c.fan = fan
 		cancel, err := fan.Subscribe(context.Background(), WakeTopic, func(key []byte) { c.wake(string(key)) })
@@ -210,15 +216,29 @@ func (c *Core) wake(key string) {
 	c.mu.Unlock()
 }
 
-// announce wakes local waiters of key and, on shared engines, those of other
-// nodes.
+// announce wakes local waiters of queue key and, on shared engines, those
+// of other nodes (an engine that is a store.Parker did that already, if
+// anyone was parked).
 func (c *Core) announce(key string) {
 	c.wake(key)
-	if c.fan != nil {
-		// Best effort: a lost wake-up costs a waiter its timeout, never a
-		// message, and the write itself already succeeded.
-		_ = c.fan.Publish(context.Background(), WakeTopic, []byte(key))
+	if c.fan != nil && c.parker == nil {
+		c.publish(key)
 	}
+}
+
+// announceReply is announce for a reply key, which no engine announces.
+func (c *Core) announceReply(key string) {
+	c.wake(key)
+	if c.fan != nil {
+		c.publish(key)
+	}
+}
+
+// publish tells the other nodes that key was written.
+func (c *Core) publish(key string) {
+	// Best effort: a lost wake-up costs a waiter its timeout, never a
+	// message, and the write itself already succeeded.
+	_ = c.fan.Publish(context.Background(), WakeTopic, []byte(key))
 }
 
 // await runs try until it reports found, an error occurs, wait elapses, ctx
@@ -293,6 +313,7 @@ func (c *Core) Append(ctx context.Context, key string, m store.Message, opts sto
 func (c *Core) Take(ctx context.Context, key string, mode store.TakeMode, wait time.Duration) (Delivery, bool, error) {
 	var l store.Lease
 	var at time.Time
+	end := time.Now().Add(wait) // of the wait, which a store.Parker records
 	found, err := c.await(ctx, key, wait, func() (bool, error) {
 		if err := ctx.Err(); err != nil {
 			return false, err
@@ -303,7 +324,11 @@ func (c *Core) Take(ctx context.Context, key string, mode store.TakeMode, wait t
 		// The take runs to its end even if the caller goes away meanwhile:
 		// cut short, its lease would hide the message from everyone until
 		// it ran out. A message taken for a caller gone is given back.
-		l, ok, err = c.st.Take(context.WithoutCancel(ctx), key, mode, c.lease)
+		if park := time.Until(end); c.parker != nil && park > 0 {
+			l, ok, err = c.parker.TakeOrPark(context.WithoutCancel(ctx), key, mode, c.lease, park)
+		} else {
+			l, ok, err = c.st.Take(context.WithoutCancel(ctx), key, mode, c.lease)
+		}
 		if ok && err == nil && ctx.Err() != nil {
 			s := c.settlement(key, []store.Lease{l}, at)
 			s.Settle(context.WithoutCancel(ctx), false)
@@ -361,7 +386,7 @@ func replyKey(key string, id store.ID) string {
 func (c *Core) Reply(ctx context.Context, key string, id store.ID, r store.Message, ttl time.Duration) (bool, error) {
 	ok, err := c.st.Reply(ctx, key, id, r, ttl)
 	if ok {
-		c.announce(replyKey(key, id))
+		c.announceReply(replyKey(key, id))
 	}
 	return ok, err
 }

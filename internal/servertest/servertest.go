@@ -4,7 +4,7 @@
 // storage engine (ForEachEngine).
 //
 // A test package whose tests run on Redis shares one private redis-server
-// among them, installed in its TestMain:
+// and one private Redis Cluster among them, installed in its TestMain:
 //
 //	func TestMain(m *testing.M) { goleak.VerifyTestMain(redistest.Main(m)) }
 //
@@ -35,25 +35,34 @@ import (
 )
 
 // EngineNames are the storage engines ForEachEngine runs a test on.
-var EngineNames = []string{"memory", "file", "redis"}
+var EngineNames = []string{"memory", "file", "redis", "redis-cluster"}
+
+// SharedEngineNames are the engines that many nodes share, which
+// ForEachSharedEngine runs a test on: one Redis, and a Redis Cluster of
+// three masters with a replica each.
+var SharedEngineNames = []string{"redis", "redis-cluster"}
 
 // Engine is one storage engine, as a test runs on it.
 type Engine struct {
-	// Name is "memory", "file" or "redis".
+	// Name is "memory", "file", "redis" or "redis-cluster".
 	Name string
 	// Store is the engine's spec for node.Config.Store, the test's own:
 	// a fresh data directory for the file engine, a fresh key prefix on
-	// the package's redis-server for Redis. A node the test restarts
-	// with it finds the data the last one left.
+	// the package's redis-server or Redis Cluster for Redis. A node the
+	// test restarts with it finds the data the last one left.
 	Store string
 }
 
 // Durable reports whether what a node stored outlives it.
 func (e Engine) Durable() bool { return e.Name != "memory" }
 
+// Shared reports whether many nodes can share the engine.
+func (e Engine) Shared() bool { return e.Name == "redis" || e.Name == "redis-cluster" }
+
 // NewEngine returns engine name for t. Redis needs the package's shared
-// redis-server (redistest.Main); without redis-server installed the test
-// is skipped, or fails under CI=true.
+// redis-server and Redis Cluster (redistest.Main); without redis-server
+// (or redis-cli, for the cluster) installed the test is skipped, or fails
+// under CI=true.
 func NewEngine(t testing.TB, name string) Engine {
 	t.Helper()
 	e := Engine{Name: name, Store: name}
@@ -62,6 +71,8 @@ func NewEngine(t testing.TB, name string) Engine {
 		e.Store = "file:" + t.TempDir()
 	case "redis":
 		e.Store = redistest.URL(t)
+	case "redis-cluster":
+		e.Store = redistest.ClusterURL(t)
 	}
 	return e
 }
@@ -70,7 +81,19 @@ func NewEngine(t testing.TB, name string) Engine {
 // an engine of the subtest's own.
 func ForEachEngine(t *testing.T, fn func(t *testing.T, e Engine)) {
 	t.Helper()
-	for _, name := range EngineNames {
+	forEach(t, EngineNames, fn)
+}
+
+// ForEachSharedEngine runs fn as a subtest per engine of
+// SharedEngineNames: the tests of what many nodes do together.
+func ForEachSharedEngine(t *testing.T, fn func(t *testing.T, e Engine)) {
+	t.Helper()
+	forEach(t, SharedEngineNames, fn)
+}
+
+func forEach(t *testing.T, names []string, fn func(t *testing.T, e Engine)) {
+	t.Helper()
+	for _, name := range names {
 		t.Run(name, func(t *testing.T) { fn(t, NewEngine(t, name)) })
 	}
 }

@@ -179,7 +179,10 @@ type Queues interface {
 	// key is remembered for its window; this also holds for a message
 	// whose lease ran out, unless another lease holds it. Not delivered:
 	// each message still under its lease is queued again, in its place.
-	// Settling twice, or a message gone since, is a no-op.
+	// Settling twice, or a message gone since, is a no-op. An engine
+	// shared by several nodes may apply a delivery a few milliseconds
+	// later, with its next call on key: its own calls see it at once,
+	// other nodes may see the message under its lease until then.
 	Settle(ctx context.Context, key string, leases []Lease, delivered bool) error
 	// Ack removes the message from the pending set and the queue, whether it
 	// was pending, queued, leased or unknown. It reports whether a message
@@ -223,6 +226,27 @@ type Fanout interface {
 	// Subscribe calls fn for each payload on topic until cancel is called.
 	// fn must not block for long.
 	Subscribe(ctx context.Context, topic string, fn func(payload []byte)) (cancel func(), err error)
+}
+
+// WakeTopic is the Fanout topic on which writes to queues are announced,
+// with the queue's key as the payload, so that a waiter parked on one node
+// is woken by a write on another.
+const WakeTopic = "postern:queue:wake"
+
+// Parker is implemented by shared engines that keep track, across nodes,
+// of the waiters parked on each queue, and announce a write to a queue on
+// WakeTopic themselves, in the write's own atomic step, and only while a
+// waiter is parked on it: a write nobody waits for costs no wake-up.
+// Appends and leases given back (Settle, not delivered) are announced;
+// callers announce anything else (replies) themselves.
+type Parker interface {
+	// TakeOrPark is Take; when there is nothing to hand out, it also
+	// records, in the same atomic step, that a waiter is parked on key
+	// for park from now (a little longer, to allow for the clocks of
+	// nodes that differ), so that the next append or lease given back on
+	// key is announced. An announcement ends every park of its queue: a
+	// waiter woken that still finds nothing parks again.
+	TakeOrPark(ctx context.Context, key string, mode TakeMode, d, park time.Duration) (l Lease, ok bool, err error)
 }
 
 // History is implemented by engines that keep short, capped histories of

@@ -980,15 +980,15 @@ func TestShutdownCutsStreamsThatDoNotEnd(t *testing.T) {
 
 // TestTwoNodesShareBackends runs two nodes that share a node directory:
 // the in-memory one of relaytest, and the Redis engine's on a real
-// redis-server (skipped without one, failed under CI=true).
+// redis-server and a real Redis Cluster (skipped without them, failed
+// under CI=true).
 func TestTwoNodesShareBackends(t *testing.T) {
 	t.Run("directory", func(t *testing.T) {
 		dir := relaytest.NewDirectory()
 		testTwoNodes(t, func(c *node.Config) { c.Directory = dir })
 	})
-	t.Run("redis", func(t *testing.T) {
-		url := redistest.URL(t)
-		testTwoNodes(t, func(c *node.Config) { c.Store = url })
+	servertest.ForEachSharedEngine(t, func(t *testing.T, e servertest.Engine) {
+		testTwoNodes(t, func(c *node.Config) { c.Store = e.Store })
 	})
 }
 

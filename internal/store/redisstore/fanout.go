@@ -3,6 +3,7 @@ package redisstore
 import (
 	"context"
 	"maps"
+	"net"
 	"slices"
 	"sync"
 	"time"
@@ -64,7 +65,11 @@ func (s *Store) Publish(ctx context.Context, topic string, payload []byte) error
 	if s.closed.Load() {
 		return store.ErrClosed
 	}
-	err := s.c.Do(ctx, s.c.B().Publish().Channel(s.channel(topic)).Message(string(payload)).Build()).Error()
+	ch := s.channel(topic)
+	// On a Cluster every node relays a PUBLISH to every other, so the
+	// payloads of one topic all go to one node (the one whose slot its
+	// name hashes to), whose relays keep them in order.
+	err := s.c.Do(ctx, s.c.B().Publish().Channel(ch).Message(string(payload)).Build().SetSlot(ch)).Error()
 	return s.wrap(ctx, err)
 }
 
@@ -226,6 +231,11 @@ func (f *fanout) session(first *bool) (bool, error) {
 		case <-f.stop:
 			return true, nil
 		case err := <-errc:
+			if err == nil {
+				// The client closed the connection itself: on a Cluster,
+				// after a topology refresh replaced it.
+				err = net.ErrClosed
+			}
 			return true, err
 		case <-f.kick:
 			if err := f.reconcile(dc, active); err != nil {

@@ -3,7 +3,6 @@ package redisstore
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strconv"
 	"strings"
 	"time"
@@ -31,32 +30,6 @@ func (s *Store) qkeys(key string, extra ...string) []string {
 }
 
 func (s *Store) replyKey(key string, id store.ID) string { return s.qbase(key) + "r:" + id.String() }
-
-// execWrite is exec for a script that changes what a client may retry:
-// when its command may have reached Redis and no answer came, the error
-// is store.ErrOutcomeUnknown.
-func (s *Store) execWrite(ctx context.Context, sc *rueidis.Lua, keys []string, now int64, args ...string) (rueidis.RedisResult, error) {
-	res, err := s.exec(ctx, sc, keys, now, args...)
-	if err != nil && errors.Is(err, store.ErrUnavailable) && !unsent(res.Error()) {
-		err = fmt.Errorf("%w: redis %s", store.ErrOutcomeUnknown, reason(res.Error()))
-	}
-	return res, err
-}
-
-// exec runs sc with the clock and the margin in front of args.
-func (s *Store) exec(ctx context.Context, sc *rueidis.Lua, keys []string, now int64, args ...string) (rueidis.RedisResult, error) {
-	if s.closed.Load() {
-		return rueidis.RedisResult{}, store.ErrClosed
-	}
-	argv := make([]string, 0, 2+len(args))
-	argv = append(argv, strconv.FormatInt(now, 10), s.margin)
-	argv = append(argv, args...)
-	res := sc.Exec(ctx, s.c, keys, argv)
-	if err := res.Error(); err != nil {
-		return res, s.wrap(ctx, err)
-	}
-	return res, nil
-}
 
 // expiry is the instant, in ms, that d after now is; at least 1 ms after now
 // for a positive d, 0 (never) otherwise.
@@ -143,11 +116,11 @@ func (s *Store) Append(ctx context.Context, key string, m store.Message, opts st
 	if opts.KeepFirst {
 		keepFirst = "1"
 	}
-	res, err := s.execWrite(ctx, scAppend, s.qkeys(key), now.UnixMilli(),
+	res, err := s.qwrite(ctx, scAppend, key, s.qkeys(key), now.UnixMilli(),
 		encode(exp, until, opts.DedupKey, m.ContentType, m.Body),
 		opts.DedupKey, strconv.FormatInt(exp, 10),
 		strconv.Itoa(max(opts.Limit, 0)), strconv.Itoa(max(opts.MaxLen, 0)),
-		keepFirst, strconv.Itoa(max(opts.DedupMax, 0)))
+		keepFirst, strconv.Itoa(max(opts.DedupMax, 0)), s.wakeChannel, key)
 	if err != nil {
 		return store.AppendResult{}, err
 	}
@@ -197,11 +170,27 @@ func (s *Store) token(d time.Duration) (string, int64, time.Time) {
 // Take implements store.Queues: one script takes the message and its
 // lease.
 func (s *Store) Take(ctx context.Context, key string, mode store.TakeMode, d time.Duration) (store.Lease, bool, error) {
+	return s.TakeOrPark(ctx, key, mode, d, 0)
+}
+
+// parkSlack is added to a park, for the clocks of nodes that differ: a
+// park that outlives its waiter costs one needless wake-up at most.
+const parkSlack = time.Second
+
+// TakeOrPark implements store.Parker: the take script, when it finds
+// nothing, records the park in the queue's meta hash, where appends and
+// leases given back look before they publish.
+func (s *Store) TakeOrPark(ctx context.Context, key string, mode store.TakeMode, d, park time.Duration) (store.Lease, bool, error) {
 	keys := s.qkeys(key)
 	budget := strconv.Itoa(expiredBudget)
 	for {
 		tok, t, deadline := s.token(d)
-		res, err := s.exec(ctx, scTake, keys, s.nowMS(), modeArg(mode), budget, tok)
+		now := s.now()
+		til := "0"
+		if park > 0 {
+			til = strconv.FormatInt(now.Add(park+parkSlack).UnixMilli(), 10)
+		}
+		res, err := s.qexec(ctx, scTake, key, keys, now.UnixMilli(), modeArg(mode), budget, tok, til)
 		if err != nil {
 			return store.Lease{}, false, err
 		}
@@ -233,7 +222,7 @@ func (s *Store) Take(ctx context.Context, key string, mode store.TakeMode, d tim
 // TakeAll implements store.Queues.
 func (s *Store) TakeAll(ctx context.Context, key string, limit int, d time.Duration) ([]store.Lease, error) {
 	tok, t, deadline := s.token(d)
-	res, err := s.exec(ctx, scTakeAll, s.qkeys(key), s.nowMS(), strconv.Itoa(max(limit, 0)), tok)
+	res, err := s.qexec(ctx, scTakeAll, key, s.qkeys(key), s.nowMS(), strconv.Itoa(max(limit, 0)), tok)
 	if err != nil {
 		return nil, err
 	}
@@ -255,33 +244,14 @@ func (s *Store) TakeAll(ctx context.Context, key string, limit int, d time.Durat
 	return out, nil
 }
 
-// Settle implements store.Queues: one script for all of ls.
-func (s *Store) Settle(ctx context.Context, key string, ls []store.Lease, delivered bool) error {
-	args := make([]string, 1, 1+3*len(ls))
-	args[0] = "0"
-	if delivered {
-		args[0] = "1"
-	}
-	for _, l := range ls {
-		if l.Token != 0 {
-			args = append(args, l.ID.String(), strconv.FormatInt(l.Token, 10), modeArg(l.Mode))
-		}
-	}
-	if len(args) == 1 {
-		return nil
-	}
-	_, err := s.exec(ctx, scSettle, s.qkeys(key), s.nowMS(), args...)
-	return err
-}
-
 // Ack implements store.Queues.
 func (s *Store) Ack(ctx context.Context, key string, id store.ID) (bool, error) {
-	return s.execBool(ctx, scAck, s.qkeys(key), id.String())
+	return s.execBool(ctx, scAck, key, id.String())
 }
 
 // execBool runs a write script that answers 0 or 1.
-func (s *Store) execBool(ctx context.Context, sc *rueidis.Lua, keys []string, args ...string) (bool, error) {
-	res, err := s.execWrite(ctx, sc, keys, s.nowMS(), args...)
+func (s *Store) execBool(ctx context.Context, sc *luaScript, key string, args ...string) (bool, error) {
+	res, err := s.qexecWrite(ctx, sc, key, s.qkeys(key), s.nowMS(), args...)
 	if err != nil {
 		return false, err
 	}
@@ -294,7 +264,7 @@ func (s *Store) execBool(ctx context.Context, sc *rueidis.Lua, keys []string, ar
 
 // Status implements store.Queues.
 func (s *Store) Status(ctx context.Context, key string, id store.ID) (store.State, error) {
-	n, err := s.execInt(ctx, scStatus, s.qkeys(key), id.String())
+	n, err := s.execInt(ctx, scStatus, key, id.String())
 	switch {
 	case err != nil:
 		return store.StateNone, err
@@ -306,8 +276,8 @@ func (s *Store) Status(ctx context.Context, key string, id store.ID) (store.Stat
 	return store.StateNone, nil
 }
 
-func (s *Store) execInt(ctx context.Context, sc *rueidis.Lua, keys []string, args ...string) (int64, error) {
-	res, err := s.exec(ctx, sc, keys, s.nowMS(), args...)
+func (s *Store) execInt(ctx context.Context, sc *luaScript, key string, args ...string) (int64, error) {
+	res, err := s.qexec(ctx, sc, key, s.qkeys(key), s.nowMS(), args...)
 	if err != nil {
 		return 0, err
 	}
@@ -320,13 +290,13 @@ func (s *Store) execInt(ctx context.Context, sc *rueidis.Lua, keys []string, arg
 
 // Len implements store.Queues.
 func (s *Store) Len(ctx context.Context, key string) (int, error) {
-	n, err := s.execInt(ctx, scLen, s.qkeys(key))
+	n, err := s.execInt(ctx, scLen, key)
 	return int(n), err
 }
 
 // Clear implements store.Queues.
 func (s *Store) Clear(ctx context.Context, key string) (int, error) {
-	res, err := s.execWrite(ctx, scClear, s.qkeys(key), s.nowMS())
+	res, err := s.qexecWrite(ctx, scClear, key, s.qkeys(key), s.nowMS())
 	if err != nil {
 		return 0, err
 	}
@@ -345,8 +315,16 @@ func (s *Store) Reply(ctx context.Context, key string, id store.ID, r store.Mess
 	if exp > 0 {
 		ttlMS = exp - now.UnixMilli()
 	}
-	return s.execBool(ctx, scReply, s.qkeys(key, s.replyKey(key, id)),
+	res, err := s.qwrite(ctx, scReply, key, s.qkeys(key, s.replyKey(key, id)), now.UnixMilli(),
 		id.String(), encode(exp, 0, "", r.ContentType, r.Body), strconv.FormatInt(ttlMS, 10))
+	if err != nil {
+		return false, err
+	}
+	n, err := res.AsInt64()
+	if err != nil {
+		return false, errBadReply
+	}
+	return n == 1, nil
 }
 
 // TakeReply implements store.Queues.

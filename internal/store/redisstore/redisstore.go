@@ -60,6 +60,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -86,6 +87,14 @@ const (
 	// DefaultReconnectMax is the longest pause between two attempts to
 	// reconnect the pub/sub connection.
 	DefaultReconnectMax = time.Second
+	// DefaultWaitTimeout is how long a write waits for Options.WaitReplicas
+	// replicas to confirm it.
+	DefaultWaitTimeout = time.Second
+	// DefaultSentinelPort is the port of a sentinel address that names none.
+	DefaultSentinelPort = "26379"
+	// sentinelRefresh is how often a client on Sentinel asks the sentinels
+	// who the master is, in case it missed their announcement.
+	sentinelRefresh = 5 * time.Second
 )
 
 // expiredBudget is how many expired messages one Take script removes before
@@ -115,6 +124,21 @@ type Options struct {
 	TLS *tls.Config
 	// Logger receives connection events; nil means slog.Default().
 	Logger *slog.Logger
+	// WaitReplicas > 0 makes every write that stores a message (append,
+	// reply, restore) wait until that many replicas confirm it (WAIT); a
+	// write they do not confirm within WaitTimeout fails with a
+	// *NotReplicatedError, although it may have happened. Writes that
+	// remove a message (take, ack, clear) do not wait: one that a failover
+	// loses makes a message come back, never go missing.
+	WaitReplicas int
+	// WaitTimeout bounds the wait for WaitReplicas; zero means
+	// DefaultWaitTimeout.
+	WaitTimeout time.Duration
+	// SettleDelay is how long a delivery settled may wait for the next
+	// call on its queue to carry it to Redis (see DefaultSettleDelay, and
+	// owed.go); zero means DefaultSettleDelay, negative sends each
+	// settling by itself at once.
+	SettleDelay time.Duration
 }
 
 // Store is the Redis engine.
@@ -127,6 +151,12 @@ type Store struct {
 	log     *slog.Logger
 	addr    string // host:port of the first address, for messages
 
+	waitReplicas int
+	waitTimeout  time.Duration
+	wakeChannel  string // the pub/sub channel of store.WakeTopic
+
+	owed *owed // deliveries settled and not yet sent
+
 	fan *fanout
 
 	tokens atomic.Int64 // numbers the leases taken in one millisecond
@@ -138,6 +168,7 @@ type Store struct {
 var (
 	_ store.Engine    = (*Store)(nil)
 	_ store.Fanout    = (*Store)(nil)
+	_ store.Parker    = (*Store)(nil)
 	_ store.History   = (*Store)(nil)
 	_ store.Directory = (*Store)(nil)
 )
@@ -146,11 +177,27 @@ var (
 //
 //	redis://[user:pass@]host:port/db[?prefix=p&addr=host2:port2]
 //	rediss://...   the same over TLS
+//	redis-sentinel://[user:pass@]host:port[,host:port...]/master[/db][?prefix=p]
 //
 // Several addr parameters name more Cluster nodes to start from; a Cluster is
-// detected by itself. The prefix parameter sets Options.Prefix when that is
-// empty. Open fails when Redis cannot be reached.
+// detected by itself. A redis-sentinel URL names the sentinels (port 26379
+// when none is given) and the name they know the master by; the user and
+// password are the master's, the parameters sentinel_user and
+// sentinel_password the sentinels' own. The same is
+// redis://sentinel:port/db?master_set=master&addr=sentinel2:port. The
+// prefix parameter sets Options.Prefix when that is empty. Open fails when
+// Redis cannot be reached.
 func Open(rawURL string, opts Options) (*Store, error) {
+	if rest, ok := strings.CutPrefix(rawURL, "redis-sentinel://"); ok {
+		copt, prefix, err := parseSentinelURL(rest)
+		if err != nil {
+			return nil, err
+		}
+		if opts.Prefix == "" {
+			opts.Prefix = prefix
+		}
+		return New(copt, opts)
+	}
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return nil, fmt.Errorf("invalid redis URL: %v", redactErr(err))
@@ -163,6 +210,69 @@ func Open(rawURL string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("invalid redis URL %s: %v", u.Redacted(), err)
 	}
 	return New(copt, opts)
+}
+
+// parseSentinelURL reads what follows "redis-sentinel://". Its host part
+// holds a list of addresses, which net/url does not take.
+func parseSentinelURL(rest string) (rueidis.ClientOption, string, error) {
+	var copt rueidis.ClientOption
+	const form = "redis-sentinel://[user:pass@]host:port[,host:port...]/master[/db]"
+	rest, rawQuery, _ := strings.Cut(rest, "?")
+	authority, path, _ := strings.Cut(rest, "/")
+	if at := strings.LastIndexByte(authority, '@'); at >= 0 {
+		ui, err := url.Parse("redis://" + authority[:at+1] + "x")
+		if err != nil || ui.User == nil {
+			return copt, "", fmt.Errorf("invalid redis-sentinel URL: bad user or password (want %s)", form)
+		}
+		copt.Username = ui.User.Username()
+		copt.Password, _ = ui.User.Password()
+		authority = authority[at+1:]
+	}
+	for _, a := range strings.Split(authority, ",") {
+		if a == "" {
+			continue
+		}
+		host, port, err := net.SplitHostPort(a)
+		if err != nil {
+			host, port = a, DefaultSentinelPort
+		}
+		if host == "" {
+			return copt, "", fmt.Errorf("invalid redis-sentinel URL: address %q names no host (want %s)", a, form)
+		}
+		copt.InitAddress = append(copt.InitAddress, net.JoinHostPort(host, port))
+	}
+	if len(copt.InitAddress) == 0 {
+		return copt, "", fmt.Errorf("invalid redis-sentinel URL: no sentinel address (want %s)", form)
+	}
+	master, db, _ := strings.Cut(path, "/")
+	if master == "" {
+		return copt, "", fmt.Errorf("invalid redis-sentinel URL: no master name (want %s)", form)
+	}
+	if m, err := url.PathUnescape(master); err == nil {
+		master = m
+	}
+	copt.Sentinel.MasterSet = master
+	if db != "" {
+		n, err := strconv.Atoi(db)
+		if err != nil || n < 0 {
+			return copt, "", fmt.Errorf("invalid redis-sentinel URL: database %q is not a number (want %s)", db, form)
+		}
+		copt.SelectDB = n
+	}
+	q, err := url.ParseQuery(rawQuery)
+	if err != nil {
+		return copt, "", fmt.Errorf("invalid redis-sentinel URL: %v", err)
+	}
+	for k := range q {
+		switch k {
+		case "prefix", "sentinel_user", "sentinel_password":
+		default:
+			return copt, "", fmt.Errorf("invalid redis-sentinel URL: unknown parameter %q (want prefix, sentinel_user or sentinel_password)", k)
+		}
+	}
+	copt.Sentinel.Username = q.Get("sentinel_user")
+	copt.Sentinel.Password = q.Get("sentinel_password")
+	return copt, q.Get("prefix"), nil
 }
 
 // New connects with a rueidis client option; Open is the usual way in.
@@ -204,6 +314,20 @@ func New(copt rueidis.ClientOption, opts Options) (*Store, error) {
 	if copt.ConnWriteTimeout == 0 {
 		copt.ConnWriteTimeout = opts.Timeout
 	}
+	if opts.WaitReplicas < 0 {
+		return nil, fmt.Errorf("redis: replicas to wait for must be 0 or more, not %d", opts.WaitReplicas)
+	}
+	if opts.WaitTimeout <= 0 {
+		opts.WaitTimeout = DefaultWaitTimeout
+	}
+	if copt.Sentinel.MasterSet != "" {
+		if copt.Sentinel.Dialer.Timeout == 0 {
+			copt.Sentinel.Dialer.Timeout = opts.DialTimeout
+		}
+		if copt.Sentinel.TopologyRefreshInterval == 0 {
+			copt.Sentinel.TopologyRefreshInterval = sentinelRefresh
+		}
+	}
 	copt.DisableCache = true // no client-side caching: nothing is read twice
 	copt.DisableRetry = true // a failed call is answered 503, never replayed
 	if len(copt.InitAddress) == 0 {
@@ -221,7 +345,15 @@ func New(copt rueidis.ClientOption, opts Options) (*Store, error) {
 		timeout: opts.Timeout,
 		log:     opts.Logger,
 		addr:    copt.InitAddress[0],
+
+		waitReplicas: opts.WaitReplicas,
+		waitTimeout:  opts.WaitTimeout,
 	}
+	s.wakeChannel = s.channel(store.WakeTopic)
+	if opts.SettleDelay == 0 {
+		opts.SettleDelay = DefaultSettleDelay
+	}
+	s.owed = newOwed(max(opts.SettleDelay, 0))
 	ctx, cancel := context.WithTimeout(context.Background(), opts.DialTimeout+opts.Timeout)
 	defer cancel()
 	if err := s.Ping(ctx); err != nil {
@@ -243,9 +375,11 @@ func (s *Store) Ping(ctx context.Context) error {
 	return s.wrap(ctx, s.c.Do(ctx, s.c.B().Ping().Build()).Error())
 }
 
-// Close implements store.Engine. It ends every subscription.
+// Close implements store.Engine. It sends the settlings it still owes
+// (see owed.go), then ends every subscription.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
+		s.closeOwed()
 		s.closed.Store(true)
 		if s.fan != nil {
 			s.fan.close()
@@ -290,6 +424,10 @@ func (s *Store) wrap(ctx context.Context, err error) error {
 			return fmt.Errorf("%w: redis: %s", store.ErrNoSpace, msg)
 		case "LOADING", "BUSY", "MASTERDOWN", "READONLY", "CLUSTERDOWN", "TRYAGAIN", "NOREPLICAS", "MISCONF":
 			return fmt.Errorf("%w: redis: %s", store.ErrUnavailable, msg)
+		case "MOVED", "ASK":
+			// A Cluster's slots moving: the command did not run. The
+			// reply names a node's address, which no answer shows.
+			return fmt.Errorf("%w: redis cluster slots are moving", store.ErrUnavailable)
 		}
 		return fmt.Errorf("redis: %s", msg)
 	}

@@ -49,25 +49,30 @@ func TestContract(t *testing.T) {
 	})
 }
 
-// TestContractOnCluster runs the contract suite on a one-node Redis
-// Cluster, where a script whose keys span slots fails: every key of one
-// queue, history or directory entry must carry one hash tag.
+// TestContractOnCluster runs the contract suite on a real Redis Cluster
+// (three masters with a replica each, shared by the package's tests),
+// where a script whose keys span slots fails: every key of one queue,
+// history or directory entry must carry one hash tag. Queues, fan-out and
+// the directory spread over every master.
 func TestContractOnCluster(t *testing.T) {
-	srv := redistest.Start(t, redistest.Options{Cluster: true})
-	c, _ := raw(t, srv.URL())
+	url := redistest.ClusterURL(t)
+	c, _ := raw(t, url)
 	if c.Mode() != rueidis.ClientModeCluster {
 		t.Fatalf("client mode %q, want cluster", c.Mode())
+	}
+	if n := len(c.Nodes()); n < 3 {
+		t.Fatalf("the client knows %d nodes, want every master", n)
 	}
 	crossSlot := c.B().Arbitrary("EVAL").Args("return redis.call('MSET', KEYS[1], 1, KEYS[2], 2)", "2", "{a}x", "{b}x").Build()
 	if err := c.Do(ctx, crossSlot).Error(); err == nil || !strings.Contains(err.Error(), "CROSSSLOT") {
 		t.Fatalf("cross-slot script on the cluster: %v, want CROSSSLOT", err)
 	}
-	t.Run("Directory", func(t *testing.T) { testDirectory(t, srv.URL()) })
-	t.Run("Fanout", func(t *testing.T) { testFanoutAcrossNodes(t, srv.URL()) })
+	t.Run("Directory", func(t *testing.T) { testDirectory(t, redistest.ClusterURL(t)) })
+	t.Run("Fanout", func(t *testing.T) { testFanoutAcrossNodes(t, redistest.ClusterURL(t)) })
 	urls := map[store.Engine]string{}
 	storetest.Run(t, storetest.Harness{
 		New: func(t *testing.T, c *storetest.Clock) store.Engine {
-			url := srv.URL()
+			url := redistest.ClusterURL(t)
 			s := open(t, url, c)
 			urls[s] = url
 			return s

@@ -1,7 +1,9 @@
 -- Append. ARGV[3] record, [4] dedup key, [5] expires ms (0: never),
 -- [6] limit, [7] max length, [8] '1' to leave a queued message with the
 -- dedup key as it is (the first send wins), [9] most dedup keys of
--- delivered messages to remember (0: no bound; kept in H.c).
+-- delivered messages to remember (0: no bound; kept in H.c), [10] the
+-- wake channel and [11] the queue's key, published there when a waiter
+-- is parked.
 -- Returns {kind, id, len, trimmed}: kind 0 appended, 1 duplicate (id: the
 -- message it matched), 2 full.
 local rec, dk, exp = ARGV[3], ARGV[4], tonumber(ARGV[5])
@@ -75,5 +77,6 @@ if maxlen > 0 and n > maxlen then
     return n <= maxlen
   end)
 end
+wake(ARGV[10], ARGV[11])
 finish()
 return {0, id, n, trimmed}

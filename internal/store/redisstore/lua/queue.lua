@@ -29,14 +29,18 @@ local dirty = false
 -- g = latest instant (ms) any stored data is needed until, e = the TTL
 -- deadline applied to the keys (ms; -1: persisted), u = letters of the
 -- optional keys (p, b, k, w, l) that may exist, c = most dedup keys of
--- delivered messages W keeps (0: no bound). Keys not in u are neither read
--- nor given TTLs, which keeps the common scripts to a few commands.
-local meta = redis.call('HMGET', H, 'f', 'g', 'e', 'u', 'c')
+-- delivered messages W keeps (0: no bound), w = the instant (ms) until
+-- which a waiter is parked on the queue on some node (see park and
+-- wake). Keys not in u are neither read nor given TTLs, which keeps the
+-- common scripts to a few commands.
+local meta = redis.call('HMGET', H, 'f', 'g', 'e', 'u', 'c', 'w')
 local forever0 = tonumber(meta[1] or '0')
 local g0 = tonumber(meta[2] or '0')
 local e0 = tonumber(meta[3] or '0')
 local used = meta[4] or ''
 local dmax = tonumber(meta[5] or '0')
+local parked0 = tonumber(meta[6] or '0')
+local parked = parked0
 local newused = false
 local letter = {[P] = 'p', [B] = 'b', [K] = 'k', [W] = 'w', [L] = 'l'}
 local function uses(c) return string.find(used, c, 1, true) ~= nil end
@@ -164,13 +168,35 @@ local function free(l, hasl, hasp)
   return not (hasp and redis.call('ZSCORE', P, l))
 end
 
+-- park records that a waiter is parked on the queue until the instant
+-- til (ms), so that the next write that gives it something to take
+-- wakes it (see wake). A waiter parks with the take that found nothing,
+-- in the same script, so no write can slip in between.
+local function park(til)
+  if til > parked then
+    parked = til
+    need(til)
+  end
+end
+
+-- wake publishes key on channel when a waiter is parked on the queue on
+-- any node, and forgets the park: every waiter woken takes again, and
+-- parks again if it still finds nothing. With no waiter parked it costs
+-- nothing.
+local function wake(channel, key)
+  if parked > now then
+    redis.call('PUBLISH', channel, key)
+    parked = 0
+  end
+end
+
 -- finish sets the Redis TTLs, which only collect garbage: every key of the
 -- queue lives at least as long as its longest-lived data plus the margin,
 -- and for ever while a message without expiry is queued. The deadline
 -- applied is kept in H.e, extended with one margin of headroom, so most
 -- scripts set no TTL at all, only those of keys they created.
-local function finish()
-  if not dirty and gcneed == 0 and next(touched) == nil then return end
+local function apply_meta()
+  if not dirty and gcneed == 0 and next(touched) == nil and parked == parked0 then return e0 end
   local f = forever0 + dforever
   local g = math.max(g0, gcneed)
   local e = e0
@@ -186,6 +212,10 @@ local function finish()
   if newused then
     upd[#upd + 1] = 'u'
     upd[#upd + 1] = used
+  end
+  if parked ~= parked0 then
+    upd[#upd + 1] = 'w'
+    upd[#upd + 1] = fmt(parked)
   end
   local all = false
   if f > 0 then
@@ -209,7 +239,7 @@ local function finish()
     if e > 0 then
       for k in pairs(touched) do redis.call('PEXPIRE', k, e - now) end
     end
-    return
+    return e
   end
   local keys = {S, M, H}
   for k, c in pairs(letter) do
@@ -218,6 +248,17 @@ local function finish()
   for _, k in ipairs(keys) do
     if e == -1 then redis.call('PERSIST', k) else redis.call('PEXPIRE', k, e - now) end
   end
+  return e
+end
+
+-- finish applies what the script changed to the meta hash and the TTLs.
+-- It may run more than once: what it applied becomes the new baseline.
+local function finish()
+  e0 = apply_meta()
+  forever0, dforever = forever0 + dforever, 0
+  g0, gcneed = math.max(g0, gcneed), 0
+  parked0 = parked
+  touched, dirty, newused = {}, false, false
 end
 
 -- scan visits every message of the queue in id order, merging the stream
@@ -299,4 +340,50 @@ local function takeable(budget, grant)
     return grant(id, rec)
   end)
   return more
+end
+
+-- settle ends the lease token of message id, taken in mode ('d' or 'p'):
+-- delivered, a message under that lease, or free (queued, or its lease ran
+-- out), is removed ('d') or pending from then on ('p'), and its dedup key
+-- remembered; not delivered, a message still under that lease is queued
+-- again, and settle returns true.
+local function settle(id, token, mode, delivered)
+  local l = lex(id)
+  local rec = redis.call('HGET', M, id)
+  local ls = rec and leaseof(l)
+  local mine = ls and tonumber(ls) == token
+  if rec and not delivered then
+    if mine then
+      redis.call('ZREM', L, l)
+      if mode == 'p' then redis.call('ZREM', P, l) end
+      dirty = true
+      return true
+    end
+  elseif rec and (mine or (ls and over(ls)) or (not ls and not pendof(l))) then
+    local exp, til, dk = hdr(rec)
+    if mode == 'd' then
+      remove(id, exp, nil)
+    else
+      if ls then redis.call('ZREM', L, l) end
+      redis.call('ZADD', P, 0, l)
+      touch(P)
+    end
+    forget(id, til, dk, true)
+  end
+  return false
+end
+
+-- ARGV[3] of every queue script carries the deliveries the node settled
+-- and has not sent yet: "id token mode" triples, separated by spaces ('':
+-- none). They are settled before the operation, which then finds its own
+-- arguments from ARGV[3] on.
+do
+  local carried = table.remove(ARGV, 3)
+  if carried and carried ~= '' then
+    local f = {}
+    for w in string.gmatch(carried, '%S+') do f[#f + 1] = w end
+    for i = 1, #f - 2, 3 do settle(f[i], tonumber(f[i + 1]), f[i + 2], true) end
+    -- Applied now, as the operation may end without a finish of its own.
+    finish()
+  end
 end

@@ -1,9 +1,10 @@
 -- Take under a lease. ARGV[3] mode: 'd' delete or 'p' pending; ARGV[4] how
 -- many expired messages one call may remove before it hands back to the
--- caller; ARGV[5] the lease token (score in L).
+-- caller; ARGV[5] the lease token (score in L); ARGV[6] the instant (ms)
+-- until which the caller waits when it finds nothing (0: it does not).
 -- Returns {id, record, token} ('0': a pending message handed out again,
 -- with nothing to settle), {} for nothing, or {'more'} to be called again.
-local mode, budget, token = ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local mode, budget, token, til = ARGV[3], tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6] or '0')
 if mode == 'p' and uses('p') then
   for _, l in ipairs(redis.call('ZRANGE', P, 0, -1)) do
     local id = unlex(l)
@@ -34,6 +35,7 @@ local more = takeable(budget, function(id, rec)
   out = {id, rec, token}
   return true
 end)
+if not out and not more and til > 0 then park(til) end
 finish()
 if out then return out end
 if more then return {'more'} end

@@ -1,29 +1,36 @@
-// Package redistest starts private redis-server processes for tests: on a
-// kernel-chosen 127.0.0.1 port, with a temporary directory, stopped when the
-// test (or the test binary) ends.
+// Package redistest starts private Redis deployments for tests: a
+// redis-server (Start, URL), a Redis Cluster of six redis-server processes,
+// three masters each with a replica (StartCluster, ClusterURL), and a
+// master with replicas watched by three redis-sentinel processes
+// (StartSentinel). Every process listens on a free 127.0.0.1 port, keeps
+// its files in a temporary directory and is killed when the test (or the
+// test binary) ends.
 //
-// Tests that share one server per test package install it in TestMain and
-// take a fresh key prefix per test from URL:
+// Tests that share one server, or one cluster, per test package install
+// the sharing in TestMain and take a fresh key prefix per test:
 //
 //	func TestMain(m *testing.M) { goleak.VerifyTestMain(redistest.Main(m)) }
 //
-//	cfg.Store = redistest.URL(t) // redis://127.0.0.1:<port>/0?prefix=t7:
+//	cfg.Store = redistest.URL(t)        // redis://127.0.0.1:<port>/0?prefix=t7:
+//	cfg.Store = redistest.ClusterURL(t) // redis://127.0.0.1:<port>/0?addr=...&prefix=t8:
 //
 // When redis-server is not installed the tests that need it are skipped
 // with a clear message, except under CI=true, where that is a failure.
 package redistest
 
 import (
-	"bufio"
+	"bytes"
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
+	"runtime"
+	"strings"
+
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -31,8 +38,12 @@ import (
 	"time"
 )
 
-// Program is the redis-server binary looked up on PATH.
-const Program = "redis-server"
+// Programs looked up on PATH.
+const (
+	Program         = "redis-server"
+	SentinelProgram = "redis-sentinel"
+	CLIProgram      = "redis-cli"
+)
 
 // StartTimeout bounds how long a server may take to accept connections.
 const StartTimeout = 15 * time.Second
@@ -48,10 +59,14 @@ type Options struct {
 	// TLS serves only TLS, with a certificate for 127.0.0.1 from a
 	// throwaway CA (see Server.TLSConfig); URLs are then rediss://.
 	TLS bool
-	// Cluster runs the server in cluster mode as a one-node Redis Cluster
-	// that serves every slot: commands and scripts whose keys span slots
-	// fail with CROSSSLOT there, as on a real Cluster.
-	Cluster bool
+	// ReplicaOf, "host:port", makes the server a replica of that master.
+	ReplicaOf string
+	// Args are more redis-server arguments ("--name", "value", ...).
+	Args []string
+
+	// member makes the server a cluster node that joins a cluster later
+	// (StartCluster); its cluster bus listens on its port + 10000.
+	member bool
 }
 
 // Server is a running (or stopped) private redis-server.
@@ -64,23 +79,23 @@ type Server struct {
 
 	caPool *x509.CertPool // with Options.TLS
 
-	mu      sync.Mutex
-	cmd     *exec.Cmd
-	exited  chan struct{}
-	logTail *tail
+	mu sync.Mutex
+	p  *proc
 }
 
 var prefixSeq atomic.Int64
 
 // Need skips t when redis-server is not installed, or fails it under
 // CI=true.
-func Need(t testing.TB) {
+func Need(t testing.TB) { t.Helper(); need(t, Program, "redis-server") }
+
+func need(t testing.TB, program, pkg string) {
 	t.Helper()
-	if _, err := exec.LookPath(Program); err != nil {
+	if _, err := exec.LookPath(program); err != nil {
 		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s is not installed, and CI=true requires the Redis tests to run (install the redis-server package)", Program)
+			t.Fatalf("%s is not installed, and CI=true requires the Redis tests to run (install the %s package)", program, pkg)
 		}
-		t.Skipf("%s is not installed: skipping the Redis tests (install the redis-server package to run them)", Program)
+		t.Skipf("%s is not installed: skipping the Redis tests that need it (install the %s package to run them)", program, pkg)
 	}
 }
 
@@ -92,7 +107,7 @@ func Start(t testing.TB, opts Options) *Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { s.stop(syscall.SIGKILL) })
+	t.Cleanup(s.Close)
 	return s
 }
 
@@ -110,19 +125,23 @@ func Launch(dir string, opts Options) (*Server, error) {
 func (s *Server) PID() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.cmd == nil {
+	if s.p == nil {
 		return 0
 	}
-	return s.cmd.Process.Pid
+	return s.p.cmd.Process.Pid
 }
 
 // Close kills the server and waits for it to exit.
 func (s *Server) Close() { s.stop(syscall.SIGKILL) }
 
 func start(dir string, opts Options) (*Server, error) {
+	pick := freePort
+	if opts.member {
+		pick = freeClusterPort
+	}
 	var lastErr error
-	for range 3 { // a free port may be taken between probe and bind
-		port, err := freePort()
+	for range 5 { // a free port may be taken between probe and bind
+		port, err := pick()
 		if err != nil {
 			return nil, err
 		}
@@ -143,6 +162,31 @@ func freePort() (int, error) {
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
+// busOffset is how far above its port a cluster node's bus listens; the
+// bus port must stay below 65536.
+const busOffset = 10000
+
+// freeClusterPort returns a port that is free on 127.0.0.1 together with
+// its cluster bus port. The kernel's own choice is often too high for a
+// bus port, so it tries random ports below 55536.
+func freeClusterPort() (int, error) {
+	for range 100 {
+		port := 20000 + rand.IntN(65536-busOffset-20000)
+		a, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			continue
+		}
+		b, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port+busOffset)))
+		a.Close()
+		if err != nil {
+			continue
+		}
+		b.Close()
+		return port, nil
+	}
+	return 0, errors.New("no free pair of ports for a cluster node and its bus")
+}
+
 // launch starts the process on s.Addr and waits until it accepts
 // connections.
 func (s *Server) launch() error {
@@ -151,18 +195,29 @@ func (s *Server) launch() error {
 		"--port", port, "--bind", "127.0.0.1", "--dir", s.Dir,
 		"--save", s.opts.Save, "--daemonize", "no", "--logfile", "",
 		"--loglevel", "notice", "--databases", "16",
+		// A replica that connects is sent the data set at once, not
+		// after waiting 5 s for more replicas to share the transfer.
+		"--repl-diskless-sync-delay", "0",
 	}
 	if s.opts.AppendOnly {
 		fsync := s.opts.AppendFsync
 		if fsync == "" {
 			fsync = "everysec"
 		}
-		args = append(args, "--appendonly", "yes", "--appendfsync", fsync)
+		args = append(args, "--appendonly", "yes", "--appendfsync", fsync,
+			"--appendfilename", "appendonly-"+port+".aof", "--appenddirname", "aof-"+port)
 	} else {
 		args = append(args, "--appendonly", "no")
 	}
-	if s.opts.Cluster {
+	if s.opts.member {
 		args = append(args, "--cluster-enabled", "yes", "--cluster-config-file", "nodes-"+port+".conf")
+	}
+	if s.opts.ReplicaOf != "" {
+		host, rport, err := net.SplitHostPort(s.opts.ReplicaOf)
+		if err != nil {
+			return fmt.Errorf("replica of %q: %v", s.opts.ReplicaOf, err)
+		}
+		args = append(args, "--replicaof", host, rport)
 	}
 	if s.opts.TLS {
 		cert, key, ca, pool, err := tlsFiles(s.Dir)
@@ -174,113 +229,89 @@ func (s *Server) launch() error {
 		args = append(args, "--tls-port", port, "--tls-cert-file", cert, "--tls-key-file", key,
 			"--tls-ca-cert-file", ca, "--tls-auth-clients", "no")
 	}
-	cmd := exec.Command(Program, args...)
-	cmd.Dir = s.Dir
-	setDeathSignal(cmd)
-	out, err := cmd.StdoutPipe()
+	args = append(args, s.opts.Args...)
+	p, err := spawn(Program, args, s.Dir, "Ready to accept connections")
 	if err != nil {
 		return err
 	}
-	cmd.Stderr = cmd.Stdout
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("starting %s: %w", Program, err)
-	}
-	ready := make(chan struct{})
-	exited := make(chan struct{})
-	lt := &tail{}
-	go func() {
-		sc := bufio.NewScanner(out)
-		var once sync.Once
-		for sc.Scan() {
-			line := sc.Text()
-			lt.add(line)
-			if strings.Contains(line, "Ready to accept connections") {
-				once.Do(func() { close(ready) })
-			}
-		}
-		io.Copy(io.Discard, out)
-		cmd.Wait()
-		close(exited)
-	}()
-	t := time.NewTimer(StartTimeout)
-	defer t.Stop()
-	select {
-	case <-ready:
-	case <-exited:
-		return fmt.Errorf("%s exited at start: %s", Program, lt.String())
-	case <-t.C:
-		cmd.Process.Kill()
-		<-exited
-		return fmt.Errorf("%s did not get ready within %v: %s", Program, StartTimeout, lt.String())
-	}
 	s.mu.Lock()
-	s.cmd, s.exited, s.logTail = cmd, exited, lt
+	s.p = p
 	s.mu.Unlock()
-	if s.opts.Cluster {
-		if err := s.serveAllSlots(); err != nil {
-			s.stop(syscall.SIGKILL)
-			return err
-		}
-	}
 	return nil
 }
 
-// serveAllSlots gives the one cluster node every slot and waits until the
-// cluster reports itself ok.
-func (s *Server) serveAllSlots() error {
-	if _, err := s.command("CLUSTER", "ADDSLOTSRANGE", "0", "16383"); err != nil && !strings.Contains(err.Error(), "busy") {
-		return err
-	}
-	deadline := time.Now().Add(StartTimeout)
-	for {
-		info, err := s.command("CLUSTER", "INFO")
-		if err == nil && strings.Contains(info, "cluster_state:ok") {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("cluster did not get ready: %v %q", err, info)
-		}
-		time.Sleep(10 * time.Millisecond) // the state is only visible by asking
-	}
+// WaitSynced waits until the server, a replica, is in sync with its
+// master.
+func (s *Server) WaitSynced(timeout time.Duration) error {
+	return waitFor(timeout, s.Addr+" in sync with its master", func() (bool, error) {
+		_, err := synced(s.Addr)
+		return err == nil, err
+	})
 }
 
-// command sends one command in RESP and returns a simple or bulk reply.
-func (s *Server) command(args ...string) (string, error) {
-	c, err := net.DialTimeout("tcp", s.Addr, time.Second)
+// synced reports whether the server at addr is a replica in sync with its
+// master, and which that is: the replica says its link is up and the
+// master counts it online (only then does WAIT count it).
+func synced(addr string) (master string, err error) {
+	info, err := doString(addr, "INFO", "replication")
 	if err != nil {
 		return "", err
 	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	var b strings.Builder
-	fmt.Fprintf(&b, "*%d\r\n", len(args))
-	for _, a := range args {
-		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+	if role := infoField(info, "role"); role != "slave" {
+		return "", fmt.Errorf("%s: role %s, not a replica", addr, role)
 	}
-	if _, err := io.WriteString(c, b.String()); err != nil {
-		return "", err
+	if st := infoField(info, "master_link_status"); st != "up" {
+		return "", fmt.Errorf("%s: master link %s", addr, st)
 	}
-	rd := bufio.NewReader(c)
-	line, err := rd.ReadString('\n')
+	master = net.JoinHostPort(infoField(info, "master_host"), infoField(info, "master_port"))
+	minfo, err := doString(master, "INFO", "replication", "cluster")
 	if err != nil {
 		return "", err
 	}
-	line = strings.TrimRight(line, "\r\n")
-	switch {
-	case strings.HasPrefix(line, "-"):
-		return "", errors.New(line[1:])
-	case strings.HasPrefix(line, "$"):
-		n, err := strconv.Atoi(line[1:])
-		if err != nil || n < 0 {
-			return "", err
+	_, port, _ := net.SplitHostPort(addr)
+	online, replicas := false, 0
+	for i := range 16 {
+		v := infoField(minfo, fmt.Sprint("slave", i))
+		if v == "" {
+			break
 		}
-		buf := make([]byte, n+2)
-		if _, err := io.ReadFull(rd, buf); err != nil {
-			return "", err
+		if strings.Contains(","+v+",", ",state=online,") {
+			replicas++
+			online = online || strings.Contains(","+v+",", ",port="+port+",")
 		}
-		return string(buf[:n]), nil
 	}
-	return strings.TrimPrefix(line, "+"), nil
+	if !online {
+		return "", fmt.Errorf("%s: master %s does not count it online yet", addr, master)
+	}
+	if infoField(minfo, "cluster_enabled") == "1" {
+		// A key the master serves would have to be found first.
+		return master, nil
+	}
+	// Right after the first sync a replica may not acknowledge a write for
+	// up to a second: they are in sync once they all confirm one.
+	r, err := doAll(master, []string{"SET", "redistest:synced", "1", "PX", "1000"}, []string{"WAIT", fmt.Sprint(replicas), "100"})
+	if err != nil {
+		return "", err
+	}
+	if n, _ := r[1].(int64); n < int64(replicas) {
+		return "", fmt.Errorf("%s: %d of %d replicas of %s confirm a write", addr, n, replicas, master)
+	}
+	return master, nil
+}
+
+// Do sends the server one command on a connection of its own and returns
+// its reply: a string, an int64, nil, []any, or a RedisError as the error.
+// It is for setting servers up and looking at them, not for the code under
+// test.
+func (s *Server) Do(args ...string) (any, error) { return do(s.Addr, args...) }
+
+// Info returns field of the server's INFO section ("" when absent).
+func (s *Server) Info(section, field string) (string, error) {
+	info, err := doString(s.Addr, "INFO", section)
+	if err != nil {
+		return "", err
+	}
+	return infoField(info, field), nil
 }
 
 // URL returns the server's URL with a key prefix no other call returned.
@@ -308,14 +339,12 @@ func (s *Server) Kill(t testing.TB) {
 
 func (s *Server) stop(sig syscall.Signal) {
 	s.mu.Lock()
-	cmd, exited := s.cmd, s.exited
-	s.cmd = nil
+	p := s.p
+	s.p = nil
 	s.mu.Unlock()
-	if cmd == nil {
-		return
+	if p != nil {
+		p.stop(sig)
 	}
-	cmd.Process.Signal(sig)
-	<-exited
 }
 
 // Pause stops the running server's process (SIGSTOP): it holds its
@@ -328,10 +357,10 @@ func (s *Server) Resume() error { return s.signal(syscall.SIGCONT) }
 func (s *Server) signal(sig syscall.Signal) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.cmd == nil {
+	if s.p == nil {
 		return errors.New("redis-server is not running")
 	}
-	return s.cmd.Process.Signal(sig)
+	return s.p.cmd.Process.Signal(sig)
 }
 
 // Crash kills the server as Kill does, for programs that are not tests;
@@ -353,42 +382,25 @@ func (s *Server) Restart(t testing.TB) {
 	}
 }
 
-// tail keeps the last lines of a server's log, for failure messages.
-type tail struct {
-	mu    sync.Mutex
-	lines []string
-}
-
-func (l *tail) add(s string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.lines = append(l.lines, s)
-	if len(l.lines) > 20 {
-		l.lines = l.lines[1:]
-	}
-}
-
-func (l *tail) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Join(l.lines, " | ")
-}
-
-// The server shared by the tests of one test binary (see Main).
+// What the tests of one test binary share (see Main): one server and one
+// cluster, each started by the first test that asks for it.
 var shared struct {
 	mu      sync.Mutex
 	enabled bool
 	srv     *Server
-	dir     string
-	err     error
+	cluster *Cluster
+	dirs    []string
+	srvErr  error
+	clErr   error
 }
 
-// M is what Main returns: a testing.M that stops the shared server after
-// the tests ran.
+// M is what Main returns: a testing.M that stops what the tests shared
+// after they ran.
 type M struct{ m *testing.M }
 
-// Main lets the tests of a package share one redis-server, started by the
-// first URL call and stopped when m.Run returns.
+// Main lets the tests of a package share one redis-server (URL) and one
+// Redis Cluster (ClusterURL), each started by the first test that asks for
+// it and stopped when m.Run returns.
 func Main(m *testing.M) *M {
 	shared.mu.Lock()
 	shared.enabled = true
@@ -396,19 +408,58 @@ func Main(m *testing.M) *M {
 	return &M{m: m}
 }
 
-// Run runs the tests, then stops the shared server.
+// Run runs the tests, then stops what they shared.
 func (w *M) Run() int {
 	code := w.m.Run()
 	shared.mu.Lock()
 	defer shared.mu.Unlock()
 	if shared.srv != nil {
-		shared.srv.stop(syscall.SIGKILL)
+		shared.srv.Close()
 		shared.srv = nil
 	}
-	if shared.dir != "" {
-		os.RemoveAll(shared.dir)
+	if shared.cluster != nil {
+		shared.cluster.Close()
+		shared.cluster = nil
 	}
+	for _, d := range shared.dirs {
+		os.RemoveAll(d)
+	}
+	shared.dirs = nil
+	awaitClusterClientCleanup()
 	return code
+}
+
+// clusterCleanupFunc is the goroutine a rueidis Cluster client starts when
+// a topology refresh replaces a connection: it closes the old one five
+// seconds later, by itself, even after the client was closed.
+const clusterCleanupFunc = "rueidis.(*clusterClient)._refresh.func"
+
+// awaitClusterClientCleanup waits (up to six seconds) until no Cluster
+// client of the tests has a connection closing left, so that the leak
+// check that follows Run sees only goroutines that would stay.
+func awaitClusterClientCleanup() {
+	deadline := time.Now().Add(6 * time.Second)
+	buf := make([]byte, 1<<20)
+	for time.Now().Before(deadline) {
+		n := runtime.Stack(buf, true)
+		if n == len(buf) {
+			buf = make([]byte, 2*len(buf))
+			continue
+		}
+		if !bytes.Contains(buf[:n], []byte(clusterCleanupFunc)) {
+			return
+		}
+		time.Sleep(50 * time.Millisecond) // the goroutine sleeps; nothing signals its end
+	}
+}
+
+// sharedDir makes a directory that Run removes; shared.mu must be held.
+func sharedDir() (string, error) {
+	dir, err := os.MkdirTemp("", "redistest-")
+	if err == nil {
+		shared.dirs = append(shared.dirs, dir)
+	}
+	return dir, err
 }
 
 // URL returns a redis:// URL with a key prefix of its own on the package's
@@ -423,18 +474,41 @@ func URL(t testing.TB) string {
 	if !shared.enabled {
 		return Start(t, Options{}).URL()
 	}
-	if shared.srv == nil && shared.err == nil {
-		dir, err := os.MkdirTemp("", "redistest-")
-		if err == nil {
-			shared.dir = dir
-			shared.srv, err = start(dir, Options{})
+	if shared.srv == nil && shared.srvErr == nil {
+		var dir string
+		if dir, shared.srvErr = sharedDir(); shared.srvErr == nil {
+			shared.srv, shared.srvErr = start(dir, Options{})
 		}
-		shared.err = err
 	}
-	if shared.err != nil {
-		t.Fatalf("shared redis-server: %v", shared.err)
+	if shared.srvErr != nil {
+		t.Fatalf("shared redis-server: %v", shared.srvErr)
 	}
 	return shared.srv.URL()
+}
+
+// ClusterURL returns a redis:// URL naming every node, with a key prefix
+// of its own, on the package's shared Redis Cluster (see Main: three
+// masters, each with a replica), or on a cluster of t's own when the
+// package does not share one. Tests on the shared cluster must not stop
+// its nodes; a test that kills one starts a cluster of its own.
+func ClusterURL(t testing.TB) string {
+	t.Helper()
+	NeedCluster(t)
+	shared.mu.Lock()
+	defer shared.mu.Unlock()
+	if !shared.enabled {
+		return StartCluster(t, ClusterOptions{}).URL()
+	}
+	if shared.cluster == nil && shared.clErr == nil {
+		var dir string
+		if dir, shared.clErr = sharedDir(); shared.clErr == nil {
+			shared.cluster, shared.clErr = LaunchCluster(dir, ClusterOptions{})
+		}
+	}
+	if shared.clErr != nil {
+		t.Fatalf("shared Redis Cluster: %v", shared.clErr)
+	}
+	return shared.cluster.URL()
 }
 
 var errNotRunning = errors.New("redis-server is not running")
@@ -442,26 +516,17 @@ var errNotRunning = errors.New("redis-server is not running")
 // Ping checks that the server answers, for tests that wait on a restart.
 func (s *Server) Ping() error {
 	s.mu.Lock()
-	running := s.cmd != nil
+	running := s.p != nil
 	s.mu.Unlock()
 	if !running {
 		return errNotRunning
 	}
-	c, err := net.DialTimeout("tcp", s.Addr, time.Second)
+	r, err := doString(s.Addr, "PING")
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(time.Second))
-	if _, err := c.Write([]byte("PING\r\n")); err != nil {
-		return err
-	}
-	buf := make([]byte, 7)
-	if _, err := io.ReadFull(c, buf); err != nil {
-		return err
-	}
-	if string(buf) != "+PONG\r\n" {
-		return fmt.Errorf("unexpected answer %q", buf)
+	if r != "PONG" {
+		return fmt.Errorf("unexpected answer %q", r)
 	}
 	return nil
 }

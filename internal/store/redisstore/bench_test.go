@@ -1,0 +1,121 @@
+package redisstore_test
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/postern/postern/internal/store"
+	"github.com/postern/postern/internal/store/redisstore/redistest"
+)
+
+// BenchmarkDeliver measures the engine's cost of delivering one message:
+// an append, a take under a lease and its settling, by goroutines each on a
+// tunnel of its own, as concurrent HTTP handlers would. It reports the
+// calls postern sent Redis per message and the commands those ran (INFO
+// commandstats), and Redis' CPU time per message, next to Redis' CPU time
+// per XADD sent the same way (appends of a bare stream entry, same
+// goroutines).
+func BenchmarkDeliver(b *testing.B) {
+	srv := redistest.Start(b, redistest.Options{})
+	u := srv.URL()
+	s := open(b, u, nil)
+	defer s.Close()
+	body := []byte(strings.Repeat("x", 256))
+	var seq atomic.Int64
+
+	xadds := func(n int) float64 {
+		c, _ := raw(b, u)
+		cpu0 := redisCPU(srv.PID())
+		b.RunParallel(func(pb *testing.PB) {
+			key := fmt.Sprint("xadd", seq.Add(1))
+			for pb.Next() {
+				if err := c.Do(ctx, c.B().Xadd().Key(key).Id("*").FieldValue().FieldValue("r", string(body)).Build()).Error(); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+		return (redisCPU(srv.PID()) - cpu0) / float64(n)
+	}
+
+	if _, err := srv.Do("CONFIG", "RESETSTAT"); err != nil {
+		b.Fatal(err)
+	}
+	cpu0 := redisCPU(srv.PID())
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		key := fmt.Sprint("t/bench", seq.Add(1))
+		for pb.Next() {
+			if _, err := s.Append(ctx, key, store.Message{Body: body}, store.AppendOptions{}); err != nil {
+				b.Error(err)
+				return
+			}
+			l, ok, err := s.Take(ctx, key, store.TakeDelete, time.Minute)
+			if err != nil || !ok {
+				b.Errorf("take: %v %v", ok, err)
+				return
+			}
+			if err := s.Settle(ctx, key, []store.Lease{l}, true); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.StopTimer()
+	cpu := (redisCPU(srv.PID()) - cpu0) / float64(b.N)
+	calls, scripted := commandstats(b, srv)
+	b.ReportMetric(calls/float64(b.N), "calls/msg")
+	b.ReportMetric(scripted/float64(b.N), "cmds/msg")
+	b.ReportMetric(cpu*1e6, "redis-µs/msg")
+	b.ReportMetric(xadds(b.N)*1e6, "redis-µs/xadd")
+}
+
+// redisCPU is the CPU time, in seconds, process pid has used.
+func redisCPU(pid int) float64 {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	rest := string(raw)
+	if i := strings.LastIndexByte(rest, ')'); i >= 0 {
+		rest = rest[i+1:]
+	}
+	f := strings.Fields(rest)
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (u + st) / 100
+}
+
+// commandstats sums INFO commandstats: calls clients sent (scripts,
+// PUBLISH, GETDEL, WAIT) and the commands the scripts ran.
+func commandstats(b *testing.B, srv *redistest.Server) (calls, scripted float64) {
+	r, err := srv.Do("INFO", "commandstats")
+	if err != nil {
+		b.Fatal(err)
+	}
+	info, _ := r.(string)
+	for _, line := range strings.Split(info, "\n") {
+		name, rest, ok := strings.Cut(strings.TrimPrefix(strings.TrimSpace(line), "cmdstat_"), ":calls=")
+		if !ok {
+			continue
+		}
+		top, _, _ := strings.Cut(name, "|")
+		n, _ := strconv.ParseFloat(strings.SplitN(rest, ",", 2)[0], 64)
+		switch top {
+		case "evalsha", "eval", "publish", "getdel", "wait":
+			calls += n
+		case "info", "config", "hello", "ping", "client", "subscribe", "select":
+		default:
+			scripted += n
+		}
+	}
+	return calls, scripted
+}
