@@ -88,3 +88,40 @@ func TestShutdownIsIdempotent(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestShutdownRacesServe: a Shutdown that comes before or while Serve
+// starts the parts leaves nothing running (goleak, in TestMain) and Serve
+// returns nil, under the race detector; the listener is closed either way.
+func TestShutdownRacesServe(t *testing.T) {
+	for _, first := range []string{"shutdown", "together"} {
+		t.Run(first, func(t *testing.T) {
+			cfg := servertest.Config()
+			cfg.Directory = relaytest.NewDirectory() // parts that start goroutines
+			n, err := node.New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if first == "shutdown" {
+				if err := n.Shutdown(context.Background()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			served := make(chan error, 1)
+			go func() { served <- n.Serve(ln) }()
+			if err := n.Shutdown(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-served; err != nil {
+				t.Fatalf("Serve: %v", err)
+			}
+			if c, err := net.Dial("tcp", ln.Addr().String()); err == nil {
+				c.Close()
+				t.Fatal("the listener still accepts")
+			}
+		})
+	}
+}

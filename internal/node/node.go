@@ -233,6 +233,9 @@ type Node struct {
 
 	draining     atomic.Bool
 	shutdownOnce sync.Once
+	// startMu orders Serve's starting of the parts against Shutdown's
+	// stopping them: a Shutdown that comes first leaves nothing to start.
+	startMu      sync.Mutex
 	shutdownErr  error
 	shutdownDone chan struct{}
 }
@@ -371,12 +374,20 @@ func (n *Node) announce(addr net.Addr, tlsOn bool) {
 // address (the node joins the directory last, so it is listed by the
 // time it says it listens).
 func (n *Node) Serve(ln net.Listener) error {
+	n.startMu.Lock()
+	if n.draining.Load() {
+		n.startMu.Unlock()
+		ln.Close()
+		<-n.shutdownDone
+		return nil
+	}
 	n.members.resolve(ln.Addr())
 	for _, p := range n.parts {
 		if p.start != nil {
 			p.start()
 		}
 	}
+	n.startMu.Unlock()
 	tlsOn := n.http.TLSConfig != nil
 	n.log.Info("connection caps", n.gate.caps.describe()...)
 	n.announce(ln.Addr(), tlsOn)
@@ -401,7 +412,9 @@ func (n *Node) Serve(ln net.Listener) error {
 func (n *Node) Shutdown(ctx context.Context) error {
 	n.shutdownOnce.Do(func() {
 		defer close(n.shutdownDone)
+		n.startMu.Lock()
 		n.draining.Store(true)
+		n.startMu.Unlock()
 		n.log.Info("draining")
 		n.shutdownErr = n.stopParts(ctx)
 		n.log.Info("stopped")
@@ -422,6 +435,5 @@ func (n *Node) stopParts(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("%s: %w", p.name, err))
 		}
 	}
-	n.parts = nil
 	return errors.Join(errs...)
 }
