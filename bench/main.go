@@ -24,6 +24,7 @@ import (
 	"os/signal"
 	"regexp"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"sort"
 	"strings"
@@ -93,6 +94,7 @@ func main() {
 	md := flag.Bool("md", false, "print a Markdown table")
 	list := flag.Bool("list", false, "list the scenarios and exit")
 	soak := flag.Duration("soak", 0, "run the soak scenario for this `duration` (0: it is skipped); alone: -run soak -count 1 -soak 10m")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run (client and in-process nodes) to `file`")
 	chaosRounds := flag.Int("chaos", 0, "run the chaos scenario with this many `rounds` per engine (0: it is skipped); alone: -run chaos -count 1 -chaos 50")
 	flag.Parse()
 
@@ -107,6 +109,17 @@ func main() {
 			fmt.Printf("%-28s baseline: %s\n", s.Name, s.Baseline)
 		}
 		return
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench: -cpuprofile:", err)
+			os.Exit(2)
+		}
+		defer pprof.StopCPUProfile()
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
@@ -144,6 +157,7 @@ func main() {
 		printTable(os.Stdout, rows)
 	}
 	if failed {
+		pprof.StopCPUProfile() // os.Exit skips the deferred stop
 		os.Exit(1)
 	}
 }

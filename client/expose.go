@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -68,6 +69,68 @@ type ExposeOptions struct {
 	Window    int
 	// Drain bounds how long requests in progress may finish at stop.
 	Drain time.Duration
+
+	// Access rules the server enforces before a request reaches the
+	// agent (a token policy may require or forbid each).
+	//
+	// BasicAuth, "user:password", makes users give them (HTTP basic
+	// auth: 401 with WWW-Authenticate until they do); the server removes
+	// them before the request reaches the service.
+	BasicAuth string
+	// AllowCIDR lists the only address ranges ("10.0.0.0/8",
+	// "2001:db8::/32") or addresses users are served from; others get 403.
+	AllowCIDR []string
+	// ResponseHeaders are set on every answer of the service.
+	ResponseHeaders http.Header
+
+	// Inspector, when set, records every exchange with the local service
+	// (see Inspector).
+	Inspector *Inspector
+}
+
+// ErrAccessNotEnforced stops Expose when the server did not confirm that
+// it enforces the access rules asked for (a server from before them
+// ignores them): the service is not published unguarded.
+var ErrAccessNotEnforced = errors.New("the server does not enforce the access rules asked for (it predates them): upgrade the server, or expose without them")
+
+// enforced checks the handshake answer's list of the rules the server
+// enforces against those o asks for.
+func enforced(o ExposeOptions, answer http.Header) error {
+	acc, _ := o.access()
+	confirmed := strings.Fields(answer.Get(muxconn.EnforcedHeader))
+	for _, r := range acc.Rules() {
+		if !slices.Contains(confirmed, r) {
+			return fmt.Errorf("%w (%s not confirmed)", ErrAccessNotEnforced, r)
+		}
+	}
+	return nil
+}
+
+// access is o's access rules as the handshake carries them.
+func (o ExposeOptions) access() (muxconn.Access, error) {
+	var a muxconn.Access
+	var err error
+	if o.BasicAuth != "" {
+		if a.User, a.Password, err = muxconn.ParseBasicAuth(o.BasicAuth); err != nil {
+			return a, err
+		}
+	}
+	if a.Allow, err = muxconn.ParseCIDRs(o.AllowCIDR); err != nil {
+		return a, err
+	}
+	for k, vs := range o.ResponseHeaders {
+		for _, v := range vs {
+			name, value, err := muxconn.ParseResponseHeader(k + ": " + v)
+			if err != nil {
+				return a, err
+			}
+			if a.Header == nil {
+				a.Header = http.Header{}
+			}
+			a.Header.Add(name, value)
+		}
+	}
+	return a, nil
 }
 
 // PublicURLHeader is the handshake answer's header naming the public URL.
@@ -108,6 +171,9 @@ func (c *Client) Expose(ctx context.Context, o ExposeOptions) error {
 	if o.Name == "" {
 		return errors.New("expose: the agent needs a name")
 	}
+	if _, err := o.access(); err != nil {
+		return fmt.Errorf("expose: %w", err)
+	}
 	backoff := o.MinBackoff
 	for {
 		start := time.Now()
@@ -116,6 +182,9 @@ func (c *Client) Expose(ctx context.Context, o ExposeOptions) error {
 			return nil
 		}
 		var perm *Error
+		if errors.Is(err, ErrAccessNotEnforced) {
+			return err
+		}
 		if errors.As(err, &perm) && perm.StatusCode >= 400 && perm.StatusCode < 500 && perm.StatusCode != http.StatusTooManyRequests {
 			return err
 		}
@@ -158,6 +227,9 @@ func (c *Client) exposeOnce(ctx context.Context, o ExposeOptions, target *url.UR
 	if c.token != "" {
 		hdr.Set("Authorization", "Bearer "+c.token)
 	}
+	if acc, err := o.access(); err == nil {
+		acc.Write(hdr)
+	}
 	dialCtx, cancelDial := context.WithTimeout(ctx, 30*time.Second)
 	ws, resp, err := websocket.Dial(dialCtx, c.agentURL(o, target), &websocket.DialOptions{HTTPClient: c.hc, HTTPHeader: hdr})
 	cancelDial()
@@ -173,6 +245,10 @@ func (c *Client) exposeOnce(ctx context.Context, o ExposeOptions, target *url.UR
 	}
 	public := resp.Header.Get(PublicURLHeader)
 	if err := checkPublicURL(target, public); err != nil {
+		ws.CloseNow()
+		return err
+	}
+	if err := enforced(o, resp.Header); err != nil {
 		ws.CloseNow()
 		return err
 	}

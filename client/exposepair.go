@@ -55,6 +55,8 @@ type pair struct {
 	lc net.Conn
 	lr *bufio.Reader
 	lw *bufio.Writer
+
+	rec *recording // the exchange the inspector records, if any
 }
 
 // setState records the pair's state; false when the server is closing
@@ -118,7 +120,10 @@ func (p *pair) serve() {
 func (p *pair) forward(req *http.Request) bool {
 	start := time.Now()
 	out, reqUp := p.outgoing(req)
+	p.rec = p.s.o.Inspector.record(req, out)
 	status, n, keep := p.roundTrip(req, out, reqUp)
+	p.rec.done()
+	p.rec = nil
 	if o := p.s.o; o.Logger.Enabled(context.Background(), slog.LevelInfo) {
 		o.Logger.LogAttrs(context.Background(), slog.LevelInfo, "request", slog.String("method", req.Method), slog.String("host", req.Host),
 			slog.String("path", req.URL.Path), slog.Int("status", status), slog.Int64("bytes", n),
@@ -133,6 +138,7 @@ func (p *pair) roundTrip(req, out *http.Request, reqUp string) (status int, n in
 	resp, wrote, err := p.exchange(out, req.Body == nil || req.Body == http.NoBody)
 	switch {
 	case errors.Is(err, errStreamFailed):
+		p.rec.failed(http.StatusBadGateway, oneLineErr(err))
 		p.closeAll(wrote)
 		return http.StatusBadGateway, 0, false
 	case err != nil:
@@ -222,12 +228,19 @@ func (p *pair) readResponse(out *http.Request) (*http.Response, error) {
 // side asked to close.
 func (p *pair) answer(resp *http.Response, wrote chan error) (status int, n int64, keep bool) {
 	removeHopByHop(resp.Header)
-	cb := &countingBody{body: resp.Body, lr: p.lr, sw: p.sw}
+	cb := &countingBody{body: resp.Body, lr: p.lr, sw: p.sw, length: resp.ContentLength}
+	if c := p.rec.answered(resp.StatusCode, resp.Header); c != nil {
+		cb.tee = c
+	}
 	if resp.Body != http.NoBody {
 		resp.Body = cb
 	}
 	err := resp.Write(writerOnly{p.sw})
 	if err == nil {
+		// Kept before the answer's last bytes leave: whoever got the
+		// answer finds it in the inspector.
+		p.rec.done()
+		p.rec = nil
 		err = p.sw.Flush()
 	}
 	if err != nil {
@@ -288,6 +301,9 @@ func (p *pair) badGateway(err error, wrote chan error) (int, int64, bool) {
 		p.s.mu.Unlock()
 	}
 	msg := fmt.Sprintf("postern expose: the local service at %s cannot be reached: %s", p.s.target.Host, oneLineErr(err))
+	p.rec.failed(http.StatusBadGateway, msg)
+	p.rec.done()
+	p.rec = nil
 	resp := &http.Response{
 		StatusCode: http.StatusBadGateway, ProtoMajor: 1, ProtoMinor: 1, Close: true,
 		Header:        http.Header{"Content-Type": {"text/plain; charset=utf-8"}},
@@ -314,6 +330,9 @@ func (p *pair) upgrade(resp *http.Response, reqUp string, wrote chan error) (int
 		}
 	}
 	resp.Body = nil
+	p.rec.answered(resp.StatusCode, resp.Header)
+	p.rec.done() // now: the splice may last
+	p.rec = nil
 	if err := resp.Write(p.sw); err != nil || p.sw.Flush() != nil {
 		p.closeAll(nil)
 		return http.StatusSwitchingProtocols, 0, false
@@ -343,16 +362,25 @@ type countingBody struct {
 	lr   *bufio.Reader
 	sw   *bufio.Writer
 	n    int64
+	tee  io.Writer // the inspector's copy, if any
+	// length is the declared body length (-1: unknown). Once it is all
+	// read the next read cannot wait, so nothing is flushed before it:
+	// the answer's end leaves with the final flush, after the inspector
+	// kept the exchange.
+	length int64
 }
 
 func (b *countingBody) Read(buf []byte) (int, error) {
-	if b.lr.Buffered() == 0 {
+	if b.lr.Buffered() == 0 && (b.length < 0 || b.n < b.length) {
 		if err := b.sw.Flush(); err != nil {
 			return 0, err
 		}
 	}
 	n, err := b.body.Read(buf)
 	b.n += int64(n)
+	if b.tee != nil {
+		b.tee.Write(buf[:n])
+	}
 	return n, err
 }
 

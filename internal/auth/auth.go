@@ -17,7 +17,9 @@
 //	                   /ops/status: the status page and /_postern/status)
 //
 // A grant names actions and paths; a path ending in "*" is a prefix
-// ("/t/builds-*", "/c/*"), any other path is exact. Tokens are matched by
+// ("/t/builds-*", "/c/*"), any other path is exact. A grant of serve on
+// /expose/ paths may also require or forbid the access rules an agent asks
+// the server to enforce in front of its service (see Rule). Tokens are matched by
 // the SHA-256 of the presented secret, so lookups take the same time
 // whatever the secret, and the file may hold hashes instead of secrets.
 package auth
@@ -54,13 +56,51 @@ var allActions = []Action{Read, Write, Serve, Call, Ops}
 // cannot set headers (browsers opening websockets or event streams).
 const QueryParam = "access_token"
 
-// Grant allows Actions on Paths.
+// Rule is an access rule an expose agent may ask the server to enforce in
+// front of its service. A grant may require or forbid rules.
+type Rule string
+
+// The access rules.
+const (
+	// BasicAuth: users must give a user name and password (HTTP basic auth).
+	BasicAuth Rule = "basic-auth"
+	// AllowCIDR: only users from listed address ranges are served.
+	AllowCIDR Rule = "allow-cidr"
+	// ResponseHeader: headers the server adds to every answer.
+	ResponseHeader Rule = "response-header"
+)
+
+var allRules = []Rule{BasicAuth, AllowCIDR, ResponseHeader}
+
+// Grant allows Actions on Paths. With Require or Forbid it is conditional:
+// it allows only a request that uses every rule of Require and none of
+// Forbid (Policy.AllowUsing); Allow counts a request as using none.
 type Grant struct {
 	Actions []Action
 	Paths   []string
+	Require []Rule
+	Forbid  []Rule
 }
 
-func (g Grant) allows(a Action, resource string) bool {
+// unmet is the first condition of g that a request using used fails, as
+// "requires R" or "forbids R", or "".
+func (g Grant) unmet(used []Rule) string {
+	for _, r := range g.Require {
+		if !slices.Contains(used, r) {
+			return "requires " + string(r)
+		}
+	}
+	for _, r := range g.Forbid {
+		if slices.Contains(used, r) {
+			return "forbids " + string(r)
+		}
+	}
+	return ""
+}
+
+// names reports whether g names action a on resource, whatever its
+// conditions.
+func (g Grant) names(a Action, resource string) bool {
 	if !slices.Contains(g.Actions, a) {
 		return false
 	}
@@ -89,12 +129,27 @@ func (t *Token) Allows(a Action, resource string) bool {
 }
 
 func allows(gs []Grant, a Action, resource string) bool {
+	ok, _ := allowsUsing(gs, a, resource, nil)
+	return ok
+}
+
+// allowsUsing reports whether a grant of gs allows a on resource to a
+// request using the rules used; when none does but one names a and
+// resource, unmet is the first such grant's unmet condition.
+func allowsUsing(gs []Grant, a Action, resource string, used []Rule) (ok bool, unmet string) {
 	for _, g := range gs {
-		if g.allows(a, resource) {
-			return true
+		if !g.names(a, resource) {
+			continue
+		}
+		u := g.unmet(used)
+		if u == "" {
+			return true, ""
+		}
+		if unmet == "" {
+			unmet = u
 		}
 	}
-	return false
+	return false, unmet
 }
 
 // Policy is a set of tokens plus what anonymous requests may do. The nil
@@ -137,14 +192,32 @@ func (p *Policy) Identify(r *http.Request) (*Token, bool) {
 // Allow reports whether r may take action a on resource: anonymous grants
 // first, then the grants of the token r presents.
 func (p *Policy) Allow(r *http.Request, a Action, resource string) bool {
+	ok, _ := p.AllowUsing(r, a, resource, nil)
+	return ok
+}
+
+// AllowUsing is Allow for a request that uses the access rules used
+// (an expose agent's handshake): a grant with conditions counts only when
+// they are met. When no grant allows but one names a on resource, unmet
+// says why it does not ("requires basic-auth", "forbids allow-cidr").
+func (p *Policy) AllowUsing(r *http.Request, a Action, resource string, used []Rule) (ok bool, unmet string) {
 	if p == nil {
-		return false
+		return false, ""
 	}
-	if allows(p.anonymous, a, resource) {
-		return true
+	ok, unmet = allowsUsing(p.anonymous, a, resource, used)
+	if ok {
+		return true, ""
 	}
-	t, _ := p.Identify(r)
-	return t.Allows(a, resource)
+	if t, found := p.Identify(r); found {
+		ok, u := allowsUsing(t.Grants, a, resource, used)
+		if ok {
+			return true, ""
+		}
+		if unmet == "" {
+			unmet = u
+		}
+	}
+	return false, unmet
 }
 
 // ParseBearer returns the token of an "Authorization: Bearer <token>" value.
@@ -180,6 +253,8 @@ type fileToken struct {
 type fileGrant struct {
 	Actions []string `toml:"actions"`
 	Paths   []string `toml:"paths"`
+	Require []string `toml:"require"`
+	Forbid  []string `toml:"forbid"`
 }
 
 // Load reads a token file.
@@ -207,6 +282,11 @@ func Load(path string) (*Policy, error) {
 //	[[anonymous.grant]]
 //	actions = ["read"]
 //	paths = ["/c/public/*"]
+//
+// A grant of only "serve" on only /expose/ paths may add require = [...]
+// and forbid = [...], naming access rules (basic-auth, allow-cidr,
+// response-header): it then lets an agent claim a name only when it asks
+// for every rule required and none forbidden.
 func Parse(data []byte) (*Policy, error) {
 	var f file
 	md, err := toml.Decode(string(data), &f)
@@ -268,6 +348,7 @@ func Parse(data []byte) (*Policy, error) {
 
 func grants(fgs []fileGrant) ([]Grant, error) {
 	var out []Grant
+	var err error
 	for i, fg := range fgs {
 		var g Grant
 		if len(fg.Actions) == 0 {
@@ -295,9 +376,47 @@ func grants(fgs []fileGrant) ([]Grant, error) {
 			}
 		}
 		g.Paths = fg.Paths
+		if g.Require, g.Forbid, err = conditions(fg, g); err != nil {
+			return nil, fmt.Errorf("grant #%d: %w", i+1, err)
+		}
 		out = append(out, g)
 	}
 	return out, nil
+}
+
+// conditions reads a grant's require and forbid lists: known rules, none
+// in both, and only on a grant of serve on /expose/ paths (the one place
+// they mean something).
+func conditions(fg fileGrant, g Grant) (require, forbid []Rule, err error) {
+	if len(fg.Require)+len(fg.Forbid) == 0 {
+		return nil, nil, nil
+	}
+	if len(g.Actions) != 1 || g.Actions[0] != Serve || slices.ContainsFunc(g.Paths, func(p string) bool { return !strings.HasPrefix(p, "/expose/") }) {
+		return nil, nil, errors.New(`require and forbid apply to agents: the grant may name only the action "serve" and paths under /expose/`)
+	}
+	read := func(list []string) ([]Rule, error) {
+		var rs []Rule
+		for _, s := range list {
+			r := Rule(strings.ToLower(s))
+			if !slices.Contains(allRules, r) {
+				return nil, fmt.Errorf("unknown access rule %q (want basic-auth, allow-cidr or response-header)", s)
+			}
+			rs = append(rs, r)
+		}
+		return rs, nil
+	}
+	if require, err = read(fg.Require); err != nil {
+		return nil, nil, err
+	}
+	if forbid, err = read(fg.Forbid); err != nil {
+		return nil, nil, err
+	}
+	for _, r := range require {
+		if slices.Contains(forbid, r) {
+			return nil, nil, fmt.Errorf("access rule %q is both required and forbidden", r)
+		}
+	}
+	return require, forbid, nil
 }
 
 func oneLine(s string) string {

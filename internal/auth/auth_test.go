@@ -202,6 +202,7 @@ func FuzzParse(f *testing.F) {
 	f.Add(sample)
 	f.Add("[[token]]\nname=\"a\"\nsecret=\"0123456789abcdef\"\n")
 	f.Add("[[anonymous.grant]]\nactions=[\"*\"]\npaths=[\"/*\"]\n")
+	f.Add(rulesSample)
 	f.Add("")
 	f.Fuzz(func(t *testing.T, in string) {
 		p, err := auth.Parse([]byte(in))

@@ -145,7 +145,13 @@ type proc struct {
 
 func startBin(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
-	cmd := exec.Command(postern(t), args...)
+	return startCmd(t, exec.Command(postern(t), args...), env)
+}
+
+// startCmd starts cmd with the environment env added to the test's,
+// postern's variables removed (see startBin).
+func startCmd(t *testing.T, cmd *exec.Cmd, env []string) *proc {
+	t.Helper()
 	cmd.Env = cleanEnv(env...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {

@@ -3,6 +3,7 @@ package cli_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/postern/postern/internal/node"
 	"github.com/postern/postern/internal/servertest"
 )
 
@@ -42,6 +44,86 @@ func TestReadmeFirstFiveMinutes(t *testing.T) {
 			t.Errorf("the walk-through did not print %q:\n%s", want, out)
 		}
 	}
+}
+
+// readmeBlock returns the lines of README's sh block after marker.
+func readmeBlock(t *testing.T, marker string) []string {
+	t.Helper()
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(readme), "<!-- "+marker+" -->\n```sh\n")
+	if !ok {
+		t.Fatalf("README.md has no %s block", marker)
+	}
+	block, _, _ := strings.Cut(rest, "```")
+	return strings.Split(strings.TrimSpace(block), "\n")
+}
+
+// runReadmeExpose runs an "Expose in one minute" block as a reader would,
+// against a server with --expose-domain localhost and a local service in
+// place of :8080 and :3000: a line ending in "&" starts an agent (the next
+// line runs once it printed its Forwarding line), any other line runs in
+// bash and must print what its trailing "# " comment says. subst maps
+// more of the block's addresses to the test's.
+func runReadmeExpose(t *testing.T, marker string, subst ...string) {
+	n := startNode(t, func(c *node.Config) { c.Expose.Domain = "localhost" })
+	local := backendServer(t)
+	pairs := append([]string{"http://127.0.0.1:8080", n.URL, "http://localhost:3000", local.URL}, subst...)
+	repl := strings.NewReplacer(pairs...)
+	env := []string{"PATH=" + filepath.Dir(postern(t)) + ":" + os.Getenv("PATH"), "POSTERN_SERVER=" + n.URL}
+	for _, line := range readmeBlock(t, marker) {
+		line = repl.Replace(line)
+		if cmd, ok := strings.CutSuffix(strings.TrimSpace(line), "&"); ok {
+			p := startCmd(t, exec.Command("bash", "-c", "exec env "+cmd), env)
+			l := p.line()
+			if strings.HasPrefix(l, "Inspecting ") {
+				l = p.line()
+			}
+			if !strings.HasPrefix(l, "Forwarding ") {
+				t.Fatalf("%s printed %q", cmd, l)
+			}
+			continue
+		}
+		cmd, want, _ := strings.Cut(line, "   # ")
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		c := exec.CommandContext(ctx, "bash", "-o", "pipefail", "-c", cmd)
+		c.Env = cleanEnv(env...)
+		out, err := c.Output()
+		cancel()
+		if err != nil || strings.TrimSpace(string(out)) != strings.TrimSpace(want) {
+			t.Fatalf("%s\nprinted %q (%v), README says %q", cmd, out, err, want)
+		}
+	}
+}
+
+// TestReadmeExposeAccessRules runs README's access rules example.
+func TestReadmeExposeAccessRules(t *testing.T) {
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Fatal("curl is not installed (.ci/run installs it)")
+	}
+	runReadmeExpose(t, "expose-access")
+}
+
+// TestReadmeExposeInspector runs README's inspector example, on a free
+// port in place of 4040.
+func TestReadmeExposeInspector(t *testing.T) {
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Fatal("curl is not installed (.ci/run installs it)")
+	}
+	runReadmeExpose(t, "expose-inspect", "127.0.0.1:4040", freeAddr(t))
+}
+
+// freeAddr is a loopback address whose port was free a moment ago.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
 
 // TestReadmeExposeTCP runs README's raw TCP block of "Expose in one

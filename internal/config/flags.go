@@ -131,6 +131,13 @@ func (f *FlagSet) Repeated(p *[]string, name, usage string, aliases ...string) {
 	f.Var(&repeatedValue{p: p}, name, usage, aliases...)
 }
 
+// Lines defines a flag stored in *p that may be given many times, each
+// one whole item (commas included: "Cache-Control: no-store, private");
+// an environment variable gives them one per line.
+func (f *FlagSet) Lines(p *[]string, name, usage string, aliases ...string) {
+	f.Var(&linesValue{p: p}, name, usage, aliases...)
+}
+
 // ConfigFile defines the flag (and its POSTERN_* variable) that names a
 // config file whose keys are this set's flag names.
 func (f *FlagSet) ConfigFile(p *string, name, usage string) {
@@ -204,7 +211,7 @@ func (f *FlagSet) PrintDefaults(w io.Writer) {
 				name = "int"
 			case *float64Value:
 				name = "number"
-			case *listValue, *repeatedValue, *prefixesValue:
+			case *listValue, *repeatedValue, *prefixesValue, *linesValue:
 				name = "list"
 			case *boolValue:
 				name = ""
@@ -391,3 +398,24 @@ func (v *repeatedValue) String() string {
 	}
 	return strings.Join(*v.p, ",")
 }
+
+// linesValue is a repeated flag whose items are whole lines.
+type linesValue struct{ p *[]string }
+
+func (v *linesValue) Set(s string) error {
+	for _, item := range strings.Split(s, "\n") {
+		if item = strings.TrimSpace(item); item != "" {
+			*v.p = append(*v.p, item)
+		}
+	}
+	return nil
+}
+
+func (v *linesValue) String() string {
+	if v == nil || v.p == nil {
+		return ""
+	}
+	return strings.Join(*v.p, "\n")
+}
+
+func (v *linesValue) Type() string { return "list" }

@@ -224,6 +224,7 @@ func (s *Service) serveName(w http.ResponseWriter, r *http.Request, name, path, 
 		httpapi.WritePlain(w, r, errTooMany)
 		return
 	}
+	r = s.withClient(r)
 	t := relay.Target{Name: name, Path: path, RawPath: rawPath, RawQuery: rawQuery, NoBackend: noAgent, Local: s.stripToken}
 	if isBC && httpapi.IsWebsocketUpgrade(r.Header) {
 		if ws, ok := s.hub.Local(name).(websocketRelay); ok {
@@ -248,9 +249,11 @@ type websocketRelay interface {
 // stripToken removes the postern tokens a user presented from a request
 // about to reach an agent on this node (a node forwarding the request to
 // another leaves them, for that node to authorize it), so a service never
-// sees its callers' tokens; credentials of its own pass.
+// sees its callers' tokens; credentials of its own pass. ClientHeader,
+// postern's own, goes too.
 func (s *Service) stripToken(out *http.Request) {
 	out.URL.RawQuery = s.policy.Strip(out.Header, out.URL.RawQuery)
+	out.Header.Del(ClientHeader)
 }
 
 // validName reports whether name is a native agent name: a DNS label

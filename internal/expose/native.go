@@ -32,31 +32,42 @@ func (s *Service) serveAgent(w http.ResponseWriter, r *http.Request) {
 		refuseAgent(w, r, errClosing)
 		return
 	}
-	name, result, err := s.authorizeAgent(r)
+	rules, perr := muxconn.ParseAccess(r.Header)
+	if perr != nil {
+		s.m.registration(transportNative, "malformed")
+		httpapi.WritePlain(w, r, httpapi.Errorf(http.StatusBadRequest, "access rules: %v", perr))
+		return
+	}
+	name := strings.ToLower(r.URL.Query().Get(AgentNameParam))
+	acc := newAccess(name, rules)
+	result, err := s.authorizeAgent(r, name, acc.rules())
 	if err != nil {
 		s.m.registration(transportNative, result)
 		refuseAgent(w, r, err)
 		return
 	}
-	req, perr := parseAgentRequest(r.URL.Query())
-	if perr != nil {
+	req, herr := parseAgentRequest(r.URL.Query())
+	if herr == nil && req.proto != protoHTTP && len(acc.rules()) > 0 {
+		herr = httpapi.Errorf(http.StatusBadRequest, "access rules apply to HTTP agents only, not to %s://", req.proto)
+	}
+	if herr != nil {
 		s.m.registration(transportNative, "malformed")
-		refuseAgent(w, r, perr)
+		refuseAgent(w, r, herr)
 		return
 	}
-	var b binding = hubBinding{t: s.native, public: s.publicURL(r, name)}
+	var b binding = hubBinding{t: s.native, public: s.publicURL(r, name), acc: acc}
 	switch req.proto {
 	case protoTCP:
-		b, perr = s.tcpBinding(r, name, req.port)
+		b, herr = s.tcpBinding(r, name, req.port)
 	case protoTLS:
-		b, perr = s.tlsBinding(r, name)
+		b, herr = s.tlsBinding(r, name)
 	}
-	if perr != nil {
+	if herr != nil {
 		s.m.registration(transportNative, "refused")
-		refuseAgent(w, r, perr)
+		refuseAgent(w, r, herr)
 		return
 	}
-	s.native.serve(w, r, name, b)
+	s.native.serve(w, r, name, b, acc)
 }
 
 // refuseAgent answers a native agent's handshake with e, marked as
@@ -66,46 +77,50 @@ func refuseAgent(w http.ResponseWriter, r *http.Request, e *httpapi.Error) {
 	httpapi.WritePlain(w, r, e)
 }
 
-// authorizeAgent returns the name a native agent's handshake claims, or
-// why it may not (with the registration result it counts as): a name
-// that is a DNS label, and under a token policy a token granted serve on
-// /expose/NAME; without a policy, unless AnonymousAgents, an agent on
+// authorizeAgent reports why a native agent's handshake may not claim
+// name with the access rules it asks for (with the registration result it
+// counts as), or nil: a name that is a DNS label, and under a token
+// policy a token granted serve on /expose/NAME (whose conditions, if any,
+// the rules meet); without a policy, unless AnonymousAgents, an agent on
 // this host (not through a proxy that is not trusted) that no web page
 // runs.
-func (s *Service) authorizeAgent(r *http.Request) (name, result string, err *httpapi.Error) {
-	name = strings.ToLower(r.URL.Query().Get(AgentNameParam))
+func (s *Service) authorizeAgent(r *http.Request, name string, rules []auth.Rule) (result string, err *httpapi.Error) {
 	switch {
 	case name == "":
-		return "", "malformed", httpapi.Errorf(http.StatusBadRequest, "agent name missing: connect to %s?%s=NAME", AgentPath, AgentNameParam)
+		return "malformed", httpapi.Errorf(http.StatusBadRequest, "agent name missing: connect to %s?%s=NAME", AgentPath, AgentNameParam)
 	case !validName(name):
-		return "", "malformed", httpapi.Errorf(http.StatusBadRequest, "agent name %q: want 1 to 63 of a-z 0-9 - (a DNS label, not shaped like a 52-character brickchain id)", name)
+		return "malformed", httpapi.Errorf(http.StatusBadRequest, "agent name %q: want 1 to 63 of a-z 0-9 - (a DNS label, not shaped like a 52-character brickchain id)", name)
 	}
 	if s.policy.Enabled() {
-		if s.policy.Allow(r, auth.Serve, "/expose/"+name) {
-			return name, "", nil
+		ok, unmet := s.policy.AllowUsing(r, auth.Serve, "/expose/"+name, rules)
+		switch {
+		case ok:
+			return "", nil
+		case unmet != "":
+			return "forbidden", httpapi.Errorf(http.StatusForbidden, "the grant of serve on /expose/%s %s: change the agent's access rules", name, unmet)
 		}
 		if _, ok := auth.FindIn(r).Secret(); !ok {
-			return "", "unauthorized", httpapi.Errorf(http.StatusUnauthorized, "agent needs a token granted serve on /expose/%s", name)
+			return "unauthorized", httpapi.Errorf(http.StatusUnauthorized, "agent needs a token granted serve on /expose/%s", name)
 		}
-		return "", "forbidden", httpapi.Errorf(http.StatusForbidden, "token is not granted serve on /expose/%s", name)
+		return "forbidden", httpapi.Errorf(http.StatusForbidden, "token is not granted serve on /expose/%s", name)
 	}
 	if s.opts.AnonymousAgents {
-		return name, "", nil
+		return "", nil
 	}
 	switch {
 	case !ratelimit.FromThisHost(r, s.trusted):
 		// Also a handshake that a proxy on this host passed on: a trusted
 		// proxy names its client, another is refused, since its client
 		// may be anywhere.
-		return "", "forbidden", httpapi.Errorf(http.StatusForbidden, "this server takes agents only from its own host (not through a proxy it does not trust): configure --token-file, or --expose-anonymous-agents")
+		return "forbidden", httpapi.Errorf(http.StatusForbidden, "this server takes agents only from its own host (not through a proxy it does not trust): configure --token-file, or --expose-anonymous-agents")
 	case len(r.Header.Values("Origin")) > 0:
 		// A web page in a browser on this host passes the loopback rule
 		// (websockets are not bound by the same-origin policy). Browsers
 		// always send Origin on a websocket handshake; the native agent
 		// never does.
-		return "", "forbidden", httpapi.Errorf(http.StatusForbidden, "this server takes agents from its own host only without an Origin header (web pages may not claim names): configure --token-file, or --expose-anonymous-agents")
+		return "forbidden", httpapi.Errorf(http.StatusForbidden, "this server takes agents from its own host only without an Origin header (web pages may not claim names): configure --token-file, or --expose-anonymous-agents")
 	}
-	return name, "", nil
+	return "", nil
 }
 
 // nativeTransport carries the native agents (`postern expose`,
@@ -165,11 +180,16 @@ type binding interface {
 type hubBinding struct {
 	t      *nativeTransport
 	public string
+	acc    *access
 }
 
 func (b hubBinding) attach(a *nativeAgent) (string, *httpapi.Error) {
 	a.tr = b.t.backend(a)
-	a.reg = b.t.hub.Register(a.name, a.tr)
+	var rt http.RoundTripper = a.tr
+	if len(b.acc.rules()) > 0 {
+		rt = guarded{rt: a.tr, acc: b.acc, count: b.t.count}
+	}
+	a.reg = b.t.hub.Register(a.name, rt)
 	return b.public, nil
 }
 
@@ -178,12 +198,13 @@ func (b hubBinding) detach(a *nativeAgent) {
 	a.tr.CloseIdleConnections()
 }
 
-// serve runs one agent that may claim name, users reaching it through b.
+// serve runs one agent that may claim name, users reaching it through b
+// (acc: the access rules it asked for).
 // The handshake order matters: the agent reports itself ready as soon as
 // it has the handshake's answer, so the name is bound before that answer
 // is written; a request arriving in between waits in DialContext for the
 // session instead of getting 502.
-func (t *nativeTransport) serve(w http.ResponseWriter, r *http.Request, name string, b binding) {
+func (t *nativeTransport) serve(w http.ResponseWriter, r *http.Request, name string, b binding, acc *access) {
 	a := &nativeAgent{name: name, ready: make(chan struct{})}
 	if !t.live.Add(a) {
 		refuseAgent(w, r, errClosing)
@@ -198,6 +219,9 @@ func (t *nativeTransport) serve(w http.ResponseWriter, r *http.Request, name str
 		return
 	}
 	w.Header().Set(PublicURLHeader, public)
+	if rules := acc.asked.Rules(); len(rules) > 0 {
+		w.Header().Set(muxconn.EnforcedHeader, strings.Join(rules, " "))
+	}
 	conn, ok := t.accept(w, r, a)
 	close(a.ready)
 	if !ok {
@@ -206,7 +230,7 @@ func (t *nativeTransport) serve(w http.ResponseWriter, r *http.Request, name str
 	}
 	t.count.Registration("ok")
 	t.count.Agents(1)
-	t.log.Info("expose agent connected", "name", name, "remote", r.RemoteAddr, "url", public)
+	t.log.Info("expose agent connected", "name", name, "remote", r.RemoteAddr, "url", public, "access", acc.String())
 	select {
 	case <-a.session().CloseChan():
 	case <-t.ctx.Done():

@@ -40,11 +40,20 @@ func ReadBody(w http.ResponseWriter, r *http.Request, max int64, timeout time.Du
 	}
 	rc := http.NewResponseController(w)
 	deadline := rc.SetReadDeadline(time.Now().Add(timeout)) == nil
-	var buf bytes.Buffer
+	var body []byte
+	var err error
 	if r.ContentLength > 0 {
-		buf.Grow(int(r.ContentLength))
+		// The length is known and within max: one buffer of that size,
+		// which net/http's reader never overruns.
+		body = make([]byte, r.ContentLength)
+		if _, err = io.ReadFull(r.Body, body); err == io.EOF {
+			err = io.ErrUnexpectedEOF // nothing came: cut short too
+		}
+	} else {
+		var buf bytes.Buffer
+		_, err = buf.ReadFrom(http.MaxBytesReader(w, r.Body, max))
+		body = buf.Bytes()
 	}
-	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, max))
 	var mbe *http.MaxBytesError
 	switch {
 	case errors.As(err, &mbe):
@@ -62,5 +71,5 @@ func ReadBody(w http.ResponseWriter, r *http.Request, max int64, timeout time.Du
 	if deadline {
 		rc.SetReadDeadline(time.Time{})
 	}
-	return buf.Bytes(), nil
+	return body, nil
 }

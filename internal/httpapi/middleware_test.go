@@ -113,6 +113,22 @@ func TestReadBody(t *testing.T) {
 	if !bytes.HasPrefix(got, []byte("HTTP/1.1 408 ")) || !bytes.Contains(got, []byte("request body not received in time")) || !bytes.Contains(got, []byte("Connection: close")) {
 		t.Fatalf("slow body: %q", got)
 	}
+	// One that announces 10 bytes, sends 3 and ends its side: 400, not
+	// a 3-byte body.
+	for _, sent := range []string{"abc", ""} {
+		c, err := net.Dial("tcp", srv.Listener.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		io.WriteString(c, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n"+sent)
+		c.(*net.TCPConn).CloseWrite()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		got, _ := io.ReadAll(c)
+		if !bytes.HasPrefix(got, []byte("HTTP/1.1 400 ")) || !bytes.Contains(got, []byte("request body incomplete")) {
+			t.Fatalf("body cut short after %q: %q", sent, got)
+		}
+	}
 }
 
 // TestFlushErrorReachesTheHandler: behind the request metrics, a flush

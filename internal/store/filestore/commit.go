@@ -57,6 +57,14 @@ func newBatch(gen uint32) *batch {
 	return &batch{gen: gen, done: make(chan struct{}), lead: make(chan struct{}, 1)}
 }
 
+// sizedLike gives b room for as many changes and bodies as prev had: the
+// batches of a busy server are alike, and their slices then grow once.
+func (b *batch) sizedLike(prev *batch) *batch {
+	b.muts = make([]mut, 0, len(prev.muts))
+	b.held = make([]held, 0, len(prev.held))
+	return b
+}
+
 // release drops the bodies of b from memory: they are in the database.
 func (b *batch) release() {
 	for _, h := range b.held {
@@ -67,19 +75,30 @@ func (b *batch) release() {
 
 // committer is the group commit. Operations queue their write sets with
 // submit (under their shard lock, so that the log sees the changes in the
-// order the index did) and wait on the batch. There is no committer
-// goroutine: the operation that finds nobody writing writes the current
-// batch itself (its own write included) as one synced log record; writes
-// queued meanwhile form the next batch, and the writer hands the next turn
-// to one of their operations. A batch is written by a goroutine that is
-// running anyway, and no goroutine has to be woken to start a write.
+// order the index did) and wait on the batch. The operation that finds
+// nobody writing writes the current batch itself (its own write included)
+// as one synced log record; writes queued meanwhile form the next batch,
+// and the writer hands the next turn to one of their operations. A batch
+// is written by a goroutine that is running anyway, and no goroutine has
+// to be woken to start a write.
+//
+// Operations whose answers do not rest on their changes (settling a lease,
+// sweeping) queue them with submitLazy and do not wait: their changes go
+// out with the next batch, and when no operation waits for one, the
+// flusher goroutine writes it.
 type committer struct {
 	s       *Store
 	mu      sync.Mutex
 	idle    *sync.Cond // signalled when writing stops
 	cur     *batch
-	writing bool   // some operation is writing a batch
+	writing bool   // some goroutine is writing a batch, or the flusher is asked to
 	nextSeq uint64 // only the writer touches it
+	// kick asks the flusher goroutine to write the current batch: it
+	// holds only lazy changes. quit stops the flusher; flushed is closed
+	// when it has.
+	kick    chan struct{}
+	quit    chan struct{}
+	flushed chan struct{}
 	// triggered is the log generation for which an early checkpoint was
 	// asked; only the writer touches it.
 	triggered uint64
@@ -91,8 +110,12 @@ type committer struct {
 }
 
 func newCommitter(s *Store, nextSeq uint64) *committer {
-	c := &committer{s: s, cur: newBatch(1), gen: 1, nextSeq: nextSeq}
+	c := &committer{
+		s: s, cur: newBatch(1), gen: 1, nextSeq: nextSeq,
+		kick: make(chan struct{}, 1), quit: make(chan struct{}), flushed: make(chan struct{}),
+	}
 	c.idle = sync.NewCond(&c.mu)
+	go c.flusher()
 	return c
 }
 
@@ -101,18 +124,50 @@ func newCommitter(s *Store, nextSeq uint64) *committer {
 func (c *committer) submit(w *wset) (*batch, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	b := c.cur
-	b.muts = append(b.muts, w.muts...)
-	b.held = append(b.held, w.held...)
+	b := c.add(w)
 	b.n++
-	if w.maxID.Compare(b.maxID) > 0 {
-		b.maxID = w.maxID
-	}
 	if c.writing {
 		return b, false
 	}
 	c.writing = true
 	return b, true
+}
+
+// submitLazy queues w without waiting for it: it is written with the next
+// batch. It returns that batch.
+func (c *committer) submitLazy(w *wset) *batch {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	b := c.add(w)
+	if !c.writing {
+		c.writing = true
+		c.kick <- struct{}{}
+	}
+	return b
+}
+
+// add adds w to the current batch; c.mu must be held.
+func (c *committer) add(w *wset) *batch {
+	b := c.cur
+	b.muts = append(b.muts, w.muts...)
+	b.held = append(b.held, w.held...)
+	if w.maxID.Compare(b.maxID) > 0 {
+		b.maxID = w.maxID
+	}
+	return b
+}
+
+// flusher writes the batches that only lazy changes are queued in.
+func (c *committer) flusher() {
+	defer close(c.flushed)
+	for {
+		select {
+		case <-c.kick:
+			c.writeNext()
+		case <-c.quit:
+			return
+		}
+	}
 }
 
 // wait waits until b is durable or failed, writing it when it is the
@@ -136,14 +191,17 @@ func (c *committer) wait(b *batch, write bool) error {
 func (c *committer) writeNext() {
 	c.mu.Lock()
 	b := c.cur
-	c.cur = c.next()
+	c.cur = c.next().sizedLike(b)
 	c.mu.Unlock()
 	c.flush(b)
 	c.done.Store(b.gen)
 	c.mu.Lock()
-	if c.cur.n > 0 {
+	switch {
+	case c.cur.n > 0:
 		c.cur.lead <- struct{}{}
-	} else {
+	case len(c.cur.muts) > 0:
+		c.kick <- struct{}{} // lazy changes only: nobody waits to write them
+	default:
 		c.writing = false
 		c.idle.Broadcast()
 	}
@@ -172,8 +230,17 @@ func (c *committer) durable(gen uint32) bool {
 	return gen == 0 || int32(gen-c.done.Load()) <= 0
 }
 
-// close waits for the last write; nothing may be submitted after it.
+// close waits for the last write and stops the flusher; nothing may be
+// submitted after it.
 func (c *committer) close() {
+	c.sync()
+	close(c.quit)
+	<-c.flushed
+}
+
+// sync waits until everything queued so far, lazy changes included, is
+// written (or failed).
+func (c *committer) sync() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for c.writing {
@@ -209,11 +276,11 @@ func (c *committer) flush(b *batch) {
 // one, straight into the database after everything before it.
 func (c *committer) write(b *batch) (direct bool, err error) {
 	s := c.s
-	payload := encodeBatch(b)
-	if len(payload) > s.wal.maxPayload() {
+	rec := appendBatch(s.wal.recordBuf(), b)
+	if len(rec)-walRecHeader > s.wal.maxPayload() {
 		return true, s.cp.direct(b)
 	}
-	err = s.wal.append(b.seq, payload)
+	err = s.wal.append(b.seq, rec)
 	if err == errWALFull {
 		// The other file can be reused once its records are in the
 		// database; usually a checkpoint has long seen to that.
@@ -224,7 +291,7 @@ func (c *committer) write(b *batch) (direct bool, err error) {
 		if err := s.wal.rotateTo(1-s.wal.cur, b.seq); err != nil {
 			return false, err
 		}
-		err = s.wal.append(b.seq, payload)
+		err = s.wal.append(b.seq, rec)
 	}
 	if err == nil && s.wal.used() > 0.5 && c.triggered != s.wal.files[s.wal.cur].gen {
 		// Half way through this file: see that the other one is free in

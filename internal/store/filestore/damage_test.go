@@ -63,6 +63,27 @@ func patch(t *testing.T, path string, fn func(b []byte) []byte) {
 	}
 }
 
+// everyIndex returns where sub occurs in b, failing when nowhere. A
+// database file may hold stale copies of a record in pages it freed:
+// damage meant for the record must reach the live copy, so it goes to
+// every one.
+func everyIndex(t *testing.T, b, sub []byte) []int {
+	t.Helper()
+	var out []int
+	for off := 0; ; {
+		i := bytes.Index(b[off:], sub)
+		if i < 0 {
+			break
+		}
+		out = append(out, off+i)
+		off += i + len(sub)
+	}
+	if len(out) == 0 {
+		t.Fatalf("%q not found in the database file", sub)
+	}
+	return out
+}
+
 func TestDamagedDatabaseFileIsRefused(t *testing.T) {
 	db := filestore.FileName
 	cases := []struct {
@@ -76,11 +97,9 @@ func TestDamagedDatabaseFileIsRefused(t *testing.T) {
 			return b
 		}},
 		{"RecordFlipped", "damaged", func(b []byte) []byte {
-			i := bytes.Index(b, []byte("BODY-0042-"))
-			if i < 0 {
-				t.Fatal("record not found in the database file")
+			for _, i := range everyIndex(t, b, []byte("BODY-0042-")) {
+				b[i+5] ^= 0x20
 			}
-			b[i+5] ^= 0x20
 			return b
 		}},
 		{"KeyFlipped", "damaged", func(b []byte) []byte {
@@ -90,21 +109,17 @@ func TestDamagedDatabaseFileIsRefused(t *testing.T) {
 			k := append([]byte{3}, "t/x"...)
 			k = binary.BigEndian.AppendUint64(k, uint64(storetest.NewClock().Now().UnixMilli()))
 			k = binary.BigEndian.AppendUint64(k, 42)
-			i := bytes.Index(b, k)
-			if i < 0 {
-				t.Fatal("key not found in the database file")
+			for _, i := range everyIndex(t, b, k) {
+				b[i+len(k)-1] ^= 0x40
 			}
-			b[i+len(k)-1] ^= 0x40
 			return b
 		}},
 		{"PageGarbled", "damaged", func(b []byte) []byte {
-			i := bytes.Index(b, []byte("BODY-0100-"))
-			if i < 0 {
-				t.Fatal("record not found in the database file")
-			}
-			page := i / os.Getpagesize() * os.Getpagesize()
-			for j := page; j < page+64; j++ {
-				b[j] = 0xA5
+			for _, i := range everyIndex(t, b, []byte("BODY-0100-")) {
+				page := i / os.Getpagesize() * os.Getpagesize()
+				for j := page; j < page+64; j++ {
+					b[j] = 0xA5
+				}
 			}
 			return b
 		}},

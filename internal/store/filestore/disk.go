@@ -155,10 +155,35 @@ func decodeMsg(k, v []byte) (record, error) {
 // binary.AppendUvarint writes them; w <= 0 means it is not one.
 func uvarint(b []byte) (uint64, int) {
 	n, w := binary.Uvarint(b)
-	if w > 0 && w != len(binary.AppendUvarint(nil, n)) {
-		return 0, -1
+	if w > 1 && b[w-1] == 0 {
+		return 0, -1 // a longer form than needed: only 0 is written 0x00
 	}
 	return n, w
+}
+
+// skipLen skips a uvarint length and as many bytes.
+func skipLen(b []byte) ([]byte, bool) {
+	n, w := uvarint(b)
+	if w <= 0 || uint64(len(b)-w) < n {
+		return nil, false
+	}
+	return b[w+int(n):], true
+}
+
+// msgBody checks the message record k, v as decodeMsg does and returns
+// its body (aliasing v), without decoding the rest.
+func msgBody(k, v []byte) ([]byte, error) {
+	if len(v) < recHeader || v[0] != recVersion || binary.BigEndian.Uint32(v[1:]) != checksum(k, v[5:]) {
+		return nil, errBadRecord
+	}
+	rest, ok := skipLen(v[recHeader:]) // content type
+	if ok {
+		rest, ok = skipLen(rest) // dedup key
+	}
+	if !ok {
+		return nil, errBadRecord
+	}
+	return rest, nil
 }
 
 func lenString(b []byte) (string, []byte, bool) {
@@ -410,25 +435,25 @@ func collapse(bs []*batch) []mut {
 	for _, b := range bs {
 		n += len(b.muts)
 	}
-	last := make(map[string]int, n)
-	out := make([]mut, 0, n)
+	all := make([]mut, 0, n)
 	for _, b := range bs {
-		for _, m := range b.muts {
-			k := string(append([]byte{m.bucket}, m.key...))
-			if i, ok := last[k]; ok {
-				out[i].val = m.val
-				continue
-			}
-			last[k] = len(out)
-			out = append(out, m)
-		}
+		all = append(all, b.muts...)
 	}
-	slices.SortFunc(out, func(a, b mut) int {
+	// A stable sort keeps the changes of one record in the order they
+	// were made: the last of each run is the one that counts.
+	slices.SortStableFunc(all, func(a, b mut) int {
 		if a.bucket != b.bucket {
 			return int(a.bucket) - int(b.bucket)
 		}
 		return bytes.Compare(a.key, b.key)
 	})
+	out := all[:0]
+	for i, m := range all {
+		if i+1 < len(all) && all[i+1].bucket == m.bucket && bytes.Equal(all[i+1].key, m.key) {
+			continue
+		}
+		out = append(out, m)
+	}
 	return out
 }
 
@@ -451,22 +476,22 @@ func (s *Store) appliedSeq() (uint64, error) {
 	return seq, err
 }
 
-// readRecord reads the message record k of bucket from the file.
-func (s *Store) readRecord(bucket uint8, k []byte) (record, error) {
-	var r record
+// readBody reads the body of message record k of bucket from the file.
+func (s *Store) readBody(bucket uint8, k []byte) ([]byte, error) {
+	var body []byte
 	err := s.db.View(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketNames[bucket]).Get(k)
 		if v == nil {
 			return fmt.Errorf("file store: %s lacks record %x of %s: %w", s.path, k, bucketNames[bucket], store.ErrUnavailable)
 		}
-		var err error
-		if r, err = decodeMsg(k, v); err != nil {
+		b, err := msgBody(k, v)
+		if err != nil {
 			return fmt.Errorf("file store: %s: record %x of %s is damaged: %w", s.path, k, bucketNames[bucket], store.ErrUnavailable)
 		}
-		r.body = append([]byte(nil), r.body...)
+		body = append([]byte(nil), b...)
 		return nil
 	})
-	return r, err
+	return body, err
 }
 
 func fileSize(path string) int64 {

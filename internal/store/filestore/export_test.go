@@ -11,12 +11,15 @@ import (
 // Crash stops s as kill -9 would: nothing queued is written, no
 // checkpoint is made, the files and the lock are simply let go. What the
 // operations that returned wrote is in the files (the page cache survives
-// a process).
+// a process), lazy changes (settling) included: the crash comes once they
+// are written, so that the model test can compare answers with the memory
+// engine's. Losing them is the kill -9 tests' part (crash_test.go).
 func (s *Store) Crash() {
 	s.closeOnce.Do(func() {
 		s.Index.Close()
 		s.LockAll()
 		s.UnlockAll()
+		s.c.sync()
 		// Stop the loops without their final flush and checkpoint.
 		s.c.mu.Lock()
 		s.c.cur.muts = nil
@@ -53,6 +56,7 @@ func (s *Store) DumpMsgs() []string {
 // CheckDisk checkpoints and compares the message records in the database
 // file with the index.
 func (s *Store) CheckDisk() string {
+	s.c.sync()
 	s.cp.checkpoint()
 	disk := map[string]bool{}
 	for _, k := range s.DumpMsgs() {

@@ -7,6 +7,10 @@
 //
 // An operation that changes anything returns only after its change is
 // synced to disk, so a 2xx built on it survives kill -9 and power loss.
+// Settling a lease is the exception: it comes after the consumer's answer,
+// so no answer rests on it, and its changes go out with the next sync
+// without the caller waiting (a crash before then queues the message
+// again: at least once).
 // Concurrent writers share syncs (group commit): an operation queues its
 // changes and waits; the operation that finds nobody writing writes
 // everything queued as one record of the write-ahead log, in place in a

@@ -1,6 +1,7 @@
 package filestore
 
 import (
+	"sync"
 	"time"
 
 	"github.com/postern/postern/internal/store"
@@ -17,28 +18,61 @@ import (
 // backend is the file engine as the index's Backend.
 type backend struct{ s *Store }
 
+// wsets keeps write sets for reuse: every operation takes one, and the
+// committer copies what it needs out of it.
+var wsets = sync.Pool{New: func() any { return new(wset) }}
+
 // Begin implements index.Backend.
-func (b backend) Begin(op index.Op) index.Journal { return &wset{s: b.s, op: op} }
+func (b backend) Begin(op index.Op) index.Journal {
+	w := wsets.Get().(*wset)
+	w.s, w.op = b.s, op
+	return w
+}
+
+// release returns w, whose changes were queued or dropped, for reuse.
+func (w *wset) release() {
+	clear(w.muts)
+	clear(w.held)
+	clear(w.marked)
+	*w = wset{muts: w.muts[:0], held: w.held[:0], marked: w.marked[:0]}
+	wsets.Put(w)
+}
 
 // End implements index.Backend: it queues the write set, releases the
 // shard and waits until the write is durable. An index.OpWrite that
 // changed nothing still waits for the writes queued before it: its answer
 // (a suppressed duplicate, an ack of a message already gone) may rest on
-// them, and must not be given before they are durable. Quiet operations
-// (taking under a lease, settling, sweeping) wait only for their own
-// changes and for the durability of what they hand out.
+// them, and must not be given before they are durable.
+//
+// Quiet operations (taking under a lease, settling, sweeping) wait only
+// for the durability of what they hand out. Their own changes are queued
+// for the next batch without waiting: settling a delivery happens after
+// its answer was written, so no answer rests on it, and a settling lost
+// to a crash leaves the message queued, to be handed out again (the
+// at-least-once that a failure is allowed). Every write queued after them
+// is durable only with them, as the log keeps its order.
 func (b backend) End(j index.Journal, sh *index.Shard) error {
 	w := j.(*wset)
-	if w.op != index.OpWrite && len(w.muts) == 0 && !w.wait {
+	if w.op != index.OpWrite && !w.wait {
+		if len(w.muts) > 0 {
+			w.mark(b.s.c.submitLazy(w))
+		}
 		sh.Unlock()
+		w.release()
 		return nil
 	}
 	bt, write := b.s.c.submit(w)
+	w.mark(bt)
+	sh.Unlock()
+	w.release()
+	return b.s.c.wait(bt, write)
+}
+
+// mark marks the entries w wrote with bt, which carries their write.
+func (w *wset) mark(bt *batch) {
 	for _, e := range w.marked {
 		e.SetMark(bt.gen)
 	}
-	sh.Unlock()
-	return b.s.c.wait(bt, write)
 }
 
 // Writable implements index.Journal: writes fail at once while a failure
@@ -47,14 +81,12 @@ func (w *wset) Writable() error { return w.s.writable() }
 
 // ReadBody implements index.Journal.
 func (w *wset) ReadBody(key string, id store.ID) ([]byte, error) {
-	r, err := w.s.readRecord(bMsgs, keyFor(key, id))
-	return r.body, err
+	return w.s.readBody(bMsgs, keyFor(key, id))
 }
 
 // ReadReplyBody implements index.Journal.
 func (w *wset) ReadReplyBody(key string, id store.ID) ([]byte, error) {
-	r, err := w.s.readRecord(bReplies, keyFor(key, id))
-	return r.body, err
+	return w.s.readBody(bReplies, keyFor(key, id))
 }
 
 // PutMessage implements index.Journal.

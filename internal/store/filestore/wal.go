@@ -248,24 +248,33 @@ func (w *wal) maxPayload() int {
 // other is the file not in use.
 func (w *wal) other() *walFile { return w.files[1-w.cur] }
 
-// append writes and syncs the record seq. It returns errWALFull when the
-// current file has no room; the caller rotates once the other file is in
-// the database.
-func (w *wal) append(seq uint64, payload []byte) error {
+// recordBuf returns room for the header of a record, to append its
+// payload to and hand to append. The room is reused from record to record.
+func (w *wal) recordBuf() []byte {
+	if cap(w.buf) < walRecHeader {
+		w.buf = make([]byte, 0, walAlign)
+	}
+	return w.buf[:walRecHeader]
+}
+
+// append writes and syncs the record seq, whose payload is
+// rec[walRecHeader:] (rec comes from recordBuf, which append fills in and
+// keeps for the next record). It returns errWALFull when the current file
+// has no room; the caller rotates once the other file is in the database.
+func (w *wal) append(seq uint64, rec []byte) error {
 	wf := w.files[w.cur]
-	n := alignUp(int64(walRecHeader + len(payload)))
+	plen := len(rec) - walRecHeader
+	n := alignUp(int64(len(rec)))
 	if w.off+n > wf.size {
 		return errWALFull
 	}
-	if int64(cap(w.buf)) < n {
-		w.buf = make([]byte, n)
-	}
-	b := w.buf[:n]
-	binary.BigEndian.PutUint32(b[4:], uint32(len(payload)))
+	// Zeros up to the alignment: the space after a record is never left
+	// with what an earlier one had there.
+	b := append(rec, make([]byte, int(n)-len(rec))...)
+	w.buf = b[:0]
+	binary.BigEndian.PutUint32(b[4:], uint32(plen))
 	binary.BigEndian.PutUint64(b[8:], seq)
-	copy(b[walRecHeader:], payload)
-	clear(b[walRecHeader+len(payload):])
-	binary.BigEndian.PutUint32(b, crc32.Checksum(b[4:walRecHeader+len(payload)], castagnoli))
+	binary.BigEndian.PutUint32(b, crc32.Checksum(b[4:walRecHeader+plen], castagnoli))
 	if _, err := wf.f.WriteAt(b, w.off); err != nil {
 		w.unwrite()
 		return err
@@ -299,15 +308,17 @@ func (w *wal) close() error {
 	return errors.Join(errs...)
 }
 
-// encodeBatch is the payload of a batch's record: its largest id, then its
-// changes (bucket, key, value length plus one or zero for a delete, value).
-func encodeBatch(b *batch) []byte {
+// appendBatch appends the payload of a batch's record to p: its largest
+// id, then its changes (bucket, key, value length plus one or zero for a
+// delete, value).
+func appendBatch(p []byte, b *batch) []byte {
 	n := 16 + binary.MaxVarintLen64
 	for _, m := range b.muts {
 		n += 1 + 2*binary.MaxVarintLen64 + len(m.key) + len(m.val)
 	}
-	p := make([]byte, 0, n)
-	p = append(p, encodeID(b.maxID)...)
+	p = slices.Grow(p, n)
+	p = binary.BigEndian.AppendUint64(p, b.maxID.MS)
+	p = binary.BigEndian.AppendUint64(p, b.maxID.Seq)
 	p = binary.AppendUvarint(p, uint64(len(b.muts)))
 	for _, m := range b.muts {
 		p = append(p, m.bucket)

@@ -1,0 +1,78 @@
+package client_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/postern/postern/client"
+)
+
+// chromiumPath finds Debian's chromium; without it the test skips, except
+// on CI, where it must be there (.ci/run installs it).
+func chromiumPath(t *testing.T) string {
+	for _, name := range []string{"chromium", "chromium-browser"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("chromium is not installed (Debian package chromium); CI must have it")
+	}
+	t.Skip("chromium is not installed (apt-get install chromium); skipping the browser test")
+	return ""
+}
+
+// TestInspectorPageInChromium: the inspector's page, in headless
+// Chromium, lists the requests as they come, shows one with its headers
+// and bodies (as text: markup in a request is never interpreted), and
+// replays it with its button.
+func TestInspectorPageInChromium(t *testing.T) {
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chromiumPath(t)), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.UserDataDir(t.TempDir()),
+		chromedp.Flag("disable-dev-shm-usage", true), chromedp.Flag("disable-quic", true))
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	defer cancelAlloc()
+	tab, cancelTab := chromedp.NewContext(allocCtx)
+	defer cancelTab()
+	if err := chromedp.Do(tab); err != nil {
+		t.Fatalf("starting chromium: %v", err)
+	}
+	page, cancel := context.WithTimeout(tab, 60*time.Second)
+	defer cancel()
+	waitFor := func(cond string) {
+		t.Helper()
+		if _, err := chromedp.Run(page, chromedp.Poll[bool](cond, chromedp.WithPollingMutation(), chromedp.WithPollingTimeout(20*time.Second))); err != nil {
+			t.Fatalf("waiting for %s: %v", cond, err)
+		}
+	}
+
+	env := startInspected(t, client.InspectorOptions{})
+	if err := chromedp.Do(page, chromedp.Navigate(env.inspector+"/")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(`!document.getElementById("empty").hidden`)
+	env.user(t, "POST", "/orders", "<b>bold</b> order")
+	waitFor(`document.querySelectorAll("#requests tbody tr").length === 1`)
+	if err := chromedp.Do(page, chromedp.Click(chromedp.CSS("#requests tbody tr"))); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(`!document.getElementById("detail").hidden && document.getElementById("detail-title").textContent === "#1 POST /orders → 200"`)
+	waitFor(`document.getElementById("req-body").textContent === "<b>bold</b> order" && /X-Test: yes/.test(document.getElementById("req-headers").textContent)`)
+	waitFor(`document.getElementById("resp-body").textContent === "POST /orders <b>bold</b> order" && /X-Hit: I/.test(document.getElementById("resp-headers").textContent)`)
+	if n, err := chromedp.Run(page, chromedp.Evaluate[int](`document.querySelectorAll("#detail b, #requests b").length`)); err != nil || n != 0 {
+		t.Fatalf("markup from a request was interpreted: %d, %v", n, err)
+	}
+	hits := env.hits.Load()
+	if err := chromedp.Do(page, chromedp.Click(chromedp.CSS("#replay"))); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(`document.querySelectorAll("#requests tbody tr").length === 2 && /replay of #1/.test(document.getElementById("detail-note").textContent)`)
+	if env.hits.Load() != hits+1 || env.lastBody.Load() != "<b>bold</b> order" {
+		t.Fatalf("the page's replay: %d hits, body %q", env.hits.Load()-hits, env.lastBody.Load())
+	}
+}
