@@ -52,12 +52,9 @@ func localURL(s string) error {
 	return nil
 }
 
-func (a *app) exposeCmd() *cobra.Command {
-	cmd := &cobra.Command{
-		Use:     "expose [flags] LOCAL-URL",
-		Short:   "publish a local service through the server (HTTP, websockets, raw TCP)",
-		GroupID: groupAgent,
-		Long: `Publishes the service at LOCAL-URL (for example http://localhost:3000)
+// The help of `postern expose`.
+const (
+	exposeLong = `Publishes the service at LOCAL-URL (for example http://localhost:3000)
 through a postern server: users reach it at NAME.<expose domain> (or at
 /proxy/request/NAME/ on the server when it has no expose domain). The agent
 opens one websocket to the server and carries every request, streamed
@@ -95,16 +92,25 @@ also needs "serve" on /tcp/PORT (/tcp/* for any port).
 A tls:// LOCAL-URL is a service that speaks TLS itself: TLS connections to
 the server's own port whose server name (SNI) is NAME.<expose domain> are
 passed to it untouched (the server never sees inside). Under a token
-policy it also needs "serve" on /tls/NAME.`,
-		Example: `  postern expose --name demo http://localhost:3000
+policy it also needs "serve" on /tls/NAME.`
+	exposeExample = `  postern expose --name demo http://localhost:3000
   postern expose --server https://gate.example --name shop --rewrite-host http://127.0.0.1:8000
   POSTERN_BASIC_AUTH=ann:s3cret postern expose --name staging --allow-cidr 203.0.113.0/24 http://localhost:3000
   postern expose --name docs --response-header 'Cache-Control: no-store' http://localhost:8000
   postern expose --name demo --inspect 127.0.0.1:4040 http://localhost:3000
   postern expose --name ssh tcp://127.0.0.1:22
   postern expose --name db --public-port 25432 tcp://127.0.0.1:5432
-  postern expose --name vault tls://127.0.0.1:8200`,
-		Args: exactArgs(1, "want exactly one LOCAL-URL"),
+  postern expose --name vault tls://127.0.0.1:8200`
+)
+
+func (a *app) exposeCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "expose [flags] LOCAL-URL",
+		Short:   "publish a local service through the server (HTTP, websockets, raw TCP)",
+		GroupID: groupAgent,
+		Long:    exposeLong,
+		Example: exposeExample,
+		Args:    exactArgs(1, "want exactly one LOCAL-URL"),
 	}
 	c := a.newAgentCmd(cmd)
 	var name, basicAuth, inspect string
