@@ -36,8 +36,22 @@ const (
 type ExposeOptions struct {
 	// Name is the agent's name: users reach it at NAME.<expose domain>.
 	Name string
-	// Local is the URL of the service to expose ("http://localhost:3000").
+	// Local is the URL of the service to expose ("http://localhost:3000"),
+	// or "tcp://HOST:PORT" for a raw TCP service (SSH, a database): the
+	// server then gives the agent a public TCP port and OnReady gets
+	// "tcp://SERVER:PORT". Raw TCP needs a server run with
+	// --expose-tcp-ports.
 	Local string
+	//
+	// "tls://HOST:PORT" is a service that speaks TLS itself (it holds the
+	// certificate): TLS connections to the server's listener whose server
+	// name is NAME.<expose domain> reach it untouched, and OnReady gets
+	// "tls://NAME.<domain>:PORT".
+	//
+	// Port, for a tcp:// Local, asks for that public port (it must be in
+	// the server's range and, under a token policy, granted with serve on
+	// /tcp/PORT); zero: any free one.
+	Port int
 	// RewriteHost sends the local service its own host in the Host header
 	// instead of the public one users asked for.
 	RewriteHost bool
@@ -148,8 +162,11 @@ func (c *Client) Expose(ctx context.Context, o ExposeOptions) error {
 		o.Drain = DefaultExposeDrain
 	}
 	target, err := url.Parse(o.Local)
-	if err != nil || (target.Scheme != "http" && target.Scheme != "https") || target.Host == "" {
-		return fmt.Errorf("local URL %q: want http://host:port or https://host:port", o.Local)
+	if err != nil || (target.Scheme != "http" && target.Scheme != "https" && !isRaw(target)) || target.Host == "" {
+		return fmt.Errorf("local URL %q: want http://host:port, https://host:port, tcp://host:port or tls://host:port", o.Local)
+	}
+	if err := checkRawTarget(target, o.Port); err != nil {
+		return err
 	}
 	if o.Name == "" {
 		return errors.New("expose: the agent needs a name")
@@ -171,6 +188,9 @@ func (c *Client) Expose(ctx context.Context, o ExposeOptions) error {
 		if errors.As(err, &perm) && perm.StatusCode >= 400 && perm.StatusCode < 500 && perm.StatusCode != http.StatusTooManyRequests {
 			return err
 		}
+		if errors.Is(err, ErrNoRawTCP) {
+			return err
+		}
 		if time.Since(start) > 4*o.MaxBackoff {
 			backoff = o.MinBackoff // it served a good while: start over
 		}
@@ -185,8 +205,8 @@ func (c *Client) Expose(ctx context.Context, o ExposeOptions) error {
 	}
 }
 
-// agentURL is the websocket URL of the agent endpoint for name.
-func (c *Client) agentURL(name string) string {
+// agentURL is the websocket URL of the agent endpoint for o.
+func (c *Client) agentURL(o ExposeOptions, target *url.URL) string {
 	u := *c.base
 	switch u.Scheme {
 	case "https":
@@ -195,7 +215,9 @@ func (c *Client) agentURL(name string) string {
 		u.Scheme = "ws"
 	}
 	u.Path += "/agent"
-	u.RawQuery = url.Values{"name": {name}}.Encode()
+	q := url.Values{"name": {o.Name}}
+	addRawFields(q, o, target)
+	u.RawQuery = q.Encode()
 	return u.String()
 }
 
@@ -209,7 +231,7 @@ func (c *Client) exposeOnce(ctx context.Context, o ExposeOptions, target *url.UR
 		acc.Write(hdr)
 	}
 	dialCtx, cancelDial := context.WithTimeout(ctx, 30*time.Second)
-	ws, resp, err := websocket.Dial(dialCtx, c.agentURL(o.Name), &websocket.DialOptions{HTTPClient: c.hc, HTTPHeader: hdr})
+	ws, resp, err := websocket.Dial(dialCtx, c.agentURL(o, target), &websocket.DialOptions{HTTPClient: c.hc, HTTPHeader: hdr})
 	cancelDial()
 	if err != nil {
 		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
@@ -222,6 +244,10 @@ func (c *Client) exposeOnce(ctx context.Context, o ExposeOptions, target *url.UR
 		return err
 	}
 	public := resp.Header.Get(PublicURLHeader)
+	if err := checkPublicURL(target, public); err != nil {
+		ws.CloseNow()
+		return err
+	}
 	if err := enforced(o, resp.Header); err != nil {
 		ws.CloseNow()
 		return err
@@ -238,7 +264,7 @@ func (c *Client) exposeOnce(ctx context.Context, o ExposeOptions, target *url.UR
 		return err
 	}
 	defer sess.Close()
-	srv := newAgentServer(target, o)
+	srv := newStreamServer(target, o)
 	acceptCtx, stopAccept := context.WithCancel(context.Background())
 	defer stopAccept()
 	served := make(chan struct{})

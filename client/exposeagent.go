@@ -109,13 +109,19 @@ func (s *agentServer) shutdown(ctx context.Context) {
 		}
 	}
 	s.mu.Unlock()
+	drain(ctx, &s.wg, s.cancel, s.close)
+}
+
+// drain waits for wg until ctx ends, then calls closeAll and waits on;
+// cancel ends the dials once everything finished by itself.
+func drain(ctx context.Context, wg *sync.WaitGroup, cancel, closeAll func()) {
 	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
+	go func() { wg.Wait(); close(done) }()
 	select {
 	case <-done:
-		s.cancel()
+		cancel()
 	case <-ctx.Done():
-		s.close()
+		closeAll()
 		<-done
 	}
 }

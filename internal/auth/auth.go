@@ -11,6 +11,8 @@
 //	/c/<channel path>  channels: read (subscribe), write (publish); the channel path keeps its leading "/"
 //	/relay/<name>      relay: serve (be backend <name>), call (send user requests to it)
 //	/expose/<name>     expose: serve (claim agent name <name>), call (send user requests to it)
+//	/tcp/<port>        expose: serve (a raw TCP agent gets public port <port>)
+//	/tls/<name>        expose: serve (TLS for NAME.<expose domain> is passed through to agent <name>)
 //	/ops/<endpoint>    operations: ops (/ops/metrics: /metrics; /ops/nodes: /ops/nodes;
 //	                   /ops/status: the status page and /_postern/status)
 //

@@ -45,18 +45,16 @@ func (c *agentCmd) logger() (*slog.Logger, error) {
 // localURL checks the URL of the local service.
 func localURL(s string) error {
 	u, err := url.Parse(s)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return usagef("LOCAL-URL %q: want http://host:port or https://host:port", s)
+	raw := u != nil && (u.Scheme == "tcp" || u.Scheme == "tls")
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https" && !raw) || u.Host == "" || (raw && u.Port() == "") {
+		return usagef("LOCAL-URL %q: want http://host:port, https://host:port, tcp://host:port or tls://host:port", s)
 	}
 	return nil
 }
 
-func (a *app) exposeCmd() *cobra.Command {
-	cmd := &cobra.Command{
-		Use:     "expose [flags] LOCAL-URL",
-		Short:   "publish a local service through the server (HTTP and websockets)",
-		GroupID: groupAgent,
-		Long: `Publishes the service at LOCAL-URL (for example http://localhost:3000)
+// The help of `postern expose`.
+const (
+	exposeLong = `Publishes the service at LOCAL-URL (for example http://localhost:3000)
 through a postern server: users reach it at NAME.<expose domain> (or at
 /proxy/request/NAME/ on the server when it has no expose domain). The agent
 opens one websocket to the server and carries every request, streamed
@@ -82,17 +80,42 @@ answers with their headers and bodies (up to 64 KiB each), where each can be
 sent to the local service again (also GET /api/requests and
 POST /api/requests/ID/replay, with Content-Type: application/json). It
 shows everything users send, passwords included: it takes only loopback
-addresses unless --inspect-public.`,
-		Example: `  postern expose --name demo http://localhost:3000
+addresses unless --inspect-public.
+
+A tcp:// LOCAL-URL publishes raw TCP (SSH, a database, a game server): the
+server, run with --expose-tcp-ports LO-HI, gives the name a public port
+from that range (--public-port asks for one in particular) and every
+connection to it reaches the local service; the agent prints
+"Forwarding tcp://SERVER:PORT -> tcp://HOST:PORT". Under a token policy it
+also needs "serve" on /tcp/PORT (/tcp/* for any port).
+
+A tls:// LOCAL-URL is a service that speaks TLS itself: TLS connections to
+the server's own port whose server name (SNI) is NAME.<expose domain> are
+passed to it untouched (the server never sees inside). Under a token
+policy it also needs "serve" on /tls/NAME.`
+	exposeExample = `  postern expose --name demo http://localhost:3000
   postern expose --server https://gate.example --name shop --rewrite-host http://127.0.0.1:8000
   POSTERN_BASIC_AUTH=ann:s3cret postern expose --name staging --allow-cidr 203.0.113.0/24 http://localhost:3000
   postern expose --name docs --response-header 'Cache-Control: no-store' http://localhost:8000
-  postern expose --name demo --inspect 127.0.0.1:4040 http://localhost:3000`,
-		Args: exactArgs(1, "want exactly one LOCAL-URL"),
+  postern expose --name demo --inspect 127.0.0.1:4040 http://localhost:3000
+  postern expose --name ssh tcp://127.0.0.1:22
+  postern expose --name db --public-port 25432 tcp://127.0.0.1:5432
+  postern expose --name vault tls://127.0.0.1:8200`
+)
+
+func (a *app) exposeCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "expose [flags] LOCAL-URL",
+		Short:   "publish a local service through the server (HTTP, websockets, raw TCP)",
+		GroupID: groupAgent,
+		Long:    exposeLong,
+		Example: exposeExample,
+		Args:    exactArgs(1, "want exactly one LOCAL-URL"),
 	}
 	c := a.newAgentCmd(cmd)
 	var name, basicAuth, inspect string
 	var rewriteHost, inspectPublic bool
+	var publicPort int
 	var allowCIDR, respHeaders []string
 	c.fs.String(&name, "name", "`name` to expose the service under (a DNS label; default: a random one)")
 	c.fs.Bool(&rewriteHost, "rewrite-host", "send the local service its own host in the Host header, not the public one")
@@ -101,6 +124,7 @@ addresses unless --inspect-public.`,
 	c.fs.Lines(&respHeaders, "response-header", "`'Name: value'` to add to every answer (repeatable; in the environment one per line)")
 	c.fs.String(&inspect, "inspect", "serve the request inspector on this `host:port` (127.0.0.1:4040)")
 	c.fs.Bool(&inspectPublic, "inspect-public", "let --inspect take an address that is not loopback (it shows every request, credentials included)")
+	c.fs.Int(&publicPort, "public-port", "for a tcp:// service, the public `port` to ask the server for (default: any free one of its range)")
 	a.bind(cmd, c.fs)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		if err := localURL(args[0]); err != nil {
@@ -131,6 +155,7 @@ addresses unless --inspect-public.`,
 			Inspector:       ins.inspector(),
 			Name:            name,
 			Local:           args[0],
+			Port:            publicPort,
 			RewriteHost:     rewriteHost,
 			BasicAuth:       basicAuth,
 			AllowCIDR:       allowCIDR,
@@ -143,7 +168,11 @@ addresses unless --inspect-public.`,
 			},
 		})
 		if err != nil {
-			return explainExpose(ctx, err, c.call("serve", "/expose/"+name))
+			cl := c.call("serve", "/expose/"+name)
+			if ce := (*client.Error)(nil); errors.As(err, &ce) && (strings.Contains(ce.Message, "/tcp/") || strings.Contains(ce.Message, "/tls/")) {
+				cl.action = "" // a raw agent's grant: the server's message names it
+			}
+			return explainExpose(ctx, err, cl)
 		}
 		log.Info("expose: stopped", slog.String("name", name))
 		return nil

@@ -2,11 +2,13 @@ package cli_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -122,4 +124,67 @@ func freeAddr(t *testing.T) string {
 	}
 	defer ln.Close()
 	return ln.Addr().String()
+}
+
+// TestReadmeExposeTCP runs README's raw TCP block of "Expose in one
+// minute" as a user would: its `postern serve` line (on a port of the
+// test's, with the memory engine) and its `postern expose` line (with the
+// test's echo service for the SSH server), then a session through the
+// port the agent printed, which must be of the range the block gives.
+func TestReadmeExposeTCP(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(readme), "<!-- expose-tcp -->\n```sh\n")
+	if !ok {
+		t.Fatal("README.md has no expose-tcp block")
+	}
+	block, _, _ := strings.Cut(rest, "```")
+	var serveArgs, exposeArgs []string
+	var printed string
+	for _, line := range strings.Split(block, "\n") {
+		cmd, comment, _ := strings.Cut(line, "#")
+		f := strings.Fields(cmd)
+		switch {
+		case len(f) > 1 && f[0] == "postern" && f[1] == "serve":
+			serveArgs = f[1:]
+		case len(f) > 1 && f[0] == "postern" && f[1] == "expose":
+			exposeArgs = f[1:]
+			printed = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(comment), "prints:"))
+		}
+	}
+	if serveArgs == nil || exposeArgs == nil || printed == "" {
+		t.Fatalf("the block lacks a postern serve line, a postern expose line or what it prints:\n%s", block)
+	}
+	lo, hi := 0, 0
+	for i, a := range serveArgs {
+		if a == "--expose-tcp-ports" && i+1 < len(serveArgs) {
+			fmt.Sscanf(serveArgs[i+1], "%d-%d", &lo, &hi)
+		}
+	}
+	if lo == 0 || hi < lo {
+		t.Fatalf("the serve line %q gives no port range", serveArgs)
+	}
+
+	url, stop := serve(t, nil, serveArgs[1:]...)
+	defer stop()
+	local := exposeArgs[len(exposeArgs)-1]
+	echo := "tcp://" + tcpEcho(t)
+	args := append(append([]string{}, exposeArgs[:len(exposeArgs)-1]...), echo)
+	agent := startBin(t, []string{"POSTERN_SERVER=" + url}, args...)
+	line := agent.line()
+	var port int
+	if _, err := fmt.Sscanf(line, "Forwarding tcp://127.0.0.1:%d -> "+echo, &port); err != nil || port < lo || port > hi {
+		t.Fatalf("printed %q; the README promises the shape of %q with a port of %d-%d", line, printed, lo, hi)
+	}
+	if want := strings.Replace(printed, local, echo, 1); !strings.HasPrefix(want, "Forwarding tcp://127.0.0.1:") {
+		t.Fatalf("the README's printed line %q is not of the agent's shape", printed)
+	}
+	if got, err := echoVia(t, fmt.Sprintf("127.0.0.1:%d", port), "SSH-2.0-readme"); err != nil || got != "SSH-2.0-readme" {
+		t.Fatalf("a session through the printed port: %q %v", got, err)
+	}
+	if code, _ := agent.stop(syscall.SIGTERM); code != 0 {
+		t.Fatalf("the agent exited %d on SIGTERM", code)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 
+	"github.com/postern/postern/internal/expose"
 	"github.com/postern/postern/internal/node"
 )
 
@@ -102,15 +103,7 @@ func ServeFlags() (*FlagSet, *Serve) {
 	fs.Int64(&rl.MaxResponseMessageBytes, "relay-max-response-message", "largest /server/response message in `bytes`; larger get 400")
 	fs.Bool(&rl.ForwardedHeaders, "relay-forwarded-headers", "send relay backends X-Forwarded-For, X-Forwarded-Host and X-Forwarded-Proto (off, as the original: the user's headers pass as they came)")
 
-	fs.Group("Expose (NAME.<domain>, /agent, /proxy/)")
-	fs.String(&ex.Domain, "expose-domain", "`domain` D whose hosts NAME.D reach expose agent NAME (its DNS and certificate should cover *.D)", "DOMAIN")
-	fs.String(&ex.BaseURL, "expose-base-url", "public base `URL` of this server; brickchain mandate tokens must name a uri under it (default: the scheme and host the agent connected to)", "BASE")
-	fs.Int64(&ex.Brickchain.MaxRequestBytes, "expose-max-request-body", "largest request body in `bytes` relayed to a brickchain agent; larger get 413")
-	fs.Int64(&ex.Brickchain.MaxFrameBytes, "expose-max-frame", "largest frame in `bytes` a brickchain agent may send; a larger response gets 502")
-	fs.Duration(&ex.Brickchain.ResponseTimeout, "expose-timeout", "how long a brickchain agent has to answer before the user gets 504")
-	fs.Int(&ex.Brickchain.ClientRate, "expose-client-rate", "requests allowed to each brickchain client per --expose-client-rate-period (0: unlimited); more get 429")
-	fs.Duration(&ex.Brickchain.ClientRatePeriod, "expose-client-rate-period", "period of --expose-client-rate")
-	fs.Bool(&ex.AnonymousAgents, "expose-anonymous-agents", "without --token-file, let native agents from any address claim any name (default: loopback agents only)")
+	exposeFlags(fs, ex)
 	ch, b := &c.Server.Channels, &c.Server.Broker
 	fs.Group("Channels (/c/)")
 	fs.Bool(&ch.AtRoot, "channels-at-root", "serve channels at / (a dedicated host, as pinghub was deployed) instead of under /c/; ops endpoints and other prefixes keep priority, the status page moves to /_postern/")
@@ -140,4 +133,18 @@ func NewLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return nil, fmt.Errorf("invalid log format %q: want text or json", format)
+}
+
+// exposeFlags defines the flags of the expose capability.
+func exposeFlags(fs *FlagSet, ex *expose.Options) {
+	fs.Group("Expose (NAME.<domain>, /agent, /proxy/)")
+	fs.String(&ex.Domain, "expose-domain", "`domain` D whose hosts NAME.D reach expose agent NAME (its DNS and certificate should cover *.D)", "DOMAIN")
+	fs.String(&ex.BaseURL, "expose-base-url", "public base `URL` of this server; brickchain mandate tokens must name a uri under it (default: the scheme and host the agent connected to)", "BASE")
+	fs.Int64(&ex.Brickchain.MaxRequestBytes, "expose-max-request-body", "largest request body in `bytes` relayed to a brickchain agent; larger get 413")
+	fs.Int64(&ex.Brickchain.MaxFrameBytes, "expose-max-frame", "largest frame in `bytes` a brickchain agent may send; a larger response gets 502")
+	fs.Duration(&ex.Brickchain.ResponseTimeout, "expose-timeout", "how long a brickchain agent has to answer before the user gets 504")
+	fs.Int(&ex.Brickchain.ClientRate, "expose-client-rate", "requests allowed to each brickchain client per --expose-client-rate-period (0: unlimited); more get 429")
+	fs.Duration(&ex.Brickchain.ClientRatePeriod, "expose-client-rate-period", "period of --expose-client-rate")
+	fs.String(&ex.TCPPorts, "expose-tcp-ports", "range LO-HI of public TCP `ports` handed to agents exposing raw TCP (postern expose tcp://...), one per name; empty: no raw TCP")
+	fs.Bool(&ex.AnonymousAgents, "expose-anonymous-agents", "without --token-file, let native agents from any address claim any name (default: loopback agents only)")
 }

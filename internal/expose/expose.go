@@ -15,6 +15,12 @@
 //     streaming bodies, keep-alive and 101 upgrades pass through
 //     untouched.
 //
+// A native agent may also carry raw connections instead of HTTP (raw.go):
+// raw TCP on a public port of Options.TCPPorts (tcp.go), or TLS passed
+// through whole by its server name NAME.<domain> on the node's own
+// listener (sni.go, Service.Listener). Each user connection is one yamux
+// stream, spliced on both ends with half-closes and resets passed on.
+//
 // Users reach an agent by Host (NAME.<domain>, lowercased, port ignored:
 // a host route of the node's table) or by path (/proxy/request/NAME/<path>).
 // This package is the front door for both: it authorizes users and
@@ -72,6 +78,8 @@ type Service struct {
 	m       *metrics
 	bc      *brickchain.Transport
 	native  *nativeTransport
+	tcp     *tcpPorts // nil without Options.TCPPorts
+	sni     *sniNames // nil without Options.Domain
 
 	closing atomic.Bool // agents are refused
 
@@ -100,6 +108,8 @@ func New(hub *relay.Hub, opts Options, deps capability.Deps) (*Service, error) {
 		return nil, err
 	}
 	s.native = newNativeTransport(hub, opts, s.log, s.m.of(transportNative))
+	s.tcp = newTCPPorts(s.opts, s.log, s.m)
+	s.sni = newSNINames(s.opts, s.log, s.m)
 	return s, nil
 }
 
@@ -312,6 +322,12 @@ func (s *Service) Shutdown(ctx context.Context) error {
 		var closing sync.WaitGroup
 		closing.Go(s.bc.Close)
 		closing.Go(s.native.close)
+		if s.tcp != nil {
+			closing.Go(s.tcp.close)
+		}
+		if s.sni != nil {
+			closing.Go(s.sni.closeConns)
+		}
 		closing.Wait()
 		s.shutdownErr = errors.Join(err, s.waitHandlers(ctx))
 	})
@@ -328,6 +344,12 @@ func (s *Service) waitHandlers(ctx context.Context) error {
 	go func() {
 		s.bc.Wait()
 		s.native.wait()
+		if s.tcp != nil {
+			s.tcp.wait()
+		}
+		if s.sni != nil {
+			s.sni.wait()
+		}
 		close(done)
 	}()
 	select {

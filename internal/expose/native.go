@@ -29,7 +29,7 @@ import (
 func (s *Service) serveAgent(w http.ResponseWriter, r *http.Request) {
 	httpapi.SetRoute(r, "expose.agent")
 	if s.closing.Load() {
-		httpapi.WritePlain(w, r, errClosing)
+		refuseAgent(w, r, errClosing)
 		return
 	}
 	rules, perr := muxconn.ParseAccess(r.Header)
@@ -43,10 +43,38 @@ func (s *Service) serveAgent(w http.ResponseWriter, r *http.Request) {
 	result, err := s.authorizeAgent(r, name, acc.rules())
 	if err != nil {
 		s.m.registration(transportNative, result)
-		httpapi.WritePlain(w, r, err)
+		refuseAgent(w, r, err)
 		return
 	}
-	s.native.serve(w, r, name, s.publicURL(r, name), acc)
+	req, herr := parseAgentRequest(r.URL.Query())
+	if herr == nil && req.proto != protoHTTP && len(acc.rules()) > 0 {
+		herr = httpapi.Errorf(http.StatusBadRequest, "access rules apply to HTTP agents only, not to %s://", req.proto)
+	}
+	if herr != nil {
+		s.m.registration(transportNative, "malformed")
+		refuseAgent(w, r, herr)
+		return
+	}
+	var b binding = hubBinding{t: s.native, public: s.publicURL(r, name), acc: acc}
+	switch req.proto {
+	case protoTCP:
+		b, herr = s.tcpBinding(r, name, req.port)
+	case protoTLS:
+		b, herr = s.tlsBinding(r, name)
+	}
+	if herr != nil {
+		s.m.registration(transportNative, "refused")
+		refuseAgent(w, r, herr)
+		return
+	}
+	s.native.serve(w, r, name, b, acc)
+}
+
+// refuseAgent answers a native agent's handshake with e, marked as
+// postern's own answer (the agent tells it from a proxy's by the mark).
+func refuseAgent(w http.ResponseWriter, r *http.Request, e *httpapi.Error) {
+	httpapi.MarkError(w.Header(), e)
+	httpapi.WritePlain(w, r, e)
 }
 
 // authorizeAgent reports why a native agent's handshake may not claim
@@ -124,12 +152,12 @@ func newNativeTransport(hub *relay.Hub, o Options, log *slog.Logger, count trans
 var errAgentFailed = errors.New("the agent's connection failed as it was set up")
 
 // nativeAgent is one agent connection: a websocket carrying a yamux
-// session, and its backend on the hub.
+// session, and what users reach it through (its binding).
 type nativeAgent struct {
 	name  string
-	tr    *http.Transport
-	reg   *relay.Registration
-	ready chan struct{} // closed once sess is set, or the setup failed
+	tr    *http.Transport     // HTTP agents: the backend on the hub
+	reg   *relay.Registration // of tr
+	ready chan struct{}       // closed once sess is set, or the setup failed
 
 	mu     sync.Mutex
 	ws     *websocket.Conn
@@ -137,25 +165,59 @@ type nativeAgent struct {
 	closed bool
 }
 
-// serve runs one agent that may claim name, users reaching it at public
-// through its access rules.
+// binding is what users reach a native agent through while it is
+// connected: its backend on the hub (HTTP), or a public TCP port.
+type binding interface {
+	// attach binds a, before the handshake is answered (a user who comes
+	// once the agent reports ready finds it), and returns the public URL;
+	// an error refuses the agent.
+	attach(a *nativeAgent) (public string, err *httpapi.Error)
+	// detach unbinds a, once it is gone or failed to come up.
+	detach(a *nativeAgent)
+}
+
+// hubBinding binds an HTTP agent: its backend on the hub.
+type hubBinding struct {
+	t      *nativeTransport
+	public string
+	acc    *access
+}
+
+func (b hubBinding) attach(a *nativeAgent) (string, *httpapi.Error) {
+	a.tr = b.t.backend(a)
+	var rt http.RoundTripper = a.tr
+	if len(b.acc.rules()) > 0 {
+		rt = guarded{rt: a.tr, acc: b.acc, count: b.t.count}
+	}
+	a.reg = b.t.hub.Register(a.name, rt)
+	return b.public, nil
+}
+
+func (b hubBinding) detach(a *nativeAgent) {
+	a.reg.Close()
+	a.tr.CloseIdleConnections()
+}
+
+// serve runs one agent that may claim name, users reaching it through b
+// (acc: the access rules it asked for).
 // The handshake order matters: the agent reports itself ready as soon as
-// it has the handshake's answer, so the name is registered before that
-// answer is written; a request arriving in between waits in DialContext
-// for the session instead of getting 502.
-func (t *nativeTransport) serve(w http.ResponseWriter, r *http.Request, name, public string, acc *access) {
+// it has the handshake's answer, so the name is bound before that answer
+// is written; a request arriving in between waits in DialContext for the
+// session instead of getting 502.
+func (t *nativeTransport) serve(w http.ResponseWriter, r *http.Request, name string, b binding, acc *access) {
 	a := &nativeAgent{name: name, ready: make(chan struct{})}
 	if !t.live.Add(a) {
-		httpapi.WritePlain(w, r, errClosing)
+		refuseAgent(w, r, errClosing)
 		return
 	}
 	defer t.live.Remove(a)
-	a.tr = t.backend(a)
-	var rt http.RoundTripper = a.tr
-	if len(acc.rules()) > 0 {
-		rt = guarded{rt: a.tr, acc: acc, count: t.count}
+	public, err := b.attach(a)
+	if err != nil {
+		close(a.ready)
+		t.count.Registration("refused")
+		refuseAgent(w, r, err)
+		return
 	}
-	a.reg = t.hub.Register(name, rt)
 	w.Header().Set(PublicURLHeader, public)
 	if rules := acc.asked.Rules(); len(rules) > 0 {
 		w.Header().Set(muxconn.EnforcedHeader, strings.Join(rules, " "))
@@ -163,8 +225,7 @@ func (t *nativeTransport) serve(w http.ResponseWriter, r *http.Request, name, pu
 	conn, ok := t.accept(w, r, a)
 	close(a.ready)
 	if !ok {
-		a.reg.Close()
-		a.tr.CloseIdleConnections()
+		b.detach(a)
 		return
 	}
 	t.count.Registration("ok")
@@ -174,9 +235,8 @@ func (t *nativeTransport) serve(w http.ResponseWriter, r *http.Request, name, pu
 	case <-a.session().CloseChan():
 	case <-t.ctx.Done():
 	}
-	a.reg.Close()
+	b.detach(a)
 	t.count.Agents(-1)
-	a.tr.CloseIdleConnections()
 	a.close()
 	t.log.Info("expose agent disconnected", "name", name, "remote", r.RemoteAddr, "cause", causeOf(conn))
 }
@@ -209,23 +269,11 @@ func (t *nativeTransport) accept(w http.ResponseWriter, r *http.Request, a *nati
 func (t *nativeTransport) backend(a *nativeAgent) *http.Transport {
 	return &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			select {
-			case <-a.ready:
-			case <-ctx.Done():
-				return nil, ctx.Err()
+			st, err := a.open(ctx)
+			if err != nil {
+				return nil, err
 			}
-			sess := a.session()
-			if sess == nil {
-				return nil, errAgentFailed
-			}
-			st, err := sess.Open()
-			if errors.Is(err, yamux.ErrSessionShutdown) || errors.Is(err, yamux.ErrRemoteGoAway) {
-				// Closed, or the agent stopping (its GoAway arrives
-				// before its close), before serve closed the
-				// registration: another agent of the name may take it.
-				return nil, fmt.Errorf("%w: %w", relay.ErrBackendGone, err)
-			}
-			return st, err
+			return st, nil
 		},
 		MaxIdleConns:          0,
 		MaxIdleConnsPerHost:   256,
@@ -236,6 +284,27 @@ func (t *nativeTransport) backend(a *nativeAgent) *http.Transport {
 		WriteBufferSize:       32 << 10,
 		ReadBufferSize:        32 << 10,
 	}
+}
+
+// open opens a stream to the agent, once its session is up.
+func (a *nativeAgent) open(ctx context.Context) (*yamux.Stream, error) {
+	select {
+	case <-a.ready:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	sess := a.session()
+	if sess == nil {
+		return nil, errAgentFailed
+	}
+	st, err := sess.OpenStream()
+	if errors.Is(err, yamux.ErrSessionShutdown) || errors.Is(err, yamux.ErrRemoteGoAway) {
+		// Closed, or the agent stopping (its GoAway arrives before its
+		// close), before serve unbound it: another agent of the name may
+		// take it.
+		return nil, fmt.Errorf("%w: %w", relay.ErrBackendGone, err)
+	}
+	return st, err
 }
 
 // close refuses new agents, closes every agent's session and stops the

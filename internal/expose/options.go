@@ -3,6 +3,7 @@ package expose
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -18,6 +19,9 @@ const (
 	// DefaultStreamWindow is the native agents' yamux stream window: large
 	// enough for one stream to fill a fast link.
 	DefaultStreamWindow = 4 << 20
+	// DefaultTCPMaxConnections is how many user connections one public
+	// TCP port carries at once; one more is reset at accept.
+	DefaultTCPMaxConnections = 1024
 )
 
 // Options configures the expose capability.
@@ -55,6 +59,23 @@ type Options struct {
 	// anonymous for public sites). Without one, user requests and
 	// Brickchain registrations are open, as in the original.
 	AnonymousAgents bool
+
+	// TCPPorts is the range of public ports ("LO-HI", or one port) that
+	// native agents exposing raw TCP (`postern expose tcp://HOST:PORT`)
+	// get one of, one port per name; empty: no raw TCP. Under a token
+	// policy an agent also needs "serve" on /tcp/PORT for the port it gets
+	// (/tcp/* for any port of the range), and asking for one port in
+	// particular needs that port's grant.
+	TCPPorts string
+	// TCPHost is the address the TCP ports listen on; empty: every
+	// address. The node sets it to the host of its listen address.
+	TCPHost string
+	// TCPMaxConnections caps the user connections one TCP port, or one
+	// TLS passthrough name, carries at once (more are reset at accept);
+	// zero: DefaultTCPMaxConnections.
+	TCPMaxConnections int
+
+	tcpLo, tcpHi int // TCPPorts, parsed by Validate
 }
 
 // DefaultOptions returns the defaults.
@@ -82,5 +103,44 @@ func (o *Options) Validate() error {
 	if o.StreamWindow < 256<<10 || o.AgentKeepAlive < 0 {
 		return errors.New("expose: the stream window is at least 256 KiB, the agent keep-alive not negative")
 	}
+	var err error
+	if o.tcpLo, o.tcpHi, err = ParsePortRange(o.TCPPorts); err != nil {
+		return err
+	}
+	capability.Default(&o.TCPMaxConnections, DefaultTCPMaxConnections)
 	return o.Brickchain.Validate()
 }
+
+// ParsePortRange parses a range of TCP ports, "LO-HI" or one port "P"
+// (1 to 65535, LO <= HI); "" is no range (0, 0).
+func ParsePortRange(s string) (lo, hi int, err error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return 0, 0, nil
+	}
+	a, b, isRange := strings.Cut(s, "-")
+	if lo, err = parsePort(a); err == nil {
+		hi = lo
+		if isRange {
+			hi, err = parsePort(b)
+		}
+	}
+	if err != nil || lo > hi {
+		return 0, 0, fmt.Errorf("expose TCP ports %q: want LO-HI, two port numbers from 1 to 65535 (LO <= HI), or one port", s)
+	}
+	return lo, hi, nil
+}
+
+// parsePort parses a port number from 1 to 65535, in plain decimal digits.
+func parsePort(s string) (int, error) {
+	if s == "" || len(s) > 5 || strings.Trim(s, "0123456789") != "" {
+		return 0, errBadPort
+	}
+	p, err := strconv.Atoi(s)
+	if err != nil || p < 1 || p > 65535 {
+		return 0, errBadPort
+	}
+	return p, nil
+}
+
+var errBadPort = errors.New("not a port number from 1 to 65535")

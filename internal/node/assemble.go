@@ -308,6 +308,10 @@ func (n *Node) buildInbox() (part, error) {
 func (n *Node) buildExpose() (part, error) {
 	eo := n.cfg.Expose
 	eo.Brickchain.Mandates = n.queue
+	if eo.TCPHost == "" {
+		// Raw TCP ports listen where the node does.
+		eo.TCPHost, _, _ = net.SplitHostPort(n.cfg.Listen)
+	}
 	if err := eo.Validate(); err != nil {
 		return part{}, err
 	}

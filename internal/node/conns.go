@@ -359,6 +359,15 @@ func (c *gateConn) CloseWrite() error {
 	return nil
 }
 
+// SetLinger reaches the socket too: a raw connection an expose agent
+// carries is reset (linger 0) when the agent's side fails.
+func (c *gateConn) SetLinger(sec int) error {
+	if sl, ok := c.Conn.(interface{ SetLinger(int) error }); ok {
+		return sl.SetLinger(sec)
+	}
+	return nil
+}
+
 func (c *gateConn) ReadFrom(r io.Reader) (int64, error) {
 	if rf, ok := c.Conn.(io.ReaderFrom); ok {
 		return rf.ReadFrom(r)

@@ -392,6 +392,8 @@ func (n *Node) Serve(ln net.Listener) error {
 	n.log.Info("connection caps", n.gate.caps.describe()...)
 	n.announce(ln.Addr(), tlsOn)
 	ln = n.gate.listen(ln, !tlsOn)
+	// TLS for passthrough agents' names goes to them, not to the server.
+	ln = n.expose.Listener(ln, n.cfg.ReadHeaderTimeout)
 	var err error
 	if tlsOn {
 		err = n.http.ServeTLS(ln, "", "")
