@@ -126,13 +126,15 @@ func (g *Relay) newPending(ctx context.Context, name string, msg []byte, id stri
 func (p *pending) finish(err error) {
 	p.once.Do(func() {
 		p.err = err
-		close(p.done)
-		p.timer.Stop()
+		// Unlisted before done closes: once the user has its answer (a
+		// 504, say), the relay client's next post for the id gets 400.
 		p.g.mu.Lock()
 		if p.g.pending[p.id] == p {
 			delete(p.g.pending, p.id)
 		}
 		p.g.mu.Unlock()
+		p.timer.Stop()
+		close(p.done)
 	})
 }
 
