@@ -2,46 +2,21 @@ package client_test
 
 import (
 	"context"
-	"os"
-	"os/exec"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
 
 	"github.com/postern/postern/client"
+	"github.com/postern/postern/internal/browsertest"
 )
-
-// chromiumPath finds Debian's chromium; without it the test skips, except
-// on CI, where it must be there (.ci/run installs it).
-func chromiumPath(t *testing.T) string {
-	for _, name := range []string{"chromium", "chromium-browser"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("chromium is not installed (Debian package chromium); CI must have it")
-	}
-	t.Skip("chromium is not installed (apt-get install chromium); skipping the browser test")
-	return ""
-}
 
 // TestInspectorPageInChromium: the inspector's page, in headless
 // Chromium, lists the requests as they come, shows one with its headers
 // and bodies (as text: markup in a request is never interpreted), and
 // replays it with its button.
 func TestInspectorPageInChromium(t *testing.T) {
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(chromiumPath(t)), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.UserDataDir(t.TempDir()),
-		chromedp.Flag("disable-dev-shm-usage", true), chromedp.Flag("disable-quic", true))
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelAlloc()
-	tab, cancelTab := chromedp.NewContext(allocCtx)
-	defer cancelTab()
-	if err := chromedp.Do(tab); err != nil {
-		t.Fatalf("starting chromium: %v", err)
-	}
+	tab := browsertest.Tab(t)
 	page, cancel := context.WithTimeout(tab, 60*time.Second)
 	defer cancel()
 	waitFor := func(cond string) {

@@ -1,6 +1,8 @@
 package web_test
 
 import (
+	"github.com/postern/postern/internal/browsertest"
+
 	"context"
 	"testing"
 	"time"
@@ -15,7 +17,7 @@ import (
 // its data need a token granted ops; a person opens the page with the
 // token in its query, and the page's own requests for the status carry it.
 func TestPageWithATokenInChromium(t *testing.T) {
-	b := browser(t)
+	b := browsertest.Tab(t)
 	pol, err := auth.Parse([]byte("[[token]]\nname = \"ops\"\nsecret = \"ops-secret-0123456789\"\n[[token.grant]]\nactions = [\"ops\"]\npaths = [\"/ops/status\"]\n"))
 	if err != nil {
 		t.Fatal(err)

@@ -1,6 +1,8 @@
 package web_test
 
 import (
+	"github.com/postern/postern/internal/browsertest"
+
 	"bytes"
 	"context"
 	"encoding/json"
@@ -147,7 +149,7 @@ func TestSectionsAndRates(t *testing.T) {
 // the traffic; the channel panel watches a channel and publishes to it.
 // POSTERN_UPDATE_SCREENSHOT=1 writes the screenshot to docs/web-page.png.
 func TestPageInChromium(t *testing.T) {
-	ctx := browser(t)
+	ctx := browsertest.Tab(t)
 	cfg := servertest.Config()
 	cfg.NodeID = "node-1"
 	cfg.StatusInterval = 250 * time.Millisecond
