@@ -1,0 +1,122 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+
+	"github.com/postern/postern/internal/relay/gcr/wire"
+)
+
+// Batches (Options.BatchRequests, wire.BatchHeader): a poll's answer may
+// hold several requests, each served on a goroutine of its own, and the
+// short complete responses of several requests go to the server in one
+// post. There is no timer: a response is posted at once when fewer than
+// maxBatchPosts batches are on their way, else it waits for the next
+// post, which takes whatever waits then. So a lone request goes out as
+// fast as without batches, and under load each post carries the
+// responses that completed while the previous ones were sent.
+
+const (
+	// maxBatchPosts is the most batches posted at once.
+	maxBatchPosts = 2
+	// maxBatchBytes bounds the messages of one batch post (each is at
+	// most smallPost).
+	maxBatchBytes = 256 << 10
+)
+
+// batchItem is a response waiting to go in a batch; done gets the
+// outcome of its post.
+type batchItem struct {
+	msg  []byte
+	done chan error
+}
+
+// dispatch serves the requests of a batch answer, each on a goroutine of
+// its own, holding one of the slots while it runs: with all slots taken
+// it waits for one, and the poller does not poll meanwhile (the server
+// keeps the requests, within its pickup timeout).
+func (c *Client) dispatch(ctx context.Context, body []byte, streams bool) error {
+	c.batches.Store(true)
+	parts, err := wire.SplitDelimited(body)
+	if err != nil {
+		return fmt.Errorf("bad request batch from the relay server: %w", err)
+	}
+	for _, part := range parts {
+		breq, err := wire.UnmarshalRequest(part)
+		if err != nil {
+			return fmt.Errorf("bad request message from the relay server: %w", err)
+		}
+		select {
+		case c.slots <- struct{}{}:
+		case <-ctx.Done():
+			return nil
+		}
+		c.wg.Go(func() {
+			defer func() { <-c.slots }()
+			c.handle(ctx, breq, streams)
+		})
+	}
+	return nil
+}
+
+// postBatched posts r, a complete short response, in a batch, and
+// returns the outcome of that post.
+func (c *Client) postBatched(ctx context.Context, r *wire.Response) error {
+	it := &batchItem{msg: r.AppendMarshal(make([]byte, 0, r.Size())), done: make(chan error, 1)}
+	c.batchMu.Lock()
+	c.batchQueue = append(c.batchQueue, it)
+	lead := c.batchPosting < maxBatchPosts
+	if lead {
+		c.batchPosting++
+	}
+	c.batchMu.Unlock()
+	if lead {
+		// This goroutine posts until nothing waits; its own response
+		// goes in the first batch.
+		c.postBatches(ctx)
+	}
+	select {
+	case err := <-it.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// postBatches posts what waits, a batch at a time, until nothing does.
+func (c *Client) postBatches(ctx context.Context) {
+	for {
+		c.batchMu.Lock()
+		if len(c.batchQueue) == 0 {
+			c.batchPosting--
+			c.batchMu.Unlock()
+			return
+		}
+		size, n := 0, 0
+		for _, it := range c.batchQueue {
+			k := wire.SizeDelimited(len(it.msg))
+			if n > 0 && size+k > maxBatchBytes {
+				break
+			}
+			size += k
+			n++
+		}
+		items := make([]*batchItem, n)
+		copy(items, c.batchQueue)
+		rest := copy(c.batchQueue, c.batchQueue[n:])
+		clear(c.batchQueue[rest:])
+		c.batchQueue = c.batchQueue[:rest]
+		c.batchMu.Unlock()
+
+		out := make([]byte, 0, size)
+		for _, it := range items {
+			out = wire.AppendDelimited(out, it.msg)
+		}
+		err := c.send(ctx, c.batchTmpl, func() io.ReadCloser { return io.NopCloser(bytes.NewReader(out)) }, int64(len(out)))
+		for _, it := range items {
+			it.done <- err
+		}
+	}
+}
