@@ -33,10 +33,13 @@ type batchItem struct {
 	done chan error
 }
 
-// dispatch serves the requests of a batch answer, each on a goroutine of
-// its own, holding one of the slots while it runs: with all slots taken
-// it waits for one, and the poller does not poll meanwhile (the server
-// keeps the requests, within its pickup timeout).
+// dispatch serves the requests of a batch answer on the workers. A
+// request goes to an idle worker, or to a new one while fewer than
+// MaxPendingRequests run; with all of them busy it waits for one, and
+// the poller does not poll meanwhile (the server keeps the requests,
+// within its pickup timeout). Workers live until Run ends: a goroutine
+// per request would grow a fresh stack for each (the HTTP client's calls
+// are deep).
 func (c *Client) dispatch(ctx context.Context, body []byte, streams bool) error {
 	c.batches.Store(true)
 	parts, err := wire.SplitDelimited(body)
@@ -48,17 +51,39 @@ func (c *Client) dispatch(ctx context.Context, body []byte, streams bool) error 
 		if err != nil {
 			return fmt.Errorf("bad request message from the relay server: %w", err)
 		}
+		j := job{breq: breq, streams: streams}
 		select {
-		case c.slots <- struct{}{}:
+		case c.work <- j:
+			continue
+		default:
+		}
+		select {
+		case c.workers <- struct{}{}:
+			c.workerWG.Go(func() { c.worker(ctx, j) })
+		case c.work <- j:
 		case <-ctx.Done():
 			return nil
 		}
-		c.wg.Go(func() {
-			defer func() { <-c.slots }()
-			c.handle(ctx, breq, streams)
-		})
 	}
 	return nil
+}
+
+// job is a request for a worker.
+type job struct {
+	breq    *wire.Request
+	streams bool
+}
+
+// worker serves j, then the requests dispatch hands it, until ctx ends.
+func (c *Client) worker(ctx context.Context, j job) {
+	for {
+		c.handle(ctx, j.breq, j.streams)
+		select {
+		case j = <-c.work:
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // postBatched posts r, a complete short response, in a batch, and

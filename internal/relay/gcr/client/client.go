@@ -166,16 +166,19 @@ func Tuned(o Options) Options {
 // Client is a relay client.
 type Client struct {
 	o        Options
-	relay    *http.Client
-	backend  *http.Client
+	// relayDo and backendDo send a request to the relay server and to
+	// the backend.
+	relayDo, backendDo func(*http.Request) (*http.Response, error)
 	own      []*http.Transport
 	backURL  *url.URL
 	relayURL *url.URL
 	// Templates of the relay calls, their URLs and headers shared by
 	// every request (net/http only reads them).
 	pollTmpl, postTmpl, batchTmpl *http.Request
-	// slots bounds the requests from batches served at once.
-	slots chan struct{}
+	// Workers serve the requests of batches: workers counts them (up to
+	// MaxPendingRequests), work hands them requests (see dispatch).
+	workers chan struct{}
+	work    chan job
 	// batches: the server offers them (it answered a poll with one).
 	batches atomic.Bool
 	// Complete responses waiting to be posted in a batch, and the posts
@@ -185,6 +188,7 @@ type Client struct {
 	batchPosting int
 
 	wg        sync.WaitGroup // pollers and the goroutines of requests
+	workerWG  sync.WaitGroup // workers (see dispatch), which end with Run's context
 	chunkBufs sync.Pool
 
 	pollMu   sync.Mutex
@@ -226,31 +230,40 @@ func New(o Options) (*Client, error) {
 	if err != nil || ru.Host == "" {
 		return nil, fmt.Errorf("relay url %q: not an absolute URL", o.RelayURL)
 	}
-	c := &Client{o: o, relay: o.Relay, backend: o.Backend, backURL: bu, relayURL: ru}
+	c := &Client{o: o, backURL: bu, relayURL: ru}
 	// Every poll holds a connection to the server, and every request in
 	// progress one to the backend and, while it posts, one more to the
 	// server: keep that many open for reuse.
 	idle := max(100, 2*o.MaxPendingRequests+16)
-	if c.relay == nil {
+	// Our own clients are plain transports, called directly: no redirects
+	// to follow, no cookies, no timeouts of the client's, so nothing of
+	// what http.Client adds (a copy of every request's headers, for
+	// redirects) is needed.
+	if o.Relay != nil {
+		c.relayDo = o.Relay.Do
+	} else {
 		tr := &http.Transport{Proxy: http.ProxyFromEnvironment, MaxIdleConnsPerHost: idle, DisableCompression: true, IdleConnTimeout: 90 * time.Second}
 		c.own = append(c.own, tr)
-		c.relay = &http.Client{Transport: tr}
+		c.relayDo = tr.RoundTrip
 	}
-	if c.backend == nil {
+	if o.Backend == nil {
 		tr := &http.Transport{MaxIdleConnsPerHost: idle, DisableCompression: true, IdleConnTimeout: 90 * time.Second}
 		c.own = append(c.own, tr)
-		c.backend = &http.Client{Transport: tr}
+		// A transport returns redirects as they are.
+		c.backendDo = tr.RoundTrip
+	} else {
+		// Redirects pass through the relay untouched.
+		b := *o.Backend
+		b.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+		c.backendDo = b.Do
 	}
-	// Redirects pass through the relay untouched.
-	b := *c.backend
-	b.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-	c.backend = &b
 	c.pollTmpl = c.relayTemplate("GET", "/server/request", url.Values{"server": {o.ServerName}}.Encode(), "")
 	c.postTmpl = c.relayTemplate("POST", "/server/response", "", wire.ResponseContentType)
 	c.batchTmpl = c.relayTemplate("POST", "/server/response", "", wire.BatchContentType)
 	if o.BatchRequests > 1 {
 		c.pollTmpl.Header[wire.BatchHeader] = []string{strconv.Itoa(o.BatchRequests)}
-		c.slots = make(chan struct{}, o.MaxPendingRequests)
+		c.workers = make(chan struct{}, o.MaxPendingRequests)
+		c.work = make(chan job)
 	}
 	return c, nil
 }
@@ -290,6 +303,10 @@ func (c *Client) Run(ctx context.Context) error {
 	for range c.o.NumPendingRequests {
 		c.wg.Go(func() { c.poller(ctx) })
 	}
+	c.wg.Wait()
+	// The pollers are gone: the workers end, and then what they started.
+	cancel()
+	c.workerWG.Wait()
 	c.wg.Wait()
 	for _, tr := range c.own {
 		tr.CloseIdleConnections()
@@ -405,7 +422,7 @@ func (c *Client) poller(ctx context.Context) {
 	for ctx.Err() == nil {
 		req := c.pollTmpl.WithContext(ctx)
 		sent := c.failures()
-		resp, err := c.relay.Do(req)
+		resp, err := c.relayDo(req)
 		if err != nil {
 			failed(err)
 			continue
@@ -425,7 +442,7 @@ func (c *Client) poller(ctx context.Context) {
 			return
 		case resp.StatusCode != http.StatusOK:
 			failed(fmt.Errorf("relay server answered %s", resp.Status))
-		case c.slots != nil && resp.Header.Get("Content-Type") == wire.BatchContentType:
+		case c.work != nil && resp.Header.Get("Content-Type") == wire.BatchContentType:
 			c.markUp(bo, sent)
 			if err := c.dispatch(ctx, body, c.o.StreamBodies && resp.Header.Get(wire.StreamHeader) != ""); err != nil {
 				failed(err)
@@ -529,7 +546,7 @@ func (c *Client) awaitServer(ctx context.Context, bo Backoff) error {
 		}
 		hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		sent := c.failures()
-		resp, err := c.relay.Do(req.WithContext(hctx))
+		resp, err := c.relayDo(req.WithContext(hctx))
 		if err == nil {
 			io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
 			resp.Body.Close()
@@ -647,7 +664,7 @@ func (c *Client) serve(ctx context.Context, breq *wire.Request, streams bool) (s
 		return http.StatusInternalServerError, 0, ""
 	}
 	start := time.Now()
-	hresp, err := c.backend.Do(req)
+	hresp, err := c.backendDo(req)
 	if err != nil {
 		c.postError(ctx, id, fmt.Sprintf("Backend request failed with error: %v", err))
 		return http.StatusInternalServerError, 0, path
@@ -758,7 +775,7 @@ func (c *Client) send(ctx context.Context, tmpl *http.Request, body func() io.Re
 		if size >= 0 {
 			req.GetBody = func() (io.ReadCloser, error) { return body(), nil }
 		}
-		resp, err := c.relay.Do(req)
+		resp, err := c.relayDo(req)
 		if err != nil {
 			last = err
 			if ctx.Err() != nil {
@@ -798,7 +815,7 @@ func (c *Client) streamToBackend(ctx context.Context, id string, w io.WriteClose
 		if err != nil {
 			return
 		}
-		resp, err := c.relay.Do(req)
+		resp, err := c.relayDo(req)
 		if err != nil {
 			return
 		}
