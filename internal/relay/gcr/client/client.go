@@ -165,13 +165,13 @@ func Tuned(o Options) Options {
 
 // Client is a relay client.
 type Client struct {
-	o        Options
+	o Options
 	// relayDo and backendDo send a request to the relay server and to
 	// the backend.
 	relayDo, backendDo func(*http.Request) (*http.Response, error)
-	own      []*http.Transport
-	backURL  *url.URL
-	relayURL *url.URL
+	own                []*http.Transport
+	backURL            *url.URL
+	relayURL           *url.URL
 	// Templates of the relay calls, their URLs and headers shared by
 	// every request (net/http only reads them).
 	pollTmpl, postTmpl, batchTmpl *http.Request
