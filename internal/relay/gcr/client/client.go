@@ -131,7 +131,7 @@ const (
 	TunedNumPendingRequests = 2
 	TunedMaxPendingRequests = 64
 	TunedMaxChunkSize       = 1 << 20
-	TunedBlockSize          = 64 << 10
+	TunedBlockSize          = 1 << 20
 	TunedBatchRequests      = 32
 )
 
