@@ -140,8 +140,8 @@ func needFiles(t *testing.T, n uint64) {
 func TestOneAddressCannotCrowdOutOthers(t *testing.T) {
 	// More than one address may hold, and a node cap between the two: the
 	// cap per address, not the node's, is what refuses. Smaller than the
-	// defaults (DefaultMaxConnectionsPerAddr, TestDerivedCaps covers how they
-	// is derived) so that the race detector on a busy 2-core machine dials
+	// defaults (DefaultMaxConnectionsPerAddr, TestDerivedCaps covers how those
+	// are derived) so that the race detector on a busy 2-core machine dials
 	// them all in time.
 	const perAddr, attempts = 600, 900
 	needFiles(t, 3*attempts)
