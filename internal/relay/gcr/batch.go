@@ -1,6 +1,7 @@
 package gcr
 
 import (
+	"encoding/binary"
 	"net/http"
 	"strconv"
 	"strings"
@@ -20,8 +21,17 @@ import (
 // its request is forwarded as it came, which suits single messages.
 
 // MaxBatch is the most requests one poll answer carries, whatever the
-// relay client asks for (wire.BatchHeader).
-const MaxBatch = 64
+// relay client asks for (wire.BatchHeader); maxBatchBytes is the size
+// past which it takes no more (the request that crosses it is in).
+const (
+	MaxBatch      = 64
+	maxBatchBytes = 1 << 20
+)
+
+// batchCopyBytes: a batch answer up to this size is copied into one
+// buffer and written at once; a larger one is written message by
+// message, from where each lies.
+const batchCopyBytes = 64 << 10
 
 // batchSize is how many requests the poll r takes at once: 0 unless
 // its relay client asks for batches (wire.BatchHeader) and this node
@@ -49,7 +59,7 @@ func (g *Relay) deliverAll(w http.ResponseWriter, b *backend, p *pending, batch 
 	ps := []*pending{p}
 	size := wire.SizeDelimited(len(p.msg))
 more:
-	for len(ps) < batch {
+	for len(ps) < batch && size < maxBatchBytes {
 		select {
 		case q := <-b.handoff:
 			ps = append(ps, q)
@@ -58,15 +68,11 @@ more:
 			break more
 		}
 	}
-	out := make([]byte, 0, size)
-	for _, q := range ps {
-		out = wire.AppendDelimited(out, q.msg)
-	}
 	h := w.Header()
 	h["Content-Type"] = batchContentType
-	h["Content-Length"] = []string{strconv.Itoa(len(out))}
+	h["Content-Length"] = []string{strconv.Itoa(size)}
 	h[wire.StreamHeader] = streamsYes
-	if _, err := w.Write(out); err != nil {
+	if err := writeBatch(w, ps, size); err != nil {
 		for _, q := range ps {
 			q.finish(errLost)
 		}
@@ -74,6 +80,29 @@ more:
 	}
 	for _, q := range ps {
 		q.touch()
+	}
+	return nil
+}
+
+// writeBatch writes the messages of ps, size bytes in all, each after
+// its length.
+func writeBatch(w http.ResponseWriter, ps []*pending, size int) error {
+	if size <= batchCopyBytes {
+		out := make([]byte, 0, size)
+		for _, q := range ps {
+			out = wire.AppendDelimited(out, q.msg)
+		}
+		_, err := w.Write(out)
+		return err
+	}
+	var n [binary.MaxVarintLen64]byte
+	for _, q := range ps {
+		if _, err := w.Write(binary.AppendUvarint(n[:0], uint64(len(q.msg)))); err != nil {
+			return err
+		}
+		if _, err := w.Write(q.msg); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -306,3 +306,46 @@ func TestTunedClientBatchesUnderLoad(t *testing.T) {
 		t.Errorf("batch answers %d, batch posts %d: the client did not batch", l.batchPolls.Load(), l.batchPosts.Load())
 	}
 }
+
+// TestLargeBatchesStopAtTheirSize: a batch answer takes no more requests
+// once it holds 1 MiB (the one that crosses it is in), and large
+// requests reach the relay client whole.
+func TestLargeBatchesStopAtTheirSize(t *testing.T) {
+	l := startLone(t)
+	ctx := ctxT(t)
+	first := make(chan struct{})
+	go func() {
+		defer close(first)
+		l.doCtx(context.Background(), "GET", l.url+gcr.RequestPath+"?server=big", nil)
+	}()
+	if err := l.g.WaitForPolls(ctx, "big", 1); err != nil {
+		t.Fatal(err)
+	}
+	l.get("/client/big/registered") // taken by the plain poll, never answered
+	<-first
+	bodies := map[string][]byte{}
+	for i, c := range []string{"a", "b", "c"} {
+		bodies["/"+c] = bytes.Repeat([]byte(c), 600<<10+i)
+		go l.doCtx(context.Background(), "PUT", l.url+"/client/big/"+c, bytes.NewReader(bodies["/"+c]))
+		if err := l.g.WaitForWaiting(ctx, "big", i+1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := 0
+	for _, want := range []int{2, 1} {
+		r, reqs := l.pollBatch("big", 8)
+		if r.status != 200 || len(reqs) != want {
+			t.Fatalf("batch poll: %d, %d requests, want %d", r.status, len(reqs), want)
+		}
+		for _, req := range reqs {
+			u, _ := url.Parse(req.URL)
+			if !bytes.Equal(req.Body, bodies[u.Path]) {
+				t.Fatalf("%s: body of %d bytes, want %d", u.Path, len(req.Body), len(bodies[u.Path]))
+			}
+			got++
+		}
+	}
+	if got != 3 {
+		t.Fatalf("%d requests", got)
+	}
+}

@@ -10,7 +10,7 @@ import (
 )
 
 // Batches (Options.BatchRequests, wire.BatchHeader): a poll's answer may
-// hold several requests, each served on a goroutine of its own, and the
+// hold several requests, served concurrently by workers, and the
 // short complete responses of several requests go to the server in one
 // post. There is no timer: a response is posted at once when fewer than
 // maxBatchPosts batches are on their way, else it waits for the next
