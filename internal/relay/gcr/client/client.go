@@ -449,6 +449,11 @@ func (c *Client) poller(ctx context.Context) {
 			}
 		default:
 			c.markUp(bo, sent)
+			if c.work != nil && c.batches.Load() {
+				// The server no longer offers batches (it restarted
+				// sharing its backends, say): post one message per post.
+				c.batches.Store(false)
+			}
 			breq, err := wire.UnmarshalRequest(body)
 			if err != nil {
 				failed(fmt.Errorf("bad request message from the relay server: %w", err))
