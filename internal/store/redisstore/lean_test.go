@@ -142,7 +142,7 @@ func TestSettlingCarried(t *testing.T) {
 	}
 }
 
-// scriptCalls is how many scripts Redis ran since the last RESETSTAT.
+// scriptCalls is how many functions Redis ran since the last RESETSTAT.
 func scriptCalls(t *testing.T, srv *redistest.Server) int {
 	t.Helper()
 	r, err := srv.Do("INFO", "commandstats")
@@ -152,7 +152,7 @@ func scriptCalls(t *testing.T, srv *redistest.Server) int {
 	info, _ := r.(string)
 	n := 0
 	for _, line := range strings.Split(info, "\n") {
-		for _, c := range []string{"cmdstat_evalsha:calls=", "cmdstat_eval:calls="} {
+		for _, c := range []string{"cmdstat_fcall:calls="} {
 			if rest, ok := strings.CutPrefix(strings.TrimSpace(line), c); ok {
 				k, _ := strconv.Atoi(strings.SplitN(rest, ",", 2)[0])
 				n += k

@@ -161,6 +161,9 @@ type Store struct {
 
 	tokens atomic.Int64 // numbers the leases taken in one millisecond
 
+	loadMu sync.Mutex   // one load of the function library at a time
+	loads  atomic.Int64 // loads of the library since Open (see reload)
+
 	closed    atomic.Bool
 	closeOnce sync.Once
 }
@@ -357,6 +360,10 @@ func New(copt rueidis.ClientOption, opts Options) (*Store, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), opts.DialTimeout+opts.Timeout)
 	defer cancel()
 	if err := s.Ping(ctx); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("redis at %s: %w", s.addr, err)
+	}
+	if err := s.loadLibrary(ctx); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("redis at %s: %w", s.addr, err)
 	}

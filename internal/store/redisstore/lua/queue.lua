@@ -1,5 +1,5 @@
--- Prelude of every queue script (after base.lua). The Go side prepends both
--- to each operation's body, so each operation is one atomic script.
+-- Part of the library for the queue functions (after base.lua); qbegin
+-- starts each call. Each operation is one function, so it is atomic.
 --
 -- KEYS[1] S  stream: one entry per appended message, in id order (its
 --            last id keeps ids increasing after the queue empties)
@@ -20,33 +20,23 @@
 -- K keeps the id of the message of each dedup key while the message is
 -- queued or leased, and, once it was delivered, for as long as W
 -- remembers the key, so that a repeat is told the id.
-local S, M, P, B, K, W, H, L = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local gcneed = 0
-local dforever = 0
-local dirty = false
+local S, M, P, B, K, W, H, L
+local gcneed, dforever, dirty
 
--- The meta hash H, read once per script: f = messages without expiry,
+-- The meta hash H, read once per call: f = messages without expiry,
 -- g = latest instant (ms) any stored data is needed until, e = the TTL
 -- deadline applied to the keys (ms; -1: persisted), u = letters of the
 -- optional keys (p, b, k, w, l) that may exist, c = most dedup keys of
 -- delivered messages W keeps (0: no bound), w = the instant (ms) until
 -- which a waiter is parked on the queue on some node (see park and
 -- wake). Keys not in u are neither read nor given TTLs, which keeps the
--- common scripts to a few commands.
-local meta = redis.call('HMGET', H, 'f', 'g', 'e', 'u', 'c', 'w')
-local forever0 = tonumber(meta[1] or '0')
-local g0 = tonumber(meta[2] or '0')
-local e0 = tonumber(meta[3] or '0')
-local used = meta[4] or ''
-local dmax = tonumber(meta[5] or '0')
-local parked0 = tonumber(meta[6] or '0')
-local parked = parked0
-local newused = false
-local letter = {[P] = 'p', [B] = 'b', [K] = 'k', [W] = 'w', [L] = 'l'}
+-- common calls to a few commands. qbegin (at the end) reads it.
+local forever0, g0, e0, used, dmax, parked0, parked, newused
+local letter
 local function uses(c) return string.find(used, c, 1, true) ~= nil end
 
 -- touched records the keys written, which finish gives the current TTL.
-local touched = {}
+local touched
 local function touch(k)
   touched[k] = true
   local c = letter[k]
@@ -373,11 +363,25 @@ local function settle(id, token, mode, delivered)
   return false
 end
 
--- ARGV[3] of every queue script carries the deliveries the node settled
--- and has not sent yet: "id token mode" triples, separated by spaces ('':
--- none). They are settled before the operation, which then finds its own
+-- qbegin starts a call of a queue function: it reads the meta hash and
+-- settles what ARGV[3] carries: the deliveries the node settled and has
+-- not sent yet, "id token mode" triples separated by spaces ('': none).
+-- They are settled before the operation, which then finds its own
 -- arguments from ARGV[3] on.
-do
+local function qbegin()
+  S, M, P, B, K, W, H, L = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+  gcneed, dforever, dirty = 0, 0, false
+  local meta = redis.call('HMGET', H, 'f', 'g', 'e', 'u', 'c', 'w')
+  forever0 = tonumber(meta[1] or '0')
+  g0 = tonumber(meta[2] or '0')
+  e0 = tonumber(meta[3] or '0')
+  used = meta[4] or ''
+  dmax = tonumber(meta[5] or '0')
+  parked0 = tonumber(meta[6] or '0')
+  parked = parked0
+  newused = false
+  letter = {[P] = 'p', [B] = 'b', [K] = 'k', [W] = 'w', [L] = 'l'}
+  touched = {}
   local carried = table.remove(ARGV, 3)
   if carried and carried ~= '' then
     local f = {}
