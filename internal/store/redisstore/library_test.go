@@ -100,9 +100,9 @@ func TestFunctionLibraryOnClusterReplicas(t *testing.T) {
 		if libs := libraries(t, n); len(libs) != 1 {
 			t.Fatalf("master %s holds libraries %q, want one", n.Addr, libs)
 		}
-		// Once the replica confirms what the master holds, it holds the
+		// Once the replica has what the master wrote, it holds the
 		// library too.
-		if _, err := n.Do("WAIT", "1", "10000"); err != nil {
+		if err := n.WaitCaughtUp(10 * time.Second); err != nil {
 			t.Fatal(err)
 		}
 		for _, r := range cl.ReplicasOf(n) {

@@ -80,6 +80,8 @@ func (o *owed) carry(key string) (string, []store.Lease) {
 		b.WriteString(strconv.FormatInt(l.Token, 10))
 		b.WriteByte(' ')
 		b.WriteString(modeArg(l.Mode))
+		b.WriteByte(' ')
+		b.WriteString(carriedExpiry(l.Message))
 	}
 	return b.String(), ls
 }
@@ -97,6 +99,19 @@ func (o *owed) landed(ctx context.Context, key string) {
 		case <-ctx.Done():
 		}
 	}
+}
+
+// carriedExpiry is the expiry the scripts take with a carried settling:
+// the message's (ms, 0: never) when it has no dedup key, else "-" (the
+// script reads its record).
+func carriedExpiry(m store.Message) string {
+	switch {
+	case m.DedupKey != "":
+		return "-"
+	case m.ExpiresAt.IsZero():
+		return "0"
+	}
+	return strconv.FormatInt(m.ExpiresAt.UnixMilli(), 10)
 }
 
 // owe adds ls to what is owed on key and makes sure a send is due.
