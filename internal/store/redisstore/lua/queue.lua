@@ -183,7 +183,7 @@ end
 -- free reports whether the message lex l may be handed out: neither
 -- pending nor under a lease that has not run out. A lease that ran out is
 -- ended on the way (and a pending-mode one is no longer pending). hasl and
--- hasp say whether L and P hold anything at all.
+-- hasp say whether L and P may hold anything at all.
 local function free(l, hasl, hasp)
   local ls = hasl and redis.call('ZSCORE', L, l)
   if ls then
@@ -357,7 +357,9 @@ end
 -- removed (the caller asks to be called again).
 local function takeable(budget, grant)
   local more = false
-  local hasl = uses('l') and redis.call('ZCARD', L) > 0
+  -- L is seldom empty while messages are taken: its ZCARD would only add
+  -- a command to the ZSCORE of the message handed out.
+  local hasl = uses('l')
   local hasp = uses('p') and redis.call('ZCARD', P) > 0
   scan(function(id, src, fields)
     local rec, inm = scanned_record(id, src, fields)
