@@ -139,27 +139,35 @@ func redisErrIs(err error, msg string) bool {
 }
 
 // loadLibrary loads the library on every Redis the client knows (every
-// node of a Cluster: replicas refuse it, and receive it from their
-// masters) and reports whether a master refused it.
+// master of a Cluster; replicas receive it from their masters, and refuse
+// it if asked). A master that cannot be reached now is given it by the
+// first call that finds it missing; a Redis that refuses it (a user not
+// allowed FUNCTION LOAD, a Redis older than 7.0) fails the load.
 func (s *Store) loadLibrary(ctx context.Context) error {
-	var errs []error
+	var refused, unreached error
+	loaded := 0
 	for _, c := range s.c.Nodes() {
 		err := c.Do(ctx, c.B().FunctionLoad().Replace().FunctionCode(library).Build()).Error()
-		if redisErrIs(err, "READONLY") {
-			continue // a replica
+		switch {
+		case err == nil:
+			loaded++
+		case redisErrIs(err, "READONLY"): // a replica
+		case !errors.Is(s.wrap(ctx, err), store.ErrUnavailable) && !errors.Is(s.wrap(ctx, err), store.ErrNoSpace):
+			refused = err
+		default:
+			// Unreachable, loading, out of memory (a Redis that holds
+			// the library from before goes on serving): a call that
+			// misses the library loads it again.
+			unreached = err
 		}
-		if err != nil {
-			errs = append(errs, err)
-		}
 	}
-	if len(errs) == 0 {
-		return nil
+	switch {
+	case refused != nil:
+		return fmt.Errorf("%w: loading postern's function library (it needs Redis 7.0 or later, and a user allowed FUNCTION LOAD)", s.wrap(ctx, refused))
+	case loaded == 0 && unreached != nil:
+		return s.wrap(ctx, unreached)
 	}
-	err := s.wrap(ctx, errs[0])
-	if errors.Is(err, store.ErrUnavailable) || errors.Is(err, store.ErrClosed) || ctx.Err() != nil {
-		return err
-	}
-	return fmt.Errorf("%w: loading postern's function library (it needs Redis 7.0 or later, and a user allowed FUNCTION LOAD)", err)
+	return nil
 }
 
 // reload loads the library again after a call found it missing, unless
@@ -177,20 +185,22 @@ func (s *Store) reload(ctx context.Context, loaded int64) error {
 	return err
 }
 
-// run runs sc once, with the clock and the margin in front of args.
-func (s *Store) run(ctx context.Context, sc *luaFunc, keys []string, now int64, args []string) rueidis.RedisResult {
+// run runs sc once, with the clock and the margin in front of args. When
+// Redis lacks the library, run loads it and calls again; err is the
+// load's error if that fails.
+func (s *Store) run(ctx context.Context, sc *luaFunc, keys []string, now int64, args []string) (res rueidis.RedisResult, err error) {
 	argv := make([]string, 0, 2+len(args))
 	argv = append(argv, strconv.FormatInt(now, 10), s.margin)
 	argv = append(argv, args...)
 	loaded := s.loads.Load()
-	res := s.c.Do(ctx, sc.fcall(s.c.B(), keys, argv))
+	res = s.c.Do(ctx, sc.fcall(s.c.B(), keys, argv))
 	if isNoFunction(res.Error()) {
 		if err := s.reload(ctx, loaded); err != nil {
-			return res
+			return res, err
 		}
 		res = s.c.Do(ctx, sc.fcall(s.c.B(), keys, argv))
 	}
-	return res
+	return res, res.Error()
 }
 
 // exec runs sc and maps its error to the store's.
@@ -198,8 +208,8 @@ func (s *Store) exec(ctx context.Context, sc *luaFunc, keys []string, now int64,
 	if s.closed.Load() {
 		return rueidis.RedisResult{}, store.ErrClosed
 	}
-	res := s.run(ctx, sc, keys, now, args)
-	if err := res.Error(); err != nil {
+	res, err := s.run(ctx, sc, keys, now, args)
+	if err != nil {
 		return res, s.wrap(ctx, err)
 	}
 	return res, nil
