@@ -103,8 +103,12 @@ func buildLibrary(fns ...*luaFunc) string {
 		if !fn.stores {
 			flags = "{'allow-oom'}"
 		}
-		fmt.Fprintf(&b, "redis.register_function{function_name = '%s', flags = %s,\n  callback = function(keys, args) %s; return op_%s() end}\n",
-			fn.name, flags, fn.begin, fn.body)
+		call := "op_" + fn.body + "()"
+		if fn.begin == beginQueue {
+			call = "qend(" + call + ")"
+		}
+		fmt.Fprintf(&b, "redis.register_function{function_name = '%s', flags = %s,\n  callback = function(keys, args) %s; return %s end}\n",
+			fn.name, flags, fn.begin, call)
 	}
 	return b.String()
 }

@@ -450,7 +450,16 @@ local function qbegin()
     local f = {}
     for w in string.gmatch(carried, '%S+') do f[#f + 1] = w end
     for i = 1, #f - 3, 4 do settle(f[i], tonumber(f[i + 1]), f[i + 2], true, tonumber(f[i + 3])) end
-    -- Applied now, as the operation may end without a finish of its own.
-    finish()
+    -- Applied with the operation's own changes (see qend): a settling
+    -- and an append that leave the count of messages without expiry as
+    -- it was then write no meta and no TTLs.
   end
+end
+
+-- qend ends a call of a queue function that answers r: it applies what
+-- the call changed and is left to apply (finish costs nothing when that
+-- is nothing).
+local function qend(r)
+  finish()
+  return r
 end
