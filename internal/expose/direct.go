@@ -9,12 +9,13 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
+
+	"github.com/postern/postern/internal/httpapi"
 )
 
 // The native agents' plain requests, carried without http.Transport.
@@ -87,19 +88,7 @@ func directOK(req *http.Request) bool {
 	}
 	return (req.Body == nil || req.Body == http.NoBody) && req.ContentLength <= 0 &&
 		len(req.TransferEncoding) == 0 && len(req.Trailer) == 0 &&
-		req.Header["Expect"] == nil && !hasToken(req.Header["Connection"], "upgrade")
-}
-
-// hasToken reports whether the comma-separated values list token.
-func hasToken(values []string, token string) bool {
-	for _, v := range values {
-		for t := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(textproto.TrimString(t), token) {
-				return true
-			}
-		}
-	}
-	return false
+		req.Header["Expect"] == nil && !httpapi.HasToken(req.Header["Connection"], "upgrade")
 }
 
 // directTransport sends requests on streams it opens with open and keeps
