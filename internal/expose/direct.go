@@ -343,18 +343,21 @@ func (d *directTransport) armLocked() {
 	d.sweep.Reset(directSweepEvery)
 }
 
-// sweepIdle closes the idle streams whose agent end was closed. Nothing
+// sweepIdle closes the idle streams whose agent end was closed, and
+// those idle for longer than directIdleTimeout (so an agent without
+// requests is left with none, and no sweep is due). Nothing
 // reads an idle stream (http.Transport's read loop did), so without it
 // such a stream would wait for its next request to be found dead, and
 // an agent that waits for the server's end before it stops (those
 // before this server) would wait as long.
 func (d *directTransport) sweepIdle() {
 	var dead []*directStream
+	now := time.Now()
 	d.mu.Lock()
 	d.armed = false
 	live := d.idle[:0]
 	for _, s := range d.idle {
-		if s.ended() {
+		if now.Sub(s.since) > directIdleTimeout || s.ended() {
 			dead = append(dead, s)
 		} else {
 			live = append(live, s)
