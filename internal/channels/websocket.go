@@ -432,48 +432,77 @@ func (s *session) drain(w *fastWriter) {
 		go s.write(false, nil)
 		return
 	}
-	for range drainBurst {
-		frame, ok, err := s.nextFrame()
-		switch {
-		case errors.Is(err, broker.ErrClosed):
-			s.wmu.Unlock()
-			s.wg.Done() // the reader is done; writing stays set
+	s.drainLocked(w, drainBurst)
+}
+
+// drainLocked is drain with s.wmu held, for up to burst frames.
+func (s *session) drainLocked(w *fastWriter, burst int) {
+	for range burst {
+		frame, ok := s.takeFrame()
+		if !ok {
 			return
-		case err != nil:
-			s.wmu.Unlock()
-			go s.write(false, nil) // it closes the connection with a status
-			return
-		case !ok:
-			s.wmu.Unlock()
-			if s.letGo() {
-				s.wg.Done()
-				return
-			}
-			if !s.wmu.TryLock() {
-				go s.write(false, nil)
-				return
-			}
-			continue
-		case s.closeSent:
-			continue // the connection is closing: nothing may follow
 		}
 		n, err := w.try(s.rc, frame)
-		if err != nil {
-			s.wmu.Unlock()
-			s.c.m.closed.WithLabelValues("write_failed").Inc()
-			s.hw.nc.Close() // the reader then ends the session
-			s.wg.Done()
-			return
-		}
-		if n < len(frame) {
-			// The socket is full: the own writer finishes the frame,
-			// holding the write lock until it has.
-			go s.write(true, frame[n:])
+		if !s.wrote(frame, n, err) {
 			return
 		}
 	}
 	s.wmu.Unlock()
 	s.c.pool.schedule(s) // more may be queued: back of the line
+}
+
+// takeFrame returns the next frame a pool worker is to write, s.wmu
+// held. false: there is none, and the session was let go or handed to
+// its own writer (s.wmu released either way).
+func (s *session) takeFrame() ([]byte, bool) {
+	for {
+		frame, ok, err := s.nextFrame()
+		switch {
+		case errors.Is(err, broker.ErrClosed):
+			s.wmu.Unlock()
+			s.wg.Done() // the reader is done; writing stays set
+			return nil, false
+		case err != nil:
+			s.wmu.Unlock()
+			go s.write(false, nil) // it closes the connection with a status
+			return nil, false
+		case !ok:
+			s.wmu.Unlock()
+			if s.letGo() {
+				s.wg.Done()
+				return nil, false
+			}
+			if !s.wmu.TryLock() {
+				go s.write(false, nil)
+				return nil, false
+			}
+			continue
+		case s.closeSent:
+			continue // the connection is closing: nothing may follow
+		}
+		return frame, true
+	}
+}
+
+// wrote acts on the outcome of a pool worker's write of frame (n bytes
+// written, or err), s.wmu held. true: the whole frame went and the worker
+// may go on with the session; false: the session was handed on (a
+// broken connection closed, or a full socket to the own writer).
+func (s *session) wrote(frame []byte, n int, err error) bool {
+	if err != nil {
+		s.wmu.Unlock()
+		s.c.m.closed.WithLabelValues("write_failed").Inc()
+		s.hw.nc.Close() // the reader then ends the session
+		s.wg.Done()
+		return false
+	}
+	if n < len(frame) {
+		// The socket is full: the own writer finishes the frame,
+		// holding the write lock until it has.
+		go s.write(true, frame[n:])
+		return false
+	}
+	return true
 }
 
 // write is the session's own writer. It writes with writes that may wait
