@@ -56,7 +56,7 @@ const (
 
 type ioSqringOffsets struct {
 	head, tail, ringMask, ringEntries, flags, dropped, array, resv1 uint32
-	userAddr                                                       uint64
+	userAddr                                                        uint64
 }
 
 type ioCqringOffsets struct {
