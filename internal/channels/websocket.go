@@ -69,10 +69,11 @@ var (
 )
 
 // The wire forms of a message (broker.Message.Wire): its websocket frame
-// as such, and its frame as an envelope.
+// as such, its frame as an envelope, and its event-stream event.
 const (
 	wirePlain = iota
 	wireEnvelope
+	wireEvent
 )
 
 // session is one websocket subscriber. Its reader is the session's own
