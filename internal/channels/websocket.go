@@ -436,20 +436,71 @@ func (s *session) drain(w *fastWriter) {
 	s.drainLocked(w, drainBurst)
 }
 
-// drainLocked is drain with s.wmu held, for up to burst frames.
+// drainLocked is drain with s.wmu held, for up to burst frames. Frames
+// queued together go out together: one writev(2) of up to coalesceBytes.
 func (s *session) drainLocked(w *fastWriter, burst int) {
-	for range burst {
+	for burst > 0 {
 		frame, ok := s.takeFrame()
 		if !ok {
 			return
 		}
-		n, err := w.try(s.rc, frame)
-		if !s.wrote(frame, n, err) {
+		frames := append(w.frames[:0], frame)
+		size := len(frame)
+		for len(frames) < burst && size < coalesceBytes {
+			// nextFrame, not takeFrame: with nothing more queued the
+			// session must not be let go before these frames are out.
+			f, ok, err := s.nextFrame()
+			if !ok || err != nil {
+				break // an error stays: takeFrame meets it next
+			}
+			frames = append(frames, f)
+			size += len(f)
+		}
+		w.frames = frames
+		burst -= len(frames)
+		var n int
+		var err error
+		if len(frames) == 1 {
+			n, err = w.try(s.rc, frame)
+		} else {
+			n, err = w.tryv(s.rc, frames)
+		}
+		ok = s.wroteFrames(frames, size, n, err)
+		clear(frames)
+		if !ok {
 			return
 		}
 	}
 	s.wmu.Unlock()
 	s.c.pool.schedule(s) // more may be queued: back of the line
+}
+
+// coalesceBytes is how many bytes of queued frames a pool worker gathers
+// into one write.
+const coalesceBytes = 32 << 10
+
+// wroteFrames is wrote for a write of frames, size bytes in all.
+func (s *session) wroteFrames(frames [][]byte, size, n int, err error) bool {
+	switch {
+	case len(frames) == 1:
+		return s.wrote(frames[0], n, err)
+	case err != nil:
+		return s.wrote(nil, 0, err)
+	case n >= size:
+		return true
+	}
+	// The socket took part: the own writer sends the rest, in one piece.
+	rest := make([]byte, 0, size-n)
+	for _, f := range frames {
+		if n >= len(f) {
+			n -= len(f)
+			continue
+		}
+		rest = append(rest, f[n:]...)
+		n = 0
+	}
+	go s.write(true, rest)
+	return false
 }
 
 // takeFrame returns the next frame a pool worker is to write, s.wmu

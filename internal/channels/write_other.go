@@ -10,7 +10,10 @@ import (
 // rawConn: on this system every session writes through its own writer.
 func rawConn(net.Conn) syscall.RawConn { return nil }
 
-type fastWriter struct{ ring *sendRing }
+type fastWriter struct {
+	ring   *sendRing
+	frames [][]byte
+}
 
 func newFastWriter() *fastWriter { return &fastWriter{} }
 
@@ -21,3 +24,5 @@ func (w *fastWriter) drainAll(ss []*session) {
 		s.drain(w)
 	}
 }
+
+func (*fastWriter) tryv(syscall.RawConn, [][]byte) (int, error) { return 0, nil }

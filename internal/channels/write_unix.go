@@ -5,6 +5,7 @@ package channels
 import (
 	"net"
 	"syscall"
+	"unsafe"
 )
 
 // rawConn returns nc's descriptor access for writes that never wait; nil
@@ -29,6 +30,11 @@ type fastWriter struct {
 	n   int
 	err error
 	fn  func(fd uintptr)
+	fnv func(fd uintptr)
+
+	// frames and iov: a session's frames that go out in one writev(2).
+	frames [][]byte
+	iov    []syscall.Iovec
 
 	// ring, when not nil, writes the first frames of a batch of sessions
 	// in one system call (drainAll); ps is that batch, next the entry
@@ -42,6 +48,7 @@ type fastWriter struct {
 func newFastWriter() *fastWriter {
 	w := &fastWriter{}
 	w.fn = w.write
+	w.fnv = w.writev
 	w.holdFn = w.holdNext
 	return w
 }
@@ -67,6 +74,36 @@ func (w *fastWriter) try(rc syscall.RawConn, p []byte) (int, error) {
 		return 0, err
 	}
 	return w.outcome()
+}
+
+// tryv is try for several frames, in one writev(2).
+func (w *fastWriter) tryv(rc syscall.RawConn, frames [][]byte) (int, error) {
+	w.iov = w.iov[:0]
+	for _, f := range frames {
+		if len(f) > 0 {
+			v := syscall.Iovec{Base: unsafe.SliceData(f)}
+			v.SetLen(len(f))
+			w.iov = append(w.iov, v)
+		}
+	}
+	if len(w.iov) == 0 {
+		return 0, nil
+	}
+	err := rc.Control(w.fnv)
+	clear(w.iov)
+	if err != nil {
+		return 0, err
+	}
+	return w.outcome()
+}
+
+func (w *fastWriter) writev(fd uintptr) {
+	for {
+		w.n, w.err = writevNow(int(fd), w.iov)
+		if w.err != syscall.EINTR {
+			return
+		}
+	}
 }
 
 // outcome is what try reports of the write just made.

@@ -38,6 +38,7 @@ func TestOwnWriters(t *testing.T) {
 		"control pieces":  TestControlFramesInPieces,
 		"shutdown":        TestShutdownClosesSubscribers,
 		"writers let go":  TestWritersLetGo,
+		"together":        TestQueuedFramesGoTogether,
 	} {
 		t.Run(name, func(t *testing.T) {
 			t.Cleanup(channels.UseOwnWriters())
@@ -60,6 +61,7 @@ func TestPoolWriteCalls(t *testing.T) {
 		"control frames":  TestControlFramesBetweenMessages,
 		"after close":     TestNothingAfterClose,
 		"churn":           TestFanoutWhileConnectionsChurn,
+		"together":        TestQueuedFramesGoTogether,
 		"shutdown":        TestShutdownClosesSubscribers,
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -145,6 +147,48 @@ func TestFanoutWhileConnectionsChurn(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Fatal(err)
+	}
+}
+
+// TestQueuedFramesGoTogether: messages queued for a subscriber faster
+// than it reads go out several to a write (up to 32 KiB), and arrive
+// whole and in order, also when the socket takes only part of such a
+// write and the rest follows from the session's own writer.
+func TestQueuedFramesGoTogether(t *testing.T) {
+	e := start(t, func(c *node.Config) {
+		c.Channels.MaxMessageBytes = 70000
+		c.Channels.MaxPostBytes = 70000
+	})
+	reader := e.sub("/burst", 1, "")
+	publisher := e.sub("/burst", 2, "")
+	const msgs = 200
+	sizes := []int{1, 10, 125, 126, 1000, 5000, 40000, 70000}
+	body := func(i int) string { return strings.Repeat(string(rune('a'+i%26)), sizes[i%len(sizes)]) }
+	done := make(chan error, 1)
+	go func() {
+		for i := range msgs {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			_, b, err := reader.Read(ctx)
+			cancel()
+			if err != nil || string(b) != body(i) {
+				done <- fmt.Errorf("message %d: %d bytes %v, want %d bytes", i, len(b), err, sizes[i%len(sizes)])
+				return
+			}
+		}
+		done <- nil
+	}()
+	// The publisher is a subscriber too, which reads its own messages
+	// only at the end (its queue holds them all).
+	for i := range msgs {
+		write(t, publisher, websocket.MessageText, body(i))
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	for i := range msgs {
+		if got := readText(t, publisher); got != body(i) {
+			t.Fatalf("publisher's own message %d: %d bytes", i, len(got))
+		}
 	}
 }
 
