@@ -24,8 +24,18 @@ import (
 // context switch, and in a virtual machine an inter-processor interrupt)
 // by nearly every frame the server writes, and on loopback the server's
 // write(2) pays for that wake-up. Subscribers on other machines cost the
-// server nothing of the kind. The latency measured includes the polling
-// delay: a frame is stamped when it is read.
+// server nothing of the kind.
+//
+// Two times are taken per frame: when the kernel queued it on the
+// subscriber's socket (SO_TIMESTAMPNS; on loopback the stamp is taken
+// inside the server's send) and when the loop read it. The first is the
+// server's delivery time; the second adds the clients' own scheduling
+// and polling delay. The loops run at a low priority (nice 10, on
+// threads of their own), so that the clients take little of the CPU the
+// server wants (about a tenth of a core against a busy server thread):
+// with subscribers on other machines the server would have both cores.
+// Not the lowest: on a machine busy with other work, clients at nice 19
+// get so little that a round takes minutes.
 
 // pollInterval is how long a loop sleeps when it found less than a full
 // batch of events.
@@ -67,8 +77,8 @@ type frameTimes struct {
 	read time.Time
 }
 
-// clientNice is the priority of the loops' threads: the lowest.
-const clientNice = 19
+// clientNice is the priority of the loops' threads.
+const clientNice = 10
 
 // pollConn is one connection as a loop holds it.
 type pollConn struct {
