@@ -24,7 +24,7 @@ import (
 // writer goroutine of its own, the path of TLS connections (which cannot
 // be written to without waiting) and of subscribers whose socket is full.
 func TestOwnWriters(t *testing.T) {
-	for name, test := range map[string]func(*testing.T){
+	runWith(t, channels.UseOwnWriters, map[string]func(*testing.T){
 		"no lost wake-up": TestWritersNeverLoseAWakeup,
 		"slow dropped":    TestSlowSubscriberDropped,
 		"flooder cut off": TestFloodingPublisherIsCutOff,
@@ -39,9 +39,14 @@ func TestOwnWriters(t *testing.T) {
 		"shutdown":        TestShutdownClosesSubscribers,
 		"writers let go":  TestWritersLetGo,
 		"together":        TestQueuedFramesGoTogether,
-	} {
+	})
+}
+
+// runWith runs each test with the setting use makes (undone after it).
+func runWith(t *testing.T, use func() (restore func()), tests map[string]func(*testing.T)) {
+	for name, test := range tests {
 		t.Run(name, func(t *testing.T) {
-			t.Cleanup(channels.UseOwnWriters())
+			t.Cleanup(use())
 			test(t)
 		})
 	}
@@ -52,7 +57,7 @@ func TestOwnWriters(t *testing.T) {
 // Linux, or where it is forbidden); the other tests take the io_uring
 // path where the kernel has it.
 func TestPoolWriteCalls(t *testing.T) {
-	for name, test := range map[string]func(*testing.T){
+	runWith(t, channels.UseWriteCalls, map[string]func(*testing.T){
 		"no lost wake-up": TestWritersNeverLoseAWakeup,
 		"slow dropped":    TestSlowSubscriberDropped,
 		"flooder cut off": TestFloodingPublisherIsCutOff,
@@ -63,12 +68,7 @@ func TestPoolWriteCalls(t *testing.T) {
 		"churn":           TestFanoutWhileConnectionsChurn,
 		"together":        TestQueuedFramesGoTogether,
 		"shutdown":        TestShutdownClosesSubscribers,
-	} {
-		t.Run(name, func(t *testing.T) {
-			t.Cleanup(channels.UseWriteCalls())
-			test(t)
-		})
-	}
+	})
 }
 
 // TestFanoutWhileConnectionsChurn: while a channel's subscribers come and
