@@ -19,7 +19,7 @@ type wsReaders struct {
 // startReaders takes over conns and calls frame for every data frame;
 // frames of one connection come from one goroutine, in order. payload is
 // valid only during the call. Pings are answered. stop closes everything.
-func startReaders(conns []*wsClient, frame func(i int, payload []byte, at time.Time)) (*wsReaders, error) {
+func startReaders(conns []*wsClient, frame func(i int, payload []byte, at frameTimes)) (*wsReaders, error) {
 	r := &wsReaders{conns: conns}
 	for i, c := range conns {
 		r.wg.Go(func() {
@@ -28,12 +28,17 @@ func startReaders(conns []*wsClient, frame func(i int, payload []byte, at time.T
 				if err != nil {
 					return
 				}
-				frame(i, b, time.Now())
+				now := time.Now()
+				frame(i, b, frameTimes{now, now})
 			}
 		})
 	}
 	return r, nil
 }
+
+// frameTimes is when a frame reached the subscriber: here both are when
+// it was read.
+type frameTimes struct{ arrived, read time.Time }
 
 // stop closes every connection and waits for the readers.
 func (r *wsReaders) stop() {

@@ -128,8 +128,10 @@ type Message struct {
 	wire *wireForms
 }
 
-// WireForms is how many wire forms (see Message.Wire) a message keeps.
-const WireForms = 2
+// WireForms is how many wire forms (see Message.Wire) a message keeps:
+// the channels' websocket frame, its envelope frame and its event-stream
+// event.
+const WireForms = 3
 
 type wireForms [WireForms]atomic.Pointer[[]byte]
 

@@ -82,6 +82,7 @@ func (c *Channels) Shutdown(ctx context.Context) error {
 	go func() {
 		c.sessions.Wait()
 		c.pool.wait() // its last workers may still be on their way out
+		c.pool.close()
 		close(done)
 	}()
 	select {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -670,6 +671,43 @@ func TestEventStream(t *testing.T) {
 	}
 	e.want(e.do("GET", "/c/sse", "", "Accept", "text/event-stream", "Last-Event-ID", "nope"), 400,
 		"Error: bad request. since must be a message id (<ms>-<seq>), 0 or now.\n")
+}
+
+// TestEventStreamsShareOneEvent: a message to several event streams and
+// websockets on a channel is one event, made once, that every stream
+// gets whole (and the websockets their own frames of it).
+func TestEventStreamsShareOneEvent(t *testing.T) {
+	e := start(t, nil)
+	var streams []*bufio.Reader
+	for i := range 3 {
+		br, _ := e.events("/c/share")
+		event(t, br) // retry
+		e.node.WaitForSubscribers(t, "/share", i+1)
+		streams = append(streams, br)
+	}
+	ws := e.sub("/share", 4, "")
+	env := e.sub("/share", 5, "?since=now")
+	for _, msg := range []string{"one", "two\nlines", "three"} {
+		e.post("/c/share", msg)
+		var first []string
+		for i, br := range streams {
+			ev := event(t, br)
+			if i == 0 {
+				first = ev
+				if n := len(ev); n < 2 || !strings.HasPrefix(ev[0], "id: ") || ev[n-1] != "data: "+msg[strings.LastIndex(msg, "\n")+1:] {
+					t.Fatalf("event %q for %q", ev, msg)
+				}
+			} else if !slices.Equal(ev, first) {
+				t.Fatalf("stream %d got %q, stream 0 %q", i, ev, first)
+			}
+		}
+		if got := readText(t, ws); got != msg {
+			t.Fatalf("websocket got %q, want %q", got, msg)
+		}
+		if f := readFrame(t, env); f.Data != msg || "id: "+f.ID != first[0] {
+			t.Fatalf("envelope %+v, event %q", f, first)
+		}
+	}
 }
 
 func TestShutdownClosesSubscribers(t *testing.T) {

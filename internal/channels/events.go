@@ -85,7 +85,7 @@ func (c *Channels) serveEvents(w http.ResponseWriter, r *http.Request, name stri
 			if !ok {
 				break
 			}
-			buf = appendEvent(buf, m)
+			buf = append(buf, m.Wire(wireEvent, eventBytes)...)
 		}
 		if err := flush(); err != nil {
 			return nil // the client went away or stopped reading
@@ -103,6 +103,10 @@ func (c *Channels) serveEvents(w http.ResponseWriter, r *http.Request, name stri
 		}
 	}
 }
+
+// eventBytes is m as one event: made once per message, whatever the
+// number of event streams it goes to.
+func eventBytes(m *broker.Message) []byte { return appendEvent(nil, m) }
 
 // appendEvent appends m as one event.
 func appendEvent(b []byte, m *broker.Message) []byte {

@@ -27,3 +27,12 @@ func UseOwnWriters() (restore func()) {
 	fastWrites = false
 	return func() { fastWrites = old }
 }
+
+// UseWriteCalls makes the writer pool write with one write(2) per frame,
+// as where the kernel has no io_uring, instead of sending each batch's
+// first frames in one io_uring submission; same rules as SetWriterLinger.
+func UseWriteCalls() (restore func()) {
+	old := useRings
+	useRings = false
+	return func() { useRings = old }
+}

@@ -69,10 +69,11 @@ var (
 )
 
 // The wire forms of a message (broker.Message.Wire): its websocket frame
-// as such, and its frame as an envelope.
+// as such, its frame as an envelope, and its event-stream event.
 const (
 	wirePlain = iota
 	wireEnvelope
+	wireEvent
 )
 
 // session is one websocket subscriber. Its reader is the session's own
@@ -432,48 +433,128 @@ func (s *session) drain(w *fastWriter) {
 		go s.write(false, nil)
 		return
 	}
-	for range drainBurst {
-		frame, ok, err := s.nextFrame()
-		switch {
-		case errors.Is(err, broker.ErrClosed):
-			s.wmu.Unlock()
-			s.wg.Done() // the reader is done; writing stays set
-			return
-		case err != nil:
-			s.wmu.Unlock()
-			go s.write(false, nil) // it closes the connection with a status
-			return
-		case !ok:
-			s.wmu.Unlock()
-			if s.letGo() {
-				s.wg.Done()
-				return
-			}
-			if !s.wmu.TryLock() {
-				go s.write(false, nil)
-				return
-			}
-			continue
-		case s.closeSent:
-			continue // the connection is closing: nothing may follow
-		}
-		n, err := w.try(s.rc, frame)
-		if err != nil {
-			s.wmu.Unlock()
-			s.c.m.closed.WithLabelValues("write_failed").Inc()
-			s.hw.nc.Close() // the reader then ends the session
-			s.wg.Done()
+	s.drainLocked(w, drainBurst)
+}
+
+// drainLocked is drain with s.wmu held, for up to burst frames. Frames
+// queued together go out together: one writev(2) of up to coalesceBytes.
+func (s *session) drainLocked(w *fastWriter, burst int) {
+	for burst > 0 {
+		frame, ok := s.takeFrame()
+		if !ok {
 			return
 		}
-		if n < len(frame) {
-			// The socket is full: the own writer finishes the frame,
-			// holding the write lock until it has.
-			go s.write(true, frame[n:])
+		frames := append(w.frames[:0], frame)
+		size := len(frame)
+		for len(frames) < burst && size < coalesceBytes {
+			// nextFrame, not takeFrame: with nothing more queued the
+			// session must not be let go before these frames are out.
+			f, ok, err := s.nextFrame()
+			if !ok || err != nil {
+				break // an error stays: takeFrame meets it next
+			}
+			frames = append(frames, f)
+			size += len(f)
+		}
+		w.frames = frames
+		burst -= len(frames)
+		var n int
+		var err error
+		if len(frames) == 1 {
+			n, err = w.try(s.rc, frame)
+		} else {
+			n, err = w.tryv(s.rc, frames)
+		}
+		ok = s.wroteFrames(frames, size, n, err)
+		clear(frames)
+		if !ok {
 			return
 		}
 	}
 	s.wmu.Unlock()
 	s.c.pool.schedule(s) // more may be queued: back of the line
+}
+
+// coalesceBytes is how many bytes of queued frames a pool worker gathers
+// into one write.
+const coalesceBytes = 32 << 10
+
+// wroteFrames is wrote for a write of frames, size bytes in all.
+func (s *session) wroteFrames(frames [][]byte, size, n int, err error) bool {
+	switch {
+	case len(frames) == 1:
+		return s.wrote(frames[0], n, err)
+	case err != nil:
+		return s.wrote(nil, 0, err)
+	case n >= size:
+		return true
+	}
+	// The socket took part: the own writer sends the rest, in one piece.
+	rest := make([]byte, 0, size-n)
+	for _, f := range frames {
+		if n >= len(f) {
+			n -= len(f)
+			continue
+		}
+		rest = append(rest, f[n:]...)
+		n = 0
+	}
+	go s.write(true, rest)
+	return false
+}
+
+// takeFrame returns the next frame a pool worker is to write, s.wmu
+// held. false: there is none, and the session was let go or handed to
+// its own writer (s.wmu released either way).
+func (s *session) takeFrame() ([]byte, bool) {
+	for {
+		frame, ok, err := s.nextFrame()
+		switch {
+		case errors.Is(err, broker.ErrClosed):
+			s.wmu.Unlock()
+			s.wg.Done() // the reader is done; writing stays set
+			return nil, false
+		case err != nil:
+			s.wmu.Unlock()
+			go s.write(false, nil) // it closes the connection with a status
+			return nil, false
+		case !ok:
+			s.wmu.Unlock()
+			if s.letGo() {
+				s.wg.Done()
+				return nil, false
+			}
+			if !s.wmu.TryLock() {
+				go s.write(false, nil)
+				return nil, false
+			}
+			continue
+		case s.closeSent:
+			continue // the connection is closing: nothing may follow
+		}
+		return frame, true
+	}
+}
+
+// wrote acts on the outcome of a pool worker's write of frame (n bytes
+// written, or err), s.wmu held. true: the whole frame went and the worker
+// may go on with the session; false: the session was handed on (a
+// broken connection closed, or a full socket to the own writer).
+func (s *session) wrote(frame []byte, n int, err error) bool {
+	if err != nil {
+		s.wmu.Unlock()
+		s.c.m.closed.WithLabelValues("write_failed").Inc()
+		s.hw.nc.Close() // the reader then ends the session
+		s.wg.Done()
+		return false
+	}
+	if n < len(frame) {
+		// The socket is full: the own writer finishes the frame,
+		// holding the write lock until it has.
+		go s.write(true, frame[n:])
+		return false
+	}
+	return true
 }
 
 // write is the session's own writer. It writes with writes that may wait

@@ -18,3 +18,12 @@ func writeNow(fd int, p []byte) (int, error) {
 	}
 	return int(n), nil
 }
+
+// writevNow is writev(2) on a non-blocking socket, raw as writeNow.
+func writevNow(fd int, iov []syscall.Iovec) (int, error) {
+	n, _, errno := syscall.RawSyscall(syscall.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(iov))), uintptr(len(iov)))
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), nil
+}

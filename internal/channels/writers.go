@@ -20,6 +20,23 @@ type writerPool struct {
 	head    int
 	running int
 	wg      sync.WaitGroup // the workers
+	// rings are the idle workers' send rings (at most max); noRings: the
+	// kernel gave none, ask no more; closed: the pool is done, keep none.
+	rings   []*sendRing
+	noRings bool
+	closed  bool
+}
+
+// pendingWrite is one session's frame in a batch that a worker sends at
+// once (fastWriter.drainAll): the descriptor it went to (-1: none, the
+// connection was closed) and the outcome, as fastWriter.try reports it.
+type pendingWrite struct {
+	s     *session
+	frame []byte
+	fd    int
+	n     int
+	err   error
+	done  bool // the ring reported the outcome
 }
 
 const (
@@ -59,6 +76,7 @@ func (p *writerPool) schedule(s *session) {
 func (p *writerPool) work() {
 	defer p.wg.Done()
 	w := newFastWriter()
+	w.ring = p.takeRing()
 	var batch [poolBatch]*session
 	for {
 		p.mu.Lock()
@@ -71,21 +89,78 @@ func (p *writerPool) work() {
 		if n == 0 {
 			p.running--
 			p.mu.Unlock()
+			p.putRing(w.ring)
 			if writerLetGo != nil {
 				writerLetGo()
 			}
 			return
 		}
 		p.mu.Unlock()
-		for i, s := range batch[:n] {
-			s.drain(w)
-			batch[i] = nil
-		}
+		w.drainAll(batch[:n])
+		clear(batch[:n])
+	}
+}
+
+// takeRing returns an idle worker's send ring, or a new one; nil where
+// the kernel has none (the worker then writes with write(2)).
+func (p *writerPool) takeRing() *sendRing {
+	p.mu.Lock()
+	if n := len(p.rings); n > 0 {
+		r := p.rings[n-1]
+		p.rings[n-1] = nil
+		p.rings = p.rings[:n-1]
+		p.mu.Unlock()
+		return r
+	}
+	no := p.noRings
+	p.mu.Unlock()
+	if no {
+		return nil
+	}
+	r := newSendRing(poolBatch)
+	if r == nil {
+		p.mu.Lock()
+		p.noRings = true
+		p.mu.Unlock()
+	}
+	return r
+}
+
+// putRing keeps a worker's ring for the next worker, or closes it.
+func (p *writerPool) putRing(r *sendRing) {
+	if r == nil {
+		return
+	}
+	p.mu.Lock()
+	if !p.closed && len(p.rings) < p.max {
+		p.rings = append(p.rings, r)
+		r = nil
+	}
+	p.mu.Unlock()
+	if r != nil {
+		r.close()
+	}
+}
+
+// close releases the idle workers' rings; a worker that runs later closes
+// its own when it exits. It is idempotent.
+func (p *writerPool) close() {
+	p.mu.Lock()
+	p.closed = true
+	rings := p.rings
+	p.rings = nil
+	p.mu.Unlock()
+	for _, r := range rings {
+		r.close()
 	}
 }
 
 // wait waits for the workers to exit (they do once no session is ready).
 func (p *writerPool) wait() { p.wg.Wait() }
+
+// useRings lets the pool use io_uring where the kernel has it. A variable
+// so that tests can run the pool's write(2) path on such kernels too.
+var useRings = true
 
 // fastWrites lets sessions on plain sockets use the pool. A variable only
 // so that tests can run every session on its own writer, as TLS ones.
