@@ -46,7 +46,7 @@ func New(b *broker.Broker, opts Options, deps capability.Deps) (*Channels, error
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	c := &Channels{b: b, opts: opts, policy: deps.Policy, origins: newOriginChecker(opts.Origins), pool: newWriterPool()}
+	c := &Channels{b: b, opts: opts, policy: deps.Policy, origins: newOriginChecker(opts.Origins), pool: newWriterPool(!opts.PlainWrites)}
 	c.m = newMetrics(deps.Registry, c)
 	c.h = httpapi.Handle(c.serve, writeError)
 	return c, nil

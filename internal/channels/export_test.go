@@ -36,3 +36,6 @@ func UseWriteCalls() (restore func()) {
 	useRings = false
 	return func() { useRings = old }
 }
+
+// RingsMade is how many io_uring send rings writer pools have set up.
+func RingsMade() int64 { return ringsMade.Load() }

@@ -64,6 +64,10 @@ type Options struct {
 	WriteTimeout time.Duration
 	// KeepAlive is the idle interval of event streams.
 	KeepAlive time.Duration
+	// PlainWrites makes the writer pool send every frame with write(2),
+	// never batching through io_uring (which it does on Linux kernels that
+	// allow it): for a sandbox or kernel where io_uring misbehaves.
+	PlainWrites bool
 }
 
 // DefaultOptions returns pinghub's settings, with postern's POST limit.

@@ -123,6 +123,7 @@ func newSendRing(entries int) *sendRing {
 		r.close()
 		return nil
 	}
+	ringsMade.Add(1)
 	return r
 }
 

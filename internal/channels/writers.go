@@ -3,6 +3,7 @@ package channels
 import (
 	"runtime"
 	"sync"
+	"sync/atomic"
 )
 
 // writerPool writes the websocket subscribers' messages: a session with
@@ -47,8 +48,10 @@ const (
 	poolBacklog = 64
 )
 
-func newWriterPool() *writerPool {
-	return &writerPool{max: runtime.GOMAXPROCS(0)}
+// newWriterPool returns a pool of up to GOMAXPROCS workers; with rings
+// false they write with write(2) only.
+func newWriterPool(rings bool) *writerPool {
+	return &writerPool{max: runtime.GOMAXPROCS(0), noRings: !rings}
 }
 
 // schedule puts s at the end of the line, starting a worker if there is
@@ -157,6 +160,9 @@ func (p *writerPool) close() {
 
 // wait waits for the workers to exit (they do once no session is ready).
 func (p *writerPool) wait() { p.wg.Wait() }
+
+// ringsMade counts the io_uring send rings set up, for tests.
+var ringsMade atomic.Int64
 
 // useRings lets the pool use io_uring where the kernel has it. A variable
 // so that tests can run the pool's write(2) path on such kernels too.

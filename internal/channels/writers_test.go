@@ -584,3 +584,25 @@ func TestFramesSentWithTheHandshake(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestPlainWritesSetsUpNoRing: --channels-plain-writes (Options.PlainWrites)
+// is the operator's way around a kernel whose io_uring misbehaves: the
+// node fans out as usual and never sets up a ring.
+func TestPlainWritesSetsUpNoRing(t *testing.T) {
+	e := start(t, func(c *node.Config) { c.Channels.PlainWrites = true })
+	before := channels.RingsMade()
+	a := e.sub("/plain", 1, "")
+	b := e.sub("/plain", 2, "")
+	for i := range 3 {
+		msg := fmt.Sprint("m", i)
+		write(t, a, websocket.MessageText, msg)
+		for _, c := range []*websocket.Conn{a, b} {
+			if got := readText(t, c); got != msg {
+				t.Fatalf("got %q, want %q", got, msg)
+			}
+		}
+	}
+	if made := channels.RingsMade() - before; made != 0 {
+		t.Fatalf("%d io_uring rings set up with PlainWrites", made)
+	}
+}

@@ -111,6 +111,7 @@ func ServeFlags() (*FlagSet, *Serve) {
 	fs.List(&ch.BroadcastOnly, "channels-broadcast-only", "comma-separated channel path `prefixes` where websocket clients may listen but not publish")
 	fs.Int64(&ch.MaxPostBytes, "channels-max-post", "largest POST body in `bytes`; larger get 413")
 	fs.Int64(&ch.MaxMessageBytes, "channels-max-message", "largest websocket message in `bytes`; larger close the connection with 1009")
+	fs.Bool(&ch.PlainWrites, "channels-plain-writes", "send every frame to subscribers with write(2), never batched through io_uring (which fan-out uses where the Linux kernel allows it): for a kernel or sandbox where io_uring misbehaves")
 	fs.Int(&b.QueueLen, "channels-queue", "send queue of each subscriber in messages; a subscriber that falls further behind is dropped (close 1008)")
 	fs.Int(&b.HistoryLen, "channels-history", "messages kept per channel for resuming with since (negative: no history)")
 	fs.Duration(&b.HistoryTTL, "channels-history-ttl", "how long a channel's history entries are kept")
