@@ -90,11 +90,17 @@ func (b *batch) release() {
 // window it was written with.
 const logWindow = 4
 
+// lazyDelay is how long changes nobody waits for (settling a lease,
+// sweeping) wait for a batch to carry them before one is written for them
+// alone: under a stream of consumes, one sync every lazyDelay instead of
+// one after the other.
+const lazyDelay = 5 * time.Millisecond
+
 // concurrentMin is how many operations a batch must hold to be started
 // while others are being written. A sync costs the CPU tens of
 // microseconds whatever it carries; batches of one or two, each synced
 // on its own, would spend under load what the clients need.
-const concurrentMin = 4
+const concurrentMin = 8
 
 // committer is the group commit, pipelined. Operations queue their write
 // sets with submit (under their shard lock, so that the log sees the
@@ -111,8 +117,8 @@ const concurrentMin = 4
 //
 // Operations whose answers do not rest on their changes (settling a lease,
 // sweeping) queue them with submitLazy and do not wait: their changes go
-// out with the next batch, and when no operation waits for one, a
-// goroutine of the committer's writes it.
+// out with the next batch, and when no operation waits for one within
+// lazyDelay, a goroutine of the committer's writes it.
 //
 // A failed write fails its batch and every batch after it; once the last
 // of those has finished, the log is set back to where the first failed
@@ -147,8 +153,13 @@ type committer struct {
 	// triggered is the log generation for which an early checkpoint was
 	// asked.
 	triggered uint64
-	// writers tracks the goroutines writing lazy-only batches.
-	writers sync.WaitGroup
+	// writers tracks the goroutines writing lazy-only batches; lazy is
+	// the timer that starts one, armed while lazyArmed. While syncing is
+	// not zero, lazy changes are written at once.
+	writers   sync.WaitGroup
+	lazy      *time.Timer
+	lazyArmed bool
+	syncing   int
 }
 
 func newCommitter(s *Store, nextSeq uint64) *committer {
@@ -173,9 +184,7 @@ func (c *committer) submitLazy(w *wset) *batch {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	b := c.add(w)
-	if c.claim(b) {
-		c.writeLater(b)
-	}
+	c.elect()
 	return b
 }
 
@@ -204,17 +213,48 @@ func (c *committer) claim(b *batch) bool {
 
 // elect chooses a writer for the current batch, if it holds anything and
 // one may start: one of its operations, or for lazy changes alone a
-// goroutine of its own. c.mu must be held.
+// goroutine of its own, after lazyDelay. c.mu must be held.
 func (c *committer) elect() {
 	b := c.cur
-	if b.n == 0 && len(b.muts) == 0 || !c.claim(b) {
+	switch {
+	case b.n == 0 && len(b.muts) == 0:
 		return
-	}
-	if b.n > 0 {
+	case b.n == 0 && c.syncing == 0:
+		c.armLazy()
+		return
+	case !c.claim(b):
+		return
+	case b.n > 0:
 		b.lead <- struct{}{}
 		return
 	}
 	c.writeLater(b)
+}
+
+// armLazy starts the timer that writes lazy changes nobody carried;
+// c.mu must be held.
+func (c *committer) armLazy() {
+	if c.lazyArmed {
+		return
+	}
+	c.lazyArmed = true
+	if c.lazy == nil {
+		c.lazy = time.AfterFunc(lazyDelay, c.lazyDue)
+		return
+	}
+	c.lazy.Reset(lazyDelay)
+}
+
+// lazyDue writes the lazy changes queued, unless an operation that waits
+// carries them by now (or a writer is chosen for them later, when one
+// finishes).
+func (c *committer) lazyDue() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.lazyArmed = false
+	if b := c.cur; b.n == 0 && len(b.muts) > 0 && c.claim(b) {
+		c.writeLater(b)
+	}
 }
 
 // writeLater writes b, which only lazy changes are queued in, from a
@@ -442,18 +482,32 @@ func (c *committer) durable(gen uint32) bool {
 	return gen == 0 || int32(gen-c.done.Load()) <= 0
 }
 
-// close waits for the last write; nothing may be submitted after it.
+// close writes what is queued and waits for the last write; nothing may
+// be submitted after it.
 func (c *committer) close() {
 	c.sync()
+	c.mu.Lock()
+	if c.lazy != nil {
+		c.lazy.Stop()
+	}
+	c.mu.Unlock()
 	c.writers.Wait()
 }
 
-// sync waits until everything queued so far, lazy changes included, is
-// written (or failed).
+// sync writes everything queued so far, lazy changes included, and waits
+// until it is written (or failed).
 func (c *committer) sync() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for c.active > 0 || c.broken != nil {
+	c.syncing++
+	defer func() { c.syncing-- }()
+	for {
+		if c.active == 0 && c.broken == nil {
+			if b := c.cur; b.n == 0 && len(b.muts) == 0 {
+				return
+			}
+			c.elect()
+		}
 		c.idle.Wait()
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync/atomic"
 
 	"github.com/postern/postern/internal/store"
 )
@@ -64,6 +65,9 @@ type wal struct {
 	cur   int
 	off   int64 // where the next record of files[cur] goes
 	buf   []byte
+	// records counts the records written since open (benchmarks report
+	// operations per record).
+	records atomic.Uint64
 }
 
 // walRecord is a record read back at open.
@@ -308,6 +312,7 @@ func (w *wal) write(seq uint64, rec []byte) error {
 	}
 	w.off += n
 	wf.lastSeq = seq
+	w.records.Add(1)
 	return nil
 }
 
