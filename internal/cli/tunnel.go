@@ -300,6 +300,10 @@ func (r *receiver) follow(ctx context.Context) error {
 	}
 }
 
+// ackGrace bounds one acknowledgement of a printed message, which an
+// interrupt does not cut short.
+const ackGrace = 5 * time.Second
+
 // handle prints m and, with --ack, acknowledges it, retrying the ack
 // through a server restart: a message is never skipped, nor printed twice.
 func (r *receiver) handle(ctx context.Context, m client.Message) error {
@@ -314,7 +318,12 @@ func (r *receiver) handle(ctx context.Context, m client.Message) error {
 	r.unacked = m.ID
 	bo := newBackoff()
 	for {
-		err := r.t.Ack(ctx, m.ID)
+		// The message is printed: an interrupt now (Ctrl-C right after the
+		// line appeared) lets this ack finish, within ackGrace, rather than
+		// leave a message the user saw to come back later.
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ackGrace)
+		err := r.t.Ack(actx, m.ID)
+		cancel()
 		if err == nil {
 			r.unacked = ""
 			return nil

@@ -192,6 +192,12 @@ test('a subscription and a tunnel worker carry on across a server restart', asyn
   const worked = [];
   const workerStop = new AbortController();
   const wakeWorker = [];
+  // Whatever happens below, the loops end with the test: a failed assertion
+  // must not leave a worker polling a stopped server and the process alive.
+  t.after(() => {
+    workerStop.abort();
+    sub.close();
+  });
   const worker = (async () => {
     const pw = new Postern(srv.url, { retry: { minDelay: 20, maxDelay: 200 } });
     for await (const m of pw.tunnel('restart-jobs').messages({ ack: true, wait: 30, signal: workerStop.signal })) {
@@ -228,9 +234,11 @@ test('a subscription and a tunnel worker carry on across a server restart', asyn
   await jobs.send('job 2');
   await workerGot(2);
   assert.deepEqual(worked, ['job 1', 'job 2']);
-  assert.equal(await jobs.len(), 0, 'both jobs were acknowledged');
 
+  // The loop acknowledges a message when it asks for the next one, that is
+  // after the body above saw it: stop the worker (its last ack done), then count.
   workerStop.abort();
   await worker;
+  assert.equal(await jobs.len(), 0, 'both jobs were acknowledged');
   sub.close();
 });

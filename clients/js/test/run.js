@@ -15,7 +15,12 @@ try {
   const files = readdirSync(join(jsDir, 'test'))
     .filter((f) => f.endsWith('.test.js'))
     .map((f) => join('test', f));
-  const run = spawnSync(process.execPath, ['--test', ...process.argv.slice(2), ...files], {
+  // A test that hangs fails after its timeout instead of holding CI, and the
+  // runner exits when the tests are done even if a failed one left a timer or
+  // a socket behind.
+  const help = spawnSync(process.execPath, ['--help'], { encoding: 'utf8' }).stdout ?? '';
+  const guards = ['--test-timeout=300000', '--test-force-exit'].filter((f) => help.includes(f.split('=')[0]));
+  const run = spawnSync(process.execPath, ['--test', ...guards, ...process.argv.slice(2), ...files], {
     cwd: jsDir,
     stdio: 'inherit',
     env: { ...process.env, POSTERN_BIN: bin },

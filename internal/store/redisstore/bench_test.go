@@ -110,9 +110,9 @@ func commandstats(b *testing.B, srv *redistest.Server) (calls, scripted float64)
 		top, _, _ := strings.Cut(name, "|")
 		n, _ := strconv.ParseFloat(strings.SplitN(rest, ",", 2)[0], 64)
 		switch top {
-		case "evalsha", "eval", "publish", "getdel", "wait":
+		case "fcall", "publish", "getdel", "wait":
 			calls += n
-		case "info", "config", "hello", "ping", "client", "subscribe", "select":
+		case "info", "config", "hello", "ping", "client", "subscribe", "select", "function", "cluster":
 		default:
 			scripted += n
 		}

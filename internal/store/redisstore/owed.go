@@ -44,7 +44,8 @@ type owed struct {
 
 	mu      sync.Mutex
 	keys    map[string][]store.Lease
-	timer   *time.Timer // armed while keys is not empty and no send runs
+	flying  map[string]chan struct{} // keys the timer's send carries now, closed when their call ends
+	timer   *time.Timer              // armed while keys is not empty and no send runs
 	sending bool
 	pause   time.Duration // before the next send, after a failed one
 	closed  bool
@@ -52,7 +53,7 @@ type owed struct {
 }
 
 func newOwed(delay time.Duration) *owed {
-	o := &owed{delay: delay, keys: map[string][]store.Lease{}}
+	o := &owed{delay: delay, keys: map[string][]store.Lease{}, flying: map[string]chan struct{}{}}
 	o.idle = sync.NewCond(&o.mu)
 	return o
 }
@@ -79,8 +80,38 @@ func (o *owed) carry(key string) (string, []store.Lease) {
 		b.WriteString(strconv.FormatInt(l.Token, 10))
 		b.WriteByte(' ')
 		b.WriteString(modeArg(l.Mode))
+		b.WriteByte(' ')
+		b.WriteString(carriedExpiry(l.Message))
 	}
 	return b.String(), ls
+}
+
+// landed waits until a send of the timer's that carries what was owed on
+// key has ended, so that the store's own next call on key runs after the
+// settling (a call that overtook it would not see it).
+func (o *owed) landed(ctx context.Context, key string) {
+	o.mu.Lock()
+	ch := o.flying[key]
+	o.mu.Unlock()
+	if ch != nil {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+		}
+	}
+}
+
+// carriedExpiry is the expiry the scripts take with a carried settling:
+// the message's (ms, 0: never) when it has no dedup key, else "-" (the
+// script reads its record).
+func carriedExpiry(m store.Message) string {
+	switch {
+	case m.DedupKey != "":
+		return "-"
+	case m.ExpiresAt.IsZero():
+		return "0"
+	}
+	return strconv.FormatInt(m.ExpiresAt.UnixMilli(), 10)
 }
 
 // owe adds ls to what is owed on key and makes sure a send is due.
@@ -180,11 +211,27 @@ func (s *Store) sendAllOwed() (failed bool) {
 	slots := make(chan struct{}, owedSends)
 	for _, k := range keys {
 		slots <- struct{}{}
+		ch := make(chan struct{})
+		o.mu.Lock()
+		o.flying[k] = ch
+		o.mu.Unlock()
 		wg.Go(func() {
-			defer func() { <-slots }()
+			defer func() {
+				o.mu.Lock()
+				delete(o.flying, k)
+				o.mu.Unlock()
+				close(ch)
+				<-slots
+			}()
 			ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
 			defer cancel()
-			if err := s.settleNow(ctx, k, nil, true); err != nil {
+			carried, ls := o.carry(k)
+			if carried == "" {
+				return
+			}
+			_, err := s.exec(ctx, scSettle, s.qkeys(k), s.nowMS(), carried, "1", s.wakeChannel, k)
+			s.giveBack(k, ls, err)
+			if err != nil {
 				bad.Store(true)
 			}
 		})
@@ -209,7 +256,8 @@ func forgetExpired(ls []store.Lease, now time.Time) []store.Lease {
 
 // qexec runs sc, a queue script on key, carrying what is owed on key; if
 // the call fails, that is owed again (settling is idempotent).
-func (s *Store) qexec(ctx context.Context, sc *luaScript, key string, keys []string, now int64, args ...string) (rueidis.RedisResult, error) {
+func (s *Store) qexec(ctx context.Context, sc *luaFunc, key string, keys []string, now int64, args ...string) (rueidis.RedisResult, error) {
+	s.owed.landed(ctx, key)
 	carried, ls := s.owed.carry(key)
 	res, err := s.exec(ctx, sc, keys, now, append([]string{carried}, args...)...)
 	s.giveBack(key, ls, err)
@@ -217,7 +265,8 @@ func (s *Store) qexec(ctx context.Context, sc *luaScript, key string, keys []str
 }
 
 // qwrite is qexec for a write a client is told about (see write).
-func (s *Store) qwrite(ctx context.Context, sc *luaScript, key string, keys []string, now int64, args ...string) (rueidis.RedisResult, error) {
+func (s *Store) qwrite(ctx context.Context, sc *luaFunc, key string, keys []string, now int64, args ...string) (rueidis.RedisResult, error) {
+	s.owed.landed(ctx, key)
 	carried, ls := s.owed.carry(key)
 	res, err := s.write(ctx, sc, keys, now, append([]string{carried}, args...)...)
 	s.giveBack(key, ls, err)
@@ -226,7 +275,8 @@ func (s *Store) qwrite(ctx context.Context, sc *luaScript, key string, keys []st
 
 // qexecWrite is qexec for a write whose outcome a client must know (see
 // execWrite).
-func (s *Store) qexecWrite(ctx context.Context, sc *luaScript, key string, keys []string, now int64, args ...string) (rueidis.RedisResult, error) {
+func (s *Store) qexecWrite(ctx context.Context, sc *luaFunc, key string, keys []string, now int64, args ...string) (rueidis.RedisResult, error) {
+	s.owed.landed(ctx, key)
 	carried, ls := s.owed.carry(key)
 	res, err := s.execWrite(ctx, sc, keys, now, append([]string{carried}, args...)...)
 	s.giveBack(key, ls, err)

@@ -250,7 +250,7 @@ func (s *Store) Ack(ctx context.Context, key string, id store.ID) (bool, error) 
 }
 
 // execBool runs a write script that answers 0 or 1.
-func (s *Store) execBool(ctx context.Context, sc *luaScript, key string, args ...string) (bool, error) {
+func (s *Store) execBool(ctx context.Context, sc *luaFunc, key string, args ...string) (bool, error) {
 	res, err := s.qexecWrite(ctx, sc, key, s.qkeys(key), s.nowMS(), args...)
 	if err != nil {
 		return false, err
@@ -276,7 +276,7 @@ func (s *Store) Status(ctx context.Context, key string, id store.ID) (store.Stat
 	return store.StateNone, nil
 }
 
-func (s *Store) execInt(ctx context.Context, sc *luaScript, key string, args ...string) (int64, error) {
+func (s *Store) execInt(ctx context.Context, sc *luaFunc, key string, args ...string) (int64, error) {
 	res, err := s.qexec(ctx, sc, key, s.qkeys(key), s.nowMS(), args...)
 	if err != nil {
 		return 0, err

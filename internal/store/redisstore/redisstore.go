@@ -5,24 +5,26 @@
 //
 // # Layout
 //
-// Every operation of store.Queues is one Lua script, so it is atomic across
-// all nodes without locks or consumer groups: two nodes taking from one
-// tunnel at once each get a different message or none, never an error or a
-// message twice (the consumer-group race of the original relay cannot
-// happen). A queue is a stream, which orders messages by id and keeps its
-// last id so ids keep increasing after the queue empties, plus a hash of
-// records (content can be replaced in place by a dedup key), a sorted set of
+// Every operation of store.Queues is one Lua function (one library of
+// them, see scripts.go), so it is atomic across all nodes without locks or
+// consumer groups: two nodes taking from one tunnel at once each get a
+// different message or none, never an error or a message twice (the
+// consumer-group race of the original relay cannot happen). A queue is a
+// stream, which orders messages by id, holds their records in its entries
+// and keeps its last id so ids keep increasing after the queue empties,
+// plus a hash of records replaced in place by a dedup key (and of the
+// records older versions kept beside their entries), a sorted set of
 // pending ids, a sorted set of leased ids (a message taken stays in the
 // stream under a lease, scored by its deadline and the taking node's
 // token, until it is settled; a lease that ran out is reclaimed by the
 // next take, on any node), a sorted set of restored ids (written by older
 // versions, which put messages back at their id position; still read), a
 // hash of dedup keys with the ids of their messages and a sorted set of
-// dedup windows. The take and its lease are one script, and so is the
+// dedup windows. The take and its lease are one call, and so is the
 // settling of a batch. Replies live in keys of their own, so Clear leaves
-// them. Every key of one queue, history or directory entry
-// carries the same hash tag ({...}), so it lives in one Cluster slot and a
-// script may touch all of it.
+// them. Every key of one queue, history or directory entry carries the
+// same hash tag ({...}), so it lives in one Cluster slot and a function
+// may touch all of it.
 //
 // # Time
 //
@@ -45,9 +47,8 @@
 //
 // The client is github.com/redis/rueidis: it pipelines concurrent commands
 // of many goroutines onto a few connections automatically (many HTTP
-// handlers' scripts share one write and one read syscall, which matters on
-// small machines), runs scripts by EVALSHA with an EVAL fallback (so scripts
-// survive a Redis restart that empties the script cache), never retries a
+// handlers' calls share one write and one read syscall, which matters on
+// small machines), never retries a
 // write by itself, speaks to a single Redis and a Cluster through one
 // interface, and gives dedicated connections with pub/sub hooks.
 package redisstore
@@ -160,6 +161,9 @@ type Store struct {
 	fan *fanout
 
 	tokens atomic.Int64 // numbers the leases taken in one millisecond
+
+	loadMu sync.Mutex   // one load of the function library at a time
+	loads  atomic.Int64 // loads of the library since Open (see reload)
 
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -357,6 +361,12 @@ func New(copt rueidis.ClientOption, opts Options) (*Store, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), opts.DialTimeout+opts.Timeout)
 	defer cancel()
 	if err := s.Ping(ctx); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("redis at %s: %w", s.addr, err)
+	}
+	// A Redis out of memory refuses the load; one that holds the library
+	// from before serves anyway, and calls load it when it has room.
+	if err := s.loadLibrary(ctx); err != nil && !errors.Is(err, store.ErrNoSpace) {
 		c.Close()
 		return nil, fmt.Errorf("redis at %s: %w", s.addr, err)
 	}

@@ -19,37 +19,105 @@ import (
 //go:embed lua/*.lua
 var luaFS embed.FS
 
-// luaScript is one script, run by EVALSHA and, when Redis does not have it
-// cached (a restarted Redis, a new Cluster node), by EVAL, which caches it.
-type luaScript struct {
-	src, sha string
+// The scripts are one Redis function library, loaded once per Redis
+// (FUNCTION LOAD, on every master of a Cluster; replicas receive it by
+// replication and keep it through a failover). A call (FCALL) then runs
+// only its operation's body, not the helpers' definitions too, as EVALSHA
+// of a script holding them would. The library's and its functions' names
+// carry a hash of its text, so nodes of two versions of postern on one
+// Redis each run their own. A Redis that lost the library (a restart
+// without persistence, FUNCTION FLUSH, a new Cluster node) is given it
+// again by the first call that misses it (see run).
+//
+// The library is base.lua, queue.lua and history.lua, which define the
+// helpers, then each operation's file as the body of a function,
+// registered as <library>_<operation>.
+type luaFunc struct {
+	name  string
+	begin string // the Lua call that starts it: base, then its part's own
+	body  string // the file of its body
+	// stores marks an operation that stores something: Redis refuses it
+	// while out of memory. The others (takes, settlings, reads) may run
+	// then, so that consumers can still empty a full Redis.
+	stores bool
 }
 
-// script concatenates Lua files into one script: base.lua, then the files
-// given (a prelude and an operation's body).
-func script(files ...string) *luaScript {
-	var b strings.Builder
-	for _, f := range append([]string{"base.lua"}, files...) {
-		src, err := luaFS.ReadFile("lua/" + f)
-		if err != nil {
-			panic("redisstore: missing script " + f)
-		}
-		b.Write(src)
-		b.WriteByte('\n')
+const (
+	beginQueue   = "begin(keys, args); qbegin()"
+	beginHistory = "begin(keys, args); hbegin()"
+	beginPlain   = "begin(keys, args)"
+)
+
+var (
+	scAppend  = &luaFunc{begin: beginQueue, body: "append", stores: true}
+	scTake    = &luaFunc{begin: beginQueue, body: "take"}
+	scTakeAll = &luaFunc{begin: beginQueue, body: "takeall"}
+	scSettle  = &luaFunc{begin: beginQueue, body: "settle"}
+	scAck     = &luaFunc{begin: beginQueue, body: "ack"}
+	scStatus  = &luaFunc{begin: beginQueue, body: "status"}
+	scLen     = &luaFunc{begin: beginQueue, body: "len"}
+	scClear   = &luaFunc{begin: beginQueue, body: "clear"}
+	scReply   = &luaFunc{begin: beginQueue, body: "reply", stores: true}
+
+	scRecord = &luaFunc{begin: beginHistory, body: "record", stores: true}
+	scSince  = &luaFunc{begin: beginHistory, body: "since"}
+
+	scRegister  = &luaFunc{begin: beginPlain, body: "register", stores: true}
+	scLookup    = &luaFunc{begin: beginPlain, body: "lookup"}
+	scHeartbeat = &luaFunc{begin: beginPlain, body: "heartbeat", stores: true}
+	scNodes     = &luaFunc{begin: beginPlain, body: "nodes"}
+
+	// library is the source FUNCTION LOAD takes; every luaFunc's name is
+	// set from it.
+	library = buildLibrary(scAppend, scTake, scTakeAll, scSettle, scAck, scStatus, scLen, scClear, scReply,
+		scRecord, scSince, scRegister, scLookup, scHeartbeat, scNodes)
+)
+
+func luaFile(name string) string {
+	src, err := luaFS.ReadFile("lua/" + name + ".lua")
+	if err != nil {
+		panic("redisstore: missing script " + name)
 	}
-	sum := sha1.Sum([]byte(b.String()))
-	return &luaScript{src: b.String(), sha: hex.EncodeToString(sum[:])}
+	return string(src)
 }
 
-func (sc *luaScript) evalsha(b rueidis.Builder, keys, args []string) rueidis.Completed {
-	return b.Evalsha().Sha1(sc.sha).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build()
+// buildLibrary lays out the library, names it after a hash of its text
+// and names fns.
+func buildLibrary(fns ...*luaFunc) string {
+	var code strings.Builder
+	for _, f := range []string{"base", "queue", "history"} {
+		code.WriteString(luaFile(f))
+		code.WriteByte('\n')
+	}
+	for _, fn := range fns {
+		fmt.Fprintf(&code, "local function op_%s()\n%s\nend\n", fn.body, luaFile(fn.body))
+	}
+	sum := sha1.Sum([]byte(code.String()))
+	lib := "postern_" + hex.EncodeToString(sum[:6])
+	var b strings.Builder
+	fmt.Fprintf(&b, "#!lua name=%s\n", lib)
+	b.WriteString(code.String())
+	for _, fn := range fns {
+		fn.name = lib + "_" + fn.body
+		flags := "{}"
+		if !fn.stores {
+			flags = "{'allow-oom'}"
+		}
+		call := "op_" + fn.body + "()"
+		if fn.begin == beginQueue {
+			call = "qend(" + call + ")"
+		}
+		fmt.Fprintf(&b, "redis.register_function{function_name = '%s', flags = %s,\n  callback = function(keys, args) %s; return %s end}\n",
+			fn.name, flags, fn.begin, call)
+	}
+	return b.String()
 }
 
-func (sc *luaScript) eval(b rueidis.Builder, keys, args []string) rueidis.Completed {
-	return b.Eval().Script(sc.src).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build()
+func (fn *luaFunc) fcall(b rueidis.Builder, keys, args []string) rueidis.Completed {
+	return b.Fcall().Function(fn.name).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build()
 }
 
-// movedRetries bounds how often write sends a script MOVED away.
+// movedRetries bounds how often write sends a call MOVED away.
 const movedRetries = 3
 
 func isMoved(err error) bool {
@@ -61,50 +129,91 @@ func isMoved(err error) bool {
 	return moved
 }
 
-func isNoScript(err error) bool {
-	rerr, ok := rueidis.IsRedisErr(err)
-	return ok && rerr.IsNoScript()
+// isNoFunction reports whether err says Redis does not have the function
+// called: it lost the library, or never had it.
+func isNoFunction(err error) bool {
+	return redisErrIs(err, "Function not found")
 }
 
-var (
-	scAppend  = script("queue.lua", "append.lua")
-	scTake    = script("queue.lua", "take.lua")
-	scTakeAll = script("queue.lua", "takeall.lua")
-	scSettle  = script("queue.lua", "settle.lua")
-	scAck     = script("queue.lua", "ack.lua")
-	scStatus  = script("queue.lua", "status.lua")
-	scLen     = script("queue.lua", "len.lua")
-	scClear   = script("queue.lua", "clear.lua")
-	scReply   = script("queue.lua", "reply.lua")
+// redisErrIs reports whether err is an error reply starting with msg
+// (after Redis' generic "ERR ").
+func redisErrIs(err error, msg string) bool {
+	rerr, ok := rueidis.IsRedisErr(err)
+	return ok && strings.HasPrefix(strings.TrimPrefix(rerr.Error(), "ERR "), msg)
+}
 
-	scRecord = script("history.lua", "record.lua")
-	scSince  = script("history.lua", "since.lua")
+// loadLibrary loads the library on every Redis the client knows (every
+// master of a Cluster; replicas receive it from their masters, and refuse
+// it if asked). A master that cannot be reached now is given it by the
+// first call that finds it missing; a Redis that refuses it (a user not
+// allowed FUNCTION LOAD, a Redis older than 7.0) fails the load.
+func (s *Store) loadLibrary(ctx context.Context) error {
+	var refused, unreached error
+	loaded := 0
+	for _, c := range s.c.Nodes() {
+		err := c.Do(ctx, c.B().FunctionLoad().Replace().FunctionCode(library).Build()).Error()
+		switch {
+		case err == nil:
+			loaded++
+		case redisErrIs(err, "READONLY"): // a replica
+		case !errors.Is(s.wrap(ctx, err), store.ErrUnavailable) && !errors.Is(s.wrap(ctx, err), store.ErrNoSpace):
+			refused = err
+		default:
+			// Unreachable, loading, out of memory (a Redis that holds
+			// the library from before goes on serving): a call that
+			// misses the library loads it again.
+			unreached = err
+		}
+	}
+	switch {
+	case refused != nil:
+		return fmt.Errorf("%w: loading postern's function library (it needs Redis 7.0 or later, and a user allowed FUNCTION LOAD)", s.wrap(ctx, refused))
+	case loaded == 0 && unreached != nil:
+		return s.wrap(ctx, unreached)
+	}
+	return nil
+}
 
-	scRegister  = script("register.lua")
-	scLookup    = script("lookup.lua")
-	scHeartbeat = script("heartbeat.lua")
-	scNodes     = script("nodes.lua")
-)
+// reload loads the library again after a call found it missing, unless
+// another call did so since loaded, the count of loads that call saw.
+func (s *Store) reload(ctx context.Context, loaded int64) error {
+	s.loadMu.Lock()
+	defer s.loadMu.Unlock()
+	if s.loads.Load() != loaded {
+		return nil
+	}
+	err := s.loadLibrary(ctx)
+	if err == nil {
+		s.loads.Add(1)
+	}
+	return err
+}
 
-// run runs sc once, with the clock and the margin in front of args.
-func (s *Store) run(ctx context.Context, sc *luaScript, keys []string, now int64, args []string) rueidis.RedisResult {
+// run runs sc once, with the clock and the margin in front of args. When
+// Redis lacks the library, run loads it and calls again; err is the
+// load's error if that fails.
+func (s *Store) run(ctx context.Context, sc *luaFunc, keys []string, now int64, args []string) (res rueidis.RedisResult, err error) {
 	argv := make([]string, 0, 2+len(args))
 	argv = append(argv, strconv.FormatInt(now, 10), s.margin)
 	argv = append(argv, args...)
-	res := s.c.Do(ctx, sc.evalsha(s.c.B(), keys, argv))
-	if isNoScript(res.Error()) {
-		res = s.c.Do(ctx, sc.eval(s.c.B(), keys, argv))
+	loaded := s.loads.Load()
+	res = s.c.Do(ctx, sc.fcall(s.c.B(), keys, argv))
+	if isNoFunction(res.Error()) {
+		if err := s.reload(ctx, loaded); err != nil {
+			return res, err
+		}
+		res = s.c.Do(ctx, sc.fcall(s.c.B(), keys, argv))
 	}
-	return res
+	return res, res.Error()
 }
 
 // exec runs sc and maps its error to the store's.
-func (s *Store) exec(ctx context.Context, sc *luaScript, keys []string, now int64, args ...string) (rueidis.RedisResult, error) {
+func (s *Store) exec(ctx context.Context, sc *luaFunc, keys []string, now int64, args ...string) (rueidis.RedisResult, error) {
 	if s.closed.Load() {
 		return rueidis.RedisResult{}, store.ErrClosed
 	}
-	res := s.run(ctx, sc, keys, now, args)
-	if err := res.Error(); err != nil {
+	res, err := s.run(ctx, sc, keys, now, args)
+	if err != nil {
 		return res, s.wrap(ctx, err)
 	}
 	return res, nil
@@ -113,7 +222,7 @@ func (s *Store) exec(ctx context.Context, sc *luaScript, keys []string, now int6
 // execWrite is exec for a script that changes what a client may retry:
 // when its command may have reached Redis and no answer came, the error
 // is store.ErrOutcomeUnknown.
-func (s *Store) execWrite(ctx context.Context, sc *luaScript, keys []string, now int64, args ...string) (rueidis.RedisResult, error) {
+func (s *Store) execWrite(ctx context.Context, sc *luaFunc, keys []string, now int64, args ...string) (rueidis.RedisResult, error) {
 	res, err := s.exec(ctx, sc, keys, now, args...)
 	return res, s.outcome(res, err)
 }
@@ -130,7 +239,7 @@ func (s *Store) outcome(res rueidis.RedisResult, err error) error {
 // write runs sc, a script that stores something a client is told is
 // stored, and with Options.WaitReplicas waits until that many replicas
 // confirm it (WAIT on the connection that ran it).
-func (s *Store) write(ctx context.Context, sc *luaScript, keys []string, now int64, args ...string) (rueidis.RedisResult, error) {
+func (s *Store) write(ctx context.Context, sc *luaFunc, keys []string, now int64, args ...string) (rueidis.RedisResult, error) {
 	if s.waitReplicas <= 0 {
 		return s.execWrite(ctx, sc, keys, now, args...)
 	}
@@ -154,9 +263,10 @@ func (s *Store) write(ctx context.Context, sc *luaScript, keys []string, now int
 			wait := func() rueidis.Completed {
 				return dc.B().Wait().Numreplicas(int64(s.waitReplicas)).Timeout(s.waitTimeout.Milliseconds()).Build()
 			}
-			rs := dc.DoMulti(ctx, sc.evalsha(dc.B(), keys, argv), wait())
-			if isNoScript(rs[0].Error()) {
-				rs = dc.DoMulti(ctx, sc.eval(dc.B(), keys, argv), wait())
+			loaded := s.loads.Load()
+			rs := dc.DoMulti(ctx, sc.fcall(dc.B(), keys, argv), wait())
+			if isNoFunction(rs[0].Error()) && s.reload(ctx, loaded) == nil {
+				rs = dc.DoMulti(ctx, sc.fcall(dc.B(), keys, argv), wait())
 			}
 			res = rs[0]
 			acked, waitErr = rs[1].AsInt64()

@@ -1,9 +1,9 @@
 -- Ack. ARGV[3] id. Returns 1 when a message was removed.
 local id = ARGV[3]
-local rec = redis.call('HGET', M, id)
+local rec, inm = record(id)
 if not rec then return 0 end
 local exp, til, dk = hdr(rec)
-remove(id, exp, nil)
+remove(id, exp, nil, false, inm)
 forget(id, til, dk, true)
 finish()
 return 1

@@ -19,7 +19,7 @@ end
 if dk ~= '' then
   forget_windows()
   local qid = redis.call('HGET', K, dk)
-  local old = qid and redis.call('HGET', M, qid)
+  local old = qid and record(qid)
   if old then
     local oexp, otil = hdr(old)
     local l = lex(qid)
@@ -49,10 +49,8 @@ if dk ~= '' then
 end
 local n = qlen()
 if limit > 0 and n >= limit then return {2, '', n, 0} end
-local id = xadd(S, nil, 'd', '')
-redis.call('HSET', M, id, rec)
+local id = xadd(S, nil, 'r', rec)
 touch(S)
-touch(M)
 if exp == 0 then dforever = dforever + 1 else need(exp) end
 if dk ~= '' then
   redis.call('HSET', K, dk, id)
@@ -63,11 +61,11 @@ dirty = true
 n = n + 1
 local trimmed = 0
 if maxlen > 0 and n > maxlen then
-  scan(function(tid, src)
-    local trec = redis.call('HGET', M, tid)
+  scan(function(tid, src, fields)
+    local trec, inm = scanned_record(tid, src, fields)
     if trec then
       local texp, ttil, tdk = hdr(trec)
-      remove(tid, texp, src)
+      remove(tid, texp, src, false, inm)
       forget(tid, ttil, tdk, false)
     else
       drop_index(tid, src)

@@ -1,9 +1,15 @@
--- Prelude of every script: the node's clock, the garbage-collection margin
--- and id helpers.
--- ARGV[1] now in ms on the node's clock; every expiry decision uses it
--- ARGV[2] garbage-collection margin in ms added to Redis TTLs
-local now = tonumber(ARGV[1])
-local margin = tonumber(ARGV[2])
+-- Start of the function library (see scripts.go): the node's clock, the
+-- garbage-collection margin and id helpers. Redis runs one function at a
+-- time, so the library's locals below hold the state of the call under
+-- way; begin sets them at the start of every call.
+-- args[1] now in ms on the node's clock; every expiry decision uses it
+-- args[2] garbage-collection margin in ms added to Redis TTLs
+local KEYS, ARGV, now, margin
+local function begin(keys, args)
+  KEYS, ARGV = keys, args
+  now = tonumber(ARGV[1])
+  margin = tonumber(ARGV[2])
+end
 
 local function fmt(n) return string.format('%d', n) end
 

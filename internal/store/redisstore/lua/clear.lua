@@ -4,7 +4,7 @@ local n = qlen()
 redis.call('XTRIM', S, 'MAXLEN', 0)
 redis.call('DEL', M, P, B, K, W, L)
 redis.call('HDEL', H, 'f', 'u')
-forever0, dforever, used, newused = 0, 0, '', false
+forever0, dforever, used, newused = 0, 0, 'n', true
 dirty = true
 finish()
 return n

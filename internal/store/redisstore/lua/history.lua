@@ -1,10 +1,12 @@
--- Prelude of the history scripts (after base.lua).
+-- Part of the library for the history functions (after base.lua); hbegin
+-- starts each call.
 -- KEYS[1] HS stream of entries: fields x (expires ms, 0: never), t (content
 --            type), b (body)
 -- KEYS[2] HM hash: d = newest id trimmed or expired (readers asking for
 --            anything before it may have missed entries), f = newest id
 --            recorded without expiry
-local HS, HM = KEYS[1], KEYS[2]
+local HS, HM
+local function hbegin() HS, HM = KEYS[1], KEYS[2] end
 
 -- expire_front drops expired entries from the front, as the memory engine
 -- does: entries of one topic usually share one TTL, so the oldest expire

@@ -1,9 +1,14 @@
--- Prelude of every queue script (after base.lua). The Go side prepends both
--- to each operation's body, so each operation is one atomic script.
+-- Part of the library for the queue functions (after base.lua); qbegin
+-- starts each call. Each operation is one function, so it is atomic.
 --
 -- KEYS[1] S  stream: one entry per appended message, in id order (its
---            last id keeps ids increasing after the queue empties)
--- KEYS[2] M  hash id -> record (header, dedup key, content type, body)
+--            last id keeps ids increasing after the queue empties),
+--            holding the message's record (header, dedup key, content
+--            type, body) in field r; older versions wrote an empty field d
+--            and the record in M
+-- KEYS[2] M  hash id -> record: a record replaced in place (by a dedup
+--            key; u holds 'o' once one was), and the records of older
+--            versions' entries
 -- KEYS[3] P  sorted set (lex, score 0) of pending ids
 -- KEYS[4] B  sorted set (lex, score 0) of restored ids: messages put back
 --            at their id position, which a stream cannot take
@@ -20,33 +25,25 @@
 -- K keeps the id of the message of each dedup key while the message is
 -- queued or leased, and, once it was delivered, for as long as W
 -- remembers the key, so that a repeat is told the id.
-local S, M, P, B, K, W, H, L = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local gcneed = 0
-local dforever = 0
-local dirty = false
+local S, M, P, B, K, W, H, L
+local gcneed, dforever, dirty
 
--- The meta hash H, read once per script: f = messages without expiry,
+-- The meta hash H, read once per call: f = messages without expiry,
 -- g = latest instant (ms) any stored data is needed until, e = the TTL
 -- deadline applied to the keys (ms; -1: persisted), u = letters of the
 -- optional keys (p, b, k, w, l) that may exist, c = most dedup keys of
 -- delivered messages W keeps (0: no bound), w = the instant (ms) until
 -- which a waiter is parked on the queue on some node (see park and
 -- wake). Keys not in u are neither read nor given TTLs, which keeps the
--- common scripts to a few commands.
-local meta = redis.call('HMGET', H, 'f', 'g', 'e', 'u', 'c', 'w')
-local forever0 = tonumber(meta[1] or '0')
-local g0 = tonumber(meta[2] or '0')
-local e0 = tonumber(meta[3] or '0')
-local used = meta[4] or ''
-local dmax = tonumber(meta[5] or '0')
-local parked0 = tonumber(meta[6] or '0')
-local parked = parked0
-local newused = false
-local letter = {[P] = 'p', [B] = 'b', [K] = 'k', [W] = 'w', [L] = 'l'}
+-- common calls to a few commands. u holds 'n' when the queue was created
+-- by this version: its stream has no entries of older versions, whose
+-- records are in M. qbegin (at the end) reads it.
+local forever0, g0, e0, used, dmax, parked0, parked, newused
+local letter
 local function uses(c) return string.find(used, c, 1, true) ~= nil end
 
 -- touched records the keys written, which finish gives the current TTL.
-local touched = {}
+local touched
 local function touch(k)
   touched[k] = true
   local c = letter[k]
@@ -88,9 +85,40 @@ local function qlen()
   return n
 end
 
+-- entry_record returns the record of message id from the fields of its
+-- stream entry, and whether it came from M (a replaced record, or an
+-- older version's entry).
+local function entry_record(id, fields)
+  if fields[1] == 'r' then
+    if uses('o') then
+      local rec = redis.call('HGET', M, id)
+      if rec then return rec, true end
+    end
+    return fields[2], false
+  end
+  return redis.call('HGET', M, id), true
+end
+
+-- record returns the record of message id (nil: there is none), and
+-- whether it came from M.
+local function record(id)
+  local es = redis.call('XRANGE', S, id, id)
+  if #es == 1 then return entry_record(id, es[1][2]) end
+  if uses('b') then return redis.call('HGET', M, id), true end
+  return nil, false
+end
+
+-- inm reports whether M may hold message id's record: inm is what
+-- record said (nil: unknown).
+local function may_be_in_m(inm)
+  if inm == nil then return uses('o') or not uses('n') end
+  return inm
+end
+
 -- remove drops message id from every structure; src is 's' (stream), 'b'
--- (restored) or nil (unknown); notpending skips the pending set.
-local function remove(id, exp, src, notpending)
+-- (restored) or nil (unknown); notpending skips the pending set; inm as
+-- may_be_in_m takes it.
+local function remove(id, exp, src, notpending, inm)
   if src == 's' then
     redis.call('XDEL', S, id)
   elseif src == 'b' then
@@ -100,7 +128,7 @@ local function remove(id, exp, src, notpending)
   end
   if not notpending and uses('p') then redis.call('ZREM', P, lex(id)) end
   if uses('l') then redis.call('ZREM', L, lex(id)) end
-  redis.call('HDEL', M, id)
+  if may_be_in_m(inm) then redis.call('HDEL', M, id) end
   if exp == 0 then dforever = dforever - 1 end
   dirty = true
 end
@@ -155,7 +183,7 @@ end
 -- free reports whether the message lex l may be handed out: neither
 -- pending nor under a lease that has not run out. A lease that ran out is
 -- ended on the way (and a pending-mode one is no longer pending). hasl and
--- hasp say whether L and P hold anything at all.
+-- hasp say whether L and P may hold anything at all.
 local function free(l, hasl, hasp)
   local ls = hasl and redis.call('ZSCORE', L, l)
   if ls then
@@ -241,9 +269,10 @@ local function apply_meta()
     end
     return e
   end
-  local keys = {S, M, H}
+  local keys = {S, H}
+  if may_be_in_m(nil) then keys[#keys + 1] = M end
   for k, c in pairs(letter) do
-    if uses(c) then keys[#keys + 1] = k end
+    if uses(c) and k ~= M then keys[#keys + 1] = k end
   end
   for _, k in ipairs(keys) do
     if e == -1 then redis.call('PERSIST', k) else redis.call('PEXPIRE', k, e - now) end
@@ -262,7 +291,8 @@ local function finish()
 end
 
 -- scan visits every message of the queue in id order, merging the stream
--- and the restored set, until visit returns true. visit may remove the
+-- and the restored set, until visit(id, src, fields) returns true: src
+-- 's' with the fields of its stream entry, or 'b'. visit may remove the
 -- message it is given.
 local function scan(visit)
   local scur, bcur = '-', '-'
@@ -280,7 +310,7 @@ local function scan(visit)
       if #sbuf == 0 then return nil end
       scur = '(' .. sbuf[#sbuf][1]
     end
-    return sbuf[si][1]
+    return sbuf[si][1], sbuf[si][2]
   end
   if not uses('b') then bdone = true end
   local function bpeek()
@@ -295,16 +325,23 @@ local function scan(visit)
     return bbuf[bi]
   end
   while true do
-    local sid, bl = speek(), bpeek()
+    local sid, sf = speek()
+    local bl = bpeek()
     if sid == nil and bl == nil then return end
-    local id, src
+    local id, src, fields
     if bl == nil or (sid ~= nil and lex(sid) < bl) then
-      id, src, si = sid, 's', si + 1
+      id, src, fields, si = sid, 's', sf, si + 1
     else
       id, src, bi = unlex(bl), 'b', bi + 1
     end
-    if visit(id, src) then return end
+    if visit(id, src, fields) then return end
   end
+end
+
+-- scanned_record is record for a message scan visits.
+local function scanned_record(id, src, fields)
+  if src == 's' then return entry_record(id, fields) end
+  return redis.call('HGET', M, id), true
 end
 
 -- drop_index removes an index entry that has no record (never expected).
@@ -320,17 +357,19 @@ end
 -- removed (the caller asks to be called again).
 local function takeable(budget, grant)
   local more = false
-  local hasl = uses('l') and redis.call('ZCARD', L) > 0
+  -- L is seldom empty while messages are taken: its ZCARD would only add
+  -- a command to the ZSCORE of the message handed out.
+  local hasl = uses('l')
   local hasp = uses('p') and redis.call('ZCARD', P) > 0
-  scan(function(id, src)
-    local rec = redis.call('HGET', M, id)
+  scan(function(id, src, fields)
+    local rec, inm = scanned_record(id, src, fields)
     if not rec then
       drop_index(id, src)
       return false
     end
     local exp, til, dk = hdr(rec)
     if expired(exp) then
-      remove(id, exp, src)
+      remove(id, exp, src, false, inm)
       forget(id, til, dk, false)
       budget = budget - 1
       more = budget <= 0
@@ -347,9 +386,18 @@ end
 -- out), is removed ('d') or pending from then on ('p'), and its dedup key
 -- remembered; not delivered, a message still under that lease is queued
 -- again, and settle returns true.
-local function settle(id, token, mode, delivered)
+local function settle(id, token, mode, delivered, cexp)
   local l = lex(id)
-  local rec = redis.call('HGET', M, id)
+  if delivered and mode == 'd' and cexp then
+    -- The caller knows the record: its message has no dedup key and
+    -- expires at cexp. Under this lease, not run out, it is unchanged.
+    local ls = leaseof(l)
+    if ls and tonumber(ls) == token and not over(ls) then
+      remove(id, cexp, nil)
+      return false
+    end
+  end
+  local rec, inm = record(id)
   local ls = rec and leaseof(l)
   local mine = ls and tonumber(ls) == token
   if rec and not delivered then
@@ -362,7 +410,7 @@ local function settle(id, token, mode, delivered)
   elseif rec and (mine or (ls and over(ls)) or (not ls and not pendof(l))) then
     local exp, til, dk = hdr(rec)
     if mode == 'd' then
-      remove(id, exp, nil)
+      remove(id, exp, nil, false, inm)
     else
       if ls then redis.call('ZREM', L, l) end
       redis.call('ZADD', P, 0, l)
@@ -373,17 +421,45 @@ local function settle(id, token, mode, delivered)
   return false
 end
 
--- ARGV[3] of every queue script carries the deliveries the node settled
--- and has not sent yet: "id token mode" triples, separated by spaces ('':
--- none). They are settled before the operation, which then finds its own
+-- qbegin starts a call of a queue function: it reads the meta hash and
+-- settles what ARGV[3] carries: the deliveries the node settled and has
+-- not sent yet, "id token mode exp" separated by spaces ('': none), exp
+-- the message's expiry (ms, 0: never) when it has no dedup key, else '-'.
+-- They are settled before the operation, which then finds its own
 -- arguments from ARGV[3] on.
-do
+local function qbegin()
+  S, M, P, B, K, W, H, L = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+  gcneed, dforever, dirty = 0, 0, false
+  local meta = redis.call('HMGET', H, 'f', 'g', 'e', 'u', 'c', 'w')
+  forever0 = tonumber(meta[1] or '0')
+  g0 = tonumber(meta[2] or '0')
+  e0 = tonumber(meta[3] or '0')
+  used = meta[4] or ''
+  dmax = tonumber(meta[5] or '0')
+  parked0 = tonumber(meta[6] or '0')
+  parked = parked0
+  newused = false
+  if not meta[3] and not meta[4] then
+    -- No meta: a new queue (every queue with messages has e).
+    used, newused = 'n', true
+  end
+  letter = {[P] = 'p', [B] = 'b', [K] = 'k', [W] = 'w', [L] = 'l', [M] = 'o'}
+  touched = {}
   local carried = table.remove(ARGV, 3)
   if carried and carried ~= '' then
     local f = {}
     for w in string.gmatch(carried, '%S+') do f[#f + 1] = w end
-    for i = 1, #f - 2, 3 do settle(f[i], tonumber(f[i + 1]), f[i + 2], true) end
-    -- Applied now, as the operation may end without a finish of its own.
-    finish()
+    for i = 1, #f - 3, 4 do settle(f[i], tonumber(f[i + 1]), f[i + 2], true, tonumber(f[i + 3])) end
+    -- Applied with the operation's own changes (see qend): a settling
+    -- and an append that leave the count of messages without expiry as
+    -- it was then write no meta and no TTLs.
   end
+end
+
+-- qend ends a call of a queue function that answers r: it applies what
+-- the call changed and is left to apply (finish costs nothing when that
+-- is nothing).
+local function qend(r)
+  finish()
+  return r
 end

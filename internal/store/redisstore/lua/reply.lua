@@ -6,13 +6,13 @@ if not pendof(l) then return 0 end
 -- Taken in pending mode, its lease ran out: queued, not pending.
 local ls = leaseof(l)
 if ls and over(ls) then return 0 end
-local rec = redis.call('HGET', M, id)
+local rec, inm = record(id)
 if not rec then
   redis.call('ZREM', P, l)
   return 0
 end
 local exp, til, dk = hdr(rec)
-remove(id, exp, nil)
+remove(id, exp, nil, false, inm)
 forget(id, til, dk, true)
 if ttl > 0 then
   redis.call('SET', KEYS[9], rrec, 'PX', ttl + margin)

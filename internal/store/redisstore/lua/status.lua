@@ -1,6 +1,6 @@
 -- Status. ARGV[3] id. Returns 0 none, 1 queued, 2 pending.
 local id = ARGV[3]
-local rec = redis.call('HGET', M, id)
+local rec = record(id)
 if not rec or expired((hdr(rec))) then return 0 end
 local l = lex(id)
 if pendof(l) then

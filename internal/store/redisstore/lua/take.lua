@@ -8,7 +8,7 @@ local mode, budget, token, til = ARGV[3], tonumber(ARGV[4]), ARGV[5], tonumber(A
 if mode == 'p' and uses('p') then
   for _, l in ipairs(redis.call('ZRANGE', P, 0, -1)) do
     local id = unlex(l)
-    local rec = redis.call('HGET', M, id)
+    local rec = record(id)
     local ls = leaseof(l)
     if not rec then
       redis.call('ZREM', P, l)

@@ -249,6 +249,34 @@ func (s *Server) WaitSynced(timeout time.Duration) error {
 	})
 }
 
+// WaitCaughtUp waits until every replica of the server, a master, has
+// received all the master had written when it was called.
+func (s *Server) WaitCaughtUp(timeout time.Duration) error {
+	info, err := doString(s.Addr, "INFO", "replication")
+	if err != nil {
+		return err
+	}
+	want, _ := strconv.ParseInt(infoField(info, "master_repl_offset"), 10, 64)
+	return waitFor(timeout, "replicas of "+s.Addr+" caught up", func() (bool, error) {
+		info, err := doString(s.Addr, "INFO", "replication")
+		if err != nil {
+			return false, err
+		}
+		for i := range 16 {
+			v := infoField(info, fmt.Sprint("slave", i))
+			if v == "" {
+				return true, nil
+			}
+			_, off, _ := strings.Cut(v, ",offset=")
+			off, _, _ = strings.Cut(off, ",")
+			if n, _ := strconv.ParseInt(off, 10, 64); n < want {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+}
+
 // synced reports whether the server at addr is a replica in sync with its
 // master, and which that is: the replica says its link is up and the
 // master counts it online (only then does WAIT count it).
