@@ -79,11 +79,36 @@ func fillDisk(t *testing.T, dir string) string {
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
+// smallDisk returns an 8 MB tmpfs, the data directory in it, and options
+// with a small log, frequent checkpoints and a short retry interval.
+func smallDisk(t *testing.T) (mnt, dir string, opts filestore.Options) {
+	t.Helper()
+	mnt = mountTmpfs(t, "8m")
+	dir = filepath.Join(mnt, "data")
+	return mnt, dir, filestore.Options{Dir: dir, WALSize: 512 << 10, RetryInterval: 20 * time.Millisecond, CheckpointInterval: 10 * time.Millisecond, Logger: quietLogger()}
+}
+
+// appendOnceWritable appends to key until the store takes writes again
+// after the disk had room again (the retry interval runs on the wall
+// clock), failing on any error but ErrNoSpace or after 10 seconds.
+func appendOnceWritable(t *testing.T, s *filestore.Store, key string) store.ID {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		res, err := s.Append(context.Background(), key, store.Message{Body: []byte("after")}, store.AppendOptions{})
+		if err == nil {
+			return res.ID
+		}
+		if !errors.Is(err, store.ErrNoSpace) || time.Now().After(deadline) {
+			t.Fatalf("append after space came back: %v", err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func TestFullDiskRefusesWritesKeepsReads(t *testing.T) {
 	ctx := context.Background()
-	mnt := mountTmpfs(t, "8m")
-	dir := filepath.Join(mnt, "data")
-	opts := filestore.Options{Dir: dir, WALSize: 512 << 10, RetryInterval: 20 * time.Millisecond, CheckpointInterval: 10 * time.Millisecond, Logger: quietLogger()}
+	mnt, dir, opts := smallDisk(t)
 	s, err := filestore.Open(opts)
 	if err != nil {
 		t.Fatal(err)
@@ -138,18 +163,8 @@ func TestFullDiskRefusesWritesKeepsReads(t *testing.T) {
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		_, err := s.Append(ctx, "t/full", store.Message{Body: []byte("after")}, store.AppendOptions{})
-		if err == nil {
-			acked++
-			break
-		}
-		if !errors.Is(err, store.ErrNoSpace) || time.Now().After(deadline) {
-			t.Fatalf("append after space came back: %v", err)
-		}
-		time.Sleep(5 * time.Millisecond) // the retry interval runs on the wall clock
-	}
+	appendOnceWritable(t, s, "t/full")
+	acked++
 	if ok, err := s.Ack(ctx, "t/full", first.ID); err != nil || ok == (acks == 1) {
 		t.Fatalf("Ack after space came back: %v %v", ok, err)
 	}
@@ -295,9 +310,7 @@ func TestFullDiskOverHTTP(t *testing.T) {
 // acknowledged messages, in order.
 func TestFullDiskConcurrentWriters(t *testing.T) {
 	ctx := context.Background()
-	mnt := mountTmpfs(t, "8m")
-	dir := filepath.Join(mnt, "data")
-	opts := filestore.Options{Dir: dir, WALSize: 512 << 10, RetryInterval: 20 * time.Millisecond, CheckpointInterval: 10 * time.Millisecond, Logger: quietLogger()}
+	mnt, _, opts := smallDisk(t)
 	s, err := filestore.Open(opts)
 	if err != nil {
 		t.Fatal(err)
@@ -330,18 +343,7 @@ func TestFullDiskConcurrentWriters(t *testing.T) {
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		res, err := s.Append(ctx, "t/full-0", store.Message{Body: []byte("after")}, store.AppendOptions{})
-		if err == nil {
-			acked[0] = append(acked[0], res.ID)
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("append after space came back: %v", err)
-		}
-		time.Sleep(5 * time.Millisecond) // the retry interval runs on the wall clock
-	}
+	acked[0] = append(acked[0], appendOnceWritable(t, s, "t/full-0"))
 	if err := s.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
