@@ -703,6 +703,8 @@ func runRelay(ctx context.Context, o Options) ([]Figure, error) {
 			Figure{Name: "req/s vs -against", Unit: "req/s", Value: relayed.rate(), Baseline: against.rate()},
 			Figure{Name: "-against req/s vs direct", Unit: "req/s", Value: against.rate(), Baseline: direct.rate()},
 			Figure{Name: "CPU per req vs -against", Unit: "us", Value: relayed.cpuPerOp(), Baseline: against.cpuPerOp(), LowerIsBetter: true},
+			Figure{Name: "p50 vs -against", Unit: "ms", Value: relayed.ms(50), Baseline: against.ms(50), LowerIsBetter: true},
+			Figure{Name: "p99 vs -against", Unit: "ms", Value: relayed.ms(99), Baseline: against.ms(99), LowerIsBetter: true},
 		)
 	}
 	return figs, nil

@@ -73,8 +73,11 @@ func (p *pair) setState(state int) bool {
 
 // abort closes both connections, which ends whatever the pair's
 // goroutines are blocked on. Called with s.mu held, or by the pair.
-// (The pair sets lc under s.mu too.)
+// (The pair sets lc under s.mu too.) A stream's Close only half-closes
+// it: the deadline ends a read waiting on it, whether or not the server
+// closes its end in turn.
 func (p *pair) abort() {
+	p.st.SetDeadline(time.Unix(1, 0))
 	p.st.Close()
 	if p.lc != nil {
 		p.lc.Close()

@@ -44,7 +44,10 @@ kept and reused, and a streamed response goes in chunks of up to 1 MiB,
 each posted as soon as the previous one is answered, straight from the
 buffer it was read into. Against postern, which relays a posted body to
 the user as it arrives, a response of known length goes in one message,
-sent as it is read from the backend.
+sent as it is read from the backend; and under load one poll answer
+brings several requests, and the short responses of several requests go
+back in one post (--batch-requests), so the relay's own HTTP exchanges
+are shared between requests.
 
 Like "postern expose" it logs one line per request, reconnects with backoff
 and jitter when the server goes away, and stops on SIGINT or SIGTERM after
@@ -61,12 +64,14 @@ every relay call, as the original's --authentication_token_file).`,
 	f := relayFlags{
 		pending: gcrclient.TunedNumPendingRequests, maxPending: gcrclient.TunedMaxPendingRequests,
 		chunk: gcrclient.TunedMaxChunkSize, block: gcrclient.TunedBlockSize,
+		batch: gcrclient.TunedBatchRequests,
 	}
 	c.fs.String(&f.name, "name", "backend `name` to serve (the original's --server_name)")
 	c.fs.Int(&f.pending, "pending-requests", "long-polls kept waiting for requests when idle (the original's --num_pending_requests)")
 	c.fs.Int(&f.chunk, "max-chunk-size", "largest chunk of a streamed response posted at once, in bytes (the original's --max_chunk_size)")
 	c.fs.Int(&f.block, "block-size", "size of each read from the backend, in bytes (the original's --block_size)")
 	c.fs.Int(&f.maxPending, "max-pending-requests", "most long-polls waiting at once while requests are in progress (the polls follow the load up to it; equal to --pending-requests: a fixed number, as the original)")
+	c.fs.Int(&f.batch, "batch-requests", "most requests taken from the server in one poll answer, with their short responses posted together, when the server offers it (postern does; 1: one request per poll, as the original)")
 	a.bind(cmd, c.fs)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error { return a.runRelay(cmd, c, &f, args[0]) }
 	return cmd
@@ -74,8 +79,8 @@ every relay call, as the original's --authentication_token_file).`,
 
 // relayFlags are postern relay's own flags.
 type relayFlags struct {
-	name                              string
-	pending, maxPending, chunk, block int
+	name                                     string
+	pending, maxPending, chunk, block, batch int
 }
 
 func (f *relayFlags) check() error {
@@ -88,6 +93,8 @@ func (f *relayFlags) check() error {
 		return usagef("--max-pending-requests (%d) must be at least --pending-requests (%d)", f.maxPending, f.pending)
 	case f.chunk < 1 || f.block < 1:
 		return usagef("--max-chunk-size and --block-size must be positive")
+	case f.batch < 1:
+		return usagef("--batch-requests must be at least 1")
 	}
 	return nil
 }
@@ -130,6 +137,7 @@ func (a *app) runRelay(cmd *cobra.Command, c *agentCmd, f *relayFlags, local str
 		MaxPendingRequests: f.maxPending,
 		MaxChunkSize:       f.chunk,
 		BlockSize:          f.block,
+		BatchRequests:      f.batch,
 		Logger:             log,
 		Backoff:            func() gcrclient.Backoff { return newBackoff() },
 		OnReady: func() {

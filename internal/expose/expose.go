@@ -11,9 +11,10 @@
 //     dictates.
 //   - Native agents (`postern expose`, client.Expose) connect a websocket
 //     to /agent?name=NAME and multiplex streams over it with yamux. Their
-//     backend is an http.Transport whose DialContext opens a stream, so
-//     streaming bodies, keep-alive and 101 upgrades pass through
-//     untouched.
+//     backend writes plain requests (no body, no upgrade) on streams
+//     itself (direct.go) and hands the others to an http.Transport whose
+//     DialContext opens a stream, so streaming bodies, keep-alive and 101
+//     upgrades pass through untouched.
 //
 // A native agent may also carry raw connections instead of HTTP (raw.go):
 // raw TCP on a public port of Options.TCPPorts (tcp.go), or TLS passed

@@ -126,9 +126,10 @@ func (s *Service) authorizeAgent(r *http.Request, name string, rules []auth.Rule
 // nativeTransport carries the native agents (`postern expose`,
 // client.Expose): each is one websocket carrying a yamux session on which
 // the server opens one stream per HTTP connection to the agent. Its
-// backend on the hub is an http.Transport whose DialContext opens a
-// stream, so keep-alive, streaming bodies and 101 upgrades pass through
-// the hub's reverse proxy untouched.
+// backend on the hub writes plain requests (no body, no upgrade) on
+// streams itself (direct.go), and hands the others to an http.Transport
+// whose DialContext opens a stream, so keep-alive, streaming bodies and
+// 101 upgrades pass through the hub's reverse proxy untouched.
 type nativeTransport struct {
 	hub       *relay.Hub
 	keepAlive time.Duration
@@ -155,8 +156,8 @@ var errAgentFailed = errors.New("the agent's connection failed as it was set up"
 // session, and what users reach it through (its binding).
 type nativeAgent struct {
 	name  string
-	tr    *http.Transport     // HTTP agents: the backend on the hub
-	reg   *relay.Registration // of tr
+	be    *agentBackend       // HTTP agents: the backend on the hub
+	reg   *relay.Registration // of be
 	ready chan struct{}       // closed once sess is set, or the setup failed
 
 	mu     sync.Mutex
@@ -184,10 +185,10 @@ type hubBinding struct {
 }
 
 func (b hubBinding) attach(a *nativeAgent) (string, *httpapi.Error) {
-	a.tr = b.t.backend(a)
-	var rt http.RoundTripper = a.tr
+	a.be = &agentBackend{direct: newDirectTransport(a.open), tr: b.t.backend(a)}
+	var rt http.RoundTripper = a.be
 	if len(b.acc.rules()) > 0 {
-		rt = guarded{rt: a.tr, acc: b.acc, count: b.t.count}
+		rt = guarded{rt: a.be, acc: b.acc, count: b.t.count}
 	}
 	a.reg = b.t.hub.Register(a.name, rt)
 	return b.public, nil
@@ -195,7 +196,7 @@ func (b hubBinding) attach(a *nativeAgent) (string, *httpapi.Error) {
 
 func (b hubBinding) detach(a *nativeAgent) {
 	a.reg.Close()
-	a.tr.CloseIdleConnections()
+	a.be.close()
 }
 
 // serve runs one agent that may claim name, users reaching it through b
@@ -264,8 +265,9 @@ func (t *nativeTransport) accept(w http.ResponseWriter, r *http.Request, a *nati
 	return conn, true
 }
 
-// backend is the agent's RoundTripper on the hub: an http.Transport whose
-// connections are streams of the agent's session.
+// backend is the agent's http.Transport, whose connections are streams
+// of the agent's session: its RoundTripper on the hub for the requests
+// the direct path (direct.go) does not carry.
 func (t *nativeTransport) backend(a *nativeAgent) *http.Transport {
 	return &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {

@@ -12,6 +12,7 @@ package muxconn
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -59,26 +60,32 @@ const (
 // sent with its body. At most MaxMessage waits to be sent: beyond it,
 // Write blocks. Close sends what was written first (a yamux stream's last
 // answer goes before its session closes), for at most CloseFlushTimeout.
-// ctx bounds the connection.
+// ctx bounds the connection: when it ends the websocket is closed, which
+// ends reads and writes in progress. (Reads and writes themselves run
+// without a context: the websocket library would arm and disarm a watch
+// of it for every message.)
 func Conn(ctx context.Context, ws *websocket.Conn) net.Conn {
 	c := &conn{
 		Conn: websocket.NetConn(ctx, ws, websocket.MessageBinary), ws: ws, ctx: ctx,
 		wake: make(chan struct{}, 1), space: make(chan struct{}, 1), sent: make(chan struct{}, 1),
 		done: make(chan struct{}),
 	}
+	c.stopWatch = context.AfterFunc(ctx, func() { ws.CloseNow() })
 	go c.flush()
 	return c
 }
 
 type conn struct {
-	net.Conn // reads and addresses
-	ws       *websocket.Conn
-	ctx      context.Context
-	wake     chan struct{} // data waits
-	space    chan struct{} // the buffer was taken
-	sent     chan struct{} // a message went out
-	done     chan struct{} // closed by Close
-	once     sync.Once
+	net.Conn  // addresses and Close
+	ws        *websocket.Conn
+	msg       io.Reader // the message being read, if any
+	stopWatch func() bool
+	ctx       context.Context
+	wake      chan struct{} // data waits
+	space     chan struct{} // the buffer was taken
+	sent      chan struct{} // a message went out
+	done      chan struct{} // closed by Close
+	once      sync.Once
 
 	mu      sync.Mutex
 	buf     []byte
@@ -147,7 +154,7 @@ func (c *conn) flush() {
 		var err error
 		for rest := out; len(rest) > 0 && err == nil; {
 			n := min(len(rest), MaxMessage)
-			err = c.ws.Write(c.ctx, websocket.MessageBinary, rest[:n])
+			err = c.ws.Write(context.Background(), websocket.MessageBinary, rest[:n])
 			rest = rest[n:]
 		}
 		c.mu.Lock()
@@ -167,17 +174,48 @@ func (c *conn) flush() {
 	}
 }
 
-// Read reads the session's bytes, remembering the error that ended them.
+// Read reads the session's bytes, message after message, remembering the
+// error that ended them: io.EOF when the other end closed the websocket
+// normally, as websocket.NetConn reads. Only yamux's receive loop reads.
 func (c *conn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	if err != nil {
-		c.mu.Lock()
-		if c.err == nil {
-			c.err = err
+	for {
+		if c.msg == nil {
+			typ, r, err := c.ws.Reader(context.Background())
+			if err != nil {
+				switch websocket.CloseStatus(err) {
+				case websocket.StatusNormalClosure, websocket.StatusGoingAway:
+					err = io.EOF
+				}
+				return 0, c.readFailed(err)
+			}
+			if typ != websocket.MessageBinary {
+				err := fmt.Errorf("unexpected frame type read (expected %v): %v", websocket.MessageBinary, typ)
+				c.ws.Close(websocket.StatusUnsupportedData, err.Error())
+				return 0, c.readFailed(err)
+			}
+			c.msg = r
 		}
-		c.mu.Unlock()
+		n, err := c.msg.Read(p)
+		if err == io.EOF {
+			c.msg, err = nil, nil
+		}
+		if err != nil {
+			return n, c.readFailed(err)
+		}
+		if n > 0 || len(p) == 0 {
+			return n, nil
+		}
 	}
-	return n, err
+}
+
+// readFailed records err as the cause, if none was, and returns it.
+func (c *conn) readFailed(err error) error {
+	c.mu.Lock()
+	if c.err == nil {
+		c.err = err
+	}
+	c.mu.Unlock()
+	return err
 }
 
 // Cause reports why a connection made by Conn ended: the first read or
@@ -197,6 +235,7 @@ func (c *conn) Close() error {
 	c.once.Do(func() {
 		c.drain()
 		close(c.done)
+		c.stopWatch()
 	})
 	return c.Conn.Close()
 }

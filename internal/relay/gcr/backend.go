@@ -29,6 +29,7 @@ type backend struct {
 
 	// Guarded by g.mu.
 	polls    int
+	waiting  int // requests waiting for a poll (see WaitForWaiting)
 	lastPoll time.Time
 	idle     *time.Timer
 }
@@ -227,15 +228,19 @@ func (b *backend) handOff(p *pending) (chunk, error) {
 	select {
 	case b.handoff <- p: // a poll was parked: no timer needed
 	default:
+		b.wait(1)
 		pickup := time.NewTimer(b.g.opts.PickupTimeout)
 		select {
 		case b.handoff <- p:
 			pickup.Stop()
+			b.wait(-1)
 		case <-pickup.C:
+			b.wait(-1)
 			p.finish(errNotTaken)
 			return chunk{}, notPickedUp(b.name)
 		case <-p.done:
 			pickup.Stop()
+			b.wait(-1)
 			return chunk{}, b.failure(p)
 		}
 	}
@@ -245,6 +250,15 @@ func (b *backend) handOff(p *pending) (chunk, error) {
 	case <-p.done:
 		return chunk{}, b.failure(p)
 	}
+}
+
+// wait counts a request that starts (d 1) or ends (d -1) waiting for a
+// poll.
+func (b *backend) wait(d int) {
+	b.g.mu.Lock()
+	b.waiting += d
+	b.g.changedLocked()
+	b.g.mu.Unlock()
 }
 
 // response is the user's response, from the first chunk on.

@@ -88,3 +88,32 @@ func FuzzUserRequests(f *testing.F) {
 		}
 	})
 }
+
+// FuzzServerBatch posts arbitrary bodies as batches of responses
+// (wire.BatchContentType): nothing is pending, so every answer is a
+// one-line 400, never a 500 or a panic.
+func FuzzServerBatch(f *testing.F) {
+	h := fuzzNode(f)
+	id := "n:0123456789abcdef0123456789abcdef"
+	one := (&wire.Response{HasID: true, ID: id, HasStatus: true, StatusCode: 200, Body: []byte("x"), EOF: true}).Marshal()
+	f.Add([]byte{})
+	f.Add(wire.AppendDelimited(nil, one))
+	f.Add(wire.AppendDelimited(wire.AppendDelimited(nil, one), (&wire.Response{HasID: true, ID: "a:b"}).Marshal()))
+	f.Add(wire.AppendDelimited(nil, []byte{0xff}))
+	f.Add([]byte{0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01})
+	f.Fuzz(func(t *testing.T, body []byte) {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest("POST", "/server/response", bytes.NewReader(body))
+		req.Header.Set("Content-Type", wire.BatchContentType)
+		if len(body)%2 == 1 {
+			req.ContentLength = -1
+		}
+		h.ServeHTTP(rec, req)
+		if rec.Code != 400 {
+			t.Fatalf("status %d %q", rec.Code, rec.Body.String())
+		}
+		if b := strings.TrimSuffix(rec.Body.String(), "\n"); strings.ContainsAny(b, "\r\n") {
+			t.Fatalf("answer is not one line: %q", b)
+		}
+	})
+}

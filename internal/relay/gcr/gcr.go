@@ -289,18 +289,19 @@ func (g *Relay) servePoll(w http.ResponseWriter, r *http.Request) error {
 		g.log.Debug("Relay client connected", "ServerName", name)
 	}
 	defer g.pollEnd(b)
+	batch := g.batchSize(r)
 	// Under load a request is often waiting already: take it without
 	// arming a timer.
 	select {
 	case p := <-b.handoff:
-		return g.deliver(w, p)
+		return g.deliverAll(w, b, p, batch)
 	default:
 	}
 	t := time.NewTimer(g.opts.PollTimeout)
 	defer t.Stop()
 	select {
 	case p := <-b.handoff:
-		return g.deliver(w, p)
+		return g.deliverAll(w, b, p, batch)
 	case <-t.C:
 		return errNoRequest
 	case <-g.quit:
@@ -329,6 +330,7 @@ func (g *Relay) deliver(w http.ResponseWriter, p *pending) error {
 // Header values set on every answer, shared (net/http only reads them).
 var (
 	requestContentType = []string{wire.RequestContentType}
+	batchContentType   = []string{wire.BatchContentType}
 	textPlain          = []string{"text/plain"}
 	okBody             = []byte("ok")
 	streamsYes         = []string{"1"}
@@ -342,6 +344,9 @@ func (g *Relay) serveResponse(w http.ResponseWriter, r *http.Request) error {
 	httpapi.SetRoute(r, "relay.response")
 	rc := http.NewResponseController(w)
 	deadline := rc.SetReadDeadline(time.Now().Add(g.opts.InactiveRequestTimeout)) == nil
+	if r.Header.Get("Content-Type") == wire.BatchContentType && !g.hub.Shared() {
+		return g.serveBatch(w, r, rc, deadline)
+	}
 	var start []byte
 	if r.ContentLength < 0 || r.ContentLength > streamMinBytes {
 		var err error
@@ -701,6 +706,32 @@ func (g *Relay) WaitForPolls(ctx context.Context, name string, n int) error {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("%d polls for %q parked, want %d or more: %w", got, name, n, ctx.Err())
+		case <-ch:
+		}
+	}
+}
+
+// WaitForWaiting blocks until at least n user requests for name wait on
+// this node for a poll to take them, or ctx ends: a readiness signal for
+// tests and tools.
+func (g *Relay) WaitForWaiting(ctx context.Context, name string, n int) error {
+	for {
+		g.mu.Lock()
+		got := 0
+		if b := g.backends[name]; b != nil {
+			got = b.waiting
+		}
+		if g.changed == nil {
+			g.changed = make(chan struct{})
+		}
+		ch := g.changed
+		g.mu.Unlock()
+		if got >= n {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%d requests for %q wait for a poll, want %d or more: %w", got, name, n, ctx.Err())
 		case <-ch:
 		}
 	}

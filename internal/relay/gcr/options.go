@@ -9,7 +9,10 @@
 // request, a protobuf HttpRequest), POST /server/response (a protobuf
 // HttpResponse: the status and headers, then body chunks, then eof and
 // trailers), /server/requeststream?id=<id> (the user's bytes after a 101
-// upgrade). The package owns the wire format and the correlation of
+// upgrade). postern's own relay client may ask for more than the
+// protocol's one message per exchange (streamed bodies, batches of
+// requests and responses: stream.go, batch.go); the original never asks
+// and never gets them. The package owns the wire format and the correlation of
 // polls, requests and response chunks; relaying, streaming, upgrades,
 // cancellation and forwarding between nodes are the core's.
 package gcr

@@ -42,8 +42,12 @@ const (
 	streamStartBytes = 64 << 10
 	// streamTailBytes bounds the fields after a streamed body.
 	streamTailBytes = 64 << 10
-	// streamCopyBytes is the buffer a streamed body is relayed through.
-	streamCopyBytes = 128 << 10
+	// streamCopyBytes is the largest buffer a streamed body is relayed
+	// through. Large: a read and a write per MiB cost a download through
+	// the relay about a third less CPU than with 128 KiB, and a relay
+	// client that sends in blocks as large (postern relay does) is read
+	// in one go.
+	streamCopyBytes = 1 << 20
 )
 
 // readStart reads the start of a posted message, into a pooled buffer of
@@ -277,17 +281,14 @@ func (s *bodyStream) abandon() {
 	}
 }
 
-// streamBufs lend the user side its buffer for relaying a streamed body.
-var streamBufs = sync.Pool{New: func() any { b := make([]byte, streamCopyBytes); return &b }}
-
-// copyStream writes a streamed body to w through a pooled buffer, as it
-// arrives: a write per read, a flush when a read found no more waiting.
-// It reports the bytes written and whether an error was w's.
+// copyStream writes a streamed body to w through a pooled buffer (of
+// the body's size, up to streamCopyBytes), as it arrives: a write per
+// read, a flush when a read found no more waiting. It reports the bytes
+// written and whether an error was w's.
 func (r *bodyReader) copyStream(w io.Writer, f interface{ Flush() error }) (n int64, userErr bool, err error) {
 	s := r.stream
-	bp := streamBufs.Get().(*[]byte)
-	defer streamBufs.Put(bp)
-	buf := *bp
+	buf := getMessage(max(min(s.n, streamCopyBytes), 1))
+	defer putMessage(buf)
 	for {
 		k, rerr := s.Read(buf)
 		if k > 0 {

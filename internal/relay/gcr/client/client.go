@@ -21,8 +21,10 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/postern/postern/internal/relay/gcr/wire"
@@ -111,6 +113,17 @@ type Options struct {
 	// a streamed body is relayed by the server without being held. The
 	// messages are the protocol's; only their fields' order differs.
 	StreamBodies bool
+	// BatchRequests, above 1, asks the server for up to this many
+	// requests per poll (wire.BatchHeader). A server that offers batches
+	// (postern) answers with the requests waiting, in one answer, and
+	// then takes the short complete responses of several requests in one
+	// post: under load, two HTTP exchanges with the server serve many
+	// requests instead of two each. Requests from batches are served
+	// concurrently, up to MaxPendingRequests at once; the polls stay at
+	// NumPendingRequests. A server that does not offer batches (the
+	// original) answers one request per poll as always, and the client
+	// works as without this setting.
+	BatchRequests int
 }
 
 // Tuned settings of `postern relay`: see Tuned.
@@ -118,7 +131,8 @@ const (
 	TunedNumPendingRequests = 2
 	TunedMaxPendingRequests = 64
 	TunedMaxChunkSize       = 1 << 20
-	TunedBlockSize          = 64 << 10
+	TunedBlockSize          = 1 << 20
+	TunedBatchRequests      = 32
 )
 
 // Tuned returns o with the settings of a relay client built for speed on
@@ -140,6 +154,9 @@ func Tuned(o Options) Options {
 	if o.BlockSize <= 0 {
 		o.BlockSize = TunedBlockSize
 	}
+	if o.BatchRequests <= 0 {
+		o.BatchRequests = TunedBatchRequests
+	}
 	o.ChunkedPosts = true
 	o.EagerChunks = true
 	o.StreamBodies = true
@@ -148,17 +165,30 @@ func Tuned(o Options) Options {
 
 // Client is a relay client.
 type Client struct {
-	o        Options
-	relay    *http.Client
-	backend  *http.Client
-	own      []*http.Transport
-	backURL  *url.URL
-	relayURL *url.URL
+	o Options
+	// relayDo and backendDo send a request to the relay server and to
+	// the backend.
+	relayDo, backendDo func(*http.Request) (*http.Response, error)
+	own                []*http.Transport
+	backURL            *url.URL
+	relayURL           *url.URL
 	// Templates of the relay calls, their URLs and headers shared by
 	// every request (net/http only reads them).
-	pollTmpl, postTmpl *http.Request
+	pollTmpl, postTmpl, batchTmpl *http.Request
+	// Workers serve the requests of batches: workers counts them (up to
+	// MaxPendingRequests), work hands them requests (see dispatch).
+	workers chan struct{}
+	work    chan job
+	// batches: the server offers them (it answered a poll with one).
+	batches atomic.Bool
+	// Complete responses waiting to be posted in a batch, and the posts
+	// of batches in progress.
+	batchMu      sync.Mutex
+	batchQueue   []*batchItem
+	batchPosting int
 
 	wg        sync.WaitGroup // pollers and the goroutines of requests
+	workerWG  sync.WaitGroup // workers (see dispatch), which end with Run's context
 	chunkBufs sync.Pool
 
 	pollMu   sync.Mutex
@@ -200,27 +230,41 @@ func New(o Options) (*Client, error) {
 	if err != nil || ru.Host == "" {
 		return nil, fmt.Errorf("relay url %q: not an absolute URL", o.RelayURL)
 	}
-	c := &Client{o: o, relay: o.Relay, backend: o.Backend, backURL: bu, relayURL: ru}
+	c := &Client{o: o, backURL: bu, relayURL: ru}
 	// Every poll holds a connection to the server, and every request in
 	// progress one to the backend and, while it posts, one more to the
 	// server: keep that many open for reuse.
 	idle := max(100, 2*o.MaxPendingRequests+16)
-	if c.relay == nil {
+	// Our own clients are plain transports, called directly: no redirects
+	// to follow, no cookies, no timeouts of the client's, so nothing of
+	// what http.Client adds (a copy of every request's headers, for
+	// redirects) is needed.
+	if o.Relay != nil {
+		c.relayDo = o.Relay.Do
+	} else {
 		tr := &http.Transport{Proxy: http.ProxyFromEnvironment, MaxIdleConnsPerHost: idle, DisableCompression: true, IdleConnTimeout: 90 * time.Second}
 		c.own = append(c.own, tr)
-		c.relay = &http.Client{Transport: tr}
+		c.relayDo = tr.RoundTrip
 	}
-	if c.backend == nil {
+	if o.Backend == nil {
 		tr := &http.Transport{MaxIdleConnsPerHost: idle, DisableCompression: true, IdleConnTimeout: 90 * time.Second}
 		c.own = append(c.own, tr)
-		c.backend = &http.Client{Transport: tr}
+		// A transport returns redirects as they are.
+		c.backendDo = tr.RoundTrip
+	} else {
+		// Redirects pass through the relay untouched.
+		b := *o.Backend
+		b.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+		c.backendDo = b.Do
 	}
-	// Redirects pass through the relay untouched.
-	b := *c.backend
-	b.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-	c.backend = &b
 	c.pollTmpl = c.relayTemplate("GET", "/server/request", url.Values{"server": {o.ServerName}}.Encode(), "")
 	c.postTmpl = c.relayTemplate("POST", "/server/response", "", wire.ResponseContentType)
+	c.batchTmpl = c.relayTemplate("POST", "/server/response", "", wire.BatchContentType)
+	if o.BatchRequests > 1 {
+		c.pollTmpl.Header[wire.BatchHeader] = []string{strconv.Itoa(o.BatchRequests)}
+		c.workers = make(chan struct{}, o.MaxPendingRequests)
+		c.work = make(chan job)
+	}
 	return c, nil
 }
 
@@ -259,6 +303,10 @@ func (c *Client) Run(ctx context.Context) error {
 	for range c.o.NumPendingRequests {
 		c.wg.Go(func() { c.poller(ctx) })
 	}
+	c.wg.Wait()
+	// The pollers are gone: the workers end, and then what they started.
+	cancel()
+	c.workerWG.Wait()
 	c.wg.Wait()
 	for _, tr := range c.own {
 		tr.CloseIdleConnections()
@@ -374,7 +422,7 @@ func (c *Client) poller(ctx context.Context) {
 	for ctx.Err() == nil {
 		req := c.pollTmpl.WithContext(ctx)
 		sent := c.failures()
-		resp, err := c.relay.Do(req)
+		resp, err := c.relayDo(req)
 		if err != nil {
 			failed(err)
 			continue
@@ -394,8 +442,18 @@ func (c *Client) poller(ctx context.Context) {
 			return
 		case resp.StatusCode != http.StatusOK:
 			failed(fmt.Errorf("relay server answered %s", resp.Status))
+		case c.work != nil && resp.Header.Get("Content-Type") == wire.BatchContentType:
+			c.markUp(bo, sent)
+			if err := c.dispatch(ctx, body, c.o.StreamBodies && resp.Header.Get(wire.StreamHeader) != ""); err != nil {
+				failed(err)
+			}
 		default:
 			c.markUp(bo, sent)
+			if c.work != nil && c.batches.Load() {
+				// The server no longer offers batches (it restarted
+				// sharing its backends, say): post one message per post.
+				c.batches.Store(false)
+			}
 			breq, err := wire.UnmarshalRequest(body)
 			if err != nil {
 				failed(fmt.Errorf("bad request message from the relay server: %w", err))
@@ -493,7 +551,7 @@ func (c *Client) awaitServer(ctx context.Context, bo Backoff) error {
 		}
 		hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		sent := c.failures()
-		resp, err := c.relay.Do(req.WithContext(hctx))
+		resp, err := c.relayDo(req.WithContext(hctx))
 		if err == nil {
 			io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
 			resp.Body.Close()
@@ -611,7 +669,7 @@ func (c *Client) serve(ctx context.Context, breq *wire.Request, streams bool) (s
 		return http.StatusInternalServerError, 0, ""
 	}
 	start := time.Now()
-	hresp, err := c.backend.Do(req)
+	hresp, err := c.backendDo(req)
 	if err != nil {
 		c.postError(ctx, id, fmt.Sprintf("Backend request failed with error: %v", err))
 		return http.StatusInternalServerError, 0, path
@@ -640,7 +698,11 @@ func (c *Client) serve(ctx context.Context, breq *wire.Request, streams bool) (s
 		first.EOF = true
 		first.Trailers = headers(hresp.Trailer)
 		first.BackendDurationMs = time.Since(start).Milliseconds()
-		c.post(ctx, first, false)
+		if c.batches.Load() && len(first.Body) <= smallPost {
+			c.postBatched(ctx, first)
+		} else {
+			c.post(ctx, first, false)
+		}
 		return status, int64(len(first.Body)), path
 	}
 	if cl := hresp.ContentLength; streams && cl > 0 && cl < maxMessageBody && hresp.StatusCode != http.StatusSwitchingProtocols {
@@ -695,6 +757,13 @@ func (c *Client) post(ctx context.Context, r *wire.Response, streams bool) error
 		size = int64(len(msg))
 		body = func() io.ReadCloser { return io.NopCloser(bytes.NewReader(msg)) }
 	}
+	return c.send(ctx, c.postTmpl, body, size)
+}
+
+// send posts body (a fresh reader of it at each call; size -1: unknown)
+// with the template tmpl, retrying transient failures a few times, as
+// the original does. A 400 is errPermanent: the request is over.
+func (c *Client) send(ctx context.Context, tmpl *http.Request, body func() io.ReadCloser, size int64) error {
 	var last error
 	for attempt := range 4 {
 		if attempt > 0 {
@@ -706,12 +775,12 @@ func (c *Client) post(ctx context.Context, r *wire.Response, streams bool) error
 			case <-t.C:
 			}
 		}
-		req := c.postTmpl.WithContext(ctx)
+		req := tmpl.WithContext(ctx)
 		req.Body, req.ContentLength = body(), size
 		if size >= 0 {
 			req.GetBody = func() (io.ReadCloser, error) { return body(), nil }
 		}
-		resp, err := c.relay.Do(req)
+		resp, err := c.relayDo(req)
 		if err != nil {
 			last = err
 			if ctx.Err() != nil {
@@ -751,7 +820,7 @@ func (c *Client) streamToBackend(ctx context.Context, id string, w io.WriteClose
 		if err != nil {
 			return
 		}
-		resp, err := c.relay.Do(req)
+		resp, err := c.relayDo(req)
 		if err != nil {
 			return
 		}

@@ -254,7 +254,7 @@ func (c *Client) postBody(ctx context.Context, first *wire.Response, hresp *http
 	// Chunked, so that net/http writes it with WriteTo: each block in one
 	// write, straight from where it was read.
 	req.Body, req.ContentLength = b, -1
-	resp, err := c.relay.Do(req)
+	resp, err := c.relayDo(req)
 	if err == nil {
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()

@@ -498,3 +498,48 @@ func UnmarshalRequest(b []byte) (*Request, error) {
 	}
 	return r, nil
 }
+
+// Batches: several messages in one HTTP exchange.
+//
+// A relay client that sends BatchHeader on its poll, with the most
+// requests it takes at once, may get from a server that offers batches
+// (postern, on a node that does not share its backends) an answer of
+// BatchContentType: one or more HttpRequest messages, each preceded by
+// its length as a varint (protobuf's delimited form). It may then post
+// several complete HttpResponse messages (each with its id and eof) in
+// one /server/response of BatchContentType, the same way. The messages
+// are the protocol's; only the envelope carries more than one. A relay
+// client that does not ask (the original) never sees a batch, and a
+// server that does not offer them (the original) ignores the header and
+// answers one HttpRequest as always.
+const (
+	BatchHeader      = "X-Postern-Relay-Batch"
+	BatchContentType = "application/vnd.postern.relay-batch"
+)
+
+// AppendDelimited appends msg preceded by its length.
+func AppendDelimited(b, msg []byte) []byte {
+	return protowire.AppendBytes(b, msg)
+}
+
+// SizeDelimited is the length of what AppendDelimited appends for a
+// message of n bytes.
+func SizeDelimited(n int) int { return protowire.SizeBytes(n) }
+
+// SplitDelimited returns the messages of a batch, aliasing b. A batch
+// holds at least one message.
+func SplitDelimited(b []byte) ([][]byte, error) {
+	var out [][]byte
+	for len(b) > 0 {
+		m, n := protowire.ConsumeBytes(b)
+		if n < 0 {
+			return nil, fmt.Errorf("batch message %d: %w", len(out)+1, protowire.ParseError(n))
+		}
+		out = append(out, m)
+		b = b[n:]
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("empty batch")
+	}
+	return out, nil
+}

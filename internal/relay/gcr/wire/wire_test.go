@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"go.uber.org/goleak"
+	"google.golang.org/protobuf/encoding/protodelim"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protodesc"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -417,4 +418,84 @@ func TestStreamLayout(t *testing.T) {
 			t.Fatalf("body found in a %d-byte prefix of a %d-byte head", p, len(head))
 		}
 	}
+}
+
+// TestBatchesAreDelimitedMessages: a batch is protobuf's delimited form,
+// as the protobuf library writes and reads it (protodelim).
+func TestBatchesAreDelimitedMessages(t *testing.T) {
+	reqs := []*wire.Request{
+		{ID: "n:1", Method: "GET", URL: "http://invalid/a", Headers: []wire.Header{{Name: "A", Value: "b"}}},
+		{ID: "n:2", Method: "POST", URL: "http://invalid/b", Body: bytes.Repeat([]byte("x"), 300)},
+		{ID: "n:3", Method: "PUT", URL: "http://invalid/", Host: "h"},
+	}
+	var batch []byte
+	for _, r := range reqs {
+		batch = wire.AppendDelimited(batch, r.Marshal())
+	}
+	rd := bytes.NewReader(batch)
+	for i, r := range reqs {
+		m := dynamicpb.NewMessage(httpRequest)
+		if err := protodelim.UnmarshalFrom(rd, m); err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+		if got := m.Get(httpRequest.Fields().ByName("id")).String(); got != r.ID {
+			t.Fatalf("message %d: id %q, want %q", i, got, r.ID)
+		}
+	}
+	if rd.Len() != 0 {
+		t.Fatalf("%d bytes left", rd.Len())
+	}
+
+	var lib []byte
+	for _, id := range []string{"n:1", "n:2"} {
+		m := dynamicpb.NewMessage(httpResponse)
+		m.Set(httpResponse.Fields().ByName("id"), protoreflect.ValueOfString(id))
+		m.Set(httpResponse.Fields().ByName("eof"), protoreflect.ValueOfBool(true))
+		var buf bytes.Buffer
+		if _, err := protodelim.MarshalTo(&buf, m); err != nil {
+			t.Fatal(err)
+		}
+		lib = append(lib, buf.Bytes()...)
+	}
+	parts, err := wire.SplitDelimited(lib)
+	if err != nil || len(parts) != 2 {
+		t.Fatalf("split: %d parts, %v", len(parts), err)
+	}
+	for i, p := range parts {
+		r, err := wire.UnmarshalResponse(p)
+		if err != nil || r.ID != []string{"n:1", "n:2"}[i] || !r.EOF {
+			t.Fatalf("part %d: %+v %v", i, r, err)
+		}
+	}
+	for _, bad := range [][]byte{nil, {0x80}, {0x05, 1, 2}} {
+		if _, err := wire.SplitDelimited(bad); err == nil {
+			t.Errorf("SplitDelimited(%x) did not fail", bad)
+		}
+	}
+}
+
+// FuzzSplitDelimited: a batch splits into messages, or fails, never
+// panics; the messages joined again split into the same ones (not
+// always into the same bytes: a length may be encoded in more bytes
+// than it needs).
+func FuzzSplitDelimited(f *testing.F) {
+	f.Add(wire.AppendDelimited(wire.AppendDelimited(nil, []byte("ab")), nil))
+	f.Add([]byte{0x80})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		parts, err := wire.SplitDelimited(b)
+		if err != nil {
+			return
+		}
+		var again []byte
+		for _, p := range parts {
+			again = wire.AppendDelimited(again, p)
+		}
+		if len(again) > len(b) {
+			t.Fatalf("split and joined %x, got %x", b, again)
+		}
+		split, err := wire.SplitDelimited(again)
+		if err != nil || !reflect.DeepEqual(split, parts) {
+			t.Fatalf("%x split into %x, joined %x split into %x (%v)", b, parts, again, split, err)
+		}
+	})
 }
