@@ -42,15 +42,25 @@ type held struct {
 // batch is everything queued between two commits; done is closed when it
 // is durable or failed.
 type batch struct {
-	gen   uint32 // batches are numbered as they are started; see committer.durable
-	seq   uint64
-	muts  []mut
-	maxID store.ID
-	held  []held
-	n     int           // operations waiting on it
-	lead  chan struct{} // a token here makes one of them write it
-	done  chan struct{}
-	err   error
+	gen     uint32 // batches are numbered as they are started; see committer.durable
+	muts    []mut
+	maxID   store.ID
+	held    []held
+	n       int           // operations waiting on it
+	claimed bool          // a writer was chosen for it
+	lead    chan struct{} // a token here makes one of its operations write it
+	done    chan struct{}
+	err     error
+
+	// Set when it is sealed and written, under the committer's write
+	// lock.
+	prev   *batch // the batch sealed before it, until this one completes
+	seq    uint64
+	placed bool // seq, file and off were given (a write was attempted)
+	file   int  // the log file and offset its record went to
+	off    int64
+	logged bool // written as a log record, to be synced
+	direct bool // applied straight to the database
 }
 
 func newBatch(gen uint32) *batch {
@@ -73,49 +83,88 @@ func (b *batch) release() {
 	b.held = nil
 }
 
-// committer is the group commit. Operations queue their write sets with
-// submit (under their shard lock, so that the log sees the changes in the
-// order the index did) and wait on the batch. The operation that finds
-// nobody writing writes the current batch itself (its own write included)
-// as one synced log record; writes queued meanwhile form the next batch,
-// and the writer hands the next turn to one of their operations. A batch
-// is written by a goroutine that is running anyway, and no goroutine has
-// to be woken to start a write.
+// logWindow is how many batches may be written and syncing at once. A
+// batch is acknowledged only once every batch before it is durable, so a
+// crash can leave at most logWindow-1 intact records after a torn one,
+// none of them acknowledged (wal.go). Each log file's header records the
+// window it was written with.
+const logWindow = 4
+
+// lazyDelay is how long changes nobody waits for (settling a lease,
+// sweeping) wait for a batch to carry them before one is written for them
+// alone: under a stream of consumes, one sync every lazyDelay instead of
+// one after the other.
+const lazyDelay = 5 * time.Millisecond
+
+// concurrentMin is how many operations a batch must hold to be started
+// while others are being written. A sync costs the CPU tens of
+// microseconds whatever it carries; batches of one or two, each synced
+// on its own, would spend under load what the clients need.
+const concurrentMin = 8
+
+// committer is the group commit, pipelined. Operations queue their write
+// sets with submit (under their shard lock, so that the log sees the
+// changes in the order the index did) and wait on the batch being
+// collected. While fewer than logWindow batches are being written, the
+// operation that opens a batch writes it: it seals the batch (later
+// operations join the next one), writes it as one log record, and syncs
+// it while the next batch is sealed, written and synced by one of its own
+// operations. A batch is acknowledged in order: once it and every batch
+// before it are durable. When logWindow batches are in flight, operations
+// collect in the current batch, and the first batch to finish hands the
+// turn to one of them. A batch is written by a goroutine that is running
+// anyway: no goroutine has to be woken to start a write.
 //
 // Operations whose answers do not rest on their changes (settling a lease,
 // sweeping) queue them with submitLazy and do not wait: their changes go
-// out with the next batch, and when no operation waits for one, the
-// flusher goroutine writes it.
+// out with the next batch, and when no operation waits for one within
+// lazyDelay, a goroutine of the committer's writes it.
+//
+// A failed write fails its batch and every batch after it; once the last
+// of those has finished, the log is set back to where the first failed
+// record began and the store recovers (Store.recover).
 type committer struct {
-	s       *Store
-	mu      sync.Mutex
-	idle    *sync.Cond // signalled when writing stops
-	cur     *batch
-	writing bool   // some goroutine is writing a batch, or the flusher is asked to
-	nextSeq uint64 // only the writer touches it
-	// kick asks the flusher goroutine to write the current batch: it
-	// holds only lazy changes. quit stops the flusher; flushed is closed
-	// when it has.
-	kick    chan struct{}
-	quit    chan struct{}
-	flushed chan struct{}
-	// triggered is the log generation for which an early checkpoint was
-	// asked; only the writer touches it.
-	triggered uint64
+	s    *Store
+	mu   sync.Mutex
+	idle *sync.Cond // signalled when the last writer finishes
+	cur  *batch
+	tail *batch // the batch sealed last
+	// active counts the writers chosen and not finished, at most
+	// logWindow.
+	active int
+	// broken is the error of the first batch that failed, until the log
+	// is repaired; no writer is chosen meanwhile. resetAt is the first
+	// failed batch that was given a place in the log.
+	broken  error
+	resetAt *batch
 	// gen numbers the batches as they are started (wrapping); done is the
-	// number of the last batch that finished, durable or failed (a failed
-	// batch's entries are dropped from the index).
+	// number of the last batch acknowledged (a failed batch counts once
+	// the index was rebuilt without its entries).
 	gen  uint32
 	done atomic.Uint32
+
+	// wmu is the write lock: batches are sealed and written to the log
+	// under it, one at a time, in order. The fields below are its.
+	wmu     sync.Mutex
+	nextSeq uint64
+	// werr is set when writing a record failed: nothing more is written
+	// until the log is repaired.
+	werr error
+	// triggered is the log generation for which an early checkpoint was
+	// asked.
+	triggered uint64
+	// writers tracks the goroutines writing lazy-only batches; lazy is
+	// the timer that starts one, armed while lazyArmed. While syncing is
+	// not zero, lazy changes are written at once.
+	writers   sync.WaitGroup
+	lazy      *time.Timer
+	lazyArmed bool
+	syncing   int
 }
 
 func newCommitter(s *Store, nextSeq uint64) *committer {
-	c := &committer{
-		s: s, cur: newBatch(1), gen: 1, nextSeq: nextSeq,
-		kick: make(chan struct{}, 1), quit: make(chan struct{}), flushed: make(chan struct{}),
-	}
+	c := &committer{s: s, cur: newBatch(1), gen: 1, nextSeq: nextSeq}
 	c.idle = sync.NewCond(&c.mu)
-	go c.flusher()
 	return c
 }
 
@@ -126,11 +175,7 @@ func (c *committer) submit(w *wset) (*batch, bool) {
 	defer c.mu.Unlock()
 	b := c.add(w)
 	b.n++
-	if c.writing {
-		return b, false
-	}
-	c.writing = true
-	return b, true
+	return b, c.claim(b)
 }
 
 // submitLazy queues w without waiting for it: it is written with the next
@@ -139,10 +184,7 @@ func (c *committer) submitLazy(w *wset) *batch {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	b := c.add(w)
-	if !c.writing {
-		c.writing = true
-		c.kick <- struct{}{}
-	}
+	c.elect()
 	return b
 }
 
@@ -157,17 +199,72 @@ func (c *committer) add(w *wset) *batch {
 	return b
 }
 
-// flusher writes the batches that only lazy changes are queued in.
-func (c *committer) flusher() {
-	defer close(c.flushed)
-	for {
-		select {
-		case <-c.kick:
-			c.writeNext()
-		case <-c.quit:
-			return
-		}
+// claim makes the caller b's writer, if b has none and another writer
+// may start: none is writing, or fewer than logWindow are and b holds
+// concurrentMin operations. c.mu must be held.
+func (c *committer) claim(b *batch) bool {
+	if b.claimed || c.broken != nil || c.active >= logWindow || c.active > 0 && b.n < concurrentMin {
+		return false
 	}
+	b.claimed = true
+	c.active++
+	return true
+}
+
+// elect chooses a writer for the current batch, if it holds anything and
+// one may start: one of its operations, or for lazy changes alone a
+// goroutine of its own, after lazyDelay. c.mu must be held.
+func (c *committer) elect() {
+	b := c.cur
+	switch {
+	case b.n == 0 && len(b.muts) == 0:
+		return
+	case b.n == 0 && c.syncing == 0:
+		c.armLazy()
+		return
+	case !c.claim(b):
+		return
+	case b.n > 0:
+		b.lead <- struct{}{}
+		return
+	}
+	c.writeLater(b)
+}
+
+// armLazy starts the timer that writes lazy changes nobody carried;
+// c.mu must be held.
+func (c *committer) armLazy() {
+	if c.lazyArmed {
+		return
+	}
+	c.lazyArmed = true
+	if c.lazy == nil {
+		c.lazy = time.AfterFunc(lazyDelay, c.lazyDue)
+		return
+	}
+	c.lazy.Reset(lazyDelay)
+}
+
+// lazyDue writes the lazy changes queued, unless an operation that waits
+// carries them by now (or a writer is chosen for them later, when one
+// finishes).
+func (c *committer) lazyDue() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.lazyArmed = false
+	if b := c.cur; b.n == 0 && len(b.muts) > 0 && c.claim(b) {
+		c.writeLater(b)
+	}
+}
+
+// writeLater writes b, which only lazy changes are queued in, from a
+// goroutine of its own; c.mu must be held.
+func (c *committer) writeLater(b *batch) {
+	c.writers.Add(1)
+	go func() {
+		defer c.writers.Done()
+		c.write(b)
+	}()
 }
 
 // wait waits until b is durable or failed, writing it when it is the
@@ -175,7 +272,7 @@ func (c *committer) flusher() {
 func (c *committer) wait(b *batch, write bool) error {
 	for {
 		if write {
-			c.writeNext()
+			c.write(b)
 		}
 		select {
 		case <-b.done:
@@ -186,29 +283,184 @@ func (c *committer) wait(b *batch, write bool) error {
 	}
 }
 
-// writeNext writes the current batch, then hands the turn to an operation
-// of the batch queued meanwhile, if any.
-func (c *committer) writeNext() {
+// write seals b, the current batch, whose writer the caller is: it
+// writes it to the log, syncs it and acknowledges it once every batch
+// before it is durable.
+func (c *committer) write(b *batch) {
+	c.wmu.Lock()
 	c.mu.Lock()
-	b := c.cur
 	c.cur = c.next().sizedLike(b)
+	b.prev, c.tail = c.tail, b
+	err := c.broken
 	c.mu.Unlock()
-	c.flush(b)
-	c.done.Store(b.gen)
-	c.mu.Lock()
-	switch {
-	case c.cur.n > 0:
-		c.cur.lead <- struct{}{}
-	case len(c.cur.muts) > 0:
-		c.kick <- struct{}{} // lazy changes only: nobody waits to write them
-	default:
-		c.writing = false
-		c.idle.Broadcast()
+	if err == nil && len(b.muts) > 0 {
+		err = c.log(b)
 	}
+	c.wmu.Unlock()
+	if err == nil && b.logged {
+		err = c.s.wal.sync(b.file)
+	}
+	c.complete(b, err)
+}
+
+// log writes b to the log, or for a batch too large for a record,
+// straight to the database; c.wmu must be held.
+func (c *committer) log(b *batch) error {
+	if c.werr != nil {
+		return c.werr
+	}
+	s := c.s
+	b.seq, b.placed = c.nextSeq, true
+	b.file, b.off = s.wal.cur, s.wal.off
+	rec := appendBatch(s.wal.recordBuf(), b)
+	var err error
+	if len(rec)-walRecHeader > s.wal.maxPayload() {
+		if err = c.settled(b); err == nil {
+			err = s.cp.direct(b)
+		}
+		b.direct = err == nil
+	} else {
+		err = c.logRecord(b, rec)
+	}
+	if err != nil {
+		c.werr = err
+		return err
+	}
+	c.nextSeq++
+	return nil
+}
+
+// logRecord writes rec, b's record, to the log, starting a new file when
+// the current one is full; c.wmu must be held.
+func (c *committer) logRecord(b *batch, rec []byte) error {
+	s := c.s
+	err := s.wal.write(b.seq, rec)
+	if err == errWALFull {
+		// No record goes to the other file while one before it may still
+		// be syncing in this one: a crash then never leaves a file with
+		// records whose predecessors the other file lost. The other file
+		// can be reused once its records are in the database; usually a
+		// checkpoint has long seen to that.
+		if err := c.settled(b); err != nil {
+			return err
+		}
+		if err := s.cp.waitApplied(s.wal.other().lastSeq); err != nil {
+			return err
+		}
+		if err := s.wal.rotateTo(1-s.wal.cur, b.seq); err != nil {
+			return err
+		}
+		b.file, b.off = s.wal.cur, s.wal.off
+		err = s.wal.write(b.seq, rec)
+	}
+	if err != nil {
+		return err
+	}
+	b.logged = true
+	if s.wal.used() > 0.5 && c.triggered != s.wal.files[s.wal.cur].gen {
+		// Half way through this file: see that the other one is free in
+		// time.
+		c.triggered = s.wal.files[s.wal.cur].gen
+		s.cp.trigger()
+	}
+	return nil
+}
+
+// settled waits until every batch sealed before b has finished, and
+// reports whether one failed.
+func (c *committer) settled(b *batch) error {
+	if b.prev != nil {
+		<-b.prev.done
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.broken
+}
+
+// complete acknowledges b, or fails it, once every batch before it has
+// finished: err is what writing it met. A batch after a failed one fails
+// too (it may rest on the failed one's changes). The last writer to
+// finish after a failure repairs the log.
+func (c *committer) complete(b *batch, err error) {
+	if b.prev != nil {
+		<-b.prev.done
+	}
+	c.mu.Lock()
+	b.prev = nil
+	if c.broken != nil {
+		err = c.broken
+	} else if err != nil {
+		err = c.s.writeError(err)
+		c.broken = err
+	}
+	if err != nil && b.placed && c.resetAt == nil {
+		c.resetAt = b
+	}
+	c.mu.Unlock()
+	switch {
+	case err != nil:
+		b.err = err
+	case b.direct:
+		b.release()
+		c.s.committed()
+	case b.logged:
+		c.s.cp.add(b)
+		c.s.committed()
+	}
+	if err == nil {
+		// Before done is closed: the next batch's completion waits for
+		// it, so the number only grows.
+		c.done.Store(b.gen)
+	}
+	close(b.done)
+	c.mu.Lock()
+	c.active--
+	repair := c.broken != nil && c.active == 0
+	if !repair {
+		c.elect()
+		c.signalIdle()
+	}
+	c.mu.Unlock()
+	if repair {
+		c.repair()
+	}
+}
+
+// repair runs once every batch written after a failure has failed: the
+// log goes back to where the first failed record began (its space and
+// what followed erased, as far as the disk lets), the store rebuilds its
+// index from what is durable, and writers may start again.
+func (c *committer) repair() {
+	c.mu.Lock()
+	err, at := c.broken, c.resetAt
+	c.mu.Unlock()
+	c.wmu.Lock()
+	if at != nil {
+		c.s.wal.truncate(at.file, at.off, at.seq)
+		c.nextSeq = at.seq
+	}
+	c.werr = nil
+	c.wmu.Unlock()
+	c.s.recover(err)
+	c.mu.Lock()
+	// The failed batches' entries are gone from the index: their numbers
+	// may count as finished.
+	c.done.Store(c.tail.gen)
+	c.broken, c.resetAt = nil, nil
+	c.elect()
+	c.signalIdle()
 	c.mu.Unlock()
 }
 
-// failQueued fails the batch being collected; the caller is the writer.
+// signalIdle wakes sync when nothing is being written; c.mu must be held.
+func (c *committer) signalIdle() {
+	if c.active == 0 && c.broken == nil {
+		c.idle.Broadcast()
+	}
+}
+
+// failQueued fails the batch being collected; the caller is repairing
+// the log, and no writer is chosen meanwhile.
 func (c *committer) failQueued(err error) {
 	c.mu.Lock()
 	b := c.cur
@@ -230,76 +482,34 @@ func (c *committer) durable(gen uint32) bool {
 	return gen == 0 || int32(gen-c.done.Load()) <= 0
 }
 
-// close waits for the last write and stops the flusher; nothing may be
-// submitted after it.
+// close writes what is queued and waits for the last write; nothing may
+// be submitted after it.
 func (c *committer) close() {
 	c.sync()
-	close(c.quit)
-	<-c.flushed
+	c.mu.Lock()
+	if c.lazy != nil {
+		c.lazy.Stop()
+	}
+	c.mu.Unlock()
+	c.writers.Wait()
 }
 
-// sync waits until everything queued so far, lazy changes included, is
-// written (or failed).
+// sync writes everything queued so far, lazy changes included, and waits
+// until it is written (or failed).
 func (c *committer) sync() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for c.writing {
+	c.syncing++
+	defer func() { c.syncing-- }()
+	for {
+		if c.active == 0 && c.broken == nil {
+			if b := c.cur; b.n == 0 && len(b.muts) == 0 {
+				return
+			}
+			c.elect()
+		}
 		c.idle.Wait()
 	}
-}
-
-// flush makes b durable.
-func (c *committer) flush(b *batch) {
-	if len(b.muts) == 0 {
-		close(b.done)
-		return
-	}
-	b.seq = c.nextSeq
-	direct, err := c.write(b)
-	if err != nil {
-		b.err = c.s.writeError(err)
-		close(b.done)
-		c.s.recover(b.err)
-		return
-	}
-	c.nextSeq++
-	if direct {
-		b.release()
-	} else {
-		c.s.cp.add(b)
-	}
-	close(b.done)
-	c.s.committed()
-}
-
-// write makes b durable: as a log record, or, when it is too large for
-// one, straight into the database after everything before it.
-func (c *committer) write(b *batch) (direct bool, err error) {
-	s := c.s
-	rec := appendBatch(s.wal.recordBuf(), b)
-	if len(rec)-walRecHeader > s.wal.maxPayload() {
-		return true, s.cp.direct(b)
-	}
-	err = s.wal.append(b.seq, rec)
-	if err == errWALFull {
-		// The other file can be reused once its records are in the
-		// database; usually a checkpoint has long seen to that.
-		next := s.wal.other()
-		if err := s.cp.waitApplied(next.lastSeq); err != nil {
-			return false, err
-		}
-		if err := s.wal.rotateTo(1-s.wal.cur, b.seq); err != nil {
-			return false, err
-		}
-		err = s.wal.append(b.seq, rec)
-	}
-	if err == nil && s.wal.used() > 0.5 && c.triggered != s.wal.files[s.wal.cur].gen {
-		// Half way through this file: see that the other one is free in
-		// time.
-		c.triggered = s.wal.files[s.wal.cur].gen
-		s.cp.trigger()
-	}
-	return false, err
 }
 
 // checkpointer applies logged batches to the database file in the

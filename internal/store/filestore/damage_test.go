@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"hash/crc32"
 	"os"
 	"path/filepath"
 	"strings"
@@ -196,4 +197,82 @@ func TestDirectoryIsLocked(t *testing.T) {
 		t.Fatalf("Open after Close: %v", err)
 	}
 	s.Close()
+}
+
+// tearRecord zeroes the body of message i in whichever log file holds it,
+// as a power cut in the middle of that record's write would leave it.
+func tearRecord(t *testing.T, dir string, i int) {
+	t.Helper()
+	torn := false
+	for _, n := range []string{"wal-0.log", "wal-1.log"} {
+		patch(t, filepath.Join(dir, n), func(b []byte) []byte {
+			if j := bytes.Index(b, fmt.Appendf(nil, "BODY-%04d-", i)); j >= 0 {
+				clear(b[j : j+20])
+				torn = true
+			}
+			return b
+		})
+	}
+	if !torn {
+		t.Fatalf("no log file holds message %d", i)
+	}
+}
+
+// TestRecordsWrittenWithATornOneAreDropped: up to four records are written
+// and synced at once, each acknowledged only once those before it are
+// durable. A power cut can tear one and keep up to three after it intact:
+// none of them was acknowledged, so they are dropped with it. An intact
+// record further on means damage.
+func TestRecordsWrittenWithATornOneAreDropped(t *testing.T) {
+	t.Run("WithinTheWindow", func(t *testing.T) {
+		dir := t.TempDir()
+		fill(t, dir, 50, true) // one record per message, all in the log
+		tearRecord(t, dir, 46) // 47, 48 and 49 were in flight with it
+		s, err := filestore.Open(filestore.Options{Dir: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		if n, _ := s.Len(context.Background(), "t/x"); n != 46 {
+			t.Fatalf("Len = %d after a torn record with three intact ones after it, want 46", n)
+		}
+		// The store goes on from there, and a second start agrees.
+		if _, err := s.Append(context.Background(), "t/x", store.Message{Body: []byte("after")}, store.AppendOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		s.Crash()
+		s, err = filestore.Open(filestore.Options{Dir: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		if n, _ := s.Len(context.Background(), "t/x"); n != 47 {
+			t.Fatalf("Len = %d after a restart, want 47", n)
+		}
+	})
+	t.Run("BeyondTheWindow", func(t *testing.T) {
+		dir := t.TempDir()
+		fill(t, dir, 50, true)
+		tearRecord(t, dir, 45) // 49 could not have been in flight with it
+		wantOpenError(t, dir, "wal-", "damaged")
+	})
+	t.Run("OlderLogOneAtATime", func(t *testing.T) {
+		// A log written by a version that wrote one record at a time (its
+		// header has no window): any intact record after a torn one is
+		// damage.
+		dir := t.TempDir()
+		fill(t, dir, 50, true)
+		tearRecord(t, dir, 48)
+		for _, n := range []string{"wal-0.log", "wal-1.log"} {
+			patch(t, filepath.Join(dir, n), func(b []byte) []byte {
+				if string(b[:8]) == "PSTNWAL2" {
+					copy(b, "PSTNWAL1")
+					binary.BigEndian.PutUint32(b[24:], crc32.Checksum(b[:24], crc32.MakeTable(crc32.Castagnoli)))
+					clear(b[28:32])
+				}
+				return b
+			})
+		}
+		wantOpenError(t, dir, "wal-", "damaged")
+	})
 }

@@ -80,3 +80,6 @@ func (s *Store) CheckDisk() string {
 	}
 	return ""
 }
+
+// Records counts the log records written since open.
+func (s *Store) Records() uint64 { return s.wal.records.Load() }

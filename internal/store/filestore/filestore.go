@@ -9,16 +9,19 @@
 // synced to disk, so a 2xx built on it survives kill -9 and power loss.
 // Settling a lease is the exception: it comes after the consumer's answer,
 // so no answer rests on it, and its changes go out with the next sync
-// without the caller waiting (a crash before then queues the message
-// again: at least once).
-// Concurrent writers share syncs (group commit): an operation queues its
-// changes and waits; the operation that finds nobody writing writes
-// everything queued as one record of the write-ahead log, in place in a
-// pre-zeroed file, with one fdatasync, and hands the next turn to an
-// operation queued meanwhile. The busier the server, the more writes each
-// sync carries. An operation that changes nothing still waits for the
-// writes queued before it, since its answer may rest on them; pure reads
-// (Len, Status) never wait.
+// (within 5 ms) without the caller waiting (a crash before then queues the
+// message again: at least once).
+// Concurrent writers share syncs (group commit), and a write does not wait
+// behind a sync it does not need: an operation queues its changes and
+// waits; the operation that opens a batch, while fewer than four batches
+// are being written (and with eight operations in it when others are),
+// seals it, writes it as one record of the write-ahead log, in place in a
+// pre-zeroed file, and syncs it (fdatasync) while the next batch is sealed
+// and written beside it. A batch is acknowledged in order, once it and
+// every batch before it are durable. The busier the server, the more
+// writes each sync carries. An operation that changes nothing still waits
+// for the writes queued before it, since its answer may rest on them;
+// pure reads (Len, Status) never wait.
 //
 // A checkpointer applies logged batches to postern.db in the background
 // (one synced bbolt transaction every 200 ms, or when a log file is half

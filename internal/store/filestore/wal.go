@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync/atomic"
 
 	"github.com/postern/postern/internal/store"
 )
@@ -15,21 +16,30 @@ import (
 // The write-ahead log is two files of fixed size, wal-0.log and wal-1.log,
 // used in turn. A commit is one record written in place into space the
 // file already has, then one fdatasync: no allocation and no change of
-// size, so the sync has only data to flush. Records are applied to the
-// database file in the background (checkpoints); a log file is reused once
-// every record in it is in the database.
+// size, so the sync has only data to flush. Up to a window of records
+// (logWindow) are written and synced at once, each acknowledged only once
+// every record before it is durable. Records are applied to the database
+// file in the background (checkpoints); a log file is reused once every
+// record in it is in the database, and no record goes to the next file
+// while one before it is still syncing.
 //
-// A log file starts with a header (one 4 KiB block): magic, generation and
-// the sequence number of its first record, with a CRC-32C. Records follow,
-// each aligned to 512 bytes: CRC-32C of the rest, payload length, sequence
-// number, payload (one committed batch). At open, each file's chain of
-// records with consecutive sequence numbers is read up to the first record
-// that is torn (a write that was never acknowledged) or stale (left from
-// the file's previous use); any intact record beyond it with a sequence
-// number not yet in the database means damage, and opening fails.
+// A log file starts with a header (one 4 KiB block): magic, generation,
+// the sequence number of its first record and the window its records were
+// written with, with a CRC-32C. Records follow, each aligned to 512 bytes:
+// CRC-32C of the rest, payload length, sequence number, payload (one
+// committed batch). At open, each file's chain of records with consecutive
+// sequence numbers is read up to the first record that is torn (a write
+// that was never acknowledged) or stale (left from the file's previous
+// use). Records written with it may lie intact beyond it: those within
+// the window after it were never acknowledged either (they waited for it)
+// and are dropped; any intact record further on with a sequence number
+// not yet in the database means damage, and opening fails. A file written
+// by an older version, whose header has no window, had one record in
+// flight at a time.
 
 const (
-	walMagic      = "PSTNWAL1"
+	walMagic      = "PSTNWAL2" // header with the window
+	walMagicV1    = "PSTNWAL1" // header without it: a window of one
 	walHeaderSize = 4096
 	walAlign      = 512
 	walRecHeader  = 16
@@ -47,6 +57,7 @@ type walFile struct {
 	gen      uint64
 	firstSeq uint64
 	lastSeq  uint64 // last record of this generation; firstSeq-1 when none
+	window   uint64 // records written at once in this generation
 }
 
 type wal struct {
@@ -54,6 +65,9 @@ type wal struct {
 	cur   int
 	off   int64 // where the next record of files[cur] goes
 	buf   []byte
+	// records counts the records written since open (benchmarks report
+	// operations per record).
+	records atomic.Uint64
 }
 
 // walRecord is a record read back at open.
@@ -131,8 +145,9 @@ func openWALFile(path string, size int64, applied uint64, readOnly bool) (*walFi
 	}
 	var chain []walRecord
 	end := int64(walHeaderSize)
-	if gen, first, ok := parseWALHeader(data[:walHeaderSize]); ok {
-		wf.gen, wf.firstSeq, wf.lastSeq = gen, first, first-1
+	wf.window = 1
+	if gen, first, window, ok := parseWALHeader(data[:walHeaderSize]); ok {
+		wf.gen, wf.firstSeq, wf.lastSeq, wf.window = gen, first, first-1, window
 		for {
 			// Sequence numbers follow on, except past a batch too large for
 			// a record, which went straight into the database.
@@ -147,12 +162,15 @@ func openWALFile(path string, size int64, applied uint64, readOnly bool) (*walFi
 			end += n
 		}
 	}
-	// Past the chain lie a torn record that was never acknowledged and
-	// records left from this file's previous use, all in the database
-	// already. An intact record the database lacks means the chain was
-	// cut by damage.
+	// Past the chain lie a torn record that was never acknowledged, the
+	// records written while it was syncing (within the window after it:
+	// they waited for it, so none was acknowledged either), and records
+	// left from this file's previous use, all in the database already. An
+	// intact record the database lacks further on means the chain was cut
+	// by damage.
 	for off := end; off+walRecHeader <= wf.size; off += walAlign {
-		if seq, _, _, ok := parseWALRecord(data, off); ok && seq > applied && seq > wf.lastSeq {
+		seq, _, _, ok := parseWALRecord(data, off)
+		if ok && seq > applied && seq > wf.lastSeq+wf.window {
 			f.Close()
 			return nil, nil, logDamaged(path, "the record at offset %d is unreadable and record %d after it would be lost", end, seq)
 		}
@@ -182,11 +200,23 @@ func createWALFile(path string, size int64) (*os.File, error) {
 	return f, nil
 }
 
-func parseWALHeader(h []byte) (gen, first uint64, ok bool) {
-	if string(h[:8]) != walMagic || binary.BigEndian.Uint32(h[24:]) != crc32.Checksum(h[:24], castagnoli) {
-		return 0, 0, false
+// parseWALHeader reads a log file's header: generation, first sequence
+// number and window (1 for a header of the first version).
+func parseWALHeader(h []byte) (gen, first, window uint64, ok bool) {
+	switch string(h[:8]) {
+	case walMagicV1:
+		if binary.BigEndian.Uint32(h[24:]) != crc32.Checksum(h[:24], castagnoli) {
+			return 0, 0, 0, false
+		}
+		return binary.BigEndian.Uint64(h[8:]), binary.BigEndian.Uint64(h[16:]), 1, true
+	case walMagic:
+		window := uint64(binary.BigEndian.Uint32(h[24:]))
+		if binary.BigEndian.Uint32(h[28:]) != crc32.Checksum(h[:28], castagnoli) || window == 0 {
+			return 0, 0, 0, false
+		}
+		return binary.BigEndian.Uint64(h[8:]), binary.BigEndian.Uint64(h[16:]), window, true
 	}
-	return binary.BigEndian.Uint64(h[8:]), binary.BigEndian.Uint64(h[16:]), true
+	return 0, 0, 0, false
 }
 
 // parseWALRecord reads the record at off: its sequence number, payload and
@@ -227,14 +257,15 @@ func (w *wal) rotateTo(i int, seq uint64) error {
 	copy(h, walMagic)
 	binary.BigEndian.PutUint64(h[8:], gen)
 	binary.BigEndian.PutUint64(h[16:], seq)
-	binary.BigEndian.PutUint32(h[24:], crc32.Checksum(h[:24], castagnoli))
+	binary.BigEndian.PutUint32(h[24:], logWindow)
+	binary.BigEndian.PutUint32(h[28:], crc32.Checksum(h[:28], castagnoli))
 	if _, err := wf.f.WriteAt(h, 0); err != nil {
 		return err
 	}
 	if err := fdatasync(wf.f); err != nil {
 		return err
 	}
-	wf.gen, wf.firstSeq, wf.lastSeq = gen, seq, seq-1
+	wf.gen, wf.firstSeq, wf.lastSeq, wf.window = gen, seq, seq-1, logWindow
 	w.cur, w.off = i, walHeaderSize
 	return nil
 }
@@ -249,7 +280,7 @@ func (w *wal) maxPayload() int {
 func (w *wal) other() *walFile { return w.files[1-w.cur] }
 
 // recordBuf returns room for the header of a record, to append its
-// payload to and hand to append. The room is reused from record to record.
+// payload to and hand to write. The room is reused from record to record.
 func (w *wal) recordBuf() []byte {
 	if cap(w.buf) < walRecHeader {
 		w.buf = make([]byte, 0, walAlign)
@@ -257,11 +288,12 @@ func (w *wal) recordBuf() []byte {
 	return w.buf[:walRecHeader]
 }
 
-// append writes and syncs the record seq, whose payload is
-// rec[walRecHeader:] (rec comes from recordBuf, which append fills in and
-// keeps for the next record). It returns errWALFull when the current file
-// has no room; the caller rotates once the other file is in the database.
-func (w *wal) append(seq uint64, rec []byte) error {
+// write writes the record seq, whose payload is rec[walRecHeader:] (rec
+// comes from recordBuf, which write fills in and keeps for the next
+// record), into the current file, for sync to make durable. It returns
+// errWALFull when the current file has no room; the caller rotates once
+// the other file is in the database.
+func (w *wal) write(seq uint64, rec []byte) error {
 	wf := w.files[w.cur]
 	plen := len(rec) - walRecHeader
 	n := alignUp(int64(len(rec)))
@@ -276,23 +308,33 @@ func (w *wal) append(seq uint64, rec []byte) error {
 	binary.BigEndian.PutUint64(b[8:], seq)
 	binary.BigEndian.PutUint32(b, crc32.Checksum(b[4:walRecHeader+plen], castagnoli))
 	if _, err := wf.f.WriteAt(b, w.off); err != nil {
-		w.unwrite()
-		return err
-	}
-	if err := fdatasync(wf.f); err != nil {
-		w.unwrite()
 		return err
 	}
 	w.off += n
 	wf.lastSeq = seq
+	w.records.Add(1)
 	return nil
 }
 
-// unwrite makes a best effort to erase the header of a record whose write
-// failed, so that the disk does not keep a write its caller was told had
-// failed. The next record goes to the same place either way.
-func (w *wal) unwrite() {
-	w.files[w.cur].f.WriteAt(make([]byte, walRecHeader), w.off)
+// sync makes what was written to file i durable. Several syncs may run at
+// once, with writes.
+func (w *wal) sync(i int) error { return fdatasync(w.files[i].f) }
+
+// truncate sets the log back to offset off of file i, where record seq
+// (whose write failed) began, and makes a best effort to erase what was
+// written from there on, so that the disk does not keep writes their
+// callers were told had failed. The next record goes to off either way.
+func (w *wal) truncate(i int, off int64, seq uint64) {
+	if i != w.cur {
+		return // the failure came before the record's file was started
+	}
+	end := min(max(w.off, off+walRecHeader), w.files[i].size)
+	zeros := make([]byte, max(min(end-off, 1<<20), 0))
+	for o := off; o < end; o += int64(len(zeros)) {
+		w.files[i].f.WriteAt(zeros[:min(int64(len(zeros)), end-o)], o)
+	}
+	w.off = off
+	w.files[i].lastSeq = seq - 1
 }
 
 // used is how full the current file is, from 0 to 1.
