@@ -83,13 +83,6 @@ func (b *batch) release() {
 	b.held = nil
 }
 
-// logWindow is how many batches may be written and syncing at once. A
-// batch is acknowledged only once every batch before it is durable, so a
-// crash can leave at most logWindow-1 intact records after a torn one,
-// none of them acknowledged (wal.go). Each log file's header records the
-// window it was written with.
-const logWindow = 4
-
 // lazyDelay is how long changes nobody waits for (settling a lease,
 // sweeping) wait for a batch to carry them before one is written for them
 // alone: under a stream of consumes, one sync every lazyDelay instead of
@@ -105,12 +98,12 @@ const concurrentMin = 8
 // committer is the group commit, pipelined. Operations queue their write
 // sets with submit (under their shard lock, so that the log sees the
 // changes in the order the index did) and wait on the batch being
-// collected. While fewer than logWindow batches are being written, the
+// collected. While fewer than window batches are being written, the
 // operation that opens a batch writes it: it seals the batch (later
 // operations join the next one), writes it as one log record, and syncs
 // it while the next batch is sealed, written and synced by one of its own
 // operations. A batch is acknowledged in order: once it and every batch
-// before it are durable. When logWindow batches are in flight, operations
+// before it are durable. When window batches are in flight, operations
 // collect in the current batch, and the first batch to finish hands the
 // turn to one of them. A batch is written by a goroutine that is running
 // anyway: no goroutine has to be woken to start a write.
@@ -129,9 +122,10 @@ type committer struct {
 	idle *sync.Cond // signalled when the last writer finishes
 	cur  *batch
 	tail *batch // the batch sealed last
-	// active counts the writers chosen and not finished, at most
-	// logWindow.
+	// active counts the writers chosen and not finished, at most window
+	// (Options.SyncWindow).
 	active int
+	window int
 	// broken is the error of the first batch that failed, until the log
 	// is repaired; no writer is chosen meanwhile. resetAt is the first
 	// failed batch that was given a place in the log.
@@ -162,8 +156,8 @@ type committer struct {
 	syncing   int
 }
 
-func newCommitter(s *Store, nextSeq uint64) *committer {
-	c := &committer{s: s, cur: newBatch(1), gen: 1, nextSeq: nextSeq}
+func newCommitter(s *Store, nextSeq uint64, window int) *committer {
+	c := &committer{s: s, cur: newBatch(1), gen: 1, nextSeq: nextSeq, window: window}
 	c.idle = sync.NewCond(&c.mu)
 	return c
 }
@@ -200,10 +194,10 @@ func (c *committer) add(w *wset) *batch {
 }
 
 // claim makes the caller b's writer, if b has none and another writer
-// may start: none is writing, or fewer than logWindow are and b holds
+// may start: none is writing, or fewer than window are and b holds
 // concurrentMin operations. c.mu must be held.
 func (c *committer) claim(b *batch) bool {
-	if b.claimed || c.broken != nil || c.active >= logWindow || c.active > 0 && b.n < concurrentMin {
+	if b.claimed || c.broken != nil || c.active >= c.window || c.active > 0 && b.n < concurrentMin {
 		return false
 	}
 	b.claimed = true

@@ -21,7 +21,13 @@ import (
 // in the log).
 func fill(t *testing.T, dir string, n int, crash bool) {
 	t.Helper()
-	s, err := filestore.Open(filestore.Options{Dir: dir, Now: storetest.NewClock().Now})
+	fillWindow(t, dir, n, crash, 0)
+}
+
+// fillWindow is fill with Options.SyncWindow window.
+func fillWindow(t *testing.T, dir string, n int, crash bool, window int) {
+	t.Helper()
+	s, err := filestore.Open(filestore.Options{Dir: dir, Now: storetest.NewClock().Now, SyncWindow: window})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,16 +224,17 @@ func tearRecord(t *testing.T, dir string, i int) {
 	}
 }
 
-// TestRecordsWrittenWithATornOneAreDropped: up to four records are written
-// and synced at once, each acknowledged only once those before it are
-// durable. A power cut can tear one and keep up to three after it intact:
-// none of them was acknowledged, so they are dropped with it. An intact
-// record further on means damage.
+// TestRecordsWrittenWithATornOneAreDropped: with a sync window of 4, up
+// to four records are written and synced at once, each acknowledged only
+// once those before it are durable. A power cut can tear one and keep up
+// to three after it intact: none of them was acknowledged, so they are
+// dropped with it. An intact record further on means damage. With the
+// default window of 1 any intact record after a torn one is damage.
 func TestRecordsWrittenWithATornOneAreDropped(t *testing.T) {
 	t.Run("WithinTheWindow", func(t *testing.T) {
 		dir := t.TempDir()
-		fill(t, dir, 50, true) // one record per message, all in the log
-		tearRecord(t, dir, 46) // 47, 48 and 49 were in flight with it
+		fillWindow(t, dir, 50, true, 4) // one record per message, all in the log
+		tearRecord(t, dir, 46)          // 47, 48 and 49 were in flight with it
 		s, err := filestore.Open(filestore.Options{Dir: dir})
 		if err != nil {
 			t.Fatal(err)
@@ -252,8 +259,14 @@ func TestRecordsWrittenWithATornOneAreDropped(t *testing.T) {
 	})
 	t.Run("BeyondTheWindow", func(t *testing.T) {
 		dir := t.TempDir()
-		fill(t, dir, 50, true)
+		fillWindow(t, dir, 50, true, 4)
 		tearRecord(t, dir, 45) // 49 could not have been in flight with it
+		wantOpenError(t, dir, "wal-", "damaged")
+	})
+	t.Run("DefaultWindowOfOne", func(t *testing.T) {
+		dir := t.TempDir()
+		fill(t, dir, 50, true)
+		tearRecord(t, dir, 48) // 49 was written after 48 was durable
 		wantOpenError(t, dir, "wal-", "damaged")
 	})
 	t.Run("OlderLogOneAtATime", func(t *testing.T) {
@@ -261,7 +274,7 @@ func TestRecordsWrittenWithATornOneAreDropped(t *testing.T) {
 		// header has no window): any intact record after a torn one is
 		// damage.
 		dir := t.TempDir()
-		fill(t, dir, 50, true)
+		fillWindow(t, dir, 50, true, 4)
 		tearRecord(t, dir, 48)
 		for _, n := range []string{"wal-0.log", "wal-1.log"} {
 			patch(t, filepath.Join(dir, n), func(b []byte) []byte {

@@ -13,12 +13,13 @@
 // message again: at least once).
 // Concurrent writers share syncs (group commit), and a write does not wait
 // behind a sync it does not need: an operation queues its changes and
-// waits; the operation that opens a batch, while fewer than four batches
-// are being written (and with eight operations in it when others are),
-// seals it, writes it as one record of the write-ahead log, in place in a
-// pre-zeroed file, and syncs it (fdatasync) while the next batch is sealed
-// and written beside it. A batch is acknowledged in order, once it and
-// every batch before it are durable. The busier the server, the more
+// waits; the operation that opens a batch, while fewer than
+// Options.SyncWindow batches are being written (and with eight operations
+// in it when others are), seals it, writes it as one record of the
+// write-ahead log, in place in a pre-zeroed file, and syncs it
+// (fdatasync), with a window above 1 while the next batch is sealed and
+// written beside it. A batch is acknowledged in order, once it and every
+// batch before it are durable. The busier the server, the more
 // writes each sync carries. An operation that changes nothing still waits
 // for the writes queued before it, since its answer may rest on them;
 // pure reads (Len, Status) never wait.
@@ -103,6 +104,16 @@ const (
 	// DefaultCheckpointInterval is how often logged writes are applied to
 	// the database file.
 	DefaultCheckpointInterval = 200 * time.Millisecond
+	// DefaultSyncWindow is how many batches are written and syncing at
+	// once by default: one. On the 2-core VM of BENCHMARKS.md, in two
+	// interleaved quiet runs of `go run ./bench -run
+	// 'filestore/produce|tunnel/file' -count 3`, a window of 4 made HTTP
+	// produce slower (0.38-0.49x the cheapest handler against 0.48-0.52x
+	// with 1): each fdatasync costs about 70 µs of CPU whatever it carries,
+	// and smaller concurrent batches make more of them.
+	DefaultSyncWindow = 1
+	// MaxSyncWindow is the largest Options.SyncWindow.
+	MaxSyncWindow = 16
 )
 
 // FileName is the database file inside the data directory.
@@ -132,6 +143,14 @@ type Options struct {
 	// Logger receives write failures and recoveries; nil means
 	// slog.Default().
 	Logger *slog.Logger
+	// SyncWindow is how many batches may be written and syncing at once
+	// (1 to MaxSyncWindow; zero means DefaultSyncWindow). A batch is
+	// acknowledged only once every batch before it is durable, so a crash
+	// can leave at most SyncWindow-1 intact records after a torn one, none
+	// of them acknowledged; each log file's header records the window it
+	// was written with. More than 1 suits disks where a sync is a long
+	// wait and CPU is to spare.
+	SyncWindow int
 }
 
 // Store is the file engine: the shared queue index, with this package as
@@ -213,7 +232,13 @@ func Open(opts Options) (*Store, error) {
 	if err == nil {
 		_, err = s.load(ov, store.ID{})
 	}
+	window := opts.SyncWindow
+	if window <= 0 {
+		window = DefaultSyncWindow
+	}
+	window = min(window, MaxSyncWindow)
 	if err == nil && !s.readOnly {
+		s.wal.window = uint32(window)
 		err = s.wal.start(applied + 1)
 	}
 	if err != nil {
@@ -229,7 +254,7 @@ func Open(opts Options) (*Store, error) {
 		cpi = DefaultCheckpointInterval
 	}
 	s.cp = newCheckpointer(s, applied, cpi)
-	s.c = newCommitter(s, applied+1)
+	s.c = newCommitter(s, applied+1, window)
 	if s.readOnly {
 		s.fail.Store(&failure{err: fmt.Errorf("file store: data directory %s is read-only, write refused (restart postern once it is writable): %w", dir, store.ErrUnavailable)})
 		s.log.Warn("file store: the data directory is read-only; serving reads only", "dir", dir)

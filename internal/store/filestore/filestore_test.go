@@ -2,6 +2,7 @@ package filestore_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"testing"
 	"time"
@@ -22,7 +23,13 @@ func TestMain(m *testing.M) {
 
 func open(t *testing.T, dir string, c *storetest.Clock) *filestore.Store {
 	t.Helper()
-	s, err := filestore.Open(filestore.Options{Dir: dir, Now: c.Now})
+	return openWindow(t, dir, c, 0)
+}
+
+// openWindow is open with Options.SyncWindow window.
+func openWindow(t *testing.T, dir string, c *storetest.Clock, window int) *filestore.Store {
+	t.Helper()
+	s, err := filestore.Open(filestore.Options{Dir: dir, Now: c.Now, SyncWindow: window})
 	if err != nil {
 		t.Fatalf("Open(%s): %v", dir, err)
 	}
@@ -40,17 +47,23 @@ func takeNow(e store.Engine, key string, mode store.TakeMode) (store.Message, bo
 	return l.Message, ok, err
 }
 
+// TestContract runs the engine contract with the default sync window and
+// with several batches syncing at once.
 func TestContract(t *testing.T) {
-	storetest.Run(t, storetest.Harness{
-		New: func(t *testing.T, c *storetest.Clock) store.Engine {
-			return open(t, t.TempDir(), c)
-		},
-		Reopen: func(t *testing.T, e store.Engine, c *storetest.Clock) store.Engine {
-			dir := e.(*filestore.Store).Dir()
-			if err := e.Close(); err != nil {
-				t.Fatalf("Close: %v", err)
-			}
-			return open(t, dir, c)
-		},
-	})
+	for _, window := range []int{0, 4} {
+		t.Run(fmt.Sprint("SyncWindow=", window), func(t *testing.T) {
+			storetest.Run(t, storetest.Harness{
+				New: func(t *testing.T, c *storetest.Clock) store.Engine {
+					return openWindow(t, t.TempDir(), c, window)
+				},
+				Reopen: func(t *testing.T, e store.Engine, c *storetest.Clock) store.Engine {
+					dir := e.(*filestore.Store).Dir()
+					if err := e.Close(); err != nil {
+						t.Fatalf("Close: %v", err)
+					}
+					return openWindow(t, dir, c, window)
+				},
+			})
+		})
+	}
 }

@@ -311,6 +311,7 @@ func TestFullDiskOverHTTP(t *testing.T) {
 func TestFullDiskConcurrentWriters(t *testing.T) {
 	ctx := context.Background()
 	mnt, _, opts := smallDisk(t)
+	opts.SyncWindow = 4 // several batches syncing at once when the disk fills
 	s, err := filestore.Open(opts)
 	if err != nil {
 		t.Fatal(err)

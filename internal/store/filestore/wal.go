@@ -17,7 +17,7 @@ import (
 // used in turn. A commit is one record written in place into space the
 // file already has, then one fdatasync: no allocation and no change of
 // size, so the sync has only data to flush. Up to a window of records
-// (logWindow) are written and synced at once, each acknowledged only once
+// (Options.SyncWindow) are written and synced at once, each acknowledged only once
 // every record before it is durable. Records are applied to the database
 // file in the background (checkpoints); a log file is reused once every
 // record in it is in the database, and no record goes to the next file
@@ -62,9 +62,12 @@ type walFile struct {
 
 type wal struct {
 	files [2]*walFile
-	cur   int
-	off   int64 // where the next record of files[cur] goes
-	buf   []byte
+	// window is Options.SyncWindow, written into each new generation's
+	// header: how many records after a torn one recovery may drop.
+	window uint32
+	cur    int
+	off    int64 // where the next record of files[cur] goes
+	buf    []byte
 	// records counts the records written since open (benchmarks report
 	// operations per record).
 	records atomic.Uint64
@@ -257,7 +260,7 @@ func (w *wal) rotateTo(i int, seq uint64) error {
 	copy(h, walMagic)
 	binary.BigEndian.PutUint64(h[8:], gen)
 	binary.BigEndian.PutUint64(h[16:], seq)
-	binary.BigEndian.PutUint32(h[24:], logWindow)
+	binary.BigEndian.PutUint32(h[24:], w.window)
 	binary.BigEndian.PutUint32(h[28:], crc32.Checksum(h[:28], castagnoli))
 	if _, err := wf.f.WriteAt(h, 0); err != nil {
 		return err
@@ -265,7 +268,7 @@ func (w *wal) rotateTo(i int, seq uint64) error {
 	if err := fdatasync(wf.f); err != nil {
 		return err
 	}
-	wf.gen, wf.firstSeq, wf.lastSeq, wf.window = gen, seq, seq-1, logWindow
+	wf.gen, wf.firstSeq, wf.lastSeq, wf.window = gen, seq, seq-1, uint64(w.window)
 	w.cur, w.off = i, walHeaderSize
 	return nil
 }
