@@ -488,14 +488,16 @@ func TestUserCancellationReachesTheBackend(t *testing.T) {
 }
 
 func TestKeepAliveChunksKeepSlowRequestsAlive(t *testing.T) {
-	e := start(t, func(c *node.Config) { c.Relay.InactiveRequestTimeout = 500 * time.Millisecond })
+	// The timeout is long enough that a keep-alive chunk delayed by a
+	// busy machine (the race detector, 2 shared cores) still comes in time.
+	e := start(t, func(c *node.Config) { c.Relay.InactiveRequestTimeout = time.Second })
 	be := backendServer(t, func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "a")
 		w.(http.Flusher).Flush()
 		// A backend silent for more than two inactivity timeouts: the
 		// relay client's empty keep-alive chunks (every ~40 ms here) hold
 		// the request open.
-		time.Sleep(1200 * time.Millisecond)
+		time.Sleep(2200 * time.Millisecond)
 		io.WriteString(w, "b")
 	})
 	e.runClient("patient", be, func(o *gcrclient.Options) {
