@@ -689,37 +689,33 @@ func (g *Relay) Known(name string) bool {
 // WaitForPolls blocks until at least n polls for name are parked on this
 // node, or ctx ends: a readiness signal for tests and tools.
 func (g *Relay) WaitForPolls(ctx context.Context, name string, n int) error {
-	for {
-		g.mu.Lock()
-		got := 0
-		if b := g.backends[name]; b != nil {
-			got = b.polls
-		}
-		if g.changed == nil {
-			g.changed = make(chan struct{})
-		}
-		ch := g.changed
-		g.mu.Unlock()
-		if got >= n {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%d polls for %q parked, want %d or more: %w", got, name, n, ctx.Err())
-		case <-ch:
-		}
+	got, err := g.waitFor(ctx, name, n, func(b *backend) int { return b.polls })
+	if err != nil {
+		return fmt.Errorf("%d polls for %q parked, want %d or more: %w", got, name, n, err)
 	}
+	return nil
 }
 
 // WaitForWaiting blocks until at least n user requests for name wait on
 // this node for a poll to take them, or ctx ends: a readiness signal for
 // tests and tools.
 func (g *Relay) WaitForWaiting(ctx context.Context, name string, n int) error {
+	got, err := g.waitFor(ctx, name, n, func(b *backend) int { return b.waiting })
+	if err != nil {
+		return fmt.Errorf("%d requests for %q wait for a poll, want %d or more: %w", got, name, n, err)
+	}
+	return nil
+}
+
+// waitFor waits until count of name's backend (0 while there is none) is
+// at least n, waking on every change; it returns the last count and
+// ctx's error when ctx ends first.
+func (g *Relay) waitFor(ctx context.Context, name string, n int, count func(*backend) int) (int, error) {
 	for {
 		g.mu.Lock()
 		got := 0
 		if b := g.backends[name]; b != nil {
-			got = b.waiting
+			got = count(b)
 		}
 		if g.changed == nil {
 			g.changed = make(chan struct{})
@@ -727,11 +723,11 @@ func (g *Relay) WaitForWaiting(ctx context.Context, name string, n int) error {
 		ch := g.changed
 		g.mu.Unlock()
 		if got >= n {
-			return nil
+			return got, nil
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%d requests for %q wait for a poll, want %d or more: %w", got, name, n, ctx.Err())
+			return got, ctx.Err()
 		case <-ch:
 		}
 	}
