@@ -21,13 +21,8 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-func open(t *testing.T, dir string, c *storetest.Clock) *filestore.Store {
-	t.Helper()
-	return openWindow(t, dir, c, 0)
-}
-
-// openWindow is open with Options.SyncWindow window.
-func openWindow(t *testing.T, dir string, c *storetest.Clock, window int) *filestore.Store {
+// open opens the store in dir on clock c with Options.SyncWindow window.
+func open(t *testing.T, dir string, c *storetest.Clock, window int) *filestore.Store {
 	t.Helper()
 	s, err := filestore.Open(filestore.Options{Dir: dir, Now: c.Now, SyncWindow: window})
 	if err != nil {
@@ -54,14 +49,14 @@ func TestContract(t *testing.T) {
 		t.Run(fmt.Sprint("SyncWindow=", window), func(t *testing.T) {
 			storetest.Run(t, storetest.Harness{
 				New: func(t *testing.T, c *storetest.Clock) store.Engine {
-					return openWindow(t, t.TempDir(), c, window)
+					return open(t, t.TempDir(), c, window)
 				},
 				Reopen: func(t *testing.T, e store.Engine, c *storetest.Clock) store.Engine {
 					dir := e.(*filestore.Store).Dir()
 					if err := e.Close(); err != nil {
 						t.Fatalf("Close: %v", err)
 					}
-					return openWindow(t, dir, c, window)
+					return open(t, dir, c, window)
 				},
 			})
 		})
