@@ -3,6 +3,15 @@ import { test } from 'node:test';
 import { ForbiddenError, NotPendingError, Postern, PosternError, QueueFullError, TooLargeError } from '../dist/index.js';
 import { serve } from './postern.js';
 
+/** Resolves once the server at url has no long-poll waiting (its /metrics gauge). */
+async function noWaiters(url) {
+  for (;;) {
+    const text = await (await fetch(`${url}/metrics`)).text();
+    if (!text.includes('postern_queue_waiters')) throw new Error('no postern_queue_waiters in /metrics');
+    if (!/^postern_queue_waiters\{[^}]*\} [1-9]/m.test(text)) return;
+  }
+}
+
 test('tunnels against postern serve', async (t) => {
   const srv = await serve(t, { args: ['--tunnel-max-body', '1024', '--tunnel-max-poll-timeout', '60s'] });
   const p = new Postern(srv.url);
@@ -141,6 +150,10 @@ test('tunnels against postern serve', async (t) => {
     const waiting = tun.receive({ wait: 30, signal: ac.signal });
     ac.abort();
     await assert.rejects(waiting, { name: 'AbortError' });
+    // The server learns of the abort when the connection closes: until it
+    // has, a message sent now could be written to that dead connection and
+    // count as delivered (HTTP cannot tell). Wait for its long-poll to end.
+    await noWaiters(srv.url);
     const reason = new Error('mine');
     const ac2 = new AbortController();
     ac2.abort(reason);
