@@ -130,8 +130,16 @@ test('channels against postern serve (Server-Sent Events on plain Node)', async 
   await t.test('a reader that falls behind loses nothing: the client pauses and resumes from the history', async () => {
     const ch = p.channel('/slow');
     let opens = 0;
-    const sub = ch.subscribe({ buffer: 2, onOpen: () => opens++ });
+    const [opened, fire] = signal();
+    const sub = ch.subscribe({
+      buffer: 2,
+      onOpen: () => {
+        opens++;
+        fire();
+      },
+    });
     const it = sub[Symbol.asyncIterator]();
+    await opened; // subscribed from 'now': a message published before would not come
     await ch.publish('0');
     await take(it, 1); // open, and reading
     for (const s of ['1', '2', '3']) await ch.publish(s); // history holds 3; the buffer 2
