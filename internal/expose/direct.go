@@ -202,9 +202,15 @@ func (d *directTransport) exchange(s *directStream, req *http.Request) (*http.Re
 	}
 	bw.Reset(nil)
 	writers.Put(bw)
-	if err != nil {
+	if err != nil && !errors.Is(err, yamux.ErrSessionShutdown) {
 		return fail(fmt.Errorf("%w: %w", errNothingBack, err))
 	}
+	// A write that failed because the session ended may have been sent
+	// all the same: yamux reports a write as failed when its session
+	// shuts down before the writer saw it confirmed, and an agent that
+	// stops answers the requests it has before it closes. So the stream
+	// is read: it holds that answer, or ends at once with nothing (and
+	// the request may go again).
 	s.in.left, s.in.got = directMaxHeaderBytes, 0
 	resp, err := readAnswer(s.br, req)
 	s.in.left = -1
