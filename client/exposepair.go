@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -68,7 +69,8 @@ type pair struct {
 	// being forwarded started.
 	idleSince, now time.Time
 
-	cb countingBody // the answer's body, one at a time
+	cb   countingBody // the answer's body, one at a time
+	body *readBody    // the request body being sent, if any
 
 	rec *recording // the exchange the inspector records, if any
 }
@@ -221,6 +223,8 @@ func (p *pair) send(out *http.Request, bodyless bool) (wrote chan error, err err
 	if bodyless {
 		return nil, writeRequest(out, p.lw)
 	}
+	p.body = &readBody{rc: out.Body}
+	out.Body = p.body
 	wrote = make(chan error, 1)
 	go func(lw *bufio.Writer) { wrote <- writeRequest(out, lw) }(p.lw)
 	return wrote, nil
@@ -284,11 +288,9 @@ func (p *pair) answer(resp *http.Response, wrote chan error) (status int, n int6
 		p.closeAll(wrote)
 		return resp.StatusCode, cb.n, false
 	}
-	if wrote != nil {
-		if pending, err := bodySent(wrote); err != nil {
-			p.closeAll(pending)
-			return resp.StatusCode, cb.n, false
-		}
+	if wrote != nil && !p.bodySent(wrote) {
+		p.closeAll(nil)
+		return resp.StatusCode, cb.n, false
 	}
 	if resp.Close {
 		p.dropLocal()
@@ -297,25 +299,57 @@ func (p *pair) answer(resp *http.Response, wrote chan error) (status int, n int6
 	return resp.StatusCode, cb.n, true
 }
 
-// bodySent waits up to pairBodyGrace for the request body's goroutine
-// once the answer is out. It returns that goroutine's error, or an error
-// and wrote (still to be waited for) when the local service answered
-// without reading the whole body.
-func bodySent(wrote chan error) (pending chan error, err error) {
+// bodySent settles the request body's goroutine once the answer is out,
+// and reports whether the stream may carry another request. The body
+// has pairBodyGrace to finish sending (a local service that answered
+// without reading it all may never read the rest); past that, or when
+// sending it failed, the local connection is closed, which ends the
+// goroutine at once, and the stream stays when the body was read whole
+// from it. So a goroutine slow to report on a loaded machine costs a new
+// local connection, never the stream: the server may already have sent
+// its next request on it, which a close would fail (the server's
+// transport cannot send most requests again).
+func (p *pair) bodySent(wrote chan error) bool {
 	select {
 	case err := <-wrote:
-		return nil, err
+		if err == nil {
+			return true
+		}
 	default:
+		t := time.NewTimer(pairBodyGrace)
+		select {
+		case err := <-wrote:
+			t.Stop()
+			if err == nil {
+				return true
+			}
+		case <-t.C:
+			p.s.mu.Lock()
+			p.lc.Close()
+			p.s.mu.Unlock()
+			<-wrote
+		}
 	}
-	t := time.NewTimer(pairBodyGrace)
-	defer t.Stop()
-	select {
-	case err := <-wrote:
-		return nil, err
-	case <-t.C:
-		return wrote, errors.New("the local service answered without reading the whole request body")
-	}
+	p.dropLocal()
+	return p.body.whole.Load()
 }
+
+// readBody is a request body being sent to the local service: it notes
+// when it was read whole (see bodySent).
+type readBody struct {
+	rc    io.ReadCloser
+	whole atomic.Bool
+}
+
+func (b *readBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if err == io.EOF {
+		b.whole.Store(true)
+	}
+	return n, err
+}
+
+func (b *readBody) Close() error { return b.rc.Close() }
 
 // closeAll ends the pair in the middle of an exchange and waits for the
 // request body's goroutine, if any (wrote, or nil).
