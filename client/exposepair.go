@@ -71,6 +71,9 @@ type pair struct {
 
 	cb   countingBody // the answer's body, one at a time
 	body *readBody    // the request body being sent, if any
+	// head is the request's header as read, when it goes to the local
+	// service as it is (see verbatim); headBuf holds it.
+	head, headBuf []byte
 
 	rec *recording // the exchange the inspector records, if any
 }
@@ -120,14 +123,18 @@ func (p *pair) serve() {
 		}
 		// A header already received whole needs no deadline (usually
 		// it came in one frame): setting one costs two allocations.
-		timed := !headerBuffered(p.sr)
-		if timed {
+		head := p.bufferedHead()
+		if head == nil {
 			p.st.SetReadDeadline(time.Now().Add(pairHeaderTimeout))
 		}
+		before := p.sr.Buffered()
 		req, err := http.ReadRequest(p.sr)
-		if timed {
+		if head == nil {
 			p.st.SetReadDeadline(time.Time{})
+		} else if before-p.sr.Buffered() != len(head) {
+			head = nil // not the head that was read
 		}
+		p.head = head
 		if err != nil {
 			p.s.o.Logger.Debug("expose: bad request from the server", "err", err)
 			return
@@ -147,7 +154,11 @@ func (p *pair) serve() {
 func (p *pair) forward(req *http.Request) bool {
 	start := time.Now()
 	p.now = start
-	out, reqUp := p.outgoing(req)
+	out, reqUp := req, ""
+	if !p.verbatim(req) {
+		p.head = nil
+		out, reqUp = p.outgoing(req)
+	}
 	p.rec = p.s.o.Inspector.record(req, out)
 	status, n, keep := p.roundTrip(req, out, reqUp)
 	p.rec.done()
@@ -220,6 +231,12 @@ func (p *pair) exchange(out *http.Request, bodyless bool) (resp *http.Response, 
 // send writes out to the local connection: at once without a body, in a
 // goroutine of its own with one (the result goes to wrote).
 func (p *pair) send(out *http.Request, bodyless bool) (wrote chan error, err error) {
+	if p.head != nil {
+		if _, err := p.lw.Write(p.head); err != nil {
+			return nil, err
+		}
+		return nil, p.lw.Flush()
+	}
 	if bodyless {
 		return nil, writeRequest(out, p.lw)
 	}
@@ -239,11 +256,52 @@ func writeRequest(out *http.Request, lw *bufio.Writer) error {
 	return err
 }
 
-// headerBuffered reports whether br holds a whole request header.
-func headerBuffered(br *bufio.Reader) bool {
-	b, _ := br.Peek(br.Buffered())
-	return bytes.Contains(b, headerEnd)
+// bufferedHead returns a copy of the request header when p.sr holds it
+// whole, or nil.
+func (p *pair) bufferedHead() []byte {
+	b, _ := p.sr.Peek(p.sr.Buffered())
+	i := bytes.Index(b, headerEnd)
+	if i < 0 {
+		return nil
+	}
+	p.headBuf = append(p.headBuf[:0], b[:i+len(headerEnd)]...)
+	return p.headBuf
 }
+
+// verbatim reports whether req goes to the local service as the server
+// sent it (p.head), which is what outgoing would write: no inspector
+// (it records the rewritten request), the public Host kept, a target
+// without a path or query of its own, an HTTP/1.1 request without a
+// body, hop-by-hop headers or a query to clean, whose request target
+// is written as it was read, and a header of CRLF lines without
+// continuations. (The server writes its requests with net/http, so
+// that is nearly all of them.) It spares the parsed request's copy and
+// its serialising.
+func (p *pair) verbatim(req *http.Request) bool {
+	o, t := p.s.o, p.s.target
+	if p.head == nil || o.Inspector != nil || o.RewriteHost || (t.Path != "" && t.Path != "/") || t.RawPath != "" || t.RawQuery != "" {
+		return false
+	}
+	if req.ProtoMajor != 1 || req.ProtoMinor != 1 || req.Body != http.NoBody || len(req.TransferEncoding) > 0 || req.Close {
+		return false
+	}
+	for _, h := range hopHeaders {
+		if _, ok := req.Header[h]; ok {
+			return false
+		}
+	}
+	if !strings.HasPrefix(req.RequestURI, "/") || cleanQueryParams(req.URL.RawQuery) != req.URL.RawQuery || req.URL.RequestURI() != req.RequestURI {
+		return false
+	}
+	return bytes.Count(p.head, lf) == bytes.Count(p.head, crlf) && !bytes.Contains(p.head, crlfSpace) && !bytes.Contains(p.head, crlfTab)
+}
+
+var (
+	lf        = []byte("\n")
+	crlf      = []byte("\r\n")
+	crlfSpace = []byte("\r\n ")
+	crlfTab   = []byte("\r\n\t")
+)
 
 var headerEnd = []byte("\r\n\r\n")
 
