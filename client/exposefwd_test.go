@@ -521,8 +521,10 @@ func TestExposeIdleLocalConnectionChecked(t *testing.T) {
 
 // TestExposePlainRequestsReachTheServiceAsRewritten: a request without a
 // body that needs no rewriting goes to the local service as the server
-// sent it; the bytes are those the agent's rewriting writes (compared
-// with an agent whose inspector makes it rewrite every request).
+// sent it, and a plain answer comes back as the service sent it; the
+// service gets the bytes the agent's rewriting writes and the user the
+// same answer (compared with an agent whose inspector makes it rewrite
+// every exchange).
 func TestExposePlainRequestsReachTheServiceAsRewritten(t *testing.T) {
 	ln := listen(t)
 	var mu sync.Mutex
@@ -555,7 +557,11 @@ func TestExposePlainRequestsReachTheServiceAsRewritten(t *testing.T) {
 					mu.Lock()
 					heads[h[i:i+strings.Index(h[i:], "\r\n")]+" "+strings.Fields(h)[0]] += h
 					mu.Unlock()
-					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+					answer := "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Answer: a\r\nX-Answer: b\r\ncontent-type: text/x-mine\r\n\r\n"
+					if !strings.HasPrefix(h, "HEAD ") {
+						answer += "ok"
+					}
+					io.WriteString(c, answer)
 				}
 			})
 		}
@@ -585,6 +591,7 @@ func TestExposePlainRequestsReachTheServiceAsRewritten(t *testing.T) {
 		{"GET", "/semi?a=1;b=2"},
 	}
 	for i, tc := range cases {
+		var answers []string
 		for _, name := range []string{"plain", "insp"} {
 			req, _ := http.NewRequest(tc.method, n.URL+tc.target, nil)
 			req.Host = name + ".expose.test" + port
@@ -595,11 +602,16 @@ func TestExposePlainRequestsReachTheServiceAsRewritten(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			io.Copy(io.Discard, resp.Body)
+			b, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
 			if resp.StatusCode != 200 {
 				t.Fatalf("%s %s via %s: %d", tc.method, tc.target, name, resp.StatusCode)
 			}
+			resp.Header.Del("Date")
+			answers = append(answers, fmt.Sprintf("%d %v %d %q", resp.StatusCode, resp.Header, resp.ContentLength, b))
+		}
+		if answers[0] != answers[1] {
+			t.Fatalf("%s %s: the user got\n%s\nfrom the plain agent and\n%s\nfrom the rewriting one", tc.method, tc.target, answers[0], answers[1])
 		}
 		mu.Lock()
 		var got []string

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -74,6 +75,9 @@ type pair struct {
 	// head is the request's header as read, when it goes to the local
 	// service as it is (see verbatim); headBuf holds it.
 	head, headBuf []byte
+	// answerHead is the final answer's header as read, when it goes to
+	// the server as it is (see verbatimAnswer); answerBuf holds it.
+	answerHead, answerBuf []byte
 
 	rec *recording // the exchange the inspector records, if any
 }
@@ -308,7 +312,7 @@ var headerEnd = []byte("\r\n\r\n")
 // readResponse reads the local service's answer to out, relaying 100
 // Continue and the like to the server until a final one (or 101) comes.
 func (p *pair) readResponse(out *http.Request) (*http.Response, error) {
-	resp, err := http.ReadResponse(p.lr, out)
+	resp, err := p.readAnswerHead(out)
 	for err == nil && resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
 		if err = resp.Write(p.sw); err == nil {
 			err = p.sw.Flush()
@@ -316,25 +320,79 @@ func (p *pair) readResponse(out *http.Request) (*http.Response, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", errStreamFailed, err)
 		}
-		resp, err = http.ReadResponse(p.lr, out)
+		resp, err = p.readAnswerHead(out)
 	}
 	return resp, err
+}
+
+// readAnswerHead reads an answer's header, keeping its bytes in
+// p.answerHead when they came whole (see verbatimAnswer), else nil.
+func (p *pair) readAnswerHead(out *http.Request) (*http.Response, error) {
+	p.answerHead = nil
+	b, _ := p.lr.Peek(p.lr.Buffered())
+	if i := bytes.Index(b, headerEnd); i >= 0 && p.s.o.Inspector == nil {
+		p.answerHead = append(p.answerBuf[:0], b[:i+len(headerEnd)]...)
+		p.answerBuf = p.answerHead
+	}
+	before := p.lr.Buffered()
+	resp, err := http.ReadResponse(p.lr, out)
+	if before-p.lr.Buffered() != len(p.answerHead) {
+		p.answerHead = nil // not the header that was read
+	}
+	return resp, err
+}
+
+// copyBufs lends the buffers answers' bodies are copied through: one per
+// answer being sent, not one per pair.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// verbatimAnswer reports whether resp goes to the server as the local
+// service sent it (p.answerHead, then the body's bytes), which is what
+// the rewriting would send: no inspector, an HTTP/1.1 answer with a
+// declared length that keeps the connection, without hop-by-hop
+// headers, of CRLF lines without continuations. It spares the answer's
+// serialising.
+func (p *pair) verbatimAnswer(resp *http.Response) bool {
+	h := p.answerHead
+	if h == nil || resp.ProtoMajor != 1 || resp.ProtoMinor != 1 || resp.Close || resp.ContentLength < 0 || len(resp.TransferEncoding) > 0 {
+		return false
+	}
+	for _, k := range hopHeaders {
+		if _, ok := resp.Header[k]; ok {
+			return false
+		}
+	}
+	return bytes.Count(h, lf) == bytes.Count(h, crlf) && !bytes.Contains(h, crlfSpace) && !bytes.Contains(h, crlfTab)
 }
 
 // answer relays a final answer to the server and settles the request
 // body's goroutine; the pair stays for the next request unless either
 // side asked to close.
 func (p *pair) answer(resp *http.Response, wrote chan error) (status int, n int64, keep bool) {
-	removeHopByHop(resp.Header)
 	p.cb = countingBody{body: resp.Body, lr: p.lr, sw: p.sw, length: resp.ContentLength}
 	cb := &p.cb
-	if c := p.rec.answered(resp.StatusCode, resp.Header); c != nil {
-		cb.tee = c
+	var err error
+	if p.verbatimAnswer(resp) {
+		_, err = p.sw.Write(p.answerHead)
+		if err == nil && resp.Body != http.NoBody {
+			buf := copyBufs.Get().(*[]byte)
+			_, err = io.CopyBuffer(writerOnly{p.sw}, cb, *buf)
+			copyBufs.Put(buf)
+			if err == nil && cb.n != resp.ContentLength {
+				err = io.ErrUnexpectedEOF
+			}
+			resp.Body.Close()
+		}
+	} else {
+		removeHopByHop(resp.Header)
+		if c := p.rec.answered(resp.StatusCode, resp.Header); c != nil {
+			cb.tee = c
+		}
+		if resp.Body != http.NoBody {
+			resp.Body = cb
+		}
+		err = resp.Write(writerOnly{p.sw})
 	}
-	if resp.Body != http.NoBody {
-		resp.Body = cb
-	}
-	err := resp.Write(writerOnly{p.sw})
 	if err == nil {
 		// Kept before the answer's last bytes leave: whoever got the
 		// answer finds it in the inspector.
