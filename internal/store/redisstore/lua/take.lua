@@ -24,12 +24,12 @@ if mode == 'p' and uses('p') then
   end
 end
 local out
-local more = takeable(budget, function(id, rec)
-  redis.call('ZADD', L, token, lex(id))
-  touch(L)
+local more = takeable(budget, function(id, rec, l)
+  redis.call('ZADD', L, token, l)
+  touch(L, 'l')
   if mode == 'p' then
-    redis.call('ZADD', P, 0, lex(id))
-    touch(P)
+    redis.call('ZADD', P, 0, l)
+    touch(P, 'p')
   end
   dirty = true
   out = {id, rec, token}
