@@ -8,7 +8,9 @@ local KEYS, ARGV, now, margin
 local function begin(keys, args)
   KEYS, ARGV = keys, args
   now = tonumber(ARGV[1])
-  margin = tonumber(ARGV[2])
+  -- Kept as text: arithmetic converts it where a TTL needs it, and most
+  -- calls set none.
+  margin = ARGV[2]
 end
 
 local function fmt(n) return string.format('%d', n) end

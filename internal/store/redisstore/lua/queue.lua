@@ -449,7 +449,7 @@ end
 
 -- num reads a field of H that may be missing; tonumber costs a strtod,
 -- which a missing field is spared.
-local function num(v) return v and tonumber(v) or 0 end
+local function num(v) return v and int(v) or 0 end
 
 -- qbegin starts a call of a queue function: it reads the meta hash and
 -- settles what ARGV[3] carries: the deliveries the node settled and has
