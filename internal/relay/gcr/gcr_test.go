@@ -357,6 +357,28 @@ func TestNotPickedUp(t *testing.T) {
 	e.want(r, 500, `cannot reach the client "idle"; check that it's turned on, set up, and connected to the internet (timeout waiting for relay client to accept request); if the network config recently changed, try again in 1-2 minutes`+"\n")
 }
 
+// A request a poll took waits for its first chunk past the pickup
+// timeout: that timeout bounds only the wait in the queue.
+func TestTakenRequestOutlivesPickupTimeout(t *testing.T) {
+	e := start(t, func(c *node.Config) {
+		c.Relay.PollTimeout = 20 * time.Millisecond
+		c.Relay.PickupTimeout = 50 * time.Millisecond
+	})
+	if r, _ := e.poll("idle"); r.status != 408 { // known, never polled again
+		t.Fatalf("poll %d", r.status)
+	}
+	polled := e.pollAsync("slow", 1)
+	user := e.async("GET", "/client/slow/", nil)
+	id := (<-polled).ID
+	// A request started after this one was taken is not picked up: this
+	// one's pickup timeout has passed too by then.
+	if r := e.do("GET", "/client/idle/", nil); r.status != 500 {
+		t.Fatalf("request nobody polls for: %d %q", r.status, r.body)
+	}
+	e.want(e.post(&wire.Response{HasID: true, ID: id, HasStatus: true, StatusCode: 200, Body: []byte("late"), EOF: true}), 200, "ok")
+	e.want(<-user, 200, "late")
+}
+
 func TestInactiveRequestTimesOut(t *testing.T) {
 	e := start(t, func(c *node.Config) { c.Relay.InactiveRequestTimeout = 150 * time.Millisecond })
 	polled := e.pollAsync("slow", 1)
