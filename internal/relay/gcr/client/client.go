@@ -181,10 +181,14 @@ type Client struct {
 	work    chan job
 	// batches: the server offers them (it answered a poll with one).
 	batches atomic.Bool
-	// Complete responses waiting to be posted in a batch, and the posts
-	// of batches in progress.
+	// Complete responses waiting to be posted in a batch (each after
+	// its length, as the batch goes), the buffer of the previous batch
+	// for the next one, and the posts of batches in progress; batchRoom
+	// (on batchMu) is signalled when a batch leaves.
 	batchMu      sync.Mutex
-	batchQueue   []*batchItem
+	batchRoom    sync.Cond
+	batchBuf     []byte
+	batchSpare   []byte
 	batchPosting int
 
 	wg        sync.WaitGroup // pollers and the goroutines of requests
@@ -231,6 +235,7 @@ func New(o Options) (*Client, error) {
 		return nil, fmt.Errorf("relay url %q: not an absolute URL", o.RelayURL)
 	}
 	c := &Client{o: o, backURL: bu, relayURL: ru}
+	c.batchRoom.L = &c.batchMu
 	// Every poll holds a connection to the server, and every request in
 	// progress one to the backend and, while it posts, one more to the
 	// server: keep that many open for reuse.
