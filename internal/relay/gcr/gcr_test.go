@@ -529,6 +529,31 @@ func TestKeepAliveChunksKeepSlowRequestsAlive(t *testing.T) {
 	e.want(e.do("GET", "/client/patient/", nil), 200, "ab")
 }
 
+// Answers without a body whatever their length says (HEAD, 304) reach
+// the user as the backend gave them, with the original client's behaviour.
+func TestHeadThroughTheRelay(t *testing.T) {
+	e := start(t, nil)
+	be := backendServer(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/cached" {
+			w.Header().Set("ETag", `"v1"`)
+			w.WriteHeader(http.StatusNotModified)
+			return
+		}
+		w.Write([]byte("hello there"))
+	})
+	e.runClient("head", be, nil)
+	r := e.do("HEAD", "/client/head/x", nil)
+	e.want(r, 200, "")
+	if cl := r.h.Get("Content-Length"); cl != "11" {
+		t.Fatalf("HEAD Content-Length %q, want the GET's 11", cl)
+	}
+	r = e.do("GET", "/client/head/cached", nil, "If-None-Match", `"v1"`)
+	e.want(r, 304, "")
+	if et := r.h.Get("ETag"); et != `"v1"` {
+		t.Fatalf("304 ETag %q", et)
+	}
+}
+
 func TestWebsocketThroughTheRelay(t *testing.T) {
 	e := start(t, nil)
 	be := backendServer(t, func(w http.ResponseWriter, r *http.Request) {

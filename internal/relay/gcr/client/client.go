@@ -690,10 +690,16 @@ func (c *Client) serve(ctx context.Context, breq *wire.Request, streams bool) (s
 		}
 		c.wg.Go(func() { c.streamToBackend(ctx, id, w) })
 	}
-	if cl := hresp.ContentLength; cl >= 0 && cl <= int64(c.o.MaxChunkSize) && hresp.StatusCode != http.StatusSwitchingProtocols {
+	cl := hresp.ContentLength
+	if hresp.Body == http.NoBody {
+		// No body whatever the length says: the answer to a HEAD, a 204,
+		// a 304 (their Content-Length header goes as it came).
+		cl = 0
+	}
+	if cl >= 0 && cl <= int64(c.o.MaxChunkSize) && hresp.StatusCode != http.StatusSwitchingProtocols {
 		// A short body of known length: read it and post the whole
 		// response as one message, without the streaming machinery.
-		first.Body = make([]byte, hresp.ContentLength)
+		first.Body = make([]byte, cl)
 		_, err := io.ReadFull(hresp.Body, first.Body)
 		hresp.Body.Close()
 		if err != nil {
@@ -710,7 +716,7 @@ func (c *Client) serve(ctx context.Context, breq *wire.Request, streams bool) (s
 		}
 		return status, int64(len(first.Body)), path
 	}
-	if cl := hresp.ContentLength; streams && cl > 0 && cl < maxMessageBody && hresp.StatusCode != http.StatusSwitchingProtocols {
+	if streams && cl > 0 && cl < maxMessageBody && hresp.StatusCode != http.StatusSwitchingProtocols {
 		return status, c.postBody(ctx, first, hresp, start), path
 	}
 	return status, c.stream(ctx, first, hresp, start, streams), path
