@@ -124,6 +124,13 @@ type Options struct {
 	// original) answers one request per poll as always, and the client
 	// works as without this setting.
 	BatchRequests int
+	// DirectBackend performs the requests against an http:// backend (when
+	// Backend is nil) on connections of the client's own, each written
+	// and read by the goroutine serving the request, instead of through
+	// net/http's Transport and its two goroutines per connection. The
+	// requests and their parsing are net/http's; upgrades still go
+	// through the Transport.
+	DirectBackend bool
 }
 
 // Tuned settings of `postern relay`: see Tuned.
@@ -160,6 +167,7 @@ func Tuned(o Options) Options {
 	o.ChunkedPosts = true
 	o.EagerChunks = true
 	o.StreamBodies = true
+	o.DirectBackend = true
 	return o
 }
 
@@ -170,6 +178,7 @@ type Client struct {
 	// the backend.
 	relayDo, backendDo func(*http.Request) (*http.Response, error)
 	own                []*http.Transport
+	direct             *directBackend // with DirectBackend
 	backURL            *url.URL
 	relayURL           *url.URL
 	// Templates of the relay calls, their URLs and headers shared by
@@ -256,6 +265,14 @@ func New(o Options) (*Client, error) {
 		c.own = append(c.own, tr)
 		// A transport returns redirects as they are.
 		c.backendDo = tr.RoundTrip
+		if o.DirectBackend && bu.Scheme == "http" && bu.Host != "" {
+			port := bu.Port()
+			if port == "" {
+				port = "80"
+			}
+			c.direct = newDirectBackend(net.JoinHostPort(bu.Hostname(), port), idle, tr.RoundTrip)
+			c.backendDo = c.direct.RoundTrip
+		}
 	} else {
 		// Redirects pass through the relay untouched.
 		b := *o.Backend
@@ -315,6 +332,9 @@ func (c *Client) Run(ctx context.Context) error {
 	c.wg.Wait()
 	for _, tr := range c.own {
 		tr.CloseIdleConnections()
+	}
+	if c.direct != nil {
+		c.direct.closeIdle()
 	}
 	c.pollMu.Lock()
 	defer c.pollMu.Unlock()
