@@ -209,3 +209,49 @@ func TestTunedClientWebsocket(t *testing.T) {
 		t.Fatalf("got %q, %v", b, err)
 	}
 }
+
+// A large body of known length goes from the backend's connection to the
+// server's without passing through the tuned client (spliced): it arrives
+// whole and in order, the backend connection serves the next request, and
+// a body the backend cuts is an error for the user, never a short answer.
+func TestTunedClientSplicesLargeBodies(t *testing.T) {
+	e := start(t, nil)
+	const size = 3<<20 + 12345
+	data := make([]byte, size)
+	for i := range data {
+		data[i] = byte(i * 7 % 251)
+	}
+	var conns atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", fmt.Sprint(size))
+		if r.URL.Path == "/cut" {
+			w.Write(data[:size/2])
+			panic(http.ErrAbortHandler) // the connection closes mid-body
+		}
+		w.Write(data)
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Config.ErrorLog = nil
+	srv.Start()
+	t.Cleanup(func() {
+		srv.CloseClientConnections()
+		srv.Close()
+	})
+	e.tuned("big", srv.URL)
+	for i := range 2 {
+		r := e.do("GET", "/client/big/data", nil)
+		if r.err != nil || r.status != 200 || !bytes.Equal([]byte(r.body), data) {
+			t.Fatalf("download %d: %d, %d bytes, %v", i, r.status, len(r.body), r.err)
+		}
+	}
+	if n := conns.Load(); n != 1 {
+		t.Fatalf("%d backend connections for two downloads one after the other, want 1", n)
+	}
+	if r := e.do("GET", "/client/big/cut", nil); r.err == nil {
+		t.Fatalf("a cut body looked complete: %d, %d bytes", r.status, len(r.body))
+	}
+}

@@ -737,6 +737,9 @@ func (c *Client) serve(ctx context.Context, breq *wire.Request, streams bool) (s
 		return status, int64(len(first.Body)), path
 	}
 	if streams && cl > 0 && cl < maxMessageBody && hresp.StatusCode != http.StatusSwitchingProtocols {
+		if n, ok := c.postSpliced(ctx, first, hresp, start); ok {
+			return status, n, path
+		}
 		return status, c.postBody(ctx, first, hresp, start), path
 	}
 	return status, c.stream(ctx, first, hresp, start, streams), path
