@@ -38,6 +38,7 @@ type backend struct {
 
 	// Guarded by g.mu.
 	queue    []*pending // requests waiting for a poll, oldest first
+	parked   int        // polls waiting for the queued token (see take)
 	polls    int
 	lastPoll time.Time
 	idle     *time.Timer
@@ -298,10 +299,20 @@ func (b *backend) dequeue(p *pending) bool {
 
 // take takes up to n requests from the queue, at least the first and
 // then as long as the messages stay within maxBytes; requests that ended
-// while they waited are dropped. It returns nil when none waits.
-func (b *backend) take(n, maxBytes int) []*pending {
+// while they waited are dropped. It returns nil when none waits. A poll
+// takes them in the order the polls were parked (the original's, where
+// the first poll parked got the next request): one that has just come
+// (parked false) takes nothing while others are parked; one that gets
+// nothing is counted as parked until it takes something (parked true)
+// or leaves.
+func (b *backend) take(n, maxBytes int, parked bool) []*pending {
 	g := b.g
 	g.mu.Lock()
+	if !parked && b.parked > 0 {
+		b.parked++
+		g.mu.Unlock()
+		return nil
+	}
 	var out []*pending
 	size, k := 0, 0
 	for ; k < len(b.queue) && len(out) < n && (len(out) == 0 || size < maxBytes); k++ {
@@ -320,6 +331,12 @@ func (b *backend) take(n, maxBytes int) []*pending {
 	b.queue = b.queue[:rest]
 	if k > 0 {
 		g.changedLocked()
+	}
+	switch {
+	case len(out) > 0 && parked:
+		b.parked--
+	case len(out) == 0 && !parked:
+		b.parked++
 	}
 	g.mu.Unlock()
 	if rest > 0 {

@@ -292,23 +292,33 @@ func (g *Relay) servePoll(w http.ResponseWriter, r *http.Request) error {
 	batch := g.batchSize(r)
 	n := max(batch, 1)
 	// Under load a request is often waiting already: take it without
-	// arming a timer.
-	if ps := b.take(n, maxBatchBytes); ps != nil {
+	// arming a timer (unless polls are parked: they come first).
+	if ps := b.take(n, maxBatchBytes, false); ps != nil {
 		return g.deliverAll(w, ps, batch)
+	}
+	// Parked now (take counted it): uncounted when it leaves without a
+	// request.
+	unpark := func() {
+		g.mu.Lock()
+		b.parked--
+		g.mu.Unlock()
 	}
 	t := time.NewTimer(g.opts.PollTimeout)
 	defer t.Stop()
 	for {
 		select {
 		case <-b.queued:
-			if ps := b.take(n, maxBatchBytes); ps != nil {
+			if ps := b.take(n, maxBatchBytes, true); ps != nil {
 				return g.deliverAll(w, ps, batch)
 			}
 		case <-t.C:
+			unpark()
 			return errNoRequest
 		case <-g.quit:
+			unpark()
 			return errRestarting
 		case <-r.Context().Done():
+			unpark()
 			return nil
 		}
 	}
