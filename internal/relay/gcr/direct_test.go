@@ -14,8 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coder/websocket"
-
 	gcrclient "github.com/postern/postern/internal/relay/gcr/client"
 )
 
@@ -175,38 +173,6 @@ func TestTunedClientDropsConnectionsOfCutAnswers(t *testing.T) {
 	e.want(e.do("GET", "/client/cut/next", nil), 200, "short")
 	if n := conns.Load(); n != 2 {
 		t.Fatalf("%d backend connections, want 2 (the cut one, a new one)", n)
-	}
-}
-
-// Upgrades go through net/http's Transport: a websocket works with the
-// tuned client.
-func TestTunedClientWebsocket(t *testing.T) {
-	e := start(t, nil)
-	be := backendServer(t, func(w http.ResponseWriter, r *http.Request) {
-		c, err := websocket.Accept(w, r, nil)
-		if err != nil {
-			return
-		}
-		defer c.CloseNow()
-		typ, b, err := c.Read(r.Context())
-		if err != nil {
-			return
-		}
-		c.Write(r.Context(), typ, append([]byte("echo:"), b...))
-		c.Close(websocket.StatusNormalClosure, "")
-	})
-	e.tuned("tws", be)
-	ctx := ctxT(t)
-	c, _, err := websocket.Dial(ctx, e.node.URL+"/client/tws/socket", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.CloseNow()
-	if err := c.Write(ctx, websocket.MessageText, []byte("hi")); err != nil {
-		t.Fatal(err)
-	}
-	if _, b, err := c.Read(ctx); err != nil || string(b) != "echo:hi" {
-		t.Fatalf("got %q, %v", b, err)
 	}
 }
 

@@ -573,24 +573,29 @@ func TestWebsocketThroughTheRelay(t *testing.T) {
 		}
 	})
 	e.runClient("ws", be, func(o *gcrclient.Options) { o.ChunkDelay = 2 * time.Millisecond; o.NumPendingRequests = 2 })
-	ctx := ctxT(t)
-	c, _, err := websocket.Dial(ctx, e.node.URL+"/client/ws/socket", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.CloseNow()
-	big := bytes.Repeat([]byte("z"), 3*gcr.DefaultBlockSize+17) // spans several request-stream blocks
-	for _, msg := range [][]byte{[]byte("hello"), []byte{0, 1, 2, 255}, big} {
-		if err := c.Write(ctx, websocket.MessageBinary, msg); err != nil {
+	// postern relay's client takes upgrades through net/http's Transport
+	// (its other requests go on connections of its own).
+	e.runClient("tws", be, func(o *gcrclient.Options) { *o = gcrclient.Tuned(*o) })
+	for _, name := range []string{"ws", "tws"} {
+		ctx := ctxT(t)
+		c, _, err := websocket.Dial(ctx, e.node.URL+"/client/"+name+"/socket", nil)
+		if err != nil {
 			t.Fatal(err)
 		}
-		_, b, err := c.Read(ctx)
-		if err != nil || !bytes.Equal(b, append([]byte("echo:"), msg...)) {
-			t.Fatalf("echo of %d bytes: got %d bytes, %v", len(msg), len(b), err)
+		defer c.CloseNow()
+		big := bytes.Repeat([]byte("z"), 3*gcr.DefaultBlockSize+17) // spans several request-stream blocks
+		for _, msg := range [][]byte{[]byte("hello"), []byte{0, 1, 2, 255}, big} {
+			if err := c.Write(ctx, websocket.MessageBinary, msg); err != nil {
+				t.Fatal(err)
+			}
+			_, b, err := c.Read(ctx)
+			if err != nil || !bytes.Equal(b, append([]byte("echo:"), msg...)) {
+				t.Fatalf("%s: echo of %d bytes: got %d bytes, %v", name, len(msg), len(b), err)
+			}
 		}
-	}
-	if err := c.Close(websocket.StatusNormalClosure, "bye"); err != nil {
-		t.Fatalf("close: %v", err)
+		if err := c.Close(websocket.StatusNormalClosure, "bye"); err != nil {
+			t.Fatalf("%s: close: %v", name, err)
+		}
 	}
 }
 

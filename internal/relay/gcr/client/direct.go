@@ -38,7 +38,14 @@ type backendConn struct {
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	ctx    context.Context // closes nc when it ends (see dial)
+	stop   func() bool     // unregisters that
 	reused bool
+}
+
+// close closes the connection for good.
+func (bc *backendConn) close() {
+	bc.stop()
+	bc.nc.Close()
 }
 
 func newDirectBackend(addr string, maxIdle int, fallback func(*http.Request) (*http.Response, error)) *directBackend {
@@ -63,7 +70,7 @@ func (d *directBackend) RoundTrip(req *http.Request) (*http.Response, error) {
 			d.track(bc, resp)
 			return resp, nil
 		}
-		bc.nc.Close()
+		bc.close()
 		if ctxErr := req.Context().Err(); ctxErr != nil {
 			return nil, ctxErr
 		}
@@ -138,7 +145,7 @@ func (d *directBackend) get(ctx context.Context) (*backendConn, error) {
 			bc.reused = true
 			return bc, nil
 		}
-		bc.nc.Close()
+		bc.close()
 	}
 }
 
@@ -163,8 +170,8 @@ func (d *directBackend) dial(ctx context.Context) (*backendConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	context.AfterFunc(ctx, func() { nc.Close() })
-	return &backendConn{nc: nc, br: bufio.NewReaderSize(nc, 16<<10), bw: bufio.NewWriterSize(nc, 8<<10), ctx: ctx}, nil
+	stop := context.AfterFunc(ctx, func() { nc.Close() })
+	return &backendConn{nc: nc, br: bufio.NewReaderSize(nc, 16<<10), bw: bufio.NewWriterSize(nc, 8<<10), ctx: ctx, stop: stop}, nil
 }
 
 // done gives a connection whose exchange is over back, or closes it.
@@ -178,7 +185,7 @@ func (d *directBackend) done(bc *backendConn, closeIt bool) {
 		}
 		d.mu.Unlock()
 	}
-	bc.nc.Close()
+	bc.close()
 }
 
 // closeIdle closes the idle connections, and those given back later.
@@ -188,7 +195,7 @@ func (d *directBackend) closeIdle() {
 	d.idle, d.closed = nil, true
 	d.mu.Unlock()
 	for _, bc := range idle {
-		bc.nc.Close()
+		bc.close()
 	}
 }
 
