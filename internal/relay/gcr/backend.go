@@ -18,18 +18,28 @@ import (
 	"github.com/postern/postern/internal/relay/gcr/wire"
 )
 
-// backend is one name's relay clients, seen from this node: every poll for
-// the name waits on handoff, so the relay clients of a name share its
-// requests. It is the relay core's RoundTripper for that name.
+// backend is one name's relay clients, seen from this node: user
+// requests wait in its queue and every poll for the name takes from it,
+// so the relay clients of a name share its requests. It is the relay
+// core's RoundTripper for that name.
+//
+// A request waits in the queue without its goroutine being woken when a
+// poll takes it: the user side waits for the request's first chunk from
+// the start (and for the pickup timeout, after which it leaves the queue
+// if it is still there), and the poll that takes it writes it out.
 type backend struct {
-	g       *Relay
-	name    string
-	handoff chan *pending
-	reg     *relay.Registration
+	g    *Relay
+	name string
+	reg  *relay.Registration
+	// queued has a token when requests may wait in queue: a poll that
+	// finds the queue empty waits for one. Capacity 1: a poll that takes
+	// requests and leaves some behind passes the token on.
+	queued chan struct{}
 
 	// Guarded by g.mu.
+	queue    []*pending // requests waiting for a poll, oldest first
+	parked   int        // polls waiting for the queued token (see take)
 	polls    int
-	waiting  int // requests waiting for a poll (see WaitForWaiting)
 	lastPoll time.Time
 	idle     *time.Timer
 }
@@ -71,6 +81,12 @@ type pending struct {
 	chunks chan chunk
 	// up carries the user's bytes after a 101 to /server/requeststream.
 	up chan []byte
+	// userGone is closed when the user goes away (or the hub cancels
+	// the relay): every wait of the user side and of a streamed post
+	// watches it, and ends the request (errUserGone).
+	userGone <-chan struct{}
+	// queued: the request is in its backend's queue (guarded by g.mu).
+	queued bool
 
 	done chan struct{}
 	once sync.Once
@@ -99,8 +115,9 @@ func since0() int64 { return int64(time.Since(clock0)) }
 func (g *Relay) newPending(ctx context.Context, name string, msg []byte, id string, upgrade bool) (*pending, error) {
 	p := &pending{
 		g: g, id: id, name: name, msg: msg,
-		chunks: make(chan chunk, 1),
-		done:   make(chan struct{}),
+		chunks:   make(chan chunk, 1),
+		done:     make(chan struct{}),
+		userGone: ctx.Done(),
 	}
 	if upgrade {
 		p.up = make(chan []byte, 4)
@@ -116,11 +133,15 @@ func (g *Relay) newPending(ctx context.Context, name string, msg []byte, id stri
 	// even a tiny timeout cannot fire before p.timer is set.
 	p.timer = time.AfterFunc(g.opts.InactiveRequestTimeout, p.reap)
 	g.mu.Unlock()
-	// The user going away ends the request at once: the relay client's
-	// next post for it gets 400. (The registration ends with the user's
-	// request context, which the server cancels when the handler returns.)
-	context.AfterFunc(ctx, func() { p.finish(errUserGone) })
 	return p, nil
+}
+
+// gone ends the request because the user went away (the waits that see
+// userGone call it): the relay client's next post for it gets 400. It
+// returns the error the user side sees.
+func (p *pending) gone() error {
+	p.finish(errUserGone)
+	return p.endErr()
 }
 
 // finish ends the request for reason err (nil: the response is complete).
@@ -222,43 +243,110 @@ func (b *backend) request(req *http.Request) (*pending, error) {
 	return g.newPending(req.Context(), b.name, msg, id, req.Header.Get("Upgrade") != "")
 }
 
-// handOff gives a request to a poll, within PickupTimeout, and waits for
-// its first chunk.
+// handOff queues a request for a poll and waits for its first chunk; a
+// request no poll took within PickupTimeout leaves the queue.
 func (b *backend) handOff(p *pending) (chunk, error) {
+	g := b.g
+	g.mu.Lock()
+	p.queued = true
+	b.queue = append(b.queue, p)
+	g.changedLocked()
+	g.mu.Unlock()
 	select {
-	case b.handoff <- p: // a poll was parked: no timer needed
-	default:
-		b.wait(1)
-		pickup := time.NewTimer(b.g.opts.PickupTimeout)
-		select {
-		case b.handoff <- p:
-			pickup.Stop()
-			b.wait(-1)
-		case <-pickup.C:
-			b.wait(-1)
-			p.finish(errNotTaken)
-			return chunk{}, notPickedUp(b.name)
-		case <-p.done:
-			pickup.Stop()
-			b.wait(-1)
-			return chunk{}, b.failure(p)
-		}
+	case b.queued <- struct{}{}:
+	default: // a token waits already
 	}
-	select {
-	case fc := <-p.chunks:
-		return fc, nil
-	case <-p.done:
-		return chunk{}, b.failure(p)
+	pickup := time.NewTimer(g.opts.PickupTimeout)
+	defer pickup.Stop()
+	for {
+		select {
+		case fc := <-p.chunks:
+			return fc, nil
+		case <-p.done:
+			b.dequeue(p)
+			return chunk{}, b.failure(p)
+		case <-p.userGone:
+			b.dequeue(p)
+			p.gone()
+			return chunk{}, b.failure(p)
+		case <-pickup.C:
+			if b.dequeue(p) {
+				p.finish(errNotTaken)
+				return chunk{}, notPickedUp(b.name)
+			}
+			// Taken: its first chunk is waited for as long as the
+			// request stays active.
+		}
 	}
 }
 
-// wait counts a request that starts (d 1) or ends (d -1) waiting for a
-// poll.
-func (b *backend) wait(d int) {
-	b.g.mu.Lock()
-	b.waiting += d
-	b.g.changedLocked()
-	b.g.mu.Unlock()
+// dequeue takes p out of the queue if it is still there, and reports
+// whether it was.
+func (b *backend) dequeue(p *pending) bool {
+	g := b.g
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !p.queued {
+		return false
+	}
+	p.queued = false
+	if i := slices.Index(b.queue, p); i >= 0 {
+		b.queue = slices.Delete(b.queue, i, i+1)
+	}
+	g.changedLocked()
+	return true
+}
+
+// take takes up to n requests from the queue, at least the first and
+// then as long as the messages stay within maxBytes; requests that ended
+// while they waited are dropped. It returns nil when none waits. A poll
+// takes them in the order the polls were parked (the original's, where
+// the first poll parked got the next request): one that has just come
+// (parked false) takes nothing while others are parked; one that gets
+// nothing is counted as parked until it takes something (parked true)
+// or leaves.
+func (b *backend) take(n, maxBytes int, parked bool) []*pending {
+	g := b.g
+	g.mu.Lock()
+	if !parked && b.parked > 0 {
+		b.parked++
+		g.mu.Unlock()
+		return nil
+	}
+	var out []*pending
+	size, k := 0, 0
+	for ; k < len(b.queue) && len(out) < n && (len(out) == 0 || size < maxBytes); k++ {
+		p := b.queue[k]
+		p.queued = false
+		select {
+		case <-p.done:
+			continue
+		default:
+		}
+		out = append(out, p)
+		size += len(p.msg)
+	}
+	rest := copy(b.queue, b.queue[k:])
+	clear(b.queue[rest:])
+	b.queue = b.queue[:rest]
+	if k > 0 {
+		g.changedLocked()
+	}
+	switch {
+	case len(out) > 0 && parked:
+		b.parked--
+	case len(out) == 0 && !parked:
+		b.parked++
+	}
+	g.mu.Unlock()
+	if rest > 0 {
+		// More wait: another poll takes them.
+		select {
+		case b.queued <- struct{}{}:
+		default:
+		}
+	}
+	return out
 }
 
 // response is the user's response, from the first chunk on.
@@ -473,6 +561,8 @@ func (r *bodyReader) Read(b []byte) (int, error) {
 			r.absorb(c)
 		case <-r.p.done:
 			return 0, r.p.endErr()
+		case <-r.p.userGone:
+			return 0, r.p.gone()
 		}
 	}
 	n := copy(b, r.buf)
@@ -521,6 +611,8 @@ func (r *bodyReader) WriteTo(w io.Writer) (int64, error) {
 			continue
 		case <-r.p.done:
 			return n, r.p.endErr()
+		case <-r.p.userGone:
+			return n, r.p.gone()
 		default:
 		}
 		if f != nil {
@@ -534,6 +626,8 @@ func (r *bodyReader) WriteTo(w io.Writer) (int64, error) {
 			r.absorb(c)
 		case <-r.p.done:
 			return n, r.p.endErr()
+		case <-r.p.userGone:
+			return n, r.p.gone()
 		}
 	}
 }

@@ -49,24 +49,16 @@ func (g *Relay) batchSize(r *http.Request) int {
 	return min(n, MaxBatch)
 }
 
-// deliverAll answers a poll with the request p or, when the poll takes
-// batches, with p and the requests waiting behind it (none is waited
-// for), up to batch.
-func (g *Relay) deliverAll(w http.ResponseWriter, b *backend, p *pending, batch int) error {
+// deliverAll answers a poll with the requests ps taken for it: the one
+// request in the protocol's form when the poll does not take batches
+// (batch 0), else in a batch.
+func (g *Relay) deliverAll(w http.ResponseWriter, ps []*pending, batch int) error {
 	if batch == 0 {
-		return g.deliver(w, p)
+		return g.deliver(w, ps[0])
 	}
-	ps := []*pending{p}
-	size := wire.SizeDelimited(len(p.msg))
-more:
-	for len(ps) < batch && size < maxBatchBytes {
-		select {
-		case q := <-b.handoff:
-			ps = append(ps, q)
-			size += wire.SizeDelimited(len(q.msg))
-		default:
-			break more
-		}
+	size := 0
+	for _, q := range ps {
+		size += wire.SizeDelimited(len(q.msg))
 	}
 	h := w.Header()
 	h["Content-Type"] = batchContentType

@@ -290,24 +290,37 @@ func (g *Relay) servePoll(w http.ResponseWriter, r *http.Request) error {
 	}
 	defer g.pollEnd(b)
 	batch := g.batchSize(r)
+	n := max(batch, 1)
 	// Under load a request is often waiting already: take it without
-	// arming a timer.
-	select {
-	case p := <-b.handoff:
-		return g.deliverAll(w, b, p, batch)
-	default:
+	// arming a timer (unless polls are parked: they come first).
+	if ps := b.take(n, maxBatchBytes, false); ps != nil {
+		return g.deliverAll(w, ps, batch)
+	}
+	// Parked now (take counted it): uncounted when it leaves without a
+	// request.
+	unpark := func() {
+		g.mu.Lock()
+		b.parked--
+		g.mu.Unlock()
 	}
 	t := time.NewTimer(g.opts.PollTimeout)
 	defer t.Stop()
-	select {
-	case p := <-b.handoff:
-		return g.deliverAll(w, b, p, batch)
-	case <-t.C:
-		return errNoRequest
-	case <-g.quit:
-		return errRestarting
-	case <-r.Context().Done():
-		return nil
+	for {
+		select {
+		case <-b.queued:
+			if ps := b.take(n, maxBatchBytes, true); ps != nil {
+				return g.deliverAll(w, ps, batch)
+			}
+		case <-t.C:
+			unpark()
+			return errNoRequest
+		case <-g.quit:
+			unpark()
+			return errRestarting
+		case <-r.Context().Done():
+			unpark()
+			return nil
+		}
 	}
 }
 
@@ -629,7 +642,7 @@ func (g *Relay) pollStart(name string) (b *backend, first, ok bool) {
 	b = g.backends[name]
 	if b == nil {
 		first = true
-		b = &backend{g: g, name: name, handoff: make(chan *pending)}
+		b = &backend{g: g, name: name, queued: make(chan struct{}, 1)}
 		g.backends[name] = b
 		b.reg = g.hub.Register(name, b)
 	}
@@ -700,7 +713,7 @@ func (g *Relay) WaitForPolls(ctx context.Context, name string, n int) error {
 // this node for a poll to take them, or ctx ends: a readiness signal for
 // tests and tools.
 func (g *Relay) WaitForWaiting(ctx context.Context, name string, n int) error {
-	got, err := g.waitFor(ctx, name, n, func(b *backend) int { return b.waiting })
+	got, err := g.waitFor(ctx, name, n, func(b *backend) int { return len(b.queue) })
 	if err != nil {
 		return fmt.Errorf("%d requests for %q wait for a poll, want %d or more: %w", got, name, n, err)
 	}

@@ -357,6 +357,28 @@ func TestNotPickedUp(t *testing.T) {
 	e.want(r, 500, `cannot reach the client "idle"; check that it's turned on, set up, and connected to the internet (timeout waiting for relay client to accept request); if the network config recently changed, try again in 1-2 minutes`+"\n")
 }
 
+// A request a poll took waits for its first chunk past the pickup
+// timeout: that timeout bounds only the wait in the queue.
+func TestTakenRequestOutlivesPickupTimeout(t *testing.T) {
+	e := start(t, func(c *node.Config) {
+		c.Relay.PollTimeout = 20 * time.Millisecond
+		c.Relay.PickupTimeout = 50 * time.Millisecond
+	})
+	if r, _ := e.poll("idle"); r.status != 408 { // known, never polled again
+		t.Fatalf("poll %d", r.status)
+	}
+	polled := e.pollAsync("slow", 1)
+	user := e.async("GET", "/client/slow/", nil)
+	id := (<-polled).ID
+	// A request started after this one was taken is not picked up: this
+	// one's pickup timeout has passed too by then.
+	if r := e.do("GET", "/client/idle/", nil); r.status != 500 {
+		t.Fatalf("request nobody polls for: %d %q", r.status, r.body)
+	}
+	e.want(e.post(&wire.Response{HasID: true, ID: id, HasStatus: true, StatusCode: 200, Body: []byte("late"), EOF: true}), 200, "ok")
+	e.want(<-user, 200, "late")
+}
+
 func TestInactiveRequestTimesOut(t *testing.T) {
 	e := start(t, func(c *node.Config) { c.Relay.InactiveRequestTimeout = 150 * time.Millisecond })
 	polled := e.pollAsync("slow", 1)
@@ -507,6 +529,31 @@ func TestKeepAliveChunksKeepSlowRequestsAlive(t *testing.T) {
 	e.want(e.do("GET", "/client/patient/", nil), 200, "ab")
 }
 
+// Answers without a body whatever their length says (HEAD, 304) reach
+// the user as the backend gave them, with the original client's behaviour.
+func TestHeadThroughTheRelay(t *testing.T) {
+	e := start(t, nil)
+	be := backendServer(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/cached" {
+			w.Header().Set("ETag", `"v1"`)
+			w.WriteHeader(http.StatusNotModified)
+			return
+		}
+		w.Write([]byte("hello there"))
+	})
+	e.runClient("head", be, nil)
+	r := e.do("HEAD", "/client/head/x", nil)
+	e.want(r, 200, "")
+	if cl := r.h.Get("Content-Length"); cl != "11" {
+		t.Fatalf("HEAD Content-Length %q, want the GET's 11", cl)
+	}
+	r = e.do("GET", "/client/head/cached", nil, "If-None-Match", `"v1"`)
+	e.want(r, 304, "")
+	if et := r.h.Get("ETag"); et != `"v1"` {
+		t.Fatalf("304 ETag %q", et)
+	}
+}
+
 func TestWebsocketThroughTheRelay(t *testing.T) {
 	e := start(t, nil)
 	be := backendServer(t, func(w http.ResponseWriter, r *http.Request) {
@@ -526,24 +573,29 @@ func TestWebsocketThroughTheRelay(t *testing.T) {
 		}
 	})
 	e.runClient("ws", be, func(o *gcrclient.Options) { o.ChunkDelay = 2 * time.Millisecond; o.NumPendingRequests = 2 })
-	ctx := ctxT(t)
-	c, _, err := websocket.Dial(ctx, e.node.URL+"/client/ws/socket", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.CloseNow()
-	big := bytes.Repeat([]byte("z"), 3*gcr.DefaultBlockSize+17) // spans several request-stream blocks
-	for _, msg := range [][]byte{[]byte("hello"), []byte{0, 1, 2, 255}, big} {
-		if err := c.Write(ctx, websocket.MessageBinary, msg); err != nil {
+	// postern relay's client takes upgrades through net/http's Transport
+	// (its other requests go on connections of its own).
+	e.runClient("tws", be, func(o *gcrclient.Options) { *o = gcrclient.Tuned(*o) })
+	for _, name := range []string{"ws", "tws"} {
+		ctx := ctxT(t)
+		c, _, err := websocket.Dial(ctx, e.node.URL+"/client/"+name+"/socket", nil)
+		if err != nil {
 			t.Fatal(err)
 		}
-		_, b, err := c.Read(ctx)
-		if err != nil || !bytes.Equal(b, append([]byte("echo:"), msg...)) {
-			t.Fatalf("echo of %d bytes: got %d bytes, %v", len(msg), len(b), err)
+		defer c.CloseNow()
+		big := bytes.Repeat([]byte("z"), 3*gcr.DefaultBlockSize+17) // spans several request-stream blocks
+		for _, msg := range [][]byte{[]byte("hello"), []byte{0, 1, 2, 255}, big} {
+			if err := c.Write(ctx, websocket.MessageBinary, msg); err != nil {
+				t.Fatal(err)
+			}
+			_, b, err := c.Read(ctx)
+			if err != nil || !bytes.Equal(b, append([]byte("echo:"), msg...)) {
+				t.Fatalf("%s: echo of %d bytes: got %d bytes, %v", name, len(msg), len(b), err)
+			}
 		}
-	}
-	if err := c.Close(websocket.StatusNormalClosure, "bye"); err != nil {
-		t.Fatalf("close: %v", err)
+		if err := c.Close(websocket.StatusNormalClosure, "bye"); err != nil {
+			t.Fatalf("%s: close: %v", name, err)
+		}
 	}
 }
 

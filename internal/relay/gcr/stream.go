@@ -128,6 +128,12 @@ func (g *Relay) serveStream(w http.ResponseWriter, r *http.Request, rc *http.Res
 	case <-p.done:
 		s.abandon()
 		return true, invalidID(head.ID)
+	case <-p.userGone:
+		// The user side may be blocked reading this post's body: it is
+		// not watching, so the request ends here.
+		s.abandon()
+		p.gone()
+		return true, invalidID(head.ID)
 	case <-r.Context().Done():
 		s.abandon()
 		return true, nil
@@ -337,5 +343,7 @@ func (r *bodyReader) endStream() error {
 		return nil
 	case <-r.p.done:
 		return r.p.endErr()
+	case <-r.p.userGone:
+		return r.p.gone()
 	}
 }

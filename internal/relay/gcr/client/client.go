@@ -124,6 +124,13 @@ type Options struct {
 	// original) answers one request per poll as always, and the client
 	// works as without this setting.
 	BatchRequests int
+	// DirectBackend performs the requests against an http:// backend (when
+	// Backend is nil) on connections of the client's own, each written
+	// and read by the goroutine serving the request, instead of through
+	// net/http's Transport and its two goroutines per connection. The
+	// requests and their parsing are net/http's; upgrades still go
+	// through the Transport.
+	DirectBackend bool
 }
 
 // Tuned settings of `postern relay`: see Tuned.
@@ -160,6 +167,7 @@ func Tuned(o Options) Options {
 	o.ChunkedPosts = true
 	o.EagerChunks = true
 	o.StreamBodies = true
+	o.DirectBackend = true
 	return o
 }
 
@@ -170,6 +178,7 @@ type Client struct {
 	// the backend.
 	relayDo, backendDo func(*http.Request) (*http.Response, error)
 	own                []*http.Transport
+	direct             *directBackend // with DirectBackend
 	backURL            *url.URL
 	relayURL           *url.URL
 	// Templates of the relay calls, their URLs and headers shared by
@@ -181,10 +190,14 @@ type Client struct {
 	work    chan job
 	// batches: the server offers them (it answered a poll with one).
 	batches atomic.Bool
-	// Complete responses waiting to be posted in a batch, and the posts
-	// of batches in progress.
+	// Complete responses waiting to be posted in a batch (each after
+	// its length, as the batch goes), the buffer of the previous batch
+	// for the next one, and the posts of batches in progress; batchRoom
+	// (on batchMu) is signalled when a batch leaves.
 	batchMu      sync.Mutex
-	batchQueue   []*batchItem
+	batchRoom    sync.Cond
+	batchBuf     []byte
+	batchSpare   []byte
 	batchPosting int
 
 	wg        sync.WaitGroup // pollers and the goroutines of requests
@@ -231,6 +244,7 @@ func New(o Options) (*Client, error) {
 		return nil, fmt.Errorf("relay url %q: not an absolute URL", o.RelayURL)
 	}
 	c := &Client{o: o, backURL: bu, relayURL: ru}
+	c.batchRoom.L = &c.batchMu
 	// Every poll holds a connection to the server, and every request in
 	// progress one to the backend and, while it posts, one more to the
 	// server: keep that many open for reuse.
@@ -251,6 +265,14 @@ func New(o Options) (*Client, error) {
 		c.own = append(c.own, tr)
 		// A transport returns redirects as they are.
 		c.backendDo = tr.RoundTrip
+		if o.DirectBackend && bu.Scheme == "http" && bu.Host != "" {
+			port := bu.Port()
+			if port == "" {
+				port = "80"
+			}
+			c.direct = newDirectBackend(net.JoinHostPort(bu.Hostname(), port), idle, tr.RoundTrip)
+			c.backendDo = c.direct.RoundTrip
+		}
 	} else {
 		// Redirects pass through the relay untouched.
 		b := *o.Backend
@@ -310,6 +332,9 @@ func (c *Client) Run(ctx context.Context) error {
 	c.wg.Wait()
 	for _, tr := range c.own {
 		tr.CloseIdleConnections()
+	}
+	if c.direct != nil {
+		c.direct.closeIdle()
 	}
 	c.pollMu.Lock()
 	defer c.pollMu.Unlock()
@@ -685,10 +710,16 @@ func (c *Client) serve(ctx context.Context, breq *wire.Request, streams bool) (s
 		}
 		c.wg.Go(func() { c.streamToBackend(ctx, id, w) })
 	}
-	if cl := hresp.ContentLength; cl >= 0 && cl <= int64(c.o.MaxChunkSize) && hresp.StatusCode != http.StatusSwitchingProtocols {
+	cl := hresp.ContentLength
+	if hresp.Body == http.NoBody {
+		// No body whatever the length says: the answer to a HEAD, a 204,
+		// a 304 (their Content-Length header goes as it came).
+		cl = 0
+	}
+	if cl >= 0 && cl <= int64(c.o.MaxChunkSize) && hresp.StatusCode != http.StatusSwitchingProtocols {
 		// A short body of known length: read it and post the whole
 		// response as one message, without the streaming machinery.
-		first.Body = make([]byte, hresp.ContentLength)
+		first.Body = make([]byte, cl)
 		_, err := io.ReadFull(hresp.Body, first.Body)
 		hresp.Body.Close()
 		if err != nil {
@@ -705,7 +736,10 @@ func (c *Client) serve(ctx context.Context, breq *wire.Request, streams bool) (s
 		}
 		return status, int64(len(first.Body)), path
 	}
-	if cl := hresp.ContentLength; streams && cl > 0 && cl < maxMessageBody && hresp.StatusCode != http.StatusSwitchingProtocols {
+	if streams && cl > 0 && cl < maxMessageBody && hresp.StatusCode != http.StatusSwitchingProtocols {
+		if n, ok := c.postSpliced(ctx, first, hresp, start); ok {
+			return status, n, path
+		}
 		return status, c.postBody(ctx, first, hresp, start), path
 	}
 	return status, c.stream(ctx, first, hresp, start, streams), path

@@ -1,0 +1,134 @@
+package client
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/postern/postern/internal/relay/gcr/wire"
+)
+
+// A large backend body of known length, read from a directBackend
+// connection, goes to a plain-HTTP relay server on a connection of its
+// own, written here rather than by net/http: the message's head in a
+// chunk, the body in one chunk copied from the backend's connection to
+// the server's by the kernel (io.Copy between TCP connections splices on
+// Linux: the bytes never enter the relay client), then the fields after
+// it. net/http's client copies a request body through its own buffers
+// whatever the body is, so it cannot carry one so.
+
+// spliceMinBytes is the smallest body posted so.
+const spliceMinBytes = 1 << 20
+
+// relayAddr returns the relay server's host:port when posts can go on a
+// connection of the client's own: plain HTTP, no proxy, and the client's
+// own transport (not Options.Relay).
+func (c *Client) relayAddr() (string, bool) {
+	u := c.postTmpl.URL
+	if c.o.Relay != nil || u.Scheme != "http" {
+		return "", false
+	}
+	if p, err := http.ProxyFromEnvironment(c.postTmpl); err != nil || p != nil {
+		return "", false
+	}
+	port := u.Port()
+	if port == "" {
+		port = "80"
+	}
+	return net.JoinHostPort(u.Hostname(), port), true
+}
+
+// postSpliced posts first and hresp's body (of known length, on a
+// directBackend connection) as postBody does, the body spliced from the
+// backend's connection to the server's. ok is false when it could not
+// start (the body is untouched then: postBody takes over).
+func (c *Client) postSpliced(ctx context.Context, first *wire.Response, hresp *http.Response, start time.Time) (sent int64, ok bool) {
+	db, isDirect := hresp.Body.(*directBody)
+	addr, plain := c.relayAddr()
+	if !isDirect || !plain || hresp.ContentLength < spliceMinBytes || hresp.ContentLength >= maxMessageBody {
+		return 0, false
+	}
+	src, srcTCP := db.bc.nc.(*net.TCPConn)
+	if !srcTCP {
+		return 0, false
+	}
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return 0, false
+	}
+	dst, dstTCP := nc.(*net.TCPConn)
+	if !dstTCP {
+		nc.Close()
+		return 0, false
+	}
+	stop := context.AfterFunc(ctx, func() { nc.Close() })
+	defer func() {
+		stop()
+		nc.Close()
+		hresp.Body.Close() // gives the backend connection back once the body was all read
+	}()
+	n := hresp.ContentLength
+	first.EOF = true
+	bw := bufio.NewWriterSize(nc, 8<<10)
+	tmpl := c.postTmpl
+	bw.WriteString("POST " + tmpl.URL.RequestURI() + " HTTP/1.1\r\nHost: " + tmpl.Host + "\r\n")
+	for k, vs := range tmpl.Header {
+		for _, v := range vs {
+			bw.WriteString(k + ": " + v + "\r\n")
+		}
+	}
+	bw.WriteString("Transfer-Encoding: chunked\r\n\r\n")
+	writeChunk(bw, first.AppendStreamHead(nil, int(n)))
+	bw.WriteString(strconv.FormatInt(n, 16) + "\r\n")
+	// What the backend's reader holds already goes first; the rest comes
+	// from its connection.
+	held := int64(db.bc.br.Buffered())
+	if held > n {
+		return 0, true // more than the body: not a connection to trust
+	}
+	if _, err := io.CopyN(bw, db.bc.br, held); err != nil {
+		return 0, true
+	}
+	if err := bw.Flush(); err != nil {
+		return 0, true
+	}
+	k, err := io.Copy(dst, io.LimitReader(src, n-held))
+	sent = held + k
+	if err != nil || sent < n {
+		// Cut: the server sees the post end in the middle and tells the
+		// user; the backend connection is closed (the body was not read
+		// whole).
+		return sent, true
+	}
+	db.left = 0 // read whole: the connection goes back to the pool
+	bw.WriteString("\r\n")
+	tail := &wire.Response{BackendDurationMs: time.Since(start).Milliseconds()}
+	writeChunk(bw, tail.AppendStreamTail(nil))
+	bw.WriteString("0\r\n\r\n")
+	if err := bw.Flush(); err != nil {
+		return sent, true
+	}
+	resp, err := http.ReadResponse(bufio.NewReaderSize(nc, 4<<10), nil)
+	if err == nil {
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
+	}
+	return sent, true
+}
+
+// writeChunk writes p as one chunk of the chunked encoding (none when p
+// is empty: an empty chunk ends the body).
+func writeChunk(bw *bufio.Writer, p []byte) {
+	if len(p) == 0 {
+		return
+	}
+	fmt.Fprintf(bw, "%x\r\n", len(p))
+	bw.Write(p)
+	bw.WriteString("\r\n")
+}
