@@ -3,12 +3,13 @@
 package main
 
 import (
-	"errors"
 	"runtime"
 	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
+
+	"github.com/postern/postern/internal/channels/iouring"
 )
 
 // ringLoop reads every subscriber connection through one io_uring: a
@@ -29,16 +30,7 @@ type ringLoop struct {
 	conns []*pollConn // by index, which is each request's user data
 	frame func(i int, payload []byte, at frameTimes)
 
-	fd                     int
-	sqRing, sqeMem, bufMem []byte
-	sqTail                 *uint32
-	sqHead                 *uint32
-	sqMask                 uint32
-	sqEntries              uint32
-	sqArray, sqes          unsafe.Pointer
-	cqHead, cqTail         *uint32
-	cqMask                 uint32
-	cqes                   unsafe.Pointer
+	ring *iouring.Ring
 	// bufRing is the provided-buffer ring (ringBufs entries of 16 bytes),
 	// bufs the buffers it hands out; bufTail counts the buffers given to
 	// the kernel so far.
@@ -51,28 +43,8 @@ type ringLoop struct {
 	msg syscall.Msghdr
 }
 
-// The io_uring ABI this loop uses (include/uapi/linux/io_uring.h).
+// The loop's ring.
 const (
-	sysIOUringSetup    = 425
-	sysIOUringEnter    = 426
-	sysIOUringRegister = 427
-
-	ringSetupCQSize       = 1 << 3
-	ringSetupSingleIssuer = 1 << 12
-	ringSetupDeferTaskrun = 1 << 13
-	ringFeatSingleMmap    = 1 << 0
-	ringEnterGetevents    = 1 << 0
-	ringRegisterPbufRing  = 22
-	ringOpRecvmsg         = 10
-	ringRecvMultishot     = 1 << 1 // in the request's ioprio
-	sqeBufferSelect       = 1 << 5
-	cqeFBuffer            = 1 << 0
-	cqeFMore              = 1 << 1
-	cqeBufferShift        = 16
-
-	ringOffSQRing = 0
-	ringOffSQEs   = 0x10000000
-
 	// ringSQ and ringCQ are the ring's sizes: the submission ring only
 	// arms the receives (and re-arms one that ended); the completion ring
 	// holds what one loop pass reaps.
@@ -89,76 +61,18 @@ const (
 	ringOutLen = 16
 )
 
-type ringSqe struct {
-	opcode      uint8
-	flags       uint8
-	ioprio      uint16
-	fd          int32
-	off         uint64
-	addr        uint64
-	len         uint32
-	msgFlags    uint32
-	userData    uint64
-	bufGroup    uint16
-	personality uint16
-	spliceFDIn  int32
-	addr3       uint64
-	pad         uint64
-}
-
-type ringCqe struct {
-	userData uint64
-	res      int32
-	flags    uint32
-}
-
-type ringSqOffsets struct {
-	head, tail, ringMask, ringEntries, flags, dropped, array, resv1 uint32
-	userAddr                                                        uint64
-}
-
-type ringCqOffsets struct {
-	head, tail, ringMask, ringEntries, overflow, cqes, flags, resv1 uint32
-	userAddr                                                        uint64
-}
-
-type ringParams struct {
-	sqEntries, cqEntries, flags, sqThreadCPU, sqThreadIdle, features, wqFD uint32
-	resv                                                                   [3]uint32
-	sqOff                                                                  ringSqOffsets
-	cqOff                                                                  ringCqOffsets
-}
-
-type ringBufReg struct {
-	ringAddr    uint64
-	ringEntries uint32
-	bgid        uint16
-	flags       uint16
-	resv        [3]uint64
-}
-
-// The sizes the kernel has; a mistake here fails the build.
-var (
-	_ [64 - unsafe.Sizeof(ringSqe{})]struct{}
-	_ [unsafe.Sizeof(ringSqe{}) - 64]struct{}
-	_ [16 - unsafe.Sizeof(ringCqe{})]struct{}
-	_ [120 - unsafe.Sizeof(ringParams{})]struct{}
-	_ [unsafe.Sizeof(ringParams{}) - 120]struct{}
-	_ [40 - unsafe.Sizeof(ringBufReg{})]struct{}
-)
-
 // startRing reads conns through one ring. It returns once the ring is
 // set up and every receive armed, or with the error that stopped it (the
 // caller then reads with epoll; conns stay open either way).
 func startRing(r *wsReaders, conns []*pollConn, frame func(i int, payload []byte, at frameTimes)) (*ringLoop, error) {
-	l := &ringLoop{r: r, conns: conns, frame: frame, fd: -1}
+	l := &ringLoop{r: r, conns: conns, frame: frame}
 	l.msg.Controllen = ringCtlLen
 	ready := make(chan error, 1)
 	r.wg.Go(func() {
 		// The thread is the loop's alone and ends with it (no unlock):
 		// the ring belongs to it, and so does its priority.
 		runtime.LockOSThread()
-		syscall.Setpriority(syscall.PRIO_PROCESS, syscall.Gettid(), clientNice)
+		syscall.Setpriority(syscall.PRIO_PROCESS, syscall.Gettid(), clientNice())
 		if err := l.setup(); err != nil {
 			l.conns = nil // the caller's still
 			l.close()
@@ -175,36 +89,12 @@ func startRing(r *wsReaders, conns []*pollConn, frame func(i int, payload []byte
 }
 
 func (l *ringLoop) setup() error {
-	p := ringParams{flags: ringSetupCQSize | ringSetupSingleIssuer | ringSetupDeferTaskrun, cqEntries: ringCQ}
-	fd, _, errno := syscall.Syscall(sysIOUringSetup, ringSQ, uintptr(unsafe.Pointer(&p)), 0)
-	if errno != 0 {
-		return errno
-	}
-	l.fd = int(fd)
-	syscall.CloseOnExec(l.fd)
-	if p.features&ringFeatSingleMmap == 0 {
-		return errors.New("io_uring without single mmap")
-	}
-	prot, shared := syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_SHARED|syscall.MAP_POPULATE
-	size := max(int(p.sqOff.array+p.sqEntries*4), int(p.cqOff.cqes+p.cqEntries*uint32(unsafe.Sizeof(ringCqe{}))))
 	var err error
-	if l.sqRing, err = syscall.Mmap(l.fd, ringOffSQRing, size, prot, shared); err != nil {
+	p := iouring.Params{Flags: iouring.SetupCQSize | iouring.SetupSingleIssuer | iouring.SetupDeferTaskrun, CQEntries: ringCQ}
+	if l.ring, err = iouring.Setup(ringSQ, &p); err != nil {
 		return err
 	}
-	if l.sqeMem, err = syscall.Mmap(l.fd, ringOffSQEs, int(p.sqEntries)*int(unsafe.Sizeof(ringSqe{})), prot, shared); err != nil {
-		return err
-	}
-	base := unsafe.Pointer(&l.sqRing[0])
-	l.sqHead = (*uint32)(unsafe.Add(base, p.sqOff.head))
-	l.sqTail = (*uint32)(unsafe.Add(base, p.sqOff.tail))
-	l.sqMask = *(*uint32)(unsafe.Add(base, p.sqOff.ringMask))
-	l.sqEntries = p.sqEntries
-	l.sqArray = unsafe.Add(base, p.sqOff.array)
-	l.sqes = unsafe.Pointer(&l.sqeMem[0])
-	l.cqHead = (*uint32)(unsafe.Add(base, p.cqOff.head))
-	l.cqTail = (*uint32)(unsafe.Add(base, p.cqOff.tail))
-	l.cqMask = *(*uint32)(unsafe.Add(base, p.cqOff.ringMask))
-	l.cqes = unsafe.Add(base, p.cqOff.cqes)
+	prot := syscall.PROT_READ | syscall.PROT_WRITE
 
 	// The provided buffers: the ring of their addresses must be page
 	// aligned, hence mmap for both.
@@ -215,8 +105,8 @@ func (l *ringLoop) setup() error {
 	if l.bufs, err = syscall.Mmap(-1, 0, ringBufs*ringBufSize, prot, anon); err != nil {
 		return err
 	}
-	reg := ringBufReg{ringAddr: uint64(uintptr(unsafe.Pointer(&l.bufRing[0]))), ringEntries: ringBufs, bgid: ringGroup}
-	if _, _, errno := syscall.Syscall6(sysIOUringRegister, uintptr(l.fd), ringRegisterPbufRing, uintptr(unsafe.Pointer(&reg)), 1, 0, 0); errno != 0 {
+	reg := iouring.BufReg{RingAddr: uint64(uintptr(unsafe.Pointer(&l.bufRing[0]))), RingEntries: ringBufs, BGID: ringGroup}
+	if _, _, errno := syscall.Syscall6(iouring.SysRegister, uintptr(l.ring.FD), iouring.RegisterPbufRing, uintptr(unsafe.Pointer(&reg)), 1, 0, 0); errno != 0 {
 		return errno
 	}
 	for id := range ringBufs {
@@ -262,41 +152,31 @@ func (l *ringLoop) publishBufs() {
 // arm queues connection i's multishot receive, submitting first when the
 // submission ring is full.
 func (l *ringLoop) arm(i int) error {
-	tail := atomic.LoadUint32(l.sqTail)
-	if tail-atomic.LoadUint32(l.sqHead) >= l.sqEntries {
+	e := iouring.SQE{
+		Opcode:   iouring.OpRecvmsg,
+		Flags:    iouring.SQEBufferSelect,
+		Ioprio:   iouring.RecvMultishot,
+		FD:       int32(l.conns[i].fd),
+		Addr:     uint64(uintptr(unsafe.Pointer(&l.msg))),
+		UserData: uint64(i),
+		BufIndex: ringGroup,
+	}
+	for !l.ring.Push(&e) {
 		if err := l.submit(); err != nil {
 			return err
 		}
-		tail = atomic.LoadUint32(l.sqTail)
 	}
-	idx := tail & l.sqMask
-	sqe := (*ringSqe)(unsafe.Add(l.sqes, uintptr(idx)*unsafe.Sizeof(ringSqe{})))
-	*sqe = ringSqe{
-		opcode:   ringOpRecvmsg,
-		flags:    sqeBufferSelect,
-		ioprio:   ringRecvMultishot,
-		fd:       int32(l.conns[i].fd),
-		addr:     uint64(uintptr(unsafe.Pointer(&l.msg))),
-		userData: uint64(i),
-		bufGroup: ringGroup,
-	}
-	*(*uint32)(unsafe.Add(l.sqArray, uintptr(idx)*4)) = idx
-	atomic.StoreUint32(l.sqTail, tail+1)
 	return nil
 }
 
 // submit hands the kernel the queued requests.
 func (l *ringLoop) submit() error {
-	for {
-		n := atomic.LoadUint32(l.sqTail) - atomic.LoadUint32(l.sqHead)
-		if n == 0 {
-			return nil
-		}
-		_, _, errno := syscall.RawSyscall6(sysIOUringEnter, uintptr(l.fd), uintptr(n), 0, 0, 0, 0)
-		if errno != 0 && errno != syscall.EINTR && errno != syscall.EAGAIN && errno != syscall.EBUSY {
+	for n := l.ring.Queued(); n > 0; n = l.ring.Queued() {
+		if _, errno := l.ring.EnterNow(n, 0, 0); errno != 0 && errno != syscall.EINTR && errno != syscall.EAGAIN && errno != syscall.EBUSY {
 			return errno
 		}
 	}
+	return nil
 }
 
 // ringFull is how many completions one pass reaps that make the loop go
@@ -309,7 +189,7 @@ func (l *ringLoop) run() {
 	for !l.r.stopped.Load() {
 		// No submission, and no wait: the call runs the receives whose
 		// data came since the last pass.
-		_, _, errno := syscall.RawSyscall6(sysIOUringEnter, uintptr(l.fd), 0, 0, ringEnterGetevents, 0, 0)
+		_, errno := l.ring.EnterNow(0, 0, iouring.EnterGetevents)
 		if errno != 0 && errno != syscall.EINTR && errno != syscall.EAGAIN && errno != syscall.EBUSY && errno != syscall.ETIME {
 			return
 		}
@@ -325,17 +205,16 @@ func (l *ringLoop) run() {
 
 // reap handles the completions in the ring and reports how many.
 func (l *ringLoop) reap() int {
-	head := atomic.LoadUint32(l.cqHead)
-	tail := atomic.LoadUint32(l.cqTail)
+	head, tail := l.ring.Completions()
 	if head == tail {
 		return 0
 	}
 	now := time.Now()
 	for h := head; h != tail; h++ {
-		cqe := (*ringCqe)(unsafe.Add(l.cqes, uintptr(h&l.cqMask)*unsafe.Sizeof(ringCqe{})))
-		l.complete(int(cqe.userData), cqe.res, cqe.flags, now)
+		cqe := l.ring.CQE(h)
+		l.complete(int(cqe.UserData), cqe.Res, cqe.Flags, now)
 	}
-	atomic.StoreUint32(l.cqHead, tail)
+	l.ring.Consumed(tail)
 	l.publishBufs()
 	return int(tail - head)
 }
@@ -344,14 +223,14 @@ func (l *ringLoop) reap() int {
 func (l *ringLoop) complete(i int, res int32, flags uint32, now time.Time) {
 	pc := l.conns[i]
 	data := false // the completion brought bytes of a connection that goes on
-	if flags&cqeFBuffer != 0 {
-		id := uint16(flags >> cqeBufferShift)
+	if flags&iouring.CQEFBuffer != 0 {
+		id := uint16(flags >> iouring.CQEBufferShift)
 		if res >= 0 && pc != nil && !pc.shut {
 			data = l.received(pc, l.bufs[int(id)*ringBufSize:(int(id)+1)*ringBufSize], now)
 		}
 		l.giveBuf(id)
 	}
-	if flags&cqeFMore != 0 || pc == nil {
+	if flags&iouring.CQEFMore != 0 || pc == nil {
 		return
 	}
 	// The receive ended: the end of the connection or an error, or, while
@@ -389,42 +268,26 @@ func (l *ringLoop) received(pc *pollConn, buf []byte, now time.Time) bool {
 // parse is pollLoop.parse for the ring: a close frame shuts the
 // connection down, and its descriptor is closed once its receive ends.
 func (l *ringLoop) parse(pc *pollConn, p []byte, now frameTimes) bool {
-	for {
-		payload, op, size, ok := parseFrame(p)
-		if !ok {
-			if len(p) > 0 {
-				pc.pending = append([]byte(nil), p...)
-			}
-			return true
-		}
-		p = p[size:]
-		switch op {
-		case 0x8: // close
-			syscall.Shutdown(pc.fd, syscall.SHUT_RDWR)
-			pc.shut = true
-			return false
-		case 0x9:
-			pong(pc.fd, payload)
-		case 0xa:
-		default:
-			l.frame(pc.idx, payload, now)
-		}
+	if !parseFrames(pc, p, now, l.frame) {
+		syscall.Shutdown(pc.fd, syscall.SHUT_RDWR)
+		pc.shut = true
+		return false
 	}
+	return true
 }
 
 // close releases the ring (which ends its receives) and closes the
 // connections.
 func (l *ringLoop) close() {
-	if l.fd >= 0 {
-		syscall.Close(l.fd)
-		l.fd = -1
+	if l.ring != nil {
+		l.ring.Close()
 	}
-	for _, m := range [][]byte{l.sqeMem, l.sqRing, l.bufRing, l.bufs} {
+	for _, m := range [][]byte{l.bufRing, l.bufs} {
 		if m != nil {
 			syscall.Munmap(m)
 		}
 	}
-	l.sqeMem, l.sqRing, l.bufRing, l.bufs = nil, nil, nil, nil
+	l.bufRing, l.bufs = nil, nil
 	for i, pc := range l.conns {
 		if pc != nil {
 			syscall.Close(pc.fd)
