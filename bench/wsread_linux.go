@@ -82,8 +82,14 @@ type frameTimes struct {
 	read time.Time
 }
 
-// clientNice is the priority of the loops' threads.
-const clientNice = 10
+// clientNice is the priority of the loops' threads
+// (POSTERN_BENCH_CLIENT_NICE, for experiments).
+func clientNice() int {
+	if n, err := strconv.Atoi(os.Getenv("POSTERN_BENCH_CLIENT_NICE")); err == nil {
+		return n
+	}
+	return 10
+}
 
 // pollConn is one connection as a loop holds it.
 type pollConn struct {
@@ -234,7 +240,7 @@ func (l *pollLoop) run() {
 	// The thread is the loop's alone and ends with it (no unlock), so
 	// its priority goes nowhere else.
 	runtime.LockOSThread()
-	syscall.Setpriority(syscall.PRIO_PROCESS, syscall.Gettid(), clientNice)
+	syscall.Setpriority(syscall.PRIO_PROCESS, syscall.Gettid(), clientNice())
 	events := make([]syscall.EpollEvent, 512)
 	for !l.r.stopped.Load() {
 		n, err := epollPoll(l.epfd, events)
@@ -289,6 +295,17 @@ func (l *pollLoop) read(pc *pollConn) {
 // parse hands the complete frames in p to the callback and keeps the
 // rest for the next read. false: the connection was dropped.
 func (l *pollLoop) parse(pc *pollConn, p []byte, now frameTimes) bool {
+	if !parseFrames(pc, p, now, l.frame) {
+		l.drop(pc)
+		return false
+	}
+	return true
+}
+
+// parseFrames hands the complete data frames in p to frame, answers
+// pings, and keeps the start of a frame that p cuts in pc.pending. false:
+// the server closed the websocket (what follows is dropped).
+func parseFrames(pc *pollConn, p []byte, now frameTimes, frame func(i int, payload []byte, at frameTimes)) bool {
 	for {
 		payload, op, size, ok := parseFrame(p)
 		if !ok {
@@ -300,13 +317,12 @@ func (l *pollLoop) parse(pc *pollConn, p []byte, now frameTimes) bool {
 		p = p[size:]
 		switch op {
 		case 0x8: // close
-			l.drop(pc)
 			return false
 		case 0x9:
 			pong(pc.fd, payload)
 		case 0xa:
 		default:
-			l.frame(pc.idx, payload, now)
+			frame(pc.idx, payload, now)
 		}
 	}
 }
