@@ -72,7 +72,7 @@ func startRing(r *wsReaders, conns []*pollConn, frame func(i int, payload []byte
 		// The thread is the loop's alone and ends with it (no unlock):
 		// the ring belongs to it, and so does its priority.
 		runtime.LockOSThread()
-		syscall.Setpriority(syscall.PRIO_PROCESS, syscall.Gettid(), clientNice())
+		setClientNice()
 		if err := l.setup(); err != nil {
 			l.conns = nil // the caller's still
 			l.close()
