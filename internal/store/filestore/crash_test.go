@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -119,6 +120,23 @@ type tracked struct {
 	unsettled bool
 	// goneAt is the model's clock when the message was acknowledged.
 	goneAt int
+	// replyUnsure marks a reply whose request failed: it may or may not
+	// be stored, whatever happens to the message afterwards (another
+	// consumer reading it again does not settle that question).
+	replyUnsure bool
+	// history is what the clients did with the message and were told,
+	// printed when a check of it fails.
+	history []string
+}
+
+// note adds an event to msg's history; m.mu is held.
+func (m *crashModel) note(msg *tracked, format string, args ...any) {
+	msg.history = append(msg.history, fmt.Sprintf("[%d] ", m.clock)+fmt.Sprintf(format, args...))
+}
+
+// story is msg's history for a failure message.
+func (msg *tracked) story() string {
+	return "\n\thistory: " + strings.Join(msg.history, "\n\t         ")
 }
 
 // crashModel is what the clients were told, over all rounds.
@@ -133,6 +151,23 @@ type crashModel struct {
 	clock                     int             // counts events, to order reads after acknowledgements
 	produced, acked, checked  int             // totals for the log
 	redelivered               int             // reads whose settling a kill cut off
+	// killed is set just before each kill; failedAlive counts requests
+	// that failed while the server had not been killed (a healthy server
+	// answers every request), with the first such errors kept.
+	killed      atomic.Bool
+	failedAlive []string
+}
+
+// failed records a request that got no answer: the kill, or not.
+func (m *crashModel) failed(what string, err error) {
+	if m.killed.Load() {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.failedAlive) < 20 {
+		m.failedAlive = append(m.failedAlive, fmt.Sprintf("%s: %v", what, err))
+	}
 }
 
 func (m *crashModel) now() int {
@@ -198,6 +233,9 @@ func TestCrashLosesNoAcknowledgedWrite(t *testing.T) {
 		t.Fatalf("graceful stop: %v", err)
 	}
 	tr.CloseIdleConnections()
+	if len(m.failedAlive) > 0 {
+		t.Logf("requests that failed while the server was up (the model counts them as unsure): %s", strings.Join(m.failedAlive, "; "))
+	}
 	t.Logf("%d kills: %d produces and %d acknowledgements, replies or reads answered; %d message states checked after restarts; none lost; %d reads not settled at a kill, queued again",
 		rounds, m.produced, m.acked, m.checked, m.redelivered)
 }
@@ -238,7 +276,11 @@ func do(hc *http.Client, method, url, body string) (answer, error) {
 func runLoad(t *testing.T, hc *http.Client, c *child, m *crashModel, round int, kill time.Duration) {
 	var wg sync.WaitGroup
 	errs := make(chan error, 32)
-	timer := time.AfterFunc(kill, func() { c.cmd.Process.Kill() })
+	m.killed.Store(false)
+	timer := time.AfterFunc(kill, func() {
+		m.killed.Store(true)
+		c.cmd.Process.Kill()
+	})
 	defer timer.Stop()
 	for w := range 32 {
 		tunnel := tunnelName(w % crashTunnels)
@@ -252,6 +294,7 @@ func runLoad(t *testing.T, hc *http.Client, c *child, m *crashModel, round int, 
 					m.mu.Unlock()
 					a, err := do(hc, "POST", base, body)
 					if err != nil {
+						m.failed("produce "+body, err)
 						m.mu.Lock()
 						m.unsureProduce[tunnel]++
 						m.mu.Unlock()
@@ -261,9 +304,11 @@ func runLoad(t *testing.T, hc *http.Client, c *child, m *crashModel, round int, 
 					case 201:
 						m.mu.Lock()
 						// A consumer may have seen it before this answer.
-						if k := m.key(tunnel, a.id); m.msgs[k] == nil {
+						k := m.key(tunnel, a.id)
+						if m.msgs[k] == nil {
 							m.msgs[k] = &tracked{tunnel: tunnel, body: body}
 						}
+						m.note(m.msgs[k], "w%d produce: 201 %s", w, a.id)
 						m.produced++
 						m.mu.Unlock()
 					case 507: // the tunnel is full: nothing stored
@@ -285,6 +330,7 @@ func runLoad(t *testing.T, hc *http.Client, c *child, m *crashModel, round int, 
 				started := m.now()
 				a, err := do(hc, "GET", base+q, "")
 				if err != nil {
+					m.failed("consume "+tunnel, err)
 					m.mu.Lock()
 					m.unsureTake[tunnel]++
 					m.mu.Unlock()
@@ -308,22 +354,26 @@ func runLoad(t *testing.T, hc *http.Client, c *child, m *crashModel, round int, 
 				case msg == nil: // its produce was in flight at a kill
 					msg = &tracked{tunnel: tunnel, body: a.body}
 					m.msgs[k] = msg
+					m.note(msg, "w%d read it before its produce was answered", w)
 				case msg.body != a.body:
 					m.mu.Unlock()
 					errs <- fmt.Errorf("read %s as %q, it was sent as %q", k, a.body, msg.body)
 					return
 				case msg.state == stGone && msg.goneAt < started:
 					m.mu.Unlock()
-					errs <- fmt.Errorf("read %s (%q) again after it was acknowledged", k, a.body)
+					errs <- fmt.Errorf("read %s (%q) again after it was acknowledged (asked at [%d])%s", k, a.body, started, msg.story())
 					return
 				case msg.state == stGone:
 					// Read at the server before the acknowledgement that
 					// the model saw first.
+					m.note(msg, "w%d read%s it (asked at [%d], before it was gone)", w, q, started)
 					m.mu.Unlock()
 					continue
 				}
+				m.note(msg, "w%d read%s it (asked at [%d])", w, q, started)
 				msg.maybe = false
 				if plain {
+					m.note(msg, "w%d consumed it", w)
 					m.gone(msg)
 					msg.unsettled = true
 					m.mu.Unlock()
@@ -334,14 +384,21 @@ func runLoad(t *testing.T, hc *http.Client, c *child, m *crashModel, round int, 
 				if n%3 == 0 {
 					reply := "re:" + a.body
 					ra, err := do(hc, "POST", base+"/"+a.id+"/reply", reply)
+					if err != nil {
+						m.failed("reply "+k, err)
+					}
 					m.mu.Lock()
 					switch {
 					case err != nil:
-						msg.maybe = true
+						m.note(msg, "w%d reply: %v", w, err)
+						msg.maybe, msg.replyUnsure = true, true
 						msg.reply = reply
 					case ra.status == 201:
 						m.gone(msg)
+						m.note(msg, "w%d reply: 201", w)
 						msg.reply = reply
+					default:
+						m.note(msg, "w%d reply: %d %q", w, ra.status, ra.body)
 					}
 					m.mu.Unlock()
 					if err != nil {
@@ -349,12 +406,20 @@ func runLoad(t *testing.T, hc *http.Client, c *child, m *crashModel, round int, 
 					}
 					continue
 				}
-				_, err = do(hc, "DELETE", base+"/"+a.id, "")
-				m.mu.Lock()
+				da, err := do(hc, "DELETE", base+"/"+a.id, "")
 				if err != nil {
+					m.failed("ack "+k, err)
+				}
+				m.mu.Lock()
+				switch {
+				case err != nil:
+					m.note(msg, "w%d ack: %v", w, err)
 					msg.maybe = true
-				} else if msg.state != stGone {
+				case msg.state != stGone:
+					m.note(msg, "w%d ack: %d", w, da.status)
 					m.gone(msg)
+				default:
+					m.note(msg, "w%d ack: %d (gone already)", w, da.status)
 				}
 				m.mu.Unlock()
 				if err != nil {
@@ -386,11 +451,12 @@ func verifyAfterRestart(t *testing.T, hc *http.Client, url string, m *crashModel
 			switch {
 			case a.status == 200 && a.body == msg.reply:
 				msg.state, msg.reply, msg.maybe = stGone, "", false
-			case a.status == 204 && msg.maybe:
+			case a.status == 204 && (msg.maybe || msg.replyUnsure):
 				msg.reply = "" // the reply was in flight and did not make it
 			default:
-				t.Fatalf("after restart %d: reply to %s (%q): %d %q, want %q", round, k, msg.body, a.status, a.body, msg.reply)
+				t.Fatalf("after restart %d: reply to %s (%q): %d %q, want %q%s%s", round, k, msg.body, a.status, a.body, msg.reply, msg.story(), m.alive())
 			}
+			msg.replyUnsure = false
 		}
 		a, err := do(hc, "GET", url+"/t/"+tunnel+"/"+id, "")
 		if err != nil {
@@ -404,11 +470,12 @@ func verifyAfterRestart(t *testing.T, hc *http.Client, url string, m *crashModel
 			want == stQueued && got == stPending && m.unsureTake[tunnel] > 0 ||
 			want == stQueued && got == stGone && m.unsureTake[tunnel] > 0
 		if !ok || (a.status != 201 && a.status != 202 && a.status != 204) {
-			t.Fatalf("after restart %d: %s (%q) answers %d, the model says state %d (maybe %v)", round, k, msg.body, a.status, want, msg.maybe)
+			t.Fatalf("after restart %d: %s (%q) answers %d, the model says state %d (maybe %v)%s%s", round, k, msg.body, a.status, want, msg.maybe, msg.story(), m.alive())
 		}
 		if msg.unsettled && got == stQueued && want != stQueued {
 			m.redelivered++
 		}
+		m.note(msg, "after restart %d: %d", round, a.status)
 		msg.state, msg.maybe, msg.unsettled = got, false, false
 		m.checked++
 		if got == stGone {
@@ -420,6 +487,14 @@ func verifyAfterRestart(t *testing.T, hc *http.Client, url string, m *crashModel
 		delete(m.msgs, k)
 	}
 	clear(m.unsureTake)
+}
+
+// alive lists requests that failed while the server was not killed.
+func (m *crashModel) alive() string {
+	if len(m.failedAlive) == 0 {
+		return ""
+	}
+	return "\n\trequests that failed before the kill: " + strings.Join(m.failedAlive, "; ")
 }
 
 // drainInOrder reads every tunnel empty in pending mode, acknowledging
@@ -472,7 +547,7 @@ func drainInOrder(t *testing.T, hc *http.Client, url string, m *crashModel) {
 		}
 	}
 	for k, msg := range m.msgs {
-		t.Errorf("message %s (%q) was acknowledged as stored and never came back", k, msg.body)
+		t.Errorf("message %s (%q) was acknowledged as stored and never came back%s", k, msg.body, msg.story())
 	}
 }
 
