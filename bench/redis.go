@@ -334,6 +334,12 @@ func runScale(ctx context.Context, o Options, cluster bool) ([]Figure, error) {
 		}
 		points[n] = p
 	}
+	var ceiling float64
+	if !cluster {
+		if ceiling, err = memoryCeiling(ctx, o); err != nil {
+			return nil, fmt.Errorf("memory engine: %w", err)
+		}
+	}
 	cpu0 := dep.cpu()
 	rate, xadds, err := redisBenchmarkXADD(ctx, dep, o.Conns, o.Duration)
 	if err != nil {
@@ -358,7 +364,30 @@ func runScale(ctx context.Context, o Options, cluster bool) ([]Figure, error) {
 			Figure{Name: "Redis calls per delivered msg, " + nodes, Unit: "calls", Value: p.calls, LowerIsBetter: true},
 			Figure{Name: "commands scripts ran per delivered msg, " + nodes, Unit: "cmds", Value: p.scripted, LowerIsBetter: true})
 	}
+	if !cluster {
+		figs = append(figs, Figure{Name: "delivered msg/s, 1 node on the memory engine (ceiling of the HTTP work)", Unit: "msg/s", Value: ceiling, Baseline: rate})
+	}
 	return figs, nil
+}
+
+// memoryCeiling runs the delivery load of the scale curve on one node on
+// the memory engine: the same producers and long-polling consumers with no
+// Redis at all, so what it delivers is what the HTTP work alone allows on
+// this machine, a ceiling for every point of the curve.
+func memoryCeiling(ctx context.Context, o Options) (float64, error) {
+	nodes, err := startNodes("memory", 1, nil)
+	if err != nil {
+		return 0, err
+	}
+	defer stopNodes(nodes)
+	consumed, elapsed, err := deliver(ctx, nodes, o.Conns, o.Duration)
+	if err != nil {
+		return 0, err
+	}
+	if consumed == 0 {
+		return 0, fmt.Errorf("nothing delivered")
+	}
+	return float64(consumed) / elapsed.Seconds(), nil
 }
 
 // runRedisProduce measures produce on one node on Redis against the plain

@@ -94,11 +94,20 @@ func key(id string) string { return "t/" + id }
 
 // setCORS adds the CORS headers that every tunnel answer carries.
 func setCORS(h http.Header) {
-	h.Set("Access-Control-Allow-Origin", "*")
-	h.Set("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS")
-	// "*" exposes Idempotent-Replayed too; the list is the original's.
-	h.Set("Access-Control-Expose-Headers", "*, X-Message-Id, X-Queue-Size")
+	// Every answer carries them: the keys are canonical already and the
+	// values are shared (nothing changes a header value in place), so no
+	// answer allocates for them.
+	h["Access-Control-Allow-Origin"] = corsOrigin
+	h["Access-Control-Allow-Methods"] = corsMethods
+	h["Access-Control-Expose-Headers"] = corsExpose
 }
+
+var (
+	corsOrigin  = []string{"*"}
+	corsMethods = []string{"GET, POST, DELETE, OPTIONS"}
+	// "*" exposes Idempotent-Replayed too; the list is the original's.
+	corsExpose = []string{"*, X-Message-Id, X-Queue-Size"}
+)
 
 func (t *Tunnels) serve(w http.ResponseWriter, r *http.Request) error {
 	setCORS(w.Header())

@@ -59,8 +59,9 @@ type batch struct {
 	placed bool // seq, file and off were given (a write was attempted)
 	file   int  // the log file and offset its record went to
 	off    int64
-	logged bool // written as a log record, to be synced
-	direct bool // applied straight to the database
+	logged bool   // written as a log record, to be synced
+	rec    []byte // the record, when it is written at its sync (wal.write)
+	direct bool   // applied straight to the database
 }
 
 func newBatch(gen uint32) *batch {
@@ -292,7 +293,8 @@ func (c *committer) write(b *batch) {
 	}
 	c.wmu.Unlock()
 	if err == nil && b.logged {
-		err = c.s.wal.sync(b.file)
+		err = c.s.wal.sync(b.file, b.off, b.rec)
+		b.rec = nil
 	}
 	c.complete(b, err)
 }
@@ -328,7 +330,8 @@ func (c *committer) log(b *batch) error {
 // the current one is full; c.wmu must be held.
 func (c *committer) logRecord(b *batch, rec []byte) error {
 	s := c.s
-	err := s.wal.write(b.seq, rec)
+	var err error
+	b.rec, err = s.wal.write(b.seq, rec)
 	if err == errWALFull {
 		// No record goes to the other file while one before it may still
 		// be syncing in this one: a crash then never leaves a file with
@@ -345,7 +348,7 @@ func (c *committer) logRecord(b *batch, rec []byte) error {
 			return err
 		}
 		b.file, b.off = s.wal.cur, s.wal.off
-		err = s.wal.write(b.seq, rec)
+		b.rec, err = s.wal.write(b.seq, rec)
 	}
 	if err != nil {
 		return err

@@ -2,6 +2,7 @@ package filestore
 
 import (
 	"fmt"
+	"os"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -83,3 +84,15 @@ func (s *Store) CheckDisk() string {
 
 // Records counts the log records written since open.
 func (s *Store) Records() uint64 { return s.wal.records.Load() }
+
+// Direct reports whether log records are written directly (O_DIRECT with
+// RWF_DSYNC) right now.
+func (s *Store) Direct() bool { return s.wal.direct.Load() }
+
+// RefuseDirectWrites makes direct writes of log records fail as a file
+// system that does not take them would, until the returned function is
+// called.
+func RefuseDirectWrites() (restore func()) {
+	directWrite = func(*os.File, []byte, int64) error { return errDirectUnsupported }
+	return func() { directWrite = writeDSync }
+}

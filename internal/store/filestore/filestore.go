@@ -17,7 +17,9 @@
 // Options.SyncWindow batches are being written (and with eight operations
 // in it when others are), seals it, writes it as one record of the
 // write-ahead log, in place in a pre-zeroed file, and syncs it
-// (fdatasync), with a window above 1 while the next batch is sealed and
+// (fdatasync; or, where the file system takes it, the record is written
+// directly with RWF_DSYNC, one system call that returns once it is on
+// disk), with a window above 1 while the next batch is sealed and
 // written beside it. A batch is acknowledged in order, once it and every
 // batch before it are durable. The busier the server, the more
 // writes each sync carries. An operation that changes nothing still waits

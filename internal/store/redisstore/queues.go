@@ -19,12 +19,21 @@ var queueSuffixes = [...]string{"s", "m", "p", "b", "k", "w", "h", "l"}
 // qbase is the common start of every key of queue key, hash tag included.
 func (s *Store) qbase(key string) string { return s.prefix + "q{" + tag(key) + "}:" }
 
-// qkeys returns the keys of queue key, with room for extra more.
+// qkeys returns the keys of queue key, with room for extra more. They
+// are cut from one string, one allocation instead of one per key.
 func (s *Store) qkeys(key string, extra ...string) []string {
 	base := s.qbase(key)
-	keys := make([]string, 0, len(queueSuffixes)+len(extra))
+	n := len(base) + 1 // every suffix is one byte
+	var b strings.Builder
+	b.Grow(n * len(queueSuffixes))
 	for _, suf := range queueSuffixes {
-		keys = append(keys, base+suf)
+		b.WriteString(base)
+		b.WriteString(suf)
+	}
+	all := b.String()
+	keys := make([]string, 0, len(queueSuffixes)+len(extra))
+	for i := range queueSuffixes {
+		keys = append(keys, all[i*n:(i+1)*n])
 	}
 	return append(keys, extra...)
 }

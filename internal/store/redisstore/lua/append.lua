@@ -6,9 +6,9 @@
 -- is parked.
 -- Returns {kind, id, len, trimmed}: kind 0 appended, 1 duplicate (id: the
 -- message it matched), 2 full.
-local rec, dk, exp = ARGV[3], ARGV[4], tonumber(ARGV[5])
-local limit, maxlen = tonumber(ARGV[6]), tonumber(ARGV[7])
-local keepfirst, bound = ARGV[8] == '1', tonumber(ARGV[9])
+local rec, dk, exp = ARGV[3], ARGV[4], int(ARGV[5])
+local limit, maxlen = int(ARGV[6]), int(ARGV[7])
+local keepfirst, bound = ARGV[8] == '1', int(ARGV[9])
 if bound > 0 then
   if bound ~= dmax then
     redis.call('HSET', H, 'c', bound)
@@ -32,7 +32,7 @@ if dk ~= '' then
       -- Queued: replace content and expiry in place, unless the first wins.
       if not keepfirst then
         redis.call('HSET', M, qid, set_head(rec, exp, otil))
-        touch(M)
+        touch(M, 'o')
         if oexp == 0 and exp > 0 then dforever = -1 elseif oexp > 0 and exp == 0 then dforever = 1 end
         if exp > 0 then need(exp) end
         dirty = true
@@ -50,11 +50,11 @@ end
 local n = qlen()
 if limit > 0 and n >= limit then return {2, '', n, 0} end
 local id = xadd(S, nil, 'r', rec)
-touch(S)
+touch(S, 's')
 if exp == 0 then dforever = dforever + 1 else need(exp) end
 if dk ~= '' then
   redis.call('HSET', K, dk, id)
-  touch(K)
+  touch(K, 'k')
   redis.call('ZREM', W, dk)
 end
 dirty = true

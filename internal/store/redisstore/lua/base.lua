@@ -8,10 +8,18 @@ local KEYS, ARGV, now, margin
 local function begin(keys, args)
   KEYS, ARGV = keys, args
   now = tonumber(ARGV[1])
-  margin = tonumber(ARGV[2])
+  -- Kept as text: arithmetic converts it where a TTL needs it, and most
+  -- calls set none.
+  margin = ARGV[2]
 end
 
 local function fmt(n) return string.format('%d', n) end
+-- int reads a number argument; tonumber costs a strtod, which the common
+-- '0' is spared.
+local function int(v)
+  if v == '0' then return 0 end
+  return tonumber(v)
+end
 
 local function pad(x) return string.rep('0', 16 - #x) .. x end
 -- lex turns "ms-seq" into a fixed-width form whose byte order is id order.
@@ -31,19 +39,20 @@ local function unlex(l) return strip(string.sub(l, 1, 16)) .. '-' .. strip(strin
 -- clock, or a step back), so ids strictly increase. maxlen, when not nil,
 -- trims the stream to that many entries.
 local function xadd(key, maxlen, ...)
-  local fields = {...}
-  local function try(call, id)
-    if maxlen then return call('XADD', key, 'MAXLEN', maxlen, id, unpack(fields)) end
-    return call('XADD', key, id, unpack(fields))
+  -- ARGV[1] is now, in ms, as the node wrote it.
+  local r
+  if maxlen then
+    r = redis.pcall('XADD', key, 'MAXLEN', maxlen, ARGV[1] .. '-*', ...)
+  else
+    r = redis.pcall('XADD', key, ARGV[1] .. '-*', ...)
   end
-  local r = try(redis.pcall, fmt(now) .. '-*')
-  if type(r) == 'table' and r.err then
-    local info = redis.call('XINFO', 'STREAM', key)
-    local last
-    for i = 1, #info, 2 do
-      if info[i] == 'last-generated-id' then last = info[i + 1] end
-    end
-    r = try(redis.call, string.sub(last, 1, string.find(last, '-', 1, true) - 1) .. '-*')
+  if type(r) ~= 'table' or not r.err then return r end
+  local info = redis.call('XINFO', 'STREAM', key)
+  local last
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then last = info[i + 1] end
   end
-  return r
+  local id = string.sub(last, 1, string.find(last, '-', 1, true) - 1) .. '-*'
+  if maxlen then return redis.call('XADD', key, 'MAXLEN', maxlen, id, ...) end
+  return redis.call('XADD', key, id, ...)
 end

@@ -39,15 +39,18 @@ local gcneed, dforever, dirty
 -- by this version: its stream has no entries of older versions, whose
 -- records are in M. qbegin (at the end) reads it.
 local forever0, g0, e0, used, dmax, parked0, parked, newused
-local letter
 local function uses(c) return string.find(used, c, 1, true) ~= nil end
 
--- touched records the keys written, which finish gives the current TTL.
+-- The optional keys and their letters in H.u.
+local function optional() return {[P] = 'p', [B] = 'b', [K] = 'k', [W] = 'w', [L] = 'l', [M] = 'o'} end
+
+-- touched holds the letters of the keys written ('s' for S; Lua keeps
+-- one copy of each short string, so growing it allocates little), which
+-- finish gives the current TTL; touch(k, c) records key k of letter c.
 local touched
-local function touch(k)
-  touched[k] = true
-  local c = letter[k]
-  if c and not uses(c) then
+local function touch(k, c)
+  if not string.find(touched, c, 1, true) then touched = touched .. c end
+  if c ~= 's' and not uses(c) then
     used = used .. c
     newused = true
   end
@@ -164,8 +167,8 @@ local function forget(id, til, dk, delivered)
   end
   redis.call('HSET', K, dk, id)
   redis.call('ZADD', W, til, dk)
-  touch(K)
-  touch(W)
+  touch(K, 'k')
+  touch(W, 'w')
   need(til)
   cap_seen()
 end
@@ -224,7 +227,7 @@ end
 -- applied is kept in H.e, extended with one margin of headroom, so most
 -- scripts set no TTL at all, only those of keys they created.
 local function apply_meta()
-  if not dirty and gcneed == 0 and next(touched) == nil and parked == parked0 then return e0 end
+  if not dirty and gcneed == 0 and touched == '' and parked == parked0 then return e0 end
   local f = forever0 + dforever
   local g = math.max(g0, gcneed)
   local e = e0
@@ -265,13 +268,16 @@ local function apply_meta()
   if #upd > 0 then redis.call('HSET', H, unpack(upd)) end
   if not all then
     if e > 0 then
-      for k in pairs(touched) do redis.call('PEXPIRE', k, e - now) end
+      for k, c in pairs(optional()) do
+        if string.find(touched, c, 1, true) then redis.call('PEXPIRE', k, e - now) end
+      end
+      if string.find(touched, 's', 1, true) then redis.call('PEXPIRE', S, e - now) end
     end
     return e
   end
   local keys = {S, H}
   if may_be_in_m(nil) then keys[#keys + 1] = M end
-  for k, c in pairs(letter) do
+  for k, c in pairs(optional()) do
     if uses(c) and k ~= M then keys[#keys + 1] = k end
   end
   for _, k in ipairs(keys) do
@@ -287,7 +293,7 @@ local function finish()
   forever0, dforever = forever0 + dforever, 0
   g0, gcneed = math.max(g0, gcneed), 0
   parked0 = parked
-  touched, dirty, newused = {}, false, false
+  touched, dirty, newused = '', false, false
 end
 
 -- scan visits every message of the queue in id order, merging the stream
@@ -361,24 +367,43 @@ local function takeable(budget, grant)
   -- a command to the ZSCORE of the message handed out.
   local hasl = uses('l')
   local hasp = uses('p') and redis.call('ZCARD', P) > 0
-  scan(function(id, src, fields)
+  local function visit(id, src, fields)
     local rec, inm = scanned_record(id, src, fields)
     if not rec then
       drop_index(id, src)
       return false
     end
-    local exp, til, dk = hdr(rec)
-    if expired(exp) then
-      remove(id, exp, src, false, inm)
-      forget(id, til, dk, false)
-      budget = budget - 1
-      more = budget <= 0
-      return more
+    -- Most records start "0,": no expiry, and no strtod to learn it.
+    if string.byte(rec, 2) ~= 44 or string.byte(rec, 1) ~= 48 then
+      local exp, til, dk = hdr(rec)
+      if expired(exp) then
+        remove(id, exp, src, false, inm)
+        forget(id, til, dk, false)
+        budget = budget - 1
+        more = budget <= 0
+        return more
+      end
     end
-    if not free(lex(id), hasl, hasp) then return false end
-    return grant(id, rec)
-  end)
-  return more
+    local l = lex(id)
+    if not free(l, hasl, hasp) then return false end
+    return grant(id, rec, l)
+  end
+  if uses('b') then
+    scan(visit)
+    return more
+  end
+  -- No restored messages: the stream alone, in growing batches (the
+  -- first message is usually free, or behind one or two under a lease).
+  local cur, batch = '-', 2
+  while true do
+    local es = redis.call('XRANGE', S, cur, '+', 'COUNT', batch)
+    for i = 1, #es do
+      if visit(es[i][1], 's', es[i][2]) then return more end
+    end
+    if #es < batch then return more end
+    cur = '(' .. es[#es][1]
+    batch = math.min(batch * 8, 128)
+  end
 end
 
 -- settle ends the lease token of message id, taken in mode ('d' or 'p'):
@@ -392,7 +417,8 @@ local function settle(id, token, mode, delivered, cexp)
     -- The caller knows the record: its message has no dedup key and
     -- expires at cexp. Under this lease, not run out, it is unchanged.
     local ls = leaseof(l)
-    if ls and tonumber(ls) == token and not over(ls) then
+    ls = ls and tonumber(ls)
+    if ls == token and ls >= (now + 1) * 1000 then
       remove(id, cexp, nil)
       return false
     end
@@ -414,12 +440,16 @@ local function settle(id, token, mode, delivered, cexp)
     else
       if ls then redis.call('ZREM', L, l) end
       redis.call('ZADD', P, 0, l)
-      touch(P)
+      touch(P, 'p')
     end
     forget(id, til, dk, true)
   end
   return false
 end
+
+-- num reads a field of H that may be missing; tonumber costs a strtod,
+-- which a missing field is spared.
+local function num(v) return v and int(v) or 0 end
 
 -- qbegin starts a call of a queue function: it reads the meta hash and
 -- settles what ARGV[3] carries: the deliveries the node settled and has
@@ -431,25 +461,24 @@ local function qbegin()
   S, M, P, B, K, W, H, L = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
   gcneed, dforever, dirty = 0, 0, false
   local meta = redis.call('HMGET', H, 'f', 'g', 'e', 'u', 'c', 'w')
-  forever0 = tonumber(meta[1] or '0')
-  g0 = tonumber(meta[2] or '0')
-  e0 = tonumber(meta[3] or '0')
+  forever0 = num(meta[1])
+  g0 = num(meta[2])
+  e0 = num(meta[3])
   used = meta[4] or ''
-  dmax = tonumber(meta[5] or '0')
-  parked0 = tonumber(meta[6] or '0')
+  dmax = num(meta[5])
+  parked0 = num(meta[6])
   parked = parked0
   newused = false
   if not meta[3] and not meta[4] then
     -- No meta: a new queue (every queue with messages has e).
     used, newused = 'n', true
   end
-  letter = {[P] = 'p', [B] = 'b', [K] = 'k', [W] = 'w', [L] = 'l', [M] = 'o'}
-  touched = {}
+  touched = ''
   local carried = table.remove(ARGV, 3)
   if carried and carried ~= '' then
     local f = {}
     for w in string.gmatch(carried, '%S+') do f[#f + 1] = w end
-    for i = 1, #f - 3, 4 do settle(f[i], tonumber(f[i + 1]), f[i + 2], true, tonumber(f[i + 3])) end
+    for i = 1, #f - 3, 4 do settle(f[i], tonumber(f[i + 1]), f[i + 2], true, f[i + 3] ~= '-' and int(f[i + 3]) or nil) end
     -- Applied with the operation's own changes (see qend): a settling
     -- and an append that leave the count of messages without expiry as
     -- it was then write no meta and no TTLs.

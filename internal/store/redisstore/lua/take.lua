@@ -4,7 +4,7 @@
 -- until which the caller waits when it finds nothing (0: it does not).
 -- Returns {id, record, token} ('0': a pending message handed out again,
 -- with nothing to settle), {} for nothing, or {'more'} to be called again.
-local mode, budget, token, til = ARGV[3], tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6] or '0')
+local mode, budget, token, til = ARGV[3], ARGV[4], ARGV[5], int(ARGV[6] or '0')
 if mode == 'p' and uses('p') then
   for _, l in ipairs(redis.call('ZRANGE', P, 0, -1)) do
     local id = unlex(l)
@@ -24,12 +24,12 @@ if mode == 'p' and uses('p') then
   end
 end
 local out
-local more = takeable(budget, function(id, rec)
-  redis.call('ZADD', L, token, lex(id))
-  touch(L)
+local more = takeable(budget, function(id, rec, l)
+  redis.call('ZADD', L, token, l)
+  touch(L, 'l')
   if mode == 'p' then
-    redis.call('ZADD', P, 0, lex(id))
-    touch(P)
+    redis.call('ZADD', P, 0, l)
+    touch(P, 'p')
   end
   dirty = true
   out = {id, rec, token}

@@ -3,9 +3,9 @@
 -- Returns {id1, record1, id2, record2, ...}.
 local max, token = tonumber(ARGV[3]), ARGV[4]
 local out = {}
-takeable(math.huge, function(id, rec)
-  redis.call('ZADD', L, token, lex(id))
-  touch(L)
+takeable(math.huge, function(id, rec, l)
+  redis.call('ZADD', L, token, l)
+  touch(L, 'l')
   dirty = true
   out[#out + 1] = id
   out[#out + 1] = rec
