@@ -18,6 +18,9 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
+	"crypto/sha1"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -397,7 +400,8 @@ type wsClient struct {
 	br *bufio.Reader
 }
 
-// dialWS opens a websocket to addr+path.
+// dialWS opens a websocket to addr+path: the upgrade of RFC 6455 section
+// 4.1, with a fresh key and the server's Sec-WebSocket-Accept checked.
 func dialWS(ctx context.Context, addr, path string) (*wsClient, error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "tcp", addr)
@@ -407,20 +411,52 @@ func dialWS(ctx context.Context, addr, path string) (*wsClient, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		c.SetDeadline(dl)
 	}
+	var nonce [16]byte
+	rand.Read(nonce[:])
+	key := base64.StdEncoding.EncodeToString(nonce[:])
 	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
-		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", path, addr)
+		"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n", path, addr, key)
 	br := bufio.NewReaderSize(c, 1024)
 	res, err := http.ReadResponse(br, nil)
 	if err != nil {
 		c.Close()
 		return nil, err
 	}
-	if res.StatusCode != http.StatusSwitchingProtocols {
+	if err := checkUpgrade(res, key); err != nil {
 		c.Close()
-		return nil, fmt.Errorf("handshake: %s", res.Status)
+		return nil, err
 	}
 	c.SetDeadline(time.Time{})
 	return &wsClient{c: c, br: br}, nil
+}
+
+// checkUpgrade checks a server's answer to a websocket upgrade sent with
+// key (RFC 6455 section 4.1, the client's checks).
+func checkUpgrade(res *http.Response, key string) error {
+	if res.StatusCode != http.StatusSwitchingProtocols {
+		return fmt.Errorf("handshake: %s", res.Status)
+	}
+	if !headerHas(res.Header, "Upgrade", "websocket") || !headerHas(res.Header, "Connection", "upgrade") {
+		return errors.New("handshake: the response upgrades to no websocket")
+	}
+	sum := sha1.Sum([]byte(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
+	if got, want := res.Header.Get("Sec-WebSocket-Accept"), base64.StdEncoding.EncodeToString(sum[:]); got != want {
+		return fmt.Errorf("handshake: Sec-WebSocket-Accept %q, want %q", got, want)
+	}
+	return nil
+}
+
+// headerHas reports whether a comma-separated header of h lists token
+// (case-insensitive).
+func headerHas(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		for t := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // next returns the payload of the next data frame, answering pings.
