@@ -1,34 +1,14 @@
-//go:build linux || darwin || freebsd || netbsd || openbsd || dragonfly
-
 package client
 
 import (
-	"errors"
 	"net"
-	"syscall"
+
+	"github.com/postern/postern/internal/connpeek"
 )
 
 // idleClosed reports whether the local service closed c, or sent on it
-// unasked, while it was idle: a non-blocking peek at the socket (under
-// TLS, at the TCP connection, where a close_notify is data unasked).
-func idleClosed(c net.Conn) bool {
-	if t, ok := c.(interface{ NetConn() net.Conn }); ok {
-		c = t.NetConn()
-	}
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return false
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return true
-	}
-	closed := false
-	var b [1]byte
-	err = rc.Read(func(fd uintptr) bool {
-		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		closed = n > 0 || (err != nil && !errors.Is(err, syscall.EAGAIN) && !errors.Is(err, syscall.EINTR)) || (n == 0 && err == nil)
-		return true
-	})
-	return closed || err != nil
-}
+// unasked, while it was idle. Where a socket cannot be peeked at, such a
+// close is noticed when the request sent on it gets no answer, and a
+// request without a body is then sent again on a new connection (see
+// pair.exchange).
+func idleClosed(c net.Conn) bool { return connpeek.IdleClosed(c) }

@@ -20,7 +20,7 @@ const module = "github.com/postern/postern"
 // imports only packages of lower layers (tests may import anything).
 var layers = [][]string{
 	{ // foundation: no imports of the module
-		"internal/auth", "internal/auth/authtest", "internal/cluster", "internal/version", "internal/store",
+		"internal/auth", "internal/auth/authtest", "internal/cluster", "internal/connpeek", "internal/version", "internal/store",
 		"internal/expose/muxconn", "internal/expose/live", "internal/relay/gcr/wire", "internal/store/redisstore/redistest",
 		"internal/layout", "internal/certs/certstest", "internal/browsertest", "internal/channels/iouring",
 	},

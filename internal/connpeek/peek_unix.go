@@ -1,6 +1,6 @@
 //go:build linux || darwin || freebsd || netbsd || openbsd || dragonfly
 
-package client
+package connpeek
 
 import (
 	"errors"
@@ -8,10 +8,14 @@ import (
 	"syscall"
 )
 
-// closedWhileIdle reports whether the backend closed c, or sent on it
-// unasked, while it was idle: one non-blocking peek at the socket. A
-// connection it reports is not used again.
-func closedWhileIdle(c net.Conn) bool {
+// IdleClosed reports whether the peer closed c, or sent on it unasked,
+// while it was idle (under TLS it looks at the TCP connection, where a
+// close_notify is data unasked). A connection it reports is not to be
+// used again. It answers false where c is no socket.
+func IdleClosed(c net.Conn) bool {
+	if t, ok := c.(interface{ NetConn() net.Conn }); ok {
+		c = t.NetConn()
+	}
 	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return false
