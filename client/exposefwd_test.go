@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -515,5 +516,117 @@ func TestExposeIdleLocalConnectionChecked(t *testing.T) {
 				<-settled
 			}
 		})
+	}
+}
+
+// TestExposePlainRequestsReachTheServiceAsRewritten: a request without a
+// body that needs no rewriting goes to the local service as the server
+// sent it, and a plain answer comes back as the service sent it; the
+// service gets the bytes the agent's rewriting writes and the user the
+// same answer (compared with an agent whose inspector makes it rewrite
+// every exchange).
+func TestExposePlainRequestsReachTheServiceAsRewritten(t *testing.T) {
+	ln := listen(t)
+	var mu sync.Mutex
+	heads := map[string]string{} // by the request's X-Case
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait)
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					var head strings.Builder
+					for {
+						line, err := br.ReadString('\n')
+						if err != nil {
+							return
+						}
+						head.WriteString(line)
+						if line == "\r\n" {
+							break
+						}
+					}
+					h := head.String()
+					i := strings.Index(h, "X-Case: ")
+					mu.Lock()
+					heads[h[i:i+strings.Index(h[i:], "\r\n")]+" "+strings.Fields(h)[0]] += h
+					mu.Unlock()
+					answer := "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Answer: a\r\nX-Answer: b\r\ncontent-type: text/x-mine\r\n\r\n"
+					if !strings.HasPrefix(h, "HEAD ") {
+						answer += "ok"
+					}
+					io.WriteString(c, answer)
+				}
+			})
+		}
+	})
+	t.Cleanup(func() { ln.Close() })
+	cfg := servertest.Config()
+	cfg.Expose.Domain = "expose.test"
+	n := servertest.Start(t, cfg)
+	c, _ := client.New(n.URL)
+	ins := client.NewInspector(client.InspectorOptions{})
+	t.Cleanup(ins.Close)
+	local := "http://" + ln.Addr().String()
+	if err := startExpose(t, c, client.ExposeOptions{Name: "plain", Local: local}); err != nil {
+		t.Fatal(err)
+	}
+	if err := startExpose(t, c, client.ExposeOptions{Name: "insp", Local: local, Inspector: ins}); err != nil {
+		t.Fatal(err)
+	}
+	port := n.URL[strings.LastIndex(n.URL, ":"):]
+	hc := &http.Client{Transport: &http.Transport{}}
+	t.Cleanup(hc.CloseIdleConnections)
+	cases := []struct{ method, target string }{
+		{"GET", "/"},
+		{"GET", "/a%2Fb/%C3%A4?x=1&y=%20&z"},
+		{"HEAD", "/h?q"},
+		{"OPTIONS", "/o"},
+		{"GET", "/semi?a=1;b=2"},
+	}
+	for i, tc := range cases {
+		var answers []string
+		for _, name := range []string{"plain", "insp"} {
+			req, _ := http.NewRequest(tc.method, n.URL+tc.target, nil)
+			req.Host = name + ".expose.test" + port
+			req.Header.Set("X-Case", strconv.Itoa(i))
+			req.Header["X-Multi"] = []string{"one", "two"}
+			req.Header["User-Agent"] = []string{""}
+			resp, err := hc.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				t.Fatalf("%s %s via %s: %d", tc.method, tc.target, name, resp.StatusCode)
+			}
+			resp.Header.Del("Date")
+			answers = append(answers, fmt.Sprintf("%d %v %d %q", resp.StatusCode, resp.Header, resp.ContentLength, b))
+		}
+		if answers[0] != answers[1] {
+			t.Fatalf("%s %s: the user got\n%s\nfrom the plain agent and\n%s\nfrom the rewriting one", tc.method, tc.target, answers[0], answers[1])
+		}
+		mu.Lock()
+		var got []string
+		for k, h := range heads {
+			if strings.HasPrefix(k, "X-Case: "+strconv.Itoa(i)+" ") {
+				got = append(got, h)
+			}
+		}
+		mu.Unlock()
+		if len(got) != 1 {
+			t.Fatalf("%s %s: %d kinds of heads", tc.method, tc.target, len(got))
+		}
+		plain, rewritten, ok := strings.Cut(strings.ReplaceAll(got[0], "insp.", "plain."), "\r\n\r\n")
+		if !ok || plain+"\r\n\r\n" != rewritten {
+			t.Fatalf("%s %s: the service got\n%q\nfrom the plain agent and\n%q\nfrom the rewriting one", tc.method, tc.target, plain, rewritten)
+		}
 	}
 }

@@ -33,16 +33,21 @@ func (p *pair) dial() error {
 	return nil
 }
 
-// localReady makes sure the pair has a live local connection: one that
-// the local service closed while idle, or on which it sent data no
-// request asked for, is dropped and dialed again. The check is one
-// non-blocking peek at the socket (see idleClosed), where a watcher
-// goroutine reading between answers cost two goroutine switches per
-// request; a close that races the request is left to exchange's retry,
-// as http.Transport does.
-func (p *pair) localReady() error {
+// localReady makes sure the pair has a live local connection for a
+// request (replayable: one without a body, which exchange sends again on
+// a new connection when nothing comes back): one that the local service
+// closed while idle, or on which it sent data no request asked for, is
+// dropped and dialed again. The check is one non-blocking peek at the
+// socket (see idleClosed), where a watcher goroutine reading between
+// answers cost two goroutine switches per request. A replayable request
+// skips it on a connection whose last answer ended less than pairFresh
+// ago (the peek was a system call and three allocations per request
+// under load): a close in between is met by the retry. A close that
+// races the request is left to that retry too, as http.Transport does.
+func (p *pair) localReady(replayable bool) error {
 	if p.lc != nil {
-		if p.lr.Buffered() == 0 && !idleClosed(p.lc) {
+		fresh := replayable && p.now.Sub(p.idleSince) < pairFresh
+		if p.lr.Buffered() == 0 && (fresh || !idleClosed(p.lc)) {
 			return nil
 		}
 		p.dropLocal()

@@ -2,6 +2,7 @@ package client
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,6 +11,8 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -28,6 +31,14 @@ const (
 const (
 	pairHeaderTimeout = 30 * time.Second
 	pairDialTimeout   = 10 * time.Second
+	// pairFresh is how long after an answer the local connection is
+	// taken as alive, for a request without a body, without looking at
+	// its socket (see localReady): services close idle connections
+	// after seconds (Node and Apache 5 s, gunicorn 2 s, nginx 75 s, Go's
+	// http.Server never by default), and a close that still comes in
+	// between is met by exchange's retry, as a close racing the check
+	// always was.
+	pairFresh = time.Second
 	// pairBodyGrace is how long a finished answer waits for the request
 	// body to finish sending before the pair gives up on it (the local
 	// service answered without reading it all): http.Transport's 50 ms.
@@ -55,6 +66,18 @@ type pair struct {
 	lc net.Conn
 	lr *bufio.Reader
 	lw *bufio.Writer
+	// idleSince is when lc's last answer ended; now, when the request
+	// being forwarded started.
+	idleSince, now time.Time
+
+	cb   countingBody // the answer's body, one at a time
+	body *readBody    // the request body being sent, if any
+	// head is the request's header as read, when it goes to the local
+	// service as it is (see verbatim); headBuf holds it.
+	head, headBuf []byte
+	// answerHead is the final answer's header as read, when it goes to
+	// the server as it is (see verbatimAnswer); answerBuf holds it.
+	answerHead, answerBuf []byte
 
 	rec *recording // the exchange the inspector records, if any
 }
@@ -102,9 +125,20 @@ func (p *pair) serve() {
 		if !p.setState(pairBusy) {
 			return
 		}
-		p.st.SetReadDeadline(time.Now().Add(pairHeaderTimeout))
+		// A header already received whole needs no deadline (usually
+		// it came in one frame): setting one costs two allocations.
+		head := p.bufferedHead()
+		if head == nil {
+			p.st.SetReadDeadline(time.Now().Add(pairHeaderTimeout))
+		}
+		before := p.sr.Buffered()
 		req, err := http.ReadRequest(p.sr)
-		p.st.SetReadDeadline(time.Time{})
+		if head == nil {
+			p.st.SetReadDeadline(time.Time{})
+		} else if before-p.sr.Buffered() != len(head) {
+			head = nil // not the head that was read
+		}
+		p.head = head
 		if err != nil {
 			p.s.o.Logger.Debug("expose: bad request from the server", "err", err)
 			return
@@ -112,6 +146,7 @@ func (p *pair) serve() {
 		if !p.forward(req) {
 			return
 		}
+		p.idleSince = time.Now()
 		if !p.setState(pairIdle) {
 			return
 		}
@@ -122,7 +157,12 @@ func (p *pair) serve() {
 // the pair must close.
 func (p *pair) forward(req *http.Request) bool {
 	start := time.Now()
-	out, reqUp := p.outgoing(req)
+	p.now = start
+	out, reqUp := req, ""
+	if !p.verbatim(req) {
+		p.head = nil
+		out, reqUp = p.outgoing(req)
+	}
 	p.rec = p.s.o.Inspector.record(req, out)
 	status, n, keep := p.roundTrip(req, out, reqUp)
 	p.rec.done()
@@ -166,7 +206,7 @@ var errStreamFailed = errors.New("the stream to the server failed")
 func (p *pair) exchange(out *http.Request, bodyless bool) (resp *http.Response, wrote chan error, err error) {
 	for attempt := 0; ; attempt++ {
 		reused := p.lc != nil
-		if err := p.localReady(); err != nil {
+		if err := p.localReady(bodyless); err != nil {
 			return nil, nil, err
 		}
 		if !reused {
@@ -195,25 +235,84 @@ func (p *pair) exchange(out *http.Request, bodyless bool) (resp *http.Response, 
 // send writes out to the local connection: at once without a body, in a
 // goroutine of its own with one (the result goes to wrote).
 func (p *pair) send(out *http.Request, bodyless bool) (wrote chan error, err error) {
-	write := func(lw *bufio.Writer) error {
-		err := out.Write(lw)
-		if err == nil {
-			err = lw.Flush()
+	if p.head != nil {
+		if _, err := p.lw.Write(p.head); err != nil {
+			return nil, err
 		}
-		return err
+		return nil, p.lw.Flush()
 	}
 	if bodyless {
-		return nil, write(p.lw)
+		return nil, writeRequest(out, p.lw)
 	}
+	p.body = &readBody{rc: out.Body}
+	out.Body = p.body
 	wrote = make(chan error, 1)
-	go func(lw *bufio.Writer) { wrote <- write(lw) }(p.lw)
+	go func(lw *bufio.Writer) { wrote <- writeRequest(out, lw) }(p.lw)
 	return wrote, nil
 }
+
+// writeRequest writes out to lw and flushes it.
+func writeRequest(out *http.Request, lw *bufio.Writer) error {
+	err := out.Write(lw)
+	if err == nil {
+		err = lw.Flush()
+	}
+	return err
+}
+
+// bufferedHead returns a copy of the request header when p.sr holds it
+// whole, or nil.
+func (p *pair) bufferedHead() []byte {
+	b, _ := p.sr.Peek(p.sr.Buffered())
+	i := bytes.Index(b, headerEnd)
+	if i < 0 {
+		return nil
+	}
+	p.headBuf = append(p.headBuf[:0], b[:i+len(headerEnd)]...)
+	return p.headBuf
+}
+
+// verbatim reports whether req goes to the local service as the server
+// sent it (p.head), which is what outgoing would write: no inspector
+// (it records the rewritten request), the public Host kept, a target
+// without a path or query of its own, an HTTP/1.1 request without a
+// body, hop-by-hop headers or a query to clean, whose request target
+// is written as it was read, and a header of CRLF lines without
+// continuations. (The server writes its requests with net/http, so
+// that is nearly all of them.) It spares the parsed request's copy and
+// its serialising.
+func (p *pair) verbatim(req *http.Request) bool {
+	o, t := p.s.o, p.s.target
+	if p.head == nil || o.Inspector != nil || o.RewriteHost || (t.Path != "" && t.Path != "/") || t.RawPath != "" || t.RawQuery != "" {
+		return false
+	}
+	if req.ProtoMajor != 1 || req.ProtoMinor != 1 || req.Body != http.NoBody || len(req.TransferEncoding) > 0 || req.Close {
+		return false
+	}
+	for _, h := range hopHeaders {
+		if _, ok := req.Header[h]; ok {
+			return false
+		}
+	}
+	if !strings.HasPrefix(req.RequestURI, "/") || cleanQueryParams(req.URL.RawQuery) != req.URL.RawQuery || req.URL.RequestURI() != req.RequestURI {
+		return false
+	}
+	return bytes.Count(p.head, lf) == bytes.Count(p.head, crlf) && !bytes.Contains(p.head, crlfSpace) && !bytes.Contains(p.head, crlfTab)
+}
+
+var (
+	lf        = []byte("\n")
+	crlf      = []byte("\r\n")
+	crlfSpace = []byte("\r\n ")
+	crlfTab   = []byte("\r\n\t")
+)
+
+var headerEnd = []byte("\r\n\r\n")
 
 // readResponse reads the local service's answer to out, relaying 100
 // Continue and the like to the server until a final one (or 101) comes.
 func (p *pair) readResponse(out *http.Request) (*http.Response, error) {
-	resp, err := http.ReadResponse(p.lr, out)
+	resp, err := p.readAnswerHead(out)
 	for err == nil && resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
 		if err = resp.Write(p.sw); err == nil {
 			err = p.sw.Flush()
@@ -221,24 +320,79 @@ func (p *pair) readResponse(out *http.Request) (*http.Response, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", errStreamFailed, err)
 		}
-		resp, err = http.ReadResponse(p.lr, out)
+		resp, err = p.readAnswerHead(out)
 	}
 	return resp, err
+}
+
+// readAnswerHead reads an answer's header, keeping its bytes in
+// p.answerHead when they came whole (see verbatimAnswer), else nil.
+func (p *pair) readAnswerHead(out *http.Request) (*http.Response, error) {
+	p.answerHead = nil
+	b, _ := p.lr.Peek(p.lr.Buffered())
+	if i := bytes.Index(b, headerEnd); i >= 0 && p.s.o.Inspector == nil {
+		p.answerHead = append(p.answerBuf[:0], b[:i+len(headerEnd)]...)
+		p.answerBuf = p.answerHead
+	}
+	before := p.lr.Buffered()
+	resp, err := http.ReadResponse(p.lr, out)
+	if before-p.lr.Buffered() != len(p.answerHead) {
+		p.answerHead = nil // not the header that was read
+	}
+	return resp, err
+}
+
+// copyBufs lends the buffers answers' bodies are copied through: one per
+// answer being sent, not one per pair.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// verbatimAnswer reports whether resp goes to the server as the local
+// service sent it (p.answerHead, then the body's bytes), which is what
+// the rewriting would send: no inspector, an HTTP/1.1 answer with a
+// declared length that keeps the connection, without hop-by-hop
+// headers, of CRLF lines without continuations. It spares the answer's
+// serialising.
+func (p *pair) verbatimAnswer(resp *http.Response) bool {
+	h := p.answerHead
+	if h == nil || resp.ProtoMajor != 1 || resp.ProtoMinor != 1 || resp.Close || resp.ContentLength < 0 || len(resp.TransferEncoding) > 0 {
+		return false
+	}
+	for _, k := range hopHeaders {
+		if _, ok := resp.Header[k]; ok {
+			return false
+		}
+	}
+	return bytes.Count(h, lf) == bytes.Count(h, crlf) && !bytes.Contains(h, crlfSpace) && !bytes.Contains(h, crlfTab)
 }
 
 // answer relays a final answer to the server and settles the request
 // body's goroutine; the pair stays for the next request unless either
 // side asked to close.
 func (p *pair) answer(resp *http.Response, wrote chan error) (status int, n int64, keep bool) {
-	removeHopByHop(resp.Header)
-	cb := &countingBody{body: resp.Body, lr: p.lr, sw: p.sw, length: resp.ContentLength}
-	if c := p.rec.answered(resp.StatusCode, resp.Header); c != nil {
-		cb.tee = c
+	p.cb = countingBody{body: resp.Body, lr: p.lr, sw: p.sw, length: resp.ContentLength}
+	cb := &p.cb
+	var err error
+	if p.verbatimAnswer(resp) {
+		_, err = p.sw.Write(p.answerHead)
+		if err == nil && resp.Body != http.NoBody {
+			buf := copyBufs.Get().(*[]byte)
+			_, err = io.CopyBuffer(writerOnly{p.sw}, cb, *buf)
+			copyBufs.Put(buf)
+			if err == nil && cb.n != resp.ContentLength {
+				err = io.ErrUnexpectedEOF
+			}
+			resp.Body.Close()
+		}
+	} else {
+		removeHopByHop(resp.Header)
+		if c := p.rec.answered(resp.StatusCode, resp.Header); c != nil {
+			cb.tee = c
+		}
+		if resp.Body != http.NoBody {
+			resp.Body = cb
+		}
+		err = resp.Write(writerOnly{p.sw})
 	}
-	if resp.Body != http.NoBody {
-		resp.Body = cb
-	}
-	err := resp.Write(writerOnly{p.sw})
 	if err == nil {
 		// Kept before the answer's last bytes leave: whoever got the
 		// answer finds it in the inspector.
@@ -250,11 +404,9 @@ func (p *pair) answer(resp *http.Response, wrote chan error) (status int, n int6
 		p.closeAll(wrote)
 		return resp.StatusCode, cb.n, false
 	}
-	if wrote != nil {
-		if pending, err := bodySent(wrote); err != nil {
-			p.closeAll(pending)
-			return resp.StatusCode, cb.n, false
-		}
+	if wrote != nil && !p.bodySent(wrote) {
+		p.closeAll(nil)
+		return resp.StatusCode, cb.n, false
 	}
 	if resp.Close {
 		p.dropLocal()
@@ -263,25 +415,57 @@ func (p *pair) answer(resp *http.Response, wrote chan error) (status int, n int6
 	return resp.StatusCode, cb.n, true
 }
 
-// bodySent waits up to pairBodyGrace for the request body's goroutine
-// once the answer is out. It returns that goroutine's error, or an error
-// and wrote (still to be waited for) when the local service answered
-// without reading the whole body.
-func bodySent(wrote chan error) (pending chan error, err error) {
+// bodySent settles the request body's goroutine once the answer is out,
+// and reports whether the stream may carry another request. The body
+// has pairBodyGrace to finish sending (a local service that answered
+// without reading it all may never read the rest); past that, or when
+// sending it failed, the local connection is closed, which ends the
+// goroutine at once, and the stream stays when the body was read whole
+// from it. So a goroutine slow to report on a loaded machine costs a new
+// local connection, never the stream: the server may already have sent
+// its next request on it, which a close would fail (the server's
+// transport cannot send most requests again).
+func (p *pair) bodySent(wrote chan error) bool {
 	select {
 	case err := <-wrote:
-		return nil, err
+		if err == nil {
+			return true
+		}
 	default:
+		t := time.NewTimer(pairBodyGrace)
+		select {
+		case err := <-wrote:
+			t.Stop()
+			if err == nil {
+				return true
+			}
+		case <-t.C:
+			p.s.mu.Lock()
+			p.lc.Close()
+			p.s.mu.Unlock()
+			<-wrote
+		}
 	}
-	t := time.NewTimer(pairBodyGrace)
-	defer t.Stop()
-	select {
-	case err := <-wrote:
-		return nil, err
-	case <-t.C:
-		return wrote, errors.New("the local service answered without reading the whole request body")
-	}
+	p.dropLocal()
+	return p.body.whole.Load()
 }
+
+// readBody is a request body being sent to the local service: it notes
+// when it was read whole (see bodySent).
+type readBody struct {
+	rc    io.ReadCloser
+	whole atomic.Bool
+}
+
+func (b *readBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if err == io.EOF {
+		b.whole.Store(true)
+	}
+	return n, err
+}
+
+func (b *readBody) Close() error { return b.rc.Close() }
 
 // closeAll ends the pair in the middle of an exchange and waits for the
 // request body's goroutine, if any (wrote, or nil).

@@ -114,6 +114,9 @@ type directStream struct {
 	in    countedReader
 	br    *bufio.Reader
 	since time.Time // idle since
+	// aborter is abort as a func value, made once: each request
+	// watches its context with it.
+	aborter func()
 }
 
 // countedReader reads a stream, counting its bytes, and fails once more
@@ -182,7 +185,7 @@ func (d *directTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 // is aborted.
 func (d *directTransport) exchange(s *directStream, req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
-	stop := context.AfterFunc(ctx, s.abort)
+	stop := context.AfterFunc(ctx, s.aborter)
 	fail := func(err error) (*http.Response, error) {
 		stop()
 		s.abort()
@@ -199,9 +202,15 @@ func (d *directTransport) exchange(s *directStream, req *http.Request) (*http.Re
 	}
 	bw.Reset(nil)
 	writers.Put(bw)
-	if err != nil {
+	if err != nil && !errors.Is(err, yamux.ErrSessionShutdown) {
 		return fail(fmt.Errorf("%w: %w", errNothingBack, err))
 	}
+	// A write that failed because the session ended may have been sent
+	// all the same: yamux reports a write as failed when its session
+	// shuts down before the writer saw it confirmed, and an agent that
+	// stops answers the requests it has before it closes. So the stream
+	// is read: it holds that answer, or ends at once with nothing (and
+	// the request may go again).
 	s.in.left, s.in.got = directMaxHeaderBytes, 0
 	resp, err := readAnswer(s.br, req)
 	s.in.left = -1
@@ -407,6 +416,7 @@ func (d *directTransport) get(ctx context.Context) (s *directStream, reused bool
 		return nil, false, err
 	}
 	s = &directStream{st: st}
+	s.aborter = s.abort
 	s.in = countedReader{r: st, left: -1}
 	s.br = bufio.NewReaderSize(&s.in, directReadBuf)
 	return s, false, nil
