@@ -54,7 +54,11 @@ func (c *Client) postSpliced(ctx context.Context, first *wire.Response, hresp *h
 		return 0, false
 	}
 	src, srcTCP := db.bc.nc.(*net.TCPConn)
-	if !srcTCP {
+	// What the backend's reader holds already goes first; the rest comes
+	// from its connection. More than the body is not a connection to
+	// splice from: postBody reads the body as usual.
+	held := int64(db.bc.br.Buffered())
+	if !srcTCP || held > hresp.ContentLength {
 		return 0, false
 	}
 	var d net.Dialer
@@ -78,20 +82,10 @@ func (c *Client) postSpliced(ctx context.Context, first *wire.Response, hresp *h
 	bw := bufio.NewWriterSize(nc, 8<<10)
 	tmpl := c.postTmpl
 	bw.WriteString("POST " + tmpl.URL.RequestURI() + " HTTP/1.1\r\nHost: " + tmpl.Host + "\r\n")
-	for k, vs := range tmpl.Header {
-		for _, v := range vs {
-			bw.WriteString(k + ": " + v + "\r\n")
-		}
-	}
+	tmpl.Header.Write(bw)
 	bw.WriteString("Transfer-Encoding: chunked\r\n\r\n")
 	writeChunk(bw, first.AppendStreamHead(nil, int(n)))
 	bw.WriteString(strconv.FormatInt(n, 16) + "\r\n")
-	// What the backend's reader holds already goes first; the rest comes
-	// from its connection.
-	held := int64(db.bc.br.Buffered())
-	if held > n {
-		return 0, true // more than the body: not a connection to trust
-	}
 	if _, err := io.CopyN(bw, db.bc.br, held); err != nil {
 		return 0, true
 	}
