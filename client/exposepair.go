@@ -289,15 +289,22 @@ func (p *pair) verbatim(req *http.Request) bool {
 	if req.ProtoMajor != 1 || req.ProtoMinor != 1 || req.Body != http.NoBody || len(req.TransferEncoding) > 0 || req.Close {
 		return false
 	}
-	for _, h := range hopHeaders {
-		if _, ok := req.Header[h]; ok {
-			return false
-		}
-	}
 	if !strings.HasPrefix(req.RequestURI, "/") || cleanQueryParams(req.URL.RawQuery) != req.URL.RawQuery || req.URL.RequestURI() != req.RequestURI {
 		return false
 	}
-	return bytes.Count(p.head, lf) == bytes.Count(p.head, crlf) && !bytes.Contains(p.head, crlfSpace) && !bytes.Contains(p.head, crlfTab)
+	return plainHead(p.head, req.Header)
+}
+
+// plainHead reports whether raw, a message's header as read, with h its
+// parsed fields, goes on as it is: no hop-by-hop field, and CRLF lines
+// without continuations (what rewriting it would write).
+func plainHead(raw []byte, h http.Header) bool {
+	for _, k := range hopHeaders {
+		if _, ok := h[k]; ok {
+			return false
+		}
+	}
+	return bytes.Count(raw, lf) == bytes.Count(raw, crlf) && !bytes.Contains(raw, crlfSpace) && !bytes.Contains(raw, crlfTab)
 }
 
 var (
@@ -357,12 +364,7 @@ func (p *pair) verbatimAnswer(resp *http.Response) bool {
 	if h == nil || resp.ProtoMajor != 1 || resp.ProtoMinor != 1 || resp.Close || resp.ContentLength < 0 || len(resp.TransferEncoding) > 0 {
 		return false
 	}
-	for _, k := range hopHeaders {
-		if _, ok := resp.Header[k]; ok {
-			return false
-		}
-	}
-	return bytes.Count(h, lf) == bytes.Count(h, crlf) && !bytes.Contains(h, crlfSpace) && !bytes.Contains(h, crlfTab)
+	return plainHead(h, resp.Header)
 }
 
 // answer relays a final answer to the server and settles the request
