@@ -13,7 +13,13 @@ package main
 // and the fan-out print postern's delivery counters;
 // POSTERN_BENCH_CPUPROFILE=<prefix> writes CPU profiles of the measured
 // fan-out messages: <prefix>.<kind>.<subs> of the server child and
-// <prefix>.<kind>.<subs>.client of the harness.
+// <prefix>.<kind>.<subs>.client of the harness;
+// POSTERN_BENCH_PERF_CTL=<fifo> writes "enable" to perf's control FIFO
+// (perf record --control fifo:<fifo> -D -1) before the measured fan-out
+// messages and "disable" after, so that a system-wide kernel profile holds
+// those messages only; POSTERN_BENCH_FANOUT=postern,10000 measures only
+// the servers and subscriber counts named (for experiments: the figures
+// then lack their baselines).
 
 import (
 	"bufio"
@@ -607,19 +613,29 @@ func measureFanout(ctx context.Context, kind string, chs []*child, pubPath, subP
 	// message reaching everyone proves it either way.
 	var got atomic.Int64
 	arrived := make(chan struct{}, 1)
-	// lat: until the frame was in the subscriber's socket; readLat:
-	// until the subscriber read it.
-	lat := make([][]time.Duration, len(conns))
-	readLat := make([][]time.Duration, len(conns))
-	for i := range lat {
-		lat[i] = make([]time.Duration, 0, fanoutMessages)
-		readLat[i] = make([]time.Duration, 0, fanoutMessages)
+	// lat[m][i]: until measured message m was in subscriber i's socket;
+	// readLat[m][i]: until the subscriber read it; seen[i]: how many
+	// measured messages subscriber i has had. Kept by message, so that
+	// what one message writes stays in the cache (the clients share the
+	// server's two cores).
+	lat := make([][]time.Duration, fanoutMessages)
+	readLat := make([][]time.Duration, fanoutMessages)
+	for m := range lat {
+		lat[m] = make([]time.Duration, len(conns))
+		readLat[m] = make([]time.Duration, len(conns))
 	}
+	seen := make([]uint8, len(conns))
+	var extra atomic.Int64 // stamped frames beyond fanoutMessages
 	total := int64(len(conns))
 	readers, err := startReaders(conns, func(i int, b []byte, at frameTimes) {
 		if sent := parseStamp(b); sent > 0 {
-			lat[i] = append(lat[i], at.arrived.Sub(time.Unix(0, sent)))
-			readLat[i] = append(readLat[i], at.read.Sub(time.Unix(0, sent)))
+			if m := int(seen[i]); m < fanoutMessages {
+				lat[m][i] = at.arrived.Sub(time.Unix(0, sent))
+				readLat[m][i] = at.read.Sub(time.Unix(0, sent))
+				seen[i]++
+			} else {
+				extra.Add(1)
+			}
 		}
 		if got.Add(1)%total == 0 {
 			select {
@@ -670,11 +686,13 @@ func measureFanout(ctx context.Context, kind string, chs []*child, pubPath, subP
 			return res, err
 		}
 	}
+	perf := perfControl(os.Getenv("POSTERN_BENCH_PERF_CTL"))
 	srv0, err := serversCPU()
 	if err != nil {
 		return res, err
 	}
 	cli0 := ownCPU()
+	perf("enable")
 	for i := 1; i <= fanoutMessages; i++ {
 		if err := post(strconv.FormatInt(time.Now().UnixNano(), 10)); err != nil {
 			return res, err
@@ -683,6 +701,7 @@ func measureFanout(ctx context.Context, kind string, chs []*child, pubPath, subP
 			return res, err
 		}
 	}
+	perf("disable")
 	cli1 := ownCPU()
 	srv1, err := serversCPU()
 	if err != nil {
@@ -709,14 +728,33 @@ func measureFanout(ctx context.Context, kind string, chs []*child, pubPath, subP
 	}
 	readers.stop()
 	readers = nil
+	samples := int(extra.Load())
+	for _, n := range seen {
+		samples += int(n)
+	}
+	if samples != fanoutMessages*len(conns) {
+		return res, fmt.Errorf("%s: %d latency samples, want %d", kind, samples, fanoutMessages*len(conns))
+	}
 	all := slices.Concat(lat...)
-	if len(all) != fanoutMessages*len(conns) {
-		return res, fmt.Errorf("%s: %d latency samples, want %d", kind, len(all), fanoutMessages*len(conns))
+	if os.Getenv("POSTERN_BENCH_FANOUT_TRACE") != "" {
+		traceFanout(kind, lat, readLat)
 	}
 	r := LoadResult{Latencies: all}
 	res.p50, res.p99 = r.Percentile(50), r.Percentile(99)
 	res.readP99 = LoadResult{Latencies: slices.Concat(readLat...)}.Percentile(99)
 	return res, nil
+}
+
+// traceFanout prints, per measured message, the p99 and the last of its
+// deliveries to the sockets and of its reads by the clients.
+func traceFanout(kind string, lat, readLat [][]time.Duration) {
+	ms := func(d time.Duration) string { return strconv.FormatFloat(float64(d)/1e6, 'f', 1, 64) }
+	for m := range lat {
+		a, r := lat[m], readLat[m]
+		la, lr := LoadResult{Latencies: a}, LoadResult{Latencies: r}
+		fmt.Fprintf(os.Stderr, "%s msg %2d: socket min %s p50 %s p99 %s max %s; read p50 %s p99 %s max %s ms\n", kind, m+1, ms(slices.Min(a)),
+			ms(la.Percentile(50)), ms(la.Percentile(99)), ms(slices.Max(a)), ms(lr.Percentile(50)), ms(lr.Percentile(99)), ms(slices.Max(r)))
+	}
 }
 
 // parseStamp reads the decimal Unix-nanosecond stamp a fan-out message
@@ -733,6 +771,45 @@ func parseStamp(b []byte) int64 {
 		v = v*10 + int64(c-'0')
 	}
 	return v
+}
+
+// perfControl returns a function that writes a command to perf's control
+// FIFO at path; with no path it does nothing.
+func perfControl(path string) func(cmd string) {
+	if path == "" {
+		return func(string) {}
+	}
+	return func(cmd string) {
+		f, err := os.OpenFile(path, os.O_WRONLY, 0)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "perf control:", err)
+			return
+		}
+		f.WriteString(cmd + "\n")
+		f.Close()
+	}
+}
+
+// fanoutWanted reports whether POSTERN_BENCH_FANOUT (a comma-separated
+// list of server kinds and subscriber counts; unset: everything) asks
+// for kind with subs subscribers.
+func fanoutWanted(kind string, subs int) bool {
+	v := os.Getenv("POSTERN_BENCH_FANOUT")
+	if v == "" {
+		return true
+	}
+	kinds, counts := false, false
+	kindOK, countOK := false, false
+	for _, f := range strings.Split(v, ",") {
+		if n, err := strconv.Atoi(f); err == nil {
+			counts = true
+			countOK = countOK || n == subs
+		} else {
+			kinds = true
+			kindOK = kindOK || f == kind
+		}
+	}
+	return (!kinds || kindOK) && (!counts || countOK)
 }
 
 // ownCPU is the CPU time (user and system) this process has used.
@@ -776,13 +853,17 @@ func runFanout(ctx context.Context, o Options) ([]Figure, error) {
 	var figs []Figure
 	us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
 	for _, subs := range []int{fanoutSubscribers / 10, fanoutSubscribers} {
-		p, err := fanout(ctx, "postern", "/c/fan", "/c/fan", subs)
-		if err != nil {
-			return nil, err
+		var p, b fanoutResult
+		var err error
+		if fanoutWanted("postern", subs) {
+			if p, err = fanout(ctx, "postern", "/c/fan", "/c/fan", subs); err != nil {
+				return nil, err
+			}
 		}
-		b, err := fanout(ctx, "baseline", "/fan", "/fan", subs)
-		if err != nil {
-			return nil, err
+		if fanoutWanted("baseline", subs) {
+			if b, err = fanout(ctx, "baseline", "/fan", "/fan", subs); err != nil {
+				return nil, err
+			}
 		}
 		n := strconv.Itoa(subs)
 		figs = append(figs,
