@@ -692,6 +692,7 @@ func measureFanout(ctx context.Context, kind string, chs []*child, pubPath, subP
 		return res, err
 	}
 	cli0 := ownCPU()
+	idle0, t0 := machineIdle(), time.Now()
 	perf("enable")
 	for i := 1; i <= fanoutMessages; i++ {
 		if err := post(strconv.FormatInt(time.Now().UnixNano(), 10)); err != nil {
@@ -715,6 +716,13 @@ func measureFanout(ctx context.Context, kind string, chs []*child, pubPath, subP
 	}
 	deliveries := time.Duration(fanoutMessages * len(conns))
 	res.serverCPU, res.clientCPU = (srv1-srv0)/deliveries, (cli1-cli0)/deliveries
+	if os.Getenv("POSTERN_BENCH_FANOUT_TRACE") != "" {
+		wall := time.Since(t0)
+		cores := time.Duration(runtime.NumCPU()) * wall
+		fmt.Fprintf(os.Stderr, "%s: %d messages in %v: server CPU %v, clients %v (%.0f%% of %d cores), machine idle %.0f%%\n",
+			kind, fanoutMessages, wall.Round(time.Millisecond), (srv1 - srv0).Round(time.Millisecond), (cli1 - cli0).Round(time.Millisecond),
+			100*float64(srv1-srv0+cli1-cli0)/float64(cores), runtime.NumCPU(), 100*float64(machineIdle()-idle0)/float64(cores))
+	}
 	if os.Getenv("POSTERN_BENCH_MEMSTATS") != "" {
 		if res, err := http.Get(ch.base + "/metrics"); err == nil {
 			b, _ := io.ReadAll(res.Body)
@@ -810,6 +818,22 @@ func fanoutWanted(kind string, subs int) bool {
 		}
 	}
 	return (!kinds || kindOK) && (!counts || countOK)
+}
+
+// machineIdle is the time the machine's CPUs have been idle, from
+// /proc/stat (0 where there is none).
+func machineIdle() time.Duration {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 5 || f[0] != "cpu" {
+		return 0
+	}
+	ticks, _ := strconv.ParseInt(f[4], 10, 64) // USER_HZ, 100 on Linux
+	return time.Duration(ticks) * 10 * time.Millisecond
 }
 
 // ownCPU is the CPU time (user and system) this process has used.
