@@ -836,6 +836,18 @@ func machineIdle() time.Duration {
 	return time.Duration(ticks) * 10 * time.Millisecond
 }
 
+// fanoutCounts is the subscriber counts measured: 1000 and 10,000, and
+// any other count POSTERN_BENCH_FANOUT names.
+func fanoutCounts() []int {
+	counts := []int{fanoutSubscribers / 10, fanoutSubscribers}
+	for _, f := range strings.Split(os.Getenv("POSTERN_BENCH_FANOUT"), ",") {
+		if n, err := strconv.Atoi(f); err == nil && n > 0 && !slices.Contains(counts, n) {
+			counts = append(counts, n)
+		}
+	}
+	return counts
+}
+
 // ownCPU is the CPU time (user and system) this process has used.
 func ownCPU() time.Duration {
 	var ru syscall.Rusage
@@ -876,7 +888,7 @@ func runFanout(ctx context.Context, o Options) ([]Figure, error) {
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	var figs []Figure
 	us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
-	for _, subs := range []int{fanoutSubscribers / 10, fanoutSubscribers} {
+	for _, subs := range fanoutCounts() {
 		var p, b fanoutResult
 		var err error
 		if fanoutWanted("postern", subs) {
