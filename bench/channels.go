@@ -623,6 +623,10 @@ func measureFanout(ctx context.Context, kind string, chs []*child, pubPath, subP
 	for m := range lat {
 		lat[m] = make([]time.Duration, len(conns))
 		readLat[m] = make([]time.Duration, len(conns))
+		// Fault the pages in now, not in the clients' reads.
+		for i := range lat[m] {
+			lat[m][i], readLat[m][i] = -1, -1
+		}
 	}
 	seen := make([]uint8, len(conns))
 	var extra atomic.Int64 // stamped frames beyond fanoutMessages
