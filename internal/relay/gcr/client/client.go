@@ -131,6 +131,9 @@ type Options struct {
 	// requests and their parsing are net/http's; upgrades still go
 	// through the Transport.
 	DirectBackend bool
+	// DirectRelay does the same for the polls and posts to an http://
+	// relay server reached without a proxy (when Relay is nil).
+	DirectRelay bool
 }
 
 // Tuned settings of `postern relay`: see Tuned.
@@ -168,6 +171,7 @@ func Tuned(o Options) Options {
 	o.EagerChunks = true
 	o.StreamBodies = true
 	o.DirectBackend = true
+	o.DirectRelay = true
 	return o
 }
 
@@ -179,6 +183,7 @@ type Client struct {
 	relayDo, backendDo func(*http.Request) (*http.Response, error)
 	own                []*http.Transport
 	direct             *directBackend // with DirectBackend
+	directRelay        *directBackend // with DirectRelay
 	backURL            *url.URL
 	relayURL           *url.URL
 	// Templates of the relay calls, their URLs and headers shared by
@@ -282,6 +287,10 @@ func New(o Options) (*Client, error) {
 	c.pollTmpl = c.relayTemplate("GET", "/server/request", url.Values{"server": {o.ServerName}}.Encode(), "")
 	c.postTmpl = c.relayTemplate("POST", "/server/response", "", wire.ResponseContentType)
 	c.batchTmpl = c.relayTemplate("POST", "/server/response", "", wire.BatchContentType)
+	if addr, ok := c.relayAddr(); ok && o.DirectRelay {
+		c.directRelay = newDirectBackend(addr, idle, c.relayDo)
+		c.relayDo = c.directRelay.RoundTrip
+	}
 	if o.BatchRequests > 1 {
 		c.pollTmpl.Header[wire.BatchHeader] = []string{strconv.Itoa(o.BatchRequests)}
 		c.workers = make(chan struct{}, o.MaxPendingRequests)
@@ -335,6 +344,9 @@ func (c *Client) Run(ctx context.Context) error {
 	}
 	if c.direct != nil {
 		c.direct.closeIdle()
+	}
+	if c.directRelay != nil {
+		c.directRelay.closeIdle()
 	}
 	c.pollMu.Lock()
 	defer c.pollMu.Unlock()
@@ -678,9 +690,14 @@ func (c *Client) handle(ctx context.Context, breq *wire.Request, streams bool) {
 				client = h.Value
 			}
 		}
-		l.LogAttrs(ctx, slog.LevelInfo, "request", slog.String("method", breq.Method), slog.String("host", breq.Host),
+		// The record goes to the handler without a caller's PC (the
+		// logger's own methods look it up on every call, a fair share
+		// of the relay client's CPU per request when it logs them all).
+		r := slog.NewRecord(time.Now(), slog.LevelInfo, "request", 0)
+		r.AddAttrs(slog.String("method", breq.Method), slog.String("host", breq.Host),
 			slog.String("path", path), slog.Int("status", status), slog.Int64("bytes", n),
 			slog.Duration("elapsed", time.Since(start).Round(time.Microsecond)), slog.String("client", client))
+		l.Handler().Handle(ctx, r)
 	}
 }
 
