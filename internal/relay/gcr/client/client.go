@@ -136,6 +136,10 @@ type Options struct {
 	DirectRelay bool
 }
 
+// relayPeekAfter is how long a connection to the relay server may stay
+// idle and be used again without a peek (see directBackend.peekAfter).
+const relayPeekAfter = time.Second
+
 // Tuned settings of `postern relay`: see Tuned.
 const (
 	TunedNumPendingRequests = 2
@@ -289,6 +293,7 @@ func New(o Options) (*Client, error) {
 	c.batchTmpl = c.relayTemplate("POST", "/server/response", "", wire.BatchContentType)
 	if addr, ok := c.relayAddr(); ok && o.DirectRelay {
 		c.directRelay = newDirectBackend(addr, idle, c.relayDo)
+		c.directRelay.peekAfter = relayPeekAfter
 		c.relayDo = c.directRelay.RoundTrip
 	}
 	if o.BatchRequests > 1 {
