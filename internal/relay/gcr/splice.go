@@ -163,34 +163,20 @@ func (r *bodyReader) lengthKnown() bool {
 	return ok && r.resp.Request.Method != http.MethodHead
 }
 
-// spliceStream writes the body of a stream from a connection taken over
-// to the user through rf (the user's response): what was read already
-// through w, the rest spliced in steps. It returns early, with nil and
-// bytes left, when a step took so long that the rest should go through
-// the buffer (see copyStream).
-func (r *bodyReader) spliceStream(w io.Writer, rf io.ReaderFrom) (n int64, userErr bool, err error) {
+// readAhead reports whether the stream still has bytes read ahead of the
+// connection taken over: those read with the message's start, and those
+// net/http's reader holds.
+func (s *bodyStream) readAhead() bool {
+	return s.left > 0 && (len(s.have) > 0 || s.hj.br.Buffered() > 0)
+}
+
+// spliceStream hands the rest of the body, on the connection taken over,
+// to rf (the user's response) in steps, once nothing is read ahead of it
+// (readAhead). It returns early, with nil and bytes left, when a step
+// took so long that the rest should go through the buffer (see
+// copyStream).
+func (r *bodyReader) spliceStream(rf io.ReaderFrom) (n int64, userErr bool, err error) {
 	s := r.stream
-	if s.left > 0 && (len(s.have) > 0 || s.hj.br.Buffered() > 0) {
-		buf := getMessage(max(len(s.have), s.hj.br.Size()))
-		defer putMessage(buf)
-		for s.left > 0 && (len(s.have) > 0 || s.hj.br.Buffered() > 0) {
-			k, rerr := s.Read(buf)
-			if k > 0 {
-				r.p.touch()
-				wk, werr := w.Write(buf[:k])
-				n += int64(wk)
-				if werr != nil {
-					return n, true, werr
-				}
-			}
-			if rerr == io.EOF {
-				return n, false, nil
-			}
-			if rerr != nil {
-				return n, false, rerr
-			}
-		}
-	}
 	step := spliceFirstStep
 	for s.left > 0 {
 		s.mu.Lock()

@@ -330,16 +330,31 @@ func (s *bodyStream) abandon() {
 // written and whether an error was w's.
 func (r *bodyReader) copyStream(w io.Writer, f interface{ Flush() error }) (n int64, userErr bool, err error) {
 	s := r.stream
+	buf := getMessage(max(min(s.n, streamCopyBytes), 1))
+	defer putMessage(buf)
 	if rf, ok := w.(io.ReaderFrom); ok && s.hj != nil && s.hj.src != nil && r.lengthKnown() {
-		n, userErr, err = r.spliceStream(w, rf)
+		// What was read already goes first, the rest is spliced.
+		n, userErr, err = r.copyReads(w, nil, buf, s.readAhead)
+		if err == nil && s.left > 0 {
+			var k int64
+			k, userErr, err = r.spliceStream(rf)
+			n += k
+		}
 		if err != nil || s.left == 0 {
 			return n, userErr, err
 		}
 		// A slow user: the rest goes through the buffer.
 	}
-	buf := getMessage(max(min(s.n, streamCopyBytes), 1))
-	defer putMessage(buf)
-	for {
+	k, userErr, err := r.copyReads(w, f, buf, nil)
+	return n + k, userErr, err
+}
+
+// copyReads writes what the stream's reads into buf return to w, while
+// more reports true (nil: to the end), flushing f (when not nil) when a
+// read found no more waiting.
+func (r *bodyReader) copyReads(w io.Writer, f interface{ Flush() error }, buf []byte, more func() bool) (n int64, userErr bool, err error) {
+	s := r.stream
+	for more == nil || more() {
 		k, rerr := s.Read(buf)
 		if k > 0 {
 			r.p.touch()
@@ -361,6 +376,7 @@ func (r *bodyReader) copyStream(w io.Writer, f interface{ Flush() error }) (n in
 			return n, false, rerr
 		}
 	}
+	return n, false, nil
 }
 
 // readStream is Read for a streamed body.
