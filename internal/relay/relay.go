@@ -30,7 +30,9 @@
 //     also implements io.WriterTo is written to the user by its WriteTo,
 //     straight from its own buffers (the proxy writes the headers and
 //     copies nothing); the writer it gets has Flush() error, which it
-//     calls when it has nothing more to write at once.
+//     calls when it has nothing more to write at once, and ReadFrom,
+//     which hands a source to the user's response (net/http splices a
+//     TCP connection into a plain TCP answer of known length).
 //  2. When a user request arrives at its front door, it checks the user's
 //     rights and calls Hub.Serve(w, r, Target{Name: ..., Path: ...}).
 //
