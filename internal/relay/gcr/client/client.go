@@ -658,10 +658,17 @@ func (c *Client) backendRequest(ctx context.Context, breq *wire.Request) (*http.
 		body = io.NopCloser(bytes.NewReader(breq.Body))
 	}
 	// Built whole: the URL is set parsed, not printed and parsed again.
+	// The values share one array (one allocation, not one per name).
 	h := make(http.Header, len(breq.Headers))
+	vals := make([]string, 0, len(breq.Headers))
 	for _, hd := range breq.Headers {
 		k := http.CanonicalHeaderKey(hd.Name)
-		h[k] = append(h[k], hd.Value)
+		if vs, ok := h[k]; ok {
+			h[k] = append(vs, hd.Value) // beyond its capacity: copied
+			continue
+		}
+		vals = append(vals, hd.Value)
+		h[k] = vals[len(vals)-1 : len(vals) : len(vals)]
 	}
 	req := (&http.Request{
 		Method: breq.Method, URL: u, Header: h, Body: body, ContentLength: int64(len(breq.Body)),
@@ -893,7 +900,14 @@ func (c *Client) streamToBackend(ctx context.Context, id string, w io.WriteClose
 }
 
 func headers(h http.Header) []wire.Header {
-	var out []wire.Header
+	n := 0
+	for _, vs := range h {
+		n += len(vs)
+	}
+	if n == 0 {
+		return nil
+	}
+	out := make([]wire.Header, 0, n)
 	for k, vs := range h {
 		for _, v := range vs {
 			out = append(out, wire.Header{Name: k, Value: v})
