@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -27,10 +28,10 @@ import (
 // bytes never enter the server. The handler answers the post on the
 // connection itself and closes it, which the poster asked for.
 //
-// The body goes in steps, the poster's read deadline renewed before each,
-// so that it still bounds the poster's silence; a user so slow that a step
-// takes a quarter of the deadline gets the rest through the buffer, where
-// the deadline is renewed between reads.
+// The body goes in steps, the poster's read deadline renewed before each
+// and, while the poster's socket moves, during one (watchStep), so that
+// it bounds the poster's silence (and a user's stop) as the reads through
+// the buffer do.
 
 const (
 	// spliceMinBytes is the smallest body spliced.
@@ -80,6 +81,9 @@ func hijack(rc *http.ResponseController, r *http.Request, at, n int, timeout tim
 		h.src = c
 	case interface{ TCPConn() (*net.TCPConn, bool) }: // the node's accepted connections
 		h.src, _ = c.TCPConn()
+	}
+	if !spliceSupported {
+		h.src = nil
 	}
 	return h, nil
 }
@@ -163,6 +167,43 @@ func (r *bodyReader) lengthKnown() bool {
 	return ok && r.resp.Request.Method != http.MethodHead
 }
 
+// watchStep watches a step in progress: every quarter of the deadline,
+// if the poster's socket moved since (bytes came from the poster, or
+// were taken from its receive queue for the user), it renews the
+// poster's read deadline and marks the request active, as every read
+// through the buffer does. A step that waits for a user who reads slowly
+// or pauses awhile so goes on; a silent poster, or a user who stops
+// reading for good, still meets the deadline (and the request its
+// inactivity timeout). The returned func stops it.
+func (s *bodyStream) watchStep(p *pending) (stop func()) {
+	var mu sync.Mutex
+	var t *time.Timer
+	stopped := false
+	every := s.timeout / 4
+	last := progressOf(s.hj.src)
+	mu.Lock()
+	defer mu.Unlock()
+	t = time.AfterFunc(every, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			return
+		}
+		if now := progressOf(s.hj.src); now != last {
+			last = now
+			s.deadline(time.Now().Add(s.timeout))
+			p.touch()
+		}
+		t.Reset(every)
+	})
+	return func() {
+		mu.Lock()
+		stopped = true
+		mu.Unlock()
+		t.Stop()
+	}
+}
+
 // readAhead reports whether the stream still has bytes read ahead of the
 // connection taken over: those read with the message's start, and those
 // net/http's reader holds.
@@ -172,9 +213,7 @@ func (s *bodyStream) readAhead() bool {
 
 // spliceStream hands the rest of the body, on the connection taken over,
 // to rf (the user's response) in steps, once nothing is read ahead of it
-// (readAhead). It returns early, with nil and bytes left, when a step
-// took so long that the rest should go through the buffer (see
-// copyStream).
+// (readAhead).
 func (r *bodyReader) spliceStream(rf io.ReaderFrom) (n int64, userErr bool, err error) {
 	s := r.stream
 	step := spliceFirstStep
@@ -190,7 +229,9 @@ func (r *bodyReader) spliceStream(rf io.ReaderFrom) (n int64, userErr bool, err 
 		s.deadline(t0.Add(s.timeout))
 		want := int64(min(s.left, step))
 		lr := &io.LimitedReader{R: s.hj.src, N: want}
+		stop := s.watchStep(r.p)
 		k, err := rf.ReadFrom(lr)
+		stop()
 		s.left -= int(k)
 		n += k
 		if k > 0 {
@@ -207,11 +248,7 @@ func (r *bodyReader) spliceStream(rf io.ReaderFrom) (n int64, userErr bool, err 
 		case k < want:
 			return n, false, io.ErrUnexpectedEOF // the poster closed
 		}
-		el := time.Since(t0)
-		if el > s.timeout/4 {
-			return n, false, nil
-		}
-		if el < s.timeout/16 && step < spliceMaxStep {
+		if time.Since(t0) < s.timeout/16 && step < spliceMaxStep {
 			step *= 2
 		}
 	}

@@ -10,7 +10,9 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"testing"
+	"time"
 
+	"github.com/postern/postern/internal/node"
 	"github.com/postern/postern/internal/relay/gcr"
 	gcrclient "github.com/postern/postern/internal/relay/gcr/client"
 )
@@ -181,5 +183,44 @@ func TestSplicedDownloadRelayClientDies(t *testing.T) {
 	n, err := io.Copy(io.Discard, resp.Body)
 	if err == nil || errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("after %d more bytes: %v, want the answer cut", n, err)
+	}
+}
+
+// A user who reads fast and then slowly, so that one spliced step (grown
+// while the user was fast) lasts longer than the inactivity timeout, gets
+// the whole body: the relay client's bytes move on towards the user all
+// along, which is no silence of the relay client's.
+func TestSplicedDownloadToASlowingUser(t *testing.T) {
+	const timeout = time.Second
+	e := start(t, func(c *node.Config) { c.Relay.InactiveRequestTimeout = timeout })
+	const size = 40 << 20
+	e.tuned("slowing", sizedBackend(t, size, nil, nil))
+	spliced := gcr.SplicedBytes()
+	resp, err := e.c.Get(e.node.URL + "/client/slowing/big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	got := make([]byte, size)
+	if _, err := io.ReadFull(resp.Body, got[:16<<20]); err != nil {
+		t.Fatal(err)
+	}
+	// The pace is what is tested: 256 KiB every 50 ms from here on,
+	// about 5 MB/s.
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for at := 16 << 20; at < size; {
+		<-tick.C
+		n, err := io.ReadFull(resp.Body, got[at:min(at+256<<10, size)])
+		at += n
+		if err != nil {
+			t.Fatalf("after %d bytes: %v", at, err)
+		}
+	}
+	if !bytes.Equal(got, pattern(size)) {
+		t.Fatal("not the body")
+	}
+	if gcr.SplicedBytes() == spliced {
+		t.Fatal("nothing was spliced")
 	}
 }

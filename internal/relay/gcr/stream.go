@@ -340,10 +340,7 @@ func (r *bodyReader) copyStream(w io.Writer, f interface{ Flush() error }) (n in
 			k, userErr, err = r.spliceStream(rf)
 			n += k
 		}
-		if err != nil || s.left == 0 {
-			return n, userErr, err
-		}
-		// A slow user: the rest goes through the buffer.
+		return n, userErr, err
 	}
 	k, userErr, err := r.copyReads(w, f, buf, nil)
 	return n + k, userErr, err
