@@ -375,6 +375,14 @@ func (c *gateConn) ReadFrom(r io.Reader) (int64, error) {
 	return io.Copy(struct{ io.Writer }{c.Conn}, r)
 }
 
+// TCPConn returns the TCP socket underneath when there is one (nothing
+// is buffered in between): the relay splices a posted body from it
+// (net.TCPConn.ReadFrom splices only from a *net.TCPConn).
+func (c *gateConn) TCPConn() (*net.TCPConn, bool) {
+	tc, ok := c.Conn.(*net.TCPConn)
+	return tc, ok
+}
+
 // afterClose runs f when the connection closes (at once if it has).
 func (c *gateConn) afterClose(f func()) {
 	c.mu.Lock()

@@ -30,7 +30,9 @@
 //     also implements io.WriterTo is written to the user by its WriteTo,
 //     straight from its own buffers (the proxy writes the headers and
 //     copies nothing); the writer it gets has Flush() error, which it
-//     calls when it has nothing more to write at once.
+//     calls when it has nothing more to write at once, and ReadFrom,
+//     which hands a source to the user's response (net/http splices a
+//     TCP connection into a plain TCP answer of known length).
 //  2. When a user request arrives at its front door, it checks the user's
 //     rights and calls Hub.Serve(w, r, Target{Name: ..., Path: ...}).
 //
@@ -767,6 +769,42 @@ func (d *directWriter) Write(p []byte) (int, error) {
 		d.err = err
 	}
 	return n, err
+}
+
+// ReadFrom writes what src holds to the user through the response
+// writer's own ReadFrom (net/http's, found under the wrappers that
+// Unwrap): from a TCP connection, into an answer of known length on a
+// plain TCP connection, the kernel splices the bytes from one socket to
+// the other. Elsewhere they are copied through a buffer.
+func (d *directWriter) ReadFrom(src io.Reader) (int64, error) {
+	var n int64
+	var err error
+	if rf := readerFrom(d.w); rf != nil {
+		n, err = rf.ReadFrom(src)
+	} else {
+		buf := bufferPool{}.Get()
+		n, err = io.CopyBuffer(struct{ io.Writer }{d.w}, src, buf)
+		bufferPool{}.Put(buf)
+	}
+	d.c.down.Add(n)
+	if err != nil && d.err == nil {
+		d.err = err
+	}
+	return n, err
+}
+
+// readerFrom returns the io.ReaderFrom under w's wrappers, or nil.
+func readerFrom(w http.ResponseWriter) io.ReaderFrom {
+	for {
+		if rf, ok := w.(io.ReaderFrom); ok {
+			return rf
+		}
+		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			return nil
+		}
+		w = u.Unwrap()
+	}
 }
 
 func (d *directWriter) Flush() error {

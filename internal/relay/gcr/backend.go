@@ -256,8 +256,8 @@ func (b *backend) handOff(p *pending) (chunk, error) {
 	case b.queued <- struct{}{}:
 	default: // a token waits already
 	}
-	pickup := time.NewTimer(g.opts.PickupTimeout)
-	defer pickup.Stop()
+	pickup := getTimer(g.opts.PickupTimeout)
+	defer putTimer(pickup)
 	for {
 		select {
 		case fc := <-p.chunks:
@@ -366,11 +366,20 @@ func (b *backend) response(req *http.Request, p *pending, fc chunk) (*http.Respo
 	// The buffers of an upgraded stream are not pooled: its Close may
 	// come from another goroutine while a Read copies from one.
 	rd := &bodyReader{p: p, pooled: status != http.StatusSwitchingProtocols}
+	// The values share one array: one allocation for all of them, where
+	// Header.Add makes one per name.
 	h := make(http.Header, len(first.Headers))
+	vals := make([]string, 0, len(first.Headers))
 	for _, hd := range first.Headers {
 		if validHeader(hd) {
-			h.Add(hd.Name, hd.Value)
-			if strings.HasPrefix(http.CanonicalHeaderKey(hd.Name), "Grpc-") {
+			k := http.CanonicalHeaderKey(hd.Name)
+			if vs, ok := h[k]; ok {
+				h[k] = append(vs, hd.Value) // beyond its capacity: copied
+			} else {
+				vals = append(vals, hd.Value)
+				h[k] = vals[len(vals)-1 : len(vals) : len(vals)]
+			}
+			if strings.HasPrefix(k, "Grpc-") {
 				rd.grpc = append(rd.grpc, hd)
 			}
 		}
@@ -684,4 +693,22 @@ func (u *upgradeBody) Write(b []byte) (int, error) {
 		b = b[k:]
 	}
 	return n, nil
+}
+
+// Timers of the waits every relayed request and poll makes, reused: a
+// stopped timer's channel holds no stale value (Go 1.23 timers), so a
+// timer can go back to the pool once stopped.
+var timers sync.Pool
+
+func getTimer(d time.Duration) *time.Timer {
+	if t, ok := timers.Get().(*time.Timer); ok {
+		t.Reset(d)
+		return t
+	}
+	return time.NewTimer(d)
+}
+
+func putTimer(t *time.Timer) {
+	t.Stop()
+	timers.Put(t)
 }

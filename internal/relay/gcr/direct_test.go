@@ -230,3 +230,56 @@ func TestTunedClientSplicesLargeBodies(t *testing.T) {
 		t.Fatalf("a cut body looked complete: %d, %d bytes", r.status, len(r.body))
 	}
 }
+
+// The tuned client polls and posts on connections it keeps: many
+// requests one after another open only a few connections to the server.
+func TestTunedClientKeepsServerConnections(t *testing.T) {
+	e := start(t, nil)
+	// A forwarder in front of the node counts the relay client's
+	// connections.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns atomic.Int64
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+	})
+	nodeAddr := strings.TrimPrefix(e.node.URL, "http://")
+	var open sync.Map
+	t.Cleanup(func() {
+		open.Range(func(k, _ any) bool { k.(net.Conn).Close(); return true })
+	})
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns.Add(1)
+			up, err := net.Dial("tcp", nodeAddr)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			open.Store(c, true)
+			open.Store(up, true)
+			wg.Go(func() { io.Copy(up, c); up.(*net.TCPConn).CloseWrite() })
+			wg.Go(func() { io.Copy(c, up); c.(*net.TCPConn).CloseWrite() })
+		}
+	})
+	be := backendServer(t, func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, r.URL.Path) })
+	e.runClient("keepsrv", be, func(o *gcrclient.Options) {
+		*o = gcrclient.Tuned(*o)
+		o.RelayURL = "http://" + ln.Addr().String()
+	})
+	for i := range 40 {
+		e.want(e.do("GET", fmt.Sprintf("/client/keepsrv/%d", i), nil), 200, fmt.Sprintf("/%d", i))
+	}
+	t.Logf("%d connections", conns.Load())
+	if n := conns.Load(); n > 12 {
+		t.Fatalf("%d connections to the server for 40 requests one after another", n)
+	}
+}

@@ -303,8 +303,8 @@ func (g *Relay) servePoll(w http.ResponseWriter, r *http.Request) error {
 		b.parked--
 		g.mu.Unlock()
 	}
-	t := time.NewTimer(g.opts.PollTimeout)
-	defer t.Stop()
+	t := getTimer(g.opts.PollTimeout)
+	defer putTimer(t)
 	for {
 		select {
 		case <-b.queued:

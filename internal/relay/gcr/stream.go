@@ -109,17 +109,34 @@ func (g *Relay) serveStream(w http.ResponseWriter, r *http.Request, rc *http.Res
 	}
 	s := &bodyStream{
 		n: n, left: n, have: start[at:], body: r.Body,
-		rc: rc, timeout: g.opts.InactiveRequestTimeout, renewed: time.Now(),
+		deadline: rc.SetReadDeadline, timeout: g.opts.InactiveRequestTimeout, renewed: time.Now(),
 		consumed: make(chan struct{}), tail: make(chan tailMsg, 1),
 	}
 	s.cond.L = &s.mu
+	if spliceable(r, len(start), at, n) {
+		if hj, err := hijack(rc, r, at, n, g.opts.InactiveRequestTimeout); err == nil {
+			s.hj, s.deadline = hj, hj.conn.SetReadDeadline
+			hj.answer(r, g.relayStream(w, r, p, head, s))
+			return true, nil
+		}
+	}
+	return true, g.relayStream(w, r, p, head, s)
+}
+
+// relayStream hands the body stream s of the post r for p to the user
+// side, waits until it has been read, and reads the fields after it.
+func (g *Relay) relayStream(w http.ResponseWriter, r *http.Request, p *pending, head *wire.Response, s *bodyStream) error {
+	refuse := func(err error) error {
+		w.Header().Set("Connection", "close")
+		return err
+	}
 	p.touch()
 	select {
 	case p.chunks <- chunk{msg: head, stream: s}:
 	case <-p.done:
 		return refuse(invalidID(head.ID))
 	case <-r.Context().Done():
-		return true, nil
+		return nil
 	}
 	// The user side reads the body from the poster's connection; this
 	// handler waits, and returns only once nothing reads it any more.
@@ -127,29 +144,36 @@ func (g *Relay) serveStream(w http.ResponseWriter, r *http.Request, rc *http.Res
 	case <-s.consumed:
 	case <-p.done:
 		s.abandon()
-		return true, invalidID(head.ID)
+		return invalidID(head.ID)
 	case <-p.userGone:
 		// The user side may be blocked reading this post's body: it is
 		// not watching, so the request ends here.
 		s.abandon()
 		p.gone()
-		return true, invalidID(head.ID)
+		return invalidID(head.ID)
 	case <-r.Context().Done():
 		s.abandon()
-		return true, nil
+		return nil
 	}
 	if s.err != nil {
 		s.abandon()
 		if errors.Is(s.err, os.ErrDeadlineExceeded) {
 			w.Header().Set("Connection", "close")
-			return true, httpapi.ErrBodyTimeout
+			return httpapi.ErrBodyTimeout
 		}
 		if s.userErr {
-			return true, invalidID(head.ID) // the user went away: the relay client stops
+			return invalidID(head.ID) // the user went away: the relay client stops
 		}
-		return true, httpapi.ErrBodyIncomplete
+		return httpapi.ErrBodyIncomplete
 	}
-	tail, err := readTail(r.Body)
+	var tail []byte
+	var err error
+	if s.hj != nil {
+		s.deadline(time.Now().Add(s.timeout))
+		tail, err = s.hj.readTail()
+	} else {
+		tail, err = readTail(r.Body)
+	}
 	var t *wire.Response
 	if err == nil {
 		t, err = wire.UnmarshalResponse(tail)
@@ -161,14 +185,17 @@ func (g *Relay) serveStream(w http.ResponseWriter, r *http.Request, rc *http.Res
 		s.tail <- tailMsg{err: errors.New("relay client's message cut after its body")}
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			w.Header().Set("Connection", "close")
-			return true, httpapi.ErrBodyTimeout
+			return httpapi.ErrBodyTimeout
 		}
-		return true, httpapi.Errorf(http.StatusBadRequest, "Invalid HttpResponse: %v", err)
+		return httpapi.Errorf(http.StatusBadRequest, "Invalid HttpResponse: %v", err)
 	}
 	t.EOF = t.EOF || head.EOF
 	s.tail <- tailMsg{msg: t}
-	rc.SetReadDeadline(time.Time{})
-	return true, writeOK(w)
+	s.deadline(time.Time{})
+	if s.hj != nil {
+		return nil // hj.answer says ok
+	}
+	return writeOK(w)
 }
 
 // readTail reads what follows a streamed body, up to streamTailBytes.
@@ -199,11 +226,15 @@ type bodyStream struct {
 	have []byte    // read with the message's start
 	body io.Reader // the rest, from the poster's connection
 
+	// hj is the poster's connection when it was taken over (hijack): the
+	// rest of the body is read from it, spliced to the user when it can.
+	hj *hijacked
+
 	// The read deadline on the poster's connection is pushed back as the
 	// body arrives, so that it bounds silence, not the whole transfer.
-	rc      *http.ResponseController
-	timeout time.Duration
-	renewed time.Time
+	deadline func(time.Time) error
+	timeout  time.Duration
+	renewed  time.Time
 
 	consumed chan struct{} // closed when the user side stops reading
 	once     sync.Once
@@ -244,9 +275,15 @@ func (s *bodyStream) Read(b []byte) (int, error) {
 	s.mu.Unlock()
 	if now := time.Now(); now.Sub(s.renewed) > s.timeout/4 {
 		s.renewed = now
-		s.rc.SetReadDeadline(now.Add(s.timeout))
+		s.deadline(now.Add(s.timeout))
 	}
-	n, err := s.body.Read(b)
+	var n int
+	var err error
+	if s.hj != nil {
+		n, err = s.hj.read(b)
+	} else {
+		n, err = s.body.Read(b)
+	}
 	s.mu.Lock()
 	s.reading = false
 	s.cond.Broadcast()
@@ -274,7 +311,7 @@ func (s *bodyStream) done(err error, user bool) {
 // and returns once none is. A user side waiting for the fields after the
 // body learns that none will come.
 func (s *bodyStream) abandon() {
-	s.rc.SetReadDeadline(time.Unix(1, 0))
+	s.deadline(time.Unix(1, 0))
 	s.mu.Lock()
 	s.closed = true
 	for s.reading {
@@ -295,7 +332,26 @@ func (r *bodyReader) copyStream(w io.Writer, f interface{ Flush() error }) (n in
 	s := r.stream
 	buf := getMessage(max(min(s.n, streamCopyBytes), 1))
 	defer putMessage(buf)
-	for {
+	if rf, ok := w.(io.ReaderFrom); ok && s.hj != nil && s.hj.src != nil && r.lengthKnown() {
+		// What was read already goes first, the rest is spliced.
+		n, userErr, err = r.copyReads(w, nil, buf, s.readAhead)
+		if err == nil && s.left > 0 {
+			var k int64
+			k, userErr, err = r.spliceStream(rf)
+			n += k
+		}
+		return n, userErr, err
+	}
+	k, userErr, err := r.copyReads(w, f, buf, nil)
+	return n + k, userErr, err
+}
+
+// copyReads writes what the stream's reads into buf return to w, while
+// more reports true (nil: to the end), flushing f (when not nil) when a
+// read found no more waiting.
+func (r *bodyReader) copyReads(w io.Writer, f interface{ Flush() error }, buf []byte, more func() bool) (n int64, userErr bool, err error) {
+	s := r.stream
+	for more == nil || more() {
 		k, rerr := s.Read(buf)
 		if k > 0 {
 			r.p.touch()
@@ -317,6 +373,7 @@ func (r *bodyReader) copyStream(w io.Writer, f interface{ Flush() error }) (n in
 			return n, false, rerr
 		}
 	}
+	return n, false, nil
 }
 
 // readStream is Read for a streamed body.

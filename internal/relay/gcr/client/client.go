@@ -131,7 +131,14 @@ type Options struct {
 	// requests and their parsing are net/http's; upgrades still go
 	// through the Transport.
 	DirectBackend bool
+	// DirectRelay does the same for the polls and posts to an http://
+	// relay server reached without a proxy (when Relay is nil).
+	DirectRelay bool
 }
+
+// relayPeekAfter is how long a connection to the relay server may stay
+// idle and be used again without a peek (see directBackend.peekAfter).
+const relayPeekAfter = time.Second
 
 // Tuned settings of `postern relay`: see Tuned.
 const (
@@ -168,6 +175,7 @@ func Tuned(o Options) Options {
 	o.EagerChunks = true
 	o.StreamBodies = true
 	o.DirectBackend = true
+	o.DirectRelay = true
 	return o
 }
 
@@ -179,6 +187,7 @@ type Client struct {
 	relayDo, backendDo func(*http.Request) (*http.Response, error)
 	own                []*http.Transport
 	direct             *directBackend // with DirectBackend
+	directRelay        *directBackend // with DirectRelay
 	backURL            *url.URL
 	relayURL           *url.URL
 	// Templates of the relay calls, their URLs and headers shared by
@@ -282,6 +291,11 @@ func New(o Options) (*Client, error) {
 	c.pollTmpl = c.relayTemplate("GET", "/server/request", url.Values{"server": {o.ServerName}}.Encode(), "")
 	c.postTmpl = c.relayTemplate("POST", "/server/response", "", wire.ResponseContentType)
 	c.batchTmpl = c.relayTemplate("POST", "/server/response", "", wire.BatchContentType)
+	if addr, ok := c.relayAddr(); ok && o.DirectRelay {
+		c.directRelay = newDirectBackend(addr, idle, c.relayDo)
+		c.directRelay.peekAfter = relayPeekAfter
+		c.relayDo = c.directRelay.RoundTrip
+	}
 	if o.BatchRequests > 1 {
 		c.pollTmpl.Header[wire.BatchHeader] = []string{strconv.Itoa(o.BatchRequests)}
 		c.workers = make(chan struct{}, o.MaxPendingRequests)
@@ -335,6 +349,9 @@ func (c *Client) Run(ctx context.Context) error {
 	}
 	if c.direct != nil {
 		c.direct.closeIdle()
+	}
+	if c.directRelay != nil {
+		c.directRelay.closeIdle()
 	}
 	c.pollMu.Lock()
 	defer c.pollMu.Unlock()
@@ -641,10 +658,17 @@ func (c *Client) backendRequest(ctx context.Context, breq *wire.Request) (*http.
 		body = io.NopCloser(bytes.NewReader(breq.Body))
 	}
 	// Built whole: the URL is set parsed, not printed and parsed again.
+	// The values share one array (one allocation, not one per name).
 	h := make(http.Header, len(breq.Headers))
+	vals := make([]string, 0, len(breq.Headers))
 	for _, hd := range breq.Headers {
 		k := http.CanonicalHeaderKey(hd.Name)
-		h[k] = append(h[k], hd.Value)
+		if vs, ok := h[k]; ok {
+			h[k] = append(vs, hd.Value) // beyond its capacity: copied
+			continue
+		}
+		vals = append(vals, hd.Value)
+		h[k] = vals[len(vals)-1 : len(vals) : len(vals)]
 	}
 	req := (&http.Request{
 		Method: breq.Method, URL: u, Header: h, Body: body, ContentLength: int64(len(breq.Body)),
@@ -678,9 +702,14 @@ func (c *Client) handle(ctx context.Context, breq *wire.Request, streams bool) {
 				client = h.Value
 			}
 		}
-		l.LogAttrs(ctx, slog.LevelInfo, "request", slog.String("method", breq.Method), slog.String("host", breq.Host),
+		// The record goes to the handler without a caller's PC (the
+		// logger's own methods look it up on every call, a fair share
+		// of the relay client's CPU per request when it logs them all).
+		r := slog.NewRecord(time.Now(), slog.LevelInfo, "request", 0)
+		r.AddAttrs(slog.String("method", breq.Method), slog.String("host", breq.Host),
 			slog.String("path", path), slog.Int("status", status), slog.Int64("bytes", n),
 			slog.Duration("elapsed", time.Since(start).Round(time.Microsecond)), slog.String("client", client))
+		l.Handler().Handle(ctx, r)
 	}
 }
 
@@ -871,7 +900,14 @@ func (c *Client) streamToBackend(ctx context.Context, id string, w io.WriteClose
 }
 
 func headers(h http.Header) []wire.Header {
-	var out []wire.Header
+	n := 0
+	for _, vs := range h {
+		n += len(vs)
+	}
+	if n == 0 {
+		return nil
+	}
+	out := make([]wire.Header, 0, n)
 	for k, vs := range h {
 		for _, v := range vs {
 			out = append(out, wire.Header{Name: k, Value: v})

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"time"
 )
 
 // directBackend performs requests against a plain-HTTP backend on
@@ -26,6 +27,11 @@ type directBackend struct {
 	fallback func(*http.Request) (*http.Response, error)
 	maxIdle  int
 	dialer   net.Dialer
+	// peekAfter: a connection idle for less is used again without
+	// peeking at it first (0: always peeked). For the relay server's
+	// connections: it closes idle ones only after a long timeout, polls
+	// are sent again when it did, and posts are retried (Client.send).
+	peekAfter time.Duration
 
 	mu     sync.Mutex
 	idle   []*backendConn // most recently used last
@@ -40,6 +46,7 @@ type backendConn struct {
 	ctx    context.Context // closes nc when it ends (see dial)
 	stop   func() bool     // unregisters that
 	reused bool
+	idled  time.Time // when it was last given back
 }
 
 // close closes the connection for good.
@@ -141,7 +148,7 @@ func (d *directBackend) get(ctx context.Context) (*backendConn, error) {
 		if bc == nil {
 			return d.dial(ctx)
 		}
-		if bc.br.Buffered() == 0 && !closedWhileIdle(bc.nc) {
+		if bc.br.Buffered() == 0 && ((d.peekAfter > 0 && time.Since(bc.idled) < d.peekAfter) || !closedWhileIdle(bc.nc)) {
 			bc.reused = true
 			return bc, nil
 		}
@@ -179,6 +186,9 @@ func (d *directBackend) done(bc *backendConn, closeIt bool) {
 	if !closeIt && bc.ctx.Err() == nil {
 		d.mu.Lock()
 		if !d.closed && len(d.idle) < d.maxIdle {
+			if d.peekAfter > 0 {
+				bc.idled = time.Now()
+			}
 			d.idle = append(d.idle, bc)
 			d.mu.Unlock()
 			return

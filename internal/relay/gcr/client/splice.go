@@ -3,11 +3,11 @@ package client
 import (
 	"bufio"
 	"context"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/postern/postern/internal/relay/gcr/wire"
@@ -21,6 +21,14 @@ import (
 // Linux: the bytes never enter the relay client), then the fields after
 // it. net/http's client copies a request body through its own buffers
 // whatever the body is, so it cannot carry one so.
+//
+// The post declares its length and "Connection: close": the whole
+// message is known before it is sent (the fields after the body are the
+// backend's duration up to its headers; a body of known length has no
+// trailers), and the connection is the post's alone. A server that
+// relays bodies as they come can then take the connection over and
+// splice the body on to the user's without it entering the server
+// either; any other reads it as an ordinary post.
 
 // spliceMinBytes is the smallest body posted so.
 const spliceMinBytes = 1 << 20
@@ -72,20 +80,42 @@ func (c *Client) postSpliced(ctx context.Context, first *wire.Response, hresp *h
 		return 0, false
 	}
 	stop := context.AfterFunc(ctx, func() { nc.Close() })
+	// The server's answer is read as soon as it comes: one that comes
+	// before the body is all sent (the user went away, the post was
+	// refused) stops the copy, which may be waiting for a silent backend.
+	var mu sync.Mutex
+	copying, cut := true, false
+	answered := make(chan struct{})
+	go func() {
+		defer close(answered)
+		resp, err := http.ReadResponse(bufio.NewReaderSize(nc, 4<<10), nil)
+		if err == nil {
+			io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+			resp.Body.Close()
+		}
+		mu.Lock()
+		if copying {
+			cut = true
+			src.SetReadDeadline(time.Unix(1, 0))
+		}
+		mu.Unlock()
+	}()
 	defer func() {
 		stop()
 		nc.Close()
+		<-answered
 		hresp.Body.Close() // gives the backend connection back once the body was all read
 	}()
 	n := hresp.ContentLength
 	first.EOF = true
+	head := first.AppendStreamHead(nil, int(n))
+	tail := (&wire.Response{BackendDurationMs: time.Since(start).Milliseconds()}).AppendStreamTail(nil)
 	bw := bufio.NewWriterSize(nc, 8<<10)
 	tmpl := c.postTmpl
 	bw.WriteString("POST " + tmpl.URL.RequestURI() + " HTTP/1.1\r\nHost: " + tmpl.Host + "\r\n")
 	tmpl.Header.Write(bw)
-	bw.WriteString("Transfer-Encoding: chunked\r\n\r\n")
-	writeChunk(bw, first.AppendStreamHead(nil, int(n)))
-	bw.WriteString(strconv.FormatInt(n, 16) + "\r\n")
+	bw.WriteString("Content-Length: " + strconv.FormatInt(int64(len(head))+n+int64(len(tail)), 10) + "\r\nConnection: close\r\n\r\n")
+	bw.Write(head)
 	if _, err := io.CopyN(bw, db.bc.br, held); err != nil {
 		return 0, true
 	}
@@ -94,35 +124,21 @@ func (c *Client) postSpliced(ctx context.Context, first *wire.Response, hresp *h
 	}
 	k, err := io.Copy(dst, io.LimitReader(src, n-held))
 	sent = held + k
-	if err != nil || sent < n {
+	mu.Lock()
+	copying = false
+	early := cut
+	mu.Unlock()
+	if err != nil || sent < n || early {
 		// Cut: the server sees the post end in the middle and tells the
 		// user; the backend connection is closed (the body was not read
 		// whole).
 		return sent, true
 	}
 	db.left = 0 // read whole: the connection goes back to the pool
-	bw.WriteString("\r\n")
-	tail := &wire.Response{BackendDurationMs: time.Since(start).Milliseconds()}
-	writeChunk(bw, tail.AppendStreamTail(nil))
-	bw.WriteString("0\r\n\r\n")
+	bw.Write(tail)
 	if err := bw.Flush(); err != nil {
 		return sent, true
 	}
-	resp, err := http.ReadResponse(bufio.NewReaderSize(nc, 4<<10), nil)
-	if err == nil {
-		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-		resp.Body.Close()
-	}
+	<-answered
 	return sent, true
-}
-
-// writeChunk writes p as one chunk of the chunked encoding (none when p
-// is empty: an empty chunk ends the body).
-func writeChunk(bw *bufio.Writer, p []byte) {
-	if len(p) == 0 {
-		return
-	}
-	fmt.Fprintf(bw, "%x\r\n", len(p))
-	bw.Write(p)
-	bw.WriteString("\r\n")
 }
