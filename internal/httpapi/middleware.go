@@ -92,6 +92,23 @@ func (rw *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 
 func (rw *recorder) Unwrap() http.ResponseWriter { return rw.ResponseWriter }
 
+// RecordStatus notes code as the status of a request whose connection the
+// handler took over (hijacked) and answered on its own, so that the
+// request's metrics and log line show that answer rather than 101.
+func RecordStatus(w http.ResponseWriter, code int) {
+	for w != nil {
+		if rw, ok := w.(*recorder); ok {
+			rw.status, rw.wroteHeader = code, true
+			return
+		}
+		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			return
+		}
+		w = u.Unwrap()
+	}
+}
+
 // Metrics is the request instrumentation shared by all front doors.
 type Metrics struct {
 	log      *slog.Logger

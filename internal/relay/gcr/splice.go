@@ -101,8 +101,9 @@ func (h *hijacked) readTail() ([]byte, error) {
 }
 
 // answer writes the answer to the post (ok for a nil err, else err's, as
-// the handler would have) and closes the connection.
-func (h *hijacked) answer(r *http.Request, err error) {
+// the handler would have), notes its status for the request's metrics and
+// log line, and closes the connection.
+func (h *hijacked) answer(w http.ResponseWriter, r *http.Request, err error) {
 	defer h.conn.Close()
 	a := &connAnswer{h: http.Header{}}
 	if err == nil {
@@ -116,6 +117,7 @@ func (h *hijacked) answer(r *http.Request, err error) {
 		httpapi.MarkError(a.h, e)
 		writeError(a, r, e)
 	}
+	httpapi.RecordStatus(w, a.status)
 	h.conn.SetWriteDeadline(time.Now().Add(h.timeout))
 	if _, err := h.conn.Write(a.bytes()); err != nil {
 		return

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -95,6 +96,24 @@ func TestServerSplicesLargeBodies(t *testing.T) {
 		t.Fatalf("HEAD: %d, %q, Content-Length %q, %v", r.status, r.body, r.h.Get("Content-Length"), r.err)
 	}
 	e.want(e.do("GET", "/client/splice/small", nil), 200, "small")
+	// A spliced post is answered on its own connection: its metrics show
+	// that answer, not the 101 of a connection taken over.
+	metrics := e.do("GET", "/metrics", nil).body
+	if !strings.Contains(metrics, `postern_http_requests_total{code="200",route="relay.response"}`) ||
+		strings.Contains(metrics, `code="101",route="relay.response"`) {
+		t.Errorf("relay.response metrics:\n%s", grepLines(metrics, "relay.response"))
+	}
+}
+
+// grepLines returns the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 // A user who goes away in the middle of a spliced download, while the

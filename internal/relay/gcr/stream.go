@@ -116,7 +116,7 @@ func (g *Relay) serveStream(w http.ResponseWriter, r *http.Request, rc *http.Res
 	if spliceable(r, len(start), at, n) {
 		if hj, err := hijack(rc, r, at, n, g.opts.InactiveRequestTimeout); err == nil {
 			s.hj, s.deadline = hj, hj.conn.SetReadDeadline
-			hj.answer(r, g.relayStream(w, r, p, head, s))
+			hj.answer(w, r, g.relayStream(w, r, p, head, s))
 			return true, nil
 		}
 	}
