@@ -86,6 +86,24 @@ func (o *owed) carry(key string) (string, []store.Lease) {
 	return b.String(), ls
 }
 
+// carryPlain removes what is owed on key and returns it when plain
+// commands may settle all of it at now (see plainSettle); otherwise it
+// leaves it owed and reports false.
+func (o *owed) carryPlain(key string, now time.Time) ([]store.Lease, bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	ls := o.keys[key]
+	for _, l := range ls {
+		if !plainSettle(l, now) {
+			return nil, false
+		}
+	}
+	if ls != nil {
+		delete(o.keys, key)
+	}
+	return ls, true
+}
+
 // landed waits until a send of the timer's that carries what was owed on
 // key has ended, so that the store's own next call on key runs after the
 // settling (a call that overtook it would not see it).

@@ -140,6 +140,10 @@ type Options struct {
 	// owed.go); zero means DefaultSettleDelay, negative sends each
 	// settling by itself at once.
 	SettleDelay time.Duration
+	// FunctionsOnly runs every queue operation as a function, leaving
+	// the lean path (lean.go) unused: for tests of the two side by side,
+	// and comparisons.
+	FunctionsOnly bool
 }
 
 // Store is the Redis engine.
@@ -157,6 +161,8 @@ type Store struct {
 	wakeChannel  string // the pub/sub channel of store.WakeTopic
 
 	owed *owed // deliveries settled and not yet sent
+
+	functionsOnly bool // see Options.FunctionsOnly
 
 	fan *fanout
 
@@ -352,6 +358,8 @@ func New(copt rueidis.ClientOption, opts Options) (*Store, error) {
 
 		waitReplicas: opts.WaitReplicas,
 		waitTimeout:  opts.WaitTimeout,
+
+		functionsOnly: opts.FunctionsOnly,
 	}
 	s.wakeChannel = s.channel(store.WakeTopic)
 	if opts.SettleDelay == 0 {

@@ -5,6 +5,7 @@ redis.call('XTRIM', S, 'MAXLEN', 0)
 redis.call('DEL', M, P, B, K, W, L)
 redis.call('HDEL', H, 'f', 'u')
 forever0, dforever, used, newused = 0, 0, 'n', true
+x0, dexp, xknown, xhad = 0, 0, true, false
 dirty = true
 finish()
 return n

@@ -27,6 +27,10 @@
 -- remembers the key, so that a repeat is told the id.
 local S, M, P, B, K, W, H, L
 local gcneed, dforever, dirty
+-- x0 + dexp is the count of messages with an expiry (H.x), known when
+-- xknown: queues of older versions have no H.x until they are empty. The
+-- lean path (lean.go) takes only from queues known to hold none.
+local x0, dexp, xknown, xhad
 
 -- The meta hash H, read once per call: f = messages without expiry,
 -- g = latest instant (ms) any stored data is needed until, e = the TTL
@@ -132,7 +136,7 @@ local function remove(id, exp, src, notpending, inm)
   if not notpending and uses('p') then redis.call('ZREM', P, lex(id)) end
   if uses('l') then redis.call('ZREM', L, lex(id)) end
   if may_be_in_m(inm) then redis.call('HDEL', M, id) end
-  if exp == 0 then dforever = dforever - 1 end
+  if exp == 0 then dforever = dforever - 1 else dexp = dexp - 1 end
   dirty = true
 end
 
@@ -227,8 +231,8 @@ end
 -- applied is kept in H.e, extended with one margin of headroom, so most
 -- scripts set no TTL at all, only those of keys they created.
 local function apply_meta()
-  if not dirty and gcneed == 0 and touched == '' and parked == parked0 then return e0 end
-  local f = forever0 + dforever
+  local xdirty = xknown and (dexp ~= 0 or not xhad)
+  if not dirty and not xdirty and gcneed == 0 and touched == '' and parked == parked0 then return e0 end  local f = forever0 + dforever
   local g = math.max(g0, gcneed)
   local e = e0
   local upd = {}
@@ -247,6 +251,10 @@ local function apply_meta()
   if parked ~= parked0 then
     upd[#upd + 1] = 'w'
     upd[#upd + 1] = fmt(parked)
+  end
+  if xdirty then
+    upd[#upd + 1] = 'x'
+    upd[#upd + 1] = fmt(math.max(x0 + dexp, 0))
   end
   local all = false
   if f > 0 then
@@ -291,6 +299,9 @@ end
 local function finish()
   e0 = apply_meta()
   forever0, dforever = forever0 + dforever, 0
+  if xknown then
+    x0, dexp, xhad = math.max(x0 + dexp, 0), 0, true
+  end
   g0, gcneed = math.max(g0, gcneed), 0
   parked0 = parked
   touched, dirty, newused = '', false, false
@@ -428,7 +439,11 @@ local function settle(id, token, mode, delivered, cexp)
   local mine = ls and tonumber(ls) == token
   if rec and not delivered then
     if mine then
-      redis.call('ZREM', L, l)
+      -- Scored 0: a lease that ran out, so that a take of the lean path
+      -- (lean.go), which looks for leases run out before it hands out
+      -- anything new, knows to leave this one to the take function,
+      -- which hands it out again in its place.
+      redis.call('ZADD', L, 0, l)
       if mode == 'p' then redis.call('ZREM', P, l) end
       dirty = true
       return true
@@ -447,6 +462,32 @@ local function settle(id, token, mode, delivered, cexp)
   return false
 end
 
+-- reset_forever sets the count of messages without expiry to 0 when the
+-- queue holds nothing: the lean path (lean.go) counts its appends in H.f
+-- but not its deliveries, so f may stand above the true count (which only
+-- keeps keys longer), and is set right here.
+local function reset_forever()
+  local f = forever0 + dforever
+  if (f > 0 or not xknown or x0 + dexp ~= 0) and qlen() == 0 then
+    dforever = -forever0
+    xknown, dexp = true, -x0
+    dirty = true
+  end
+end
+
+-- drop_stale_leases forgets a few leases that ran out on messages gone
+-- from the queue: a take of the lean path may lease a message removed
+-- between its two round trips.
+local function drop_stale_leases()
+  if not uses('l') then return end
+  for _, l in ipairs(redis.call('ZRANGE', L, '-inf', '(' .. fmt((now + 1) * 1000), 'BYSCORE', 'LIMIT', 0, 8)) do
+    if not record(unlex(l)) then
+      redis.call('ZREM', L, l)
+      if uses('p') then redis.call('ZREM', P, l) end
+    end
+  end
+end
+
 -- num reads a field of H that may be missing; tonumber costs a strtod,
 -- which a missing field is spared.
 local function num(v) return v and int(v) or 0 end
@@ -460,7 +501,7 @@ local function num(v) return v and int(v) or 0 end
 local function qbegin()
   S, M, P, B, K, W, H, L = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
   gcneed, dforever, dirty = 0, 0, false
-  local meta = redis.call('HMGET', H, 'f', 'g', 'e', 'u', 'c', 'w')
+  local meta = redis.call('HMGET', H, 'f', 'g', 'e', 'u', 'c', 'w', 'x')
   forever0 = num(meta[1])
   g0 = num(meta[2])
   e0 = num(meta[3])
@@ -469,9 +510,13 @@ local function qbegin()
   parked0 = num(meta[6])
   parked = parked0
   newused = false
+  x0, dexp, xhad = num(meta[7]), 0, meta[7] ~= false
+  xknown = xhad
   if not meta[3] and not meta[4] then
-    -- No meta: a new queue (every queue with messages has e).
+    -- No meta: a new queue (every queue with messages has e), or one
+    -- only the lean path appended to, without expiry.
     used, newused = 'n', true
+    xknown = true
   end
   touched = ''
   local carried = table.remove(ARGV, 3)

@@ -1,10 +1,23 @@
 -- Take under a lease. ARGV[3] mode: 'd' delete or 'p' pending; ARGV[4] how
 -- many expired messages one call may remove before it hands back to the
 -- caller; ARGV[5] the lease token (score in L); ARGV[6] the instant (ms)
--- until which the caller waits when it finds nothing (0: it does not).
+-- until which the caller waits when it finds nothing (0: it does not);
+-- ARGV[7] the id of a message a lean take (lean.go) read past the stream
+-- group's cursor and did not hand out ('' or absent: none), scored as a
+-- lease run out when it is neither leased nor pending, so that lean takes
+-- leave it to this function, which hands it out in its place.
 -- Returns {id, record, token} ('0': a pending message handed out again,
 -- with nothing to settle), {} for nothing, or {'more'} to be called again.
 local mode, budget, token, til = ARGV[3], ARGV[4], ARGV[5], int(ARGV[6] or '0')
+local past = ARGV[7] or ''
+if past ~= '' then
+  local l = lex(past)
+  if not leaseof(l) and not pendof(l) and record(past) then
+    redis.call('ZADD', L, 0, l)
+    touch(L, 'l')
+    dirty = true
+  end
+end
 if mode == 'p' and uses('p') then
   for _, l in ipairs(redis.call('ZRANGE', P, 0, -1)) do
     local id = unlex(l)
@@ -13,9 +26,9 @@ if mode == 'p' and uses('p') then
     if not rec then
       redis.call('ZREM', P, l)
     elseif ls and over(ls) then
-      -- A pending-mode lease that ran out: queued again.
+      -- A pending-mode lease that ran out: queued again. Its lease
+      -- stays, run out, so that lean takes leave it to this function.
       redis.call('ZREM', P, l)
-      redis.call('ZREM', L, l)
       dirty = true
     elseif not expired((hdr(rec))) then
       finish()
@@ -23,6 +36,7 @@ if mode == 'p' and uses('p') then
     end
   end
 end
+drop_stale_leases()
 local out
 local more = takeable(budget, function(id, rec, l)
   redis.call('ZADD', L, token, l)
@@ -35,7 +49,10 @@ local more = takeable(budget, function(id, rec, l)
   out = {id, rec, token}
   return true
 end)
-if not out and not more and til > 0 then park(til) end
+if not out and not more then
+  reset_forever()
+  if til > 0 then park(til) end
+end
 finish()
 if out then return out end
 if more then return {'more'} end

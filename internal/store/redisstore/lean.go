@@ -1,0 +1,387 @@
+package redisstore
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/rueidis"
+
+	"github.com/postern/postern/internal/store"
+)
+
+// The lean path runs the common operations of a tunnel, an append without
+// dedup key or expiry and a take in delete mode, and the settling of such
+// a take, as plain commands, which rueidis pipelines, instead of
+// functions: a function call has a fixed cost in Redis that is several
+// times that of the commands it runs. It keeps the layout of the functions
+// (see lua/queue.lua), on the same keys, so that both run on one queue at
+// once, and leaves to the functions whatever needs more than one command
+// to be atomic:
+//
+//   - An append is one MULTI: XLEN, XADD, HINCRBY of H.f (the count of
+//     messages without expiry, which decides the keys' TTLs), HMGET of the
+//     meta. A queue found full (Limit), longer than MaxLen, new, or whose
+//     keys had a TTL is then handed to a function (leanfix), which removes
+//     the refused message again unless it was handed out already, trims,
+//     and applies the meta; a waiter parked on the queue is woken.
+//   - A take hands out new messages through a consumer group of the
+//     stream, read with NOACK: XREADGROUP gives each entry to one caller
+//     only, and moves on. The lease is then claimed with ZADD NX in L, the
+//     set of leases the functions keep, so a message a function handed out
+//     is never handed out again by the lean path, nor the other way round.
+//     A lease that ran out, or was given back (scored 0), and a message
+//     behind the group's cursor are left to the take function, which scans
+//     the queue from its start: the lean path asks it whenever L holds a
+//     lease run out, and when it finds nothing new, which is also when a
+//     waiter parks.
+//   - A delivery of a lean lease is settled with XDEL and ZREM (in that
+//     order: a message never seems free on the way), carried with the
+//     next lean take on its queue. H.f is left as it is: it may then count
+//     more messages than the queue holds, which keeps keys without TTL a
+//     little longer, never shorter; the take and settle functions set it
+//     right whenever the queue is empty.
+//
+// Dedup keys, expiry, pending mode, TakeAll, a lease given back or run
+// out, Ack, Status, Len, Clear, replies and replicated acknowledgement
+// (Options.WaitReplicas) stay with the functions.
+
+// leanGroup is the consumer group of a queue's stream; the lean path reads
+// it with NOACK, as one consumer, leanConsumer.
+const (
+	leanGroup    = "postern"
+	leanConsumer = "lean"
+)
+
+// leanSettleMargin is how much of a lean lease must be left for its
+// delivery to be settled with plain commands; later, a function settles it,
+// which leaves a message another lease holds now as it is.
+const leanSettleMargin = time.Second
+
+// leanTries bounds the messages a lean take tries to claim before it
+// leaves the take to the function.
+const leanTries = 4
+
+// Lease tokens end in three digits the node chooses: below 500 for a lease
+// a function took, 500 and above for a lease the lean path took whose
+// delivery plain commands may settle (see plainSettle).
+const leanTokenBase = 500
+
+// lexID is id in the fixed-width form the functions keep in sorted sets
+// (lex in lua/base.lua).
+func lexID(id store.ID) string {
+	var b [33]byte
+	ms := strconv.AppendUint(b[:0], id.MS, 10)
+	out := make([]byte, 0, 33)
+	out = append(out, "0000000000000000"[:16-len(ms)]...)
+	out = append(out, ms...)
+	out = append(out, '-')
+	seq := strconv.AppendUint(b[:0], id.Seq, 10)
+	out = append(out, "0000000000000000"[:16-len(seq)]...)
+	out = append(out, seq...)
+	return string(out)
+}
+
+// plainSettle reports whether the delivery of l may be settled with plain
+// commands at now: a lean lease of a delete-mode take, on a message
+// without dedup key whose record is its stream entry's, with
+// leanSettleMargin left.
+func plainSettle(l store.Lease, now time.Time) bool {
+	return l.Mode == store.TakeDelete && l.Token%1000 >= leanTokenBase && l.DedupKey == "" &&
+		now.Before(l.Deadline.Add(-leanSettleMargin))
+}
+
+// leanKeys are the keys of a queue the lean path uses.
+type leanKeys struct{ s, m, p, h, l string }
+
+func (s *Store) leanKeys(key string) ([]string, leanKeys) {
+	k := s.qkeys(key)
+	return k, leanKeys{s: k[0], m: k[1], p: k[2], h: k[6], l: k[7]}
+}
+
+// leanAppend is Append on the lean path; done is false when the append is
+// not one it makes, and nothing was sent.
+func (s *Store) leanAppend(ctx context.Context, key string, m store.Message, opts store.AppendOptions) (res store.AppendResult, done bool, err error) {
+	if s.functionsOnly || s.waitReplicas > 0 || opts.DedupKey != "" || opts.TTL > 0 {
+		return res, false, nil
+	}
+	if s.closed.Load() {
+		return res, true, store.ErrClosed
+	}
+	// What the store owes the queue is settled first, so that the
+	// length is the queue's as this node sees it.
+	s.owed.landed(ctx, key)
+	owed, plain := s.owed.carryPlain(key, s.now())
+	if !plain {
+		return res, false, nil // the function carries them
+	}
+	keys, k := s.leanKeys(key)
+	b := s.c.B()
+	cmds := settleCmds(b, k, owed)
+	rs := s.c.DoMulti(ctx, append(cmds,
+		b.Multi().Build(),
+		b.Xlen().Key(k.s).Build(),
+		b.Xadd().Key(k.s).Id("*").FieldValue().FieldValue("r", encode(0, 0, "", m.ContentType, m.Body)).Build(),
+		b.Hincrby().Key(k.h).Field("f").Increment(1).Build(),
+		b.Hmget().Key(k.h).Field("e", "u", "w").Build(),
+		b.Exec().Build())...)
+	rs = s.settled(ctx, key, owed, rs)
+	for _, r := range rs[:5] {
+		if err := r.Error(); err != nil {
+			return res, true, s.outcome(r, s.wrap(ctx, err))
+		}
+	}
+	ex := rs[5]
+	if err := ex.Error(); err != nil {
+		return res, true, s.outcome(ex, s.wrap(ctx, err))
+	}
+	arr, err := ex.ToArray()
+	if err != nil || len(arr) != 4 {
+		return res, true, errBadReply
+	}
+	before, err1 := arr[0].AsInt64()
+	idText, err2 := arr[1].ToString()
+	meta, err3 := arr[3].ToArray()
+	if err1 != nil || err2 != nil || err3 != nil || len(meta) != 3 {
+		return res, true, errBadReply
+	}
+	if res.ID, err = store.ParseID(idText); err != nil {
+		return res, true, errBadReply
+	}
+	e, _ := meta[0].ToString()
+	u, _ := meta[1].ToString()
+	w, _ := meta[2].ToString()
+	res.Len = int(before) + 1
+	restored := strings.Contains(u, "b") // older versions' restored set counts too
+	full := opts.Limit > 0 && (int(before) >= opts.Limit || restored)
+	long := opts.MaxLen > 0 && (res.Len > opts.MaxLen || restored)
+	if e != "-1" || full || long || restored {
+		refused, limit, maxLen := "", "0", "0"
+		if full {
+			refused, limit = idText, strconv.Itoa(opts.Limit)
+		}
+		if long {
+			maxLen = strconv.Itoa(opts.MaxLen)
+		}
+		fix, err := s.exec(ctx, scLeanFix, keys, s.nowMS(), "", refused, limit, maxLen)
+		if err != nil {
+			// The message is stored: the client is told the
+			// outcome is not known, as for a lost answer.
+			return res, true, s.outcome(rueidis.RedisResult{}, err)
+		}
+		arr, err := fix.ToArray()
+		if err != nil || len(arr) != 3 {
+			return res, true, errBadReply
+		}
+		removed, _ := arr[0].AsInt64()
+		n, _ := arr[1].AsInt64()
+		trimmed, _ := arr[2].AsInt64()
+		res.Len, res.Trimmed = int(n), int(trimmed)
+		if removed == 1 {
+			return store.AppendResult{}, true, &store.FullError{Len: int(n)}
+		}
+	}
+	if w != "" && w != "0" {
+		if til, err := strconv.ParseInt(w, 10, 64); err == nil && til > s.nowMS() {
+			// The park is forgotten before the wake-up is published:
+			// a waiter that parks in between is woken too.
+			s.c.DoMulti(ctx,
+				b.Hset().Key(k.h).FieldValue().FieldValue("w", "0").Build(),
+				b.Publish().Channel(s.wakeChannel).Message(key).Build())
+		}
+	}
+	return res, true, nil
+}
+
+// leanTake is a delete-mode take on the lean path; done is false when the
+// take is left to the function (see the comment at the top).
+//
+// When done is false, readPast is the id of a message the take read past
+// the group's cursor and did not hand out ("": none), for the take
+// function to make visible.
+func (s *Store) leanTake(ctx context.Context, key string, d time.Duration) (l store.Lease, ok, done bool, readPast string, err error) {
+	if s.functionsOnly {
+		return l, false, false, "", nil
+	}
+	if s.closed.Load() {
+		return l, false, true, "", store.ErrClosed
+	}
+	s.owed.landed(ctx, key)
+	owed, plain := s.owed.carryPlain(key, s.now())
+	if !plain {
+		return l, false, false, "", nil // the function carries them
+	}
+	_, k := s.leanKeys(key)
+	grouped := false
+	for range leanTries {
+		b := s.c.B()
+		now := s.now()
+		cmds := append(settleCmds(b, k, owed),
+			b.Hmget().Key(k.h).Field("u", "x").Build(),
+			b.Zrange().Key(k.l).Min("-inf").Max("("+strconv.FormatInt((now.UnixMilli()+1)*1000, 10)).Byscore().Limit(0, 1).Build(),
+			b.Xreadgroup().Group(leanGroup, leanConsumer).Count(1).Noack().Streams().Key(k.s).Id(">").Build())
+		rs := s.settled(ctx, key, owed, s.c.DoMulti(ctx, cmds...))
+		owed = nil
+		for _, r := range rs[:2] {
+			if e := r.Error(); e != nil && !rueidis.IsRedisNil(e) {
+				return l, false, true, "", s.wrap(ctx, e)
+			}
+		}
+		meta, _ := rs[0].ToArray()
+		var u, x string
+		if len(meta) == 2 {
+			u, _ = meta[0].ToString()
+			x, _ = meta[1].ToString()
+		}
+		expired, _ := rs[1].AsStrSlice()
+		id, rec, err := readEntry(rs[2])
+		if err != nil {
+			if !grouped && redisErrIs(err, "NOGROUP") {
+				// A stream without the group (new, or collected): it
+				// starts at the beginning, behind which nothing was
+				// handed out by this path.
+				grouped = true
+				cerr := s.c.Do(ctx, b.XgroupCreate().Key(k.s).Group(leanGroup).Id("0").Build()).Error()
+				if cerr == nil || redisErrIs(cerr, "BUSYGROUP") {
+					continue
+				}
+				if _, isRedis := rueidis.IsRedisErr(cerr); isRedis {
+					return l, false, false, "", nil // no stream: nothing new
+				}
+				return l, false, true, "", s.wrap(ctx, cerr)
+			}
+			if errors.Is(err, errBadReply) {
+				return l, false, true, "", err
+			}
+			return l, false, true, "", s.wrap(ctx, err)
+		}
+		leases := strings.Contains(u, "l")
+		if x != "0" || !leases || strings.Contains(u, "b") || len(expired) > 0 || id == "" {
+			// Read past the cursor and not handed out: the take
+			// function, told of it, scores it as a lease run out, so
+			// that it hands it out in its place, and lean takes leave
+			// it to it.
+			return l, false, false, id, nil
+		}
+		mid, err := store.ParseID(id)
+		if err != nil {
+			return l, false, true, "", errBadReply
+		}
+		lx := lexID(mid)
+		tok, t, deadline := s.leanToken(d)
+		cmds = cmds[:0]
+		cmds = append(cmds,
+			b.Arbitrary("ZADD").Keys(k.l).Args("NX", tok, lx).Build(),
+			b.Zscore().Key(k.p).Member(lx).Build(),
+			b.Xrange().Key(k.s).Start(id).End(id).Build())
+		inM := strings.Contains(u, "o") || !strings.Contains(u, "n")
+		if inM {
+			cmds = append(cmds, b.Hget().Key(k.m).Field(id).Build())
+		}
+		rs = s.c.DoMulti(ctx, cmds...)
+		for _, r := range rs {
+			if e := r.Error(); e != nil && !rueidis.IsRedisNil(e) {
+				return l, false, true, "", s.wrap(ctx, e)
+			}
+		}
+		if n, _ := rs[0].AsInt64(); n != 1 {
+			continue // a function's lease holds it
+		}
+		pending := rs[1].Error() == nil
+		entries, _ := rs[2].AsXRange()
+		if pending || len(entries) == 0 {
+			// Pending (a function took it in pending mode) or gone:
+			// not ours to hand out.
+			s.c.Do(ctx, b.Zrem().Key(k.l).Member(lx).Build())
+			continue
+		}
+		plainRec, fromM := rec, false
+		if fv, ok := entries[0].FieldValues["r"]; ok {
+			plainRec = fv
+		}
+		if inM {
+			if r, err := rs[3].ToString(); err == nil {
+				plainRec, fromM = r, true
+			}
+		}
+		msg, derr := decode(id, plainRec)
+		if _, ok := entries[0].FieldValues["r"]; (!ok && !fromM) || derr != nil || msg.Expired(s.now()) {
+			// No record of its own (the function drops it), or
+			// expired (the function removes it): given back, and the
+			// take is the function's.
+			s.c.Do(ctx, b.Arbitrary("ZADD").Keys(k.l).Args("XX", "0", lx).Build())
+			return l, false, false, "", nil
+		}
+		if fromM {
+			// A record replaced in place: its settling is the
+			// function's, under a token that says so.
+			tok, t, deadline = s.token(d)
+			s.c.Do(ctx, b.Arbitrary("ZADD").Keys(k.l).Args("XX", tok, lx).Build())
+		}
+		return store.Lease{Message: msg, Mode: store.TakeDelete, Token: t, Deadline: deadline}, true, true, "", nil
+	}
+	return l, false, false, "", nil
+}
+
+// settleCmds are the commands that settle the deliveries of owed, lean
+// leases (see plainSettle): the entries go first, so that none seems
+// free on the way.
+func settleCmds(b rueidis.Builder, k leanKeys, owed []store.Lease) rueidis.Commands {
+	cmds := make(rueidis.Commands, 0, 8)
+	if len(owed) == 0 {
+		return cmds
+	}
+	ids := make([]string, len(owed))
+	lexes := make([]string, len(owed))
+	for i, o := range owed {
+		ids[i], lexes[i] = o.ID.String(), lexID(o.ID)
+	}
+	return append(cmds, b.Xdel().Key(k.s).Id(ids...).Build(), b.Zrem().Key(k.l).Member(lexes...).Build())
+}
+
+// settled owes owed again if the commands of settleCmds at the start of
+// rs failed, and returns the rest of rs.
+func (s *Store) settled(ctx context.Context, key string, owed []store.Lease, rs []rueidis.RedisResult) []rueidis.RedisResult {
+	if len(owed) == 0 {
+		return rs
+	}
+	var err error
+	for _, r := range rs[:2] {
+		if e := r.Error(); e != nil && err == nil {
+			err = s.wrap(ctx, e)
+		}
+	}
+	s.giveBack(key, owed, err)
+	return rs[2:]
+}
+
+// readEntry reads the answer of XREADGROUP COUNT 1 on one stream: the
+// entry's id and record, or "" when there is none.
+func readEntry(r rueidis.RedisResult) (id, rec string, err error) {
+	if err := r.Error(); err != nil {
+		if rueidis.IsRedisNil(err) {
+			return "", "", nil
+		}
+		return "", "", err
+	}
+	streams, err := r.AsXRead()
+	if err != nil {
+		return "", "", errBadReply
+	}
+	for _, es := range streams {
+		if len(es) > 0 {
+			return es[0].ID, es[0].FieldValues["r"], nil
+		}
+	}
+	return "", "", nil
+}
+
+// leanToken is token for a lease of the lean path whose delivery plain
+// commands may settle.
+func (s *Store) leanToken(d time.Duration) (string, int64, time.Time) {
+	dl := s.now().Add(d).UnixMilli()
+	t := dl*1000 + leanTokenBase + s.tokens.Add(1)%(1000-leanTokenBase)
+	return strconv.FormatInt(t, 10), t, time.UnixMilli(dl)
+}
