@@ -158,7 +158,13 @@ func (d *deployment) commandCounts(msgs float64) (calls, scripted float64, err e
 				fmt.Fprintf(&b, " %s=%.1fµs", n, usec[n]/msgs)
 			}
 		}
-		fmt.Fprintf(os.Stderr, "  time Redis ran client calls per delivered msg (scripts included):%s\n", b.String())
+		total := 0.0
+		for _, n := range names {
+			if !clientCalls[strings.SplitN(n, "|", 2)[0]] {
+				total += usec[n]
+			}
+		}
+		fmt.Fprintf(os.Stderr, "  time Redis ran client calls per delivered msg (scripts included):%s; plain commands %.1fµs\n", b.String(), total/msgs)
 	}()
 	for _, s := range d.masters {
 		r, err := s.Do("INFO", "commandstats")

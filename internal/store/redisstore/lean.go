@@ -119,7 +119,7 @@ func (s *Store) leanAppend(ctx context.Context, key string, m store.Message, opt
 	}
 	keys, k := s.leanKeys(key)
 	b := s.c.B()
-	cmds := settleCmds(b, k, owed)
+	cmds := s.settleCmds(b, k, owed)
 	rs := s.c.DoMulti(ctx, append(cmds,
 		b.Multi().Build(),
 		b.Xlen().Key(k.s).Build(),
@@ -200,145 +200,148 @@ func (s *Store) leanAppend(ctx context.Context, key string, m store.Message, opt
 //
 // When done is false, readPast is the id of a message the take read past
 // the group's cursor and did not hand out ("": none), for the take
-// function to make visible.
-func (s *Store) leanTake(ctx context.Context, key string, d time.Duration) (l store.Lease, ok, done bool, readPast string, err error) {
+// function to make visible, and group is true when the stream has no
+// consumer group, for the take function to create.
+func (s *Store) leanTake(ctx context.Context, key string, d time.Duration) (l store.Lease, ok, done bool, readPast string, group bool, err error) {
 	if s.functionsOnly {
-		return l, false, false, "", nil
+		return l, false, false, "", false, nil
 	}
 	if s.closed.Load() {
-		return l, false, true, "", store.ErrClosed
+		return l, false, true, "", false, store.ErrClosed
 	}
 	s.owed.landed(ctx, key)
 	owed, plain := s.owed.carryPlain(key, s.now())
 	if !plain {
-		return l, false, false, "", nil // the function carries them
+		return l, false, false, "", false, nil // the function carries them
 	}
 	_, k := s.leanKeys(key)
-	grouped := false
-	for range leanTries {
-		b := s.c.B()
-		now := s.now()
-		cmds := append(settleCmds(b, k, owed),
-			b.Hmget().Key(k.h).Field("u", "x").Build(),
-			b.Zrange().Key(k.l).Min("-inf").Max("("+strconv.FormatInt((now.UnixMilli()+1)*1000, 10)).Byscore().Limit(0, 1).Build(),
-			b.Xreadgroup().Group(leanGroup, leanConsumer).Count(1).Noack().Streams().Key(k.s).Id(">").Build())
-		rs := s.settled(ctx, key, owed, s.c.DoMulti(ctx, cmds...))
-		owed = nil
-		for _, r := range rs[:2] {
-			if e := r.Error(); e != nil && !rueidis.IsRedisNil(e) {
-				return l, false, true, "", s.wrap(ctx, e)
-			}
+	b := s.c.B()
+	now := s.now()
+	tok, t, deadline := s.leanToken(d)
+	consumer := s.consumer(tok)
+	cmds := append(s.settleCmds(b, k, owed),
+		b.Hmget().Key(k.h).Field("u", "x").Build(),
+		b.Zrange().Key(k.l).Min("-inf").Max("("+strconv.FormatInt((now.UnixMilli()+1)*1000, 10)).Byscore().Limit(0, 1).Build(),
+		b.Arbitrary("XPENDING").Keys(k.s).Args(leanGroup).Build(),
+		b.Xreadgroup().Group(leanGroup, consumer).Count(1).Streams().Key(k.s).Id(">").Build())
+	rs := s.settled(ctx, key, owed, s.c.DoMulti(ctx, cmds...))
+	for _, r := range rs[:2] {
+		if e := r.Error(); e != nil && !rueidis.IsRedisNil(e) {
+			return l, false, true, "", false, s.wrap(ctx, e)
 		}
-		meta, _ := rs[0].ToArray()
-		var u, x string
-		if len(meta) == 2 {
-			u, _ = meta[0].ToString()
-			x, _ = meta[1].ToString()
+	}
+	meta, _ := rs[0].ToArray()
+	var u, x string
+	if len(meta) == 2 {
+		u, _ = meta[0].ToString()
+		x, _ = meta[1].ToString()
+	}
+	expired, _ := rs[1].AsStrSlice()
+	ranOut := len(expired) > 0 || s.pelRanOut(rs[2], now)
+	id, rec, err := readEntry(rs[3])
+	if err != nil {
+		if redisErrIs(err, "NOGROUP") {
+			return l, false, false, "", true, nil
 		}
-		expired, _ := rs[1].AsStrSlice()
-		id, rec, err := readEntry(rs[2])
-		if err != nil {
-			if !grouped && redisErrIs(err, "NOGROUP") {
-				// A stream without the group (new, or collected): it
-				// starts at the beginning, behind which nothing was
-				// handed out by this path.
-				grouped = true
-				cerr := s.c.Do(ctx, b.XgroupCreate().Key(k.s).Group(leanGroup).Id("0").Build()).Error()
-				if cerr == nil || redisErrIs(cerr, "BUSYGROUP") {
-					continue
-				}
-				if _, isRedis := rueidis.IsRedisErr(cerr); isRedis {
-					return l, false, false, "", nil // no stream: nothing new
-				}
-				return l, false, true, "", s.wrap(ctx, cerr)
-			}
-			if errors.Is(err, errBadReply) {
-				return l, false, true, "", err
-			}
-			return l, false, true, "", s.wrap(ctx, err)
+		if errors.Is(err, errBadReply) {
+			return l, false, true, "", false, err
 		}
-		leases := strings.Contains(u, "l")
-		if x != "0" || !leases || strings.Contains(u, "b") || len(expired) > 0 || id == "" {
-			// Read past the cursor and not handed out: the take
-			// function, told of it, scores it as a lease run out, so
-			// that it hands it out in its place, and lean takes leave
-			// it to it.
-			return l, false, false, id, nil
+		return l, false, true, "", false, s.wrap(ctx, err)
+	}
+	giveBack := func() {
+		// Read past the cursor and not handed out: the take
+		// function, told of it, scores it as a lease run out, so that
+		// it hands it out in its place, and lean takes leave it to it.
+		s.c.Do(ctx, b.Arbitrary("XGROUP", "DELCONSUMER").Keys(k.s).Args(leanGroup, consumer).Build())
+	}
+	if id == "" {
+		return l, false, false, "", false, nil
+	}
+	if x != "0" || strings.Contains(u, "b") || ranOut {
+		giveBack()
+		return l, false, false, id, false, nil
+	}
+	fromM := false
+	if strings.Contains(u, "o") || !strings.Contains(u, "n") {
+		// Its record may have been replaced in place, or be an older
+		// version's.
+		r, err := s.c.Do(ctx, b.Hget().Key(k.m).Field(id).Build()).ToString()
+		switch {
+		case err == nil:
+			rec, fromM = r, true
+		case !rueidis.IsRedisNil(err):
+			giveBack()
+			return l, false, true, "", false, s.wrap(ctx, err)
 		}
-		mid, err := store.ParseID(id)
-		if err != nil {
-			return l, false, true, "", errBadReply
+	}
+	msg, derr := decode(id, rec)
+	if rec == "" || derr != nil || msg.Expired(s.now()) {
+		// No record (the function drops it) or expired (the
+		// function removes it).
+		giveBack()
+		return l, false, false, id, false, nil
+	}
+	if fromM {
+		// A record replaced in place: its settling is the function's,
+		// under a token that says so.
+		ftok, ft, fdl := s.token(d)
+		fc := s.consumer(ftok)
+		rs := s.c.DoMulti(ctx,
+			b.Xclaim().Key(k.s).Group(leanGroup).Consumer(fc).MinIdleTime("0").Id(id).Justid().Build(),
+			b.Arbitrary("XGROUP", "DELCONSUMER").Keys(k.s).Args(leanGroup, consumer).Build())
+		if err := rs[0].Error(); err != nil {
+			return l, false, true, "", false, s.wrap(ctx, err)
 		}
-		lx := lexID(mid)
-		tok, t, deadline := s.leanToken(d)
-		cmds = cmds[:0]
-		cmds = append(cmds,
-			b.Arbitrary("ZADD").Keys(k.l).Args("NX", tok, lx).Build(),
-			b.Zscore().Key(k.p).Member(lx).Build(),
-			b.Xrange().Key(k.s).Start(id).End(id).Build())
-		inM := strings.Contains(u, "o") || !strings.Contains(u, "n")
-		if inM {
-			cmds = append(cmds, b.Hget().Key(k.m).Field(id).Build())
-		}
-		rs = s.c.DoMulti(ctx, cmds...)
-		for _, r := range rs {
-			if e := r.Error(); e != nil && !rueidis.IsRedisNil(e) {
-				return l, false, true, "", s.wrap(ctx, e)
-			}
-		}
-		if n, _ := rs[0].AsInt64(); n != 1 {
-			continue // a function's lease holds it
-		}
-		pending := rs[1].Error() == nil
-		entries, _ := rs[2].AsXRange()
-		if pending || len(entries) == 0 {
-			// Pending (a function took it in pending mode) or gone:
-			// not ours to hand out.
-			s.c.Do(ctx, b.Zrem().Key(k.l).Member(lx).Build())
+		t, deadline = ft, fdl
+	}
+	return store.Lease{Message: msg, Mode: store.TakeDelete, Token: t, Deadline: deadline}, true, true, "", false, nil
+}
+
+// consumer is the name of the group consumer that holds the lean lease
+// tok: the token, then the node's own tag, so that two nodes never share
+// one.
+func (s *Store) consumer(tok string) string { return tok + ":" + s.nodeTag }
+
+// pelRanOut reports whether the summary of XPENDING on the group names a
+// consumer whose lease ran out at now.
+func (s *Store) pelRanOut(r rueidis.RedisResult, now time.Time) bool {
+	arr, err := r.ToArray()
+	if err != nil || len(arr) < 4 {
+		return false
+	}
+	cs, _ := arr[3].ToArray()
+	limit := (now.UnixMilli() + 1) * 1000
+	for _, c := range cs {
+		pair, _ := c.ToArray()
+		if len(pair) < 1 {
 			continue
 		}
-		plainRec, fromM := rec, false
-		if fv, ok := entries[0].FieldValues["r"]; ok {
-			plainRec = fv
+		name, _ := pair[0].ToString()
+		tokText, _, _ := strings.Cut(name, ":")
+		if t, err := strconv.ParseInt(tokText, 10, 64); err != nil || t < limit {
+			return true
 		}
-		if inM {
-			if r, err := rs[3].ToString(); err == nil {
-				plainRec, fromM = r, true
-			}
-		}
-		msg, derr := decode(id, plainRec)
-		if _, ok := entries[0].FieldValues["r"]; (!ok && !fromM) || derr != nil || msg.Expired(s.now()) {
-			// No record of its own (the function drops it), or
-			// expired (the function removes it): given back, and the
-			// take is the function's.
-			s.c.Do(ctx, b.Arbitrary("ZADD").Keys(k.l).Args("XX", "0", lx).Build())
-			return l, false, false, "", nil
-		}
-		if fromM {
-			// A record replaced in place: its settling is the
-			// function's, under a token that says so.
-			tok, t, deadline = s.token(d)
-			s.c.Do(ctx, b.Arbitrary("ZADD").Keys(k.l).Args("XX", tok, lx).Build())
-		}
-		return store.Lease{Message: msg, Mode: store.TakeDelete, Token: t, Deadline: deadline}, true, true, "", nil
 	}
-	return l, false, false, "", nil
+	return false
 }
 
 // settleCmds are the commands that settle the deliveries of owed, lean
-// leases (see plainSettle): the entries go first, so that none seems
-// free on the way.
-func settleCmds(b rueidis.Builder, k leanKeys, owed []store.Lease) rueidis.Commands {
+// leases (see plainSettle): the entries go first, then the consumers that
+// held them, so that none seems free on the way.
+func (s *Store) settleCmds(b rueidis.Builder, k leanKeys, owed []store.Lease) rueidis.Commands {
 	cmds := make(rueidis.Commands, 0, 8)
 	if len(owed) == 0 {
 		return cmds
 	}
 	ids := make([]string, len(owed))
-	lexes := make([]string, len(owed))
 	for i, o := range owed {
-		ids[i], lexes[i] = o.ID.String(), lexID(o.ID)
+		ids[i] = o.ID.String()
 	}
-	return append(cmds, b.Xdel().Key(k.s).Id(ids...).Build(), b.Zrem().Key(k.l).Member(lexes...).Build())
+	cmds = append(cmds, b.Xdel().Key(k.s).Id(ids...).Build())
+	for _, o := range owed {
+		cmds = append(cmds, b.Arbitrary("XGROUP", "DELCONSUMER").Keys(k.s).Args(leanGroup, s.consumer(strconv.FormatInt(o.Token, 10))).Build())
+	}
+	return cmds
 }
 
 // settled owes owed again if the commands of settleCmds at the start of
@@ -347,14 +350,15 @@ func (s *Store) settled(ctx context.Context, key string, owed []store.Lease, rs 
 	if len(owed) == 0 {
 		return rs
 	}
+	n := 1 + len(owed)
 	var err error
-	for _, r := range rs[:2] {
+	for _, r := range rs[:n] {
 		if e := r.Error(); e != nil && err == nil {
 			err = s.wrap(ctx, e)
 		}
 	}
 	s.giveBack(key, owed, err)
-	return rs[2:]
+	return rs[n:]
 }
 
 // readEntry reads the answer of XREADGROUP COUNT 1 on one stream: the

@@ -193,13 +193,16 @@ const parkSlack = time.Second
 // nothing, records the park in the queue's meta hash, where appends and
 // leases given back look before they publish.
 func (s *Store) TakeOrPark(ctx context.Context, key string, mode store.TakeMode, d, park time.Duration) (store.Lease, bool, error) {
-	readPast := ""
+	readPast, group := "", "0"
 	if mode == store.TakeDelete {
-		l, ok, done, past, err := s.leanTake(ctx, key, d)
+		l, ok, done, past, nogroup, err := s.leanTake(ctx, key, d)
 		if done {
 			return l, ok, err
 		}
 		readPast = past
+		if nogroup {
+			group = "1"
+		}
 	}
 	keys := s.qkeys(key)
 	budget := strconv.Itoa(expiredBudget)
@@ -210,7 +213,7 @@ func (s *Store) TakeOrPark(ctx context.Context, key string, mode store.TakeMode,
 		if park > 0 {
 			til = strconv.FormatInt(now.Add(park+parkSlack).UnixMilli(), 10)
 		}
-		res, err := s.qexec(ctx, scTake, key, keys, now.UnixMilli(), modeArg(mode), budget, tok, til, readPast)
+		res, err := s.qexec(ctx, scTake, key, keys, now.UnixMilli(), modeArg(mode), budget, tok, til, readPast, group)
 		if err != nil {
 			return store.Lease{}, false, err
 		}

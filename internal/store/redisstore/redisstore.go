@@ -55,7 +55,9 @@ package redisstore
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -162,7 +164,8 @@ type Store struct {
 
 	owed *owed // deliveries settled and not yet sent
 
-	functionsOnly bool // see Options.FunctionsOnly
+	functionsOnly bool   // see Options.FunctionsOnly
+	nodeTag       string // names this store's group consumers (see consumer)
 
 	fan *fanout
 
@@ -360,6 +363,7 @@ func New(copt rueidis.ClientOption, opts Options) (*Store, error) {
 		waitTimeout:  opts.WaitTimeout,
 
 		functionsOnly: opts.FunctionsOnly,
+		nodeTag:       newNodeTag(),
 	}
 	s.wakeChannel = s.channel(store.WakeTopic)
 	if opts.SettleDelay == 0 {
@@ -380,6 +384,14 @@ func New(copt rueidis.ClientOption, opts Options) (*Store, error) {
 	}
 	s.fan = newFanout(s, opts.ReconnectMax)
 	return s, nil
+}
+
+// newNodeTag is a random tag that tells this store's lean leases from
+// other nodes' (see consumer).
+func newNodeTag() string {
+	var b [6]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 // Name implements store.Engine.

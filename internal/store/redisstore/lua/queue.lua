@@ -76,9 +76,69 @@ end
 local function expired(exp) return exp > 0 and now >= exp end
 -- over reports whether the lease scored ls has run out.
 local function over(ls) return tonumber(ls) < (now + 1) * 1000 end
+-- The stream's consumer group, through which the lean path (lean.go)
+-- hands out new entries: every entry past its cursor (last delivered id)
+-- was never handed out, so a function that hands one out moves the cursor
+-- past it (see takeable). An entry the lean path holds is pending in the
+-- group, owned by a consumer named after the lease token ("<token>:<node>"),
+-- which is its lease. Read once per call, when needed: the cursor (lex;
+-- false: no group) and the group's pending entries (lex -> consumer).
+local GROUP = 'postern'
+local cursor, pel
+local function group_cursor()
+  if cursor == nil then
+    cursor = false
+    local r = redis.pcall('XINFO', 'GROUPS', S)
+    if type(r) == 'table' and not r.err then
+      for _, g in ipairs(r) do
+        local name, last
+        for i = 1, #g - 1, 2 do
+          if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then last = g[i + 1] end
+        end
+        if name == GROUP and last then cursor = lex(last) end
+      end
+    end
+  end
+  return cursor
+end
+local function pel_load()
+  if pel == nil then
+    pel = {}
+    if group_cursor() then
+      for _, e in ipairs(redis.call('XPENDING', S, GROUP, '-', '+', 100000)) do pel[lex(e[1])] = e[2] end
+    end
+  end
+  return pel
+end
+-- pelof returns the token of the lean path's lease on lex l, or nil.
+local function pelof(l)
+  local c = pel_load()[l]
+  if c then return string.match(c, '^%d+') end
+  return nil
+end
+-- release ends the lean path's lease on lex l, if there is one.
+local function release(l)
+  local c = pel_load()[l]
+  if c then
+    redis.call('XGROUP', 'DELCONSUMER', S, GROUP, c)
+    pel[l] = nil
+    dirty = true
+  end
+end
+-- past_cursor moves the group's cursor to id, handed out by a function,
+-- when it is past it.
+local function past_cursor(id, l)
+  local c = group_cursor()
+  if c and l > c then
+    redis.call('XGROUP', 'SETID', S, GROUP, id)
+    cursor = l
+  end
+end
+
 local function leaseof(l)
-  if uses('l') then return redis.call('ZSCORE', L, l) end
-  return false
+  local ls = uses('l') and redis.call('ZSCORE', L, l)
+  if ls then return ls end
+  return pelof(l) or false
 end
 local function pendof(l)
   if uses('p') then return redis.call('ZSCORE', P, l) end
@@ -135,6 +195,7 @@ local function remove(id, exp, src, notpending, inm)
   end
   if not notpending and uses('p') then redis.call('ZREM', P, lex(id)) end
   if uses('l') then redis.call('ZREM', L, lex(id)) end
+  release(lex(id))
   if may_be_in_m(inm) then redis.call('HDEL', M, id) end
   if exp == 0 then dforever = dforever - 1 else dexp = dexp - 1 end
   dirty = true
@@ -198,6 +259,12 @@ local function free(l, hasl, hasp)
     redis.call('ZREM', L, l)
     if hasp then redis.call('ZREM', P, l) end
     dirty = true
+    return true
+  end
+  local ps = pelof(l)
+  if ps then
+    if not over(ps) then return false end
+    release(l)
     return true
   end
   return not (hasp and redis.call('ZSCORE', P, l))
@@ -397,6 +464,7 @@ local function takeable(budget, grant)
     end
     local l = lex(id)
     if not free(l, hasl, hasp) then return false end
+    past_cursor(id, l)
     return grant(id, rec, l)
   end
   if uses('b') then
@@ -439,11 +507,13 @@ local function settle(id, token, mode, delivered, cexp)
   local mine = ls and tonumber(ls) == token
   if rec and not delivered then
     if mine then
+      release(l)
       -- Scored 0: a lease that ran out, so that a take of the lean path
       -- (lean.go), which looks for leases run out before it hands out
       -- anything new, knows to leave this one to the take function,
       -- which hands it out again in its place.
       redis.call('ZADD', L, 0, l)
+      touch(L, 'l')
       if mode == 'p' then redis.call('ZREM', P, l) end
       dirty = true
       return true
@@ -453,7 +523,10 @@ local function settle(id, token, mode, delivered, cexp)
     if mode == 'd' then
       remove(id, exp, nil, false, inm)
     else
-      if ls then redis.call('ZREM', L, l) end
+      if ls then
+        if uses('l') then redis.call('ZREM', L, l) end
+        release(l)
+      end
       redis.call('ZADD', P, 0, l)
       touch(P, 'p')
     end
@@ -475,10 +548,18 @@ local function reset_forever()
   end
 end
 
+-- drop_stale_pel forgets the lean path's leases that ran out on messages gone
+-- from the queue.
+local function drop_stale_pel()
+  for l, c in pairs(pel_load()) do
+    if over(string.match(c, '^%d+') or '0') and not record(unlex(l)) then release(l) end
+  end
+end
+
 -- drop_stale_leases forgets a few leases that ran out on messages gone
--- from the queue: a take of the lean path may lease a message removed
--- between its two round trips.
+-- from the queue (a node that died while it took one, say).
 local function drop_stale_leases()
+  drop_stale_pel()
   if not uses('l') then return end
   for _, l in ipairs(redis.call('ZRANGE', L, '-inf', '(' .. fmt((now + 1) * 1000), 'BYSCORE', 'LIMIT', 0, 8)) do
     if not record(unlex(l)) then
@@ -501,6 +582,7 @@ local function num(v) return v and int(v) or 0 end
 local function qbegin()
   S, M, P, B, K, W, H, L = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
   gcneed, dforever, dirty = 0, 0, false
+  cursor, pel = nil, nil
   local meta = redis.call('HMGET', H, 'f', 'g', 'e', 'u', 'c', 'w', 'x')
   forever0 = num(meta[1])
   g0 = num(meta[2])

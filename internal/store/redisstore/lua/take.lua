@@ -5,11 +5,30 @@
 -- ARGV[7] the id of a message a lean take (lean.go) read past the stream
 -- group's cursor and did not hand out ('' or absent: none), scored as a
 -- lease run out when it is neither leased nor pending, so that lean takes
--- leave it to this function, which hands it out in its place.
+-- leave it to this function, which hands it out in its place; ARGV[8]
+-- '1' when the lean take found no consumer group on the stream, which
+-- this function then creates.
 -- Returns {id, record, token} ('0': a pending message handed out again,
 -- with nothing to settle), {} for nothing, or {'more'} to be called again.
 local mode, budget, token, til = ARGV[3], ARGV[4], ARGV[5], int(ARGV[6] or '0')
 local past = ARGV[7] or ''
+if ARGV[8] == '1' and not group_cursor() and redis.call('EXISTS', S) == 1 then
+  -- The lean path found no consumer group: it starts past every message
+  -- handed out (leased or pending); free messages before that are left
+  -- to this function.
+  local top = lex('0-0')
+  if uses('l') then
+    for _, l in ipairs(redis.call('ZRANGE', L, 0, -1)) do
+      if l > top then top = l end
+    end
+  end
+  if uses('p') then
+    local p = redis.call('ZRANGE', P, -1, -1)
+    if p[1] and p[1] > top then top = p[1] end
+  end
+  redis.call('XGROUP', 'CREATE', S, GROUP, unlex(top))
+  cursor = top
+end
 if past ~= '' then
   local l = lex(past)
   if not leaseof(l) and not pendof(l) and record(past) then
