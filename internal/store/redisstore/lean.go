@@ -27,33 +27,32 @@ import (
 //     keys had a TTL is then handed to a function (leanfix), which removes
 //     the refused message again unless it was handed out already, trims,
 //     and applies the meta; a waiter parked on the queue is woken.
-//   - A take hands out new messages through a consumer group of the
-//     stream, read with NOACK: XREADGROUP gives each entry to one caller
-//     only, and moves on. The lease is then claimed with ZADD NX in L, the
-//     set of leases the functions keep, so a message a function handed out
-//     is never handed out again by the lean path, nor the other way round.
-//     A lease that ran out, or was given back (scored 0), and a message
-//     behind the group's cursor are left to the take function, which scans
-//     the queue from its start: the lean path asks it whenever L holds a
-//     lease run out, and when it finds nothing new, which is also when a
-//     waiter parks.
-//   - A delivery of a lean lease is settled with XDEL and ZREM (in that
-//     order: a message never seems free on the way), carried with the
-//     next lean take on its queue. H.f is left as it is: it may then count
-//     more messages than the queue holds, which keeps keys without TTL a
-//     little longer, never shorter; the take and settle functions set it
-//     right whenever the queue is empty.
+//   - A take is one round trip: XREADGROUP on the stream's consumer group
+//     gives a new entry to one caller only, as a consumer named after the
+//     lease token and the node, whose pending entry in the group is the
+//     lease. The functions read those entries as leases, and move the
+//     group's cursor past every entry they hand out, so that whatever lies
+//     past it was never handed out. The same round trip reads the meta and
+//     looks for leases run out (or given back, scored 0): when there is
+//     one, when the queue may hold messages with an expiry (H.x, which the
+//     functions keep, is not 0), or when nothing new is there, the take is
+//     the function's, which scans the queue from its start (and parks a
+//     waiter when it finds nothing); a message read and not handed out is
+//     given back, for the function to hand out in its place.
+//   - A delivery of a lean lease is settled with XDEL and XGROUP
+//     DELCONSUMER (in that order: a message never seems free on the way),
+//     carried by the next lean call on its queue, or sent by itself. H.f
+//     is left as it is: it may count more messages than the queue holds,
+//     which keeps keys without TTL longer, never shorter; the take and
+//     settle functions set it right whenever the queue is empty.
 //
 // Dedup keys, expiry, pending mode, TakeAll, a lease given back or run
 // out, Ack, Status, Len, Clear, replies and replicated acknowledgement
 // (Options.WaitReplicas) stay with the functions.
 
-// leanGroup is the consumer group of a queue's stream; the lean path reads
-// it with NOACK, as one consumer, leanConsumer.
-const (
-	leanGroup    = "postern"
-	leanConsumer = "lean"
-)
+// leanGroup is the consumer group of a queue's stream (GROUP in
+// lua/queue.lua).
+const leanGroup = "postern"
 
 // leanSettleMargin is how much of a lean lease must be left for its
 // delivery to be settled with plain commands; later, a function settles it,
@@ -69,21 +68,6 @@ const leanTries = 4
 // delivery plain commands may settle (see plainSettle).
 const leanTokenBase = 500
 
-// lexID is id in the fixed-width form the functions keep in sorted sets
-// (lex in lua/base.lua).
-func lexID(id store.ID) string {
-	var b [33]byte
-	ms := strconv.AppendUint(b[:0], id.MS, 10)
-	out := make([]byte, 0, 33)
-	out = append(out, "0000000000000000"[:16-len(ms)]...)
-	out = append(out, ms...)
-	out = append(out, '-')
-	seq := strconv.AppendUint(b[:0], id.Seq, 10)
-	out = append(out, "0000000000000000"[:16-len(seq)]...)
-	out = append(out, seq...)
-	return string(out)
-}
-
 // plainSettle reports whether the delivery of l may be settled with plain
 // commands at now: a lean lease of a delete-mode take, on a message
 // without dedup key whose record is its stream entry's, with
@@ -94,11 +78,11 @@ func plainSettle(l store.Lease, now time.Time) bool {
 }
 
 // leanKeys are the keys of a queue the lean path uses.
-type leanKeys struct{ s, m, p, h, l string }
+type leanKeys struct{ s, m, h, l string }
 
 func (s *Store) leanKeys(key string) ([]string, leanKeys) {
 	k := s.qkeys(key)
-	return k, leanKeys{s: k[0], m: k[1], p: k[2], h: k[6], l: k[7]}
+	return k, leanKeys{s: k[0], m: k[1], h: k[6], l: k[7]}
 }
 
 // leanAppend is Append on the lean path; done is false when the append is
