@@ -2,7 +2,6 @@ package node_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -10,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -78,24 +76,6 @@ func TestRateLimitExemptionsAreTheNodesOwn(t *testing.T) {
 	}
 }
 
-// syncBuffer collects a node's logs.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 const secretToken = "SECRET-token-0123456789"
 
 // TestNoSecretsInLogs runs requests carrying a scoped token in a header and
@@ -104,7 +84,7 @@ const secretToken = "SECRET-token-0123456789"
 // logs name routes, statuses and paths, never a secret, a query string or
 // a body.
 func TestNoSecretsInLogs(t *testing.T) {
-	var logs syncBuffer
+	var logs servertest.Logs
 	pol, err := auth.Parse([]byte(`
 [[token]]
 name = "everything"
