@@ -337,7 +337,8 @@ func (s *Store) settled(ctx context.Context, key string, owed []store.Lease, rs 
 	n := 1 + len(owed)
 	var err error
 	for _, r := range rs[:n] {
-		if e := r.Error(); e != nil && err == nil {
+		// No group: Clear removed it, and the lease with it.
+		if e := r.Error(); e != nil && err == nil && !redisErrIs(e, "NOGROUP") {
 			err = s.wrap(ctx, e)
 		}
 	}

@@ -439,3 +439,60 @@ func TestPreviousVersionQueue(t *testing.T) {
 		t.Fatalf("after the queue emptied: %v, want a lean take", got)
 	}
 }
+
+// TestLeanClearUnderLease: Clear while a lean lease is out removes the
+// message and the stream's group; the lease's settling is then a no-op,
+// and the queue serves new messages, in order, on the lean path again.
+func TestLeanClearUnderLease(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	s, err := redisstore.Open(srv.URL(), redisstore.Options{Logger: slog.New(slog.DiscardHandler), SettleDelay: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const key = "t/clear"
+	round := func(bodies ...string) []store.Lease {
+		t.Helper()
+		for _, b := range bodies {
+			if _, err := s.Append(ctx, key, store.Message{Body: []byte(b)}, store.AppendOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var ls []store.Lease
+		for _, b := range bodies {
+			l, ok, err := s.Take(ctx, key, store.TakeDelete, time.Minute)
+			if !ok || err != nil || string(l.Body) != b {
+				t.Fatalf("take: %q %v %v, want %q", l.Body, ok, err, b)
+			}
+			ls = append(ls, l)
+		}
+		return ls
+	}
+	if err := s.Settle(ctx, key, round("w1", "w2"), true); err != nil {
+		t.Fatal(err)
+	}
+	ls := round("a")
+	if n, err := s.Clear(ctx, key); n != 1 || err != nil {
+		t.Fatalf("Clear = %d %v, want 1", n, err)
+	}
+	if err := s.Settle(ctx, key, ls, true); err != nil {
+		t.Fatal(err)
+	}
+	next := round("b", "c")
+	if err := s.Settle(ctx, key, next, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.Do("CONFIG", "RESETSTAT"); err != nil {
+		t.Fatal(err)
+	}
+	next = round("d")
+	if err := s.Settle(ctx, key, next, true); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.Len(ctx, key); n != 0 || err != nil {
+		t.Fatalf("Len = %d %v, want 0", n, err)
+	}
+	if got := commandCounts(t, srv); got["xreadgroup"] != 1 {
+		t.Fatalf("after Clear: %v, want a lean take", got)
+	}
+}

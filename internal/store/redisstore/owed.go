@@ -284,7 +284,7 @@ func (s *Store) sendAllOwed() (failed bool) {
 // owedFailed reports whether a command of rs failed.
 func (s *Store) owedFailed(rs []rueidis.RedisResult) bool {
 	for _, r := range rs {
-		if r.Error() != nil {
+		if e := r.Error(); e != nil && !redisErrIs(e, "NOGROUP") {
 			return true
 		}
 	}
