@@ -182,21 +182,18 @@ func (s *Store) leanAppend(ctx context.Context, key string, m store.Message, opt
 // leanTake is a delete-mode take on the lean path; done is false when the
 // take is left to the function (see the comment at the top).
 //
-// When done is false, readPast is the id of a message the take read past
-// the group's cursor and did not hand out ("": none), for the take
-// function to make visible, and group is true when the stream has no
-// consumer group, for the take function to create.
-func (s *Store) leanTake(ctx context.Context, key string, d time.Duration) (l store.Lease, ok, done bool, readPast string, group bool, err error) {
+// When done is false, fb says what the take function is to do first.
+func (s *Store) leanTake(ctx context.Context, key string, d time.Duration) (l store.Lease, ok, done bool, fb fallback, err error) {
 	if s.functionsOnly {
-		return l, false, false, "", false, nil
+		return l, false, false, fallback{}, nil
 	}
 	if s.closed.Load() {
-		return l, false, true, "", false, store.ErrClosed
+		return l, false, true, fallback{}, store.ErrClosed
 	}
 	s.owed.landed(ctx, key)
 	owed, plain := s.owed.carryPlain(key, s.now())
 	if !plain {
-		return l, false, false, "", false, nil // the function carries them
+		return l, false, false, fallback{}, nil // the function carries them
 	}
 	_, k := s.leanKeys(key)
 	b := s.c.B()
@@ -211,7 +208,7 @@ func (s *Store) leanTake(ctx context.Context, key string, d time.Duration) (l st
 	rs := s.settled(ctx, key, owed, s.c.DoMulti(ctx, cmds...))
 	for _, r := range rs[:2] {
 		if e := r.Error(); e != nil && !rueidis.IsRedisNil(e) {
-			return l, false, true, "", false, s.wrap(ctx, e)
+			return l, false, true, fallback{}, s.wrap(ctx, e)
 		}
 	}
 	meta, _ := rs[0].ToArray()
@@ -225,25 +222,19 @@ func (s *Store) leanTake(ctx context.Context, key string, d time.Duration) (l st
 	id, rec, err := readEntry(rs[3])
 	if err != nil {
 		if redisErrIs(err, "NOGROUP") {
-			return l, false, false, "", true, nil
+			return l, false, false, fallback{group: true}, nil
 		}
 		if errors.Is(err, errBadReply) {
-			return l, false, true, "", false, err
+			return l, false, true, fallback{}, err
 		}
-		return l, false, true, "", false, s.wrap(ctx, err)
+		return l, false, true, fallback{}, s.wrap(ctx, err)
 	}
 	giveBack := func() {
-		// Read past the cursor and not handed out: the take
-		// function, told of it, scores it as a lease run out, so that
-		// it hands it out in its place, and lean takes leave it to it.
 		s.c.Do(ctx, b.Arbitrary("XGROUP", "DELCONSUMER").Keys(k.s).Args(leanGroup, consumer).Build())
 	}
-	if id == "" {
-		return l, false, false, "", false, nil
-	}
-	if x != "0" || strings.Contains(u, "b") || ranOut {
-		giveBack()
-		return l, false, false, id, false, nil
+	if id == "" || x != "0" || strings.Contains(u, "b") || ranOut {
+		// XREADGROUP made the consumer even if it read nothing.
+		return l, false, false, fallback{readPast: id, consumer: consumer}, nil
 	}
 	fromM := false
 	if strings.Contains(u, "o") || !strings.Contains(u, "n") {
@@ -255,15 +246,14 @@ func (s *Store) leanTake(ctx context.Context, key string, d time.Duration) (l st
 			rec, fromM = r, true
 		case !rueidis.IsRedisNil(err):
 			giveBack()
-			return l, false, true, "", false, s.wrap(ctx, err)
+			return l, false, true, fallback{}, s.wrap(ctx, err)
 		}
 	}
 	msg, derr := decode(id, rec)
 	if rec == "" || derr != nil || msg.Expired(s.now()) {
 		// No record (the function drops it) or expired (the
 		// function removes it).
-		giveBack()
-		return l, false, false, id, false, nil
+		return l, false, false, fallback{readPast: id, consumer: consumer}, nil
 	}
 	if fromM {
 		// A record replaced in place: its settling is the function's,
@@ -274,11 +264,25 @@ func (s *Store) leanTake(ctx context.Context, key string, d time.Duration) (l st
 			b.Xclaim().Key(k.s).Group(leanGroup).Consumer(fc).MinIdleTime("0").Id(id).Justid().Build(),
 			b.Arbitrary("XGROUP", "DELCONSUMER").Keys(k.s).Args(leanGroup, consumer).Build())
 		if err := rs[0].Error(); err != nil {
-			return l, false, true, "", false, s.wrap(ctx, err)
+			return l, false, true, fallback{}, s.wrap(ctx, err)
 		}
 		t, deadline = ft, fdl
 	}
-	return store.Lease{Message: msg, Mode: store.TakeDelete, Token: t, Deadline: deadline}, true, true, "", false, nil
+	return store.Lease{Message: msg, Mode: store.TakeDelete, Token: t, Deadline: deadline}, true, true, fallback{}, nil
+}
+
+// fallback is what a lean take leaves to the take function.
+type fallback struct {
+	// readPast is the id of a message the take read past the group's
+	// cursor and did not hand out ("": none), for the function to make
+	// visible (see lua/take.lua).
+	readPast string
+	// consumer is the group consumer the take made, for the function to
+	// delete ("": none), with the lease it holds.
+	consumer string
+	// group is true when the stream has no consumer group, for the
+	// function to create.
+	group bool
 }
 
 // consumer is the name of the group consumer that holds the lean lease

@@ -240,7 +240,8 @@ func commandCounts(t *testing.T, srv *redistest.Server) map[string]int {
 // run no function at all, and few commands per message.
 func TestLeanHotPath(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
-	a, err := redisstore.Open(srv.URL(), redisstore.Options{Logger: slog.New(slog.DiscardHandler), SettleDelay: time.Hour})
+	u := srv.URL()
+	a, err := redisstore.Open(u, redisstore.Options{Logger: slog.New(slog.DiscardHandler), SettleDelay: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -276,6 +277,17 @@ func TestLeanHotPath(t *testing.T) {
 		}
 	}
 	got := commandCounts(t, srv)
+	// An empty take (the function's) carries the last settling; no
+	// consumer of the group is left behind.
+	if l, ok, err := a.Take(ctx, key, store.TakeDelete, time.Minute); ok || err != nil {
+		t.Fatalf("take from an empty queue: %q %v", l.Body, err)
+	}
+	_, prefix := raw(t, u)
+	if r, err := srv.Do("XINFO", "GROUPS", prefix+"q{"+key+"}:s"); err != nil {
+		t.Fatal(err)
+	} else if g := fmt.Sprint(r); !strings.Contains(g, "consumers 0 ") {
+		t.Fatalf("group after the queue emptied: %s, want no consumer", g)
+	}
 	total := 0
 	for _, c := range got {
 		total += c

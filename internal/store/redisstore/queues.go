@@ -193,16 +193,17 @@ const parkSlack = time.Second
 // nothing, records the park in the queue's meta hash, where appends and
 // leases given back look before they publish.
 func (s *Store) TakeOrPark(ctx context.Context, key string, mode store.TakeMode, d, park time.Duration) (store.Lease, bool, error) {
-	readPast, group := "", "0"
+	var fb fallback
 	if mode == store.TakeDelete {
-		l, ok, done, past, nogroup, err := s.leanTake(ctx, key, d)
+		l, ok, done, f, err := s.leanTake(ctx, key, d)
 		if done {
 			return l, ok, err
 		}
-		readPast = past
-		if nogroup {
-			group = "1"
-		}
+		fb = f
+	}
+	group := "0"
+	if fb.group {
+		group = "1"
 	}
 	keys := s.qkeys(key)
 	budget := strconv.Itoa(expiredBudget)
@@ -213,7 +214,7 @@ func (s *Store) TakeOrPark(ctx context.Context, key string, mode store.TakeMode,
 		if park > 0 {
 			til = strconv.FormatInt(now.Add(park+parkSlack).UnixMilli(), 10)
 		}
-		res, err := s.qexec(ctx, scTake, key, keys, now.UnixMilli(), modeArg(mode), budget, tok, til, readPast, group)
+		res, err := s.qexec(ctx, scTake, key, keys, now.UnixMilli(), modeArg(mode), budget, tok, til, fb.readPast, group, fb.consumer)
 		if err != nil {
 			return store.Lease{}, false, err
 		}

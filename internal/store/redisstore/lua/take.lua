@@ -7,11 +7,17 @@
 -- lease run out when it is neither leased nor pending, so that lean takes
 -- leave it to this function, which hands it out in its place; ARGV[8]
 -- '1' when the lean take found no consumer group on the stream, which
--- this function then creates.
+-- this function then creates; ARGV[9] the group consumer the lean take
+-- made ('' or absent: none), deleted first, with the lease it holds.
 -- Returns {id, record, token} ('0': a pending message handed out again,
 -- with nothing to settle), {} for nothing, or {'more'} to be called again.
 local mode, budget, token, til = ARGV[3], ARGV[4], ARGV[5], int(ARGV[6] or '0')
 local past = ARGV[7] or ''
+if (ARGV[9] or '') ~= '' then
+  -- The consumer of the lean take that left this take to the function.
+  redis.pcall('XGROUP', 'DELCONSUMER', S, GROUP, ARGV[9])
+  pel = nil
+end
 if ARGV[8] == '1' and not group_cursor() and redis.call('EXISTS', S) == 1 then
   -- The lean path found no consumer group: it starts past every message
   -- handed out (leased or pending); free messages before that are left
