@@ -34,12 +34,17 @@ func (a *app) newAgentCmd(cmd *cobra.Command) *agentCmd {
 	return c
 }
 
-func (c *agentCmd) logger() (*slog.Logger, error) {
-	log, err := config.NewLogger(c.a.env.Stderr, c.logLevel, c.logFormat)
+// logger is the agent's logger, writing to standard error in batches (see
+// batchWriter): the line per request would otherwise cost the agent a
+// write per request. The caller flushes the batchWriter before it
+// returns, so no line is lost when the agent stops.
+func (c *agentCmd) logger() (*slog.Logger, *batchWriter, error) {
+	w := newBatchWriter(c.a.env.Stderr, logBatchDelay)
+	log, err := config.NewLogger(w, c.logLevel, c.logFormat)
 	if err != nil {
-		return nil, usagef("%v", err)
+		return nil, nil, usagef("%v", err)
 	}
-	return log, nil
+	return log, w, nil
 }
 
 // localURL checks the URL of the local service.
@@ -130,10 +135,11 @@ func (a *app) exposeCmd() *cobra.Command {
 		if err := localURL(args[0]); err != nil {
 			return err
 		}
-		log, err := c.logger()
+		log, logw, err := c.logger()
 		if err != nil {
 			return err
 		}
+		defer logw.Flush()
 		if name == "" {
 			name = randomName()
 		}

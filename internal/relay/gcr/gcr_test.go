@@ -956,7 +956,18 @@ func TestShutdownDrainsOpenStreams(t *testing.T) {
 		}
 		respc <- resp
 	}()
-	id := (<-polled).ID
+	// Either poll may take the request: a poll counts as parked a moment
+	// before it waits, so the second can be waiting first.
+	var got *wire.Request
+	select {
+	case got = <-polled:
+	case got = <-parked:
+		parked = polled
+	}
+	if got == nil {
+		t.Fatal("a poll ended without the user's request")
+	}
+	id := got.ID
 	e.post(&wire.Response{HasID: true, ID: id, HasStatus: true, StatusCode: 200, Body: []byte("before;")})
 	resp := <-respc
 	if resp == nil {
