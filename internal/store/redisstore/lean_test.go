@@ -91,11 +91,7 @@ func testWakeOnlyWhenParked(t *testing.T, u string) {
 func TestSettlingCarried(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	u := srv.URL()
-	// A delay no test waits for: only a call or Close sends a settling.
-	a, err := redisstore.Open(u, redisstore.Options{Logger: slog.New(slog.DiscardHandler), SettleDelay: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := openOwing(t, u)
 	defer a.Close()
 	b := open(t, u, nil)
 	defer b.Close()
@@ -144,24 +140,21 @@ func TestSettlingCarried(t *testing.T) {
 	}
 }
 
-// scriptCalls is how many functions Redis ran since the last RESETSTAT.
-func scriptCalls(t *testing.T, srv *redistest.Server) int {
+// openOwing opens a store whose settlings wait for a delay no test waits
+// for: only a call on their queue, or Close, sends them.
+func openOwing(t *testing.T, u string) *redisstore.Store {
 	t.Helper()
-	r, err := srv.Do("INFO", "commandstats")
+	s, err := redisstore.Open(u, redisstore.Options{Logger: slog.New(slog.DiscardHandler), SettleDelay: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, _ := r.(string)
-	n := 0
-	for _, line := range strings.Split(info, "\n") {
-		for _, c := range []string{"cmdstat_fcall:calls="} {
-			if rest, ok := strings.CutPrefix(strings.TrimSpace(line), c); ok {
-				k, _ := strconv.Atoi(strings.SplitN(rest, ",", 2)[0])
-				n += k
-			}
-		}
-	}
-	return n
+	return s
+}
+
+// scriptCalls is how many functions Redis ran since the last RESETSTAT.
+func scriptCalls(t *testing.T, srv *redistest.Server) int {
+	t.Helper()
+	return commandCounts(t, srv)["fcall"]
 }
 
 // TestOlderVersionsQueuesRead: messages an older version stored (a bare
@@ -241,10 +234,7 @@ func commandCounts(t *testing.T, srv *redistest.Server) map[string]int {
 func TestLeanHotPath(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	u := srv.URL()
-	a, err := redisstore.Open(u, redisstore.Options{Logger: slog.New(slog.DiscardHandler), SettleDelay: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := openOwing(t, u)
 	defer a.Close()
 	const key, n = "t/hot", 20
 	send := func(body string) {
@@ -457,10 +447,7 @@ func TestPreviousVersionQueue(t *testing.T) {
 // and the queue serves new messages, in order, on the lean path again.
 func TestLeanClearUnderLease(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
-	s, err := redisstore.Open(srv.URL(), redisstore.Options{Logger: slog.New(slog.DiscardHandler), SettleDelay: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openOwing(t, srv.URL())
 	defer s.Close()
 	const key = "t/clear"
 	round := func(bodies ...string) []store.Lease {

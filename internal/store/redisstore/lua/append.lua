@@ -60,21 +60,7 @@ end
 dirty = true
 n = n + 1
 local trimmed = 0
-if maxlen > 0 and n > maxlen then
-  scan(function(tid, src, fields)
-    local trec, inm = scanned_record(tid, src, fields)
-    if trec then
-      local texp, ttil, tdk = hdr(trec)
-      remove(tid, texp, src, false, inm)
-      forget(tid, ttil, tdk, false)
-    else
-      drop_index(tid, src)
-    end
-    trimmed = trimmed + 1
-    n = n - 1
-    return n <= maxlen
-  end)
-end
+if maxlen > 0 then n, trimmed = trim(n, maxlen) end
 wake(ARGV[10], ARGV[11])
 finish()
 return {0, id, n, trimmed}

@@ -22,20 +22,6 @@ if id ~= '' and limit > 0 and qlen() - 1 >= limit then
 end
 local n = qlen()
 local trimmed = 0
-if removed == 0 and maxlen > 0 and n > maxlen then
-  scan(function(tid, src, fields)
-    local trec, inm = scanned_record(tid, src, fields)
-    if trec then
-      local texp, ttil, tdk = hdr(trec)
-      remove(tid, texp, src, false, inm)
-      forget(tid, ttil, tdk, false)
-    else
-      drop_index(tid, src)
-    end
-    trimmed = trimmed + 1
-    n = n - 1
-    return n <= maxlen
-  end)
-end
+if removed == 0 and maxlen > 0 then n, trimmed = trim(n, maxlen) end
 finish()
 return {removed, n, trimmed}

@@ -435,6 +435,27 @@ local function drop_index(id, src)
   if uses('l') then redis.call('ZREM', L, lex(id)) end
 end
 
+-- trim removes the oldest messages of a queue of n beyond maxlen, and
+-- returns the new length and how many it removed.
+local function trim(n, maxlen)
+  local trimmed = 0
+  if n <= maxlen then return n, 0 end
+  scan(function(tid, src, fields)
+    local trec, inm = scanned_record(tid, src, fields)
+    if trec then
+      local texp, ttil, tdk = hdr(trec)
+      remove(tid, texp, src, false, inm)
+      forget(tid, ttil, tdk, false)
+    else
+      drop_index(tid, src)
+    end
+    trimmed = trimmed + 1
+    n = n - 1
+    return n <= maxlen
+  end)
+  return n, trimmed
+end
+
 -- takeable visits messages in order, dropping the expired ones, and calls
 -- grant(id, rec) for each one free to hand out until it returns true. It
 -- returns true when it stopped because budget expired messages were
