@@ -7,13 +7,26 @@ package main
 // reader and a writer goroutine per connection and a 256-message channel
 // of byte slices as the send queue.
 //
+// The 10,000-subscriber round also measures the kernel's floor: the CPU
+// per delivery of bare loopback sends and receives, no server or client
+// logic (kernelFloor), and the fan-out time it allows on this machine's
+// cores, beside the time postern's measured CPU allows.
+//
 // Diagnostics: POSTERN_BENCH_MEMSTATS=<file prefix> makes the children
 // record every allocation, print memory statistics and write heap
 // profiles at each measurement (<prefix>.<kind>.<n>, n counting from 1),
 // and the fan-out print postern's delivery counters;
 // POSTERN_BENCH_CPUPROFILE=<prefix> writes CPU profiles of the measured
 // fan-out messages: <prefix>.<kind>.<subs> of the server child and
-// <prefix>.<kind>.<subs>.client of the harness.
+// <prefix>.<kind>.<subs>.client of the harness;
+// POSTERN_BENCH_PERF_CTL=<fifo> writes "enable" to perf's control FIFO
+// (perf record --control fifo:<fifo> -D -1) before the measured fan-out
+// messages and "disable" after, so that a system-wide kernel profile holds
+// those messages only; POSTERN_BENCH_FANOUT=postern,10000 measures only
+// the servers and subscriber counts named (for experiments: the figures
+// then lack their baselines; "floor" names the kernel floor, and other
+// counts may be named); POSTERN_BENCH_FANOUT_TRACE=1 prints each measured
+// message's socket and read times and the share of the cores used.
 
 import (
 	"bufio"
@@ -49,6 +62,11 @@ const benchChildEnv = "POSTERN_BENCH_CHANNELS_CHILD"
 
 // Figures of the scenarios.
 const (
+	// floorPairs is the connections the kernel floor is measured with:
+	// half the fan-out's, so that both ends fit the open-file limit the
+	// scenario asks for (the cost per delivery hardly depends on it:
+	// 5.0-5.3 µs of server CPU from 300 to 10,000 subscribers).
+	floorPairs        = fanoutSubscribers / 2
 	fanoutSubscribers = 10000
 	fanoutMessages    = 20
 	idleConns         = 10000
@@ -607,19 +625,33 @@ func measureFanout(ctx context.Context, kind string, chs []*child, pubPath, subP
 	// message reaching everyone proves it either way.
 	var got atomic.Int64
 	arrived := make(chan struct{}, 1)
-	// lat: until the frame was in the subscriber's socket; readLat:
-	// until the subscriber read it.
-	lat := make([][]time.Duration, len(conns))
-	readLat := make([][]time.Duration, len(conns))
-	for i := range lat {
-		lat[i] = make([]time.Duration, 0, fanoutMessages)
-		readLat[i] = make([]time.Duration, 0, fanoutMessages)
+	// lat[m][i]: until measured message m was in subscriber i's socket;
+	// readLat[m][i]: until the subscriber read it; seen[i]: how many
+	// measured messages subscriber i has had. Kept by message, so that
+	// what one message writes stays in the cache (the clients share the
+	// server's two cores).
+	lat := make([][]time.Duration, fanoutMessages)
+	readLat := make([][]time.Duration, fanoutMessages)
+	for m := range lat {
+		lat[m] = make([]time.Duration, len(conns))
+		readLat[m] = make([]time.Duration, len(conns))
+		// Fault the pages in now, not in the clients' reads.
+		for i := range lat[m] {
+			lat[m][i], readLat[m][i] = -1, -1
+		}
 	}
+	seen := make([]uint8, len(conns))
+	var extra atomic.Int64 // stamped frames beyond fanoutMessages
 	total := int64(len(conns))
 	readers, err := startReaders(conns, func(i int, b []byte, at frameTimes) {
 		if sent := parseStamp(b); sent > 0 {
-			lat[i] = append(lat[i], at.arrived.Sub(time.Unix(0, sent)))
-			readLat[i] = append(readLat[i], at.read.Sub(time.Unix(0, sent)))
+			if m := int(seen[i]); m < fanoutMessages {
+				lat[m][i] = at.arrived.Sub(time.Unix(0, sent))
+				readLat[m][i] = at.read.Sub(time.Unix(0, sent))
+				seen[i]++
+			} else {
+				extra.Add(1)
+			}
 		}
 		if got.Add(1)%total == 0 {
 			select {
@@ -670,11 +702,14 @@ func measureFanout(ctx context.Context, kind string, chs []*child, pubPath, subP
 			return res, err
 		}
 	}
+	perf := perfControl(os.Getenv("POSTERN_BENCH_PERF_CTL"))
 	srv0, err := serversCPU()
 	if err != nil {
 		return res, err
 	}
 	cli0 := ownCPU()
+	idle0, t0 := machineIdle(), time.Now()
+	perf("enable")
 	for i := 1; i <= fanoutMessages; i++ {
 		if err := post(strconv.FormatInt(time.Now().UnixNano(), 10)); err != nil {
 			return res, err
@@ -683,6 +718,7 @@ func measureFanout(ctx context.Context, kind string, chs []*child, pubPath, subP
 			return res, err
 		}
 	}
+	perf("disable")
 	cli1 := ownCPU()
 	srv1, err := serversCPU()
 	if err != nil {
@@ -696,6 +732,13 @@ func measureFanout(ctx context.Context, kind string, chs []*child, pubPath, subP
 	}
 	deliveries := time.Duration(fanoutMessages * len(conns))
 	res.serverCPU, res.clientCPU = (srv1-srv0)/deliveries, (cli1-cli0)/deliveries
+	if os.Getenv("POSTERN_BENCH_FANOUT_TRACE") != "" {
+		wall := time.Since(t0)
+		cores := time.Duration(runtime.NumCPU()) * wall
+		fmt.Fprintf(os.Stderr, "%s: %d messages in %v: server CPU %v, clients %v (%.0f%% of %d cores), machine idle %.0f%%\n",
+			kind, fanoutMessages, wall.Round(time.Millisecond), (srv1 - srv0).Round(time.Millisecond), (cli1 - cli0).Round(time.Millisecond),
+			100*float64(srv1-srv0+cli1-cli0)/float64(cores), runtime.NumCPU(), 100*float64(machineIdle()-idle0)/float64(cores))
+	}
 	if os.Getenv("POSTERN_BENCH_MEMSTATS") != "" {
 		if res, err := http.Get(ch.base + "/metrics"); err == nil {
 			b, _ := io.ReadAll(res.Body)
@@ -709,14 +752,33 @@ func measureFanout(ctx context.Context, kind string, chs []*child, pubPath, subP
 	}
 	readers.stop()
 	readers = nil
+	samples := int(extra.Load())
+	for _, n := range seen {
+		samples += int(n)
+	}
+	if samples != fanoutMessages*len(conns) {
+		return res, fmt.Errorf("%s: %d latency samples, want %d", kind, samples, fanoutMessages*len(conns))
+	}
 	all := slices.Concat(lat...)
-	if len(all) != fanoutMessages*len(conns) {
-		return res, fmt.Errorf("%s: %d latency samples, want %d", kind, len(all), fanoutMessages*len(conns))
+	if os.Getenv("POSTERN_BENCH_FANOUT_TRACE") != "" {
+		traceFanout(kind, lat, readLat)
 	}
 	r := LoadResult{Latencies: all}
 	res.p50, res.p99 = r.Percentile(50), r.Percentile(99)
 	res.readP99 = LoadResult{Latencies: slices.Concat(readLat...)}.Percentile(99)
 	return res, nil
+}
+
+// traceFanout prints, per measured message, the p99 and the last of its
+// deliveries to the sockets and of its reads by the clients.
+func traceFanout(kind string, lat, readLat [][]time.Duration) {
+	ms := func(d time.Duration) string { return strconv.FormatFloat(float64(d)/1e6, 'f', 1, 64) }
+	for m := range lat {
+		a, r := lat[m], readLat[m]
+		la, lr := LoadResult{Latencies: a}, LoadResult{Latencies: r}
+		fmt.Fprintf(os.Stderr, "%s msg %2d: socket min %s p50 %s p99 %s max %s; read p50 %s p99 %s max %s ms\n", kind, m+1, ms(slices.Min(a)),
+			ms(la.Percentile(50)), ms(la.Percentile(99)), ms(slices.Max(a)), ms(lr.Percentile(50)), ms(lr.Percentile(99)), ms(slices.Max(r)))
+	}
 }
 
 // parseStamp reads the decimal Unix-nanosecond stamp a fan-out message
@@ -733,6 +795,73 @@ func parseStamp(b []byte) int64 {
 		v = v*10 + int64(c-'0')
 	}
 	return v
+}
+
+// perfControl returns a function that writes a command to perf's control
+// FIFO at path; with no path it does nothing.
+func perfControl(path string) func(cmd string) {
+	if path == "" {
+		return func(string) {}
+	}
+	return func(cmd string) {
+		f, err := os.OpenFile(path, os.O_WRONLY, 0)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "perf control:", err)
+			return
+		}
+		f.WriteString(cmd + "\n")
+		f.Close()
+	}
+}
+
+// fanoutWanted reports whether POSTERN_BENCH_FANOUT (a comma-separated
+// list of server kinds and subscriber counts; unset: everything) asks
+// for kind with subs subscribers.
+func fanoutWanted(kind string, subs int) bool {
+	v := os.Getenv("POSTERN_BENCH_FANOUT")
+	if v == "" {
+		return true
+	}
+	kinds, counts := false, false
+	kindOK, countOK := false, false
+	for _, f := range strings.Split(v, ",") {
+		if n, err := strconv.Atoi(f); err == nil {
+			counts = true
+			countOK = countOK || n == subs
+		} else {
+			kinds = true
+			kindOK = kindOK || f == kind
+		}
+	}
+	return (!kinds || kindOK) && (!counts || countOK)
+}
+
+// machineIdle is the time the machine's CPUs have been idle, from
+// /proc/stat (0 where there is none).
+func machineIdle() time.Duration {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 5 || f[0] != "cpu" {
+		return 0
+	}
+	ticks, _ := strconv.ParseInt(f[4], 10, 64) // USER_HZ, 100 on Linux
+	return time.Duration(ticks) * 10 * time.Millisecond
+}
+
+// fanoutCounts is the subscriber counts measured: 1000 and 10,000, and
+// any other count POSTERN_BENCH_FANOUT names.
+func fanoutCounts() []int {
+	counts := []int{fanoutSubscribers / 10, fanoutSubscribers}
+	for _, f := range strings.Split(os.Getenv("POSTERN_BENCH_FANOUT"), ",") {
+		if n, err := strconv.Atoi(f); err == nil && n > 0 && !slices.Contains(counts, n) {
+			counts = append(counts, n)
+		}
+	}
+	return counts
 }
 
 // ownCPU is the CPU time (user and system) this process has used.
@@ -775,20 +904,44 @@ func runFanout(ctx context.Context, o Options) ([]Figure, error) {
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	var figs []Figure
 	us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
-	for _, subs := range []int{fanoutSubscribers / 10, fanoutSubscribers} {
-		p, err := fanout(ctx, "postern", "/c/fan", "/c/fan", subs)
-		if err != nil {
-			return nil, err
+	for _, subs := range fanoutCounts() {
+		var p, b fanoutResult
+		var err error
+		if fanoutWanted("postern", subs) {
+			if p, err = fanout(ctx, "postern", "/c/fan", "/c/fan", subs); err != nil {
+				return nil, err
+			}
 		}
-		b, err := fanout(ctx, "baseline", "/fan", "/fan", subs)
-		if err != nil {
-			return nil, err
+		if fanoutWanted("baseline", subs) {
+			if b, err = fanout(ctx, "baseline", "/fan", "/fan", subs); err != nil {
+				return nil, err
+			}
 		}
 		n := strconv.Itoa(subs)
 		figs = append(figs,
 			Figure{Name: "p50 delivery to " + n + " subs", Unit: "ms", Value: ms(p.p50), Baseline: ms(b.p50), LowerIsBetter: true},
 			Figure{Name: "p99 delivery to " + n + " subs", Unit: "ms", Value: ms(p.p99), Baseline: ms(b.p99), LowerIsBetter: true},
 			Figure{Name: "p99 read by the clients, " + n + " subs", Unit: "ms", Value: ms(p.readP99), Baseline: ms(b.readP99), LowerIsBetter: true})
+		if subs == fanoutSubscribers && fanoutWanted("floor", subs) {
+			// What the kernel alone costs per delivery, and the fan-out
+			// time that allows on this machine's cores.
+			floor, err := kernelFloor(floorPairs, fanoutMessages)
+			if err != nil {
+				slog.Warn("channels-fanout: no kernel floor", "err", err)
+			} else {
+				figs = append(figs,
+					Figure{Name: "kernel floor: CPU per delivery, send and receive only (" + strconv.Itoa(floorPairs) + " conns)", Unit: "µs", Value: us(floor), LowerIsBetter: true},
+					Figure{Name: "fan-out time the kernel floor allows (" + n + " subs, " + strconv.Itoa(runtime.NumCPU()) + " cores)", Unit: "ms", Value: ms(floor * time.Duration(subs) / time.Duration(runtime.NumCPU())), LowerIsBetter: true})
+				if p.serverCPU > 0 {
+					figs = append(figs,
+						Figure{Name: "server+clients CPU per delivery over the kernel floor (" + n + " subs)", Unit: "x", Value: float64(p.serverCPU+p.clientCPU) / float64(floor), LowerIsBetter: true},
+						// Both cores busy with nothing but the fan-out, at
+						// the CPU per delivery measured: what the p99s
+						// above compare with.
+						Figure{Name: "fan-out time the measured CPU allows (" + n + " subs, " + strconv.Itoa(runtime.NumCPU()) + " cores)", Unit: "ms", Value: ms((p.serverCPU + p.clientCPU) * time.Duration(subs) / time.Duration(runtime.NumCPU())), LowerIsBetter: true})
+				}
+			}
+		}
 		if subs == fanoutSubscribers {
 			figs = append(figs,
 				// Issue 20's goal.

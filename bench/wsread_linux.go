@@ -60,7 +60,7 @@ func readLoops() int {
 // wsReaders reads the frames of a set of subscriber connections.
 type wsReaders struct {
 	loops   []*pollLoop
-	ring    *ringLoop // when the connections are read through io_uring
+	rings   []*ringLoop // when the connections are read through io_uring
 	stopped atomic.Bool
 	wg      sync.WaitGroup
 }
@@ -128,10 +128,15 @@ func startReaders(conns []*wsClient, frame func(i int, payload []byte, at frameT
 	}
 	r := &wsReaders{}
 	if os.Getenv(clientReaderEnv) != "epoll" {
-		ring, err := startRing(r, pcs, frame)
+		err := r.startRings(pcs, frame)
 		if err == nil {
-			r.ring = ring
 			return r, nil
+		}
+		if len(r.rings) > 0 {
+			// A later ring failed (startRings closed the connections
+			// no ring took): the running ones close theirs as they stop.
+			r.stop()
+			return nil, fmt.Errorf("io_uring reader: %w", err)
 		}
 		if os.Getenv(clientReaderEnv) == "uring" {
 			closePollConns(pcs)
@@ -139,6 +144,39 @@ func startReaders(conns []*wsClient, frame func(i int, payload []byte, at frameT
 		}
 	}
 	return startEpoll(r, pcs, frame)
+}
+
+// startRings reads pcs through ringLoops() rings, each connection
+// through one, on threads of their own. It stops at the first ring that
+// cannot be set up: when that is the first, pcs stay open; otherwise the
+// connections of the rings not started are closed.
+func (r *wsReaders) startRings(pcs []*pollConn, frame func(i int, payload []byte, at frameTimes)) error {
+	n := ringLoops()
+	parts := make([][]*pollConn, n)
+	for i, pc := range pcs {
+		parts[i%n] = append(parts[i%n], pc)
+	}
+	for k, part := range parts {
+		l, err := startRing(r, part, frame)
+		if err != nil {
+			if k > 0 {
+				for _, p := range parts[k:] {
+					closePollConns(p)
+				}
+			}
+			return err
+		}
+		r.rings = append(r.rings, l)
+	}
+	return nil
+}
+
+// ringLoops is the number of io_uring readers (POSTERN_BENCH_RINGS).
+func ringLoops() int {
+	if n, err := strconv.Atoi(os.Getenv("POSTERN_BENCH_RINGS")); err == nil && n > 0 {
+		return n
+	}
+	return 1
 }
 
 // clientReaderEnv chooses the clients' reader: "epoll" or "uring"; unset:

@@ -52,8 +52,14 @@ const (
 	ringCQ = 16384
 	// ringBufs buffers of ringBufSize bytes: a completion takes one until
 	// the loop has parsed it, and the loop hands each back at once. A
-	// buffer holds the header, the control message and the payload.
-	ringBufs    = 8192
+	// buffer holds the header, the control message and the payload. A
+	// pass runs a few dozen receives (see ringFull), so few buffers are
+	// out at a time; 256 of them (128 KiB) stay in the cache, where 8192
+	// (4 MiB, taken in turn) had every receive's copy miss it: client CPU
+	// per delivery 2.63 -> 2.47 µs (medians of 5 interleaved rounds).
+	// Should they run out, the receives that found none end with ENOBUFS
+	// and are armed again (complete).
+	ringBufs    = 256
 	ringBufSize = 512
 	ringCtlLen  = 64
 	ringGroup   = 1

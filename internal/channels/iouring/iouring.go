@@ -33,6 +33,7 @@ const (
 
 	OpRecvmsg = 10
 	OpSend    = 26
+	OpRecv    = 27
 
 	RecvMultishot   = 1 << 1 // in SQE.Ioprio of a receive
 	SQEBufferSelect = 1 << 5
