@@ -11,6 +11,7 @@ import (
 	"github.com/postern/postern/internal/store"
 	"github.com/postern/postern/internal/store/redisstore"
 	"github.com/postern/postern/internal/store/redisstore/redistest"
+	"github.com/postern/postern/internal/store/storetest"
 )
 
 // TestWakeOnlyWhenParked: a write to a queue is announced on
@@ -90,11 +91,7 @@ func testWakeOnlyWhenParked(t *testing.T, u string) {
 func TestSettlingCarried(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	u := srv.URL()
-	// A delay no test waits for: only a call or Close sends a settling.
-	a, err := redisstore.Open(u, redisstore.Options{Logger: slog.New(slog.DiscardHandler), SettleDelay: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := openOwing(t, u)
 	defer a.Close()
 	b := open(t, u, nil)
 	defer b.Close()
@@ -143,24 +140,21 @@ func TestSettlingCarried(t *testing.T) {
 	}
 }
 
-// scriptCalls is how many functions Redis ran since the last RESETSTAT.
-func scriptCalls(t *testing.T, srv *redistest.Server) int {
+// openOwing opens a store whose settlings wait for a delay no test waits
+// for: only a call on their queue, or Close, sends them.
+func openOwing(t *testing.T, u string) *redisstore.Store {
 	t.Helper()
-	r, err := srv.Do("INFO", "commandstats")
+	s, err := redisstore.Open(u, redisstore.Options{Logger: slog.New(slog.DiscardHandler), SettleDelay: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, _ := r.(string)
-	n := 0
-	for _, line := range strings.Split(info, "\n") {
-		for _, c := range []string{"cmdstat_fcall:calls="} {
-			if rest, ok := strings.CutPrefix(strings.TrimSpace(line), c); ok {
-				k, _ := strconv.Atoi(strings.SplitN(rest, ",", 2)[0])
-				n += k
-			}
-		}
-	}
-	return n
+	return s
+}
+
+// scriptCalls is how many functions Redis ran since the last RESETSTAT.
+func scriptCalls(t *testing.T, srv *redistest.Server) int {
+	t.Helper()
+	return commandCounts(t, srv)["fcall"]
 }
 
 // TestOlderVersionsQueuesRead: messages an older version stored (a bare
@@ -209,5 +203,295 @@ func TestOlderVersionsQueuesRead(t *testing.T) {
 	}
 	if n, err := c.Do(ctx, c.B().Exists().Key(base+"m").Build()).AsInt64(); n != 0 || err != nil {
 		t.Fatalf("records hash left: %d %v", n, err)
+	}
+}
+
+// commandCounts is what Redis ran since the last RESETSTAT, by command
+// (every command: those clients sent and those functions ran).
+func commandCounts(t *testing.T, srv *redistest.Server) map[string]int {
+	t.Helper()
+	r, err := srv.Do("INFO", "commandstats")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, _ := r.(string)
+	out := map[string]int{}
+	for _, line := range strings.Split(info, "\n") {
+		name, rest, ok := strings.Cut(strings.TrimPrefix(strings.TrimSpace(line), "cmdstat_"), ":calls=")
+		if !ok || name == "info" || strings.HasPrefix(name, "config") {
+			continue
+		}
+		n, _ := strconv.Atoi(strings.SplitN(rest, ",", 2)[0])
+		out[name] = n
+	}
+	return out
+}
+
+// TestLeanHotPath: once a queue has its consumer group, a tunnel's
+// produce and long-poll consume (an append without dedup key or expiry,
+// a delete-mode take, its delivery settled and carried by the next take)
+// run no function at all, and few commands per message.
+func TestLeanHotPath(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	u := srv.URL()
+	a := openOwing(t, u)
+	defer a.Close()
+	const key, n = "t/hot", 20
+	send := func(body string) {
+		t.Helper()
+		if _, err := a.Append(ctx, key, store.Message{Body: []byte(body)}, store.AppendOptions{MaxLen: 1000, Limit: 1000}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Warm-up: the first take creates the group (a function), whose
+	// settling a function carries.
+	for range 2 {
+		send("warm")
+		l, ok, err := a.Take(ctx, key, store.TakeDelete, time.Minute)
+		if !ok || err != nil {
+			t.Fatalf("take: %v %v", ok, err)
+		}
+		a.Settle(ctx, key, []store.Lease{l}, true)
+	}
+	if _, err := srv.Do("CONFIG", "RESETSTAT"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		send(fmt.Sprint(i))
+		l, ok, err := a.Take(ctx, key, store.TakeDelete, time.Minute)
+		if !ok || err != nil || string(l.Body) != fmt.Sprint(i) {
+			t.Fatalf("take %d: %q %v %v", i, l.Body, ok, err)
+		}
+		if err := a.Settle(ctx, key, []store.Lease{l}, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := commandCounts(t, srv)
+	// An empty take (the function's) carries the last settling; no
+	// consumer of the group is left behind.
+	if l, ok, err := a.Take(ctx, key, store.TakeDelete, time.Minute); ok || err != nil {
+		t.Fatalf("take from an empty queue: %q %v", l.Body, err)
+	}
+	_, prefix := raw(t, u)
+	if r, err := srv.Do("XINFO", "GROUPS", prefix+"q{"+key+"}:s"); err != nil {
+		t.Fatal(err)
+	} else if g := fmt.Sprint(r); !strings.Contains(g, "consumers 0 ") {
+		t.Fatalf("group after the queue emptied: %s, want no consumer", g)
+	}
+	total := 0
+	for _, c := range got {
+		total += c
+	}
+	t.Logf("commands for %d messages: %v", n, got)
+	if got["fcall"] != 0 || got["evalsha"] != 0 {
+		t.Fatalf("functions ran on the hot path: %v", got)
+	}
+	// Per message: MULTI, XLEN, XADD, HINCRBY, HMGET, EXEC; HMGET,
+	// ZRANGE, XPENDING, XREADGROUP; XDEL and XGROUP DELCONSUMER.
+	if per := float64(total) / n; per > 12.5 {
+		t.Fatalf("%.1f commands per message, want at most 12: %v", per, got)
+	}
+	if got["xreadgroup"] != n || got["xadd"] != n {
+		t.Fatalf("xreadgroup %d, xadd %d, want %d each", got["xreadgroup"], got["xadd"], n)
+	}
+}
+
+// TestLeanLeaseAcrossNodes: a message a lean node took is hidden from
+// every other node, lean or not, until its lease runs out, also when the
+// node that took it dies; then another node takes it again, in its place,
+// and the dead node's late settling does not touch the new lease.
+func TestLeanLeaseAcrossNodes(t *testing.T) {
+	t.Run("server", func(t *testing.T) { testLeanLeaseAcrossNodes(t, redistest.URL(t)) })
+	t.Run("cluster", func(t *testing.T) { testLeanLeaseAcrossNodes(t, redistest.ClusterURL(t)) })
+}
+
+func testLeanLeaseAcrossNodes(t *testing.T, u string) {
+	c := storetest.NewClock()
+	openNode := func(fnOnly bool) *redisstore.Store {
+		s, err := redisstore.Open(u, redisstore.Options{Logger: slog.New(slog.DiscardHandler), Now: c.Now, FunctionsOnly: fnOnly, SettleDelay: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	a, b, f := openNode(false), openNode(false), openNode(true)
+	defer b.Close()
+	defer f.Close()
+	const key = "t/lease"
+	var ids []store.ID
+	for _, body := range []string{"m1", "m2", "m3"} {
+		r, err := a.Append(ctx, key, store.Message{Body: []byte(body)}, store.AppendOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, r.ID)
+	}
+	take := func(s *redisstore.Store, want string) store.Lease {
+		t.Helper()
+		l, ok, err := s.Take(ctx, key, store.TakeDelete, time.Minute)
+		if err != nil || (want == "" && ok) || (want != "" && (!ok || string(l.Body) != want)) {
+			t.Fatalf("take: %q %v %v, want %q", l.Body, ok, err, want)
+		}
+		return l
+	}
+	take(a, "m1") // the function: the group is new
+	l2 := take(a, "m2")
+	// Warm: the next takes of b are lean.
+	lb := take(b, "m3")
+	if err := b.Settle(ctx, key, []store.Lease{lb}, false); err != nil {
+		t.Fatal(err)
+	}
+	take(f, "m3") // m1 and m2 under a's leases, for a function too
+	a.Close()     // a dies: m1 and m2 stay under their leases
+	take(b, "")
+	c.Advance(time.Minute + time.Second)
+	n1 := take(b, "m1") // in its place
+	n2 := take(f, "m2")
+	if n1.ID != ids[0] || n2.ID != ids[1] {
+		t.Fatalf("retaken %v %v, want %v %v", n1.ID, n2.ID, ids[0], ids[1])
+	}
+	// a's late settlings, sent by another node of a's: run out, they
+	// leave the new leases as they are.
+	a2 := openNode(false)
+	defer a2.Close()
+	if err := a2.Settle(ctx, key, []store.Lease{l2}, true); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := b.Len(ctx, key); n != 3 || err != nil {
+		t.Fatalf("Len = %d %v, want 3", n, err)
+	}
+	if err := b.Settle(ctx, key, []store.Lease{n1, n2}, true); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := f.Len(ctx, key); n != 1 || err != nil {
+		t.Fatalf("Len = %d %v, want 1 (m3, under f's lease)", n, err)
+	}
+}
+
+// TestPreviousVersionQueue: a queue the previous version left (no count
+// of messages with expiry, a lease and a pending message in its sets) is
+// served by the functions, as before, until it is empty; from then on the
+// lean path takes over.
+func TestPreviousVersionQueue(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	u := srv.URL()
+	c, prefix := raw(t, u)
+	s := open(t, u, nil)
+	defer s.Close()
+	base := prefix + "q{t/prev}:"
+	now := time.Now().UnixMilli()
+	lease := strconv.FormatInt((now+60_000)*1000+7, 10)
+	var ids []string
+	for i, body := range []string{"leased", "pending", "queued"} {
+		id := fmt.Sprintf("%d-%d", now-10, i)
+		ids = append(ids, id)
+		cmd := []string{"XADD", base + "s", id, "r", "0,0,0:0:" + body}
+		if err := c.Do(ctx, c.B().Arbitrary(cmd...).Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lex := func(id string) string {
+		ms, seq, _ := strings.Cut(id, "-")
+		return fmt.Sprintf("%016s-%016s", ms, seq)
+	}
+	for _, cmd := range [][]string{
+		{"HSET", base + "h", "f", "3", "e", "-1", "u", "nlp"},
+		{"ZADD", base + "l", lease, lex(ids[0])},
+		{"ZADD", base + "p", "0", lex(ids[1])},
+	} {
+		if err := c.Do(ctx, c.B().Arbitrary(cmd...).Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.Append(ctx, "t/prev", store.Message{Body: []byte("new")}, store.AppendOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"queued", "new"} {
+		l, ok, err := s.Take(ctx, "t/prev", store.TakeDelete, time.Minute)
+		if err != nil || !ok || string(l.Body) != want {
+			t.Fatalf("take: %q %v %v, want %q", l.Body, ok, err, want)
+		}
+		if err := s.Settle(ctx, "t/prev", []store.Lease{l}, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if l, ok, err := s.Take(ctx, "t/prev", store.TakeDelete, time.Minute); ok || err != nil {
+		t.Fatalf("took %q %v while the rest is leased or pending", l.Body, err)
+	}
+	for _, id := range ids[:2] {
+		mid, _ := store.ParseID(id)
+		if ok, err := s.Ack(ctx, "t/prev", mid); !ok || err != nil {
+			t.Fatalf("ack %s: %v %v", id, ok, err)
+		}
+	}
+	// Empty: known to hold no message with expiry; the lean path serves.
+	if l, ok, err := s.Take(ctx, "t/prev", store.TakeDelete, time.Minute); ok || err != nil {
+		t.Fatalf("took %q %v from an empty queue", l.Body, err)
+	}
+	if _, err := s.Append(ctx, "t/prev", store.Message{Body: []byte("lean")}, store.AppendOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.Do("CONFIG", "RESETSTAT"); err != nil {
+		t.Fatal(err)
+	}
+	if l, ok, err := s.Take(ctx, "t/prev", store.TakeDelete, time.Minute); !ok || err != nil || string(l.Body) != "lean" {
+		t.Fatalf("take: %q %v %v", l.Body, ok, err)
+	}
+	if got := commandCounts(t, srv); got["fcall"] != 0 || got["xreadgroup"] != 1 {
+		t.Fatalf("after the queue emptied: %v, want a lean take", got)
+	}
+}
+
+// TestLeanClearUnderLease: Clear while a lean lease is out removes the
+// message and the stream's group; the lease's settling is then a no-op,
+// and the queue serves new messages, in order, on the lean path again.
+func TestLeanClearUnderLease(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	s := openOwing(t, srv.URL())
+	defer s.Close()
+	const key = "t/clear"
+	round := func(bodies ...string) []store.Lease {
+		t.Helper()
+		for _, b := range bodies {
+			if _, err := s.Append(ctx, key, store.Message{Body: []byte(b)}, store.AppendOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var ls []store.Lease
+		for _, b := range bodies {
+			l, ok, err := s.Take(ctx, key, store.TakeDelete, time.Minute)
+			if !ok || err != nil || string(l.Body) != b {
+				t.Fatalf("take: %q %v %v, want %q", l.Body, ok, err, b)
+			}
+			ls = append(ls, l)
+		}
+		return ls
+	}
+	if err := s.Settle(ctx, key, round("w1", "w2"), true); err != nil {
+		t.Fatal(err)
+	}
+	ls := round("a")
+	if n, err := s.Clear(ctx, key); n != 1 || err != nil {
+		t.Fatalf("Clear = %d %v, want 1", n, err)
+	}
+	if err := s.Settle(ctx, key, ls, true); err != nil {
+		t.Fatal(err)
+	}
+	next := round("b", "c")
+	if err := s.Settle(ctx, key, next, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.Do("CONFIG", "RESETSTAT"); err != nil {
+		t.Fatal(err)
+	}
+	next = round("d")
+	if err := s.Settle(ctx, key, next, true); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.Len(ctx, key); n != 0 || err != nil {
+		t.Fatalf("Len = %d %v, want 0", n, err)
+	}
+	if got := commandCounts(t, srv); got["xreadgroup"] != 1 {
+		t.Fatalf("after Clear: %v, want a lean take", got)
 	}
 }

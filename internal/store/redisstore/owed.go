@@ -86,6 +86,24 @@ func (o *owed) carry(key string) (string, []store.Lease) {
 	return b.String(), ls
 }
 
+// carryPlain removes what is owed on key and returns it when plain
+// commands may settle all of it at now (see plainSettle); otherwise it
+// leaves it owed and reports false.
+func (o *owed) carryPlain(key string, now time.Time) ([]store.Lease, bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	ls := o.keys[key]
+	for _, l := range ls {
+		if !plainSettle(l, now) {
+			return nil, false
+		}
+	}
+	if ls != nil {
+		delete(o.keys, key)
+	}
+	return ls, true
+}
+
 // landed waits until a send of the timer's that carries what was owed on
 // key has ended, so that the store's own next call on key runs after the
 // settling (a call that overtook it would not see it).
@@ -225,6 +243,29 @@ func (s *Store) sendAllOwed() (failed bool) {
 			}()
 			ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
 			defer cancel()
+			if ls, plain := o.carryPlain(k, s.now()); plain {
+				// Lean leases only: plain commands settle them.
+				if len(ls) == 0 {
+					return
+				}
+				keys, lk := s.leanKeys(k)
+				b := s.c.B()
+				rs := s.c.DoMulti(ctx, append(s.settleCmds(b, lk, ls), b.Xlen().Key(lk.s).Build())...)
+				rest := s.settled(ctx, k, ls, rs)
+				if s.owedFailed(rs) {
+					bad.Store(true)
+					return
+				}
+				if n, _ := rest[0].AsInt64(); n == 0 {
+					// Emptied, and no take of this node's followed: the
+					// settle function sets the queue's counts right
+					// (see lean.go), so that its keys get their TTLs.
+					if _, err := s.exec(ctx, scSettle, keys, s.nowMS(), "", "1", s.wakeChannel, k); err != nil {
+						bad.Store(true)
+					}
+				}
+				return
+			}
 			carried, ls := o.carry(k)
 			if carried == "" {
 				return
@@ -238,6 +279,16 @@ func (s *Store) sendAllOwed() (failed bool) {
 	}
 	wg.Wait()
 	return bad.Load()
+}
+
+// owedFailed reports whether a command of rs failed.
+func (s *Store) owedFailed(rs []rueidis.RedisResult) bool {
+	for _, r := range rs {
+		if e := r.Error(); e != nil && !redisErrIs(e, "NOGROUP") {
+			return true
+		}
+	}
+	return false
 }
 
 // forgetExpired drops, from ls, the leases that ran out by now: a

@@ -115,6 +115,9 @@ func decode(id, rec string) (store.Message, error) {
 
 // Append implements store.Queues.
 func (s *Store) Append(ctx context.Context, key string, m store.Message, opts store.AppendOptions) (store.AppendResult, error) {
+	if res, done, err := s.leanAppend(ctx, key, m, opts); done {
+		return res, err
+	}
 	now := s.now()
 	exp := expiry(now, opts.TTL)
 	var until int64
@@ -172,7 +175,7 @@ func modeArg(mode store.TakeMode) string {
 // read the deadline back from it (lua/queue.lua).
 func (s *Store) token(d time.Duration) (string, int64, time.Time) {
 	dl := s.now().Add(d).UnixMilli()
-	t := dl*1000 + int64(s.tokens.Add(1)%1000)
+	t := dl*1000 + s.tokens.Add(1)%leanTokenBase
 	return strconv.FormatInt(t, 10), t, time.UnixMilli(dl)
 }
 
@@ -190,6 +193,18 @@ const parkSlack = time.Second
 // nothing, records the park in the queue's meta hash, where appends and
 // leases given back look before they publish.
 func (s *Store) TakeOrPark(ctx context.Context, key string, mode store.TakeMode, d, park time.Duration) (store.Lease, bool, error) {
+	var fb fallback
+	if mode == store.TakeDelete {
+		l, ok, done, f, err := s.leanTake(ctx, key, d)
+		if done {
+			return l, ok, err
+		}
+		fb = f
+	}
+	group := "0"
+	if fb.group {
+		group = "1"
+	}
 	keys := s.qkeys(key)
 	budget := strconv.Itoa(expiredBudget)
 	for {
@@ -199,7 +214,7 @@ func (s *Store) TakeOrPark(ctx context.Context, key string, mode store.TakeMode,
 		if park > 0 {
 			til = strconv.FormatInt(now.Add(park+parkSlack).UnixMilli(), 10)
 		}
-		res, err := s.qexec(ctx, scTake, key, keys, now.UnixMilli(), modeArg(mode), budget, tok, til)
+		res, err := s.qexec(ctx, scTake, key, keys, now.UnixMilli(), modeArg(mode), budget, tok, til, fb.readPast, group, fb.consumer)
 		if err != nil {
 			return store.Lease{}, false, err
 		}

@@ -6,10 +6,12 @@
 // # Layout
 //
 // Every operation of store.Queues is one Lua function (one library of
-// them, see scripts.go), so it is atomic across all nodes without locks or
-// consumer groups: two nodes taking from one tunnel at once each get a
-// different message or none, never an error or a message twice (the
-// consumer-group race of the original relay cannot happen). A queue is a
+// them, see scripts.go), so it is atomic across all nodes without locks,
+// except the common operations of a tunnel, which run as plain commands
+// on the same keys (the lean path, see lean.go): two nodes taking from one
+// tunnel at once each get a different message or none, never an error or
+// a message twice (the consumer-group race of the original relay cannot
+// happen: a function creates the group, atomically). A queue is a
 // stream, which orders messages by id, holds their records in its entries
 // and keeps its last id so ids keep increasing after the queue empties,
 // plus a hash of records replaced in place by a dedup key (and of the
@@ -20,8 +22,10 @@
 // next take, on any node), a sorted set of restored ids (written by older
 // versions, which put messages back at their id position; still read), a
 // hash of dedup keys with the ids of their messages and a sorted set of
-// dedup windows. The take and its lease are one call, and so is the
-// settling of a batch. Replies live in keys of their own, so Clear leaves
+// dedup windows, plus the stream's consumer group, through which the lean
+// path hands out new entries (the group's pending entries are its
+// leases). The take and its lease are one call, and so is the settling of
+// a batch. Replies live in keys of their own, so Clear leaves
 // them. Every key of one queue, history or directory entry carries the
 // same hash tag ({...}), so it lives in one Cluster slot and a function
 // may touch all of it.
@@ -55,7 +59,9 @@ package redisstore
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -140,6 +146,10 @@ type Options struct {
 	// owed.go); zero means DefaultSettleDelay, negative sends each
 	// settling by itself at once.
 	SettleDelay time.Duration
+	// FunctionsOnly runs every queue operation as a function, leaving
+	// the lean path (lean.go) unused: for tests of the two side by side,
+	// and comparisons.
+	FunctionsOnly bool
 }
 
 // Store is the Redis engine.
@@ -157,6 +167,9 @@ type Store struct {
 	wakeChannel  string // the pub/sub channel of store.WakeTopic
 
 	owed *owed // deliveries settled and not yet sent
+
+	functionsOnly bool   // see Options.FunctionsOnly
+	nodeTag       string // names this store's group consumers (see consumer)
 
 	fan *fanout
 
@@ -352,6 +365,9 @@ func New(copt rueidis.ClientOption, opts Options) (*Store, error) {
 
 		waitReplicas: opts.WaitReplicas,
 		waitTimeout:  opts.WaitTimeout,
+
+		functionsOnly: opts.FunctionsOnly,
+		nodeTag:       newNodeTag(),
 	}
 	s.wakeChannel = s.channel(store.WakeTopic)
 	if opts.SettleDelay == 0 {
@@ -372,6 +388,14 @@ func New(copt rueidis.ClientOption, opts Options) (*Store, error) {
 	}
 	s.fan = newFanout(s, opts.ReconnectMax)
 	return s, nil
+}
+
+// newNodeTag is a random tag that tells this store's lean leases from
+// other nodes' (see consumer).
+func newNodeTag() string {
+	var b [6]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 // Name implements store.Engine.

@@ -58,6 +58,7 @@ var (
 	scLen     = &luaFunc{begin: beginQueue, body: "len"}
 	scClear   = &luaFunc{begin: beginQueue, body: "clear"}
 	scReply   = &luaFunc{begin: beginQueue, body: "reply", stores: true}
+	scLeanFix = &luaFunc{begin: beginQueue, body: "leanfix"}
 
 	scRecord = &luaFunc{begin: beginHistory, body: "record", stores: true}
 	scSince  = &luaFunc{begin: beginHistory, body: "since"}
@@ -69,7 +70,7 @@ var (
 
 	// library is the source FUNCTION LOAD takes; every luaFunc's name is
 	// set from it.
-	library = buildLibrary(scAppend, scTake, scTakeAll, scSettle, scAck, scStatus, scLen, scClear, scReply,
+	library = buildLibrary(scAppend, scTake, scTakeAll, scSettle, scAck, scStatus, scLen, scClear, scReply, scLeanFix,
 		scRecord, scSince, scRegister, scLookup, scHeartbeat, scNodes)
 )
 

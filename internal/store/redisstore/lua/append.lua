@@ -33,7 +33,7 @@ if dk ~= '' then
       if not keepfirst then
         redis.call('HSET', M, qid, set_head(rec, exp, otil))
         touch(M, 'o')
-        if oexp == 0 and exp > 0 then dforever = -1 elseif oexp > 0 and exp == 0 then dforever = 1 end
+        if oexp == 0 and exp > 0 then dforever, dexp = -1, 1 elseif oexp > 0 and exp == 0 then dforever, dexp = 1, -1 end
         if exp > 0 then need(exp) end
         dirty = true
         finish()
@@ -51,7 +51,7 @@ local n = qlen()
 if limit > 0 and n >= limit then return {2, '', n, 0} end
 local id = xadd(S, nil, 'r', rec)
 touch(S, 's')
-if exp == 0 then dforever = dforever + 1 else need(exp) end
+if exp == 0 then dforever = dforever + 1 else need(exp); dexp = dexp + 1 end
 if dk ~= '' then
   redis.call('HSET', K, dk, id)
   touch(K, 'k')
@@ -60,21 +60,7 @@ end
 dirty = true
 n = n + 1
 local trimmed = 0
-if maxlen > 0 and n > maxlen then
-  scan(function(tid, src, fields)
-    local trec, inm = scanned_record(tid, src, fields)
-    if trec then
-      local texp, ttil, tdk = hdr(trec)
-      remove(tid, texp, src, false, inm)
-      forget(tid, ttil, tdk, false)
-    else
-      drop_index(tid, src)
-    end
-    trimmed = trimmed + 1
-    n = n - 1
-    return n <= maxlen
-  end)
-end
+if maxlen > 0 then n, trimmed = trim(n, maxlen) end
 wake(ARGV[10], ARGV[11])
 finish()
 return {0, id, n, trimmed}

@@ -27,6 +27,10 @@
 -- remembers the key, so that a repeat is told the id.
 local S, M, P, B, K, W, H, L
 local gcneed, dforever, dirty
+-- x0 + dexp is the count of messages with an expiry (H.x), known when
+-- xknown: queues of older versions have no H.x until they are empty. The
+-- lean path (lean.go) takes only from queues known to hold none.
+local x0, dexp, xknown, xhad
 
 -- The meta hash H, read once per call: f = messages without expiry,
 -- g = latest instant (ms) any stored data is needed until, e = the TTL
@@ -72,9 +76,69 @@ end
 local function expired(exp) return exp > 0 and now >= exp end
 -- over reports whether the lease scored ls has run out.
 local function over(ls) return tonumber(ls) < (now + 1) * 1000 end
+-- The stream's consumer group, through which the lean path (lean.go)
+-- hands out new entries: every entry past its cursor (last delivered id)
+-- was never handed out, so a function that hands one out moves the cursor
+-- past it (see takeable). An entry the lean path holds is pending in the
+-- group, owned by a consumer named after the lease token ("<token>:<node>"),
+-- which is its lease. Read once per call, when needed: the cursor (lex;
+-- false: no group) and the group's pending entries (lex -> consumer).
+local GROUP = 'postern'
+local cursor, pel
+local function group_cursor()
+  if cursor == nil then
+    cursor = false
+    local r = redis.pcall('XINFO', 'GROUPS', S)
+    if type(r) == 'table' and not r.err then
+      for _, g in ipairs(r) do
+        local name, last
+        for i = 1, #g - 1, 2 do
+          if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then last = g[i + 1] end
+        end
+        if name == GROUP and last then cursor = lex(last) end
+      end
+    end
+  end
+  return cursor
+end
+local function pel_load()
+  if pel == nil then
+    pel = {}
+    if group_cursor() then
+      for _, e in ipairs(redis.call('XPENDING', S, GROUP, '-', '+', 100000)) do pel[lex(e[1])] = e[2] end
+    end
+  end
+  return pel
+end
+-- pelof returns the token of the lean path's lease on lex l, or nil.
+local function pelof(l)
+  local c = pel_load()[l]
+  if c then return string.match(c, '^%d+') end
+  return nil
+end
+-- release ends the lean path's lease on lex l, if there is one.
+local function release(l)
+  local c = pel_load()[l]
+  if c then
+    redis.call('XGROUP', 'DELCONSUMER', S, GROUP, c)
+    pel[l] = nil
+    dirty = true
+  end
+end
+-- past_cursor moves the group's cursor to id, handed out by a function,
+-- when it is past it.
+local function past_cursor(id, l)
+  local c = group_cursor()
+  if c and l > c then
+    redis.call('XGROUP', 'SETID', S, GROUP, id)
+    cursor = l
+  end
+end
+
 local function leaseof(l)
-  if uses('l') then return redis.call('ZSCORE', L, l) end
-  return false
+  local ls = uses('l') and redis.call('ZSCORE', L, l)
+  if ls then return ls end
+  return pelof(l) or false
 end
 local function pendof(l)
   if uses('p') then return redis.call('ZSCORE', P, l) end
@@ -131,8 +195,9 @@ local function remove(id, exp, src, notpending, inm)
   end
   if not notpending and uses('p') then redis.call('ZREM', P, lex(id)) end
   if uses('l') then redis.call('ZREM', L, lex(id)) end
+  release(lex(id))
   if may_be_in_m(inm) then redis.call('HDEL', M, id) end
-  if exp == 0 then dforever = dforever - 1 end
+  if exp == 0 then dforever = dforever - 1 else dexp = dexp - 1 end
   dirty = true
 end
 
@@ -196,6 +261,12 @@ local function free(l, hasl, hasp)
     dirty = true
     return true
   end
+  local ps = pelof(l)
+  if ps then
+    if not over(ps) then return false end
+    release(l)
+    return true
+  end
   return not (hasp and redis.call('ZSCORE', P, l))
 end
 
@@ -227,8 +298,8 @@ end
 -- applied is kept in H.e, extended with one margin of headroom, so most
 -- scripts set no TTL at all, only those of keys they created.
 local function apply_meta()
-  if not dirty and gcneed == 0 and touched == '' and parked == parked0 then return e0 end
-  local f = forever0 + dforever
+  local xdirty = xknown and (dexp ~= 0 or not xhad)
+  if not dirty and not xdirty and gcneed == 0 and touched == '' and parked == parked0 then return e0 end  local f = forever0 + dforever
   local g = math.max(g0, gcneed)
   local e = e0
   local upd = {}
@@ -247,6 +318,10 @@ local function apply_meta()
   if parked ~= parked0 then
     upd[#upd + 1] = 'w'
     upd[#upd + 1] = fmt(parked)
+  end
+  if xdirty then
+    upd[#upd + 1] = 'x'
+    upd[#upd + 1] = fmt(math.max(x0 + dexp, 0))
   end
   local all = false
   if f > 0 then
@@ -291,6 +366,9 @@ end
 local function finish()
   e0 = apply_meta()
   forever0, dforever = forever0 + dforever, 0
+  if xknown then
+    x0, dexp, xhad = math.max(x0 + dexp, 0), 0, true
+  end
   g0, gcneed = math.max(g0, gcneed), 0
   parked0 = parked
   touched, dirty, newused = '', false, false
@@ -357,6 +435,27 @@ local function drop_index(id, src)
   if uses('l') then redis.call('ZREM', L, lex(id)) end
 end
 
+-- trim removes the oldest messages of a queue of n beyond maxlen, and
+-- returns the new length and how many it removed.
+local function trim(n, maxlen)
+  local trimmed = 0
+  if n <= maxlen then return n, 0 end
+  scan(function(tid, src, fields)
+    local trec, inm = scanned_record(tid, src, fields)
+    if trec then
+      local texp, ttil, tdk = hdr(trec)
+      remove(tid, texp, src, false, inm)
+      forget(tid, ttil, tdk, false)
+    else
+      drop_index(tid, src)
+    end
+    trimmed = trimmed + 1
+    n = n - 1
+    return n <= maxlen
+  end)
+  return n, trimmed
+end
+
 -- takeable visits messages in order, dropping the expired ones, and calls
 -- grant(id, rec) for each one free to hand out until it returns true. It
 -- returns true when it stopped because budget expired messages were
@@ -386,6 +485,7 @@ local function takeable(budget, grant)
     end
     local l = lex(id)
     if not free(l, hasl, hasp) then return false end
+    past_cursor(id, l)
     return grant(id, rec, l)
   end
   if uses('b') then
@@ -428,7 +528,13 @@ local function settle(id, token, mode, delivered, cexp)
   local mine = ls and tonumber(ls) == token
   if rec and not delivered then
     if mine then
-      redis.call('ZREM', L, l)
+      release(l)
+      -- Scored 0: a lease that ran out, so that a take of the lean path
+      -- (lean.go), which looks for leases run out before it hands out
+      -- anything new, knows to leave this one to the take function,
+      -- which hands it out again in its place.
+      redis.call('ZADD', L, 0, l)
+      touch(L, 'l')
       if mode == 'p' then redis.call('ZREM', P, l) end
       dirty = true
       return true
@@ -438,13 +544,50 @@ local function settle(id, token, mode, delivered, cexp)
     if mode == 'd' then
       remove(id, exp, nil, false, inm)
     else
-      if ls then redis.call('ZREM', L, l) end
+      if ls then
+        if uses('l') then redis.call('ZREM', L, l) end
+        release(l)
+      end
       redis.call('ZADD', P, 0, l)
       touch(P, 'p')
     end
     forget(id, til, dk, true)
   end
   return false
+end
+
+-- reset_forever sets the count of messages without expiry to 0 when the
+-- queue holds nothing: the lean path (lean.go) counts its appends in H.f
+-- but not its deliveries, so f may stand above the true count (which only
+-- keeps keys longer), and is set right here.
+local function reset_forever()
+  local f = forever0 + dforever
+  if (f > 0 or not xknown or x0 + dexp ~= 0) and qlen() == 0 then
+    dforever = -forever0
+    xknown, dexp = true, -x0
+    dirty = true
+  end
+end
+
+-- drop_stale_pel forgets the lean path's leases that ran out on messages gone
+-- from the queue.
+local function drop_stale_pel()
+  for l, c in pairs(pel_load()) do
+    if over(string.match(c, '^%d+') or '0') and not record(unlex(l)) then release(l) end
+  end
+end
+
+-- drop_stale_leases forgets a few leases that ran out on messages gone
+-- from the queue (a node that died while it took one, say).
+local function drop_stale_leases()
+  drop_stale_pel()
+  if not uses('l') then return end
+  for _, l in ipairs(redis.call('ZRANGE', L, '-inf', '(' .. fmt((now + 1) * 1000), 'BYSCORE', 'LIMIT', 0, 8)) do
+    if not record(unlex(l)) then
+      redis.call('ZREM', L, l)
+      if uses('p') then redis.call('ZREM', P, l) end
+    end
+  end
 end
 
 -- num reads a field of H that may be missing; tonumber costs a strtod,
@@ -460,7 +603,8 @@ local function num(v) return v and int(v) or 0 end
 local function qbegin()
   S, M, P, B, K, W, H, L = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
   gcneed, dforever, dirty = 0, 0, false
-  local meta = redis.call('HMGET', H, 'f', 'g', 'e', 'u', 'c', 'w')
+  cursor, pel = nil, nil
+  local meta = redis.call('HMGET', H, 'f', 'g', 'e', 'u', 'c', 'w', 'x')
   forever0 = num(meta[1])
   g0 = num(meta[2])
   e0 = num(meta[3])
@@ -469,9 +613,13 @@ local function qbegin()
   parked0 = num(meta[6])
   parked = parked0
   newused = false
+  x0, dexp, xhad = num(meta[7]), 0, meta[7] ~= false
+  xknown = xhad
   if not meta[3] and not meta[4] then
-    -- No meta: a new queue (every queue with messages has e).
+    -- No meta: a new queue (every queue with messages has e), or one
+    -- only the lean path appended to, without expiry.
     used, newused = 'n', true
+    xknown = true
   end
   touched = ''
   local carried = table.remove(ARGV, 3)

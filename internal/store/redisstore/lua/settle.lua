@@ -9,5 +9,6 @@ for i = 6, #ARGV, 3 do
   if settle(ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], delivered) then requeued = true end
 end
 if requeued then wake(ARGV[4], ARGV[5]) end
+reset_forever()
 finish()
 return 1

@@ -1,0 +1,380 @@
+package redisstore
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/rueidis"
+
+	"github.com/postern/postern/internal/store"
+)
+
+// The lean path runs the common operations of a tunnel, an append without
+// dedup key or expiry and a take in delete mode, and the settling of such
+// a take, as plain commands, which rueidis pipelines, instead of
+// functions: a function call has a fixed cost in Redis that is several
+// times that of the commands it runs. It keeps the layout of the functions
+// (see lua/queue.lua), on the same keys, so that both run on one queue at
+// once, and leaves to the functions whatever needs more than one command
+// to be atomic:
+//
+//   - An append is one MULTI: XLEN, XADD, HINCRBY of H.f (the count of
+//     messages without expiry, which decides the keys' TTLs), HMGET of the
+//     meta. A queue found full (Limit), longer than MaxLen, new, or whose
+//     keys had a TTL is then handed to a function (leanfix), which removes
+//     the refused message again unless it was handed out already, trims,
+//     and applies the meta; a waiter parked on the queue is woken.
+//   - A take is one round trip: XREADGROUP on the stream's consumer group
+//     gives a new entry to one caller only, as a consumer named after the
+//     lease token and the node, whose pending entry in the group is the
+//     lease. The functions read those entries as leases, and move the
+//     group's cursor past every entry they hand out, so that whatever lies
+//     past it was never handed out. The same round trip reads the meta and
+//     looks for leases run out (or given back, scored 0): when there is
+//     one, when the queue may hold messages with an expiry (H.x, which the
+//     functions keep, is not 0), or when nothing new is there, the take is
+//     the function's, which scans the queue from its start (and parks a
+//     waiter when it finds nothing); a message read and not handed out is
+//     given back, for the function to hand out in its place.
+//   - A delivery of a lean lease is settled with XDEL and XGROUP
+//     DELCONSUMER (in that order: a message never seems free on the way),
+//     carried by the next lean call on its queue, or sent by itself. H.f
+//     is left as it is: it may count more messages than the queue holds,
+//     which keeps keys without TTL longer, never shorter; the take and
+//     settle functions set it right whenever the queue is empty.
+//
+// Dedup keys, expiry, pending mode, TakeAll, a lease given back or run
+// out, Ack, Status, Len, Clear, replies and replicated acknowledgement
+// (Options.WaitReplicas) stay with the functions.
+
+// leanGroup is the consumer group of a queue's stream (GROUP in
+// lua/queue.lua).
+const leanGroup = "postern"
+
+// leanSettleMargin is how much of a lean lease must be left for its
+// delivery to be settled with plain commands; later, a function settles it,
+// which leaves a message another lease holds now as it is.
+const leanSettleMargin = time.Second
+
+// leanTries bounds the messages a lean take tries to claim before it
+// leaves the take to the function.
+const leanTries = 4
+
+// Lease tokens end in three digits the node chooses: below 500 for a lease
+// a function took, 500 and above for a lease the lean path took whose
+// delivery plain commands may settle (see plainSettle).
+const leanTokenBase = 500
+
+// plainSettle reports whether the delivery of l may be settled with plain
+// commands at now: a lean lease of a delete-mode take, on a message
+// without dedup key whose record is its stream entry's, with
+// leanSettleMargin left.
+func plainSettle(l store.Lease, now time.Time) bool {
+	return l.Mode == store.TakeDelete && l.Token%1000 >= leanTokenBase && l.DedupKey == "" &&
+		now.Before(l.Deadline.Add(-leanSettleMargin))
+}
+
+// leanKeys are the keys of a queue the lean path uses.
+type leanKeys struct{ s, m, h, l string }
+
+func (s *Store) leanKeys(key string) ([]string, leanKeys) {
+	k := s.qkeys(key)
+	return k, leanKeys{s: k[0], m: k[1], h: k[6], l: k[7]}
+}
+
+// leanAppend is Append on the lean path; done is false when the append is
+// not one it makes, and nothing was sent.
+func (s *Store) leanAppend(ctx context.Context, key string, m store.Message, opts store.AppendOptions) (res store.AppendResult, done bool, err error) {
+	if s.functionsOnly || s.waitReplicas > 0 || opts.DedupKey != "" || opts.TTL > 0 {
+		return res, false, nil
+	}
+	if s.closed.Load() {
+		return res, true, store.ErrClosed
+	}
+	// What the store owes the queue is settled first, so that the
+	// length is the queue's as this node sees it.
+	s.owed.landed(ctx, key)
+	owed, plain := s.owed.carryPlain(key, s.now())
+	if !plain {
+		return res, false, nil // the function carries them
+	}
+	keys, k := s.leanKeys(key)
+	b := s.c.B()
+	cmds := s.settleCmds(b, k, owed)
+	rs := s.c.DoMulti(ctx, append(cmds,
+		b.Multi().Build(),
+		b.Xlen().Key(k.s).Build(),
+		b.Xadd().Key(k.s).Id("*").FieldValue().FieldValue("r", encode(0, 0, "", m.ContentType, m.Body)).Build(),
+		b.Hincrby().Key(k.h).Field("f").Increment(1).Build(),
+		b.Hmget().Key(k.h).Field("e", "u", "w").Build(),
+		b.Exec().Build())...)
+	rs = s.settled(ctx, key, owed, rs)
+	for _, r := range rs[:5] {
+		if err := r.Error(); err != nil {
+			return res, true, s.outcome(r, s.wrap(ctx, err))
+		}
+	}
+	ex := rs[5]
+	if err := ex.Error(); err != nil {
+		return res, true, s.outcome(ex, s.wrap(ctx, err))
+	}
+	arr, err := ex.ToArray()
+	if err != nil || len(arr) != 4 {
+		return res, true, errBadReply
+	}
+	before, err1 := arr[0].AsInt64()
+	idText, err2 := arr[1].ToString()
+	meta, err3 := arr[3].ToArray()
+	if err1 != nil || err2 != nil || err3 != nil || len(meta) != 3 {
+		return res, true, errBadReply
+	}
+	if res.ID, err = store.ParseID(idText); err != nil {
+		return res, true, errBadReply
+	}
+	e, _ := meta[0].ToString()
+	u, _ := meta[1].ToString()
+	w, _ := meta[2].ToString()
+	res.Len = int(before) + 1
+	restored := strings.Contains(u, "b") // older versions' restored set counts too
+	full := opts.Limit > 0 && (int(before) >= opts.Limit || restored)
+	long := opts.MaxLen > 0 && (res.Len > opts.MaxLen || restored)
+	if e != "-1" || full || long || restored {
+		refused, limit, maxLen := "", "0", "0"
+		if full {
+			refused, limit = idText, strconv.Itoa(opts.Limit)
+		}
+		if long {
+			maxLen = strconv.Itoa(opts.MaxLen)
+		}
+		fix, err := s.exec(ctx, scLeanFix, keys, s.nowMS(), "", refused, limit, maxLen)
+		if err != nil {
+			// The message is stored: the client is told the
+			// outcome is not known, as for a lost answer.
+			return res, true, s.outcome(rueidis.RedisResult{}, err)
+		}
+		arr, err := fix.ToArray()
+		if err != nil || len(arr) != 3 {
+			return res, true, errBadReply
+		}
+		removed, _ := arr[0].AsInt64()
+		n, _ := arr[1].AsInt64()
+		trimmed, _ := arr[2].AsInt64()
+		res.Len, res.Trimmed = int(n), int(trimmed)
+		if removed == 1 {
+			return store.AppendResult{}, true, &store.FullError{Len: int(n)}
+		}
+	}
+	if w != "" && w != "0" {
+		if til, err := strconv.ParseInt(w, 10, 64); err == nil && til > s.nowMS() {
+			// The park is forgotten before the wake-up is published:
+			// a waiter that parks in between is woken too.
+			s.c.DoMulti(ctx,
+				b.Hset().Key(k.h).FieldValue().FieldValue("w", "0").Build(),
+				b.Publish().Channel(s.wakeChannel).Message(key).Build())
+		}
+	}
+	return res, true, nil
+}
+
+// leanTake is a delete-mode take on the lean path; done is false when the
+// take is left to the function (see the comment at the top).
+//
+// When done is false, fb says what the take function is to do first.
+func (s *Store) leanTake(ctx context.Context, key string, d time.Duration) (l store.Lease, ok, done bool, fb fallback, err error) {
+	if s.functionsOnly {
+		return l, false, false, fallback{}, nil
+	}
+	if s.closed.Load() {
+		return l, false, true, fallback{}, store.ErrClosed
+	}
+	s.owed.landed(ctx, key)
+	owed, plain := s.owed.carryPlain(key, s.now())
+	if !plain {
+		return l, false, false, fallback{}, nil // the function carries them
+	}
+	_, k := s.leanKeys(key)
+	b := s.c.B()
+	now := s.now()
+	tok, t, deadline := s.leanToken(d)
+	consumer := s.consumer(tok)
+	cmds := append(s.settleCmds(b, k, owed),
+		b.Hmget().Key(k.h).Field("u", "x").Build(),
+		b.Zrange().Key(k.l).Min("-inf").Max("("+strconv.FormatInt((now.UnixMilli()+1)*1000, 10)).Byscore().Limit(0, 1).Build(),
+		b.Arbitrary("XPENDING").Keys(k.s).Args(leanGroup).Build(),
+		b.Xreadgroup().Group(leanGroup, consumer).Count(1).Streams().Key(k.s).Id(">").Build())
+	rs := s.settled(ctx, key, owed, s.c.DoMulti(ctx, cmds...))
+	for _, r := range rs[:2] {
+		if e := r.Error(); e != nil && !rueidis.IsRedisNil(e) {
+			return l, false, true, fallback{}, s.wrap(ctx, e)
+		}
+	}
+	meta, _ := rs[0].ToArray()
+	var u, x string
+	if len(meta) == 2 {
+		u, _ = meta[0].ToString()
+		x, _ = meta[1].ToString()
+	}
+	expired, _ := rs[1].AsStrSlice()
+	ranOut := len(expired) > 0 || s.pelRanOut(rs[2], now)
+	id, rec, err := readEntry(rs[3])
+	if err != nil {
+		if redisErrIs(err, "NOGROUP") {
+			return l, false, false, fallback{group: true}, nil
+		}
+		if errors.Is(err, errBadReply) {
+			return l, false, true, fallback{}, err
+		}
+		return l, false, true, fallback{}, s.wrap(ctx, err)
+	}
+	giveBack := func() {
+		s.c.Do(ctx, b.Arbitrary("XGROUP", "DELCONSUMER").Keys(k.s).Args(leanGroup, consumer).Build())
+	}
+	if id == "" || x != "0" || strings.Contains(u, "b") || ranOut {
+		// XREADGROUP made the consumer even if it read nothing.
+		return l, false, false, fallback{readPast: id, consumer: consumer}, nil
+	}
+	fromM := false
+	if strings.Contains(u, "o") || !strings.Contains(u, "n") {
+		// Its record may have been replaced in place, or be an older
+		// version's.
+		r, err := s.c.Do(ctx, b.Hget().Key(k.m).Field(id).Build()).ToString()
+		switch {
+		case err == nil:
+			rec, fromM = r, true
+		case !rueidis.IsRedisNil(err):
+			giveBack()
+			return l, false, true, fallback{}, s.wrap(ctx, err)
+		}
+	}
+	msg, derr := decode(id, rec)
+	if rec == "" || derr != nil || msg.Expired(s.now()) {
+		// No record (the function drops it) or expired (the
+		// function removes it).
+		return l, false, false, fallback{readPast: id, consumer: consumer}, nil
+	}
+	if fromM {
+		// A record replaced in place: its settling is the function's,
+		// under a token that says so.
+		ftok, ft, fdl := s.token(d)
+		fc := s.consumer(ftok)
+		rs := s.c.DoMulti(ctx,
+			b.Xclaim().Key(k.s).Group(leanGroup).Consumer(fc).MinIdleTime("0").Id(id).Justid().Build(),
+			b.Arbitrary("XGROUP", "DELCONSUMER").Keys(k.s).Args(leanGroup, consumer).Build())
+		if err := rs[0].Error(); err != nil {
+			return l, false, true, fallback{}, s.wrap(ctx, err)
+		}
+		t, deadline = ft, fdl
+	}
+	return store.Lease{Message: msg, Mode: store.TakeDelete, Token: t, Deadline: deadline}, true, true, fallback{}, nil
+}
+
+// fallback is what a lean take leaves to the take function.
+type fallback struct {
+	// readPast is the id of a message the take read past the group's
+	// cursor and did not hand out ("": none), for the function to make
+	// visible (see lua/take.lua).
+	readPast string
+	// consumer is the group consumer the take made, for the function to
+	// delete ("": none), with the lease it holds.
+	consumer string
+	// group is true when the stream has no consumer group, for the
+	// function to create.
+	group bool
+}
+
+// consumer is the name of the group consumer that holds the lean lease
+// tok: the token, then the node's own tag, so that two nodes never share
+// one.
+func (s *Store) consumer(tok string) string { return tok + ":" + s.nodeTag }
+
+// pelRanOut reports whether the summary of XPENDING on the group names a
+// consumer whose lease ran out at now.
+func (s *Store) pelRanOut(r rueidis.RedisResult, now time.Time) bool {
+	arr, err := r.ToArray()
+	if err != nil || len(arr) < 4 {
+		return false
+	}
+	cs, _ := arr[3].ToArray()
+	limit := (now.UnixMilli() + 1) * 1000
+	for _, c := range cs {
+		pair, _ := c.ToArray()
+		if len(pair) < 1 {
+			continue
+		}
+		name, _ := pair[0].ToString()
+		tokText, _, _ := strings.Cut(name, ":")
+		if t, err := strconv.ParseInt(tokText, 10, 64); err != nil || t < limit {
+			return true
+		}
+	}
+	return false
+}
+
+// settleCmds are the commands that settle the deliveries of owed, lean
+// leases (see plainSettle): the entries go first, then the consumers that
+// held them, so that none seems free on the way.
+func (s *Store) settleCmds(b rueidis.Builder, k leanKeys, owed []store.Lease) rueidis.Commands {
+	cmds := make(rueidis.Commands, 0, 8)
+	if len(owed) == 0 {
+		return cmds
+	}
+	ids := make([]string, len(owed))
+	for i, o := range owed {
+		ids[i] = o.ID.String()
+	}
+	cmds = append(cmds, b.Xdel().Key(k.s).Id(ids...).Build())
+	for _, o := range owed {
+		cmds = append(cmds, b.Arbitrary("XGROUP", "DELCONSUMER").Keys(k.s).Args(leanGroup, s.consumer(strconv.FormatInt(o.Token, 10))).Build())
+	}
+	return cmds
+}
+
+// settled owes owed again if the commands of settleCmds at the start of
+// rs failed, and returns the rest of rs.
+func (s *Store) settled(ctx context.Context, key string, owed []store.Lease, rs []rueidis.RedisResult) []rueidis.RedisResult {
+	if len(owed) == 0 {
+		return rs
+	}
+	n := 1 + len(owed)
+	var err error
+	for _, r := range rs[:n] {
+		// No group: Clear removed it, and the lease with it.
+		if e := r.Error(); e != nil && err == nil && !redisErrIs(e, "NOGROUP") {
+			err = s.wrap(ctx, e)
+		}
+	}
+	s.giveBack(key, owed, err)
+	return rs[n:]
+}
+
+// readEntry reads the answer of XREADGROUP COUNT 1 on one stream: the
+// entry's id and record, or "" when there is none.
+func readEntry(r rueidis.RedisResult) (id, rec string, err error) {
+	if err := r.Error(); err != nil {
+		if rueidis.IsRedisNil(err) {
+			return "", "", nil
+		}
+		return "", "", err
+	}
+	streams, err := r.AsXRead()
+	if err != nil {
+		return "", "", errBadReply
+	}
+	for _, es := range streams {
+		if len(es) > 0 {
+			return es[0].ID, es[0].FieldValues["r"], nil
+		}
+	}
+	return "", "", nil
+}
+
+// leanToken is token for a lease of the lean path whose delivery plain
+// commands may settle.
+func (s *Store) leanToken(d time.Duration) (string, int64, time.Time) {
+	dl := s.now().Add(d).UnixMilli()
+	t := dl*1000 + leanTokenBase + s.tokens.Add(1)%(1000-leanTokenBase)
+	return strconv.FormatInt(t, 10), t, time.UnixMilli(dl)
+}
