@@ -3,6 +3,7 @@ package redisstore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"time"
@@ -151,9 +152,11 @@ func (s *Store) leanAppend(ctx context.Context, key string, m store.Message, opt
 		}
 		fix, err := s.exec(ctx, scLeanFix, keys, s.nowMS(), "", refused, limit, maxLen)
 		if err != nil {
-			// The message is stored: the client is told the
-			// outcome is not known, as for a lost answer.
-			return res, true, s.outcome(rueidis.RedisResult{}, err)
+			// The message is stored, whatever became of the fix: the
+			// client is told the outcome is not known, as for a lost
+			// answer, never a failure it would take for nothing stored.
+			why := strings.TrimPrefix(err.Error(), store.ErrUnavailable.Error()+": ")
+			return res, true, fmt.Errorf("%w: %s", store.ErrOutcomeUnknown, why)
 		}
 		arr, err := fix.ToArray()
 		if err != nil || len(arr) != 3 {

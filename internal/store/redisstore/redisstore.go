@@ -476,6 +476,9 @@ func unavailable(err error) error {
 
 // reason names a transport error in a few words.
 func reason(err error) string {
+	if err == nil {
+		return "no answer"
+	}
 	var ne net.Error
 	var verr *tls.CertificateVerificationError
 	var rerr tls.RecordHeaderError
