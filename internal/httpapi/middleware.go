@@ -3,9 +3,11 @@ package httpapi
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"strconv"
 	"time"
 
@@ -142,7 +144,10 @@ func NewMetrics(deps capability.Deps) *Metrics {
 
 // Wrap instruments next: every request is counted under the route its front
 // door named with SetRoute ("unmatched" when none did), and logged at debug
-// level.
+// level. A handler that panics is a bug: it is logged at error level with
+// its stack and answered 500 "internal error" when nothing was written yet
+// (net/http alone would drop the connection and log it where nobody looks);
+// an answer already started is cut off, as net/http does.
 func (m *Metrics) Wrap(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
@@ -152,6 +157,22 @@ func (m *Metrics) Wrap(next http.Handler) http.Handler {
 		m.inflight.Inc()
 		defer func() {
 			m.inflight.Dec()
+			p := recover()
+			abort := p == http.ErrAbortHandler
+			if p != nil && !abort {
+				m.log.Error("panic serving a request: this is a bug in postern",
+					"route", label.route, "method", r.Method, "path", r.URL.Path,
+					"panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+				if !rec.wroteHeader && !rec.hijacked {
+					WritePlain(rec, r, ErrInternal)
+				} else {
+					rec.status, abort = http.StatusInternalServerError, true
+				}
+			}
+			if abort {
+				// net/http cuts the connection without a log line.
+				defer panic(http.ErrAbortHandler)
+			}
 			code := rec.status
 			if r.Context().Err() != nil && !rec.wroteHeader {
 				code = 499 // client closed the request before an answer

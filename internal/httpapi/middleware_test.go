@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -165,3 +167,76 @@ func TestFlushErrorReachesTheHandler(t *testing.T) {
 	}
 	http.DefaultClient.CloseIdleConnections()
 }
+
+// TestPanicIsAnswered500AndLogged: a handler that panics before answering
+// gets its client a 500 "internal error" (not a dropped connection), an
+// error log line with the stack, and a count under code 500; one that
+// panics in the middle of its answer has the answer cut off.
+func TestPanicIsAnswered500AndLogged(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	var logs bytes.Buffer
+	var mu sync.Mutex
+	log := slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return logs.Write(p)
+	}), nil))
+	m := httpapi.NewMetrics(capability.Deps{Registry: reg, Logger: log})
+	rt := httpapi.NewRoutes(nil)
+	rt.Handle("/early", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		httpapi.SetRoute(r, "demo.early")
+		var p *struct{ n int }
+		_ = p.n // a nil dereference, as a bug would
+	}))
+	rt.Handle("/late", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		httpapi.SetRoute(r, "demo.late")
+		w.Header().Set("Content-Length", "100")
+		w.Write([]byte("partial"))
+		http.NewResponseController(w).Flush()
+		panic("half way")
+	}))
+	srv := httptest.NewServer(m.Wrap(rt))
+	defer srv.Close()
+	defer http.DefaultClient.CloseIdleConnections()
+
+	resp, err := http.Get(srv.URL + "/early")
+	if err != nil {
+		t.Fatalf("a panic before the answer: %v, want a 500", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 500 || strings.TrimSpace(string(body)) != "internal error" {
+		t.Fatalf("a panic before the answer: %d %q", resp.StatusCode, body)
+	}
+
+	resp, err = http.Get(srv.URL + "/late")
+	if err == nil {
+		_, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+	}
+	if err == nil {
+		t.Fatal("a panic in the middle of an answer: the answer was not cut off")
+	}
+	srv.Close() // the handlers' deferred counts are done once the server is
+
+	want := `
+# HELP postern_http_requests_total HTTP requests answered, by route and status code.
+# TYPE postern_http_requests_total counter
+postern_http_requests_total{code="500",route="demo.early"} 1
+postern_http_requests_total{code="500",route="demo.late"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "postern_http_requests_total"); err != nil {
+		t.Error(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, want := range []string{"level=ERROR", "route=demo.early", "nil pointer dereference", "middleware_test.go", "route=demo.late", "half way"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("logs lack %q:\n%s", want, logs.String())
+		}
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
