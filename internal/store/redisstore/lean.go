@@ -60,10 +60,6 @@ const leanGroup = "postern"
 // which leaves a message another lease holds now as it is.
 const leanSettleMargin = time.Second
 
-// leanTries bounds the messages a lean take tries to claim before it
-// leaves the take to the function.
-const leanTries = 4
-
 // Lease tokens end in three digits the node chooses: below 500 for a lease
 // a function took, 500 and above for a lease the lean path took whose
 // delivery plain commands may settle (see plainSettle).
