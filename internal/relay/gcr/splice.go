@@ -88,9 +88,6 @@ func hijack(rc *http.ResponseController, r *http.Request, at, n int, timeout tim
 	return h, nil
 }
 
-// read reads the body: first what net/http read ahead.
-func (h *hijacked) read(b []byte) (int, error) { return h.br.Read(b) }
-
 // readTail reads the fields after the body.
 func (h *hijacked) readTail() ([]byte, error) {
 	b := make([]byte, h.tail)

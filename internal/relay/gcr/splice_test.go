@@ -101,19 +101,8 @@ func TestServerSplicesLargeBodies(t *testing.T) {
 	metrics := e.do("GET", "/metrics", nil).body
 	if !strings.Contains(metrics, `postern_http_requests_total{code="200",route="relay.response"}`) ||
 		strings.Contains(metrics, `code="101",route="relay.response"`) {
-		t.Errorf("relay.response metrics:\n%s", grepLines(metrics, "relay.response"))
+		t.Errorf("relay.response metrics:\n%s", grep(metrics, "relay.response"))
 	}
-}
-
-// grepLines returns the lines of s that contain sub.
-func grepLines(s, sub string) string {
-	var out []string
-	for _, l := range strings.Split(s, "\n") {
-		if strings.Contains(l, sub) {
-			out = append(out, l)
-		}
-	}
-	return strings.Join(out, "\n")
 }
 
 // A user who goes away in the middle of a spliced download, while the

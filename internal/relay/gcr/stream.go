@@ -115,7 +115,9 @@ func (g *Relay) serveStream(w http.ResponseWriter, r *http.Request, rc *http.Res
 	s.cond.L = &s.mu
 	if spliceable(r, len(start), at, n) {
 		if hj, err := hijack(rc, r, at, n, g.opts.InactiveRequestTimeout); err == nil {
-			s.hj, s.deadline = hj, hj.conn.SetReadDeadline
+			// The rest of the body: what net/http read ahead, then the
+			// connection.
+			s.hj, s.body, s.deadline = hj, hj.br, hj.conn.SetReadDeadline
 			hj.answer(w, r, g.relayStream(w, r, p, head, s))
 			return true, nil
 		}
@@ -277,13 +279,7 @@ func (s *bodyStream) Read(b []byte) (int, error) {
 		s.renewed = now
 		s.deadline(now.Add(s.timeout))
 	}
-	var n int
-	var err error
-	if s.hj != nil {
-		n, err = s.hj.read(b)
-	} else {
-		n, err = s.body.Read(b)
-	}
+	n, err := s.body.Read(b)
 	s.mu.Lock()
 	s.reading = false
 	s.cond.Broadcast()
