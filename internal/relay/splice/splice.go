@@ -50,12 +50,18 @@ func (r *Reader) Read(b []byte) (int, error) {
 	return n, err
 }
 
+// socket is a writer that splicing can reach: a connection with a file
+// descriptor (net.TCPConn, and what net.TCPConn.ReadFrom hands io.Copy).
+type socket interface {
+	net.Conn
+	syscall.Conn
+}
+
 // WriteTo writes the next N bytes of C to w, spliced when w is a socket
-// (a syscall.Conn) and splicing works here. Like io.Copy, it returns nil
-// at C's end, before N bytes when C ended early (N says how many are
-// missing).
+// and splicing works here. Like io.Copy, it returns nil at C's end,
+// before N bytes when C ended early (N says how many are missing).
 func (r *Reader) WriteTo(w io.Writer) (int64, error) {
-	if sc, ok := w.(syscall.Conn); ok && supported {
+	if sc, ok := w.(socket); ok && supported {
 		if dst, err := sc.SyscallConn(); err == nil {
 			if src, err := r.C.SyscallConn(); err == nil {
 				n, err := pump(dst, src, r.N)

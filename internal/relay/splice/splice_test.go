@@ -175,3 +175,26 @@ func TestTCPConnReadFromSplices(t *testing.T) {
 		t.Fatalf("dst's peer read %d bytes, not the body", len(out))
 	}
 }
+
+// A file has a descriptor but is not a socket: the bytes are copied to
+// it.
+func TestReaderToFile(t *testing.T) {
+	in, src := pair(t)
+	body := pattern(1 << 20)
+	go in.Write(body)
+	f, err := os.Create(t.TempDir() + "/body")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	before := splice.Moved()
+	if k, err := io.Copy(f, &splice.Reader{C: src, N: int64(len(body))}); err != nil || k != int64(len(body)) {
+		t.Fatalf("io.Copy to a file: %d, %v", k, err)
+	}
+	if splice.Moved() != before {
+		t.Errorf("bytes spliced to a file")
+	}
+	if got, err := os.ReadFile(f.Name()); err != nil || !bytes.Equal(got, body) {
+		t.Fatalf("the file holds %d bytes, %v", len(got), err)
+	}
+}
