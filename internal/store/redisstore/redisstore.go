@@ -347,6 +347,17 @@ func New(copt rueidis.ClientOption, opts Options) (*Store, error) {
 	}
 	copt.DisableCache = true // no client-side caching: nothing is read twice
 	copt.DisableRetry = true // a failed call is answered 503, never replayed
+	if copt.PipelineMultiplex == 0 {
+		// One connection per Redis (per master of a Cluster, as
+		// rueidis does there anyway) for the pipelined commands, not
+		// rueidis' default of one per core: the commands of concurrent
+		// calls then share fewer, fuller writes, and Redis, whose CPU
+		// per message is mostly the reads and writes of its event loop,
+		// reads many calls' commands at once. Measured on two nodes
+		// sharing one Redis: about 30% less Redis CPU per delivered
+		// message than two connections each.
+		copt.PipelineMultiplex = -1
+	}
 	if len(copt.InitAddress) == 0 {
 		return nil, errors.New("redis: no address given")
 	}
