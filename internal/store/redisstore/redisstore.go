@@ -50,9 +50,9 @@
 // # Client
 //
 // The client is github.com/redis/rueidis: it pipelines concurrent commands
-// of many goroutines onto a few connections automatically (many HTTP
-// handlers' calls share one write and one read syscall, which matters on
-// small machines), never retries a
+// of many goroutines onto one connection per Redis automatically (many
+// HTTP handlers' calls share one write and one read syscall, here and in
+// Redis, which matters on small machines), never retries a
 // write by itself, speaks to a single Redis and a Cluster through one
 // interface, and gives dedicated connections with pub/sub hooks.
 package redisstore
