@@ -64,6 +64,15 @@ const (
 // ends reads and writes in progress. (Reads and writes themselves run
 // without a context: the websocket library would arm and disarm a watch
 // of it for every message.)
+//
+// The gathering is what keeps the wire cheap, even with few requests in
+// flight: with 8 connections a request and its answer took 0.87 messages
+// between them (2.3 frames a message). Sending a frame from the goroutine
+// that wrote it instead, to spare the flusher's wake-up (from yamux's send
+// loop, tried three times, or from the stream's writer once yamux handed
+// the frame over), took 1.9 messages a request, cost up to 9% more CPU
+// per request and kept a median 0.95x of the requests/s (0.81x to 1.09x)
+// in A/B runs interleaved in one process.
 func Conn(ctx context.Context, ws *websocket.Conn) net.Conn {
 	c := &conn{
 		Conn: websocket.NetConn(ctx, ws, websocket.MessageBinary), ws: ws, ctx: ctx,

@@ -601,3 +601,61 @@ func TestEveryKeyGetsATTL(t *testing.T) {
 		}
 	}
 }
+
+// TestOneConnectionUnderLoad: a node pipelines the commands of all its
+// concurrent calls onto one connection per Redis (beside the one its
+// subscriptions share), so that Redis reads many calls' commands at once.
+func TestOneConnectionUnderLoad(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	u := srv.URL()
+	sep := "?"
+	if strings.Contains(u, "?") {
+		sep = "&"
+	}
+	s := open(t, u+sep+"client_name=under-load", nil)
+	defer s.Close()
+	// A subscription (confirmed when Subscribe returns) tells its
+	// connection (sub=1) from the others.
+	cancel, err := s.Subscribe(ctx, "topic", func([]byte) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for i := range 64 {
+		wg.Go(func() {
+			key := fmt.Sprint("t/load", i%8)
+			if _, err := s.Append(ctx, key, store.Message{Body: []byte("x")}, store.AppendOptions{}); err != nil {
+				errs <- err
+				return
+			}
+			if _, ok, err := s.Take(ctx, key, store.TakeDelete, time.Minute); err != nil || !ok {
+				errs <- fmt.Errorf("take: %v %v", ok, err)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	r, err := srv.Do("CLIENT", "LIST")
+	if err != nil {
+		t.Fatal(err)
+	}
+	list := fmt.Sprint(r)
+	var subs, cmds int
+	for _, line := range strings.Split(list, "\n") {
+		switch {
+		case !strings.Contains(line, " name=under-load "):
+		case strings.Contains(line, " sub=0 "):
+			cmds++
+		default:
+			subs++
+		}
+	}
+	if cmds != 1 || subs != 1 {
+		t.Fatalf("%d connections for commands and %d for subscriptions, want 1 of each:\n%s", cmds, subs, list)
+	}
+}

@@ -50,9 +50,9 @@
 // # Client
 //
 // The client is github.com/redis/rueidis: it pipelines concurrent commands
-// of many goroutines onto a few connections automatically (many HTTP
-// handlers' calls share one write and one read syscall, which matters on
-// small machines), never retries a
+// of many goroutines onto one connection per Redis automatically (many
+// HTTP handlers' calls share one write and one read syscall, here and in
+// Redis, which matters on small machines), never retries a
 // write by itself, speaks to a single Redis and a Cluster through one
 // interface, and gives dedicated connections with pub/sub hooks.
 package redisstore
@@ -318,35 +318,13 @@ func New(copt rueidis.ClientOption, opts Options) (*Store, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	if opts.TLS != nil && copt.TLSConfig != nil {
-		cfg := opts.TLS.Clone()
-		if cfg.ServerName == "" {
-			cfg.ServerName = copt.TLSConfig.ServerName
-		}
-		copt.TLSConfig = cfg
-	}
-	if copt.Dialer.Timeout == 0 {
-		copt.Dialer.Timeout = opts.DialTimeout
-	}
-	if copt.ConnWriteTimeout == 0 {
-		copt.ConnWriteTimeout = opts.Timeout
-	}
 	if opts.WaitReplicas < 0 {
 		return nil, fmt.Errorf("redis: replicas to wait for must be 0 or more, not %d", opts.WaitReplicas)
 	}
 	if opts.WaitTimeout <= 0 {
 		opts.WaitTimeout = DefaultWaitTimeout
 	}
-	if copt.Sentinel.MasterSet != "" {
-		if copt.Sentinel.Dialer.Timeout == 0 {
-			copt.Sentinel.Dialer.Timeout = opts.DialTimeout
-		}
-		if copt.Sentinel.TopologyRefreshInterval == 0 {
-			copt.Sentinel.TopologyRefreshInterval = sentinelRefresh
-		}
-	}
-	copt.DisableCache = true // no client-side caching: nothing is read twice
-	copt.DisableRetry = true // a failed call is answered 503, never replayed
+	copt = clientOption(copt, opts)
 	if len(copt.InitAddress) == 0 {
 		return nil, errors.New("redis: no address given")
 	}
@@ -388,6 +366,47 @@ func New(copt rueidis.ClientOption, opts Options) (*Store, error) {
 	}
 	s.fan = newFanout(s, opts.ReconnectMax)
 	return s, nil
+}
+
+// clientOption completes the rueidis option copt from opts (whose
+// defaults are set).
+func clientOption(copt rueidis.ClientOption, opts Options) rueidis.ClientOption {
+	if opts.TLS != nil && copt.TLSConfig != nil {
+		cfg := opts.TLS.Clone()
+		if cfg.ServerName == "" {
+			cfg.ServerName = copt.TLSConfig.ServerName
+		}
+		copt.TLSConfig = cfg
+	}
+	if copt.Dialer.Timeout == 0 {
+		copt.Dialer.Timeout = opts.DialTimeout
+	}
+	if copt.ConnWriteTimeout == 0 {
+		copt.ConnWriteTimeout = opts.Timeout
+	}
+	if copt.Sentinel.MasterSet != "" {
+		if copt.Sentinel.Dialer.Timeout == 0 {
+			copt.Sentinel.Dialer.Timeout = opts.DialTimeout
+		}
+		if copt.Sentinel.TopologyRefreshInterval == 0 {
+			copt.Sentinel.TopologyRefreshInterval = sentinelRefresh
+		}
+	}
+	copt.DisableCache = true // no client-side caching: nothing is read twice
+	copt.DisableRetry = true // a failed call is answered 503, never replayed
+	if copt.PipelineMultiplex == 0 {
+		// One connection per Redis (per master of a Cluster, as
+		// rueidis does there anyway) for the pipelined commands, not
+		// rueidis' default of one per core: the commands of concurrent
+		// calls then share fewer, fuller writes, and Redis, whose CPU
+		// per message is mostly the reads and writes of its event loop,
+		// reads many calls' commands at once. Measured on two nodes
+		// sharing one Redis, 16 rounds interleaved with the default on
+		// a loaded machine: a median of about 20% less Redis CPU per
+		// delivered message (the gain shrinks as the load falls).
+		copt.PipelineMultiplex = -1
+	}
+	return copt
 }
 
 // newNodeTag is a random tag that tells this store's lean leases from
