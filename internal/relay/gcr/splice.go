@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/postern/postern/internal/httpapi"
+	"github.com/postern/postern/internal/relay/splice"
 )
 
 // Spliced response bodies.
@@ -22,10 +23,10 @@ import (
 // and "Connection: close" (postern relay posts large bodies of known
 // length so, each on a connection of its own) is not read through
 // net/http: the handler takes the poster's connection over (hijack), and
-// the user side hands the connection to the user's response, whose
-// ReadFrom splices it to the user's connection when that is a plain TCP
-// connection and the answer's length is known (not chunked): the body's
-// bytes never enter the server. The handler answers the post on the
+// the user side hands the connection (as a splice.Reader) to the user's
+// response, whose ReadFrom splices it to the user's connection when that
+// is a plain TCP connection and the answer's length is known (not
+// chunked): the body's bytes never enter the server. The handler answers the post on the
 // connection itself and closes it, which the poster asked for.
 //
 // The body goes in steps, the poster's read deadline renewed before each
@@ -227,7 +228,7 @@ func (r *bodyReader) spliceStream(rf io.ReaderFrom) (n int64, userErr bool, err 
 		s.renewed = t0
 		s.deadline(t0.Add(s.timeout))
 		want := int64(min(s.left, step))
-		lr := &io.LimitedReader{R: s.hj.src, N: want}
+		lr := &splice.Reader{C: s.hj.src, N: want}
 		stop := s.watchStep(r.p)
 		k, err := rf.ReadFrom(lr)
 		stop()

@@ -11,14 +11,15 @@ import (
 	"time"
 
 	"github.com/postern/postern/internal/relay/gcr/wire"
+	"github.com/postern/postern/internal/relay/splice"
 )
 
 // A large backend body of known length, read from a directBackend
 // connection, goes to a plain-HTTP relay server on a connection of its
 // own, written here rather than by net/http: the message's head in a
 // chunk, the body in one chunk copied from the backend's connection to
-// the server's by the kernel (io.Copy between TCP connections splices on
-// Linux: the bytes never enter the relay client), then the fields after
+// the server's by the kernel (relay/splice: the bytes never enter the
+// relay client), then the fields after
 // it. net/http's client copies a request body through its own buffers
 // whatever the body is, so it cannot carry one so.
 //
@@ -122,7 +123,7 @@ func (c *Client) postSpliced(ctx context.Context, first *wire.Response, hresp *h
 	if err := bw.Flush(); err != nil {
 		return 0, true
 	}
-	k, err := io.Copy(dst, io.LimitReader(src, n-held))
+	k, err := splice.Copy(dst, src, n-held)
 	sent = held + k
 	mu.Lock()
 	copying = false

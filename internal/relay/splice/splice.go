@@ -1,0 +1,83 @@
+// Package splice moves bytes from one socket to another inside the kernel
+// (splice(2) through a pipe), for the relay's large bodies: the relay
+// agent's copy from a backend to the relay server, and the server's copy
+// from the agent's post to the user.
+//
+// net.TCPConn.ReadFrom splices too, but each of its splice calls is a
+// blocking system call to Go's scheduler: a call that moves a megabyte
+// outlasts the scheduler's 20 µs tick, and every return from an idle wait
+// wakes the runtime's monitor thread, which then polls every 20 µs for a
+// millisecond and more. On a busy relay that polling cost a tenth of the
+// process's CPU time per megabyte. The calls here cannot block (the
+// sockets and the pipe are non-blocking), so they are made as raw system
+// calls and the waits for the sockets go through the runtime's poller
+// (syscall.RawConn), deadlines included.
+package splice
+
+import (
+	"io"
+	"net"
+	"sync/atomic"
+	"syscall"
+)
+
+// moved counts the bytes spliced, for Moved.
+var moved atomic.Int64
+
+// Moved returns how many bytes this process has spliced so far (tests
+// check that a path splices).
+func Moved() int64 { return moved.Load() }
+
+// Reader reads at most N bytes from the socket C, as io.LimitedReader
+// would. Written to a socket (WriteTo, which io.Copy and
+// net.TCPConn.ReadFrom use), the bytes are spliced; to anything else they
+// are copied through a buffer.
+type Reader struct {
+	C *net.TCPConn
+	N int64
+}
+
+// Read reads from C, at most N bytes in all.
+func (r *Reader) Read(b []byte) (int, error) {
+	if r.N <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(b)) > r.N {
+		b = b[:r.N]
+	}
+	n, err := r.C.Read(b)
+	r.N -= int64(n)
+	return n, err
+}
+
+// socket is a writer that splicing can reach: a connection with a file
+// descriptor (net.TCPConn, and what net.TCPConn.ReadFrom hands io.Copy).
+type socket interface {
+	net.Conn
+	syscall.Conn
+}
+
+// WriteTo writes the next N bytes of C to w, spliced when w is a socket
+// and splicing works here. Like io.Copy, it returns nil at C's end,
+// before N bytes when C ended early (N says how many are missing).
+func (r *Reader) WriteTo(w io.Writer) (int64, error) {
+	if sc, ok := w.(socket); ok && supported {
+		if dst, err := sc.SyscallConn(); err == nil {
+			if src, err := r.C.SyscallConn(); err == nil {
+				n, err := pump(dst, src, r.N)
+				r.N -= n
+				return n, err
+			}
+		}
+	}
+	return io.Copy(w, readerOnly{r})
+}
+
+// Copy copies n bytes (fewer when src ends first) from src to dst,
+// spliced.
+func Copy(dst, src *net.TCPConn, n int64) (int64, error) {
+	return (&Reader{C: src, N: n}).WriteTo(dst)
+}
+
+// readerOnly hides Reader's WriteTo from io.Copy.
+type readerOnly struct{ io.Reader }
