@@ -6,7 +6,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// spliceSupported: net.TCPConn.ReadFrom splices between sockets here.
+// spliceSupported: a poster's socket is handed to the user's response
+// here, which splices it (relay/splice), its progress watched through
+// TCP_INFO and SIOCINQ (progressOf).
 const spliceSupported = true
 
 // socketProgress is where a socket's receiving stands: the bytes received
