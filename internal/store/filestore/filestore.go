@@ -21,7 +21,10 @@
 // directly with RWF_DSYNC, one system call that returns once it is on
 // disk), with a window above 1 while the next batch is sealed and
 // written beside it. A batch is acknowledged in order, once it and every
-// batch before it are durable. The busier the server, the more
+// batch before it are durable. Before sealing a batch, its writer lets
+// the operations already on their way into it join (begun, their writes
+// not yet queued; at most Options.GatherDelay), since one that misses it
+// waits for a whole sync more. The busier the server, the more
 // writes each sync carries. An operation that changes nothing still waits
 // for the writes queued before it, since its answer may rest on them;
 // pure reads (Len, Status) never wait.
