@@ -129,6 +129,52 @@ func TestTunedClientSkipsConnectionsTheBackendClosed(t *testing.T) {
 	}
 }
 
+// The same backend, answering GETs in quick succession: the tuned client
+// sends a request that it can send again (GET) on a connection used a
+// moment ago without peeking at it first, finds it closed when no answer
+// comes, and sends the request again on a new one: every request is
+// answered once.
+func TestTunedClientResendsGetsOnConnectionsTheBackendClosed(t *testing.T) {
+	e := start(t, nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+	})
+	var served atomic.Int64
+	closed := make(chan struct{}, 10)
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				req, err := http.ReadRequest(bufio.NewReader(c))
+				if err != nil {
+					c.Close()
+					return
+				}
+				n := served.Add(1)
+				answer := fmt.Sprintf("%d:%s", n, req.URL.Path)
+				fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(answer), answer)
+				c.Close()
+				closed <- struct{}{}
+			})
+		}
+	})
+	e.tuned("closing-get", "http://"+ln.Addr().String())
+	for i := 1; i <= 10; i++ {
+		path := fmt.Sprintf("/get-%d", i)
+		e.want(e.do("GET", "/client/closing-get"+path, nil), 200, fmt.Sprintf("%d:%s", i, path))
+		<-closed
+	}
+}
+
 // A user who leaves in the middle of a long answer: the tuned client
 // closes that backend connection rather than reading the rest, and serves
 // the next user on another.

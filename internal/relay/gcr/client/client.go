@@ -140,6 +140,13 @@ type Options struct {
 // idle and be used again without a peek (see directBackend.peekAfter).
 const relayPeekAfter = time.Second
 
+// backendRetryPeekAfter is how long a connection to the backend may stay
+// idle and be used again without a peek for a request that is sent again
+// if it was closed (see directBackend.retryPeekAfter): far below any
+// backend's idle timeout, well above the gaps between requests under
+// load, when the peek's system call counts.
+const backendRetryPeekAfter = 50 * time.Millisecond
+
 // Tuned settings of `postern relay`: see Tuned.
 const (
 	TunedNumPendingRequests = 2
@@ -280,6 +287,7 @@ func New(o Options) (*Client, error) {
 				port = "80"
 			}
 			c.direct = newDirectBackend(net.JoinHostPort(bu.Hostname(), port), idle, tr.RoundTrip)
+			c.direct.retryPeekAfter = backendRetryPeekAfter
 			c.backendDo = c.direct.RoundTrip
 		}
 	} else {
