@@ -148,8 +148,18 @@ const relayPeekAfter = time.Second
 const backendRetryPeekAfter = 50 * time.Millisecond
 
 // Tuned settings of `postern relay`: see Tuned.
+//
+// One poll parked when idle: against a server that answers with batches
+// (postern) the polls stay at that number, and one poll takes every
+// request waiting when it is answered, so a second one parked beside it
+// only split them into smaller answers: under load more polls, answers
+// and wake-ups per request (0.22 polls per relayed request instead of
+// 0.13; 10% more system calls per request in the server, 5% more in the
+// relay client). A request that comes while the answer is on its way
+// waits for the next poll, sent as soon as the answer is read. Against
+// the original server the polls follow the load from there.
 const (
-	TunedNumPendingRequests = 2
+	TunedNumPendingRequests = 1
 	TunedMaxPendingRequests = 64
 	TunedMaxChunkSize       = 1 << 20
 	TunedBlockSize          = 1 << 20
