@@ -77,12 +77,11 @@ func TestTunedClientKeepsBackendConnections(t *testing.T) {
 	}
 }
 
-// A backend that closes its connection after every answer without saying
-// so: the tuned client notices the closed connection before it sends the
-// next request there, so even requests it could not send again (POST)
-// never fail for it.
-func TestTunedClientSkipsConnectionsTheBackendClosed(t *testing.T) {
-	e := start(t, nil)
+// closingBackend is a backend that closes its connection after every
+// answer without saying so (keep-alive as far as the headers say). Each
+// answer is "<n>:<body><path>", n counting the requests it answered; the
+// channel gets a token once it has closed a connection it answered on.
+func closingBackend(t *testing.T) (string, <-chan struct{}) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -93,11 +92,6 @@ func TestTunedClientSkipsConnectionsTheBackendClosed(t *testing.T) {
 		wg.Wait()
 	})
 	var served atomic.Int64
-	// closed gets a token once the backend has closed a connection it
-	// answered on: the next request is sent only then, so that the
-	// connection is idle and closed, which is what the peek is for (a close
-	// racing the next request's write is a different case: net/http does
-	// not send a POST again then either).
 	closed := make(chan struct{}, 10)
 	wg.Go(func() {
 		for {
@@ -112,19 +106,47 @@ func TestTunedClientSkipsConnectionsTheBackendClosed(t *testing.T) {
 					return
 				}
 				body, _ := io.ReadAll(req.Body)
-				n := served.Add(1)
-				answer := fmt.Sprintf("%d:%s", n, body)
-				// Keep-alive as far as the headers say, then closed.
+				answer := fmt.Sprintf("%d:%s%s", served.Add(1), body, req.URL.Path)
 				fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(answer), answer)
 				c.Close()
 				closed <- struct{}{}
 			})
 		}
 	})
-	e.tuned("closing", "http://"+ln.Addr().String())
+	return "http://" + ln.Addr().String(), closed
+}
+
+// A backend that closes its connection after every answer without saying
+// so: the tuned client notices the closed connection before it sends the
+// next request there, so even requests it could not send again (POST)
+// never fail for it.
+func TestTunedClientSkipsConnectionsTheBackendClosed(t *testing.T) {
+	e := start(t, nil)
+	be, closed := closingBackend(t)
+	e.tuned("closing", be)
 	for i := 1; i <= 10; i++ {
-		want := fmt.Sprintf("%d:post %d", i, i)
+		want := fmt.Sprintf("%d:post %d/", i, i)
 		e.want(e.do("POST", "/client/closing/", strings.NewReader(fmt.Sprintf("post %d", i))), 200, want)
+		// The next request is sent only once the connection is closed,
+		// so that it is idle and closed, which is what the peek is for (a
+		// close racing the next request's write is a different case:
+		// net/http does not send a POST again then either).
+		<-closed
+	}
+}
+
+// The same backend, answering GETs in quick succession: the tuned client
+// sends a request that it can send again (GET) on a connection used a
+// moment ago without peeking at it first, finds it closed when no answer
+// comes, and sends the request again on a new one: every request is
+// answered once.
+func TestTunedClientResendsGetsOnConnectionsTheBackendClosed(t *testing.T) {
+	e := start(t, nil)
+	be, closed := closingBackend(t)
+	e.tuned("closing-get", be)
+	for i := 1; i <= 10; i++ {
+		path := fmt.Sprintf("/get-%d", i)
+		e.want(e.do("GET", "/client/closing-get"+path, nil), 200, fmt.Sprintf("%d:%s", i, path))
 		<-closed
 	}
 }

@@ -140,9 +140,26 @@ type Options struct {
 // idle and be used again without a peek (see directBackend.peekAfter).
 const relayPeekAfter = time.Second
 
+// backendRetryPeekAfter is how long a connection to the backend may stay
+// idle and be used again without a peek for a request that is sent again
+// if it was closed (see directBackend.retryPeekAfter): far below any
+// backend's idle timeout, well above the gaps between requests under
+// load, when the peek's system call counts.
+const backendRetryPeekAfter = 50 * time.Millisecond
+
 // Tuned settings of `postern relay`: see Tuned.
+//
+// One poll parked when idle: against a server that answers with batches
+// (postern) the polls stay at that number, and one poll takes every
+// request waiting when it is answered, so a second one parked beside it
+// only split them into smaller answers: under load more polls, answers
+// and wake-ups per request (0.22 polls per relayed request instead of
+// 0.13; 10% more system calls per request in the server, 5% more in the
+// relay client). A request that comes while the answer is on its way
+// waits for the next poll, sent as soon as the answer is read. Against
+// the original server the polls follow the load from there.
 const (
-	TunedNumPendingRequests = 2
+	TunedNumPendingRequests = 1
 	TunedMaxPendingRequests = 64
 	TunedMaxChunkSize       = 1 << 20
 	TunedBlockSize          = 1 << 20
@@ -280,6 +297,7 @@ func New(o Options) (*Client, error) {
 				port = "80"
 			}
 			c.direct = newDirectBackend(net.JoinHostPort(bu.Hostname(), port), idle, tr.RoundTrip)
+			c.direct.retryPeekAfter = backendRetryPeekAfter
 			c.backendDo = c.direct.RoundTrip
 		}
 	} else {

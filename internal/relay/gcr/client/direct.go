@@ -32,6 +32,14 @@ type directBackend struct {
 	// connections: it closes idle ones only after a long timeout, polls
 	// are sent again when it did, and posts are retried (Client.send).
 	peekAfter time.Duration
+	// retryPeekAfter is peekAfter for requests that are sent again on a
+	// new connection when the one they went out on turns out closed
+	// (idempotent, see RoundTrip): for them a peek only saves that
+	// rare second send, and costs a system call every time. Kept short,
+	// so that a connection idle long enough for the backend's idle
+	// timeout to close it, or to send something unasked, is still
+	// peeked at. 0: always peeked.
+	retryPeekAfter time.Duration
 
 	mu     sync.Mutex
 	idle   []*backendConn // most recently used last
@@ -68,7 +76,7 @@ func (d *directBackend) RoundTrip(req *http.Request) (*http.Response, error) {
 		return d.fallback(req)
 	}
 	for attempt := 0; ; attempt++ {
-		bc, err := d.get(req.Context())
+		bc, err := d.get(req.Context(), attempt == 0 && retriable(req))
 		if err != nil {
 			return nil, err
 		}
@@ -140,15 +148,26 @@ func (d *directBackend) track(bc *backendConn, resp *http.Response) {
 	resp.Body = &directBody{d: d, bc: bc, rc: resp.Body, left: resp.ContentLength, close: resp.Close}
 }
 
+// retriable reports whether req is sent again when the connection it
+// went out on was closed before the answer (see RoundTrip).
+func retriable(req *http.Request) bool {
+	return idempotent(req.Method) && (req.Body == nil || req.Body == http.NoBody || req.GetBody != nil)
+}
+
 // get returns an idle connection the backend has not closed meanwhile,
-// or a new one.
-func (d *directBackend) get(ctx context.Context) (*backendConn, error) {
+// or a new one. retry says the request is sent again if the connection
+// turns out closed (see retryPeekAfter).
+func (d *directBackend) get(ctx context.Context, retry bool) (*backendConn, error) {
+	after := d.peekAfter
+	if retry {
+		after = max(after, d.retryPeekAfter)
+	}
 	for {
 		bc := d.takeIdle(ctx)
 		if bc == nil {
 			return d.dial(ctx)
 		}
-		if bc.br.Buffered() == 0 && ((d.peekAfter > 0 && time.Since(bc.idled) < d.peekAfter) || !closedWhileIdle(bc.nc)) {
+		if bc.br.Buffered() == 0 && ((after > 0 && time.Since(bc.idled) < after) || !closedWhileIdle(bc.nc)) {
 			bc.reused = true
 			return bc, nil
 		}
@@ -186,7 +205,7 @@ func (d *directBackend) done(bc *backendConn, closeIt bool) {
 	if !closeIt && bc.ctx.Err() == nil {
 		d.mu.Lock()
 		if !d.closed && len(d.idle) < d.maxIdle {
-			if d.peekAfter > 0 {
+			if d.peekAfter > 0 || d.retryPeekAfter > 0 {
 				bc.idled = time.Now()
 			}
 			d.idle = append(d.idle, bc)
