@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -118,4 +119,41 @@ func commandstats(b *testing.B, srv *redistest.Server) (calls, scripted float64)
 		}
 	}
 	return calls, scripted
+}
+
+// BenchmarkAppend measures the engine's cost of a produce, an append
+// without options as a tunnel's POST makes it, from 32 goroutines over 8
+// tunnels as the produce load of bench/ does: this process' time and
+// allocations per append, and Redis' CPU time per append.
+func BenchmarkAppend(b *testing.B) {
+	srv := redistest.Start(b, redistest.Options{})
+	s := open(b, srv.URL(), nil)
+	defer s.Close()
+	body := []byte(strings.Repeat("x", 256))
+	var seq atomic.Int64
+	cpu0, self0 := redisCPU(srv.PID()), selfCPU()
+	b.ReportAllocs()
+	b.SetParallelism(16) // 32 goroutines on 2 cores
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		key := fmt.Sprint("t/load-", seq.Add(1)%8)
+		for pb.Next() {
+			if _, err := s.Append(ctx, key, store.Message{ContentType: "text/plain", Body: body}, store.AppendOptions{}); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.StopTimer()
+	b.ReportMetric((selfCPU()-self0)/float64(b.N)*1e6, "self-µs/op")
+	b.ReportMetric((redisCPU(srv.PID())-cpu0)/float64(b.N)*1e6, "redis-µs/op")
+}
+
+// selfCPU is the CPU time, in seconds, this process has used.
+func selfCPU() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
 }
