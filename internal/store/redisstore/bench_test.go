@@ -18,7 +18,7 @@ import (
 // an append, a take under a lease and its settling, by goroutines each on a
 // tunnel of its own, as concurrent HTTP handlers would. It reports the
 // calls postern sent Redis per message and the commands those ran (INFO
-// commandstats), and Redis' CPU time per message, next to Redis' CPU time
+// commandstats), this process' and Redis' CPU time per message, next to Redis' CPU time
 // per XADD sent the same way (appends of a bare stream entry, same
 // goroutines).
 func BenchmarkDeliver(b *testing.B) {
@@ -47,7 +47,8 @@ func BenchmarkDeliver(b *testing.B) {
 	if _, err := srv.Do("CONFIG", "RESETSTAT"); err != nil {
 		b.Fatal(err)
 	}
-	cpu0 := redisCPU(srv.PID())
+	cpu0, self0 := redisCPU(srv.PID()), selfCPU()
+	b.ReportAllocs()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		key := fmt.Sprint("t/bench", seq.Add(1))
@@ -68,10 +69,12 @@ func BenchmarkDeliver(b *testing.B) {
 		}
 	})
 	b.StopTimer()
+	self := (selfCPU() - self0) / float64(b.N)
 	cpu := (redisCPU(srv.PID()) - cpu0) / float64(b.N)
 	calls, scripted := commandstats(b, srv)
 	b.ReportMetric(calls/float64(b.N), "calls/msg")
 	b.ReportMetric(scripted/float64(b.N), "cmds/msg")
+	b.ReportMetric(self*1e6, "self-µs/msg")
 	b.ReportMetric(cpu*1e6, "redis-µs/msg")
 	b.ReportMetric(xadds(b.N)*1e6, "redis-µs/xadd")
 }
@@ -124,14 +127,20 @@ func commandstats(b *testing.B, srv *redistest.Server) (calls, scripted float64)
 // BenchmarkAppend measures the engine's cost of a produce, an append
 // without options as a tunnel's POST makes it, from 32 goroutines over 8
 // tunnels as the produce load of bench/ does: this process' time and
-// allocations per append, and Redis' CPU time per append.
+// allocations per append, Redis' CPU time per append, and how many reads
+// Redis made per append (fewer: more appends share one write).
 func BenchmarkAppend(b *testing.B) {
 	srv := redistest.Start(b, redistest.Options{})
 	s := open(b, srv.URL(), nil)
 	defer s.Close()
 	body := []byte(strings.Repeat("x", 256))
 	var seq atomic.Int64
-	cpu0, self0 := redisCPU(srv.PID()), selfCPU()
+	reads := func() float64 {
+		v, _ := srv.Info("stats", "total_reads_processed")
+		n, _ := strconv.ParseFloat(v, 64)
+		return n
+	}
+	cpu0, self0, reads0 := redisCPU(srv.PID()), selfCPU(), reads()
 	b.ReportAllocs()
 	b.SetParallelism(16) // 32 goroutines on 2 cores
 	b.ResetTimer()
@@ -145,6 +154,7 @@ func BenchmarkAppend(b *testing.B) {
 		}
 	})
 	b.StopTimer()
+	b.ReportMetric((reads()-reads0)/float64(b.N), "redis-reads/op")
 	b.ReportMetric((selfCPU()-self0)/float64(b.N)*1e6, "self-µs/op")
 	b.ReportMetric((redisCPU(srv.PID())-cpu0)/float64(b.N)*1e6, "redis-µs/op")
 }

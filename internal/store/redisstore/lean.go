@@ -362,13 +362,20 @@ func readEntry(r rueidis.RedisResult) (id, rec string, err error) {
 		}
 		return "", "", err
 	}
-	streams, err := r.AsXRead()
+	// Slices, not AsXRead's map of fields per entry: one allocation
+	// fewer per take.
+	streams, err := r.AsXReadSlices()
 	if err != nil {
 		return "", "", errBadReply
 	}
 	for _, es := range streams {
 		if len(es) > 0 {
-			return es[0].ID, es[0].FieldValues["r"], nil
+			for _, fv := range es[0].FieldValues {
+				if fv.Field == "r" {
+					rec = fv.Value
+				}
+			}
+			return es[0].ID, rec, nil
 		}
 	}
 	return "", "", nil
