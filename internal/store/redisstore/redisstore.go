@@ -106,7 +106,11 @@ const (
 	// machine, 12 rounds interleaved with no delay): a median of 6% less
 	// CPU per request (client, node and Redis), 5% less Redis CPU per
 	// produce, and the same or a higher rate; an append costs the node
-	// about a quarter less CPU when 32 goroutines append at once.
+	// about a quarter less CPU when 32 goroutines append at once
+	// (BenchmarkAppend). With two calls at a time (BenchmarkDeliver) it
+	// cost Redis about 10% more CPU per message, Redis idling between
+	// the later writes; the scale benchmark's delivery load showed no
+	// difference beyond the noise.
 	DefaultFlushDelay = 20 * time.Microsecond
 	// DefaultSentinelPort is the port of a sentinel address that names none.
 	DefaultSentinelPort = "26379"
