@@ -62,6 +62,9 @@ type pair struct {
 
 	sr *bufio.Reader
 	sw *bufio.Writer
+	// swOnly is sw without its ReadFrom (see writerOnly), kept here so
+	// that passing it as an io.Writer allocates nothing per answer.
+	swOnly writerOnly
 
 	lc net.Conn
 	lr *bufio.Reader
@@ -110,6 +113,7 @@ func (p *pair) abort() {
 func (p *pair) serve() {
 	p.sr = bufio.NewReaderSize(p.st, pairStreamReadBuf)
 	p.sw = bufio.NewWriterSize(p.st, pairStreamWriteBuf)
+	p.swOnly = writerOnly{p.sw}
 	defer func() {
 		p.s.mu.Lock()
 		p.abort()
@@ -246,9 +250,16 @@ func (p *pair) send(out *http.Request, bodyless bool) (wrote chan error, err err
 	}
 	p.body = &readBody{rc: out.Body}
 	out.Body = p.body
-	wrote = make(chan error, 1)
-	go func(lw *bufio.Writer) { wrote <- writeRequest(out, lw) }(p.lw)
-	return wrote, nil
+	return sendBody(out, p.lw), nil
+}
+
+// sendBody writes out, which has a body, to lw in a goroutine of its own,
+// and returns where its result goes. (A function of its own: a closure
+// in send would put send's results on the heap for every request.)
+func sendBody(out *http.Request, lw *bufio.Writer) chan error {
+	wrote := make(chan error, 1)
+	go func() { wrote <- writeRequest(out, lw) }()
+	return wrote
 }
 
 // writeRequest writes out to lw and flushes it.
@@ -378,7 +389,7 @@ func (p *pair) answer(resp *http.Response, wrote chan error) (status int, n int6
 		_, err = p.sw.Write(p.answerHead)
 		if err == nil && resp.Body != http.NoBody {
 			buf := copyBufs.Get().(*[]byte)
-			_, err = io.CopyBuffer(writerOnly{p.sw}, cb, *buf)
+			_, err = io.CopyBuffer(&p.swOnly, cb, *buf)
 			copyBufs.Put(buf)
 			if err == nil && cb.n != resp.ContentLength {
 				err = io.ErrUnexpectedEOF
@@ -393,7 +404,7 @@ func (p *pair) answer(resp *http.Response, wrote chan error) (status int, n int6
 		if resp.Body != http.NoBody {
 			resp.Body = cb
 		}
-		err = resp.Write(writerOnly{p.sw})
+		err = resp.Write(&p.swOnly)
 	}
 	if err == nil {
 		// Kept before the answer's last bytes leave: whoever got the
