@@ -421,7 +421,7 @@ func runRedisProduce(ctx context.Context, o Options) ([]Figure, error) {
 			return requestOp(c, "POST", url+"/t/load-"+strconv.Itoa(w%redisTunnels), benchBody, status)(ctx, w, seq)
 		}
 	}
-	baseline, err := closedLoop(ctx, o.Conns, o.Duration, post(base, 200))
+	baseline, baseCPU, err := measured(ctx, o.Conns, o.Duration, post(base, 200))
 	if err != nil {
 		return nil, fmt.Errorf("baseline: %w", err)
 	}
@@ -429,9 +429,14 @@ func runRedisProduce(ctx context.Context, o Options) ([]Figure, error) {
 	if err != nil {
 		return nil, err
 	}
-	produce, err := closedLoop(ctx, o.Conns, o.Duration, post(nodes[0].URL, 201))
+	redis0 := dep.cpu()
+	produce, produceCPU, err := measured(ctx, o.Conns, o.Duration, post(nodes[0].URL, 201))
 	if err != nil {
 		return nil, fmt.Errorf("produce: %w", err)
+	}
+	redisCPU := 0.0
+	if produce.Ops > 0 {
+		redisCPU = (dep.cpu() - redis0) / float64(produce.Ops) * 1e6
 	}
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	return []Figure{
@@ -439,6 +444,11 @@ func runRedisProduce(ctx context.Context, o Options) ([]Figure, error) {
 		// measured 0.36x a plain Go handler.
 		{Name: "produce req/s on Redis", Unit: "req/s", Value: produce.Rate(), Baseline: baseline.Rate(), Goal: 0.53, Hello: helloRes.Rate()},
 		{Name: "produce p99 on Redis", Unit: "ms", Value: ms(produce.Percentile(99)), Baseline: ms(baseline.Percentile(99)), LowerIsBetter: true, Hello: ms(helloRes.Percentile(99))},
+		// CPU per request, for before/after comparisons on a busy
+		// machine: this process (client and node) plus redis-server,
+		// against this process's for the plain handler.
+		{Name: "produce CPU per request (client, node and redis-server)", Unit: "µs", Value: produceCPU + redisCPU, Baseline: baseCPU, LowerIsBetter: true},
+		{Name: "redis-server CPU per produce", Unit: "µs", Value: redisCPU, LowerIsBetter: true},
 	}, nil
 }
 

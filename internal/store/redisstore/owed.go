@@ -248,7 +248,7 @@ func (s *Store) sendAllOwed() (failed bool) {
 				if len(ls) == 0 {
 					return
 				}
-				keys, lk := s.leanKeys(k)
+				lk := s.leanKeys(k)
 				b := s.c.B()
 				rs := s.c.DoMulti(ctx, append(s.settleCmds(b, lk, ls), b.Xlen().Key(lk.s).Build())...)
 				rest := s.settled(ctx, k, ls, rs)
@@ -260,7 +260,7 @@ func (s *Store) sendAllOwed() (failed bool) {
 					// Emptied, and no take of this node's followed: the
 					// settle function sets the queue's counts right
 					// (see lean.go), so that its keys get their TTLs.
-					if _, err := s.exec(ctx, scSettle, keys, s.nowMS(), "", "1", s.wakeChannel, k); err != nil {
+					if _, err := s.exec(ctx, scSettle, s.qkeys(k), s.nowMS(), "", "1", s.wakeChannel, k); err != nil {
 						bad.Store(true)
 					}
 				}

@@ -97,6 +97,21 @@ const (
 	// DefaultWaitTimeout is how long a write waits for Options.WaitReplicas
 	// replicas to confirm it.
 	DefaultWaitTimeout = time.Second
+	// DefaultFlushDelay is how long the writer of a connection to Redis,
+	// woken by a command after it sent everything queued, waits for the
+	// commands of other calls under way before it sends (rueidis'
+	// MaxFlushDelay; never for a lone caller): fewer, fuller writes, for
+	// fewer system calls here and in Redis. Measured on the produce load
+	// of bench/ (32 connections, one node on one Redis, a busy 2-core
+	// machine, 12 rounds interleaved with no delay): a median of 6% less
+	// CPU per request (client, node and Redis), 5% less Redis CPU per
+	// produce, and the same or a higher rate; an append costs the node
+	// about a quarter less CPU when 32 goroutines append at once
+	// (BenchmarkAppend). With two calls at a time (BenchmarkDeliver) it
+	// cost Redis about 10% more CPU per message, Redis idling between
+	// the later writes; the scale benchmark's delivery load showed no
+	// difference beyond the noise.
+	DefaultFlushDelay = 20 * time.Microsecond
 	// DefaultSentinelPort is the port of a sentinel address that names none.
 	DefaultSentinelPort = "26379"
 	// sentinelRefresh is how often a client on Sentinel asks the sentinels
@@ -146,6 +161,10 @@ type Options struct {
 	// owed.go); zero means DefaultSettleDelay, negative sends each
 	// settling by itself at once.
 	SettleDelay time.Duration
+	// FlushDelay is how long the connection's writer may wait for more
+	// commands before it sends (see DefaultFlushDelay); zero means
+	// DefaultFlushDelay, negative sends at once.
+	FlushDelay time.Duration
 	// FunctionsOnly runs every queue operation as a function, leaving
 	// the lean path (lean.go) unused: for tests of the two side by side,
 	// and comparisons.
@@ -324,6 +343,9 @@ func New(copt rueidis.ClientOption, opts Options) (*Store, error) {
 	if opts.WaitTimeout <= 0 {
 		opts.WaitTimeout = DefaultWaitTimeout
 	}
+	if opts.FlushDelay == 0 {
+		opts.FlushDelay = DefaultFlushDelay
+	}
 	copt = clientOption(copt, opts)
 	if len(copt.InitAddress) == 0 {
 		return nil, errors.New("redis: no address given")
@@ -391,6 +413,9 @@ func clientOption(copt rueidis.ClientOption, opts Options) rueidis.ClientOption 
 		if copt.Sentinel.TopologyRefreshInterval == 0 {
 			copt.Sentinel.TopologyRefreshInterval = sentinelRefresh
 		}
+	}
+	if copt.MaxFlushDelay == 0 {
+		copt.MaxFlushDelay = max(opts.FlushDelay, 0)
 	}
 	copt.DisableCache = true // no client-side caching: nothing is read twice
 	copt.DisableRetry = true // a failed call is answered 503, never replayed
