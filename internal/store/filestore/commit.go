@@ -1,6 +1,7 @@
 package filestore
 
 import (
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,6 +45,7 @@ type held struct {
 type batch struct {
 	gen     uint32 // batches are numbered as they are started; see committer.durable
 	muts    []mut
+	size    int // bytes of keys and values in muts
 	maxID   store.ID
 	held    []held
 	n       int           // operations waiting on it
@@ -96,6 +98,15 @@ const lazyDelay = 5 * time.Millisecond
 // on its own, would spend under load what the clients need.
 const concurrentMin = 8
 
+// gatherYields is how many times at most the writer of a batch lets the
+// goroutines ready to run go first while each turn brings operations
+// into the batch (committer.gather).
+const gatherYields = 4
+
+// gatherBytes seals a batch without gathering more once its changes
+// reach this many bytes: a large record is worth writing at once.
+const gatherBytes = 256 << 10
+
 // committer is the group commit, pipelined. Operations queue their write
 // sets with submit (under their shard lock, so that the log sees the
 // changes in the order the index did) and wait on the batch being
@@ -108,6 +119,11 @@ const concurrentMin = 8
 // collect in the current batch, and the first batch to finish hands the
 // turn to one of them. A batch is written by a goroutine that is running
 // anyway: no goroutine has to be woken to start a write.
+//
+// Before sealing a batch, its writer gathers the operations already on
+// their way into it (gather): a sync costs about the same whatever it
+// carries, and an operation that misses a batch waits for a whole sync
+// more.
 //
 // Operations whose answers do not rest on their changes (settling a lease,
 // sweeping) queue them with submitLazy and do not wait: their changes go
@@ -155,21 +171,42 @@ type committer struct {
 	lazy      *time.Timer
 	lazyArmed bool
 	syncing   int
+
+	// gatherDelay bounds how long a writer waits for the operations on
+	// their way into its batch (Options.GatherDelay; 0: it does not).
+	// gathering is the batch whose writer waits for them, joined where
+	// submit tells it that they all joined.
+	gatherDelay time.Duration
+	gathering   *batch
+	joined      chan struct{}
 }
 
-func newCommitter(s *Store, nextSeq uint64, window int) *committer {
-	c := &committer{s: s, cur: newBatch(1), gen: 1, nextSeq: nextSeq, window: window}
+func newCommitter(s *Store, nextSeq uint64, window int, gatherDelay time.Duration) *committer {
+	c := &committer{
+		s: s, cur: newBatch(1), gen: 1, nextSeq: nextSeq, window: window,
+		gatherDelay: gatherDelay, joined: make(chan struct{}, 1),
+	}
 	c.idle = sync.NewCond(&c.mu)
 	return c
 }
 
 // submit queues w and returns the batch to wait on, and whether the
-// caller is to write it.
-func (c *committer) submit(w *wset) (*batch, bool) {
+// caller is to write it. entered is set for an operation counted in
+// Store.entering, which it leaves now.
+func (c *committer) submit(w *wset, entered bool) (*batch, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	b := c.add(w)
 	b.n++
+	if entered {
+		c.s.entering.Add(-1)
+	}
+	if c.gathering == b && c.gathered(b) {
+		select {
+		case c.joined <- struct{}{}:
+		default:
+		}
+	}
 	return b, c.claim(b)
 }
 
@@ -187,6 +224,9 @@ func (c *committer) submitLazy(w *wset) *batch {
 func (c *committer) add(w *wset) *batch {
 	b := c.cur
 	b.muts = append(b.muts, w.muts...)
+	for _, m := range w.muts {
+		b.size += len(m.key) + len(m.val)
+	}
 	b.held = append(b.held, w.held...)
 	if w.maxID.Compare(b.maxID) > 0 {
 		b.maxID = w.maxID
@@ -282,6 +322,7 @@ func (c *committer) wait(b *batch, write bool) error {
 // writes it to the log, syncs it and acknowledges it once every batch
 // before it is durable.
 func (c *committer) write(b *batch) {
+	c.gather(b)
 	c.wmu.Lock()
 	c.mu.Lock()
 	c.cur = c.next().sizedLike(b)
@@ -297,6 +338,62 @@ func (c *committer) write(b *batch) {
 		b.rec = nil
 	}
 	c.complete(b, err)
+}
+
+// gather lets the operations on their way into b, which the caller is
+// to write, join it before it is sealed: while each turn brings some in,
+// the goroutines ready to run go first (a request parsed and handled is
+// about to queue its write), up to gatherYields turns; then the writer
+// waits for the operations that began and have not queued their writes
+// (Store.entering), at most gatherDelay. A batch of lazy changes alone,
+// one of gatherBytes, and one that nobody else is on the way to are
+// sealed at once.
+func (c *committer) gather(b *batch) {
+	if c.gatherDelay <= 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if b.n == 0 {
+		return
+	}
+	for range gatherYields {
+		n := b.n
+		c.mu.Unlock()
+		runtime.Gosched()
+		c.mu.Lock()
+		if b.n == n || b.size >= gatherBytes {
+			break
+		}
+	}
+	if c.gathered(b) {
+		return
+	}
+	select {
+	case <-c.joined: // left by an earlier batch
+	default:
+	}
+	c.gathering = b
+	defer func() { c.gathering = nil }()
+	t := time.NewTimer(c.gatherDelay)
+	defer t.Stop()
+	for !c.gathered(b) {
+		c.mu.Unlock()
+		select {
+		case <-c.joined:
+			c.mu.Lock()
+		case <-t.C:
+			c.mu.Lock()
+			return
+		}
+	}
+}
+
+// gathered reports whether b is to be sealed without waiting for more:
+// no operation is on its way into it, or it is large enough. c.mu must
+// be held.
+func (c *committer) gathered(b *batch) bool {
+	return c.s.entering.Load() <= 0 || b.size >= gatherBytes
 }
 
 // log writes b to the log, or for a batch too large for a record,

@@ -3,6 +3,7 @@ package filestore
 import (
 	"fmt"
 	"os"
+	"sync/atomic"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -95,4 +96,23 @@ func (s *Store) Direct() bool { return s.wal.direct.Load() }
 func RefuseDirectWrites() (restore func()) {
 	directWrite = func(*os.File, []byte, int64) error { return errDirectUnsupported }
 	return func() { directWrite = writeDSync }
+}
+
+// PauseNextWrite stops the next operation that waits for its write on its
+// way into the batch being collected (begun, its write not queued yet):
+// paused is closed once it has stopped there, and release lets it go on.
+// Call release before the test ends; only one pause may be set at a time.
+func PauseNextWrite() (paused <-chan struct{}, release func()) {
+	stopped, resume := make(chan struct{}), make(chan struct{})
+	var taken atomic.Bool
+	enteredHook = func() {
+		if taken.CompareAndSwap(false, true) {
+			close(stopped)
+			<-resume
+		}
+	}
+	return stopped, func() {
+		enteredHook = nil
+		close(resume)
+	}
 }

@@ -26,8 +26,20 @@ var wsets = sync.Pool{New: func() any { return new(wset) }}
 func (b backend) Begin(op index.Op) index.Journal {
 	w := wsets.Get().(*wset)
 	w.s, w.op = b.s, op
+	if op == index.OpWrite {
+		// On its way into the batch being collected, whose writer waits
+		// for it (committer.gather).
+		b.s.entering.Add(1)
+		if enteredHook != nil {
+			enteredHook()
+		}
+	}
 	return w
 }
+
+// enteredHook, when set by a test, runs in every operation that waits
+// for its write, once it is counted in Store.entering.
+var enteredHook func()
 
 // release returns w, whose changes were queued or dropped, for reuse.
 func (w *wset) release() {
@@ -61,7 +73,7 @@ func (b backend) End(j index.Journal, sh *index.Shard) error {
 		w.release()
 		return nil
 	}
-	bt, write := b.s.c.submit(w)
+	bt, write := b.s.c.submit(w, w.op == index.OpWrite)
 	w.mark(bt)
 	sh.Unlock()
 	w.release()
