@@ -34,6 +34,25 @@ func appendOne(t *testing.T, s *filestore.Store, key string) {
 	}
 }
 
+// besideStuckAppend appends to s while another append is held on its way
+// into the batch (filestore.PauseNextWrite). It returns how long that
+// append took and the log records written by then, and, after letting
+// the held append finish, the records written in all.
+func besideStuckAppend(t *testing.T, s *filestore.Store) (waited time.Duration, records, total uint64) {
+	t.Helper()
+	before := s.Records()
+	paused, release := filestore.PauseNextWrite()
+	var late sync.WaitGroup
+	late.Go(func() { appendOne(t, s, "t/late") })
+	<-paused
+	start := time.Now()
+	appendOne(t, s, "t/first")
+	waited, records = time.Since(start), s.Records()-before
+	release()
+	late.Wait()
+	return waited, records, s.Records() - before
+}
+
 // TestGatherWaitsForOperationsOnTheirWay: an append that began before its
 // batch's writer sealed the batch joins it, and both share one record.
 func TestGatherWaitsForOperationsOnTheirWay(t *testing.T) {
@@ -70,23 +89,15 @@ func TestGatherWaitsNoLongerThanTheDelay(t *testing.T) {
 		const delay = 300 * time.Microsecond
 		s := openGather(t, delay)
 		defer s.Close()
-		records := s.Records()
-		paused, release := filestore.PauseNextWrite()
-		var late sync.WaitGroup
-		late.Go(func() { appendOne(t, s, "t/late") })
-		<-paused
-		start := time.Now()
-		appendOne(t, s, "t/first")
-		if waited := time.Since(start); waited != delay {
+		waited, records, total := besideStuckAppend(t, s)
+		if waited != delay {
 			t.Errorf("the append waited %v for the stuck one, want GatherDelay %v", waited, delay)
 		}
-		if got := s.Records() - records; got != 1 {
-			t.Errorf("%d log records before the stuck append went on, want 1", got)
+		if records != 1 {
+			t.Errorf("%d log records before the stuck append went on, want 1", records)
 		}
-		release()
-		late.Wait()
-		if got := s.Records() - records; got != 2 {
-			t.Errorf("%d log records in all, want 2", got)
+		if total != 2 {
+			t.Errorf("%d log records in all, want 2", total)
 		}
 	})
 }
@@ -107,21 +118,13 @@ func TestGatherLoneAppendNotDelayed(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s := openGather(t, -1)
 		defer s.Close()
-		records := s.Records()
-		paused, release := filestore.PauseNextWrite()
-		var late sync.WaitGroup
-		late.Go(func() { appendOne(t, s, "t/late") })
-		<-paused
-		start := time.Now()
-		appendOne(t, s, "t/first")
-		if waited := time.Since(start); waited != 0 {
+		waited, records, _ := besideStuckAppend(t, s)
+		if waited != 0 {
 			t.Errorf("with GatherDelay -1 the append waited %v, want 0", waited)
 		}
-		if got := s.Records() - records; got != 1 {
-			t.Errorf("%d log records, want 1", got)
+		if records != 1 {
+			t.Errorf("%d log records, want 1", records)
 		}
-		release()
-		late.Wait()
 	})
 }
 
