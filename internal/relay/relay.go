@@ -567,9 +567,7 @@ func (h *Hub) Serve(w http.ResponseWriter, r *http.Request, t Target) {
 			outcome = "aborted"
 		}
 		h.m.outcome(c.via, outcome)
-		h.m.duration.WithLabelValues(c.via).Observe(time.Since(start).Seconds())
-		h.m.bytes.WithLabelValues("up").Add(float64(c.up.Load()))
-		h.m.bytes.WithLabelValues("down").Add(float64(c.down.Load()))
+		h.m.done(c.via, time.Since(start).Seconds(), c.up.Load(), c.down.Load())
 	}()
 
 	defer func() {
