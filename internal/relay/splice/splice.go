@@ -12,6 +12,16 @@
 // sockets and the pipe are non-blocking), so they are made as raw system
 // calls and the waits for the sockets go through the runtime's poller
 // (syscall.RawConn), deadlines included.
+//
+// A socket spliced to whose both ends are on loopback is switched to the
+// reno congestion control first (unpace). With BBR, the kernel paces a
+// socket itself when its queue discipline does not (loopback has none):
+// a timer for nearly every 64 KiB segment, since a splice hands the
+// socket a whole megabyte at once. On the 2-core VM of BENCHMARKS.md
+// those timers cost the relay server about half its CPU per MB of a
+// download, and the user's side more; on loopback there is no network
+// queue for pacing to protect, and reno does not pace. Sockets to other
+// hosts keep the system's congestion control.
 package splice
 
 import (
@@ -64,6 +74,9 @@ func (r *Reader) WriteTo(w io.Writer) (int64, error) {
 	if sc, ok := w.(socket); ok && supported {
 		if dst, err := sc.SyscallConn(); err == nil {
 			if src, err := r.C.SyscallConn(); err == nil {
+				if onLoopback(sc) {
+					unpace(dst)
+				}
 				n, err := pump(dst, src, r.N)
 				r.N -= n
 				return n, err
@@ -77,6 +90,13 @@ func (r *Reader) WriteTo(w io.Writer) (int64, error) {
 // spliced.
 func Copy(dst, src *net.TCPConn, n int64) (int64, error) {
 	return (&Reader{C: src, N: n}).WriteTo(dst)
+}
+
+// onLoopback reports whether both ends of c are loopback addresses.
+func onLoopback(c net.Conn) bool {
+	l, lok := c.LocalAddr().(*net.TCPAddr)
+	r, rok := c.RemoteAddr().(*net.TCPAddr)
+	return lok && rok && l.IP.IsLoopback() && r.IP.IsLoopback()
 }
 
 // readerOnly hides Reader's WriteTo from io.Copy.
