@@ -21,7 +21,9 @@
 // those timers cost the relay server about half its CPU per MB of a
 // download, and the user's side more; on loopback there is no network
 // queue for pacing to protect, and reno does not pace. Sockets to other
-// hosts keep the system's congestion control.
+// hosts keep the system's congestion control. A connection dialed for
+// splicing to (DialControl) is switched before it connects, so that BBR
+// never starts on it: the kernel then does not even check its pacing.
 package splice
 
 import (
@@ -90,6 +92,19 @@ func (r *Reader) WriteTo(w io.Writer) (int64, error) {
 // spliced.
 func Copy(dst, src *net.TCPConn, n int64) (int64, error) {
 	return (&Reader{C: src, N: n}).WriteTo(dst)
+}
+
+// DialControl is for net.Dialer.Control: a connection dialed to a
+// loopback address starts with the congestion control that the kernel
+// does not pace (see the package comment). Other connections are left
+// as they are.
+func DialControl(network, address string, c syscall.RawConn) error {
+	if host, _, err := net.SplitHostPort(address); err == nil {
+		if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+			unpace(c)
+		}
+	}
+	return nil
 }
 
 // onLoopback reports whether both ends of c are loopback addresses.

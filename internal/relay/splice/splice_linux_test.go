@@ -51,3 +51,22 @@ func TestLoopbackDestinationUnpaced(t *testing.T) {
 		t.Fatalf("dst's peer read %d bytes, not the body", len(out))
 	}
 }
+
+// A connection dialed to a loopback address with DialControl starts with
+// reno.
+func TestDialControlLoopback(t *testing.T) {
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	d := net.Dialer{Control: splice.DialControl}
+	c, err := d.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got := congestion(t, c.(*net.TCPConn)); got != "reno" {
+		t.Errorf("congestion control %q, want reno", got)
+	}
+}
