@@ -24,6 +24,9 @@
 // hosts keep the system's congestion control. A connection dialed for
 // splicing to (DialControl) is switched before it connects, so that BBR
 // never starts on it: the kernel then does not even check its pacing.
+// Accepting the node's loopback connections so as well (a listener with
+// DialControl, which they inherit) measured no better than switching the
+// user's socket at its first splice, and was left out.
 package splice
 
 import (
