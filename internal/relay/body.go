@@ -8,10 +8,12 @@ import (
 	"sync/atomic"
 )
 
-// countingReader counts the bytes read through it.
+// countingReader counts the bytes read through it. With noClose its
+// Close leaves rc open.
 type countingReader struct {
-	rc io.ReadCloser
-	n  *atomic.Int64
+	rc      io.ReadCloser
+	n       *atomic.Int64
+	noClose bool
 }
 
 func (r *countingReader) Read(p []byte) (int, error) {
@@ -20,16 +22,21 @@ func (r *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (r *countingReader) Close() error { return r.rc.Close() }
+func (r *countingReader) Close() error {
+	if r.noClose {
+		return nil
+	}
+	return r.rc.Close()
+}
 
 // respBody wraps a backend's response body: it counts bytes to the user,
 // records how the body ended, and releases the backend's in-flight slot
-// once, on Close.
+// (of reg, when set) once, on Close.
 type respBody struct {
-	rc      io.ReadCloser
-	c       *call
-	release func()
-	once    sync.Once
+	rc   io.ReadCloser
+	c    *call
+	reg  *Registration
+	once sync.Once
 }
 
 func (b *respBody) Read(p []byte) (int, error) {
@@ -51,13 +58,13 @@ func (b *respBody) Read(p []byte) (int, error) {
 
 func (b *respBody) Close() error {
 	err := b.rc.Close()
-	b.once.Do(func() {
-		if b.release != nil {
-			b.release()
-		}
-	})
+	if b.reg != nil {
+		b.once.Do(b.release)
+	}
 	return err
 }
+
+func (b *respBody) release() { b.reg.inflight.Add(-1) }
 
 // rwBody is respBody for the io.ReadWriteCloser of a 101 response: the
 // user's bytes are written to it.
@@ -82,21 +89,26 @@ func (b *rwBodyCW) CloseWrite() error { return b.cw.CloseWrite() }
 
 // wrapBody wraps body, keeping its ability to be written to and
 // half-closed, which the reverse proxy looks for on 101 responses.
-func wrapBody(body io.ReadCloser, c *call, release func()) io.ReadCloser {
+func wrapBody(body io.ReadCloser, c *call, reg *Registration) io.ReadCloser {
 	if body == nil {
 		body = emptyBody{}
 	}
 	w, ok := body.(io.Writer)
 	if !ok {
-		return &respBody{rc: body, c: c, release: release}
+		if c.rb.c == nil {
+			// The call's own: most responses need no other.
+			c.rb = respBody{rc: body, c: c, reg: reg}
+			return &c.rb
+		}
+		return &respBody{rc: body, c: c, reg: reg}
 	}
 	if cw, ok := body.(interface{ CloseWrite() error }); ok {
 		b := &rwBodyCW{cw: cw}
-		b.rc, b.c, b.release, b.w = body, c, release, w
+		b.rc, b.c, b.reg, b.w = body, c, reg, w
 		return b
 	}
 	b := &rwBody{w: w}
-	b.rc, b.c, b.release = body, c, release
+	b.rc, b.c, b.reg = body, c, reg
 	return b
 }
 

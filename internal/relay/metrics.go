@@ -1,6 +1,8 @@
 package relay
 
 import (
+	"sync"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/postern/postern/internal/capability"
@@ -25,6 +27,30 @@ type hubMetrics struct {
 	requests *prometheus.CounterVec
 	bytes    *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+
+	// The series every relay touches, looked up once (a lookup hashes
+	// and checks the label values: a few percent of a small relay's
+	// CPU), on first use so that the series appear as before.
+	viaOutcome [2][len(outcomes)]lazy[prometheus.Counter]
+	viaTime    [2]lazy[prometheus.Observer]
+	up, down   lazy[prometheus.Counter]
+}
+
+// vias and outcomes are the label values the hub uses.
+var (
+	vias     = [2]string{"local", "forwarded"}
+	outcomes = [...]string{"ok", "upgraded", "no_backend", "error", "aborted", "canceled", "refused"}
+)
+
+// lazy is a series looked up on first use.
+type lazy[T any] struct {
+	once sync.Once
+	v    T
+}
+
+func (l *lazy[T]) get(f func() T) T {
+	l.once.Do(func() { l.v = f() })
+	return l.v
 }
 
 func newMetrics(deps capability.Deps, ns string) *hubMetrics {
@@ -57,5 +83,30 @@ func newMetrics(deps capability.Deps, ns string) *hubMetrics {
 }
 
 func (m *hubMetrics) outcome(via, outcome string) {
-	m.requests.WithLabelValues(via, outcome).Inc()
+	i, j := indexOf(vias[:], via), indexOf(outcomes[:], outcome)
+	if i < 0 || j < 0 {
+		m.requests.WithLabelValues(via, outcome).Inc()
+		return
+	}
+	m.viaOutcome[i][j].get(func() prometheus.Counter { return m.requests.WithLabelValues(via, outcome) }).Inc()
+}
+
+// done records a relay's duration and bytes.
+func (m *hubMetrics) done(via string, seconds float64, up, down int64) {
+	if i := indexOf(vias[:], via); i >= 0 {
+		m.viaTime[i].get(func() prometheus.Observer { return m.duration.WithLabelValues(via) }).Observe(seconds)
+	} else {
+		m.duration.WithLabelValues(via).Observe(seconds)
+	}
+	m.up.get(func() prometheus.Counter { return m.bytes.WithLabelValues("up") }).Add(float64(up))
+	m.down.get(func() prometheus.Counter { return m.bytes.WithLabelValues("down") }).Add(float64(down))
+}
+
+func indexOf(list []string, s string) int {
+	for i, x := range list {
+		if x == s {
+			return i
+		}
+	}
+	return -1
 }

@@ -363,9 +363,15 @@ func (b *backend) response(req *http.Request, p *pending, fc chunk) (*http.Respo
 		p.finish(errClosed)
 		return nil, httpapi.Errorf(http.StatusBadGateway, "relay client sent status code %d", status)
 	}
+	// The response and its body in one allocation.
+	both := &struct {
+		resp http.Response
+		rd   bodyReader
+	}{}
 	// The buffers of an upgraded stream are not pooled: its Close may
 	// come from another goroutine while a Read copies from one.
-	rd := &bodyReader{p: p, pooled: status != http.StatusSwitchingProtocols}
+	rd := &both.rd
+	rd.p, rd.pooled = p, status != http.StatusSwitchingProtocols
 	// The values share one array: one allocation for all of them, where
 	// Header.Add makes one per name.
 	h := make(http.Header, len(first.Headers))
@@ -384,7 +390,8 @@ func (b *backend) response(req *http.Request, p *pending, fc chunk) (*http.Respo
 			}
 		}
 	}
-	resp := &http.Response{
+	resp := &both.resp
+	*resp = http.Response{
 		StatusCode:    status,
 		Proto:         "HTTP/1.1",
 		ProtoMajor:    1,
