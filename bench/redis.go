@@ -161,6 +161,14 @@ func (d *deployment) commandCounts(msgs float64) (calls, commands float64, err e
 			}
 		}
 		fmt.Fprintf(os.Stderr, "  time Redis ran commands per delivered msg:%s (their commands included), other commands %.1fµs\n", b.String(), total/msgs)
+		b.Reset()
+		for _, n := range names {
+			if each[n] > 0 {
+				fmt.Fprintf(&b, " %s=%.2f", n, usec[n]/each[n])
+			}
+		}
+		fmt.Fprintf(os.Stderr, "  µs per call:%s\n", b.String())
+		d.printIO("delivered msg", msgs)
 	}()
 	for _, s := range d.masters {
 		r, err := s.Do("INFO", "commandstats")
@@ -191,6 +199,22 @@ func (d *deployment) commandCounts(msgs float64) (calls, commands float64, err e
 		}
 	}
 	return calls, commands, nil
+}
+
+// printIO prints, per unit, the reads and writes Redis made on its
+// clients' connections (INFO stats, summed over the masters): the event
+// loop's share of its CPU grows with them, not with the commands.
+func (d *deployment) printIO(unit string, units float64) {
+	var reads, writes float64
+	for _, s := range d.masters {
+		r, _ := s.Info("stats", "total_reads_processed")
+		w, _ := s.Info("stats", "total_writes_processed")
+		rn, _ := strconv.ParseFloat(r, 64)
+		wn, _ := strconv.ParseFloat(w, 64)
+		reads += rn
+		writes += wn
+	}
+	fmt.Fprintf(os.Stderr, "  Redis reads per %s %.2f, writes %.2f\n", unit, reads/units, writes/units)
 }
 
 // scaleResult is one point of the scale curve.
@@ -305,6 +329,9 @@ func scalePoint(ctx context.Context, dep *deployment, n int, o Options) (scaleRe
 		return scaleResult{}, fmt.Errorf("%d nodes: nothing delivered", n)
 	}
 	msgs := float64(consumed)
+	if os.Getenv("POSTERN_BENCH_REDIS_COMMANDS") != "" {
+		fmt.Fprintf(os.Stderr, "%d nodes: Redis CPU per delivered msg %.1fµs, %.0f msg/s\n", n, (cpu1-cpu0)/msgs*1e6, msgs/elapsed.Seconds())
+	}
 	calls, commands, err := dep.commandCounts(msgs)
 	if err != nil {
 		return scaleResult{}, err
@@ -341,12 +368,21 @@ func runScale(ctx context.Context, o Options, cluster bool) ([]Figure, error) {
 			return nil, fmt.Errorf("memory engine: %w", err)
 		}
 	}
+	if err := dep.resetStats(); err != nil {
+		return nil, err
+	}
 	cpu0 := dep.cpu()
 	rate, xadds, err := redisBenchmarkXADD(ctx, dep, o.Conns, o.Duration)
 	if err != nil {
 		return nil, err
 	}
 	cpuPerXADD := (dep.cpu() - cpu0) / xadds * 1e6
+	if os.Getenv("POSTERN_BENCH_REDIS_COMMANDS") != "" {
+		if _, _, err := dep.commandCounts(xadds); err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(os.Stderr, "  (above: per XADD of redis-benchmark, %.1fµs of Redis CPU each)\n", cpuPerXADD)
+	}
 	var figs []Figure
 	for _, n := range scaleNodes {
 		p := points[n]

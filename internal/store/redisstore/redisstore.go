@@ -187,6 +187,8 @@ type Store struct {
 
 	owed *owed // deliveries settled and not yet sent
 
+	pelWatch *pelWatch // when a lean take must look for leases run out
+
 	functionsOnly bool   // see Options.FunctionsOnly
 	nodeTag       string // names this store's group consumers (see consumer)
 
@@ -368,6 +370,7 @@ func New(copt rueidis.ClientOption, opts Options) (*Store, error) {
 
 		functionsOnly: opts.FunctionsOnly,
 		nodeTag:       newNodeTag(),
+		pelWatch:      newPelWatch(),
 	}
 	s.wakeChannel = s.channel(store.WakeTopic)
 	if opts.SettleDelay == 0 {

@@ -1,0 +1,4 @@
+package redisstore
+
+// PelRecheck is pelRecheck, for the tests of the package's public surface.
+const PelRecheck = pelRecheck
