@@ -22,6 +22,10 @@ const (
 	// DefaultTCPMaxConnections is how many user connections one public
 	// TCP port carries at once; one more is reset at accept.
 	DefaultTCPMaxConnections = 1024
+	// DefaultDataConns is how many data connections (see DataConnPath)
+	// one native HTTP agent session may hold at once, spare or in use:
+	// as many of its users' connections go without yamux.
+	DefaultDataConns = 64
 )
 
 // Options configures the expose capability.
@@ -75,6 +79,12 @@ type Options struct {
 	// zero: DefaultTCPMaxConnections.
 	TCPMaxConnections int
 
+	// DataConns caps the data connections (plain connections without
+	// websocket and yamux, see DataConnPath) one native HTTP agent
+	// session may hold at once; zero: DefaultDataConns; negative: none
+	// are offered, every request goes on a yamux stream.
+	DataConns int
+
 	tcpLo, tcpHi int // TCPPorts, parsed by Validate
 }
 
@@ -84,6 +94,7 @@ func DefaultOptions() Options {
 		Brickchain:     brickchain.DefaultOptions(),
 		AgentKeepAlive: DefaultAgentKeepAlive,
 		StreamWindow:   DefaultStreamWindow,
+		DataConns:      DefaultDataConns,
 	}
 }
 
@@ -108,6 +119,7 @@ func (o *Options) Validate() error {
 		return err
 	}
 	capability.Default(&o.TCPMaxConnections, DefaultTCPMaxConnections)
+	capability.Default(&o.DataConns, DefaultDataConns)
 	return o.Brickchain.Validate()
 }
 
