@@ -78,7 +78,7 @@ func BenchmarkExposeEdge(b *testing.B) {
 }
 
 // BenchmarkExposeDataConns measures a small GET with 8 connections (at
-// GOMAXPROCS 2) through postern and a native agent on data connections,
+// GOMAXPROCS 2), and with one, through postern and a native agent on data connections,
 // the same on the agent's yamux session alone, and through a plain
 // httputil.ReverseProxy to the same service: compare them as ratios
 // within one run (-count interleaves them).
@@ -127,7 +127,25 @@ func BenchmarkExposeDataConns(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		b.Run(bc.name, func(b *testing.B) {
+		get := func(b *testing.B, hc *http.Client) bool {
+			req, _ := http.NewRequest("GET", u, nil)
+			if host != "" {
+				req.Host = host
+			}
+			resp, err := hc.Do(req)
+			if err != nil {
+				b.Error(err)
+				return false
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				b.Errorf("status %d", resp.StatusCode)
+				return false
+			}
+			return true
+		}
+		b.Run(bc.name+"/conns=8", func(b *testing.B) {
 			tr := &http.Transport{MaxIdleConnsPerHost: 64}
 			defer tr.CloseIdleConnections()
 			hc := &http.Client{Transport: tr}
@@ -135,24 +153,18 @@ func BenchmarkExposeDataConns(b *testing.B) {
 			cpu := cpuTime()
 			defer func() { b.ReportMetric(float64(cpuTime()-cpu)/float64(b.N)/1e3, "cpu-us/op") }()
 			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					req, _ := http.NewRequest("GET", u, nil)
-					if host != "" {
-						req.Host = host
-					}
-					resp, err := hc.Do(req)
-					if err != nil {
-						b.Error(err)
-						return
-					}
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					if resp.StatusCode != 200 {
-						b.Errorf("status %d", resp.StatusCode)
-						return
-					}
+				for pb.Next() && get(b, hc) {
 				}
 			})
+		})
+		b.Run(bc.name+"/conns=1", func(b *testing.B) {
+			tr := &http.Transport{MaxIdleConnsPerHost: 64}
+			defer tr.CloseIdleConnections()
+			hc := &http.Client{Transport: tr}
+			cpu := cpuTime()
+			defer func() { b.ReportMetric(float64(cpuTime()-cpu)/float64(b.N)/1e3, "cpu-us/op") }()
+			for b.Loop() && get(b, hc) {
+			}
 		})
 	}
 }
