@@ -69,13 +69,6 @@ type ExposeOptions struct {
 	Window    int
 	// Drain bounds how long requests in progress may finish at stop.
 	Drain time.Duration
-	// DataSpares is how many data connections (plain connections to the
-	// server that carry requests without the session's multiplexing,
-	// when the server offers them) the agent keeps dialed ahead of use;
-	// zero: DefaultExposeDataSpares. DataConns caps those it holds,
-	// spare or in use; zero: DefaultExposeDataConns. Either negative:
-	// none, every request comes on the session.
-	DataSpares, DataConns int
 
 	// Access rules the server enforces before a request reaches the
 	// agent (a token policy may require or forbid each).
@@ -167,12 +160,6 @@ func (c *Client) Expose(ctx context.Context, o ExposeOptions) error {
 	}
 	if o.Drain <= 0 {
 		o.Drain = DefaultExposeDrain
-	}
-	if o.DataSpares == 0 {
-		o.DataSpares = DefaultExposeDataSpares
-	}
-	if o.DataConns == 0 {
-		o.DataConns = DefaultExposeDataConns
 	}
 	target, err := url.Parse(o.Local)
 	if err != nil || (target.Scheme != "http" && target.Scheme != "https" && !isRaw(target)) || target.Host == "" {
@@ -282,12 +269,6 @@ func (c *Client) exposeOnce(ctx context.Context, o ExposeOptions, target *url.UR
 	defer stopAccept()
 	served := make(chan struct{})
 	go func() { defer close(served); srv.serve(acceptCtx, sess) }()
-	dataDone := make(chan struct{})
-	if dp := newDataPool(c, srv, o, resp.Header); dp != nil {
-		go func() { defer close(dataDone); dp.run(acceptCtx) }()
-	} else {
-		close(dataDone)
-	}
 	o.Logger.Info("expose: ready", "url", public, "local", o.Local, "name", o.Name)
 	if o.OnReady != nil {
 		o.OnReady(public)
@@ -296,7 +277,6 @@ func (c *Client) exposeOnce(ctx context.Context, o ExposeOptions, target *url.UR
 	case <-sess.CloseChan():
 		stopAccept()
 		<-served
-		<-dataDone
 		srv.close()
 		if err := muxconn.Cause(conn); err != nil {
 			return fmt.Errorf("connection to the server lost: %w", err)
@@ -309,7 +289,6 @@ func (c *Client) exposeOnce(ctx context.Context, o ExposeOptions, target *url.UR
 	sess.GoAway()
 	stopAccept()
 	<-served
-	<-dataDone
 	drainCtx, cancel := context.WithTimeout(context.Background(), o.Drain)
 	defer cancel()
 	srv.shutdown(drainCtx)

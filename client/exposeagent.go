@@ -75,43 +75,24 @@ func (s *agentServer) serve(acceptCtx context.Context, sess *yamux.Session) {
 		if err != nil {
 			return
 		}
-		if !s.start(&pair{s: s, st: st}, nil) {
-			st.Close()
-		}
-	}
-}
-
-// serveData serves a data connection to the server as it serves a
-// stream; first is called when its first request starts, end when it
-// ended (with whether a request came). False when the server is
-// closing: c is left to the caller.
-func (s *agentServer) serveData(c net.Conn, first func(), end func(used bool)) bool {
-	p := &pair{s: s, st: c, first: first}
-	return s.start(p, func() { end(p.first == nil) })
-}
-
-// start runs p in a goroutine of its own, then end (if not nil); false
-// when the server is closing.
-func (s *agentServer) start(p *pair, end func()) bool {
-	s.mu.Lock()
-	if s.closing {
-		s.mu.Unlock()
-		return false
-	}
-	s.pairs[p] = struct{}{}
-	s.wg.Add(1)
-	s.mu.Unlock()
-	go func() {
-		defer s.wg.Done()
-		p.serve()
+		p := &pair{s: s, st: st}
 		s.mu.Lock()
-		delete(s.pairs, p)
-		s.mu.Unlock()
-		if end != nil {
-			end()
+		if s.closing {
+			s.mu.Unlock()
+			st.Close()
+			continue
 		}
-	}()
-	return true
+		s.pairs[p] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go func() {
+			defer s.wg.Done()
+			p.serve()
+			s.mu.Lock()
+			delete(s.pairs, p)
+			s.mu.Unlock()
+		}()
+	}
 }
 
 // shutdown is http.Server.Shutdown's equivalent, called once serve

@@ -4,8 +4,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httputil"
-	"net/url"
 	"strings"
 	"testing"
 
@@ -73,98 +71,6 @@ func BenchmarkExposeEdge(b *testing.B) {
 					}
 				}
 			})
-		})
-	}
-}
-
-// BenchmarkExposeDataConns measures a small GET with 8 connections (at
-// GOMAXPROCS 2), and with one, through postern and a native agent on data connections,
-// the same on the agent's yamux session alone, and through a plain
-// httputil.ReverseProxy to the same service: compare them as ratios
-// within one run (-count interleaves them).
-func BenchmarkExposeDataConns(b *testing.B) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	local := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, strings.Repeat("x", 512))
-	})}
-	go local.Serve(ln)
-	b.Cleanup(func() { local.Close() })
-	target, _ := url.Parse("http://" + ln.Addr().String())
-	rp := &httputil.ReverseProxy{
-		Rewrite:   func(pr *httputil.ProxyRequest) { pr.SetURL(target); pr.SetXForwarded() },
-		Transport: &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true},
-	}
-	pln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	proxy := &http.Server{Handler: rp}
-	go proxy.Serve(pln)
-	b.Cleanup(func() { proxy.Close() })
-	cfg := servertest.Config()
-	cfg.Expose.Domain = "expose.test"
-	n := servertest.Start(b, cfg)
-	c, _ := client.New(n.URL)
-	port := n.URL[strings.LastIndex(n.URL, ":"):]
-	for _, bc := range []struct {
-		name string
-		o    client.ExposeOptions
-	}{
-		{"data", client.ExposeOptions{}},
-		{"session", client.ExposeOptions{DataConns: -1}},
-		{"proxy", client.ExposeOptions{}},
-	} {
-		u, host := n.URL+"/", bc.name+".expose.test"+port
-		if bc.name == "proxy" {
-			u, host = "http://"+pln.Addr().String()+"/", ""
-		} else {
-			o := bc.o
-			o.Name, o.Local = bc.name, target.String()
-			if err := startExpose(b, c, o); err != nil {
-				b.Fatal(err)
-			}
-		}
-		get := func(b *testing.B, hc *http.Client) bool {
-			req, _ := http.NewRequest("GET", u, nil)
-			if host != "" {
-				req.Host = host
-			}
-			resp, err := hc.Do(req)
-			if err != nil {
-				b.Error(err)
-				return false
-			}
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != 200 {
-				b.Errorf("status %d", resp.StatusCode)
-				return false
-			}
-			return true
-		}
-		b.Run(bc.name+"/conns=8", func(b *testing.B) {
-			tr := &http.Transport{MaxIdleConnsPerHost: 64}
-			defer tr.CloseIdleConnections()
-			hc := &http.Client{Transport: tr}
-			b.SetParallelism(4)
-			cpu := cpuTime()
-			defer func() { b.ReportMetric(float64(cpuTime()-cpu)/float64(b.N)/1e3, "cpu-us/op") }()
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() && get(b, hc) {
-				}
-			})
-		})
-		b.Run(bc.name+"/conns=1", func(b *testing.B) {
-			tr := &http.Transport{MaxIdleConnsPerHost: 64}
-			defer tr.CloseIdleConnections()
-			hc := &http.Client{Transport: tr}
-			cpu := cpuTime()
-			defer func() { b.ReportMetric(float64(cpuTime()-cpu)/float64(b.N)/1e3, "cpu-us/op") }()
-			for b.Loop() && get(b, hc) {
-			}
 		})
 	}
 }

@@ -59,9 +59,6 @@ type pair struct {
 	s     *agentServer
 	st    net.Conn
 	state int // guarded by s.mu
-	// first, on a data connection, is called when its first request
-	// starts (then set to nil).
-	first func()
 
 	sr *bufio.Reader
 	sw *bufio.Writer
@@ -128,11 +125,6 @@ func (p *pair) serve() {
 		// header, as http.Server's ReadHeaderTimeout said.
 		if _, err := p.sr.Peek(1); err != nil {
 			return
-		}
-		if p.first != nil {
-			f := p.first
-			p.first = nil
-			f()
 		}
 		if !p.setState(pairBusy) {
 			return

@@ -121,7 +121,6 @@ func (a *app) exposeCmd() *cobra.Command {
 	var name, basicAuth, inspect string
 	var rewriteHost, inspectPublic bool
 	var publicPort int
-	dataConns := client.DefaultExposeDataConns
 	var allowCIDR, respHeaders []string
 	c.fs.String(&name, "name", "`name` to expose the service under (a DNS label; default: a random one)")
 	c.fs.Bool(&rewriteHost, "rewrite-host", "send the local service its own host in the Host header, not the public one")
@@ -131,7 +130,6 @@ func (a *app) exposeCmd() *cobra.Command {
 	c.fs.String(&inspect, "inspect", "serve the request inspector on this `host:port` (127.0.0.1:4040)")
 	c.fs.Bool(&inspectPublic, "inspect-public", "let --inspect take an address that is not loopback (it shows every request, credentials included)")
 	c.fs.Int(&publicPort, "public-port", "for a tcp:// service, the public `port` to ask the server for (default: any free one of its range)")
-	c.fs.Int(&dataConns, "data-conns", "most plain `connections` beside the session that carry requests without multiplexing (faster), when the server offers them; -1: none")
 	a.bind(cmd, c.fs)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		if err := localURL(args[0]); err != nil {
@@ -164,7 +162,6 @@ func (a *app) exposeCmd() *cobra.Command {
 			Name:            name,
 			Local:           args[0],
 			Port:            publicPort,
-			DataConns:       dataConns,
 			RewriteHost:     rewriteHost,
 			BasicAuth:       basicAuth,
 			AllowCIDR:       allowCIDR,

@@ -148,5 +148,4 @@ func exposeFlags(fs *FlagSet, ex *expose.Options) {
 	fs.Duration(&ex.Brickchain.ClientRatePeriod, "expose-client-rate-period", "period of --expose-client-rate")
 	fs.String(&ex.TCPPorts, "expose-tcp-ports", "range LO-HI of public TCP `ports` handed to agents exposing raw TCP (postern expose tcp://...), one per name; empty: no raw TCP")
 	fs.Bool(&ex.AnonymousAgents, "expose-anonymous-agents", "without --token-file, let native agents from any address claim any name (default: loopback agents only)")
-	fs.Int(&ex.DataConns, "expose-data-conns", "plain `connections` beside its session one native HTTP agent may hold to carry requests without multiplexing (faster); -1: none, every request on the session")
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
@@ -16,7 +15,6 @@ import (
 
 	"github.com/hashicorp/yamux"
 
-	"github.com/postern/postern/internal/connpeek"
 	"github.com/postern/postern/internal/httpapi"
 )
 
@@ -97,8 +95,7 @@ func directOK(req *http.Request) bool {
 // between requests, at most directMaxIdle of them idle (the most recently
 // used are taken first; the oldest go once past directIdleTimeout).
 type directTransport struct {
-	open func(ctx context.Context) (net.Conn, error)
-	data *dataReg // the agent's data connections, if any (see get)
+	open func(ctx context.Context) (*yamux.Stream, error)
 
 	mu     sync.Mutex
 	idle   []*directStream
@@ -107,14 +104,13 @@ type directTransport struct {
 	armed  bool        // sweep is due
 }
 
-func newDirectTransport(open func(ctx context.Context) (net.Conn, error), data *dataReg) *directTransport {
-	return &directTransport{open: open, data: data}
+func newDirectTransport(open func(ctx context.Context) (*yamux.Stream, error)) *directTransport {
+	return &directTransport{open: open}
 }
 
-// directStream is one connection of the direct path (a yamux stream or
-// a data connection) and its reader.
+// directStream is one stream of the direct path and its reader.
 type directStream struct {
-	st    net.Conn
+	st    *yamux.Stream
 	in    countedReader
 	br    *bufio.Reader
 	since time.Time // idle since
@@ -391,9 +387,6 @@ func (s *directStream) ended() bool {
 	if s.br.Buffered() > 0 {
 		return true
 	}
-	if _, ok := s.st.(*yamux.Stream); !ok {
-		return connpeek.IdleClosed(s.st)
-	}
 	s.st.SetReadDeadline(time.Unix(1, 0))
 	var b [1]byte
 	n, err := s.st.Read(b[:])
@@ -402,9 +395,6 @@ func (s *directStream) ended() bool {
 }
 
 // get returns the most recently used idle stream (reused), or a new one.
-// An idle yamux stream gives way to a spare data connection (it is
-// closed, the data connection taken in its place), so that the
-// streams opened while no spare was there are replaced over time.
 func (d *directTransport) get(ctx context.Context) (s *directStream, reused bool, err error) {
 	now := time.Now()
 	d.mu.Lock()
@@ -414,12 +404,6 @@ func (d *directTransport) get(ctx context.Context) (s *directStream, reused bool
 		d.idle = d.idle[:len(d.idle)-1]
 		if now.Sub(s.since) <= directIdleTimeout {
 			d.mu.Unlock()
-			if _, isStream := s.st.(*yamux.Stream); isStream && d.data.hasSpare() {
-				if c := d.data.take(); c != nil {
-					s.abort()
-					return newDirectStream(c), true, nil
-				}
-			}
 			return s, true, nil
 		}
 		d.mu.Unlock()
@@ -431,19 +415,11 @@ func (d *directTransport) get(ctx context.Context) (s *directStream, reused bool
 	if err != nil {
 		return nil, false, err
 	}
-	_, isStream := st.(*yamux.Stream)
-	// A spare data connection waited unused: the agent may have closed
-	// it in between, which a request without an answer tells (reused).
-	return newDirectStream(st), !isStream, nil
-}
-
-// newDirectStream makes st a connection of the direct path.
-func newDirectStream(st net.Conn) *directStream {
-	s := &directStream{st: st}
+	s = &directStream{st: st}
 	s.aborter = s.abort
 	s.in = countedReader{r: st, left: -1}
 	s.br = bufio.NewReaderSize(&s.in, directReadBuf)
-	return s
+	return s, false, nil
 }
 
 // dropIdle closes the idle streams.

@@ -14,13 +14,7 @@
 //     backend writes plain requests (no body, no upgrade) on streams
 //     itself (direct.go) and hands the others to an http.Transport whose
 //     DialContext opens a stream, so streaming bodies, keep-alive and 101
-//     upgrades pass through untouched. An agent that takes the offer in
-//     its handshake's answer also keeps a few data connections open
-//     (dataconn.go: plain connections to /agent/data upgraded to a byte
-//     stream, authorized by a secret of its session and closed with it);
-//     the server takes one wherever it would open a stream, which spares
-//     each request yamux's goroutine hand-offs, and opens a stream when
-//     none is spare.
+//     upgrades pass through untouched.
 //
 // A native agent may also carry raw connections instead of HTTP (raw.go):
 // raw TCP on a public port of Options.TCPPorts (tcp.go), or TLS passed
@@ -136,7 +130,6 @@ func (s *Service) Hub() *relay.Hub { return s.hub }
 func (s *Service) Mount(rt *httpapi.Routes) {
 	rt.Handle(SubscribePath, http.HandlerFunc(s.serveSubscribe))
 	rt.Handle(AgentPath, http.HandlerFunc(s.serveAgent))
-	rt.Handle(DataConnPath, http.HandlerFunc(s.serveData))
 	rt.Handle(RequestPathPrefix, http.HandlerFunc(s.serveRequestPath))
 	if s.opts.Domain == "" {
 		return

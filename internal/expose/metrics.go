@@ -17,11 +17,7 @@ import (
 //	postern_expose_connections{transport}                raw user connections open
 //	postern_expose_bytes_total{transport,direction}      raw bytes carried: in (user to agent), out (agent to user)
 //	postern_expose_tcp_ports                             public TCP ports open
-//	postern_expose_data_connections_total{event}         native agents' data connections: accepted, refused, taken (into use)
-//	postern_expose_data_connections                      native agents' data connections open (spare or in use)
 type metrics struct {
-	data          *prometheus.CounterVec
-	dataOpen      prometheus.Gauge
 	agents        *prometheus.GaugeVec
 	registrations *prometheus.CounterVec
 	requests      *prometheus.CounterVec
@@ -70,17 +66,6 @@ func newMetrics(deps capability.Deps) *metrics {
 			Name: "postern_expose_tcp_ports",
 			Help: "Public TCP ports open for expose agents on this node.",
 		}),
-		data: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "postern_expose_data_connections_total",
-			Help: "Native expose agents' data connections (plain connections beside the session), by event: accepted, refused, taken (into use).",
-		}, []string{"event"}),
-		dataOpen: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "postern_expose_data_connections",
-			Help: "Native expose agents' data connections open on this node, spare or in use.",
-		}),
-	}
-	for _, e := range []string{"accepted", "refused", "taken"} {
-		m.data.WithLabelValues(e)
 	}
 	for _, t := range []string{transportBrickchain, transportNative} {
 		m.agents.WithLabelValues(t)
@@ -88,7 +73,7 @@ func newMetrics(deps capability.Deps) *metrics {
 	for _, t := range []string{transportTCP, transportTLS} {
 		m.open.WithLabelValues(t)
 	}
-	deps.Register(m.agents, m.registrations, m.requests, m.conns, m.open, m.bytes, m.ports, m.data, m.dataOpen)
+	deps.Register(m.agents, m.registrations, m.requests, m.conns, m.open, m.bytes, m.ports)
 	return m
 }
 

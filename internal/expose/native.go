@@ -140,14 +140,10 @@ type nativeTransport struct {
 	ctx    context.Context // ends at shutdown: agent connections stop
 	cancel context.CancelFunc
 	live   live.Set[*nativeAgent]
-
-	dataMax int // data connections per agent session (0: none offered)
-	dataMu  sync.Mutex
-	data    map[string]*dataReg // by the secret's id
 }
 
 func newNativeTransport(hub *relay.Hub, o Options, log *slog.Logger, count transportCounters) *nativeTransport {
-	t := &nativeTransport{hub: hub, keepAlive: o.AgentKeepAlive, window: o.StreamWindow, log: log, count: count, dataMax: o.DataConns}
+	t := &nativeTransport{hub: hub, keepAlive: o.AgentKeepAlive, window: o.StreamWindow, log: log, count: count}
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	return t
 }
@@ -162,7 +158,6 @@ type nativeAgent struct {
 	name  string
 	be    *agentBackend       // HTTP agents: the backend on the hub
 	reg   *relay.Registration // of be
-	data  *dataReg            // HTTP agents offered data connections: theirs
 	ready chan struct{}       // closed once sess is set, or the setup failed
 
 	mu     sync.Mutex
@@ -190,11 +185,7 @@ type hubBinding struct {
 }
 
 func (b hubBinding) attach(a *nativeAgent) (string, *httpapi.Error) {
-	if b.t.dataMax > 0 {
-		a.data = newDataReg(b.t.dataMax, b.t.count.m)
-		b.t.register(a.data)
-	}
-	a.be = &agentBackend{direct: newDirectTransport(a.open, a.data), tr: b.t.backend(a)}
+	a.be = &agentBackend{direct: newDirectTransport(a.open), tr: b.t.backend(a)}
 	var rt http.RoundTripper = a.be
 	if len(b.acc.rules()) > 0 {
 		rt = guarded{rt: a.be, acc: b.acc, count: b.t.count}
@@ -206,7 +197,6 @@ func (b hubBinding) attach(a *nativeAgent) (string, *httpapi.Error) {
 func (b hubBinding) detach(a *nativeAgent) {
 	a.reg.Close()
 	a.be.close()
-	b.t.unregister(a.data)
 }
 
 // serve runs one agent that may claim name, users reaching it through b
@@ -230,9 +220,6 @@ func (t *nativeTransport) serve(w http.ResponseWriter, r *http.Request, name str
 		return
 	}
 	w.Header().Set(PublicURLHeader, public)
-	if a.data != nil {
-		dataHeaders(w.Header(), a.data)
-	}
 	if rules := acc.asked.Rules(); len(rules) > 0 {
 		w.Header().Set(muxconn.EnforcedHeader, strings.Join(rules, " "))
 	}
@@ -301,17 +288,8 @@ func (t *nativeTransport) backend(a *nativeAgent) *http.Transport {
 	}
 }
 
-// open opens a connection to the agent, once its session is up: a
-// spare data connection, else a stream.
-func (a *nativeAgent) open(ctx context.Context) (net.Conn, error) {
-	if c := a.data.take(); c != nil {
-		return c, nil
-	}
-	return a.openStream(ctx)
-}
-
-// openStream opens a stream to the agent, once its session is up.
-func (a *nativeAgent) openStream(ctx context.Context) (*yamux.Stream, error) {
+// open opens a stream to the agent, once its session is up.
+func (a *nativeAgent) open(ctx context.Context) (*yamux.Stream, error) {
 	select {
 	case <-a.ready:
 	case <-ctx.Done():
@@ -364,7 +342,6 @@ func (a *nativeAgent) close() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.closed = true
-	a.data.close()
 	if a.sess != nil {
 		a.sess.Close()
 	}

@@ -22,10 +22,6 @@ const (
 	// DefaultTCPMaxConnections is how many user connections one public
 	// TCP port carries at once; one more is reset at accept.
 	DefaultTCPMaxConnections = 1024
-	// DefaultDataConns is how many data connections (see DataConnPath)
-	// one native HTTP agent session may hold at once, spare or in use:
-	// as many of its users' connections go without yamux.
-	DefaultDataConns = 64
 )
 
 // Options configures the expose capability.
@@ -79,12 +75,6 @@ type Options struct {
 	// zero: DefaultTCPMaxConnections.
 	TCPMaxConnections int
 
-	// DataConns caps the data connections (plain connections without
-	// websocket and yamux, see DataConnPath) one native HTTP agent
-	// session may hold at once; zero: DefaultDataConns; negative: none
-	// are offered, every request goes on a yamux stream.
-	DataConns int
-
 	tcpLo, tcpHi int // TCPPorts, parsed by Validate
 }
 
@@ -94,7 +84,6 @@ func DefaultOptions() Options {
 		Brickchain:     brickchain.DefaultOptions(),
 		AgentKeepAlive: DefaultAgentKeepAlive,
 		StreamWindow:   DefaultStreamWindow,
-		DataConns:      DefaultDataConns,
 	}
 }
 
@@ -119,7 +108,6 @@ func (o *Options) Validate() error {
 		return err
 	}
 	capability.Default(&o.TCPMaxConnections, DefaultTCPMaxConnections)
-	capability.Default(&o.DataConns, DefaultDataConns)
 	return o.Brickchain.Validate()
 }
 

@@ -103,7 +103,7 @@ func (rc *rawCarrier) carry(rs *rawSet, a *nativeAgent, c net.Conn) {
 		rc.mu.Unlock()
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	st, err := a.openStream(ctx)
+	st, err := a.open(ctx)
 	cancel()
 	hc, ok := c.(muxconn.HalfCloser)
 	if err != nil || !ok {
