@@ -12,6 +12,21 @@
 // sockets and the pipe are non-blocking), so they are made as raw system
 // calls and the waits for the sockets go through the runtime's poller
 // (syscall.RawConn), deadlines included.
+//
+// A socket spliced to whose both ends are on loopback is switched to the
+// reno congestion control first (unpace). With BBR, the kernel paces a
+// socket itself when its queue discipline does not (loopback has none):
+// a timer for nearly every 64 KiB segment, since a splice hands the
+// socket a whole megabyte at once. On the 2-core VM of BENCHMARKS.md
+// those timers cost the relay server about half its CPU per MB of a
+// download, and the user's side more; on loopback there is no network
+// queue for pacing to protect, and reno does not pace. Sockets to other
+// hosts keep the system's congestion control. A connection dialed for
+// splicing to (DialControl) is switched before it connects, so that BBR
+// never starts on it: the kernel then does not even check its pacing.
+// Accepting the node's loopback connections so as well (a listener with
+// DialControl, which they inherit) measured no better than switching the
+// user's socket at its first splice, and was left out.
 package splice
 
 import (
@@ -64,6 +79,9 @@ func (r *Reader) WriteTo(w io.Writer) (int64, error) {
 	if sc, ok := w.(socket); ok && supported {
 		if dst, err := sc.SyscallConn(); err == nil {
 			if src, err := r.C.SyscallConn(); err == nil {
+				if onLoopback(sc) {
+					unpace(dst)
+				}
 				n, err := pump(dst, src, r.N)
 				r.N -= n
 				return n, err
@@ -77,6 +95,26 @@ func (r *Reader) WriteTo(w io.Writer) (int64, error) {
 // spliced.
 func Copy(dst, src *net.TCPConn, n int64) (int64, error) {
 	return (&Reader{C: src, N: n}).WriteTo(dst)
+}
+
+// DialControl is for net.Dialer.Control: a connection dialed to a
+// loopback address starts with the congestion control that the kernel
+// does not pace (see the package comment). Other connections are left
+// as they are.
+func DialControl(network, address string, c syscall.RawConn) error {
+	if host, _, err := net.SplitHostPort(address); err == nil {
+		if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+			unpace(c)
+		}
+	}
+	return nil
+}
+
+// onLoopback reports whether both ends of c are loopback addresses.
+func onLoopback(c net.Conn) bool {
+	l, lok := c.LocalAddr().(*net.TCPAddr)
+	r, rok := c.RemoteAddr().(*net.TCPAddr)
+	return lok && rok && l.IP.IsLoopback() && r.IP.IsLoopback()
 }
 
 // readerOnly hides Reader's WriteTo from io.Copy.

@@ -53,6 +53,19 @@ func putPipe(p *pipe) {
 	unix.Close(p.w)
 }
 
+// unpaced is the congestion control of sockets unpace switches: reno,
+// which every process may choose and which does not ask the kernel to
+// pace.
+const unpaced = "reno"
+
+// unpace switches the socket c to unpaced (see the package comment), as
+// best it can: a socket it cannot switch is spliced to as it is.
+func unpace(c syscall.RawConn) {
+	c.Control(func(fd uintptr) {
+		unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, unpaced)
+	})
+}
+
 // rawSplice moves up to n bytes from in to out without blocking, as a
 // raw system call (see the package comment).
 func rawSplice(in, out, n int) (int, syscall.Errno) {

@@ -70,7 +70,7 @@ func (c *Client) postSpliced(ctx context.Context, first *wire.Response, hresp *h
 	if !srcTCP || held > hresp.ContentLength {
 		return 0, false
 	}
-	var d net.Dialer
+	d := net.Dialer{Control: splice.DialControl}
 	nc, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return 0, false
