@@ -97,9 +97,11 @@ const (
 // pairs; reverted, the code is in the history): it removed the
 // hand-offs but not the gathering's savings, 22 against 18 system calls
 // per request at 8 connections and 21 against 16 at 32, so its CPU per
-// request was 1.10x and 1.08x the session's (0.96x at one connection),
-// and in interleaved bench runs on the shared machine the expose ratio
-// to the proxy fell from a median 1.03x to 0.85x at 8 connections.
+// request was 1.10x and 1.08x the session's (0.96x at one connection).
+// In interleaved bench runs at 8 connections under the shared machine's
+// load (5 to 20) the expose ratio to the proxy fell from a median 1.03x
+// to 0.85x; in the one quieter window (load 2 to 7, three pairs) it rose
+// from 0.80x to 0.98x, so a quiet run may yet favour them.
 func Conn(ctx context.Context, ws *websocket.Conn) net.Conn {
 	c := &conn{
 		Conn: websocket.NetConn(ctx, ws, websocket.MessageBinary), ws: ws, ctx: ctx,
