@@ -100,8 +100,8 @@ const (
 // request was 1.10x and 1.08x the session's (0.96x at one connection).
 // In interleaved bench runs at 8 connections under the shared machine's
 // load (5 to 20) the expose ratio to the proxy fell from a median 1.03x
-// to 0.85x; in the one quieter window (load 2 to 7, three pairs) it rose
-// from 0.80x to 0.98x, so a quiet run may yet favour them.
+// to 0.85x; in quieter windows (load 3 to 7, six pairs) it was 0.92x
+// against 0.96x, within the noise: only a quiet run can still tell.
 func Conn(ctx context.Context, ws *websocket.Conn) net.Conn {
 	c := &conn{
 		Conn: websocket.NetConn(ctx, ws, websocket.MessageBinary), ws: ws, ctx: ctx,
