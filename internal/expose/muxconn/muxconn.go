@@ -91,6 +91,17 @@ const (
 // frame crosses the writer, the send loop and the flusher, and the
 // receive loop wakes the reader), which only a wire without a send loop
 // would remove.
+//
+// Such a wire was tried beside the session (plain "data connections",
+// an HTTP/1.1 upgrade per keep-alive connection served by the agent's
+// pairs; reverted, the code is in the history): it removed the
+// hand-offs but not the gathering's savings, 22 against 18 system calls
+// per request at 8 connections and 21 against 16 at 32, so its CPU per
+// request was 1.10x and 1.08x the session's (0.96x at one connection).
+// In interleaved bench runs at 8 connections under the shared machine's
+// load (5 to 20) the expose ratio to the proxy fell from a median 1.03x
+// to 0.85x; in quieter windows (load 3 to 7, six pairs) it was 0.92x
+// against 0.96x, within the noise: only a quiet run can still tell.
 func Conn(ctx context.Context, ws *websocket.Conn) net.Conn {
 	c := &conn{
 		Conn: websocket.NetConn(ctx, ws, websocket.MessageBinary), ws: ws, ctx: ctx,
