@@ -101,7 +101,9 @@ const (
 // In interleaved bench runs at 8 connections under the shared machine's
 // load (5 to 20) the expose ratio to the proxy fell from a median 1.03x
 // to 0.85x; in quieter windows (load 3 to 7, six pairs) it was 0.92x
-// against 0.96x, within the noise: only a quiet run can still tell.
+// against 0.96x, within the noise. On the quiet machine (nothing else
+// running, five interleaved pairs, main with the hub's fast path) it was
+// a median 0.85x against the session's 0.87x: not a gain either.
 func Conn(ctx context.Context, ws *websocket.Conn) net.Conn {
 	c := &conn{
 		Conn: websocket.NetConn(ctx, ws, websocket.MessageBinary), ws: ws, ctx: ctx,
