@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // The fast path: most relayed requests (no upgrade, no Expect, no request
@@ -74,7 +76,7 @@ func (h *Hub) serveFast(w http.ResponseWriter, in, out *http.Request, c *call) {
 	}
 	out.Close = false
 	removeHopByHopHeaders(out.Header)
-	if headerValuesContainToken(in.Header["Te"], "trailers") {
+	if httpguts.HeaderValuesContainsToken(in.Header["Te"], "trailers") {
 		out.Header.Set("Te", "trailers")
 	}
 	for _, k := range proxyHeaders {
@@ -335,7 +337,7 @@ func removeHopByHopHeaders(h http.Header) {
 
 // upgradeType is the protocol h switches to, as the proxy reads it.
 func upgradeType(h http.Header) string {
-	if !headerValuesContainToken(h["Connection"], "Upgrade") {
+	if !httpguts.HeaderValuesContainsToken(h["Connection"], "Upgrade") {
 		return ""
 	}
 	return h.Get("Upgrade")
@@ -365,25 +367,6 @@ func copyHeader(dst, src http.Header) {
 			dst.Add(k, v)
 		}
 	}
-}
-
-// headerValuesContainToken reports whether a comma-separated list in
-// values holds token, compared without case in ASCII only (as
-// golang.org/x/net/http/httpguts does for the proxy).
-func headerValuesContainToken(values []string, token string) bool {
-	for _, v := range values {
-		for {
-			item, rest, more := strings.Cut(v, ",")
-			if equalFoldASCII(strings.Trim(item, " \t"), token) {
-				return true
-			}
-			if !more {
-				break
-			}
-			v = rest
-		}
-	}
-	return false
 }
 
 func equalFoldASCII(s, t string) bool {
