@@ -245,9 +245,8 @@ func (s *Store) leanTake(ctx context.Context, key string, d time.Duration) (l st
 		} else if rs[2].Error() == nil {
 			s.pelWatch.checked(key, now, next)
 		}
-		rs = append(rs[:2], rs[3:]...)
 	}
-	id, rec, err := readEntry(rs[2])
+	id, rec, err := readEntry(rs[len(rs)-1]) // XREADGROUP's, the last
 	if err != nil {
 		if redisErrIs(err, "NOGROUP") {
 			return l, false, false, fallback{group: true}, nil
