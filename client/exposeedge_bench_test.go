@@ -21,19 +21,8 @@ import (
 // recording (bodies copied into its ring). Compare the three as ratios
 // within one run.
 func BenchmarkExposeEdge(b *testing.B) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	local := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, strings.Repeat("x", 512))
-	})}
-	go local.Serve(ln)
-	b.Cleanup(func() { local.Close() })
-	cfg := servertest.Config()
-	cfg.Expose.Domain = "expose.test"
-	n := servertest.Start(b, cfg)
-	c, _ := client.New(n.URL)
+	ln := smallAnswers(b)
+	n, c := exposeNode(b)
 	port := n.URL[strings.LastIndex(n.URL, ":"):]
 	ins := client.NewInspector(client.InspectorOptions{})
 	b.Cleanup(ins.Close)
@@ -88,15 +77,7 @@ func BenchmarkExposeEdge(b *testing.B) {
 // time). `perf stat -e raw_syscalls:sys_enter` on one case counts the
 // system calls per request.
 func BenchmarkExposeVsProxy(b *testing.B) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	local := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, strings.Repeat("x", 512))
-	})}
-	go local.Serve(ln)
-	b.Cleanup(func() { local.Close() })
+	ln := smallAnswers(b)
 	target, _ := url.Parse("http://" + ln.Addr().String())
 	rp := &httputil.ReverseProxy{
 		Rewrite:   func(pr *httputil.ProxyRequest) { pr.SetURL(target); pr.SetXForwarded() },
@@ -109,10 +90,7 @@ func BenchmarkExposeVsProxy(b *testing.B) {
 	proxy := &http.Server{Handler: rp}
 	go proxy.Serve(pln)
 	b.Cleanup(func() { proxy.Close() })
-	cfg := servertest.Config()
-	cfg.Expose.Domain = "expose.test"
-	n := servertest.Start(b, cfg)
-	c, _ := client.New(n.URL)
+	n, c := exposeNode(b)
 	if err := startExpose(b, c, client.ExposeOptions{Name: "bench", Local: target.String()}); err != nil {
 		b.Fatal(err)
 	}
@@ -159,4 +137,29 @@ func BenchmarkExposeVsProxy(b *testing.B) {
 			})
 		}
 	}
+}
+
+// smallAnswers serves 512 bytes to every request on a loopback port, the
+// local service the benchmarks expose, until b ends.
+func smallAnswers(b *testing.B) net.Listener {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	local := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, strings.Repeat("x", 512))
+	})}
+	go local.Serve(ln)
+	b.Cleanup(func() { local.Close() })
+	return ln
+}
+
+// exposeNode starts a node that routes NAME.expose.test to its agents,
+// and a client of it.
+func exposeNode(b *testing.B) (*servertest.Node, *client.Client) {
+	cfg := servertest.Config()
+	cfg.Expose.Domain = "expose.test"
+	n := servertest.Start(b, cfg)
+	c, _ := client.New(n.URL)
+	return n, c
 }
