@@ -255,7 +255,7 @@ func (c *committer) claim(b *batch) bool {
 // yields in gather, and a finished writer that yields to it at once only
 // moved that wait into gather (skipping gather's yields too halved it,
 // but batches shrank from 14-15 operations to 11-13 and CPU per request
-// rose about 8%, losing 6 of 7 interleaved pairs on busy cores). A
+// rose about 8%, losing 9 of 12 interleaved pairs on busy cores). A
 // finished writer that writes the next batch itself saves the hand-off
 // but holds its own answer back a whole sync, and was no better.
 func (c *committer) elect() {
