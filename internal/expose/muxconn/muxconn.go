@@ -104,6 +104,18 @@ const (
 // against 0.96x, within the noise. On the quiet machine (nothing else
 // running, five interleaved pairs, main with the hub's fast path) it was
 // a median 0.85x against the session's 0.87x: not a gain either.
+//
+// Nor was a session without yamux's send loop (a wire-identical fork of
+// yamux v0.1.2 whose writers append their frames here themselves, the
+// flusher yielding once when woken so that it still gathers, since
+// without the yield it sent frames one by one): in bench/mux at 8
+// streams it made 1.24x the round trips at 0.74x the CPU, yet the expose
+// path at 8 connections stayed where it was, 0.95x the proxy against
+// 0.81x in six interleaved pairs (pair by pair a median +0.02, load 8
+// to 15) and 0.94x against 0.95x in three quieter ones (load 5 to 11),
+// at 1.07x against 1.02x the proxy's CPU per request. The send loop's two hand-offs are about 3 µs
+// of CPU per round trip, lost in the ~120 µs a request costs there, so
+// the fork was reverted.
 func Conn(ctx context.Context, ws *websocket.Conn) net.Conn {
 	c := &conn{
 		Conn: websocket.NetConn(ctx, ws, websocket.MessageBinary), ws: ws, ctx: ctx,
