@@ -416,6 +416,10 @@ func decodeHeader(b []byte) (Header, error) {
 	return h, nil
 }
 
+// firstHeaders is the room UnmarshalResponse makes for headers when it
+// meets the first: most answers carry up to eight.
+const firstHeaders = 8
+
 // UnmarshalResponse decodes an HttpResponse. Body aliases b.
 func UnmarshalResponse(b []byte) (*Response, error) {
 	r := &Response{}
@@ -445,6 +449,12 @@ func UnmarshalResponse(b []byte) (*Response, error) {
 				return nil, fmt.Errorf("field %d: %w", num, err)
 			}
 			if num == 2 {
+				if r.Headers == nil {
+					// Answers carry several headers: one array
+					// for the usual number rather than growing
+					// it from one, three times.
+					r.Headers = make([]Header, 0, firstHeaders)
+				}
 				r.Headers = append(r.Headers, h)
 			} else {
 				r.Trailers = append(r.Trailers, h)

@@ -499,3 +499,22 @@ func FuzzSplitDelimited(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkUnmarshalResponse decodes the first chunk of a typical answer:
+// a status, six headers and a small body.
+func BenchmarkUnmarshalResponse(b *testing.B) {
+	r := wire.Response{HasStatus: true, StatusCode: 200, HasID: true, ID: "a1b2c3d4", EOF: true,
+		Body: []byte("hello, world\n")}
+	for _, h := range [][2]string{{"Content-Type", "text/plain; charset=utf-8"}, {"Content-Length", "13"},
+		{"Date", "Mon, 07 Dec 2026 19:00:00 GMT"}, {"Cache-Control", "no-store"}, {"Vary", "Accept-Encoding"},
+		{"X-Request-Id", "7f3a"}} {
+		r.Headers = append(r.Headers, wire.Header{Name: h[0], Value: h[1]})
+	}
+	msg := r.Marshal()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := wire.UnmarshalResponse(msg); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
