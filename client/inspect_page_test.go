@@ -17,11 +17,13 @@ import (
 // replays it with its button.
 func TestInspectorPageInChromium(t *testing.T) {
 	tab := browsertest.Tab(t)
-	page, cancel := context.WithTimeout(tab, 60*time.Second)
+	// Generous: a passing run takes seconds, but a loaded machine slows
+	// Chromium a lot.
+	page, cancel := context.WithTimeout(tab, 5*time.Minute)
 	defer cancel()
 	waitFor := func(cond string) {
 		t.Helper()
-		if _, err := chromedp.Run(page, chromedp.Poll[bool](cond, chromedp.WithPollingMutation(), chromedp.WithPollingTimeout(20*time.Second))); err != nil {
+		if _, err := chromedp.Run(page, chromedp.Poll[bool](cond, chromedp.WithPollingMutation(), chromedp.WithPollingTimeout(2*time.Minute))); err != nil {
 			t.Fatalf("waiting for %s: %v", cond, err)
 		}
 	}

@@ -433,8 +433,13 @@ func (c *conn) pingLoop() {
 		if c.sendRaw(c.ctx, PingFrame) != nil {
 			return
 		}
-		ctx, cancel := context.WithTimeout(c.ctx, c.t.opts.PingInterval)
-		c.ws.Ping(ctx) // its pong marks the agent alive
+		// The websocket library closes the connection when a write
+		// outlives its context, so the ping is bounded as every write is
+		// (WriteTimeout), never by the interval: a ping that went out
+		// late on a busy machine closed a healthy agent's socket. Its
+		// pong, awaited as long, marks the agent alive (OnPongReceived).
+		ctx, cancel := context.WithTimeout(c.ctx, c.t.opts.WriteTimeout)
+		c.ws.Ping(ctx)
 		cancel()
 	}
 }

@@ -157,7 +157,9 @@ func TestUpgradeCloseSequenceOfTheOriginalClient(t *testing.T) {
 // lived). The request-stream call then gets 410, on which the relay client
 // closes the backend connection, and the user's connection is closed.
 func TestUpgradeAfterTheUserEndsOnlyBackendBytesHoldIt(t *testing.T) {
-	e := start(t, func(c *node.Config) { c.Relay.InactiveRequestTimeout = 300 * time.Millisecond })
+	// The timeout covers the set-up up to the backend's bytes (300 ms did
+	// not, on a loaded machine: the request was gone before them).
+	e := start(t, func(c *node.Config) { c.Relay.InactiveRequestTimeout = 2 * time.Second })
 	u := e.upgrade("silent")
 	stream := e.requestStream(u.id)
 	u.conn.CloseWrite()

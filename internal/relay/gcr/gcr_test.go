@@ -230,11 +230,16 @@ func TestWireOfTheProtocol(t *testing.T) {
 	r, _ := e.poll("w")
 	e.want(r, 408, "No request received within timeout\n")
 
-	polled := e.pollAsync("w", 1)
+	// The user's request waits for a poll (the pickup timeout is 10 s);
+	// polls come until one takes it, as the relay client's do (a poll
+	// parked first could meet its 50 ms timeout before the request came,
+	// on a loaded machine).
 	user := e.async("POST", "/client/w/p/a%2Fb?q=1&q=2", strings.NewReader("body"), "X-A", "1", "X-A", "2", "Host", "h.example")
-	req := <-polled
-	if req == nil {
-		t.Fatal("no request handed out")
+	var req *wire.Request
+	for req == nil {
+		if r, req = e.poll("w"); req == nil && r.status != 408 {
+			t.Fatalf("poll: %d %q", r.status, r.body)
+		}
 	}
 	if m := idRE.FindStringSubmatch(req.ID); m == nil || m[1] != "w" {
 		t.Fatalf("id %q", req.ID)
@@ -361,7 +366,10 @@ func TestNotPickedUp(t *testing.T) {
 // timeout: that timeout bounds only the wait in the queue.
 func TestTakenRequestOutlivesPickupTimeout(t *testing.T) {
 	e := start(t, func(c *node.Config) {
-		c.Relay.PollTimeout = 20 * time.Millisecond
+		// The parked poll must still wait when the user's request comes:
+		// 20 ms was too short on a loaded machine (the poll came back
+		// empty). The first poll's 408 takes as long.
+		c.Relay.PollTimeout = 2 * time.Second
 		c.Relay.PickupTimeout = 50 * time.Millisecond
 	})
 	if r, _ := e.poll("idle"); r.status != 408 { // known, never polled again
@@ -369,7 +377,11 @@ func TestTakenRequestOutlivesPickupTimeout(t *testing.T) {
 	}
 	polled := e.pollAsync("slow", 1)
 	user := e.async("GET", "/client/slow/", nil)
-	id := (<-polled).ID
+	req := <-polled
+	if req == nil {
+		t.Fatal("the parked poll came back empty")
+	}
+	id := req.ID
 	// A request started after this one was taken is not picked up: this
 	// one's pickup timeout has passed too by then.
 	if r := e.do("GET", "/client/idle/", nil); r.status != 500 {

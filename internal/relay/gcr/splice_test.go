@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -206,13 +207,30 @@ func TestSplicedDownloadRelayClientDies(t *testing.T) {
 // while the user was fast) lasts longer than the inactivity timeout, gets
 // the whole body: the relay client's bytes move on towards the user all
 // along, which is no silence of the relay client's.
+//
+// The timeout is 3 s: the step's watcher looks every 750 ms, and a second
+// (as before) was cut on a loaded machine, where this process waited
+// longer than the 250 ms left between looks for a CPU. The steps double
+// up to 16 MiB while the user is fast (about 15.5 MiB); at the slow pace
+// the next one lasts about 5 s.
 func TestSplicedDownloadToASlowingUser(t *testing.T) {
-	const timeout = time.Second
+	const timeout = 3 * time.Second
 	e := start(t, func(c *node.Config) { c.Relay.InactiveRequestTimeout = timeout })
-	const size = 40 << 20
+	const size = 32 << 20
 	e.tuned("slowing", sizedBackend(t, size, nil, nil))
+	// The user's receive buffer is small and fixed (the kernel would grow
+	// it to megabytes while the user reads fast), so that the node's steps
+	// wait for the user's reads rather than fill the buffer.
+	tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err == nil {
+			err = c.(*net.TCPConn).SetReadBuffer(256 << 10)
+		}
+		return c, err
+	}}
+	t.Cleanup(tr.CloseIdleConnections)
 	spliced := gcr.SplicedBytes()
-	resp, err := e.c.Get(e.node.URL + "/client/slowing/big")
+	resp, err := (&http.Client{Transport: tr}).Get(e.node.URL + "/client/slowing/big")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,9 +239,9 @@ func TestSplicedDownloadToASlowingUser(t *testing.T) {
 	if _, err := io.ReadFull(resp.Body, got[:16<<20]); err != nil {
 		t.Fatal(err)
 	}
-	// The pace is what is tested: 256 KiB every 50 ms from here on,
-	// about 5 MB/s.
-	tick := time.NewTicker(50 * time.Millisecond)
+	// The pace is what is tested: 256 KiB every 100 ms from here on,
+	// about 2.5 MB/s.
+	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for at := 16 << 20; at < size; {
 		<-tick.C
