@@ -420,8 +420,9 @@ func TestInvalidStatus(t *testing.T) {
 }
 
 func TestReapedMidStreamCutsTheUser(t *testing.T) {
-	// Long enough for the first chunk to arrive on a loaded machine.
-	e := start(t, func(c *node.Config) { c.Relay.InactiveRequestTimeout = 300 * time.Millisecond })
+	// Long enough for the first chunk to arrive on a loaded machine (a
+	// request reaped before it would end in a 5xx, not the cut tested).
+	e := start(t, func(c *node.Config) { c.Relay.InactiveRequestTimeout = time.Second })
 	for _, withLength := range []bool{false, true} {
 		polled := e.pollAsync("cut", 1)
 		user := e.async("GET", "/client/cut/", nil)
@@ -523,15 +524,17 @@ func TestUserCancellationReachesTheBackend(t *testing.T) {
 
 func TestKeepAliveChunksKeepSlowRequestsAlive(t *testing.T) {
 	// The timeout is long enough that a keep-alive chunk delayed by a
-	// busy machine (the race detector, 2 shared cores) still comes in time.
-	e := start(t, func(c *node.Config) { c.Relay.InactiveRequestTimeout = time.Second })
+	// busy machine (the race detector, 2 shared cores) still comes in time:
+	// with 1 s, a process starved of CPU for a second under load cut the
+	// answer after "a".
+	e := start(t, func(c *node.Config) { c.Relay.InactiveRequestTimeout = 2 * time.Second })
 	be := backendServer(t, func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "a")
 		w.(http.Flusher).Flush()
 		// A backend silent for more than two inactivity timeouts: the
 		// relay client's empty keep-alive chunks (every ~40 ms here) hold
 		// the request open.
-		time.Sleep(2200 * time.Millisecond)
+		time.Sleep(4400 * time.Millisecond)
 		io.WriteString(w, "b")
 	})
 	e.runClient("patient", be, func(o *gcrclient.Options) {
