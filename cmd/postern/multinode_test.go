@@ -142,7 +142,7 @@ func liveNodes(t *testing.T, c *http.Client, base string) (node, []node) {
 func waitLongPolls(t *testing.T, c *http.Client, base string, n int) {
 	t.Helper()
 	want := fmt.Sprintf(`postern_queue_waiters{kind="t"} %d`, n)
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		res, err := c.Get(base + "/metrics")
 		if err != nil {
