@@ -14,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/postern/postern/internal/httpapi"
 )
 
 // Buffer sizes of a pair. Large bodies bypass the buffers (reads and
@@ -310,7 +312,7 @@ func (p *pair) verbatim(req *http.Request) bool {
 // parsed fields, goes on as it is: no hop-by-hop field, and CRLF lines
 // without continuations (what rewriting it would write).
 func plainHead(raw []byte, h http.Header) bool {
-	for _, k := range hopHeaders {
+	for _, k := range httpapi.HopHeaders {
 		if _, ok := h[k]; ok {
 			return false
 		}
@@ -397,7 +399,7 @@ func (p *pair) answer(resp *http.Response, wrote chan error) (status int, n int6
 			resp.Body.Close()
 		}
 	} else {
-		removeHopByHop(resp.Header)
+		httpapi.RemoveHopByHop(resp.Header)
 		if c := p.rec.answered(resp.StatusCode, resp.Header); c != nil {
 			cb.tee = c
 		}
@@ -519,7 +521,7 @@ func (p *pair) badGateway(err error, wrote chan error) (int, int64, bool) {
 // upgrade relays a 101 answer, then splices the stream and the local
 // connection until either side ends.
 func (p *pair) upgrade(resp *http.Response, reqUp string, wrote chan error) (int, int64, bool) {
-	resUp := upgradeType(resp.Header)
+	resUp := httpapi.UpgradeType(resp.Header)
 	if !strings.EqualFold(reqUp, resUp) {
 		return p.badGateway(fmt.Errorf("backend tried to switch protocol %q when %q was requested", resUp, reqUp), wrote)
 	}

@@ -2,9 +2,10 @@ package client
 
 import (
 	"net/http"
-	"net/textproto"
 	"net/url"
 	"strings"
+
+	"github.com/postern/postern/internal/httpapi"
 )
 
 // outgoing is the request to the local service, rewritten as the agent's
@@ -20,7 +21,7 @@ func (p *pair) outgoing(req *http.Request) (*http.Request, string) {
 	if out.Header == nil {
 		out.Header = http.Header{}
 	}
-	te := headerHasToken(req.Header["Te"], "trailers")
+	te := httpapi.HasToken(req.Header["Te"], "trailers")
 	u := *req.URL
 	out.URL = &u
 	out.URL.RawQuery = cleanQueryParams(out.URL.RawQuery)
@@ -29,8 +30,8 @@ func (p *pair) outgoing(req *http.Request) (*http.Request, string) {
 	if !p.s.o.RewriteHost {
 		out.Host = req.Host
 	}
-	up := upgradeType(out.Header)
-	removeHopByHop(out.Header)
+	up := httpapi.UpgradeType(out.Header)
+	httpapi.RemoveHopByHop(out.Header)
 	if te {
 		out.Header.Set("Te", "trailers")
 	}
@@ -50,44 +51,6 @@ func (p *pair) outgoing(req *http.Request) (*http.Request, string) {
 }
 
 // countingBody counts a response body's bytes for the log, and flushes
-
-// Hop-by-hop handling as net/http/httputil.ReverseProxy does it.
-
-var hopHeaders = []string{
-	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
-}
-
-func removeHopByHop(h http.Header) {
-	for _, f := range h["Connection"] {
-		for sf := range strings.SplitSeq(f, ",") {
-			if sf = textproto.TrimString(sf); sf != "" {
-				h.Del(sf)
-			}
-		}
-	}
-	for _, f := range hopHeaders {
-		h.Del(f)
-	}
-}
-
-func upgradeType(h http.Header) string {
-	if !headerHasToken(h["Connection"], "Upgrade") {
-		return ""
-	}
-	return h.Get("Upgrade")
-}
-
-func headerHasToken(values []string, token string) bool {
-	for _, v := range values {
-		for t := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(textproto.TrimString(t), token) {
-				return true
-			}
-		}
-	}
-	return false
-}
 
 // rewriteRequestURL, joinURLPath, singleJoiningSlash and
 // cleanQueryParams are ProxyRequest.SetURL's and ReverseProxy's.

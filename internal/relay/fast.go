@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/postern/postern/internal/httpapi"
 	"golang.org/x/net/http/httpguts"
 )
 
@@ -75,7 +76,7 @@ func (h *Hub) serveFast(w http.ResponseWriter, in, out *http.Request, c *call) {
 		out.Body = &c.reqBody
 	}
 	out.Close = false
-	removeHopByHopHeaders(out.Header)
+	httpapi.RemoveHopByHop(out.Header)
 	if httpguts.HeaderValuesContainsToken(in.Header["Te"], "trailers") {
 		out.Header.Set("Te", "trailers")
 	}
@@ -103,7 +104,7 @@ func (h *Hub) serveFast(w http.ResponseWriter, in, out *http.Request, c *call) {
 		// user did not ask for (it relays the switch when the backend
 		// names no protocol; the fast path refuses that too).
 		res.Body.Close()
-		up := upgradeType(res.Header)
+		up := httpapi.UpgradeType(res.Header)
 		switch {
 		case !isPrint(up):
 			err = fmt.Errorf("backend tried to switch to invalid protocol %q", up)
@@ -115,7 +116,7 @@ func (h *Hub) serveFast(w http.ResponseWriter, in, out *http.Request, c *call) {
 		h.fail(w, out, c, err)
 		return
 	}
-	removeHopByHopHeaders(res.Header)
+	httpapi.RemoveHopByHop(res.Header)
 	h.takeDirect(res, c)
 	shareHeader(w.Header(), res.Header)
 	announced := len(res.Trailer)
@@ -305,42 +306,6 @@ func enableFullDuplex(w http.ResponseWriter) error {
 			return http.ErrNotSupported
 		}
 	}
-}
-
-// hopHeaders are the hop-by-hop headers the proxy removes both ways.
-var hopHeaders = []string{
-	"Connection",
-	"Proxy-Connection",
-	"Keep-Alive",
-	"Proxy-Authenticate",
-	"Proxy-Authorization",
-	"Te",
-	"Trailer",
-	"Transfer-Encoding",
-	"Upgrade",
-}
-
-// removeHopByHopHeaders is the proxy's: the headers Connection lists, and
-// the hop-by-hop ones.
-func removeHopByHopHeaders(h http.Header) {
-	for _, f := range h["Connection"] {
-		for sf := range strings.SplitSeq(f, ",") {
-			if sf = textproto.TrimString(sf); sf != "" {
-				h.Del(sf)
-			}
-		}
-	}
-	for _, f := range hopHeaders {
-		delete(h, f)
-	}
-}
-
-// upgradeType is the protocol h switches to, as the proxy reads it.
-func upgradeType(h http.Header) string {
-	if !httpguts.HeaderValuesContainsToken(h["Connection"], "Upgrade") {
-		return ""
-	}
-	return h.Get("Upgrade")
 }
 
 // shareHeader adds src's values to dst as the proxy's header copy does,
