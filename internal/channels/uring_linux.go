@@ -6,7 +6,7 @@ import (
 	"syscall"
 	"unsafe"
 
-	"github.com/postern/postern/internal/channels/iouring"
+	"github.com/postern/postern/internal/iouring"
 )
 
 // sendRing writes the first frames of a batch of sessions in one system
