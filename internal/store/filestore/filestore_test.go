@@ -42,21 +42,28 @@ func takeNow(e store.Engine, key string, mode store.TakeMode) (store.Message, bo
 	return l.Message, ok, err
 }
 
-// TestContract runs the engine contract with the default sync window and
-// with several batches syncing at once.
+// TestContract runs the engine contract with the default sync window,
+// with several batches syncing at once, and with the log written by
+// system calls instead of io_uring.
 func TestContract(t *testing.T) {
-	for _, window := range []int{0, 4} {
-		t.Run(fmt.Sprint("SyncWindow=", window), func(t *testing.T) {
+	for _, tc := range []struct {
+		window int
+		ring   bool
+	}{{0, true}, {4, true}, {0, false}} {
+		t.Run(fmt.Sprintf("SyncWindow=%d/io_uring=%v", tc.window, tc.ring), func(t *testing.T) {
+			if !tc.ring {
+				defer filestore.WithoutIOURing()()
+			}
 			storetest.Run(t, storetest.Harness{
 				New: func(t *testing.T, c *storetest.Clock) store.Engine {
-					return open(t, t.TempDir(), c, window)
+					return open(t, t.TempDir(), c, tc.window)
 				},
 				Reopen: func(t *testing.T, e store.Engine, c *storetest.Clock) store.Engine {
 					dir := e.(*filestore.Store).Dir()
 					if err := e.Close(); err != nil {
 						t.Fatalf("Close: %v", err)
 					}
-					return open(t, dir, c, window)
+					return open(t, dir, c, tc.window)
 				},
 			})
 		})
