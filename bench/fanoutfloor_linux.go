@@ -10,7 +10,7 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/postern/postern/internal/iouring"
+	"github.com/postern/postern/internal/channels/iouring"
 )
 
 // kernelFloor measures what one fan-out delivery costs the kernel alone

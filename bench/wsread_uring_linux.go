@@ -9,7 +9,7 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/postern/postern/internal/iouring"
+	"github.com/postern/postern/internal/channels/iouring"
 )
 
 // ringLoop reads every subscriber connection through one io_uring: a

@@ -6,7 +6,7 @@ import (
 	"syscall"
 	"unsafe"
 
-	"github.com/postern/postern/internal/iouring"
+	"github.com/postern/postern/internal/channels/iouring"
 )
 
 // sendRing writes the first frames of a batch of sessions in one system

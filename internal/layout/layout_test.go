@@ -22,7 +22,7 @@ var layers = [][]string{
 	{ // foundation: no imports of the module
 		"internal/auth", "internal/auth/authtest", "internal/cluster", "internal/connpeek", "internal/version", "internal/store",
 		"internal/expose/muxconn", "internal/expose/live", "internal/relay/gcr/wire", "internal/relay/splice", "internal/store/redisstore/redistest",
-		"internal/layout", "internal/certs/certstest", "internal/browsertest", "internal/iouring",
+		"internal/layout", "internal/certs/certstest", "internal/browsertest", "internal/channels/iouring",
 	},
 	{ // contracts: what engines and parts are handed
 		"internal/capability", "internal/store/ordered", "internal/store/storetest", "internal/relay/relaytest",

@@ -55,14 +55,8 @@ func parallel(n int, op func(key string) error) error {
 // platform tells, the process's CPU time per operation (a sync costs tens
 // of microseconds of it on a virtual machine).
 //
-// With POSTERN_BENCH_IOURING=0 the log is written with system calls, as
-// where io_uring is not there.
-//
 //	go test -run XXX -bench Durable -benchtime 100000x ./internal/store/filestore
 func BenchmarkDurable(b *testing.B) {
-	if os.Getenv("POSTERN_BENCH_IOURING") == "0" {
-		defer filestore.WithoutIOURing()()
-	}
 	ctx := context.Background()
 	body := benchBody()
 	s, err := filestore.Open(filestore.Options{Dir: b.TempDir()})

@@ -16,25 +16,13 @@ import (
 // temporary directory's file system takes them (as ext4 and xfs do) and
 // finds every acknowledged message after a crash, and the same when the
 // file system refuses the first direct write: the log then falls back to
-// writing through the page cache, and no write fails. Each runs with the
-// log written through io_uring, where the kernel has it, and with system
-// calls, as where it has not.
+// writing through the page cache, and no write fails.
 func TestDirectWritesSurviveACrash(t *testing.T) {
-	for _, tc := range []struct{ refuse, ring bool }{{false, true}, {true, true}, {false, false}, {true, false}} {
-		refuse := tc.refuse
-		t.Run(fmt.Sprintf("refused=%v/io_uring=%v", tc.refuse, tc.ring), func(t *testing.T) {
-			if !tc.ring {
-				defer filestore.WithoutIOURing()()
-			}
+	for _, refuse := range []bool{false, true} {
+		t.Run(fmt.Sprint("refused=", refuse), func(t *testing.T) {
 			dir := t.TempDir()
 			c := storetest.NewClock()
 			s := open(t, dir, c, 0)
-			if tc.ring && !s.IOURing() {
-				t.Skip("io_uring cannot be used here")
-			}
-			if !tc.ring && s.IOURing() {
-				t.Fatal("the log uses io_uring after WithoutIOURing")
-			}
 			if !s.Direct() {
 				t.Skip("the file system of the temporary directory takes no direct writes")
 			}

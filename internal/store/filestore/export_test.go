@@ -94,20 +94,9 @@ func (s *Store) Direct() bool { return s.wal.direct.Load() }
 // system that does not take them would, until the returned function is
 // called.
 func RefuseDirectWrites() (restore func()) {
-	old := directWrite
-	directWrite = func(*logRing, *os.File, []byte, int64) error { return errDirectUnsupported }
-	return func() { directWrite = old }
+	directWrite = func(*os.File, []byte, int64) error { return errDirectUnsupported }
+	return func() { directWrite = writeDSync }
 }
-
-// WithoutIOURing makes the stores opened until restore is called write
-// their log with system calls, as where io_uring is not there.
-func WithoutIOURing() (restore func()) {
-	useRing = false
-	return func() { useRing = true }
-}
-
-// IOURing reports whether s writes its log through io_uring.
-func (s *Store) IOURing() bool { return s.wal.ring != nil }
 
 // PauseNextWrite stops the next operation that waits for its write on its
 // way into the batch being collected (begun, its write not queued yet):

@@ -42,28 +42,21 @@ func takeNow(e store.Engine, key string, mode store.TakeMode) (store.Message, bo
 	return l.Message, ok, err
 }
 
-// TestContract runs the engine contract with the default sync window,
-// with several batches syncing at once, and with the log written by
-// system calls instead of io_uring.
+// TestContract runs the engine contract with the default sync window and
+// with several batches syncing at once.
 func TestContract(t *testing.T) {
-	for _, tc := range []struct {
-		window int
-		ring   bool
-	}{{0, true}, {4, true}, {0, false}} {
-		t.Run(fmt.Sprintf("SyncWindow=%d/io_uring=%v", tc.window, tc.ring), func(t *testing.T) {
-			if !tc.ring {
-				defer filestore.WithoutIOURing()()
-			}
+	for _, window := range []int{0, 4} {
+		t.Run(fmt.Sprint("SyncWindow=", window), func(t *testing.T) {
 			storetest.Run(t, storetest.Harness{
 				New: func(t *testing.T, c *storetest.Clock) store.Engine {
-					return open(t, t.TempDir(), c, tc.window)
+					return open(t, t.TempDir(), c, window)
 				},
 				Reopen: func(t *testing.T, e store.Engine, c *storetest.Clock) store.Engine {
 					dir := e.(*filestore.Store).Dir()
 					if err := e.Close(); err != nil {
 						t.Fatalf("Close: %v", err)
 					}
-					return open(t, dir, c, tc.window)
+					return open(t, dir, c, window)
 				},
 			})
 		})

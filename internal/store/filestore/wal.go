@@ -21,9 +21,7 @@ import (
 // the sync has only data to flush. Where the file system allows, the
 // record is written directly to the disk (O_DIRECT) with RWF_DSYNC, one
 // system call that returns once it is durable; elsewhere it is written
-// to the page cache and flushed with fdatasync. Both go through io_uring
-// where the kernel allows it (logRing), so that the goroutine waiting for
-// the disk holds no processor meanwhile. Up to a window of records
+// to the page cache and flushed with fdatasync. Up to a window of records
 // (Options.SyncWindow) are written and synced at once, each acknowledged only once
 // every record before it is durable. Records are applied to the database
 // file in the background (checkpoints); a log file is reused once every
@@ -83,9 +81,6 @@ type wal struct {
 	// records counts the records written since open (benchmarks report
 	// operations per record).
 	records atomic.Uint64
-	// ring makes the durable writes and syncs through io_uring, or is
-	// nil (logRing).
-	ring *logRing
 }
 
 // walRecord is a record read back at open.
@@ -113,9 +108,6 @@ func openWAL(dir string, size int64, applied uint64, readOnly bool) (*wal, []wal
 		recs = append(recs, got...)
 	}
 	w.direct.Store(w.files[0].direct != nil && w.files[1].direct != nil)
-	if !readOnly {
-		w.ring = openLogRing()
-	}
 	slices.SortFunc(recs, func(a, b walRecord) int {
 		switch {
 		case a.seq < b.seq:
@@ -350,13 +342,12 @@ func (w *wal) write(seq uint64, rec []byte) ([]byte, error) {
 // sync makes the record at off of file i durable: a record write placed
 // (rec, from write) is written now, directly and durably in one call;
 // otherwise what was written to the file is flushed with fdatasync.
-// Either goes through the ring where there is one. Several syncs may run
-// at once, with writes.
+// Several syncs may run at once, with writes.
 func (w *wal) sync(i int, off int64, rec []byte) error {
 	wf := w.files[i]
 	if rec != nil {
 		defer freeAligned(rec)
-		err := directWrite(w.ring, wf.direct, rec, off)
+		err := directWrite(wf.direct, rec, off)
 		if err != errDirectUnsupported {
 			return err
 		}
@@ -367,24 +358,11 @@ func (w *wal) sync(i int, off int64, rec []byte) error {
 			return err
 		}
 	}
-	if took, err := w.ring.fdatasync(wf.f); took {
-		return err
-	}
 	return fdatasync(wf.f)
 }
 
-// directWrite writes b at off of f durably, through r when it takes it,
-// or with writeDSync; tests replace it.
-var directWrite = func(r *logRing, f *os.File, b []byte, off int64) error {
-	if took, err := r.writeDSync(f, b, off); took {
-		return err
-	}
-	return writeDSync(f, b, off)
-}
-
-// useRing is whether stores opened from now on write their log through
-// io_uring where it is there; tests turn it off (WithoutIOURing).
-var useRing = true
+// directWrite is writeDSync, replaced by tests.
+var directWrite = writeDSync
 
 // errDirectUnsupported is writeDSync's answer when the direct write itself
 // is refused.
@@ -428,7 +406,6 @@ func (w *wal) truncate(i int, off int64, seq uint64) {
 func (w *wal) used() float64 { return float64(w.off) / float64(w.files[w.cur].size) }
 
 func (w *wal) close() error {
-	w.ring.close()
 	var errs []error
 	for _, wf := range w.files {
 		if wf != nil && wf.f != nil {

@@ -27,7 +27,6 @@ const (
 	SetupDeferTaskrun = 1 << 13
 
 	FeatSingleMmap = 1 << 0
-	sqCQOverflow   = 1 << 1 // IORING_SQ_CQ_OVERFLOW, in the submission queue's flags
 	EnterGetevents = 1 << 0
 
 	RegisterPbufRing = 22
@@ -120,7 +119,6 @@ type Ring struct {
 	sqeMem  []byte
 	sqHead  *uint32
 	sqTail  *uint32
-	sqFlags *uint32
 	sqMask  uint32
 	sqArray unsafe.Pointer // uint32 per entry
 	sqes    unsafe.Pointer // SQE per entry
@@ -174,7 +172,6 @@ func (r *Ring) mmap(p *Params) error {
 	sq := unsafe.Pointer(&r.sqRing[0])
 	r.sqHead = (*uint32)(unsafe.Add(sq, p.SQOff.Head))
 	r.sqTail = (*uint32)(unsafe.Add(sq, p.SQOff.Tail))
-	r.sqFlags = (*uint32)(unsafe.Add(sq, p.SQOff.Flags))
 	r.sqMask = *(*uint32)(unsafe.Add(sq, p.SQOff.RingMask))
 	r.sqArray = unsafe.Add(sq, p.SQOff.Array)
 	r.sqes = unsafe.Pointer(&r.sqeMem[0])
@@ -243,10 +240,6 @@ func (r *Ring) Completions() (head, tail uint32) {
 func (r *Ring) CQE(i uint32) *CQE {
 	return (*CQE)(unsafe.Add(r.cqes, uintptr(i&r.cqMask)*unsafe.Sizeof(CQE{})))
 }
-
-// Overflowed reports whether completions the completion queue had no room
-// for wait in the kernel: an Enter with EnterGetevents moves them in.
-func (r *Ring) Overflowed() bool { return atomic.LoadUint32(r.sqFlags)&sqCQOverflow != 0 }
 
 // Consumed frees the completions before tail for the kernel to reuse.
 func (r *Ring) Consumed(tail uint32) { atomic.StoreUint32(r.cqHead, tail) }
