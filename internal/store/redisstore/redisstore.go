@@ -117,6 +117,12 @@ const (
 	// delivered message (medians of the pairs' ratios 0.80, 0.89 and
 	// 0.86) and per produce (0.89); the CPU per produce request in all
 	// (client, node and Redis) stayed the same (0.97, within the noise).
+	// 250 µs and 500 µs measured no better than 100 (redis/scale, 12 and 6
+	// pairs interleaved, load 6-10): Redis read 13% and 23% less often per
+	// delivered message at 2 nodes, but its CPU per delivered message
+	// moved within the noise (pair medians 0.93x and 0.92x, pairs from
+	// 0.80x to 1.64x) while delivered msg/s fell to 0.87x and 0.80x at 2
+	// nodes, 0.90x and 0.63x at 4.
 	DefaultFlushDelay = 100 * time.Microsecond
 	// DefaultSentinelPort is the port of a sentinel address that names none.
 	DefaultSentinelPort = "26379"
