@@ -90,29 +90,50 @@ func getHost(c *http.Client, u, host string) func(ctx context.Context, w, seq in
 
 func portOf(u string) string { return u[strings.LastIndex(u, ":"):] }
 
-// runExpose measures the native agent: requests/s through node and agent
-// against a plain reverse proxy, and one stream's download throughput.
-func runExpose(ctx context.Context, o Options) ([]Figure, error) {
+// exposePath is the expose scenarios' servers, all in this process: a
+// backend, a plain httputil.ReverseProxy to it (the baseline), a node with
+// the native agent exposing the backend as host, and baseline-hello.
+type exposePath struct {
+	proxyURL, nodeURL, helloURL string
+	host                        string // the exposed service's Host on the node
+	stops                       []func()
+}
+
+// stop stops the servers, the last started first.
+func (p *exposePath) stop() {
+	for i := len(p.stops) - 1; i >= 0; i-- {
+		p.stops[i]()
+	}
+}
+
+// startExposePath starts an exposePath and waits for the agent to be ready.
+func startExposePath(ctx context.Context, conns int) (_ *exposePath, err error) {
+	p := &exposePath{}
+	defer func() {
+		if err != nil {
+			p.stop()
+		}
+	}()
 	// Goroutines inherit a label naming their part (see labelPart).
-	labelPart(ctx, "backend")
 	defer labelPart(ctx, "harness")
+	labelPart(ctx, "backend")
 	backendURL, stopBackend, err := startHTTP(bytesHandler)
 	if err != nil {
 		return nil, err
 	}
-	defer stopBackend()
+	p.stops = append(p.stops, stopBackend)
 	labelPart(ctx, "proxy")
-	proxyURL, stopProxy, err := reverseProxy(backendURL, o.Conns)
+	proxyURL, stopProxy, err := reverseProxy(backendURL, conns)
 	if err != nil {
 		return nil, err
 	}
-	defer stopProxy()
+	p.stops = append(p.stops, stopProxy)
 	labelPart(ctx, "node")
 	n, err := exposeNode()
 	if err != nil {
 		return nil, err
 	}
-	defer n.stop()
+	p.stops = append(p.stops, func() { n.stop() })
 	cl, err := client.New(n.URL)
 	if err != nil {
 		return nil, err
@@ -132,10 +153,11 @@ func runExpose(ctx context.Context, o Options) ([]Figure, error) {
 			},
 		})
 	}()
-	defer func() { cancel(); <-agentDone }()
+	p.stops = append(p.stops, func() { cancel(); <-agentDone })
 	select {
 	case <-ready:
 	case err := <-agentDone:
+		agentDone <- err // for the stop above
 		return nil, fmt.Errorf("agent: %v", err)
 	case <-time.After(10 * time.Second):
 		return nil, errors.New("agent not ready")
@@ -145,11 +167,23 @@ func runExpose(ctx context.Context, o Options) ([]Figure, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer stopHello()
-	labelPart(ctx, "harness")
+	p.stops = append(p.stops, stopHello)
+	p.proxyURL, p.nodeURL, p.helloURL = proxyURL, n.URL, helloURL
+	p.host = "bench.localhost" + portOf(n.URL)
+	return p, nil
+}
+
+// runExpose measures the native agent: requests/s through node and agent
+// against a plain reverse proxy, and one stream's download throughput.
+func runExpose(ctx context.Context, o Options) ([]Figure, error) {
+	p, err := startExposePath(ctx, o.Conns)
+	if err != nil {
+		return nil, err
+	}
+	defer p.stop()
 	c := httpClient(o.Conns)
 	defer c.CloseIdleConnections()
-	host := "bench.localhost" + portOf(n.URL)
+	proxyURL, helloURL, nodeURL, host := p.proxyURL, p.helloURL, p.nodeURL, p.host
 
 	// Alternate slices so that the machine's load weighs on all alike.
 	// The profile covers all: the part labels tell them apart.
@@ -166,7 +200,7 @@ func runExpose(ctx context.Context, o Options) ([]Figure, error) {
 			if err != nil {
 				return fmt.Errorf("baseline-hello: %w", err)
 			}
-			g, gc, err := measured(ctx, o.Conns, slice, getHost(c, n.URL+"/", host))
+			g, gc, err := measured(ctx, o.Conns, slice, getHost(c, nodeURL+"/", host))
 			if err != nil {
 				return fmt.Errorf("expose: %w", err)
 			}
@@ -201,7 +235,7 @@ func runExpose(ctx context.Context, o Options) ([]Figure, error) {
 	if err != nil {
 		return nil, err
 	}
-	tp, err := through(n.URL, host)
+	tp, err := through(nodeURL, host)
 	if err != nil {
 		return nil, err
 	}
