@@ -222,7 +222,10 @@ func runChild(kind string) int {
 			cfg.ClusterInsecure = true // the nodes forward nothing here
 		}
 		if kind == "tunnel" {
-			cfg = tunnelConfig("memory") // the tunnel-wake scenario's node
+			// The node of tunnel-wake and tunnel/wrk, on the store asked for.
+			insecure := cfg.ClusterInsecure
+			cfg = tunnelConfig(cfg.Store)
+			cfg.ClusterInsecure = insecure
 		}
 		// The channels scenarios' thousands of clients all come from
 		// 127.0.0.1, where a deployment's come from many addresses.

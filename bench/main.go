@@ -9,6 +9,7 @@
 //	go run ./bench                      # every scenario, 5 rounds
 //	go run ./bench -run tunnel -count 3 # scenarios matching a regexp
 //	go run ./bench -md                  # Markdown table for BENCHMARKS.md
+//	go run ./bench -run /wrk            # tunnel produce and expose loaded by wrk (needs wrk)
 //	go run ./bench -run soak -count 1 -soak 10m # the soak (skipped otherwise)
 //	go run ./bench -run chaos -count 1 -chaos 50 # delivery through failures (skipped otherwise)
 //
