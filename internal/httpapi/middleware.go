@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"runtime/debug"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -117,6 +118,53 @@ type Metrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	inflight prometheus.Gauge
+
+	// The children of requests and duration already looked up: routes
+	// and codes come from small fixed sets, and a lookup by label values
+	// (hashing, a lock) cost about 2% of a tunnel produce.
+	counters  sync.Map // routeCode -> prometheus.Counter
+	durations sync.Map // route -> prometheus.Observer
+}
+
+type routeCode struct {
+	route string
+	code  int
+}
+
+func (m *Metrics) counter(route string, code int) prometheus.Counter {
+	k := routeCode{route, code}
+	if c, ok := m.counters.Load(k); ok {
+		return c.(prometheus.Counter)
+	}
+	c := m.requests.WithLabelValues(route, strconv.Itoa(code))
+	m.counters.Store(k, c)
+	return c
+}
+
+func (m *Metrics) observer(route string) prometheus.Observer {
+	if o, ok := m.durations.Load(route); ok {
+		return o.(prometheus.Observer)
+	}
+	o := m.duration.WithLabelValues(route)
+	m.durations.Store(route, o)
+	return o
+}
+
+// reqState is all the middleware keeps for one request, in one
+// allocation: the request's context (answering Value for reqInfoKey
+// itself, where context.WithValue would be another allocation), the
+// recorder and the reqInfo.
+type reqState struct {
+	context.Context
+	rec  recorder
+	info reqInfo
+}
+
+func (s *reqState) Value(key any) any {
+	if _, ok := key.(reqInfoKey); ok {
+		return &s.info
+	}
+	return s.Context.Value(key)
 }
 
 // NewMetrics registers the request metrics on deps.Registry; deps'
@@ -151,9 +199,10 @@ func NewMetrics(deps capability.Deps) *Metrics {
 func (m *Metrics) Wrap(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		label := &reqInfo{route: "unmatched", log: m.log}
-		r = r.WithContext(context.WithValue(r.Context(), reqInfoKey{}, label))
-		rec := &recorder{ResponseWriter: w, status: http.StatusOK}
+		st := &reqState{Context: r.Context(), info: reqInfo{route: "unmatched", log: m.log},
+			rec: recorder{ResponseWriter: w, status: http.StatusOK}}
+		label, rec := &st.info, &st.rec
+		r = r.WithContext(st)
 		m.inflight.Inc()
 		defer func() {
 			m.inflight.Dec()
@@ -178,8 +227,8 @@ func (m *Metrics) Wrap(next http.Handler) http.Handler {
 				code = 499 // client closed the request before an answer
 			}
 			elapsed := time.Since(start)
-			m.requests.WithLabelValues(label.route, strconv.Itoa(code)).Inc()
-			m.duration.WithLabelValues(label.route).Observe(elapsed.Seconds())
+			m.counter(label.route, code).Inc()
+			m.observer(label.route).Observe(elapsed.Seconds())
 			if l := m.log; l.Enabled(r.Context(), slog.LevelDebug) {
 				l.LogAttrs(r.Context(), slog.LevelDebug, "request",
 					slog.String("method", r.Method), slog.String("path", r.URL.Path),

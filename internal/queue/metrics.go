@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,6 +18,8 @@ type metrics struct {
 	unsettledC *prometheus.CounterVec
 	waitersG   *prometheus.GaugeVec
 	wakeH      *prometheus.HistogramVec
+
+	appended1 sync.Map // kind -> appendedC's child, looked up once
 }
 
 func newMetrics(reg prometheus.Registerer, c *Core, st store.Engine) *metrics {
@@ -75,7 +78,11 @@ func newMetrics(reg prometheus.Registerer, c *Core, st store.Engine) *metrics {
 }
 
 func (m *metrics) appended(kind string, trimmed int) {
-	m.appendedC.WithLabelValues(kind).Inc()
+	c, ok := m.appended1.Load(kind)
+	if !ok {
+		c, _ = m.appended1.LoadOrStore(kind, m.appendedC.WithLabelValues(kind))
+	}
+	c.(prometheus.Counter).Inc()
 	if trimmed > 0 {
 		m.trimmedC.WithLabelValues(kind).Add(float64(trimmed))
 	}

@@ -140,7 +140,10 @@ func (t *Tunnels) serve(w http.ResponseWriter, r *http.Request) error {
 		httpapi.SetRoute(r, "tunnel.denied")
 		return errDenied
 	}
-	q := r.URL.Query()
+	var q url.Values // nil reads as empty: most requests carry no query
+	if r.URL.RawQuery != "" {
+		q = r.URL.Query()
+	}
 	switch rt.kind {
 	case routeTunnel:
 		if r.Method == http.MethodPost {
