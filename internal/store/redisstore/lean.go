@@ -512,6 +512,14 @@ func (s *Store) leanToken(d time.Duration) (string, int64, time.Time) {
 // finds nothing new). The node's own leases are watched to their
 // deadlines, and a look names every lease's deadline, so most takes need
 // none: the command was one in twelve of a delivered message's.
+//
+// Looking at L (ZRANGE) only with XPENDING, not with every take, was
+// measured and left: one command fewer per delivered message (10.8 to
+// 9.8) moved Redis CPU per delivered message at 2 nodes by a pair median
+// of 0.93x (6 A/B pairs of redis/scale, load 4-12, pairs 0.87x-1.46x) and
+// node CPU by 1.04x, within the noise, while a lease another node gives
+// back, or a message it reads past, would then be handed out after newer
+// ones for up to pelRecheck.
 const pelRecheck = 100 * time.Millisecond
 
 // pelWatchMax bounds the queues a pelWatch remembers; beyond it, it
