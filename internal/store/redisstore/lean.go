@@ -56,12 +56,13 @@ import (
 //     function, so the next take on the queue was the take function's,
 //     whose lease was again owed to one: one take left to the function
 //     (the park of an empty queue, a new queue) made a chain of them.
-//     Measured on redis/scale (12 A/B pairs, load 3.6-11, medians of
-//     the pairs' ratios): function calls per delivered message 0.52x,
-//     0.49x and 0.39x at 1, 2 and 4 nodes; Redis CPU per delivered
-//     message, as a ratio of one XADD's, 0.85x, 0.90x and 0.86x (pairs
-//     from 0.43x to 1.57x); a take function call costs Redis about 65 µs
-//     there.
+//     Measured on redis/scale (18 A/B pairs, load 3.6-12, medians of
+//     the pairs' ratios): function calls per delivered message 0.53x,
+//     0.47x and 0.47x at 1, 2 and 4 nodes (fewer in 17, 18 and 16 pairs);
+//     Redis CPU per delivered message, as a ratio of one XADD's, 0.87x,
+//     0.93x and 0.88x (pairs from 0.43x to 1.57x); node CPU per delivered
+//     message unchanged (0.94x, 1.00x, 0.95x). A take function call costs
+//     Redis about 65 µs there.
 //
 // Dedup keys, expiry, pending mode, TakeAll, a lease given back or run
 // out, Ack, Status, Len, Clear, replies and replicated acknowledgement
