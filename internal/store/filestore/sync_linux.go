@@ -95,6 +95,15 @@ func openDirect(path string) *os.File {
 // the write inline either way and completes the flush in a kworker, and
 // the P a blocked pwritev2 holds is taken back within a sysmon tick
 // (20-40 µs of a 1.2-1.5 ms sync), so there was little to gain.
+//
+// Dead end (issue 20): the same pwritev2 as a raw system call, so that the
+// P stays with its thread through the sync (no retake by sysmon, no P
+// handed to another thread, no wait in the global run queue once it
+// returns), left node CPU per request unchanged (0.99x of the ratio to
+// baseline-hello, 6 interleaved pairs of tunnel/wrk, load 7-11) and took
+// file-engine requests/s from 0.33x to 0.26x baseline-hello (lower in 5
+// of 6): with one of two Ps held through every sync, the other cannot
+// keep up, and a stalled disk would hold it for as long as it stalls.
 func writeDSync(f *os.File, b []byte, off int64) error {
 	iov := [][]byte{b}
 	for {
