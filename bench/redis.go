@@ -223,6 +223,7 @@ type scaleResult struct {
 	cpuPerMsg float64 // Redis CPU per delivered message, µs
 	calls     float64 // function calls per delivered message
 	commands  float64 // commands Redis ran per delivered message
+	selfCPU   float64 // this process's CPU per delivered message (the load's clients and the nodes), µs
 }
 
 // startNodes starts n postern nodes on url.
@@ -320,11 +321,13 @@ func scalePoint(ctx context.Context, dep *deployment, n int, o Options) (scaleRe
 		return scaleResult{}, err
 	}
 	cpu0 := dep.cpu()
+	self0, _ := cpuSeconds(0)
 	consumed, elapsed, err := deliver(ctx, nodes, o.Conns, o.Duration)
 	if err != nil {
 		return scaleResult{}, err
 	}
 	cpu1 := dep.cpu()
+	self1, _ := cpuSeconds(0)
 	if consumed == 0 {
 		return scaleResult{}, fmt.Errorf("%d nodes: nothing delivered", n)
 	}
@@ -341,6 +344,7 @@ func scalePoint(ctx context.Context, dep *deployment, n int, o Options) (scaleRe
 		cpuPerMsg: (cpu1 - cpu0) / msgs * 1e6,
 		calls:     calls / msgs,
 		commands:  commands / msgs,
+		selfCPU:   (self1 - self0) / msgs * 1e6,
 	}, nil
 }
 
@@ -355,6 +359,7 @@ func runScale(ctx context.Context, o Options, cluster bool) ([]Figure, error) {
 	}
 	defer dep.close()
 	points := map[int]scaleResult{}
+	var ceiling scaleResult
 	for _, n := range scaleNodes {
 		p, err := scalePoint(ctx, dep, n, o)
 		if err != nil {
@@ -362,7 +367,6 @@ func runScale(ctx context.Context, o Options, cluster bool) ([]Figure, error) {
 		}
 		points[n] = p
 	}
-	var ceiling float64
 	if !cluster {
 		if ceiling, err = memoryCeiling(ctx, o); err != nil {
 			return nil, fmt.Errorf("memory engine: %w", err)
@@ -396,13 +400,18 @@ func runScale(ctx context.Context, o Options, cluster bool) ([]Figure, error) {
 			// Issue 19's goals.
 			msgs.Goal, cpu.Goal = 0.3, 2
 		}
-		figs = append(figs, msgs, cpu,
+		self := Figure{Name: "node and client CPU per delivered msg, " + nodes, Unit: "µs", Value: p.selfCPU, LowerIsBetter: true}
+		if !cluster {
+			self.Name += " (baseline: 1 node on the memory engine)"
+			self.Baseline = ceiling.selfCPU
+		}
+		figs = append(figs, msgs, cpu, self,
 			// Command counts do not depend on the machine's load at all.
 			Figure{Name: "Redis function calls per delivered msg, " + nodes, Unit: "calls", Value: p.calls, LowerIsBetter: true},
 			Figure{Name: "Redis commands per delivered msg (sent, and run by functions), " + nodes, Unit: "cmds", Value: p.commands, LowerIsBetter: true})
 	}
 	if !cluster {
-		figs = append(figs, Figure{Name: "delivered msg/s, 1 node on the memory engine (ceiling of the HTTP work)", Unit: "msg/s", Value: ceiling, Baseline: rate})
+		figs = append(figs, Figure{Name: "delivered msg/s, 1 node on the memory engine (ceiling of the HTTP work)", Unit: "msg/s", Value: ceiling.delivered, Baseline: rate})
 	}
 	return figs, nil
 }
@@ -410,21 +419,26 @@ func runScale(ctx context.Context, o Options, cluster bool) ([]Figure, error) {
 // memoryCeiling runs the delivery load of the scale curve on one node on
 // the memory engine: the same producers and long-polling consumers with no
 // Redis at all, so what it delivers is what the HTTP work alone allows on
-// this machine, a ceiling for every point of the curve.
-func memoryCeiling(ctx context.Context, o Options) (float64, error) {
+// this machine, a ceiling for every point of the curve; its CPU per
+// delivered message (this process: clients and node) is the floor of the
+// nodes' own work.
+func memoryCeiling(ctx context.Context, o Options) (scaleResult, error) {
 	nodes, err := startNodes("memory", 1, nil)
 	if err != nil {
-		return 0, err
+		return scaleResult{}, err
 	}
 	defer stopNodes(nodes)
+	self0, _ := cpuSeconds(0)
 	consumed, elapsed, err := deliver(ctx, nodes, o.Conns, o.Duration)
 	if err != nil {
-		return 0, err
+		return scaleResult{}, err
 	}
+	self1, _ := cpuSeconds(0)
 	if consumed == 0 {
-		return 0, fmt.Errorf("nothing delivered")
+		return scaleResult{}, fmt.Errorf("nothing delivered")
 	}
-	return float64(consumed) / elapsed.Seconds(), nil
+	msgs := float64(consumed)
+	return scaleResult{delivered: msgs / elapsed.Seconds(), selfCPU: (self1 - self0) / msgs * 1e6}, nil
 }
 
 // runRedisProduce measures produce on one node on Redis against the plain

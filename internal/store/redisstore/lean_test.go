@@ -543,3 +543,70 @@ func TestLeanClearUnderLease(t *testing.T) {
 		t.Fatalf("after Clear: %v, want a lean take", got)
 	}
 }
+
+// TestFunctionLeaseSettledPlain: the delivery of a message the take
+// function handed out (here the first take of a queue, which creates its
+// consumer group) is settled with plain commands when the message has no
+// expiry and no dedup key, so the next take runs no function either; one
+// with an expiry is left to the functions. Another node sees each
+// settling.
+func TestFunctionLeaseSettledPlain(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	u := srv.URL()
+	a := openOwing(t, u)
+	defer a.Close()
+	b := open(t, u, nil)
+	defer b.Close()
+	_, prefix := raw(t, u)
+	for _, tc := range []struct {
+		key       string
+		opts      store.AppendOptions
+		wantCalls int
+	}{
+		{"t/plain", store.AppendOptions{}, 0},
+		{"t/expiring", store.AppendOptions{TTL: time.Hour}, 1},
+	} {
+		t.Run(tc.key, func(t *testing.T) {
+			for _, body := range []string{"x", "y"} {
+				if _, err := a.Append(ctx, tc.key, store.Message{Body: []byte(body)}, tc.opts); err != nil {
+					t.Fatal(err)
+				}
+			}
+			l, ok, err := a.Take(ctx, tc.key, store.TakeDelete, time.Minute)
+			if !ok || err != nil || string(l.Body) != "x" {
+				t.Fatalf("first take: %q %v %v", l.Body, ok, err)
+			}
+			first := l.ID
+			if err := a.Settle(ctx, tc.key, []store.Lease{l}, true); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := srv.Do("CONFIG", "RESETSTAT"); err != nil {
+				t.Fatal(err)
+			}
+			l, ok, err = a.Take(ctx, tc.key, store.TakeDelete, time.Minute)
+			if !ok || err != nil || string(l.Body) != "y" {
+				t.Fatalf("second take: %q %v %v", l.Body, ok, err)
+			}
+			if n := scriptCalls(t, srv); n != tc.wantCalls {
+				t.Fatalf("the second take, carrying the first delivery, ran %d functions, want %d", n, tc.wantCalls)
+			}
+			if n, err := b.Len(ctx, tc.key); err != nil || n != 1 {
+				t.Fatalf("another node: Len = %d %v, want 1 (y under its lease)", n, err)
+			}
+			if r, err := srv.Do("ZRANGE", prefix+"q{"+tc.key+"}:l", "0", "-1"); err != nil {
+				t.Fatal(err)
+			} else if got := fmt.Sprint(r); strings.Contains(got, fmt.Sprintf("%016d-%016d", first.MS, first.Seq)) {
+				t.Fatalf("the delivered message's lease is left in L: %s", got)
+			}
+			if err := a.Settle(ctx, tc.key, []store.Lease{l}, true); err != nil {
+				t.Fatal(err)
+			}
+			if _, ok, err := a.Take(ctx, tc.key, store.TakeDelete, time.Minute); ok || err != nil {
+				t.Fatalf("take after both delivered: %v %v", ok, err)
+			}
+			if n, err := b.Len(ctx, tc.key); err != nil || n != 0 {
+				t.Fatalf("another node at the end: Len = %d %v, want 0", n, err)
+			}
+		})
+	}
+}

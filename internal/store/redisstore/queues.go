@@ -175,8 +175,16 @@ func modeArg(mode store.TakeMode) string {
 // read the deadline back from it (lua/queue.lua).
 func (s *Store) token(d time.Duration) (string, int64, time.Time) {
 	dl := s.now().Add(d).UnixMilli()
-	t := dl*1000 + s.tokens.Add(1)%leanTokenBase
+	t := dl*1000 + s.tokens.Add(1)%funcPlainTokenBase
 	return strconv.FormatInt(t, 10), t, time.UnixMilli(dl)
+}
+
+// funcPlainToken is the token the take function uses in place of t, a
+// token of token's, for a lease whose delivery plain commands may settle
+// (see plainSettle).
+func funcPlainToken(t int64) (string, int64) {
+	pt := t + funcPlainTokenBase
+	return strconv.FormatInt(pt, 10), pt
 }
 
 // Take implements store.Queues: one script takes the message and its
@@ -209,12 +217,16 @@ func (s *Store) TakeOrPark(ctx context.Context, key string, mode store.TakeMode,
 	budget := strconv.Itoa(expiredBudget)
 	for {
 		tok, t, deadline := s.token(d)
+		ptok, pt := "", int64(0)
+		if mode == store.TakeDelete && !s.functionsOnly {
+			ptok, pt = funcPlainToken(t)
+		}
 		now := s.now()
 		til := "0"
 		if park > 0 {
 			til = strconv.FormatInt(now.Add(park+parkSlack).UnixMilli(), 10)
 		}
-		res, err := s.qexec(ctx, scTake, key, keys, now.UnixMilli(), modeArg(mode), budget, tok, til, fb.readPast, group, fb.consumer)
+		res, err := s.qexec(ctx, scTake, key, keys, now.UnixMilli(), modeArg(mode), budget, tok, til, fb.readPast, group, fb.consumer, ptok)
 		if err != nil {
 			return store.Lease{}, false, err
 		}
@@ -236,7 +248,11 @@ func (s *Store) TakeOrPark(ctx context.Context, key string, mode store.TakeMode,
 			return store.Lease{}, false, err
 		}
 		l := store.Lease{Message: m, Mode: mode}
-		if got != "0" {
+		switch {
+		case got == "0":
+		case ptok != "" && got == ptok:
+			l.Token, l.Deadline = pt, deadline
+		default:
 			l.Token, l.Deadline = t, deadline
 		}
 		return l, true, nil

@@ -457,7 +457,8 @@ local function trim(n, maxlen)
 end
 
 -- takeable visits messages in order, dropping the expired ones, and calls
--- grant(id, rec) for each one free to hand out until it returns true. It
+-- grant(id, rec, l, src, inm) for each one free to hand out until it
+-- returns true (l its lex id, src and inm as scanned_record says). It
 -- returns true when it stopped because budget expired messages were
 -- removed (the caller asks to be called again).
 local function takeable(budget, grant)
@@ -486,7 +487,7 @@ local function takeable(budget, grant)
     local l = lex(id)
     if not free(l, hasl, hasp) then return false end
     past_cursor(id, l)
-    return grant(id, rec, l)
+    return grant(id, rec, l, src, inm)
   end
   if uses('b') then
     scan(visit)

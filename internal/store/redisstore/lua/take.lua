@@ -8,10 +8,17 @@
 -- leave it to this function, which hands it out in its place; ARGV[8]
 -- '1' when the lean take found no consumer group on the stream, which
 -- this function then creates; ARGV[9] the group consumer the lean take
--- made ('' or absent: none), deleted first, with the lease it holds.
--- Returns {id, record, token} ('0': a pending message handed out again,
--- with nothing to settle), {} for nothing, or {'more'} to be called again.
+-- made ('' or absent: none), deleted first, with the lease it holds;
+-- ARGV[10] the lease token to use instead of ARGV[5] when the message
+-- handed out may be settled with plain commands ('' or absent: none): a
+-- delete-mode take of a stream entry whose record is there, without
+-- expiry or dedup key, whose settling is then XDEL and ZREM of L (see
+-- lean.go).
+-- Returns {id, record, token} (the token used; '0': a pending message
+-- handed out again, with nothing to settle), {} for nothing, or {'more'}
+-- to be called again.
 local mode, budget, token, til = ARGV[3], ARGV[4], ARGV[5], int(ARGV[6] or '0')
+local plaintoken = ARGV[10] or ''
 local past = ARGV[7] or ''
 if (ARGV[9] or '') ~= '' then
   -- The consumer of the lean take that left this take to the function.
@@ -63,15 +70,19 @@ if mode == 'p' and uses('p') then
 end
 drop_stale_leases()
 local out
-local more = takeable(budget, function(id, rec, l)
-  redis.call('ZADD', L, token, l)
+local more = takeable(budget, function(id, rec, l, src, inm)
+  local tok = token
+  if plaintoken ~= '' and mode == 'd' and src == 's' and not inm and string.sub(rec, 1, 6) == '0,0,0:' then
+    tok = plaintoken
+  end
+  redis.call('ZADD', L, tok, l)
   touch(L, 'l')
   if mode == 'p' then
     redis.call('ZADD', P, 0, l)
     touch(P, 'p')
   end
   dirty = true
-  out = {id, rec, token}
+  out = {id, rec, tok}
   return true
 end)
 if not out and not more then
