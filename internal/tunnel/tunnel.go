@@ -303,7 +303,7 @@ func (t *Tunnels) produce(w http.ResponseWriter, r *http.Request, rt route, q ur
 		opts.KeepFirst = true
 		opts.DedupMax = t.opts.IdempotencyKeys
 	}
-	m := store.Message{ContentType: r.Header.Get("Content-Type"), Body: body}
+	m := store.Message{ContentType: httpapi.StoredContentType(r), Body: body}
 	// A client gone away does not cut the write short: it either happens
 	// or is refused, and a retry with the key finds it.
 	res, err := t.core.Append(context.WithoutCancel(r.Context()), key(rt.id), m, opts)
@@ -416,7 +416,7 @@ func (t *Tunnels) status(w http.ResponseWriter, r *http.Request, rt route) error
 }
 
 func (t *Tunnels) reply(w http.ResponseWriter, r *http.Request, rt route, body []byte) error {
-	m := store.Message{ContentType: r.Header.Get("Content-Type"), Body: body}
+	m := store.Message{ContentType: httpapi.StoredContentType(r), Body: body}
 	ok, err := t.core.Reply(r.Context(), key(rt.id), rt.mid, m, t.opts.ReplyTTL)
 	if err != nil {
 		return err
