@@ -307,15 +307,8 @@ func (t *Tunnels) produce(w http.ResponseWriter, r *http.Request, rt route, q ur
 	// A client gone away does not cut the write short: it either happens
 	// or is refused, and a retry with the key finds it.
 	res, err := t.core.Append(context.WithoutCancel(r.Context()), key(rt.id), m, opts)
-	var full *store.FullError
-	switch {
-	case errors.As(err, &full):
-		return (&httpapi.Error{Status: http.StatusInsufficientStorage, Message: queueFullText}).
-			WithHeader("X-Queue-Size", strconv.Itoa(full.Len))
-	case errors.Is(err, store.ErrOutcomeUnknown):
-		return produceUnknown(err)
-	case err != nil:
-		return err
+	if err != nil {
+		return produceError(err)
 	}
 	h := w.Header()
 	h.Set("X-Message-Id", res.ID.String())
@@ -331,6 +324,21 @@ func (t *Tunnels) produce(w http.ResponseWriter, r *http.Request, rt route, q ur
 	}
 	w.WriteHeader(http.StatusCreated)
 	return nil
+}
+
+// produceError answers a produce the store refused or may not have done.
+// It is apart from produce so that the target of errors.As, which lives on
+// the heap, is allocated for a failure only, not for every produce.
+func produceError(err error) error {
+	var full *store.FullError
+	switch {
+	case errors.As(err, &full):
+		return (&httpapi.Error{Status: http.StatusInsufficientStorage, Message: queueFullText}).
+			WithHeader("X-Queue-Size", strconv.Itoa(full.Len))
+	case errors.Is(err, store.ErrOutcomeUnknown):
+		return produceUnknown(err)
+	}
+	return err
 }
 
 // consume hands out one message, waiting up to wait for it. The message
