@@ -142,28 +142,28 @@ func wantsEventStream(r *http.Request) bool {
 // handshake.
 func (c *Channels) serve(w http.ResponseWriter, r *http.Request) error {
 	if loc, ok := redirect(r, c.opts.mount()); ok {
-		httpapi.SetRoute(r, "channels.redirect")
+		httpapi.SetRoute(w, "channels.redirect")
 		w.Header().Set("Location", loc)
 		w.WriteHeader(http.StatusMovedPermanently)
 		return nil
 	}
 	if cors(w.Header(), r, c.origins) && r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
-		httpapi.SetRoute(r, "channels.preflight")
+		httpapi.SetRoute(w, "channels.preflight")
 		return preflight(w, r)
 	}
 	upgrade := isUpgrade(r)
 	if !upgrade && r.Method != http.MethodGet && r.Method != http.MethodPost {
-		httpapi.SetRoute(r, "channels.bad_method")
+		httpapi.SetRoute(w, "channels.bad_method")
 		return errMethod
 	}
 	name, perr := channelPath(r.URL.Path, c.opts.mount())
 	if perr != nil {
-		httpapi.SetRoute(r, "channels.bad_path")
+		httpapi.SetRoute(w, "channels.bad_path")
 		return perr
 	}
 	switch {
 	case upgrade:
-		httpapi.SetRoute(r, "channels.websocket")
+		httpapi.SetRoute(w, "channels.websocket")
 		if err := checkHandshake(r); err != nil {
 			return err
 		}
@@ -178,7 +178,7 @@ func (c *Channels) serve(w http.ResponseWriter, r *http.Request) error {
 		}
 		return c.serveWebsocket(w, r, name)
 	case r.Method == http.MethodGet && wantsEventStream(r):
-		httpapi.SetRoute(r, "channels.events")
+		httpapi.SetRoute(w, "channels.events")
 		if !c.origins.allow(r) {
 			return errOrigin
 		}
@@ -187,10 +187,10 @@ func (c *Channels) serve(w http.ResponseWriter, r *http.Request) error {
 		}
 		return c.serveEvents(w, r, name)
 	case r.Method == http.MethodGet:
-		httpapi.SetRoute(r, "channels.page")
+		httpapi.SetRoute(w, "channels.page")
 		return servePage(w, r, name)
 	default: // POST: other methods were refused above
-		httpapi.SetRoute(r, "channels.publish")
+		httpapi.SetRoute(w, "channels.publish")
 		if !c.origins.allow(r) {
 			return errOrigin
 		}

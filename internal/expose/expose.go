@@ -145,7 +145,7 @@ func (s *Service) Mount(rt *httpapi.Routes) {
 // serveSubscribe hands a Brickchain agent's websocket to its transport.
 func (s *Service) serveSubscribe(w http.ResponseWriter, r *http.Request) {
 	if s.closing.Load() {
-		httpapi.SetRoute(r, "expose.subscribe")
+		httpapi.SetRoute(w, "expose.subscribe")
 		httpapi.WritePlain(w, r, errClosing)
 		return
 	}
@@ -162,13 +162,13 @@ func (s *Service) agentHost(host string) bool {
 // serveHost serves a request to NAME.<domain>: agent NAME, path unchanged.
 func (s *Service) serveHost(w http.ResponseWriter, r *http.Request) {
 	name := strings.TrimSuffix(httpapi.HostOf(r.Host), "."+s.opts.Domain)
-	httpapi.SetRoute(r, "expose.host")
+	httpapi.SetRoute(w, "expose.host")
 	s.serveName(w, r, name, r.URL.Path, r.URL.RawPath, r.URL.RawQuery)
 }
 
 // serveVersion answers GET / on the bare domain.
 func serveVersion(w http.ResponseWriter, r *http.Request) {
-	httpapi.SetRoute(r, "expose.version")
+	httpapi.SetRoute(w, "expose.version")
 	w.Header().Set("Content-Type", "text/plain")
 	if r.Method == http.MethodGet {
 		fmt.Fprintf(w, "postern/%s", version.Version())
@@ -177,7 +177,7 @@ func serveVersion(w http.ResponseWriter, r *http.Request) {
 
 // serveRequestPath serves /proxy/request/NAME/<path>.
 func (s *Service) serveRequestPath(w http.ResponseWriter, r *http.Request) {
-	httpapi.SetRoute(r, "expose.request")
+	httpapi.SetRoute(w, "expose.request")
 	rest := strings.TrimPrefix(r.URL.Path, RequestPathPrefix)
 	name, p, _ := strings.Cut(rest, "/")
 	rawPath := ""

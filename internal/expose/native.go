@@ -27,7 +27,7 @@ import (
 // serveAgent accepts a native agent on /agent?name=NAME once it may claim
 // the name, and serves it until it goes.
 func (s *Service) serveAgent(w http.ResponseWriter, r *http.Request) {
-	httpapi.SetRoute(r, "expose.agent")
+	httpapi.SetRoute(w, "expose.agent")
 	if s.closing.Load() {
 		refuseAgent(w, r, errClosing)
 		return

@@ -54,19 +54,23 @@ func ReadBody(w http.ResponseWriter, r *http.Request, max int64, timeout time.Du
 		_, err = buf.ReadFrom(http.MaxBytesReader(w, r.Body, max))
 		body = buf.Bytes()
 	}
-	var mbe *http.MaxBytesError
-	switch {
-	case errors.As(err, &mbe):
-		return nil, tooLarge
-	case errors.Is(err, os.ErrDeadlineExceeded):
-		// The deadline stays: the server gives up on the rest of the body
-		// at once and closes the connection after the answer.
-		w.Header().Set("Connection", "close")
-		return nil, ErrBodyTimeout
-	case err != nil && err != io.EOF:
-		// The client cut the body short (or the connection broke): there
-		// is nobody to answer, but say what happened.
-		return nil, ErrBodyIncomplete
+	if err != nil && err != io.EOF {
+		// Only here: the target of errors.As lives on the heap, an
+		// allocation per body when it was declared for every read.
+		var mbe *http.MaxBytesError
+		switch {
+		case errors.As(err, &mbe):
+			return nil, tooLarge
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			// The deadline stays: the server gives up on the rest of the
+			// body at once and closes the connection after the answer.
+			w.Header().Set("Connection", "close")
+			return nil, ErrBodyTimeout
+		default:
+			// The client cut the body short (or the connection broke):
+			// there is nobody to answer, but say what happened.
+			return nil, ErrBodyIncomplete
+		}
 	}
 	if deadline {
 		rc.SetReadDeadline(time.Time{})

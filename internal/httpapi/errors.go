@@ -167,7 +167,7 @@ func Handle(h Handler, ew ErrorWriter) http.Handler {
 		}
 		var own *Error
 		if !errors.As(err, &own) {
-			Logger(r.Context()).Log(r.Context(), levelFor(e), "request failed",
+			Logger(w).Log(r.Context(), levelFor(e), "request failed",
 				"method", r.Method, "path", r.URL.Path, "status", e.Status, "err", err)
 		}
 		if rec, ok := w.(*recorder); ok && rec.wroteHeader {

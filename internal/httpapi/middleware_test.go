@@ -29,11 +29,11 @@ func TestRequestMetrics(t *testing.T) {
 	started, left := make(chan struct{}), make(chan struct{})
 	rt := httpapi.NewRoutes(nil)
 	rt.Handle("/named", httpapi.Handle(func(w http.ResponseWriter, r *http.Request) error {
-		httpapi.SetRoute(r, "demo.named")
+		httpapi.SetRoute(w, "demo.named")
 		return httpapi.ErrNotFound
 	}, nil))
 	rt.Handle("/wait", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		httpapi.SetRoute(r, "demo.wait")
+		httpapi.SetRoute(w, "demo.wait")
 		close(started)
 		<-r.Context().Done()
 		close(left)
@@ -184,12 +184,12 @@ func TestPanicIsAnswered500AndLogged(t *testing.T) {
 	m := httpapi.NewMetrics(capability.Deps{Registry: reg, Logger: log})
 	rt := httpapi.NewRoutes(nil)
 	rt.Handle("/early", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		httpapi.SetRoute(r, "demo.early")
+		httpapi.SetRoute(w, "demo.early")
 		var p *struct{ n int }
 		_ = p.n // a nil dereference, as a bug would
 	}))
 	rt.Handle("/late", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		httpapi.SetRoute(r, "demo.late")
+		httpapi.SetRoute(w, "demo.late")
 		w.Header().Set("Content-Length", "100")
 		w.Write([]byte("partial"))
 		http.NewResponseController(w).Flush()

@@ -17,13 +17,13 @@ type ReadyFunc func(ctx context.Context) error
 // Ops routes.
 func MountOps(rt *Routes, ready ReadyFunc, gather prometheus.Gatherer) {
 	rt.Add(Route{Pattern: "/healthz", Ops: true, Handler: Handle(func(w http.ResponseWriter, r *http.Request) error {
-		SetRoute(r, "ops.healthz")
+		SetRoute(w, "ops.healthz")
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, err := w.Write([]byte("ok"))
 		return err
 	}, nil)})
 	rt.Add(Route{Pattern: "/readyz", Ops: true, Handler: Handle(func(w http.ResponseWriter, r *http.Request) error {
-		SetRoute(r, "ops.readyz")
+		SetRoute(w, "ops.readyz")
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
 		if err := ready(ctx); err != nil {
@@ -35,7 +35,7 @@ func MountOps(rt *Routes, ready ReadyFunc, gather prometheus.Gatherer) {
 	}, nil)})
 	metrics := promhttp.HandlerFor(gather, promhttp.HandlerOpts{})
 	rt.Add(Route{Pattern: "/metrics", Ops: true, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		SetRoute(r, "ops.metrics")
+		SetRoute(w, "ops.metrics")
 		metrics.ServeHTTP(w, r)
 	})})
 }

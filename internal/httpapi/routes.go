@@ -77,7 +77,7 @@ func NewRoutes(limit func(http.Handler) http.Handler) *Routes {
 	}
 	rt := &Routes{limit: limit, exact: make(map[string]*route)}
 	rt.SetFallback(Handle(func(w http.ResponseWriter, r *http.Request) error {
-		SetRoute(r, "not_found")
+		SetRoute(w, "not_found")
 		return ErrNotFound
 	}, nil))
 	return rt

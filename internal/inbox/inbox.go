@@ -200,12 +200,12 @@ func (ib *Inbox) serve(w http.ResponseWriter, r *http.Request) error {
 	setCORS(w.Header())
 	rt, ok := parseRoute(r.URL.Path)
 	if !ok {
-		httpapi.SetRoute(r, "inbox.not_found")
+		httpapi.SetRoute(w, "inbox.not_found")
 		return errNotFound
 	}
 	allow := allowed[rt]
 	if r.Method == http.MethodOptions {
-		httpapi.SetRoute(r, "inbox.preflight")
+		httpapi.SetRoute(w, "inbox.preflight")
 		h := w.Header()
 		methods := strings.Join(allow, ", ")
 		h.Set("Allow", methods)
@@ -216,18 +216,18 @@ func (ib *Inbox) serve(w http.ResponseWriter, r *http.Request) error {
 		return nil
 	}
 	if !contains(allow, r.Method) {
-		httpapi.SetRoute(r, "inbox.bad_method")
+		httpapi.SetRoute(w, "inbox.bad_method")
 		return methodNotAllowed(allow)
 	}
 	if rt == routeVersion {
-		httpapi.SetRoute(r, routeNames[rt])
+		httpapi.SetRoute(w, routeNames[rt])
 		return writeJSON(w, ib.version, "")
 	}
 	if r.ContentLength > ib.opts.MaxBodyBytes {
-		httpapi.SetRoute(r, "inbox.too_large")
+		httpapi.SetRoute(w, "inbox.too_large")
 		return ib.tooLarge()
 	}
-	httpapi.SetRoute(r, routeNames[rt])
+	httpapi.SetRoute(w, routeNames[rt])
 	actor, idProblem := ib.identity(r)
 	switch rt {
 	case routeSend:
@@ -236,7 +236,7 @@ func (ib *Inbox) serve(w http.ResponseWriter, r *http.Request) error {
 		if idProblem != "" {
 			return badRequest(idProblem)
 		}
-		if err := ib.authorize(r, auth.Read, actor); err != nil {
+		if err := ib.authorize(w, r, auth.Read, actor); err != nil {
 			return err
 		}
 		return ib.deliver(w, r, actor)
@@ -285,13 +285,14 @@ func (ib *Inbox) identity(r *http.Request) (string, string) {
 	return a, ""
 }
 
-// authorize checks, when a token policy is configured, that r may take
-// action as actor: write on /inbox/<actor> to send, read to receive.
-func (ib *Inbox) authorize(r *http.Request, action auth.Action, actor string) error {
+// authorize checks, when a token policy is configured, that r (answered by
+// w) may take action as actor: write on /inbox/<actor> to send, read to
+// receive.
+func (ib *Inbox) authorize(w http.ResponseWriter, r *http.Request, action auth.Action, actor string) error {
 	if !ib.policy.Enabled() || ib.policy.Allow(r, action, "/inbox/"+actor) {
 		return nil
 	}
-	httpapi.SetRoute(r, "inbox.denied")
+	httpapi.SetRoute(w, "inbox.denied")
 	verb := "send as"
 	if action == auth.Read {
 		verb = "receive for"
@@ -325,7 +326,7 @@ func (ib *Inbox) readEnvelope(w http.ResponseWriter, r *http.Request, idProblem 
 	data, err := httpapi.ReadBody(w, r, ib.opts.MaxBodyBytes, ib.opts.BodyReadTimeout, ib.tooLarge())
 	if err != nil {
 		if e, ok := err.(*httpapi.Error); ok && e.Status == http.StatusRequestEntityTooLarge {
-			httpapi.SetRoute(r, "inbox.too_large")
+			httpapi.SetRoute(w, "inbox.too_large")
 		}
 		return envelope{}, err
 	}
@@ -341,7 +342,7 @@ func (ib *Inbox) readEnvelope(w http.ResponseWriter, r *http.Request, idProblem 
 
 func (ib *Inbox) send(w http.ResponseWriter, r *http.Request, actor, idProblem string) error {
 	if idProblem == "" {
-		if err := ib.authorize(r, auth.Write, actor); err != nil {
+		if err := ib.authorize(w, r, auth.Write, actor); err != nil {
 			return err
 		}
 	}
@@ -357,10 +358,10 @@ func (ib *Inbox) send(w http.ResponseWriter, r *http.Request, actor, idProblem s
 
 func (ib *Inbox) exchange(w http.ResponseWriter, r *http.Request, actor, idProblem string) error {
 	if idProblem == "" {
-		if err := ib.authorize(r, auth.Write, actor); err != nil {
+		if err := ib.authorize(w, r, auth.Write, actor); err != nil {
 			return err
 		}
-		if err := ib.authorize(r, auth.Read, actor); err != nil {
+		if err := ib.authorize(w, r, auth.Read, actor); err != nil {
 			return err
 		}
 	}
@@ -479,7 +480,7 @@ func (ib *Inbox) deliver(w http.ResponseWriter, r *http.Request, actor string) e
 	out = append(out, ']')
 	werr := writeDelivery(w, out, b.Deadline)
 	if err := b.Settle(ctx, werr == nil); err != nil {
-		httpapi.Logger(ctx).Warn("inbox: a receive could not be settled; its entries will be received again when their lease runs out",
+		httpapi.Logger(w).Warn("inbox: a receive could not be settled; its entries will be received again when their lease runs out",
 			"entries", len(ms), "delivered", werr == nil, "err", err)
 	}
 	if werr != nil {

@@ -446,7 +446,7 @@ func (g *connGate) wrap(next http.Handler, isOps func(*http.Request) bool) http.
 		if gc.opsOnly {
 			w.Header().Set("Connection", "close")
 			if !isOps(r) {
-				httpapi.SetRoute(r, "refused")
+				httpapi.SetRoute(w, "refused")
 				httpapi.WritePlain(w, r, errTooManyConnections)
 				return
 			}
@@ -462,7 +462,7 @@ func (g *connGate) wrap(next http.Handler, isOps func(*http.Request) bool) http.
 		if g.proxied[client] >= g.caps.perAddr {
 			g.mu.Unlock()
 			g.refused.WithLabelValues("addr").Inc()
-			httpapi.SetRoute(r, "refused")
+			httpapi.SetRoute(w, "refused")
 			httpapi.WritePlain(w, r, errTooManyFromAddr)
 			return
 		}

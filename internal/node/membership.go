@@ -215,7 +215,7 @@ type nodeJSON struct {
 // mount adds GET /ops/nodes: this node and the live nodes, as JSON.
 func (n *membership) mount(rt *httpapi.Routes) {
 	rt.Handle("/ops/nodes", httpapi.Handle(func(w http.ResponseWriter, r *http.Request) error {
-		httpapi.SetRoute(r, "ops.nodes")
+		httpapi.SetRoute(w, "ops.nodes")
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			return httpapi.MethodNotAllowed(http.MethodGet, http.MethodHead)
 		}

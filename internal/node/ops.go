@@ -65,7 +65,7 @@ func (n *Node) buildOps() (part, error) {
 	}
 	guarded := httpapi.Handle(func(w http.ResponseWriter, r *http.Request) error {
 		if err := n.allowOps(r); err != nil {
-			httpapi.SetRoute(r, "ops.forbidden")
+			httpapi.SetRoute(w, "ops.forbidden")
 			return err
 		}
 		ops.ServeHTTP(w, r)
@@ -101,7 +101,7 @@ func (n *Node) opsRoutes(page *web.Web) *httpapi.Routes {
 func underHealth(r *http.Request) bool { return strings.HasPrefix(r.URL.Path, "/health") }
 
 func healthOK(w http.ResponseWriter, r *http.Request) error {
-	httpapi.SetRoute(r, "ops.health")
+	httpapi.SetRoute(w, "ops.health")
 	w.Header().Set("Content-Type", "text/plain")
 	_, err := w.Write([]byte("OK"))
 	return err
@@ -110,7 +110,7 @@ func healthOK(w http.ResponseWriter, r *http.Request) error {
 // serveTerseReady is the public /readyz: ready or not, without the reason
 // (which may name the store's address).
 func (n *Node) serveTerseReady(w http.ResponseWriter, r *http.Request) error {
-	httpapi.SetRoute(r, "ops.readyz")
+	httpapi.SetRoute(w, "ops.readyz")
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
 	if err := n.ready(ctx); err != nil {

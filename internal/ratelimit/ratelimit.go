@@ -123,7 +123,7 @@ func (l *Limiter) Wrap(next http.Handler) http.Handler {
 		secs := int(math.Ceil(wait.Seconds()))
 		secs = max(secs, 1)
 		return httpapi.Handle(func(w http.ResponseWriter, r *http.Request) error {
-			httpapi.SetRoute(r, "ratelimited")
+			httpapi.SetRoute(w, "ratelimited")
 			l.refused.WithLabelValues(by).Inc()
 			return httpapi.Errorf(http.StatusTooManyRequests, "rate limit exceeded: retry in %d s", secs).
 				WithHeader("Retry-After", strconv.Itoa(secs))

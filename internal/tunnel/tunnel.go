@@ -113,20 +113,20 @@ func (t *Tunnels) serve(w http.ResponseWriter, r *http.Request) error {
 	setCORS(w.Header())
 	// The size check comes before routing and auth, as in the original.
 	if r.ContentLength > t.opts.MaxBodyBytes {
-		httpapi.SetRoute(r, "tunnel.too_large")
+		httpapi.SetRoute(w, "tunnel.too_large")
 		return errTooLarge
 	}
 	rt, ok := parseRoute(r.URL.Path, Prefix)
 	if !ok {
-		httpapi.SetRoute(r, "tunnel.malformed")
+		httpapi.SetRoute(w, "tunnel.malformed")
 		return malformed(r.URL.Path)
 	}
 	if r.Method == http.MethodOptions {
-		httpapi.SetRoute(r, "tunnel.preflight")
+		httpapi.SetRoute(w, "tunnel.preflight")
 		return preflight(w, r)
 	}
 	if !methodAllowed(allowed[rt.kind], r.Method) {
-		httpapi.SetRoute(r, "tunnel.bad_method")
+		httpapi.SetRoute(w, "tunnel.bad_method")
 		return httpapi.MethodNotAllowed(allowed[rt.kind]...)
 	}
 	var body []byte
@@ -137,7 +137,7 @@ func (t *Tunnels) serve(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	if !t.auth.allow(r, actionOf(r.Method), rt.id, body) {
-		httpapi.SetRoute(r, "tunnel.denied")
+		httpapi.SetRoute(w, "tunnel.denied")
 		return errDenied
 	}
 	var q url.Values // nil reads as empty: most requests carry no query
@@ -147,16 +147,16 @@ func (t *Tunnels) serve(w http.ResponseWriter, r *http.Request) error {
 	switch rt.kind {
 	case routeTunnel:
 		if r.Method == http.MethodPost {
-			httpapi.SetRoute(r, "tunnel.produce")
+			httpapi.SetRoute(w, "tunnel.produce")
 			return t.produce(w, r, rt, q, body)
 		}
-		httpapi.SetRoute(r, "tunnel.consume")
+		httpapi.SetRoute(w, "tunnel.consume")
 		return t.consume(w, r, rt, q, 0)
 	case routePoll:
-		httpapi.SetRoute(r, "tunnel.poll")
+		httpapi.SetRoute(w, "tunnel.poll")
 		return t.consume(w, r, rt, q, t.pollTimeout(q))
 	case routeLen:
-		httpapi.SetRoute(r, "tunnel.len")
+		httpapi.SetRoute(w, "tunnel.len")
 		n, err := t.core.Len(r.Context(), key(rt.id))
 		if err != nil {
 			return err
@@ -164,7 +164,7 @@ func (t *Tunnels) serve(w http.ResponseWriter, r *http.Request) error {
 		w.Header().Set("X-Queue-Size", strconv.Itoa(n))
 		w.WriteHeader(http.StatusNoContent)
 	case routeAll:
-		httpapi.SetRoute(r, "tunnel.clear")
+		httpapi.SetRoute(w, "tunnel.clear")
 		if _, err := t.core.Clear(r.Context(), key(rt.id)); err != nil {
 			return err
 		}
@@ -172,24 +172,24 @@ func (t *Tunnels) serve(w http.ResponseWriter, r *http.Request) error {
 		w.WriteHeader(http.StatusNoContent)
 	case routeMessage:
 		if r.Method == http.MethodDelete {
-			httpapi.SetRoute(r, "tunnel.ack")
+			httpapi.SetRoute(w, "tunnel.ack")
 			if _, err := t.core.Ack(r.Context(), key(rt.id), rt.mid); err != nil {
 				return err
 			}
 			w.WriteHeader(http.StatusNoContent)
 			return nil
 		}
-		httpapi.SetRoute(r, "tunnel.status")
+		httpapi.SetRoute(w, "tunnel.status")
 		return t.status(w, r, rt)
 	case routeReply:
 		if r.Method == http.MethodPost {
-			httpapi.SetRoute(r, "tunnel.reply")
+			httpapi.SetRoute(w, "tunnel.reply")
 			return t.reply(w, r, rt, body)
 		}
-		httpapi.SetRoute(r, "tunnel.reply_read")
+		httpapi.SetRoute(w, "tunnel.reply_read")
 		return t.readReply(w, r, rt, 0)
 	case routeReplyPoll:
-		httpapi.SetRoute(r, "tunnel.reply_poll")
+		httpapi.SetRoute(w, "tunnel.reply_poll")
 		return t.readReply(w, r, rt, t.pollTimeout(q))
 	}
 	return nil
@@ -303,19 +303,12 @@ func (t *Tunnels) produce(w http.ResponseWriter, r *http.Request, rt route, q ur
 		opts.KeepFirst = true
 		opts.DedupMax = t.opts.IdempotencyKeys
 	}
-	m := store.Message{ContentType: r.Header.Get("Content-Type"), Body: body}
+	m := store.Message{ContentType: httpapi.StoredContentType(r), Body: body}
 	// A client gone away does not cut the write short: it either happens
 	// or is refused, and a retry with the key finds it.
 	res, err := t.core.Append(context.WithoutCancel(r.Context()), key(rt.id), m, opts)
-	var full *store.FullError
-	switch {
-	case errors.As(err, &full):
-		return (&httpapi.Error{Status: http.StatusInsufficientStorage, Message: queueFullText}).
-			WithHeader("X-Queue-Size", strconv.Itoa(full.Len))
-	case errors.Is(err, store.ErrOutcomeUnknown):
-		return produceUnknown(err)
-	case err != nil:
-		return err
+	if err != nil {
+		return produceError(err)
 	}
 	h := w.Header()
 	h.Set("X-Message-Id", res.ID.String())
@@ -331,6 +324,21 @@ func (t *Tunnels) produce(w http.ResponseWriter, r *http.Request, rt route, q ur
 	}
 	w.WriteHeader(http.StatusCreated)
 	return nil
+}
+
+// produceError answers a produce the store refused or may not have done.
+// It is apart from produce so that the target of errors.As, which lives on
+// the heap, is allocated for a failure only, not for every produce.
+func produceError(err error) error {
+	var full *store.FullError
+	switch {
+	case errors.As(err, &full):
+		return (&httpapi.Error{Status: http.StatusInsufficientStorage, Message: queueFullText}).
+			WithHeader("X-Queue-Size", strconv.Itoa(full.Len))
+	case errors.Is(err, store.ErrOutcomeUnknown):
+		return produceUnknown(err)
+	}
+	return err
 }
 
 // consume hands out one message, waiting up to wait for it. The message
@@ -360,7 +368,7 @@ func (t *Tunnels) consume(w http.ResponseWriter, r *http.Request, rt route, q ur
 	// short: it decides whether the message is delivered again.
 	ctx := context.WithoutCancel(r.Context())
 	if err := d.Settle(ctx, werr == nil); err != nil {
-		httpapi.Logger(ctx).Warn("tunnel: a delivery could not be settled; its message will be handed out again when its lease runs out",
+		httpapi.Logger(w).Warn("tunnel: a delivery could not be settled; its message will be handed out again when its lease runs out",
 			"tunnel", rt.id, "id", d.ID.String(), "delivered", werr == nil, "err", err)
 	}
 	return nil
@@ -416,7 +424,7 @@ func (t *Tunnels) status(w http.ResponseWriter, r *http.Request, rt route) error
 }
 
 func (t *Tunnels) reply(w http.ResponseWriter, r *http.Request, rt route, body []byte) error {
-	m := store.Message{ContentType: r.Header.Get("Content-Type"), Body: body}
+	m := store.Message{ContentType: httpapi.StoredContentType(r), Body: body}
 	ok, err := t.core.Reply(r.Context(), key(rt.id), rt.mid, m, t.opts.ReplyTTL)
 	if err != nil {
 		return err

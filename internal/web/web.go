@@ -218,7 +218,7 @@ func (w *Web) Mount(rt *httpapi.Routes) {
 func (w *Web) Page() http.Handler { return httpapi.Handle(w.servePage, nil) }
 
 func (w *Web) servePage(rw http.ResponseWriter, r *http.Request) error {
-	httpapi.SetRoute(r, "web.page")
+	httpapi.SetRoute(rw, "web.page")
 	if r.URL.Path != PagePath && (r.URL.Path != "/" || w.opts.AtRoot) {
 		return httpapi.ErrNotFound
 	}
@@ -278,7 +278,7 @@ func (w *Web) Status(ctx context.Context) Status {
 }
 
 func (w *Web) serveStatus(rw http.ResponseWriter, r *http.Request) error {
-	httpapi.SetRoute(r, "web.status")
+	httpapi.SetRoute(rw, "web.status")
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		return httpapi.MethodNotAllowed(http.MethodGet, http.MethodHead)
 	}

@@ -60,7 +60,7 @@ var errAgentGone = httpapi.Errorf(http.StatusBadGateway, "the agent disconnected
 // ServeSubscribe serves an agent's websocket on the subscribe endpoint
 // until it closes; site says where its users reach it.
 func (t *Transport) ServeSubscribe(w http.ResponseWriter, r *http.Request, site Site) {
-	httpapi.SetRoute(r, "expose.subscribe")
+	httpapi.SetRoute(w, "expose.subscribe")
 	c := &conn{
 		t: t, site: site, remote: r.RemoteAddr, out: make(chan []byte),
 		regs: make(map[string]*relay.Registration), pending: make(map[string]chan result), streams: make(map[string]*wsStream),

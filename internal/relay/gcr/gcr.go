@@ -218,7 +218,7 @@ func (g *Relay) stripToken(out *http.Request) {
 
 // serveClient is ANY /client/<name>/<path>.
 func (g *Relay) serveClient(w http.ResponseWriter, r *http.Request) error {
-	httpapi.SetRoute(r, "relay.client")
+	httpapi.SetRoute(w, "relay.client")
 	rest := strings.TrimPrefix(r.URL.Path, ClientPrefix)
 	name, path, _ := strings.Cut(rest, "/")
 	if name == "" {
@@ -240,7 +240,7 @@ func (g *Relay) serveClient(w http.ResponseWriter, r *http.Request) error {
 
 // serveServerName relays a request named by X-Server-Name, path unchanged.
 func (g *Relay) serveServerName(w http.ResponseWriter, r *http.Request) error {
-	httpapi.SetRoute(r, "relay.server_name")
+	httpapi.SetRoute(w, "relay.server_name")
 	return g.relayUser(w, r, r.Header.Get(ServerNameHeader), r.URL.Path, r.URL.RawPath)
 }
 
@@ -268,7 +268,7 @@ func (g *Relay) relayUser(w http.ResponseWriter, r *http.Request, name, path, ra
 // servePoll is GET /server/request?server=<name>: the long-poll of a relay
 // client for the next request.
 func (g *Relay) servePoll(w http.ResponseWriter, r *http.Request) error {
-	httpapi.SetRoute(r, "relay.poll")
+	httpapi.SetRoute(w, "relay.poll")
 	name := r.URL.Query().Get("server")
 	if name == "" {
 		return errMissingServer
@@ -354,7 +354,7 @@ var (
 // is relayed to the user as it arrives (serveStream); any other is read
 // whole first.
 func (g *Relay) serveResponse(w http.ResponseWriter, r *http.Request) error {
-	httpapi.SetRoute(r, "relay.response")
+	httpapi.SetRoute(w, "relay.response")
 	rc := http.NewResponseController(w)
 	deadline := rc.SetReadDeadline(time.Now().Add(g.opts.InactiveRequestTimeout)) == nil
 	if r.Header.Get("Content-Type") == wire.BatchContentType && !g.hub.Shared() {
@@ -427,7 +427,7 @@ func writeOK(w http.ResponseWriter) error {
 // serveRequestStream is /server/requeststream?id=<id>: the user's bytes
 // after a 101 upgrade, a block at a time.
 func (g *Relay) serveRequestStream(w http.ResponseWriter, r *http.Request) error {
-	httpapi.SetRoute(r, "relay.requeststream")
+	httpapi.SetRoute(w, "relay.requeststream")
 	id := r.URL.Query().Get("id")
 	if id == "" {
 		return errMissingID
