@@ -247,6 +247,8 @@ func runChild(kind string) int {
 		h, stop = http.HandlerFunc(plainHandler), func() {}
 	case "hello":
 		h, stop = helloHandler, func() {}
+	case "store": // store.go
+		h, stop = &storeHandler{}, func() {}
 	case "baseline":
 		b := &baselineServer{conns: make(map[*baselineConn]struct{})}
 		h, stop = b, b.closeAll

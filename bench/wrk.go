@@ -26,7 +26,7 @@ import (
 func init() {
 	register(Scenario{
 		Name:     "tunnel/wrk",
-		Baseline: "baseline-hello in a child process, loaded by wrk with the same connections and requests, in alternating slices (needs wrk on PATH)",
+		Baseline: "baseline-hello in a child process, loaded by wrk with the same connections and requests, in alternating slices (needs wrk on PATH); rows naming baseline-store: the plain handler that reads, keeps and answers like a produce (store.go), measured the same way",
 		Run:      runTunnelWrk,
 	})
 	register(Scenario{
@@ -95,6 +95,7 @@ func runTunnelWrk(ctx context.Context, o Options) ([]Figure, error) {
 		{"baseline-hello", "hello", nil},
 		{"memory engine", "tunnel", nil},
 		{"file engine", "tunnel", []string{childStoreEnv + "=file:" + filepath.Join(dir, "data")}},
+		{"baseline-store", "store", nil},
 	}
 	children := make([]*child, len(servers))
 	defer func() {
@@ -117,7 +118,7 @@ func runTunnelWrk(ctx context.Context, o Options) ([]Figure, error) {
 	if err != nil {
 		return nil, err
 	}
-	hello, mem, file := res[0], res[1], res[2]
+	hello, mem, file, floor := res[0], res[1], res[2], res[3]
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	return []Figure{
 		// Issue 20's produce bars, in its own method: 0.85x the cheapest
@@ -128,6 +129,12 @@ func runTunnelWrk(ctx context.Context, o Options) ([]Figure, error) {
 		{Name: "server CPU per produce, memory engine", Unit: "µs", Value: perReq(mem.serverCPU, mem.requests), Baseline: perReq(hello.serverCPU, hello.requests), LowerIsBetter: true},
 		{Name: "server CPU per produce, file engine", Unit: "µs", Value: perReq(file.serverCPU, file.requests), Baseline: perReq(hello.serverCPU, hello.requests), LowerIsBetter: true},
 		{Name: "wrk CPU per request, file engine", Unit: "µs", Value: perReq(file.clientCPU, file.requests), Baseline: perReq(hello.clientCPU, hello.requests), LowerIsBetter: true},
+		// The floor of any handler that stores what it is sent (store.go),
+		// and the memory engine against it.
+		{Name: "baseline-store req/s (wrk)", Unit: "req/s", Value: floor.rate(), Baseline: hello.rate()},
+		{Name: "server CPU per request, baseline-store", Unit: "µs", Value: perReq(floor.serverCPU, floor.requests), Baseline: perReq(hello.serverCPU, hello.requests), LowerIsBetter: true},
+		{Name: "produce req/s, memory engine vs baseline-store (wrk)", Unit: "req/s", Value: mem.rate(), Baseline: floor.rate()},
+		{Name: "server CPU per produce, memory engine vs baseline-store", Unit: "µs", Value: perReq(mem.serverCPU, mem.requests), Baseline: perReq(floor.serverCPU, floor.requests), LowerIsBetter: true},
 	}, nil
 }
 
