@@ -125,7 +125,7 @@ const (
 // function on a message it marked so, with leanSettleMargin left.
 func plainSettle(l store.Lease, now time.Time) bool {
 	return l.Mode == store.TakeDelete && l.Token%1000 >= funcPlainTokenBase && l.DedupKey == "" &&
-		(l.Token%1000 >= leanTokenBase || l.ExpiresAt.IsZero()) &&
+		(isLeanLease(l.Token) || l.ExpiresAt.IsZero()) &&
 		now.Before(l.Deadline.Add(-leanSettleMargin))
 }
 
@@ -165,6 +165,7 @@ func (s *Store) leanAppend(ctx context.Context, key string, m store.Message, opt
 	k := s.leanKeys(key)
 	b := s.c.B()
 	cmds := s.settleCmds(b, k, owed)
+	settles := len(cmds)
 	rs := s.c.DoMulti(ctx, append(cmds,
 		b.Multi().Build(),
 		b.Xlen().Key(k.s).Build(),
@@ -172,7 +173,7 @@ func (s *Store) leanAppend(ctx context.Context, key string, m store.Message, opt
 		b.Hincrby().Key(k.h).Field("f").Increment(1).Build(),
 		b.Hmget().Key(k.h).Field("e", "u", "w").Build(),
 		b.Exec().Build())...)
-	rs = s.settled(ctx, key, owed, rs)
+	rs = s.settled(ctx, key, owed, settles, rs)
 	for _, r := range rs[:5] {
 		if err := r.Error(); err != nil {
 			return res, true, s.outcome(r, s.wrap(ctx, err))
@@ -263,7 +264,9 @@ func (s *Store) leanTake(ctx context.Context, key string, d time.Duration) (l st
 	now := s.now()
 	tok, t, deadline := s.leanToken(d)
 	consumer := s.consumer(tok)
-	cmds := append(s.settleCmds(b, k, owed),
+	cmds := s.settleCmds(b, k, owed)
+	settles := len(cmds)
+	cmds = append(cmds,
 		b.Hmget().Key(k.h).Field("u", "x").Build(),
 		b.Zrange().Key(k.l).Min("-inf").Max("("+strconv.FormatInt((now.UnixMilli()+1)*1000, 10)).Byscore().Limit(0, 1).Build())
 	checkPEL := s.pelWatch.due(key, now)
@@ -271,7 +274,7 @@ func (s *Store) leanTake(ctx context.Context, key string, d time.Duration) (l st
 		cmds = append(cmds, b.Arbitrary("XPENDING").Keys(k.s).Args(leanGroup).Build())
 	}
 	cmds = append(cmds, b.Xreadgroup().Group(leanGroup, consumer).Count(1).Streams().Key(k.s).Id(">").Build())
-	rs := s.settled(ctx, key, owed, s.c.DoMulti(ctx, cmds...))
+	rs := s.settled(ctx, key, owed, settles, s.c.DoMulti(ctx, cmds...))
 	for _, r := range rs[:2] {
 		if e := r.Error(); e != nil && !rueidis.IsRedisNil(e) {
 			return l, false, true, fallback{}, s.wrap(ctx, e)
@@ -397,7 +400,7 @@ func (s *Store) pelRanOut(r rueidis.RedisResult, now time.Time) (ranOut bool, ne
 // plain commands may settle (see plainSettle): the entries go first, then
 // the leases that held them (the group consumers of the lean path's, the
 // take function's in L), so that none seems free on the way. settled
-// reads their answers.
+// reads their answers, the first len(cmds) of the call's.
 func (s *Store) settleCmds(b rueidis.Builder, k leanKeys, owed []store.Lease) rueidis.Commands {
 	cmds := make(rueidis.Commands, 0, 8)
 	if len(owed) == 0 {
@@ -423,22 +426,6 @@ func (s *Store) settleCmds(b rueidis.Builder, k leanKeys, owed []store.Lease) ru
 	return cmds
 }
 
-// settleCount is how many commands settleCmds makes for owed.
-func settleCount(owed []store.Lease) int {
-	if len(owed) == 0 {
-		return 0
-	}
-	n, inL := 1, 0
-	for _, o := range owed {
-		if isLeanLease(o.Token) {
-			n++
-		} else {
-			inL = 1
-		}
-	}
-	return n + inL
-}
-
 // lexID is the form of id the functions keep in their sorted sets (lex in
 // lua/base.lua): both parts as 16 digits, so that byte order is id order.
 func lexID(id store.ID) string {
@@ -455,13 +442,12 @@ func lexID(id store.ID) string {
 	return string(b[:])
 }
 
-// settled owes owed again if the commands of settleCmds at the start of
-// rs failed, and returns the rest of rs.
-func (s *Store) settled(ctx context.Context, key string, owed []store.Lease, rs []rueidis.RedisResult) []rueidis.RedisResult {
+// settled owes owed again if any of the n commands of settleCmds at the
+// start of rs failed, and returns the rest of rs.
+func (s *Store) settled(ctx context.Context, key string, owed []store.Lease, n int, rs []rueidis.RedisResult) []rueidis.RedisResult {
 	if len(owed) == 0 {
 		return rs
 	}
-	n := settleCount(owed)
 	var err error
 	for _, r := range rs[:n] {
 		// No group: Clear removed it, and the lease with it.

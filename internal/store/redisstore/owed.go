@@ -259,14 +259,16 @@ func (s *Store) sendAllOwed() (failed bool) {
 			ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
 			defer cancel()
 			if ls, plain := o.carryPlain(k, s.now()); plain {
-				// Lean leases only: plain commands settle them.
+				// Leases plain commands settle (plainSettle) only.
 				if len(ls) == 0 {
 					return
 				}
 				lk := s.leanKeys(k)
 				b := s.c.B()
-				rs := s.c.DoMulti(ctx, append(s.settleCmds(b, lk, ls), b.Xlen().Key(lk.s).Build())...)
-				rest := s.settled(ctx, k, ls, rs)
+				cmds := s.settleCmds(b, lk, ls)
+				settles := len(cmds)
+				rs := s.c.DoMulti(ctx, append(cmds, b.Xlen().Key(lk.s).Build())...)
+				rest := s.settled(ctx, k, ls, settles, rs)
 				if s.owedFailed(rs) {
 					bad.Store(true)
 					return
