@@ -45,7 +45,9 @@ func (w *benchWriter) SetReadDeadline(time.Time) error { return nil }
 // the keeping handler's extra in page faults (1.8 against 0.3 µs per
 // request), the response's write (10.0 against 7.6 µs) and request
 // parsing (6.2 against 4.3 µs), the same functions that made up the
-// node's gap to baseline-hello outside its handler.
+// node's gap to baseline-hello outside its handler. Those plain handlers
+// were scratch code; the keeping one is measured in every run as bench's
+// baseline-store (`go run ./bench -run '^tunnel/wrk$'`).
 func BenchmarkProduceHandler(b *testing.B) {
 	cfg := servertest.Config()
 	cfg.Tunnel.MaxLen = 10_000_000
