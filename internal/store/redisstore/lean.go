@@ -280,12 +280,7 @@ func (s *Store) leanTake(ctx context.Context, key string, d time.Duration) (l st
 			return l, false, true, fallback{}, s.wrap(ctx, e)
 		}
 	}
-	meta, _ := rs[0].ToArray()
-	var u, x string
-	if len(meta) == 2 {
-		u, _ = meta[0].ToString()
-		x, _ = meta[1].ToString()
-	}
+	u, x := queueFlags(rs[0])
 	expired, _ := rs[1].AsStrSlice()
 	ranOut := len(expired) > 0
 	if checkPEL {
@@ -347,6 +342,17 @@ func (s *Store) leanTake(ctx context.Context, key string, d time.Duration) (l st
 	}
 	s.pelWatch.leased(key, deadline)
 	return store.Lease{Message: msg, Mode: store.TakeDelete, Token: t, Deadline: deadline}, true, true, fallback{}, nil
+}
+
+// queueFlags reads the answer of a lean take's HMGET of a queue's u and x
+// fields ("" for one that is missing).
+func queueFlags(r rueidis.RedisResult) (u, x string) {
+	meta, _ := r.ToArray()
+	if len(meta) == 2 {
+		u, _ = meta[0].ToString()
+		x, _ = meta[1].ToString()
+	}
+	return u, x
 }
 
 // fallback is what a lean take leaves to the take function.
