@@ -205,7 +205,13 @@ func (d *deployment) commandCounts(msgs float64) (calls, commands float64, err e
 // clients' connections (INFO stats, summed over the masters): the event
 // loop's share of its CPU grows with them, not with the commands.
 func (d *deployment) printIO(unit string, units float64) {
-	var reads, writes float64
+	reads, writes := d.io()
+	fmt.Fprintf(os.Stderr, "  Redis reads per %s %.2f, writes %.2f\n", unit, reads/units, writes/units)
+}
+
+// io returns the reads and writes Redis made on its clients' connections
+// since the last resetStats, summed over the masters.
+func (d *deployment) io() (reads, writes float64) {
 	for _, s := range d.masters {
 		r, _ := s.Info("stats", "total_reads_processed")
 		w, _ := s.Info("stats", "total_writes_processed")
@@ -214,7 +220,7 @@ func (d *deployment) printIO(unit string, units float64) {
 		reads += rn
 		writes += wn
 	}
-	fmt.Fprintf(os.Stderr, "  Redis reads per %s %.2f, writes %.2f\n", unit, reads/units, writes/units)
+	return reads, writes
 }
 
 // scaleResult is one point of the scale curve.
@@ -224,6 +230,9 @@ type scaleResult struct {
 	calls     float64 // function calls per delivered message
 	commands  float64 // commands Redis ran per delivered message
 	selfCPU   float64 // this process's CPU per delivered message (the load's clients and the nodes), µs
+	empty     float64 // polls answered 204 per delivered message
+	reads     float64 // reads Redis made on its connections per delivered message
+	writes    float64 // and writes
 }
 
 // startNodes starts n postern nodes on url.
@@ -263,37 +272,67 @@ func stopNodes(nodes []*benchNode) {
 // consumes are woken by another node. Producers stop after d; consumers
 // go on until every message produced is consumed (for at most d more),
 // so that what Redis did is what delivering those messages took. It
-// returns the messages consumed and the time taken.
-func deliver(ctx context.Context, nodes []*benchNode, conns int, d time.Duration) (consumed int64, elapsed time.Duration, err error) {
-	c := httpClient(conns)
-	defer c.CloseIdleConnections()
-	body := strings.Repeat("x", 256)
-	var produced, got, last atomic.Int64 // last: when the latest message was consumed, ns after start
+// returns the messages consumed, the time taken and the polls that found
+// nothing (204) in that time.
+//
+// The clients are leanConns: with net/http's client the load took about
+// as much of this process's CPU as the nodes it measures, on the same two
+// cores, against redis-benchmark's C client for the baseline.
+func deliver(ctx context.Context, nodes []*benchNode, conns int, d time.Duration) (consumed int64, elapsed time.Duration, empty int64, err error) {
+	body := []byte(strings.Repeat("x", 256))
+	var produced, got, none, last atomic.Int64 // last: when the latest message was consumed, ns after start
 	ctx, drained := context.WithCancel(ctx)
 	defer drained()
-	start := time.Now()
-	_, err = closedLoop(ctx, conns, 2*d, func(ctx context.Context, w, seq int) error {
+	// Each worker's own client, made on its first call, on the context
+	// closedLoop gives it: a phase's end that cuts an exchange short
+	// has then always ended the phase for closedLoop first.
+	clients := make([]*leanConn, conns)
+	hosts := make([]string, conns)
+	reqs := make([][]byte, conns)
+	for w := range conns {
 		pair := w / 2
 		tunnel := fmt.Sprint("/t/bench", pair%redisTunnels)
+		if w%2 == 0 {
+			host := strings.TrimPrefix(nodes[pair%len(nodes)].URL, "http://")
+			hosts[w] = host
+			reqs[w] = leanRequest("POST", host, tunnel, "text/plain", body)
+		} else {
+			host := strings.TrimPrefix(nodes[(pair+1)%len(nodes)].URL, "http://")
+			hosts[w] = host
+			reqs[w] = leanRequest("GET", host, tunnel+"/poll?timeout=1", "", nil)
+		}
+	}
+	defer func() {
+		for _, c := range clients {
+			if c != nil {
+				c.close()
+			}
+		}
+	}()
+	start := time.Now()
+	_, err = closedLoop(ctx, conns, 2*d, func(ctx context.Context, w, seq int) error {
+		if clients[w] == nil {
+			clients[w] = newLeanConn(ctx, hosts[w], leanTimeout)
+		}
 		if w%2 == 0 {
 			if time.Since(start) > d {
 				return errDrained
 			}
-			req, _ := http.NewRequestWithContext(ctx, "POST", nodes[pair%len(nodes)].URL+tunnel, strings.NewReader(body))
-			req.Header.Set("Content-Type", "text/plain")
-			if err := expect(c, req, http.StatusCreated); err != nil {
-				return err
+			status, err := clients[w].do(reqs[w])
+			if err != nil {
+				return fmt.Errorf("produce: %w", err)
+			}
+			if status != http.StatusCreated {
+				return fmt.Errorf("produce: %d, want 201", status)
 			}
 			produced.Add(1)
 			return nil
 		}
-		req, _ := http.NewRequestWithContext(ctx, "GET", nodes[(pair+1)%len(nodes)].URL+tunnel+"/poll?timeout=1", nil)
-		resp, err := c.Do(req)
+		status, err := clients[w].do(reqs[w])
 		if err != nil {
-			return err
+			return fmt.Errorf("consume: %w", err)
 		}
-		drain(resp)
-		switch resp.StatusCode {
+		switch status {
 		case http.StatusOK:
 			n := got.Add(1)
 			since := time.Since(start)
@@ -302,15 +341,22 @@ func deliver(ctx context.Context, nodes []*benchNode, conns int, d time.Duration
 				drained() // every message produced is consumed
 			}
 		case http.StatusNoContent:
+			none.Add(1)
 		default:
-			return fmt.Errorf("consume: %d", resp.StatusCode)
+			return fmt.Errorf("consume: %d", status)
 		}
 		return nil
 	})
-	return got.Load(), time.Duration(last.Load()), err
+	return got.Load(), time.Duration(last.Load()), none.Load(), err
 }
 
-// scalePoint measures n nodes on dep.
+// scalePoint measures n nodes on dep. The nodes run in this process with
+// the load: in child processes (to count their CPU apart from the
+// load's, 2026-12-08, 5 interleaved pairs) the extra Go runtimes on 2
+// cores raised the CPU per delivered msg of 2 nodes from 134 µs for
+// nodes and load together to 143 for the nodes plus 45 for the load, and
+// Redis's from 24.9 to 29.4 µs, at the same rate; the load's share is
+// thus about 45 µs, a quarter.
 func scalePoint(ctx context.Context, dep *deployment, n int, o Options) (scaleResult, error) {
 	nodes, err := startNodes(dep.url(), n, nil)
 	if err != nil {
@@ -322,7 +368,7 @@ func scalePoint(ctx context.Context, dep *deployment, n int, o Options) (scaleRe
 	}
 	cpu0 := dep.cpu()
 	self0, _ := cpuSeconds(0)
-	consumed, elapsed, err := deliver(ctx, nodes, o.Conns, o.Duration)
+	consumed, elapsed, empty, err := deliver(ctx, nodes, o.Conns, o.Duration)
 	if err != nil {
 		return scaleResult{}, err
 	}
@@ -335,11 +381,15 @@ func scalePoint(ctx context.Context, dep *deployment, n int, o Options) (scaleRe
 	if os.Getenv("POSTERN_BENCH_REDIS_COMMANDS") != "" {
 		fmt.Fprintf(os.Stderr, "%d nodes: Redis CPU per delivered msg %.1fµs, %.0f msg/s\n", n, (cpu1-cpu0)/msgs*1e6, msgs/elapsed.Seconds())
 	}
+	reads, writes := dep.io()
 	calls, commands, err := dep.commandCounts(msgs)
 	if err != nil {
 		return scaleResult{}, err
 	}
 	return scaleResult{
+		empty:     float64(empty) / msgs,
+		reads:     reads / msgs,
+		writes:    writes / msgs,
 		delivered: msgs / elapsed.Seconds(),
 		cpuPerMsg: (cpu1 - cpu0) / msgs * 1e6,
 		calls:     calls / msgs,
@@ -381,6 +431,7 @@ func runScale(ctx context.Context, o Options, cluster bool) ([]Figure, error) {
 		return nil, err
 	}
 	cpuPerXADD := (dep.cpu() - cpu0) / xadds * 1e6
+	xaddReads, xaddWrites := dep.io()
 	if os.Getenv("POSTERN_BENCH_REDIS_COMMANDS") != "" {
 		if _, _, err := dep.commandCounts(xadds); err != nil {
 			return nil, err
@@ -409,6 +460,15 @@ func runScale(ctx context.Context, o Options, cluster bool) ([]Figure, error) {
 			// Command counts do not depend on the machine's load at all.
 			Figure{Name: "Redis function calls per delivered msg, " + nodes, Unit: "calls", Value: p.calls, LowerIsBetter: true},
 			Figure{Name: "Redis commands per delivered msg (sent, and run by functions), " + nodes, Unit: "cmds", Value: p.commands, LowerIsBetter: true})
+		if n == 2 {
+			// Redis's event loop costs per read and write, not per
+			// command; a poll that times out empty is HTTP work that
+			// delivers nothing.
+			figs = append(figs,
+				Figure{Name: "Redis reads per delivered msg (baseline: per XADD), " + nodes, Unit: "reads", Value: p.reads, Baseline: xaddReads / xadds, LowerIsBetter: true},
+				Figure{Name: "Redis writes per delivered msg (baseline: per XADD), " + nodes, Unit: "writes", Value: p.writes, Baseline: xaddWrites / xadds, LowerIsBetter: true},
+				Figure{Name: "empty polls (204) per delivered msg, " + nodes, Unit: "polls", Value: p.empty, LowerIsBetter: true})
+		}
 	}
 	if !cluster {
 		figs = append(figs, Figure{Name: "delivered msg/s, 1 node on the memory engine (ceiling of the HTTP work)", Unit: "msg/s", Value: ceiling.delivered, Baseline: rate})
@@ -429,7 +489,7 @@ func memoryCeiling(ctx context.Context, o Options) (scaleResult, error) {
 	}
 	defer stopNodes(nodes)
 	self0, _ := cpuSeconds(0)
-	consumed, elapsed, err := deliver(ctx, nodes, o.Conns, o.Duration)
+	consumed, elapsed, _, err := deliver(ctx, nodes, o.Conns, o.Duration)
 	if err != nil {
 		return scaleResult{}, err
 	}
@@ -581,7 +641,7 @@ func runWaitReplicas(ctx context.Context, o Options) ([]Figure, error) {
 			return 0, err
 		}
 		defer stopNodes(nodes)
-		consumed, elapsed, err := deliver(ctx, nodes, o.Conns, o.Duration)
+		consumed, elapsed, _, err := deliver(ctx, nodes, o.Conns, o.Duration)
 		return float64(consumed) / elapsed.Seconds(), err
 	}
 	without, err := run(0)
