@@ -78,6 +78,20 @@ import (
 // The append's MULTI stays: without it Redis made 0.35-0.5 reads per
 // append instead of 0.2, and spent more CPU on them; a take in a MULTI
 // likewise read less in one round of five A/B pairs, not in the next.
+// What fewer commands could pay is bounded: the bare XADD alone (not a valid
+// append) against the six cost Redis 0.65x the CPU per produce in
+// redis/produce (4 µs less of 12; 6 interleaved pairs, load 8-13) and
+// 0.86x the CPU per request in all (pairs 0.75x to 1.23x), and 0.77x and
+// 0.95x on one node loaded by wrk (5 pairs, load 6-8); a valid append
+// keeps XADD, HINCRBY and HMGET (f must never count too few, the wake
+// needs w) and XLEN (the length it answers and checks limits by), and
+// MULTI and EXEC make them one: without, an XADD whose HINCRBY fails
+// after it (OOM, a connection cut mid-batch), or went before it and was
+// reset by a function that found the queue empty, leaves f too low.
+// The node's cost is in the round trip itself (the connection's writes
+// and reads, the handler's wait, net/http's read ahead while a handler
+// waits): the same node spent 31-37 µs per produce on the memory engine,
+// 58-66 on Redis.
 // Left untried, as unsafe: trimming delivered entries in batches (XTRIM
 // MINID) instead of XDEL leaves them behind the group's cursor with no
 // pending entry, which the functions of every version read as free and
