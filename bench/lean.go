@@ -134,19 +134,19 @@ func readAnswer(br *bufio.Reader) (status int, keep bool, err error) {
 		}
 		value = bytes.TrimSpace(value)
 		switch {
-		case asciiEqual(name, "Content-Length"):
+		case bytes.EqualFold(name, []byte("Content-Length")):
 			n, err := strconv.ParseInt(string(value), 10, 64)
 			if err != nil || n < 0 {
 				return 0, false, fmt.Errorf("%w: Content-Length %q", errFraming, value)
 			}
 			length = n
-		case asciiEqual(name, "Transfer-Encoding"):
-			if !asciiEqual(value, "chunked") {
+		case bytes.EqualFold(name, []byte("Transfer-Encoding")):
+			if !bytes.EqualFold(value, []byte("chunked")) {
 				return 0, false, fmt.Errorf("%w: Transfer-Encoding %q", errFraming, value)
 			}
 			chunked = true
-		case asciiEqual(name, "Connection"):
-			if asciiEqual(value, "close") {
+		case bytes.EqualFold(name, []byte("Connection")):
+			if bytes.EqualFold(value, []byte("close")) {
 				keep = false
 			}
 		}
@@ -217,24 +217,4 @@ func readLine(br *bufio.Reader) ([]byte, error) {
 		return nil, fmt.Errorf("%w: line %q not ended by CRLF", errFraming, line)
 	}
 	return line[:len(line)-2], nil
-}
-
-// asciiEqual reports whether b equals s, ignoring ASCII case.
-func asciiEqual(b []byte, s string) bool {
-	if len(b) != len(s) {
-		return false
-	}
-	for i := range len(s) {
-		x, y := b[i], s[i]
-		if 'A' <= x && x <= 'Z' {
-			x += 'a' - 'A'
-		}
-		if 'A' <= y && y <= 'Z' {
-			y += 'a' - 'A'
-		}
-		if x != y {
-			return false
-		}
-	}
-	return true
 }
