@@ -292,14 +292,12 @@ func deliver(ctx context.Context, nodes []*benchNode, conns int, d time.Duration
 	for w := range conns {
 		pair := w / 2
 		tunnel := fmt.Sprint("/t/bench", pair%redisTunnels)
+		node := pair + w%2 // a consumer polls the node after its producer's
+		hosts[w] = strings.TrimPrefix(nodes[node%len(nodes)].URL, "http://")
 		if w%2 == 0 {
-			host := strings.TrimPrefix(nodes[pair%len(nodes)].URL, "http://")
-			hosts[w] = host
-			reqs[w] = leanRequest("POST", host, tunnel, "text/plain", body)
+			reqs[w] = leanRequest("POST", hosts[w], tunnel, "text/plain", body)
 		} else {
-			host := strings.TrimPrefix(nodes[(pair+1)%len(nodes)].URL, "http://")
-			hosts[w] = host
-			reqs[w] = leanRequest("GET", host, tunnel+"/poll?timeout=1", "", nil)
+			reqs[w] = leanRequest("GET", hosts[w], tunnel+"/poll?timeout=1", "", nil)
 		}
 	}
 	defer func() {
